@@ -1,0 +1,1 @@
+"""Use cases and queries of defi-realtime, behind ports (``ports.py``)."""

@@ -1,0 +1,110 @@
+"""What flows out of the event store: flattened, serialisable facts with their position.
+
+Projections, the fan-out and WebSocket clients see the event log as ``LogBatch``es: each
+covers a contiguous range of global positions ``(after, last]`` and carries the entries of
+that range that matter downstream (facts about other aggregates, such as API keys, are left
+out but their positions are still covered). A consumer that has applied everything up to
+``after`` can apply the batch; anything else is a gap or a duplicate it can detect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+EntryKind = Literal[
+    "protocol_listed",
+    "protocol_updated",
+    "metric",
+    "price",
+    "alert_triggered",
+    "alert_resolved",
+]
+ENTRY_KINDS: Final[frozenset[str]] = frozenset(
+    {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
+)
+
+
+class LogGapError(RuntimeError):
+    """A consumer was handed a batch that starts beyond its position: positions are missing."""
+
+    def __init__(self, position: int, batch_after: int) -> None:
+        super().__init__(f"log gap: consumer is at {position}, batch starts after {batch_after}")
+        self.position = position
+        self.batch_after = batch_after
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One recorded fact.
+
+    ``key`` is the protocol slug, token id or alert rule id. ``data`` holds the event's
+    attributes, e.g. for ``metric``: ``metric``, ``chain``, ``value``, ``observed_at``,
+    ``source``; for ``price``: ``price``, ``observed_at``, ``confidence``; for
+    ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``;
+    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``.
+    """
+
+    position: int
+    kind: str
+    key: str
+    data: Mapping[str, Any]
+    recorded_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "kind": self.kind,
+            "key": self.key,
+            "data": dict(self.data),
+            "recorded_at": self.recorded_at,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LogEntry:
+        return cls(
+            position=int(raw["position"]),
+            kind=str(raw["kind"]),
+            key=str(raw["key"]),
+            data=dict(raw["data"]),
+            recorded_at=float(raw["recorded_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogBatch:
+    """Entries of the log positions ``after + 1 .. last`` (inclusive), in position order."""
+
+    after: int
+    last: int
+    entries: tuple[LogEntry, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.last < self.after:
+            raise ValueError(f"batch range is backwards: ({self.after}, {self.last}]")
+
+    def since(self, position: int) -> LogBatch:
+        """The part of this batch after ``position`` (for consumers that saw a prefix)."""
+        if position <= self.after:
+            return self
+        return LogBatch(
+            after=position,
+            last=max(position, self.last),
+            entries=tuple(entry for entry in self.entries if entry.position > position),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "after": self.after,
+            "last": self.last,
+            "entries": [entry.to_json() for entry in self.entries],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> LogBatch:
+        return cls(
+            after=int(raw["after"]),
+            last=int(raw["last"]),
+            entries=tuple(LogEntry.from_json(entry) for entry in raw["entries"]),
+        )

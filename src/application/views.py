@@ -1,0 +1,146 @@
+"""Read-side shapes returned by queries (DeFiLlama field names where they exist)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+SortField = Literal["tvl", "change_1h", "change_1d", "change_7d", "name", "volume_24h", "fees_24h"]
+SORT_FIELDS: Final[frozenset[str]] = frozenset(
+    {"tvl", "change_1h", "change_1d", "change_7d", "name", "volume_24h", "fees_24h"}
+)
+CHANGE_WINDOWS: Final[dict[str, float]] = {
+    "change_1h": 3_600.0,
+    "change_1d": 86_400.0,
+    "change_7d": 604_800.0,
+}
+# How much recent total-TVL history a hot projection keeps per protocol (7d + slack).
+RECENT_WINDOW_SECONDS: Final = 8 * 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolView:
+    slug: str
+    name: str
+    category: str
+    chains: tuple[str, ...]
+    url: str
+    tvl: float | None
+    chain_tvls: dict[str, float]
+    change_1h: float | None
+    change_1d: float | None
+    change_7d: float | None
+    volume_24h: float | None
+    fees_24h: float | None
+    updated_at: float | None
+    position: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "name": self.name,
+            "category": self.category,
+            "chains": list(self.chains),
+            "url": self.url,
+            "tvl": self.tvl,
+            "chainTvls": dict(self.chain_tvls),
+            "change_1h": self.change_1h,
+            "change_1d": self.change_1d,
+            "change_7d": self.change_7d,
+            "volume_24h": self.volume_24h,
+            "fees_24h": self.fees_24h,
+            "updated_at": self.updated_at,
+            "position": self.position,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PriceView:
+    token: str
+    price: float
+    observed_at: float
+    confidence: float | None
+    change_24h: float | None
+    position: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "price": self.price,
+            "timestamp": self.observed_at,
+            "confidence": self.confidence,
+            "change24h": self.change_24h,
+            "position": self.position,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolQuery:
+    """Filter, sort and paginate protocols. ``None`` values sort last whatever the order."""
+
+    chain: str | None = None
+    category: str | None = None
+    min_tvl: float | None = None
+    sort: str = "tvl"
+    descending: bool = True
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: Sequence[ProtocolView]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    timestamp: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    slug: str
+    metric: str = "tvl"
+    chain: str = "total"
+    start: float | None = None
+    end: float | None = None
+    # Bucket width in seconds; the last value in each bucket is reported. None: raw points.
+    bucket: int | None = None
+    # Only observations recorded (as facts) at or before this data time; None: everything.
+    as_of: float | None = None
+    limit: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    slug: str
+    metric: str
+    chain: str
+    points: Sequence[SeriesPoint] = field(default=())
+
+
+def percent_change(
+    recent: Sequence[tuple[float, float]], now_value: float | None, now_at: float, window: float
+) -> float | None:
+    """Percent change of ``now_value`` against the last value at or before ``now_at - window``.
+
+    ``recent`` is a time-ordered list of ``(observed_at, value)``. Returns None when there is
+    no reference point or the reference is zero.
+    """
+    if now_value is None:
+        return None
+    cutoff = now_at - window
+    reference: float | None = None
+    for observed_at, value in recent:
+        if observed_at <= cutoff:
+            reference = value
+        else:
+            break
+    if reference is None or reference == 0:
+        return None
+    return (now_value - reference) / reference * 100.0

@@ -1,0 +1,15 @@
+"""Domain exceptions: raised by aggregates when a command would break an invariant."""
+
+from __future__ import annotations
+
+
+class DomainError(ValueError):
+    """A command was refused because it would break a domain invariant."""
+
+
+class InvalidObservation(DomainError):
+    """A metric or price observation is not acceptable (NaN, negative, unknown metric...)."""
+
+
+class InvalidTransition(DomainError):
+    """A lifecycle command is not allowed in the aggregate's current state."""

@@ -1,0 +1,72 @@
+"""The Token aggregate: price observations for a coin id (``chain:address``/``coingecko:id``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from .errors import InvalidObservation
+from .observations import check_timestamp, check_value
+
+_TOKEN_ID = re.compile(r"^[a-z0-9_-]{1,40}:[A-Za-z0-9_.\-]{1,128}$")
+TOKEN_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/token/")
+
+
+def check_token_id(token_id: str) -> str:
+    if not isinstance(token_id, str) or not _TOKEN_ID.match(token_id):
+        raise InvalidObservation(
+            f"invalid token id {token_id!r}: expected 'chain:address' or 'coingecko:id'"
+        )
+    return token_id
+
+
+class Token(Aggregate):
+    """A priced token. Same observation rules as protocol metrics."""
+
+    @staticmethod
+    def create_id(token_id: str, *_: Any, **__: Any) -> UUID:
+        return uuid5(TOKEN_NAMESPACE, token_id)
+
+    @staticmethod
+    def id_for(token_id: str) -> UUID:
+        return uuid5(TOKEN_NAMESPACE, token_id)
+
+    @event("Registered")
+    def __init__(self, token_id: str) -> None:
+        self.token_id = token_id
+        self.price: float | None = None
+        self.observed_at: float | None = None
+        self.confidence: float | None = None
+        self.history: dict[float, float] = {}
+
+    @classmethod
+    def register(cls, token_id: str) -> Token:
+        return cls(token_id=check_token_id(token_id))
+
+    def record_price(
+        self, price: float, observed_at: float, confidence: float | None = None, source: str = ""
+    ) -> bool:
+        """Record a price; returns False for an identical repeat."""
+        number = check_value(price, what="price")
+        stamp = check_timestamp(observed_at)
+        if confidence is not None:
+            confidence = check_value(confidence, what="confidence")
+            if confidence > 1:
+                raise InvalidObservation("confidence must be between 0 and 1")
+        if self.history.get(stamp) == number:
+            return False
+        self._price_recorded(number, stamp, confidence, source or "")
+        return True
+
+    @event("PriceRecorded")
+    def _price_recorded(
+        self, price: float, observed_at: float, confidence: float | None, source: str
+    ) -> None:
+        self.history[observed_at] = price
+        if self.observed_at is None or observed_at >= self.observed_at:
+            self.price = price
+            self.observed_at = observed_at
+            self.confidence = confidence
