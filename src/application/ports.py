@@ -80,7 +80,9 @@ class HotProjection(Protocol):
 
     async def get_protocols(self, slugs: Sequence[str]) -> list[ProtocolView]: ...
 
-    async def prices(self, tokens: Sequence[str] | None = None, limit: int = 100) -> list[PriceView]:
+    async def prices(
+        self, tokens: Sequence[str] | None = None, limit: int = 100
+    ) -> list[PriceView]:
         """Latest prices of the given tokens (or the most recently updated ones)."""
         ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -127,20 +128,27 @@ class Series:
 def percent_change(
     recent: Sequence[tuple[float, float]], now_value: float | None, now_at: float, window: float
 ) -> float | None:
-    """Percent change of ``now_value`` against the last value at or before ``now_at - window``.
+    """Percent change of ``now_value`` against the value observed nearest to
+    ``now_at - window``, within half a window of it (so "1d" means the previous day's
+    observation even when captures are irregular, and there is no "1h" change for data
+    sampled daily).
 
     ``recent`` is a time-ordered list of ``(observed_at, value)``. Returns None when there is
-    no reference point or the reference is zero.
+    no reference point in range or the reference is zero.
     """
     if now_value is None:
         return None
     cutoff = now_at - window
+    tolerance = window / 2
     reference: float | None = None
+    distance = math.inf
     for observed_at, value in recent:
-        if observed_at <= cutoff:
-            reference = value
-        else:
+        if observed_at > cutoff + tolerance:
             break
+        gap = abs(observed_at - cutoff)
+        if gap <= tolerance and gap <= distance:
+            # ``<=``: of equally near points, the later recording (a correction) wins.
+            reference, distance = value, gap
     if reference is None or reference == 0:
         return None
     return (now_value - reference) / reference * 100.0

@@ -25,7 +25,7 @@ class InvalidRule(DomainError):
 
 
 def check_target(target: dict[str, Any]) -> dict[str, Any]:
-    """Normalise a target: ``{"protocol", "metric", "chain"}`` or ``{"token", "metric": "price"}``."""
+    """Normalise a target: ``{protocol, metric, chain}`` or ``{token, metric: price}``."""
     if not isinstance(target, dict):
         raise InvalidRule("target must be an object")
     if "protocol" in target and "token" not in target:
@@ -98,9 +98,10 @@ def check_cooldown(cooldown: int) -> int:
 
 
 def condition_met(condition: dict[str, Any], measure: float) -> bool:
+    threshold = float(condition["value"])
     if condition["direction"] == "above":
-        return measure >= condition["value"]
-    return measure <= condition["value"]
+        return measure >= threshold
+    return measure <= threshold
 
 
 class AlertRule(Aggregate):
@@ -215,23 +216,29 @@ class AlertRule(Aggregate):
         if met and self.firing == "resolved":
             if self.last_fired_at is not None and observed_at - self.last_fired_at < self.cooldown:
                 return None
-            self._triggered(measure, observed_at, self.next_idempotency_key())
+            self._triggered(self.owner, measure, observed_at, self.next_idempotency_key())
             return "firing"
         if not met and self.firing == "firing":
-            self._resolved(measure, observed_at, self.next_idempotency_key())
+            self._resolved(self.owner, measure, observed_at, self.next_idempotency_key())
             return "resolved"
         return None
 
     def next_idempotency_key(self) -> str:
         return f"{self.id}:{self.transitions + 1}"
 
+    # Triggered/Resolved name the owner so that the alerts stream can route them to the
+    # owner's connections without loading the rule.
     @event("Triggered")
-    def _triggered(self, measure: float, observed_at: float, idempotency_key: str) -> None:
+    def _triggered(
+        self, owner: str, measure: float, observed_at: float, idempotency_key: str
+    ) -> None:
         self.firing = "firing"
         self.last_fired_at = observed_at
         self.transitions += 1
 
     @event("Resolved")
-    def _resolved(self, measure: float, observed_at: float, idempotency_key: str) -> None:
+    def _resolved(
+        self, owner: str, measure: float, observed_at: float, idempotency_key: str
+    ) -> None:
         self.firing = "resolved"
         self.transitions += 1

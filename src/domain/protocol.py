@@ -52,9 +52,7 @@ class Protocol(Aggregate):
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
     @event("Listed")
-    def __init__(
-        self, slug: str, name: str, category: str, chains: list[str], url: str
-    ) -> None:
+    def __init__(self, slug: str, name: str, category: str, chains: list[str], url: str) -> None:
         self.slug = slug
         self.name = name
         self.category = category
@@ -66,7 +64,7 @@ class Protocol(Aggregate):
         self.history: dict[tuple[str, str, float], float] = {}
 
     @classmethod
-    def list(
+    def create(
         cls,
         slug: str,
         name: str,
@@ -104,11 +102,15 @@ class Protocol(Aggregate):
             self.url,
         ):
             return False
-        self._details_updated(new_name, new_category, new_chains, new_url)
+        self._details_updated(self.slug, new_name, new_category, new_chains, new_url)
         return True
 
+    # Events name the slug as well as the aggregate id: downstream consumers (projections,
+    # WebSocket clients) work with slugs and should not need a lookup to read a fact.
     @event("DetailsUpdated")
-    def _details_updated(self, name: str, category: str, chains: list[str], url: str) -> None:
+    def _details_updated(
+        self, slug: str, name: str, category: str, chains: list[str], url: str
+    ) -> None:
         self.name = name
         self.category = category
         self.chains = list(chains)
@@ -129,12 +131,12 @@ class Protocol(Aggregate):
         stamp = check_timestamp(observed_at)
         if self.history.get((metric, chain, stamp)) == number:
             return False
-        self._metric_recorded(metric, chain, number, stamp, source or "")
+        self._metric_recorded(self.slug, metric, chain, number, stamp, source or "")
         return True
 
     @event("MetricRecorded")
     def _metric_recorded(
-        self, metric: str, chain: str, value: float, observed_at: float, source: str
+        self, slug: str, metric: str, chain: str, value: float, observed_at: float, source: str
     ) -> None:
         self.history[(metric, chain, observed_at)] = value
         current = self.current.get((metric, chain))

@@ -20,9 +20,7 @@ class Subscription(Aggregate):
     """A client's subscription: channel + filter + delivery, with a resume position."""
 
     @event("Opened")
-    def __init__(
-        self, owner: str, channel: str, params: dict[str, Any], delivery: str
-    ) -> None:
+    def __init__(self, owner: str, channel: str, params: dict[str, Any], delivery: str) -> None:
         self.owner = owner
         self.channel = channel
         self.params = params
@@ -32,7 +30,11 @@ class Subscription(Aggregate):
 
     @classmethod
     def open(
-        cls, owner: str, channel: str, params: dict[str, Any] | None = None, delivery: str = "websocket"
+        cls,
+        owner: str,
+        channel: str,
+        params: dict[str, Any] | None = None,
+        delivery: str = "websocket",
     ) -> Subscription:
         if channel not in CHANNELS:
             raise InvalidSubscription(f"unknown channel {channel!r}; expected {sorted(CHANNELS)}")

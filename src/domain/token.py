@@ -58,12 +58,17 @@ class Token(Aggregate):
                 raise InvalidObservation("confidence must be between 0 and 1")
         if self.history.get(stamp) == number:
             return False
-        self._price_recorded(number, stamp, confidence, source or "")
+        self._price_recorded(self.token_id, number, stamp, confidence, source or "")
         return True
 
     @event("PriceRecorded")
     def _price_recorded(
-        self, price: float, observed_at: float, confidence: float | None, source: str
+        self,
+        token_id: str,
+        price: float,
+        observed_at: float,
+        confidence: float | None,
+        source: str,
     ) -> None:
         self.history[observed_at] = price
         if self.observed_at is None or observed_at >= self.observed_at:

@@ -1,0 +1,339 @@
+"""The defi-realtime application: use cases over the event-sourced aggregates.
+
+Commands go get -> mutate -> save. ``ingest`` is built for throughput: a group of batches is
+applied to a working set of aggregates and saved in ONE ``save()`` (one transaction), never
+one commit per observation. Writes are meant to run on one writer thread per process (see
+``writer.IngestWriter`` and docs/adr/0003-sync-event-store-async-server.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from ..domain.alert_rule import AlertRule
+from ..domain.api_key import ApiKey, hash_key
+from ..domain.protocol import Protocol
+from ..domain.subscription import Subscription
+from ..domain.token import Token
+from .ingest import IngestBatch, IngestResult, Listing, Rejection
+
+A = TypeVar("A", bound=Aggregate)
+
+# Passing a version bypasses the aggregate cache: reads made outside the writer thread (auth,
+# alert queries) must see other nodes' writes and must never share the writer's objects.
+_LATEST = sys.maxsize
+
+
+class ProtocolNotFound(LookupError):
+    def __init__(self, slug: str) -> None:
+        super().__init__(f"protocol {slug!r} not found")
+        self.slug = slug
+
+
+class AlertRuleNotFound(LookupError):
+    def __init__(self, rule_id: UUID | str) -> None:
+        super().__init__(f"alert rule {rule_id} not found")
+        self.rule_id = str(rule_id)
+
+
+class SubscriptionNotFound(LookupError):
+    def __init__(self, subscription_id: UUID | str) -> None:
+        super().__init__(f"subscription {subscription_id} not found")
+
+
+class ApiKeyNotFound(LookupError):
+    pass
+
+
+class DefiRealtime(Application[UUID]):
+    """The application service. Persistence is chosen by its environment (see container)."""
+
+    name = "DefiRealtime"
+    # Writers keep hot aggregates in memory; the writer is the only mutator, so no deep
+    # copies, and no fast-forward query per get (optimistic concurrency catches staleness:
+    # a conflicting save raises IntegrityError, the cache is evicted and the group retried).
+    env = {
+        "AGGREGATE_CACHE_MAXSIZE": "100000",
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+    }
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def ingest(self, batches: Sequence[IngestBatch], *, attempts: int = 3) -> list[IngestResult]:
+        """Apply a group of batches and save them in one transaction."""
+        for attempt in range(attempts):
+            working: dict[UUID, Aggregate] = {}
+            try:
+                results = [self._apply_batch(batch, working) for batch in batches]
+                recordings = self.save(*working.values())
+            except IntegrityError:
+                self._evict(working)
+                if attempt + 1 == attempts:
+                    raise
+                continue
+            except BaseException:
+                self._evict(working)
+                raise
+            position = max((r.notification.id for r in recordings), default=0)
+            for result in results:
+                if result.committed and (result.accepted or result.duplicates):
+                    result.position = position
+            return results
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _evict(self, working: dict[UUID, Aggregate]) -> None:
+        # The working set may hold mutated (unsaved) cached aggregates: drop them so the
+        # next read rebuilds from the event store.
+        cache = self.repository.cache
+        if cache is None:
+            return
+        for aggregate_id in working:
+            with contextlib.suppress(KeyError):
+                cache.get(aggregate_id, evict=True)
+
+    def _load(self, aggregate_id: UUID, working: dict[UUID, Aggregate]) -> Aggregate | None:
+        found = working.get(aggregate_id)
+        if found is not None:
+            return found
+        try:
+            aggregate: Aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        working[aggregate_id] = aggregate
+        return aggregate
+
+    def _apply_batch(self, batch: IngestBatch, working: dict[UUID, Aggregate]) -> IngestResult:
+        result = IngestResult(rejected=list(batch.rejected))
+        # Resolve first, mutate second: a batch that is refused must leave the (shared)
+        # working set untouched.
+        named = {listing.protocol for listing in batch.listings if listing.name}
+        named.update(m.protocol for m in batch.metrics if m.listing is not None and m.listing.name)
+        known: dict[str, bool] = {}
+        for metric in batch.metrics:
+            if metric.protocol not in known:
+                known[metric.protocol] = (
+                    metric.protocol in named
+                    or self._load(Protocol.id_for(metric.protocol), working) is not None
+                )
+            if not known[metric.protocol]:
+                result.rejected.append(
+                    Rejection(
+                        "observation",
+                        metric.index,
+                        f"unknown protocol {metric.protocol!r}: include 'name' (and category, "
+                        "chains, url) to list it",
+                    )
+                )
+        if result.rejected and not batch.partial:
+            result.committed = False
+            return result
+        for listing in batch.listings:
+            self._upsert_listing(listing, working)
+        for metric in batch.metrics:
+            if not known[metric.protocol]:
+                continue
+            protocol = self._upsert_listing(metric.listing or Listing(metric.protocol), working)
+            if protocol.record_metric(
+                metric.metric, metric.chain, metric.value, metric.observed_at, metric.source
+            ):
+                result.accepted += 1
+            else:
+                result.duplicates += 1
+        for price in batch.prices:
+            token_id = Token.id_for(price.token)
+            token = self._load(token_id, working)
+            if token is None:
+                token = Token.register(price.token)
+                working[token_id] = token
+            assert isinstance(token, Token)
+            if token.record_price(price.price, price.observed_at, price.confidence, price.source):
+                result.accepted += 1
+            else:
+                result.duplicates += 1
+        result.accepted += len(batch.listings)
+        return result
+
+    def _upsert_listing(self, listing: Listing, working: dict[UUID, Aggregate]) -> Protocol:
+        protocol_id = Protocol.id_for(listing.protocol)
+        protocol = self._load(protocol_id, working)
+        if protocol is None:
+            if not listing.name:
+                raise ProtocolNotFound(listing.protocol)
+            protocol = Protocol.create(
+                slug=listing.protocol,
+                name=listing.name,
+                category=listing.category or "",
+                chains=list(listing.chains or ()),
+                url=listing.url or "",
+            )
+            working[protocol_id] = protocol
+            return protocol
+        assert isinstance(protocol, Protocol)
+        protocol.update_details(
+            name=listing.name,
+            category=listing.category,
+            chains=list(listing.chains) if listing.chains is not None else None,
+            url=listing.url,
+        )
+        return protocol
+
+    # -- protocols ------------------------------------------------------------------------
+
+    def get_protocol(self, slug: str) -> Protocol:
+        return self._get_fresh(Protocol.id_for(slug), Protocol, ProtocolNotFound(slug))
+
+    def update_protocol(
+        self,
+        slug: str,
+        name: str | None = None,
+        category: str | None = None,
+        chains: list[str] | None = None,
+        url: str | None = None,
+    ) -> bool:
+        protocol = self._get_cached(Protocol.id_for(slug), Protocol, ProtocolNotFound(slug))
+        changed = protocol.update_details(name=name, category=category, chains=chains, url=url)
+        if changed:
+            self._save_or_evict(protocol)
+        return changed
+
+    # -- API keys -------------------------------------------------------------------------
+
+    def issue_api_key(self, name: str, tier: str = "free", owner: str | None = None) -> str:
+        """Issue a key and return its secret (shown once; only its hash is stored)."""
+        secret = "drt_" + secrets.token_urlsafe(32)
+        self.save(ApiKey.issue(secret, name=name, tier=tier, owner=owner))
+        return secret
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        """The live (not revoked) key for ``secret``, or None."""
+        try:
+            key = self._get_fresh(ApiKey.id_for(hash_key(secret)), ApiKey, ApiKeyNotFound())
+        except ApiKeyNotFound:
+            return None
+        return None if key.revoked else key
+
+    def revoke_api_key(self, secret_or_hash: str) -> None:
+        key_hash = secret_or_hash if len(secret_or_hash) == 64 else hash_key(secret_or_hash)
+        key = self._get_cached(ApiKey.id_for(key_hash), ApiKey, ApiKeyNotFound())
+        key.revoke()
+        self._save_or_evict(key)
+
+    # -- alert rules ----------------------------------------------------------------------
+
+    def create_alert_rule(
+        self,
+        owner: str,
+        target: dict[str, Any],
+        condition: dict[str, Any],
+        channels: list[dict[str, Any]],
+        cooldown: int = 3_600,
+        name: str = "",
+    ) -> UUID:
+        rule = AlertRule.create(owner, target, condition, channels, cooldown, name)
+        self.save(rule)
+        return rule.id
+
+    def get_alert_rule(self, rule_id: UUID, owner: str) -> AlertRule:
+        """A rule of ``owner``'s; another owner's rule is reported as not found."""
+        rule = self._get_fresh(rule_id, AlertRule, AlertRuleNotFound(rule_id))
+        if rule.owner != owner or rule.state == "deleted":
+            raise AlertRuleNotFound(rule_id)
+        return rule
+
+    def _owned_rule(self, rule_id: UUID, owner: str) -> AlertRule:
+        rule = self._get_cached(rule_id, AlertRule, AlertRuleNotFound(rule_id))
+        if rule.owner != owner or rule.state == "deleted":
+            raise AlertRuleNotFound(rule_id)
+        return rule
+
+    def update_alert_rule(self, rule_id: UUID, owner: str, **changes: Any) -> None:
+        rule = self._owned_rule(rule_id, owner)
+        rule.update(**changes)
+        self._save_or_evict(rule)
+
+    def pause_alert_rule(self, rule_id: UUID, owner: str) -> None:
+        rule = self._owned_rule(rule_id, owner)
+        rule.pause()
+        self._save_or_evict(rule)
+
+    def resume_alert_rule(self, rule_id: UUID, owner: str) -> None:
+        rule = self._owned_rule(rule_id, owner)
+        rule.resume()
+        self._save_or_evict(rule)
+
+    def delete_alert_rule(self, rule_id: UUID, owner: str) -> None:
+        rule = self._owned_rule(rule_id, owner)
+        rule.delete()
+        self._save_or_evict(rule)
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    def open_subscription(
+        self, owner: str, channel: str, params: dict[str, Any] | None = None
+    ) -> UUID:
+        subscription = Subscription.open(owner, channel, params)
+        self.save(subscription)
+        return subscription.id
+
+    def get_subscription(self, subscription_id: UUID, owner: str) -> Subscription:
+        found = self._get_fresh(
+            subscription_id, Subscription, SubscriptionNotFound(subscription_id)
+        )
+        if found.owner != owner:
+            raise SubscriptionNotFound(subscription_id)
+        return found
+
+    def advance_subscription(self, subscription_id: UUID, owner: str, position: int) -> None:
+        subscription = self._get_cached(
+            subscription_id, Subscription, SubscriptionNotFound(subscription_id)
+        )
+        if subscription.owner != owner:
+            raise SubscriptionNotFound(subscription_id)
+        if subscription.advance(position):
+            self._save_or_evict(subscription)
+
+    def close_subscription(self, subscription_id: UUID, owner: str) -> None:
+        subscription = self._get_cached(
+            subscription_id, Subscription, SubscriptionNotFound(subscription_id)
+        )
+        if subscription.owner != owner:
+            raise SubscriptionNotFound(subscription_id)
+        subscription.close()
+        self._save_or_evict(subscription)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _get_cached(self, aggregate_id: UUID, kind: type[A], missing: Exception) -> A:
+        try:
+            aggregate: Aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise missing from None
+        if not isinstance(aggregate, kind):
+            raise missing
+        return aggregate
+
+    def _get_fresh(self, aggregate_id: UUID, kind: type[A], missing: Exception) -> A:
+        try:
+            aggregate: Aggregate = self.repository.get(aggregate_id, version=_LATEST)
+        except AggregateNotFoundError:
+            raise missing from None
+        if not isinstance(aggregate, kind):
+            raise missing
+        return aggregate
+
+    def _save_or_evict(self, aggregate: Aggregate) -> None:
+        try:
+            self.save(aggregate)
+        except BaseException:
+            self._evict({aggregate.id: aggregate})
+            raise

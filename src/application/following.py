@@ -1,0 +1,216 @@
+"""Following the event log: relay to the fan-out, keep projections up to date.
+
+The event store is the source of truth; the fan-out only makes things fast. Every follower
+tracks a position, applies batches exactly once (by position), and when a live batch leaves
+a gap, or nothing arrives for a while, reads what it missed from the log itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from .log import LogBatch, LogGapError
+from .ports import EventFanout, EventLog, HistoryReadModel, HotProjection, PositionStore
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 2_000
+
+
+class Relay:
+    """Publishes the event log to the fan-out, at-least-once, from a tracked position."""
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        fanout: EventFanout,
+        positions: PositionStore,
+        *,
+        name: str = "relay",
+        page_size: int = 5_000,
+        poll_interval: float = 0.5,
+        start_at_head: bool = True,
+    ) -> None:
+        self.event_log = event_log
+        self.fanout = fanout
+        self.positions = positions
+        self.name = name
+        self.page_size = page_size
+        self.poll_interval = poll_interval
+        self.start_at_head = start_at_head
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.position = 0
+
+    def wake(self) -> None:
+        """Thread-safe: new events were committed."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        position = await self.positions.load(self.name)
+        if position == 0 and self.start_at_head:
+            # Consumers catch up from the log on their own when they start; the fan-out
+            # only has to carry what happens from now on.
+            position = await asyncio.to_thread(self.event_log.head)
+        self.position = position
+        while True:
+            batch = await asyncio.to_thread(self.event_log.read, self.position, self.page_size)
+            if batch.last > self.position:
+                await self.fanout.publish(batch)
+                # Saved after the broker confirmed: a crash in between republishes
+                # (at-least-once); consumers drop what they already have by position.
+                await self.positions.save(self.name, batch.last)
+                self.position = batch.last
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+
+class ProjectionRunner:
+    """Keeps one projection caught up: from the log on start, then from live batches."""
+
+    def __init__(
+        self,
+        name: str,
+        event_log: EventLog,
+        position: Callable[[], Awaitable[int]],
+        apply: Callable[[LogBatch], Awaitable[bool]],
+        *,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.name = name
+        self.event_log = event_log
+        self._position = position
+        self._apply = apply
+        self.page_size = page_size
+        self._lock = asyncio.Lock()
+        self.position = 0
+
+    @classmethod
+    def for_hot(cls, event_log: EventLog, hot: HotProjection) -> ProjectionRunner:
+        return cls("hot", event_log, hot.position, hot.apply)
+
+    @classmethod
+    def for_history(cls, event_log: EventLog, history: HistoryReadModel) -> ProjectionRunner:
+        async def position() -> int:
+            return await asyncio.to_thread(history.position)
+
+        async def apply(batch: LogBatch) -> bool:
+            return await asyncio.to_thread(history.apply, batch)
+
+        return cls("history", event_log, position, apply)
+
+    async def catch_up(self, until: int | None = None) -> int:
+        """Apply everything in the log (up to ``until``, if given); returns the position."""
+        async with self._lock:
+            self.position = await self._position()
+            await self._catch_up_locked(until)
+            return self.position
+
+    async def _catch_up_locked(self, until: int | None) -> None:
+        while until is None or self.position < until:
+            batch = await asyncio.to_thread(self.event_log.read, self.position, self.page_size)
+            if batch.last == self.position:
+                return
+            await self._apply(batch)
+            self.position = batch.last
+
+    async def advance(self, batch: LogBatch) -> None:
+        """Bring the projection up to ``batch.last``, using the batch when it fits."""
+        async with self._lock:
+            if batch.last <= self.position:
+                return
+            if batch.after > self.position:
+                # Behind: the position may have moved (another process shares this
+                # projection), else read the gap from the log.
+                self.position = await self._position()
+                await self._catch_up_locked(until=batch.after)
+            if self.position >= batch.last:
+                return
+            try:
+                await self._apply(batch.since(self.position))
+            except LogGapError:
+                # The projection lost state behind our back (e.g. Redis flushed): rebuild
+                # from its own position.
+                self.position = await self._position()
+                await self._catch_up_locked(until=batch.last)
+                return
+            self.position = batch.last
+
+
+class NodeFollower:
+    """One per serving process: takes live batches from the fan-out, brings the projections
+    up to date, then hands the batch to the realtime hub. Polls the log when quiet."""
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        runners: list[ProjectionRunner],
+        deliver: Callable[[LogBatch], Awaitable[None]] | None = None,
+        *,
+        on_ready: Callable[[int], Awaitable[None]] | None = None,
+        poll_interval: float = 1.0,
+        queue_size: int = 1_000,
+    ) -> None:
+        self.event_log = event_log
+        self.runners = runners
+        self.deliver = deliver
+        self.on_ready = on_ready
+        self.poll_interval = poll_interval
+        self._queue: asyncio.Queue[LogBatch] = asyncio.Queue(maxsize=queue_size)
+        self.position = 0
+        self.ready = asyncio.Event()
+
+    async def on_batch(self, batch: LogBatch) -> None:
+        """The fan-out handler."""
+        await self._queue.put(batch)
+
+    async def run(self) -> None:
+        for runner in self.runners:
+            await runner.catch_up()
+        self.position = await asyncio.to_thread(self.event_log.head)
+        for runner in self.runners:
+            await runner.catch_up()
+        if self.on_ready is not None:
+            await self.on_ready(self.position)
+        self.ready.set()
+        while True:
+            try:
+                batch = await asyncio.wait_for(self._queue.get(), self.poll_interval)
+            except TimeoutError:
+                batch = await asyncio.to_thread(self.event_log.read, self.position, PAGE_SIZE)
+                if batch.last == self.position:
+                    continue
+            await self._handle(batch)
+
+    async def _handle(self, batch: LogBatch) -> None:
+        if batch.last <= self.position:
+            return  # duplicate delivery
+        if batch.after > self.position:
+            # Missed something (a lost or reordered message): read the gap from the log.
+            gap = await asyncio.to_thread(
+                self.event_log.read, self.position, batch.after - self.position
+            )
+            if gap.last > self.position:
+                await self._handle(gap)
+            if batch.after > self.position:
+                self.position = batch.after
+        part = batch.since(self.position)
+        for runner in self.runners:
+            try:
+                await runner.advance(part)
+            except Exception:
+                log.exception("projection %s failed to advance", runner.name)
+        if self.deliver is not None:
+            try:
+                await self.deliver(part)
+            except Exception:
+                log.exception("delivery of batch (%d, %d] failed", part.after, part.last)
+        self.position = part.last

@@ -1,0 +1,136 @@
+"""Bulk import of ingest items (files, pollers): chunking, slug collisions, totals."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..domain.protocol import slugify
+from .ingest import IngestBatch, IngestResult, build_batch
+
+CHUNK_ITEMS = 5_000
+MAX_IN_FLIGHT = 4
+
+
+@dataclass(slots=True)
+class ImportTotals:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    renamed_slugs: int = 0
+    position: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: IngestResult) -> None:
+        self.accepted += result.accepted
+        self.duplicates += result.duplicates
+        self.position = max(self.position, result.position)
+        for rejection in result.rejected:
+            self.reject(rejection.reason)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        # Group reasons without their varying values ("got -3.2") for a readable summary.
+        key = reason.split(", got ")[0]
+        self.reasons[key] = self.reasons.get(key, 0) + 1
+
+
+class SlugRegistry:
+    """Keeps distinct protocols apart when they slugify alike. DeFiLlama lists two "mETH
+    Protocol"s (Liquid Staking and Liquid Restaking) whose names give one slug: the first
+    (name, category) keeps the slug, later ones get ``slug-<category>``. Deterministic for a
+    given file, so re-importing it maps every row to the same protocol."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, tuple[str, str]] = {}
+        self._aliases: set[str] = set()
+        self.renamed = 0
+
+    def resolve(self, item: Mapping[str, Any]) -> Mapping[str, Any]:
+        slug, name = item.get("protocol"), item.get("name")
+        if not isinstance(slug, str) or not isinstance(name, str):
+            return item
+        category = str(item.get("category") or "")
+        identity = (name, category)
+        owner = self._owners.setdefault(slug, identity)
+        if owner == identity:
+            return item
+        suffix = slugify(category) if category else hashlib.sha1(name.encode()).hexdigest()[:6]
+        alias = f"{slug}-{suffix}"
+        if alias not in self._aliases:
+            self._aliases.add(alias)
+            self.renamed += 1
+        return {**item, "protocol": alias}
+
+
+Item = tuple[str, Mapping[str, Any] | None, str | None]
+Chunk = tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[Mapping[str, Any]], list[str]]
+
+
+def chunks(items: Iterable[Item], size: int = CHUNK_ITEMS) -> Iterator[Chunk]:
+    """Group ``(kind, item, error)`` triples into (observations, prices, listings, errors)."""
+    observations: list[Mapping[str, Any]] = []
+    prices: list[Mapping[str, Any]] = []
+    listings: list[Mapping[str, Any]] = []
+    errors: list[str] = []
+    count = 0
+    for kind, item, error in items:
+        if kind == "observation" and item is not None:
+            observations.append(item)
+        elif kind == "price" and item is not None:
+            prices.append(item)
+        elif kind == "listing" and item is not None:
+            listings.append(item)
+        else:
+            errors.append(error or "unreadable item")
+        count += 1
+        if count >= size:
+            yield observations, prices, listings, errors
+            observations, prices, listings, errors = [], [], [], []
+            count = 0
+    if count:
+        yield observations, prices, listings, errors
+
+
+def import_items(
+    items: Iterable[Item],
+    submit: Callable[[IngestBatch], Future[IngestResult]],
+    *,
+    progress: Callable[[int], None] | None = None,
+    resolve_slugs: bool = True,
+) -> ImportTotals:
+    """Import items in chunks with partial acceptance: valid items are recorded, each bad one
+    is counted with its reason. Several chunks are in flight so the writer can group-commit."""
+    totals = ImportTotals()
+    registry = SlugRegistry()
+    in_flight: list[tuple[Future[IngestResult], int]] = []
+
+    def settle(entry: tuple[Future[IngestResult], int]) -> None:
+        future, size = entry
+        totals.add(future.result())
+        if progress is not None:
+            progress(size)
+
+    for observations, prices, listings, errors in chunks(items):
+        if resolve_slugs:
+            observations = [registry.resolve(item) for item in observations]
+            listings = [registry.resolve(item) for item in listings]
+        for error in errors:
+            totals.reject(error)
+        batch = build_batch(observations, prices, listings, partial=True)
+        size = len(observations) + len(prices) + len(listings) + len(errors)
+        if batch.size == 0:
+            totals.add(IngestResult(rejected=list(batch.rejected)))
+            if progress is not None:
+                progress(size)
+            continue
+        in_flight.append((submit(batch), size))
+        while len(in_flight) >= MAX_IN_FLIGHT:
+            settle(in_flight.pop(0))
+    for entry in in_flight:
+        settle(entry)
+    totals.renamed_slugs = registry.renamed
+    return totals

@@ -1,0 +1,290 @@
+"""Validating ingest items: the one place that turns untrusted dicts into commands.
+
+Used by the REST ingest endpoint, the CLI's file import and the RabbitMQ ingest queue, so
+every entry point rejects the same things with the same reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from ..domain.errors import DomainError
+from ..domain.observations import (
+    TOTAL,
+    check_label,
+    check_metric,
+    check_timestamp,
+    check_value,
+)
+from ..domain.protocol import check_slug
+from ..domain.token import check_token_id
+
+OBSERVATION_FIELDS: Final = frozenset(
+    {
+        "protocol",
+        "metric",
+        "chain",
+        "value",
+        "observed_at",
+        "source",
+        "name",
+        "category",
+        "chains",
+        "url",
+    }
+)
+PRICE_FIELDS: Final = frozenset({"token", "price", "observed_at", "confidence", "source"})
+LISTING_FIELDS: Final = frozenset({"protocol", "name", "category", "chains", "url"})
+MAX_ITEMS_PER_BATCH: Final = 50_000
+
+
+class InvalidItem(ValueError):
+    """One ingest item cannot be accepted; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Protocol details that come with an observation (or alone, for untracked TVL)."""
+
+    protocol: str
+    name: str | None = None
+    category: str | None = None
+    chains: tuple[str, ...] | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetric:
+    """Command: record one protocol metric observation."""
+
+    protocol: str
+    metric: str
+    chain: str
+    value: float
+    observed_at: float
+    source: str
+    listing: Listing | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPrice:
+    """Command: record one token price observation."""
+
+    token: str
+    price: float
+    observed_at: float
+    confidence: float | None
+    source: str
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    kind: str  # "observation" | "price" | "listing"
+    index: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "index": self.index, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBatch:
+    """Command: record a batch atomically (or only its valid items, if ``partial``)."""
+
+    metrics: tuple[RecordMetric, ...] = ()
+    prices: tuple[RecordPrice, ...] = ()
+    listings: tuple[Listing, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+    partial: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.metrics) + len(self.prices) + len(self.listings)
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    committed: bool = True
+    # Highest log position written by this batch (0 if it wrote nothing).
+    position: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": len(self.rejected),
+            "errors": [rejection.to_json() for rejection in self.rejected],
+            "committed": self.committed,
+            "position": self.position,
+        }
+
+
+def parse_timestamp(raw: Any) -> float:
+    """Unix seconds (int/float) or an ISO-8601 string (naive means UTC)."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidItem(f"observed_at {raw!r} is neither unix seconds nor ISO-8601") from None
+        if moment.tzinfo is None:
+            return check_timestamp(moment.replace(tzinfo=UTC).timestamp())
+        return check_timestamp(moment.timestamp())
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise InvalidItem("observed_at must be unix seconds or an ISO-8601 string")
+    return check_timestamp(raw)
+
+
+def _require_mapping(raw: Any, allowed: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise InvalidItem("item must be an object")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise InvalidItem(f"unknown field(s): {', '.join(map(repr, unknown))}")
+    return raw
+
+
+def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidItem(f"{key} must be a string")
+    if len(value) > 2_000:
+        raise InvalidItem(f"{key} is too long")
+    return value
+
+
+def _listing(raw: Mapping[str, Any], slug: str) -> Listing | None:
+    chains = raw.get("chains")
+    if chains is not None and (
+        not isinstance(chains, list) or not all(isinstance(chain, str) for chain in chains)
+    ):
+        raise InvalidItem("chains must be a list of strings")
+    name = _optional_str(raw, "name")
+    if name is not None:
+        check_label(name, what="name")
+    listing = Listing(
+        protocol=slug,
+        name=name,
+        category=_optional_str(raw, "category"),
+        chains=None if chains is None else tuple(check_label(c, what="chain") for c in chains),
+        url=_optional_str(raw, "url"),
+    )
+    if listing == Listing(protocol=slug):
+        return None
+    return listing
+
+
+def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
+    """Validate one observation item (raises ``InvalidItem`` with a clear reason)."""
+    item = _require_mapping(raw, OBSERVATION_FIELDS)
+    try:
+        if "protocol" not in item:
+            raise InvalidItem("protocol is required")
+        slug = check_slug(item["protocol"])
+        if "value" not in item:
+            raise InvalidItem("value is required")
+        if "observed_at" not in item:
+            raise InvalidItem("observed_at is required")
+        chain = item.get("chain", TOTAL)
+        return RecordMetric(
+            protocol=slug,
+            metric=check_metric(item.get("metric", "tvl")),
+            chain=check_label(chain, what="chain") if isinstance(chain, str) else _bad("chain"),
+            value=check_value(item["value"]),
+            observed_at=parse_timestamp(item["observed_at"]),
+            source=_optional_str(item, "source") or "",
+            listing=_listing(item, slug),
+            index=index,
+        )
+    except DomainError as error:
+        raise InvalidItem(str(error)) from None
+
+
+def parse_listing(raw: Any) -> Listing:
+    item = _require_mapping(raw, LISTING_FIELDS)
+    try:
+        slug = check_slug(item.get("protocol"))  # type: ignore[arg-type]
+        listing = _listing(item, slug)
+    except DomainError as error:
+        raise InvalidItem(str(error)) from None
+    if listing is None or listing.name is None:
+        raise InvalidItem("a listing needs at least a name")
+    return listing
+
+
+def parse_price(raw: Any, index: int = 0) -> RecordPrice:
+    item = _require_mapping(raw, PRICE_FIELDS)
+    try:
+        if "token" not in item:
+            raise InvalidItem("token is required")
+        if "price" not in item:
+            raise InvalidItem("price is required")
+        if "observed_at" not in item:
+            raise InvalidItem("observed_at is required")
+        confidence = item.get("confidence")
+        if confidence is not None:
+            confidence = check_value(confidence, what="confidence")
+            if confidence > 1:
+                raise InvalidItem("confidence must be between 0 and 1")
+        return RecordPrice(
+            token=check_token_id(item["token"]),
+            price=check_value(item["price"], what="price"),
+            observed_at=parse_timestamp(item["observed_at"]),
+            confidence=confidence,
+            source=_optional_str(item, "source") or "",
+            index=index,
+        )
+    except DomainError as error:
+        raise InvalidItem(str(error)) from None
+
+
+def _bad(what: str) -> str:
+    raise InvalidItem(f"{what} must be a string")
+
+
+def build_batch(
+    observations: Sequence[Any] = (),
+    prices: Sequence[Any] = (),
+    listings: Sequence[Any] = (),
+    *,
+    partial: bool = False,
+) -> IngestBatch:
+    """Parse raw items into an ``IngestBatch``, collecting a rejection per bad item."""
+    if len(observations) + len(prices) + len(listings) > MAX_ITEMS_PER_BATCH:
+        raise InvalidItem(f"a batch holds at most {MAX_ITEMS_PER_BATCH} items")
+    metrics: list[RecordMetric] = []
+    records: list[RecordPrice] = []
+    listed: list[Listing] = []
+    rejected: list[Rejection] = []
+    for index, raw in enumerate(observations):
+        try:
+            metrics.append(parse_observation(raw, index))
+        except InvalidItem as error:
+            rejected.append(Rejection("observation", index, str(error)))
+    for index, raw in enumerate(prices):
+        try:
+            records.append(parse_price(raw, index))
+        except InvalidItem as error:
+            rejected.append(Rejection("price", index, str(error)))
+    for index, raw in enumerate(listings):
+        try:
+            listed.append(parse_listing(raw))
+        except InvalidItem as error:
+            rejected.append(Rejection("listing", index, str(error)))
+    return IngestBatch(
+        metrics=tuple(metrics),
+        prices=tuple(records),
+        listings=tuple(listed),
+        rejected=tuple(rejected),
+        partial=partial,
+    )

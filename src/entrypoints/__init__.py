@@ -1,0 +1,1 @@
+"""Entrypoints: the Starlette API and WebSocket server, the CLI, workers, composition root."""

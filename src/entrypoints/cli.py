@@ -1,0 +1,242 @@
+"""The ``defi-realtime`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ..adapters.defillama_files import UnknownFormatError, detect_format, estimate_items, read_items
+from ..application.importing import ImportTotals, import_items
+from .settings import Settings
+
+cli = typer.Typer(
+    name="defi-realtime",
+    help="Real-time DeFi analytics engine: server, workers, ingest and admin tools.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+projections_cli = typer.Typer(help="Projections (read models).", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(projections_cli, name="projections")
+
+# Progress and summaries go to stderr: stdout carries only results (e.g. a new key).
+err = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@cli.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PORT or 8000)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the API + WebSocket server with in-process workers."""
+    import uvicorn
+
+    from .api import create_app
+
+    settings = _settings()
+    if host is not None:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        ws_max_size=1024 * 1024,
+    )
+
+
+@cli.command()
+def worker(
+    role: Annotated[str, typer.Argument(help="relay | projections")],
+) -> None:
+    """Run one background role (for scale-out beside `serve` nodes)."""
+    from .runtime import running
+
+    if role not in ("relay", "projections"):
+        err.print(f"[red]unknown role {role!r}: expected relay or projections[/red]")
+        raise typer.Exit(2)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with running(_settings(), role):
+            err.print(f"worker {role} running")
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+@cli.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    source: Annotated[str | None, typer.Option(help="source label for the observations")] = None,
+) -> None:
+    """Import a file: DeFiLlama /protocols or /protocol/{slug} JSON, observation JSONL, or the
+    (gzipped) snapshot and TVL-history JSONL files."""
+    from ..application.app import DefiRealtime
+    from ..application.writer import IngestWriter
+
+    try:
+        fmt = detect_format(file)
+    except UnknownFormatError as error:
+        err.print(f"[red]cannot import {file}: {error}[/red]")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = DefiRealtime(env=settings.event_store_env)
+    writer = IngestWriter(app)
+    writer.start()
+    try:
+        total = estimate_items(file, fmt=fmt)
+        with _progress() as progress:
+            task = progress.add_task(f"ingest {file.name} ({fmt})", total=total)
+            items = (
+                (item.kind, item.item, item.error)
+                for item in read_items(file, source=source, fmt=fmt)
+            )
+            totals = import_items(
+                items,
+                writer.submit,
+                progress=lambda n: progress.advance(task, n),
+                resolve_slugs=fmt != "observations-jsonl",
+            )
+    finally:
+        writer.stop()
+        app.close()
+    _print_totals(totals)
+
+
+def _print_totals(totals: ImportTotals) -> None:
+    table = Table(title="ingest summary", show_header=False)
+    table.add_row("accepted", f"{totals.accepted:,}")
+    table.add_row("duplicates", f"{totals.duplicates:,}")
+    table.add_row("rejected", f"{totals.rejected:,}")
+    if totals.renamed_slugs:
+        table.add_row("colliding slugs renamed", f"{totals.renamed_slugs:,}")
+    table.add_row("log position", f"{totals.position:,}")
+    err.print(table)
+    for reason, count in sorted(totals.reasons.items(), key=lambda kv: -kv[1])[:10]:
+        err.print(f"  rejected {count:,} x {reason}")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who the key is for")],
+    tier: Annotated[str, typer.Option(help="free | basic | pro | enterprise")] = "free",
+    owner: Annotated[str | None, typer.Option(help="account (defaults to the name)")] = None,
+) -> None:
+    """Create an API key; prints the key as the only line on stdout."""
+    from ..application.app import DefiRealtime
+    from ..domain.errors import DomainError
+
+    settings = _settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = DefiRealtime(env=settings.event_store_env)
+    try:
+        secret = app.issue_api_key(name=name, tier=tier, owner=owner)
+    except DomainError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        app.close()
+    sys.stdout.write(secret + "\n")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its SHA-256 hash")]) -> None:
+    """Revoke an API key."""
+    from ..application.app import ApiKeyNotFound, DefiRealtime
+    from ..domain.errors import DomainError
+
+    app = DefiRealtime(env=_settings().event_store_env)
+    try:
+        app.revoke_api_key(key)
+    except (ApiKeyNotFound, DomainError) as error:
+        err.print(f"[red]cannot revoke: {error or 'unknown key'}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        app.close()
+    err.print("revoked")
+
+
+@projections_cli.command("rebuild")
+def projections_rebuild() -> None:
+    """Rebuild the hot projection and the history read model from the event store."""
+    from ..application.following import ProjectionRunner
+    from .runtime import running
+
+    async def main() -> None:
+        async with running(_settings(), "projections", follow=False) as runtime:
+            head = await asyncio.to_thread(runtime.event_log.head)
+            await runtime.hot.reset()
+            await asyncio.to_thread(runtime.history.reset)
+            runners = [
+                ProjectionRunner.for_hot(runtime.event_log, runtime.hot),
+                ProjectionRunner.for_history(runtime.event_log, runtime.history),
+            ]
+            with _progress() as progress:
+                for runner in runners:
+                    task = progress.add_task(f"rebuild {runner.name}", total=head)
+                    while runner.position < head:
+                        before = runner.position
+                        await runner.catch_up(until=min(head, runner.position + 20_000))
+                        progress.update(task, completed=runner.position)
+                        if runner.position == before:
+                            break
+                    progress.update(task, completed=head)
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The composition root: adapters chosen from settings, lifecycles as Resources.
+
+Nothing here does I/O at import time; resources open when ``init_resources()`` runs (in the
+server's lifespan or a CLI command) and close on ``shutdown_resources()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from dependency_injector import containers, providers
+from redis.asyncio import Redis
+
+from ..adapters.memory_fanout import InProcessEventFanout
+from ..adapters.memory_hot_projection import InMemoryHotProjection
+from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
+from ..adapters.rabbit_fanout import RabbitEventFanout
+from ..adapters.redis_hot_projection import RedisHotProjection
+from ..adapters.sql_history import SqlHistoryReadModel
+from ..application.app import DefiRealtime
+from ..application.event_log import EventStoreLog
+from ..application.realtime import RealtimeHub
+from ..application.writer import IngestWriter
+from .settings import Settings
+
+
+def _application(env: dict[str, str], data_dir: Any) -> Iterator[DefiRealtime]:
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+        data_dir.mkdir(parents=True, exist_ok=True)
+    app = DefiRealtime(env=env)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _writer(app: DefiRealtime) -> Iterator[IngestWriter]:
+    writer = IngestWriter(app)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop()
+
+
+def _history(url: str, data_dir: Any) -> Iterator[SqlHistoryReadModel]:
+    if url.startswith("sqlite"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+    model = SqlHistoryReadModel(url)
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
+    if url is None:
+        yield None
+        return
+    client = Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _rabbit_fanout(
+    url: str | None, exchange: str, node_id: str | None
+) -> AsyncIterator[RabbitEventFanout | None]:
+    if url is None:
+        yield None
+        return
+    fanout = RabbitEventFanout(url, exchange=exchange, node_id=node_id)
+    try:
+        yield fanout
+    finally:
+        await fanout.stop()
+
+
+async def _memory_fanout() -> AsyncIterator[InProcessEventFanout]:
+    fanout = InProcessEventFanout()
+    try:
+        yield fanout
+    finally:
+        await fanout.stop()
+
+
+def _positions(
+    database_url: str | None, history_url: str
+) -> InMemoryPositionStore | SqlPositionStore:
+    # Embedded: the in-process fan-out has no consumers outside this process, which all
+    # catch up from the log themselves, so the relay may start from the head each time.
+    if database_url is None:
+        return InMemoryPositionStore()
+    return SqlPositionStore(history_url)
+
+
+class Container(containers.DeclarativeContainer):
+    """config -> infrastructure (Resources) -> services."""
+
+    config = providers.Configuration()
+    settings = providers.Dependency(instance_of=Settings)
+
+    # -- infrastructure -------------------------------------------------------------------
+    app = providers.Resource(_application, config.event_store_env, config.data_dir)
+    history = providers.Resource(_history, config.history_url, config.data_dir)
+    redis_client = providers.Resource(_redis, config.redis_url)
+    rabbit_fanout = providers.Resource(
+        _rabbit_fanout, config.amqp_url, config.amqp_exchange, config.node_id
+    )
+    memory_fanout = providers.Resource(_memory_fanout)
+    writer = providers.Resource(_writer, app)
+
+    # -- services -------------------------------------------------------------------------
+    event_log = providers.Singleton(EventStoreLog, app)
+    hot_projection = providers.Selector(
+        config.hot_backend,
+        memory=providers.Singleton(InMemoryHotProjection),
+        redis=providers.Singleton(RedisHotProjection, redis_client, config.redis_prefix),
+    )
+    fanout = providers.Selector(
+        config.fanout_backend,
+        memory=memory_fanout,
+        rabbitmq=rabbit_fanout,
+    )
+    positions = providers.Singleton(_positions, config.database_url, config.history_url)
+    hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
+
+
+def build_container(settings: Settings) -> Container:
+    """A container configured from ``settings`` (nothing opened yet)."""
+    container = Container(settings=settings)
+    container.config.from_dict(
+        {
+            "event_store_env": settings.event_store_env,
+            "data_dir": settings.data_dir,
+            "history_url": settings.history_url,
+            "database_url": settings.database_url,
+            "redis_url": settings.redis_url,
+            "redis_prefix": settings.redis_prefix,
+            "amqp_url": settings.amqp_url,
+            "amqp_exchange": settings.amqp_exchange,
+            "node_id": settings.node_id,
+            "hot_backend": "redis" if settings.redis_url else "memory",
+            "fanout_backend": "rabbitmq" if settings.amqp_url else "memory",
+        }
+    )
+    return container

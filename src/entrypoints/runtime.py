@@ -1,0 +1,163 @@
+"""A running node: resolved services plus the background tasks that follow the log.
+
+Roles: ``serve`` runs everything (API + WebSocket hub + relay + projections); workers run
+one part each (``relay``, ``projections``) for scale-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..application.app import DefiRealtime
+from ..application.event_log import EventStoreLog
+from ..application.following import NodeFollower, ProjectionRunner, Relay
+from ..application.ports import EventFanout, HistoryReadModel, HotProjection, PositionStore
+from ..application.realtime import RealtimeHub
+from ..application.writer import IngestWriter
+from .container import Container, build_container
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ROLES = ("serve", "relay", "projections")
+
+
+async def _resolve(value: T | Awaitable[T]) -> T:
+    if isinstance(value, Awaitable):
+        return await value
+    return value
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    container: Container
+    app: DefiRealtime
+    writer: IngestWriter
+    event_log: EventStoreLog
+    hot: HotProjection
+    history: HistoryReadModel
+    fanout: EventFanout
+    positions: PositionStore
+    hub: RealtimeHub
+    relay: Relay | None = None
+    follower: NodeFollower | None = None
+    hot_runner: ProjectionRunner | None = None
+    history_runner: ProjectionRunner | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        if self.follower is not None:
+            await asyncio.wait_for(self.follower.ready.wait(), timeout)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until this node has followed the log up to its head (tests, CLI)."""
+        head = await asyncio.to_thread(self.event_log.head)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.follower is not None and self.follower.position < head:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"node at {self.follower.position}, log head {head}")
+            await asyncio.sleep(0.005)
+
+
+def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """Run a follower loop forever; if it crashes (e.g. a broker outage), restart it."""
+
+    async def loop() -> None:
+        delay = 0.2
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting in %.1fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return asyncio.create_task(loop(), name=name)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, role: str = "serve", *, follow: bool = True
+) -> AsyncIterator[Runtime]:
+    """Open the resources, start the role's background tasks; close everything on exit."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    container = build_container(settings)
+    await _resolve(container.init_resources())
+    try:
+        app = await _resolve(container.app())
+        runtime = Runtime(
+            settings=settings,
+            container=container,
+            app=app,
+            writer=await _resolve(container.writer()),
+            event_log=await _resolve(container.event_log()),
+            hot=await _resolve(container.hot_projection()),
+            history=await _resolve(container.history()),
+            fanout=await _resolve(container.fanout()),
+            positions=await _resolve(container.positions()),
+            hub=await _resolve(container.hub()),
+        )
+        if follow:
+            _start_role(runtime, role)
+            await runtime.fanout.start()
+            await runtime.wait_ready()
+        try:
+            yield runtime
+        finally:
+            for task in runtime.tasks:
+                task.cancel()
+            for task in runtime.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    finally:
+        await _resolve(container.shutdown_resources())
+
+
+def _start_role(runtime: Runtime, role: str) -> None:
+    settings = runtime.settings
+    runtime.hot_runner = ProjectionRunner.for_hot(runtime.event_log, runtime.hot)
+    runtime.history_runner = ProjectionRunner.for_history(runtime.event_log, runtime.history)
+    if role in ("serve", "relay"):
+        relay = Relay(
+            runtime.event_log,
+            runtime.fanout,
+            runtime.positions,
+            poll_interval=settings.poll_interval,
+        )
+        runtime.relay = relay
+        runtime.writer.set_on_commit(lambda _position: relay.wake())
+        runtime.tasks.append(_supervise("relay", relay.run))
+    if role in ("serve", "projections"):
+        deliver: Callable[[Any], Awaitable[None]] | None = None
+        if role == "serve":
+            hub = runtime.hub
+
+            async def deliver_to_hub(batch: Any) -> None:
+                await hub.deliver(batch)
+
+            deliver = deliver_to_hub
+        follower = NodeFollower(
+            runtime.event_log,
+            [runtime.hot_runner, runtime.history_runner],
+            deliver,
+            on_ready=runtime.hub.seed if role == "serve" else None,
+            poll_interval=max(settings.poll_interval, 0.2),
+        )
+        runtime.follower = follower
+        runtime.fanout.listen(follower.on_batch)
+
+        async def run_follower() -> None:
+            await follower.run()
+
+        runtime.tasks.append(_supervise("follower", run_follower))

@@ -1,0 +1,71 @@
+"""Configuration from environment variables (pydantic-settings). No I/O here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything selectable without code edits. Unset URLs mean embedded adapters:
+    SQLite files under ``DATA_DIR`` and in-process projections and fan-out."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default=Path("var"), alias="DATA_DIR")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    amqp_url: str | None = Field(default=None, alias="AMQP_URL")
+    redis_prefix: str = Field(default="dr:", alias="REDIS_PREFIX")
+    amqp_exchange: str = Field(default="defi-realtime.events", alias="AMQP_EXCHANGE")
+    # eventsourcing's stock PostgreSQL recorder instead of our batched one (for comparison).
+    stock_postgres_recorder: bool = Field(default=False, alias="STOCK_POSTGRES_RECORDER")
+
+    host: str = Field(default="127.0.0.1", alias="HOST")
+    port: int = Field(default=8000, alias="PORT")
+    require_key_for_reads: bool = Field(default=False, alias="REQUIRE_KEY_FOR_READS")
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, alias="MAX_BODY_BYTES")
+    ws_queue_size: int = Field(default=1_000, alias="WS_QUEUE_SIZE")
+    ws_idle_timeout: float = Field(default=120.0, alias="WS_IDLE_TIMEOUT")
+    poll_interval: float = Field(default=0.5, alias="POLL_INTERVAL")
+    node_id: str | None = Field(default=None, alias="NODE_ID")
+
+    @property
+    def event_store_env(self) -> dict[str, str]:
+        """eventsourcing's environment for the chosen event store."""
+        if self.database_url is None:
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(self.data_dir / "events.sqlite"),
+                "SQLITE_LOCK_TIMEOUT": "30",
+            }
+        url = urlparse(self.database_url)
+        if url.scheme.split("+")[0] not in ("postgres", "postgresql"):
+            raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {url.scheme!r}")
+        module = (
+            "eventsourcing.postgres"
+            if self.stock_postgres_recorder
+            else "defi_realtime.adapters.postgres_event_store"
+        )
+        env = {
+            "PERSISTENCE_MODULE": module,
+            "POSTGRES_DBNAME": (url.path or "/postgres").lstrip("/") or "postgres",
+            "POSTGRES_HOST": url.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": unquote(url.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(url.password or ""),
+            "POSTGRES_POOL_SIZE": "5",
+            "POSTGRES_MAX_OVERFLOW": "5",
+        }
+        return env
+
+    @property
+    def history_url(self) -> str:
+        """SQLAlchemy URL of the history read model (same database as the event store)."""
+        if self.database_url is None:
+            return f"sqlite:///{self.data_dir / 'history.sqlite'}"
+        url = urlparse(self.database_url)
+        return url._replace(scheme="postgresql+psycopg").geturl()
