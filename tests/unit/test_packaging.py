@@ -1,0 +1,65 @@
+"""The distribution must not shadow popular top-level packages (ADR 0001)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+
+import defi_realtime
+
+SRC = Path(defi_realtime.__file__).parent
+
+
+def test_import_entrypoints_gives_the_pypi_package() -> None:
+    # `entrypoints` (PyPI) is installed by our dev extras; our entrypoints live at
+    # defi_realtime.entrypoints and must not take its place.
+    entrypoints = importlib.import_module("entrypoints")
+    assert hasattr(entrypoints, "EntryPoint"), entrypoints.__file__
+    assert Path(entrypoints.__file__).resolve().parent != SRC.resolve()
+    ours = importlib.import_module("defi_realtime.entrypoints")
+    assert ours is not entrypoints
+    assert Path(ours.__file__).resolve().parent == (SRC / "entrypoints").resolve()
+
+
+def test_the_distribution_installs_one_top_level_package() -> None:
+    top_level = importlib.metadata.distribution("defi-realtime").read_text("top_level.txt")
+    assert top_level is not None
+    assert top_level.split() == ["defi_realtime"]
+
+
+def test_generic_names_do_not_resolve_into_our_source() -> None:
+    for name in ("adapters", "domain", "application"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin).resolve()
+        assert SRC.resolve() not in origin.parents, f"{name} resolves into our source: {origin}"
+
+
+ALLOWED_DOMAIN_IMPORTS = {"eventsourcing.domain", "pydantic"}
+
+
+def test_domain_imports_only_stdlib_eventsourcing_domain_and_pydantic() -> None:
+    """Finer than import-linter can say: eventsourcing.domain yes, the rest of it no."""
+    offenders = []
+    for path in (SRC / "domain").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                if module in ALLOWED_DOMAIN_IMPORTS or top == "pydantic":
+                    continue
+                offenders.append(f"{path.name}: {module}")
+    assert offenders == []
