@@ -1,0 +1,142 @@
+"""One ``PositionStore`` contract, run against the in-memory and the SQL adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from defi_realtime.adapters.position_stores import InMemoryPositionStore, SqlPositionStore
+from defi_realtime.application.ports import PositionStore
+from tests.services import postgres_url
+
+StoreFactory = Callable[[], PositionStore]
+
+
+class PositionStoreContract:
+    """Subclasses provide ``make_store``: each call is a new instance over the same storage
+    (a process restart for durable stores)."""
+
+    @pytest.fixture
+    def make_store(self) -> StoreFactory:
+        raise NotImplementedError
+
+    async def test_an_unknown_name_is_at_position_zero(self, make_store: StoreFactory) -> None:
+        assert await make_store().load("relay") == 0
+
+    async def test_save_then_load(self, make_store: StoreFactory) -> None:
+        store = make_store()
+        await store.save("relay", 42)
+        assert await store.load("relay") == 42
+        await store.save("relay", 43)
+        assert await store.load("relay") == 43
+
+    async def test_names_are_independent(self, make_store: StoreFactory) -> None:
+        store = make_store()
+        await store.save("relay", 7)
+        await store.save("history", 2**40)
+        assert await store.load("relay") == 7
+        assert await store.load("history") == 2**40
+        assert await store.load("other") == 0
+
+    async def test_concurrent_saves_of_different_names(self, make_store: StoreFactory) -> None:
+        store = make_store()
+        await asyncio.gather(*(store.save(f"follower-{i}", i * 10) for i in range(20)))
+        loaded = await asyncio.gather(*(store.load(f"follower-{i}") for i in range(20)))
+        assert loaded == [i * 10 for i in range(20)]
+
+
+class TestInMemoryPositionStore(PositionStoreContract):
+    @pytest.fixture
+    def make_store(self) -> StoreFactory:
+        return InMemoryPositionStore
+
+
+class SqlContract(PositionStoreContract):
+    """Durable stores: ``make_store`` opens a new instance (a restart) on the same table."""
+
+    @pytest.fixture
+    def sql_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def make_store(self, sql_url: str) -> Iterator[StoreFactory]:
+        table = f"log_follower_positions_{uuid.uuid4().hex[:12]}"
+        stores: list[SqlPositionStore] = []
+
+        def make() -> PositionStore:
+            store = SqlPositionStore(sql_url, table=table)
+            stores.append(store)
+            return store
+
+        yield make
+        if stores:
+            with stores[0].engine.begin() as conn:
+                conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+        for store in stores:
+            store.close()
+
+    async def test_a_position_survives_a_restart(self, make_store: StoreFactory) -> None:
+        await make_store().save("relay", 1234)
+        assert await make_store().load("relay") == 1234
+
+
+class TestSqlitePositionStore(SqlContract):
+    @pytest.fixture
+    def sql_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'positions.db'}"
+
+    def test_the_default_table_is_log_follower_positions(self, tmp_path: Path) -> None:
+        store = SqlPositionStore(f"sqlite:///{tmp_path / 'default.db'}")
+        try:
+            assert store.table_name == "log_follower_positions"
+            with store.engine.connect() as conn:
+                names = conn.execute(text("SELECT name FROM sqlite_master")).scalars().all()
+            assert "log_follower_positions" in names
+        finally:
+            store.close()
+
+    def test_an_invalid_table_name_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="invalid table name"):
+            SqlPositionStore(f"sqlite:///{tmp_path / 'x.db'}", table="x; drop table y")
+
+
+class TestInMemorySqlitePositionStore(PositionStoreContract):
+    """``sqlite://`` shares one connection across worker threads (not durable)."""
+
+    @pytest.fixture
+    def make_store(self) -> Iterator[StoreFactory]:
+        stores: list[SqlPositionStore] = []
+
+        def make() -> PositionStore:
+            store = SqlPositionStore("sqlite://")
+            stores.append(store)
+            return store
+
+        yield make
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.postgres
+class TestPostgresPositionStore(SqlContract):
+    @pytest.fixture
+    def sql_url(self) -> str:
+        url = make_url(postgres_url()).set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+
+    async def test_a_plain_postgresql_url_uses_psycopg3(self) -> None:
+        store = SqlPositionStore(postgres_url(), table=f"positions_{uuid.uuid4().hex[:12]}")
+        try:
+            assert store.engine.dialect.driver == "psycopg"
+            await store.save("relay", 5)
+            assert await store.load("relay") == 5
+        finally:
+            with store.engine.begin() as conn:
+                conn.execute(text(f'DROP TABLE "{store.table_name}"'))
+            store.close()
