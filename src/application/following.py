@@ -166,13 +166,25 @@ class NodeFollower:
         self.poll_interval = poll_interval
         self._queue: asyncio.Queue[LogBatch] = asyncio.Queue(maxsize=queue_size)
         self.position = 0
+        self.running = False
         self.ready = asyncio.Event()
 
     async def on_batch(self, batch: LogBatch) -> None:
-        """The fan-out handler."""
-        await self._queue.put(batch)
+        """The fan-out handler. While not running (e.g. waiting to be elected) batches are
+        dropped: ``run`` catches up from the log first."""
+        if self.running:
+            await self._queue.put(batch)
 
     async def run(self) -> None:
+        self.running = True
+        try:
+            await self._run()
+        finally:
+            self.running = False
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    async def _run(self) -> None:
         for runner in self.runners:
             await runner.catch_up()
         self.position = await asyncio.to_thread(self.event_log.head)

@@ -40,29 +40,36 @@ class ImportTotals:
 
 class SlugRegistry:
     """Keeps distinct protocols apart when they slugify alike. DeFiLlama lists two "mETH
-    Protocol"s (Liquid Staking and Liquid Restaking) whose names give one slug: the first
-    (name, category) keeps the slug, later ones get ``slug-<category>``. Deterministic for a
-    given file, so re-importing it maps every row to the same protocol."""
+    Protocol"s (Liquid Staking and Liquid Restaking) in the same snapshot: their names give
+    one slug. When a second (name, category) claims a slug at the same ``observed_at``, it
+    becomes ``slug-<category>`` from then on. A protocol that merely changes category between
+    snapshots is not a collision. Deterministic for a given file, so re-importing it maps every
+    row to the same protocol."""
 
     def __init__(self) -> None:
-        self._owners: dict[str, tuple[str, str]] = {}
-        self._aliases: set[str] = set()
-        self.renamed = 0
+        self._claims: dict[tuple[str, Any], tuple[str, str]] = {}
+        self._aliases: dict[tuple[str, str, str], str] = {}
+
+    @property
+    def renamed(self) -> int:
+        return len(self._aliases)
 
     def resolve(self, item: Mapping[str, Any]) -> Mapping[str, Any]:
         slug, name = item.get("protocol"), item.get("name")
         if not isinstance(slug, str) or not isinstance(name, str):
             return item
         category = str(item.get("category") or "")
-        identity = (name, category)
-        owner = self._owners.setdefault(slug, identity)
-        if owner == identity:
-            return item
-        suffix = slugify(category) if category else hashlib.sha1(name.encode()).hexdigest()[:6]
-        alias = f"{slug}-{suffix}"
-        if alias not in self._aliases:
-            self._aliases.add(alias)
-            self.renamed += 1
+        alias = self._aliases.get((slug, name, category))
+        if alias is None:
+            observed_at = item.get("observed_at")
+            if observed_at is None:
+                return item
+            holder = self._claims.setdefault((slug, observed_at), (name, category))
+            if holder == (name, category):
+                return item
+            suffix = slugify(category) if category else hashlib.sha1(name.encode()).hexdigest()[:6]
+            alias = f"{slug}-{suffix}"
+            self._aliases[(slug, name, category)] = alias
         return {**item, "protocol": alias}
 
 

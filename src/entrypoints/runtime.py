@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..adapters.postgres_coordination import PostgresCommitListener, PostgresLeadership
 from ..application.app import DefiRealtime
 from ..application.event_log import EventStoreLog
 from ..application.following import NodeFollower, ProjectionRunner, Relay
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROLES = ("serve", "relay", "projections")
+RELAY_LOCK_KEY = 0x64725F72656C6179  # "dr_relay"
+PROJECTIONS_LOCK_KEY = 0x64725F70726F6A  # "dr_proj"
 
 
 async def _resolve(value: T | Awaitable[T]) -> T:
@@ -111,7 +114,8 @@ async def running(
         if follow:
             _start_role(runtime, role)
             await runtime.fanout.start()
-            await runtime.wait_ready()
+            if role == "serve":
+                await runtime.wait_ready()
         try:
             yield runtime
         finally:
@@ -137,27 +141,61 @@ def _start_role(runtime: Runtime, role: str) -> None:
         )
         runtime.relay = relay
         runtime.writer.set_on_commit(lambda _position: relay.wake())
-        runtime.tasks.append(_supervise("relay", relay.run))
-    if role in ("serve", "projections"):
-        deliver: Callable[[Any], Awaitable[None]] | None = None
-        if role == "serve":
-            hub = runtime.hub
+        channel = getattr(runtime.app.recorder, "channel_name", None)
+        if settings.database_url is not None and isinstance(channel, str):
+            # Several nodes: one relay publishes (advisory lock), woken by every node's
+            # commits through PostgreSQL NOTIFY.
+            leadership = PostgresLeadership(settings.database_url, RELAY_LOCK_KEY)
+            listener = PostgresCommitListener(settings.database_url, channel)
 
-            async def deliver_to_hub(batch: Any) -> None:
-                await hub.deliver(batch)
+            async def run_relay() -> None:
+                async with leadership.lead():
+                    log.info("this node now runs the relay")
+                    await relay.run()
 
-            deliver = deliver_to_hub
+            runtime.tasks.append(_supervise("relay", run_relay))
+            runtime.tasks.append(_supervise("commit-listener", lambda: listener.run(relay.wake)))
+        else:
+            runtime.tasks.append(_supervise("relay", relay.run))
+    # Projections kept in this process's memory are applied by this node; projections in
+    # shared stores (Redis, PostgreSQL) by one elected node, so nodes don't race on them.
+    local: list[ProjectionRunner] = []
+    shared: list[ProjectionRunner] = []
+    (shared if settings.redis_url else local).append(runtime.hot_runner)
+    (shared if settings.database_url else local).append(runtime.history_runner)
+    if role == "serve":
+        hub = runtime.hub
+
+        async def deliver_to_hub(batch: Any) -> None:
+            await hub.deliver(batch)
+
         follower = NodeFollower(
             runtime.event_log,
-            [runtime.hot_runner, runtime.history_runner],
-            deliver,
-            on_ready=runtime.hub.seed if role == "serve" else None,
+            local,
+            deliver_to_hub,
+            on_ready=hub.seed,
             poll_interval=max(settings.poll_interval, 0.2),
         )
         runtime.follower = follower
         runtime.fanout.listen(follower.on_batch)
+        runtime.tasks.append(_supervise("follower", follower.run))
+    if role in ("serve", "projections") and (shared or role == "projections"):
+        projector = NodeFollower(
+            runtime.event_log,
+            shared or local,
+            poll_interval=max(settings.poll_interval, 0.2),
+        )
+        runtime.fanout.listen(projector.on_batch)
+        if role == "projections":
+            runtime.follower = projector
+        if settings.database_url is not None:
+            projections_lead = PostgresLeadership(settings.database_url, PROJECTIONS_LOCK_KEY)
 
-        async def run_follower() -> None:
-            await follower.run()
+            async def run_projector() -> None:
+                async with projections_lead.lead():
+                    log.info("this node now applies the shared projections")
+                    await projector.run()
 
-        runtime.tasks.append(_supervise("follower", run_follower))
+            runtime.tasks.append(_supervise("projector", run_projector))
+        else:
+            runtime.tasks.append(_supervise("projector", projector.run))
