@@ -139,9 +139,20 @@ class DefiRealtime(Application[UUID]):
             return result
         for listing in batch.listings:
             self._upsert_listing(listing, working)
+        # A new protocol may be named by a later item of the batch than its first
+        # observation: list it from the first named item before recording anything.
+        first_named: dict[str, Listing] = {}
+        for metric in batch.metrics:
+            if metric.listing is not None and metric.listing.name:
+                first_named.setdefault(metric.protocol, metric.listing)
         for metric in batch.metrics:
             if not known[metric.protocol]:
                 continue
+            if (
+                metric.protocol in first_named
+                and self._load(Protocol.id_for(metric.protocol), working) is None
+            ):
+                self._upsert_listing(first_named[metric.protocol], working)
             protocol = self._upsert_listing(metric.listing or Listing(metric.protocol), working)
             if protocol.record_metric(
                 metric.metric, metric.chain, metric.value, metric.observed_at, metric.source

@@ -30,7 +30,7 @@ def check_target(target: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRule("target must be an object")
     if "protocol" in target and "token" not in target:
         metric = target.get("metric", "tvl")
-        if metric not in METRICS:
+        if not isinstance(metric, str) or metric not in METRICS:
             raise InvalidRule(f"target.metric must be one of {sorted(METRICS)}")
         chain = target.get("chain") or TOTAL
         return {
@@ -55,7 +55,13 @@ def check_condition(condition: dict[str, Any]) -> dict[str, Any]:
     value = condition.get("value")
     if direction not in get_args(Direction):
         raise InvalidRule("condition.direction must be 'above' or 'below'")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRule("condition.value must be a finite number")
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        raise InvalidRule("condition.value must be a finite number") from None
+    if not math.isfinite(value):
         raise InvalidRule("condition.value must be a finite number")
     if kind == "threshold":
         if value < 0:
@@ -63,7 +69,7 @@ def check_condition(condition: dict[str, Any]) -> dict[str, Any]:
         return {"kind": kind, "direction": direction, "value": float(value)}
     if kind == "pct_change":
         window = condition.get("window")
-        if window not in WINDOWS:
+        if not isinstance(window, str) or window not in WINDOWS:
             raise InvalidRule(f"condition.window must be one of {sorted(WINDOWS)}")
         if value < -100:
             raise InvalidRule("a percentage change cannot be below -100")
@@ -76,9 +82,9 @@ def check_channels(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise InvalidRule("channels must be a non-empty list")
     checked = []
     for index, channel in enumerate(channels):
-        if not isinstance(channel, dict) or channel.get("kind") not in CHANNEL_KINDS:
+        kind = channel.get("kind") if isinstance(channel, dict) else None
+        if not isinstance(kind, str) or kind not in CHANNEL_KINDS:
             raise InvalidRule(f"channels[{index}].kind must be one of {sorted(CHANNEL_KINDS)}")
-        kind = channel["kind"]
         if kind == "webhook" and not str(channel.get("url", "")).startswith(
             ("http://", "https://")
         ):

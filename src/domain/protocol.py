@@ -17,7 +17,7 @@ PROTOCOL_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/protocol/")
 
 def check_slug(slug: str) -> str:
     """A slug is lower-case, starts with a letter or digit, has no whitespace or URL syntax."""
-    if not isinstance(slug, str) or not _SLUG.match(slug):
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
         raise InvalidObservation(
             f"invalid protocol slug {slug!r}: lower-case letters, digits and '-' (max 200)"
         )

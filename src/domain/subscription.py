@@ -36,7 +36,7 @@ class Subscription(Aggregate):
         params: dict[str, Any] | None = None,
         delivery: str = "websocket",
     ) -> Subscription:
-        if channel not in CHANNELS:
+        if not isinstance(channel, str) or channel not in CHANNELS:
             raise InvalidSubscription(f"unknown channel {channel!r}; expected {sorted(CHANNELS)}")
         return cls(
             owner=check_label(owner, what="owner"),

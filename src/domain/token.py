@@ -16,7 +16,7 @@ TOKEN_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/token/")
 
 
 def check_token_id(token_id: str) -> str:
-    if not isinstance(token_id, str) or not _TOKEN_ID.match(token_id):
+    if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
         raise InvalidObservation(
             f"invalid token id {token_id!r}: expected 'chain:address' or 'coingecko:id'"
         )

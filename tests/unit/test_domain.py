@@ -1,0 +1,1069 @@
+"""Domain tests: given events -> command -> expected new events (and state).
+
+Every test builds the "given" events with the aggregate's own commands, replays them into a
+fresh aggregate (so the state a command sees is the state the events rebuild), runs one
+command and compares the new pending events exactly: class name and attributes, without
+the envelope (id, version, timestamp, topic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+from eventsourcing.domain import Aggregate
+
+from defi_realtime.domain.alert_rule import MAX_COOLDOWN, AlertRule, InvalidRule
+from defi_realtime.domain.api_key import TIER_LIMITS, ApiKey, InvalidTier, TierLimits, hash_key
+from defi_realtime.domain.errors import DomainError, InvalidObservation, InvalidTransition
+from defi_realtime.domain.protocol import Protocol, check_slug, slugify
+from defi_realtime.domain.subscription import InvalidSubscription, Subscription
+from defi_realtime.domain.token import Token, check_token_id
+
+T0 = 1_700_000_000.0
+ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+
+Fact = tuple[str, dict[str, Any]]
+
+
+def facts(events: Iterable[Any]) -> list[Fact]:
+    """Events as (class name, attributes without the envelope)."""
+    return [
+        (type(event).__name__, {k: v for k, v in vars(event).items() if k not in ENVELOPE})
+        for event in events
+    ]
+
+
+def given(events: Sequence[Any]) -> Any:
+    """The aggregate the given events rebuild (no pending events)."""
+    aggregate: Aggregate | None = None
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    assert aggregate is not None
+    assert aggregate.version == len(events)
+    return aggregate
+
+
+def then(aggregate: Aggregate) -> list[Fact]:
+    """The events the command just recorded."""
+    return facts(aggregate.collect_events())
+
+
+def listed(slug: str = "aave-v3", **kwargs: Any) -> Protocol:
+    return given(Protocol.create(slug, kwargs.pop("name", "Aave V3"), **kwargs).collect_events())
+
+
+# --- Protocol -----------------------------------------------------------------------------
+
+
+def test_protocol_create_is_listed_under_its_slug_id() -> None:
+    protocol = Protocol.create(
+        "aave-v3", "Aave V3", category="Lending", chains=["ethereum"], url="https://aave.com"
+    )
+
+    assert protocol.id == Protocol.id_for("aave-v3") == Protocol.create_id("aave-v3")
+    assert then(protocol) == [
+        (
+            "Listed",
+            {
+                "slug": "aave-v3",
+                "name": "Aave V3",
+                "category": "Lending",
+                "chains": ["ethereum"],
+                "url": "https://aave.com",
+            },
+        )
+    ]
+    assert protocol.version == 1
+    assert protocol.current == {}
+    assert protocol.history == {}
+
+
+def test_protocol_create_defaults() -> None:
+    protocol = Protocol.create("uniswap", "Uniswap")
+    assert then(protocol) == [
+        ("Listed", {"slug": "uniswap", "name": "Uniswap", "category": "", "chains": [], "url": ""})
+    ]
+
+
+@pytest.mark.parametrize(
+    "slug",
+    ["a", "aave-v3", "0x-protocol", "curve.fi", "uniswap_v2", "a" * 200],
+)
+def test_valid_slugs(slug: str) -> None:
+    assert check_slug(slug) == slug
+    assert Protocol.create(slug, "Name").slug == slug
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "",
+        "Aave",
+        "aaVe",
+        "aave v3",
+        "aave/v3",
+        "aave?x",
+        "aave#x",
+        "aave%20",
+        "-aave",
+        ".aave",
+        "aave\n",
+        "aave\t",
+        "a" * 201,
+        5,
+        None,
+        ["aave"],
+    ],
+)
+def test_invalid_slugs_are_refused(slug: Any) -> None:
+    with pytest.raises(InvalidObservation, match="invalid protocol slug"):
+        check_slug(slug)
+    with pytest.raises(InvalidObservation):
+        Protocol.create(slug, "Name")
+
+
+def test_slugify_follows_defillama() -> None:
+    assert slugify("  Aave  V3 ") == "aave-v3"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, None, 3])
+def test_protocol_create_needs_a_name(name: Any) -> None:
+    with pytest.raises(InvalidObservation, match="name"):
+        Protocol.create("aave", name)
+
+
+@pytest.mark.parametrize("chains", ["ethereum", [""], [1], [None]])
+def test_protocol_create_refuses_bad_chains(chains: Any) -> None:
+    with pytest.raises(InvalidObservation):
+        Protocol.create("aave", "Aave", chains=chains)
+
+
+def test_first_observation_is_recorded_and_current() -> None:
+    protocol = listed()
+
+    assert protocol.record_metric("tvl", "total", 1.5e9, T0, "llama") is True
+
+    assert then(protocol) == [
+        (
+            "MetricRecorded",
+            {
+                "slug": "aave-v3",
+                "metric": "tvl",
+                "chain": "total",
+                "value": 1.5e9,
+                "observed_at": T0,
+                "source": "llama",
+            },
+        )
+    ]
+    assert protocol.current == {("tvl", "total"): (1.5e9, T0)}
+    assert protocol.history == {("tvl", "total", T0): 1.5e9}
+    assert protocol.current_value() == 1.5e9
+    assert protocol.current_value("volume_24h") is None
+    assert protocol.version == 2
+
+
+def test_integer_values_and_timestamps_are_recorded_as_floats() -> None:
+    protocol = listed()
+    protocol.record_metric("fees_24h", "total", 7, int(T0))
+    [(_, data)] = then(protocol)
+    assert data["value"] == 7.0
+    assert isinstance(data["value"], float)
+    assert isinstance(data["observed_at"], float)
+    assert data["source"] == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        -1.0,
+        -1,
+        -1e-300,
+        True,
+        False,
+        "1",
+        None,
+        [1],
+        10**400,
+    ],
+)
+def test_values_must_be_finite_non_negative_numbers(value: Any) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation):
+        protocol.record_metric("tvl", "total", value, T0)
+    assert then(protocol) == []
+    assert protocol.current == {}
+
+
+def test_zero_is_a_valid_value() -> None:
+    protocol = listed()
+    assert protocol.record_metric("tvl", "total", 0, T0) is True
+    assert protocol.current_value() == 0.0
+
+
+@pytest.mark.parametrize(
+    "observed_at",
+    [
+        T0 * 1000,  # milliseconds
+        0,
+        946_684_799,
+        4_102_444_800,
+        math.nan,
+        math.inf,
+        True,
+        "2024-01-01T00:00:00Z",
+        None,
+        10**400,
+    ],
+)
+def test_observation_time_must_be_plausible_unix_seconds(observed_at: Any) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation):
+        protocol.record_metric("tvl", "total", 1.0, observed_at)
+    assert then(protocol) == []
+
+
+@pytest.mark.parametrize("observed_at", [946_684_800, 4_102_444_799.5])
+def test_observation_time_bounds_are_inclusive_exclusive(observed_at: float) -> None:
+    protocol = listed()
+    assert protocol.record_metric("tvl", "total", 1.0, observed_at) is True
+
+
+@pytest.mark.parametrize("metric", ["TVL", "price", "", None, ["tvl"], {"tvl": 1}])
+def test_unknown_metrics_are_refused(metric: Any) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation, match="unknown metric"):
+        protocol.record_metric(metric, "total", 1.0, T0)
+
+
+@pytest.mark.parametrize("chain", ["", "  ", None, 1, "c" * 201])
+def test_bad_chains_are_refused(chain: Any) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation, match="chain"):
+        protocol.record_metric("tvl", chain, 1.0, T0)
+
+
+def test_identical_repeated_observation_is_a_no_op() -> None:
+    builder = Protocol.create("aave-v3", "Aave V3")
+    builder.record_metric("tvl", "total", 10.0, T0)
+    protocol = given(builder.collect_events())
+
+    assert protocol.record_metric("tvl", "total", 10.0, T0, "another-source") is False
+    assert protocol.record_metric("tvl", "total", 10, int(T0)) is False
+
+    assert then(protocol) == []
+    assert protocol.version == 2
+
+
+def test_late_observation_is_history_but_not_current() -> None:
+    builder = Protocol.create("aave-v3", "Aave V3")
+    builder.record_metric("tvl", "total", 10.0, T0)
+    protocol = given(builder.collect_events())
+
+    assert protocol.record_metric("tvl", "total", 8.0, T0 - 3600) is True
+
+    assert then(protocol) == [
+        (
+            "MetricRecorded",
+            {
+                "slug": "aave-v3",
+                "metric": "tvl",
+                "chain": "total",
+                "value": 8.0,
+                "observed_at": T0 - 3600,
+                "source": "",
+            },
+        )
+    ]
+    assert protocol.current == {("tvl", "total"): (10.0, T0)}
+    assert protocol.history == {("tvl", "total", T0): 10.0, ("tvl", "total", T0 - 3600): 8.0}
+
+
+def test_newer_observation_moves_the_current_value() -> None:
+    builder = Protocol.create("aave-v3", "Aave V3")
+    builder.record_metric("tvl", "total", 10.0, T0)
+    protocol = given(builder.collect_events())
+
+    assert protocol.record_metric("tvl", "total", 12.0, T0 + 60) is True
+    assert [name for name, _ in then(protocol)] == ["MetricRecorded"]
+    assert protocol.current_value() == 12.0
+    assert protocol.current[("tvl", "total")] == (12.0, T0 + 60)
+
+
+def test_same_timestamp_different_value_is_a_correction() -> None:
+    builder = Protocol.create("aave-v3", "Aave V3")
+    builder.record_metric("tvl", "total", 10.0, T0)
+    builder.record_metric("tvl", "total", 11.0, T0 + 60)
+    protocol = given(builder.collect_events())
+
+    assert protocol.record_metric("tvl", "total", 11.5, T0 + 60) is True
+
+    assert then(protocol) == [
+        (
+            "MetricRecorded",
+            {
+                "slug": "aave-v3",
+                "metric": "tvl",
+                "chain": "total",
+                "value": 11.5,
+                "observed_at": T0 + 60,
+                "source": "",
+            },
+        )
+    ]
+    assert protocol.current_value() == 11.5
+    assert protocol.history[("tvl", "total", T0 + 60)] == 11.5
+
+
+def test_correction_of_a_late_timestamp_leaves_current_alone() -> None:
+    builder = Protocol.create("aave-v3", "Aave V3")
+    builder.record_metric("tvl", "total", 10.0, T0)
+    builder.record_metric("tvl", "total", 11.0, T0 + 60)
+    protocol = given(builder.collect_events())
+
+    assert protocol.record_metric("tvl", "total", 9.0, T0) is True
+    assert len(then(protocol)) == 1
+    assert protocol.current_value() == 11.0
+    assert protocol.history[("tvl", "total", T0)] == 9.0
+
+
+def test_metrics_and_chains_are_tracked_separately() -> None:
+    protocol = listed(chains=["ethereum"])
+
+    assert protocol.record_metric("tvl", "arbitrum", 3.0, T0) is True
+    assert protocol.record_metric("tvl", "ethereum", 4.0, T0) is True
+    assert protocol.record_metric("volume_24h", "total", 5.0, T0) is True
+    # Same key (metric, chain, time) as nothing else: not a duplicate of the tvl above.
+    assert protocol.record_metric("fees_24h", "arbitrum", 3.0, T0) is True
+
+    assert [name for name, _ in then(protocol)] == ["MetricRecorded"] * 4
+    assert protocol.current == {
+        ("tvl", "arbitrum"): (3.0, T0),
+        ("tvl", "ethereum"): (4.0, T0),
+        ("volume_24h", "total"): (5.0, T0),
+        ("fees_24h", "arbitrum"): (3.0, T0),
+    }
+    assert protocol.current_value("tvl", "arbitrum") == 3.0
+    # A chain seen in a metric joins the listing, once, in order of appearance.
+    assert protocol.chains == ["ethereum", "arbitrum"]
+
+
+def test_update_details_records_the_full_listing() -> None:
+    protocol = listed(category="Lending", chains=["ethereum"], url="https://aave.com")
+
+    assert protocol.update_details(category="Dexes", chains=["ethereum", "base"]) is True
+
+    assert then(protocol) == [
+        (
+            "DetailsUpdated",
+            {
+                "slug": "aave-v3",
+                "name": "Aave V3",
+                "category": "Dexes",
+                "chains": ["ethereum", "base"],
+                "url": "https://aave.com",
+            },
+        )
+    ]
+    assert (protocol.name, protocol.category, protocol.chains, protocol.url) == (
+        "Aave V3",
+        "Dexes",
+        ["ethereum", "base"],
+        "https://aave.com",
+    )
+
+
+def test_update_details_without_change_is_a_no_op() -> None:
+    protocol = listed(category="Lending", chains=["ethereum"])
+
+    assert protocol.update_details() is False
+    assert protocol.update_details(name="Aave V3", category="Lending", chains=["ethereum"]) is False
+    assert then(protocol) == []
+
+
+@pytest.mark.parametrize(
+    "changes", [{"name": ""}, {"name": 5}, {"chains": "ethereum"}, {"chains": [""]}]
+)
+def test_update_details_validates(changes: dict[str, Any]) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation):
+        protocol.update_details(**changes)
+    assert then(protocol) == []
+
+
+# --- Token --------------------------------------------------------------------------------
+
+
+def registered(token_id: str = "coingecko:ethereum") -> Token:
+    return given(Token.register(token_id).collect_events())
+
+
+@pytest.mark.parametrize(
+    "token_id",
+    [
+        "coingecko:ethereum",
+        "ethereum:0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48",
+        "solana:EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v",
+        "bsc:wbnb.token_x-1",
+    ],
+)
+def test_register_token(token_id: str) -> None:
+    token = Token.register(token_id)
+    assert token.id == Token.id_for(token_id) == Token.create_id(token_id)
+    assert then(token) == [("Registered", {"token_id": token_id})]
+    assert (token.price, token.observed_at, token.confidence, token.history) == (
+        None,
+        None,
+        None,
+        {},
+    )
+
+
+@pytest.mark.parametrize(
+    "token_id",
+    [
+        "",
+        "ethereum",
+        ":0xabc",
+        "ethereum:",
+        "Ethereum:0xabc",
+        "coingecko:eth er",
+        "coingecko:eth\n",
+        "coingecko:a:b",
+        "c" * 41 + ":x",
+        "coingecko:" + "x" * 129,
+        None,
+        42,
+    ],
+)
+def test_invalid_token_ids_are_refused(token_id: Any) -> None:
+    with pytest.raises(InvalidObservation, match="invalid token id"):
+        check_token_id(token_id)
+    with pytest.raises(InvalidObservation):
+        Token.register(token_id)
+
+
+def test_first_price_is_recorded() -> None:
+    token = registered()
+
+    assert token.record_price(3100.5, T0, 0.99, "llama") is True
+
+    assert then(token) == [
+        (
+            "PriceRecorded",
+            {
+                "token_id": "coingecko:ethereum",
+                "price": 3100.5,
+                "observed_at": T0,
+                "confidence": 0.99,
+                "source": "llama",
+            },
+        )
+    ]
+    assert (token.price, token.observed_at, token.confidence) == (3100.5, T0, 0.99)
+    assert token.history == {T0: 3100.5}
+
+
+@pytest.mark.parametrize("confidence", [0, 0.0, 0.5, 1, 1.0, None])
+def test_confidence_within_bounds(confidence: Any) -> None:
+    token = registered()
+    assert token.record_price(1.0, T0, confidence) is True
+    [(_, data)] = then(token)
+    assert data["confidence"] == confidence
+    assert token.confidence == confidence
+
+
+@pytest.mark.parametrize("confidence", [1.0000001, 2, -0.1, math.nan, math.inf, True, "0.5"])
+def test_confidence_out_of_bounds_is_refused(confidence: Any) -> None:
+    token = registered()
+    with pytest.raises(InvalidObservation, match="confidence"):
+        token.record_price(1.0, T0, confidence)
+    assert then(token) == []
+
+
+@pytest.mark.parametrize("price", [math.nan, math.inf, -0.01, True, "3100", None])
+def test_price_must_be_a_finite_non_negative_number(price: Any) -> None:
+    token = registered()
+    with pytest.raises(InvalidObservation, match="price"):
+        token.record_price(price, T0)
+    assert then(token) == []
+
+
+def test_identical_repeated_price_is_a_no_op() -> None:
+    builder = Token.register("coingecko:ethereum")
+    builder.record_price(3000.0, T0, 0.9)
+    token = given(builder.collect_events())
+
+    assert token.record_price(3000.0, T0, 0.9) is False
+    assert then(token) == []
+    assert token.version == 2
+
+
+def test_late_price_is_history_only() -> None:
+    builder = Token.register("coingecko:ethereum")
+    builder.record_price(3000.0, T0, 0.9)
+    token = given(builder.collect_events())
+
+    assert token.record_price(2900.0, T0 - 60, 0.5) is True
+
+    assert then(token) == [
+        (
+            "PriceRecorded",
+            {
+                "token_id": "coingecko:ethereum",
+                "price": 2900.0,
+                "observed_at": T0 - 60,
+                "confidence": 0.5,
+                "source": "",
+            },
+        )
+    ]
+    assert (token.price, token.observed_at, token.confidence) == (3000.0, T0, 0.9)
+    assert token.history == {T0: 3000.0, T0 - 60: 2900.0}
+
+
+def test_same_timestamp_new_price_is_a_correction() -> None:
+    builder = Token.register("coingecko:ethereum")
+    builder.record_price(3000.0, T0, 0.9)
+    token = given(builder.collect_events())
+
+    assert token.record_price(3001.0, T0, None) is True
+    assert [name for name, _ in then(token)] == ["PriceRecorded"]
+    assert (token.price, token.observed_at, token.confidence) == (3001.0, T0, None)
+
+
+# --- AlertRule ----------------------------------------------------------------------------
+
+TVL_TARGET = {"protocol": "aave-v3"}
+BELOW_1B = {"kind": "threshold", "direction": "below", "value": 1_000_000_000}
+WEBHOOK = [{"kind": "webhook", "url": "https://example.com/hook"}]
+
+
+def rule_events(**kwargs: Any) -> list[Any]:
+    arguments: dict[str, Any] = {
+        "owner": "alice",
+        "target": TVL_TARGET,
+        "condition": BELOW_1B,
+        "channels": WEBHOOK,
+        "cooldown": 600,
+        "name": "drain",
+    }
+    arguments.update(kwargs)
+    return list(AlertRule.create(**arguments).collect_events())
+
+
+def test_create_alert_rule_normalises_its_parts() -> None:
+    rule = AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown=600, name="drain")
+
+    assert then(rule) == [
+        (
+            "Created",
+            {
+                "owner": "alice",
+                "name": "drain",
+                "target": {"protocol": "aave-v3", "metric": "tvl", "chain": "total"},
+                "condition": {"kind": "threshold", "direction": "below", "value": 1e9},
+                "channels": [{"kind": "webhook", "url": "https://example.com/hook"}],
+                "cooldown": 600,
+            },
+        )
+    ]
+    assert (rule.state, rule.firing, rule.last_fired_at, rule.transitions) == (
+        "active",
+        "resolved",
+        None,
+        0,
+    )
+    assert isinstance(rule.condition["value"], float)
+
+
+def test_create_alert_rule_defaults() -> None:
+    rule = AlertRule.create(
+        "bob",
+        {"token": "coingecko:ethereum"},
+        {"kind": "pct_change", "direction": "below", "value": -10, "window": "1h"},
+        [{"kind": "email", "address": "bob@example.com"}, {"kind": "websocket"}],
+    )
+    [(name, data)] = then(rule)
+    assert name == "Created"
+    assert data == {
+        "owner": "bob",
+        "name": "",
+        "target": {"token": "coingecko:ethereum", "metric": "price"},
+        "condition": {"kind": "pct_change", "direction": "below", "value": -10.0, "window": "1h"},
+        "channels": [{"kind": "email", "address": "bob@example.com"}, {"kind": "websocket"}],
+        "cooldown": 3600,
+    }
+
+
+@pytest.mark.parametrize(
+    ("target", "normalised"),
+    [
+        (
+            {"protocol": "uniswap", "metric": "volume_24h", "chain": "arbitrum"},
+            {"protocol": "uniswap", "metric": "volume_24h", "chain": "arbitrum"},
+        ),
+        (
+            {"protocol": "uniswap", "chain": None},
+            {"protocol": "uniswap", "metric": "tvl", "chain": "total"},
+        ),
+        (
+            {"token": "coingecko:bitcoin", "metric": "price"},
+            {"token": "coingecko:bitcoin", "metric": "price"},
+        ),
+    ],
+)
+def test_alert_targets(target: dict[str, Any], normalised: dict[str, Any]) -> None:
+    rule = AlertRule.create("alice", target, BELOW_1B, WEBHOOK)
+    assert rule.target == normalised
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {},
+        {"protocol": "aave", "token": "coingecko:ethereum"},
+        {"protocol": "Aave"},
+        {"protocol": "aave", "metric": "price"},
+        {"protocol": "aave", "metric": ["tvl"]},
+        {"protocol": "aave", "chain": 5},
+        {"token": "ethereum"},
+        {"token": "coingecko:ethereum", "metric": "tvl"},
+        "aave",
+        None,
+    ],
+)
+def test_invalid_alert_targets(target: Any) -> None:
+    with pytest.raises(DomainError):
+        AlertRule.create("alice", target, BELOW_1B, WEBHOOK)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"kind": "threshold", "direction": "above", "value": -1},
+        {"kind": "threshold", "direction": "sideways", "value": 1},
+        {"kind": "threshold", "value": 1},
+        {"kind": "threshold", "direction": "above", "value": math.nan},
+        {"kind": "threshold", "direction": "above", "value": math.inf},
+        {"kind": "threshold", "direction": "above", "value": True},
+        {"kind": "threshold", "direction": "above", "value": "1"},
+        {"kind": "threshold", "direction": "above"},
+        {"kind": "threshold", "direction": "above", "value": 10**400},
+        {"kind": "pct_change", "direction": "below", "value": -10},
+        {"kind": "pct_change", "direction": "below", "value": -10, "window": "2h"},
+        {"kind": "pct_change", "direction": "below", "value": -10, "window": ["1h"]},
+        {"kind": "pct_change", "direction": "below", "value": -101, "window": "1h"},
+        {"kind": "ratio", "direction": "below", "value": 1},
+        {"direction": "below", "value": 1},
+        [],
+        None,
+    ],
+)
+def test_invalid_alert_conditions(condition: Any) -> None:
+    with pytest.raises(InvalidRule):
+        AlertRule.create("alice", TVL_TARGET, condition, WEBHOOK)
+
+
+@pytest.mark.parametrize(
+    "channels",
+    [
+        [],
+        None,
+        {"kind": "webhook", "url": "https://x"},
+        [{"kind": "sms"}],
+        [{"kind": ["webhook"]}],
+        [{"url": "https://x"}],
+        ["webhook"],
+        [{"kind": "webhook", "url": "ftp://x"}],
+        [{"kind": "webhook"}],
+        [{"kind": "email", "address": "nobody"}],
+        [{"kind": "websocket"}, {"kind": "email"}],
+    ],
+)
+def test_invalid_alert_channels(channels: Any) -> None:
+    with pytest.raises(InvalidRule, match="channels"):
+        AlertRule.create("alice", TVL_TARGET, BELOW_1B, channels)
+
+
+@pytest.mark.parametrize("cooldown", [-1, MAX_COOLDOWN + 1, 1.5, True, "60", None])
+def test_invalid_alert_cooldowns(cooldown: Any) -> None:
+    with pytest.raises(InvalidRule, match="cooldown"):
+        AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown=cooldown)
+
+
+@pytest.mark.parametrize("cooldown", [0, MAX_COOLDOWN])
+def test_alert_cooldown_bounds(cooldown: int) -> None:
+    assert AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown).cooldown == cooldown
+
+
+@pytest.mark.parametrize("owner", ["", " ", None, 7])
+def test_alert_rule_needs_an_owner(owner: Any) -> None:
+    with pytest.raises(DomainError, match="owner"):
+        AlertRule.create(owner, TVL_TARGET, BELOW_1B, WEBHOOK)
+
+
+def test_pause_active_rule() -> None:
+    rule = given(rule_events())
+    rule.pause()
+    assert then(rule) == [("Paused", {})]
+    assert rule.state == "paused"
+
+
+def test_resume_paused_rule() -> None:
+    rule = given(_history(pause=True))
+    rule.resume()
+    assert then(rule) == [("Resumed", {})]
+    assert rule.state == "active"
+
+
+def _history(*, pause: bool = False, delete: bool = False) -> list[Any]:
+    builder = AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown=600)
+    if pause:
+        builder.pause()
+    if delete:
+        builder.delete()
+    return list(builder.collect_events())
+
+
+@pytest.mark.parametrize("pause", [False, True])
+def test_delete_active_or_paused_rule(pause: bool) -> None:
+    rule = given(_history(pause=pause))
+    rule.delete()
+    assert then(rule) == [("Deleted", {})]
+    assert rule.state == "deleted"
+
+
+@pytest.mark.parametrize(
+    ("history", "command"),
+    [
+        ({}, "resume"),
+        ({"pause": True}, "pause"),
+        ({"delete": True}, "pause"),
+        ({"delete": True}, "resume"),
+        ({"delete": True}, "delete"),
+        ({"pause": True, "delete": True}, "resume"),
+    ],
+)
+def test_invalid_lifecycle_transitions(history: dict[str, bool], command: str) -> None:
+    rule = given(_history(**history))
+    state = rule.state
+    with pytest.raises(InvalidTransition):
+        getattr(rule, command)()
+    assert then(rule) == []
+    assert rule.state == state
+
+
+def test_update_deleted_rule_is_refused() -> None:
+    rule = given(_history(delete=True))
+    with pytest.raises(InvalidTransition, match="deleted"):
+        rule.update(cooldown=1)
+    assert then(rule) == []
+
+
+def test_update_rule_records_the_whole_new_configuration() -> None:
+    rule = given(rule_events())
+    rule.update(condition={"kind": "threshold", "direction": "above", "value": 5}, cooldown=60)
+    assert then(rule) == [
+        (
+            "Updated",
+            {
+                "condition": {"kind": "threshold", "direction": "above", "value": 5.0},
+                "channels": [{"kind": "webhook", "url": "https://example.com/hook"}],
+                "cooldown": 60,
+                "name": "drain",
+            },
+        )
+    ]
+    assert rule.cooldown == 60
+    assert rule.condition["direction"] == "above"
+
+
+def test_update_rule_validates() -> None:
+    rule = given(rule_events())
+    with pytest.raises(InvalidRule):
+        rule.update(channels=[])
+    with pytest.raises(InvalidRule):
+        rule.update(cooldown=-5)
+    assert then(rule) == []
+
+
+def test_rule_fires_when_condition_becomes_true() -> None:
+    rule = given(rule_events())
+
+    assert rule.observe(2e9, T0) is None
+    assert then(rule) == []
+    assert rule.observe(9e8, T0 + 60) == "firing"
+
+    assert then(rule) == [
+        (
+            "Triggered",
+            {
+                "owner": "alice",
+                "measure": 9e8,
+                "observed_at": T0 + 60,
+                "idempotency_key": f"{rule.id}:1",
+            },
+        )
+    ]
+    assert (rule.firing, rule.last_fired_at, rule.transitions) == ("firing", T0 + 60, 1)
+
+
+def test_threshold_is_inclusive() -> None:
+    rule = given(rule_events())
+    assert rule.observe(1e9, T0) == "firing"
+
+
+def test_firing_rule_stays_quiet_while_condition_holds_then_resolves() -> None:
+    builder = AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown=600)
+    builder.observe(5e8, T0)
+    rule = given(builder.collect_events())
+
+    assert rule.observe(4e8, T0 + 60) is None
+    assert then(rule) == []
+    assert rule.observe(1.5e9, T0 + 120) == "resolved"
+    assert then(rule) == [
+        (
+            "Resolved",
+            {
+                "owner": "alice",
+                "measure": 1.5e9,
+                "observed_at": T0 + 120,
+                "idempotency_key": f"{rule.id}:2",
+            },
+        )
+    ]
+    assert (rule.firing, rule.last_fired_at, rule.transitions) == ("resolved", T0, 2)
+
+
+def test_cooldown_is_measured_in_data_time() -> None:
+    builder = AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown=600)
+    builder.observe(5e8, T0)  # fires
+    builder.observe(2e9, T0 + 60)  # resolves
+    rule = given(builder.collect_events())
+
+    # Within the cooldown of the last firing: no new notification, state stays resolved.
+    assert rule.observe(5e8, T0 + 599) is None
+    assert then(rule) == []
+    assert rule.firing == "resolved"
+    # Exactly at the end of the cooldown it may fire again, with the next key.
+    assert rule.observe(5e8, T0 + 600) == "firing"
+    assert then(rule) == [
+        (
+            "Triggered",
+            {
+                "owner": "alice",
+                "measure": 5e8,
+                "observed_at": T0 + 600,
+                "idempotency_key": f"{rule.id}:3",
+            },
+        )
+    ]
+
+
+def test_idempotency_keys_are_unique_per_transition() -> None:
+    rule = given(rule_events(cooldown=0))
+    transitions = [rule.observe(m, T0 + i) for i, m in enumerate([1, 2e9, 1, 2e9, 1])]
+    assert transitions == ["firing", "resolved", "firing", "resolved", "firing"]
+    keys = [data["idempotency_key"] for _, data in then(rule)]
+    assert keys == [f"{rule.id}:{n}" for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("history", [{"pause": True}, {"delete": True}])
+def test_inactive_rule_does_not_fire(history: dict[str, bool]) -> None:
+    rule = given(_history(**history))
+    assert rule.observe(1.0, T0) is None
+    assert then(rule) == []
+
+
+def test_non_finite_measure_is_ignored() -> None:
+    rule = given(rule_events())
+    assert rule.observe(math.nan, T0) is None
+    assert then(rule) == []
+
+
+def test_pct_change_rule_fires_on_a_drop() -> None:
+    rule = given(
+        rule_events(
+            condition={"kind": "pct_change", "direction": "below", "value": -10, "window": "1h"}
+        )
+    )
+    assert rule.observe(-5.0, T0) is None
+    assert rule.observe(-10.0, T0 + 1) == "firing"
+    assert [name for name, _ in then(rule)] == ["Triggered"]
+
+
+def test_resumed_rule_keeps_its_firing_state() -> None:
+    builder = AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, cooldown=0)
+    builder.observe(1.0, T0)
+    builder.pause()
+    builder.resume()
+    rule = given(builder.collect_events())
+    assert (rule.state, rule.firing) == ("active", "firing")
+    assert rule.observe(2e9, T0 + 1) == "resolved"
+    assert [name for name, _ in then(rule)] == ["Resolved"]
+
+
+# --- Subscription -------------------------------------------------------------------------
+
+
+def opened(**kwargs: Any) -> Subscription:
+    arguments: dict[str, Any] = {"owner": "alice", "channel": "protocols"}
+    arguments.update(kwargs)
+    return given(Subscription.open(**arguments).collect_events())
+
+
+def test_open_subscription() -> None:
+    subscription = Subscription.open(
+        "alice", "prices", {"tokenIds": ["coingecko:ethereum"]}, delivery="webhook"
+    )
+    assert then(subscription) == [
+        (
+            "Opened",
+            {
+                "owner": "alice",
+                "channel": "prices",
+                "params": {"tokenIds": ["coingecko:ethereum"]},
+                "delivery": "webhook",
+            },
+        )
+    ]
+    assert (subscription.position, subscription.closed) == (0, False)
+
+
+def test_open_subscription_defaults() -> None:
+    subscription = Subscription.open("alice", "alerts")
+    assert then(subscription) == [
+        ("Opened", {"owner": "alice", "channel": "alerts", "params": {}, "delivery": "websocket"})
+    ]
+
+
+@pytest.mark.parametrize("channel", ["tvl", "", None, ["prices"], "Prices"])
+def test_open_subscription_refuses_unknown_channels(channel: Any) -> None:
+    with pytest.raises(InvalidSubscription, match="unknown channel"):
+        Subscription.open("alice", channel)
+
+
+def test_open_subscription_needs_an_owner() -> None:
+    with pytest.raises(InvalidObservation, match="owner"):
+        Subscription.open("", "prices")
+
+
+def test_advance_subscription() -> None:
+    subscription = opened()
+    assert subscription.advance(42) is True
+    assert then(subscription) == [("Advanced", {"position": 42})]
+    assert subscription.position == 42
+
+
+@pytest.mark.parametrize("position", [0, 41, 42])
+def test_advance_never_goes_back(position: int) -> None:
+    builder = Subscription.open("alice", "protocols")
+    builder.advance(42)
+    subscription = given(builder.collect_events())
+    assert subscription.advance(position) is False
+    assert then(subscription) == []
+    assert subscription.position == 42
+
+
+def test_close_subscription() -> None:
+    subscription = opened()
+    subscription.close()
+    assert then(subscription) == [("Closed", {})]
+    assert subscription.closed is True
+
+
+def test_closed_subscription_refuses_commands() -> None:
+    builder = Subscription.open("alice", "protocols")
+    builder.close()
+    subscription = given(builder.collect_events())
+    with pytest.raises(InvalidTransition, match="closed"):
+        subscription.advance(10)
+    with pytest.raises(InvalidTransition, match="already closed"):
+        subscription.close()
+    assert then(subscription) == []
+
+
+# --- ApiKey -------------------------------------------------------------------------------
+
+SECRET = "drt_" + "s3cr3t" * 8
+
+
+def test_issue_key_keeps_only_the_hash() -> None:
+    key = ApiKey.issue(SECRET, name="dashboard", tier="pro", owner="acme")
+
+    expected_hash = hashlib.sha256(SECRET.encode()).hexdigest()
+    assert hash_key(SECRET) == expected_hash
+    assert key.id == ApiKey.id_for(expected_hash) == ApiKey.create_id(expected_hash)
+    events = key.collect_events()
+    assert facts(events) == [
+        (
+            "Issued",
+            {"key_hash": expected_hash, "name": "dashboard", "owner": "acme", "tier": "pro"},
+        )
+    ]
+    # The secret itself is nowhere: not in the event, not in the aggregate.
+    assert SECRET not in repr(vars(events[0]))
+    assert SECRET not in repr(vars(key))
+    assert key.revoked is False
+
+
+def test_issue_key_owner_defaults_to_name() -> None:
+    key = ApiKey.issue(SECRET, name="bot")
+    [(_, data)] = then(key)
+    assert (data["owner"], data["tier"]) == ("bot", "free")
+
+
+@pytest.mark.parametrize(
+    ("tier", "limits"),
+    [
+        ("free", TierLimits(60, 2, 10, 5)),
+        ("basic", TierLimits(600, 10, 50, 50)),
+        ("pro", TierLimits(6_000, 100, 200, 500)),
+        ("enterprise", TierLimits(60_000, 1_000, 1_000, 10_000)),
+    ],
+)
+def test_tiers_and_their_limits(tier: str, limits: TierLimits) -> None:
+    key = given(ApiKey.issue(SECRET, name="x", tier=tier).collect_events())
+    assert key.tier == tier
+    assert key.limits == limits == TIER_LIMITS[tier]
+
+
+@pytest.mark.parametrize("tier", ["gold", "Free", "", None])
+def test_unknown_tier_is_refused(tier: Any) -> None:
+    with pytest.raises(InvalidTier, match="unknown tier"):
+        ApiKey.issue(SECRET, name="x", tier=tier)
+
+
+@pytest.mark.parametrize("name", ["", "  ", None])
+def test_key_needs_a_name(name: Any) -> None:
+    with pytest.raises(DomainError, match="name"):
+        ApiKey.issue(SECRET, name=name)
+
+
+def test_revoke_key() -> None:
+    key = given(ApiKey.issue(SECRET, name="x").collect_events())
+    key.revoke()
+    assert then(key) == [("Revoked", {})]
+    assert key.revoked is True
+
+
+def test_revoke_twice_fails() -> None:
+    builder = ApiKey.issue(SECRET, name="x")
+    builder.revoke()
+    key = given(builder.collect_events())
+    with pytest.raises(InvalidTransition, match="already revoked"):
+        key.revoke()
+    assert then(key) == []
+
+
+def test_different_secrets_make_different_keys() -> None:
+    assert ApiKey.issue("a", name="x").id != ApiKey.issue("b", name="x").id
+    assert ApiKey.issue("a", name="x").id == ApiKey.issue("a", name="y").id
