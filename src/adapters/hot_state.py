@@ -1,0 +1,349 @@
+"""How log entries fold into hot state: the one definition both hot projections share.
+
+Everything here is pure. A projection keeps a ``ProtocolState`` per protocol and a
+``TokenState`` per token; ``fold_entries`` turns the states before a batch into the states
+the batch changed, and the states render the read-side views. The in-memory adapter keeps
+the states themselves; the Redis adapter stores them in hashes and sorted sets and folds a
+snapshot of the keys a batch touches.
+
+Rules (the contract tests check both adapters against an independent reference fold):
+
+* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url).
+* ``metric`` moves the current value of its ``(metric, chain)`` only when it is at least as
+  recent (``observed_at``) as the current one: late observations never win. A metric for a
+  protocol never listed creates it (name = slug); a chain seen in a metric joins ``chains``.
+* Every total-TVL observation within ``RECENT_WINDOW_SECONDS`` of the newest one is kept,
+  late ones included (same timestamp: the later-recorded wins), for the change windows.
+  Prices keep the same window for ``change_24h``.
+* A protocol's or token's ``position`` is that of the last entry that changed it (moved a
+  value, recorded history, or set its listing); entries that change nothing leave it.
+* Alert entries and unknown kinds or metrics change nothing (their positions still count).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from ..application.log import LogBatch, LogEntry, LogGapError
+from ..application.views import (
+    CHANGE_WINDOWS,
+    RECENT_WINDOW_SECONDS,
+    SORT_FIELDS,
+    PriceView,
+    ProtocolQuery,
+    ProtocolView,
+    percent_change,
+)
+
+TOTAL: Final = "total"
+METRICS: Final = frozenset({"tvl", "volume_24h", "fees_24h"})
+LISTING_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
+PROTOCOL_KINDS: Final = LISTING_KINDS | {"metric"}
+PRICE_KIND: Final = "price"
+PRICE_CHANGE_WINDOW: Final = 86_400.0
+
+Point = tuple[float, float]
+"""``(observed_at, value)``."""
+Changes = Mapping[str, float | None]
+"""``change_1h`` / ``change_1d`` / ``change_7d`` of a protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A current value and the data time it was observed at."""
+
+    value: float
+    observed_at: float
+
+
+def pending(batch: LogBatch, position: int) -> LogBatch | None:
+    """The part of ``batch`` a consumer at ``position`` still has to apply.
+
+    None for a replay (nothing new); raises ``LogGapError`` when positions are missing.
+    """
+    if batch.last <= position:
+        return None
+    if batch.after > position:
+        raise LogGapError(position, batch.after)
+    return batch.since(position)
+
+
+def record_point(
+    recent: tuple[Point, ...], observed_at: float, value: float, newest: float
+) -> tuple[Point, ...] | None:
+    """``recent`` with the observation recorded, trimmed to the window behind ``newest``.
+
+    ``newest`` already accounts for this observation. None when the observation is older
+    than the window: there is nothing to record.
+    """
+    cutoff = newest - RECENT_WINDOW_SECONDS
+    if observed_at < cutoff:
+        return None
+    start = bisect_left(recent, cutoff, key=_observed_at)
+    at = bisect_left(recent, observed_at, key=_observed_at)
+    # Same timestamp: this observation was recorded later, so it replaces the old one.
+    end = at + 1 if at < len(recent) and recent[at][0] == observed_at else at
+    return (*recent[start:at], (observed_at, value), *recent[end:])
+
+
+def _observed_at(point: Point) -> float:
+    return point[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolState:
+    """Everything a hot projection knows about one protocol.
+
+    ``current`` maps ``(metric, chain)`` to its current reading; ``recent`` holds the
+    total-TVL history in time order (an adapter may hold only the points a computation
+    needs, see ``RedisHotProjection``).
+    """
+
+    slug: str
+    name: str
+    category: str
+    chains: tuple[str, ...]
+    url: str
+    current: Mapping[tuple[str, str], Reading] = field(default_factory=dict)
+    recent: tuple[Point, ...] = ()
+    position: int = 0
+
+    @classmethod
+    def unlisted(cls, slug: str) -> ProtocolState:
+        """A protocol known only from its metrics."""
+        return cls(slug=slug, name=slug, category="", chains=(), url="")
+
+    @property
+    def tvl(self) -> Reading | None:
+        return self.current.get(("tvl", TOTAL))
+
+    def chain_tvls(self) -> dict[str, float]:
+        return {
+            chain: reading.value
+            for (metric, chain), reading in self.current.items()
+            if metric == "tvl" and chain != TOTAL
+        }
+
+    def index_chains(self) -> frozenset[str]:
+        """Chains the protocol is found under: listed ones and those with a chain TVL."""
+        return frozenset(self.chains) | self.chain_tvls().keys()
+
+    def changes(self) -> dict[str, float | None]:
+        """TVL changes over ``CHANGE_WINDOWS``, computed from ``recent``."""
+        tvl = self.tvl
+        if tvl is None:
+            return dict.fromkeys(CHANGE_WINDOWS)
+        return {
+            name: percent_change(self.recent, tvl.value, tvl.observed_at, window)
+            for name, window in CHANGE_WINDOWS.items()
+        }
+
+    def view(self, changes: Changes) -> ProtocolView:
+        """The read-side view, with ``changes`` as computed by ``changes()`` (or stored)."""
+        tvl = self.tvl
+        volume = self.current.get(("volume_24h", TOTAL))
+        fees = self.current.get(("fees_24h", TOTAL))
+        return ProtocolView(
+            slug=self.slug,
+            name=self.name,
+            category=self.category,
+            chains=self.chains,
+            url=self.url,
+            tvl=None if tvl is None else tvl.value,
+            chain_tvls=self.chain_tvls(),
+            change_1h=changes.get("change_1h"),
+            change_1d=changes.get("change_1d"),
+            change_7d=changes.get("change_7d"),
+            volume_24h=None if volume is None else volume.value,
+            fees_24h=None if fees is None else fees.value,
+            # Data time of the freshest current value: what the numbers are "as of".
+            updated_at=max((r.observed_at for r in self.current.values()), default=None),
+            position=self.position,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenState:
+    """Everything a hot projection knows about one token's price."""
+
+    token: str
+    price: float
+    observed_at: float
+    confidence: float | None
+    recent: tuple[Point, ...] = ()
+    position: int = 0
+
+    def change_24h(self) -> float | None:
+        return percent_change(self.recent, self.price, self.observed_at, PRICE_CHANGE_WINDOW)
+
+    def view(self, change_24h: float | None) -> PriceView:
+        """The read-side view, with ``change_24h`` as computed by ``change_24h()`` (or stored)."""
+        return PriceView(
+            token=self.token,
+            price=self.price,
+            observed_at=self.observed_at,
+            confidence=self.confidence,
+            change_24h=change_24h,
+            position=self.position,
+        )
+
+
+def fold_protocol(state: ProtocolState | None, entry: LogEntry) -> ProtocolState | None:
+    """The protocol after ``entry``, or None when the entry changes nothing."""
+    if entry.kind in LISTING_KINDS:
+        return _set_listing(state or ProtocolState.unlisted(entry.key), entry)
+    if entry.kind == "metric":
+        return _observe_metric(state, entry)
+    return None
+
+
+def _set_listing(base: ProtocolState, entry: LogEntry) -> ProtocolState:
+    data = entry.data
+    chains = data.get("chains")
+    return replace(
+        base,
+        name=str(data.get("name", base.name)),
+        category=str(data.get("category", base.category)),
+        chains=base.chains if chains is None else tuple(dict.fromkeys(str(c) for c in chains)),
+        url=str(data.get("url", base.url)),
+        position=entry.position,
+    )
+
+
+def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolState | None:
+    data = entry.data
+    metric = str(data["metric"])
+    if metric not in METRICS:
+        return None
+    chain = str(data.get("chain", TOTAL))
+    reading = Reading(float(data["value"]), float(data["observed_at"]))
+    base = state or ProtocolState.unlisted(entry.key)
+
+    chains = base.chains
+    if chain != TOTAL and chain not in chains:
+        chains = (*chains, chain)
+
+    previous = base.current.get((metric, chain))
+    moved = previous is None or reading.observed_at >= previous.observed_at
+    current = {**base.current, (metric, chain): reading} if moved else base.current
+
+    recent: tuple[Point, ...] | None = None
+    if metric == "tvl" and chain == TOTAL:
+        total = base.tvl
+        newest = (
+            reading.observed_at if total is None else max(total.observed_at, reading.observed_at)
+        )
+        recent = record_point(base.recent, reading.observed_at, reading.value, newest)
+
+    if state is not None and not moved and recent is None and chains == base.chains:
+        return None
+    return replace(
+        base,
+        chains=chains,
+        current=current,
+        recent=base.recent if recent is None else recent,
+        position=entry.position,
+    )
+
+
+def fold_token(state: TokenState | None, entry: LogEntry) -> TokenState | None:
+    """The token after a ``price`` entry, or None when the entry changes nothing."""
+    if entry.kind != PRICE_KIND:
+        return None
+    data = entry.data
+    price = float(data["price"])
+    observed_at = float(data["observed_at"])
+    raw_confidence = data.get("confidence")
+    confidence = None if raw_confidence is None else float(raw_confidence)
+    if state is None:
+        return TokenState(
+            token=entry.key,
+            price=price,
+            observed_at=observed_at,
+            confidence=confidence,
+            recent=((observed_at, price),),
+            position=entry.position,
+        )
+    newest = max(state.observed_at, observed_at)
+    recent = record_point(state.recent, observed_at, price, newest)
+    if observed_at >= state.observed_at:
+        return TokenState(
+            token=state.token,
+            price=price,
+            observed_at=observed_at,
+            confidence=confidence,
+            recent=state.recent if recent is None else recent,
+            position=entry.position,
+        )
+    if recent is None:
+        return None
+    return replace(state, recent=recent, position=entry.position)
+
+
+def fold_entries(
+    entries: Iterable[LogEntry],
+    protocols: Mapping[str, ProtocolState],
+    tokens: Mapping[str, TokenState],
+) -> tuple[dict[str, ProtocolState], dict[str, TokenState]]:
+    """The protocols and tokens ``entries`` change, given the states before them.
+
+    The inputs are not modified, so a caller can commit the result all at once (or not).
+    """
+    changed_protocols: dict[str, ProtocolState] = {}
+    changed_tokens: dict[str, TokenState] = {}
+    for entry in entries:
+        if entry.kind in PROTOCOL_KINDS:
+            before = changed_protocols.get(entry.key) or protocols.get(entry.key)
+            protocol = fold_protocol(before, entry)
+            if protocol is not None:
+                changed_protocols[entry.key] = protocol
+        elif entry.kind == PRICE_KIND:
+            token = fold_token(changed_tokens.get(entry.key) or tokens.get(entry.key), entry)
+            if token is not None:
+                changed_tokens[entry.key] = token
+    return changed_protocols, changed_tokens
+
+
+def check_query(query: ProtocolQuery) -> None:
+    if query.sort not in SORT_FIELDS:
+        raise ValueError(
+            f"unknown sort field {query.sort!r}; expected one of {sorted(SORT_FIELDS)}"
+        )
+    if query.limit < 0 or query.offset < 0:
+        raise ValueError("limit and offset must not be negative")
+
+
+def matches(view: ProtocolView, query: ProtocolQuery) -> bool:
+    """Whether ``view`` passes the query's filters."""
+    if query.chain is not None and not (
+        query.chain in view.chains or query.chain in view.chain_tvls
+    ):
+        return False
+    if query.category is not None and view.category.casefold() != query.category.casefold():
+        return False
+    return query.min_tvl is None or (view.tvl is not None and view.tvl >= query.min_tvl)
+
+
+def order(views: Iterable[ProtocolView], sort: str, descending: bool) -> list[ProtocolView]:
+    """Sorted by ``sort``; None values last in either direction, ties by slug ascending."""
+    by_slug = sorted(views, key=lambda view: view.slug)
+    if sort == "name":
+        # Sorting is stable even with reverse=True, so ties keep the slug order.
+        return sorted(by_slug, key=lambda view: view.name.casefold(), reverse=descending)
+    valued: list[tuple[float, ProtocolView]] = []
+    missing: list[ProtocolView] = []
+    for view in by_slug:
+        value = getattr(view, sort)
+        if value is None:
+            missing.append(view)
+        else:
+            valued.append((float(value), view))
+    valued.sort(key=lambda pair: pair[0], reverse=descending)
+    return [view for _, view in valued] + missing
+
+
+def page_of(views: Sequence[ProtocolView], query: ProtocolQuery) -> list[ProtocolView]:
+    return list(views[query.offset : query.offset + query.limit])
