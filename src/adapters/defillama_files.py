@@ -536,6 +536,13 @@ def _read_protocol(document: Any, source: str) -> Iterator[ReadItem]:
 # --------------------------------------------------------------------------- public API
 
 
+def protocols_document_items(
+    document: Any, *, observed_at: float, source: str = "defillama:protocols"
+) -> Iterator[ReadItem]:
+    """Items of a ``/protocols`` response already decoded (used by the HTTP poller)."""
+    yield from _read_protocols(document, observed_at, source)
+
+
 def read_items(
     path: StrPath,
     *,

@@ -30,10 +30,19 @@ CLOSE_UNAUTHORIZED: Final = 4001
 CLOSE_IDLE: Final = 4000
 MAX_FRAME_BYTES: Final = 64 * 1024
 REPLAY_PAGE: Final = 2_000
+# How long a replay waits for room in a resuming client's queue before dropping it.
+REPLAY_SEND_TIMEOUT: Final = 10.0
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond float range (JSON allows 400-digit integers)
+        return False
 
 
 class FrameError(ValueError):
@@ -74,7 +83,7 @@ class Filter:
         if min_tvl is not None and (
             isinstance(min_tvl, bool)
             or not isinstance(min_tvl, int | float)
-            or not math.isfinite(min_tvl)
+            or not _finite(min_tvl)
             or min_tvl < 0
         ):
             raise FrameError("invalid_params", "minTvl must be a non-negative number")
@@ -139,10 +148,32 @@ class Connection:
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self.closed = True
-            asyncio.get_running_loop().create_task(self._close_slow())
+            self.overflow()
             return False
         return True
+
+    async def offer_paced(self, frame: str) -> bool:
+        """Queue a replayed frame, waiting (bounded) for room: a resuming client gets its
+        backlog at the pace it reads it, instead of being dropped as a slow consumer (and
+        again on every resume) whenever the backlog exceeds the queue."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(self.queue.put(frame), REPLAY_SEND_TIMEOUT)
+        except TimeoutError:
+            return self.offer(frame)  # still full: dropped as a slow consumer
+        return not self.closed
+
+    def overflow(self) -> None:
+        """Too far behind: disconnect with a clear code (the client resumes with since)."""
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().create_task(self._close_slow())
 
     async def _close_slow(self) -> None:
         with contextlib.suppress(Exception):
@@ -207,7 +238,7 @@ class RealtimeHub:
                 raise FrameError("frame_too_large", f"frames are limited to {MAX_FRAME_BYTES}")
             try:
                 message = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting too deep
                 raise FrameError("invalid_json", "frame is not valid JSON") from None
             if not isinstance(message, dict):
                 raise FrameError("invalid_message", "a message is a JSON object with a type")
@@ -291,7 +322,7 @@ class RealtimeHub:
                     if entry.position > self.position:
                         break
                     frame = self._frame_for(subscription, entry, None)
-                    if frame is not None and not subscription.connection.offer(frame):
+                    if frame is not None and not await subscription.connection.offer_paced(frame):
                         return
                 position = min(batch.last, self.position)
         except Exception:
@@ -299,12 +330,14 @@ class RealtimeHub:
             subscription.connection.offer(
                 _dumps({"type": "error", "code": "replay_failed", "message": "replay failed"})
             )
-        # No await from here on: the switch to live is atomic in the event loop.
+        # Live frames that arrived meanwhile (and keep arriving while these are sent: the
+        # same list), then the switch to live: no await between the last check and it.
         pending = subscription.pending or []
-        subscription.pending = None
-        for frame_position, frame in pending:
-            if frame_position > position and not subscription.connection.offer(frame):
+        while pending:
+            frame_position, frame = pending.pop(0)
+            if frame_position > position and not await subscription.connection.offer_paced(frame):
                 return
+        subscription.pending = None
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -360,7 +393,11 @@ class RealtimeHub:
                 encoded = _encode(entry, channel, change)
             frame = encoded[0] + subscription.id + encoded[1]
             if subscription.pending is not None:
-                subscription.pending.append((entry.position, frame))
+                # Bounded while a replay is under way, like the connection's queue.
+                if len(subscription.pending) >= subscription.connection.max_queue:
+                    subscription.connection.overflow()
+                else:
+                    subscription.pending.append((entry.position, frame))
             else:
                 subscription.connection.offer(frame)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,7 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -42,6 +43,7 @@ from .settings import Settings
 MAX_PAGE = 1_000
 BUCKETS = {"5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
 KEY_CACHE_SECONDS = 5.0
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class Metrics:
@@ -317,15 +319,28 @@ async def _read_json_body(request: Request) -> Any:
         raise ApiError(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
-    except ValueError as error:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(
+                    413, "payload_too_large", f"request bodies are limited to {limit} bytes"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log as an error
+        raise ApiError(400, "client_disconnected", "the client closed the connection") from None
+    try:
+        # Strict UTF-8 (RFC 8259): refuses raw-encoded surrogates, which json.loads(bytes)
+        # would let through; escaped lone surrogates ("\\ud800") are refused below. Such
+        # strings cannot be stored (the event store encodes UTF-8): they must be a 400, not
+        # a 500 that also fails every batch group-committed with them.
+        text = b"".join(chunks).decode("utf-8-sig")
+        body = json.loads(text, parse_constant=_reject_constant)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, RecursionError) as error:  # RecursionError: nesting too deep
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {error}") from None
+    return body
 
 
 def _reject_constant(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -162,6 +163,59 @@ def _print_totals(totals: ImportTotals) -> None:
     err.print(table)
     for reason, count in sorted(totals.reasons.items(), key=lambda kv: -kv[1])[:10]:
         err.print(f"  rejected {count:,} x {reason}")
+
+
+@cli.command()
+def collect(
+    url: Annotated[str, typer.Option(help="base URL of a DeFiLlama-compatible API")] = (
+        "https://api.llama.fi"
+    ),
+    interval: Annotated[float, typer.Option(help="seconds between polls")] = 300.0,
+    once: Annotated[bool, typer.Option(help="poll once and exit")] = False,
+    polls: Annotated[int | None, typer.Option(help="stop after this many polls")] = None,
+) -> None:
+    """Poll a DeFiLlama-compatible API's /protocols and ingest what changed."""
+    from ..adapters.defillama_http import DefiLlamaHttpSource
+    from ..application.app import DefiRealtime
+    from ..application.writer import IngestWriter
+
+    settings = _settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = DefiRealtime(env=settings.event_store_env)
+    writer = IngestWriter(app)
+    writer.start()
+    limit = 1 if once else polls
+
+    async def main() -> None:
+        source = DefiLlamaHttpSource(url)
+        done = 0
+        try:
+            while limit is None or done < limit:
+                with err.status(f"polling {url}/protocols"):
+                    _observed_at, items = await source.fetch_protocols()
+                with _progress() as progress:
+                    task = progress.add_task("ingest poll", total=len(items))
+                    totals = await asyncio.to_thread(
+                        import_items,
+                        ((item.kind, item.item, item.error) for item in items),
+                        writer.submit,
+                        progress=functools.partial(progress.advance, task),
+                    )
+                _print_totals(totals)
+                done += 1
+                if limit is None or done < limit:
+                    await asyncio.sleep(interval)
+        finally:
+            await source.aclose()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.stop()
+        app.close()
 
 
 @keys_cli.command("create")

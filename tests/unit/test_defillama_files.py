@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from defi_realtime.adapters.defillama_files import (
     ReadItem,
     UnknownFormatError,

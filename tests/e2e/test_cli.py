@@ -1,0 +1,235 @@
+"""End-to-end CLI tests: the installed ``defi-realtime`` command in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+from websockets.asyncio.client import connect
+
+from defi_realtime.entrypoints.cli import cli
+from tests.e2e.conftest import assert_error, settle, start_server, wait_for
+
+CLI = str(Path(sys.executable).with_name("defi-realtime"))
+CLI_TIMEOUT = 60
+T0 = 1_765_000_000.0
+
+
+def run(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "REDIS_URL", "AMQP_URL", "REQUIRE_KEY_FOR_READS"}
+    }
+    env.update({"DATA_DIR": str(data_dir), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    result = subprocess.run(
+        [CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def totals(output: str) -> dict[str, int]:
+    """The numbers of the ingest summary table."""
+    found = {}
+    for name in ("accepted", "duplicates", "rejected"):
+        match = re.search(rf"\b{name}\b\W*?([\d,]+)", output)
+        assert match is not None, f"no {name!r} in the summary:\n{output}"
+        found[name] = int(match.group(1).replace(",", ""))
+    return found
+
+
+def jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+OBSERVATIONS = [
+    {
+        "protocol": "aave-v3",
+        "value": 30e9,
+        "observed_at": T0 - 86_400,
+        "name": "Aave V3",
+        "category": "Lending",
+        "chains": ["Ethereum", "Arbitrum"],
+    },
+    {"protocol": "aave-v3", "value": 33e9, "observed_at": T0},
+    {"protocol": "aave-v3", "chain": "Ethereum", "value": 20e9, "observed_at": T0},
+    {"protocol": "lido", "value": 25e9, "observed_at": "2025-12-06T05:46:40Z", "name": "Lido"},
+    {"token": "coingecko:ethereum", "price": 3100.5, "observed_at": T0, "confidence": 0.99},
+]
+
+
+def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = run(data_dir, "keys", "create", "--name", "x")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert result.stdout == lines[0] + "\n"
+    key = lines[0]
+    assert re.fullmatch(r"drt_[A-Za-z0-9_-]{40,}", key), key
+
+    second = run(data_dir, "keys", "create", "--name", "x").stdout.strip()
+    assert second != key
+
+    bad = run(data_dir, "keys", "create", "--name", "x", "--tier", "platinum", check=False)
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert "platinum" in bad.stderr
+
+    # The printed key is a working key of a server over the same DATA_DIR.
+    with (
+        start_server(data_dir, api_key=key) as server,
+        httpx.Client(base_url=server.base_url) as http,
+    ):
+        body = {"prices": [{"token": "coingecko:ethereum", "price": 1.0, "observed_at": T0}]}
+        response = http.post("/v2/ingest", json=body, headers={"X-API-Key": key})
+        assert response.status_code == 200, response.text
+        assert response.json()["accepted"] == 1
+        wrong = http.post("/v2/ingest", json=body, headers={"X-API-Key": key + "x"})
+        assert_error(wrong, 401, "unauthorized")
+
+
+def test_ingest_file_reports_totals_then_duplicates(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    bad_lines = [
+        {"protocol": "aave-v3", "value": -1, "observed_at": T0 + 60},
+        {"protocol": "ghost", "value": 1, "observed_at": T0},
+    ]
+    path = jsonl(tmp_path / "observations.jsonl", OBSERVATIONS + bad_lines)
+    with path.open("a") as fh:
+        fh.write("{not json\n")
+
+    first = run(data_dir, "ingest", str(path))
+    assert first.stdout == ""  # the summary and progress go to stderr
+    assert totals(first.stderr) == {"accepted": 5, "duplicates": 0, "rejected": 3}
+
+    second = run(data_dir, "ingest", str(path))
+    assert totals(second.stderr) == {"accepted": 0, "duplicates": 5, "rejected": 3}
+
+    missing = run(data_dir, "ingest", str(tmp_path / "nope.jsonl"), check=False)
+    assert missing.returncode == 2
+    unknown = run(data_dir, "ingest", str(jsonl(tmp_path / "odd.jsonl", [{"x": 1}])), check=False)
+    assert unknown.returncode == 2
+    assert "cannot import" in unknown.stderr
+
+    # A server started afterwards over the same DATA_DIR serves what was imported, and its
+    # realtime hub knows the listings (a category filter matches without a new listing).
+    with start_server(data_dir) as server, httpx.Client(base_url=server.base_url) as http:
+        settle(http)
+        view = http.get("/v2/protocols/aave-v3").json()
+        assert (view["tvl"], view["chainTvls"], view["category"]) == (
+            33e9,
+            {"Ethereum": 20e9},
+            "Lending",
+        )
+        assert view["change_1d"] == pytest.approx(10.0)
+        assert http.get("/v2/protocols/lido").json()["tvl"] == 25e9
+        prices = http.get("/v2/realtime/prices").json()["data"]
+        assert [(p["token"], p["price"]) for p in prices] == [("coingecko:ethereum", 3100.5)]
+        points = http.get("/v2/protocols/aave-v3/metrics").json()["points"]
+        assert [p["value"] for p in points] == [30e9, 33e9]
+        asyncio.run(_category_update_after_restart(server.ws_url, server.base_url, server.headers))
+
+
+async def _category_update_after_restart(
+    ws_url: str, base_url: str, headers: dict[str, str]
+) -> None:
+    async with asyncio.timeout(10):
+        async with connect(ws_url) as ws, httpx.AsyncClient(base_url=base_url) as http:
+            message = {"type": "subscribe", "channel": "protocols"}
+            await ws.send(json.dumps({**message, "params": {"categories": ["Lending"]}}))
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+            body = {
+                "observations": [
+                    {"protocol": "lido", "value": 26e9, "observed_at": T0 + 60},
+                    {"protocol": "aave-v3", "value": 34e9, "observed_at": T0 + 60},
+                ]
+            }
+            response = await http.post("/v2/ingest", json=body, headers=headers)
+            assert response.status_code == 200, response.text
+            frame = json.loads(await ws.recv())
+            assert (frame["type"], frame["data"]["id"], frame["data"]["value"]) == (
+                "update",
+                "aave-v3",
+                34e9,
+            )
+
+
+def test_projections_rebuild(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    run(data_dir, "ingest", str(jsonl(tmp_path / "o.jsonl", OBSERVATIONS)))
+    assert not (data_dir / "history.sqlite").exists()  # ingest writes the event store only
+    result = run(data_dir, "projections", "rebuild")
+    assert result.stdout == ""
+    assert (data_dir / "history.sqlite").exists()
+    with start_server(data_dir) as server, httpx.Client(base_url=server.base_url) as http:
+        points = wait_for(lambda: http.get("/v2/protocols/aave-v3/metrics").json()["points"], bool)
+        assert [p["value"] for p in points] == [30e9, 33e9]
+
+
+def test_data_survives_a_server_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    body = {"observations": OBSERVATIONS[:3]}
+    with start_server(data_dir) as server, httpx.Client(base_url=server.base_url) as http:
+        first = http.post("/v2/ingest", json=body, headers=server.headers)
+        assert first.status_code == 200, first.text
+        assert first.json()["accepted"] == 3
+        key = server.api_key
+    with (
+        start_server(data_dir, api_key=key) as server,
+        httpx.Client(base_url=server.base_url) as http,
+    ):
+        assert http.get("/v2/protocols/aave-v3").json()["tvl"] == 33e9
+        again = http.post("/v2/ingest", json=body, headers=server.headers)
+        assert again.status_code == 200, again.text
+        assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 3)
+
+
+SUBCOMMANDS = [
+    ("serve",),
+    ("worker",),
+    ("ingest",),
+    ("keys",),
+    ("keys", "create"),
+    ("keys", "revoke"),
+    ("projections",),
+    ("projections", "rebuild"),
+    ("collect",),
+]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS, ids=" ".join)
+def test_subcommand_help(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: Any) -> None:
+    # In-process (each subprocess costs a second of imports); the installed command's
+    # own --help runs below.
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(cli, [*command, "--help"], prog_name="defi-realtime")
+    assert result.exit_code == 0, result.output
+    assert f"Usage: defi-realtime {' '.join(command)}" in result.output, result.output
+    assert "--help" in result.output
+    assert list(tmp_path.iterdir()) == []  # --help opens nothing
+
+
+def test_installed_command_help(tmp_path: Path) -> None:
+    result = run(tmp_path, "--help")
+    assert "Usage: defi-realtime" in result.stdout
+    for command in ("serve", "worker", "ingest", "keys", "projections"):
+        assert re.search(rf"^\W*{command}\b", result.stdout, re.MULTILINE), result.stdout
+    assert list(tmp_path.iterdir()) == []
