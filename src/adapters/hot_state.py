@@ -93,6 +93,23 @@ def _observed_at(point: Point) -> float:
     return point[0]
 
 
+def _change(
+    recent: tuple[Point, ...], value: float, observed_at: float, window: float
+) -> float | None:
+    """``percent_change`` over ``recent``, skipping the points it can never pick.
+
+    ``percent_change`` scans from the oldest point and considers those within half a
+    window of ``observed_at - window``; with days of history, most of a scan used to be
+    points far too old (the in-memory projection keeps the whole window). Points older than
+    that range, with a margin far beyond rounding, are cut off here; the scan itself stops
+    after the range. Same result, a fraction of the work.
+    """
+    oldest = observed_at - window * (1.5 + 1e-6)
+    return percent_change(
+        recent[bisect_left(recent, oldest, key=_observed_at) :], value, observed_at, window
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolState:
     """Everything a hot projection knows about one protocol.
@@ -137,7 +154,7 @@ class ProtocolState:
         if tvl is None:
             return dict.fromkeys(CHANGE_WINDOWS)
         return {
-            name: percent_change(self.recent, tvl.value, tvl.observed_at, window)
+            name: _change(self.recent, tvl.value, tvl.observed_at, window)
             for name, window in CHANGE_WINDOWS.items()
         }
 
@@ -177,7 +194,7 @@ class TokenState:
     position: int = 0
 
     def change_24h(self) -> float | None:
-        return percent_change(self.recent, self.price, self.observed_at, PRICE_CHANGE_WINDOW)
+        return _change(self.recent, self.price, self.observed_at, PRICE_CHANGE_WINDOW)
 
     def view(self, change_24h: float | None) -> PriceView:
         """The read-side view, with ``change_24h`` as computed by ``change_24h()`` (or stored)."""
@@ -240,12 +257,17 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
 
     if state is not None and not moved and recent is None and chains == base.chains:
         return None
-    return replace(
-        base,
-        chains=chains,
-        current=current,
-        recent=base.recent if recent is None else recent,
-        position=entry.position,
+    # The constructor rather than ``dataclasses.replace``: this runs once per metric entry,
+    # and ``replace`` introspects the fields on every call (a third of a rebuild's fold).
+    return ProtocolState(
+        base.slug,
+        base.name,
+        base.category,
+        chains,
+        base.url,
+        current,
+        base.recent if recent is None else recent,
+        entry.position,
     )
 
 

@@ -3,9 +3,12 @@
 Layout (every key under the adapter's prefix, ``dr:`` by default):
 
 * ``position`` - the tracking position (string integer).
-* ``protocol:<slug>`` - hash: listing, current readings (JSON), stored changes, position.
+* ``layout`` - the version of this layout (``_LAYOUT``), written with every batch.
+* ``protocol:<slug>`` - string: JSON of the listing, current readings, stored changes and
+  position (``_protocol_json``).
 * ``tvl:<slug>`` - sorted set of recent total-TVL observations, score = observed_at.
-* ``token:<token>`` - hash: current price, confidence, stored change, position.
+* ``token:<token>`` - string: JSON of the current price, confidence, stored change and
+  position (``_token_json``).
 * ``price:<token>`` - sorted set of recent prices, score = observed_at.
 * ``tokens:recent`` - sorted set of tokens, score = -observed_at (newest first).
 * ``rank:<desc|asc>:all``, ``rank:<dir>:chain:<chain>``, ``rank:<dir>:category:<category>``
@@ -14,17 +17,29 @@ Layout (every key under the adapter's prefix, ``dr:`` by default):
   ties by member in ascending order only, and the contract wants None last and ties by
   slug ascending whichever way TVL sorts.
 
-How a batch is applied: one pipelined read of the tracking position and every hash the
-batch touches (plus, for series the batch extends, only the points the change windows
-refer to); the shared fold (``hot_state``) computes the new states in Python; one Lua script
-then compares-and-sets the position and writes everything, so the position and the state
-it accounts for move together, exactly once.
+How a batch is applied, in three commands whatever its size: one ``MGET`` of the tracking
+position and the state of every protocol and token the batch touches; one read-only script
+fetching, for the series the batch extends, only the stored points the change windows can
+refer to; then, after the shared fold (``hot_state``) computed the new states in Python, one
+script that compares-and-sets the position and writes everything, so the position and the
+state it accounts for move together, exactly once.
+
+Why it looks like this (bench/bench_projections.py, docs/benchmarks.md): the cost of a
+batch is dominated by the client, not by Redis. redis-py parses replies in Python, so every
+command and every reply element costs microseconds: states used to be hashes of seven
+fields read with one ``HGETALL`` each, and the reference points two ``ZRANGE``s per window,
+~40 commands and ~100 reply elements per protocol and batch. One JSON string per state and
+one reply string for all reference points make the reads a few elements per protocol.
+
+Changing the layout: ``layout`` lets a newer adapter refuse keys an older one wrote (they
+would be misread); ``reset()`` them or use a new prefix, and the projection rebuilds from
+the log.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final, cast
 
@@ -56,6 +71,8 @@ from .hot_state import (
     pending,
 )
 
+_LAYOUT: Final = "2"
+
 _APPLY_BATCH: Final = """
 -- Apply one log batch to the hot projection, exactly once.
 --
@@ -65,17 +82,17 @@ _APPLY_BATCH: Final = """
 -- snapshot taken at position ARGV[1]; if the position has moved since, that snapshot is
 -- stale, so nothing is written and the client starts over from a fresh read.
 --
--- KEYS[1]  the tracking position; KEYS[2..] the keys the writes touch
+-- KEYS[1]  the tracking position; KEYS[2] the layout version; KEYS[3..] the keys written
 -- ARGV[1]  the position the snapshot was read at; ARGV[2] the batch's last position
--- ARGV[3]  JSON list of writes: [command, index into KEYS, arguments...]
+-- ARGV[3]  the layout version; ARGV[4] JSON list of writes: [command, index into KEYS, args...]
 local seen = redis.call('GET', KEYS[1]) or '0'
 if seen ~= ARGV[1] then
   return {0, seen}
 end
 
-local writes = cjson.decode(ARGV[3])
+local writes = cjson.decode(ARGV[4])
 -- Scripts are not rolled back on error: refuse a bad write before making any.
-local allowed = {HSET = true, ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true}
+local allowed = {SET = true, ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true}
 for _, write in ipairs(writes) do
   if not allowed[write[1]] or KEYS[write[2]] == nil then
     return redis.error_reply('hot projection: unexpected write ' .. cjson.encode(write))
@@ -84,8 +101,35 @@ end
 for _, write in ipairs(writes) do
   redis.call(write[1], KEYS[write[2]], unpack(write, 3))
 end
+redis.call('SET', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
+"""
+
+_REFERENCE_POINTS: Final = """
+-- For each lookup i: the stored point nearest below a cutoff (not below a floor) and the one
+-- nearest above it, as the members "observed_at|value" (see _load_references).
+--
+-- KEYS     the series
+-- ARGV[1]  the lookups, space-separated, four words each: index into KEYS, cutoff, floor,
+--          max(cutoff, floor) (scores as the client wrote them: exact, never re-formatted)
+-- Returns ONE string: two space-separated fields per lookup, in order, each a member or
+-- empty. One argument and one reply element instead of thousands: every element costs the
+-- client far more than Redis spends here (members hold no spaces: two numbers and a '|').
+local words = {}
+for word in string.gmatch(ARGV[1], '%S+') do
+  words[#words + 1] = word
+end
+local found = {}
+for n = 1, #words, 4 do
+  local key = KEYS[tonumber(words[n])]
+  local below = redis.call('ZRANGE', key, words[n + 1], words[n + 2],
+                           'BYSCORE', 'REV', 'LIMIT', 0, 1)
+  local above = redis.call('ZRANGE', key, words[n + 3], '+inf', 'BYSCORE', 'LIMIT', 0, 1)
+  found[#found + 1] = below[1] or ''
+  found[#found + 1] = above[1] or ''
+end
+return table.concat(found, ' ')
 """
 
 # A concurrent writer moving the position makes an attempt start over; give up eventually
@@ -106,6 +150,7 @@ class RedisHotProjection:
         self._client = client
         self._prefix = prefix
         self._apply_batch = client.register_script(_APPLY_BATCH)
+        self._reference_points = client.register_script(_REFERENCE_POINTS)
 
     # --- writing -------------------------------------------------------------------------
 
@@ -123,36 +168,37 @@ class RedisHotProjection:
 
     async def _try_apply(self, batch: LogBatch) -> bool | None:
         """True/False as ``apply``; None when another writer got in first."""
-        slugs = sorted({e.key for e in batch.entries if e.kind in PROTOCOL_KINDS})
-        tokens = sorted({e.key for e in batch.entries if e.kind == PRICE_KIND})
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.get(self._position_key)
-            for slug in slugs:
-                pipe.hgetall(self._protocol_key(slug))
-            for token in tokens:
-                pipe.hgetall(self._token_key(token))
-            replies = await pipe.execute()
+        slugs = list({e.key: None for e in batch.entries if e.kind in PROTOCOL_KINDS})
+        tokens = list({e.key: None for e in batch.entries if e.kind == PRICE_KIND})
+        replies = await self._client.mget(
+            [
+                self._position_key,
+                self._layout_key,
+                *map(self._protocol_key, slugs),
+                *map(self._token_key, tokens),
+            ]
+        )
         position = _int(replies[0])
+        self._check_layout(position, replies[1])
         todo = pending(batch, position)
         if todo is None:
             return False
 
         protocols: dict[str, ProtocolState] = {}
         stored_changes: dict[str, dict[str, float | None]] = {}
-        for slug, raw in zip(slugs, replies[1 : 1 + len(slugs)], strict=True):
-            if raw:
-                protocols[slug], stored_changes[slug] = _protocol_from_hash(slug, _decode(raw))
+        for slug, raw in zip(slugs, replies[2 : 2 + len(slugs)], strict=True):
+            if raw is not None:
+                protocols[slug], stored_changes[slug] = _protocol_from_json(slug, raw)
         token_states: dict[str, TokenState] = {}
-        for token, raw in zip(tokens, replies[1 + len(slugs) :], strict=True):
-            if raw:
-                token_states[token] = _token_from_hash(token, _decode(raw))
+        for token, raw in zip(tokens, replies[2 + len(slugs) :], strict=True):
+            if raw is not None:
+                token_states[token] = _token_from_json(token, raw)
 
-        tvl_points = _points_by_key(todo.entries, _is_total_tvl, "value")
-        price_points = _points_by_key(todo.entries, _is_price, "price")
+        tvl_points, price_points = _history_points(todo.entries)
         await self._load_references(protocols, token_states, tvl_points, price_points)
 
         changed_protocols, changed_tokens = fold_entries(todo.entries, protocols, token_states)
-        writes = _Writes(self._position_key)
+        writes = _Writes(self._position_key, self._layout_key)
         for slug, state in changed_protocols.items():
             # Only a batch that extends the TVL history can move the changes; otherwise the
             # stored ones stand (the snapshot holds no history to recompute them from).
@@ -161,15 +207,24 @@ class RedisHotProjection:
             if slug in tvl_points:
                 self._write_history(writes, self._tvl_key(slug), tvl_points[slug], state)
         for token, token_state in changed_tokens.items():
-            self._write_token(writes, token_state)
+            self._write_token(writes, token_states.get(token), token_state)
             self._write_history(
                 writes, self._price_series_key(token), price_points[token], token_state
             )
 
         status, _ = await self._apply_batch(
-            keys=writes.keys, args=[str(position), str(todo.last), json.dumps(writes.commands)]
+            keys=writes.keys,
+            args=[str(position), str(todo.last), _LAYOUT, json.dumps(writes.commands())],
         )
         return True if int(status) == 1 else None
+
+    def _check_layout(self, position: int, layout: object) -> None:
+        if position and (layout is None or _text(layout) != _LAYOUT):
+            raise RuntimeError(
+                f"hot projection {self._prefix!r}: its keys were written by another version of "
+                f"this adapter (layout {layout!r}, expected {_LAYOUT!r}); reset() it or use a "
+                "new prefix, and it rebuilds from the log"
+            )
 
     async def _load_references(
         self,
@@ -185,40 +240,47 @@ class RedisHotProjection:
         in the history after the batch: either a point of the batch, which the fold adds,
         or a stored neighbour, which this loads. So two points per window are enough, not
         the whole history (and they would also be enough for "the last point before").
+        Only series already stored can hold any: new protocols and tokens are skipped.
         """
-        lookups: list[tuple[str, str, float, float]] = []  # (kind, key, cutoff, floor)
+        keys: list[str] = []
+        lookups: list[str] = []  # per lookup: key number, cutoff, floor, max(cutoff, floor)
+        series: list[str] = []  # per lookup: its series key
         for slug, points in tvl_points.items():
             state = protocols.get(slug)
-            tvl = None if state is None else state.tvl
+            if state is None:
+                continue
+            tvl = state.tvl
             newest = _newest(points, None if tvl is None else tvl.observed_at)
+            floor = newest - RECENT_WINDOW_SECONDS
+            keys.append(self._tvl_key(slug))
             for window in CHANGE_WINDOWS.values():
-                lookups.append(("tvl", slug, newest - window, newest - RECENT_WINDOW_SECONDS))
+                cutoff = newest - window
+                lookups += [str(len(keys)), repr(cutoff), repr(floor), repr(max(cutoff, floor))]
+                series.append(keys[-1])
         for token, points in price_points.items():
             token_state = tokens.get(token)
-            newest = _newest(points, None if token_state is None else token_state.observed_at)
-            lookups.append(
-                ("price", token, newest - PRICE_CHANGE_WINDOW, newest - RECENT_WINDOW_SECONDS)
-            )
-        if not lookups:
+            if token_state is None:
+                continue
+            newest = _newest(points, token_state.observed_at)
+            cutoff, floor = newest - PRICE_CHANGE_WINDOW, newest - RECENT_WINDOW_SECONDS
+            keys.append(self._price_series_key(token))
+            lookups += [str(len(keys)), repr(cutoff), repr(floor), repr(max(cutoff, floor))]
+            series.append(keys[-1])
+        if not keys:
             return
-        async with self._client.pipeline(transaction=False) as pipe:
-            for kind, key, cutoff, floor in lookups:
-                series = self._tvl_key(key) if kind == "tvl" else self._price_series_key(key)
-                below, above = repr(cutoff), repr(max(cutoff, floor))
-                pipe.zrange(series, below, repr(floor), desc=True, byscore=True, offset=0, num=1)
-                pipe.zrange(series, above, "+inf", byscore=True, offset=0, num=1)
-            replies = await pipe.execute()
-        found: dict[tuple[str, str], set[Point]] = {}
-        for (kind, key, _, _), below, above in zip(
-            lookups, replies[::2], replies[1::2], strict=True
-        ):
-            found.setdefault((kind, key), set()).update(_point(m) for m in [*below, *above])
-        for (kind, key), history in found.items():
-            recent = tuple(sorted(history))
-            if kind == "tvl" and key in protocols:
-                protocols[key] = replace(protocols[key], recent=recent)
-            elif kind == "price" and key in tokens:
-                tokens[key] = replace(tokens[key], recent=recent)
+        reply = await self._reference_points(keys=keys, args=[" ".join(lookups)])
+        fields = _text(reply).split(" ")
+        found: dict[str, set[Point]] = {}
+        for key, below, above in zip(series, fields[::2], fields[1::2], strict=True):
+            found.setdefault(key, set()).update(_point(m) for m in (below, above) if m)
+        for slug in tvl_points:
+            history = found.get(self._tvl_key(slug))
+            if history:
+                protocols[slug] = replace(protocols[slug], recent=tuple(sorted(history)))
+        for token in price_points:
+            history = found.get(self._price_series_key(token))
+            if history:
+                tokens[token] = replace(tokens[token], recent=tuple(sorted(history)))
 
     def _write_protocol(
         self,
@@ -227,58 +289,34 @@ class RedisHotProjection:
         state: ProtocolState,
         changes: Mapping[str, float | None],
     ) -> None:
-        writes.add(
-            "HSET",
-            self._protocol_key(state.slug),
-            "name",
-            state.name,
-            "category",
-            state.category,
-            "chains",
-            json.dumps(list(state.chains)),
-            "url",
-            state.url,
-            "current",
-            json.dumps(
-                [
-                    [metric, chain, r.value, r.observed_at]
-                    for (metric, chain), r in state.current.items()
-                ]
-            ),
-            "changes",
-            json.dumps(dict(changes)),
-            "position",
-            str(state.position),
-        )
-        tvl = state.tvl
-        scores = {
-            "desc": "inf" if tvl is None else repr(-tvl.value),
-            "asc": "inf" if tvl is None else repr(tvl.value),
-        }
+        writes.add("SET", self._protocol_key(state.slug), _protocol_json(state, changes))
+        tvl = None if state.tvl is None else state.tvl.value
         new_scopes = self._rank_scopes(state)
-        old_scopes = set() if before is None else self._rank_scopes(before)
+        if before is not None:
+            old_tvl = None if before.tvl is None else before.tvl.value
+            old_scopes = self._rank_scopes(before)
+            # Most observations move neither the TVL nor the scopes (volumes, chain TVLs,
+            # late points): the rankings already hold the right scores.
+            if old_tvl == tvl and old_scopes == new_scopes:
+                return
+        else:
+            old_scopes = set()
+        scores = {
+            "desc": "inf" if tvl is None else repr(-tvl),
+            "asc": "inf" if tvl is None else repr(tvl),
+        }
         for direction, score in scores.items():
             for scope in old_scopes - new_scopes:
-                writes.add("ZREM", self._rank_key(direction, scope), state.slug)
+                writes.add_grouped("ZREM", self._rank_key(direction, scope), state.slug)
             for scope in sorted(new_scopes):
-                writes.add("ZADD", self._rank_key(direction, scope), score, state.slug)
+                writes.add_grouped("ZADD", self._rank_key(direction, scope), score, state.slug)
 
-    def _write_token(self, writes: _Writes, state: TokenState) -> None:
-        writes.add(
-            "HSET",
-            self._token_key(state.token),
-            "price",
-            repr(state.price),
-            "observed_at",
-            repr(state.observed_at),
-            "confidence",
-            json.dumps(state.confidence),
-            "change_24h",
-            json.dumps(state.change_24h()),
-            "position",
-            str(state.position),
-        )
-        writes.add("ZADD", self._recent_tokens_key, repr(-state.observed_at), state.token)
+    def _write_token(self, writes: _Writes, before: TokenState | None, state: TokenState) -> None:
+        writes.add("SET", self._token_key(state.token), _token_json(state, state.change_24h()))
+        if before is None or before.observed_at != state.observed_at:
+            writes.add_grouped(
+                "ZADD", self._recent_tokens_key, repr(-state.observed_at), state.token
+            )
 
     def _write_history(
         self, writes: _Writes, key: str, points: Sequence[Point], state: ProtocolState | TokenState
@@ -365,14 +403,11 @@ class RedisHotProjection:
     async def _protocol_views(self, slugs: Sequence[str]) -> list[ProtocolView]:
         if not slugs:
             return []
-        async with self._client.pipeline(transaction=False) as pipe:
-            for slug in slugs:
-                pipe.hgetall(self._protocol_key(slug))
-            replies = await pipe.execute()
+        replies = await self._client.mget([self._protocol_key(slug) for slug in slugs])
         views = []
         for slug, raw in zip(slugs, replies, strict=True):
-            if raw:
-                state, changes = _protocol_from_hash(slug, _decode(raw))
+            if raw is not None:
+                state, changes = _protocol_from_json(slug, raw)
                 views.append(state.view(changes))
         return views
 
@@ -386,15 +421,11 @@ class RedisHotProjection:
             tokens = [_text(member) for member in members]
         if not tokens:
             return []
-        async with self._client.pipeline(transaction=False) as pipe:
-            for token in tokens:
-                pipe.hgetall(self._token_key(token))
-            replies = await pipe.execute()
+        replies = await self._client.mget([self._token_key(token) for token in tokens])
         views = []
         for token, raw in zip(tokens, replies, strict=True):
-            if raw:
-                fields = _decode(raw)
-                views.append(_token_from_hash(token, fields).view(json.loads(fields["change_24h"])))
+            if raw is not None:
+                views.append(_token_from_json(token, raw).view(json.loads(raw)["change_24h"]))
         return views
 
     async def reset(self) -> None:
@@ -416,6 +447,10 @@ class RedisHotProjection:
     @property
     def _position_key(self) -> str:
         return f"{self._prefix}position"
+
+    @property
+    def _layout_key(self) -> str:
+        return f"{self._prefix}layout"
 
     @property
     def _recent_tokens_key(self) -> str:
@@ -454,17 +489,47 @@ class RedisHotProjection:
 class _Writes:
     """The writes of one batch, in the shape the apply script takes."""
 
-    def __init__(self, position_key: str) -> None:
-        self.keys: list[str] = [position_key]
-        self._index: dict[str, int] = {position_key: 1}
-        self.commands: list[list[str | int]] = []
+    def __init__(self, position_key: str, layout_key: str) -> None:
+        self.keys: list[str] = [position_key, layout_key]
+        self._index: dict[str, int] = {position_key: 1, layout_key: 2}
+        self._commands: list[list[str | int]] = []
+        self._grouped: dict[tuple[str, int], list[str]] = {}
 
     def add(self, command: str, key: str, *args: str) -> None:
+        """One command, run in the order added."""
+        self._commands.append([command, self._key_index(key), *args])
+
+    def add_grouped(self, command: str, key: str, *args: str) -> None:
+        """Arguments of a variadic ``ZADD``/``ZREM`` on a key no ``add`` command touches.
+
+        Every protocol moves in up to ten rankings, and every token in ``tokens:recent``;
+        one command per key and batch instead of one per member saves most of the script's
+        ``redis.call``s. Safe to merge: a batch writes each member of these keys once.
+        """
+        self._grouped.setdefault((command, self._key_index(key)), []).extend(args)
+
+    def commands(self) -> list[list[str | int]]:
+        merged = list(self._commands)
+        for (command, index), args in sorted(self._grouped.items(), key=_removals_first):
+            # Chunked: Lua's ``unpack`` fails beyond a few thousand values.
+            for start in range(0, len(args), _GROUP_ARGS):
+                merged.append([command, index, *args[start : start + _GROUP_ARGS]])
+        return merged
+
+    def _key_index(self, key: str) -> int:
         index = self._index.get(key)
         if index is None:
             self.keys.append(key)
             index = self._index[key] = len(self.keys)  # Lua counts KEYS from 1
-        self.commands.append([command, index, *args])
+        return index
+
+
+_GROUP_ARGS: Final = 2_000
+
+
+def _removals_first(group: tuple[tuple[str, int], list[str]]) -> tuple[bool, int]:
+    (command, index), _ = group
+    return command != "ZREM", index
 
 
 _ALL: Final = "all"
@@ -479,27 +544,25 @@ def _category_scope(category: str) -> str:
     return f"category:{category.casefold()}"
 
 
-def _is_total_tvl(entry: LogEntry) -> bool:
-    return (
-        entry.kind == "metric"
-        and entry.data.get("metric") == "tvl"
-        and str(entry.data.get("chain", TOTAL)) == TOTAL
-    )
-
-
-def _is_price(entry: LogEntry) -> bool:
-    return entry.kind == PRICE_KIND
-
-
-def _points_by_key(
-    entries: Iterable[LogEntry], wanted: Callable[[LogEntry], bool], value_field: str
-) -> dict[str, list[Point]]:
-    points: dict[str, list[Point]] = {}
+def _history_points(
+    entries: Iterable[LogEntry],
+) -> tuple[dict[str, list[Point]], dict[str, list[Point]]]:
+    """The total-TVL points per slug and the price points per token, in log order."""
+    tvl_points: dict[str, list[Point]] = {}
+    price_points: dict[str, list[Point]] = {}
     for entry in entries:
-        if wanted(entry):
-            point = (float(entry.data["observed_at"]), float(entry.data[value_field]))
-            points.setdefault(entry.key, []).append(point)
-    return points
+        data = entry.data
+        if entry.kind == PRICE_KIND:
+            point = (float(data["observed_at"]), float(data["price"]))
+            price_points.setdefault(entry.key, []).append(point)
+        elif (
+            entry.kind == "metric"
+            and data.get("metric") == "tvl"
+            and str(data.get("chain", TOTAL)) == TOTAL
+        ):
+            point = (float(data["observed_at"]), float(data["value"]))
+            tvl_points.setdefault(entry.key, []).append(point)
+    return tvl_points, price_points
 
 
 def _newest(points: Iterable[Point], current: float | None) -> float:
@@ -526,27 +589,63 @@ def _score_bounds(direction: str, min_tvl: float | None) -> tuple[str, str]:
     return repr(min_tvl), "(+inf"  # +inf is "no TVL": excluded by any minimum
 
 
-def _protocol_from_hash(
-    slug: str, fields: Mapping[str, str]
+# One encoder for every state: ``json.dumps`` with ``separators`` builds a new one per call.
+# Floats go out as ``repr`` and come back bit for bit.
+_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
+
+def _protocol_json(state: ProtocolState, changes: Mapping[str, float | None]) -> str:
+    return _JSON.encode(
+        {
+            "name": state.name,
+            "category": state.category,
+            "chains": state.chains,
+            "url": state.url,
+            "current": [
+                [metric, chain, r.value, r.observed_at]
+                for (metric, chain), r in state.current.items()
+            ],
+            "changes": changes,
+            "position": state.position,
+        }
+    )
+
+
+def _protocol_from_json(
+    slug: str, raw: bytes | str
 ) -> tuple[ProtocolState, dict[str, float | None]]:
+    fields = json.loads(raw)
     current = {
         (str(metric), str(chain)): Reading(float(value), float(observed_at))
-        for metric, chain, value, observed_at in json.loads(fields["current"])
+        for metric, chain, value, observed_at in fields["current"]
     }
     state = ProtocolState(
         slug=slug,
         name=fields["name"],
         category=fields["category"],
-        chains=tuple(json.loads(fields["chains"])),
+        chains=tuple(fields["chains"]),
         url=fields["url"],
         current=current,
         position=int(fields["position"]),
     )
-    return state, json.loads(fields["changes"])
+    return state, fields["changes"]
 
 
-def _token_from_hash(token: str, fields: Mapping[str, str]) -> TokenState:
-    confidence = json.loads(fields["confidence"])
+def _token_json(state: TokenState, change_24h: float | None) -> str:
+    return _JSON.encode(
+        {
+            "price": state.price,
+            "observed_at": state.observed_at,
+            "confidence": state.confidence,
+            "change_24h": change_24h,
+            "position": state.position,
+        }
+    )
+
+
+def _token_from_json(token: str, raw: bytes | str) -> TokenState:
+    fields = json.loads(raw)
+    confidence = fields["confidence"]
     return TokenState(
         token=token,
         price=float(fields["price"]),
@@ -562,10 +661,6 @@ def _text(value: object) -> str:
     if isinstance(value, str):
         return value
     raise TypeError(f"expected a Redis string reply, got {value!r}")
-
-
-def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in raw.items()}
 
 
 def _int(value: bytes | str | None) -> int:

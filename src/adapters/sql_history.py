@@ -29,6 +29,7 @@ from sqlalchemy import (
     Column,
     Double,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -50,11 +51,14 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.views import Series, SeriesPoint, SeriesQuery
 
 __all__ = [
     "ALERT_EVENTS",
+    "ALERT_RULES",
+    "DELIVERY_ATTEMPTS",
     "HISTORY_METADATA",
     "MIGRATIONS_DIR",
     "PRICE_OBSERVATIONS",
@@ -140,6 +144,58 @@ ALERT_EVENTS: Final = Table(
     UniqueConstraint("idempotency_key", name="uq_alert_events_idempotency_key"),
     Index("ix_alert_events_rule", "rule_id", "observed_at"),
 )
+# Not a projection: every notification delivery attempt (adapters/sql_delivery_log.py). It
+# shares this schema (and its migrations) but ``reset`` leaves it alone, since the log cannot
+# rebuild it.
+DELIVERY_ATTEMPTS: Final = Table(
+    "delivery_attempts",
+    HISTORY_METADATA,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("rule_id", Text(), nullable=False),
+    Column("owner", Text(), nullable=False),
+    Column("idempotency_key", Text(), nullable=False),
+    Column("channel_kind", Text(), nullable=False),
+    Column("channel_target", Text(), nullable=False),
+    Column("attempt", Integer(), nullable=False),
+    Column("status", Text(), nullable=False),
+    Column("http_status", Integer(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("condition", Text(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("started_at", Double(), nullable=False),
+    Column("finished_at", Double(), nullable=False),
+    Index("ix_delivery_attempts_key", "idempotency_key"),
+    Index("ix_delivery_attempts_rule", "rule_id", "id"),
+)
+# Each rule as its owner lists it (migration 0002), folded with ``fold_rule``.
+ALERT_RULES: Final = Table(
+    "alert_rules",
+    HISTORY_METADATA,
+    Column("rule_id", Text(), nullable=False),
+    Column("owner", Text(), nullable=False),
+    Column("name", Text(), nullable=False),
+    Column("target", JSON(), nullable=False),
+    Column("target_key", Text(), nullable=False),
+    Column("condition", JSON(), nullable=False),
+    Column("channels", JSON(), nullable=False),
+    Column("cooldown", BigInteger(), nullable=False),
+    Column("state", Text(), nullable=False),
+    Column("firing", Text(), nullable=False),
+    Column("last_fired_at", Double(), nullable=True),
+    Column("transitions", BigInteger(), nullable=False),
+    Column("created_position", BigInteger(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("created_at", Double(), nullable=False),
+    Column("updated_at", Double(), nullable=False),
+    PrimaryKeyConstraint("rule_id", name="pk_alert_rules"),
+    Index("ix_alert_rules_owner", "owner", "created_position"),
+    Index("ix_alert_rules_state", "state"),
+)
 PROJECTION_TRACKING: Final = Table(
     "projection_tracking",
     HISTORY_METADATA,
@@ -147,7 +203,13 @@ PROJECTION_TRACKING: Final = Table(
     Column("position", BigInteger(), nullable=False),
     PrimaryKeyConstraint("name", name="pk_projection_tracking"),
 )
-_FACT_TABLES: Final = (PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS, PROTOCOLS, ALERT_EVENTS)
+_FACT_TABLES: Final = (
+    PROTOCOL_OBSERVATIONS,
+    PRICE_OBSERVATIONS,
+    PROTOCOLS,
+    ALERT_EVENTS,
+    ALERT_RULES,
+)
 _PROTOCOL_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 _ALERT_KINDS: Final = {"alert_triggered": "triggered", "alert_resolved": "resolved"}
 
@@ -370,6 +432,8 @@ class SqlHistoryReadModel:
             conditions.append(obs.c.observed_at <= query.end)
         if query.as_of is not None:
             conditions.append(obs.c.observed_at <= query.as_of)
+        if query.until_position is not None:
+            conditions.append(obs.c.position <= query.until_position)
         # The group key: the timestamp itself (raw points; this folds corrections of one
         # timestamp together) or the bucket's index. The bucket start is computed back in
         # Python from the integer index, so it is exact whatever the backend's arithmetic.
@@ -412,6 +476,20 @@ class SqlHistoryReadModel:
             for row in reversed(rows)
         ]
         return Series(slug=query.slug, metric=query.metric, chain=query.chain, points=points)
+
+    def alert_rules(
+        self, owner: str | None = None, *, include_deleted: bool = False
+    ) -> list[AlertRuleView]:
+        """Rules of ``owner`` (every owner's when None), oldest first; deleted ones only
+        when asked."""
+        statement = select(ALERT_RULES).order_by(ALERT_RULES.c.created_position)
+        if owner is not None:
+            statement = statement.where(ALERT_RULES.c.owner == owner)
+        if not include_deleted:
+            statement = statement.where(ALERT_RULES.c.state != "deleted")
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [_rule_view(row._mapping) for row in rows]
 
     def protocol_exists(self, slug: str) -> bool:
         """Whether a ``protocol_listed`` entry for ``slug`` has been applied."""
@@ -519,6 +597,9 @@ class SqlHistoryReadModel:
             connection.execute(insert(ALERT_EVENTS), alerts)
         if listings:
             self._upsert_protocols(connection, listings)
+        rule_facts = [entry for entry in entries if entry.kind in RULE_FACT_KINDS]
+        if rule_facts:
+            self._fold_alert_rules(connection, rule_facts)
 
     @staticmethod
     def _new_alerts(connection: Connection, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -571,3 +652,62 @@ class SqlHistoryReadModel:
         for chunk in _chunks(slugs):
             connection.execute(delete(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk)))
         connection.execute(insert(PROTOCOLS), [rows[slug] for slug in slugs])
+
+    @staticmethod
+    def _fold_alert_rules(connection: Connection, entries: Sequence[LogEntry]) -> None:
+        # Same delete + insert pattern as the protocols (under the tracking lock).
+        ids = list(dict.fromkeys(entry.key for entry in entries))
+        views: dict[str, AlertRuleView | None] = dict.fromkeys(ids)
+        for chunk in _chunks(ids):
+            for row in connection.execute(
+                select(ALERT_RULES).where(ALERT_RULES.c.rule_id.in_(chunk))
+            ):
+                views[row.rule_id] = _rule_view(row._mapping)
+        for entry in entries:
+            views[entry.key] = fold_rule(views[entry.key], entry)
+        rows = [_rule_row(view) for view in views.values() if view is not None]
+        for chunk in _chunks(ids):
+            connection.execute(delete(ALERT_RULES).where(ALERT_RULES.c.rule_id.in_(chunk)))
+        if rows:
+            connection.execute(insert(ALERT_RULES), rows)
+
+
+def _rule_view(row: Any) -> AlertRuleView:
+    return AlertRuleView(
+        id=row["rule_id"],
+        owner=row["owner"],
+        name=row["name"],
+        target=dict(row["target"]),
+        condition=dict(row["condition"]),
+        channels=list(row["channels"]),
+        cooldown=int(row["cooldown"]),
+        state=row["state"],
+        firing="firing" if row["firing"] == "firing" else "resolved",
+        last_fired_at=row["last_fired_at"],
+        transitions=int(row["transitions"]),
+        created_position=int(row["created_position"]),
+        position=int(row["position"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def _rule_row(view: AlertRuleView) -> dict[str, Any]:
+    return {
+        "rule_id": view.id,
+        "owner": view.owner,
+        "name": view.name,
+        "target": view.target,
+        "target_key": view.target_key,
+        "condition": view.condition,
+        "channels": view.channels,
+        "cooldown": view.cooldown,
+        "state": view.state,
+        "firing": view.firing,
+        "last_fired_at": view.last_fired_at,
+        "transitions": view.transitions,
+        "created_position": view.created_position,
+        "position": view.position,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+    }

@@ -24,6 +24,7 @@ from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
 from ..domain.subscription import Subscription
 from ..domain.token import Token
+from .alert_rules import RuleObservation, RuleSnapshot
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
 
 A = TypeVar("A", bound=Aggregate)
@@ -67,15 +68,23 @@ class DefiRealtime(Application[UUID]):
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
 
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        # Ids looked up and not found during the current ingest (writer thread only).
+        self._absent: set[UUID] = set()
+
     # -- ingest -------------------------------------------------------------------------
 
     def ingest(self, batches: Sequence[IngestBatch], *, attempts: int = 3) -> list[IngestResult]:
         """Apply a group of batches and save them in one transaction."""
         for attempt in range(attempts):
             working: dict[UUID, Aggregate] = {}
+            self._absent.clear()
             try:
                 results = [self._apply_batch(batch, working) for batch in batches]
-                recordings = self.save(*working.values())
+                # Only aggregates with new events: saving an unchanged one costs eventsourcing
+                # type checks and nothing else.
+                recordings = self.save(*[a for a in working.values() if a.pending_events])
             except IntegrityError:
                 self._evict(working)
                 if attempt + 1 == attempts:
@@ -84,6 +93,8 @@ class DefiRealtime(Application[UUID]):
             except BaseException:
                 self._evict(working)
                 raise
+            finally:
+                self._absent.clear()
             position = max((r.notification.id for r in recordings), default=0)
             for result in results:
                 if result.committed and (result.accepted or result.duplicates):
@@ -105,9 +116,14 @@ class DefiRealtime(Application[UUID]):
         found = working.get(aggregate_id)
         if found is not None:
             return found
+        if aggregate_id in self._absent:
+            return None
         try:
             aggregate: Aggregate = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
+            # Remembered for the rest of this ingest: a new protocol is looked up by every
+            # item that names it, and each miss is a query.
+            self._absent.add(aggregate_id)
             return None
         working[aggregate_id] = aggregate
         return aggregate
@@ -138,7 +154,10 @@ class DefiRealtime(Application[UUID]):
             result.committed = False
             return result
         for listing in batch.listings:
-            self._upsert_listing(listing, working)
+            if self._upsert_listing(listing, working).pending_events:
+                result.accepted += 1
+            else:
+                result.duplicates += 1
         # A new protocol may be named by a later item of the batch than its first
         # observation: list it from the first named item before recording anything.
         first_named: dict[str, Listing] = {}
@@ -171,7 +190,6 @@ class DefiRealtime(Application[UUID]):
                 result.accepted += 1
             else:
                 result.duplicates += 1
-        result.accepted += len(batch.listings)
         return result
 
     def _upsert_listing(self, listing: Listing, working: dict[UUID, Aggregate]) -> Protocol:
@@ -250,7 +268,13 @@ class DefiRealtime(Application[UUID]):
         cooldown: int = 3_600,
         name: str = "",
     ) -> UUID:
+        """Create a rule; its protocol target must be a listed protocol (a typo in a slug
+        must not create a rule that can never fire). Raises ``InvalidRule`` or
+        ``ProtocolNotFound``."""
         rule = AlertRule.create(owner, target, condition, channels, cooldown, name)
+        if "protocol" in rule.target:
+            slug = rule.target["protocol"]
+            self._get_cached(Protocol.id_for(slug), Protocol, ProtocolNotFound(slug))
         self.save(rule)
         return rule.id
 
@@ -286,6 +310,68 @@ class DefiRealtime(Application[UUID]):
         rule = self._owned_rule(rule_id, owner)
         rule.delete()
         self._save_or_evict(rule)
+
+    def observe_alert_rules(
+        self, observations: Sequence[RuleObservation], *, attempts: int = 3
+    ) -> list[RuleSnapshot]:
+        """Evaluate rules against measures and save every transition in one transaction.
+
+        Meant for the alert evaluator, on the writer thread. Each observation carries its
+        log position, so observations a rule already evaluated (a replay after a crash)
+        record nothing. Returns each rule's state right after each observation; rules that
+        no longer exist come back as ``deleted``.
+        """
+        for attempt in range(attempts):
+            working: dict[UUID, Aggregate] = {}
+            snapshots: list[RuleSnapshot] = []
+            try:
+                for observation in observations:
+                    rule = self._rule_for_evaluation(UUID(observation.rule_id), working)
+                    if rule is None:
+                        snapshots.append(
+                            RuleSnapshot(observation.rule_id, None, "deleted", "resolved", None)
+                        )
+                        continue
+                    transition = rule.observe(
+                        observation.measure, observation.observed_at, observation.position
+                    )
+                    snapshots.append(
+                        RuleSnapshot(
+                            observation.rule_id,
+                            transition,
+                            rule.state,
+                            rule.firing,
+                            rule.last_fired_at,
+                            rule.transitions,
+                        )
+                    )
+                changed = [rule for rule in working.values() if rule.pending_events]
+                if changed:
+                    self.save(*changed)
+            except IntegrityError:
+                # Another node changed one of the rules (e.g. paused it): start over from
+                # the stored events; the positions keep the retry from double-counting.
+                self._evict(working)
+                if attempt + 1 == attempts:
+                    raise
+                continue
+            except BaseException:
+                self._evict(working)
+                raise
+            return snapshots
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _rule_for_evaluation(
+        self, rule_id: UUID, working: dict[UUID, Aggregate]
+    ) -> AlertRule | None:
+        rule = working.get(rule_id)
+        if rule is None:
+            try:
+                rule = self.repository.get(rule_id)  # cached: we are the writer thread
+            except AggregateNotFoundError:
+                return None
+            working[rule_id] = rule
+        return rule if isinstance(rule, AlertRule) else None
 
     # -- subscriptions --------------------------------------------------------------------
 

@@ -1,78 +1,146 @@
-"""``EventLog`` over the application's event store: notifications -> ``LogEntry``s."""
+"""``EventLog`` over the application's event store: notifications -> ``LogEntry``s.
+
+Two ways from a notification to a ``LogEntry``, with the same result:
+
+* the general one: eventsourcing's mapper rebuilds the domain event object (topic
+  resolution, JSON decoding with a Python ``object_hook`` per JSON object, originator ID
+  conversion, upcasting), then ``to_entry`` flattens it;
+* the fast one, for states stored as plain eventsourcing JSON (no cipher, no compressor,
+  the stock ``JSONTranscoder``): decode the JSON with the C scanner and no hook, turn the
+  one transcoded value every event has (``timestamp``, ``datetime_iso``) into a number,
+  and flatten the decoded dict directly. Rebuilding objects only to read their attributes
+  back was most of the cost of following the log (profiled at ~2/3 of ``read``); the fast
+  path is 2-3x faster end to end, select included.
+
+Anything the fast path does not recognise (another transcoded value, a ``class_version``
+to upcast, a missing field, text originator IDs) falls back to the mapper, per
+notification. tests/unit/test_event_log_fast_path.py checks that both ways agree.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Final, cast
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    JSONTranscoder,
+    Mapper,
+    Notification,
+)
+from eventsourcing.utils import resolve_topic
 
-from ..domain.alert_rule import AlertRule
+from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.protocol import Protocol
 from ..domain.token import Token
 from .log import LogBatch, LogEntry
 
-_Translate = Callable[[Any], tuple[str, str, dict[str, Any]]]
+# Translations read an event's fields from a mapping: the event object's ``vars()`` on the
+# general path, the decoded JSON state (plus the originator ID) on the fast one. Both hold
+# the very same values, so one definition serves both and they cannot drift apart.
+_Translate = Callable[[Mapping[str, Any]], tuple[str, str, dict[str, Any]]]
 
 
-def _listed(event: Any) -> tuple[str, str, dict[str, Any]]:
-    return "protocol_listed", event.slug, _listing_data(event)
+def _listed(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return "protocol_listed", event["slug"], _listing_data(event)
 
 
-def _updated(event: Any) -> tuple[str, str, dict[str, Any]]:
-    return "protocol_updated", event.slug, _listing_data(event)
+def _updated(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return "protocol_updated", event["slug"], _listing_data(event)
 
 
-def _listing_data(event: Any) -> dict[str, Any]:
+def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "name": event.name,
-        "category": event.category,
-        "chains": list(event.chains),
-        "url": event.url,
+        "name": event["name"],
+        "category": event["category"],
+        "chains": list(event["chains"]),
+        "url": event["url"],
     }
 
 
-def _metric(event: Any) -> tuple[str, str, dict[str, Any]]:
+def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return (
         "metric",
-        event.slug,
+        event["slug"],
         {
-            "metric": event.metric,
-            "chain": event.chain,
-            "value": event.value,
-            "observed_at": event.observed_at,
-            "source": event.source,
+            "metric": event["metric"],
+            "chain": event["chain"],
+            "value": event["value"],
+            "observed_at": event["observed_at"],
+            "source": event["source"],
         },
     )
 
 
-def _price(event: Any) -> tuple[str, str, dict[str, Any]]:
+def _price(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return (
         "price",
-        event.token_id,
+        event["token_id"],
         {
-            "price": event.price,
-            "observed_at": event.observed_at,
-            "confidence": event.confidence,
-            "source": event.source,
+            "price": event["price"],
+            "observed_at": event["observed_at"],
+            "confidence": event["confidence"],
+            "source": event["source"],
         },
     )
 
 
 def _alert(kind: str) -> _Translate:
-    def translate(event: Any) -> tuple[str, str, dict[str, Any]]:
+    def translate(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         return (
             kind,
-            str(event.originator_id),
+            str(event["originator_id"]),
             {
-                "owner": event.owner,
-                "measure": event.measure,
-                "observed_at": event.observed_at,
-                "idempotency_key": event.idempotency_key,
+                "owner": event["owner"],
+                "measure": event["measure"],
+                "observed_at": event["observed_at"],
+                "idempotency_key": event["idempotency_key"],
             },
         )
+
+    return translate
+
+
+def _rule_created(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "alert_rule_created",
+        str(event["originator_id"]),
+        {
+            "owner": event["owner"],
+            "name": event["name"],
+            "target": dict(event["target"]),
+            "condition": dict(event["condition"]),
+            # Never the webhook secret: the log reaches other processes and brokers.
+            "channels": public_channels(list(event["channels"])),
+            "cooldown": event["cooldown"],
+            "state": "active",
+        },
+    )
+
+
+def _rule_updated(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "alert_rule_updated",
+        str(event["originator_id"]),
+        {
+            "name": event["name"],
+            "condition": dict(event["condition"]),
+            "channels": public_channels(list(event["channels"])),
+            "cooldown": event["cooldown"],
+        },
+    )
+
+
+def _rule_state(kind: str, state: str) -> _Translate:
+    def translate(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        return kind, str(event["originator_id"]), {"state": state}
 
     return translate
 
@@ -85,6 +153,11 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{Token.__name__}.PriceRecorded": _price,
     f"{AlertRule.__name__}.Triggered": _alert("alert_triggered"),
     f"{AlertRule.__name__}.Resolved": _alert("alert_resolved"),
+    f"{AlertRule.__name__}.Created": _rule_created,
+    f"{AlertRule.__name__}.Updated": _rule_updated,
+    f"{AlertRule.__name__}.Paused": _rule_state("alert_rule_paused", "paused"),
+    f"{AlertRule.__name__}.Resumed": _rule_state("alert_rule_resumed", "active"),
+    f"{AlertRule.__name__}.Deleted": _rule_state("alert_rule_deleted", "deleted"),
 }
 
 
@@ -93,7 +166,7 @@ def to_entry(position: int, event: DomainEventProtocol[Any]) -> LogEntry | None:
     translate = TRANSLATIONS.get(type(event).__qualname__)
     if translate is None:
         return None
-    kind, key, data = translate(event)
+    kind, key, data = translate(vars(event))
     return LogEntry(
         position=position,
         kind=kind,
@@ -103,25 +176,152 @@ def to_entry(position: int, event: DomainEventProtocol[Any]) -> LogEntry | None:
     )
 
 
-class EventStoreLog:
-    """Reads the application's notification log (synchronous; call from a thread)."""
+# --- the fast path ------------------------------------------------------------------------
 
-    def __init__(self, app: Application[UUID]) -> None:
+# ``raw_decode`` is the documented entry to the C scanner; ``json.loads`` adds whitespace
+# regex matches per call, and eventsourcing's decoder a Python object_hook per JSON object.
+_DECODER: Final = json.JSONDecoder()
+_TYPE_MARK: Final = b'"_type_"'
+_DATETIME_ISO: Final = DatetimeAsISO.name
+# Pages read ahead at most at any time (one per reader following the log in full pages).
+_READ_AHEAD_PAGES: Final = 4
+
+
+def plain_json_states(mapper: Mapper[Any]) -> bool:
+    """Whether ``mapper`` stores states as plain eventsourcing JSON (fast path possible)."""
+    transcoder = mapper.transcoder
+    return (
+        mapper.cipher is None
+        and mapper.compressor is None
+        # Exactly the stock classes: a subclass may decode differently.
+        and type(transcoder) is JSONTranscoder
+        and type(transcoder.names.get(_DATETIME_ISO)) is DatetimeAsISO
+    )
+
+
+def fast_entry(notification: Notification, translate: _Translate) -> LogEntry | None:
+    """The entry for ``notification`` straight from its JSON state; None if unsure.
+
+    None means "use the mapper": the state holds something the mapper would transform
+    (a transcoded value other than the timestamp, a class version to upcast), a field is
+    missing, or the originator ID is not a UUID object (the mapper would convert it).
+    """
+    state = notification.state
+    # eventsourcing marks every transcoded value with a "_type_" key; the timestamp is
+    # the only one expected. A string value cannot contain the mark (its quotes would be
+    # escaped), so one occurrence means nothing else needs the transcoder.
+    if state.count(_TYPE_MARK) != 1 or not isinstance(notification.originator_id, UUID):
+        return None
+    try:
+        text = state.decode()
+        fields, end = _DECODER.raw_decode(text)
+        stamp = fields["timestamp"]
+        if (
+            end != len(text)  # trailing text: let the mapper decide what it means
+            or type(fields) is not dict
+            or "class_version" in fields
+            or type(stamp) is not dict
+            or stamp.get("_type_") != _DATETIME_ISO
+        ):
+            return None
+        recorded_at = datetime.fromisoformat(stamp["_data_"]).timestamp()
+        fields["originator_id"] = notification.originator_id
+        kind, key, data = translate(fields)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return LogEntry(
+        position=notification.id, kind=kind, key=key, data=data, recorded_at=recorded_at
+    )
+
+
+class EventStoreLog:
+    """Reads the application's notification log (synchronous; call from a thread).
+
+    Read-ahead: after a full page (``limit`` notifications) the next page is very likely
+    wanted next (a projection catching up, a relay behind), so it is read and decoded in a
+    background thread while the caller applies this one; the database round trip and the
+    decoding then overlap with the caller's own I/O (Redis, RabbitMQ). A page read ahead is
+    only handed out when it is full too, and then it is exactly what a fresh read would
+    return: positions are assigned in commit order (the recorders lock the table for
+    inserts), so no notification can later appear among positions already read. Anything
+    else (a short page at the head, an error) is dropped and read afresh.
+    """
+
+    def __init__(
+        self, app: Application[UUID], *, fast: bool = True, read_ahead: bool = True
+    ) -> None:
         self._recorder = app.recorder
         self._mapper = app.mapper
+        self._fast = fast and plain_json_states(app.mapper)
+        # topic -> its translation, None for facts nobody downstream needs.
+        self._translations: dict[str, _Translate | None] = {}
+        self._read_ahead = read_ahead
+        self._ahead: dict[tuple[int, int], Future[tuple[LogBatch, bool]]] = {}
+        self._ahead_lock = threading.Lock()
+        self._ahead_thread: ThreadPoolExecutor | None = None
 
     def read(self, after: int, limit: int) -> LogBatch:
+        batch = self._take_ahead(after, limit)
+        full = batch is not None
+        if batch is None:
+            batch, full = self._read(after, limit)
+        if full and self._read_ahead:
+            self._start_ahead(batch.last, limit)
+        return batch
+
+    def _read(self, after: int, limit: int) -> tuple[LogBatch, bool]:
+        """The batch, and whether it is a full page."""
         notifications = self._recorder.select_notifications(
             start=after, limit=limit, inclusive_of_start=False
         )
         if not notifications:
-            return LogBatch(after=after, last=after)
+            return LogBatch(after=after, last=after), False
         entries = []
         for notification in notifications:
-            entry = to_entry(notification.id, self._mapper.to_domain_event(notification))
+            entry = self._entry(notification)
             if entry is not None:
                 entries.append(entry)
-        return LogBatch(after=after, last=notifications[-1].id, entries=tuple(entries))
+        batch = LogBatch(after=after, last=notifications[-1].id, entries=tuple(entries))
+        return batch, len(notifications) >= limit
+
+    def _start_ahead(self, after: int, limit: int) -> None:
+        with self._ahead_lock:
+            if (after, limit) in self._ahead:
+                return
+            if self._ahead_thread is None:
+                self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="log-read-ahead")
+            while len(self._ahead) >= _READ_AHEAD_PAGES:
+                # Several readers at different positions: keep only the newest requests.
+                self._ahead.pop(next(iter(self._ahead))).cancel()
+            self._ahead[after, limit] = self._ahead_thread.submit(self._read, after, limit)
+
+    def _take_ahead(self, after: int, limit: int) -> LogBatch | None:
+        with self._ahead_lock:
+            future = self._ahead.pop((after, limit), None)
+        if future is None:
+            return None
+        try:
+            batch, full = future.result()
+        except Exception:  # e.g. a dropped connection: the fresh read reports it, if any
+            return None
+        return batch if full else None
 
     def head(self) -> int:
         return self._recorder.max_notification_id() or 0
+
+    def _entry(self, notification: Notification) -> LogEntry | None:
+        topic = notification.topic
+        try:
+            translate = self._translations[topic]
+        except KeyError:
+            # Resolved once per topic (aliases from ``register_topic`` included); an
+            # unknown topic raises here just as the mapper would.
+            translate = TRANSLATIONS.get(resolve_topic(topic).__qualname__)
+            self._translations[topic] = translate
+        if translate is None:
+            return None  # not needed downstream: no need to decode it either
+        if self._fast:
+            entry = fast_entry(notification, translate)
+            if entry is not None:
+                return entry
+        return to_entry(notification.id, self._mapper.to_domain_event(notification))

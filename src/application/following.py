@@ -58,6 +58,9 @@ class Relay:
             # Consumers catch up from the log on their own when they start; the fan-out
             # only has to carry what happens from now on.
             position = await asyncio.to_thread(self.event_log.head)
+            # Remember where we started: a relay restarted before its first publish must
+            # resume here, not jump to a later head past events it never published.
+            await self.positions.save(self.name, position)
         self.position = position
         while True:
             batch = await asyncio.to_thread(self.event_log.read, self.position, self.page_size)
@@ -156,6 +159,7 @@ class NodeFollower:
         deliver: Callable[[LogBatch], Awaitable[None]] | None = None,
         *,
         on_ready: Callable[[int], Awaitable[None]] | None = None,
+        late_runners: list[ProjectionRunner] | None = None,
         poll_interval: float = 1.0,
         queue_size: int = 1_000,
     ) -> None:
@@ -163,6 +167,8 @@ class NodeFollower:
         self.runners = runners
         self.deliver = deliver
         self.on_ready = on_ready
+        # Advanced after delivery: projections clients do not wait for (e.g. history).
+        self.late_runners = late_runners or []
         self.poll_interval = poll_interval
         self._queue: asyncio.Queue[LogBatch] = asyncio.Queue(maxsize=queue_size)
         self.position = 0
@@ -185,10 +191,10 @@ class NodeFollower:
                 self._queue.get_nowait()
 
     async def _run(self) -> None:
-        for runner in self.runners:
+        for runner in [*self.runners, *self.late_runners]:
             await runner.catch_up()
         self.position = await asyncio.to_thread(self.event_log.head)
-        for runner in self.runners:
+        for runner in [*self.runners, *self.late_runners]:
             await runner.catch_up()
         if self.on_ready is not None:
             await self.on_ready(self.position)
@@ -225,4 +231,9 @@ class NodeFollower:
                 await self.deliver(part)
             except Exception:
                 log.exception("delivery of batch (%d, %d] failed", part.after, part.last)
+        for runner in self.late_runners:
+            try:
+                await runner.advance(part)
+            except Exception:
+                log.exception("projection %s failed to advance", runner.name)
         self.position = part.last

@@ -20,9 +20,24 @@ EntryKind = Literal[
     "price",
     "alert_triggered",
     "alert_resolved",
+    "alert_rule_created",
+    "alert_rule_updated",
+    "alert_rule_paused",
+    "alert_rule_resumed",
+    "alert_rule_deleted",
 ]
+# An alert rule's lifecycle, in the order a rule can live it (consumers that do not follow
+# rules, such as the hot projections and the realtime hub, ignore these kinds).
+ALERT_RULE_KINDS: Final[tuple[str, ...]] = (
+    "alert_rule_created",
+    "alert_rule_updated",
+    "alert_rule_paused",
+    "alert_rule_resumed",
+    "alert_rule_deleted",
+)
 ENTRY_KINDS: Final[frozenset[str]] = frozenset(
     {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
+    | set(ALERT_RULE_KINDS)
 )
 
 
@@ -43,7 +58,12 @@ class LogEntry:
     attributes, e.g. for ``metric``: ``metric``, ``chain``, ``value``, ``observed_at``,
     ``source``; for ``price``: ``price``, ``observed_at``, ``confidence``; for
     ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``;
-    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``.
+    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``; for the
+    rule lifecycle (key: the rule id), ``alert_rule_created``: ``owner``, ``name``,
+    ``target``, ``condition``, ``channels``, ``cooldown``, ``state``; ``alert_rule_updated``:
+    ``name``, ``condition``, ``channels``, ``cooldown``; ``alert_rule_paused`` /
+    ``_resumed`` / ``_deleted``: ``state``. Channels are listed without their secrets: a
+    webhook secret never leaves the event store.
     """
 
     position: int

@@ -9,6 +9,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from .alert_rules import AlertRuleView
+from .delivery import (
+    AlertTransition,
+    DeliveryAttempt,
+    DeliveryProgress,
+    DeliveryResult,
+    JobHandler,
+    NotificationJob,
+)
 from .log import LogBatch
 from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
 
@@ -104,5 +113,71 @@ class HistoryReadModel(Protocol):
     def series(self, query: SeriesQuery) -> Series: ...
 
     def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AlertRuleReadModel(Protocol):
+    """Alert rules by owner, folded from the log's rule entries (synchronous: call it from a
+    thread). The history read model's ``alert_rules`` table implements it."""
+
+    def position(self) -> int:
+        """The last log position folded in."""
+        ...
+
+    def alert_rules(
+        self, owner: str | None = None, *, include_deleted: bool = False
+    ) -> list[AlertRuleView]:
+        """``owner``'s rules (everyone's when None), in creation order."""
+        ...
+
+
+# -- alert delivery ---------------------------------------------------------------------
+
+
+class Notifier(Protocol):
+    """Sends one notification over one channel kind (webhook, email)."""
+
+    async def send(self, job: NotificationJob) -> DeliveryResult:
+        """One attempt; failures are returned, not raised."""
+        ...
+
+
+class NotificationQueue(Protocol):
+    """A durable work queue of notification jobs with delayed retries and dead letters.
+
+    The policy (how long to wait, when to give up) is the handler's: it answers each job
+    with a ``Decision`` and the queue carries it out (ack, re-deliver after the delay, or
+    park with the dead letters). A job is acknowledged only after its handler returned,
+    so a worker that dies mid-delivery has the job delivered again (at-least-once)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def enqueue(self, jobs: Sequence[NotificationJob]) -> None:
+        """Returns once every job is durably accepted (broker confirm)."""
+        ...
+
+    def consume(self, handler: JobHandler) -> None:
+        """Deliver jobs to ``handler`` once started (call before ``start``)."""
+        ...
+
+
+class DeliveryLog(Protocol):
+    """The record of every delivery attempt, and the alert transitions they deliver
+    (synchronous: call it from a thread)."""
+
+    def record(self, attempt: DeliveryAttempt) -> None: ...
+
+    def progress(self, idempotency_key: str) -> DeliveryProgress: ...
+
+    def attempts(self, rule_id: str, limit: int = 1_000) -> list[DeliveryAttempt]:
+        """A rule's attempts, oldest first."""
+        ...
+
+    def transitions(self, rule_id: str, limit: int = 1_000) -> list[AlertTransition]:
+        """A rule's firings and resolutions (from the history read model), oldest first."""
+        ...
 
     def close(self) -> None: ...

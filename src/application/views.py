@@ -115,6 +115,9 @@ class SeriesQuery:
     # Only observations recorded (as facts) at or before this data time; None: everything.
     as_of: float | None = None
     limit: int = 10_000
+    # Only observations at or before this log position; None: everything applied. (The
+    # alert evaluator seeds its series up to the position it has evaluated.)
+    until_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,21 @@ def check_channels(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checked
 
 
+PUBLIC_CHANNEL_FIELDS: Final[tuple[str, ...]] = ("kind", "url", "address")
+
+
+def public_channels(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Channels as they may be shown and logged: kind and destination, never the secret
+    (``secret_set`` tells whether a webhook signs its deliveries)."""
+    shown = []
+    for channel in channels:
+        public = {name: channel[name] for name in PUBLIC_CHANNEL_FIELDS if name in channel}
+        if channel.get("kind") == "webhook":
+            public["secret_set"] = bool(channel.get("secret"))
+        shown.append(public)
+    return shown
+
+
 def check_cooldown(cooldown: int) -> int:
     if isinstance(cooldown, bool) or not isinstance(cooldown, int):
         raise InvalidRule("cooldown must be whole seconds")
@@ -108,6 +123,40 @@ def condition_met(condition: dict[str, Any], measure: float) -> bool:
     if condition["direction"] == "above":
         return measure >= threshold
     return measure <= threshold
+
+
+def next_transition(
+    condition: dict[str, Any],
+    firing: Firing,
+    last_fired_at: float | None,
+    cooldown: float,
+    measure: float,
+    observed_at: float,
+) -> Firing | None:
+    """The transition an active rule in state ``firing`` makes on ``measure``, if any.
+
+    Fires when the condition becomes true, unless the last firing is less than ``cooldown``
+    seconds (data time) before ``observed_at``; resolves when it stops being true. Pure, so
+    that the aggregate, the evaluator's in-memory index and backtests share one rule.
+    """
+    if not math.isfinite(measure):
+        return None
+    met = condition_met(condition, measure)
+    if met and firing == "resolved":
+        if last_fired_at is not None and observed_at - last_fired_at < cooldown:
+            return None
+        return "firing"
+    if not met and firing == "firing":
+        return "resolved"
+    return None
+
+
+def target_key(target: dict[str, Any]) -> str:
+    """The series a normalised target watches, named like the log entries that feed it:
+    ``protocol:<slug>:<metric>:<chain>`` or ``token:<token id>``."""
+    if "protocol" in target:
+        return f"protocol:{target['protocol']}:{target['metric']}:{target['chain']}"
+    return f"token:{target['token']}"
 
 
 class AlertRule(Aggregate):
@@ -137,6 +186,9 @@ class AlertRule(Aggregate):
         self.firing: Firing = "resolved"
         self.last_fired_at: float | None = None
         self.transitions = 0
+        # Log position of the observation behind the last transition (None: none yet, or
+        # the transitions were observed without positions).
+        self.last_position: int | None = None
 
     @classmethod
     def create(
@@ -211,40 +263,67 @@ class AlertRule(Aggregate):
     def _deleted(self) -> None:
         self.state = "deleted"
 
-    def observe(self, measure: float, observed_at: float) -> Firing | None:
+    def observe(
+        self, measure: float, observed_at: float, position: int | None = None
+    ) -> Firing | None:
         """Evaluate the condition against ``measure`` (a value, or a percent change).
+
+        ``position`` is the log position of the observation: a position at or before the
+        one behind the rule's last transition was already evaluated, and is ignored, so
+        an evaluator replaying the log after a crash records nothing twice.
 
         Returns the transition that happened, if any.
         """
-        if self.state != "active" or not math.isfinite(measure):
+        if self.state != "active":
             return None
-        met = condition_met(self.condition, measure)
-        if met and self.firing == "resolved":
-            if self.last_fired_at is not None and observed_at - self.last_fired_at < self.cooldown:
-                return None
-            self._triggered(self.owner, measure, observed_at, self.next_idempotency_key())
-            return "firing"
-        if not met and self.firing == "firing":
-            self._resolved(self.owner, measure, observed_at, self.next_idempotency_key())
-            return "resolved"
-        return None
+        if (
+            position is not None
+            and self.last_position is not None
+            and position <= self.last_position
+        ):
+            return None
+        transition = next_transition(
+            self.condition, self.firing, self.last_fired_at, self.cooldown, measure, observed_at
+        )
+        if transition == "firing":
+            key = self.next_idempotency_key()
+            self._triggered(self.owner, measure, observed_at, key, position)
+        elif transition == "resolved":
+            key = self.next_idempotency_key()
+            self._resolved(self.owner, measure, observed_at, key, position)
+        return transition
 
     def next_idempotency_key(self) -> str:
         return f"{self.id}:{self.transitions + 1}"
 
     # Triggered/Resolved name the owner so that the alerts stream can route them to the
     # owner's connections without loading the rule.
+    # ``position`` defaults to None so that events stored before it existed still replay.
     @event("Triggered")
     def _triggered(
-        self, owner: str, measure: float, observed_at: float, idempotency_key: str
+        self,
+        owner: str,
+        measure: float,
+        observed_at: float,
+        idempotency_key: str,
+        position: int | None = None,
     ) -> None:
         self.firing = "firing"
         self.last_fired_at = observed_at
         self.transitions += 1
+        if position is not None:
+            self.last_position = position
 
     @event("Resolved")
     def _resolved(
-        self, owner: str, measure: float, observed_at: float, idempotency_key: str
+        self,
+        owner: str,
+        measure: float,
+        observed_at: float,
+        idempotency_key: str,
+        position: int | None = None,
     ) -> None:
         self.firing = "resolved"
         self.transitions += 1
+        if position is not None:
+            self.last_position = position

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -48,7 +49,9 @@ class Protocol(Aggregate):
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
     @staticmethod
+    @functools.lru_cache(maxsize=65_536)
     def id_for(slug: str) -> UUID:
+        # Cached: ingest derives it for every item, and uuid5 hashes each time.
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
     @event("Listed")

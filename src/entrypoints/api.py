@@ -26,19 +26,17 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..application.ingest import IngestResult, InvalidItem, build_batch
-from ..application.realtime import (
-    CLOSE_IDLE,
-    CLOSE_TOO_MANY_CONNECTIONS,
-    CLOSE_UNAUTHORIZED,
-    MAX_FRAME_BYTES,
-    Connection,
-)
+from ..application.realtime import MAX_FRAME_BYTES
 from ..application.views import SORT_FIELDS, ProtocolQuery, SeriesQuery
 from ..domain.api_key import ApiKey
+from .alert_history_api import alert_history_routes
+from .alerts_api import alert_routes
+from .asyncapi import asyncapi_document
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .openapi import openapi_document
 from .runtime import Runtime, running
 from .settings import Settings
+from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
 MAX_PAGE = 1_000
 BUCKETS = {"5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
@@ -410,59 +408,49 @@ async def metrics_endpoint(request: Request) -> Response:
 # -- WebSocket ---------------------------------------------------------------------------
 
 
+async def asyncapi(request: Request) -> Response:
+    return JSONResponse(asyncapi_document())
+
+
 async def realtime_socket(websocket: WebSocket) -> None:
-    runtime = _runtime(websocket)
-    settings: Settings = websocket.app.state.settings
-    raw_key = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
-    key = await _authenticate(websocket, raw_key)
-    if raw_key and key is None:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="invalid API key")
-        return
-    if key is None and settings.require_key_for_reads:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="an API key is required")
-        return
-    hub = runtime.hub
-    if key is not None and hub.connections_of(key.owner) >= key.limits.websocket_connections:
-        await websocket.close(
-            code=CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections for this API key"
+    """``/v2/realtime`` over Starlette's WebSocket (``WS_TRANSPORT=asgi``; with the lean
+    transport uvicorn hands these sockets to ``ws_server.RealtimeWebSocketProtocol``)."""
+    gateway: SocketGateway = websocket.app.state.gateway
+    try:
+        admission = await gateway.admit(
+            {name.lower(): value for name, value in websocket.headers.items()},
+            dict(websocket.query_params),
         )
+    except HandshakeRefused as refused:
+        await websocket.close(code=refused.code, reason=refused.reason)
         return
-    await websocket.accept()
+    try:
+        await websocket.accept()
+    except Exception:
+        gateway.abandon(admission)
+        raise
 
     async def close(code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await websocket.close(code=code, reason=reason)
 
-    connection = Connection(
-        owner=key.owner if key is not None else None,
-        send_text=websocket.send_text,
-        close=close,
-        max_queue=settings.ws_queue_size,
-        max_subscriptions=key.limits.subscriptions_per_connection if key else 20,
-    )
-    hub.connect(connection)
+    connection = gateway.open(admission, close=close, send_text=websocket.send_text)
+    hub = gateway.hub
     try:
-        while not connection.closed:
-            try:
-                message = await asyncio.wait_for(
-                    websocket.receive(), timeout=settings.ws_idle_timeout
-                )
-            except TimeoutError:
-                await close(CLOSE_IDLE, "idle timeout")
-                break
+        # Idle connections are closed by the hub's sweeper (WS_IDLE_TIMEOUT).
+        while True:
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
             text = message.get("text")
-            if text is None:
-                data = message.get("bytes") or b""
-                if len(data) > MAX_FRAME_BYTES:
-                    text = "x" * (MAX_FRAME_BYTES + 1)
-                else:
-                    try:
-                        text = data.decode()
-                    except UnicodeDecodeError:
-                        text = ""
-            await hub.handle_text(connection, text)
+            if text is not None:
+                hub.receive(connection, text)
+                continue
+            data = message.get("bytes") or b""
+            # Binary frames are read like text; the hub answers oversize ones.
+            hub.receive(
+                connection, data if len(data) <= MAX_FRAME_BYTES else data[: MAX_FRAME_BYTES + 1]
+            )
     except WebSocketDisconnect:
         pass
     finally:
@@ -477,10 +465,23 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with running(settings, role) as runtime:
             app.state.runtime = runtime
-            yield
+            gateway = SocketGateway(runtime.hub, settings, runtime.app.authenticate)
+            app.state.gateway = gateway
+            sweeper = asyncio.create_task(
+                runtime.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
+                name="realtime-sweeper",
+            )
+            try:
+                # The lifespan state reaches uvicorn's app state: the lean WebSocket
+                # transport finds the gateway there.
+                yield {GATEWAY_STATE_KEY: gateway}
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
 
     routes = [
         Route("/health", health),
@@ -491,7 +492,10 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         Route("/v2/realtime/prices", realtime_prices),
         Route("/v2/realtime/volumes", realtime_volumes),
         Route("/v2/ingest", ingest, methods=["POST"]),
+        *alert_routes(require_key, _read_json_body),
+        *alert_history_routes(require_key),
         Route("/openapi.json", openapi),
+        Route("/asyncapi.json", asyncapi),
         Route("/metrics", metrics_endpoint),
         WebSocketRoute("/v2/realtime", realtime_socket),
     ]

@@ -44,4 +44,10 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal_error", "internal server error")
+    response = error_response(500, "internal_error", "internal server error")
+    # Starlette re-raises the exception after this response so the server can log it, and
+    # uvicorn then closes the connection. Say so: a keep-alive client would otherwise send
+    # its next request on the dying connection and get a transport error for a request the
+    # app never saw (ambiguous for an ingest: committed or not?).
+    response.headers["Connection"] = "close"
+    return response

@@ -1,7 +1,8 @@
 """A running node: resolved services plus the background tasks that follow the log.
 
-Roles: ``serve`` runs everything (API + WebSocket hub + relay + projections); workers run
-one part each (``relay``, ``projections``) for scale-out.
+Roles: ``serve`` runs everything (API + WebSocket hub + relay + projections, and alert
+delivery when there is no broker); workers run one part each (``relay``, ``projections``,
+``notifications``, ``alerts``) for scale-out.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,16 +19,29 @@ from ..adapters.postgres_coordination import PostgresCommitListener, PostgresLea
 from ..application.app import DefiRealtime
 from ..application.event_log import EventStoreLog
 from ..application.following import NodeFollower, ProjectionRunner, Relay
-from ..application.ports import EventFanout, HistoryReadModel, HotProjection, PositionStore
+from ..application.ports import (
+    AlertRuleReadModel,
+    DeliveryLog,
+    EventFanout,
+    HistoryReadModel,
+    HotProjection,
+    PositionStore,
+)
 from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
+from .alerts_runtime import AlertService, evaluates_alerts, start_alerts
 from .container import Container, build_container
+from .notification_runtime import (
+    NotificationService,
+    delivers_notifications,
+    start_notifications,
+)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ROLES = ("serve", "relay", "projections")
+ROLES = ("serve", "relay", "projections", "notifications", "alerts")
 RELAY_LOCK_KEY = 0x64725F72656C6179  # "dr_relay"
 PROJECTIONS_LOCK_KEY = 0x64725F70726F6A  # "dr_proj"
 
@@ -53,6 +68,10 @@ class Runtime:
     follower: NodeFollower | None = None
     hot_runner: ProjectionRunner | None = None
     history_runner: ProjectionRunner | None = None
+    delivery_log: DeliveryLog | None = None
+    notifications: NotificationService | None = None
+    alert_rules: AlertRuleReadModel | None = None
+    alerts: AlertService | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
@@ -75,12 +94,15 @@ def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[No
     async def loop() -> None:
         delay = 0.2
         while True:
+            started = time.monotonic()
             try:
                 await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if time.monotonic() - started > 30:
+                    delay = 0.2  # it had been running fine: a new incident, start over
                 log.exception("%s crashed; restarting in %.1fs", name, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -110,15 +132,28 @@ async def running(
             fanout=await _resolve(container.fanout()),
             positions=await _resolve(container.positions()),
             hub=await _resolve(container.hub()),
+            delivery_log=await _resolve(container.delivery_log()),
+            # The history read model also folds the rules (its ``alert_rules`` table).
+            alert_rules=await _resolve(container.history()),
         )
         if follow:
             _start_role(runtime, role)
+            if delivers_notifications(settings, role):
+                runtime.notifications = await start_notifications(runtime, _supervise)
+                if runtime.follower is None:
+                    runtime.follower = runtime.notifications.follower
+            if evaluates_alerts(role):
+                runtime.alerts = await start_alerts(runtime, _supervise)
+                if runtime.follower is None:
+                    runtime.follower = runtime.alerts.follower
             await runtime.fanout.start()
             if role == "serve":
                 await runtime.wait_ready()
         try:
             yield runtime
         finally:
+            if runtime.notifications is not None:
+                await runtime.notifications.stop()
             for task in runtime.tasks:
                 task.cancel()
             for task in runtime.tasks:
@@ -169,11 +204,16 @@ def _start_role(runtime: Runtime, role: str) -> None:
         async def deliver_to_hub(batch: Any) -> None:
             await hub.deliver(batch)
 
+        # The hub waits only for the hot projection (change24h); the history commit
+        # happens after delivery, off the latency path.
+        early = [runner for runner in local if runner is runtime.hot_runner]
+        late = [runner for runner in local if runner is not runtime.hot_runner]
         follower = NodeFollower(
             runtime.event_log,
-            local,
+            early,
             deliver_to_hub,
             on_ready=hub.seed,
+            late_runners=late,
             poll_interval=max(settings.poll_interval, 0.2),
         )
         runtime.follower = follower

@@ -30,8 +30,37 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, alias="MAX_BODY_BYTES")
     ws_queue_size: int = Field(default=1_000, alias="WS_QUEUE_SIZE")
     ws_idle_timeout: float = Field(default=120.0, alias="WS_IDLE_TIMEOUT")
+    # WebSocket transport: "lean" (our asyncio protocol under uvicorn, ~10 KB a socket) or
+    # "asgi" (Starlette's WebSocket over uvicorn's websockets implementation).
+    ws_transport: str = Field(default="lean", alias="WS_TRANSPORT")
+    ws_heartbeat_interval: float = Field(default=20.0, alias="WS_HEARTBEAT_INTERVAL")
+    # Comma-separated Origin values allowed on the handshake; empty allows any (requests
+    # without an Origin header, i.e. not from a browser, are always allowed).
+    ws_allowed_origins: str = Field(default="", alias="WS_ALLOWED_ORIGINS")
+    # Kernel send buffer of each socket (lean transport; 0 keeps the OS default): bounds the
+    # kernel memory a client that stops reading can pin.
+    ws_send_buffer: int = Field(default=256 * 1024, alias="WS_SEND_BUFFER")
+    ws_max_message: int = Field(default=1024 * 1024, alias="WS_MAX_MESSAGE")
     poll_interval: float = Field(default=0.5, alias="POLL_INTERVAL")
     node_id: str | None = Field(default=None, alias="NODE_ID")
+
+    # Alert delivery (see application/notifications.py).
+    amqp_notifications: str = Field(
+        default="defi-realtime.notifications", alias="AMQP_NOTIFICATIONS"
+    )
+    allow_private_webhooks: bool = Field(default=False, alias="ALLOW_PRIVATE_WEBHOOKS")
+    webhook_timeout: float = Field(default=10.0, alias="WEBHOOK_TIMEOUT")
+    smtp_host: str | None = Field(default=None, alias="SMTP_HOST")
+    smtp_port: int = Field(default=25, alias="SMTP_PORT")
+    smtp_from: str = Field(default="alerts@defi-realtime.invalid", alias="SMTP_FROM")
+    smtp_starttls: bool = Field(default=False, alias="SMTP_STARTTLS")
+    smtp_username: str | None = Field(default=None, alias="SMTP_USERNAME")
+    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
+    notify_max_attempts: int = Field(default=8, ge=1, le=50, alias="NOTIFY_MAX_ATTEMPTS")
+    notify_backoff_base: float = Field(default=1.0, ge=0, alias="NOTIFY_BACKOFF_BASE")
+    notify_backoff_max: float = Field(default=3_600.0, ge=0, alias="NOTIFY_BACKOFF_MAX")
+    notify_jitter: float = Field(default=0.2, ge=0, le=1, alias="NOTIFY_JITTER")
+    notify_concurrency: int = Field(default=16, ge=1, alias="NOTIFY_CONCURRENCY")
 
     @property
     def event_store_env(self) -> dict[str, str]:
@@ -69,3 +98,12 @@ class Settings(BaseSettings):
             return f"sqlite:///{self.data_dir / 'history.sqlite'}"
         url = urlparse(self.database_url)
         return url._replace(scheme="postgresql+psycopg").geturl()
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """``WS_ALLOWED_ORIGINS`` as a set (empty: any origin)."""
+        return frozenset(
+            origin.strip().rstrip("/")
+            for origin in self.ws_allowed_origins.split(",")
+            if origin.strip() and origin.strip() != "*"
+        )

@@ -71,9 +71,17 @@ def issue_key(settings: Settings, name: str = "test") -> str:
 
 
 @contextlib.contextmanager
-def start_server(data_dir: Path, api_key: str | None = None) -> Iterator[LiveServer]:
+def start_server(
+    data_dir: Path,
+    api_key: str | None = None,
+    *,
+    ws: Any = "auto",
+    **overrides: Any,
+) -> Iterator[LiveServer]:
     """Run the app under uvicorn in a background thread until the block exits."""
-    settings = Settings(data_dir=data_dir, poll_interval=0.05)
+    # ``ws``: uvicorn's WebSocket implementation ("auto": the ASGI endpoint) or the lean
+    # transport class; ``overrides``: more Settings fields (e.g. ws_queue_size).
+    settings = Settings(data_dir=data_dir, poll_interval=0.05, **overrides)
     if api_key is None:
         api_key = issue_key(settings)
     app = create_app(settings)
@@ -87,6 +95,8 @@ def start_server(data_dir: Path, api_key: str | None = None) -> Iterator[LiveSer
         log_level="warning",
         lifespan="on",
         ws_max_size=1024 * 1024,  # as `defi-realtime serve`
+        ws=ws,
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
     )
     uv_server = uvicorn.Server(config)

@@ -494,6 +494,7 @@ def test_to_entry_ignores_events_nobody_downstream_needs() -> None:
 
 
 def test_alert_events_reach_the_log(app: DefiRealtime) -> None:
+    app.ingest([build_batch([named("aave-v3", 1.0, T0)])])
     rule_id = app.create_alert_rule(
         "alice",
         {"protocol": "aave-v3"},
@@ -501,11 +502,12 @@ def test_alert_events_reach_the_log(app: DefiRealtime) -> None:
         [{"kind": "websocket"}],
         cooldown=0,
     )
+    created = head(app)
     rule = app.repository.get(rule_id)
     rule.observe(1.0, T0)
     rule.observe(9.0, T0 + 1)
     app.save(rule)
-    batch = EventStoreLog(app).read(0, 10)
+    batch = EventStoreLog(app).read(created, 10)
     assert [(e.kind, e.key) for e in batch.entries] == [
         ("alert_triggered", str(rule_id)),
         ("alert_resolved", str(rule_id)),
@@ -580,6 +582,7 @@ CHANNELS = [{"kind": "webhook", "url": "https://example.com/hook"}]
 
 
 def test_alert_rules_are_owned(app: DefiRealtime) -> None:
+    app.ingest([build_batch([named("aave-v3", 1.0, T0)])])  # a rule's protocol is listed
     rule_id = app.create_alert_rule("alice", TARGET, CONDITION, CHANNELS, 60, "drain")
 
     rule = app.get_alert_rule(rule_id, "alice")
@@ -602,6 +605,8 @@ def test_alert_rules_are_owned(app: DefiRealtime) -> None:
 
 
 def test_alert_rule_lifecycle(app: DefiRealtime) -> None:
+    app.ingest([build_batch([named("aave-v3", 1.0, T0)])])  # a rule's protocol is listed
+    listed = head(app)
     rule_id = app.create_alert_rule("alice", TARGET, CONDITION, CHANNELS)
 
     app.pause_alert_rule(rule_id, "alice")
@@ -621,7 +626,7 @@ def test_alert_rule_lifecycle(app: DefiRealtime) -> None:
         app.get_alert_rule(rule_id, "alice")
     with pytest.raises(AlertRuleNotFound):
         app.delete_alert_rule(rule_id, "alice")
-    assert topics(app) == [
+    assert topics(app, after=listed) == [
         "AlertRule.Created",
         "AlertRule.Paused",
         "AlertRule.Resumed",

@@ -810,6 +810,7 @@ def test_rule_fires_when_condition_becomes_true() -> None:
                 "measure": 9e8,
                 "observed_at": T0 + 60,
                 "idempotency_key": f"{rule.id}:1",
+                "position": None,
             },
         )
     ]
@@ -837,6 +838,7 @@ def test_firing_rule_stays_quiet_while_condition_holds_then_resolves() -> None:
                 "measure": 1.5e9,
                 "observed_at": T0 + 120,
                 "idempotency_key": f"{rule.id}:2",
+                "position": None,
             },
         )
     ]
@@ -863,6 +865,7 @@ def test_cooldown_is_measured_in_data_time() -> None:
                 "measure": 5e8,
                 "observed_at": T0 + 600,
                 "idempotency_key": f"{rule.id}:3",
+                "position": None,
             },
         )
     ]

@@ -1,0 +1,340 @@
+"""Projection catch-up (rebuild from position 0) over a PostgreSQL event store.
+
+    python bench/bench_projections.py [--events 200000] [--reps 3] [--page-size 2000]
+        [--admin-dsn postgresql://postgres@127.0.0.1:5432/postgres]
+        [--redis-url redis://127.0.0.1:6379/13] [--keep-db NAME | --db NAME]
+
+One run:
+
+1. creates a fresh database ``dr_bench_proj_<random>`` and fills its event store with N
+   events through ``DefiRealtime.ingest`` (group commit, 20,000 items per save, the batched
+   recorder ``defi_realtime.adapters.postgres_event_store`` that ``Settings`` selects).
+   The data: 2,000 protocols over 12 categories and 1-3 of 16 chains each, 500 tokens;
+   every half hour of data time each protocol reports total TVL, TVL per listed chain and
+   24h volume, and each token a price (random walks, ~1% late observations). About
+   8,500 events per round, so 1M events are ~118 rounds (~2.5 days of data time).
+   The default N is 200,000 (about 3 minutes in all on 2 busy cores); the "1M events"
+   figures in docs/benchmarks.md come from ``--events 1000000`` (about 15 minutes:
+   generation alone takes ~2.5 minutes, ingest runs at ~7k events/s here).
+2. measures, each as the median of ``--reps`` runs, from position 0 to the head:
+   * ``log read`` - ``EventStoreLog.read`` page after page (the baseline: every catch-up
+     below does this plus its own work, the way ``ProjectionRunner`` does);
+   * ``log-mapper`` - the same through eventsourcing's mapper without read-ahead (how
+     ``EventStoreLog`` read before: the "before" of the log read);
+   * ``memory`` - ``ProjectionRunner.for_hot(log, InMemoryHotProjection()).catch_up()``;
+   * ``redis`` - the same with ``RedisHotProjection`` (after ``reset()``, own prefix);
+   * ``history`` - ``ProjectionRunner.for_history(log, SqlHistoryReadModel(...))`` on the
+     same PostgreSQL database (after ``reset()``).
+3. prints a markdown table (events/s over ALL positions in the log, seconds, ratio to the
+   log read) and drops the database and the Redis keys.
+
+``--db NAME`` reuses an existing database (no generation, not dropped); ``--keep-db NAME``
+generates into NAME and keeps it, for repeated runs. ``--only`` picks scenarios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+import psycopg
+from psycopg.sql import SQL, Identifier
+from redis.asyncio import Redis
+
+from defi_realtime.adapters.memory_hot_projection import InMemoryHotProjection
+from defi_realtime.adapters.redis_hot_projection import RedisHotProjection
+from defi_realtime.adapters.sql_history import SqlHistoryReadModel
+from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.event_log import EventStoreLog
+from defi_realtime.application.following import PAGE_SIZE, ProjectionRunner
+from defi_realtime.application.ingest import IngestBatch, Listing, RecordMetric, RecordPrice
+from defi_realtime.entrypoints.settings import Settings
+
+ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+SCENARIOS = ("log", "log-mapper", "memory", "redis", "history")
+
+T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
+ROUND_SECONDS = 1_800.0
+PROTOCOLS = 2_000
+TOKENS = 500
+CATEGORIES = [f"Category {i}" for i in range(12)]
+CHAINS = [f"Chain{i}" for i in range(16)]
+ITEMS_PER_SAVE = 20_000
+
+
+# --- the event store ---------------------------------------------------------------------
+
+
+def database_url(admin_dsn: str, name: str) -> str:
+    return urlparse(admin_dsn)._replace(path=f"/{name}").geturl()
+
+
+def create_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(SQL("CREATE DATABASE {}").format(Identifier(name)))
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name)))
+
+
+@contextmanager
+def event_store(
+    admin_dsn: str,
+    events: int,
+    *,
+    db: str | None,
+    keep: str | None,
+    prefix: str = "dr_bench_proj",
+) -> Iterator[tuple[str, float | None]]:
+    """Yields (database URL, generation seconds or None when reused); drops it after."""
+    if db is not None:
+        yield database_url(admin_dsn, db), None
+        return
+    name = keep or f"{prefix}_{uuid.uuid4().hex[:8]}"
+    create_database(admin_dsn, name)
+    try:
+        url = database_url(admin_dsn, name)
+        yield url, generate(url, events)
+    finally:
+        if keep is None:
+            drop_database(admin_dsn, name)
+
+
+def rounds(seed: int = 7) -> Iterator[list[RecordMetric | RecordPrice]]:
+    """Rounds of observations, forever; see the module docstring for the shape."""
+    rng = random.Random(seed)
+    protocols = []
+    for i in range(PROTOCOLS):
+        chains = tuple(rng.sample(CHAINS, rng.randint(1, 3)))
+        listing = Listing(
+            protocol=f"proto-{i:04d}",
+            name=f"Protocol {i}",
+            category=rng.choice(CATEGORIES),
+            chains=chains,
+            url=f"https://example.org/{i}",
+        )
+        protocols.append((listing, rng.uniform(1e5, 1e9)))
+    tvl = {listing.protocol: value for listing, value in protocols}
+    prices = {f"coingecko:token-{i:03d}": rng.uniform(0.01, 5_000.0) for i in range(TOKENS)}
+    number = 0
+    while True:
+        now = T0 + number * ROUND_SECONDS
+        items: list[RecordMetric | RecordPrice] = []
+        for listing, _ in protocols:
+            slug = listing.protocol
+            tvl[slug] *= rng.uniform(0.97, 1.03)
+            # ~1% of observations arrive late (an earlier data time).
+            at = now - ROUND_SECONDS * 3 if rng.random() < 0.01 else now
+            first = listing if number == 0 else None
+            items.append(RecordMetric(slug, "tvl", "total", tvl[slug], at, "bench", first))
+            assert listing.chains is not None
+            for share, chain in enumerate(listing.chains, start=2):
+                items.append(RecordMetric(slug, "tvl", chain, tvl[slug] / share, at, "bench"))
+            items.append(RecordMetric(slug, "volume_24h", "total", tvl[slug] / 7, at, "bench"))
+        for token in prices:
+            prices[token] *= rng.uniform(0.98, 1.02)
+            items.append(RecordPrice(token, prices[token], now, 0.99, "bench"))
+        yield items
+        number += 1
+
+
+def generate(url: str, events: int) -> float:
+    """Fill the event store with ``events`` events (the Listed events included)."""
+    app = DefiRealtime(env=Settings(DATABASE_URL=url).event_store_env)
+    started = time.perf_counter()
+    written = 0
+    pending: list[RecordMetric | RecordPrice] = []
+    try:
+        for items in rounds():
+            pending.extend(items)
+            while len(pending) >= ITEMS_PER_SAVE or (pending and written + len(pending) >= events):
+                take = min(len(pending), ITEMS_PER_SAVE, events - written)
+                chunk, pending = pending[:take], pending[take:]
+                metrics = tuple(i for i in chunk if isinstance(i, RecordMetric))
+                records = tuple(i for i in chunk if isinstance(i, RecordPrice))
+                [result] = app.ingest([IngestBatch(metrics=metrics, prices=records)])
+                if not result.committed or result.rejected:
+                    raise RuntimeError(f"ingest refused the generated data: {result}")
+                written = app.recorder.max_notification_id() or 0
+                print(f"\r  generated {written:,} events", end="", file=sys.stderr, flush=True)
+                if written >= events:
+                    break
+            if written >= events:
+                break
+    finally:
+        app.close()
+    seconds = time.perf_counter() - started
+    print(f"\r  generated {written:,} events in {seconds:.1f} s", file=sys.stderr)
+    return seconds
+
+
+# --- the scenarios -----------------------------------------------------------------------
+
+
+def read_log(log: EventStoreLog, page_size: int) -> int:
+    """Read the whole log page by page; returns the position reached."""
+    position = 0
+    while True:
+        batch = log.read(position, page_size)
+        if batch.last == position:
+            return position
+        position = batch.last
+
+
+async def catch_up(runner: ProjectionRunner, page_size: int, head: int) -> None:
+    # The runner's own loop (read a page in a thread, apply it, repeat), as in production.
+    runner.page_size = page_size
+    reached = await runner.catch_up()
+    if reached != head:
+        raise AssertionError(f"caught up to {reached}, the log ends at {head}")
+
+
+async def rebuild_redis(
+    log: EventStoreLog, page_size: int, head: int, redis_url: str, prefix: str
+) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        projection = RedisHotProjection(client, prefix=prefix)
+        await projection.reset()
+        await catch_up(ProjectionRunner.for_hot(log, projection), page_size, head)
+    finally:
+        await client.aclose()
+
+
+def run_scenario(
+    name: str,
+    app: DefiRealtime,
+    history: SqlHistoryReadModel | None,
+    page_size: int,
+    head: int,
+    redis_url: str,
+    prefix: str,
+) -> float:
+    """Seconds for one run of scenario ``name`` over the whole log."""
+    log = EventStoreLog(app)
+    started = time.perf_counter()
+    if name == "log":
+        if read_log(log, page_size) != head:
+            raise AssertionError("the log read stopped short")
+    elif name == "log-mapper":
+        # The previous read path: every notification through eventsourcing's mapper.
+        read_log(EventStoreLog(app, fast=False, read_ahead=False), page_size)
+    elif name == "memory":
+        runner = ProjectionRunner.for_hot(log, InMemoryHotProjection())
+        asyncio.run(catch_up(runner, page_size, head))
+    elif name == "redis":
+        asyncio.run(rebuild_redis(log, page_size, head, redis_url, prefix))
+    elif name == "history":
+        assert history is not None
+        history.reset()
+        started = time.perf_counter()  # the reset is not part of the rebuild
+        asyncio.run(catch_up(ProjectionRunner.for_history(log, history), page_size, head))
+    else:
+        raise ValueError(name)
+    return time.perf_counter() - started
+
+
+def measure(
+    url: str, scenarios: list[str], reps: int, page_size: int, redis_url: str
+) -> tuple[int, dict[str, list[float]]]:
+    """The log's head and, per scenario, the seconds of each run."""
+    settings = Settings(DATABASE_URL=url)
+    app = DefiRealtime(env=settings.event_store_env)
+    history = SqlHistoryReadModel(settings.history_url) if "history" in scenarios else None
+    prefix = f"bench:proj:{uuid.uuid4().hex[:8]}:"
+    head = EventStoreLog(app).head()
+    seconds: dict[str, list[float]] = {name: [] for name in scenarios}
+    try:
+        for rep in range(reps):
+            for name in scenarios:
+                took = run_scenario(name, app, history, page_size, head, redis_url, prefix)
+                seconds[name].append(took)
+                print(f"  rep {rep + 1}: {name:10} {took:7.2f} s", file=sys.stderr)
+    finally:
+        if history is not None:
+            history.reset()
+            history.close()
+        asyncio.run(_redis_cleanup(redis_url, prefix))
+        app.close()
+    return head, seconds
+
+
+async def _redis_cleanup(redis_url: str, prefix: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        await RedisHotProjection(client, prefix=prefix).reset()
+    finally:
+        await client.aclose()
+
+
+# --- the report --------------------------------------------------------------------------
+
+LABELS = {
+    "log": "log read alone (`EventStoreLog.read`), baseline",
+    "log-mapper": "log read alone, previous path (mapper, no read-ahead)",
+    "memory": "in-memory hot projection catch-up",
+    "redis": "Redis hot projection catch-up",
+    "history": "SQL history read model catch-up (PostgreSQL)",
+}
+
+
+def report(events: int, seconds: dict[str, list[float]], page_size: int) -> str:
+    base = statistics.median(seconds["log"]) if "log" in seconds else None
+    lines = [
+        f"N = {events:,} log positions, page size {page_size:,}, median of "
+        f"{len(next(iter(seconds.values())))} runs",
+        "",
+        "| scenario | events/s | seconds (runs) | vs log read |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, runs in seconds.items():
+        median = statistics.median(runs)
+        ratio = "-" if base is None else f"{median / base:.2f}x the time"
+        shown = ", ".join(f"{run:.1f}" for run in runs)
+        lines.append(
+            f"| {LABELS[name]} | {events / median:,.0f} | {median:.1f} ({shown}) | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--page-size", type=int, default=PAGE_SIZE)
+    parser.add_argument("--admin-dsn", default=ADMIN_DSN)
+    parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    reuse = parser.add_mutually_exclusive_group()
+    reuse.add_argument("--db", help="reuse this existing database (not generated, not dropped)")
+    reuse.add_argument("--keep-db", help="generate into this database and keep it")
+    args = parser.parse_args()
+
+    print(
+        f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        file=sys.stderr,
+    )
+    with event_store(args.admin_dsn, args.events, db=args.db, keep=args.keep_db) as (url, gen):
+        head, seconds = measure(url, args.only, args.reps, args.page_size, args.redis_url)
+    if gen is not None:
+        print(f"generation: {head:,} events in {gen:.1f} s ({head / gen:,.0f} events/s)\n")
+    print(report(head, seconds, args.page_size))
+
+
+if __name__ == "__main__":
+    main()

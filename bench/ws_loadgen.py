@@ -1,0 +1,305 @@
+"""WebSocket load generator: many lean client sockets in one process (127.0.0.1 only).
+
+    python bench/ws_loadgen.py --port P --clients N [--flavor ours|plain|socketio]
+        [--subscribe-json FILE] [--batch] [--no-read] [--seconds S]
+
+Run by ``bench/bench_ws_scale.py`` (several of these processes side by side). Speaks just
+enough RFC 6455 for a client (zero masking key, no extensions), and, for ``socketio``,
+enough Engine.IO 4 / Socket.IO 5 to join the default namespace and answer pings.
+
+Line protocol with the parent on stdin/stdout (one JSON object per line out):
+- out ``{"event":"ready","connected":n,"failed":m}`` once every socket is open (or failed);
+- in ``reset``: forget the latencies so far; in ``report``: out ``{"event":"report",...}``
+  with the latency histogram since the last reset (frame arrival minus the update's
+  ``timestamp``, which the sender sets to ``time.time()`` when it sends the update);
+- in ``quit`` (or end of input, or ``--seconds`` elapsed): close everything and exit.
+
+Every update carries ``"timestamp":<unix seconds>``; the client finds it by a byte search,
+not a JSON parse, to keep the generator's own CPU per frame small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from typing import Any
+
+HOST = "127.0.0.1"
+MAX_CLIENTS = 6_000
+MAX_SECONDS = 900.0
+BUCKETS = 100_000  # 0.1 ms buckets up to 10 s
+_TIMESTAMP = b'"timestamp":'
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.histogram = [0] * BUCKETS
+        self.frames = 0
+        self.updates = 0
+        self.closes: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.histogram = [0] * BUCKETS
+        self.frames = 0
+        self.updates = 0
+
+
+STATS = Stats()
+
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, max(soft, wanted))
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A masked client frame with a zero masking key (the payload stays as is)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 65_536:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    return header + b"\x00\x00\x00\x00" + payload
+
+
+class Client(asyncio.Protocol):
+    def __init__(
+        self,
+        path: str,
+        greeting: list[bytes],
+        flavor: str,
+        read: bool,
+        opened: asyncio.Future[bool],
+    ) -> None:
+        self.path = path
+        self.greeting = greeting
+        self.flavor = flavor
+        self.read = read
+        self.opened = opened
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.handshaken = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        transport.write(request.encode())  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.opened.done():
+            self.opened.set_result(False)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if not self.handshaken:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.opened.set_result(False)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.handshaken = True
+            buffer = buffer[end + 4 :]
+            assert self.transport is not None
+            if self.flavor != "socketio":
+                for message in self.greeting:
+                    self.transport.write(client_frame(message))
+                if not self.read:
+                    self.transport.pause_reading()
+                self.opened.set_result(True)
+        self.buffer = self._frames(buffer)
+
+    def _frames(self, buffer: bytes) -> bytes:
+        offset, size = 0, len(buffer)
+        now = time.time()
+        histogram = STATS.histogram
+        while size - offset >= 2:
+            first, length = buffer[offset], buffer[offset + 1] & 0x7F
+            header = 2
+            if length == 126:
+                if size - offset < 4:
+                    break
+                length, header = int.from_bytes(buffer[offset + 2 : offset + 4], "big"), 4
+            elif length == 127:
+                if size - offset < 10:
+                    break
+                length, header = int.from_bytes(buffer[offset + 2 : offset + 10], "big"), 10
+            end = offset + header + length
+            if end > size:
+                break
+            opcode = first & 0x0F
+            start = offset + header
+            offset = end
+            if opcode == 0x1:
+                STATS.frames += 1
+                at = buffer.find(_TIMESTAMP, start, end)
+                while at >= 0:
+                    at += len(_TIMESTAMP)
+                    stop = at
+                    while stop < end and buffer[stop] not in b",}]":
+                        stop += 1
+                    try:
+                        latency = now - float(buffer[at:stop])
+                    except ValueError:
+                        latency = -1.0
+                    if latency >= 0:
+                        histogram[min(int(latency * 10_000), BUCKETS - 1)] += 1
+                        STATS.updates += 1
+                    at = buffer.find(_TIMESTAMP, stop, end)
+                if self.flavor == "socketio":
+                    self._engine_io(buffer[start:end])
+            elif opcode == 0x9 and self.transport is not None:
+                self.transport.write(client_frame(buffer[start:end], 0xA))
+            elif opcode == 0x8:
+                code = int.from_bytes(buffer[start : start + 2], "big") if length >= 2 else 1005
+                STATS.closes[code] = STATS.closes.get(code, 0) + 1
+                if self.transport is not None:
+                    self.transport.close()
+        return buffer[offset:] if offset < size else b""
+
+    def _engine_io(self, packet: bytes) -> None:
+        assert self.transport is not None
+        if packet == b"2":  # Engine.IO ping
+            self.transport.write(client_frame(b"3"))
+        elif packet.startswith(b"0{"):  # Engine.IO open: join the default namespace
+            self.transport.write(client_frame(b"40"))
+        elif packet.startswith(b"40") and not self.opened.done():
+            if not self.read:
+                self.transport.pause_reading()
+            self.opened.set_result(True)
+
+
+async def open_clients(args: argparse.Namespace, greetings: list[list[bytes]]) -> list[Client]:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(args.concurrency)
+    clients: list[Client] = []
+
+    async def one(index: int) -> None:
+        async with gate:
+            opened: asyncio.Future[bool] = loop.create_future()
+            client = Client(
+                args.path, greetings[index % len(greetings)], args.flavor, not args.no_read, opened
+            )
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            if args.no_read:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (HOST, args.port)), 20)
+                await loop.create_connection(lambda: client, sock=sock)
+                await asyncio.wait_for(opened, 30)
+            except (OSError, TimeoutError):
+                sock.close()
+                return
+            if opened.result():
+                clients.append(client)
+
+    await asyncio.gather(*(one(i) for i in range(args.clients)))
+    return clients
+
+
+def emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--flavor", choices=("ours", "plain", "socketio"), default="ours")
+    parser.add_argument("--path", default=None)
+    parser.add_argument(
+        "--subscribe-json",
+        default=None,
+        help="file: a JSON list, one entry per client (cycled): the list of messages it "
+        "sends after the handshake",
+    )
+    parser.add_argument("--batch", action="store_true", help="ours: ?batch=1")
+    parser.add_argument("--no-read", action="store_true", help="never read (slow consumer)")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=300.0)
+    args = parser.parse_args()
+    if not 1 <= args.clients <= MAX_CLIENTS:
+        parser.error(f"--clients must be within 1..{MAX_CLIENTS}")
+    args.seconds = min(args.seconds, MAX_SECONDS)
+    raise_fd_limit(args.clients + 100)
+    if args.path is None:
+        args.path = {
+            "ours": "/v2/realtime" + ("?batch=1" if args.batch else ""),
+            "plain": "/ws",
+            "socketio": "/socket.io/?EIO=4&transport=websocket",
+        }[args.flavor]
+    greetings: list[list[bytes]] = [[]]
+    if args.subscribe_json:
+        with open(args.subscribe_json) as file:
+            greetings = [
+                [json.dumps(message).encode() for message in messages]
+                for messages in json.load(file)
+            ]
+    started = time.monotonic()
+    clients = await open_clients(args, greetings)
+    emit({"event": "ready", "connected": len(clients), "failed": args.clients - len(clients)})
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        left = args.seconds - (time.monotonic() - started)
+        if left <= 0:
+            break
+        try:
+            line = await asyncio.wait_for(reader.readline(), left)
+        except TimeoutError:
+            break
+        command = line.decode().strip()
+        if command == "reset":
+            STATS.reset()
+        elif command == "report":
+            open_now = sum(1 for client in clients if not client.closed)
+            buckets = {i: n for i, n in enumerate(STATS.histogram) if n}
+            emit(
+                {
+                    "event": "report",
+                    "frames": STATS.frames,
+                    "updates": STATS.updates,
+                    "open": open_now,
+                    "closes": STATS.closes,
+                    "histogram": buckets,
+                }
+            )
+        elif command in ("quit", ""):
+            break
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -1,0 +1,111 @@
+"""``NotificationQueue`` in process (the embedded default): an asyncio queue and timers.
+
+Nothing survives the process: jobs waiting or being retried when it stops are gone. On the
+next start the dispatcher only resumes from its saved position, so this queue is for one
+node without a broker; production uses ``RabbitNotificationQueue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from ..application.delivery import DeadLetter, JobHandler, NotificationJob, Retry
+
+__all__ = ["InProcessNotificationQueue"]
+
+logger = logging.getLogger(__name__)
+
+HANDLER_ERROR_DELAY = 1.0
+"""A handler that raised (e.g. the delivery record's database is down) gets the job again
+after this long, without counting an attempt."""
+
+
+class InProcessNotificationQueue:
+    """``concurrency`` worker tasks take jobs from an ``asyncio.Queue``; retries wait in
+    ``loop.call_later`` timers; dead letters are kept in ``dead_letters`` (newest last,
+    at most ``max_dead_letters``)."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 8,
+        max_dead_letters: int = 10_000,
+        handler_error_delay: float = HANDLER_ERROR_DELAY,
+    ) -> None:
+        self.concurrency = concurrency
+        self.handler_error_delay = handler_error_delay
+        self.max_dead_letters = max_dead_letters
+        self.dead_letters: list[tuple[NotificationJob, str]] = []
+        self._handler: JobHandler | None = None
+        self._ready: asyncio.Queue[NotificationJob] = asyncio.Queue()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting, being retried later, or being handled."""
+        return self._ready.qsize() + len(self._timers) + self._in_flight
+
+    def consume(self, handler: JobHandler) -> None:
+        if self._workers:
+            raise RuntimeError("InProcessNotificationQueue.consume() must be called before start()")
+        self._handler = handler
+
+    async def start(self) -> None:
+        if self._workers or self._handler is None:
+            return
+        self._workers = [
+            asyncio.create_task(self._work(self._handler), name=f"notification-worker-{n}")
+            for n in range(self.concurrency)
+        ]
+
+    async def stop(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        workers, self._workers = self._workers, []
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def enqueue(self, jobs: Sequence[NotificationJob]) -> None:
+        for job in jobs:
+            self._ready.put_nowait(job)
+
+    def _later(self, delay: float, job: NotificationJob) -> None:
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            if timer is not None:
+                self._timers.discard(timer)
+            self._ready.put_nowait(job)
+
+        timer = loop.call_later(max(0.0, delay), fire)
+        self._timers.add(timer)
+
+    async def _work(self, handler: JobHandler) -> None:
+        while True:
+            job = await self._ready.get()
+            self._in_flight += 1
+            try:
+                decision = await handler(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("notification handler failed on %s", job.idempotency_key)
+                self._later(self.handler_error_delay, job)
+                continue
+            finally:
+                self._in_flight -= 1
+            if isinstance(decision, Retry):
+                self._later(decision.delay, decision.job)
+            elif isinstance(decision, DeadLetter):
+                self.dead_letters.append((decision.job, decision.reason))
+                with contextlib.suppress(IndexError):
+                    while len(self.dead_letters) > self.max_dead_letters:
+                        self.dead_letters.pop(0)

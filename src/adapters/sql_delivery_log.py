@@ -1,0 +1,132 @@
+"""``DeliveryLog`` on SQLAlchemy 2 Core: the ``delivery_attempts`` table of the history schema.
+
+Same database as the history read model (SQLite file embedded, PostgreSQL in production),
+same Alembic revisions (``migrate`` runs on construction). Every ``record`` commits on its
+own: the queue acknowledges a job only after its attempt is recorded, so a recorded attempt
+must survive a crash right after.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import case, func, insert, select
+from sqlalchemy.engine import Engine
+
+from ..application.delivery import (
+    AlertTransition,
+    AttemptStatus,
+    DeliveryAttempt,
+    DeliveryProgress,
+)
+from .sql_history import (
+    ALERT_EVENTS,
+    DELIVERY_ATTEMPTS,
+    _create_engine,
+    _write_transaction,
+    migrate,
+)
+
+__all__ = ["SqlDeliveryLog"]
+
+_SETTLED = ("delivered", "dead_lettered")
+
+
+class SqlDeliveryLog:
+    """Implements ``DeliveryLog`` (synchronous: call it from a worker thread)."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = _create_engine(url)
+        try:
+            migrate(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def record(self, attempt: DeliveryAttempt) -> None:
+        with _write_transaction(self._engine) as connection:
+            connection.execute(
+                insert(DELIVERY_ATTEMPTS).values(
+                    rule_id=attempt.rule_id,
+                    owner=attempt.owner,
+                    idempotency_key=attempt.idempotency_key,
+                    channel_kind=attempt.channel_kind,
+                    channel_target=attempt.channel_target,
+                    attempt=attempt.attempt,
+                    status=attempt.status,
+                    http_status=attempt.http_status,
+                    error=None if attempt.error is None else attempt.error[:2_000],
+                    condition=attempt.condition,
+                    position=attempt.position,
+                    started_at=attempt.started_at,
+                    finished_at=attempt.finished_at,
+                )
+            )
+
+    def progress(self, idempotency_key: str) -> DeliveryProgress:
+        table = DELIVERY_ATTEMPTS
+        settled = func.sum(case((table.c.status.in_(_SETTLED), 1), else_=0))
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(func.count(), settled).where(table.c.idempotency_key == idempotency_key)
+            ).one()
+        return DeliveryProgress(attempts=int(row[0]), settled=bool(row[1]))
+
+    def attempts(self, rule_id: str, limit: int = 1_000) -> list[DeliveryAttempt]:
+        table = DELIVERY_ATTEMPTS
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(table).where(table.c.rule_id == rule_id).order_by(table.c.id).limit(limit)
+            ).all()
+        return [
+            DeliveryAttempt(
+                rule_id=row.rule_id,
+                owner=row.owner,
+                idempotency_key=row.idempotency_key,
+                channel_kind=row.channel_kind,
+                channel_target=row.channel_target,
+                attempt=int(row.attempt),
+                status=_status(row.status),
+                started_at=float(row.started_at),
+                finished_at=float(row.finished_at),
+                condition=row.condition,
+                position=int(row.position),
+                http_status=row.http_status,
+                error=row.error,
+            )
+            for row in rows
+        ]
+
+    def transitions(self, rule_id: str, limit: int = 1_000) -> list[AlertTransition]:
+        table = ALERT_EVENTS
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(table)
+                .where(table.c.rule_id == rule_id)
+                .order_by(table.c.position)
+                .limit(limit)
+            ).all()
+        return [
+            AlertTransition(
+                position=int(row.position),
+                kind=row.kind,
+                measure=float(row.measure),
+                observed_at=float(row.observed_at),
+                idempotency_key=row.idempotency_key,
+                recorded_at=float(row.recorded_at),
+            )
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _status(raw: str) -> AttemptStatus:
+    if raw == "delivered":
+        return "delivered"
+    if raw == "dead_lettered":
+        return "dead_lettered"
+    return "failed"

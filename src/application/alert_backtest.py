@@ -1,0 +1,120 @@
+"""Backtest: run an alert rule over stored history and list when it would have fired.
+
+The same domain logic as live evaluation: a throwaway ``AlertRule`` (never saved) observes
+each point of the history read model's series in time order, with the measure computed
+like the evaluator does (the value itself, or ``RecentSeries.change`` over the window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..domain.alert_rule import WINDOWS, AlertRule, Firing, check_target
+from .alerting import RecentSeries
+from .ports import HistoryReadModel
+from .views import SeriesPoint, SeriesQuery
+
+_SERIES_LIMIT: Final = 10_000_000
+_REACH: Final = 1.5
+PROGRESS_EVERY: Final = 1_000
+
+
+class BacktestUnsupported(ValueError):
+    """The target has no stored series to replay (token prices, for now)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestEvent:
+    state: Firing
+    observed_at: float
+    measure: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "observed_at": self.observed_at, "measure": self.measure}
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestResult:
+    events: tuple[BacktestEvent, ...]
+    points: int
+    start: float | None
+    end: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": [event.to_json() for event in self.events],
+            "points": self.points,
+            "start": self.start,
+            "end": self.end,
+        }
+
+
+def backtest(
+    target: dict[str, Any],
+    condition: dict[str, Any],
+    points: Sequence[SeriesPoint],
+    *,
+    cooldown: int = 3_600,
+    start: float | None = None,
+    end: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BacktestResult:
+    """Every transition the rule would have made over ``points`` (time-ordered), counting
+    only observations within ``[start, end]``; earlier points still serve as references
+    for percent changes. ``progress`` is called with the number of points done."""
+    rule = AlertRule.create(
+        "backtest", target, condition, [{"kind": "websocket"}], cooldown=cooldown
+    )
+    window_name = rule.condition.get("window")
+    window = None if window_name is None else float(WINDOWS[window_name])
+    series = RecentSeries()
+    events: list[BacktestEvent] = []
+    evaluated = 0
+    for index, point in enumerate(points, start=1):
+        if progress is not None and index % PROGRESS_EVERY == 0:
+            progress(PROGRESS_EVERY)
+        observed_at, value = point.timestamp, point.value
+        if not series.add(observed_at, value):
+            continue
+        if (start is not None and observed_at < start) or (end is not None and observed_at > end):
+            continue
+        evaluated += 1
+        measure = value if window is None else series.change(value, observed_at, window)
+        if measure is None:
+            continue
+        transition = rule.observe(measure, observed_at)
+        if transition is not None:
+            events.append(BacktestEvent(transition, observed_at, measure))
+    if progress is not None:
+        progress(len(points) % PROGRESS_EVERY)
+    rule.collect_events()  # throwaway: nothing is saved
+    return BacktestResult(tuple(events), evaluated, start, end)
+
+
+def history_points(
+    history: HistoryReadModel,
+    target: dict[str, Any],
+    condition: dict[str, Any],
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[SeriesPoint]:
+    """The stored points a backtest of ``target`` over ``[start, end]`` needs (blocking),
+    reaching back before ``start`` far enough for the condition's window."""
+    normalised = check_target(target)
+    if "protocol" not in normalised:
+        raise BacktestUnsupported("backtests replay protocol metrics only (no price series yet)")
+    window = WINDOWS.get(str(condition.get("window")), 0)
+    series = history.series(
+        SeriesQuery(
+            slug=normalised["protocol"],
+            metric=normalised["metric"],
+            chain=normalised["chain"],
+            start=None if start is None else start - _REACH * window,
+            end=end,
+            limit=_SERIES_LIMIT,
+        )
+    )
+    return list(series.points)
