@@ -156,6 +156,7 @@ async def health(request: Request) -> Response:
             "log_head": head,
             "node_position": follower,
             "hot_position": await runtime.hot.position(),
+            "history_position": await asyncio.to_thread(runtime.history.position),
             "connections": len(runtime.hub.connections),
         }
     )

@@ -95,12 +95,17 @@ async def _memory_fanout() -> AsyncIterator[InProcessEventFanout]:
 
 def _positions(
     database_url: str | None, history_url: str
-) -> InMemoryPositionStore | SqlPositionStore:
+) -> Iterator[InMemoryPositionStore | SqlPositionStore]:
     # Embedded: the in-process fan-out has no consumers outside this process, which all
     # catch up from the log themselves, so the relay may start from the head each time.
     if database_url is None:
-        return InMemoryPositionStore()
-    return SqlPositionStore(history_url)
+        yield InMemoryPositionStore()
+        return
+    store = SqlPositionStore(history_url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 # -- alert delivery -------------------------------------------------------------------------
@@ -199,7 +204,7 @@ class Container(containers.DeclarativeContainer):
         memory=memory_fanout,
         rabbitmq=rabbit_fanout,
     )
-    positions = providers.Singleton(_positions, config.database_url, config.history_url)
+    positions = providers.Resource(_positions, config.database_url, config.history_url)
     hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
     alert_positions = providers.Resource(_alert_positions, config.history_url, config.data_dir)
 

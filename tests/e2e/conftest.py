@@ -136,9 +136,76 @@ def start_server(
     assert not errors.records, f"the server logged errors:\n{logged}"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules that set ``BACKENDS = ("embedded", "production")`` run every test that uses
+    ``server`` on both: embedded adapters, and PostgreSQL + Redis + RabbitMQ."""
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if backends and "server" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backends)
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LiveServer]:
-    """A fresh server over an empty ``DATA_DIR`` for one test."""
+def backend() -> str:
+    return "embedded"
+
+
+@contextlib.contextmanager
+def production_settings() -> Iterator[dict[str, Any]]:
+    """Settings overrides for a private deployment on the real services: a fresh database,
+    a Redis key prefix and an exchange of its own, all removed afterwards."""
+    import asyncio
+    import uuid
+
+    import aio_pika
+    import psycopg
+    import redis
+
+    from tests.services import amqp_url, postgres_url, redis_url
+
+    admin_url, cache_url, broker_url = postgres_url(), redis_url(), amqp_url()
+    name = f"dr_e2e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    overrides = {
+        "database_url": f"{base}/{name}",
+        "redis_url": cache_url,
+        "redis_prefix": f"{name}:",
+        "amqp_url": broker_url,
+        "amqp_exchange": name,
+    }
+    try:
+        yield overrides
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(cache_url)
+        try:
+            keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+        async def delete_exchange() -> None:
+            connection = await aio_pika.connect(broker_url)
+            async with connection:
+                channel = await connection.channel()
+                await channel.exchange_delete(name)
+
+        asyncio.run(delete_exchange())
+
+
+@pytest.fixture
+def server(tmp_path: Path, backend: str) -> Iterator[LiveServer]:
+    """A fresh server over an empty store for one test (embedded, or on the real services)."""
+    if backend == "production":
+        with (
+            production_settings() as overrides,
+            start_server(tmp_path / "data", **overrides) as live,
+        ):
+            yield live
+        return
     with start_server(tmp_path / "data") as live:
         yield live
 
@@ -182,7 +249,10 @@ def settle(client: httpx.Client, timeout: float = SETTLE_TIMEOUT) -> dict[str, A
     """Wait until the node's projections have followed the log to its head."""
     health: dict[str, Any] = wait_for(
         lambda: client.get("/health").json(),
-        lambda h: h["node_position"] == h["log_head"] and h["hot_position"] == h["log_head"],
+        lambda h: h["node_position"]
+        == h["hot_position"]
+        == h["history_position"]
+        == h["log_head"],
         timeout,
     )
     return health

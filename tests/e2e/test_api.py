@@ -14,6 +14,10 @@ from starlette.routing import Route
 
 from tests.e2e.conftest import LiveServer, assert_error, log_head, obs, settle, wait_for
 
+# Every test that uses `server` runs on the embedded adapters and on PostgreSQL + Redis +
+# RabbitMQ (see conftest.pytest_generate_tests).
+BACKENDS = ("embedded", "production")
+
 T0 = 1_765_000_000.0  # 2025-12-06, a fixed data time keeps the numbers exact
 DAY = 86_400.0
 

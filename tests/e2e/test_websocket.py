@@ -17,6 +17,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.conftest import LiveServer, obs
 
+# Every test that uses `server` runs on the embedded adapters and on PostgreSQL + Redis +
+# RabbitMQ (see conftest.pytest_generate_tests).
+BACKENDS = ("embedded", "production")
+
 T0 = 1_765_000_000.0
 FRAME_TIMEOUT = 3.0
 QUIET = 0.3  # how long "no frame" is awaited
