@@ -211,6 +211,8 @@ SUBCOMMANDS = [
     ("projections",),
     ("projections", "rebuild"),
     ("collect",),
+    ("alerts",),
+    ("alerts", "backtest"),
 ]
 
 
