@@ -23,7 +23,7 @@ Everything runs on 127.0.0.1; every process this script starts is stopped by its
 3. **Fan-out throughput.** ``bench/ws_fanout_servers.py`` in three modes (our hub + lean
    transport, a naive Starlette loop, python-socketio's broadcast), ``--fanout-clients``
    sockets each receiving every update; the update rate climbs until p99 > 100 ms (or
-   fewer than 95% of the expected updates arrive); the best delivered updates/s at
+   fewer than 90% of the expected updates arrive); the best delivered updates/s at
    p99 < 100 ms is reported, all measured in this one run.
 """
 
@@ -431,7 +431,7 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     greeting = Path(tempfile.mkdtemp(prefix="bench-ws-fanout-")) / "subscribe.json"
     greeting.write_text(json.dumps([[{"type": "subscribe", "channel": "protocols"}]]))
-    ladder = [5, 10, 20, 40, 80, 160, 320, 640, 1_280]
+    ladder = [5, 10, 20, 40, 80, 160, 320, 640, 1_280, 2_560, 5_120]
     modes = [
         ("naive", "plain", []),
         ("socketio", "socketio", []),
@@ -486,13 +486,13 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
                         }
                         steps.append(step)
                         log(f"fanout {name}: {step}")
-                        if step["p99_ms"] > 100 or step["share"] < 0.95:
+                        if step["p99_ms"] > 100 or step["share"] < 0.9:
                             break
                     server.stdin.write("rate 0\n")  # type: ignore[union-attr]
                     server.stdin.flush()  # type: ignore[union-attr]
                 finally:
                     gens.stop()
-                ok = [s for s in steps if s["p99_ms"] <= 100 and s["share"] >= 0.95]
+                ok = [s for s in steps if s["p99_ms"] <= 100 and s["share"] >= 0.9]
                 results[name] = {
                     "connections": connected,
                     "steps": steps,
@@ -519,7 +519,7 @@ def main() -> None:
     for name, (low, high) in LIMITS.items():
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name} must be within {low}..{high}")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server
     started = time.monotonic()
     out: dict[str, Any] = {

@@ -219,6 +219,11 @@ async def open_clients(args: argparse.Namespace, greetings: list[list[bytes]]) -
     return clients
 
 
+def load_greetings(path: str) -> list[list[bytes]]:
+    with open(path) as file:
+        return [[json.dumps(m).encode() for m in messages] for messages in json.load(file)]
+
+
 def emit(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
@@ -251,13 +256,7 @@ async def main() -> None:
             "plain": "/ws",
             "socketio": "/socket.io/?EIO=4&transport=websocket",
         }[args.flavor]
-    greetings: list[list[bytes]] = [[]]
-    if args.subscribe_json:
-        with open(args.subscribe_json) as file:
-            greetings = [
-                [json.dumps(message).encode() for message in messages]
-                for messages in json.load(file)
-            ]
+    greetings = load_greetings(args.subscribe_json) if args.subscribe_json else [[]]
     started = time.monotonic()
     clients = await open_clients(args, greetings)
     emit({"event": "ready", "connected": len(clients), "failed": args.clients - len(clients)})
