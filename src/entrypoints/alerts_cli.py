@@ -10,35 +10,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from .console import err, progress_bar
 from .settings import Settings
 
 alerts_cli = typer.Typer(help="Alert rules.", no_args_is_help=True)
-
-# Progress and summaries go to stderr: stdout carries only the result (JSON).
-err = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 def _time(raw: str | None, name: str) -> float | None:
@@ -131,7 +108,7 @@ def backtest_command(
             points = history_points(history, target, rule_condition, start=start_at, end=end_at)
             if not points:
                 raise _fail(f"no stored history for {target}")
-            with _progress() as progress:
+            with progress_bar() as progress:
                 task = progress.add_task("backtest", total=len(points))
                 result = backtest(
                     target,
@@ -172,7 +149,7 @@ def _catch_up_history(app: Any, history: Any) -> None:
         position = await asyncio.to_thread(history.position)
         if position >= head:
             return
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("history read model", total=head, completed=position)
             while runner.position < head:
                 before = runner.position

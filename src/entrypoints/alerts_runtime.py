@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..adapters.postgres_coordination import PostgresLeadership
 from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
 from ..application.following import NodeFollower
+from .election import elected
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -75,15 +75,15 @@ async def start_alerts(runtime: Runtime, supervise: Supervise) -> AlertService:
         finally:
             evaluator.forget()  # whoever runs next rebuilds from the stores
 
-    if settings.database_url is not None:
-        leadership = PostgresLeadership(settings.database_url, ALERTS_LOCK_KEY)
-
-        async def lead() -> None:
-            async with leadership.lead():
-                log.info("this node now evaluates alert rules")
-                await evaluate()
-
-        runtime.tasks.append(supervise("alert-evaluator", lead))
-    else:
-        runtime.tasks.append(supervise("alert-evaluator", evaluate))
+    runtime.tasks.append(
+        supervise(
+            "alert-evaluator",
+            elected(
+                evaluate,
+                database_url=settings.database_url,
+                lock_key=ALERTS_LOCK_KEY,
+                what="evaluates alert rules",
+            ),
+        )
+    )
     return AlertService(evaluator, follower)

@@ -12,20 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ..adapters.defillama_files import UnknownFormatError, detect_format, estimate_items, read_items
 from ..application.importing import ImportTotals, import_items
 from .alerts_cli import alerts_cli
+from .console import err, progress_bar
 from .settings import Settings
 
 cli = typer.Typer(
@@ -39,21 +31,6 @@ projections_cli = typer.Typer(help="Projections (read models).", no_args_is_help
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(alerts_cli, name="alerts")
-
-# Progress and summaries go to stderr: stdout carries only results (e.g. a new key).
-err = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    )
 
 
 def _settings() -> Settings:
@@ -163,7 +140,7 @@ def ingest(
     writer.start()
     try:
         total = estimate_items(file, fmt=fmt)
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task(f"ingest {file.name} ({fmt})", total=total)
             items = (
                 (item.kind, item.item, item.error)
@@ -223,7 +200,7 @@ def collect(
             while limit is None or done < limit:
                 with err.status(f"polling {url}/protocols"):
                     _observed_at, items = await source.fetch_protocols()
-                with _progress() as progress:
+                with progress_bar() as progress:
                     task = progress.add_task("ingest poll", total=len(items))
                     totals = await asyncio.to_thread(
                         import_items,
@@ -303,7 +280,7 @@ def projections_rebuild() -> None:
                 ProjectionRunner.for_hot(runtime.event_log, runtime.hot),
                 ProjectionRunner.for_history(runtime.event_log, runtime.history),
             ]
-            with _progress() as progress:
+            with progress_bar() as progress:
                 for runner in runners:
                     task = progress.add_task(f"rebuild {runner.name}", total=head)
                     while runner.position < head:

@@ -123,9 +123,10 @@ def _delivery_log(url: str, data_dir: Any) -> Iterator[SqlDeliveryLog]:
         delivery_log.close()
 
 
-def _notification_positions(url: str, data_dir: Any) -> Iterator[SqlPositionStore]:
-    # Durable even when embedded: a dispatcher that forgot its position would notify every
-    # past transition again.
+def _durable_positions(url: str, data_dir: Any) -> Iterator[SqlPositionStore]:
+    # Durable even when embedded: a notification dispatcher that forgot its position would
+    # notify every past transition again; the alert evaluator stores its position only after
+    # the transitions it found are saved, and resumes from it (docs/adr/0008).
     if url.startswith("sqlite"):
         data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlPositionStore(url)
@@ -164,18 +165,6 @@ async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNoti
         await queue.stop()
 
 
-def _alert_positions(url: str, data_dir: Any) -> Iterator[SqlPositionStore]:
-    # Durable even when embedded: the alert evaluator stores its position only after the
-    # transitions it found are saved, and resumes from it (docs/adr/0008).
-    if url.startswith("sqlite"):
-        data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlPositionStore(url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 class Container(containers.DeclarativeContainer):
     """config -> infrastructure (Resources) -> services."""
 
@@ -206,7 +195,7 @@ class Container(containers.DeclarativeContainer):
     )
     positions = providers.Resource(_positions, config.database_url, config.history_url)
     hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
-    alert_positions = providers.Resource(_alert_positions, config.history_url, config.data_dir)
+    alert_positions = providers.Resource(_durable_positions, config.history_url, config.data_dir)
 
     # -- alert delivery -------------------------------------------------------------------
     retry_policy = providers.Singleton(
@@ -218,7 +207,7 @@ class Container(containers.DeclarativeContainer):
     )
     delivery_log = providers.Resource(_delivery_log, config.history_url, config.data_dir)
     notification_positions = providers.Resource(
-        _notification_positions, config.history_url, config.data_dir
+        _durable_positions, config.history_url, config.data_dir
     )
     http_client = providers.Resource(_http_client)
     rabbit_notifications = providers.Resource(

@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..adapters.postgres_coordination import PostgresLeadership
 from ..application.following import NodeFollower, ProjectionRunner
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.ports import DeliveryLog, NotificationQueue
+from .election import elected
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -86,15 +86,15 @@ async def start_notifications(runtime: Runtime, supervise: Supervise) -> Notific
         runtime.event_log, [runner], poll_interval=max(settings.poll_interval, 0.1)
     )
     runtime.fanout.listen(follower.on_batch)
-    if settings.database_url is not None:
-        leadership = PostgresLeadership(settings.database_url, NOTIFICATIONS_LOCK_KEY)
-
-        async def run_dispatcher() -> None:
-            async with leadership.lead():
-                log.info("this node now dispatches alert notifications")
-                await follower.run()
-
-        runtime.tasks.append(supervise("notification-dispatcher", run_dispatcher))
-    else:
-        runtime.tasks.append(supervise("notification-dispatcher", follower.run))
+    runtime.tasks.append(
+        supervise(
+            "notification-dispatcher",
+            elected(
+                follower.run,
+                database_url=settings.database_url,
+                lock_key=NOTIFICATIONS_LOCK_KEY,
+                what="dispatches alert notifications",
+            ),
+        )
+    )
     return NotificationService(queue, worker, dispatcher, follower)

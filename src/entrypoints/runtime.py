@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..adapters.postgres_coordination import PostgresCommitListener, PostgresLeadership
+from ..adapters.postgres_coordination import PostgresCommitListener
 from ..application.app import DefiRealtime
 from ..application.event_log import EventStoreLog
 from ..application.following import NodeFollower, ProjectionRunner, Relay
@@ -31,6 +31,7 @@ from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
 from .alerts_runtime import AlertService, evaluates_alerts, start_alerts
 from .container import Container, build_container
+from .election import elected
 from .notification_runtime import (
     NotificationService,
     delivers_notifications,
@@ -180,18 +181,19 @@ def _start_role(runtime: Runtime, role: str) -> None:
         if settings.database_url is not None and isinstance(channel, str):
             # Several nodes: one relay publishes (advisory lock), woken by every node's
             # commits through PostgreSQL NOTIFY.
-            leadership = PostgresLeadership(settings.database_url, RELAY_LOCK_KEY)
             listener = PostgresCommitListener(settings.database_url, channel)
-
-            async def run_relay() -> None:
-                async with leadership.lead():
-                    log.info("this node now runs the relay")
-                    await relay.run()
-
-            runtime.tasks.append(_supervise("relay", run_relay))
             runtime.tasks.append(_supervise("commit-listener", lambda: listener.run(relay.wake)))
-        else:
-            runtime.tasks.append(_supervise("relay", relay.run))
+        runtime.tasks.append(
+            _supervise(
+                "relay",
+                elected(
+                    relay.run,
+                    database_url=settings.database_url,
+                    lock_key=RELAY_LOCK_KEY,
+                    what="runs the relay",
+                ),
+            )
+        )
     # Projections kept in this process's memory are applied by this node; projections in
     # shared stores (Redis, PostgreSQL) by one elected node, so nodes don't race on them.
     local: list[ProjectionRunner] = []
@@ -228,14 +230,14 @@ def _start_role(runtime: Runtime, role: str) -> None:
         runtime.fanout.listen(projector.on_batch)
         if role == "projections":
             runtime.follower = projector
-        if settings.database_url is not None:
-            projections_lead = PostgresLeadership(settings.database_url, PROJECTIONS_LOCK_KEY)
-
-            async def run_projector() -> None:
-                async with projections_lead.lead():
-                    log.info("this node now applies the shared projections")
-                    await projector.run()
-
-            runtime.tasks.append(_supervise("projector", run_projector))
-        else:
-            runtime.tasks.append(_supervise("projector", projector.run))
+        runtime.tasks.append(
+            _supervise(
+                "projector",
+                elected(
+                    projector.run,
+                    database_url=settings.database_url,
+                    lock_key=PROJECTIONS_LOCK_KEY,
+                    what="applies the shared projections",
+                ),
+            )
+        )
