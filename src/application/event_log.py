@@ -309,6 +309,18 @@ class EventStoreLog:
     def head(self) -> int:
         return self._recorder.max_notification_id() or 0
 
+    def close(self) -> None:
+        """Stop reading ahead. Call before the application closes its database: a read still
+        running in the background would use a closed connection (SQLite can crash)."""
+        with self._ahead_lock:
+            self._read_ahead = False
+            pending, self._ahead = self._ahead, {}
+            executor, self._ahead_thread = self._ahead_thread, None
+        for future in pending.values():
+            future.cancel()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
     def _entry(self, notification: Notification) -> LogEntry | None:
         topic = notification.topic
         try:

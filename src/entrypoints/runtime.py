@@ -120,14 +120,16 @@ async def running(
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     container = build_container(settings)
     await _resolve(container.init_resources())
+    event_log: EventStoreLog | None = None
     try:
+        event_log = await _resolve(container.event_log())
         app = await _resolve(container.app())
         runtime = Runtime(
             settings=settings,
             container=container,
             app=app,
             writer=await _resolve(container.writer()),
-            event_log=await _resolve(container.event_log()),
+            event_log=event_log,
             hot=await _resolve(container.hot_projection()),
             history=await _resolve(container.history()),
             fanout=await _resolve(container.fanout()),
@@ -161,6 +163,8 @@ async def running(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
     finally:
+        if event_log is not None:
+            await asyncio.to_thread(event_log.close)
         await _resolve(container.shutdown_resources())
 
 
