@@ -249,10 +249,7 @@ def settle(client: httpx.Client, timeout: float = SETTLE_TIMEOUT) -> dict[str, A
     """Wait until the node's projections have followed the log to its head."""
     health: dict[str, Any] = wait_for(
         lambda: client.get("/health").json(),
-        lambda h: h["node_position"]
-        == h["hot_position"]
-        == h["history_position"]
-        == h["log_head"],
+        lambda h: h["node_position"] == h["hot_position"] == h["history_position"] == h["log_head"],
         timeout,
     )
     return health
