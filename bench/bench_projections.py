@@ -19,8 +19,8 @@ One run:
 2. measures, each as the median of ``--reps`` runs, from position 0 to the head:
    * ``log read`` - ``EventStoreLog.read`` page after page (the baseline: every catch-up
      below does this plus its own work, the way ``ProjectionRunner`` does);
-   * ``log-mapper`` - the same through eventsourcing's mapper without read-ahead (how
-     ``EventStoreLog`` read before: the "before" of the log read);
+   * ``log-mapper`` - the same through eventsourcing's mapper (``fast=False``: how
+     ``EventStoreLog`` read before, the "before" of the log read);
    * ``memory`` - ``ProjectionRunner.for_hot(log, InMemoryHotProjection()).catch_up()``;
    * ``redis`` - the same with ``RedisHotProjection`` (after ``reset()``, own prefix);
    * ``history`` - ``ProjectionRunner.for_history(log, SqlHistoryReadModel(...))`` on the
@@ -223,16 +223,16 @@ def run_scenario(
     head: int,
     redis_url: str,
     prefix: str,
-) -> float:
-    """Seconds for one run of scenario ``name`` over the whole log."""
+) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) of one run of scenario ``name``."""
     log = EventStoreLog(app)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if name == "log":
         if read_log(log, page_size) != head:
             raise AssertionError("the log read stopped short")
     elif name == "log-mapper":
         # The previous read path: every notification through eventsourcing's mapper.
-        read_log(EventStoreLog(app, fast=False, read_ahead=False), page_size)
+        read_log(EventStoreLog(app, fast=False), page_size)
     elif name == "memory":
         runner = ProjectionRunner.for_hot(log, InMemoryHotProjection())
         asyncio.run(catch_up(runner, page_size, head))
@@ -241,29 +241,36 @@ def run_scenario(
     elif name == "history":
         assert history is not None
         history.reset()
-        started = time.perf_counter()  # the reset is not part of the rebuild
+        started, cpu = time.perf_counter(), time.process_time()  # not the reset
         asyncio.run(catch_up(ProjectionRunner.for_history(log, history), page_size, head))
     else:
         raise ValueError(name)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+Runs = dict[str, list[tuple[float, float]]]
+"""Per scenario, (wall seconds, CPU seconds) of each run."""
 
 
 def measure(
     url: str, scenarios: list[str], reps: int, page_size: int, redis_url: str
-) -> tuple[int, dict[str, list[float]]]:
-    """The log's head and, per scenario, the seconds of each run."""
+) -> tuple[int, Runs]:
+    """The log's head and the runs."""
     settings = Settings(DATABASE_URL=url)
     app = DefiRealtime(env=settings.event_store_env)
     history = SqlHistoryReadModel(settings.history_url) if "history" in scenarios else None
     prefix = f"bench:proj:{uuid.uuid4().hex[:8]}:"
     head = EventStoreLog(app).head()
-    seconds: dict[str, list[float]] = {name: [] for name in scenarios}
+    seconds: Runs = {name: [] for name in scenarios}
     try:
         for rep in range(reps):
             for name in scenarios:
                 took = run_scenario(name, app, history, page_size, head, redis_url, prefix)
                 seconds[name].append(took)
-                print(f"  rep {rep + 1}: {name:10} {took:7.2f} s", file=sys.stderr)
+                print(
+                    f"  rep {rep + 1}: {name:10} {took[0]:7.2f} s, CPU {took[1]:7.2f} s",
+                    file=sys.stderr,
+                )
     finally:
         if history is not None:
             history.reset()
@@ -285,28 +292,31 @@ async def _redis_cleanup(redis_url: str, prefix: str) -> None:
 
 LABELS = {
     "log": "log read alone (`EventStoreLog.read`), baseline",
-    "log-mapper": "log read alone, previous path (mapper, no read-ahead)",
+    "log-mapper": "log read alone, previous path (eventsourcing mapper)",
     "memory": "in-memory hot projection catch-up",
     "redis": "Redis hot projection catch-up",
     "history": "SQL history read model catch-up (PostgreSQL)",
 }
 
 
-def report(events: int, seconds: dict[str, list[float]], page_size: int) -> str:
-    base = statistics.median(seconds["log"]) if "log" in seconds else None
+def report(events: int, runs: Runs, page_size: int) -> str:
+    walls = {name: statistics.median(wall for wall, _ in done) for name, done in runs.items()}
+    base = walls.get("log")
     lines = [
         f"N = {events:,} log positions, page size {page_size:,}, median of "
-        f"{len(next(iter(seconds.values())))} runs",
+        f"{len(next(iter(runs.values())))} runs; CPU = this process, all threads",
         "",
-        "| scenario | events/s | seconds (runs) | vs log read |",
-        "|---|---:|---:|---:|",
+        "| scenario | events/s | wall s (runs) | CPU s | events per CPU-s | vs log read |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, runs in seconds.items():
-        median = statistics.median(runs)
-        ratio = "-" if base is None else f"{median / base:.2f}x the time"
-        shown = ", ".join(f"{run:.1f}" for run in runs)
+    for name, done in runs.items():
+        wall = walls[name]
+        cpu = statistics.median(cpu for _, cpu in done)
+        ratio = "-" if base is None else f"{wall / base:.2f}x the time"
+        shown = ", ".join(f"{run:.1f}" for run, _ in done)
         lines.append(
-            f"| {LABELS[name]} | {events / median:,.0f} | {median:.1f} ({shown}) | {ratio} |"
+            f"| {LABELS[name]} | {events / wall:,.0f} | {wall:.1f} ({shown}) | {cpu:.1f} | "
+            f"{events / cpu:,.0f} | {ratio} |"
         )
     return "\n".join(lines)
 

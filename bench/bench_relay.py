@@ -99,8 +99,9 @@ async def listen(amqp_url: str, exchange: str, head: int) -> None:
     print(json.dumps(report), flush=True)
 
 
-async def relay_once(url: str, amqp_url: str, head: int, entries: int) -> tuple[float, int]:
-    """Seconds until the listener holds every position; and the messages it received."""
+async def relay_once(url: str, amqp_url: str, head: int, entries: int) -> tuple[float, float, int]:
+    """Wall seconds until the listener holds every position, the relay process's CPU
+    seconds meanwhile, and the number of messages the listener received."""
     exchange = f"dr-bench-relay-{uuid.uuid4().hex[:8]}"
     settings = Settings(DATABASE_URL=url)
     app = DefiRealtime(env=settings.event_store_env)
@@ -123,13 +124,13 @@ async def relay_once(url: str, amqp_url: str, head: int, entries: int) -> tuple[
         assert (await listener.stdout.readline()).strip() == b"ready"
         await positions.save(relay.name, 0)
         await publisher.start()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         task = asyncio.create_task(relay.run())
         done = asyncio.create_task(listener.stdout.readline())
         await asyncio.wait([task, done], return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()  # the relay failed: raise its error
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         report = json.loads(done.result())
     finally:
         if task is not None:
@@ -145,15 +146,15 @@ async def relay_once(url: str, amqp_url: str, head: int, entries: int) -> tuple[
     assert not report["problems"], report["problems"]
     assert report["position"] == head, (report["position"], head)
     assert report["entries"] == entries, (report["entries"], entries)
-    return seconds, int(report["messages"])
+    return seconds, cpu, int(report["messages"])
 
 
-def read_log(url: str) -> tuple[float, int, int]:
-    """Seconds to read the whole log in relay pages; its head and number of entries."""
+def read_log(url: str) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds to read the whole log in relay pages; its head and entries."""
     app = DefiRealtime(env=Settings(DATABASE_URL=url).event_store_env)
     try:
         log = EventStoreLog(app)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         position = entries = 0
         while True:
             batch = log.read(position, RELAY_PAGE)
@@ -161,16 +162,17 @@ def read_log(url: str) -> tuple[float, int, int]:
                 break
             position = batch.last
             entries += len(batch.entries)
-        return time.perf_counter() - started, position, entries
+        return time.perf_counter() - started, time.process_time() - cpu, position, entries
     finally:
         app.close()
 
 
-async def baseline(url: str, amqp_url: str, count: int, *, concurrent: bool) -> float:
-    """Seconds to publish ``count`` events, one persistent message each, with confirms."""
+async def baseline(url: str, amqp_url: str, count: int, *, concurrent: bool) -> tuple[float, float]:
+    """Wall and CPU seconds to publish ``count`` events, one persistent message each, with
+    confirms."""
     app = DefiRealtime(env=Settings(DATABASE_URL=url).event_store_env)
     try:
-        entries = EventStoreLog(app, read_ahead=False).read(0, count).entries
+        entries = EventStoreLog(app).read(0, count).entries
     finally:
         app.close()
     bodies = [json.dumps(e.to_json(), separators=(",", ":")).encode() for e in entries]
@@ -185,18 +187,18 @@ async def baseline(url: str, amqp_url: str, count: int, *, concurrent: bool) -> 
         def message(body: bytes) -> aio_pika.Message:
             return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if concurrent:
             await asyncio.gather(*(exchange.publish(message(b), "event") for b in bodies))
         else:
             for body in bodies:
                 await exchange.publish(message(body), "event")
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         await queue.delete(if_unused=False, if_empty=False)
         await exchange.delete()
     finally:
         await connection.close()
-    return seconds / len(bodies) * count
+    return seconds, cpu
 
 
 async def _delete_exchanges(amqp_url: str, *names: str) -> None:
@@ -230,64 +232,61 @@ def main() -> None:
         f"Python {platform.python_version()}",
         file=sys.stderr,
     )
-    rows: dict[str, list[float]] = {
-        "relay": [],
-        "log": [],
-        "baseline": [],
-        "baseline_concurrent": [],
-    }
+    runs: Runs = {"relay": [], "log": [], "baseline": [], "baseline_concurrent": []}
     with event_store(
         args.admin_dsn, args.events, db=args.db, keep=args.keep_db, prefix="dr_bench_relay"
     ) as (url, generated):
-        _, head, entries = read_log(url)
-        if generated is not None:
-            print(f"generation: {head:,} events in {generated:.1f} s")
+        _, _, head, entries = read_log(url)
         messages = 0
         for rep in range(args.reps):
-            seconds, messages = asyncio.run(relay_once(url, args.amqp_url, head, entries))
-            rows["relay"].append(seconds)
-            rows["log"].append(read_log(url)[0])
+            wall, cpu, messages = asyncio.run(relay_once(url, args.amqp_url, head, entries))
+            runs["relay"].append((wall, cpu))
+            runs["log"].append(read_log(url)[:2])
             for name, concurrent in (("baseline", False), ("baseline_concurrent", True)):
-                rows[name].append(
-                    asyncio.run(
-                        baseline(url, args.amqp_url, args.baseline_messages, concurrent=concurrent)
-                    )
-                    * head
-                    / args.baseline_messages
-                )
+                count = args.baseline_messages
+                wall, cpu = asyncio.run(baseline(url, args.amqp_url, count, concurrent=concurrent))
+                # Extrapolated to N: the time N events would take at this rate.
+                runs[name].append((wall * head / count, cpu * head / count))
             print(
-                f"  rep {rep + 1}: relay {rows['relay'][-1]:.2f} s, log read "
-                f"{rows['log'][-1]:.2f} s, baseline {head / rows['baseline'][-1]:,.0f} events/s",
+                f"  rep {rep + 1}: relay {runs['relay'][-1][0]:.2f} s, log read "
+                f"{runs['log'][-1][0]:.2f} s, baseline {head / runs['baseline'][-1][0]:,.0f} "
+                "events/s",
                 file=sys.stderr,
             )
-    print(report(head, entries, messages, rows, args.baseline_messages))
+    if generated is not None:
+        print(f"generation: {head:,} events in {generated:.1f} s\n")
+    print(report(head, entries, messages, runs, args.baseline_messages))
 
 
-def report(
-    head: int, entries: int, messages: int, rows: dict[str, list[float]], baseline_count: int
-) -> str:
-    relay = statistics.median(rows["relay"])
+Runs = dict[str, list[tuple[float, float]]]
+"""Per scenario, (wall seconds, CPU seconds of this process) of each run."""
+
+
+def report(head: int, entries: int, messages: int, runs: Runs, baseline_count: int) -> str:
+    walls = {name: statistics.median(wall for wall, _ in done) for name, done in runs.items()}
     labels = {
         "relay": f"`Relay` -> `RabbitEventFanout`, {RELAY_PAGE:,} positions per message, "
         f"confirms; listener verified every position ({messages} messages)",
         "log": f"log read alone (`EventStoreLog.read`, pages of {RELAY_PAGE:,})",
-        "baseline": f"baseline: aio-pika, 1 message per event, each confirm awaited "
-        f"({baseline_count:,} events, extrapolated)",
-        "baseline_concurrent": f"baseline: aio-pika, 1 message per event, confirms awaited "
-        f"together ({baseline_count:,} events, extrapolated)",
+        "baseline": "baseline: aio-pika, 1 message per event, each confirm awaited "
+        f"({baseline_count:,} events, extrapolated to N)",
+        "baseline_concurrent": "baseline: aio-pika, 1 message per event, confirms awaited "
+        f"together ({baseline_count:,} events, extrapolated to N)",
     }
     lines = [
-        f"N = {head:,} log positions ({entries:,} entries), median of {len(rows['relay'])} runs",
+        f"N = {head:,} log positions ({entries:,} entries), median of "
+        f"{len(runs['relay'])} runs; CPU = the publishing process (the listener runs apart)",
         "",
-        "| scenario | events/s | seconds for N (runs) | relay speed-up |",
-        "|---|---:|---:|---:|",
+        "| scenario | events/s | wall s for N (runs) | CPU s | time vs relay |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, runs in rows.items():
-        median = statistics.median(runs)
-        shown = ", ".join(f"{run:.1f}" for run in runs)
+    for name, done in runs.items():
+        wall = walls[name]
+        cpu = statistics.median(cpu for _, cpu in done)
+        shown = ", ".join(f"{run:.1f}" for run, _ in done)
         lines.append(
-            f"| {labels[name]} | {head / median:,.0f} | {median:.1f} ({shown}) | "
-            f"{median / relay:.1f}x |"
+            f"| {labels[name]} | {head / wall:,.0f} | {wall:.1f} ({shown}) | {cpu:.1f} | "
+            f"{wall / walls['relay']:.2f}x |"
         )
     return "\n".join(lines)
 

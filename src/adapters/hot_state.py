@@ -260,14 +260,14 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
     # The constructor rather than ``dataclasses.replace``: this runs once per metric entry,
     # and ``replace`` introspects the fields on every call (a third of a rebuild's fold).
     return ProtocolState(
-        base.slug,
-        base.name,
-        base.category,
-        chains,
-        base.url,
-        current,
-        base.recent if recent is None else recent,
-        entry.position,
+        slug=base.slug,
+        name=base.name,
+        category=base.category,
+        chains=chains,
+        url=base.url,
+        current=current,
+        recent=base.recent if recent is None else recent,
+        position=entry.position,
     )
 
 

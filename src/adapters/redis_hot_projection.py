@@ -29,7 +29,10 @@ batch is dominated by the client, not by Redis. redis-py parses replies in Pytho
 command and every reply element costs microseconds: states used to be hashes of seven
 fields read with one ``HGETALL`` each, and the reference points two ``ZRANGE``s per window,
 ~40 commands and ~100 reply elements per protocol and batch. One JSON string per state and
-one reply string for all reference points make the reads a few elements per protocol.
+one reply string for all reference points make the reads a few elements per protocol. In
+the apply script, ``redis.call`` is the cost: rankings get one variadic ``ZADD`` per key and
+batch (``_Writes.add_grouped``), and a protocol whose TVL and scopes did not move is not
+re-ranked at all.
 
 Changing the layout: ``layout`` lets a newer adapter refuse keys an older one wrote (they
 would be misread); ``reset()`` them or use a new prefix, and the projection rebuilds from
@@ -524,6 +527,7 @@ class _Writes:
         return index
 
 
+# Even, so that a chunk of ZADD arguments never splits a (score, member) pair.
 _GROUP_ARGS: Final = 2_000
 
 

@@ -20,9 +20,7 @@ notification. tests/unit/test_event_log_fast_path.py checks that both ways agree
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Final, cast
 from uuid import UUID
@@ -183,8 +181,6 @@ def to_entry(position: int, event: DomainEventProtocol[Any]) -> LogEntry | None:
 _DECODER: Final = json.JSONDecoder()
 _TYPE_MARK: Final = b'"_type_"'
 _DATETIME_ISO: Final = DatetimeAsISO.name
-# Pages read ahead at most at any time (one per reader following the log in full pages).
-_READ_AHEAD_PAGES: Final = 4
 
 
 def plain_json_states(mapper: Mapper[Any]) -> bool:
@@ -235,91 +231,40 @@ def fast_entry(notification: Notification, translate: _Translate) -> LogEntry | 
 
 
 class EventStoreLog:
-    """Reads the application's notification log (synchronous; call from a thread).
-
-    Read-ahead: after a full page (``limit`` notifications) the next page is very likely
-    wanted next (a projection catching up, a relay behind), so it is read and decoded in a
-    background thread while the caller applies this one; the database round trip and the
-    decoding then overlap with the caller's own I/O (Redis, RabbitMQ). A page read ahead is
-    only handed out when it is full too, and then it is exactly what a fresh read would
-    return: positions are assigned in commit order (the recorders lock the table for
-    inserts), so no notification can later appear among positions already read. Anything
-    else (a short page at the head, an error) is dropped and read afresh.
-    """
+    """Reads the application's notification log (synchronous; call from a thread)."""
 
     def __init__(
-        self, app: Application[UUID], *, fast: bool = True, read_ahead: bool = True
+        self, app: Application[UUID], *, fast: bool = True, read_ahead: bool = False
     ) -> None:
+        # ``read_ahead`` is accepted and ignored: a background read-ahead was tried and
+        # measured no faster (docs/benchmarks.md); some callers still pass it.
+        del read_ahead
         self._recorder = app.recorder
         self._mapper = app.mapper
         self._fast = fast and plain_json_states(app.mapper)
         # topic -> its translation, None for facts nobody downstream needs.
         self._translations: dict[str, _Translate | None] = {}
-        self._read_ahead = read_ahead
-        self._ahead: dict[tuple[int, int], Future[tuple[LogBatch, bool]]] = {}
-        self._ahead_lock = threading.Lock()
-        self._ahead_thread: ThreadPoolExecutor | None = None
 
     def read(self, after: int, limit: int) -> LogBatch:
-        batch = self._take_ahead(after, limit)
-        full = batch is not None
-        if batch is None:
-            batch, full = self._read(after, limit)
-        if full and self._read_ahead:
-            self._start_ahead(batch.last, limit)
-        return batch
-
-    def _read(self, after: int, limit: int) -> tuple[LogBatch, bool]:
-        """The batch, and whether it is a full page."""
         notifications = self._recorder.select_notifications(
             start=after, limit=limit, inclusive_of_start=False
         )
         if not notifications:
-            return LogBatch(after=after, last=after), False
+            return LogBatch(after=after, last=after)
         entries = []
         for notification in notifications:
             entry = self._entry(notification)
             if entry is not None:
                 entries.append(entry)
-        batch = LogBatch(after=after, last=notifications[-1].id, entries=tuple(entries))
-        return batch, len(notifications) >= limit
-
-    def _start_ahead(self, after: int, limit: int) -> None:
-        with self._ahead_lock:
-            if (after, limit) in self._ahead:
-                return
-            if self._ahead_thread is None:
-                self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="log-read-ahead")
-            while len(self._ahead) >= _READ_AHEAD_PAGES:
-                # Several readers at different positions: keep only the newest requests.
-                self._ahead.pop(next(iter(self._ahead))).cancel()
-            self._ahead[after, limit] = self._ahead_thread.submit(self._read, after, limit)
-
-    def _take_ahead(self, after: int, limit: int) -> LogBatch | None:
-        with self._ahead_lock:
-            future = self._ahead.pop((after, limit), None)
-        if future is None:
-            return None
-        try:
-            batch, full = future.result()
-        except Exception:  # e.g. a dropped connection: the fresh read reports it, if any
-            return None
-        return batch if full else None
+        return LogBatch(after=after, last=notifications[-1].id, entries=tuple(entries))
 
     def head(self) -> int:
         return self._recorder.max_notification_id() or 0
 
     def close(self) -> None:
-        """Stop reading ahead. Call before the application closes its database: a read still
-        running in the background would use a closed connection (SQLite can crash)."""
-        with self._ahead_lock:
-            self._read_ahead = False
-            pending, self._ahead = self._ahead, {}
-            executor, self._ahead_thread = self._ahead_thread, None
-        for future in pending.values():
-            future.cancel()
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        """Nothing to release: reads happen on the caller's thread. Callers close the reader
+        before the application's store all the same (an earlier version read ahead in a
+        background thread, which had to stop first)."""
 
     def _entry(self, notification: Notification) -> LogEntry | None:
         topic = notification.topic
