@@ -102,12 +102,16 @@ def _change(
     window of ``observed_at - window``; with days of history, most of a scan used to be
     points far too old (the in-memory projection keeps the whole window). Points older than
     that range, with a margin far beyond rounding, are cut off here; the scan itself stops
-    after the range. Same result, a fraction of the work.
+    after the range. Same result, a fraction of the work (a short history is cheaper to
+    scan whole than to bisect).
     """
-    oldest = observed_at - window * (1.5 + 1e-6)
-    return percent_change(
-        recent[bisect_left(recent, oldest, key=_observed_at) :], value, observed_at, window
-    )
+    if len(recent) > _SCAN_WHOLE:
+        oldest = observed_at - window * (1.5 + 1e-6)
+        recent = recent[bisect_left(recent, oldest, key=_observed_at) :]
+    return percent_change(recent, value, observed_at, window)
+
+
+_SCAN_WHOLE: Final = 32
 
 
 @dataclass(frozen=True, slots=True)

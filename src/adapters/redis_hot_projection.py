@@ -273,17 +273,19 @@ class RedisHotProjection:
             return
         reply = await self._reference_points(keys=keys, args=[" ".join(lookups)])
         fields = _text(reply).split(" ")
-        found: dict[str, set[Point]] = {}
+        # Windows of one series often find the same neighbours: parse each member once.
+        found: dict[str, set[str]] = {}
         for key, below, above in zip(series, fields[::2], fields[1::2], strict=True):
-            found.setdefault(key, set()).update(_point(m) for m in (below, above) if m)
+            found.setdefault(key, set()).update((below, above))
+        history = {key: sorted(map(_point, members - {""})) for key, members in found.items()}
         for slug in tvl_points:
-            history = found.get(self._tvl_key(slug))
-            if history:
-                protocols[slug] = replace(protocols[slug], recent=tuple(sorted(history)))
+            stored = history.get(self._tvl_key(slug))
+            if stored:
+                protocols[slug] = replace(protocols[slug], recent=tuple(stored))
         for token in price_points:
-            history = found.get(self._price_series_key(token))
-            if history:
-                tokens[token] = replace(tokens[token], recent=tuple(sorted(history)))
+            stored = history.get(self._price_series_key(token))
+            if stored:
+                tokens[token] = replace(tokens[token], recent=tuple(stored))
 
     def _write_protocol(
         self,
