@@ -378,6 +378,37 @@ def test_a_group_of_batches_is_one_commit(
     assert [n.id for n in notifications(app)] == list(range(1, 9))
 
 
+def test_save_aggregates_records_like_save() -> None:
+    """The ingest's save without ``isinstance`` checks stores, caches and numbers events
+    exactly as ``Application.save`` does."""
+    apps = [DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}) for _ in range(2)]
+    try:
+        recorded = []
+        savers = (lambda a, xs: a.save(*xs), DefiRealtime.save_aggregates)
+        for app, save in zip(apps, savers, strict=True):
+            protocols = [Protocol.create(f"p{i}", name=f"P{i}") for i in range(3)]
+            for i, protocol in enumerate(protocols):
+                protocol.record_metric("tvl", "total", float(i), T0, "test")
+            recordings = save(app, protocols)
+            protocols[0].record_metric("tvl", "total", 9.0, T0 + 1, "test")
+            recordings += save(app, protocols[:1])
+            assert app.repository.cache is not None
+            assert app.repository.cache.get(protocols[0].id) is protocols[0]
+            assert all(not p.pending_events for p in protocols)
+            recorded.append(
+                (
+                    [(r.notification.id, r.notification.originator_version) for r in recordings],
+                    [(n.id, n.topic, n.originator_version) for n in notifications(app)],
+                    app.repository.get(protocols[0].id).version,
+                )
+            )
+        assert recorded[0] == recorded[1]
+        assert len(recorded[0][1]) == 7  # 3 listed + 3 metrics + 1 metric
+    finally:
+        for app in apps:
+            app.close()
+
+
 def test_empty_group_and_duplicate_only_group_write_nothing(app: DefiRealtime) -> None:
     assert app.ingest([]) == []
     app.ingest([build_batch([named("aave-v3", 1.0, T0)])])
