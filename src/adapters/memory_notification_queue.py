@@ -1,8 +1,9 @@
 """``NotificationQueue`` in process (the embedded default): an asyncio queue and timers.
 
-Nothing survives the process: jobs waiting or being retried when it stops are gone. On the
-next start the dispatcher only resumes from its saved position, so this queue is for one
-node without a broker; production uses ``RabbitNotificationQueue``.
+The queue itself keeps nothing across a restart: jobs waiting or being retried when it stops
+are gone from it. The dispatcher journals every job it enqueues here in the delivery log and
+enqueues the unsettled ones again on start (ADR 0011). For one node without a broker;
+production uses ``RabbitNotificationQueue``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ after this long, without counting an attempt."""
 class InProcessNotificationQueue:
     """``concurrency`` worker tasks take jobs from an ``asyncio.Queue``; retries wait in
     ``loop.call_later`` timers; dead letters are kept in ``dead_letters`` (newest last,
-    at most ``max_dead_letters``)."""
+    at most ``max_dead_letters``).
+
+    A job whose idempotency key the queue already holds (waiting, retrying or being
+    handled) is not enqueued again: the journal's jobs re-enqueued on start and a batch
+    dispatched again can overlap, and two copies in flight could both be delivered."""
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class InProcessNotificationQueue:
         self._timers: set[asyncio.TimerHandle] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._in_flight = 0
+        self._held: set[str] = set()
 
     @property
     def pending(self) -> int:
@@ -71,9 +77,15 @@ class InProcessNotificationQueue:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        # Forget the jobs (the journal has them), so that they can be enqueued again.
+        self._ready = asyncio.Queue()
+        self._held.clear()
 
     async def enqueue(self, jobs: Sequence[NotificationJob]) -> None:
         for job in jobs:
+            if job.idempotency_key in self._held:
+                continue
+            self._held.add(job.idempotency_key)
             self._ready.put_nowait(job)
 
     def _later(self, delay: float, job: NotificationJob) -> None:
@@ -104,7 +116,9 @@ class InProcessNotificationQueue:
                 self._in_flight -= 1
             if isinstance(decision, Retry):
                 self._later(decision.delay, decision.job)
-            elif isinstance(decision, DeadLetter):
+                continue
+            self._held.discard(job.idempotency_key)
+            if isinstance(decision, DeadLetter):
                 self.dead_letters.append((decision.job, decision.reason))
                 with contextlib.suppress(IndexError):
                     while len(self.dead_letters) > self.max_dead_letters:

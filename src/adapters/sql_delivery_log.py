@@ -4,11 +4,16 @@ Same database as the history read model (SQLite file embedded, PostgreSQL in pro
 same Alembic revisions (``migrate`` runs on construction). Every ``record`` commits on its
 own: the queue acknowledges a job only after its attempt is recorded, so a recorded attempt
 must survive a crash right after.
+
+It also journals the jobs of a queue that dies with its process (``pending_notifications``):
+a row per job until an attempt settles it, deleted in that attempt's transaction.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import case, func, insert, select
+from collections.abc import Sequence
+
+from sqlalchemy import case, delete, exists, func, insert, select
 from sqlalchemy.engine import Engine
 
 from ..application.delivery import (
@@ -16,10 +21,13 @@ from ..application.delivery import (
     AttemptStatus,
     DeliveryAttempt,
     DeliveryProgress,
+    NotificationJob,
 )
 from .sql_history import (
     ALERT_EVENTS,
     DELIVERY_ATTEMPTS,
+    PENDING_NOTIFICATIONS,
+    _chunks,
     _create_engine,
     _write_transaction,
     migrate,
@@ -64,6 +72,64 @@ class SqlDeliveryLog:
                     finished_at=attempt.finished_at,
                 )
             )
+            if attempt.status in _SETTLED:
+                connection.execute(
+                    delete(PENDING_NOTIFICATIONS).where(
+                        PENDING_NOTIFICATIONS.c.idempotency_key == attempt.idempotency_key
+                    )
+                )
+
+    def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
+        table = PENDING_NOTIFICATIONS
+        attempts = DELIVERY_ATTEMPTS
+        with _write_transaction(self._engine) as connection:
+            # Keys already journaled or already settled are skipped: the dispatcher enqueues
+            # a batch again after a crash before it saved its position.
+            known: set[str] = set()
+            for chunk in _chunks(list({job.idempotency_key for job in jobs})):
+                known.update(
+                    connection.execute(
+                        select(table.c.idempotency_key).where(table.c.idempotency_key.in_(chunk))
+                    ).scalars()
+                )
+                known.update(
+                    connection.execute(
+                        select(attempts.c.idempotency_key).where(
+                            attempts.c.idempotency_key.in_(chunk),
+                            attempts.c.status.in_(_SETTLED),
+                        )
+                    ).scalars()
+                )
+            rows = []
+            for job in jobs:
+                if job.idempotency_key in known:
+                    continue
+                known.add(job.idempotency_key)
+                rows.append(
+                    {
+                        "idempotency_key": job.idempotency_key,
+                        "rule_id": job.rule_id,
+                        "job": job.to_json(),
+                        "recorded_at": job.recorded_at,
+                    }
+                )
+            if rows:
+                connection.execute(insert(table), rows)
+
+    def pending(self) -> list[NotificationJob]:
+        table = PENDING_NOTIFICATIONS
+        attempts = DELIVERY_ATTEMPTS
+        settled = exists().where(
+            attempts.c.idempotency_key == table.c.idempotency_key,
+            attempts.c.status.in_(_SETTLED),
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(table.c.job)
+                .where(~settled)
+                .order_by(table.c.recorded_at, table.c.idempotency_key)
+            ).scalars()
+            return [NotificationJob.from_json(row) for row in rows]
 
     def progress(self, idempotency_key: str) -> DeliveryProgress:
         table = DELIVERY_ATTEMPTS

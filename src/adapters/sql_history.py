@@ -61,6 +61,7 @@ __all__ = [
     "DELIVERY_ATTEMPTS",
     "HISTORY_METADATA",
     "MIGRATIONS_DIR",
+    "PENDING_NOTIFICATIONS",
     "PRICE_OBSERVATIONS",
     "PROJECTION_TRACKING",
     "PROTOCOLS",
@@ -171,6 +172,17 @@ DELIVERY_ATTEMPTS: Final = Table(
     Column("finished_at", Double(), nullable=False),
     Index("ix_delivery_attempts_key", "idempotency_key"),
     Index("ix_delivery_attempts_rule", "rule_id", "id"),
+)
+# Not a projection either: notification jobs handed to the in-process queue and not settled
+# yet (migration 0004), so that a restart enqueues them again (adapters/sql_delivery_log.py).
+PENDING_NOTIFICATIONS: Final = Table(
+    "pending_notifications",
+    HISTORY_METADATA,
+    Column("idempotency_key", Text(), nullable=False),
+    Column("rule_id", Text(), nullable=False),
+    Column("job", JSON(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("idempotency_key", name="pk_pending_notifications"),
 )
 # Each rule as its owner lists it (migration 0002), folded with ``fold_rule``.
 ALERT_RULES: Final = Table(

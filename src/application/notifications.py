@@ -8,7 +8,9 @@ Two halves, joined by a ``NotificationQueue``:
   rule (webhook, email; WebSocket alerts already reach sockets through the realtime hub).
   Jobs are enqueued before the position is saved: a crash in between enqueues them again
   (at-least-once), and the worker drops what is already settled. Jobs carry the channel
-  without its secret.
+  without its secret. With a queue that dies with its process (the in-process one), the
+  dispatcher journals the jobs in the ``DeliveryLog`` before enqueueing them and, on start,
+  ``resume`` enqueues every journaled job not settled yet (ADR 0011).
 * ``DeliveryWorker`` makes one attempt per job it is handed, records it in the
   ``DeliveryLog`` and decides what comes next (settled, retry after a backoff, dead letter).
   It reads the channel's secret from the rule itself, at delivery.
@@ -94,6 +96,9 @@ class NotificationDispatcher:
     Use it as a projection: ``position`` and ``apply`` plug into a ``ProjectionRunner``.
     Rules are read fresh (``load_rule``, e.g. ``DefiRealtime.get_alert_rule``) so that the
     channels are the rule's current ones; a rule deleted meanwhile notifies nobody.
+
+    ``journal``: where to keep the jobs until they settle when ``queue`` does not keep them
+    itself across a restart (the in-process queue); None for a durable broker.
     """
 
     def __init__(
@@ -105,10 +110,12 @@ class NotificationDispatcher:
         name: str = DISPATCHER_NAME,
         max_age: float | None = DEFAULT_MAX_AGE,
         clock: Callable[[], float] = time.time,
+        journal: DeliveryLog | None = None,
     ) -> None:
         self.load_rule = load_rule
         self.queue = queue
         self.positions = positions
+        self.journal = journal
         self.name = name
         self.max_age = max_age
         self.clock = clock
@@ -117,6 +124,20 @@ class NotificationDispatcher:
     async def position(self) -> int:
         return await self.positions.load(self.name)
 
+    async def resume(self) -> int:
+        """Enqueue again every journaled job that is not settled (call on start, before
+        following the log): the queue that held them went with the previous process.
+        Returns how many; 0 without a journal. The worker still drops a key that settled
+        meanwhile, and the attempt numbers continue from the delivery record."""
+        if self.journal is None:
+            return 0
+        jobs = await asyncio.to_thread(self.journal.pending)
+        if jobs:
+            log.info("re-enqueueing %d unsettled notification(s)", len(jobs))
+            await self._enqueue(jobs)
+            self.enqueued += len(jobs)
+        return len(jobs)
+
     async def apply(self, batch: LogBatch) -> bool:
         """Enqueue the jobs of ``batch``'s alert entries, then save the position."""
         alerts = [entry for entry in batch.entries if entry.kind in ALERT_ENTRY_CONDITIONS]
@@ -124,6 +145,10 @@ class NotificationDispatcher:
         if alerts:
             jobs = await asyncio.to_thread(self._jobs, alerts)
         if jobs:
+            if self.journal is not None:
+                # Durable before the queue has them: a crash after this enqueues them again
+                # through ``resume``, whatever the position says.
+                await asyncio.to_thread(self.journal.record_pending, jobs)
             await self._enqueue(jobs)
             self.enqueued += len(jobs)
         # After the enqueue was confirmed: a crash in between dispatches this batch again.

@@ -166,9 +166,24 @@ class NotificationQueue(Protocol):
 
 class DeliveryLog(Protocol):
     """The record of every delivery attempt, and the alert transitions they deliver
-    (synchronous: call it from a thread)."""
+    (synchronous: call it from a thread).
 
-    def record(self, attempt: DeliveryAttempt) -> None: ...
+    It also journals jobs for a queue that does not outlive its process: ``record_pending``
+    keeps a job until an attempt recorded for its key delivers or dead-letters it, and
+    ``pending`` lists what is left, to enqueue again after a restart."""
+
+    def record(self, attempt: DeliveryAttempt) -> None:
+        """Record one attempt; a delivered or dead-lettered one settles its key's job."""
+        ...
+
+    def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
+        """Journal ``jobs`` (durably, on return); keys already journaled or settled are
+        left as they are."""
+        ...
+
+    def pending(self) -> list[NotificationJob]:
+        """Every journaled job not settled yet, oldest first."""
+        ...
 
     def progress(self, idempotency_key: str) -> DeliveryProgress: ...
 

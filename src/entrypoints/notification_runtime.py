@@ -78,6 +78,9 @@ async def start_notifications(runtime: Runtime, supervise: Supervise) -> Notific
         runtime.app.get_alert_rule,
         queue,
         await _resolve(container.notification_positions()),
+        # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
+        # journaled in the delivery log until settled and enqueued again on start.
+        journal=delivery_log if settings.amqp_url is None else None,
     )
     runner = ProjectionRunner(
         dispatcher.name, runtime.event_log, dispatcher.position, dispatcher.apply
@@ -86,11 +89,18 @@ async def start_notifications(runtime: Runtime, supervise: Supervise) -> Notific
         runtime.event_log, [runner], poll_interval=max(settings.poll_interval, 0.1)
     )
     runtime.fanout.listen(follower.on_batch)
+
+    async def dispatch() -> None:
+        # Again after a crash of the loop: harmless, the in-process queue drops the keys it
+        # already holds and the worker those that settled.
+        await dispatcher.resume()
+        await follower.run()
+
     runtime.tasks.append(
         supervise(
             "notification-dispatcher",
             elected(
-                follower.run,
+                dispatch,
                 database_url=settings.database_url,
                 lock_key=NOTIFICATIONS_LOCK_KEY,
                 what="dispatches alert notifications",

@@ -39,7 +39,12 @@ from defi_realtime.adapters.webhook_notifier import (
     check_public_address,
 )
 from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.delivery import DeliveryAttempt, RetryPolicy
+from defi_realtime.application.delivery import (
+    AttemptStatus,
+    DeliveryAttempt,
+    NotificationJob,
+    RetryPolicy,
+)
 from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.following import ProjectionRunner
 from defi_realtime.application.notifications import DeliveryWorker, NotificationDispatcher
@@ -388,6 +393,56 @@ async def embedded_delivery(
         log.close()
         positions.close()
         app.close()
+
+
+def test_the_journal_keeps_a_job_until_an_attempt_settles_it(tmp_path: Path) -> None:
+    app, settings = embedded_app(tmp_path)
+    app.close()
+    log = SqlDeliveryLog(settings.history_url)
+    try:
+        first, second = (
+            NotificationJob.from_json(
+                {
+                    "idempotency_key": f"rule:1:{index}",
+                    "rule_id": "rule",
+                    "owner": "alice",
+                    "condition": "firing",
+                    "measure": 90.0,
+                    "observed_at": T0,
+                    "position": 3,
+                    "channel_index": index,
+                    "channel": {"kind": "webhook", "url": "https://hooks.example/x"},
+                    "recorded_at": T0 + index,
+                }
+            )
+            for index in (0, 1)
+        )
+
+        def attempt(job: NotificationJob, number: int, status: AttemptStatus) -> DeliveryAttempt:
+            return DeliveryAttempt(
+                rule_id=job.rule_id,
+                owner=job.owner,
+                idempotency_key=job.idempotency_key,
+                channel_kind=job.channel_kind,
+                channel_target=job.channel_target,
+                attempt=number,
+                status=status,
+                started_at=T0,
+                finished_at=T0,
+            )
+
+        log.record_pending([first, second, first])
+        log.record_pending([first])  # a batch dispatched again
+        assert log.pending() == [first, second]
+        log.record(attempt(first, 1, "failed"))
+        assert log.pending() == [first, second]
+        log.record(attempt(first, 2, "delivered"))
+        log.record(attempt(second, 1, "dead_lettered"))
+        assert log.pending() == []
+        log.record_pending([first, second])  # settled keys are not journaled again
+        assert log.pending() == []
+    finally:
+        log.close()
 
 
 async def test_an_email_arrives_at_the_smtp_server(tmp_path: Path) -> None:

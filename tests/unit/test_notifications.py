@@ -98,9 +98,20 @@ class FakeQueue:
 class FakeDeliveryLog:
     def __init__(self) -> None:
         self.rows: list[DeliveryAttempt] = []
+        self.journal: dict[str, NotificationJob] = {}
 
     def record(self, attempt: DeliveryAttempt) -> None:
         self.rows.append(attempt)
+        if attempt.status in ("delivered", "dead_lettered"):
+            self.journal.pop(attempt.idempotency_key, None)
+
+    def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
+        for job in jobs:
+            if not self.progress(job.idempotency_key).settled:
+                self.journal.setdefault(job.idempotency_key, job)
+
+    def pending(self) -> list[NotificationJob]:
+        return list(self.journal.values())
 
     def progress(self, idempotency_key: str) -> DeliveryProgress:
         mine = [row for row in self.rows if row.idempotency_key == idempotency_key]
@@ -185,6 +196,28 @@ async def test_dispatcher_skips_deleted_rules_and_stale_transitions() -> None:
     stale = NotificationDispatcher(lambda *_: rule, queue, FakePositions(), clock=lambda: NOW * 2)
     await stale.apply(LogBatch(after=0, last=1, entries=(entry(rule, 1),)))
     assert queue.jobs == []
+
+
+async def test_dispatcher_with_a_journal_resumes_the_unsettled_jobs() -> None:
+    rule = make_rule()
+    journal = FakeDeliveryLog()
+    lost = FakeQueue()
+    first = NotificationDispatcher(
+        lambda *_: rule, lost, FakePositions(), clock=lambda: NOW, journal=journal
+    )
+    await first.apply(LogBatch(after=0, last=1, entries=(entry(rule, 1),)))
+    webhook, mail = lost.jobs
+    assert journal.pending() == [webhook, mail]
+    # The webhook was delivered, then the process stopped with the email still queued.
+    await DeliveryWorker({"webhook": FakeNotifier(OK)}, journal, RetryPolicy()).handle(webhook)
+    queue = FakeQueue()
+    restarted = NotificationDispatcher(
+        lambda *_: rule, queue, FakePositions(), clock=lambda: NOW, journal=journal
+    )
+    assert await restarted.resume() == 1
+    assert queue.jobs == [mail]
+    # Without a journal (a durable broker) there is nothing to resume.
+    assert await NotificationDispatcher(lambda *_: rule, queue, FakePositions()).resume() == 0
 
 
 # -- the worker -------------------------------------------------------------------------------
@@ -282,5 +315,27 @@ async def test_in_process_queue_retries_and_dead_letters() -> None:
             assert (job.attempt, reason) == (5, "HTTP 500")
         finally:
             await dead_queue.stop()
+    finally:
+        await queue.stop()
+
+
+async def test_in_process_queue_holds_one_copy_per_key() -> None:
+    rule = make_rule()
+    log = FakeDeliveryLog()
+    notifier = FakeNotifier(FAIL, OK)
+    policy = RetryPolicy(base_delay=0.2, jitter=0.0)
+    queue = InProcessNotificationQueue(concurrency=2)
+    queue.consume(DeliveryWorker({"webhook": notifier}, log, policy).handle)
+    await queue.start()
+    try:
+        job = webhook_job(rule)
+        await queue.enqueue([job, job])
+        await eventually(lambda: len(log.rows) == 1)
+        await queue.enqueue([job])  # e.g. resumed from the journal while it waits to retry
+        await eventually(lambda: bool(log.rows) and log.rows[-1].status == "delivered")
+        await asyncio.sleep(0.3)
+        assert [row.status for row in log.rows] == ["failed", "delivered"]
+        assert len(notifier.sent) == 2
+        assert queue.pending == 0
     finally:
         await queue.stop()
