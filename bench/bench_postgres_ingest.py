@@ -11,6 +11,11 @@ One run measures, each as the median of R repetitions on a fresh table:
   (e) ``FastPostgresApplicationRecorder``, 50 events per save
   (f) ``Application.save()`` with the stock recorder, B events per save (adds mapping/JSON)
   (g) ``Application.save()`` with the fast recorder, B events per save
+  (h) the whole ingest path short of HTTP: raw observation dicts, as ``POST /v2/ingest``
+      bodies carry them, through ``build_batch`` (validation) and ``DefiRealtime.ingest``
+      (domain commands, events, one save per 20,000 items) on the fast recorder, into one
+      growing store of ``--app-events`` events (bench/bench_projections.py's data: 2,000
+      protocols, 500 tokens, half-hourly rounds)
 
 Recorder rows insert pre-built stored events (state ~200 bytes of JSON, a realistic topic,
 uuid4 originators with ~10 versions each, consecutive events on different originators);
@@ -39,6 +44,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from psycopg.sql import SQL, Identifier
 
 from defi_realtime.adapters.postgres_event_store import FastPostgresApplicationRecorder
+from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.ingest import RecordMetric, RecordPrice, build_batch
 
 DEFAULT_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TOPIC = "defi_realtime.domain.protocol:Protocol.MetricRecorded"
@@ -241,6 +248,57 @@ class Bench:
             self.drop_table("benchapp_events")
         return saved / elapsed
 
+    def full_ingest(self, num_events: int) -> float:
+        """Scenario (h): events/s through validation, the domain and the store."""
+        from bench_projections import ITEMS_PER_SAVE, rounds
+
+        app = DefiRealtime(env=self.app_env(fast=True))
+        elapsed = 0.0
+        try:
+            for items in rounds():
+                bodies = [_raw(item) for item in items]
+                observations = [b for b in bodies if "protocol" in b]
+                prices = [b for b in bodies if "token" in b]
+                started = time.perf_counter()
+                for i in range(0, len(observations), ITEMS_PER_SAVE):
+                    batch = build_batch(observations[i : i + ITEMS_PER_SAVE])
+                    [result] = app.ingest([batch])
+                    if not result.committed or result.rejected:
+                        raise AssertionError(f"ingest refused the data: {result}")
+                app.ingest([build_batch(prices=prices)])
+                elapsed += time.perf_counter() - started
+                if (app.recorder.max_notification_id() or 0) >= num_events:
+                    break
+            recorded = app.recorder.max_notification_id() or 0
+        finally:
+            app.close()
+            self.drop_table("defirealtime_events")
+        return recorded / elapsed
+
+
+def _raw(item: RecordMetric | RecordPrice) -> dict[str, Any]:
+    """The JSON item a client would send for ``item``."""
+    if isinstance(item, RecordPrice):
+        return {
+            "token": item.token,
+            "price": item.price,
+            "observed_at": item.observed_at,
+            "confidence": item.confidence,
+            "source": item.source,
+        }
+    raw: dict[str, Any] = {
+        "protocol": item.protocol,
+        "metric": item.metric,
+        "chain": item.chain,
+        "value": item.value,
+        "observed_at": item.observed_at,
+        "source": item.source,
+    }
+    if item.listing is not None:
+        raw.update(name=item.listing.name, category=item.listing.category)
+        raw.update(chains=list(item.listing.chains or ()), url=item.listing.url)
+    return raw
+
 
 class Pool(Aggregate):
     def __init__(self) -> None:
@@ -267,6 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL URL")
     parser.add_argument(
         "--skip-app", action="store_true", help="skip the Application.save() rows (f, g)"
+    )
+    parser.add_argument(
+        "--app-events",
+        type=int,
+        default=300_000,
+        help="events per repetition of the whole ingest path (h)",
     )
     parser.add_argument(
         "--sustained",
@@ -311,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              lambda: bench.application(n, big, fast=False)),
             ("g", f"Application.save() + fast recorder, {big}/save",
              lambda: bench.application(n, big, fast=True)),
+            ("h", f"validation + DefiRealtime.ingest, {args.app_events:,} events",
+             lambda: bench.full_ingest(args.app_events)),
         ]  # fmt: skip
 
     results: dict[str, float] = {}

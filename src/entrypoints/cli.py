@@ -266,20 +266,29 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its SHA-256
 
 
 @projections_cli.command("rebuild")
-def projections_rebuild() -> None:
-    """Rebuild the hot projection and the history read model from the event store."""
+def projections_rebuild(
+    which: Annotated[
+        str,
+        typer.Argument(help="hot (current values, rankings), history, or all (hot first)"),
+    ] = "all",
+) -> None:
+    """Rebuild the hot projection and/or the history read model from the event store."""
+    if which not in ("hot", "history", "all"):
+        err.print(f"[red]unknown projection {which!r}: choose hot, history or all[/red]")
+        raise typer.Exit(2)
     from ..application.following import ProjectionRunner
     from .runtime import running
 
     async def main() -> None:
         async with running(_settings(), "projections", follow=False) as runtime:
             head = await asyncio.to_thread(runtime.event_log.head)
-            await runtime.hot.reset()
-            await asyncio.to_thread(runtime.history.reset)
-            runners = [
-                ProjectionRunner.for_hot(runtime.event_log, runtime.hot),
-                ProjectionRunner.for_history(runtime.event_log, runtime.history),
-            ]
+            runners = []
+            if which in ("hot", "all"):
+                await runtime.hot.reset()
+                runners.append(ProjectionRunner.for_hot(runtime.event_log, runtime.hot))
+            if which in ("history", "all"):
+                await asyncio.to_thread(runtime.history.reset)
+                runners.append(ProjectionRunner.for_history(runtime.event_log, runtime.history))
             with progress_bar() as progress:
                 for runner in runners:
                     task = progress.add_task(f"rebuild {runner.name}", total=head)

@@ -183,6 +183,20 @@ def test_projections_rebuild(tmp_path: Path) -> None:
         assert [p["value"] for p in points] == [30e9, 33e9]
 
 
+def test_projections_rebuild_one_projection(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    run(data_dir, "ingest", str(jsonl(tmp_path / "o.jsonl", OBSERVATIONS)))
+    hot = run(data_dir, "projections", "rebuild", "hot")
+    assert "rebuild hot" in hot.stderr
+    assert "rebuild history" not in hot.stderr
+    bad = run(data_dir, "projections", "rebuild", "everything", check=False)
+    assert bad.returncode == 2
+    assert "unknown projection 'everything'" in bad.stderr
+    history = run(data_dir, "projections", "rebuild", "history")
+    assert "rebuild history" in history.stderr
+    assert "rebuild hot" not in history.stderr
+
+
 def test_data_survives_a_server_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     body = {"observations": OBSERVATIONS[:3]}
