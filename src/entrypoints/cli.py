@@ -265,6 +265,9 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its SHA-256
     err.print("revoked")
 
 
+REBUILD_PAGE = 10_000
+
+
 @projections_cli.command("rebuild")
 def projections_rebuild(
     which: Annotated[
@@ -285,7 +288,13 @@ def projections_rebuild(
             runners = []
             if which in ("hot", "all"):
                 await runtime.hot.reset()
-                runners.append(ProjectionRunner.for_hot(runtime.event_log, runtime.hot))
+                hot = ProjectionRunner.for_hot(runtime.event_log, runtime.hot)
+                # Larger pages than live catch-up: each protocol's state is read, folded
+                # and written once per page, so a rebuild does ~15 % less work per event
+                # (bench/bench_projections.py --page-size); a page's script holds Redis for
+                # tens of milliseconds, acceptable while rebuilding.
+                hot.page_size = REBUILD_PAGE
+                runners.append(hot)
             if which in ("history", "all"):
                 await asyncio.to_thread(runtime.history.reset)
                 runners.append(ProjectionRunner.for_history(runtime.event_log, runtime.history))
