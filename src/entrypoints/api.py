@@ -8,7 +8,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -20,9 +20,11 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..application.ingest import IngestResult, InvalidItem, build_batch
@@ -60,6 +62,34 @@ class Metrics:
             "dr_websocket_connections", "Open WebSocket connections", registry=self.registry
         )
         self.log_head = Gauge("dr_log_position", "Node follower position", registry=self.registry)
+
+
+class CountRequests:
+    """ASGI middleware: ``dr_http_requests`` by route template (``unmatched`` for none) and
+    status. The router records the matched endpoint in the scope, read after the response."""
+
+    def __init__(self, app: ASGIApp, counter: Counter, paths: Mapping[Any, str]) -> None:
+        self.app = app
+        self.counter = counter
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # unless a response starts: the app failed before answering
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            route = self.paths.get(scope.get("endpoint"), "unmatched")
+            self.counter.labels(route, str(status)).inc()
 
 
 def _runtime(request: Request | WebSocket) -> Runtime:
@@ -500,9 +530,12 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         Route("/metrics", metrics_endpoint),
         WebSocketRoute("/v2/realtime", realtime_socket),
     ]
+    metrics = Metrics()
+    paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(CountRequests, counter=metrics.requests, paths=paths)],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
@@ -510,6 +543,6 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         },
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = metrics
     app.state.key_cache = {}
     return app

@@ -655,6 +655,31 @@ def test_openapi_documents_every_http_route(http: httpx.Client, server: LiveServ
             assert "200" in method["responses"], route.path
 
 
+def _samples(http: httpx.Client) -> dict[str, float]:
+    text = http.get("/metrics").text
+    return {
+        name: float(value)
+        for name, value in (
+            line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+        )
+    }
+
+
+def test_http_requests_are_counted_by_route_and_status(http: httpx.Client) -> None:
+    health = 'dr_http_requests_total{route="/health",status="200"}'
+    protocol = 'dr_http_requests_total{route="/v2/protocols/{slug:str}",status="404"}'
+    unmatched = 'dr_http_requests_total{route="unmatched",status="404"}'
+    before = _samples(http)
+    assert http.get("/health").status_code == 200
+    assert http.get("/health").status_code == 200
+    assert http.get("/v2/protocols/no-such-protocol").status_code == 404
+    assert http.get("/no/such/path").status_code == 404
+    after = _samples(http)
+    assert after[health] - before.get(health, 0.0) == 2.0
+    assert after[protocol] - before.get(protocol, 0.0) == 1.0
+    assert after[unmatched] - before.get(unmatched, 0.0) == 1.0
+
+
 def test_prometheus_metrics(http: httpx.Client, server: LiveServer) -> None:
     ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
     ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
