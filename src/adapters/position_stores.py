@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import re
 import threading
+import zlib
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
@@ -14,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    func,
     insert,
     select,
     update,
@@ -26,6 +29,8 @@ __all__ = ["DEFAULT_POSITIONS_TABLE", "InMemoryPositionStore", "SqlPositionStore
 
 DEFAULT_POSITIONS_TABLE = "log_follower_positions"
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Serialises the table's creation across processes on PostgreSQL (see ``_create_table``).
+_CREATE_LOCK_KEY: Final = zlib.crc32(b"defi_realtime.positions.create")
 
 
 class InMemoryPositionStore:
@@ -64,7 +69,17 @@ class SqlPositionStore:
             Column("name", String(200), primary_key=True),
             Column("position", BigInteger, nullable=False),
         )
-        self._table.create(self._engine, checkfirst=True)
+        self._create_table()
+
+    def _create_table(self) -> None:
+        """Create the table if missing. Several processes start at once (a relay and a
+        projection worker on a fresh database): "check, then CREATE" races, and the loser's
+        CREATE fails on PostgreSQL's catalogue (``pg_type_typname_nsp_index``). An advisory
+        lock held for the transaction makes the others wait, then find the table."""
+        with self._lock, self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(_CREATE_LOCK_KEY)))
+            self._table.create(connection, checkfirst=True)
 
     @property
     def engine(self) -> Engine:

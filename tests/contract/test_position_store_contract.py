@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from defi_realtime.adapters.position_stores import InMemoryPositionStore, SqlPositionStore
@@ -127,6 +129,37 @@ class TestInMemorySqlitePositionStore(PositionStoreContract):
 class TestPostgresPositionStore(SqlContract):
     @pytest.fixture
     def sql_url(self) -> str:
+        url = make_url(postgres_url()).set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+
+    def test_workers_starting_together_all_get_the_table(self) -> None:
+        """Workers starting at once on a fresh database race to create the table; each must
+        start (the loser failed with a UniqueViolation on pg_type before the creation lock).
+        Threads released by a barrier, each with its own store and connection pool, hit the
+        race far more often than processes would."""
+        table = f"positions_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(self.sql_url_for_admin())
+        workers = 8
+        barrier = threading.Barrier(workers)
+
+        def start() -> None:
+            barrier.wait()
+            SqlPositionStore(postgres_url(), table=table).close()
+
+        try:
+            for _ in range(5):
+                with ThreadPoolExecutor(workers) as pool:
+                    for future in [pool.submit(start) for _ in range(workers)]:
+                        future.result(timeout=60)
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP TABLE "{table}"'))
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+            admin.dispose()
+
+    @staticmethod
+    def sql_url_for_admin() -> str:
         url = make_url(postgres_url()).set(drivername="postgresql+psycopg")
         return url.render_as_string(hide_password=False)
 
