@@ -52,7 +52,10 @@ from uuid import UUID
 # InfrastructureFactory subclasses and requires exactly one. A module-level name
 # ``PostgresFactory`` would be a second match and make the module unselectable.
 from eventsourcing import postgres as es_postgres
+from eventsourcing.persistence import IntegrityError
+from psycopg import errors as pg_errors
 from psycopg.sql import SQL, Composed, Identifier
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -68,6 +71,39 @@ __all__ = [
     "FastPostgresFactory",
     "FastPostgresProcessRecorder",
 ]
+
+# Several processes starting on a fresh database (API nodes, workers) create the tables at
+# once. ``CREATE TABLE IF NOT EXISTS`` is not atomic in PostgreSQL: a loser of the race fails
+# on the catalogue's unique index (``pg_type_typname_nsp_index``, ``pg_class_relname_nsp_
+# index``), on the composite type created alongside ("relation ... already exists"), or on
+# "tuple concurrently updated" (eventsourcing wraps each in its own error class). Once the
+# winner has committed, the same statements are no-ops, so trying again is the whole fix.
+# DDL is transactional here: a failed attempt leaves nothing half-made behind.
+
+
+def _lost_creation_race(error: BaseException) -> bool:
+    """Whether ``error`` is another process creating the same tables at the same moment.
+
+    Measured kinds: any IntegrityError (catalogue unique indexes; the tracking recorder's
+    "__migration__" row, inserted by whichever process created the tracking table: a retry
+    reads it back and inserts nothing), "relation ... already exists" on the composite type,
+    and "tuple concurrently updated". Table creation writes no user data, so a retry of
+    anything else fails the same way and is re-raised after the last attempt.
+    """
+    if isinstance(error, IntegrityError):
+        return True
+    cause = error.__cause__
+    return isinstance(cause, pg_errors.DuplicateTable | pg_errors.DuplicateObject) or (
+        isinstance(cause, pg_errors.InternalError_) and "tuple concurrently updated" in str(cause)
+    )
+
+
+_retry_table_creation = retry(
+    retry=retry_if_exception(_lost_creation_race),
+    stop=stop_after_attempt(5),
+    wait=wait_random(0.01, 0.2),
+    reraise=True,
+)
 
 # Originator IDs: all UUID or all str at runtime (see below); typed loosely for mypy.
 ColumnArrays = tuple[list[UUID | str], list[int], list[str], list[bytes]]
@@ -116,6 +152,10 @@ class FastPostgresAggregateRecorder(es_postgres.PostgresAggregateRecorder):
             table=Identifier(self.events_table_name),
             id_type=SQL(self.datastore.originator_id_type),
         )
+
+    @_retry_table_creation
+    def create_table(self) -> None:
+        super().create_table()
 
     def _insert_stored_events(
         self,
@@ -177,6 +217,12 @@ class FastPostgresProcessRecorder(
     FastPostgresAggregateRecorder -> ...``; the tracking insert (stock ``_insert_events``)
     happens inside the same pipelined transaction, before the lock and the events.
     """
+
+    @_retry_table_creation
+    def create_table(self) -> None:
+        # The stock tracking recorder's create_table comes first in the MRO and creates the
+        # tracking table after the events table: the retry must cover both.
+        super().create_table()
 
 
 class FastPostgresFactory(es_postgres.PostgresFactory):

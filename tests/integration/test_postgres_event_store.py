@@ -13,7 +13,7 @@ abstract bases cannot be instantiated.
 from __future__ import annotations
 
 import time
-from threading import Thread
+from threading import Barrier, Thread
 from typing import Any, ClassVar, Literal
 from unittest import TestCase
 from urllib.parse import unquote, urlparse
@@ -373,3 +373,65 @@ class TestFastFactoryWithApplication(PostgresSchemaCase):
         pools[1].record_metric(7)
         (recording,) = app.save(pools[1])
         assert recording.notification.id > ids[-1] + 1
+
+
+@pytest.mark.parametrize(
+    "recorder_class", [FastPostgresApplicationRecorder, FastPostgresProcessRecorder]
+)
+def test_recorders_created_at_once_on_a_fresh_schema_all_start(
+    recorder_class: type[FastPostgresApplicationRecorder],
+) -> None:
+    """Nodes and workers starting together on a fresh database each create the tables.
+
+    Without the retry, most of 8 threads released by a barrier failed: UniqueViolation on
+    pg_type/pg_class, "relation already exists" on the composite type, "tuple concurrently
+    updated". Every one must start, and the store must then work.
+    """
+    url = postgres_url()
+    params = _connection_params(url)
+    for _ in range(3):
+        schema = f"es_race_{uuid4().hex[:12]}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SQL("CREATE SCHEMA {}").format(Identifier(schema)))
+        datastores: list[PostgresDatastore] = []
+        barrier = Barrier(8)
+        errors: list[BaseException] = []
+
+        def start(
+            datastore: PostgresDatastore, barrier: Barrier, errors: list[BaseException]
+        ) -> None:
+            try:
+                recorder = recorder_class(datastore, events_table_name="events")
+                barrier.wait()
+                recorder.create_table()
+            except BaseException as error:  # collected, asserted below
+                errors.append(error)
+
+        try:
+            for _ in range(8):
+                datastores.append(
+                    PostgresDatastore(
+                        params["dbname"],
+                        params["host"],
+                        params["port"],
+                        params["user"],
+                        params["password"],
+                        pool_size=2,
+                        max_overflow=0,
+                        schema=schema,
+                    )
+                )
+            threads = [Thread(target=start, args=(ds, barrier, errors)) for ds in datastores]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert errors == []
+            recorder = recorder_class(datastores[0], events_table_name="events")
+            stored = StoredEvent(uuid4(), 1, TOPIC, b"{}")
+            assert recorder.insert_events([stored]) == [1]
+        finally:
+            for datastore in datastores:
+                datastore.close()
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
