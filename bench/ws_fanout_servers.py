@@ -4,8 +4,9 @@
 
 Each serves WebSocket clients on 127.0.0.1 and broadcasts synthetic updates produced by
 the same in-process ticker (every 10 ms, ``rate`` updates per second in all; each carries
-``"timestamp": time.time()`` taken when it is produced). The rate is set by lines
-``rate N`` on stdin; ``quit`` (or end of input) stops the server.
+``"timestamp"``: the ``time.time()`` at which it fell due; see ``Ticker``). The rate is
+set by lines ``rate N`` on stdin; ``stats`` prints ``{"produced":n,"dropped":m}`` (totals
+so far) on stdout; ``quit`` (or end of input) stops the server.
 
 - ``hub``: our ``RealtimeHub`` behind the lean transport (``RealtimeWebSocketProtocol``
   under uvicorn); each tick is one ``LogBatch`` handed to ``hub.deliver`` (as the node
@@ -13,9 +14,11 @@ the same in-process ticker (every 10 ms, ``rate`` updates per second in all; eac
 - ``naive``: Starlette + uvicorn, one loop that ``json.dumps`` the update for each client
   and awaits each ``send_text``.
 - ``socketio``: python-socketio's ``AsyncServer.emit`` (a broadcast to every client in
-  the namespace) over uvicorn (install with ``pip install python-socketio``: bench only).
+  the namespace) over uvicorn (``pip install -e '.[bench]'``: bench only).
 
-All use uvicorn with ``ws_per_message_deflate=False``.
+All use uvicorn with ``ws_per_message_deflate=False``; naive and socketio use uvicorn's
+``websockets-sansio`` protocol (named, not ``auto``, so the stack does not change with what
+else is installed).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,55 +37,81 @@ import uvicorn
 
 HOST = "127.0.0.1"
 TICK = 0.01
+MAX_BACKLOG = 1.0  # seconds of owed updates kept when the server falls behind
 PROTOCOLS = [f"protocol-{n}" for n in range(200)]
 
 
 class Ticker:
+    """An open-loop producer: ``rate`` updates per second by the clock, whatever ``emit`` costs.
+
+    Updates accrue with elapsed time, not with ticks: a server whose ``emit`` holds the loop
+    for longer than a tick gets its whole offered load in a bigger next batch instead of
+    silently producing less (which made a slow server look as if its clients lost updates).
+    Each update's ``timestamp`` is when it fell due, so the wait behind a slow ``emit``
+    counts in the latency. At most ``MAX_BACKLOG`` seconds of owed updates are kept; older
+    ones are dropped (and counted), so a server that cannot keep up shows as updates that
+    never arrive, not as an ever-growing burst.
+    """
+
     def __init__(self, emit: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:
         self.emit = emit
         self.rate = 0.0
         self.sequence = 0
+        self.produced = 0
+        self.dropped = 0
 
     async def run(self) -> None:
         owed = 0.0
+        last = time.time()
         next_tick = time.monotonic()
         while True:
             next_tick += TICK
-            owed += self.rate * TICK
+            now = time.time()
+            rate = self.rate
+            owed += rate * (now - last)
+            last = now
             count = int(owed)
-            owed -= count
-            if count:
-                now = time.time()
+            if count and rate > 0:
+                skipped = max(0, count - max(1, int(rate * MAX_BACKLOG)))
+                self.dropped += skipped
                 updates = []
-                for _ in range(count):
-                    self.sequence += 1
+                for due in range(skipped + 1, count + 1):
+                    self.sequence += 1  # contiguous positions: the hub sees no gap
                     updates.append(
                         {
                             "id": PROTOCOLS[self.sequence % len(PROTOCOLS)],
                             "value": float(self.sequence),
-                            "timestamp": now,
+                            "timestamp": now - (owed - due) / rate,
                             "position": self.sequence,
                         }
                     )
+                owed -= count
+                self.produced += len(updates)
                 await self.emit(updates)
+            elif rate <= 0:
+                owed = 0.0
             delay = next_tick - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_tick = time.monotonic()  # behind: no catch-up burst
+            if delay <= 0:
+                delay = 0.0  # behind: the next batch carries what is owed
+                next_tick = time.monotonic()
+            # Always yield, even when behind: an ``emit`` that never suspends (the naive
+            # loop, the hub's routing) would otherwise starve the sockets and stdin.
+            await asyncio.sleep(delay)
 
 
-async def control(ticker: Ticker, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        line = (await reader.readline()).decode().strip()
-        if line.startswith("rate "):
-            ticker.rate = float(line.split()[1])
-        elif line in ("quit", ""):
-            stop.set()
-            return
+def control(ticker: Ticker, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+    """The parent's commands, read in a thread: answered even while the loop is behind."""
+    for line in sys.stdin:
+        command = line.strip()
+        if command.startswith("rate "):
+            ticker.rate = float(command.split()[1])
+        elif command == "stats":
+            counts = {"produced": ticker.produced, "dropped": ticker.dropped}
+            sys.stdout.write(json.dumps(counts) + "\n")
+            sys.stdout.flush()
+        elif command == "quit":
+            break
+    loop.call_soon_threadsafe(stop.set)
 
 
 def hub_app() -> tuple[Any, Any]:
@@ -172,11 +202,11 @@ def naive_app() -> tuple[Any, Any]:
                 with contextlib.suppress(Exception):
                     await websocket.send_text(json.dumps(message))
 
-    return (Starlette(routes=[WebSocketRoute("/ws", endpoint)]), "auto"), Ticker(emit)
+    return (Starlette(routes=[WebSocketRoute("/ws", endpoint)]), "websockets-sansio"), Ticker(emit)
 
 
 def socketio_app() -> tuple[Any, Any]:
-    import socketio  # type: ignore[import-not-found]
+    import socketio  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     sio = socketio.AsyncServer(async_mode="asgi", ping_interval=25, ping_timeout=60)
 
@@ -184,7 +214,7 @@ def socketio_app() -> tuple[Any, Any]:
         for update in updates:
             await sio.emit("update", update)
 
-    return (socketio.ASGIApp(sio), "auto"), Ticker(emit)
+    return (socketio.ASGIApp(sio), "websockets-sansio"), Ticker(emit)
 
 
 async def main() -> None:
@@ -205,11 +235,9 @@ async def main() -> None:
     )
     server = uvicorn.Server(config)
     stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(server.serve()),
-        asyncio.create_task(ticker.run()),
-        asyncio.create_task(control(ticker, stop)),
-    ]
+    tasks = [asyncio.create_task(server.serve()), asyncio.create_task(ticker.run())]
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=control, args=(ticker, stop, loop), daemon=True).start()
     await stop.wait()
     server.should_exit = True
     for task in tasks[1:]:

@@ -8,10 +8,12 @@ enough RFC 6455 for a client (zero masking key, no extensions), and, for ``socke
 enough Engine.IO 4 / Socket.IO 5 to join the default namespace and answer pings.
 
 Line protocol with the parent on stdin/stdout (one JSON object per line out):
-- out ``{"event":"ready","connected":n,"failed":m}`` once every socket is open (or failed);
-- in ``reset``: forget the latencies so far; in ``report``: out ``{"event":"report",...}``
-  with the latency histogram since the last reset (frame arrival minus the update's
-  ``timestamp``, which the sender sets to ``time.time()`` when it sends the update);
+- out ``{"event":"ready","connected":n,"failed":m}`` once every socket is open (or failed;
+  for ``ours``, open means every subscription of the greeting was answered ``subscribed``);
+- in ``reset``: forget the counts and latencies so far; in ``report``: out
+  ``{"event":"report","connected","window_s",...}`` with the counts and the latency
+  histogram since the last reset (``window_s`` long; latency = frame arrival minus the
+  update's ``timestamp``, which the sender sets to the ``time.time()`` it was due);
 - in ``quit`` (or end of input, or ``--seconds`` elapsed): close everything and exit.
 
 Every update carries ``"timestamp":<unix seconds>``; the client finds it by a byte search,
@@ -28,6 +30,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -36,22 +39,21 @@ MAX_CLIENTS = 6_000
 MAX_SECONDS = 900.0
 BUCKETS = 100_000  # 0.1 ms buckets up to 10 s
 _TIMESTAMP = b'"timestamp":'
+_SUBSCRIBED = b'{"type":"subscribed"'
 
 
 class Stats:
+    """Counts since the last ``reset``; a reset replaces the whole object (see ``commands``)."""
+
     def __init__(self) -> None:
         self.histogram = [0] * BUCKETS
         self.frames = 0
         self.updates = 0
-        self.closes: dict[int, int] = {}
-
-    def reset(self) -> None:
-        self.histogram = [0] * BUCKETS
-        self.frames = 0
-        self.updates = 0
+        self.since = time.monotonic()
 
 
 STATS = Stats()
+CLOSES: dict[int, int] = {}  # close codes received, over the whole run
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -91,6 +93,9 @@ class Client(asyncio.Protocol):
         self.buffer = b""
         self.handshaken = False
         self.closed = False
+        # ours: open only once every subscription is confirmed, so that no update sent
+        # after "ready" can miss a client that is still subscribing.
+        self.unconfirmed = len(greeting) if flavor == "ours" else 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -125,15 +130,23 @@ class Client(asyncio.Protocol):
             if self.flavor != "socketio":
                 for message in self.greeting:
                     self.transport.write(client_frame(message))
-                if not self.read:
-                    self.transport.pause_reading()
-                self.opened.set_result(True)
+                if not self.unconfirmed:
+                    self._open()
         self.buffer = self._frames(buffer)
+
+    def _open(self) -> None:
+        assert self.transport is not None
+        if not self.read:
+            self.transport.pause_reading()
+        if not self.opened.done():
+            self.opened.set_result(True)
 
     def _frames(self, buffer: bytes) -> bytes:
         offset, size = 0, len(buffer)
         now = time.time()
-        histogram = STATS.histogram
+        stats = STATS
+        histogram = stats.histogram
+        frames = updates = 0
         while size - offset >= 2:
             first, length = buffer[offset], buffer[offset + 1] & 0x7F
             header = 2
@@ -152,7 +165,7 @@ class Client(asyncio.Protocol):
             start = offset + header
             offset = end
             if opcode == 0x1:
-                STATS.frames += 1
+                frames += 1
                 at = buffer.find(_TIMESTAMP, start, end)
                 while at >= 0:
                     at += len(_TIMESTAMP)
@@ -165,17 +178,24 @@ class Client(asyncio.Protocol):
                         latency = -1.0
                     if latency >= 0:
                         histogram[min(int(latency * 10_000), BUCKETS - 1)] += 1
-                        STATS.updates += 1
+                        updates += 1
                     at = buffer.find(_TIMESTAMP, stop, end)
                 if self.flavor == "socketio":
                     self._engine_io(buffer[start:end])
+                elif self.unconfirmed:  # (with ?batch=1 a frame is an array of messages)
+                    self.unconfirmed -= buffer.count(_SUBSCRIBED, start, end)
+                    if self.unconfirmed <= 0:
+                        self.unconfirmed = 0
+                        self._open()
             elif opcode == 0x9 and self.transport is not None:
                 self.transport.write(client_frame(buffer[start:end], 0xA))
             elif opcode == 0x8:
                 code = int.from_bytes(buffer[start : start + 2], "big") if length >= 2 else 1005
-                STATS.closes[code] = STATS.closes.get(code, 0) + 1
+                CLOSES[code] = CLOSES.get(code, 0) + 1
                 if self.transport is not None:
                     self.transport.close()
+        stats.frames += frames
+        stats.updates += updates
         return buffer[offset:] if offset < size else b""
 
     def _engine_io(self, packet: bytes) -> None:
@@ -185,9 +205,7 @@ class Client(asyncio.Protocol):
         elif packet.startswith(b"0{"):  # Engine.IO open: join the default namespace
             self.transport.write(client_frame(b"40"))
         elif packet.startswith(b"40") and not self.opened.done():
-            if not self.read:
-                self.transport.pause_reading()
-            self.opened.set_result(True)
+            self._open()
 
 
 async def open_clients(args: argparse.Namespace, greetings: list[list[bytes]]) -> list[Client]:
@@ -261,38 +279,46 @@ async def main() -> None:
     clients = await open_clients(args, greetings)
     emit({"event": "ready", "connected": len(clients), "failed": args.clients - len(clients)})
 
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        left = args.seconds - (time.monotonic() - started)
-        if left <= 0:
-            break
-        try:
-            line = await asyncio.wait_for(reader.readline(), left)
-        except TimeoutError:
-            break
-        command = line.decode().strip()
-        if command == "reset":
-            STATS.reset()
-        elif command == "report":
-            open_now = sum(1 for client in clients if not client.closed)
-            buckets = {i: n for i, n in enumerate(STATS.histogram) if n}
-            emit(
-                {
-                    "event": "report",
-                    "frames": STATS.frames,
-                    "updates": STATS.updates,
-                    "open": open_now,
-                    "closes": STATS.closes,
-                    "histogram": buckets,
-                }
-            )
-        elif command in ("quit", ""):
-            break
+    threading.Thread(target=commands, args=(clients,), daemon=True).start()
+    await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
     for client in clients:
         if client.transport is not None:
             client.transport.abort()
+
+
+def commands(clients: list[Client]) -> None:
+    """Answer the parent's commands from a thread of their own.
+
+    Under a flood of frames one turn of the event loop can take tens of seconds (libuv
+    reads every ready socket dry, and each frame is parsed here), and the parent must
+    still get its report in time. Frames are counted into whatever ``STATS`` was when a
+    read began, so a ``reset`` (a new object) never races with a count.
+    """
+    global STATS
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "reset":
+            STATS = Stats()
+        elif command == "report":
+            stats = STATS
+            emit(
+                {
+                    "event": "report",
+                    "connected": len(clients),
+                    "window_s": time.monotonic() - stats.since,
+                    "frames": stats.frames,
+                    "updates": stats.updates,
+                    "open": sum(1 for client in clients if not client.closed),
+                    "closes": dict(CLOSES),
+                    "histogram": {i: n for i, n in enumerate(stats.histogram) if n},
+                }
+            )
+        elif command == "quit":
+            break
+    # quit or end of input: leave at once (the kernel closes the sockets), even if the
+    # event loop is still behind on a flood of frames.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
