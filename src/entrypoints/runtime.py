@@ -74,6 +74,9 @@ class Runtime:
     alert_rules: AlertRuleReadModel | None = None
     alerts: AlertService | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Set once ``fanout.start()`` returned: role tasks start before it (handlers must be
+    # registered first), and a publisher must not publish before it.
+    fanout_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         if self.follower is not None:
@@ -150,6 +153,7 @@ async def running(
                 if runtime.follower is None:
                     runtime.follower = runtime.alerts.follower
             await runtime.fanout.start()
+            runtime.fanout_started.set()
             if role == "serve":
                 await runtime.wait_ready()
         try:
@@ -187,11 +191,18 @@ def _start_role(runtime: Runtime, role: str) -> None:
             # commits through PostgreSQL NOTIFY.
             listener = PostgresCommitListener(settings.database_url, channel)
             runtime.tasks.append(_supervise("commit-listener", lambda: listener.run(relay.wake)))
+
+        async def run_relay() -> None:
+            # The election can be won before the fan-out has connected (it starts after
+            # every role registered its handlers): publishing then would crash the relay.
+            await runtime.fanout_started.wait()
+            await relay.run()
+
         runtime.tasks.append(
             _supervise(
                 "relay",
                 elected(
-                    relay.run,
+                    run_relay,
                     database_url=settings.database_url,
                     lock_key=RELAY_LOCK_KEY,
                     what="runs the relay",
