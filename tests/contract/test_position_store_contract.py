@@ -132,13 +132,13 @@ class TestPostgresPositionStore(SqlContract):
         url = make_url(postgres_url()).set(drivername="postgresql+psycopg")
         return url.render_as_string(hide_password=False)
 
-    def test_workers_starting_together_all_get_the_table(self) -> None:
+    def test_workers_starting_together_all_get_the_table(self, sql_url: str) -> None:
         """Workers starting at once on a fresh database race to create the table; each must
         start (the loser failed with a UniqueViolation on pg_type before the creation lock).
         Threads released by a barrier, each with its own store and connection pool, hit the
         race far more often than processes would."""
         table = f"positions_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(self.sql_url_for_admin())
+        admin = create_engine(sql_url)
         workers = 8
         barrier = threading.Barrier(workers)
 
@@ -157,11 +157,6 @@ class TestPostgresPositionStore(SqlContract):
             with admin.begin() as conn:
                 conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
             admin.dispose()
-
-    @staticmethod
-    def sql_url_for_admin() -> str:
-        url = make_url(postgres_url()).set(drivername="postgresql+psycopg")
-        return url.render_as_string(hide_password=False)
 
     async def test_a_plain_postgresql_url_uses_psycopg3(self) -> None:
         store = SqlPositionStore(postgres_url(), table=f"positions_{uuid.uuid4().hex[:12]}")

@@ -655,8 +655,8 @@ def test_openapi_documents_every_http_route(http: httpx.Client, server: LiveServ
             assert "200" in method["responses"], route.path
 
 
-def _samples(http: httpx.Client) -> dict[str, float]:
-    text = http.get("/metrics").text
+def _samples(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, by name and labels."""
     return {
         name: float(value)
         for name, value in (
@@ -669,12 +669,12 @@ def test_http_requests_are_counted_by_route_and_status(http: httpx.Client) -> No
     health = 'dr_http_requests_total{route="/health",status="200"}'
     protocol = 'dr_http_requests_total{route="/v2/protocols/{slug:str}",status="404"}'
     unmatched = 'dr_http_requests_total{route="unmatched",status="404"}'
-    before = _samples(http)
+    before = _samples(http.get("/metrics").text)
     assert http.get("/health").status_code == 200
     assert http.get("/health").status_code == 200
     assert http.get("/v2/protocols/no-such-protocol").status_code == 404
     assert http.get("/no/such/path").status_code == 404
-    after = _samples(http)
+    after = _samples(http.get("/metrics").text)
     assert after[health] - before.get(health, 0.0) == 2.0
     assert after[protocol] - before.get(protocol, 0.0) == 1.0
     assert after[unmatched] - before.get(unmatched, 0.0) == 1.0
@@ -691,11 +691,9 @@ def test_prometheus_metrics(http: httpx.Client, server: LiveServer) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert "# TYPE dr_ingest_items_total counter" in text
-    samples = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
-    assert float(samples['dr_ingest_items_total{outcome="accepted"}']) == 1.0
-    assert float(samples['dr_ingest_items_total{outcome="duplicate"}']) == 1.0
-    assert float(samples['dr_ingest_items_total{outcome="rejected"}']) == 1.0
-    assert float(samples["dr_websocket_connections"]) == 0.0
-    assert float(samples["dr_log_position"]) == head
+    samples = _samples(text)
+    assert samples['dr_ingest_items_total{outcome="accepted"}'] == 1.0
+    assert samples['dr_ingest_items_total{outcome="duplicate"}'] == 1.0
+    assert samples['dr_ingest_items_total{outcome="rejected"}'] == 1.0
+    assert samples["dr_websocket_connections"] == 0.0
+    assert samples["dr_log_position"] == head
