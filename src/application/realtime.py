@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -76,6 +77,12 @@ MAX_CONCURRENT_REPLAYS: Final = 8
 REPLAY_SEND_TIMEOUT: Final = 10.0
 # Messages taken from an outbox per write (bounds one write's size).
 WRITE_CHUNK: Final = 128
+# Connections the sweeper checks (and pings) between two turns of the event loop: pinging
+# 10,000 sockets in one go held the loop for ~120 ms every heartbeat interval.
+SWEEP_SLICE: Final = 256
+# A connection's next ping is due up to this share of the interval early, so that sockets
+# opened together drift apart instead of being pinged in the same sweep forever.
+PING_JITTER: Final = 0.1
 
 # One queued message: prefix + subscription id + suffix, and its coalescing key (or None).
 _Slot = tuple[bytes, str]
@@ -562,15 +569,22 @@ class RealtimeHub:
         for connection in dirty:
             connection.flush()
 
-    def sweep(self, now: float, idle_timeout: float, heartbeat_interval: float) -> None:
-        """Close connections idle for ``idle_timeout``; ping the others every interval."""
-        for connection in list(self.connections):
+    def sweep(
+        self,
+        now: float,
+        idle_timeout: float,
+        heartbeat_interval: float,
+        connections: Iterable[Connection] | None = None,
+    ) -> None:
+        """Close connections idle for ``idle_timeout``; ping the others every interval
+        (the ``connections`` given, or all of them)."""
+        for connection in list(self.connections) if connections is None else connections:
             if connection.closed:
                 continue
             if now - connection.last_seen > idle_timeout:
                 connection.shut(CLOSE_IDLE, "idle timeout")
             elif connection.ping is not None and now - connection.last_ping >= heartbeat_interval:
-                connection.last_ping = now
+                connection.last_ping = now - random.random() * PING_JITTER * heartbeat_interval
                 try:
                     connection.ping()
                 except Exception:
@@ -580,7 +594,16 @@ class RealtimeHub:
         interval = max(0.05, min(1.0, idle_timeout / 4, heartbeat_interval / 2))
         while True:
             await asyncio.sleep(interval)
-            self.sweep(time.monotonic(), idle_timeout, heartbeat_interval)
+            connections = list(self.connections)
+            for start in range(0, len(connections), SWEEP_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # let deliveries run between slices
+                self.sweep(
+                    time.monotonic(),
+                    idle_timeout,
+                    heartbeat_interval,
+                    connections[start : start + SWEEP_SLICE],
+                )
 
     # -- client messages ------------------------------------------------------------------
 
