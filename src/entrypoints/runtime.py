@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -124,6 +125,9 @@ async def running(
     container = build_container(settings)
     await _resolve(container.init_resources())
     event_log: EventStoreLog | None = None
+    # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
+    collector = gc.get_threshold()
+    gc.set_threshold(*settings.collector_thresholds)
     try:
         event_log = await _resolve(container.event_log())
         app = await _resolve(container.app())
@@ -167,6 +171,7 @@ async def running(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
     finally:
+        gc.set_threshold(*collector)
         if event_log is not None:
             await asyncio.to_thread(event_log.close)
         await _resolve(container.shutdown_resources())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     ws_send_buffer: int = Field(default=256 * 1024, alias="WS_SEND_BUFFER")
     ws_max_message: int = Field(default=1024 * 1024, alias="WS_MAX_MESSAGE")
     poll_interval: float = Field(default=0.5, alias="POLL_INTERVAL")
+    # The cyclic garbage collector's thresholds "gen0,gen1,gen2", set while a node runs
+    # (ADR 0012). With Python's 700,10,10 a loaded node ran a full collection every ~25 s;
+    # with 10,000 sockets open one scans ~370k objects and stalls every update ~220 ms.
+    gc_thresholds: str = Field(default="700,10,1000", alias="GC_THRESHOLDS")
     node_id: str | None = Field(default=None, alias="NODE_ID")
 
     # Alert delivery (see application/notifications.py).
@@ -61,6 +65,20 @@ class Settings(BaseSettings):
     notify_backoff_max: float = Field(default=3_600.0, ge=0, alias="NOTIFY_BACKOFF_MAX")
     notify_jitter: float = Field(default=0.2, ge=0, le=1, alias="NOTIFY_JITTER")
     notify_concurrency: int = Field(default=16, ge=1, alias="NOTIFY_CONCURRENCY")
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _three_positive_counts(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",")]
+        if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+            raise ValueError(f"expected three positive integers like 700,10,1000, got {value!r}")
+        return value
+
+    @property
+    def collector_thresholds(self) -> tuple[int, int, int]:
+        """``GC_THRESHOLDS`` as the three numbers ``gc.set_threshold`` takes."""
+        gen0, gen1, gen2 = (int(part) for part in self.gc_thresholds.split(","))
+        return gen0, gen1, gen2
 
     @property
     def event_store_env(self) -> dict[str, str]:

@@ -1,0 +1,34 @@
+"""A node sets the cyclic collector's thresholds while it runs (ADR 0012)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from defi_realtime.entrypoints.settings import Settings
+
+from .conftest import start_server
+
+
+def test_the_default_makes_full_collections_rare() -> None:
+    gen0, gen1, gen2 = Settings().collector_thresholds
+    assert (gen0, gen1) == (700, 10)  # young collections as Python's default
+    assert gen2 >= 100 * 10  # a full collection at most every ~7M net allocations
+
+
+@pytest.mark.parametrize("value", ["700,10", "700,10,0", "a,b,c", "700,10,10,10", "-1,10,10"])
+def test_bad_thresholds_are_refused_with_a_clear_error(value: str) -> None:
+    with pytest.raises(ValidationError, match="three positive integers"):
+        Settings(GC_THRESHOLDS=value)
+
+
+def test_the_node_sets_the_thresholds_while_it_runs_and_restores_them(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    assert before != (700, 10, 777)
+    with start_server(tmp_path / "data", gc_thresholds=" 700, 10,777") as server:
+        assert server.settings.collector_thresholds == (700, 10, 777)
+        assert gc.get_threshold() == (700, 10, 777)
+    assert gc.get_threshold() == before
