@@ -2,7 +2,8 @@
 
     python bench/bench_ws_scale.py [--clients 10000] [--procs 4] [--rate 1000]
         [--seconds 20] [--fanout-clients 1000] [--fanout-procs 2] [--fanout-seconds 3]
-        [--skip-fanout] [--skip-scale]
+        [--skip-fanout] [--skip-scale] [--skip-asgi] [--mix realistic|worst|both]
+        [--repeat N] [--pin]
 
 Everything runs on 127.0.0.1; every process this script starts is stopped by its PID in a
 ``finally``; counts and durations are bounded (whole run well under 10 minutes).
@@ -20,7 +21,9 @@ Everything runs on 127.0.0.1; every process this script starts is stopped by its
    ``observed_at`` is ``time.time()`` when its POST starts, so every update frame's
    ``timestamp`` gives the latency at its arrival. Two mixes: observations spread over
    every protocol of the snapshot (the realistic one: most have no subscriber), and all
-   of them on the 200 subscribed-to protocols (the worst case).
+   of them on the 200 subscribed-to protocols (the worst case). ``--repeat`` measures
+   each mix that many times over the same connections; ``--pin`` puts the server on
+   CPU 0 and the load generators and this driver (which posts the ingest) on the others.
 3. **Fan-out throughput.** ``bench/ws_fanout_servers.py`` in three modes (our hub + lean
    transport, also with ``?batch=1``; a naive Starlette loop; python-socketio's
    broadcast), one after the other in this one run, each with ``--fanout-clients``
@@ -72,8 +75,10 @@ LIMITS = {
     "fanout_clients": (1, 6_000),
     "fanout_procs": (1, 8),
     "fanout_seconds": (1, 15),
+    "repeat": (1, 10),
 }
 EXTERNAL_ENV = ("DATABASE_URL", "REDIS_URL", "AMQP_URL")
+MIXES = {"realistic": "all protocols", "worst": "top 200 only"}
 T0 = time.time() - 86_400
 
 
@@ -107,6 +112,20 @@ def machine_cpu() -> tuple[float, float]:
     steal = fields[7] if len(fields) > 7 else 0
     tick = os.sysconf("SC_CLK_TCK")
     return (sum(fields[:8]) - idle - steal) / tick, steal / tick
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin a process (``--pin``); no-op without a set of CPUs."""
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
+
+
+def cpu_sets(enabled: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, load-generator CPUs): the server on CPU 0, everything else on the rest."""
+    available = sorted(os.sched_getaffinity(0))
+    if not enabled or len(available) < 2:
+        return None, None
+    return {available[0]}, set(available[1:])
 
 
 def slugify(name: str) -> str:
@@ -184,6 +203,7 @@ class LoadGens:
         extra: list[str],
         greetings: Path | None,
         seconds: float = 400,
+        cpus: set[int] | None = None,
     ) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
@@ -204,6 +224,7 @@ class LoadGens:
             self.procs.append(
                 subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             )
+            pin(self.procs[-1].pid, cpus)
 
     def wait_ready(self, timeout: float = 120) -> int:
         connected = 0
@@ -441,12 +462,18 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             text=True,
             check=True,
         ).stdout.strip()
-        for transport, clients in (("lean", args.clients), ("asgi", min(args.clients, 2_000))):
+        server_cpus, load_cpus = cpu_sets(args.pin)
+        pin(os.getpid(), load_cpus)  # this driver posts the ingest: it counts as load
+        transports = [("lean", args.clients)]
+        if not args.skip_asgi:
+            transports.append(("asgi", min(args.clients, 2_000)))
+        for transport, clients in transports:
             port = free_port()
             env_t = {**env, "WS_TRANSPORT": transport}
             with process(
                 [*cli(), "serve", "--port", str(port), "--log-level", "warning"], env_t
             ) as server:
+                pin(server.pid, server_cpus)
                 wait_http(port, server)
                 listing = [
                     {
@@ -472,7 +499,12 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(2)
                 before = rss_kb(server.pid)
                 gens = LoadGens(
-                    port, clients, args.procs if transport == "lean" else 1, [], greetings
+                    port,
+                    clients,
+                    args.procs if transport == "lean" else 1,
+                    [],
+                    greetings,
+                    cpus=load_cpus,
                 )
                 try:
                     connected = gens.wait_ready()
@@ -490,10 +522,13 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                     if transport != "lean":
                         continue
                     slugs_all = [p["slug"] for p in protocols]
-                    for mix, slugs in (
-                        ("all protocols", slugs_all),
-                        ("top 200 only", [p["slug"] for p in top]),
-                    ):
+                    mixes = {
+                        "all protocols": slugs_all,
+                        "top 200 only": [p["slug"] for p in top],
+                    }
+                    chosen = list(mixes) if args.mix == "both" else [MIXES[args.mix]]
+                    for mix, run in [(m, r) for m in chosen for r in range(args.repeat)]:
+                        slugs = mixes[mix]
                         gens.command("reset")
                         cpu0 = cpu_seconds(server.pid)
                         ingest = ingest_loop(port, key, slugs, args.rate, args.seconds)
@@ -502,6 +537,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                         report = gens.report()
                         entry = {
                             "mix": mix,
+                            "run": run + 1,
                             "ingest": ingest,
                             "server_cpu_s": round(cpu, 1),
                             "updates_received": report["updates"],
@@ -711,6 +747,16 @@ def main() -> None:
     parser.add_argument("--fanout-procs", type=int, default=2)
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-asgi", action="store_true", help="no uvicorn-stack RSS figure")
+    parser.add_argument(
+        "--mix", choices=("realistic", "worst", "both"), default="both", help="latency mixes"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="latency runs per mix")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="server on CPU 0; load generators and this driver on the other CPUs",
+    )
     args = parser.parse_args()
     for name, (low, high) in LIMITS.items():
         if not low <= getattr(args, name) <= high:
