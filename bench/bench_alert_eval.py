@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import os
-import platform
 import random
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from _common import machine
 
 from defi_realtime.adapters.position_stores import InMemoryPositionStore
 from defi_realtime.application.alert_rules import AlertRuleView, RuleObservation, RuleSnapshot
@@ -208,25 +206,6 @@ class NaiveEvaluator:
                     state[1] = at
                 out.append((rule_id, entry.position))
         return out
-
-
-def machine() -> str:
-    return (
-        f"nproc {len(os.sched_getaffinity(0))}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg())
-        + cpu_pressure()
-    )
-
-
-def cpu_pressure() -> str:
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return ""
-    fields = dict(part.split("=") for part in line.split()[1:])
-    return f", CPU pressure (PSI some avg60) {fields.get('avg60', '?')}%"
 
 
 def run_once(args: argparse.Namespace, seed: int) -> dict[str, float]:

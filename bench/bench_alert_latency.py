@@ -33,10 +33,6 @@ import contextlib
 import datetime as dt
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,81 +42,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from _common import (
+    HOST,
+    CliProcess,
+    cpu_pressure,
+    create_key,
+    embedded_env,
+    free_port,
+    summary,
+)
 
 # The receiver is the test suite's (one implementation of "a customer's endpoint").
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.webhook_receiver import WebhookReceiver
 
-HOST = "127.0.0.1"
-STARTUP_SECONDS = 60.0
 DELIVERY_TIMEOUT = 10.0
 MAX_TRANSITIONS = 5_000
-EXTERNAL_ENV = ("DATABASE_URL", "REDIS_URL", "AMQP_URL", "STOCK_POSTGRES_RECORDER")
 SLUG = "bench-alerts"
 T0 = 1_700_000_000
 
 
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("defi-realtime")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("defi-realtime")
-    return [found] if found else [sys.executable, "-m", "defi_realtime.entrypoints.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
 def describe(values: list[float]) -> str:
-    ordered = sorted(values)
-    ms = [1000 * percentile(ordered, q) for q in (50, 95, 99)]
-    top = 1000 * ordered[-1] if ordered else float("nan")
-    return (
-        f"n={len(ordered)} p50={ms[0]:.1f} ms p95={ms[1]:.1f} ms "
-        f"p99={ms[2]:.1f} ms max={top:.1f} ms"
+    figures = summary(values)
+    return f"n={len(values)} " + " ".join(
+        f"{name}={1000 * figures[name]:.1f} ms" for name in ("p50", "p95", "p99", "max")
     )
-
-
-def cpu_pressure() -> str:
-    """Linux PSI: share of the last 60 s in which some runnable task waited for a CPU."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return "CPU pressure unknown"
-    fields = dict(part.split("=") for part in line.split()[1:])
-    return f"CPU pressure (PSI some avg60) {fields.get('avg60', '?')}%"
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is not None:
-            return
-        os.kill(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=15)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4_000:]
 
 
 @dataclass
@@ -128,20 +74,11 @@ class Deployment:
     mode: str
     work_dir: Path
     env: dict[str, str]
-    processes: list[Process] = field(default_factory=list)
+    processes: list[CliProcess] = field(default_factory=list)
 
-    def spawn(self, name: str, *args: str) -> Process:
+    def spawn(self, name: str, *args: str) -> CliProcess:
         log_path = self.work_dir / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                [*cli_command(), *args],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.work_dir,
-            )
-        process = Process(name, popen, log_path)
+        process = CliProcess(name, args, env=self.env, log_path=log_path, cwd=self.work_dir)
         self.processes.append(process)
         return process
 
@@ -160,7 +97,7 @@ def amqp_url() -> str:
 def deployment(mode: str, poll_interval: float) -> Iterator[Deployment]:
     with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
         work_dir = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}
+        env = embedded_env()
         env.update(
             {
                 "DATA_DIR": str(work_dir / "data"),
@@ -213,35 +150,11 @@ async def delete_rabbit_topology(env: dict[str, str]) -> None:
         await connection.close()
 
 
-def wait_healthy(client: httpx.Client, process: Process) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"{process.name} exited:\n{process.output()}")
-        with contextlib.suppress(httpx.TransportError):
-            if client.get("/health").status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{process.name} not healthy:\n{process.output()}")
-        time.sleep(0.1)
-
-
 def run_mode(mode: str, transitions: int, poll_interval: float) -> tuple[list[float], list[float]]:
     with deployment(mode, poll_interval) as deployed, WebhookReceiver() as receiver:
         data_dir = Path(deployed.env["DATA_DIR"])
         data_dir.mkdir(parents=True)
-        key = (
-            subprocess.run(
-                [*cli_command(), "keys", "create", "--name", "bench", "--tier", "enterprise"],
-                env=deployed.env,
-                check=True,
-                capture_output=True,
-                timeout=60,
-                cwd=deployed.work_dir,
-            )
-            .stdout.decode()
-            .strip()
-        )
+        key = create_key(deployed.env, "--tier", "enterprise", cwd=deployed.work_dir)
         port = free_port()
         server = deployed.spawn(
             "serve", "serve", "--host", HOST, "--port", str(port), "--log-level", "warning"
@@ -249,8 +162,8 @@ def run_mode(mode: str, transitions: int, poll_interval: float) -> tuple[list[fl
         if mode == "rabbitmq":
             deployed.spawn("worker", "worker", "notifications")
         headers = {"X-API-Key": key}
+        server.wait_healthy(port)
         with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=10.0) as client:
-            wait_healthy(client, server)
             listing = {"protocol": SLUG, "name": "Bench Alerts", "value": 1.0, "observed_at": T0}
             client.post(
                 "/v2/ingest", json={"observations": [listing]}, headers=headers
@@ -311,7 +224,7 @@ def main() -> None:
             latencies, posts = run_mode(mode, args.transitions, args.poll_interval)
             print(f"[{repeat}] {mode:9} trigger -> webhook received: {describe(latencies)}")
             print(f"[{repeat}] {mode:9} POST /v2/ingest round trip:  {describe(posts)}")
-            print(f"[{repeat}] {mode:9} {cpu_pressure()}")
+            print(f"[{repeat}] {mode:9} {cpu_pressure() or 'CPU pressure unknown'}")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,8 @@ with status 0.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
-import os
-import platform
 import resource
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -50,6 +46,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from _common import cli_command, embedded_env, machine
 from eventsourcing.application import AggregateNotFoundError, Application
 
 from defi_realtime.adapters.defillama_files import detect_format, estimate_items, read_items
@@ -66,8 +63,6 @@ DEFAULT_FILE = (
 MAX_REPEAT = 10
 MAX_BASELINE_ITEMS = 60_000
 CLI_TIMEOUT = 900.0
-# Variables that would point the CLI at external services instead of the embedded store.
-EXTERNAL_ENV = ("DATABASE_URL", "REDIS_URL", "AMQP_URL", "STOCK_POSTGRES_RECORDER")
 
 
 @dataclass
@@ -199,18 +194,8 @@ def run_baseline(observations: list[Mapping[str, Any]], workdir: Path, *, cached
 # --------------------------------------------------------------------------- CLI
 
 
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("defi-realtime")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("defi-realtime")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "defi_realtime.entrypoints.cli"]
-
-
 def run_cli(path: Path, workdir: Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}
+    env = embedded_env()
     env["DATA_DIR"] = str(workdir)
     env["COLUMNS"] = "100"
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -245,26 +230,6 @@ def median(values: list[float]) -> float:
 
 def spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else "-"
-
-
-def machine() -> str:
-    return (
-        f"nproc {len(os.sched_getaffinity(0))}, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, load average "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg())
-        + cpu_pressure()
-    )
-
-
-def cpu_pressure() -> str:
-    """Linux PSI: share of the last 60 s in which some runnable task waited for a CPU."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return ""
-    fields = dict(part.split("=") for part in line.split()[1:])
-    return f", CPU pressure (PSI some avg60) {fields.get('avg60', '?')}%"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,6 @@ import datetime as dt
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -49,6 +48,7 @@ from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import psycopg
+from _common import Runs, timings
 from psycopg.sql import SQL, Identifier
 from redis.asyncio import Redis
 
@@ -248,10 +248,6 @@ def run_scenario(
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-Runs = dict[str, list[tuple[float, float]]]
-"""Per scenario, (wall seconds, CPU seconds) of each run."""
-
-
 def measure(
     url: str, scenarios: list[str], reps: int, page_size: int, redis_url: str
 ) -> tuple[int, Runs]:
@@ -300,8 +296,8 @@ LABELS = {
 
 
 def report(events: int, runs: Runs, page_size: int) -> str:
-    walls = {name: statistics.median(wall for wall, _ in done) for name, done in runs.items()}
-    base = walls.get("log")
+    times = timings(runs)
+    base = times["log"].wall if "log" in times else None
     lines = [
         f"N = {events:,} log positions, page size {page_size:,}, median of "
         f"{len(next(iter(runs.values())))} runs; CPU = this process, all threads",
@@ -309,14 +305,11 @@ def report(events: int, runs: Runs, page_size: int) -> str:
         "| scenario | events/s | wall s (runs) | CPU s | events per CPU-s | vs log read |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, done in runs.items():
-        wall = walls[name]
-        cpu = statistics.median(cpu for _, cpu in done)
-        ratio = "-" if base is None else f"{wall / base:.2f}x the time"
-        shown = ", ".join(f"{run:.1f}" for run, _ in done)
+    for name, timing in times.items():
+        ratio = "-" if base is None else f"{timing.wall / base:.2f}x the time"
         lines.append(
-            f"| {LABELS[name]} | {events / wall:,.0f} | {wall:.1f} ({shown}) | {cpu:.1f} | "
-            f"{events / cpu:,.0f} | {ratio} |"
+            f"| {LABELS[name]} | {events / timing.wall:,.0f} | {timing.wall:.1f} "
+            f"({timing.walls}) | {timing.cpu:.1f} | {events / timing.cpu:,.0f} | {ratio} |"
         )
     return "\n".join(lines)
 

@@ -33,13 +33,13 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import aio_pika
+from _common import Runs, timings
 from aio_pika import ExchangeType
 from bench_projections import ADMIN_DSN, event_store
 
@@ -258,12 +258,8 @@ def main() -> None:
     print(report(head, entries, messages, runs, args.baseline_messages))
 
 
-Runs = dict[str, list[tuple[float, float]]]
-"""Per scenario, (wall seconds, CPU seconds of this process) of each run."""
-
-
 def report(head: int, entries: int, messages: int, runs: Runs, baseline_count: int) -> str:
-    walls = {name: statistics.median(wall for wall, _ in done) for name, done in runs.items()}
+    times = timings(runs)
     labels = {
         "relay": f"`Relay` -> `RabbitEventFanout`, {RELAY_PAGE:,} positions per message, "
         f"confirms; listener verified every position ({messages} messages)",
@@ -280,13 +276,10 @@ def report(head: int, entries: int, messages: int, runs: Runs, baseline_count: i
         "| scenario | events/s | wall s for N (runs) | CPU s | time vs relay |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, done in runs.items():
-        wall = walls[name]
-        cpu = statistics.median(cpu for _, cpu in done)
-        shown = ", ".join(f"{run:.1f}" for run, _ in done)
+    for name, timing in times.items():
         lines.append(
-            f"| {labels[name]} | {head / wall:,.0f} | {wall:.1f} ({shown}) | {cpu:.1f} | "
-            f"{wall / walls['relay']:.2f}x |"
+            f"| {labels[name]} | {head / timing.wall:,.0f} | {timing.wall:.1f} ({timing.walls}) "
+            f"| {timing.cpu:.1f} | {timing.wall / times['relay'].wall:.2f}x |"
         )
     return "\n".join(lines)
 

@@ -32,15 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import os
-import platform
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,13 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import (
+    HOST,
+    CliProcess,
+    create_key,
+    embedded_env,
+    free_port,
+    machine,
+    summary,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
-HOST = "127.0.0.1"
 VALUE_BASE = 1_000_000.0
 MAX_IN_FLIGHT = 32
 DRAIN_SECONDS = 10.0
-STARTUP_SECONDS = 60.0
 PING_EVERY = 0.1
 LIMITS = {
     "clients": (1, 500),
@@ -66,43 +67,6 @@ LIMITS = {
     "duration": (1, 120),
     "repeat": (1, 5),
 }
-EXTERNAL_ENV = ("DATABASE_URL", "REDIS_URL", "AMQP_URL", "STOCK_POSTGRES_RECORDER")
-
-
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("defi-realtime")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("defi-realtime")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "defi_realtime.entrypoints.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "n": len(ordered),
-        "p50": percentile(ordered, 50),
-        "p95": percentile(ordered, 95),
-        "p99": percentile(ordered, 99),
-        "max": ordered[-1] if ordered else float("nan"),
-    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,16 +76,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_pressure() -> str:
-    """Linux PSI: share of the last 60 s in which some runnable task waited for a CPU."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return ""
-    fields = dict(part.split("=") for part in line.split()[1:])
-    return f", CPU pressure (PSI some avg60) {fields.get('avg60', '?')}%"
 
 
 @dataclass
@@ -139,82 +93,14 @@ class Result:
     server_cpu: float = 0.0
 
 
-class Server:
-    """``defi-realtime serve`` in a subprocess, on a fresh data directory."""
-
-    def __init__(self, data_dir: Path, port: int, poll_interval: float) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}
-        self.env.update(
-            DATA_DIR=str(data_dir),
-            POLL_INTERVAL=str(poll_interval),
-            REQUIRE_KEY_FOR_READS="false",
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / "server.log"
-
-    def create_key(self) -> str:
-        done = subprocess.run(
-            [*cli_command(), "keys", "create", "--name", "bench"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"keys create failed:\n{done.stderr[-3000:]}")
-        return done.stdout.strip().splitlines()[-1]
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    *cli_command(),
-                    "serve",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        """Stop the server by its PID: SIGTERM, then SIGKILL after 15 s."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-async def wait_healthy(client: httpx.AsyncClient, server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        assert server.process is not None
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            response = await client.get("/health", timeout=2)
-            if response.status_code == 200:
-                return
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"server not healthy after {STARTUP_SECONDS}s:\n{server.log_tail()}")
+def server_env(data_dir: Path, poll_interval: float) -> dict[str, str]:
+    env = embedded_env()
+    env.update(
+        DATA_DIR=str(data_dir),
+        POLL_INTERVAL=str(poll_interval),
+        REQUIRE_KEY_FOR_READS="false",
+    )
+    return env
 
 
 def slug(index: int) -> str:
@@ -249,17 +135,16 @@ async def list_protocols(client: httpx.AsyncClient, key: str, count: int) -> Non
     raise RuntimeError("the initial listing was not served within 30 s")
 
 
-async def run_once(args: argparse.Namespace, server: Server, key: str) -> Result:
+async def run_once(args: argparse.Namespace, port: int, server_pid: int, key: str) -> Result:
     result = Result()
-    base = f"http://{HOST}:{server.port}"
-    ws_url = f"ws://{HOST}:{server.port}/v2/realtime"
+    base = f"http://{HOST}:{port}"
+    ws_url = f"ws://{HOST}:{port}/v2/realtime"
     sent_at: dict[int, float] = {}
     subscribers: dict[int, int] = {}  # protocol index -> subscribed clients
     stop = asyncio.Event()
     arrived = asyncio.Event()  # set on every matched frame (for the final drain)
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
-        await wait_healthy(http, server)
         await list_protocols(http, key, args.protocols)
 
         async def subscriber(index: int, ready: asyncio.Event, ws: ClientConnection) -> None:
@@ -346,7 +231,7 @@ async def run_once(args: argparse.Namespace, server: Server, key: str) -> Result
             interval = args.batch / args.rate
             batches = round(args.duration / interval)
             in_flight: set[asyncio.Task[None]] = set()
-            cpu0 = cpu_seconds(server.process.pid) if server.process else 0.0
+            cpu0 = cpu_seconds(server_pid)
             start = time.perf_counter()
             number = 0
             for tick in range(batches):
@@ -374,8 +259,7 @@ async def run_once(args: argparse.Namespace, server: Server, key: str) -> Result
             if in_flight:
                 await asyncio.wait(in_flight)
             result.load_seconds = time.perf_counter() - start
-            if server.process:
-                result.server_cpu = cpu_seconds(server.process.pid) - cpu0
+            result.server_cpu = cpu_seconds(server_pid) - cpu0
             deadline = time.monotonic() + DRAIN_SECONDS
             while result.received < result.expected and time.monotonic() < deadline:
                 arrived.clear()
@@ -420,11 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = bounded(parser.parse_args(argv))
 
     print("# bench_ws_latency")
-    print(
-        f"machine: nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} "
-        f"UTC, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}{cpu_pressure()}"
-    )
+    print(f"machine: {machine()}")
     print(
         f"load: {args.clients} clients x {args.subs} protocols (of {args.protocols}), "
         f"{args.rate} observations/s in POSTs of {args.batch} every "
@@ -435,11 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for index in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
-            server = Server(Path(tmp), args.port or free_port(), args.poll_interval)
+            data_dir = Path(tmp)
+            env = server_env(data_dir, args.poll_interval)
+            port = args.port or free_port()
+            key = create_key(env)
+            server = CliProcess(
+                "server",
+                ["serve", "--host", HOST, "--port", str(port), "--log-level", "warning"],
+                env=env,
+                log_path=data_dir / "server.log",
+            )
             try:
-                key = server.create_key()
-                server.start()
-                result = asyncio.run(run_once(args, server, key))
+                server.wait_healthy(port)
+                result = asyncio.run(run_once(args, port, server.pid, key))
             except BaseException:
                 tail = server.log_tail()
                 if tail:
