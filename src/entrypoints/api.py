@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..application.ingest import IngestResult, InvalidItem, build_batch
 from ..application.realtime import MAX_FRAME_BYTES
-from ..application.views import SORT_FIELDS, ProtocolQuery, SeriesQuery
+from ..application.views import SORT_FIELDS, ProtocolQuery, ProtocolView, SeriesQuery
 from ..domain.api_key import ApiKey
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
@@ -281,15 +281,29 @@ def _csv_param(request: Request, name: str) -> list[str] | None:
     return values
 
 
-async def realtime_tvl(request: Request) -> Response:
-    await check_read_access(request)
+def _realtime_limit(request: Request) -> int:
+    """How many entries a realtime endpoint reports when no ids are named."""
+    return _int_param(request, "limit", 100, 1, MAX_PAGE)
+
+
+async def _realtime_protocols(
+    request: Request, *, ranked_by: str, ranked_only: bool = False
+) -> list[ProtocolView]:
+    """The protocols named in ``protocolIds`` or, when none are named, the first ``limit``
+    ranked by ``ranked_by`` (with ``ranked_only``, those without a ``ranked_by`` value left
+    out). ``limit`` is read only in the second case: next to ids it is ignored."""
     hot = _runtime(request).hot
     ids = _csv_param(request, "protocolIds")
     if ids is not None:
-        views = await hot.get_protocols(ids)
-    else:
-        limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-        views = list((await hot.list_protocols(ProtocolQuery(limit=limit))).items)
+        return await hot.get_protocols(ids)
+    query = ProtocolQuery(sort=ranked_by, limit=_realtime_limit(request))
+    page = await hot.list_protocols(query)
+    return [view for view in page.items if not ranked_only or getattr(view, ranked_by) is not None]
+
+
+async def realtime_tvl(request: Request) -> Response:
+    await check_read_access(request)
+    views = await _realtime_protocols(request, ranked_by="tvl")
     return JSONResponse(
         {
             "data": [
@@ -309,14 +323,7 @@ async def realtime_tvl(request: Request) -> Response:
 
 async def realtime_volumes(request: Request) -> Response:
     await check_read_access(request)
-    hot = _runtime(request).hot
-    ids = _csv_param(request, "protocolIds")
-    if ids is not None:
-        views = await hot.get_protocols(ids)
-    else:
-        limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-        page = await hot.list_protocols(ProtocolQuery(sort="volume_24h", limit=limit))
-        views = [view for view in page.items if view.volume_24h is not None]
+    views = await _realtime_protocols(request, ranked_by="volume_24h", ranked_only=True)
     return JSONResponse(
         {
             "data": [
@@ -335,7 +342,9 @@ async def realtime_volumes(request: Request) -> Response:
 async def realtime_prices(request: Request) -> Response:
     await check_read_access(request)
     tokens = _csv_param(request, "tokens") or _csv_param(request, "tokenIds")
-    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    # Checked even when tokens are named (the projection then ignores it): a bad limit
+    # stays a 400 here, unlike on tvl and volumes.
+    limit = _realtime_limit(request)
     prices = await _runtime(request).hot.prices(tokens, limit)
     return JSONResponse({"data": [price.to_json() for price in prices]})
 

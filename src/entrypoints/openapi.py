@@ -27,8 +27,41 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+def _object(
+    properties: dict[str, Any], *, required: list[str] | None = None, closed: bool = False
+) -> dict[str, Any]:
+    """An object schema; ``closed`` refuses properties it does not list (request bodies)."""
+    schema: dict[str, Any] = {"type": "object"}
+    if required:
+        schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
+    schema["properties"] = properties
+    return schema
+
+
+def _get(
+    summary: str,
+    schema: dict[str, Any] | None = None,
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    errors: tuple[int, ...] = (),
+    secured: bool = False,
+) -> dict[str, Any]:
+    """A path served by GET alone, answering ``schema`` as JSON (any object by default) or
+    one of the ``errors``."""
+    operation: dict[str, Any] = {"summary": summary}
+    if secured:
+        operation["security"] = [{"ApiKey": []}]
+    if parameters:
+        operation["parameters"] = parameters
+    operation["responses"] = {"200": _json(schema or {"type": "object"}), **_errors(*errors)}
+    return {"get": operation}
+
+
 _SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
+_TIMESTAMP = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
 
 
 _RULE_ID = {
@@ -44,37 +77,32 @@ def _alert_rule_schemas() -> dict[str, Any]:
     number = {"type": "number"}
     target = {
         "oneOf": [
-            {
-                "type": "object",
-                "required": ["protocol"],
-                "properties": {
+            _object(
+                {
                     "protocol": {"type": "string", "description": "a listed protocol's slug"},
                     "metric": {"enum": ["tvl", "volume_24h", "fees_24h"], "default": "tvl"},
                     "chain": {"type": "string", "default": "total"},
                 },
-            },
-            {
-                "type": "object",
-                "required": ["token"],
-                "properties": {"token": {"type": "string", "example": "coingecko:ethereum"}},
-            },
+                required=["protocol"],
+            ),
+            _object(
+                {"token": {"type": "string", "example": "coingecko:ethereum"}},
+                required=["token"],
+            ),
         ]
     }
     condition = {
         "oneOf": [
-            {
-                "type": "object",
-                "required": ["kind", "direction", "value"],
-                "properties": {
+            _object(
+                {
                     "kind": {"const": "threshold"},
                     "direction": {"enum": ["above", "below"]},
                     "value": {"type": "number", "minimum": 0},
                 },
-            },
-            {
-                "type": "object",
-                "required": ["kind", "direction", "value", "window"],
-                "properties": {
+                required=["kind", "direction", "value"],
+            ),
+            _object(
+                {
                     "kind": {"const": "pct_change"},
                     "direction": {"enum": ["above", "below"]},
                     "value": {
@@ -84,36 +112,34 @@ def _alert_rule_schemas() -> dict[str, Any]:
                     },
                     "window": {"enum": ["1h", "24h", "7d"]},
                 },
-            },
+                required=["kind", "direction", "value", "window"],
+            ),
         ]
     }
-    channel = {
-        "type": "object",
-        "required": ["kind"],
-        "properties": {
+    channel = _object(
+        {
             "kind": {"enum": ["webhook", "email", "websocket"]},
             "url": {"type": "string", "description": "webhook: http(s) URL"},
             "secret": {"type": "string", "description": "webhook: HMAC key (write-only)"},
             "address": {"type": "string", "description": "email: address"},
         },
-    }
+        required=["kind"],
+    )
     cooldown = {"type": "integer", "minimum": 0, "maximum": 2_592_000, "default": 3_600}
     return {
-        "AlertRuleInput": {
-            "type": "object",
-            "required": ["target", "condition", "channels"],
-            "additionalProperties": False,
-            "properties": {
+        "AlertRuleInput": _object(
+            {
                 "name": {"type": "string", "maxLength": 200},
                 "target": target,
                 "condition": condition,
                 "channels": {"type": "array", "minItems": 1, "items": channel},
                 "cooldown": cooldown,
             },
-        },
-        "AlertRule": {
-            "type": "object",
-            "properties": {
+            required=["target", "condition", "channels"],
+            closed=True,
+        ),
+        "AlertRule": _object(
+            {
                 "id": {"type": "string", "format": "uuid"},
                 "name": {"type": "string"},
                 "target": target,
@@ -132,28 +158,26 @@ def _alert_rule_schemas() -> dict[str, Any]:
                 "last_fired_at": {"type": ["number", "null"]},
                 "created_at": number,
                 "updated_at": number,
-            },
-        },
-        "Backtest": {
-            "type": "object",
-            "properties": {
+            }
+        ),
+        "Backtest": _object(
+            {
                 "alertId": {"type": "string"},
                 "events": {
                     "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
+                    "items": _object(
+                        {
                             "state": {"enum": ["firing", "resolved"]},
                             "observed_at": number,
                             "measure": number,
-                        },
-                    },
+                        }
+                    ),
                 },
                 "points": {"type": "integer", "description": "observations evaluated"},
                 "start": {"type": ["number", "null"]},
                 "end": {"type": ["number", "null"]},
-            },
-        },
+            }
+        ),
     }
 
 
@@ -202,13 +226,12 @@ def _alert_rule_paths() -> dict[str, Any]:
                 "security": secured,
                 "responses": {
                     "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
+                        _object(
+                            {
                                 "alerts": {"type": "array", "items": _RULE_REF},
                                 "total": {"type": "integer"},
-                            },
-                        }
+                            }
+                        )
                     ),
                     **_errors(401),
                 },
@@ -234,10 +257,7 @@ def _alert_rule_paths() -> dict[str, Any]:
                 "parameters": [_RULE_ID],
                 "responses": {
                     "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"id": {"type": "string"}, "state": {"const": "deleted"}},
-                        }
+                        _object({"id": {"type": "string"}, "state": {"const": "deleted"}})
                     ),
                     **_errors(401, 404, 409),
                 },
@@ -254,14 +274,13 @@ def _alert_rule_paths() -> dict[str, Any]:
                     "required": False,
                     "content": {
                         "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
+                            "schema": _object(
+                                {
                                     "start": {"type": ["number", "string"]},
                                     "end": {"type": ["number", "string"]},
                                 },
-                            }
+                                closed=True,
+                            )
                         }
                     },
                 },
@@ -275,9 +294,8 @@ def _alert_rule_paths() -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    protocol = {
-        "type": "object",
-        "properties": {
+    protocol = _object(
+        {
             "slug": {"type": "string"},
             "name": {"type": "string"},
             "category": {"type": "string"},
@@ -292,62 +310,54 @@ def openapi_document() -> dict[str, Any]:
             "fees_24h": _NUMBER_OR_NULL,
             "updated_at": _NUMBER_OR_NULL,
             "position": {"type": "integer"},
-        },
-    }
-    observation = {
-        "type": "object",
-        "required": ["protocol", "value", "observed_at"],
-        "additionalProperties": False,
-        "properties": {
+        }
+    )
+    observation = _object(
+        {
             "protocol": {"type": "string"},
             "metric": {"enum": ["tvl", "volume_24h", "fees_24h"], "default": "tvl"},
             "chain": {"type": "string", "default": "total"},
             "value": {"type": "number", "minimum": 0},
-            "observed_at": {
-                "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]
-            },
+            "observed_at": _TIMESTAMP,
             "source": {"type": "string"},
             "name": {"type": "string"},
             "category": {"type": "string"},
             "chains": {"type": "array", "items": {"type": "string"}},
             "url": {"type": "string"},
         },
-    }
-    price = {
-        "type": "object",
-        "required": ["token", "price", "observed_at"],
-        "additionalProperties": False,
-        "properties": {
+        required=["protocol", "value", "observed_at"],
+        closed=True,
+    )
+    price = _object(
+        {
             "token": {"type": "string", "example": "coingecko:ethereum"},
             "price": {"type": "number", "minimum": 0},
-            "observed_at": {
-                "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]
-            },
+            "observed_at": _TIMESTAMP,
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "source": {"type": "string"},
         },
-    }
-    ingest_result = {
-        "type": "object",
-        "properties": {
+        required=["token", "price", "observed_at"],
+        closed=True,
+    )
+    ingest_result = _object(
+        {
             "accepted": {"type": "integer"},
             "duplicates": {"type": "integer"},
             "rejected": {"type": "integer"},
             "errors": {
                 "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
+                "items": _object(
+                    {
                         "kind": {"type": "string"},
                         "index": {"type": "integer"},
                         "reason": {"type": "string"},
-                    },
-                },
+                    }
+                ),
             },
             "committed": {"type": "boolean"},
             "position": {"type": "integer"},
-        },
-    }
+        }
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -359,20 +369,18 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
+                "Error": _object(
+                    {
+                        "error": _object(
+                            {
                                 "code": {"type": "string"},
                                 "message": {"type": "string"},
                                 "details": {},
                             },
-                        }
-                    },
-                },
+                            required=["code", "message"],
+                        )
+                    }
+                ),
                 "Protocol": protocol,
                 "Observation": observation,
                 "Price": price,
@@ -386,101 +394,72 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             **_alert_rule_paths(),
-            "/health": {
-                "get": {
-                    "summary": "Liveness and log positions",
-                    "responses": {"200": _json({"type": "object"})},
-                }
-            },
-            "/v2/protocols": {
-                "get": {
-                    "summary": "List protocols (filter, sort, paginate)",
-                    "parameters": [
-                        _query("chain", {"type": "string"}, "only protocols on this chain"),
-                        _query("category", {"type": "string"}, "exact category"),
-                        _query("min_tvl", {"type": "number"}, "tvl at least this"),
-                        _query(
-                            "sort",
-                            {
-                                "enum": [
-                                    "tvl",
-                                    "change_1h",
-                                    "change_1d",
-                                    "change_7d",
-                                    "name",
-                                    "volume_24h",
-                                    "fees_24h",
-                                ]
-                            },
-                            "sort key",
-                        ),
-                        _query("order", {"enum": ["asc", "desc"]}, "sort order"),
-                        _query("limit", {"type": "integer", "maximum": 1000}, "page size"),
-                        _query("offset", {"type": "integer"}, "page start"),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "protocols": {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/Protocol"},
-                                    },
-                                    "total": {"type": "integer"},
-                                    "limit": {"type": "integer"},
-                                    "offset": {"type": "integer"},
-                                },
-                            }
-                        ),
-                        **_errors(400),
-                    },
-                }
-            },
-            "/v2/protocols/{slug}": {
-                "get": {
-                    "summary": "One protocol's current values",
-                    "parameters": [_SLUG],
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Protocol"}),
-                        **_errors(404),
-                    },
-                }
-            },
-            "/v2/protocols/{slug}/metrics": {
-                "get": {
-                    "summary": "Time series of a metric, bucketed, as of a time",
-                    "parameters": [
-                        _SLUG,
-                        _query("metric", {"enum": ["tvl", "volume_24h", "fees_24h"]}, "metric"),
-                        _query("chain", {"type": "string"}, "'total' or a chain"),
-                        _query("start", {"type": "string"}, "unix seconds or ISO-8601"),
-                        _query("end", {"type": "string"}, "unix seconds or ISO-8601"),
-                        _query("bucket", {"type": "string"}, "5m|15m|1h|4h|1d|1w or seconds"),
-                        _query("as_of", {"type": "string"}, "only observations at or before"),
-                        _query("limit", {"type": "integer"}, "most recent N points"),
-                    ],
-                    "responses": {"200": _json({"type": "object"}), **_errors(400, 404)},
-                }
-            },
-            "/v2/realtime/tvl": {
-                "get": {
-                    "summary": "Latest TVL of given (protocolIds=a,b) or the largest protocols",
-                    "responses": {"200": _json({"type": "object"})},
-                }
-            },
-            "/v2/realtime/prices": {
-                "get": {
-                    "summary": "Latest prices of given (tokens=a,b) or recently updated tokens",
-                    "responses": {"200": _json({"type": "object"})},
-                }
-            },
-            "/v2/realtime/volumes": {
-                "get": {
-                    "summary": "Latest 24h volumes and fees",
-                    "responses": {"200": _json({"type": "object"})},
-                }
-            },
+            "/health": _get("Liveness and log positions"),
+            "/v2/protocols": _get(
+                "List protocols (filter, sort, paginate)",
+                _object(
+                    {
+                        "protocols": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Protocol"},
+                        },
+                        "total": {"type": "integer"},
+                        "limit": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                    }
+                ),
+                parameters=[
+                    _query("chain", {"type": "string"}, "only protocols on this chain"),
+                    _query("category", {"type": "string"}, "exact category"),
+                    _query("min_tvl", {"type": "number"}, "tvl at least this"),
+                    _query(
+                        "sort",
+                        {
+                            "enum": [
+                                "tvl",
+                                "change_1h",
+                                "change_1d",
+                                "change_7d",
+                                "name",
+                                "volume_24h",
+                                "fees_24h",
+                            ]
+                        },
+                        "sort key",
+                    ),
+                    _query("order", {"enum": ["asc", "desc"]}, "sort order"),
+                    _query("limit", {"type": "integer", "maximum": 1000}, "page size"),
+                    _query("offset", {"type": "integer"}, "page start"),
+                ],
+                errors=(400,),
+            ),
+            "/v2/protocols/{slug}": _get(
+                "One protocol's current values",
+                {"$ref": "#/components/schemas/Protocol"},
+                parameters=[_SLUG],
+                errors=(404,),
+            ),
+            "/v2/protocols/{slug}/metrics": _get(
+                "Time series of a metric, bucketed, as of a time",
+                parameters=[
+                    _SLUG,
+                    _query("metric", {"enum": ["tvl", "volume_24h", "fees_24h"]}, "metric"),
+                    _query("chain", {"type": "string"}, "'total' or a chain"),
+                    _query("start", {"type": "string"}, "unix seconds or ISO-8601"),
+                    _query("end", {"type": "string"}, "unix seconds or ISO-8601"),
+                    _query("bucket", {"type": "string"}, "5m|15m|1h|4h|1d|1w or seconds"),
+                    _query("as_of", {"type": "string"}, "only observations at or before"),
+                    _query("limit", {"type": "integer"}, "most recent N points"),
+                ],
+                errors=(400, 404),
+            ),
+            "/v2/realtime/tvl": _get(
+                "Latest TVL of given (protocolIds=a,b) or the largest protocols"
+            ),
+            "/v2/realtime/prices": _get(
+                "Latest prices of given (tokens=a,b) or recently updated tokens"
+            ),
+            "/v2/realtime/volumes": _get("Latest 24h volumes and fees"),
             "/v2/ingest": {
                 "post": {
                     "summary": "Record a batch of observations and prices",
@@ -489,10 +468,8 @@ def openapi_document() -> dict[str, Any]:
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "properties": {
+                                "schema": _object(
+                                    {
                                         "observations": {
                                             "type": "array",
                                             "items": {"$ref": "#/components/schemas/Observation"},
@@ -504,7 +481,8 @@ def openapi_document() -> dict[str, Any]:
                                         "listings": {"type": "array", "items": {"type": "object"}},
                                         "partial": {"type": "boolean", "default": False},
                                     },
-                                }
+                                    closed=True,
+                                )
                             }
                         },
                     },
@@ -514,87 +492,61 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
-            "/v2/alerts/{rule_id}/history": {
-                "get": {
-                    "summary": "An alert rule's transitions and every delivery attempt "
-                    "(owner only)",
-                    "security": [{"ApiKey": []}],
-                    "parameters": [
-                        {
-                            "name": "rule_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "format": "uuid"},
+            "/v2/alerts/{rule_id}/history": _get(
+                "An alert rule's transitions and every delivery attempt (owner only)",
+                _object(
+                    {
+                        "alertId": {"type": "string"},
+                        "name": {"type": "string"},
+                        "state": {"type": "string"},
+                        "firing": {"enum": ["firing", "resolved"]},
+                        "transitions": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "kind": {"enum": ["fired", "resolved"]},
+                                    "measure": {"type": "number"},
+                                    "observedAt": {"type": "number"},
+                                    "position": {"type": "integer"},
+                                    "idempotencyKey": {"type": ["string", "null"]},
+                                    "recordedAt": {"type": "number"},
+                                }
+                            ),
                         },
-                        _query("limit", {"type": "integer", "maximum": 10_000}, "rows of each"),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "alertId": {"type": "string"},
-                                    "name": {"type": "string"},
-                                    "state": {"type": "string"},
-                                    "firing": {"enum": ["firing", "resolved"]},
-                                    "transitions": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "kind": {"enum": ["fired", "resolved"]},
-                                                "measure": {"type": "number"},
-                                                "observedAt": {"type": "number"},
-                                                "position": {"type": "integer"},
-                                                "idempotencyKey": {"type": ["string", "null"]},
-                                                "recordedAt": {"type": "number"},
-                                            },
-                                        },
-                                    },
-                                    "deliveries": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "idempotencyKey": {"type": "string"},
-                                                "channel": {"type": "object"},
-                                                "attempt": {"type": "integer"},
-                                                "status": {
-                                                    "enum": [
-                                                        "delivered",
-                                                        "failed",
-                                                        "dead_lettered",
-                                                    ]
-                                                },
-                                                "condition": {"enum": ["firing", "resolved"]},
-                                                "position": {"type": "integer"},
-                                                "httpStatus": {"type": ["integer", "null"]},
-                                                "error": {"type": ["string", "null"]},
-                                                "startedAt": {"type": "number"},
-                                                "finishedAt": {"type": "number"},
-                                            },
-                                        },
-                                    },
-                                    "notifications": {
-                                        "type": "object",
-                                        "description": "per idempotency key: attempts, last status",
-                                    },
-                                },
-                            }
-                        ),
-                        **_errors(400, 401, 404),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
-            },
-            "/asyncapi.json": {
-                "get": {
-                    "summary": "AsyncAPI 2.6 document of the WebSocket protocol (/v2/realtime)",
-                    "responses": {"200": _json({"type": "object"})},
-                }
-            },
+                        "deliveries": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "idempotencyKey": {"type": "string"},
+                                    "channel": {"type": "object"},
+                                    "attempt": {"type": "integer"},
+                                    "status": {"enum": ["delivered", "failed", "dead_lettered"]},
+                                    "condition": {"enum": ["firing", "resolved"]},
+                                    "position": {"type": "integer"},
+                                    "httpStatus": {"type": ["integer", "null"]},
+                                    "error": {"type": ["string", "null"]},
+                                    "startedAt": {"type": "number"},
+                                    "finishedAt": {"type": "number"},
+                                }
+                            ),
+                        },
+                        "notifications": {
+                            "type": "object",
+                            "description": "per idempotency key: attempts, last status",
+                        },
+                    }
+                ),
+                parameters=[
+                    _RULE_ID,
+                    _query("limit", {"type": "integer", "maximum": 10_000}, "rows of each"),
+                ],
+                errors=(400, 401, 404),
+                secured=True,
+            ),
+            "/openapi.json": _get("This document"),
+            "/asyncapi.json": _get(
+                "AsyncAPI 2.6 document of the WebSocket protocol (/v2/realtime)"
+            ),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

@@ -626,6 +626,66 @@ def test_realtime_tvl_and_prices(http: httpx.Client, server: LiveServer) -> None
     assert [price["token"] for price in one["data"]] == ["coingecko:bitcoin"]
 
 
+def test_realtime_volumes_and_the_realtime_parameters(
+    http: httpx.Client, server: LiveServer
+) -> None:
+    seed_market(http, server)
+    ingest(
+        http,
+        server,
+        {
+            "observations": [
+                obs("aave-v3", 1e9, T0, metric="volume_24h"),
+                obs("gmx", 2e9, T0, metric="volume_24h"),
+                obs("gmx", 1e6, T0, metric="fees_24h"),
+            ]
+        },
+    )
+    settle(http)
+
+    # Without protocolIds: the largest volumes, protocols without one left out.
+    top = http.get("/v2/realtime/volumes").json()["data"]
+    assert [(item["id"], item["volume_24h"], item["fees_24h"]) for item in top] == [
+        ("gmx", 2e9, 1e6),
+        ("aave-v3", 1e9, None),
+    ]
+    assert [item["id"] for item in http.get("/v2/realtime/volumes?limit=1").json()["data"]] == [
+        "gmx"
+    ]
+    # Named protocols are reported even without a volume.
+    named = http.get("/v2/realtime/volumes", params={"protocolIds": "lido, gmx,"}).json()["data"]
+    assert sorted((item["id"], item["volume_24h"]) for item in named) == [
+        ("gmx", 2e9),
+        ("lido", None),
+    ]
+
+    endpoints = ("/v2/realtime/tvl", "/v2/realtime/volumes", "/v2/realtime/prices")
+    for path in endpoints:
+        for limit, message in (
+            ("0", "limit must be between 1 and 1000"),
+            ("1001", "limit must be between 1 and 1000"),
+            ("ten", "limit must be an integer"),
+        ):
+            error = assert_error(http.get(path, params={"limit": limit}), 400, "invalid_parameter")
+            assert error["message"] == message, path
+    too_many = ",".join(f"p{i}" for i in range(1001))
+    for path, name in (
+        ("/v2/realtime/tvl", "protocolIds"),
+        ("/v2/realtime/volumes", "protocolIds"),
+        ("/v2/realtime/prices", "tokens"),
+        ("/v2/realtime/prices", "tokenIds"),
+    ):
+        error = assert_error(http.get(path, params={name: too_many}), 400, "invalid_parameter")
+        assert error["message"] == f"{name} holds at most 1000 values", path
+
+    # With ids, tvl and volumes do not read limit; prices always checks it.
+    for path in ("/v2/realtime/tvl", "/v2/realtime/volumes"):
+        response = http.get(path, params={"protocolIds": "gmx", "limit": "ten"})
+        assert [item["id"] for item in response.json()["data"]] == ["gmx"], path
+    prices = http.get("/v2/realtime/prices", params={"tokens": "coingecko:bitcoin", "limit": "0"})
+    assert_error(prices, 400, "invalid_parameter")
+
+
 # -- documentation and operations -------------------------------------------------------------
 
 
