@@ -7,6 +7,7 @@ puts bench/ on ``sys.path``. Standard library only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import http.client
@@ -19,9 +20,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 STARTUP_SECONDS = 60.0
@@ -60,6 +62,16 @@ def create_key(env: dict[str, str], *options: str, cwd: Path | None = None) -> s
     if done.returncode != 0:
         raise RuntimeError(f"keys create failed:\n{done.stderr[-3000:]}")
     return done.stdout.strip().splitlines()[-1]
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())``, on uvloop when it is installed (as uvicorn uses it)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 def free_port() -> int:

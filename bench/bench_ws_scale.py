@@ -63,8 +63,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+from _common import HOST, cli_command, embedded_env, free_port
 
-HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 SNAPSHOTS = HERE.parent.parent / "shared" / "data" / "defillama" / "protocol-snapshots.jsonl.gz"
 LIMITS = {
@@ -77,20 +77,12 @@ LIMITS = {
     "fanout_seconds": (1, 15),
     "repeat": (1, 10),
 }
-EXTERNAL_ENV = ("DATABASE_URL", "REDIS_URL", "AMQP_URL")
 MIXES = {"realistic": "all protocols", "worst": "top 200 only"}
 T0 = time.time() - 86_400
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_kb(pid: int) -> int:
@@ -390,11 +382,6 @@ def wait_port(port: int, child: Child, timeout: float = 30) -> None:
     raise RuntimeError(f"server did not listen in {timeout} s; stderr:\n{child.stderr_tail()}")
 
 
-def cli() -> list[str]:
-    script = Path(sys.executable).with_name("defi-realtime")
-    return [str(script)] if script.exists() else [shutil.which("defi-realtime") or "defi-realtime"]
-
-
 def ingest_loop(port: int, key: str, slugs: list[str], rate: int, seconds: float) -> dict[str, Any]:
     """POST ``rate`` observations/s in batches every 50 ms (open loop, bounded)."""
     per_batch = max(1, rate // 20)
@@ -452,11 +439,11 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             [{"type": "subscribe", "channel": "protocols", "params": {"protocolIds": chosen}}]
         )
     greetings.write_text(json.dumps(subscriptions))
-    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}
+    env = embedded_env()
     env.update(DATA_DIR=str(data_dir / "data"), POLL_INTERVAL="0.05", WS_IDLE_TIMEOUT="600")
     try:
         key = subprocess.run(
-            [*cli(), "keys", "create", "--name", "bench"],
+            [*cli_command(), "keys", "create", "--name", "bench"],
             env=env,
             capture_output=True,
             text=True,
@@ -471,7 +458,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             port = free_port()
             env_t = {**env, "WS_TRANSPORT": transport}
             with process(
-                [*cli(), "serve", "--port", str(port), "--log-level", "warning"], env_t
+                [*cli_command(), "serve", "--port", str(port), "--log-level", "warning"], env_t
             ) as server:
                 pin(server.pid, server_cpus)
                 wait_http(port, server)

@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
+from _common import HOST, run_async
 
-HOST = "127.0.0.1"
 TICK = 0.01
 MAX_BACKLOG = 1.0  # seconds of owed updates kept when the server falls behind
 PROTOCOLS = [f"protocol-{n}" for n in range(200)]
@@ -247,9 +247,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    run_async(main)

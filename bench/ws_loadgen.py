@@ -34,7 +34,8 @@ import threading
 import time
 from typing import Any
 
-HOST = "127.0.0.1"
+from _common import HOST, run_async
+
 MAX_CLIENTS = 6_000
 MAX_SECONDS = 900.0
 BUCKETS = 100_000  # 0.1 ms buckets up to 10 s
@@ -322,9 +323,4 @@ def commands(clients: list[Client]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    run_async(main)
