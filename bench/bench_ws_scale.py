@@ -164,16 +164,11 @@ def load_protocols() -> list[dict[str, Any]]:
 def percentiles(histogram: dict[int, int]) -> dict[str, float]:
     total = sum(histogram.values())
     out: dict[str, float] = {"n": float(total)}
+    quantiles = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p99.9", 0.999))
     if not total:
-        return {
-            "n": 0,
-            "p50": float("nan"),
-            "p95": float("nan"),
-            "p99": float("nan"),
-            "max": float("nan"),
-        }
+        return {"n": 0, **{label: float("nan") for label, _ in quantiles}, "max": float("nan")}
     ordered = sorted(histogram.items())
-    for label, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+    for label, q in quantiles:
         rank, running = q * total, 0
         for bucket, count in ordered:
             running += count
