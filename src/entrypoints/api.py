@@ -282,7 +282,8 @@ def _csv_param(request: Request, name: str) -> list[str] | None:
 
 
 def _realtime_limit(request: Request) -> int:
-    """How many entries a realtime endpoint reports when no ids are named."""
+    """How many entries a realtime endpoint reports when no ids are named. Checked even when
+    ids are named (it then changes nothing), so a bad limit is a 400 on every endpoint."""
     return _int_param(request, "limit", 100, 1, MAX_PAGE)
 
 
@@ -291,12 +292,13 @@ async def _realtime_protocols(
 ) -> list[ProtocolView]:
     """The protocols named in ``protocolIds`` or, when none are named, the first ``limit``
     ranked by ``ranked_by`` (with ``ranked_only``, those without a ``ranked_by`` value left
-    out). ``limit`` is read only in the second case: next to ids it is ignored."""
+    out)."""
     hot = _runtime(request).hot
     ids = _csv_param(request, "protocolIds")
+    limit = _realtime_limit(request)
     if ids is not None:
         return await hot.get_protocols(ids)
-    query = ProtocolQuery(sort=ranked_by, limit=_realtime_limit(request))
+    query = ProtocolQuery(sort=ranked_by, limit=limit)
     page = await hot.list_protocols(query)
     return [view for view in page.items if not ranked_only or getattr(view, ranked_by) is not None]
 
@@ -342,10 +344,8 @@ async def realtime_volumes(request: Request) -> Response:
 async def realtime_prices(request: Request) -> Response:
     await check_read_access(request)
     tokens = _csv_param(request, "tokens") or _csv_param(request, "tokenIds")
-    # Checked even when tokens are named (the projection then ignores it): a bad limit
-    # stays a 400 here, unlike on tvl and volumes.
-    limit = _realtime_limit(request)
-    prices = await _runtime(request).hot.prices(tokens, limit)
+    # The projection ignores limit when tokens are named; _realtime_limit checks it anyway.
+    prices = await _runtime(request).hot.prices(tokens, _realtime_limit(request))
     return JSONResponse({"data": [price.to_json() for price in prices]})
 
 

@@ -626,6 +626,16 @@ def test_realtime_tvl_and_prices(http: httpx.Client, server: LiveServer) -> None
     assert [price["token"] for price in one["data"]] == ["coingecko:bitcoin"]
 
 
+# The query parameters each realtime endpoint reads: the test below checks that each one is
+# read (a bad value is a 400 naming it), test_openapi_documents_the_realtime_parameters that
+# each one, and nothing else, is documented.
+REALTIME_PARAMETERS = {
+    "/v2/realtime/tvl": ("protocolIds", "limit"),
+    "/v2/realtime/volumes": ("protocolIds", "limit"),
+    "/v2/realtime/prices": ("tokens", "tokenIds", "limit"),
+}
+
+
 def test_realtime_volumes_and_the_realtime_parameters(
     http: httpx.Client, server: LiveServer
 ) -> None:
@@ -659,31 +669,27 @@ def test_realtime_volumes_and_the_realtime_parameters(
         ("lido", None),
     ]
 
-    endpoints = ("/v2/realtime/tvl", "/v2/realtime/volumes", "/v2/realtime/prices")
-    for path in endpoints:
-        for limit, message in (
-            ("0", "limit must be between 1 and 1000"),
-            ("1001", "limit must be between 1 and 1000"),
-            ("ten", "limit must be an integer"),
-        ):
-            error = assert_error(http.get(path, params={"limit": limit}), 400, "invalid_parameter")
-            assert error["message"] == message, path
-    too_many = ",".join(f"p{i}" for i in range(1001))
-    for path, name in (
-        ("/v2/realtime/tvl", "protocolIds"),
-        ("/v2/realtime/volumes", "protocolIds"),
-        ("/v2/realtime/prices", "tokens"),
-        ("/v2/realtime/prices", "tokenIds"),
-    ):
-        error = assert_error(http.get(path, params={name: too_many}), 400, "invalid_parameter")
-        assert error["message"] == f"{name} holds at most 1000 values", path
+    # Next to ids, limit does not cut the named ones.
+    named = http.get("/v2/realtime/volumes", params={"protocolIds": "lido,gmx", "limit": "1"})
+    assert len(named.json()["data"]) == 2
 
-    # With ids, tvl and volumes do not read limit; prices always checks it.
-    for path in ("/v2/realtime/tvl", "/v2/realtime/volumes"):
-        response = http.get(path, params={"protocolIds": "gmx", "limit": "ten"})
-        assert [item["id"] for item in response.json()["data"]] == ["gmx"], path
-    prices = http.get("/v2/realtime/prices", params={"tokens": "coingecko:bitcoin", "limit": "0"})
-    assert_error(prices, 400, "invalid_parameter")
+    too_many = ",".join(f"p{i}" for i in range(1001))
+    bad_limits = (
+        ("0", "limit must be between 1 and 1000"),
+        ("1001", "limit must be between 1 and 1000"),
+        ("ten", "limit must be an integer"),
+    )
+    for path, parameters in REALTIME_PARAMETERS.items():
+        ids = [name for name in parameters if name != "limit"]
+        for name in ids:
+            error = assert_error(http.get(path, params={name: too_many}), 400, "invalid_parameter")
+            assert error["message"] == f"{name} holds at most 1000 values", path
+        # A bad limit is a 400 with or without ids, on every endpoint.
+        for named_ids in ({}, *({name: "gmx"} for name in ids)):
+            for limit, message in bad_limits:
+                response = http.get(path, params={**named_ids, "limit": limit})
+                error = assert_error(response, 400, "invalid_parameter")
+                assert error["message"] == message, (path, named_ids)
 
 
 # -- documentation and operations -------------------------------------------------------------
