@@ -64,6 +64,33 @@ _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _TIMESTAMP = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
 
 
+# api.MAX_PAGE (this module cannot import api): the realtime tests check the bound served.
+_MAX_PAGE = 1_000
+
+
+def _ids(name: str, description: str) -> dict[str, Any]:
+    """A comma-separated list of ids (``name=a,b``): blanks around and between commas are
+    dropped; more than ``_MAX_PAGE`` is a 400."""
+    schema = {"type": "array", "items": {"type": "string"}, "maxItems": _MAX_PAGE}
+    return {**_query(name, schema, description), "style": "form", "explode": False}
+
+
+_REALTIME_LIMIT = _query(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": _MAX_PAGE, "default": 100},
+    "how many entries to report when no ids are named; next to ids it changes nothing but "
+    "is still checked (out of range or not an integer: 400)",
+)
+_PROTOCOL_IDS = (
+    f"comma-separated protocol slugs (at most {_MAX_PAGE}), reported in the order given; "
+)
+
+
+def _realtime(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v2/realtime/...`` snapshot: ``{"data": [...]}``, or 400 for a bad parameter."""
+    return _get(summary, parameters=[*parameters, _REALTIME_LIMIT], errors=(400,))
+
+
 _RULE_ID = {
     "name": "rule_id",
     "in": "path",
@@ -453,13 +480,33 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 errors=(400, 404),
             ),
-            "/v2/realtime/tvl": _get(
-                "Latest TVL of given (protocolIds=a,b) or the largest protocols"
+            "/v2/realtime/tvl": _realtime(
+                "Latest TVL of given (protocolIds=a,b) or the largest protocols",
+                _ids(
+                    "protocolIds",
+                    _PROTOCOL_IDS + "unknown ones left out. Absent or empty: the `limit` "
+                    "protocols with the largest TVL, those without a TVL last",
+                ),
             ),
-            "/v2/realtime/prices": _get(
-                "Latest prices of given (tokens=a,b) or recently updated tokens"
+            "/v2/realtime/prices": _realtime(
+                "Latest prices of given (tokens=a,b) or recently updated tokens",
+                _ids(
+                    "tokens",
+                    f"comma-separated token ids such as coingecko:ethereum (at most {_MAX_PAGE}), "
+                    "reported in the order given; unknown ones left out. Absent or empty "
+                    "(and no tokenIds): the `limit` most recently updated tokens, newest first",
+                ),
+                _ids("tokenIds", "the same as tokens, read when tokens is absent or empty"),
             ),
-            "/v2/realtime/volumes": _get("Latest 24h volumes and fees"),
+            "/v2/realtime/volumes": _realtime(
+                "Latest 24h volumes and fees of given (protocolIds=a,b) or the largest volumes",
+                _ids(
+                    "protocolIds",
+                    _PROTOCOL_IDS + "reported even without a volume, unknown ones left out. "
+                    "Absent or empty: the `limit` protocols with the largest 24h volume, those "
+                    "without one left out",
+                ),
+            ),
             "/v2/ingest": {
                 "post": {
                     "summary": "Record a batch of observations and prices",

@@ -719,6 +719,35 @@ def test_openapi_documents_every_http_route(http: httpx.Client, server: LiveServ
         assert served == documented, route.path
         for method in paths[_openapi_path(route.path)].values():
             assert "200" in method["responses"], route.path
+            for status, response in method["responses"].items():
+                if status.startswith("4"):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (route.path, status)
+
+
+def test_openapi_documents_the_realtime_parameters(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    for path, names in REALTIME_PARAMETERS.items():
+        operation = paths[path]["get"]
+        assert "400" in operation["responses"], path
+        documented = {parameter["name"]: parameter for parameter in operation["parameters"]}
+        assert set(documented) == set(names), path
+        assert all(parameter["in"] == "query" for parameter in documented.values()), path
+        # The documented bounds are the ones served.
+        limit = documented["limit"]["schema"]
+        for value, status in (
+            (limit["minimum"], 200),
+            (limit["maximum"], 200),
+            (limit["minimum"] - 1, 400),
+            (limit["maximum"] + 1, 400),
+        ):
+            assert http.get(path, params={"limit": value}).status_code == status, (path, value)
+        for name in set(names) - {"limit"}:
+            schema = documented[name]["schema"]
+            assert (schema["type"], documented[name]["explode"]) == ("array", False), name
+            for count, status in ((schema["maxItems"], 200), (schema["maxItems"] + 1, 400)):
+                ids = ",".join(f"p{i}" for i in range(count))
+                assert http.get(path, params={name: ids}).status_code == status, (path, name)
 
 
 def _samples(text: str) -> dict[str, float]:
