@@ -480,12 +480,15 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                             ).raise_for_status()
                 time.sleep(2)
                 before = rss_kb(server.pid)
+                windows = (2 if args.mix == "both" else 1) * args.repeat
                 gens = LoadGens(
                     port,
                     clients,
                     args.procs if transport == "lean" else 1,
                     [],
                     greetings,
+                    # a bound on their lifetime: connecting, then every window and its report
+                    seconds=300 + windows * (args.seconds + 30),
                     cpus=load_cpus,
                 )
                 try:
