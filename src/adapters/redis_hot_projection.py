@@ -63,6 +63,7 @@ from .hot_state import (
     PROTOCOL_KINDS,
     TOTAL,
     Point,
+    Points,
     ProtocolState,
     Reading,
     TokenState,
@@ -281,11 +282,11 @@ class RedisHotProjection:
         for slug in tvl_points:
             stored = history.get(self._tvl_key(slug))
             if stored:
-                protocols[slug] = replace(protocols[slug], recent=tuple(stored))
+                protocols[slug] = replace(protocols[slug], recent=Points.of(stored))
         for token in price_points:
             stored = history.get(self._price_series_key(token))
             if stored:
-                tokens[token] = replace(tokens[token], recent=tuple(stored))
+                tokens[token] = replace(tokens[token], recent=Points.of(stored))
 
     def _write_protocol(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -129,14 +129,14 @@ class Series:
 
 
 def percent_change(
-    recent: Sequence[tuple[float, float]], now_value: float | None, now_at: float, window: float
+    recent: Iterable[tuple[float, float]], now_value: float | None, now_at: float, window: float
 ) -> float | None:
     """Percent change of ``now_value`` against the value observed nearest to
     ``now_at - window``, within half a window of it (so "1d" means the previous day's
     observation even when captures are irregular, and there is no "1h" change for data
     sampled daily).
 
-    ``recent`` is a time-ordered list of ``(observed_at, value)``. Returns None when there is
+    ``recent`` is a time-ordered series of ``(observed_at, value)``. Returns None when there is
     no reference point in range or the reference is zero.
     """
     if now_value is None:

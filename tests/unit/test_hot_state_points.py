@@ -1,0 +1,57 @@
+"""The hot projections' per-series history (``hot_state.Points``)."""
+
+from __future__ import annotations
+
+import gc
+from bisect import bisect_left
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from defi_realtime.adapters.hot_state import Points, record_point
+from defi_realtime.application.views import RECENT_WINDOW_SECONDS
+
+Point = tuple[float, float]
+
+
+def reference(
+    recent: list[Point], observed_at: float, value: float, newest: float
+) -> list[Point] | None:
+    """The rule, on a plain list: drop points older than the window, a later recording of
+    the same time replaces the earlier one, keep time order."""
+    if observed_at < newest - RECENT_WINDOW_SECONDS:
+        return None
+    kept = [p for p in recent if p[0] >= newest - RECENT_WINDOW_SECONDS and p[0] != observed_at]
+    kept.insert(bisect_left([t for t, _ in kept], observed_at), (observed_at, value))
+    return kept
+
+
+times = st.floats(min_value=0, max_value=20 * 86_400, allow_nan=False).map(lambda t: round(t, -3))
+
+
+@given(st.lists(st.tuples(times, st.floats(0, 1e12)), max_size=60))
+def test_record_point_follows_the_rule(observations: list[Point]) -> None:
+    points, expected, newest = Points(), [], float("-inf")
+    for observed_at, value in observations:
+        newest = max(newest, observed_at)
+        got = record_point(points, observed_at, value, newest)
+        want = reference(expected, observed_at, value, newest)
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            points, expected = got, want
+        assert list(points) == expected
+
+
+def test_a_series_costs_the_garbage_collector_the_same_however_long() -> None:
+    points = Points()
+    for n in range(5_000):
+        extended = record_point(points, float(n), float(n), float(n))
+        assert extended is not None
+        points = extended
+    # Two float arrays: a collection walks none of their points (a tuple of point tuples
+    # was rebuilt per observation and walked, point by point, by every young collection).
+    assert len(gc.get_referents(points.times)) <= 1  # at most its type
+    assert len(gc.get_referents(points.values)) <= 1
+    assert len(gc.get_referents(points)) <= 3
+    assert list(points)[-1] == (4_999.0, 4_999.0)
+    assert len(points) == 5_000
