@@ -18,6 +18,8 @@ CHANGE_WINDOWS: Final[dict[str, float]] = {
 }
 # How much recent total-TVL history a hot projection keeps per protocol (7d + slack).
 RECENT_WINDOW_SECONDS: Final = 8 * 86_400.0
+# The most items one API read returns, or names in an id list.
+MAX_PAGE: Final = 1_000
 
 
 @dataclass(frozen=True, slots=True)

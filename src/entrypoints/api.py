@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..application.ingest import IngestResult, InvalidItem, build_batch
 from ..application.realtime import MAX_FRAME_BYTES
-from ..application.views import SORT_FIELDS, ProtocolQuery, ProtocolView, SeriesQuery
+from ..application.views import MAX_PAGE, SORT_FIELDS, ProtocolQuery, ProtocolView, SeriesQuery
 from ..domain.api_key import ApiKey
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
@@ -40,7 +40,6 @@ from .runtime import Runtime, running
 from .settings import Settings
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
-MAX_PAGE = 1_000
 BUCKETS = {"5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
 KEY_CACHE_SECONDS = 5.0
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

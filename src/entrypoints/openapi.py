@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..application.views import MAX_PAGE
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -64,25 +65,21 @@ _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _TIMESTAMP = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
 
 
-# api.MAX_PAGE (this module cannot import api): the realtime tests check the bound served.
-_MAX_PAGE = 1_000
-
-
 def _ids(name: str, description: str) -> dict[str, Any]:
     """A comma-separated list of ids (``name=a,b``): blanks around and between commas are
-    dropped; more than ``_MAX_PAGE`` is a 400."""
-    schema = {"type": "array", "items": {"type": "string"}, "maxItems": _MAX_PAGE}
+    dropped; more than ``MAX_PAGE`` is a 400."""
+    schema = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_PAGE}
     return {**_query(name, schema, description), "style": "form", "explode": False}
 
 
 _REALTIME_LIMIT = _query(
     "limit",
-    {"type": "integer", "minimum": 1, "maximum": _MAX_PAGE, "default": 100},
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
     "how many entries to report when no ids are named; next to ids it changes nothing but "
     "is still checked (out of range or not an integer: 400)",
 )
 _PROTOCOL_IDS = (
-    f"comma-separated protocol slugs (at most {_MAX_PAGE}), reported in the order given; "
+    f"comma-separated protocol slugs (at most {MAX_PAGE}), reported in the order given; "
 )
 
 
@@ -492,7 +489,7 @@ def openapi_document() -> dict[str, Any]:
                 "Latest prices of given (tokens=a,b) or recently updated tokens",
                 _ids(
                     "tokens",
-                    f"comma-separated token ids such as coingecko:ethereum (at most {_MAX_PAGE}), "
+                    f"comma-separated token ids such as coingecko:ethereum (at most {MAX_PAGE}), "
                     "reported in the order given; unknown ones left out. Absent or empty "
                     "(and no tokenIds): the `limit` most recently updated tokens, newest first",
                 ),
