@@ -52,11 +52,11 @@ from _common import Runs, timings
 from psycopg.sql import SQL, Identifier
 from redis.asyncio import Redis
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.memory_hot_projection import InMemoryHotProjection
 from defi_realtime.adapters.redis_hot_projection import RedisHotProjection
 from defi_realtime.adapters.sql_history import SqlHistoryReadModel
 from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.following import PAGE_SIZE, ProjectionRunner
 from defi_realtime.application.ingest import IngestBatch, Listing, RecordMetric, RecordPrice
 from defi_realtime.entrypoints.settings import Settings

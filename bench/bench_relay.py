@@ -43,10 +43,10 @@ from _common import Runs, timings
 from aio_pika import ExchangeType
 from bench_projections import ADMIN_DSN, event_store
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.position_stores import SqlPositionStore
 from defi_realtime.adapters.rabbit_fanout import RabbitEventFanout
 from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.following import Relay
 from defi_realtime.application.log import LogBatch
 from defi_realtime.entrypoints.settings import Settings

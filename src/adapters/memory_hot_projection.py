@@ -5,9 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from ..application.log import LogBatch
-from ..application.views import Page, PriceView, ProtocolQuery, ProtocolView
-from .hot_state import (
+from ..application.hot_state import (
     ProtocolState,
     TokenState,
     check_query,
@@ -17,6 +15,8 @@ from .hot_state import (
     page_of,
     pending,
 )
+from ..application.log import LogBatch
+from ..application.views import Page, PriceView, ProtocolQuery, ProtocolView
 
 
 class InMemoryHotProjection:

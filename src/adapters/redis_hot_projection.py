@@ -48,20 +48,10 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 
-from ..application.log import LogBatch, LogEntry
-from ..application.views import (
-    CHANGE_WINDOWS,
-    RECENT_WINDOW_SECONDS,
-    Page,
-    PriceView,
-    ProtocolQuery,
-    ProtocolView,
-)
-from .hot_state import (
+from ..application.hot_state import (
     PRICE_CHANGE_WINDOW,
     PRICE_KIND,
     PROTOCOL_KINDS,
-    TOTAL,
     Point,
     Points,
     ProtocolState,
@@ -74,6 +64,16 @@ from .hot_state import (
     page_of,
     pending,
 )
+from ..application.log import LogBatch, LogEntry
+from ..application.views import (
+    CHANGE_WINDOWS,
+    RECENT_WINDOW_SECONDS,
+    Page,
+    PriceView,
+    ProtocolQuery,
+    ProtocolView,
+)
+from ..domain.observations import TOTAL
 
 _LAYOUT: Final = "2"
 

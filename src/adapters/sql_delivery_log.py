@@ -23,14 +23,14 @@ from ..application.delivery import (
     DeliveryProgress,
     NotificationJob,
 )
-from .sql_history import (
+from .sql_schema import (
     ALERT_EVENTS,
     DELIVERY_ATTEMPTS,
     PENDING_NOTIFICATIONS,
-    _chunks,
-    _create_engine,
-    _write_transaction,
+    chunked,
+    create_sql_engine,
     migrate,
+    write_transaction,
 )
 
 __all__ = ["SqlDeliveryLog"]
@@ -42,7 +42,7 @@ class SqlDeliveryLog:
     """Implements ``DeliveryLog`` (synchronous: call it from a worker thread)."""
 
     def __init__(self, url: str) -> None:
-        self._engine = _create_engine(url)
+        self._engine = create_sql_engine(url)
         try:
             migrate(self._engine)
         except BaseException:
@@ -54,7 +54,7 @@ class SqlDeliveryLog:
         return self._engine
 
     def record(self, attempt: DeliveryAttempt) -> None:
-        with _write_transaction(self._engine) as connection:
+        with write_transaction(self._engine) as connection:
             connection.execute(
                 insert(DELIVERY_ATTEMPTS).values(
                     rule_id=attempt.rule_id,
@@ -82,11 +82,11 @@ class SqlDeliveryLog:
     def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
         table = PENDING_NOTIFICATIONS
         attempts = DELIVERY_ATTEMPTS
-        with _write_transaction(self._engine) as connection:
+        with write_transaction(self._engine) as connection:
             # Keys already journaled or already settled are skipped: the dispatcher enqueues
             # a batch again after a crash before it saved its position.
             known: set[str] = set()
-            for chunk in _chunks(list({job.idempotency_key for job in jobs})):
+            for chunk in chunked(list({job.idempotency_key for job in jobs})):
                 known.update(
                     connection.execute(
                         select(table.c.idempotency_key).where(table.c.idempotency_key.in_(chunk))

@@ -138,7 +138,7 @@ def backtest_command(
 def _catch_up_history(app: Any, history: Any) -> None:
     """Apply what the history read model has not seen yet (exactly once: safe beside a
     running server, which applies the same log under the same tracking row)."""
-    from ..application.event_log import EventStoreLog
+    from ..adapters.event_store_log import EventStoreLog
     from ..application.following import ProjectionRunner
 
     event_log = EventStoreLog(app)

@@ -13,6 +13,7 @@ import httpx
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 
+from ..adapters.event_store_log import EventStoreLog
 from ..adapters.memory_fanout import InProcessEventFanout
 from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
@@ -26,7 +27,6 @@ from ..adapters.sql_history import SqlHistoryReadModel
 from ..adapters.webhook_notifier import WebhookNotifier
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
-from ..application.event_log import EventStoreLog
 from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
 from .settings import Settings

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..adapters.event_store_log import EventStoreLog
 from ..adapters.postgres_coordination import PostgresCommitListener
 from ..application.app import DefiRealtime
-from ..application.event_log import EventStoreLog
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.ports import (
     AlertRuleReadModel,

@@ -29,14 +29,14 @@ from sqlalchemy import Table, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from defi_realtime.adapters.sql_history import (
+from defi_realtime.adapters.sql_history import SqlHistoryReadModel
+from defi_realtime.adapters.sql_schema import (
     ALERT_EVENTS,
     HISTORY_METADATA,
     MIGRATIONS_DIR,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
     VERSION_TABLE,
-    SqlHistoryReadModel,
     migrate,
 )
 from defi_realtime.application.log import LogBatch, LogEntry, LogGapError
@@ -577,7 +577,7 @@ class HistoryContract:
         script = textwrap.dedent(
             """
             import pathlib, sys, time
-            from defi_realtime.adapters.sql_history import migrate
+            from defi_realtime.adapters.sql_schema import migrate
             gate = pathlib.Path(sys.argv[2])
             (gate / sys.argv[3]).touch()
             deadline = time.monotonic() + 60

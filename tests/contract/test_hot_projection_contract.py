@@ -1,7 +1,7 @@
 """One ``HotProjection`` contract, run against the in-memory and the Redis adapters.
 
 The property test at the end checks every view against a reference fold written here,
-plainly and independently of ``defi_realtime.adapters.hot_state``.
+plainly and independently of ``defi_realtime.application.hot_state``.
 """
 
 from __future__ import annotations

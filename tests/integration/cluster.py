@@ -35,8 +35,8 @@ import pytest
 from psycopg import sql
 from redis.asyncio import Redis
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.entrypoints.runtime import PROJECTIONS_LOCK_KEY, RELAY_LOCK_KEY
 from defi_realtime.entrypoints.settings import Settings

@@ -28,6 +28,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.memory_notification_queue import InProcessNotificationQueue
 from defi_realtime.adapters.position_stores import SqlPositionStore
 from defi_realtime.adapters.rabbit_notification_queue import RabbitNotificationQueue
@@ -45,7 +46,6 @@ from defi_realtime.application.delivery import (
     NotificationJob,
     RetryPolicy,
 )
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.following import ProjectionRunner
 from defi_realtime.application.notifications import DeliveryWorker, NotificationDispatcher
 from defi_realtime.application.ports import NotificationQueue, Notifier

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.memory_hot_projection import InMemoryHotProjection
 from defi_realtime.adapters.sql_history import SqlHistoryReadModel
 from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.following import ProjectionRunner
 from defi_realtime.application.ingest import IngestResult, build_batch
 from defi_realtime.application.views import CHANGE_WINDOWS, SeriesPoint, SeriesQuery

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.realtime import CLOSE_SLOW_CONSUMER, Connection, RealtimeHub
 from defi_realtime.application.views import Page, ProtocolQuery
@@ -194,7 +194,7 @@ async def inline(function: Callable[..., T], *args: Any) -> T:
 
 async def scenario(app: DefiRealtime, script: list[Round], queue: int, page: int) -> None:
     # No read-ahead thread: it could still be reading when the store closes.
-    event_log = EventStoreLog(app, read_ahead=False)
+    event_log = EventStoreLog(app)
     hub = RealtimeHub(
         event_log,
         FakeHotProjection(),  # type: ignore[arg-type]

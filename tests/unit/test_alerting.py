@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.memory_hot_projection import InMemoryHotProjection
 from defi_realtime.adapters.position_stores import InMemoryPositionStore
 from defi_realtime.adapters.redis_hot_projection import RedisHotProjection
@@ -38,7 +39,6 @@ from defi_realtime.application.alert_rules import (
 )
 from defi_realtime.application.alerting import AlertEvaluator, RecentSeries
 from defi_realtime.application.app import DefiRealtime, ProtocolNotFound
-from defi_realtime.application.event_log import EventStoreLog
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.ports import HotProjection

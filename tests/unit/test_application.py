@@ -11,6 +11,7 @@ import pytest
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Notification
 
+from defi_realtime.adapters.event_store_log import EventStoreLog, to_entry
 from defi_realtime.application.app import (
     AlertRuleNotFound,
     ApiKeyNotFound,
@@ -18,7 +19,6 @@ from defi_realtime.application.app import (
     ProtocolNotFound,
     SubscriptionNotFound,
 )
-from defi_realtime.application.event_log import EventStoreLog, to_entry
 from defi_realtime.application.ingest import (
     MAX_ITEMS_PER_BATCH,
     IngestResult,

@@ -14,14 +14,14 @@ from eventsourcing.persistence import Mapper, Notification
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from defi_realtime.application.app import DefiRealtime
-from defi_realtime.application.event_log import (
+from defi_realtime.adapters.event_store_log import (
     TRANSLATIONS,
     EventStoreLog,
     fast_entry,
     plain_json_states,
     to_entry,
 )
+from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.log import LogBatch, LogEntry
 

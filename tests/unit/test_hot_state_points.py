@@ -8,7 +8,7 @@ from bisect import bisect_left
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defi_realtime.adapters.hot_state import Points, record_point
+from defi_realtime.application.hot_state import Points, record_point
 from defi_realtime.application.views import RECENT_WINDOW_SECONDS
 
 Point = tuple[float, float]

@@ -1,7 +1,7 @@
 """Alembic environment of the history read model's schema.
 
 Alembic loads this file by path (``migrations/`` is a plain directory, not a package).
-Upgrades only run through ``defi_realtime.adapters.sql_history.migrate``, which opens the
+Upgrades only run through ``defi_realtime.adapters.sql_schema.migrate``, which opens the
 transaction, takes the migration lock and hands the connection over in
 ``config.attributes["connection"]``: running without it would skip that lock, so it is
 refused.
@@ -19,7 +19,7 @@ def _run_migrations() -> None:
     config = context.config
     connection = config.attributes.get("connection")
     if not isinstance(connection, Connection):
-        raise RuntimeError("run migrations with defi_realtime.adapters.sql_history.migrate(url)")
+        raise RuntimeError("run migrations with defi_realtime.adapters.sql_schema.migrate(url)")
     context.configure(
         connection=connection,
         version_table=config.get_main_option("version_table") or "history_alembic_version",

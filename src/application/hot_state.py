@@ -28,8 +28,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from ..application.log import LogBatch, LogEntry, LogGapError
-from ..application.views import (
+from ..domain.observations import METRICS, TOTAL
+from .log import LogBatch, LogEntry, LogGapError
+from .views import (
     CHANGE_WINDOWS,
     RECENT_WINDOW_SECONDS,
     SORT_FIELDS,
@@ -39,8 +40,6 @@ from ..application.views import (
     percent_change,
 )
 
-TOTAL: Final = "total"
-METRICS: Final = frozenset({"tvl", "volume_24h", "fees_24h"})
 LISTING_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 PROTOCOL_KINDS: Final = LISTING_KINDS | {"metric"}
 PRICE_KIND: Final = "price"

@@ -35,10 +35,10 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import resolve_topic
 
+from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.protocol import Protocol
 from ..domain.token import Token
-from .log import LogBatch, LogEntry
 
 # Translations read an event's fields from a mapping: the event object's ``vars()`` on the
 # general path, the decoded JSON state (plus the originator ID) on the fast one. Both hold
@@ -233,12 +233,7 @@ def fast_entry(notification: Notification, translate: _Translate) -> LogEntry | 
 class EventStoreLog:
     """Reads the application's notification log (synchronous; call from a thread)."""
 
-    def __init__(
-        self, app: Application[UUID], *, fast: bool = True, read_ahead: bool = False
-    ) -> None:
-        # ``read_ahead`` is accepted and ignored: a background read-ahead was tried and
-        # measured no faster (docs/benchmarks.md); some callers still pass it.
-        del read_ahead
+    def __init__(self, app: Application[UUID], *, fast: bool = True) -> None:
         self._recorder = app.recorder
         self._mapper = app.mapper
         self._fast = fast and plain_json_states(app.mapper)

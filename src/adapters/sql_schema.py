@@ -1,0 +1,292 @@
+"""The SQL schema shared by the SQLAlchemy adapters: tables, engines, migrations.
+
+The history read model (``sql_history.py``), the delivery log (``sql_delivery_log.py``) and
+the tracking rows of both live in one database (a SQLite file embedded, PostgreSQL in
+production) whose shape the Alembic revisions in ``migrations/`` own. The ``Table``s here
+describe what those revisions create, to build queries; a contract test compares them with a
+migrated database so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+
+__all__ = [
+    "ALERT_EVENTS",
+    "ALERT_RULES",
+    "DELIVERY_ATTEMPTS",
+    "HISTORY_METADATA",
+    "MIGRATIONS_DIR",
+    "PENDING_NOTIFICATIONS",
+    "PRICE_OBSERVATIONS",
+    "PROJECTION_TRACKING",
+    "PROTOCOLS",
+    "PROTOCOL_OBSERVATIONS",
+    "VERSION_TABLE",
+    "chunked",
+    "create_sql_engine",
+    "migrate",
+    "write_transaction",
+]
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
+# Alembic's bookkeeping table, named for this schema so it cannot collide with another
+# Alembic-managed schema in the same PostgreSQL database.
+VERSION_TABLE: Final = "history_alembic_version"
+# Key of the PostgreSQL advisory lock that serialises concurrent ``migrate`` calls.
+_MIGRATION_LOCK_KEY: Final = zlib.crc32(b"defi_realtime.history.migrate")
+_SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+# Execution option read by the SQLite "begin" listener: which BEGIN to emit.
+_SQLITE_BEGIN: Final = "defi_realtime_sqlite_begin"
+# Bound-parameter lists (IN (...)) are cut to this size: SQLite caps variables per statement.
+_IN_CHUNK: Final = 500
+# Alembic runs env.py and the revisions through module-global proxies (``alembic.context``,
+# ``alembic.op``): two upgrades in threads of one process would clobber each other's
+# state, so they take turns here before competing for the database lock.
+_ALEMBIC_LOCK: Final = threading.Lock()
+
+# The shape the Alembic revisions create, used to build queries. A test compares it with
+# a migrated database so the two cannot drift apart.
+HISTORY_METADATA: Final = MetaData()
+
+PROTOCOL_OBSERVATIONS: Final = Table(
+    "protocol_observations",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    Column("protocol", Text(), nullable=False),
+    Column("metric", Text(), nullable=False),
+    Column("chain", Text(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("value", Double(), nullable=False),
+    Column("source", Text(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("position", name="pk_protocol_observations"),
+    Index("ix_protocol_observations_series", "protocol", "metric", "chain", "observed_at"),
+)
+PRICE_OBSERVATIONS: Final = Table(
+    "price_observations",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    Column("token", Text(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("price", Double(), nullable=False),
+    Column("confidence", Double(), nullable=True),
+    Column("source", Text(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("position", name="pk_price_observations"),
+    Index("ix_price_observations_series", "token", "observed_at"),
+)
+PROTOCOLS: Final = Table(
+    "protocols",
+    HISTORY_METADATA,
+    Column("slug", Text(), nullable=False),
+    Column("name", Text(), nullable=False),
+    Column("category", Text(), nullable=False),
+    Column("chains", JSON(), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("slug", name="pk_protocols"),
+)
+ALERT_EVENTS: Final = Table(
+    "alert_events",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    Column("rule_id", Text(), nullable=False),
+    Column("kind", Text(), nullable=False),
+    Column("owner", Text(), nullable=False),
+    Column("measure", Double(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("idempotency_key", Text(), nullable=True),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("position", name="pk_alert_events"),
+    UniqueConstraint("idempotency_key", name="uq_alert_events_idempotency_key"),
+    Index("ix_alert_events_rule", "rule_id", "observed_at"),
+)
+# Not a projection: every notification delivery attempt (adapters/sql_delivery_log.py). It
+# shares this schema (and its migrations) but ``reset`` leaves it alone, since the log cannot
+# rebuild it.
+DELIVERY_ATTEMPTS: Final = Table(
+    "delivery_attempts",
+    HISTORY_METADATA,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("rule_id", Text(), nullable=False),
+    Column("owner", Text(), nullable=False),
+    Column("idempotency_key", Text(), nullable=False),
+    Column("channel_kind", Text(), nullable=False),
+    Column("channel_target", Text(), nullable=False),
+    Column("attempt", Integer(), nullable=False),
+    Column("status", Text(), nullable=False),
+    Column("http_status", Integer(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("condition", Text(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("started_at", Double(), nullable=False),
+    Column("finished_at", Double(), nullable=False),
+    Index("ix_delivery_attempts_key", "idempotency_key"),
+    Index("ix_delivery_attempts_rule", "rule_id", "id"),
+)
+# Not a projection either: notification jobs handed to the in-process queue and not settled
+# yet (migration 0004), so that a restart enqueues them again (adapters/sql_delivery_log.py).
+PENDING_NOTIFICATIONS: Final = Table(
+    "pending_notifications",
+    HISTORY_METADATA,
+    Column("idempotency_key", Text(), nullable=False),
+    Column("rule_id", Text(), nullable=False),
+    Column("job", JSON(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("idempotency_key", name="pk_pending_notifications"),
+)
+# Each rule as its owner lists it (migration 0002), folded with ``fold_rule``.
+ALERT_RULES: Final = Table(
+    "alert_rules",
+    HISTORY_METADATA,
+    Column("rule_id", Text(), nullable=False),
+    Column("owner", Text(), nullable=False),
+    Column("name", Text(), nullable=False),
+    Column("target", JSON(), nullable=False),
+    Column("target_key", Text(), nullable=False),
+    Column("condition", JSON(), nullable=False),
+    Column("channels", JSON(), nullable=False),
+    Column("cooldown", BigInteger(), nullable=False),
+    Column("state", Text(), nullable=False),
+    Column("firing", Text(), nullable=False),
+    Column("last_fired_at", Double(), nullable=True),
+    Column("transitions", BigInteger(), nullable=False),
+    Column("created_position", BigInteger(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("created_at", Double(), nullable=False),
+    Column("updated_at", Double(), nullable=False),
+    PrimaryKeyConstraint("rule_id", name="pk_alert_rules"),
+    Index("ix_alert_rules_owner", "owner", "created_position"),
+    Index("ix_alert_rules_state", "state"),
+)
+PROJECTION_TRACKING: Final = Table(
+    "projection_tracking",
+    HISTORY_METADATA,
+    Column("name", Text(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("name", name="pk_projection_tracking"),
+)
+
+
+# --- engine -----------------------------------------------------------------------------
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module only emits BEGIN before the first INSERT/UPDATE/DELETE, so the
+    # tracking read in ``apply`` would run outside the transaction. Switch its own
+    # transaction handling off; ``_sqlite_on_begin`` emits BEGIN instead (SQLAlchemy's
+    # documented recipe). COMMIT/ROLLBACK still go through the driver.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # Wait for another connection's lock instead of failing with "database is locked";
+        # set first, since switching the journal mode below needs a lock too.
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL: readers (series) never block the writer (apply) and vice versa.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # Durable at each checkpoint; the usual pairing with WAL.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # Writers ask for BEGIN IMMEDIATE: it takes SQLite's write lock up front (waiting up to
+    # the busy timeout), which is what FOR UPDATE does on PostgreSQL. A deferred
+    # transaction that reads and then writes fails with SQLITE_BUSY if another writer
+    # committed in between. Readers keep a plain (deferred) BEGIN.
+    mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+
+def create_sql_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        # Plain postgresql:// would pick psycopg2; this project ships psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that may write: commits on success, rolls back on any exception."""
+    with engine.connect() as connection:
+        connection.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+        with connection.begin():
+            yield connection
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    # ConfigParser interpolates '%': escape it in case the install path contains one.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_table", VERSION_TABLE)
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(target: str | Engine) -> None:
+    """Upgrade the history schema to the newest revision (a no-op when it is current).
+
+    Safe to call from several processes at once: on PostgreSQL the upgrade runs inside a
+    transaction holding an advisory lock, on SQLite inside ``BEGIN IMMEDIATE``. Either
+    way the losers wait, then find the schema at head and do nothing.
+    """
+    engine = create_sql_engine(target) if isinstance(target, str) else target
+    try:
+        with _ALEMBIC_LOCK, write_transaction(engine) as connection:
+            if connection.dialect.name == "postgresql":
+                # Transaction-scoped: released by the commit/rollback below, even if the
+                # upgrade fails half way (PostgreSQL DDL is transactional, so a failed
+                # upgrade leaves nothing behind either).
+                connection.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            command.upgrade(_alembic_config(connection), "head")
+    finally:
+        if isinstance(target, str):
+            engine.dispose()
+
+
+def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
