@@ -117,6 +117,23 @@ class ProjectionRunner:
             await self._catch_up_locked(until)
             return self.position
 
+    async def catch_up_in_steps(
+        self, until: int, *, step: int = 20_000, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """``catch_up`` to ``until`` in steps of ``step`` positions, calling ``progress`` with
+        the position after each (a rebuild's progress bar); returns the position."""
+        position = await self._position()
+        if progress is not None:
+            progress(position)
+        while position < until:
+            reached = await self.catch_up(until=min(until, position + step))
+            if progress is not None:
+                progress(reached)
+            if reached == position:
+                break  # the log ends before ``until``
+            position = reached
+        return position
+
     async def _catch_up_locked(self, until: int | None) -> None:
         while until is None or self.position < until:
             batch = await asyncio.to_thread(self.event_log.read, self.position, self.page_size)

@@ -43,7 +43,7 @@ def alert_history_routes(require_key: KeyCheck) -> list[Route]:
 
     async def alert_history(request: Request) -> Response:
         key = await require_key(request)
-        runtime = request.app.state.runtime
+        node = request.app.state.node
         raw_id = request.path_params["rule_id"]
         not_found = ApiError(404, "alert_not_found", f"alert rule {raw_id!r} not found")
         try:
@@ -51,11 +51,11 @@ def alert_history_routes(require_key: KeyCheck) -> list[Route]:
         except ValueError:
             raise not_found from None
         try:
-            rule = await asyncio.to_thread(runtime.app.get_alert_rule, rule_id, key.owner)
+            rule = await asyncio.to_thread(node.app.get_alert_rule, rule_id, key.owner)
         except AlertRuleNotFound:
             raise not_found from None
         limit = _limit(request)
-        delivery_log = runtime.delivery_log
+        delivery_log = node.delivery_log
         transitions = await asyncio.to_thread(delivery_log.transitions, str(rule_id), limit)
         attempts = await asyncio.to_thread(delivery_log.attempts, str(rule_id), limit)
         return JSONResponse(

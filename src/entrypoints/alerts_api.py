@@ -35,7 +35,7 @@ from ..domain.alert_rule import (
 from ..domain.api_key import ApiKey
 from ..domain.errors import InvalidTransition
 from .errors import ApiError
-from .runtime import Runtime
+from .node import Node
 
 __all__ = ["alert_routes"]
 
@@ -50,15 +50,14 @@ DEFAULT_COOLDOWN: Final = 3_600
 LISTING_WAIT: Final = 2.0
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
 
 
-def _rules(runtime: Runtime) -> AlertRuleReadModel:
-    if runtime.alert_rules is None:  # pragma: no cover - every role serving the API has one
-        raise ApiError(503, "unavailable", "alert rules are not available on this node")
-    return runtime.alert_rules
+def _rules(node: Node) -> AlertRuleReadModel:
+    # The history read model folds the rules too (its ``alert_rules`` table, ADR 0008).
+    return node.history
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -138,26 +137,26 @@ def _time(body: dict[str, Any], name: str) -> float | None:
     raise ApiError(400, "invalid_body", f"{name} must be unix seconds or ISO-8601")
 
 
-async def _read_your_write(runtime: Runtime) -> None:
+async def _read_your_write(node: Node) -> None:
     """Wait (bounded) until the listing has folded everything up to now."""
-    head = await asyncio.to_thread(runtime.event_log.head)
+    head = await asyncio.to_thread(node.event_log.head)
     deadline = time.monotonic() + LISTING_WAIT
-    while await asyncio.to_thread(_rules(runtime).position) < head:
+    while await asyncio.to_thread(_rules(node).position) < head:
         if time.monotonic() > deadline:
             return  # eventually consistent: the write is committed regardless
         await asyncio.sleep(0.005)
 
 
-async def _fresh_rule(runtime: Runtime, rule_id: UUID, owner: str) -> AlertRule:
+async def _fresh_rule(node: Node, rule_id: UUID, owner: str) -> AlertRule:
     try:
-        return await asyncio.to_thread(runtime.app.get_alert_rule, rule_id, owner)
+        return await asyncio.to_thread(node.app.get_alert_rule, rule_id, owner)
     except AlertRuleNotFound:
         raise _not_found(rule_id) from None
 
 
-async def _write(runtime: Runtime, rule_id: UUID, command: Callable[[], None]) -> None:
+async def _write(node: Node, rule_id: UUID, command: Callable[[], None]) -> None:
     try:
-        await runtime.writer.call(command)
+        await node.writer.call(command)
     except AlertRuleNotFound:
         raise _not_found(rule_id) from None
     except InvalidTransition as error:
@@ -170,7 +169,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
     """The routes, with the API's own key check and JSON body reader (size limits)."""
 
     async def create(request: Request, key: ApiKey) -> Response:
-        runtime = _runtime(request)
+        node = _node(request)
         body = await _object_body(request, read_json, optional=False)
         unknown = sorted(set(body) - CREATE_FIELDS)
         if unknown:
@@ -183,7 +182,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
         condition = _checked("condition", check_condition, body["condition"])
         channels = _channels(body["channels"])
         cooldown = _checked("cooldown", check_cooldown, body.get("cooldown", DEFAULT_COOLDOWN))
-        owned = await asyncio.to_thread(_rules(runtime).alert_rules, key.owner)
+        owned = await asyncio.to_thread(_rules(node).alert_rules, key.owner)
         if len(owned) >= key.limits.alert_rules:
             raise ApiError(
                 403,
@@ -191,9 +190,9 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
                 f"the {key.tier} tier allows {key.limits.alert_rules} alert rules",
                 {"limit": key.limits.alert_rules},
             )
-        app = runtime.app
+        app = node.app
         try:
-            rule_id = await runtime.writer.call(
+            rule_id = await node.writer.call(
                 lambda: app.create_alert_rule(
                     key.owner, target, condition, channels, cooldown, name
                 )
@@ -207,19 +206,19 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
             ) from None
         except InvalidRule as error:
             raise ApiError(400, "invalid_rule", str(error)) from None
-        await _read_your_write(runtime)
-        rule = await _fresh_rule(runtime, rule_id, key.owner)
+        await _read_your_write(node)
+        rule = await _fresh_rule(node, rule_id, key.owner)
         return JSONResponse(AlertRuleView.of(rule).to_json())
 
     async def collection(request: Request) -> Response:
         key = await require_key(request)
         if request.method == "POST":
             return await create(request, key)
-        views = await asyncio.to_thread(_rules(_runtime(request)).alert_rules, key.owner)
+        views = await asyncio.to_thread(_rules(_node(request)).alert_rules, key.owner)
         return JSONResponse({"alerts": [view.to_json() for view in views], "total": len(views)})
 
     async def update(request: Request, key: ApiKey, rule_id: UUID) -> Response:
-        runtime = _runtime(request)
+        node = _node(request)
         body = await _object_body(request, read_json, optional=False)
         unknown = sorted(set(body) - CREATE_FIELDS)
         if unknown:
@@ -233,7 +232,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
             changes["channels"] = _channels(body["channels"])
         if "cooldown" in body:
             changes["cooldown"] = _checked("cooldown", check_cooldown, body["cooldown"])
-        current = await _fresh_rule(runtime, rule_id, key.owner)
+        current = await _fresh_rule(node, rule_id, key.owner)
         if "target" in body:
             target = _checked("target", check_target, body["target"])
             if target != current.target:
@@ -244,38 +243,38 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
                     400, "invalid_body", f"nothing to change: send {sorted(CREATE_FIELDS)}"
                 )
             return JSONResponse(AlertRuleView.of(current).to_json())  # the same target
-        app = runtime.app
-        await _write(runtime, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **changes))
-        await _read_your_write(runtime)
-        rule = await _fresh_rule(runtime, rule_id, key.owner)
+        app = node.app
+        await _write(node, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **changes))
+        await _read_your_write(node)
+        rule = await _fresh_rule(node, rule_id, key.owner)
         return JSONResponse(AlertRuleView.of(rule).to_json())
 
     async def item(request: Request) -> Response:
         key = await require_key(request)
         rule_id = _rule_id(request)
-        runtime = _runtime(request)
+        node = _node(request)
         if request.method == "PUT":
             return await update(request, key, rule_id)
         if request.method == "DELETE":
-            app = runtime.app
-            await _write(runtime, rule_id, lambda: app.delete_alert_rule(rule_id, key.owner))
-            await _read_your_write(runtime)
+            app = node.app
+            await _write(node, rule_id, lambda: app.delete_alert_rule(rule_id, key.owner))
+            await _read_your_write(node)
             return JSONResponse({"id": str(rule_id), "state": "deleted"})
-        rule = await _fresh_rule(runtime, rule_id, key.owner)
+        rule = await _fresh_rule(node, rule_id, key.owner)
         return JSONResponse(AlertRuleView.of(rule).to_json())
 
     def lifecycle(command: str) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             key = await require_key(request)
             rule_id = _rule_id(request)
-            runtime = _runtime(request)
-            app = runtime.app
+            node = _node(request)
+            app = node.app
             if command == "pause":
-                await _write(runtime, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
+                await _write(node, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
             else:
-                await _write(runtime, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
-            await _read_your_write(runtime)
-            rule = await _fresh_rule(runtime, rule_id, key.owner)
+                await _write(node, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
+            await _read_your_write(node)
+            rule = await _fresh_rule(node, rule_id, key.owner)
             return JSONResponse(AlertRuleView.of(rule).to_json())
 
         return endpoint
@@ -283,7 +282,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
     async def run_backtest(request: Request) -> Response:
         key = await require_key(request)
         rule_id = _rule_id(request)
-        runtime = _runtime(request)
+        node = _node(request)
         body = await _object_body(request, read_json, optional=True)
         unknown = sorted(set(body) - {"start", "end"})
         if unknown:
@@ -291,11 +290,11 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
         start, end = _time(body, "start"), _time(body, "end")
         if start is not None and end is not None and start > end:
             raise ApiError(400, "invalid_body", "start must not be after end")
-        rule = await _fresh_rule(runtime, rule_id, key.owner)
+        rule = await _fresh_rule(node, rule_id, key.owner)
         target, condition, cooldown = dict(rule.target), dict(rule.condition), rule.cooldown
         try:
             points = await asyncio.to_thread(
-                history_points, runtime.history, target, condition, start=start, end=end
+                history_points, node.history, target, condition, start=start, end=end
             )
         except BacktestUnsupported as error:
             raise ApiError(422, "backtest_unsupported", str(error)) from None

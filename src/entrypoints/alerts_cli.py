@@ -12,7 +12,9 @@ from uuid import UUID
 import typer
 from rich.table import Table
 
+from ..application.following import ProjectionRunner
 from .console import err, progress_bar
+from .container import opened
 from .settings import Settings
 
 alerts_cli = typer.Typer(help="Alert rules.", no_args_is_help=True)
@@ -63,9 +65,7 @@ def backtest_command(
 ) -> None:
     """Replay a rule over stored history; prints {"events": [...]} (when it would have
     fired and resolved) on stdout. Brings the history read model up to date first."""
-    from ..adapters.sql_history import SqlHistoryReadModel
     from ..application.alert_backtest import BacktestUnsupported, backtest, history_points
-    from ..application.app import DefiRealtime
     from ..domain.alert_rule import (
         AlertRule,
         InvalidRule,
@@ -77,12 +77,8 @@ def backtest_command(
     if (rule is None) == (protocol is None):
         raise _fail("give either --rule ID or an inline rule (--protocol SLUG ...)")
     start_at, end_at = _time(start, "start"), _time(end, "end")
-    settings = Settings()
-    if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = DefiRealtime(env=settings.event_store_env)
-    history = SqlHistoryReadModel(settings.history_url)
-    try:
+    with opened(Settings()) as container:
+        app, history = container.application(), container.history()
         if rule is not None:
             try:
                 stored: Any = app.repository.get(UUID(rule))
@@ -103,7 +99,7 @@ def backtest_command(
                 check_cooldown(cooldown)
             except InvalidRule as error:
                 raise _fail(str(error)) from None
-        _catch_up_history(app, history)
+        _catch_up_history(container.history_runner())
         try:
             points = history_points(history, target, rule_condition, start=start_at, end=end_at)
             if not points:
@@ -121,9 +117,6 @@ def backtest_command(
                 )
         except (InvalidRule, BacktestUnsupported) as error:
             raise _fail(str(error)) from None
-    finally:
-        history.close()
-        app.close()
     table = Table(title=f"backtest: {len(result.events)} transitions over {result.points:,} points")
     table.add_column("state")
     table.add_column("observed at (UTC)")
@@ -135,27 +128,16 @@ def backtest_command(
     sys.stdout.write(json.dumps(output) + "\n")
 
 
-def _catch_up_history(app: Any, history: Any) -> None:
+def _catch_up_history(runner: ProjectionRunner) -> None:
     """Apply what the history read model has not seen yet (exactly once: safe beside a
     running server, which applies the same log under the same tracking row)."""
-    from ..adapters.event_store_log import EventStoreLog
-    from ..application.following import ProjectionRunner
-
-    event_log = EventStoreLog(app)
-    runner = ProjectionRunner.for_history(event_log, history)
 
     async def main() -> None:
-        head = await asyncio.to_thread(event_log.head)
-        position = await asyncio.to_thread(history.position)
-        if position >= head:
-            return
+        head = await asyncio.to_thread(runner.event_log.head)
         with progress_bar() as progress:
-            task = progress.add_task("history read model", total=head, completed=position)
-            while runner.position < head:
-                before = runner.position
-                await runner.catch_up(until=min(head, max(position, runner.position) + 20_000))
-                progress.update(task, completed=runner.position)
-                if runner.position == before:
-                    break
+            task = progress.add_task("history read model", total=head)
+            await runner.catch_up_in_steps(
+                head, progress=lambda position: progress.update(task, completed=position)
+            )
 
     asyncio.run(main())

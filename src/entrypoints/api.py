@@ -34,9 +34,10 @@ from ..domain.api_key import ApiKey
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
 from .asyncapi import asyncapi_document
+from .container import provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
+from .node import Node, running
 from .openapi import openapi_document
-from .runtime import Runtime, running
 from .settings import Settings
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
@@ -91,9 +92,9 @@ class CountRequests:
             self.counter.labels(route, str(status)).inc()
 
 
-def _runtime(request: Request | WebSocket) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def _node(request: Request | WebSocket) -> Node:
+    node: Node = request.app.state.node
+    return node
 
 
 async def _authenticate(scope_obj: Request | WebSocket, key: str | None) -> ApiKey | None:
@@ -104,7 +105,7 @@ async def _authenticate(scope_obj: Request | WebSocket, key: str | None) -> ApiK
     cached = cache.get(key)
     if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
         return cached[1]
-    found = await asyncio.to_thread(_runtime(scope_obj).app.authenticate, key)
+    found = await asyncio.to_thread(_node(scope_obj).app.authenticate, key)
     if len(cache) > 10_000:
         cache.clear()
     cache[key] = (now, found)
@@ -176,17 +177,17 @@ def _is_number(raw: str) -> bool:
 
 
 async def health(request: Request) -> Response:
-    runtime = _runtime(request)
-    head = await asyncio.to_thread(runtime.event_log.head)
-    follower = runtime.follower.position if runtime.follower else None
+    node = _node(request)
+    head = await asyncio.to_thread(node.event_log.head)
+    follower = node.follower.position if node.follower else None
     return JSONResponse(
         {
             "status": "ok",
             "log_head": head,
             "node_position": follower,
-            "hot_position": await runtime.hot.position(),
-            "history_position": await asyncio.to_thread(runtime.history.position),
-            "connections": len(runtime.hub.connections),
+            "hot_position": await node.hot.position(),
+            "history_position": await asyncio.to_thread(node.history.position),
+            "connections": len(node.hub.connections),
         }
     )
 
@@ -210,7 +211,7 @@ async def list_protocols(request: Request) -> Response:
         limit=_int_param(request, "limit", 100, 1, MAX_PAGE),
         offset=_int_param(request, "offset", 0, 0, 10_000_000),
     )
-    page = await _runtime(request).hot.list_protocols(query)
+    page = await _node(request).hot.list_protocols(query)
     return JSONResponse(
         {
             "protocols": [view.to_json() for view in page.items],
@@ -224,7 +225,7 @@ async def list_protocols(request: Request) -> Response:
 async def get_protocol(request: Request) -> Response:
     await check_read_access(request)
     slug = request.path_params["slug"]
-    view = await _runtime(request).hot.get_protocol(slug)
+    view = await _node(request).hot.get_protocol(slug)
     if view is None:
         raise ApiError(404, "protocol_not_found", f"protocol {slug!r} not found")
     return JSONResponse(view.to_json())
@@ -232,9 +233,9 @@ async def get_protocol(request: Request) -> Response:
 
 async def protocol_metrics(request: Request) -> Response:
     await check_read_access(request)
-    runtime = _runtime(request)
+    node = _node(request)
     slug = request.path_params["slug"]
-    if await runtime.hot.get_protocol(slug) is None:
+    if await node.hot.get_protocol(slug) is None:
         raise ApiError(404, "protocol_not_found", f"protocol {slug!r} not found")
     params = request.query_params
     metric = params.get("metric", "tvl")
@@ -257,7 +258,7 @@ async def protocol_metrics(request: Request) -> Response:
         as_of=_time_param(request, "as_of"),
         limit=_int_param(request, "limit", 10_000, 1, 100_000),
     )
-    series = await asyncio.to_thread(runtime.history.series, query)
+    series = await asyncio.to_thread(node.history.series, query)
     return JSONResponse(
         {
             "slug": series.slug,
@@ -292,7 +293,7 @@ async def _realtime_protocols(
     """The protocols named in ``protocolIds`` or, when none are named, the first ``limit``
     ranked by ``ranked_by`` (with ``ranked_only``, those without a ``ranked_by`` value left
     out)."""
-    hot = _runtime(request).hot
+    hot = _node(request).hot
     ids = _csv_param(request, "protocolIds")
     limit = _realtime_limit(request)
     if ids is not None:
@@ -344,7 +345,7 @@ async def realtime_prices(request: Request) -> Response:
     await check_read_access(request)
     tokens = _csv_param(request, "tokens") or _csv_param(request, "tokenIds")
     # The projection ignores limit when tokens are named; _realtime_limit checks it anyway.
-    prices = await _runtime(request).hot.prices(tokens, _realtime_limit(request))
+    prices = await _node(request).hot.prices(tokens, _realtime_limit(request))
     return JSONResponse({"data": [price.to_json() for price in prices]})
 
 
@@ -411,11 +412,11 @@ async def ingest(request: Request) -> Response:
         )
     except InvalidItem as error:
         raise ApiError(413, "batch_too_large", str(error)) from None
-    runtime = _runtime(request)
+    node = _node(request)
     if batch.rejected and not partial:
         result = IngestResult(rejected=list(batch.rejected), committed=False)
     else:
-        result = await runtime.writer.ingest(batch)
+        result = await node.writer.ingest(batch)
     metrics: Metrics = request.app.state.metrics
     metrics.ingested.labels("accepted").inc(result.accepted)
     metrics.ingested.labels("duplicate").inc(result.duplicates)
@@ -437,10 +438,10 @@ async def openapi(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
-    runtime = _runtime(request)
-    metrics.ws_connections.set(len(runtime.hub.connections))
-    if runtime.follower is not None:
-        metrics.log_head.set(runtime.follower.position)
+    node = _node(request)
+    metrics.ws_connections.set(len(node.hub.connections))
+    if node.follower is not None:
+        metrics.log_head.set(node.follower.position)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -505,12 +506,12 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with running(settings, role) as runtime:
-            app.state.runtime = runtime
-            gateway = SocketGateway(runtime.hub, settings, runtime.app.authenticate)
+        async with running(settings, role) as node:
+            app.state.node = node
+            gateway: SocketGateway = await provide(node.container.gateway)
             app.state.gateway = gateway
             sweeper = asyncio.create_task(
-                runtime.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
+                node.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
                 name="realtime-sweeper",
             )
             try:

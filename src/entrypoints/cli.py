@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -12,12 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from ..adapters.defillama_files import UnknownFormatError, detect_format, estimate_items, read_items
 from ..application.importing import ImportTotals, import_items
 from .alerts_cli import alerts_cli
 from .console import err, progress_bar
+from .container import opened, opened_async, provide
+from .roles import WORKERS, describe
 from .settings import Settings
 
 cli = typer.Typer(
@@ -73,7 +78,7 @@ def serve(
     ws: Any = RealtimeWebSocketProtocol if settings.ws_transport == "lean" else "auto"
     app: Any = create_app(settings)
     if workers > 1:
-        # Each worker process builds its own app (and runtime) from the environment.
+        # Each worker process builds its own app (and node) from the environment.
         app = "defi_realtime.entrypoints.api:create_app"
         os.environ["HOST"], os.environ["PORT"] = settings.host, str(settings.port)
     uvicorn.run(
@@ -92,16 +97,14 @@ def serve(
 
 @cli.command()
 def worker(
-    role: Annotated[str, typer.Argument(help="relay | projections | notifications | alerts")],
+    role: Annotated[str, typer.Argument(help=" | ".join(WORKERS))],
 ) -> None:
-    """Run one background role (for scale-out beside `serve` nodes)."""
-    from .runtime import running
+    """Run one background role (for scale-out beside `serve` nodes); `defi-realtime roles`
+    shows what each runs."""
+    from .node import running
 
-    if role not in ("relay", "projections", "notifications", "alerts"):
-        err.print(
-            f"[red]unknown role {role!r}: expected relay, projections, notifications "
-            "or alerts[/red]"
-        )
+    if role not in WORKERS:
+        err.print(f"[red]unknown role {role!r}: expected one of {', '.join(WORKERS)}[/red]")
         raise typer.Exit(2)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -117,6 +120,25 @@ def worker(
     asyncio.run(main())
 
 
+@cli.command("roles")
+def roles_command(
+    process: Annotated[
+        str, typer.Argument(help=f"serve or a worker: {' | '.join(WORKERS)}")
+    ] = "serve",
+) -> None:
+    """Show what a process runs with the current settings (the role table, applied)."""
+    if process != "serve" and process not in WORKERS:
+        err.print(f"[red]unknown process {process!r}: serve or {', '.join(WORKERS)}[/red]")
+        raise typer.Exit(2)
+    rows = describe(process, _settings())
+    table = Table(title=f"{process}: roles with these settings")
+    for column in rows[0] if rows else ("role",):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    Console().print(table)
+
+
 @cli.command()
 def ingest(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
@@ -124,21 +146,13 @@ def ingest(
 ) -> None:
     """Import a file: DeFiLlama /protocols or /protocol/{slug} JSON, observation JSONL, or the
     (gzipped) snapshot and TVL-history JSONL files."""
-    from ..application.app import DefiRealtime
-    from ..application.writer import IngestWriter
-
     try:
         fmt = detect_format(file)
     except UnknownFormatError as error:
         err.print(f"[red]cannot import {file}: {error}[/red]")
         raise typer.Exit(2) from None
-    settings = _settings()
-    if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = DefiRealtime(env=settings.event_store_env)
-    writer = IngestWriter(app)
-    writer.start()
-    try:
+    with opened(_settings()) as container:
+        writer = container.writer()
         total = estimate_items(file, fmt=fmt)
         with progress_bar() as progress:
             task = progress.add_task(f"ingest {file.name} ({fmt})", total=total)
@@ -152,10 +166,11 @@ def ingest(
                 progress=lambda n: progress.advance(task, n),
                 resolve_slugs=fmt != "observations-jsonl",
             )
-    finally:
-        writer.stop()
-        app.close()
     _print_totals(totals)
+
+
+def _completed(progress: Progress, task: TaskID, position: int) -> None:
+    progress.update(task, completed=position)
 
 
 def _print_totals(totals: ImportTotals) -> None:
@@ -182,46 +197,35 @@ def collect(
 ) -> None:
     """Poll a DeFiLlama-compatible API's /protocols and ingest what changed."""
     from ..adapters.defillama_http import DefiLlamaHttpSource
-    from ..application.app import DefiRealtime
-    from ..application.writer import IngestWriter
 
-    settings = _settings()
-    if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = DefiRealtime(env=settings.event_store_env)
-    writer = IngestWriter(app)
-    writer.start()
     limit = 1 if once else polls
 
     async def main() -> None:
-        source = DefiLlamaHttpSource(url)
-        done = 0
-        try:
-            while limit is None or done < limit:
-                with err.status(f"polling {url}/protocols"):
-                    _observed_at, items = await source.fetch_protocols()
-                with progress_bar() as progress:
-                    task = progress.add_task("ingest poll", total=len(items))
-                    totals = await asyncio.to_thread(
-                        import_items,
-                        ((item.kind, item.item, item.error) for item in items),
-                        writer.submit,
-                        progress=functools.partial(progress.advance, task),
-                    )
-                _print_totals(totals)
-                done += 1
-                if limit is None or done < limit:
-                    await asyncio.sleep(interval)
-        finally:
-            await source.aclose()
+        async with opened_async(_settings()) as container:
+            writer = await provide(container.writer)
+            source = DefiLlamaHttpSource(url)
+            done = 0
+            try:
+                while limit is None or done < limit:
+                    with err.status(f"polling {url}/protocols"):
+                        _observed_at, items = await source.fetch_protocols()
+                    with progress_bar() as progress:
+                        task = progress.add_task("ingest poll", total=len(items))
+                        totals = await asyncio.to_thread(
+                            import_items,
+                            ((item.kind, item.item, item.error) for item in items),
+                            writer.submit,
+                            progress=functools.partial(progress.advance, task),
+                        )
+                    _print_totals(totals)
+                    done += 1
+                    if limit is None or done < limit:
+                        await asyncio.sleep(interval)
+            finally:
+                await source.aclose()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        writer.stop()
-        app.close()
 
 
 @keys_cli.command("create")
@@ -231,37 +235,29 @@ def keys_create(
     owner: Annotated[str | None, typer.Option(help="account (defaults to the name)")] = None,
 ) -> None:
     """Create an API key; prints the key as the only line on stdout."""
-    from ..application.app import DefiRealtime
     from ..domain.errors import DomainError
 
-    settings = _settings()
-    if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = DefiRealtime(env=settings.event_store_env)
-    try:
-        secret = app.issue_api_key(name=name, tier=tier, owner=owner)
-    except DomainError as error:
-        err.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        app.close()
+    with opened(_settings()) as container:
+        try:
+            secret = container.application().issue_api_key(name=name, tier=tier, owner=owner)
+        except DomainError as error:
+            err.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
     sys.stdout.write(secret + "\n")
 
 
 @keys_cli.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its SHA-256 hash")]) -> None:
     """Revoke an API key."""
-    from ..application.app import ApiKeyNotFound, DefiRealtime
+    from ..application.app import ApiKeyNotFound
     from ..domain.errors import DomainError
 
-    app = DefiRealtime(env=_settings().event_store_env)
-    try:
-        app.revoke_api_key(key)
-    except (ApiKeyNotFound, DomainError) as error:
-        err.print(f"[red]cannot revoke: {error or 'unknown key'}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        app.close()
+    with opened(_settings()) as container:
+        try:
+            container.application().revoke_api_key(key)
+        except (ApiKeyNotFound, DomainError) as error:
+            err.print(f"[red]cannot revoke: {error or 'unknown key'}[/red]")
+            raise typer.Exit(2) from None
     err.print("revoked")
 
 
@@ -279,16 +275,16 @@ def projections_rebuild(
     if which not in ("hot", "history", "all"):
         err.print(f"[red]unknown projection {which!r}: choose hot, history or all[/red]")
         raise typer.Exit(2)
-    from ..application.following import ProjectionRunner
-    from .runtime import running
 
     async def main() -> None:
-        async with running(_settings(), "projections", follow=False) as runtime:
-            head = await asyncio.to_thread(runtime.event_log.head)
+        async with opened_async(_settings()) as container:
+            event_log = await provide(container.event_log)
+            projections = await provide(container.projections)
+            head = await asyncio.to_thread(event_log.head)
             runners = []
             if which in ("hot", "all"):
-                await runtime.hot.reset()
-                hot = ProjectionRunner.for_hot(runtime.event_log, runtime.hot)
+                await (await provide(container.hot_projection)).reset()
+                hot = projections["hot"]
                 # Larger pages than live catch-up: each protocol's state is read, folded
                 # and written once per page, so a rebuild does ~15 % less work per event
                 # (bench/bench_projections.py --page-size); a page's script holds Redis for
@@ -296,17 +292,14 @@ def projections_rebuild(
                 hot.page_size = REBUILD_PAGE
                 runners.append(hot)
             if which in ("history", "all"):
-                await asyncio.to_thread(runtime.history.reset)
-                runners.append(ProjectionRunner.for_history(runtime.event_log, runtime.history))
+                await asyncio.to_thread((await provide(container.history)).reset)
+                runners.append(projections["history"])
             with progress_bar() as progress:
                 for runner in runners:
                     task = progress.add_task(f"rebuild {runner.name}", total=head)
-                    while runner.position < head:
-                        before = runner.position
-                        await runner.catch_up(until=min(head, runner.position + 20_000))
-                        progress.update(task, completed=runner.position)
-                        if runner.position == before:
-                            break
+                    await runner.catch_up_in_steps(
+                        head, progress=functools.partial(_completed, progress, task)
+                    )
                     progress.update(task, completed=head)
 
     asyncio.run(main())

@@ -1,13 +1,23 @@
-"""The composition root: adapters chosen from settings, lifecycles as Resources.
+"""The composition root: every object a process runs is built here, from the settings.
 
-Nothing here does I/O at import time; resources open when ``init_resources()`` runs (in the
-server's lifespan or a CLI command) and close on ``shutdown_resources()``.
+One ``DeclarativeContainer`` in dependency-injector's usual order: the configuration (the
+whole ``Settings``, loaded with ``from_pydantic``), then the infrastructure as
+``Resource``s (each opens on first use and is closed by ``shutdown_resources()``, in
+reverse dependency order), then the services, built with plain constructor arguments (no
+service imports the container). ``serve``, every ``worker`` role and every CLI command get
+their objects from here; which loops a process runs is the role table's business
+(``entrypoints/roles.py``), how they run ``entrypoints/node.py``'s.
+
+Nothing here does I/O at import time, or on construction of the container.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from dependency_injector import containers, providers
@@ -18,6 +28,7 @@ from ..adapters.memory_fanout import InProcessEventFanout
 from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
 from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
+from ..adapters.postgres_coordination import PostgresCommitListener
 from ..adapters.rabbit_fanout import RabbitEventFanout
 from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
 from ..adapters.redis_hot_projection import RedisHotProjection
@@ -25,17 +36,41 @@ from ..adapters.smtp_email_notifier import SmtpEmailNotifier
 from ..adapters.sql_delivery_log import SqlDeliveryLog
 from ..adapters.sql_history import SqlHistoryReadModel
 from ..adapters.webhook_notifier import WebhookNotifier
+from ..application.alert_rules import RuleObservation, RuleSnapshot
+from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
+from ..application.following import NodeFollower, ProjectionRunner, Relay
+from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
+from .roles import Follower, Stage, plan
 from .settings import Settings
+from .ws_server import SocketGateway
+
+__all__ = ["Container", "build_container", "opened", "opened_async", "provide"]
+
+T = TypeVar("T")
+
+# The node's own followers poll the log when the fan-out is quiet at least this often;
+# the dispatcher a little more eagerly (a notification is the point of an alert).
+FOLLOWER_POLL_FLOOR = 0.2
+DISPATCHER_POLL_FLOOR = 0.1
 
 
-def _application(env: dict[str, str], data_dir: Any) -> Iterator[DefiRealtime]:
-    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+# -- infrastructure (Resources: opened on first use, closed by shutdown_resources) ---------
+
+
+def _in_data_dir(data_dir: Path, url: str | None = None) -> None:
+    # Embedded stores are files under DATA_DIR: make sure it exists before opening one.
+    if url is None or url.startswith("sqlite"):
         data_dir.mkdir(parents=True, exist_ok=True)
-    app = DefiRealtime(env=env)
+
+
+def _application(env: Mapping[str, str], data_dir: Path) -> Iterator[DefiRealtime]:
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+        _in_data_dir(data_dir)
+    app = DefiRealtime(env=dict(env))
     try:
         yield app
     finally:
@@ -51,9 +86,12 @@ def _writer(app: DefiRealtime) -> Iterator[IngestWriter]:
         writer.stop()
 
 
-def _history(url: str, data_dir: Any) -> Iterator[SqlHistoryReadModel]:
-    if url.startswith("sqlite"):
-        data_dir.mkdir(parents=True, exist_ok=True)
+def _event_log(app: DefiRealtime) -> Iterator[EventStoreLog]:
+    yield EventStoreLog(app)
+
+
+def _history(url: str, data_dir: Path) -> Iterator[SqlHistoryReadModel]:
+    _in_data_dir(data_dir, url)
     model = SqlHistoryReadModel(url)
     try:
         yield model
@@ -61,39 +99,16 @@ def _history(url: str, data_dir: Any) -> Iterator[SqlHistoryReadModel]:
         model.close()
 
 
-async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
-    if url is None:
-        yield None
-        return
-    client = Redis.from_url(url)
+def _delivery_log(url: str, data_dir: Path) -> Iterator[SqlDeliveryLog]:
+    _in_data_dir(data_dir, url)
+    delivery_log = SqlDeliveryLog(url)
     try:
-        yield client
+        yield delivery_log
     finally:
-        await client.aclose()
+        delivery_log.close()
 
 
-async def _rabbit_fanout(
-    url: str | None, exchange: str, node_id: str | None
-) -> AsyncIterator[RabbitEventFanout | None]:
-    if url is None:
-        yield None
-        return
-    fanout = RabbitEventFanout(url, exchange=exchange, node_id=node_id)
-    try:
-        yield fanout
-    finally:
-        await fanout.stop()
-
-
-async def _memory_fanout() -> AsyncIterator[InProcessEventFanout]:
-    fanout = InProcessEventFanout()
-    try:
-        yield fanout
-    finally:
-        await fanout.stop()
-
-
-def _positions(
+def _relay_positions(
     database_url: str | None, history_url: str
 ) -> Iterator[InMemoryPositionStore | SqlPositionStore]:
     # Embedded: the in-process fan-out has no consumers outside this process, which all
@@ -108,32 +123,46 @@ def _positions(
         store.close()
 
 
-# -- alert delivery -------------------------------------------------------------------------
-# Nothing here connects on init: the queues connect in ``start()``, which only the roles that
-# deliver call (entrypoints/notification_runtime.py).
-
-
-def _delivery_log(url: str, data_dir: Any) -> Iterator[SqlDeliveryLog]:
-    if url.startswith("sqlite"):
-        data_dir.mkdir(parents=True, exist_ok=True)
-    delivery_log = SqlDeliveryLog(url)
-    try:
-        yield delivery_log
-    finally:
-        delivery_log.close()
-
-
-def _durable_positions(url: str, data_dir: Any) -> Iterator[SqlPositionStore]:
+def _follower_positions(url: str, data_dir: Path) -> Iterator[SqlPositionStore]:
     # Durable even when embedded: a notification dispatcher that forgot its position would
     # notify every past transition again; the alert evaluator stores its position only after
     # the transitions it found are saved, and resumes from it (docs/adr/0008).
-    if url.startswith("sqlite"):
-        data_dir.mkdir(parents=True, exist_ok=True)
+    _in_data_dir(data_dir, url)
     store = SqlPositionStore(url)
     try:
         yield store
     finally:
         store.close()
+
+
+async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
+    if url is None:
+        yield None
+        return
+    client = Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _memory_fanout() -> AsyncIterator[InProcessEventFanout]:
+    fanout = InProcessEventFanout()
+    try:
+        yield fanout
+    finally:
+        await fanout.stop()
+
+
+async def _rabbit_fanout(
+    url: str, exchange: str, node_id: str | None
+) -> AsyncIterator[RabbitEventFanout]:
+    # Constructed only: it connects in ``start()``, once every role registered its handler.
+    fanout = RabbitEventFanout(url, exchange=exchange, node_id=node_id)
+    try:
+        yield fanout
+    finally:
+        await fanout.stop()
 
 
 async def _http_client() -> AsyncIterator[httpx.AsyncClient]:
@@ -144,19 +173,6 @@ async def _http_client() -> AsyncIterator[httpx.AsyncClient]:
         await client.aclose()
 
 
-async def _rabbit_notifications(
-    url: str | None, policy: RetryPolicy, name: str, prefetch: int
-) -> AsyncIterator[RabbitNotificationQueue | None]:
-    if url is None:
-        yield None
-        return
-    queue = RabbitNotificationQueue(url, policy, name, prefetch=prefetch)
-    try:
-        yield queue
-    finally:
-        await queue.stop()
-
-
 async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNotificationQueue]:
     queue = InProcessNotificationQueue(concurrency=concurrency)
     try:
@@ -165,39 +181,132 @@ async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNoti
         await queue.stop()
 
 
+async def _rabbit_notifications(
+    url: str, policy: RetryPolicy, name: str, prefetch: int
+) -> AsyncIterator[RabbitNotificationQueue]:
+    # Constructed only: the notifications role connects it in ``start()``.
+    queue = RabbitNotificationQueue(url, policy, name, prefetch=prefetch)
+    try:
+        yield queue
+    finally:
+        await queue.stop()
+
+
+BEFORE, AFTER = Stage.BEFORE_HUB, Stage.AFTER_HUB
+
+
+# -- services assembled from several parts ------------------------------------------------
+
+
+def _commit_listener(database_url: str | None, app: DefiRealtime) -> PostgresCommitListener | None:
+    """With PostgreSQL, every node's commits wake the elected relay through NOTIFY."""
+    channel = getattr(app.recorder, "channel_name", None)
+    if database_url is None or not isinstance(channel, str):
+        return None
+    return PostgresCommitListener(database_url, channel)
+
+
+def _rule_recorder(
+    app: DefiRealtime, writer: IngestWriter
+) -> Callable[[Sequence[RuleObservation]], Awaitable[list[RuleSnapshot]]]:
+    """How the evaluator records transitions: on the writer thread, the only one that
+    mutates cached aggregates (docs/adr/0003)."""
+
+    async def record(observations: Sequence[RuleObservation]) -> list[RuleSnapshot]:
+        return await writer.call(lambda: app.observe_alert_rules(observations))
+
+    return record
+
+
+def _node_follower(
+    settings: Settings,
+    event_log: EventStoreLog,
+    hub: RealtimeHub,
+    projections: Mapping[str, ProjectionRunner],
+) -> NodeFollower:
+    """``serve``'s own follower: the projections the role table keeps on the node, in its
+    stages around the hub (the hub waits only for what it reads; the rest after it)."""
+    on_node = {
+        placement.role.name: placement.role.stage
+        for placement in plan("serve", settings)
+        if placement.follower is Follower.NODE
+    }
+    before = [
+        runner for name, runner in projections.items() if on_node.get(name) == Stage.BEFORE_HUB
+    ]
+    after = [runner for name, runner in projections.items() if on_node.get(name) == Stage.AFTER_HUB]
+    return NodeFollower(
+        event_log,
+        before,
+        hub.deliver,
+        on_ready=hub.seed,
+        late_runners=after,
+        poll_interval=max(settings.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
+
+def _projector(
+    settings: Settings,
+    process: str,
+    event_log: EventStoreLog,
+    projections: Mapping[str, ProjectionRunner],
+) -> NodeFollower:
+    """The follower of the projections the role table puts on the shared projector."""
+    shared = {
+        placement.role.name
+        for placement in plan(process, settings)
+        if placement.follower is Follower.PROJECTOR
+    }
+    return NodeFollower(
+        event_log,
+        [runner for name, runner in projections.items() if name in shared],
+        poll_interval=max(settings.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
+
+def _own_follower(
+    event_log: EventStoreLog, runner: ProjectionRunner, poll_interval: float
+) -> NodeFollower:
+    return NodeFollower(event_log, [runner], poll_interval=poll_interval)
+
+
+def _dispatcher_runner(
+    event_log: EventStoreLog, dispatcher: NotificationDispatcher
+) -> ProjectionRunner:
+    return ProjectionRunner(dispatcher.name, event_log, dispatcher.position, dispatcher.apply)
+
+
 class Container(containers.DeclarativeContainer):
     """config -> infrastructure (Resources) -> services."""
 
-    config = providers.Configuration()
+    config = providers.Configuration(strict=True)
     settings = providers.Dependency(instance_of=Settings)
+    # Which process this container serves: ``serve`` or a worker name (the role table's
+    # ``plan`` argument).
+    process = providers.Object("serve")
 
-    # -- infrastructure -------------------------------------------------------------------
-    app = providers.Resource(_application, config.event_store_env, config.data_dir)
+    # -- infrastructure ---------------------------------------------------------------------
+    application = providers.Resource(_application, config.event_store_env, config.data_dir)
+    writer = providers.Resource(_writer, application)
+    event_log = providers.Resource(_event_log, application)
     history = providers.Resource(_history, config.history_url, config.data_dir)
+    delivery_log = providers.Resource(_delivery_log, config.history_url, config.data_dir)
+    relay_positions = providers.Resource(_relay_positions, config.database_url, config.history_url)
+    follower_positions = providers.Resource(
+        _follower_positions, config.history_url, config.data_dir
+    )
     redis_client = providers.Resource(_redis, config.redis_url)
-    rabbit_fanout = providers.Resource(
-        _rabbit_fanout, config.amqp_url, config.amqp_exchange, config.node_id
-    )
-    memory_fanout = providers.Resource(_memory_fanout)
-    writer = providers.Resource(_writer, app)
-
-    # -- services -------------------------------------------------------------------------
-    event_log = providers.Singleton(EventStoreLog, app)
-    hot_projection = providers.Selector(
-        config.hot_backend,
-        memory=providers.Singleton(InMemoryHotProjection),
-        redis=providers.Singleton(RedisHotProjection, redis_client, config.redis_prefix),
-    )
+    http_client = providers.Resource(_http_client)
     fanout = providers.Selector(
         config.fanout_backend,
-        memory=memory_fanout,
-        rabbitmq=rabbit_fanout,
+        memory=providers.Resource(_memory_fanout),
+        rabbitmq=providers.Resource(
+            _rabbit_fanout,
+            config.amqp_url,
+            config.amqp_exchange,
+            config.node_id,
+        ),
     )
-    positions = providers.Resource(_positions, config.database_url, config.history_url)
-    hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
-    alert_positions = providers.Resource(_durable_positions, config.history_url, config.data_dir)
-
-    # -- alert delivery -------------------------------------------------------------------
     retry_policy = providers.Singleton(
         RetryPolicy,
         max_attempts=config.notify_max_attempts,
@@ -205,24 +314,53 @@ class Container(containers.DeclarativeContainer):
         max_delay=config.notify_backoff_max,
         jitter=config.notify_jitter,
     )
-    delivery_log = providers.Resource(_delivery_log, config.history_url, config.data_dir)
-    notification_positions = providers.Resource(
-        _durable_positions, config.history_url, config.data_dir
-    )
-    http_client = providers.Resource(_http_client)
-    rabbit_notifications = providers.Resource(
-        _rabbit_notifications,
-        config.amqp_url,
-        retry_policy,
-        config.amqp_notifications,
-        config.notify_concurrency,
-    )
-    memory_notifications = providers.Resource(_memory_notifications, config.notify_concurrency)
     notification_queue = providers.Selector(
         config.fanout_backend,
-        memory=memory_notifications,
-        rabbitmq=rabbit_notifications,
+        memory=providers.Resource(_memory_notifications, config.notify_concurrency),
+        rabbitmq=providers.Resource(
+            _rabbit_notifications,
+            config.amqp_url,
+            retry_policy,
+            config.amqp_notifications,
+            config.notify_concurrency,
+        ),
     )
+
+    # -- services ---------------------------------------------------------------------------
+    hot_projection = providers.Selector(
+        config.hot_backend,
+        memory=providers.Singleton(InMemoryHotProjection),
+        redis=providers.Singleton(RedisHotProjection, redis_client, config.redis_prefix),
+    )
+    hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
+    gateway = providers.Singleton(SocketGateway, hub, settings, application.provided.authenticate)
+
+    relay = providers.Singleton(
+        Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval
+    )
+    commit_listener = providers.Singleton(_commit_listener, config.database_url, application)
+    hot_runner = providers.Singleton(ProjectionRunner.for_hot, event_log, hot_projection)
+    history_runner = providers.Singleton(ProjectionRunner.for_history, event_log, history)
+    # By role name (entrypoints/roles.py): the followers take the ones the table gives them.
+    projections = providers.Dict(hot=hot_runner, history=history_runner)
+    node_follower = providers.Singleton(_node_follower, settings, event_log, hub, projections)
+    projector = providers.Singleton(_projector, settings, process, event_log, projections)
+
+    evaluator = providers.Singleton(
+        AlertEvaluator,
+        event_log,
+        history,  # the rule listing: the history read model's ``alert_rules`` table
+        history,
+        follower_positions,
+        providers.Singleton(_rule_recorder, application, writer),
+    )
+    alert_follower = providers.Singleton(
+        _own_follower,
+        event_log,
+        evaluator.provided.runner.call(),
+        providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
     webhook_notifier = providers.Singleton(
         WebhookNotifier,
         http_client,
@@ -239,38 +377,64 @@ class Container(containers.DeclarativeContainer):
         password=config.smtp_password,
         timeout=config.webhook_timeout,
     )
-
-
-def build_container(settings: Settings) -> Container:
-    """A container configured from ``settings`` (nothing opened yet)."""
-    container = Container(settings=settings)
-    container.config.from_dict(
-        {
-            "event_store_env": settings.event_store_env,
-            "data_dir": settings.data_dir,
-            "history_url": settings.history_url,
-            "database_url": settings.database_url,
-            "redis_url": settings.redis_url,
-            "redis_prefix": settings.redis_prefix,
-            "amqp_url": settings.amqp_url,
-            "amqp_exchange": settings.amqp_exchange,
-            "node_id": settings.node_id,
-            "hot_backend": "redis" if settings.redis_url else "memory",
-            "fanout_backend": "rabbitmq" if settings.amqp_url else "memory",
-            "amqp_notifications": settings.amqp_notifications,
-            "allow_private_webhooks": settings.allow_private_webhooks,
-            "webhook_timeout": settings.webhook_timeout,
-            "smtp_host": settings.smtp_host,
-            "smtp_port": settings.smtp_port,
-            "smtp_from": settings.smtp_from,
-            "smtp_starttls": settings.smtp_starttls,
-            "smtp_username": settings.smtp_username,
-            "smtp_password": settings.smtp_password,
-            "notify_max_attempts": settings.notify_max_attempts,
-            "notify_backoff_base": settings.notify_backoff_base,
-            "notify_backoff_max": settings.notify_backoff_max,
-            "notify_jitter": settings.notify_jitter,
-            "notify_concurrency": settings.notify_concurrency,
-        }
+    delivery_worker = providers.Singleton(
+        DeliveryWorker,
+        providers.Dict(webhook=webhook_notifier, email=email_notifier),
+        delivery_log,
+        retry_policy,
+        load_rule=application.provided.get_alert_rule,
     )
+    dispatcher = providers.Singleton(
+        NotificationDispatcher,
+        application.provided.get_alert_rule,
+        notification_queue,
+        follower_positions,
+        # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
+        # journaled in the delivery log until settled and enqueued again on start.
+        journal=providers.Selector(
+            config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
+        ),
+    )
+    dispatch_follower = providers.Singleton(
+        _own_follower,
+        event_log,
+        providers.Singleton(_dispatcher_runner, event_log, dispatcher),
+        providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
+    )
+
+
+def build_container(settings: Settings, process: str = "serve") -> Container:
+    """A container for ``process`` configured from ``settings`` (nothing opened yet)."""
+    container = Container(settings=settings, process=providers.Object(process))
+    container.config.from_pydantic(settings)
     return container
+
+
+async def provide(provider: Callable[[], T | Awaitable[T]]) -> T:
+    """What ``provider`` gives, awaited when it involves an async Resource."""
+    value = provider()
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@contextlib.contextmanager
+def opened(settings: Settings) -> Iterator[Container]:
+    """A container for a synchronous command (the CLI): its resources close on exit."""
+    container = build_container(settings, "cli")
+    try:
+        yield container
+    finally:
+        container.shutdown_resources()
+
+
+@contextlib.asynccontextmanager
+async def opened_async(settings: Settings, process: str = "cli") -> AsyncIterator[Container]:
+    """A container for asynchronous code: its resources (async ones too) close on exit."""
+    container = build_container(settings, process)
+    try:
+        yield container
+    finally:
+        result: Any = container.shutdown_resources()
+        if inspect.isawaitable(result):
+            await result

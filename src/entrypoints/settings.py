@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,12 +74,14 @@ class Settings(BaseSettings):
             raise ValueError(f"expected three positive integers like 700,10,1000, got {value!r}")
         return value
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def collector_thresholds(self) -> tuple[int, int, int]:
         """``GC_THRESHOLDS`` as the three numbers ``gc.set_threshold`` takes."""
         gen0, gen1, gen2 = (int(part) for part in self.gc_thresholds.split(","))
         return gen0, gen1, gen2
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def event_store_env(self) -> dict[str, str]:
         """eventsourcing's environment for the chosen event store."""
@@ -109,6 +111,7 @@ class Settings(BaseSettings):
         }
         return env
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def history_url(self) -> str:
         """SQLAlchemy URL of the history read model (same database as the event store)."""
@@ -117,6 +120,7 @@ class Settings(BaseSettings):
         url = urlparse(self.database_url)
         return url._replace(scheme="postgresql+psycopg").geturl()
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def allowed_origins(self) -> frozenset[str]:
         """``WS_ALLOWED_ORIGINS`` as a set (empty: any origin)."""
@@ -125,3 +129,16 @@ class Settings(BaseSettings):
             for origin in self.ws_allowed_origins.split(",")
             if origin.strip() and origin.strip() != "*"
         )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def hot_backend(self) -> str:
+        """Where the hot projection lives: ``redis`` when ``REDIS_URL`` is set, else ``memory``."""
+        return "redis" if self.redis_url else "memory"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def fanout_backend(self) -> str:
+        """What carries the log between processes (and the notification work queue):
+        ``rabbitmq`` when ``AMQP_URL`` is set, else ``memory`` (in-process)."""
+        return "rabbitmq" if self.amqp_url else "memory"

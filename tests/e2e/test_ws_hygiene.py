@@ -339,7 +339,7 @@ async def test_slow_consumers_are_bounded_and_closed_while_a_reader_keeps_its_la
     ) as server:
         await ingest(server, [obs("probe", 1.0, T0, name="Probe")])
         await settle(server)
-        hub: RealtimeHub = server.app.state.runtime.hub
+        hub: RealtimeHub = server.app.state.node.hub
         slow = await asyncio.gather(
             *(
                 asyncio.to_thread(_raw_slow_client, int(server.base_url.rsplit(":", 1)[1]))

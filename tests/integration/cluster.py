@@ -38,9 +38,12 @@ from redis.asyncio import Redis
 from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.log import LogBatch, LogEntry
-from defi_realtime.entrypoints.runtime import PROJECTIONS_LOCK_KEY, RELAY_LOCK_KEY
+from defi_realtime.entrypoints.roles import PROJECTIONS_LOCK, RELAY_LOCK
 from defi_realtime.entrypoints.settings import Settings
 from tests.services import amqp_url, postgres_url, redis_url
+
+PROJECTIONS_LOCK_KEY = PROJECTIONS_LOCK.key
+RELAY_LOCK_KEY = RELAY_LOCK.key
 
 __all__ = [
     "PROJECTIONS_LOCK_KEY",

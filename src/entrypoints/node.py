@@ -1,0 +1,275 @@
+"""A running process: the loops the role table plans, started from the container's objects.
+
+``running(settings, process)`` opens what the process needs, starts one supervised task
+per loop of ``roles.plan(process, settings)`` (the relay, the node follower, the shared
+projector, the alert evaluator, the notification dispatcher), each elected on its lock when
+the table says so, and closes everything on exit. ``serve`` and every ``worker`` go through
+here; nothing else decides what runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..adapters.event_store_log import EventStoreLog
+from ..adapters.postgres_coordination import PostgresCommitListener, PostgresLeadership
+from ..adapters.sql_delivery_log import SqlDeliveryLog
+from ..adapters.sql_history import SqlHistoryReadModel
+from ..application.alerting import AlertEvaluator
+from ..application.app import DefiRealtime
+from ..application.following import NodeFollower, ProjectionRunner, Relay
+from ..application.ports import EventFanout, HotProjection, NotificationQueue
+from ..application.realtime import RealtimeHub
+from ..application.writer import IngestWriter
+from .container import Container, build_container, provide
+from .roles import Follower, Lock, Loop, Placement, loops, plan
+from .settings import Settings
+
+__all__ = ["Node", "elected", "running", "supervise"]
+
+log = logging.getLogger(__name__)
+
+LoopBody = Callable[[], Awaitable[None]]
+RESTART_FIRST_DELAY = 0.2
+RESTART_MAX_DELAY = 5.0
+# A loop that ran this long before crashing had been healthy: its back-off starts over.
+RESTART_HEALTHY_AFTER = 30.0
+
+
+def supervise(name: str, run: LoopBody) -> asyncio.Task[None]:
+    """Run a loop until it returns; if it crashes (e.g. a broker outage), log it and restart
+    it after a back-off (0.2 s doubling to 5 s)."""
+
+    async def loop() -> None:
+        delay = RESTART_FIRST_DELAY
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if time.monotonic() - started > RESTART_HEALTHY_AFTER:
+                    delay = RESTART_FIRST_DELAY  # a new incident: start over
+                log.exception("%s crashed; restarting in %.1fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    return asyncio.create_task(loop(), name=name)
+
+
+def elected(run: LoopBody, *, database_url: str | None, lock: Lock | None, what: str) -> LoopBody:
+    """``run`` wrapped so that only the process holding ``lock`` (a PostgreSQL advisory lock)
+    runs it; with no lock (per node, or embedded) ``run`` as is. A standby waits for the
+    lock and takes over when the leader's session ends."""
+    if lock is None or database_url is None:
+        return run
+    leadership = PostgresLeadership(database_url, lock.key)
+
+    async def lead() -> None:
+        async with leadership.lead():
+            log.info("this node now %s (lock %s)", what, lock.name)
+            await run()
+
+    return lead
+
+
+@dataclass
+class Node:
+    """What a running process holds: the objects the API and the CLI use, and its loops."""
+
+    settings: Settings
+    process: str
+    container: Container
+    placements: tuple[Placement, ...]
+    app: DefiRealtime
+    writer: IngestWriter
+    event_log: EventStoreLog
+    hot: HotProjection
+    history: SqlHistoryReadModel
+    delivery_log: SqlDeliveryLog
+    hub: RealtimeHub
+    fanout: EventFanout
+    # The follower whose position this process reports (``/health``, metrics): the node
+    # follower in ``serve``, the process's first follower in a worker.
+    follower: NodeFollower | None = None
+    # Every projection-like runner this process drives, by name (``/health``, metrics).
+    runners: dict[str, ProjectionRunner] = field(default_factory=dict)
+    relay: Relay | None = None
+    evaluator: AlertEvaluator | None = None
+    notification_queue: NotificationQueue | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Set once ``fanout.start()`` returned: loops register their handlers before it, and the
+    # relay must not publish before it.
+    fanout_started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        if self.follower is not None:
+            await asyncio.wait_for(self.follower.ready.wait(), timeout)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until this node has followed the log up to its head (tests, CLI)."""
+        head = await asyncio.to_thread(self.event_log.head)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.follower is not None and self.follower.position < head:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"node at {self.follower.position}, log head {head}")
+            await asyncio.sleep(0.005)
+
+    # -- the loops ------------------------------------------------------------------------
+
+    async def _start(self, loop: Loop) -> None:
+        """Start ``loop``'s task (registering its handlers on the fan-out first)."""
+        if loop.follower is Follower.STORE:
+            await self._start_relay(loop)
+        elif loop.follower is Follower.NODE:
+            follower = await provide(self.container.node_follower)
+            self._follow(follower, loop)
+            self.follower = follower  # what serves clients: the one to report and wait for
+            self.runners.update(_named(follower))
+        elif loop.follower is Follower.PROJECTOR:
+            projector = await provide(self.container.projector)
+            self._follow(projector, loop)
+            self.runners.update(_named(projector))
+        elif loop.name == "alerts":
+            self.evaluator = await provide(self.container.evaluator)
+            follower = await provide(self.container.alert_follower)
+            evaluator = self.evaluator
+
+            async def evaluate() -> None:
+                try:
+                    await follower.run()
+                finally:
+                    evaluator.forget()  # whoever runs next rebuilds from the stores
+
+            self._follow(follower, loop, evaluate)
+            self.runners.update(_named(follower))
+        elif loop.name == "notifications":
+            await self._start_notifications(loop)
+        else:  # pragma: no cover - the role table and this dispatch change together
+            raise ValueError(f"no way to run loop {loop.name!r}")
+
+    def _follow(self, follower: NodeFollower, loop: Loop, run: LoopBody | None = None) -> None:
+        self.fanout.listen(follower.on_batch)
+        if self.follower is None:
+            self.follower = follower
+        self.tasks.append(
+            supervise(
+                loop.name,
+                elected(
+                    run or follower.run,
+                    database_url=self.settings.database_url,
+                    lock=loop.lock,
+                    what=f"runs {', '.join(role.name for role in loop.roles)}",
+                ),
+            )
+        )
+
+    async def _start_relay(self, loop: Loop) -> None:
+        relay = self.relay = await provide(self.container.relay)
+        self.writer.set_on_commit(lambda _position: relay.wake())
+        listener: PostgresCommitListener | None = await provide(self.container.commit_listener)
+        if listener is not None:
+            # Several nodes: one relay publishes (elected), woken by every node's commits.
+            self.tasks.append(supervise("commit-listener", lambda: listener.run(relay.wake)))
+        started = self.fanout_started
+
+        async def run_relay() -> None:
+            # The election can be won before the fan-out has connected (it starts after
+            # every loop registered its handlers): publishing then would crash the relay.
+            await started.wait()
+            await relay.run()
+
+        self.tasks.append(
+            supervise(
+                loop.name,
+                elected(
+                    run_relay,
+                    database_url=self.settings.database_url,
+                    lock=loop.lock,
+                    what="runs the relay",
+                ),
+            )
+        )
+
+    async def _start_notifications(self, loop: Loop) -> None:
+        queue: NotificationQueue = await provide(self.container.notification_queue)
+        self.notification_queue = queue
+        worker = await provide(self.container.delivery_worker)
+        dispatcher = await provide(self.container.dispatcher)
+        follower = await provide(self.container.dispatch_follower)
+        # Deliver from the work queue in every notifications process; dispatch (follow the
+        # log and enqueue) in the elected one.
+        queue.consume(worker.handle)
+        await queue.start()
+
+        async def dispatch() -> None:
+            # Again after a crash of the loop: harmless, the in-process queue drops the keys
+            # it already holds and the worker those that settled.
+            await dispatcher.resume()
+            await follower.run()
+
+        self._follow(follower, loop, dispatch)
+        self.runners.update(_named(follower))
+
+
+def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:
+    return {runner.name: runner for runner in [*follower.runners, *follower.late_runners]}
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, process: str = "serve", *, follow: bool = True
+) -> AsyncIterator[Node]:
+    """Open what ``process`` (``serve`` or a worker name) needs and start its loops;
+    close everything on exit. ``follow=False`` starts no loop (maintenance commands)."""
+    placements = plan(process, settings)
+    container = build_container(settings, process)
+    # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
+    collector = gc.get_threshold()
+    gc.set_threshold(*settings.collector_thresholds)
+    node: Node | None = None
+    try:
+        node = Node(
+            settings=settings,
+            process=process,
+            container=container,
+            placements=placements,
+            app=await provide(container.application),
+            writer=await provide(container.writer),
+            event_log=await provide(container.event_log),
+            hot=await provide(container.hot_projection),
+            history=await provide(container.history),
+            delivery_log=await provide(container.delivery_log),
+            hub=await provide(container.hub),
+            fanout=await provide(container.fanout),
+        )
+        if follow:
+            for loop in loops(placements):
+                await node._start(loop)
+            await node.fanout.start()
+            node.fanout_started.set()
+            if process == "serve":
+                await node.wait_ready()
+        yield node
+    finally:
+        if node is not None:
+            if node.notification_queue is not None:
+                # Stop taking jobs before the resources they use close.
+                await node.notification_queue.stop()
+            for task in node.tasks:
+                task.cancel()
+            for task in node.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        gc.set_threshold(*collector)
+        result = container.shutdown_resources()
+        if result is not None:
+            await result
