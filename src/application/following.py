@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from .log import LogBatch, LogGapError
 from .ports import EventFanout, EventLog, HistoryReadModel, HotProjection, PositionStore
@@ -76,8 +78,31 @@ class Relay:
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
 
 
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Why a projection is not moving: it failed to apply what follows ``position``."""
+
+    position: int
+    error: str
+    since: float  # unix time of the first failure of this streak
+    failures: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "position": self.position,
+            "error": self.error,
+            "since": self.since,
+            "failures": self.failures,
+        }
+
+
 class ProjectionRunner:
-    """Keeps one projection caught up: from the log on start, then from live batches."""
+    """Keeps one projection caught up: from the log on start, then from live batches.
+
+    A batch it cannot apply leaves it where it was, and says so: ``stall`` holds the error
+    until a batch applies again (``/health`` and the metrics report it), so no value can
+    stop a projection silently.
+    """
 
     def __init__(
         self,
@@ -95,6 +120,8 @@ class ProjectionRunner:
         self.page_size = page_size
         self._lock = asyncio.Lock()
         self.position = 0
+        self.stall: Stall | None = None
+        self.failures = 0  # batches that failed to apply since start (a counter)
 
     @classmethod
     def for_hot(cls, event_log: EventLog, hot: HotProjection) -> ProjectionRunner:
@@ -139,7 +166,7 @@ class ProjectionRunner:
             batch = await asyncio.to_thread(self.event_log.read, self.position, self.page_size)
             if batch.last == self.position:
                 return
-            await self._apply(batch)
+            await self._apply_watched(batch)
             self.position = batch.last
 
     async def advance(self, batch: LogBatch) -> None:
@@ -155,7 +182,7 @@ class ProjectionRunner:
             if self.position >= batch.last:
                 return
             try:
-                await self._apply(batch.since(self.position))
+                await self._apply_watched(batch.since(self.position))
             except LogGapError:
                 # The projection lost state behind our back (e.g. Redis flushed): rebuild
                 # from its own position.
@@ -163,6 +190,23 @@ class ProjectionRunner:
                 await self._catch_up_locked(until=batch.last)
                 return
             self.position = batch.last
+
+    async def _apply_watched(self, batch: LogBatch) -> None:
+        try:
+            await self._apply(batch)
+        except LogGapError:
+            raise  # not a failure: the caller reads the gap from the log
+        except Exception as error:
+            self.failures += 1
+            previous = self.stall
+            self.stall = Stall(
+                position=self.position,
+                error=f"{type(error).__name__}: {error}"[:500],
+                since=previous.since if previous is not None else time.time(),
+                failures=(previous.failures if previous is not None else 0) + 1,
+            )
+            raise
+        self.stall = None
 
 
 class NodeFollower:
@@ -209,10 +253,10 @@ class NodeFollower:
 
     async def _run(self) -> None:
         for runner in [*self.runners, *self.late_runners]:
-            await runner.catch_up()
+            await self._catch_up(runner)
         self.position = await asyncio.to_thread(self.event_log.head)
         for runner in [*self.runners, *self.late_runners]:
-            await runner.catch_up()
+            await self._catch_up(runner)
         if self.on_ready is not None:
             await self.on_ready(self.position)
         self.ready.set()
@@ -222,8 +266,24 @@ class NodeFollower:
             except TimeoutError:
                 batch = await asyncio.to_thread(self.event_log.read, self.position, PAGE_SIZE)
                 if batch.last == self.position:
+                    await self._retry_stalled()
                     continue
             await self._handle(batch)
+
+    async def _catch_up(self, runner: ProjectionRunner, until: int | None = None) -> None:
+        """Catch ``runner`` up; a failure leaves it stalled (reported, retried when quiet)
+        instead of stopping the other projections and the hub."""
+        stalled = runner.stall is not None
+        try:
+            await runner.catch_up(until)
+        except Exception:
+            if not stalled:  # once per streak, not at every retry
+                log.exception("projection %s cannot apply the log; retrying", runner.name)
+
+    async def _retry_stalled(self) -> None:
+        for runner in [*self.runners, *self.late_runners]:
+            if runner.position < self.position:
+                await self._catch_up(runner, until=self.position)
 
     async def _handle(self, batch: LogBatch) -> None:
         if batch.last <= self.position:
@@ -239,18 +299,20 @@ class NodeFollower:
                 self.position = batch.after
         part = batch.since(self.position)
         for runner in self.runners:
-            try:
-                await runner.advance(part)
-            except Exception:
-                log.exception("projection %s failed to advance", runner.name)
+            await self._advance(runner, part)
         if self.deliver is not None:
             try:
                 await self.deliver(part)
             except Exception:
                 log.exception("delivery of batch (%d, %d] failed", part.after, part.last)
         for runner in self.late_runners:
-            try:
-                await runner.advance(part)
-            except Exception:
-                log.exception("projection %s failed to advance", runner.name)
+            await self._advance(runner, part)
         self.position = part.last
+
+    async def _advance(self, runner: ProjectionRunner, batch: LogBatch) -> None:
+        stalled = runner.stall is not None
+        try:
+            await runner.advance(batch)
+        except Exception:
+            if not stalled:
+                log.exception("projection %s failed to advance", runner.name)

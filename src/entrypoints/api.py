@@ -62,6 +62,30 @@ class Metrics:
             "dr_websocket_connections", "Open WebSocket connections", registry=self.registry
         )
         self.log_head = Gauge("dr_log_position", "Node follower position", registry=self.registry)
+        self.projection_position = Gauge(
+            "dr_projection_position",
+            "Last log position a projection applied",
+            ["projection"],
+            registry=self.registry,
+        )
+        self.projection_lag = Gauge(
+            "dr_projection_lag",
+            "Log positions a projection is behind the head",
+            ["projection"],
+            registry=self.registry,
+        )
+        self.projection_stalled = Gauge(
+            "dr_projection_stalled",
+            "1 while a projection cannot apply the next entries (see /health)",
+            ["projection"],
+            registry=self.registry,
+        )
+        self.projection_failures = Gauge(
+            "dr_projection_failures",
+            "Batches a projection failed to apply since the process started",
+            ["projection"],
+            registry=self.registry,
+        )
 
 
 class CountRequests:
@@ -177,18 +201,31 @@ def _is_number(raw: str) -> bool:
 
 
 async def health(request: Request) -> Response:
+    """``ok`` (200), or ``degraded`` (503) while a projection this node runs cannot apply
+    the log: ``projections`` says which, where it stopped and why."""
     node = _node(request)
     head = await asyncio.to_thread(node.event_log.head)
     follower = node.follower.position if node.follower else None
+    projections = {
+        name: {
+            "position": runner.position,
+            "lag": max(head - runner.position, 0),
+            "stalled": None if runner.stall is None else runner.stall.to_json(),
+        }
+        for name, runner in node.runners.items()
+    }
+    stalled = any(runner.stall is not None for runner in node.runners.values())
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "degraded" if stalled else "ok",
             "log_head": head,
             "node_position": follower,
             "hot_position": await node.hot.position(),
             "history_position": await asyncio.to_thread(node.history.position),
             "connections": len(node.hub.connections),
-        }
+            "projections": projections,
+        },
+        status_code=503 if stalled else 200,
     )
 
 
@@ -442,6 +479,12 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics.ws_connections.set(len(node.hub.connections))
     if node.follower is not None:
         metrics.log_head.set(node.follower.position)
+    head = await asyncio.to_thread(node.event_log.head)
+    for name, runner in node.runners.items():
+        metrics.projection_position.labels(name).set(runner.position)
+        metrics.projection_lag.labels(name).set(max(head - runner.position, 0))
+        metrics.projection_stalled.labels(name).set(runner.stall is not None)
+        metrics.projection_failures.labels(name).set(runner.failures)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

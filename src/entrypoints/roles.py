@@ -242,7 +242,9 @@ def describe(process: str, settings: Settings) -> list[dict[str, str]]:
             "role": placement.role.name,
             "does": placement.role.does,
             "follows": placement.follower.value,
-            "stage": placement.role.stage.value,
+            "stage": placement.role.stage.value
+            if placement.follower is Follower.NODE
+            else Stage.NONE.value,
             "elected on": placement.lock.name if placement.lock else "no",
         }
         for placement in plan(process, settings)
