@@ -7,7 +7,6 @@ answer never tells whether someone else's rule exists.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from starlette.requests import Request
@@ -16,13 +15,12 @@ from starlette.routing import Route
 
 from ..application.app import AlertRuleNotFound
 from ..application.notifications import summarise
-from ..domain.api_key import ApiKey
+from .auth import require_key
 from .errors import ApiError
 
 __all__ = ["MAX_HISTORY", "alert_history_routes"]
 
 MAX_HISTORY = 10_000
-KeyCheck = Callable[[Request], Awaitable[ApiKey]]
 
 
 def _limit(request: Request) -> int:
@@ -38,11 +36,11 @@ def _limit(request: Request) -> int:
     return value
 
 
-def alert_history_routes(require_key: KeyCheck) -> list[Route]:
-    """The routes, authenticated by ``require_key`` (the API's own key check)."""
+def alert_history_routes() -> list[Route]:
+    """The routes (owner only: the caller's API key)."""
 
     async def alert_history(request: Request) -> Response:
-        key = await require_key(request)
+        key = require_key(request)
         node = request.app.state.node
         raw_id = request.path_params["rule_id"]
         not_found = ApiError(404, "alert_not_found", f"alert rule {raw_id!r} not found")

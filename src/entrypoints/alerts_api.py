@@ -34,12 +34,12 @@ from ..domain.alert_rule import (
 )
 from ..domain.api_key import ApiKey
 from ..domain.errors import InvalidTransition
+from .auth import require_key
 from .errors import ApiError
 from .node import Node
 
 __all__ = ["alert_routes"]
 
-KeyCheck = Callable[[Request], Awaitable[ApiKey]]
 BodyReader = Callable[[Request], Awaitable[Any]]
 
 CREATE_FIELDS: Final = frozenset({"name", "target", "condition", "channels", "cooldown"})
@@ -165,8 +165,8 @@ async def _write(node: Node, rule_id: UUID, command: Callable[[], None]) -> None
         raise ApiError(400, "invalid_rule", str(error)) from None
 
 
-def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
-    """The routes, with the API's own key check and JSON body reader (size limits)."""
+def alert_routes(read_json: BodyReader) -> list[Route]:
+    """The routes, with the API's JSON body reader (size limits)."""
 
     async def create(request: Request, key: ApiKey) -> Response:
         node = _node(request)
@@ -211,7 +211,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
         return JSONResponse(AlertRuleView.of(rule).to_json())
 
     async def collection(request: Request) -> Response:
-        key = await require_key(request)
+        key = require_key(request)
         if request.method == "POST":
             return await create(request, key)
         views = await asyncio.to_thread(_rules(_node(request)).alert_rules, key.owner)
@@ -250,7 +250,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
         return JSONResponse(AlertRuleView.of(rule).to_json())
 
     async def item(request: Request) -> Response:
-        key = await require_key(request)
+        key = require_key(request)
         rule_id = _rule_id(request)
         node = _node(request)
         if request.method == "PUT":
@@ -265,7 +265,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
 
     def lifecycle(command: str) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            key = await require_key(request)
+            key = require_key(request)
             rule_id = _rule_id(request)
             node = _node(request)
             app = node.app
@@ -280,7 +280,7 @@ def alert_routes(require_key: KeyCheck, read_json: BodyReader) -> list[Route]:
         return endpoint
 
     async def run_backtest(request: Request) -> Response:
-        key = await require_key(request)
+        key = require_key(request)
         rule_id = _rule_id(request)
         node = _node(request)
         body = await _object_body(request, read_json, optional=True)

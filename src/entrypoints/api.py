@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -30,11 +30,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..application.ingest import IngestResult, InvalidItem, build_batch
 from ..application.realtime import MAX_FRAME_BYTES
 from ..application.views import MAX_PAGE, SORT_FIELDS, ProtocolQuery, ProtocolView, SeriesQuery
-from ..domain.api_key import ApiKey
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
 from .asyncapi import asyncapi_document
-from .container import provide
+from .auth import on_auth_error, require_key
+from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .node import Node, running
 from .openapi import openapi_document
@@ -42,7 +42,6 @@ from .settings import Settings
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
 BUCKETS = {"5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
-KEY_CACHE_SECONDS = 5.0
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -121,32 +120,10 @@ def _node(request: Request | WebSocket) -> Node:
     return node
 
 
-async def _authenticate(scope_obj: Request | WebSocket, key: str | None) -> ApiKey | None:
-    if not key:
-        return None
-    cache: dict[str, tuple[float, ApiKey | None]] = scope_obj.app.state.key_cache
-    now = time.monotonic()
-    cached = cache.get(key)
-    if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
-        return cached[1]
-    found = await asyncio.to_thread(_node(scope_obj).app.authenticate, key)
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[key] = (now, found)
-    return found
-
-
-async def require_key(request: Request) -> ApiKey:
-    key = await _authenticate(request, request.headers.get("x-api-key"))
-    if key is None:
-        raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
-    return key
-
-
 async def check_read_access(request: Request) -> None:
     settings: Settings = request.app.state.settings
     if settings.require_key_for_reads:
-        await require_key(request)
+        require_key(request)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -423,7 +400,7 @@ def _reject_constant(name: str) -> Any:
 
 
 async def ingest(request: Request) -> Response:
-    await require_key(request)
+    require_key(request)
     body = await _read_json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
@@ -546,10 +523,11 @@ async def realtime_socket(websocket: WebSocket) -> None:
 def create_app(settings: Settings | None = None, *, role: str = "serve") -> Starlette:
     """The ASGI app. Resources open in the lifespan, never at import or construction."""
     settings = settings or Settings()
+    container = build_container(settings, role)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with running(settings, role) as node:
+        async with running(settings, role, container=container) as node:
             app.state.node = node
             gateway: SocketGateway = await provide(node.container.gateway)
             app.state.gateway = gateway
@@ -575,8 +553,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         Route("/v2/realtime/prices", realtime_prices),
         Route("/v2/realtime/volumes", realtime_volumes),
         Route("/v2/ingest", ingest, methods=["POST"]),
-        *alert_routes(require_key, _read_json_body),
-        *alert_history_routes(require_key),
+        *alert_routes(_read_json_body),
+        *alert_history_routes(),
         Route("/openapi.json", openapi),
         Route("/asyncapi.json", asyncapi),
         Route("/metrics", metrics_endpoint),
@@ -587,7 +565,12 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(CountRequests, counter=metrics.requests, paths=paths)],
+        middleware=[
+            Middleware(CountRequests, counter=metrics.requests, paths=paths),
+            Middleware(
+                AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error
+            ),
+        ],
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
@@ -596,5 +579,4 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.key_cache = {}
     return app

@@ -41,9 +41,12 @@ from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
 from ..application.following import NodeFollower, ProjectionRunner, Relay
+from ..application.keyring import KeyRing
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
+from ..domain.api_key import ApiKey
+from .auth import ApiKeyBackend
 from .roles import Follower, Stage, plan
 from .settings import Settings
 from .ws_server import SocketGateway
@@ -206,6 +209,16 @@ def _commit_listener(database_url: str | None, app: DefiRealtime) -> PostgresCom
     return PostgresCommitListener(database_url, channel)
 
 
+def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[str], ApiKey | None]:
+    """Key lookups that open the event store on first use, not when the API is built (its
+    authentication middleware exists before the lifespan opens anything)."""
+
+    def lookup(secret: str) -> ApiKey | None:
+        return application().authenticate(secret)
+
+    return lookup
+
+
 def _rule_recorder(
     app: DefiRealtime, writer: IngestWriter
 ) -> Callable[[Sequence[RuleObservation]], Awaitable[list[RuleSnapshot]]]:
@@ -333,7 +346,9 @@ class Container(containers.DeclarativeContainer):
         redis=providers.Singleton(RedisHotProjection, redis_client, config.redis_prefix),
     )
     hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
-    gateway = providers.Singleton(SocketGateway, hub, settings, application.provided.authenticate)
+    keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
+    auth_backend = providers.Singleton(ApiKeyBackend, keyring)
+    gateway = providers.Singleton(SocketGateway, hub, settings, auth_backend)
 
     relay = providers.Singleton(
         Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval

@@ -226,12 +226,17 @@ def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, process: str = "serve", *, follow: bool = True
+    settings: Settings,
+    process: str = "serve",
+    *,
+    follow: bool = True,
+    container: Container | None = None,
 ) -> AsyncIterator[Node]:
     """Open what ``process`` (``serve`` or a worker name) needs and start its loops;
-    close everything on exit. ``follow=False`` starts no loop (maintenance commands)."""
+    close everything on exit. ``follow=False`` starts no loop (maintenance commands);
+    ``container``: one built already (the API builds it first, for its middleware)."""
     placements = plan(process, settings)
-    container = build_container(settings, process)
+    container = container or build_container(settings, process)
     # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
     collector = gc.get_threshold()
     gc.set_threshold(*settings.collector_thresholds)

@@ -33,7 +33,7 @@ from ..application.realtime import (
     Connection,
     RealtimeHub,
 )
-from ..domain.api_key import ApiKey
+from .auth import ApiKeyBackend, InvalidKey
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ REALTIME_PATH: Final = "/v2/realtime"
 # Where the lifespan puts the gateway in uvicorn's app state for the lean protocol.
 GATEWAY_STATE_KEY: Final = "defi_realtime.socket_gateway"
 ANONYMOUS_MAX_SUBSCRIPTIONS: Final = 20
-KEY_CACHE_SECONDS: Final = 5.0
 CLOSE_TIMEOUT: Final = 5.0
 WRITE_BUFFER_HIGH: Final = 64 * 1024
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -68,39 +67,23 @@ class Admission:
 class SocketGateway:
     """Who may open a socket, with what limits: one policy for every transport."""
 
-    def __init__(
-        self,
-        hub: RealtimeHub,
-        settings: Settings,
-        authenticate: Callable[[str], ApiKey | None],
-    ) -> None:
+    def __init__(self, hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> None:
         self.hub = hub
         self.settings = settings
-        self._authenticate = authenticate
+        # The API's own authentication backend: one key lookup and cache for REST and
+        # both WebSocket transports.
+        self.auth = auth
         self._origins = settings.allowed_origins
-        self._keys: dict[str, tuple[float, ApiKey | None]] = {}
-
-    async def authenticate(self, raw_key: str) -> ApiKey | None:
-        """Look a key up (in a thread: the event store is synchronous), cached briefly."""
-        now = time.monotonic()
-        cached = self._keys.get(raw_key)
-        if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
-            return cached[1]
-        found = await asyncio.to_thread(self._authenticate, raw_key)
-        if len(self._keys) > 10_000:
-            self._keys.clear()
-        self._keys[raw_key] = (now, found)
-        return found
 
     async def admit(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Admission:
         """Check a handshake (header names in lower case); raise ``HandshakeRefused``."""
         origin = headers.get("origin")
         if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
             raise HandshakeRefused(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
-        raw_key = headers.get("x-api-key") or query.get("api_key")
-        key = await self.authenticate(raw_key) if raw_key else None
-        if raw_key and key is None:
-            raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key")
+        try:
+            key = await self.auth.identify(headers, query, websocket=True)
+        except InvalidKey:
+            raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key") from None
         if key is None and self.settings.require_key_for_reads:
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "an API key is required")
         batch = query.get("batch", "").lower() in ("1", "true", "yes")

@@ -138,6 +138,18 @@ def test_ingest_needs_a_valid_key(http: httpx.Client, key: str | None) -> None:
     assert_error(http.get("/v2/protocols/aave-v3"), 404, "protocol_not_found")
 
 
+def test_a_key_that_is_not_live_is_refused_even_on_open_reads(
+    http: httpx.Client, server: LiveServer
+) -> None:
+    # Reads are open without a key; a key that is presented must be a live one (a client
+    # with a mistyped or revoked key learns it at once, on any route, as on the WebSocket).
+    assert http.get("/v2/protocols").status_code == 200
+    assert http.get("/v2/protocols", headers=server.headers).status_code == 200
+    bad = {"X-API-Key": "drt_not-a-real-key"}
+    assert_error(http.get("/v2/protocols", headers=bad), 401, "unauthorized")
+    assert_error(http.get("/v2/realtime/tvl", headers=bad), 401, "unauthorized")
+
+
 def test_rejected_item_fails_the_whole_batch(http: httpx.Client, server: LiveServer) -> None:
     ingest(http, server, {"observations": [listed("aave-v3", 100.0)]})
     wait_tvl(http, "aave-v3", 100.0)
