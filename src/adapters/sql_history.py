@@ -36,6 +36,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.views import Series, SeriesPoint, SeriesQuery
+from ..domain.alert_values import stored_condition, stored_target
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
@@ -434,8 +435,8 @@ def _rule_view(row: Any) -> AlertRuleView:
         id=row["rule_id"],
         owner=row["owner"],
         name=row["name"],
-        target=dict(row["target"]),
-        condition=dict(row["condition"]),
+        target=stored_target(row["target"]),
+        condition=stored_condition(row["condition"]),
         channels=list(row["channels"]),
         cooldown=int(row["cooldown"]),
         state=row["state"],
@@ -454,9 +455,9 @@ def _rule_row(view: AlertRuleView) -> dict[str, Any]:
         "rule_id": view.id,
         "owner": view.owner,
         "name": view.name,
-        "target": view.target,
+        "target": view.target.model_dump(),
         "target_key": view.target_key,
-        "condition": view.condition,
+        "condition": view.condition.model_dump(),
         "channels": view.channels,
         "cooldown": view.cooldown,
         "state": view.state,

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..domain.alert_rule import WINDOWS, AlertRule, Firing, check_target
+from ..domain.alert_rule import AlertRule, Firing, window_seconds
+from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, WebsocketChannel
 from .alerting import RecentSeries
 from .ports import HistoryReadModel
 from .views import SeriesPoint, SeriesQuery
@@ -52,8 +53,8 @@ class BacktestResult:
 
 
 def backtest(
-    target: dict[str, Any],
-    condition: dict[str, Any],
+    target: RuleTarget,
+    condition: Condition,
     points: Sequence[SeriesPoint],
     *,
     cooldown: int = 3_600,
@@ -65,10 +66,9 @@ def backtest(
     only observations within ``[start, end]``; earlier points still serve as references
     for percent changes. ``progress`` is called with the number of points done."""
     rule = AlertRule.create(
-        "backtest", target, condition, [{"kind": "websocket"}], cooldown=cooldown
+        "backtest", target, condition, [WebsocketChannel(kind="websocket")], cooldown=cooldown
     )
-    window_name = rule.condition.get("window")
-    window = None if window_name is None else float(WINDOWS[window_name])
+    window = window_seconds(rule.condition)
     series = RecentSeries()
     events: list[BacktestEvent] = []
     evaluated = 0
@@ -95,23 +95,22 @@ def backtest(
 
 def history_points(
     history: HistoryReadModel,
-    target: dict[str, Any],
-    condition: dict[str, Any],
+    target: RuleTarget,
+    condition: Condition,
     *,
     start: float | None = None,
     end: float | None = None,
 ) -> list[SeriesPoint]:
     """The stored points a backtest of ``target`` over ``[start, end]`` needs (blocking),
     reaching back before ``start`` far enough for the condition's window."""
-    normalised = check_target(target)
-    if "protocol" not in normalised:
+    if not isinstance(target, ProtocolTarget):
         raise BacktestUnsupported("backtests replay protocol metrics only (no price series yet)")
-    window = WINDOWS.get(str(condition.get("window")), 0)
+    window = window_seconds(condition) or 0.0
     series = history.series(
         SeriesQuery(
-            slug=normalised["protocol"],
-            metric=normalised["metric"],
-            chain=normalised["chain"],
+            slug=target.protocol,
+            metric=target.metric,
+            chain=target.chain,
             start=None if start is None else start - _REACH * window,
             end=end,
             limit=_SERIES_LIMIT,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from ..domain.alert_rule import AlertRule, Firing, public_channels, target_key
+from ..domain.alert_rule import AlertRule, Firing, public_channels
+from ..domain.alert_values import Condition, RuleTarget, stored_condition, stored_target
 from .log import ALERT_RULE_KINDS, LogEntry
 
 RULE_FACT_KINDS: Final[frozenset[str]] = frozenset(
@@ -27,8 +28,8 @@ class AlertRuleView:
     id: str
     owner: str
     name: str
-    target: dict[str, Any]
-    condition: dict[str, Any]
+    target: RuleTarget
+    condition: Condition
     channels: list[dict[str, Any]]
     cooldown: int
     state: str = "active"
@@ -48,14 +49,14 @@ class AlertRuleView:
 
     @property
     def target_key(self) -> str:
-        return target_key(self.target)
+        return self.target.key
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
-            "target": dict(self.target),
-            "condition": dict(self.condition),
+            "target": self.target.model_dump(),
+            "condition": self.condition.model_dump(),
             "channels": [dict(channel) for channel in self.channels],
             "cooldown": self.cooldown,
             "state": self.state,
@@ -72,8 +73,8 @@ class AlertRuleView:
             id=str(rule.id),
             owner=rule.owner,
             name=rule.name,
-            target=dict(rule.target),
-            condition=dict(rule.condition),
+            target=rule.target,
+            condition=rule.condition,
             channels=public_channels(rule.channels),
             cooldown=rule.cooldown,
             state=rule.state,
@@ -101,8 +102,8 @@ def fold_rule(view: AlertRuleView | None, entry: LogEntry) -> AlertRuleView | No
             id=entry.key,
             owner=str(data["owner"]),
             name=str(data.get("name") or ""),
-            target=dict(data["target"]),
-            condition=dict(data["condition"]),
+            target=stored_target(data["target"]),
+            condition=stored_condition(data["condition"]),
             channels=[dict(channel) for channel in data.get("channels") or ()],
             cooldown=int(data["cooldown"]),
             state=str(data.get("state") or "active"),
@@ -118,7 +119,7 @@ def fold_rule(view: AlertRuleView | None, entry: LogEntry) -> AlertRuleView | No
         return replace(
             view,
             name=str(data.get("name") or ""),
-            condition=dict(data["condition"]),
+            condition=stored_condition(data["condition"]),
             channels=[dict(channel) for channel in data.get("channels") or ()],
             cooldown=int(data["cooldown"]),
             updated_at=entry.recorded_at,

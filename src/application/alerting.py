@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..domain.alert_rule import WINDOWS, Firing, next_transition, target_key
+from ..domain.alert_rule import Firing, next_transition, window_seconds
+from ..domain.alert_values import WINDOWS, stored_target
 from .alert_rules import (
     RULE_FACT_KINDS,
     AlertRuleView,
@@ -147,10 +148,9 @@ class _Rule:
         self.id = view.id
         self.key = view.target_key
         self.condition = view.condition
-        self.threshold = float(view.condition["value"])
-        self.above = view.condition["direction"] == "above"
-        window = view.condition.get("window")
-        self.window: float | None = None if window is None else float(WINDOWS[window])
+        self.threshold = view.condition.value
+        self.above = view.condition.direction == "above"
+        self.window: float | None = window_seconds(view.condition)
         self.cooldown = view.cooldown
         self.firing = view.firing == "firing"
         self.last_fired_at = view.last_fired_at
@@ -487,7 +487,7 @@ class AlertEvaluator:
                 rule = self._rules.get(entry.key)
                 if entry.kind == "alert_rule_created":
                     try:
-                        key = target_key(dict(entry.data["target"]))
+                        key = stored_target(entry.data["target"]).key
                     except (KeyError, TypeError, ValueError):
                         key = None
                 else:

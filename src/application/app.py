@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -19,7 +19,8 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
-from ..domain.alert_rule import AlertRule
+from ..domain.alert_rule import AlertRule, RuleBook
+from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
 from ..domain.subscription import Subscription
@@ -28,6 +29,7 @@ from .alert_rules import RuleObservation, RuleSnapshot
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
 
 A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
 
 # Passing a version bypasses the aggregate cache: reads made outside the writer thread (auth,
 # alert queries) must see other nodes' writes and must never share the writer's objects.
@@ -280,21 +282,48 @@ class DefiRealtime(Application[UUID]):
     def create_alert_rule(
         self,
         owner: str,
-        target: dict[str, Any],
-        condition: dict[str, Any],
-        channels: list[dict[str, Any]],
+        target: RuleTarget | Mapping[str, Any],
+        condition: Condition | Mapping[str, Any],
+        channels: Sequence[Any],
         cooldown: int = 3_600,
         name: str = "",
+        *,
+        limit: int | None = None,
+        existing: Callable[[], Sequence[str]] = tuple,
     ) -> UUID:
         """Create a rule; its protocol target must be a listed protocol (a typo in a slug
-        must not create a rule that can never fire). Raises ``InvalidRule`` or
-        ``ProtocolNotFound``."""
+        must not create a rule that can never fire), and the owner may hold at most
+        ``limit`` live rules (checked in the owner's ``RuleBook``, saved in the same
+        transaction as the rule: concurrent creations cannot both take the last place).
+        ``existing`` lists the owner's rules for a book opened the first time (owners whose
+        rules predate books). Raises ``InvalidRule``, ``ProtocolNotFound`` or
+        ``RuleQuotaExceeded``."""
         rule = AlertRule.create(owner, target, condition, channels, cooldown, name)
-        if "protocol" in rule.target:
-            slug = rule.target["protocol"]
+        if isinstance(rule.target, ProtocolTarget):
+            slug = rule.target.protocol
             self._get_cached(Protocol.id_for(slug), Protocol, ProtocolNotFound(slug))
-        self.save(rule)
-        return rule.id
+
+        def admit(working: dict[UUID, Aggregate]) -> UUID:
+            book = self._rule_book(owner, working, existing)
+            book.admit(rule.id, sys.maxsize if limit is None else limit)
+            self.save_aggregates([book, rule])
+            return rule.id
+
+        return self._retrying(admit)
+
+    def _rule_book(
+        self,
+        owner: str,
+        working: dict[UUID, Aggregate],
+        existing: Callable[[], Sequence[str]],
+    ) -> RuleBook:
+        book_id = RuleBook.id_for(owner)
+        try:
+            book = self._get_cached(book_id, RuleBook, LookupError())
+        except LookupError:
+            book = RuleBook.open(owner, existing())
+        working[book_id] = book
+        return book
 
     def get_alert_rule(self, rule_id: UUID, owner: str) -> AlertRule:
         """A rule of ``owner``'s; another owner's rule is reported as not found."""
@@ -310,9 +339,10 @@ class DefiRealtime(Application[UUID]):
         return rule
 
     def update_alert_rule(self, rule_id: UUID, owner: str, **changes: Any) -> None:
+        """Replace parts of a rule (``AlertRule.update``: its target cannot change)."""
         rule = self._owned_rule(rule_id, owner)
-        rule.update(**changes)
-        self._save_or_evict(rule)
+        if rule.update(**changes):
+            self._save_or_evict(rule)
 
     def pause_alert_rule(self, rule_id: UUID, owner: str) -> None:
         rule = self._owned_rule(rule_id, owner)
@@ -325,13 +355,26 @@ class DefiRealtime(Application[UUID]):
         self._save_or_evict(rule)
 
     def delete_alert_rule(self, rule_id: UUID, owner: str) -> None:
-        rule = self._owned_rule(rule_id, owner)
-        rule.delete()
-        self._save_or_evict(rule)
+        """Delete a rule; it leaves its owner's book (a place for a new rule)."""
 
-    def observe_alert_rules(
-        self, observations: Sequence[RuleObservation], *, attempts: int = 3
-    ) -> list[RuleSnapshot]:
+        def delete(working: dict[UUID, Aggregate]) -> None:
+            rule = self._owned_rule(rule_id, owner)
+            working[rule.id] = rule
+            rule.delete()
+            changed: list[Aggregate] = [rule]
+            try:
+                book = self._get_cached(RuleBook.id_for(owner), RuleBook, LookupError())
+            except LookupError:
+                pass  # rules that predate books: the book starts from the listing
+            else:
+                working[book.id] = book
+                book.release(rule_id)
+                changed.append(book)
+            self.save_aggregates([aggregate for aggregate in changed if aggregate.pending_events])
+
+        self._retrying(delete)
+
+    def observe_alert_rules(self, observations: Sequence[RuleObservation]) -> list[RuleSnapshot]:
         """Evaluate rules against measures and save every transition in one transaction.
 
         Meant for the alert evaluator, on the writer thread. Each observation carries its
@@ -339,45 +382,38 @@ class DefiRealtime(Application[UUID]):
         record nothing. Returns each rule's state right after each observation; rules that
         no longer exist come back as ``deleted``.
         """
-        for attempt in range(attempts):
-            working: dict[UUID, Aggregate] = {}
+
+        def observe(working: dict[UUID, Aggregate]) -> list[RuleSnapshot]:
             snapshots: list[RuleSnapshot] = []
-            try:
-                for observation in observations:
-                    rule = self._rule_for_evaluation(UUID(observation.rule_id), working)
-                    if rule is None:
-                        snapshots.append(
-                            RuleSnapshot(observation.rule_id, None, "deleted", "resolved", None)
-                        )
-                        continue
-                    transition = rule.observe(
-                        observation.measure, observation.observed_at, observation.position
-                    )
+            for observation in observations:
+                rule = self._rule_for_evaluation(UUID(observation.rule_id), working)
+                if rule is None:
                     snapshots.append(
-                        RuleSnapshot(
-                            observation.rule_id,
-                            transition,
-                            rule.state,
-                            rule.firing,
-                            rule.last_fired_at,
-                            rule.transitions,
-                        )
+                        RuleSnapshot(observation.rule_id, None, "deleted", "resolved", None)
                     )
-                changed = [rule for rule in working.values() if rule.pending_events]
-                if changed:
-                    self.save_aggregates(changed)
-            except IntegrityError:
-                # Another node changed one of the rules (e.g. paused it): start over from
-                # the stored events; the positions keep the retry from double-counting.
-                self._evict(working)
-                if attempt + 1 == attempts:
-                    raise
-                continue
-            except BaseException:
-                self._evict(working)
-                raise
+                    continue
+                transition = rule.observe(
+                    observation.measure, observation.observed_at, observation.position
+                )
+                snapshots.append(
+                    RuleSnapshot(
+                        observation.rule_id,
+                        transition,
+                        rule.state,
+                        rule.firing,
+                        rule.last_fired_at,
+                        rule.transitions,
+                    )
+                )
+            changed = [rule for rule in working.values() if rule.pending_events]
+            if changed:
+                self.save_aggregates(changed)
             return snapshots
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        # Another node may have changed one of the rules (e.g. paused it): a conflict
+        # starts over from the stored events; the positions keep the retry from
+        # double-counting.
+        return self._retrying(observe)
 
     def _rule_for_evaluation(
         self, rule_id: UUID, working: dict[UUID, Aggregate]
@@ -445,6 +481,23 @@ class DefiRealtime(Application[UUID]):
         if not isinstance(aggregate, kind):
             raise missing
         return aggregate
+
+    def _retrying(self, work: Callable[[dict[UUID, Aggregate]], T], attempts: int = 3) -> T:
+        """Run ``work`` over a fresh working set of aggregates, again (from the stored
+        events) when its save conflicts with another writer's; a failure evicts whatever it
+        changed from the cache, so nothing unsaved is ever read back."""
+        for attempt in range(attempts):
+            working: dict[UUID, Aggregate] = {}
+            try:
+                return work(working)
+            except IntegrityError:
+                self._evict(working)
+                if attempt + 1 == attempts:
+                    raise
+            except BaseException:
+                self._evict(working)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _save_or_evict(self, aggregate: Aggregate) -> None:
         try:

@@ -28,6 +28,7 @@ from typing import Any
 from uuid import UUID
 
 from ..domain.alert_rule import AlertRule
+from ..domain.alert_values import Channel
 from .app import AlertRuleNotFound
 from .delivery import (
     ALERT_ENTRY_CONDITIONS,
@@ -55,10 +56,10 @@ the first time on a store with years of alerts): a day-old alert is noise, not n
 RuleLoader = Callable[[UUID, str], AlertRule]
 
 
-def public_channel(channel: Mapping[str, Any]) -> dict[str, Any]:
+def public_channel(channel: Channel) -> dict[str, Any]:
     """A channel without its secret: jobs travel through the broker and its dead letters,
     and a webhook secret never leaves the event store (the worker reads it at delivery)."""
-    return {name: value for name, value in channel.items() if name != "secret"}
+    return channel.model_dump(exclude_none=True, exclude={"secret"})
 
 
 def jobs_for(entry: LogEntry, rule: AlertRule) -> list[NotificationJob]:
@@ -67,7 +68,7 @@ def jobs_for(entry: LogEntry, rule: AlertRule) -> list[NotificationJob]:
     transition_key = str(data.get("idempotency_key") or f"{entry.key}@{entry.position}")
     jobs = []
     for index, channel in enumerate(rule.channels):
-        if channel.get("kind") not in QUEUED_CHANNEL_KINDS:
+        if channel.kind not in QUEUED_CHANNEL_KINDS:
             continue
         jobs.append(
             NotificationJob(
@@ -81,8 +82,8 @@ def jobs_for(entry: LogEntry, rule: AlertRule) -> list[NotificationJob]:
                 channel_index=index,
                 channel=public_channel(channel),
                 rule_name=rule.name,
-                target=dict(rule.target),
-                rule_condition=dict(rule.condition),
+                target=rule.target.model_dump(),
+                rule_condition=rule.condition.model_dump(),
                 transition_key=transition_key,
                 recorded_at=entry.recorded_at,
             )
@@ -301,7 +302,7 @@ class DeliveryWorker:
             candidates.insert(0, candidates[job.channel_index])
         for channel in candidates:
             if public_channel(channel) == dict(job.channel):
-                return dict(channel)
+                return channel.model_dump(exclude_none=True)
         return None
 
     def _load_rule(self, job: NotificationJob) -> AlertRule | None:

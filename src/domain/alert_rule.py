@@ -1,132 +1,75 @@
-"""The AlertRule aggregate: a user's condition on a protocol metric or a token price."""
+"""The AlertRule aggregate: a user's condition on a protocol metric or a token price, and
+the RuleBook that holds an owner's live rules (their quota)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Final, Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from .alert_values import (
+    WINDOWS,
+    Condition,
+    InvalidRule,
+    PctChangeCondition,
+    RuleTarget,
+    parse_channels,
+    parse_condition,
+    parse_cooldown,
+    parse_target,
+    public_channels,
+    stored_channels,
+    stored_condition,
+    stored_target,
+)
 from .errors import DomainError, InvalidTransition
-from .observations import METRICS, TOTAL, check_label
-from .protocol import check_slug
-from .token import check_token_id
+from .observations import check_label
+
+__all__ = [
+    "WINDOWS",
+    "AlertRule",
+    "Firing",
+    "InvalidRule",
+    "RuleBook",
+    "RuleQuotaExceeded",
+    "RuleState",
+    "check_rule_name",
+    "condition_met",
+    "next_transition",
+    "public_channels",
+]
 
 RuleState = Literal["active", "paused", "deleted"]
 Firing = Literal["firing", "resolved"]
-Direction = Literal["above", "below"]
-WINDOWS: Final[dict[str, int]] = {"1h": 3_600, "24h": 86_400, "7d": 604_800}
-CHANNEL_KINDS: Final[frozenset[str]] = frozenset({"webhook", "email", "websocket"})
-MAX_COOLDOWN: Final = 30 * 86_400
+MAX_RULE_NAME: Final = 200
+RULE_BOOK_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/rule-book/")
 
 
-class InvalidRule(DomainError):
-    """An alert rule's target, condition, channels or cooldown is not acceptable."""
+class RuleQuotaExceeded(DomainError):
+    """The owner already has as many live rules as their tier allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} alert rules")
+        self.limit = limit
 
 
-def check_target(target: dict[str, Any]) -> dict[str, Any]:
-    """Normalise a target: ``{protocol, metric, chain}`` or ``{token, metric: price}``."""
-    if not isinstance(target, dict):
-        raise InvalidRule("target must be an object")
-    if "protocol" in target and "token" not in target:
-        metric = target.get("metric", "tvl")
-        if not isinstance(metric, str) or metric not in METRICS:
-            raise InvalidRule(f"target.metric must be one of {sorted(METRICS)}")
-        chain = target.get("chain") or TOTAL
-        return {
-            "protocol": check_slug(target["protocol"]),
-            "metric": metric,
-            "chain": check_label(chain, what="target.chain"),
-        }
-    if "token" in target and "protocol" not in target:
-        if target.get("metric", "price") != "price":
-            raise InvalidRule("a token target's metric is 'price'")
-        return {"token": check_token_id(target["token"]), "metric": "price"}
-    raise InvalidRule("target needs exactly one of 'protocol' or 'token'")
+def check_rule_name(name: Any) -> str:
+    if not isinstance(name, str) or len(name) > MAX_RULE_NAME:
+        raise InvalidRule(f"name must be a string of at most {MAX_RULE_NAME} characters", "name")
+    return name.strip()
 
 
-def check_condition(condition: dict[str, Any]) -> dict[str, Any]:
-    """``{"kind": "threshold", "direction", "value"}`` or
-    ``{"kind": "pct_change", "direction", "value" (percent), "window": 1h|24h|7d}``."""
-    if not isinstance(condition, dict):
-        raise InvalidRule("condition must be an object")
-    kind = condition.get("kind")
-    direction = condition.get("direction")
-    value = condition.get("value")
-    if direction not in get_args(Direction):
-        raise InvalidRule("condition.direction must be 'above' or 'below'")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRule("condition.value must be a finite number")
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond float range
-        raise InvalidRule("condition.value must be a finite number") from None
-    if not math.isfinite(value):
-        raise InvalidRule("condition.value must be a finite number")
-    if kind == "threshold":
-        if value < 0:
-            raise InvalidRule("a threshold value must be non-negative")
-        return {"kind": kind, "direction": direction, "value": float(value)}
-    if kind == "pct_change":
-        window = condition.get("window")
-        if not isinstance(window, str) or window not in WINDOWS:
-            raise InvalidRule(f"condition.window must be one of {sorted(WINDOWS)}")
-        if value < -100:
-            raise InvalidRule("a percentage change cannot be below -100")
-        return {"kind": kind, "direction": direction, "value": float(value), "window": window}
-    raise InvalidRule("condition.kind must be 'threshold' or 'pct_change'")
-
-
-def check_channels(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if not isinstance(channels, list) or not channels:
-        raise InvalidRule("channels must be a non-empty list")
-    checked = []
-    for index, channel in enumerate(channels):
-        kind = channel.get("kind") if isinstance(channel, dict) else None
-        if not isinstance(kind, str) or kind not in CHANNEL_KINDS:
-            raise InvalidRule(f"channels[{index}].kind must be one of {sorted(CHANNEL_KINDS)}")
-        if kind == "webhook" and not str(channel.get("url", "")).startswith(
-            ("http://", "https://")
-        ):
-            raise InvalidRule(f"channels[{index}].url must be an http(s) URL")
-        if kind == "email" and "@" not in str(channel.get("address", "")):
-            raise InvalidRule(f"channels[{index}].address must be an email address")
-        checked.append(dict(channel))
-    return checked
-
-
-PUBLIC_CHANNEL_FIELDS: Final[tuple[str, ...]] = ("kind", "url", "address")
-
-
-def public_channels(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Channels as they may be shown and logged: kind and destination, never the secret
-    (``secret_set`` tells whether a webhook signs its deliveries)."""
-    shown = []
-    for channel in channels:
-        public = {name: channel[name] for name in PUBLIC_CHANNEL_FIELDS if name in channel}
-        if channel.get("kind") == "webhook":
-            public["secret_set"] = bool(channel.get("secret"))
-        shown.append(public)
-    return shown
-
-
-def check_cooldown(cooldown: int) -> int:
-    if isinstance(cooldown, bool) or not isinstance(cooldown, int):
-        raise InvalidRule("cooldown must be whole seconds")
-    if not 0 <= cooldown <= MAX_COOLDOWN:
-        raise InvalidRule(f"cooldown must be between 0 and {MAX_COOLDOWN} seconds")
-    return cooldown
-
-
-def condition_met(condition: dict[str, Any], measure: float) -> bool:
-    threshold = float(condition["value"])
-    if condition["direction"] == "above":
-        return measure >= threshold
-    return measure <= threshold
+def condition_met(condition: Condition, measure: float) -> bool:
+    if condition.direction == "above":
+        return measure >= condition.value
+    return measure <= condition.value
 
 
 def next_transition(
-    condition: dict[str, Any],
+    condition: Condition,
     firing: Firing,
     last_fired_at: float | None,
     cooldown: float,
@@ -151,12 +94,9 @@ def next_transition(
     return None
 
 
-def target_key(target: dict[str, Any]) -> str:
-    """The series a normalised target watches, named like the log entries that feed it:
-    ``protocol:<slug>:<metric>:<chain>`` or ``token:<token id>``."""
-    if "protocol" in target:
-        return f"protocol:{target['protocol']}:{target['metric']}:{target['chain']}"
-    return f"token:{target['token']}"
+def window_seconds(condition: Condition) -> float | None:
+    """The change window of a ``pct_change`` condition; None when the measure is the value."""
+    return float(condition.seconds) if isinstance(condition, PctChangeCondition) else None
 
 
 class AlertRule(Aggregate):
@@ -166,6 +106,8 @@ class AlertRule(Aggregate):
     true; it never fires again within ``cooldown`` seconds (data time) of its last firing.
     """
 
+    # Events carry the values as plain JSON objects (``model_dump``); the aggregate holds
+    # them typed (``stored_*`` rebuild them without re-validating what was accepted once).
     @event("Created")
     def __init__(
         self,
@@ -178,9 +120,9 @@ class AlertRule(Aggregate):
     ) -> None:
         self.owner = owner
         self.name = name
-        self.target = target
-        self.condition = condition
-        self.channels = channels
+        self.target: RuleTarget = stored_target(target)
+        self.condition: Condition = stored_condition(condition)
+        self.channels = stored_channels(channels)
         self.cooldown = cooldown
         self.state: RuleState = "active"
         self.firing: Firing = "resolved"
@@ -194,19 +136,22 @@ class AlertRule(Aggregate):
     def create(
         cls,
         owner: str,
-        target: dict[str, Any],
-        condition: dict[str, Any],
-        channels: list[dict[str, Any]],
+        target: RuleTarget | Mapping[str, Any],
+        condition: Condition | Mapping[str, Any],
+        channels: Sequence[Any],
         cooldown: int = 3_600,
         name: str = "",
     ) -> AlertRule:
+        """A new rule; its parts are validated (typed values, or the JSON a client sent)."""
         return cls(
             owner=check_label(owner, what="owner"),
-            name=name or "",
-            target=check_target(target),
-            condition=check_condition(condition),
-            channels=check_channels(channels),
-            cooldown=check_cooldown(cooldown),
+            name=check_rule_name(name or ""),
+            target=parse_target(target).model_dump(),
+            condition=parse_condition(condition).model_dump(),
+            channels=[
+                channel.model_dump(exclude_none=True) for channel in parse_channels(channels)
+            ],
+            cooldown=parse_cooldown(cooldown),
         )
 
     def _require_not_deleted(self) -> None:
@@ -215,25 +160,42 @@ class AlertRule(Aggregate):
 
     def update(
         self,
-        condition: dict[str, Any] | None = None,
-        channels: list[dict[str, Any]] | None = None,
+        condition: Condition | Mapping[str, Any] | None = None,
+        channels: Sequence[Any] | None = None,
         cooldown: int | None = None,
         name: str | None = None,
-    ) -> None:
+        target: RuleTarget | Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Replace some parts; False (and nothing recorded) when nothing changes. A rule's
+        target cannot change: what it watches is its identity (create a new rule)."""
         self._require_not_deleted()
+        if target is not None and parse_target(target) != self.target:
+            raise InvalidRule("a rule's target cannot change: create a new rule", "target")
+        new_condition = self.condition if condition is None else parse_condition(condition)
+        new_channels = self.channels if channels is None else parse_channels(channels)
+        new_cooldown = self.cooldown if cooldown is None else parse_cooldown(cooldown)
+        new_name = self.name if name is None else check_rule_name(name)
+        if (new_condition, new_channels, new_cooldown, new_name) == (
+            self.condition,
+            self.channels,
+            self.cooldown,
+            self.name,
+        ):
+            return False
         self._updated(
-            condition=check_condition(condition) if condition is not None else self.condition,
-            channels=check_channels(channels) if channels is not None else self.channels,
-            cooldown=check_cooldown(cooldown) if cooldown is not None else self.cooldown,
-            name=name if name is not None else self.name,
+            condition=new_condition.model_dump(),
+            channels=[channel.model_dump(exclude_none=True) for channel in new_channels],
+            cooldown=new_cooldown,
+            name=new_name,
         )
+        return True
 
     @event("Updated")
     def _updated(
         self, condition: dict[str, Any], channels: list[dict[str, Any]], cooldown: int, name: str
     ) -> None:
-        self.condition = condition
-        self.channels = channels
+        self.condition = stored_condition(condition)
+        self.channels = stored_channels(channels)
         self.cooldown = cooldown
         self.name = name
 
@@ -327,3 +289,45 @@ class AlertRule(Aggregate):
         self.transitions += 1
         if position is not None:
             self.last_position = position
+
+
+class RuleBook(Aggregate):
+    """An owner's live alert rules: the quota is checked here, and the book is saved in the
+    same transaction as the rule it admits, so two concurrent creations cannot both take
+    the last place (the second's save conflicts on the book's version and is retried)."""
+
+    @staticmethod
+    def create_id(owner: str, *_: Any, **__: Any) -> UUID:
+        return uuid5(RULE_BOOK_NAMESPACE, owner)
+
+    @staticmethod
+    def id_for(owner: str) -> UUID:
+        return uuid5(RULE_BOOK_NAMESPACE, owner)
+
+    @event("Opened")
+    def __init__(self, owner: str, rules: list[str]) -> None:
+        self.owner = owner
+        self.rules: set[str] = set(rules)
+
+    @classmethod
+    def open(cls, owner: str, existing: Sequence[str] = ()) -> RuleBook:
+        """A book for ``owner``, starting from the rules they already have (an owner whose
+        rules predate books)."""
+        return cls(owner=owner, rules=sorted(set(existing)))
+
+    def admit(self, rule_id: UUID | str, limit: int) -> None:
+        if len(self.rules) >= limit:
+            raise RuleQuotaExceeded(limit)
+        self._admitted(str(rule_id))
+
+    @event("Admitted")
+    def _admitted(self, rule_id: str) -> None:
+        self.rules.add(rule_id)
+
+    def release(self, rule_id: UUID | str) -> None:
+        if str(rule_id) in self.rules:
+            self._released(str(rule_id))
+
+    @event("Released")
+    def _released(self, rule_id: str) -> None:
+        self.rules.discard(rule_id)

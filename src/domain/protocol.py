@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import Any, Final
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -12,7 +12,8 @@ from eventsourcing.domain import Aggregate, event
 from .errors import InvalidObservation
 from .observations import TOTAL, check_label, check_metric, check_timestamp, check_value
 
-_SLUG = re.compile(r"^[a-z0-9][^\s/?#%A-Z]{0,199}$")
+SLUG_PATTERN: Final = r"^[a-z0-9][^\s/?#%A-Z]{0,199}$"
+_SLUG = re.compile(SLUG_PATTERN)
 PROTOCOL_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/protocol/")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -11,7 +11,8 @@ from eventsourcing.domain import Aggregate, event
 from .errors import InvalidObservation
 from .observations import check_timestamp, check_value
 
-_TOKEN_ID = re.compile(r"^[a-z0-9_-]{1,40}:[A-Za-z0-9_.\-]{1,128}$")
+TOKEN_ID_PATTERN: Final = r"^[a-z0-9_-]{1,40}:[A-Za-z0-9_.\-]{1,128}$"
+_TOKEN_ID = re.compile(TOKEN_ID_PATTERN)
 TOKEN_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/token/")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 from starlette.requests import Request
@@ -24,28 +24,20 @@ from ..application.alert_rules import AlertRuleView
 from ..application.app import AlertRuleNotFound, ProtocolNotFound
 from ..application.ingest import InvalidItem, parse_timestamp
 from ..application.ports import AlertRuleReadModel
-from ..domain.alert_rule import (
-    AlertRule,
-    InvalidRule,
-    check_channels,
-    check_condition,
-    check_cooldown,
-    check_target,
-)
+from ..domain.alert_rule import AlertRule, InvalidRule, RuleQuotaExceeded
 from ..domain.api_key import ApiKey
 from ..domain.errors import InvalidTransition
 from .auth import require_key
 from .errors import ApiError
 from .node import Node
+from .schemas.alerts import AlertRuleChange, AlertRuleCreate, BacktestWindow
+from .schemas.validation import parse_body
 
 __all__ = ["alert_routes"]
 
+T = TypeVar("T")
 BodyReader = Callable[[Request], Awaitable[Any]]
 
-CREATE_FIELDS: Final = frozenset({"name", "target", "condition", "channels", "cooldown"})
-CHANNEL_FIELDS: Final = frozenset({"kind", "url", "secret", "address"})
-MAX_NAME: Final = 200
-DEFAULT_COOLDOWN: Final = 3_600
 # How long a write waits for the listing to show it (read-your-writes), at most.
 LISTING_WAIT: Final = 2.0
 
@@ -60,41 +52,6 @@ def _rules(node: Node) -> AlertRuleReadModel:
     return node.history
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_rule", message, {"field": field})
-
-
-def _checked(field: str, check: Callable[[Any], Any], value: Any) -> Any:
-    try:
-        return check(value)
-    except InvalidRule as error:
-        raise _invalid(field, str(error)) from None
-
-
-def _name(body: dict[str, Any]) -> str:
-    name = body.get("name", "")
-    if not isinstance(name, str) or len(name) > MAX_NAME:
-        raise _invalid("name", f"name must be a string of at most {MAX_NAME} characters")
-    return name.strip()
-
-
-def _channels(raw: Any) -> list[dict[str, Any]]:
-    if isinstance(raw, list):
-        for index, channel in enumerate(raw):
-            if not isinstance(channel, dict):
-                raise _invalid("channels", f"channels[{index}] must be an object")
-            unknown = sorted(set(channel) - CHANNEL_FIELDS)
-            if unknown:
-                raise _invalid(
-                    "channels", f"channels[{index}] has unknown field(s): {', '.join(unknown)}"
-                )
-            secret = channel.get("secret")
-            if secret is not None and (not isinstance(secret, str) or not secret):
-                raise _invalid("channels", f"channels[{index}].secret must be a non-empty string")
-    checked: list[dict[str, Any]] = _checked("channels", check_channels, raw)
-    return checked
-
-
 def _rule_id(request: Request) -> UUID:
     raw = request.path_params["rule_id"]
     try:
@@ -107,15 +64,6 @@ def _not_found(rule_id: object) -> ApiError:
     return ApiError(404, "alert_not_found", f"alert rule {str(rule_id)!r} not found")
 
 
-async def _object_body(request: Request, read_json: BodyReader, *, optional: bool) -> Any:
-    if optional and not await _has_body(request):
-        return {}
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    return body
-
-
 async def _has_body(request: Request) -> bool:
     length = request.headers.get("content-length")
     if length is not None:
@@ -123,18 +71,13 @@ async def _has_body(request: Request) -> bool:
     return "transfer-encoding" in request.headers
 
 
-def _time(body: dict[str, Any], name: str) -> float | None:
-    raw = body.get(name)
-    if raw is None:
-        return None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw)
-    if isinstance(raw, str):
-        try:
-            return parse_timestamp(raw)
-        except (InvalidItem, ValueError):
-            pass
-    raise ApiError(400, "invalid_body", f"{name} must be unix seconds or ISO-8601")
+def _time(raw: float | str | None, name: str) -> float | None:
+    if raw is None or isinstance(raw, float | int):
+        return raw
+    try:
+        return parse_timestamp(raw)
+    except (InvalidItem, ValueError):
+        raise ApiError(400, "invalid_body", f"{name} must be unix seconds or ISO-8601") from None
 
 
 async def _read_your_write(node: Node) -> None:
@@ -154,15 +97,37 @@ async def _fresh_rule(node: Node, rule_id: UUID, owner: str) -> AlertRule:
         raise _not_found(rule_id) from None
 
 
-async def _write(node: Node, rule_id: UUID, command: Callable[[], None]) -> None:
+async def _write(node: Node, rule_id: UUID | None, command: Callable[[], T]) -> T:
+    """Run a command on the writer thread; the domain's refusals become 4xx answers."""
     try:
-        await node.writer.call(command)
+        return await node.writer.call(command)
     except AlertRuleNotFound:
         raise _not_found(rule_id) from None
     except InvalidTransition as error:
         raise ApiError(409, "invalid_transition", str(error)) from None
+    except ProtocolNotFound as error:
+        raise ApiError(
+            422,
+            "unknown_target",
+            f"protocol {error.slug!r} is not listed",
+            {"field": "target.protocol"},
+        ) from None
+    except RuleQuotaExceeded as error:
+        raise ApiError(
+            403,
+            "alert_rule_limit",
+            f"this API key's tier allows {error.limit} alert rules",
+            {"limit": error.limit},
+        ) from None
     except InvalidRule as error:
-        raise ApiError(400, "invalid_rule", str(error)) from None
+        details = None if error.field is None else {"field": error.field}
+        raise ApiError(400, "invalid_rule", str(error), details) from None
+
+
+async def _answer(node: Node, rule_id: UUID, owner: str) -> Response:
+    await _read_your_write(node)
+    rule = await _fresh_rule(node, rule_id, owner)
+    return JSONResponse(AlertRuleView.of(rule).to_json())
 
 
 def alert_routes(read_json: BodyReader) -> list[Route]:
@@ -170,45 +135,27 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
 
     async def create(request: Request, key: ApiKey) -> Response:
         node = _node(request)
-        body = await _object_body(request, read_json, optional=False)
-        unknown = sorted(set(body) - CREATE_FIELDS)
-        if unknown:
-            raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
-        for required in ("target", "condition", "channels"):
-            if required not in body:
-                raise _invalid(required, f"{required} is required")
-        name = _name(body)
-        target = _checked("target", check_target, body["target"])
-        condition = _checked("condition", check_condition, body["condition"])
-        channels = _channels(body["channels"])
-        cooldown = _checked("cooldown", check_cooldown, body.get("cooldown", DEFAULT_COOLDOWN))
-        owned = await asyncio.to_thread(_rules(node).alert_rules, key.owner)
-        if len(owned) >= key.limits.alert_rules:
-            raise ApiError(
-                403,
-                "alert_rule_limit",
-                f"the {key.tier} tier allows {key.limits.alert_rules} alert rules",
-                {"limit": key.limits.alert_rules},
-            )
-        app = node.app
-        try:
-            rule_id = await node.writer.call(
-                lambda: app.create_alert_rule(
-                    key.owner, target, condition, channels, cooldown, name
-                )
-            )
-        except ProtocolNotFound as error:
-            raise ApiError(
-                422,
-                "unknown_target",
-                f"protocol {error.slug!r} is not listed",
-                {"field": "target.protocol"},
-            ) from None
-        except InvalidRule as error:
-            raise ApiError(400, "invalid_rule", str(error)) from None
-        await _read_your_write(node)
-        rule = await _fresh_rule(node, rule_id, key.owner)
-        return JSONResponse(AlertRuleView.of(rule).to_json())
+        rule = parse_body(AlertRuleCreate, await read_json(request), code="invalid_rule")
+        app, rules = node.app, _rules(node)
+
+        def existing() -> list[str]:  # an owner's first book starts from their rules
+            return [view.id for view in rules.alert_rules(key.owner)]
+
+        rule_id = await _write(
+            node,
+            None,
+            lambda: app.create_alert_rule(
+                key.owner,
+                rule.target,
+                rule.condition,
+                rule.channels,
+                rule.cooldown,
+                rule.name,
+                limit=key.limits.alert_rules,
+                existing=existing,
+            ),
+        )
+        return await _answer(node, rule_id, key.owner)
 
     async def collection(request: Request) -> Response:
         key = require_key(request)
@@ -219,35 +166,18 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
 
     async def update(request: Request, key: ApiKey, rule_id: UUID) -> Response:
         node = _node(request)
-        body = await _object_body(request, read_json, optional=False)
-        unknown = sorted(set(body) - CREATE_FIELDS)
-        if unknown:
-            raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
-        changes: dict[str, Any] = {}
-        if "name" in body:
-            changes["name"] = _name(body)
-        if "condition" in body:
-            changes["condition"] = _checked("condition", check_condition, body["condition"])
-        if "channels" in body:
-            changes["channels"] = _channels(body["channels"])
-        if "cooldown" in body:
-            changes["cooldown"] = _checked("cooldown", check_cooldown, body["cooldown"])
-        current = await _fresh_rule(node, rule_id, key.owner)
-        if "target" in body:
-            target = _checked("target", check_target, body["target"])
-            if target != current.target:
-                raise _invalid("target", "a rule's target cannot change: create a new rule")
+        change = parse_body(AlertRuleChange, await read_json(request), code="invalid_rule")
+        changes = change.model_dump(exclude_unset=True)
         if not changes:
-            if "target" not in body:
-                raise ApiError(
-                    400, "invalid_body", f"nothing to change: send {sorted(CREATE_FIELDS)}"
-                )
-            return JSONResponse(AlertRuleView.of(current).to_json())  # the same target
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"nothing to change: send some of {sorted(AlertRuleChange.model_fields)}",
+            )
+        typed = {name: getattr(change, name) for name in changes}
         app = node.app
-        await _write(node, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **changes))
-        await _read_your_write(node)
-        rule = await _fresh_rule(node, rule_id, key.owner)
-        return JSONResponse(AlertRuleView.of(rule).to_json())
+        await _write(node, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **typed))
+        return await _answer(node, rule_id, key.owner)
 
     async def item(request: Request) -> Response:
         key = require_key(request)
@@ -273,9 +203,7 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
                 await _write(node, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
             else:
                 await _write(node, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
-            await _read_your_write(node)
-            rule = await _fresh_rule(node, rule_id, key.owner)
-            return JSONResponse(AlertRuleView.of(rule).to_json())
+            return await _answer(node, rule_id, key.owner)
 
         return endpoint
 
@@ -283,15 +211,13 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
         key = require_key(request)
         rule_id = _rule_id(request)
         node = _node(request)
-        body = await _object_body(request, read_json, optional=True)
-        unknown = sorted(set(body) - {"start", "end"})
-        if unknown:
-            raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
-        start, end = _time(body, "start"), _time(body, "end")
+        raw = await read_json(request) if await _has_body(request) else {}
+        window = parse_body(BacktestWindow, raw)
+        start, end = _time(window.start, "start"), _time(window.end, "end")
         if start is not None and end is not None and start > end:
             raise ApiError(400, "invalid_body", "start must not be after end")
         rule = await _fresh_rule(node, rule_id, key.owner)
-        target, condition, cooldown = dict(rule.target), dict(rule.condition), rule.cooldown
+        target, condition, cooldown = rule.target, rule.condition, rule.cooldown
         try:
             points = await asyncio.to_thread(
                 history_points, node.history, target, condition, start=start, end=end

@@ -66,13 +66,8 @@ def backtest_command(
     """Replay a rule over stored history; prints {"events": [...]} (when it would have
     fired and resolved) on stdout. Brings the history read model up to date first."""
     from ..application.alert_backtest import BacktestUnsupported, backtest, history_points
-    from ..domain.alert_rule import (
-        AlertRule,
-        InvalidRule,
-        check_condition,
-        check_cooldown,
-        check_target,
-    )
+    from ..domain.alert_rule import AlertRule, InvalidRule
+    from ..domain.alert_values import parse_condition, parse_cooldown, parse_target
 
     if (rule is None) == (protocol is None):
         raise _fail("give either --rule ID or an inline rule (--protocol SLUG ...)")
@@ -86,17 +81,16 @@ def backtest_command(
                 stored = None
             if not isinstance(stored, AlertRule) or stored.state == "deleted":
                 raise _fail(f"no alert rule {rule!r}")
-            target, rule_condition = dict(stored.target), dict(stored.condition)
+            target, rule_condition = stored.target, stored.condition
             cooldown = stored.cooldown
         else:
-            target = {"protocol": protocol, "metric": metric, "chain": chain}
-            rule_condition = {"kind": condition, "direction": direction, "value": value}
+            inline: dict[str, Any] = {"kind": condition, "direction": direction, "value": value}
             if window is not None:
-                rule_condition["window"] = window
+                inline["window"] = window
             try:
-                check_target(target)
-                check_condition(rule_condition)
-                check_cooldown(cooldown)
+                target = parse_target({"protocol": protocol, "metric": metric, "chain": chain})
+                rule_condition = parse_condition(inline)
+                parse_cooldown(cooldown)
             except InvalidRule as error:
                 raise _fail(str(error)) from None
         _catch_up_history(container.history_runner())
@@ -124,7 +118,12 @@ def backtest_command(
     for event in result.events:
         table.add_row(event.state, _iso(event.observed_at), f"{event.measure:,.2f}")
     err.print(table)
-    output = {"rule": rule, "target": target, "condition": rule_condition, **result.to_json()}
+    output = {
+        "rule": rule,
+        "target": target.model_dump(),
+        "condition": rule_condition.model_dump(),
+        **result.to_json(),
+    }
     sys.stdout.write(json.dumps(output) + "\n")
 
 

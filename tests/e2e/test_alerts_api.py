@@ -237,7 +237,7 @@ VALID = {
         ),
         ({"channels": [{"kind": "websocket", "headers": {}}]}, "channels", "unknown field"),
         ({"cooldown": -1}, "cooldown", "cooldown"),
-        ({"cooldown": 1.5}, "cooldown", "whole seconds"),
+        ({"cooldown": 1.5}, "cooldown", "whole number"),
         ({"name": 7}, "name", "name"),
         ({"condition": None}, "condition", "condition must be an object"),
     ],
@@ -493,3 +493,79 @@ def test_worker_alerts_evaluates_the_log(tmp_path: Path) -> None:
         worker.terminate()
         worker.wait(timeout=15)
     assert "worker alerts running" in log_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({"token": ""}, "invalid token id"),
+        ({"protocol": "Bad Slug"}, "invalid protocol slug"),
+        ({"protocol": "valid-lend", "chain": "   "}, "target.chain"),
+        ({"protocol": ""}, "invalid protocol slug"),
+    ],
+)
+def test_a_malformed_target_is_a_400_on_create_and_on_replace(
+    http: httpx.Client, accounts: Accounts, target: dict[str, Any], message: str
+) -> None:
+    list_protocols(http, accounts, "valid-lend")
+    body = {**VALID, "target": target}
+    error = assert_error(
+        http.post("/v2/alerts", json=body, headers=accounts.alice), 400, "invalid_rule"
+    )
+    assert error["details"] == {"field": "target"}
+    assert message in error["message"]
+    rule_id = create(http, accounts.alice, "valid-lend")["id"]
+    response = http.put(f"/v2/alerts/{rule_id}", json={"target": target}, headers=accounts.alice)
+    error = assert_error(response, 400, "invalid_rule")
+    assert error["details"] == {"field": "target"}
+
+
+def test_replacing_a_target_with_the_same_one_changes_nothing(
+    http: httpx.Client, accounts: Accounts
+) -> None:
+    list_protocols(http, accounts, "same-target")
+    rule = create(http, accounts.alice, "same-target")
+    same = {"target": {"protocol": "same-target", "metric": "tvl", "chain": "total"}}
+    response = http.put(f"/v2/alerts/{rule['id']}", json=same, headers=accounts.alice)
+    assert response.status_code == 200, response.text
+    assert response.json()["updated_at"] == rule["updated_at"]
+
+
+async def test_concurrent_creations_cannot_exceed_the_tier_quota(accounts: Accounts) -> None:
+    # A free key holds at most 5 rules. With one place left, five creations racing for it:
+    # exactly one wins (the quota is checked where the rule is saved, not before).
+    free = {"X-API-Key": _issue_tier(accounts.server.settings, "racer", "free")}
+    async with httpx.AsyncClient(base_url=accounts.server.base_url, timeout=20.0) as client:
+        listed = await client.post(
+            "/v2/ingest",
+            json={"observations": [obs("quota-lend", 2e9, T0, name="Quota Lend")]},
+            headers=accounts.alice,
+        )
+        assert listed.status_code == 200, listed.text
+        body = {**VALID, "target": {"protocol": "quota-lend"}}
+        for _ in range(4):
+            response = await client.post("/v2/alerts", json=body, headers=free)
+            assert response.status_code == 200, response.text
+        racing = await asyncio.gather(
+            *(client.post("/v2/alerts", json=body, headers=free) for _ in range(5))
+        )
+        statuses = sorted(response.status_code for response in racing)
+        assert statuses == [200, 403, 403, 403, 403], [r.text for r in racing]
+        for response in racing:
+            if response.status_code == 403:
+                assert response.json()["error"]["code"] == "alert_rule_limit"
+                assert response.json()["error"]["details"] == {"limit": 5}
+        listing = (await client.get("/v2/alerts", headers=free)).json()
+        assert listing["total"] == 5
+        # A deleted rule frees its place.
+        await client.delete(f"/v2/alerts/{listing['alerts'][0]['id']}", headers=free)
+        again = await client.post("/v2/alerts", json=body, headers=free)
+        assert again.status_code == 200, again.text
+
+
+def _issue_tier(settings: Settings, name: str, tier: str) -> str:
+    app = DefiRealtime(env=settings.event_store_env)
+    try:
+        return app.issue_api_key(name=name, tier=tier)
+    finally:
+        app.close()

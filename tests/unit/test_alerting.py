@@ -50,6 +50,7 @@ from defi_realtime.application.views import (
     percent_change,
 )
 from defi_realtime.domain.alert_rule import AlertRule, InvalidRule
+from defi_realtime.domain.alert_values import parse_condition, parse_target
 from tests.services import redis_url
 
 T0 = 1_700_000_000.0
@@ -808,8 +809,9 @@ def test_backtest_history_reaches_back_one_and_a_half_windows() -> None:
     history = FakeHistory()
     for i, value in enumerate([100.0, 100.0, 70.0]):
         history.points.setdefault(("aave", "tvl", "total"), {})[T0 + i * DAY] = (value, i + 1)
-    points = history_points(history, {"protocol": "aave"}, DROP_20_IN_24H, start=T0 + 2 * DAY)
-    result = backtest({"protocol": "aave"}, DROP_20_IN_24H, points, cooldown=0, start=T0 + 2 * DAY)
+    target, condition = parse_target({"protocol": "aave"}), parse_condition(DROP_20_IN_24H)
+    points = history_points(history, target, condition, start=T0 + 2 * DAY)
+    result = backtest(target, condition, points, cooldown=0, start=T0 + 2 * DAY)
     assert [e.state for e in result.events] == ["firing"]
 
 

@@ -618,7 +618,7 @@ def test_alert_rules_are_owned(app: DefiRealtime) -> None:
 
     rule = app.get_alert_rule(rule_id, "alice")
     assert (rule.owner, rule.name, rule.state, rule.cooldown) == ("alice", "drain", "active", 60)
-    assert rule.target == {"protocol": "aave-v3", "metric": "tvl", "chain": "total"}
+    assert rule.target.model_dump() == {"protocol": "aave-v3", "metric": "tvl", "chain": "total"}
 
     for command in (
         lambda: app.get_alert_rule(rule_id, "mallory"),
@@ -658,11 +658,15 @@ def test_alert_rule_lifecycle(app: DefiRealtime) -> None:
     with pytest.raises(AlertRuleNotFound):
         app.delete_alert_rule(rule_id, "alice")
     assert topics(app, after=listed) == [
+        # The owner's book admits the rule in the same transaction (the quota).
+        "RuleBook.Opened",
+        "RuleBook.Admitted",
         "AlertRule.Created",
         "AlertRule.Paused",
         "AlertRule.Resumed",
         "AlertRule.Updated",
         "AlertRule.Deleted",
+        "RuleBook.Released",
     ]
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from eventsourcing.domain import Aggregate
 
-from defi_realtime.domain.alert_rule import MAX_COOLDOWN, AlertRule, InvalidRule
+from defi_realtime.domain.alert_rule import AlertRule, InvalidRule, RuleBook, RuleQuotaExceeded
+from defi_realtime.domain.alert_values import MAX_COOLDOWN
 from defi_realtime.domain.api_key import TIER_LIMITS, ApiKey, InvalidTier, TierLimits, hash_key
 from defi_realtime.domain.errors import DomainError, InvalidObservation, InvalidTransition
 from defi_realtime.domain.protocol import Protocol, check_slug, slugify
@@ -581,7 +582,7 @@ def test_create_alert_rule_normalises_its_parts() -> None:
         None,
         0,
     )
-    assert isinstance(rule.condition["value"], float)
+    assert isinstance(rule.condition.value, float)
 
 
 def test_create_alert_rule_defaults() -> None:
@@ -622,7 +623,7 @@ def test_create_alert_rule_defaults() -> None:
 )
 def test_alert_targets(target: dict[str, Any], normalised: dict[str, Any]) -> None:
     rule = AlertRule.create("alice", target, BELOW_1B, WEBHOOK)
-    assert rule.target == normalised
+    assert rule.target.model_dump() == normalised
 
 
 @pytest.mark.parametrize(
@@ -783,7 +784,7 @@ def test_update_rule_records_the_whole_new_configuration() -> None:
         )
     ]
     assert rule.cooldown == 60
-    assert rule.condition["direction"] == "above"
+    assert rule.condition.direction == "above"
 
 
 def test_update_rule_validates() -> None:
@@ -1070,3 +1071,33 @@ def test_revoke_twice_fails() -> None:
 def test_different_secrets_make_different_keys() -> None:
     assert ApiKey.issue("a", name="x").id != ApiKey.issue("b", name="x").id
     assert ApiKey.issue("a", name="x").id == ApiKey.issue("a", name="y").id
+
+
+def test_a_rules_target_cannot_change() -> None:
+    rule = given(rule_events())
+    with pytest.raises(InvalidRule, match="target cannot change") as refused:
+        rule.update(target={"protocol": "lido"})
+    assert refused.value.field == "target"
+    # The same target, spelled with its defaults, is no change at all.
+    assert rule.update(target={"protocol": "aave-v3", "metric": "tvl", "chain": "total"}) is False
+    assert then(rule) == []
+
+
+def test_a_rule_book_admits_up_to_its_limit_and_frees_a_place_on_release() -> None:
+    book = RuleBook.open("alice", existing=["r1"])
+    book.admit("r2", limit=3)
+    book.admit("r3", limit=3)
+    with pytest.raises(RuleQuotaExceeded) as refused:
+        book.admit("r4", limit=3)
+    assert refused.value.limit == 3
+    book.release("r1")
+    book.release("r1")  # not in the book any more: nothing recorded
+    book.admit("r4", limit=3)
+    assert book.rules == {"r2", "r3", "r4"}
+    assert [type(event).__name__ for event in book.collect_events()] == [
+        "Opened",
+        "Admitted",
+        "Admitted",
+        "Released",
+        "Admitted",
+    ]

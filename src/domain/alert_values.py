@@ -1,0 +1,395 @@
+"""What an alert rule is made of, as typed values: its target, condition and channels.
+
+Pydantic models, so that one definition validates what a client sends, types what the
+aggregate and every read model hold, and generates the API's JSON schemas. Events keep
+these as plain JSON objects (``model_dump``), so stored rules load with or without this
+module's validation (``*.stored`` rebuilds a value without checking it: a rule accepted
+under older rules must still load).
+
+``parse_*`` turn untrusted input into values or raise ``InvalidRule`` with a message that
+names the offending field (``condition.window must be one of '1h', '24h', '7d'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+
+from .errors import DomainError
+from .observations import TOTAL, Metric, check_label
+from .protocol import SLUG_PATTERN, check_slug
+from .token import TOKEN_ID_PATTERN, check_token_id
+
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_COOLDOWN",
+    "WINDOWS",
+    "Channel",
+    "Channels",
+    "Condition",
+    "Cooldown",
+    "EmailChannel",
+    "InvalidRule",
+    "PctChangeCondition",
+    "ProtocolTarget",
+    "RuleTarget",
+    "ThresholdCondition",
+    "TokenTarget",
+    "WebhookChannel",
+    "WebsocketChannel",
+    "parse_channels",
+    "parse_condition",
+    "parse_cooldown",
+    "parse_target",
+    "public_channels",
+    "stored_channels",
+    "stored_condition",
+    "stored_target",
+    "validation_message",
+]
+
+Direction = Literal["above", "below"]
+Window = Literal["1h", "24h", "7d"]
+WINDOWS: Final[dict[str, int]] = {"1h": 3_600, "24h": 86_400, "7d": 604_800}
+MAX_COOLDOWN: Final = 30 * 86_400
+MAX_CHANNELS: Final = 10
+MAX_URL: Final = 2_000
+
+_VALUE = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class InvalidRule(DomainError):
+    """An alert rule's target, condition, channels or cooldown is not acceptable; ``field``
+    names the part (``target``, ``condition``...) when one is to blame."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _checked(check: Any) -> AfterValidator:
+    """A domain check as a pydantic validator (its ``DomainError`` becomes a field error)."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except DomainError as error:
+            raise ValueError(str(error)) from None
+
+    return AfterValidator(validate)
+
+
+def _blank_is_total(value: Any) -> Any:
+    return TOTAL if value is None or value == "" else value
+
+
+Slug = Annotated[
+    str,
+    # The pattern is documentation (JSON schema); ``check_slug`` validates, with its message.
+    Field(description="a listed protocol's slug", json_schema_extra={"pattern": SLUG_PATTERN}),
+    _checked(check_slug),
+]
+TokenId = Annotated[
+    str,
+    Field(
+        description="DeFiLlama's coin id: 'coingecko:<id>' or '<chain>:<address>'",
+        examples=["coingecko:ethereum"],
+        json_schema_extra={"pattern": TOKEN_ID_PATTERN},
+    ),
+    _checked(check_token_id),
+]
+ChainName = Annotated[
+    str,
+    BeforeValidator(_blank_is_total),
+    Field(min_length=1, max_length=200, description="'total' or a chain name"),
+    _checked(lambda chain: check_label(chain, what="chain")),
+]
+FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ProtocolTarget(BaseModel):
+    """A protocol's metric, in total or on one chain."""
+
+    model_config = _VALUE
+    protocol: Slug
+    metric: Metric = "tvl"
+    chain: ChainName = TOTAL
+
+    @property
+    def key(self) -> str:
+        """The series it watches, named like the log entries that feed it."""
+        return f"protocol:{self.protocol}:{self.metric}:{self.chain}"
+
+
+class TokenTarget(BaseModel):
+    """A token's price."""
+
+    model_config = _VALUE
+    token: TokenId
+    metric: Literal["price"] = "price"
+
+    @property
+    def key(self) -> str:
+        return f"token:{self.token}"
+
+
+def _target_tag(value: Any) -> str | None:
+    if isinstance(value, TokenTarget):
+        return "token target"
+    if not isinstance(value, Mapping):
+        return "protocol target"  # not an object: the member's own error says so
+    if ("protocol" in value) != ("token" in value):
+        return "protocol target" if "protocol" in value else "token target"
+    return None
+
+
+RuleTarget: TypeAlias = Annotated[
+    Annotated[ProtocolTarget, Tag("protocol target")] | Annotated[TokenTarget, Tag("token target")],
+    Discriminator(
+        _target_tag,
+        custom_error_type="target_kind",
+        custom_error_message="target needs exactly one of 'protocol' or 'token'",
+    ),
+]
+
+
+class ThresholdCondition(BaseModel):
+    """The value is above (>=) or below (<=) ``value``."""
+
+    model_config = _VALUE
+    kind: Literal["threshold"]
+    direction: Direction
+    value: Annotated[FiniteNumber, Field(ge=0)]
+
+
+class PctChangeCondition(BaseModel):
+    """The change over ``window``, in percent, is above or below ``value`` (-10: a fall of
+    10 % or more)."""
+
+    model_config = _VALUE
+    kind: Literal["pct_change"]
+    direction: Direction
+    value: Annotated[FiniteNumber, Field(ge=-100, description="percent")]
+    window: Window
+
+    @property
+    def seconds(self) -> int:
+        return WINDOWS[self.window]
+
+
+Condition: TypeAlias = Annotated[
+    ThresholdCondition | PctChangeCondition, Field(discriminator="kind")
+]
+
+
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return url
+
+
+def _email(address: str) -> str:
+    local, at, domain = address.partition("@")
+    if not at or not local or not domain:
+        raise ValueError("must be an email address")
+    return address
+
+
+class WebhookChannel(BaseModel):
+    """An HTTP POST of each transition, signed with ``secret`` when one is set."""
+
+    model_config = _VALUE
+    kind: Literal["webhook"]
+    url: Annotated[str, Field(max_length=MAX_URL), AfterValidator(_http_url)]
+    secret: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class EmailChannel(BaseModel):
+    model_config = _VALUE
+    kind: Literal["email"]
+    address: Annotated[str, Field(max_length=320), AfterValidator(_email)]
+
+
+class WebsocketChannel(BaseModel):
+    """The owner's WebSocket connections (the ``alerts`` channel)."""
+
+    model_config = _VALUE
+    kind: Literal["websocket"]
+
+
+Channel: TypeAlias = Annotated[
+    WebhookChannel | EmailChannel | WebsocketChannel, Field(discriminator="kind")
+]
+Channels: TypeAlias = Annotated[list[Channel], Field(min_length=1, max_length=MAX_CHANNELS)]
+Cooldown: TypeAlias = Annotated[
+    int, Field(ge=0, le=MAX_COOLDOWN, description="seconds (data time) between two firings")
+]
+
+_TARGET: Final = TypeAdapter(RuleTarget)
+_CONDITION: Final = TypeAdapter(Condition)
+_CHANNELS: Final = TypeAdapter(Channels)
+_COOLDOWN: Final = TypeAdapter(Annotated[Cooldown, Field(strict=True)])
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+def _is_tag(part: int | str, given: Any) -> bool:
+    """Whether a location part names a union member (a tag) rather than an input field."""
+    if not isinstance(part, str):
+        return False
+    kind = given.get("kind") if isinstance(given, Mapping) else None
+    return part.endswith(" target") or part == kind
+
+
+def _path(prefix: str, loc: Sequence[int | str], given: Any) -> str:
+    """``loc`` as a user reads it (``channels[0].kind``), leaving out union tags: walk the
+    input alongside, and skip the location parts that are not in it."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int) and isinstance(given, list) and 0 <= part < len(given):
+            path, given = f"{path}[{part}]", given[part]
+        elif isinstance(part, str) and isinstance(given, Mapping) and part in given:
+            path, given = f"{path}.{part}" if path else part, given[part]
+        elif isinstance(part, str) and not isinstance(given, Mapping | list):
+            break
+        elif _is_tag(part, given):
+            continue
+        else:
+            path = f"{path}.{part}" if path else str(part)
+            given = None
+    return path
+
+
+_MESSAGES: Final[dict[str, str]] = {
+    "missing": "{path} is required",
+    "extra_forbidden": "{path}: unknown field",
+    "model_type": "{path} must be an object",
+    "model_attributes_type": "{path} must be an object",
+    "dict_type": "{path} must be an object",
+    "list_type": "{path} must be a list",
+    "string_type": "{path} must be a string",
+    "float_type": "{path} must be a finite number",
+    "finite_number": "{path} must be a finite number",
+    "int_type": "{path} must be a whole number",
+    "int_from_float": "{path} must be a whole number",
+    "greater_than_equal": "{path} must not be below {ge}",
+    "less_than_equal": "{path} must not be above {le}",
+    "too_short": "{path} must be a non-empty list",
+    "too_long": "{path} is too long (at most {max_length})",
+    "string_too_short": "{path} must not be empty",
+    "string_too_long": "{path} is too long (at most {max_length} characters)",
+    "string_pattern_mismatch": "{path} does not match {pattern}",
+    "literal_error": "{path} must be one of {expected}",
+    "union_tag_invalid": "{path}.kind must be one of {expected_tags}",
+    "union_tag_not_found": "{path}.kind is required",
+}
+
+
+def validation_message(error: ValidationError, prefix: str, given: Any) -> str:
+    """The first problem of ``error`` as one sentence naming the field."""
+    first = error.errors(include_url=False)[0]
+    path = _path(prefix, first["loc"], given)
+    kind = first["type"]
+    if kind == "target_kind":
+        return str(first["msg"])
+    if kind == "value_error":
+        return f"{path}: {str(first['msg']).removeprefix('Value error, ')}"
+    template = _MESSAGES.get(kind)
+    if template is None:
+        return f"{path}: {first['msg']}"
+    context = dict(first.get("ctx") or {})
+    if kind == "greater_than_equal" and context.get("ge") == 0:
+        return f"{path} must be non-negative"
+    try:
+        return template.format(path=path, **context)
+    except (KeyError, IndexError):
+        return f"{path}: {first['msg']}"
+
+
+def _parse(adapter: TypeAdapter[Any], raw: Any, field: str) -> Any:
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as error:
+        raise InvalidRule(validation_message(error, field, raw), field) from None
+
+
+def parse_target(raw: Any) -> ProtocolTarget | TokenTarget:
+    """``{protocol, metric?, chain?}`` or ``{token, metric?: price}``."""
+    target: ProtocolTarget | TokenTarget = _parse(_TARGET, raw, "target")
+    return target
+
+
+def parse_condition(raw: Any) -> ThresholdCondition | PctChangeCondition:
+    condition: ThresholdCondition | PctChangeCondition = _parse(_CONDITION, raw, "condition")
+    return condition
+
+
+def parse_channels(raw: Any) -> list[WebhookChannel | EmailChannel | WebsocketChannel]:
+    channels: list[WebhookChannel | EmailChannel | WebsocketChannel] = _parse(
+        _CHANNELS, raw, "channels"
+    )
+    return channels
+
+
+def parse_cooldown(raw: Any) -> int:
+    cooldown: int = _parse(_COOLDOWN, raw, "cooldown")
+    return cooldown
+
+
+# -- stored values (no validation: what was accepted once must load forever) ---------------
+
+
+def stored_target(raw: Mapping[str, Any]) -> ProtocolTarget | TokenTarget:
+    if "token" in raw:
+        return TokenTarget.model_construct(**raw)
+    return ProtocolTarget.model_construct(**raw)
+
+
+def stored_condition(raw: Mapping[str, Any]) -> ThresholdCondition | PctChangeCondition:
+    if raw.get("kind") == "pct_change":
+        return PctChangeCondition.model_construct(**raw)
+    return ThresholdCondition.model_construct(**raw)
+
+
+_CHANNEL_KINDS: Final[dict[str, type[BaseModel]]] = {
+    "webhook": WebhookChannel,
+    "email": EmailChannel,
+    "websocket": WebsocketChannel,
+}
+
+
+def stored_channels(
+    raw: Sequence[Mapping[str, Any]],
+) -> list[WebhookChannel | EmailChannel | WebsocketChannel]:
+    channels: list[Any] = [
+        _CHANNEL_KINDS.get(str(channel.get("kind")), WebsocketChannel).model_construct(**channel)
+        for channel in raw
+    ]
+    return channels
+
+
+def public_channels(channels: Sequence[Any]) -> list[dict[str, Any]]:
+    """Channels as they may be shown and logged: kind and destination, never the secret
+    (``secret_set`` tells whether a webhook signs its deliveries). Takes channel values or
+    their stored JSON objects."""
+    shown = []
+    for channel in channels:
+        fields = channel.model_dump() if isinstance(channel, BaseModel) else dict(channel)
+        public = {name: fields[name] for name in ("kind", "url", "address") if name in fields}
+        if fields.get("kind") == "webhook":
+            public["secret_set"] = bool(fields.get("secret"))
+        shown.append(public)
+    return shown
