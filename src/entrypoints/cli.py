@@ -57,7 +57,7 @@ def serve(
     import uvicorn
 
     from .api import create_app
-    from .ws_server import RealtimeWebSocketProtocol
+    from .ws_transport import RealtimeWebSocketProtocol
 
     settings = _settings()
     if host is not None:
