@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.entrypoints.api import create_app
+from defi_realtime.entrypoints.http_transport import head_guarded_http
 from defi_realtime.entrypoints.settings import Settings
 
 T = TypeVar("T")
@@ -94,6 +95,7 @@ def start_server(
         app,
         log_level="warning",
         lifespan="on",
+        http=head_guarded_http(settings.http_header_timeout),  # as `defi-realtime serve`
         ws_max_size=1024 * 1024,  # as `defi-realtime serve`
         ws=ws,
         ws_per_message_deflate=False,
