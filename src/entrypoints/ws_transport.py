@@ -448,6 +448,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             raise _ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 text") from error
 
     def _end_frame(self) -> None:
+        self._frame_mask = b""
         if not self._frame_fin:
             return
         message, decoder = self._message, self._utf8
