@@ -190,3 +190,16 @@ def test_request_heads_over_the_limits_get_a_json_431(lean: LiveServer, headers:
 )
 def test_malformed_requests_get_a_json_400(lean: LiveServer, request_head: bytes) -> None:
     assert_json_error(exchange(port_of(lean), request_head), 400, "invalid_request")
+
+
+def test_pipelined_requests_are_all_served(lean: LiveServer) -> None:
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    last = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answers = exchange(port_of(lean), request * 2 + last)
+    assert answers.count(b"HTTP/1.1 200 OK") == 3, answers[:500]
+
+
+def test_an_idle_kept_alive_connection_is_closed_without_a_408(lean: LiveServer) -> None:
+    answers = exchange(port_of(lean), b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert answers.startswith(b"HTTP/1.1 200 OK")
+    assert b"HTTP/1.1 408" not in answers
