@@ -118,11 +118,8 @@ def hub_app() -> tuple[Any, Any]:
     from defi_realtime.application.log import LogBatch, LogEntry
     from defi_realtime.application.realtime import RealtimeHub
     from defi_realtime.entrypoints.settings import Settings
-    from defi_realtime.entrypoints.ws_server import (
-        GATEWAY_STATE_KEY,
-        RealtimeWebSocketProtocol,
-        SocketGateway,
-    )
+    from defi_realtime.entrypoints.ws_server import GATEWAY_STATE_KEY, SocketGateway
+    from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
 
     class NoChanges:
         async def get_protocols(self, slugs: Any) -> list[Any]:

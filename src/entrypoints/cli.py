@@ -62,7 +62,8 @@ def serve(
     import uvicorn
 
     from .api import create_app
-    from .ws_server import RealtimeWebSocketProtocol
+    from .http_transport import head_guarded_http
+    from .ws_transport import RealtimeWebSocketProtocol
 
     settings = _settings()
     if host is not None:
@@ -81,6 +82,9 @@ def serve(
         # Each worker process builds its own app (and node) from the environment.
         app = "defi_realtime.entrypoints.api:create_app"
         os.environ["HOST"], os.environ["PORT"] = settings.host, str(settings.port)
+    # uvicorn's httptools protocol with a deadline and limits on request heads, refusals in
+    # the API's JSON error shape (entrypoints/http_transport.py).
+    http: Any = head_guarded_http(settings.http_header_timeout)
     uvicorn.run(
         app,
         factory=workers > 1,
@@ -88,6 +92,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        http=http,
         ws=ws,
         ws_max_size=settings.ws_max_message,
         ws_per_message_deflate=False,

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, alias="PORT")
     require_key_for_reads: bool = Field(default=False, alias="REQUIRE_KEY_FOR_READS")
     max_body_bytes: int = Field(default=5 * 1024 * 1024, alias="MAX_BODY_BYTES")
+    # Seconds a client has to send a whole request head (request line and headers, also of
+    # a WebSocket handshake) from connecting or from the end of its previous response.
+    http_header_timeout: float = Field(default=10.0, gt=0, alias="HTTP_HEADER_TIMEOUT")
     ws_queue_size: int = Field(default=1_000, alias="WS_QUEUE_SIZE")
     ws_idle_timeout: float = Field(default=120.0, alias="WS_IDLE_TIMEOUT")
     # WebSocket transport: "lean" (our asyncio protocol under uvicorn, ~10 KB a socket) or

@@ -25,7 +25,9 @@ from starlette.applications import Starlette
 
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.entrypoints.api import create_app
+from defi_realtime.entrypoints.http_transport import head_guarded_http
 from defi_realtime.entrypoints.settings import Settings
+from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
 
 T = TypeVar("T")
 
@@ -76,13 +78,14 @@ def start_server(
     data_dir: Path,
     api_key: str | None = None,
     *,
-    ws: Any = "auto",
+    ws: Any = RealtimeWebSocketProtocol,
     expected_errors: str | None = None,
     **overrides: Any,
 ) -> Iterator[LiveServer]:
     """Run the app under uvicorn in a background thread until the block exits."""
-    # ``ws``: uvicorn's WebSocket implementation ("auto": the ASGI endpoint) or the lean
-    # transport class; ``overrides``: more Settings fields (e.g. ws_queue_size).
+    # ``ws``: the lean transport class (what `defi-realtime serve` runs by default) or one
+    # of uvicorn's WebSocket implementations ("auto": the ASGI endpoint);
+    # ``overrides``: more Settings fields (e.g. ws_queue_size).
     settings = Settings(data_dir=data_dir, poll_interval=0.05, **overrides)
     if api_key is None:
         api_key = issue_key(settings)
@@ -96,6 +99,7 @@ def start_server(
         app,
         log_level="warning",
         lifespan="on",
+        http=head_guarded_http(settings.http_header_timeout),  # as `defi-realtime serve`
         ws_max_size=1024 * 1024,  # as `defi-realtime serve`
         ws=ws,
         ws_per_message_deflate=False,

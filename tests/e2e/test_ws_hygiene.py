@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from defi_realtime.application import realtime
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.realtime import Connection, RealtimeHub
-from defi_realtime.entrypoints.ws_server import RealtimeWebSocketProtocol
+from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
 from tests.e2e.conftest import LiveServer, obs, start_server
 
 T0 = 1_765_000_000.0
