@@ -44,6 +44,12 @@ LISTING_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 PROTOCOL_KINDS: Final = LISTING_KINDS | {"metric"}
 PRICE_KIND: Final = "price"
 PRICE_CHANGE_WINDOW: Final = 86_400.0
+# Live frames carry each series' own 24 h change: volume and fee series (total) are kept
+# for that window and the tolerance around it (ADR 0006's nearest point, half a window).
+SERIES_CHANGE_WINDOW: Final = 86_400.0
+SERIES_WINDOW_SECONDS: Final = 1.5 * SERIES_CHANGE_WINDOW + 3_600.0
+# Metrics whose total series a ``ProtocolState`` keeps besides the TVL's ``recent``.
+SERIES_METRICS: Final = frozenset(METRICS - {"tvl"})
 
 Point = tuple[float, float]
 """``(observed_at, value)``."""
@@ -115,13 +121,19 @@ class Points:
         return f"Points({list(self)!r})"
 
 
-def record_point(recent: Points, observed_at: float, value: float, newest: float) -> Points | None:
-    """``recent`` with the observation recorded, trimmed to the window behind ``newest``.
+def record_point(
+    recent: Points,
+    observed_at: float,
+    value: float,
+    newest: float,
+    window: float = RECENT_WINDOW_SECONDS,
+) -> Points | None:
+    """``recent`` with the observation recorded, trimmed to ``window`` behind ``newest``.
 
     ``newest`` already accounts for this observation. None when the observation is older
     than the window: there is nothing to record.
     """
-    cutoff = newest - RECENT_WINDOW_SECONDS
+    cutoff = newest - window
     if observed_at < cutoff:
         return None
     times, values = recent.times, recent.values
@@ -163,7 +175,8 @@ class ProtocolState:
 
     ``current`` maps ``(metric, chain)`` to its current reading; ``recent`` holds the
     total-TVL history in time order (an adapter may hold only the points a computation
-    needs, see ``RedisHotProjection``).
+    needs, see ``RedisHotProjection``); ``series`` the recent total series of the other
+    metrics (``SERIES_METRICS``, a day and a half), for their own 24 h change in live frames.
     """
 
     slug: str
@@ -174,6 +187,7 @@ class ProtocolState:
     current: Mapping[tuple[str, str], Reading] = field(default_factory=dict)
     recent: Points = field(default_factory=Points)
     position: int = 0
+    series: Mapping[str, Points] = field(default_factory=dict)
 
     @classmethod
     def unlisted(cls, slug: str) -> ProtocolState:
@@ -226,7 +240,21 @@ class ProtocolState:
             # Data time of the freshest current value: what the numbers are "as of".
             updated_at=max((r.observed_at for r in self.current.values()), default=None),
             position=self.position,
+            # Each metric's own data time: one metric moving never dates another.
+            tvl_at=None if tvl is None else tvl.observed_at,
+            volume_24h_at=None if volume is None else volume.observed_at,
+            fees_24h_at=None if fees is None else fees.observed_at,
         )
+
+    def change_24h(self, metric: str, value: float, observed_at: float) -> float | None:
+        """The 24 h change of ``metric``'s total series for a reading of it, from what this
+        state holds (the TVL's ``recent``, or ``series``)."""
+        if metric == "tvl":
+            return _change(self.recent, value, observed_at, SERIES_CHANGE_WINDOW)
+        series = self.series.get(metric)
+        if series is None:
+            return None
+        return _change(series, value, observed_at, SERIES_CHANGE_WINDOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,15 +323,30 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
     current = {**base.current, (metric, chain): reading} if moved else base.current
 
     recent: Points | None = None
-    if metric == "tvl" and chain == TOTAL:
-        total = base.tvl
+    series = base.series
+    if chain == TOTAL:
         newest = (
-            reading.observed_at if total is None else max(total.observed_at, reading.observed_at)
+            reading.observed_at
+            if previous is None
+            else max(previous.observed_at, reading.observed_at)
         )
-        recent = record_point(base.recent, reading.observed_at, reading.value, newest)
+        if metric == "tvl":
+            recent = record_point(base.recent, reading.observed_at, reading.value, newest)
+        else:
+            points = record_point(
+                series.get(metric, _NO_POINTS),
+                reading.observed_at,
+                reading.value,
+                newest,
+                SERIES_WINDOW_SECONDS,
+            )
+            if points is not None:
+                series = {**series, metric: points}
 
     if state is not None and not moved and recent is None and chains == base.chains:
-        return None
+        # Nothing a view shows changed. A volume or fee point recorded for the live frames'
+        # own changes keeps the protocol's position: it is the node's fact, not the view's.
+        return None if series is base.series else replace(base, series=series)
     # The constructor rather than ``dataclasses.replace``: this runs once per metric entry,
     # and ``replace`` introspects the fields on every call (a third of a rebuild's fold).
     return ProtocolState(
@@ -315,7 +358,11 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
         current=current,
         recent=base.recent if recent is None else recent,
         position=entry.position,
+        series=series,
     )
+
+
+_NO_POINTS: Final = Points()
 
 
 def fold_token(state: TokenState | None, entry: LogEntry) -> TokenState | None:
@@ -352,12 +399,42 @@ def fold_token(state: TokenState | None, entry: LogEntry) -> TokenState | None:
     return replace(state, recent=recent, position=entry.position)
 
 
+@dataclass(frozen=True, slots=True)
+class EntryFacts:
+    """What the hot state held right after one metric or price entry: its protocol's or
+    token's state at that position, and whether the entry became the current value (False:
+    a late observation, older than the current one, kept as history only).
+
+    Live frames are built from these, so a frame says what was true at its entry's position,
+    not what a later entry of the same batch (or another node's projector) made true.
+    """
+
+    state: ProtocolState | TokenState | None
+    current: bool
+
+    def change_24h(self, entry: LogEntry) -> float | None:
+        """The 24 h change of the entry's own series (None for a late observation, a chain
+        of a protocol, or when no point a day back is known)."""
+        state, data = self.state, entry.data
+        if not self.current or state is None:
+            return None
+        if isinstance(state, TokenState):
+            return state.change_24h()
+        if data.get("chain", TOTAL) != TOTAL:
+            return None
+        return state.change_24h(
+            str(data.get("metric")), float(data["value"]), float(data["observed_at"])
+        )
+
+
 def fold_entries(
     entries: Iterable[LogEntry],
     protocols: Mapping[str, ProtocolState],
     tokens: Mapping[str, TokenState],
+    facts: dict[int, EntryFacts] | None = None,
 ) -> tuple[dict[str, ProtocolState], dict[str, TokenState]]:
-    """The protocols and tokens ``entries`` change, given the states before them.
+    """The protocols and tokens ``entries`` change, given the states before them; with
+    ``facts``, also each metric and price entry's ``EntryFacts`` by position.
 
     The inputs are not modified, so a caller can commit the result all at once (or not).
     """
@@ -369,11 +446,81 @@ def fold_entries(
             protocol = fold_protocol(before, entry)
             if protocol is not None:
                 changed_protocols[entry.key] = protocol
+            if facts is not None and entry.kind == "metric":
+                facts[entry.position] = EntryFacts(
+                    protocol or before, _became_current(before, entry)
+                )
         elif entry.kind == PRICE_KIND:
-            token = fold_token(changed_tokens.get(entry.key) or tokens.get(entry.key), entry)
+            before_token = changed_tokens.get(entry.key) or tokens.get(entry.key)
+            token = fold_token(before_token, entry)
             if token is not None:
                 changed_tokens[entry.key] = token
+            if facts is not None:
+                facts[entry.position] = EntryFacts(
+                    token or before_token,
+                    before_token is None
+                    or float(entry.data["observed_at"]) >= before_token.observed_at,
+                )
     return changed_protocols, changed_tokens
+
+
+def _became_current(before: ProtocolState | None, entry: LogEntry) -> bool:
+    """Whether a metric entry moves its ``(metric, chain)``'s current value (ties: yes, the
+    later recording is a correction)."""
+    if before is None:
+        return True
+    data = entry.data
+    previous = before.current.get((str(data["metric"]), str(data.get("chain", TOTAL))))
+    return previous is None or float(data["observed_at"]) >= previous.observed_at
+
+
+class HotState:
+    """The hot state of one process, folded from the log in memory: what the embedded hot
+    projection answers REST reads from, and what a serving node's realtime hub takes each
+    frame's facts from (``facts``: the ``EntryFacts`` of the last batch applied, by
+    position; kept only with ``record_facts``).
+
+    Synchronous and never half-applied: ``apply`` folds first and commits after, with no
+    suspension point, so readers in the same event loop see a batch whole or not at all.
+    Views are rendered once per change rather than per read, since reads far outnumber
+    writes.
+    """
+
+    def __init__(self, *, record_facts: bool = False) -> None:
+        self.position = 0
+        self.protocols: dict[str, ProtocolState] = {}
+        self.protocol_views: dict[str, ProtocolView] = {}
+        self.tokens: dict[str, TokenState] = {}
+        self.price_views: dict[str, PriceView] = {}
+        self.record_facts = record_facts
+        self.facts: dict[int, EntryFacts] = {}
+
+    def apply(self, batch: LogBatch) -> bool:
+        """Apply a batch exactly once (replays change nothing: False; gaps raise)."""
+        todo = pending(batch, self.position)
+        if todo is None:
+            return False
+        facts: dict[int, EntryFacts] | None = {} if self.record_facts else None
+        # Fold first, commit after: a malformed entry raises before anything changed.
+        protocols, tokens = fold_entries(todo.entries, self.protocols, self.tokens, facts)
+        protocol_views = {slug: state.view(state.changes()) for slug, state in protocols.items()}
+        price_views = {token: state.view(state.change_24h()) for token, state in tokens.items()}
+        self.protocols.update(protocols)
+        self.protocol_views.update(protocol_views)
+        self.tokens.update(tokens)
+        self.price_views.update(price_views)
+        if facts is not None:
+            self.facts = facts
+        self.position = todo.last
+        return True
+
+    def reset(self) -> None:
+        self.position = 0
+        self.protocols.clear()
+        self.protocol_views.clear()
+        self.tokens.clear()
+        self.price_views.clear()
+        self.facts = {}
 
 
 def check_query(query: ProtocolQuery) -> None:

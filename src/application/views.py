@@ -38,6 +38,10 @@ class ProtocolView:
     fees_24h: float | None
     updated_at: float | None
     position: int
+    # Each metric's own data time (``updated_at`` is the freshest of them).
+    tvl_at: float | None = None
+    volume_24h_at: float | None = None
+    fees_24h_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +58,9 @@ class ProtocolView:
             "volume_24h": self.volume_24h,
             "fees_24h": self.fees_24h,
             "updated_at": self.updated_at,
+            "tvl_at": self.tvl_at,
+            "volume_24h_at": self.volume_24h_at,
+            "fees_24h_at": self.fees_24h_at,
             "position": self.position,
         }
 

@@ -163,6 +163,10 @@ class HotProjectionContract:
             fees_24h=0.5,
             updated_at=T0 + 10,
             position=5,
+            # Each metric keeps its own data time.
+            tvl_at=T0,
+            volume_24h_at=T0 + 10,
+            fees_24h_at=T0 - 10,
         )
 
     async def test_a_replayed_batch_changes_nothing(self, projection: HotProjection) -> None:
@@ -266,6 +270,7 @@ class HotProjectionContract:
             fees_24h=None,
             updated_at=T0,
             position=4,
+            tvl_at=T0 - 1,
         )
         # A listing sets name, category, chains and url; later metrics add their chains.
         await projection.apply(
@@ -914,6 +919,9 @@ class ReferenceFold:
             fees_24h=None if fees is None else fees[0],
             updated_at=max((at for _, at in p.current.values()), default=None),
             position=p.position,
+            tvl_at=None if tvl is None else tvl[1],
+            volume_24h_at=None if volume is None else volume[1],
+            fees_24h_at=None if fees is None else fees[1],
         )
 
     def list(self, query: ProtocolQuery) -> tuple[list[ProtocolView], int]:
