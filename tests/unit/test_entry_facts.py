@@ -81,7 +81,8 @@ def test_facts_are_those_of_the_entrys_position_within_a_batch() -> None:
     assert change(state, eth) == pytest.approx(10.0)
     after_first = state.facts[3].state
     assert isinstance(after_first, ProtocolState)
-    assert after_first.tvl is not None and after_first.tvl.value == 110.0
+    assert after_first.tvl is not None
+    assert after_first.tvl.value == 110.0
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 1e9)), min_size=1, max_size=30))
