@@ -38,9 +38,12 @@ _HTTP_CODES = {
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(
+    response = error_response(
         exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail)
     )
+    # A 405 says which methods the path serves (RFC 9110).
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
