@@ -474,6 +474,8 @@ def test_list_sort_and_order(http: httpx.Client, server: LiveServer) -> None:
     assert_error(http.get("/v2/protocols", params={"order": "up"}), 400, "invalid_parameter")
     assert_error(http.get("/v2/protocols", params={"min_tvl": "nan"}), 400, "invalid_parameter")
     assert_error(http.get("/v2/protocols", params={"min_tvl": "lots"}), 400, "invalid_parameter")
+    for control in ({"chain": "Ethereum\x00"}, {"category": "Dexs\x85"}):
+        assert_error(http.get("/v2/protocols", params=control), 400, "invalid_parameter")
 
 
 def test_list_pagination(http: httpx.Client, server: LiveServer) -> None:
@@ -599,6 +601,8 @@ def test_metrics_time_series(http: httpx.Client, server: LiveServer) -> None:
         # Not a time (as_of=nan was echoed as NaN, which JSON cannot hold: a 500).
         {"as_of": "nan"},
         {"end": "inf"},
+        # PostgreSQL text cannot hold NUL: this was a database error (a 500) there.
+        {"chain": "Ethereum\x00"},
         {"surplus": "1"},
     ):
         response = http.get("/v2/protocols/aave-v3/metrics", params=params)

@@ -37,6 +37,7 @@ __all__ = [
     "JsonDocument",
     "NoParameters",
     "ProtocolIds",
+    "QueryText",
     "QueryTime",
     "SlugText",
     "TokenIdText",
@@ -137,6 +138,25 @@ TokenIds = Annotated[
     ),
 ]
 """A comma-separated list of token ids (``tokens=coingecko:ethereum,coingecko:bitcoin``)."""
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def _no_control_characters(value: str) -> str:
+    # No stored name or chain holds one (C0, DEL, C1), and PostgreSQL text cannot hold NUL:
+    # a query naming one is bad input, not a database error.
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+QueryText = Annotated[
+    str,
+    AfterValidator(_no_control_characters),
+    Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"}),
+]
+"""A free text a query compares with stored values (a chain, a category)."""
 
 
 # -- times ------------------------------------------------------------------------------------

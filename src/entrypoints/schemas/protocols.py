@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from ...application.views import MAX_PAGE, SortField
 from ...domain.observations import TOTAL, Metric
-from .common import ANSWER, QUERY, CheckedSlug, QueryTime, SlugText
+from .common import ANSWER, QUERY, CheckedSlug, QueryText, QueryTime, SlugText
 
 __all__ = [
     "BUCKETS",
@@ -54,10 +54,10 @@ class ProtocolListQuery(BaseModel):
 
     model_config = QUERY
     chain: Annotated[
-        str | None, BeforeValidator(_blank_is_none), Field(description="only protocols on it")
+        QueryText | None, BeforeValidator(_blank_is_none), Field(description="only protocols on it")
     ] = None
     category: Annotated[
-        str | None, BeforeValidator(_blank_is_none), Field(description="exact category")
+        QueryText | None, BeforeValidator(_blank_is_none), Field(description="exact category")
     ] = None
     min_tvl: Annotated[
         # The constraint on the number itself: pydantic does not carry it into an Optional.
@@ -99,7 +99,7 @@ class SeriesQuery(BaseModel):
 
     model_config = QUERY
     metric: Metric = "tvl"
-    chain: Annotated[str, Field(description="'total' or a chain name")] = TOTAL
+    chain: Annotated[QueryText, Field(description="'total' or a chain name")] = TOTAL
     start: QueryTime = None
     end: QueryTime = None
     bucket: Bucket = None
