@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ...domain.alert_rule import MAX_RULE_NAME, Firing
 from ...domain.alert_values import Channels, Condition, Cooldown, RuleTarget
@@ -61,7 +61,16 @@ class AlertRuleChange(BaseModel):
     cooldown: Cooldown | None = None
 
 
-Timestamp = Annotated[float | str, Field(description="unix seconds or ISO-8601 (naive means UTC)")]
+Timestamp = Annotated[
+    # Strict: true is not a time (lax validation would read it as 1.0).
+    Annotated[float, Field(strict=True)] | str,
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+            "description": "unix seconds or ISO-8601 (naive means UTC)",
+        }
+    ),
+]
 
 
 class BacktestWindow(BaseModel):
