@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 from ...domain.alert_rule import MAX_RULE_NAME, Firing
 from ...domain.alert_values import Channels, Condition, Cooldown, RuleTarget
-from .common import ANSWER, QUERY
+from .common import ANSWER, QUERY, control_character_at
 
 __all__ = [
     "AlertRule",
@@ -27,7 +28,14 @@ __all__ = [
 ]
 
 _BODY = ConfigDict(extra="forbid", strict=True)
-RuleName = Annotated[str, Field(max_length=MAX_RULE_NAME, description="for the owner's eyes")]
+RuleName = Annotated[
+    str,
+    Field(
+        max_length=MAX_RULE_NAME,
+        description="for the owner's eyes",
+        json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$"},
+    ),
+]
 DEFAULT_COOLDOWN = 3_600
 
 
@@ -38,10 +46,26 @@ class RulePath(BaseModel):
     rule_id: UUID
 
 
+CONTROL_CHARACTERS = "control_characters"
+
+
+def _no_control_characters(body: Any) -> Any:
+    """A rule's strings are stored, shown, and held in read models: PostgreSQL text cannot
+    hold a NUL (the history projection would stop at the rule). No control character is
+    accepted anywhere in a rule."""
+    where = control_character_at(body)
+    if where is not None:
+        raise PydanticCustomError(
+            CONTROL_CHARACTERS, "{where} must not contain control characters", {"where": where}
+        )
+    return body
+
+
 class AlertRuleCreate(BaseModel):
-    """``POST /v2/alerts``: a new rule."""
+    """``POST /v2/alerts``: a new rule. No string in it may hold a control character."""
 
     model_config = _BODY
+    _printable = model_validator(mode="before")(_no_control_characters)
     name: RuleName = ""
     target: RuleTarget
     condition: Condition
@@ -54,6 +78,7 @@ class AlertRuleChange(BaseModel):
     but must be the rule's own: a rule's target cannot change."""
 
     model_config = ConfigDict(**_BODY, json_schema_extra={"minProperties": 1})
+    _printable = model_validator(mode="before")(_no_control_characters)
     name: RuleName | None = None
     target: RuleTarget | None = None
     condition: Condition | None = None

@@ -42,6 +42,7 @@ __all__ = [
     "SlugText",
     "TokenIdText",
     "TokenIds",
+    "control_character_at",
     "date_time",
 ]
 
@@ -149,6 +150,28 @@ def _no_control_characters(value: str) -> str:
     if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in value):
         raise ValueError("must not contain control characters")
     return value
+
+
+def control_character_at(value: Any, path: str = "") -> str | None:
+    """Where the first string in ``value`` (a JSON value) with a control character is, as
+    ``name``, ``target.chain`` or ``channels[0].url``; None if there is none."""
+    if isinstance(value, str):
+        try:
+            _no_control_characters(value)
+        except ValueError:
+            return path
+        return None
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = control_character_at(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 QueryText = Annotated[
