@@ -29,8 +29,10 @@ SECURITY_SCHEME: Final = "ApiKey"
 _KEY: Final[list[dict[str, list[str]]]] = [{SECURITY_SCHEME: []}]
 _KEY_OPTIONAL: Final[list[dict[str, list[str]]]] = [{}, {SECURITY_SCHEME: []}]
 
-# Every operation can answer these with the Error shape (see Operation.errors).
-_ALWAYS: Final = (400, 401)
+# Every operation can answer these with the Error shape (see Operation.errors). 414: the
+# HTTP edge refuses a URL over 64 KiB before the app sees it (uvicorn's URL parser cannot
+# hold more), in the same shape.
+_ALWAYS: Final = (400, 401, 414)
 _WHY: Final[dict[int, str]] = {
     400: "Bad input: an unknown or invalid query parameter, or a malformed body",
     401: "No API key where one is needed, or a presented key that is not live",
@@ -38,6 +40,7 @@ _WHY: Final[dict[int, str]] = {
     404: "Not found (for another account's resources too)",
     409: "The resource's state does not allow it",
     413: "The body or the batch is too large",
+    414: "The URL is too long (over 64 KiB)",
     422: "Well-formed, but refused (the details say why)",
 }
 
