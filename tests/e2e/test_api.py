@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from defi_realtime.domain.protocol import SLUG_PATTERN
 from defi_realtime.domain.token import TOKEN_ID_PATTERN
+from defi_realtime.entrypoints.schemas.ingest import IngestResult
 from tests.e2e.conftest import LiveServer, assert_error, log_head, obs, settle, wait_for
 
 # Every test that uses `server` runs on the embedded adapters and on PostgreSQL + Redis +
@@ -30,6 +31,8 @@ def ingest(
     response = http.post("/v2/ingest", json=body, headers=server.headers)
     assert response.status_code == status, response.text
     result: dict[str, Any] = response.json()
+    if status == 200:  # the answer is exactly what the document's IngestResult says
+        assert IngestResult.model_validate(result).model_dump(mode="json") == result
     return result
 
 
