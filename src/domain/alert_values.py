@@ -212,14 +212,23 @@ class WebhookChannel(BaseModel):
 
     model_config = _VALUE
     kind: Literal["webhook"]
-    url: Annotated[str, Field(max_length=MAX_URL), AfterValidator(_http_url)]
+    url: Annotated[
+        str,
+        # The pattern documents ``_http_url`` (JSON schema); the validator checks.
+        Field(max_length=MAX_URL, json_schema_extra={"pattern": "^https?://"}),
+        AfterValidator(_http_url),
+    ]
     secret: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
 class EmailChannel(BaseModel):
     model_config = _VALUE
     kind: Literal["email"]
-    address: Annotated[str, Field(max_length=320), AfterValidator(_email)]
+    address: Annotated[
+        str,
+        Field(max_length=320, json_schema_extra={"pattern": r"^[^@]+@[\s\S]+$"}),
+        AfterValidator(_email),
+    ]
 
 
 class WebsocketChannel(BaseModel):

@@ -15,23 +15,34 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
+from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from ..application.alert_backtest import BacktestUnsupported, backtest, history_points
 from ..application.alert_rules import AlertRuleView
 from ..application.app import AlertRuleNotFound, ProtocolNotFound
-from ..application.ingest import InvalidItem, parse_timestamp
 from ..application.ports import AlertRuleReadModel
-from ..domain.alert_rule import AlertRule, InvalidRule, RuleQuotaExceeded
-from ..domain.api_key import ApiKey
+from ..domain.alert_rule import AlertRule as RuleAggregate
+from ..domain.alert_rule import InvalidRule, RuleQuotaExceeded
 from ..domain.errors import InvalidTransition
 from .auth import require_key
 from .errors import ApiError
 from .node import Node
-from .schemas.alerts import AlertRuleChange, AlertRuleCreate, BacktestWindow
-from .schemas.validation import parse_body
+from .operations import Operation, OperationRoute, json_answer
+from .schemas.alerts import (
+    AlertRule,
+    AlertRuleChange,
+    AlertRuleCreate,
+    AlertRuleDeleted,
+    AlertRuleList,
+    Backtest,
+    BacktestEvent,
+    BacktestWindow,
+    RulePath,
+)
+from .schemas.common import NoParameters, date_time
+from .validation import parse_body
 
 __all__ = ["alert_routes"]
 
@@ -55,8 +66,8 @@ def _rules(node: Node) -> AlertRuleReadModel:
 def _rule_id(request: Request) -> UUID:
     raw = request.path_params["rule_id"]
     try:
-        return UUID(raw)
-    except ValueError:
+        return RulePath.model_validate({"rule_id": raw}).rule_id
+    except ValidationError:
         raise _not_found(raw) from None
 
 
@@ -75,8 +86,8 @@ def _time(raw: float | str | None, name: str) -> float | None:
     if raw is None or isinstance(raw, float | int):
         return raw
     try:
-        return parse_timestamp(raw)
-    except (InvalidItem, ValueError):
+        return date_time(raw)
+    except ValueError:
         raise ApiError(400, "invalid_body", f"{name} must be unix seconds or ISO-8601") from None
 
 
@@ -90,7 +101,7 @@ async def _read_your_write(node: Node) -> None:
         await asyncio.sleep(0.005)
 
 
-async def _fresh_rule(node: Node, rule_id: UUID, owner: str) -> AlertRule:
+async def _fresh_rule(node: Node, rule_id: UUID, owner: str) -> RuleAggregate:
     try:
         return await asyncio.to_thread(node.app.get_alert_rule, rule_id, owner)
     except AlertRuleNotFound:
@@ -126,14 +137,103 @@ async def _write(node: Node, rule_id: UUID | None, command: Callable[[], T]) -> 
 
 async def _answer(node: Node, rule_id: UUID, owner: str) -> Response:
     await _read_your_write(node)
-    rule = await _fresh_rule(node, rule_id, owner)
-    return JSONResponse(AlertRuleView.of(rule).to_json())
+    return _rule_answer(await _fresh_rule(node, rule_id, owner))
 
 
-def alert_routes(read_json: BodyReader) -> list[Route]:
+def _rule_answer(rule: RuleAggregate) -> Response:
+    return json_answer(AlertRule.model_validate(AlertRuleView.of(rule)))
+
+
+_ERRORS_OF_A_RULE = (404, 409)
+
+CREATE = Operation(
+    "POST",
+    "createAlertRule",
+    "Create an alert rule owned by the key's account",
+    NoParameters,
+    AlertRule,
+    access="key",
+    body=AlertRuleCreate,
+    errors=(403, 413, 422),
+)
+LIST = Operation(
+    "GET",
+    "listAlertRules",
+    "The key's account's alert rules",
+    NoParameters,
+    AlertRuleList,
+    access="key",
+)
+GET = Operation(
+    "GET",
+    "getAlertRule",
+    "One of the account's alert rules",
+    NoParameters,
+    AlertRule,
+    access="key",
+    path=RulePath,
+    errors=(404,),
+)
+UPDATE = Operation(
+    "PUT",
+    "updateAlertRule",
+    "Change a rule's name, condition, channels or cooldown",
+    NoParameters,
+    AlertRule,
+    access="key",
+    path=RulePath,
+    body=AlertRuleChange,
+    errors=(*_ERRORS_OF_A_RULE, 413),
+)
+DELETE = Operation(
+    "DELETE",
+    "deleteAlertRule",
+    "Delete a rule (it stops being evaluated)",
+    NoParameters,
+    AlertRuleDeleted,
+    access="key",
+    path=RulePath,
+    errors=_ERRORS_OF_A_RULE,
+)
+PAUSE = Operation(
+    "POST",
+    "pauseAlertRule",
+    "Pause a rule: it does not fire until resumed",
+    NoParameters,
+    AlertRule,
+    access="key",
+    path=RulePath,
+    errors=_ERRORS_OF_A_RULE,
+)
+RESUME = Operation(
+    "POST",
+    "resumeAlertRule",
+    "Resume a paused rule",
+    NoParameters,
+    AlertRule,
+    access="key",
+    path=RulePath,
+    errors=_ERRORS_OF_A_RULE,
+)
+BACKTEST = Operation(
+    "POST",
+    "backtestAlertRule",
+    "When the rule would have fired and resolved over stored history",
+    NoParameters,
+    Backtest,
+    access="key",
+    path=RulePath,
+    body=BacktestWindow,
+    body_required=False,
+    errors=(404, 413, 422),
+)
+
+
+def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
     """The routes, with the API's JSON body reader (size limits)."""
 
-    async def create(request: Request, key: ApiKey) -> Response:
+    async def create(request: Request, query: NoParameters) -> Response:
+        key = require_key(request)
         node = _node(request)
         rule = parse_body(AlertRuleCreate, await read_json(request), code="invalid_rule")
         app, rules = node.app, _rules(node)
@@ -157,14 +257,21 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
         )
         return await _answer(node, rule_id, key.owner)
 
-    async def collection(request: Request) -> Response:
+    async def list_rules(request: Request, query: NoParameters) -> Response:
         key = require_key(request)
-        if request.method == "POST":
-            return await create(request, key)
         views = await asyncio.to_thread(_rules(_node(request)).alert_rules, key.owner)
-        return JSONResponse({"alerts": [view.to_json() for view in views], "total": len(views)})
+        return json_answer(
+            AlertRuleList(
+                alerts=[AlertRule.model_validate(view) for view in views], total=len(views)
+            )
+        )
 
-    async def update(request: Request, key: ApiKey, rule_id: UUID) -> Response:
+    async def get(request: Request, query: NoParameters) -> Response:
+        key, rule_id = require_key(request), _rule_id(request)
+        return _rule_answer(await _fresh_rule(_node(request), rule_id, key.owner))
+
+    async def update(request: Request, query: NoParameters) -> Response:
+        key, rule_id = require_key(request), _rule_id(request)
         node = _node(request)
         change = parse_body(AlertRuleChange, await read_json(request), code="invalid_rule")
         changes = change.model_dump(exclude_unset=True)
@@ -179,37 +286,30 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
         await _write(node, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **typed))
         return await _answer(node, rule_id, key.owner)
 
-    async def item(request: Request) -> Response:
-        key = require_key(request)
-        rule_id = _rule_id(request)
+    async def delete(request: Request, query: NoParameters) -> Response:
+        key, rule_id = require_key(request), _rule_id(request)
         node = _node(request)
-        if request.method == "PUT":
-            return await update(request, key, rule_id)
-        if request.method == "DELETE":
-            app = node.app
-            await _write(node, rule_id, lambda: app.delete_alert_rule(rule_id, key.owner))
-            await _read_your_write(node)
-            return JSONResponse({"id": str(rule_id), "state": "deleted"})
-        rule = await _fresh_rule(node, rule_id, key.owner)
-        return JSONResponse(AlertRuleView.of(rule).to_json())
+        app = node.app
+        await _write(node, rule_id, lambda: app.delete_alert_rule(rule_id, key.owner))
+        await _read_your_write(node)
+        return json_answer(AlertRuleDeleted(id=rule_id, state="deleted"))
 
-    def lifecycle(command: str) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            key = require_key(request)
-            rule_id = _rule_id(request)
-            node = _node(request)
-            app = node.app
-            if command == "pause":
-                await _write(node, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
-            else:
-                await _write(node, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
-            return await _answer(node, rule_id, key.owner)
+    async def pause(request: Request, query: NoParameters) -> Response:
+        key, rule_id = require_key(request), _rule_id(request)
+        node = _node(request)
+        app = node.app
+        await _write(node, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
+        return await _answer(node, rule_id, key.owner)
 
-        return endpoint
+    async def resume(request: Request, query: NoParameters) -> Response:
+        key, rule_id = require_key(request), _rule_id(request)
+        node = _node(request)
+        app = node.app
+        await _write(node, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
+        return await _answer(node, rule_id, key.owner)
 
-    async def run_backtest(request: Request) -> Response:
-        key = require_key(request)
-        rule_id = _rule_id(request)
+    async def run_backtest(request: Request, query: NoParameters) -> Response:
+        key, rule_id = require_key(request), _rule_id(request)
         node = _node(request)
         raw = await read_json(request) if await _has_body(request) else {}
         window = parse_body(BacktestWindow, raw)
@@ -227,12 +327,22 @@ def alert_routes(read_json: BodyReader) -> list[Route]:
         result = await asyncio.to_thread(
             lambda: backtest(target, condition, points, cooldown=cooldown, start=start, end=end)
         )
-        return JSONResponse({"alertId": str(rule_id), **result.to_json()})
+        return json_answer(
+            Backtest(
+                alertId=rule_id,
+                events=[BacktestEvent.model_validate(event) for event in result.events],
+                points=result.points,
+                start=result.start,
+                end=result.end,
+            )
+        )
 
     return [
-        Route("/v2/alerts", collection, methods=["GET", "POST"]),
-        Route("/v2/alerts/{rule_id:str}", item, methods=["GET", "PUT", "DELETE"]),
-        Route("/v2/alerts/{rule_id:str}/pause", lifecycle("pause"), methods=["POST"]),
-        Route("/v2/alerts/{rule_id:str}/resume", lifecycle("resume"), methods=["POST"]),
-        Route("/v2/alerts/{rule_id:str}/backtest", run_backtest, methods=["POST"]),
+        OperationRoute("/v2/alerts", LIST.serve(list_rules), CREATE.serve(create)),
+        OperationRoute(
+            "/v2/alerts/{rule_id:str}", GET.serve(get), UPDATE.serve(update), DELETE.serve(delete)
+        ),
+        OperationRoute("/v2/alerts/{rule_id:str}/pause", PAUSE.serve(pause)),
+        OperationRoute("/v2/alerts/{rule_id:str}/resume", RESUME.serve(resume)),
+        OperationRoute("/v2/alerts/{rule_id:str}/backtest", BACKTEST.serve(run_backtest)),
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -17,19 +16,21 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..application.ingest import IngestResult, InvalidItem, build_batch
 from ..application.realtime import MAX_FRAME_BYTES
-from ..application.views import MAX_PAGE, SORT_FIELDS, ProtocolQuery, ProtocolView, SeriesQuery
+from ..application.views import ProtocolQuery, ProtocolView
+from ..application.views import SeriesQuery as SeriesRequest
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
 from .asyncapi import asyncapi_document
@@ -37,11 +38,34 @@ from .auth import on_auth_error, require_key
 from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .node import Node, running
-from .openapi import openapi_document
+from .openapi import OpenApi
+from .operations import Operation, OperationRoute, Text, json_answer
+from .schemas.common import JsonDocument, NoParameters
+from .schemas.health import Health, ProjectionHealth, ProjectionStall
+from .schemas.ingest import IngestBody, IngestQuery
+from .schemas.ingest import IngestResult as IngestAnswer
+from .schemas.protocols import (
+    MetricSeries,
+    Protocol,
+    ProtocolListQuery,
+    ProtocolPage,
+    ProtocolPath,
+    SeriesPoint,
+    SeriesQuery,
+)
+from .schemas.realtime import (
+    PriceEntry,
+    PriceSnapshot,
+    RealtimePricesQuery,
+    RealtimeProtocolsQuery,
+    TvlEntry,
+    TvlSnapshot,
+    VolumeEntry,
+    VolumeSnapshot,
+)
 from .settings import Settings
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
-BUCKETS = {"5m": 300, "15m": 900, "1h": 3_600, "4h": 14_400, "1d": 86_400, "1w": 604_800}
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -120,247 +144,242 @@ def _node(request: Request | WebSocket) -> Node:
     return node
 
 
-async def check_read_access(request: Request) -> None:
-    settings: Settings = request.app.state.settings
-    if settings.require_key_for_reads:
-        require_key(request)
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
+def _slug(request: Request) -> str:
+    """The ``{slug}`` of the path; one that breaks the slug rule cannot be listed: 404."""
+    raw = request.path_params["slug"]
     try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise ApiError(400, "invalid_parameter", f"{name} must be between {low} and {high}")
-    return value
+        return ProtocolPath.model_validate({"slug": raw}).slug
+    except ValidationError:
+        raise _protocol_not_found(raw) from None
 
 
-def _float_param(request: Request, name: str) -> float | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name} must be a number") from None
-    if not math.isfinite(value):
-        raise ApiError(400, "invalid_parameter", f"{name} must be finite")
-    return value
-
-
-def _time_param(request: Request, name: str) -> float | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    from ..application.ingest import parse_timestamp
-
-    try:
-        return float(raw) if _is_number(raw) else parse_timestamp(raw)
-    except (InvalidItem, ValueError):
-        raise ApiError(
-            400, "invalid_parameter", f"{name} must be unix seconds or ISO-8601"
-        ) from None
-
-
-def _is_number(raw: str) -> bool:
-    try:
-        float(raw)
-    except ValueError:
-        return False
-    return True
+def _protocol_not_found(slug: str) -> ApiError:
+    return ApiError(404, "protocol_not_found", f"protocol {slug!r} not found")
 
 
 # -- routes -----------------------------------------------------------------------------
 
 
-async def health(request: Request) -> Response:
+HEALTH = Operation(
+    "GET",
+    "getHealth",
+    "Liveness, log positions and the projections' progress",
+    NoParameters,
+    Health,
+    also=((503, Health),),
+    description="`degraded` (503) while a projection this node runs cannot apply the log: "
+    "`projections` says which, where it stopped and why.",
+)
+
+
+async def health(request: Request, query: NoParameters) -> Response:
     """``ok`` (200), or ``degraded`` (503) while a projection this node runs cannot apply
     the log: ``projections`` says which, where it stopped and why."""
     node = _node(request)
     head = await asyncio.to_thread(node.event_log.head)
     follower = node.follower.position if node.follower else None
     projections = {
-        name: {
-            "position": runner.position,
-            "lag": max(head - runner.position, 0),
-            "stalled": None if runner.stall is None else runner.stall.to_json(),
-        }
+        name: ProjectionHealth(
+            position=runner.position,
+            lag=max(head - runner.position, 0),
+            stalled=None if runner.stall is None else ProjectionStall.model_validate(runner.stall),
+        )
         for name, runner in node.runners.items()
     }
     stalled = any(runner.stall is not None for runner in node.runners.values())
-    return JSONResponse(
-        {
-            "status": "degraded" if stalled else "ok",
-            "log_head": head,
-            "node_position": follower,
-            "hot_position": await node.hot.position(),
-            "history_position": await asyncio.to_thread(node.history.position),
-            "connections": len(node.hub.connections),
-            "projections": projections,
-        },
-        status_code=503 if stalled else 200,
+    answer = Health(
+        status="degraded" if stalled else "ok",
+        log_head=head,
+        node_position=follower,
+        hot_position=await node.hot.position(),
+        history_position=await asyncio.to_thread(node.history.position),
+        connections=len(node.hub.connections),
+        projections=projections,
+    )
+    return json_answer(answer, 503 if stalled else 200)
+
+
+LIST_PROTOCOLS = Operation(
+    "GET",
+    "listProtocols",
+    "List protocols (filter, sort, paginate)",
+    ProtocolListQuery,
+    ProtocolPage,
+    access="read",
+)
+
+
+async def list_protocols(request: Request, query: ProtocolListQuery) -> Response:
+    page = await _node(request).hot.list_protocols(
+        ProtocolQuery(
+            chain=query.chain,
+            category=query.category,
+            min_tvl=query.min_tvl,
+            sort=query.sort,
+            descending=query.order == "desc",
+            limit=query.limit,
+            offset=query.offset,
+        )
+    )
+    return json_answer(
+        ProtocolPage(
+            protocols=[Protocol.model_validate(view) for view in page.items],
+            total=page.total,
+            limit=page.limit,
+            offset=page.offset,
+        )
     )
 
 
-async def list_protocols(request: Request) -> Response:
-    await check_read_access(request)
-    params = request.query_params
-    sort = params.get("sort", "tvl")
-    if sort not in SORT_FIELDS:
-        raise ApiError(400, "invalid_parameter", f"sort must be one of {sorted(SORT_FIELDS)}")
-    order = params.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise ApiError(400, "invalid_parameter", "order must be 'asc' or 'desc'")
-    min_tvl = _float_param(request, "min_tvl")
-    query = ProtocolQuery(
-        chain=params.get("chain") or None,
-        category=params.get("category") or None,
-        min_tvl=min_tvl,
-        sort=sort,
-        descending=order == "desc",
-        limit=_int_param(request, "limit", 100, 1, MAX_PAGE),
-        offset=_int_param(request, "offset", 0, 0, 10_000_000),
-    )
-    page = await _node(request).hot.list_protocols(query)
-    return JSONResponse(
-        {
-            "protocols": [view.to_json() for view in page.items],
-            "total": page.total,
-            "limit": page.limit,
-            "offset": page.offset,
-        }
-    )
+GET_PROTOCOL = Operation(
+    "GET",
+    "getProtocol",
+    "One protocol's listing and current values",
+    NoParameters,
+    Protocol,
+    access="read",
+    path=ProtocolPath,
+    errors=(404,),
+)
 
 
-async def get_protocol(request: Request) -> Response:
-    await check_read_access(request)
-    slug = request.path_params["slug"]
+async def get_protocol(request: Request, query: NoParameters) -> Response:
+    slug = _slug(request)
     view = await _node(request).hot.get_protocol(slug)
     if view is None:
-        raise ApiError(404, "protocol_not_found", f"protocol {slug!r} not found")
-    return JSONResponse(view.to_json())
+        raise _protocol_not_found(slug)
+    return json_answer(Protocol.model_validate(view))
 
 
-async def protocol_metrics(request: Request) -> Response:
-    await check_read_access(request)
+PROTOCOL_METRICS = Operation(
+    "GET",
+    "getProtocolMetrics",
+    "Time series of a metric, bucketed, as of a time",
+    SeriesQuery,
+    MetricSeries,
+    access="read",
+    path=ProtocolPath,
+    errors=(404,),
+)
+
+
+async def protocol_metrics(request: Request, query: SeriesQuery) -> Response:
     node = _node(request)
-    slug = request.path_params["slug"]
+    slug = _slug(request)
     if await node.hot.get_protocol(slug) is None:
-        raise ApiError(404, "protocol_not_found", f"protocol {slug!r} not found")
-    params = request.query_params
-    metric = params.get("metric", "tvl")
-    if metric not in ("tvl", "volume_24h", "fees_24h"):
-        raise ApiError(400, "invalid_parameter", "metric must be tvl, volume_24h or fees_24h")
-    bucket_raw = params.get("bucket")
-    bucket: int | None = None
-    if bucket_raw:
-        if bucket_raw in BUCKETS:
-            bucket = BUCKETS[bucket_raw]
-        else:
-            bucket = _int_param(request, "bucket", 0, 60, 31_536_000)
-    query = SeriesQuery(
-        slug=slug,
-        metric=metric,
-        chain=params.get("chain", "total"),
-        start=_time_param(request, "start"),
-        end=_time_param(request, "end"),
-        bucket=bucket,
-        as_of=_time_param(request, "as_of"),
-        limit=_int_param(request, "limit", 10_000, 1, 100_000),
+        raise _protocol_not_found(slug)
+    series = await asyncio.to_thread(
+        node.history.series,
+        SeriesRequest(
+            slug=slug,
+            metric=query.metric,
+            chain=query.chain,
+            start=query.start,
+            end=query.end,
+            bucket=query.bucket,
+            as_of=query.as_of,
+            limit=query.limit,
+        ),
     )
-    series = await asyncio.to_thread(node.history.series, query)
-    return JSONResponse(
-        {
-            "slug": series.slug,
-            "metric": series.metric,
-            "chain": series.chain,
-            "bucket": bucket,
-            "as_of": query.as_of,
-            "points": [{"timestamp": p.timestamp, "value": p.value} for p in series.points],
-        }
+    return json_answer(
+        MetricSeries(
+            slug=series.slug,
+            metric=query.metric,
+            chain=series.chain,
+            bucket=query.bucket,
+            as_of=query.as_of,
+            points=[SeriesPoint.model_validate(point) for point in series.points],
+        )
     )
-
-
-def _csv_param(request: Request, name: str) -> list[str] | None:
-    raw = request.query_params.get(name)
-    if not raw:
-        return None
-    values = [value.strip() for value in raw.split(",") if value.strip()]
-    if len(values) > MAX_PAGE:
-        raise ApiError(400, "invalid_parameter", f"{name} holds at most {MAX_PAGE} values")
-    return values
-
-
-def _realtime_limit(request: Request) -> int:
-    """How many entries a realtime endpoint reports when no ids are named. Checked even when
-    ids are named (it then changes nothing), so a bad limit is a 400 on every endpoint."""
-    return _int_param(request, "limit", 100, 1, MAX_PAGE)
 
 
 async def _realtime_protocols(
-    request: Request, *, ranked_by: str, ranked_only: bool = False
+    request: Request, query: RealtimeProtocolsQuery, *, ranked_by: str, ranked_only: bool = False
 ) -> list[ProtocolView]:
     """The protocols named in ``protocolIds`` or, when none are named, the first ``limit``
     ranked by ``ranked_by`` (with ``ranked_only``, those without a ``ranked_by`` value left
-    out)."""
+    out). ``limit`` is checked even next to ids (it then changes nothing)."""
     hot = _node(request).hot
-    ids = _csv_param(request, "protocolIds")
-    limit = _realtime_limit(request)
-    if ids is not None:
-        return await hot.get_protocols(ids)
-    query = ProtocolQuery(sort=ranked_by, limit=limit)
-    page = await hot.list_protocols(query)
+    if query.protocol_ids is not None:
+        return await hot.get_protocols(query.protocol_ids)
+    page = await hot.list_protocols(ProtocolQuery(sort=ranked_by, limit=query.limit))
     return [view for view in page.items if not ranked_only or getattr(view, ranked_by) is not None]
 
 
-async def realtime_tvl(request: Request) -> Response:
-    await check_read_access(request)
-    views = await _realtime_protocols(request, ranked_by="tvl")
-    return JSONResponse(
-        {
-            "data": [
-                {
-                    "id": view.slug,
-                    "value": view.tvl,
-                    "timestamp": view.updated_at,
-                    "change24h": view.change_1d,
-                    "change1h": view.change_1h,
-                    "position": view.position,
-                }
+REALTIME_TVL = Operation(
+    "GET",
+    "getRealtimeTvl",
+    "Latest TVL of given (protocolIds=a,b) or the largest protocols",
+    RealtimeProtocolsQuery,
+    TvlSnapshot,
+    access="read",
+    description="Without protocolIds: the `limit` protocols with the largest TVL, those "
+    "without a TVL last.",
+)
+
+
+async def realtime_tvl(request: Request, query: RealtimeProtocolsQuery) -> Response:
+    views = await _realtime_protocols(request, query, ranked_by="tvl")
+    return json_answer(
+        TvlSnapshot(
+            data=[
+                TvlEntry(
+                    id=view.slug,
+                    value=view.tvl,
+                    timestamp=view.updated_at,
+                    change24h=view.change_1d,
+                    change1h=view.change_1h,
+                    position=view.position,
+                )
                 for view in views
             ]
-        }
+        )
     )
 
 
-async def realtime_volumes(request: Request) -> Response:
-    await check_read_access(request)
-    views = await _realtime_protocols(request, ranked_by="volume_24h", ranked_only=True)
-    return JSONResponse(
-        {
-            "data": [
-                {
-                    "id": view.slug,
-                    "volume_24h": view.volume_24h,
-                    "fees_24h": view.fees_24h,
-                    "position": view.position,
-                }
+REALTIME_VOLUMES = Operation(
+    "GET",
+    "getRealtimeVolumes",
+    "Latest 24h volumes and fees of given (protocolIds=a,b) or the largest volumes",
+    RealtimeProtocolsQuery,
+    VolumeSnapshot,
+    access="read",
+    description="Named protocols are reported even without a volume. Without protocolIds: "
+    "the `limit` protocols with the largest 24h volume, those without one left out.",
+)
+
+
+async def realtime_volumes(request: Request, query: RealtimeProtocolsQuery) -> Response:
+    views = await _realtime_protocols(request, query, ranked_by="volume_24h", ranked_only=True)
+    return json_answer(
+        VolumeSnapshot(
+            data=[
+                VolumeEntry(
+                    id=view.slug,
+                    volume_24h=view.volume_24h,
+                    fees_24h=view.fees_24h,
+                    position=view.position,
+                )
                 for view in views
             ]
-        }
+        )
     )
 
 
-async def realtime_prices(request: Request) -> Response:
-    await check_read_access(request)
-    tokens = _csv_param(request, "tokens") or _csv_param(request, "tokenIds")
-    # The projection ignores limit when tokens are named; _realtime_limit checks it anyway.
-    prices = await _node(request).hot.prices(tokens, _realtime_limit(request))
-    return JSONResponse({"data": [price.to_json() for price in prices]})
+REALTIME_PRICES = Operation(
+    "GET",
+    "getRealtimePrices",
+    "Latest prices of given (tokens=a,b) or recently updated tokens",
+    RealtimePricesQuery,
+    PriceSnapshot,
+    access="read",
+)
+
+
+async def realtime_prices(request: Request, query: RealtimePricesQuery) -> Response:
+    # The projection ignores limit when tokens are named; it is checked anyway.
+    prices = await _node(request).hot.prices(query.named, query.limit)
+    return json_answer(PriceSnapshot(data=[PriceEntry.model_validate(p) for p in prices]))
 
 
 async def _read_json_body(request: Request) -> Any:
@@ -399,12 +418,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
-async def ingest(request: Request) -> Response:
+INGEST = Operation(
+    "POST",
+    "ingest",
+    "Record a batch of observations, prices and listings",
+    IngestQuery,
+    IngestAnswer,
+    access="key",
+    body=IngestBody,
+    errors=(413, 422),
+    description="Each rejected item is answered with its index and reason. A batch with "
+    "rejected items records nothing (422 `invalid_items`, the details being this answer's "
+    "shape) unless `partial` is true: then its valid items are recorded.",
+)
+
+
+async def ingest(request: Request, query: IngestQuery) -> Response:
     require_key(request)
     body = await _read_json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    unknown = sorted(set(body) - {"observations", "prices", "listings", "partial"})
+    unknown = sorted(set(body) - set(IngestBody.model_fields))
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
     lists = {}
@@ -443,14 +477,25 @@ async def ingest(request: Request) -> Response:
             "(send partial=true to record the valid items)",
             result.to_json(),
         )
+    # Rendered without the IngestResult model, which documents it: validating up to 50,000
+    # rejections on the way out would double the cost of this answer (tests check the shape).
     return JSONResponse(result.to_json())
 
 
-async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+OPENAPI = Operation("GET", "getOpenApi", "This document (OpenAPI 3.1)", NoParameters, JsonDocument)
 
 
-async def metrics_endpoint(request: Request) -> Response:
+async def openapi(request: Request, query: NoParameters) -> Response:
+    document: OpenApi = request.app.state.openapi
+    return Response(document.rendered, media_type="application/json")
+
+
+METRICS = Operation(
+    "GET", "getMetrics", "Prometheus metrics", NoParameters, Text(CONTENT_TYPE_LATEST)
+)
+
+
+async def metrics_endpoint(request: Request, query: NoParameters) -> Response:
     metrics: Metrics = request.app.state.metrics
     node = _node(request)
     metrics.ws_connections.set(len(node.hub.connections))
@@ -468,7 +513,16 @@ async def metrics_endpoint(request: Request) -> Response:
 # -- WebSocket ---------------------------------------------------------------------------
 
 
-async def asyncapi(request: Request) -> Response:
+ASYNCAPI = Operation(
+    "GET",
+    "getAsyncApi",
+    "AsyncAPI document of the WebSocket protocol (/v2/realtime)",
+    NoParameters,
+    JsonDocument,
+)
+
+
+async def asyncapi(request: Request, query: NoParameters) -> Response:
     return JSONResponse(asyncapi_document())
 
 
@@ -544,20 +598,23 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
 
-    routes = [
-        Route("/health", health),
-        Route("/v2/protocols", list_protocols),
-        Route("/v2/protocols/{slug:str}", get_protocol),
-        Route("/v2/protocols/{slug:str}/metrics", protocol_metrics),
-        Route("/v2/realtime/tvl", realtime_tvl),
-        Route("/v2/realtime/prices", realtime_prices),
-        Route("/v2/realtime/volumes", realtime_volumes),
-        Route("/v2/ingest", ingest, methods=["POST"]),
+    # Each HTTP route is built from its operations: what the document says is what is served.
+    routes: list[BaseRoute] = [
+        OperationRoute("/health", HEALTH.serve(health)),
+        OperationRoute("/v2/protocols", LIST_PROTOCOLS.serve(list_protocols)),
+        OperationRoute("/v2/protocols/{slug:str}", GET_PROTOCOL.serve(get_protocol)),
+        OperationRoute(
+            "/v2/protocols/{slug:str}/metrics", PROTOCOL_METRICS.serve(protocol_metrics)
+        ),
+        OperationRoute("/v2/realtime/tvl", REALTIME_TVL.serve(realtime_tvl)),
+        OperationRoute("/v2/realtime/prices", REALTIME_PRICES.serve(realtime_prices)),
+        OperationRoute("/v2/realtime/volumes", REALTIME_VOLUMES.serve(realtime_volumes)),
+        OperationRoute("/v2/ingest", INGEST.serve(ingest)),
         *alert_routes(_read_json_body),
         *alert_history_routes(),
-        Route("/openapi.json", openapi),
-        Route("/asyncapi.json", asyncapi),
-        Route("/metrics", metrics_endpoint),
+        OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
+        OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),
+        OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),
         WebSocketRoute("/v2/realtime", realtime_socket),
     ]
     metrics = Metrics()
@@ -579,4 +636,5 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.openapi = OpenApi(routes, require_key_for_reads=settings.require_key_for_reads)
     return app

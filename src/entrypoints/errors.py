@@ -6,10 +6,14 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from .schemas.common import Error, ErrorInfo
 
 
 class ApiError(Exception):
+    """An answer other than success: raised by handlers, rendered by ``api_error_handler``."""
+
     def __init__(self, status: int, code: str, message: str, details: Any | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -19,9 +23,10 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, details: Any | None = None) -> Response:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details}}, status_code=status
-    )
+    """The error shape as a response, rendered by the ``Error`` model the OpenAPI document
+    shows for every 4xx."""
+    answer = Error(error=ErrorInfo(code=code, message=message, details=details))
+    return Response(answer.model_dump_json(), status_code=status, media_type="application/json")
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
@@ -38,9 +43,12 @@ _HTTP_CODES = {
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(
+    response = error_response(
         exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail)
     )
+    # A 405 says which methods the path serves (RFC 9110).
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:

@@ -1,601 +1,252 @@
-"""The OpenAPI document of the REST API (kept in sync with the routes by a test)."""
+"""The OpenAPI 3.1 document of the REST API, generated from the routes' operations.
+
+Every schema comes from a pydantic model (``schemas/``): request bodies and query and path
+parameters in validation mode, answers in serialization mode, gathered into
+``components.schemas`` by ``models_json_schema``. Nothing here describes a shape by hand.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .. import __version__
-from ..application.views import MAX_PAGE
+from .operations import Operation, OperationRoute, Text
+from .schemas.common import Error
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+__all__ = ["OpenApi", "openapi_document", "openapi_path"]
 
+REF_TEMPLATE: Final = "#/components/schemas/{model}"
+SECURITY_SCHEME: Final = "ApiKey"
+_KEY: Final[list[dict[str, list[str]]]] = [{SECURITY_SCHEME: []}]
+_KEY_OPTIONAL: Final[list[dict[str, list[str]]]] = [{}, {SECURITY_SCHEME: []}]
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): _json(_ERROR, "Error") for status in statuses}
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
-def _object(
-    properties: dict[str, Any], *, required: list[str] | None = None, closed: bool = False
-) -> dict[str, Any]:
-    """An object schema; ``closed`` refuses properties it does not list (request bodies)."""
-    schema: dict[str, Any] = {"type": "object"}
-    if required:
-        schema["required"] = required
-    if closed:
-        schema["additionalProperties"] = False
-    schema["properties"] = properties
-    return schema
-
-
-def _get(
-    summary: str,
-    schema: dict[str, Any] | None = None,
-    *,
-    parameters: list[dict[str, Any]] | None = None,
-    errors: tuple[int, ...] = (),
-    secured: bool = False,
-) -> dict[str, Any]:
-    """A path served by GET alone, answering ``schema`` as JSON (any object by default) or
-    one of the ``errors``."""
-    operation: dict[str, Any] = {"summary": summary}
-    if secured:
-        operation["security"] = [{"ApiKey": []}]
-    if parameters:
-        operation["parameters"] = parameters
-    operation["responses"] = {"200": _json(schema or {"type": "object"}), **_errors(*errors)}
-    return {"get": operation}
-
-
-_SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_TIMESTAMP = {"oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
-
-
-def _ids(name: str, description: str) -> dict[str, Any]:
-    """A comma-separated list of ids (``name=a,b``): blanks around and between commas are
-    dropped; more than ``MAX_PAGE`` is a 400."""
-    schema = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_PAGE}
-    return {**_query(name, schema, description), "style": "form", "explode": False}
-
-
-_REALTIME_LIMIT = _query(
-    "limit",
-    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
-    "how many entries to report when no ids are named; next to ids it changes nothing but "
-    "is still checked (out of range or not an integer: 400)",
-)
-_PROTOCOL_IDS = (
-    f"comma-separated protocol slugs (at most {MAX_PAGE}), reported in the order given; "
-)
-
-
-def _realtime(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
-    """A ``/v2/realtime/...`` snapshot: ``{"data": [...]}``, or 400 for a bad parameter."""
-    return _get(summary, parameters=[*parameters, _REALTIME_LIMIT], errors=(400,))
-
-
-_RULE_ID = {
-    "name": "rule_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "format": "uuid"},
+# Every operation can answer these with the Error shape (see Operation.errors). 414: the
+# HTTP edge refuses a URL over 64 KiB before the app sees it (uvicorn's URL parser cannot
+# hold more), in the same shape.
+_ALWAYS: Final = (400, 401, 414)
+_WHY: Final[dict[int, str]] = {
+    400: "Bad input: an unknown or invalid query parameter, or a malformed body",
+    401: "No API key where one is needed, or a presented key that is not live",
+    403: "The key's tier does not allow it",
+    404: "Not found (for another account's resources too)",
+    409: "The resource's state does not allow it",
+    413: "The body or the batch is too large",
+    414: "The URL is too long (over 64 KiB)",
+    422: "Well-formed, but refused (the details say why)",
 }
-_RULE_REF = {"$ref": "#/components/schemas/AlertRule"}
 
 
-def _alert_rule_schemas() -> dict[str, Any]:
-    number = {"type": "number"}
-    target = {
-        "oneOf": [
-            _object(
-                {
-                    "protocol": {"type": "string", "description": "a listed protocol's slug"},
-                    "metric": {"enum": ["tvl", "volume_24h", "fees_24h"], "default": "tvl"},
-                    "chain": {"type": "string", "default": "total"},
-                },
-                required=["protocol"],
-            ),
-            _object(
-                {"token": {"type": "string", "example": "coingecko:ethereum"}},
-                required=["token"],
-            ),
-        ]
+def openapi_path(route_path: str) -> str:
+    """Starlette's ``{slug:str}`` is OpenAPI's ``{slug}``."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", route_path)
+
+
+def documented_operations(
+    routes: Iterable[BaseRoute],
+) -> list[tuple[str, Operation[Any]]]:
+    """Every route's operations with their OpenAPI path. A plain HTTP ``Route`` (one not
+    built from operations) is an error: every HTTP route is documented."""
+    operations: list[tuple[str, Operation[Any]]] = []
+    for route in routes:
+        if isinstance(route, OperationRoute):
+            operations.extend((openapi_path(route.path), op) for op in route.operations)
+        elif isinstance(route, Route):
+            raise ValueError(f"route {route.path!r} has no operation: build it as OperationRoute")
+        elif not isinstance(route, WebSocketRoute):  # the WebSocket is in the AsyncAPI document
+            raise ValueError(f"cannot document route {route!r}")
+    ids = [operation.operation_id for _, operation in operations]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"operationIds are not unique: {sorted(ids)}")
+    return operations
+
+
+def openapi_document(
+    routes: Sequence[BaseRoute], *, require_key_for_reads: bool = False
+) -> dict[str, Any]:
+    """The document of ``routes`` (reads need a key when ``require_key_for_reads``)."""
+    operations = documented_operations(routes)
+    inlined = _parameter_models(operation for _, operation in operations)
+    refs, schemas = _schemas(operation for _, operation in operations)
+    defs: dict[str, Any] = schemas.get("$defs", {})
+    paths: dict[str, dict[str, Any]] = {}
+    for path, operation in operations:
+        paths.setdefault(path, {})[operation.method.lower()] = _operation(
+            operation, refs, defs, require_key_for_reads=require_key_for_reads
+        )
+    # Query and path models become parameters: they are not components of their own.
+    components = {
+        name: schema
+        for name, schema in sorted(defs.items())
+        if name not in {_ref_name(refs[(model, "validation")]) for model in inlined}
     }
-    condition = {
-        "oneOf": [
-            _object(
-                {
-                    "kind": {"const": "threshold"},
-                    "direction": {"enum": ["above", "below"]},
-                    "value": {"type": "number", "minimum": 0},
-                },
-                required=["kind", "direction", "value"],
-            ),
-            _object(
-                {
-                    "kind": {"const": "pct_change"},
-                    "direction": {"enum": ["above", "below"]},
-                    "value": {
-                        "type": "number",
-                        "minimum": -100,
-                        "description": "percent, e.g. -10: falls 10% within the window",
-                    },
-                    "window": {"enum": ["1h", "24h", "7d"]},
-                },
-                required=["kind", "direction", "value", "window"],
-            ),
-        ]
-    }
-    channel = _object(
-        {
-            "kind": {"enum": ["webhook", "email", "websocket"]},
-            "url": {"type": "string", "description": "webhook: http(s) URL"},
-            "secret": {"type": "string", "description": "webhook: HMAC key (write-only)"},
-            "address": {"type": "string", "description": "email: address"},
-        },
-        required=["kind"],
-    )
-    cooldown = {"type": "integer", "minimum": 0, "maximum": 2_592_000, "default": 3_600}
-    return {
-        "AlertRuleInput": _object(
-            {
-                "name": {"type": "string", "maxLength": 200},
-                "target": target,
-                "condition": condition,
-                "channels": {"type": "array", "minItems": 1, "items": channel},
-                "cooldown": cooldown,
-            },
-            required=["target", "condition", "channels"],
-            closed=True,
-        ),
-        "AlertRule": _object(
-            {
-                "id": {"type": "string", "format": "uuid"},
-                "name": {"type": "string"},
-                "target": target,
-                "condition": condition,
-                "channels": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "description": "as created, without the secret; secret_set tells "
-                        "whether a webhook signs its deliveries",
-                    },
-                },
-                "cooldown": cooldown,
-                "state": {"enum": ["active", "paused"]},
-                "firing": {"enum": ["firing", "resolved"]},
-                "last_fired_at": {"type": ["number", "null"]},
-                "created_at": number,
-                "updated_at": number,
-            }
-        ),
-        "Backtest": _object(
-            {
-                "alertId": {"type": "string"},
-                "events": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "state": {"enum": ["firing", "resolved"]},
-                            "observed_at": number,
-                            "measure": number,
-                        }
-                    ),
-                },
-                "points": {"type": "integer", "description": "observations evaluated"},
-                "start": {"type": ["number", "null"]},
-                "end": {"type": ["number", "null"]},
-            }
-        ),
-    }
-
-
-def _alert_rule_paths() -> dict[str, Any]:
-    """``/v2/alerts`` and its sub-resources (entrypoints/alerts_api.py)."""
-    schemas = _alert_rule_schemas()
-    secured: list[dict[str, Any]] = [{"ApiKey": []}]
-    rule = _json(_RULE_REF)
-    body = {
-        "required": True,
-        "content": {"application/json": {"schema": schemas["AlertRuleInput"]}},
-    }
-    partial = {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    **schemas["AlertRuleInput"],
-                    "required": [],
-                    "description": "fields to change (a rule's target cannot change)",
-                }
-            }
-        },
-    }
-
-    def lifecycle(summary: str) -> dict[str, Any]:
-        return {
-            "post": {
-                "summary": summary,
-                "security": secured,
-                "parameters": [_RULE_ID],
-                "responses": {"200": rule, **_errors(401, 404, 409)},
-            }
-        }
-
-    return {
-        "/v2/alerts": {
-            "post": {
-                "summary": "Create an alert rule owned by the key's account",
-                "security": secured,
-                "requestBody": body,
-                "responses": {"200": rule, **_errors(400, 401, 403, 422)},
-            },
-            "get": {
-                "summary": "The key's account's alert rules",
-                "security": secured,
-                "responses": {
-                    "200": _json(
-                        _object(
-                            {
-                                "alerts": {"type": "array", "items": _RULE_REF},
-                                "total": {"type": "integer"},
-                            }
-                        )
-                    ),
-                    **_errors(401),
-                },
-            },
-        },
-        "/v2/alerts/{rule_id}": {
-            "get": {
-                "summary": "One of the account's alert rules",
-                "security": secured,
-                "parameters": [_RULE_ID],
-                "responses": {"200": rule, **_errors(401, 404)},
-            },
-            "put": {
-                "summary": "Change a rule's name, condition, channels or cooldown",
-                "security": secured,
-                "parameters": [_RULE_ID],
-                "requestBody": partial,
-                "responses": {"200": rule, **_errors(400, 401, 404, 409)},
-            },
-            "delete": {
-                "summary": "Delete a rule (it stops being evaluated)",
-                "security": secured,
-                "parameters": [_RULE_ID],
-                "responses": {
-                    "200": _json(
-                        _object({"id": {"type": "string"}, "state": {"const": "deleted"}})
-                    ),
-                    **_errors(401, 404, 409),
-                },
-            },
-        },
-        "/v2/alerts/{rule_id}/pause": lifecycle("Pause a rule: it does not fire until resumed"),
-        "/v2/alerts/{rule_id}/resume": lifecycle("Resume a paused rule"),
-        "/v2/alerts/{rule_id}/backtest": {
-            "post": {
-                "summary": "When the rule would have fired and resolved over stored history",
-                "security": secured,
-                "parameters": [_RULE_ID],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": _object(
-                                {
-                                    "start": {"type": ["number", "string"]},
-                                    "end": {"type": ["number", "string"]},
-                                },
-                                closed=True,
-                            )
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json(schemas["Backtest"]),
-                    **_errors(400, 401, 404, 422),
-                },
-            }
-        },
-    }
-
-
-def openapi_document() -> dict[str, Any]:
-    protocol = _object(
-        {
-            "slug": {"type": "string"},
-            "name": {"type": "string"},
-            "category": {"type": "string"},
-            "chains": {"type": "array", "items": {"type": "string"}},
-            "url": {"type": "string"},
-            "tvl": _NUMBER_OR_NULL,
-            "chainTvls": {"type": "object", "additionalProperties": {"type": "number"}},
-            "change_1h": _NUMBER_OR_NULL,
-            "change_1d": _NUMBER_OR_NULL,
-            "change_7d": _NUMBER_OR_NULL,
-            "volume_24h": _NUMBER_OR_NULL,
-            "fees_24h": _NUMBER_OR_NULL,
-            "updated_at": _NUMBER_OR_NULL,
-            "position": {"type": "integer"},
-        }
-    )
-    observation = _object(
-        {
-            "protocol": {"type": "string"},
-            "metric": {"enum": ["tvl", "volume_24h", "fees_24h"], "default": "tvl"},
-            "chain": {"type": "string", "default": "total"},
-            "value": {"type": "number", "minimum": 0},
-            "observed_at": _TIMESTAMP,
-            "source": {"type": "string"},
-            "name": {"type": "string"},
-            "category": {"type": "string"},
-            "chains": {"type": "array", "items": {"type": "string"}},
-            "url": {"type": "string"},
-        },
-        required=["protocol", "value", "observed_at"],
-        closed=True,
-    )
-    price = _object(
-        {
-            "token": {"type": "string", "example": "coingecko:ethereum"},
-            "price": {"type": "number", "minimum": 0},
-            "observed_at": _TIMESTAMP,
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "source": {"type": "string"},
-        },
-        required=["token", "price", "observed_at"],
-        closed=True,
-    )
-    ingest_result = _object(
-        {
-            "accepted": {"type": "integer"},
-            "duplicates": {"type": "integer"},
-            "rejected": {"type": "integer"},
-            "errors": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "kind": {"type": "string"},
-                        "index": {"type": "integer"},
-                        "reason": {"type": "string"},
-                    }
-                ),
-            },
-            "committed": {"type": "boolean"},
-            "position": {"type": "integer"},
-        }
-    )
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "defi-realtime",
             "version": __version__,
-            "description": "Real-time DeFi analytics: live TVL and prices, history, ingest. "
-            "WebSocket protocol at /v2/realtime (see docs/websocket.md).",
+            "description": "Real-time DeFi analytics: live TVL and prices, history, ingest, "
+            'alerts. Errors are `{"error": {"code", "message", "details"}}`. The '
+            "WebSocket protocol at /v2/realtime is described by /asyncapi.json.",
         },
         "components": {
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-            "schemas": {
-                "Error": _object(
-                    {
-                        "error": _object(
-                            {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                                "details": {},
-                            },
-                            required=["code", "message"],
-                        )
-                    }
-                ),
-                "Protocol": protocol,
-                "Observation": observation,
-                "Price": price,
-                "IngestResult": ingest_result,
-                **{
-                    name: schema
-                    for name, schema in _alert_rule_schemas().items()
-                    if name in ("AlertRule", "AlertRuleInput")
-                },
+            "securitySchemes": {
+                SECURITY_SCHEME: {"type": "apiKey", "in": "header", "name": "X-API-Key"}
             },
+            "schemas": components,
         },
-        "paths": {
-            **_alert_rule_paths(),
-            "/health": _get("Liveness and log positions"),
-            "/v2/protocols": _get(
-                "List protocols (filter, sort, paginate)",
-                _object(
-                    {
-                        "protocols": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/Protocol"},
-                        },
-                        "total": {"type": "integer"},
-                        "limit": {"type": "integer"},
-                        "offset": {"type": "integer"},
-                    }
-                ),
-                parameters=[
-                    _query("chain", {"type": "string"}, "only protocols on this chain"),
-                    _query("category", {"type": "string"}, "exact category"),
-                    _query("min_tvl", {"type": "number"}, "tvl at least this"),
-                    _query(
-                        "sort",
-                        {
-                            "enum": [
-                                "tvl",
-                                "change_1h",
-                                "change_1d",
-                                "change_7d",
-                                "name",
-                                "volume_24h",
-                                "fees_24h",
-                            ]
-                        },
-                        "sort key",
-                    ),
-                    _query("order", {"enum": ["asc", "desc"]}, "sort order"),
-                    _query("limit", {"type": "integer", "maximum": 1000}, "page size"),
-                    _query("offset", {"type": "integer"}, "page start"),
-                ],
-                errors=(400,),
-            ),
-            "/v2/protocols/{slug}": _get(
-                "One protocol's current values",
-                {"$ref": "#/components/schemas/Protocol"},
-                parameters=[_SLUG],
-                errors=(404,),
-            ),
-            "/v2/protocols/{slug}/metrics": _get(
-                "Time series of a metric, bucketed, as of a time",
-                parameters=[
-                    _SLUG,
-                    _query("metric", {"enum": ["tvl", "volume_24h", "fees_24h"]}, "metric"),
-                    _query("chain", {"type": "string"}, "'total' or a chain"),
-                    _query("start", {"type": "string"}, "unix seconds or ISO-8601"),
-                    _query("end", {"type": "string"}, "unix seconds or ISO-8601"),
-                    _query("bucket", {"type": "string"}, "5m|15m|1h|4h|1d|1w or seconds"),
-                    _query("as_of", {"type": "string"}, "only observations at or before"),
-                    _query("limit", {"type": "integer"}, "most recent N points"),
-                ],
-                errors=(400, 404),
-            ),
-            "/v2/realtime/tvl": _realtime(
-                "Latest TVL of given (protocolIds=a,b) or the largest protocols",
-                _ids(
-                    "protocolIds",
-                    _PROTOCOL_IDS + "unknown ones left out. Absent or empty: the `limit` "
-                    "protocols with the largest TVL, those without a TVL last",
-                ),
-            ),
-            "/v2/realtime/prices": _realtime(
-                "Latest prices of given (tokens=a,b) or recently updated tokens",
-                _ids(
-                    "tokens",
-                    f"comma-separated token ids such as coingecko:ethereum (at most {MAX_PAGE}), "
-                    "reported in the order given; unknown ones left out. Absent or empty "
-                    "(and no tokenIds): the `limit` most recently updated tokens, newest first",
-                ),
-                _ids("tokenIds", "the same as tokens, read when tokens is absent or empty"),
-            ),
-            "/v2/realtime/volumes": _realtime(
-                "Latest 24h volumes and fees of given (protocolIds=a,b) or the largest volumes",
-                _ids(
-                    "protocolIds",
-                    _PROTOCOL_IDS + "reported even without a volume, unknown ones left out. "
-                    "Absent or empty: the `limit` protocols with the largest 24h volume, those "
-                    "without one left out",
-                ),
-            ),
-            "/v2/ingest": {
-                "post": {
-                    "summary": "Record a batch of observations and prices",
-                    "security": [{"ApiKey": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": _object(
-                                    {
-                                        "observations": {
-                                            "type": "array",
-                                            "items": {"$ref": "#/components/schemas/Observation"},
-                                        },
-                                        "prices": {
-                                            "type": "array",
-                                            "items": {"$ref": "#/components/schemas/Price"},
-                                        },
-                                        "listings": {"type": "array", "items": {"type": "object"}},
-                                        "partial": {"type": "boolean", "default": False},
-                                    },
-                                    closed=True,
-                                )
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json({"$ref": "#/components/schemas/IngestResult"}),
-                        **_errors(400, 401, 413, 422),
-                    },
-                }
-            },
-            "/v2/alerts/{rule_id}/history": _get(
-                "An alert rule's transitions and every delivery attempt (owner only)",
-                _object(
-                    {
-                        "alertId": {"type": "string"},
-                        "name": {"type": "string"},
-                        "state": {"type": "string"},
-                        "firing": {"enum": ["firing", "resolved"]},
-                        "transitions": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "kind": {"enum": ["fired", "resolved"]},
-                                    "measure": {"type": "number"},
-                                    "observedAt": {"type": "number"},
-                                    "position": {"type": "integer"},
-                                    "idempotencyKey": {"type": ["string", "null"]},
-                                    "recordedAt": {"type": "number"},
-                                }
-                            ),
-                        },
-                        "deliveries": {
-                            "type": "array",
-                            "items": _object(
-                                {
-                                    "idempotencyKey": {"type": "string"},
-                                    "channel": {"type": "object"},
-                                    "attempt": {"type": "integer"},
-                                    "status": {"enum": ["delivered", "failed", "dead_lettered"]},
-                                    "condition": {"enum": ["firing", "resolved"]},
-                                    "position": {"type": "integer"},
-                                    "httpStatus": {"type": ["integer", "null"]},
-                                    "error": {"type": ["string", "null"]},
-                                    "startedAt": {"type": "number"},
-                                    "finishedAt": {"type": "number"},
-                                }
-                            ),
-                        },
-                        "notifications": {
-                            "type": "object",
-                            "description": "per idempotency key: attempts, last status",
-                        },
-                    }
-                ),
-                parameters=[
-                    _RULE_ID,
-                    _query("limit", {"type": "integer", "maximum": 10_000}, "rows of each"),
-                ],
-                errors=(400, 401, 404),
-                secured=True,
-            ),
-            "/openapi.json": _get("This document"),
-            "/asyncapi.json": _get(
-                "AsyncAPI 2.6 document of the WebSocket protocol (/v2/realtime)"
-            ),
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition"}},
-                }
-            },
-        },
+        "paths": paths,
     }
+
+
+class OpenApi:
+    """The document of one app, rendered once, when first asked for."""
+
+    def __init__(self, routes: Sequence[BaseRoute], *, require_key_for_reads: bool) -> None:
+        documented_operations(routes)  # a route without an operation fails here, at start
+        self._routes = tuple(routes)
+        self._require_key_for_reads = require_key_for_reads
+
+    @functools.cached_property
+    def document(self) -> dict[str, Any]:
+        return openapi_document(self._routes, require_key_for_reads=self._require_key_for_reads)
+
+    @functools.cached_property
+    def rendered(self) -> bytes:
+        return json.dumps(self.document, separators=(",", ":")).encode()
+
+
+# -- schemas ----------------------------------------------------------------------------------
+
+_Key = tuple[type[BaseModel], JsonSchemaMode]
+
+
+def _parameter_models(operations: Iterable[Operation[Any]]) -> set[type[BaseModel]]:
+    models: set[type[BaseModel]] = set()
+    for operation in operations:
+        models.add(operation.query)
+        if operation.path is not None:
+            models.add(operation.path)
+    return models
+
+
+def _schemas(operations: Iterable[Operation[Any]]) -> tuple[dict[_Key, Any], dict[str, Any]]:
+    """One JSON schema for every model the operations name: requests in validation mode,
+    answers in serialization mode (what a client sends vs what it receives)."""
+    keys: dict[_Key, None] = {(Error, "serialization"): None}  # ordered, unique
+    for operation in operations:
+        keys[(operation.query, "validation")] = None
+        if operation.path is not None:
+            keys[(operation.path, "validation")] = None
+        if operation.body is not None:
+            keys[(operation.body, "validation")] = None
+        if isinstance(operation.ok, type):
+            keys[(operation.ok, "serialization")] = None
+        for _, model in operation.also:
+            keys[(model, "serialization")] = None
+    refs, schemas = models_json_schema(list(keys), ref_template=REF_TEMPLATE)
+    return {
+        (model, mode): ref
+        for (model, mode), ref in refs.items()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+    }, schemas
+
+
+def _ref_name(ref: Mapping[str, Any]) -> str:
+    return str(ref["$ref"]).rsplit("/", 1)[-1]
+
+
+def _json(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _operation(
+    operation: Operation[Any],
+    refs: Mapping[_Key, Any],
+    defs: Mapping[str, Any],
+    *,
+    require_key_for_reads: bool,
+) -> dict[str, Any]:
+    document: dict[str, Any] = {"operationId": operation.operation_id, "summary": operation.summary}
+    if operation.description:
+        document["description"] = operation.description
+    if operation.access == "key" or (operation.access == "read" and require_key_for_reads):
+        document["security"] = _KEY
+    elif operation.access == "read":
+        document["security"] = _KEY_OPTIONAL  # anyone; a key, when sent, must be live
+    parameters = []
+    if operation.path is not None:
+        parameters += _parameters(defs[_ref_name(refs[(operation.path, "validation")])], "path")
+    parameters += _parameters(defs[_ref_name(refs[(operation.query, "validation")])], "query")
+    if parameters:
+        document["parameters"] = parameters
+    if operation.body is not None:
+        document["requestBody"] = {
+            "required": operation.body_required,
+            "content": {"application/json": {"schema": refs[(operation.body, "validation")]}},
+        }
+    ok: dict[str, Any]
+    if isinstance(operation.ok, Text):
+        ok = {
+            "description": "OK",
+            "content": {operation.ok.media_type: {"schema": {"type": "string"}}},
+        }
+    else:
+        ok = _json(refs[(operation.ok, "serialization")], "OK")
+    responses: dict[str, Any] = {"200": ok}
+    for status, model in operation.also:
+        responses[str(status)] = _json(refs[(model, "serialization")], HTTPStatus(status).phrase)
+    error = refs[(Error, "serialization")]
+    for status in sorted({*_ALWAYS, *operation.errors}):
+        responses[str(status)] = _json(error, _WHY.get(status, HTTPStatus(status).phrase))
+    document["responses"] = responses
+    return document
+
+
+def _parameters(
+    model_schema: Mapping[str, Any], location: Literal["path", "query"]
+) -> list[dict[str, Any]]:
+    """A query or path model's properties as OpenAPI parameters. A list is a
+    comma-separated value (``ids=a,b``): ``style: form, explode: false``."""
+    required = set(model_schema.get("required", ()))
+    parameters = []
+    for name, property_schema in model_schema.get("properties", {}).items():
+        schema = _parameter_schema(property_schema)
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": location,
+            "required": location == "path" or name in required,
+        }
+        description = schema.pop("description", None)
+        if description:
+            parameter["description"] = description
+        parameter["schema"] = schema
+        if schema.get("type") == "array":
+            parameter.update(style="form", explode=False)
+        parameters.append(parameter)
+    return parameters
+
+
+def _parameter_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A property's schema as a parameter's: a parameter is absent, never null, so the
+    ``null`` branch of an optional value (and its ``null`` default) goes."""
+    cleaned = {key: value for key, value in schema.items() if key != "title"}
+    branches = cleaned.get("anyOf")
+    if branches is not None:
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        if len(kept) == 1:
+            del cleaned["anyOf"]
+            cleaned = {**kept[0], **cleaned}
+        else:
+            cleaned["anyOf"] = kept
+    if "default" in cleaned and cleaned["default"] is None:
+        del cleaned["default"]
+    return cleaned

@@ -381,6 +381,10 @@ def test_backtest_endpoint(http: httpx.Client, accounts: Accounts) -> None:
         http.post(path, json={"start": T0 + DAY, "end": T0}, headers=alice), 400, "invalid_body"
     )
     assert_error(http.post(path, json={"step": 1}, headers=alice), 400, "invalid_body")
+    # true is not a time (it was read as 1.0), whereas an RFC 3339 date-time may be lower case.
+    assert_error(http.post(path, json={"start": True}, headers=alice), 400, "invalid_body")
+    lower = {"start": window["end"].lower(), "end": window["end"]}
+    assert http.post(path, json=lower, headers=alice).json()["points"] == 1
     # Backtesting does not record anything.
     assert http.get(f"/v2/alerts/{rule['id']}", headers=alice).json()["firing"] == "resolved"
 

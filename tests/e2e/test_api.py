@@ -12,6 +12,9 @@ import httpx
 import pytest
 from starlette.routing import Route
 
+from defi_realtime.domain.protocol import SLUG_PATTERN
+from defi_realtime.domain.token import TOKEN_ID_PATTERN
+from defi_realtime.entrypoints.schemas.ingest import IngestResult
 from tests.e2e.conftest import LiveServer, assert_error, log_head, obs, settle, wait_for
 
 # Every test that uses `server` runs on the embedded adapters and on PostgreSQL + Redis +
@@ -28,6 +31,8 @@ def ingest(
     response = http.post("/v2/ingest", json=body, headers=server.headers)
     assert response.status_code == status, response.text
     result: dict[str, Any] = response.json()
+    if status == 200:  # the answer is exactly what the document's IngestResult says
+        assert IngestResult.model_validate(result).model_dump(mode="json") == result
     return result
 
 
@@ -454,6 +459,10 @@ def test_list_filters(http: httpx.Client, server: LiveServer) -> None:
     assert slugs(combined) == ["uniswap-v3"]
     assert combined.json()["total"] == 1
     assert slugs(http.get("/v2/protocols", params={"chain": "Solana"})) == []
+    # A blank filter is no filter (min_tvl= was a 500: a check on the number met None).
+    everything = slugs(http.get("/v2/protocols"))
+    for blank in ({"min_tvl": ""}, {"chain": ""}, {"category": ""}):
+        assert slugs(http.get("/v2/protocols", params=blank)) == everything, blank
 
 
 def test_list_sort_and_order(http: httpx.Client, server: LiveServer) -> None:
@@ -468,6 +477,8 @@ def test_list_sort_and_order(http: httpx.Client, server: LiveServer) -> None:
     assert_error(http.get("/v2/protocols", params={"order": "up"}), 400, "invalid_parameter")
     assert_error(http.get("/v2/protocols", params={"min_tvl": "nan"}), 400, "invalid_parameter")
     assert_error(http.get("/v2/protocols", params={"min_tvl": "lots"}), 400, "invalid_parameter")
+    for control in ({"chain": "Ethereum\x00"}, {"category": "Dexs\x85"}):
+        assert_error(http.get("/v2/protocols", params=control), 400, "invalid_parameter")
 
 
 def test_list_pagination(http: httpx.Client, server: LiveServer) -> None:
@@ -590,6 +601,12 @@ def test_metrics_time_series(http: httpx.Client, server: LiveServer) -> None:
         {"bucket": "1"},
         {"start": "yesterday"},
         {"as_of": "2025-13-01"},
+        # Not a time (as_of=nan was echoed as NaN, which JSON cannot hold: a 500).
+        {"as_of": "nan"},
+        {"end": "inf"},
+        # PostgreSQL text cannot hold NUL: this was a database error (a 500) there.
+        {"chain": "Ethereum\x00"},
+        {"surplus": "1"},
     ):
         response = http.get("/v2/protocols/aave-v3/metrics", params=params)
         assert_error(response, 400, "invalid_parameter")
@@ -648,6 +665,15 @@ REALTIME_PARAMETERS = {
 }
 
 
+# A well-formed id for each id list (a protocol slug, a token id), and the rule it follows.
+VALID_ID = {"protocolIds": "gmx", "tokens": "coingecko:gmx", "tokenIds": "coingecko:gmx"}
+ID_PATTERNS = {
+    "protocolIds": SLUG_PATTERN,
+    "tokens": TOKEN_ID_PATTERN,
+    "tokenIds": TOKEN_ID_PATTERN,
+}
+
+
 def test_realtime_volumes_and_the_realtime_parameters(
     http: httpx.Client, server: LiveServer
 ) -> None:
@@ -697,7 +723,7 @@ def test_realtime_volumes_and_the_realtime_parameters(
             error = assert_error(http.get(path, params={name: too_many}), 400, "invalid_parameter")
             assert error["message"] == f"{name} holds at most 1000 values", path
         # A bad limit is a 400 with or without ids, on every endpoint.
-        for named_ids in ({}, *({name: "gmx"} for name in ids)):
+        for named_ids in ({}, *({name: VALID_ID[name]} for name in ids)):
             for limit, message in bad_limits:
                 response = http.get(path, params={**named_ids, "limit": limit})
                 error = assert_error(response, 400, "invalid_parameter")
@@ -757,9 +783,19 @@ def test_openapi_documents_the_realtime_parameters(http: httpx.Client) -> None:
         for name in set(names) - {"limit"}:
             schema = documented[name]["schema"]
             assert (schema["type"], documented[name]["explode"]) == ("array", False), name
+            # Each id follows the documented rule (the domain's slug or token-id pattern).
+            pattern = ID_PATTERNS[name]
+            assert schema["items"]["pattern"] == pattern, (path, name)
+            prefix = VALID_ID[name].removesuffix("gmx")
             for count, status in ((schema["maxItems"], 200), (schema["maxItems"] + 1, 400)):
-                ids = ",".join(f"p{i}" for i in range(count))
+                ids = ",".join(f"{prefix}p{i}" for i in range(count))
+                assert all(re.fullmatch(pattern, f"{prefix}p{i}") for i in range(count))
                 assert http.get(path, params={name: ids}).status_code == status, (path, name)
+            # An id that breaks the rule is a 400 naming the parameter.
+            error = assert_error(
+                http.get(path, params={name: "Not An Id"}), 400, "invalid_parameter"
+            )
+            assert error["details"] == {"parameter": name}, error
 
 
 def _samples(text: str) -> dict[str, float]:

@@ -63,3 +63,18 @@ def test_domain_imports_only_stdlib_eventsourcing_domain_and_pydantic() -> None:
                     continue
                 offenders.append(f"{path.name}: {module}")
     assert offenders == []
+
+
+def test_every_package_of_the_source_is_distributed() -> None:
+    """pyproject.toml lists the packages by hand (ADR 0001): a new subpackage that is not
+    listed works in an editable install and is missing from the wheel."""
+    import tomllib
+
+    pyproject = tomllib.loads((SRC.parent / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("defi_realtime", *path.parent.relative_to(SRC).parts))
+        for path in SRC.rglob("__init__.py")
+        if "migrations" not in path.parts
+    }
+    assert found - listed == set()

@@ -1,0 +1,159 @@
+"""``/v2/protocols``: listing, one protocol, and its metric time series.
+
+DeFiLlama's field names where they exist (``tvl``, ``chainTvls``, ``change_1d``...).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
+
+from ...application.views import MAX_PAGE, SortField
+from ...domain.observations import TOTAL, Metric
+from .common import ANSWER, QUERY, CheckedSlug, QueryText, QueryTime, SlugText
+
+__all__ = [
+    "BUCKETS",
+    "MetricSeries",
+    "Protocol",
+    "ProtocolListQuery",
+    "ProtocolPage",
+    "ProtocolPath",
+    "SeriesPoint",
+    "SeriesQuery",
+]
+
+BUCKETS: Final[dict[str, int]] = {
+    "5m": 300,
+    "15m": 900,
+    "1h": 3_600,
+    "4h": 14_400,
+    "1d": 86_400,
+    "1w": 604_800,
+}
+MIN_BUCKET: Final = 60
+MAX_BUCKET: Final = 31_536_000
+MAX_POINTS: Final = 100_000
+MAX_OFFSET: Final = 10_000_000
+
+
+def _blank_is_none(raw: Any) -> Any:
+    return None if raw == "" else raw
+
+
+class ProtocolPath(BaseModel):
+    """``{slug}``: a slug that cannot be listed (it breaks the rule) is not found (404)."""
+
+    model_config = QUERY
+    slug: Annotated[CheckedSlug, Field(description="the protocol's slug")]
+
+
+class ProtocolListQuery(BaseModel):
+    """``GET /v2/protocols``: filter, sort, paginate."""
+
+    model_config = QUERY
+    chain: Annotated[
+        QueryText | None, BeforeValidator(_blank_is_none), Field(description="only protocols on it")
+    ] = None
+    category: Annotated[
+        QueryText | None, BeforeValidator(_blank_is_none), Field(description="exact category")
+    ] = None
+    min_tvl: Annotated[
+        # The constraint on the number itself: pydantic does not carry it into an Optional.
+        Annotated[float, Field(allow_inf_nan=False)] | None,
+        BeforeValidator(_blank_is_none),
+        Field(description="tvl at least this"),
+    ] = None
+    sort: Annotated[SortField, Field(description="sort key (no value sorts last)")] = "tvl"
+    order: Literal["asc", "desc"] = "desc"
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE, description="page size")] = 100
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET, description="page start")] = 0
+
+
+def _named_bucket(raw: Any) -> Any:
+    if raw == "":
+        return None
+    return BUCKETS.get(raw, raw) if isinstance(raw, str) else raw
+
+
+Bucket = Annotated[
+    Annotated[int, Field(ge=MIN_BUCKET, le=MAX_BUCKET)] | None,
+    BeforeValidator(_named_bucket),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"enum": list(BUCKETS)},
+                {"type": "integer", "minimum": MIN_BUCKET, "maximum": MAX_BUCKET},
+            ],
+            "description": "bucket width: 5m, 15m, 1h, 4h, 1d, 1w or seconds; each bucket "
+            "reports its last observation, stamped with the bucket's start",
+        },
+        mode="validation",
+    ),
+]
+
+
+class SeriesQuery(BaseModel):
+    """``GET /v2/protocols/{slug}/metrics``: which series, which part of it."""
+
+    model_config = QUERY
+    metric: Metric = "tvl"
+    chain: Annotated[QueryText, Field(description="'total' or a chain name")] = TOTAL
+    start: QueryTime = None
+    end: QueryTime = None
+    bucket: Bucket = None
+    as_of: Annotated[QueryTime, Field(description="only observations at or before this time")] = (
+        None
+    )
+    limit: Annotated[
+        int, Field(ge=1, le=MAX_POINTS, description="the most recent points at most")
+    ] = 10_000
+
+
+class Protocol(BaseModel):
+    """A protocol's listing and current values."""
+
+    model_config = ANSWER
+    slug: SlugText
+    name: str
+    category: str
+    chains: list[str]
+    url: str
+    tvl: float | None
+    chainTvls: dict[str, float] = Field(validation_alias="chain_tvls")
+    change_1h: float | None = Field(description="percent change of the tvl over 1 hour")
+    change_1d: float | None = Field(description="percent change of the tvl over 1 day")
+    change_7d: float | None = Field(description="percent change of the tvl over 7 days")
+    volume_24h: float | None
+    fees_24h: float | None
+    updated_at: float | None = Field(description="unix time of the latest observation")
+    position: int = Field(description="log position of the latest change")
+
+
+class ProtocolPage(BaseModel):
+    """One page of the listing."""
+
+    model_config = ANSWER
+    protocols: list[Protocol]
+    total: int = Field(description="protocols matching the filter, on all pages")
+    limit: int
+    offset: int
+
+
+class SeriesPoint(BaseModel):
+    model_config = ANSWER
+    timestamp: float
+    value: float
+
+
+class MetricSeries(BaseModel):
+    """A metric's time series (raw or bucketed), oldest first."""
+
+    model_config = ANSWER
+    slug: SlugText
+    metric: Metric
+    chain: str
+    bucket: int | None = Field(description="bucket width in seconds; null for raw points")
+    as_of: float | None
+    points: list[SeriesPoint]
