@@ -326,7 +326,9 @@ async def realtime_tvl(request: Request, query: RealtimeProtocolsQuery) -> Respo
                 TvlEntry(
                     id=view.slug,
                     value=view.tvl,
-                    timestamp=view.updated_at,
+                    # The tvl's own data time: a volume or a chain observed later must not
+                    # make an old total look fresh.
+                    timestamp=view.tvl_at,
                     change24h=view.change_1d,
                     change1h=view.change_1h,
                     position=view.position,
@@ -358,6 +360,8 @@ async def realtime_volumes(request: Request, query: RealtimeProtocolsQuery) -> R
                     id=view.slug,
                     volume_24h=view.volume_24h,
                     fees_24h=view.fees_24h,
+                    volume_24h_at=view.volume_24h_at,
+                    fees_24h_at=view.fees_24h_at,
                     position=view.position,
                 )
                 for view in views

@@ -655,6 +655,29 @@ def test_realtime_tvl_and_prices(http: httpx.Client, server: LiveServer) -> None
     assert [price["token"] for price in one["data"]] == ["coingecko:bitcoin"]
 
 
+def test_each_metric_keeps_its_own_data_time(http: httpx.Client, server: LiveServer) -> None:
+    # A volume and a chain observed later must not make an older total TVL look fresh.
+    ingest(http, server, {"observations": [listed("dated", 100.0)]})
+    later = {
+        "observations": [
+            obs("dated", 7.0, T0 + 3_600, metric="volume_24h"),
+            obs("dated", 60.0, T0 + 7_200, chain="Ethereum"),
+        ]
+    }
+    ingest(http, server, later)
+    settle(http)
+    [tvl] = http.get("/v2/realtime/tvl", params={"protocolIds": "dated"}).json()["data"]
+    assert tvl["timestamp"] == T0
+    [volume] = http.get("/v2/realtime/volumes", params={"protocolIds": "dated"}).json()["data"]
+    assert (volume["volume_24h_at"], volume["fees_24h_at"]) == (T0 + 3_600, None)
+    view = http.get("/v2/protocols/dated").json()
+    assert (view["tvl_at"], view["volume_24h_at"], view["updated_at"]) == (
+        T0,
+        T0 + 3_600,
+        T0 + 7_200,
+    )
+
+
 # The query parameters each realtime endpoint reads: the test below checks that each one is
 # read (a bad value is a 400 naming it), test_openapi_documents_the_realtime_parameters that
 # each one, and nothing else, is documented.

@@ -128,6 +128,11 @@ class Protocol(BaseModel):
     volume_24h: float | None
     fees_24h: float | None
     updated_at: float | None = Field(description="unix time of the latest observation")
+    tvl_at: float | None = Field(description="unix time the current tvl was observed at")
+    volume_24h_at: float | None = Field(
+        description="unix time the current volume_24h was observed at"
+    )
+    fees_24h_at: float | None = Field(description="unix time the current fees_24h was observed at")
     position: int = Field(description="log position of the latest change")
 
 

@@ -76,7 +76,7 @@ class TvlEntry(BaseModel):
     model_config = ANSWER
     id: SlugText
     value: float | None
-    timestamp: float | None
+    timestamp: float | None = Field(description="unix time the tvl was observed at")
     change24h: float | None = Field(description="percent")
     change1h: float | None = Field(description="percent")
     position: int
@@ -94,6 +94,8 @@ class VolumeEntry(BaseModel):
     id: SlugText
     volume_24h: float | None
     fees_24h: float | None
+    volume_24h_at: float | None = Field(description="unix time the volume was observed at")
+    fees_24h_at: float | None = Field(description="unix time the fees were observed at")
     position: int
 
 
