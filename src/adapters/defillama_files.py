@@ -41,9 +41,10 @@ Decisions:
   the caller counts it as rejected. Value *ranges* (negative, NaN, out-of-range times) are left
   to the ingest validation, which gives every entry point the same reasons.
 * Slugs: a payload's own ``slug`` when present, else ``domain.protocol.slugify(name)``
-  (lower-case, whitespace runs -> ``-``). The tvl-history file's ``protocol`` is slugified the
-  same way (it holds file names such as ``Hedge``). Two names that slugify alike are both
-  emitted: resolving the collision is the caller's business.
+  (lower-case, apostrophes dropped, other characters outside ``[a-z0-9.-]`` -> ``-``). The
+  tvl-history file's ``protocol`` is slugified the same way (it holds file names such as
+  ``Hedge``). A name with no letter or digit gives no slug: the row is invalid. Two names that
+  slugify alike are both emitted: resolving the collision is the caller's business.
 * Timestamps: ISO-8601 strings become unix seconds (a naive time is UTC); DeFiLlama ``date``
   integers are already unix seconds. Only ``observations-jsonl`` keeps ``observed_at`` as
   written (the ingest body accepts both forms).
@@ -287,15 +288,26 @@ def _is_extra_section(key: str) -> bool:
     return bool(dash) and suffix in EXTRA_TVL_SECTIONS
 
 
-def _slug_of(record: dict[str, Any]) -> str | None:
-    """The payload's slug, else the slug of its name (None when there is neither)."""
+class _NoSlug(ValueError):
+    """A record from which no slug can be had; the message says why."""
+
+
+def _slug_of(record: dict[str, Any]) -> str:
+    """The payload's slug, else the slug of its name (raises ``_NoSlug``)."""
     slug = record.get("slug")
     if isinstance(slug, str) and slug.strip():
         return slug.strip()
     name = record.get("name")
-    if isinstance(name, str) and name.strip():
-        return slugify(name)
-    return None
+    if not isinstance(name, str) or not name.strip():
+        raise _NoSlug("no name or slug")
+    return _slug_of_name(name)
+
+
+def _slug_of_name(name: str) -> str:
+    slug = slugify(name)
+    if not slug:
+        raise _NoSlug(f"name {name!r} has no letter or digit to make a slug of")
+    return slug
 
 
 def _details(record: dict[str, Any]) -> dict[str, Any]:
@@ -343,9 +355,10 @@ def _observation(
 
 
 def _snapshot_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
-    slug = _slug_of(record)
-    if slug is None:
-        return _invalid(line, "row has no name")
+    try:
+        slug = _slug_of(record)
+    except _NoSlug as error:
+        return _invalid(line, f"row has {error}")
     try:
         observed_at = _to_unix(record.get("captured_at"))
     except ValueError as error:
@@ -364,12 +377,15 @@ def _snapshot_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
 def _history_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
     protocol = record.get("protocol")
     name = record.get("name")
-    if isinstance(protocol, str) and protocol.strip():
-        slug = slugify(protocol)
-    elif isinstance(name, str) and name.strip():
-        slug = slugify(name)
-    else:
-        return _invalid(line, "row has neither protocol nor name")
+    try:
+        if isinstance(protocol, str) and protocol.strip():
+            slug = _slug_of_name(protocol)
+        elif isinstance(name, str) and name.strip():
+            slug = _slug_of_name(name)
+        else:
+            return _invalid(line, "row has neither protocol nor name")
+    except _NoSlug as error:
+        return _invalid(line, f"row has {error}")
     try:
         observed_at = _to_unix(record.get("date"))
     except ValueError as error:
@@ -450,9 +466,10 @@ def _read_protocols(document: Any, observed_at: float, source: str) -> Iterator[
         if not isinstance(record, dict):
             yield _invalid(line, f"[{line - 1}]: expected an object")
             continue
-        slug = _slug_of(record)
-        if slug is None:
-            yield _invalid(line, f"[{line - 1}]: protocol has no name or slug")
+        try:
+            slug = _slug_of(record)
+        except _NoSlug as error:
+            yield _invalid(line, f"[{line - 1}]: protocol has {error}")
             continue
         details = _details(record)
         tvl = record.get("tvl")
@@ -512,9 +529,10 @@ def _read_protocol(document: Any, source: str) -> Iterator[ReadItem]:
     if not isinstance(document, dict):
         yield _invalid(1, "expected a JSON object (DeFiLlama /protocol/{slug})")
         return
-    slug = _slug_of(document)
-    if slug is None:
-        yield _invalid(1, "protocol has no name or slug")
+    try:
+        slug = _slug_of(document)
+    except _NoSlug as error:
+        yield _invalid(1, f"protocol has {error}")
         return
     details = _details(document)
     if "tvl" in document:

@@ -166,6 +166,7 @@ class DefiRealtime(Application[UUID]):
                         metric.index,
                         f"unknown protocol {metric.protocol!r}: include 'name' (and category, "
                         "chains, url) to list it",
+                        "protocol",
                     )
                 )
         if result.rejected and not batch.partial:

@@ -14,8 +14,11 @@ from typing import Any, Final
 from ..domain.errors import DomainError
 from ..domain.observations import (
     TOTAL,
+    check_chain,
+    check_chains,
     check_label,
     check_metric,
+    check_text,
     check_timestamp,
     check_value,
 )
@@ -41,8 +44,20 @@ LISTING_FIELDS: Final = frozenset({"protocol", "name", "category", "chains", "ur
 MAX_ITEMS_PER_BATCH: Final = 50_000
 
 
+MAX_TEXT_LENGTH: Final = 2_000
+
+
 class InvalidItem(ValueError):
-    """One ingest item cannot be accepted; the message says why."""
+    """One ingest item cannot be accepted; the message says why, ``field`` names the field
+    it is about (None when it is about the item as a whole)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    @classmethod
+    def of(cls, error: DomainError) -> InvalidItem:
+        return cls(str(error), field=error.field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +99,16 @@ class RecordPrice:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    """Why one item of a batch was refused: its list (``kind``), ``index`` in that list, the
+    ``field`` at fault (None: the item as a whole) and a ``reason`` for people."""
+
     kind: str  # "observation" | "price" | "listing"
     index: int
     reason: str
+    field: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "index": self.index, "reason": self.reason}
+        return {"kind": self.kind, "index": self.index, "field": self.field, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +153,16 @@ def parse_timestamp(raw: Any) -> float:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidItem(f"observed_at {raw!r} is neither unix seconds nor ISO-8601") from None
+            raise InvalidItem(
+                f"observed_at {raw!r} is neither unix seconds nor ISO-8601", field="observed_at"
+            ) from None
         if moment.tzinfo is None:
             return check_timestamp(moment.replace(tzinfo=UTC).timestamp())
         return check_timestamp(moment.timestamp())
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidItem("observed_at must be unix seconds or an ISO-8601 string")
+        raise InvalidItem(
+            "observed_at must be unix seconds or an ISO-8601 string", field="observed_at"
+        )
     return check_timestamp(raw)
 
 
@@ -148,7 +171,7 @@ def _require_mapping(raw: Any, allowed: frozenset[str]) -> Mapping[str, Any]:
         raise InvalidItem("item must be an object")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise InvalidItem(f"unknown field(s): {', '.join(map(repr, unknown))}")
+        raise InvalidItem(f"unknown field(s): {', '.join(map(repr, unknown))}", field=unknown[0])
     return raw
 
 
@@ -157,18 +180,16 @@ def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidItem(f"{key} must be a string")
-    if len(value) > 2_000:
-        raise InvalidItem(f"{key} is too long")
-    return value
+        raise InvalidItem(f"{key} must be a string", field=key)
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidItem(f"{key} is too long", field=key)
+    return check_text(value, field=key)
 
 
 def _listing(raw: Mapping[str, Any], slug: str) -> Listing | None:
     chains = raw.get("chains")
-    if chains is not None and (
-        not isinstance(chains, list) or not all(isinstance(chain, str) for chain in chains)
-    ):
-        raise InvalidItem("chains must be a list of strings")
+    if chains is not None and not isinstance(chains, list):
+        raise InvalidItem("chains must be a list of strings", field="chains")
     name = _optional_str(raw, "name")
     if name is not None:
         check_label(name, what="name")
@@ -176,7 +197,7 @@ def _listing(raw: Mapping[str, Any], slug: str) -> Listing | None:
         protocol=slug,
         name=name,
         category=_optional_str(raw, "category"),
-        chains=None if chains is None else tuple(check_label(c, what="chain") for c in chains),
+        chains=None if chains is None else tuple(check_chains(chains)),
         url=_optional_str(raw, "url"),
     )
     if listing == Listing(protocol=slug):
@@ -189,17 +210,17 @@ def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
     item = _require_mapping(raw, OBSERVATION_FIELDS)
     try:
         if "protocol" not in item:
-            raise InvalidItem("protocol is required")
+            raise InvalidItem("protocol is required", field="protocol")
         slug = check_slug(item["protocol"])
         if "value" not in item:
-            raise InvalidItem("value is required")
+            raise InvalidItem("value is required", field="value")
         if "observed_at" not in item:
-            raise InvalidItem("observed_at is required")
+            raise InvalidItem("observed_at is required", field="observed_at")
         chain = item.get("chain", TOTAL)
         return RecordMetric(
             protocol=slug,
             metric=check_metric(item.get("metric", "tvl")),
-            chain=check_label(chain, what="chain") if isinstance(chain, str) else _bad("chain"),
+            chain=check_chain(chain) if isinstance(chain, str) else _bad("chain"),
             value=check_value(item["value"]),
             observed_at=parse_timestamp(item["observed_at"]),
             source=_optional_str(item, "source") or "",
@@ -207,35 +228,37 @@ def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
             index=index,
         )
     except DomainError as error:
-        raise InvalidItem(str(error)) from None
+        raise InvalidItem.of(error) from None
 
 
 def parse_listing(raw: Any) -> Listing:
+    """Validate one listing item (a protocol's details without an observation)."""
     item = _require_mapping(raw, LISTING_FIELDS)
     try:
         slug = check_slug(item.get("protocol"))  # type: ignore[arg-type]
         listing = _listing(item, slug)
     except DomainError as error:
-        raise InvalidItem(str(error)) from None
+        raise InvalidItem.of(error) from None
     if listing is None or listing.name is None:
-        raise InvalidItem("a listing needs at least a name")
+        raise InvalidItem("a listing needs at least a name", field="name")
     return listing
 
 
 def parse_price(raw: Any, index: int = 0) -> RecordPrice:
+    """Validate one price item (raises ``InvalidItem`` with a clear reason)."""
     item = _require_mapping(raw, PRICE_FIELDS)
     try:
         if "token" not in item:
-            raise InvalidItem("token is required")
+            raise InvalidItem("token is required", field="token")
         if "price" not in item:
-            raise InvalidItem("price is required")
+            raise InvalidItem("price is required", field="price")
         if "observed_at" not in item:
-            raise InvalidItem("observed_at is required")
+            raise InvalidItem("observed_at is required", field="observed_at")
         confidence = item.get("confidence")
         if confidence is not None:
             confidence = check_value(confidence, what="confidence")
             if confidence > 1:
-                raise InvalidItem("confidence must be between 0 and 1")
+                raise InvalidItem("confidence must be between 0 and 1", field="confidence")
         return RecordPrice(
             token=check_token_id(item["token"]),
             price=check_value(item["price"], what="price"),
@@ -245,11 +268,11 @@ def parse_price(raw: Any, index: int = 0) -> RecordPrice:
             index=index,
         )
     except DomainError as error:
-        raise InvalidItem(str(error)) from None
+        raise InvalidItem.of(error) from None
 
 
 def _bad(what: str) -> str:
-    raise InvalidItem(f"{what} must be a string")
+    raise InvalidItem(f"{what} must be a string", field=what)
 
 
 def build_batch(
@@ -270,17 +293,17 @@ def build_batch(
         try:
             metrics.append(parse_observation(raw, index))
         except InvalidItem as error:
-            rejected.append(Rejection("observation", index, str(error)))
+            rejected.append(Rejection("observation", index, str(error), error.field))
     for index, raw in enumerate(prices):
         try:
             records.append(parse_price(raw, index))
         except InvalidItem as error:
-            rejected.append(Rejection("price", index, str(error)))
+            rejected.append(Rejection("price", index, str(error), error.field))
     for index, raw in enumerate(listings):
         try:
             listed.append(parse_listing(raw))
         except InvalidItem as error:
-            rejected.append(Rejection("listing", index, str(error)))
+            rejected.append(Rejection("listing", index, str(error), error.field))
     return IngestBatch(
         metrics=tuple(metrics),
         prices=tuple(records),

@@ -7,8 +7,8 @@ from typing import Any, Final, Literal, get_args
 
 from eventsourcing.domain import Aggregate, event
 
-from .errors import DomainError, InvalidTransition
-from .observations import METRICS, TOTAL, check_label
+from .errors import DomainError, InvalidObservation, InvalidTransition
+from .observations import MAX_NAME_LENGTH, METRICS, TOTAL, check_chain, check_label, check_text
 from .protocol import check_slug
 from .token import check_token_id
 
@@ -24,24 +24,41 @@ class InvalidRule(DomainError):
     """An alert rule's target, condition, channels or cooldown is not acceptable."""
 
 
+def check_rule_name(name: str) -> str:
+    """A rule's display name: a string (it may be empty) of at most ``MAX_NAME_LENGTH``
+    characters with no control character (see ``check_text``)."""
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH:
+        raise InvalidRule(
+            f"name must be a string of at most {MAX_NAME_LENGTH} characters", field="name"
+        )
+    try:
+        return check_text(name, field="name")
+    except InvalidObservation as error:
+        raise InvalidRule(str(error), field="name") from None
+
+
 def check_target(target: dict[str, Any]) -> dict[str, Any]:
     """Normalise a target: ``{protocol, metric, chain}`` or ``{token, metric: price}``."""
     if not isinstance(target, dict):
-        raise InvalidRule("target must be an object")
-    if "protocol" in target and "token" not in target:
-        metric = target.get("metric", "tvl")
-        if not isinstance(metric, str) or metric not in METRICS:
-            raise InvalidRule(f"target.metric must be one of {sorted(METRICS)}")
-        chain = target.get("chain") or TOTAL
-        return {
-            "protocol": check_slug(target["protocol"]),
-            "metric": metric,
-            "chain": check_label(chain, what="target.chain"),
-        }
-    if "token" in target and "protocol" not in target:
-        if target.get("metric", "price") != "price":
-            raise InvalidRule("a token target's metric is 'price'")
-        return {"token": check_token_id(target["token"]), "metric": "price"}
+        raise InvalidRule("target must be an object", field="target")
+    try:
+        if "protocol" in target and "token" not in target:
+            metric = target.get("metric", "tvl")
+            if not isinstance(metric, str) or metric not in METRICS:
+                raise InvalidRule(f"target.metric must be one of {sorted(METRICS)}")
+            chain = target.get("chain") or TOTAL
+            return {
+                "protocol": check_slug(target["protocol"]),
+                "metric": metric,
+                "chain": check_chain(chain, what="target.chain"),
+            }
+        if "token" in target and "protocol" not in target:
+            if target.get("metric", "price") != "price":
+                raise InvalidRule("a token target's metric is 'price'")
+            return {"token": check_token_id(target["token"]), "metric": "price"}
+    except InvalidObservation as error:
+        # A malformed slug, chain or token id is a bad rule (a 400), like any other target.
+        raise InvalidRule(f"target: {error}", field="target") from None
     raise InvalidRule("target needs exactly one of 'protocol' or 'token'")
 
 
@@ -91,6 +108,13 @@ def check_channels(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise InvalidRule(f"channels[{index}].url must be an http(s) URL")
         if kind == "email" and "@" not in str(channel.get("address", "")):
             raise InvalidRule(f"channels[{index}].address must be an email address")
+        for key in ("url", "address", "secret"):
+            value = channel.get(key)
+            if isinstance(value, str):
+                try:
+                    check_text(value, field=f"channels[{index}].{key}")
+                except InvalidObservation as error:
+                    raise InvalidRule(str(error), field="channels") from None
         checked.append(dict(channel))
     return checked
 
@@ -202,7 +226,7 @@ class AlertRule(Aggregate):
     ) -> AlertRule:
         return cls(
             owner=check_label(owner, what="owner"),
-            name=name or "",
+            name=check_rule_name(name or ""),
             target=check_target(target),
             condition=check_condition(condition),
             channels=check_channels(channels),
@@ -225,7 +249,7 @@ class AlertRule(Aggregate):
             condition=check_condition(condition) if condition is not None else self.condition,
             channels=check_channels(channels) if channels is not None else self.channels,
             cooldown=check_cooldown(cooldown) if cooldown is not None else self.cooldown,
-            name=name if name is not None else self.name,
+            name=check_rule_name(name) if name is not None else self.name,
         )
 
     @event("Updated")

@@ -4,36 +4,54 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import Any, Final
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from .errors import InvalidObservation
-from .observations import TOTAL, check_label, check_metric, check_timestamp, check_value
+from .observations import (
+    TOTAL,
+    check_chain,
+    check_chains,
+    check_label,
+    check_metric,
+    check_text,
+    check_timestamp,
+    check_value,
+)
 
-_SLUG = re.compile(r"^[a-z0-9][^\s/?#%A-Z]{0,199}$")
+# DeFiLlama's slug alphabet (``aave-v3``, ``ether.fi-stake``): lower-case ASCII letters,
+# digits, '-' and '.', starting with a letter or digit, no '..', at most 200 characters. So a
+# slug is safe in a URL path, a log line and a Redis key, and two protocols cannot look alike.
+# An ECMA-262 pattern as well, for the OpenAPI document.
+SLUG_PATTERN: Final = r"^(?!.*\.\.)[a-z0-9][a-z0-9.-]{0,199}$"
+_SLUG: Final = re.compile(SLUG_PATTERN)
+# What slugify turns into one '-': any run of characters outside the alphabet (a '-' too).
+_NOT_IN_SLUG: Final = re.compile(r"[^a-z0-9.]+")
+_DOTS: Final = re.compile(r"\.{2,}")
 PROTOCOL_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/protocol/")
 
 
 def check_slug(slug: str) -> str:
-    """A slug is lower-case, starts with a letter or digit, has no whitespace or URL syntax."""
+    """Return ``slug`` if it matches ``SLUG_PATTERN``."""
     if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
         raise InvalidObservation(
-            f"invalid protocol slug {slug!r}: lower-case letters, digits and '-' (max 200)"
+            f"invalid protocol slug {slug!r}: lower-case letters, digits, '-' and '.', "
+            "starting with a letter or digit, no '..' (max 200)",
+            field="protocol",
         )
     return slug
 
 
 def slugify(name: str) -> str:
-    """DeFiLlama's slug rule for a protocol name: lower-case, spaces become '-'."""
-    return "-".join(name.strip().lower().split())
-
-
-def _check_chains(chains: list[str]) -> list[str]:
-    if not isinstance(chains, list):
-        raise InvalidObservation("chains must be a list of chain names")
-    return [check_label(chain, what="chain") for chain in chains]
+    """The slug DeFiLlama would give a protocol ``name``: lower-case, apostrophes dropped
+    (``JPEG'd`` -> ``jpegd``), every other run of characters outside the slug alphabet
+    (spaces, brackets, '+', '!') becomes one '-', runs of '.' one '.', and '-'/'.' are
+    stripped from both ends. The result matches ``SLUG_PATTERN`` unless it is empty (a name
+    with no letter or digit) or the name is longer than 200 characters."""
+    dashed = _NOT_IN_SLUG.sub("-", name.lower().replace("'", ""))
+    return _DOTS.sub(".", dashed).strip("-.")
 
 
 class Protocol(Aggregate):
@@ -81,9 +99,9 @@ class Protocol(Aggregate):
         return cls(
             slug=slug,
             name=name,
-            category=category or "",
-            chains=_check_chains(chains or []),
-            url=url or "",
+            category=check_text(category or "", field="category"),
+            chains=check_chains(chains or []),
+            url=check_text(url or "", field="url"),
         )
 
     def update_details(
@@ -95,9 +113,11 @@ class Protocol(Aggregate):
     ) -> bool:
         """Change listing details; returns False (and records nothing) if nothing changes."""
         new_name = check_label(name, what="name") if name is not None else self.name
-        new_category = category if category is not None else self.category
-        new_chains = _check_chains(chains) if chains is not None else self.chains
-        new_url = url if url is not None else self.url
+        new_category = (
+            check_text(category, field="category") if category is not None else self.category
+        )
+        new_chains = check_chains(chains) if chains is not None else self.chains
+        new_url = check_text(url, field="url") if url is not None else self.url
         if (new_name, new_category, new_chains, new_url) == (
             self.name,
             self.category,
@@ -129,9 +149,10 @@ class Protocol(Aggregate):
     ) -> bool:
         """Record one observation; returns False if it is an identical repeat (a no-op)."""
         check_metric(metric)
-        check_label(chain, what="chain")
+        check_chain(chain)
         number = check_value(value)
         stamp = check_timestamp(observed_at)
+        check_text(source or "", field="source")
         if self.history.get((metric, chain, stamp)) == number:
             return False
         self.trigger_event(

@@ -30,6 +30,7 @@ from ..domain.alert_rule import (
     check_channels,
     check_condition,
     check_cooldown,
+    check_rule_name,
     check_target,
 )
 from ..domain.api_key import ApiKey
@@ -76,7 +77,8 @@ def _name(body: dict[str, Any]) -> str:
     name = body.get("name", "")
     if not isinstance(name, str) or len(name) > MAX_NAME:
         raise _invalid("name", f"name must be a string of at most {MAX_NAME} characters")
-    return name.strip()
+    checked: str = _checked("name", check_rule_name, name.strip())
+    return checked
 
 
 def _channels(raw: Any) -> list[dict[str, Any]]:

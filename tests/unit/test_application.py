@@ -154,6 +154,14 @@ def test_ingest_counts_accepted_duplicates_and_rejected_with_reasons(app: DefiRe
         ("observation", 4),
     ]
     reasons = {(r.kind, r.index): r.reason for r in result.rejected}
+    fields = {(r.kind, r.index): r.field for r in result.rejected}
+    assert fields == {
+        ("observation", 2): "value",
+        ("observation", 3): "colour",
+        ("observation", 6): "value",
+        ("price", 1): "observed_at",
+        ("observation", 4): "protocol",
+    }
     assert reasons[("observation", 2)] == "value must be finite, got nan"
     assert reasons[("observation", 3)] == "unknown field(s): 'colour'"
     assert reasons[("observation", 6)] == "value must be non-negative, got -3"
@@ -171,6 +179,7 @@ def test_ingest_counts_accepted_duplicates_and_rejected_with_reasons(app: DefiRe
     assert result.to_json()["errors"][0] == {
         "kind": "observation",
         "index": 2,
+        "field": "value",
         "reason": "value must be finite, got nan",
     }
 
@@ -240,6 +249,7 @@ def test_unknown_protocol_without_name_is_rejected(app: DefiRealtime) -> None:
             "observation",
             0,
             "unknown protocol 'ghost': include 'name' (and category, chains, url) to list it",
+            "protocol",
         )
     ]
     assert head(app) == 0
@@ -799,6 +809,63 @@ def test_parse_observation_rejects(raw: Any, reason: str) -> None:
     with pytest.raises(InvalidItem) as caught:
         parse_observation(raw)
     assert str(caught.value).startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "reason"),
+    [
+        (obs(protocol="aave\x00"), "protocol", "invalid protocol slug"),
+        (obs(protocol="aave\u202e"), "protocol", "invalid protocol slug"),
+        (obs(chain="Base\x00"), "chain", "chain contains an invisible or control character"),
+        (obs(chain="Ba\u200bse"), "chain", "chain contains an invisible or control character"),
+        (obs(source="llama\x00"), "source", "source contains a control character (U+0000 at 5)"),
+        (named(name="x\x00y"), "name", "name contains a control character (U+0000 at 1)"),
+        (named(name="x\x85y"), "name", "name contains a control character (U+0085 at 1)"),
+        (named(category="Lend\x1bing"), "category", "category contains a control character"),
+        (named(url="https://x/\x7f"), "url", "url contains a control character (U+007F"),
+        (named(chains=["Ethereum", "Ba\x00se"]), "chains", "chains[1] contains an invisible"),
+        (named(chains=["Ethereum", "Ba\u2066se"]), "chains", "chains[1] contains an invisible"),
+        (named(chains=["Ethereum"] * 200_000), "chains", "chains lists 200000 chains; at most 500"),
+        (named(chains=[""]), "chains", "chains[0] must be a non-empty string"),
+        (obs(colour="red"), "colour", "unknown field(s): 'colour'"),
+        ({"protocol": "aave", "observed_at": T0}, "value", "value is required"),
+        ("aave", None, "item must be an object"),
+    ],
+)
+def test_rejections_name_the_field(raw: Any, field: str | None, reason: str) -> None:
+    with pytest.raises(InvalidItem) as caught:
+        parse_observation(raw)
+    assert (caught.value.field, str(caught.value)[: len(reason)]) == (field, reason)
+    [rejection] = build_batch([raw]).rejected
+    assert rejection.to_json() == {
+        "kind": "observation",
+        "index": 0,
+        "field": field,
+        "reason": str(caught.value),
+    }
+
+
+def test_text_fields_accept_unicode_and_identifiers_plain_text() -> None:
+    parsed = parse_observation(
+        named(name="Ξ Café 🚀 (v2)", category="Dexs", chains=["OP Mainnet", "ZKsync Era"])
+    )
+    assert parsed.listing is not None
+    assert parsed.listing.name == "Ξ Café 🚀 (v2)"
+    assert parsed.listing.chains == ("OP Mainnet", "ZKsync Era")
+
+
+def test_prices_and_listings_refuse_control_characters() -> None:
+    price = {"token": "coingecko:eth", "price": 1, "observed_at": T0}
+    batch = build_batch(
+        prices=[{**price, "token": "coingecko:eth\x00"}, {**price, "source": "s\x00"}],
+        listings=[{"protocol": "lido", "name": "Li\x00do"}],
+        partial=True,
+    )
+    assert [(r.kind, r.index, r.field) for r in batch.rejected] == [
+        ("price", 0, "token"),
+        ("price", 1, "source"),
+        ("listing", 0, "name"),
+    ]
 
 
 @pytest.mark.parametrize(

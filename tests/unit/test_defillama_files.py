@@ -6,6 +6,7 @@ import collections
 import gzip
 import json
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from defi_realtime.adapters.defillama_files import (
     estimate_items,
     read_items,
 )
+from defi_realtime.domain.protocol import check_slug
 
 REAL_SNAPSHOTS = (
     Path(__file__).resolve().parents[3]
@@ -293,6 +295,30 @@ def test_malformed_lines_are_reported_with_line_numbers(tmp_path: Path) -> None:
     assert "name" in errors[4]
     assert "tvl" in errors[5]
     assert all(i.item is None for i in read if i.kind == "invalid")
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("GenesisLRT (Native Restaking)", "genesislrt-native-restaking"),
+        ("Lorenzo sUSD1+", "lorenzo-susd1"),
+        ("JPEG'd", "jpegd"),
+        ("Yay!", "yay"),
+        ("ether.fi Stake", "ether.fi-stake"),
+    ],
+)
+def test_slugs_of_names_keep_to_the_slug_alphabet(tmp_path: Path, name: str, slug: str) -> None:
+    path = write_jsonl(tmp_path / "s.jsonl", [snapshot_row(name, 1.0)])
+    [read] = items(path)
+    assert read.item is not None
+    assert (read.item["protocol"], read.item["name"]) == (slug, name)
+
+
+def test_a_name_without_letters_or_digits_is_an_invalid_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "s.jsonl", [snapshot_row("(+)", 1.0), snapshot_row("B", 1.0)])
+    read = items(path)
+    assert [(i.kind, i.line) for i in read] == [("invalid", 1), ("observation", 2)]
+    assert read[0].error == "row has name '(+)' has no letter or digit to make a slug of"
 
 
 def test_names_that_slugify_alike_are_both_emitted(tmp_path: Path) -> None:
@@ -570,6 +596,9 @@ def test_real_protocol_snapshots() -> None:
         else:
             assert capture is not None
             listings_per_capture[capture] += 1
+        # Every slug derived from the real names is in DeFiLlama's alphabet.
+        assert check_slug(read.item["protocol"])
+        assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*", read.item["protocol"]), read.item
     assert sum(kinds.values()) == 59_910
     assert kinds["invalid"] == 0
     assert len(listings_per_capture) == 9  # 9 distinct observed_at values

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
 from eventsourcing.domain import Aggregate
 
-from defi_realtime.domain.alert_rule import MAX_COOLDOWN, AlertRule, InvalidRule
+from defi_realtime.domain.alert_rule import MAX_COOLDOWN, AlertRule, InvalidRule, check_target
 from defi_realtime.domain.api_key import TIER_LIMITS, ApiKey, InvalidTier, TierLimits, hash_key
 from defi_realtime.domain.errors import DomainError, InvalidObservation, InvalidTransition
-from defi_realtime.domain.protocol import Protocol, check_slug, slugify
+from defi_realtime.domain.observations import MAX_CHAINS, check_chains, check_text
+from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, slugify
 from defi_realtime.domain.subscription import InvalidSubscription, Subscription
 from defi_realtime.domain.token import Token, check_token_id
 
@@ -91,11 +93,12 @@ def test_protocol_create_defaults() -> None:
 
 @pytest.mark.parametrize(
     "slug",
-    ["a", "aave-v3", "0x-protocol", "curve.fi", "uniswap_v2", "a" * 200],
+    ["a", "7", "aave-v3", "0x-protocol", "curve.fi", "ether.fi-stake", "a-", "a.b.c", "a" * 200],
 )
 def test_valid_slugs(slug: str) -> None:
     assert check_slug(slug) == slug
     assert Protocol.create(slug, "Name").slug == slug
+    assert re.fullmatch(SLUG_PATTERN, slug)
 
 
 @pytest.mark.parametrize(
@@ -117,17 +120,130 @@ def test_valid_slugs(slug: str) -> None:
         5,
         None,
         ["aave"],
+        # Outside DeFiLlama's alphabet: look-alikes, terminal escapes, log injection.
+        "uniswap_v2",
+        "aave\x07",
+        "aave\x1b[31m",
+        "aave\x00",
+        "aave\u202ev3",
+        "aa\u200bve",
+        "aave\ufeff",
+        "aave\U0001f680",
+        "\u0430ave",  # Cyrillic a
+        "a..b",
+        "aave..",
+        "aave'",
+        'aave"',
+        "aave+",
+        "aave(v3)",
+        "aave\\",
     ],
 )
 def test_invalid_slugs_are_refused(slug: Any) -> None:
-    with pytest.raises(InvalidObservation, match="invalid protocol slug"):
+    with pytest.raises(InvalidObservation, match="invalid protocol slug") as caught:
         check_slug(slug)
+    assert caught.value.field == "protocol"
     with pytest.raises(InvalidObservation):
         Protocol.create(slug, "Name")
+    if isinstance(slug, str):
+        assert not re.fullmatch(SLUG_PATTERN, slug)
 
 
-def test_slugify_follows_defillama() -> None:
-    assert slugify("  Aave  V3 ") == "aave-v3"
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("  Aave  V3 ", "aave-v3"),
+        ("ether.fi Stake", "ether.fi-stake"),
+        ("JPEG'd", "jpegd"),
+        ("Arbi's Finance", "arbis-finance"),
+        ("GenesisLRT (Native Restaking)", "genesislrt-native-restaking"),
+        ("Lorenzo sUSD1+", "lorenzo-susd1"),
+        ("Synthetix v1+v2", "synthetix-v1-v2"),
+        ("Yay!", "yay"),
+        ("Curve.fi", "curve.fi"),
+        ("a -- b", "a-b"),
+        ("x...y.", "x.y"),
+        ("-.Dots.-", "dots"),
+        ("Tab\tNUL\x00RLO\u202eZWSP\u200bend", "tab-nul-rlo-zwsp-end"),
+        ("Café Ξ 🚀", "caf"),
+        ("!!!", ""),
+    ],
+)
+def test_slugify_follows_defillama_into_the_slug_alphabet(name: str, slug: str) -> None:
+    assert slugify(name) == slug
+    if slug:
+        assert check_slug(slugify(name)) == slug
+
+
+# --- strings: control and invisible characters ------------------------------------------
+
+CONTROL_CHARACTERS = ["\x00", "\x07", "\x1b", "\x1f", "\x7f", "\x80", "\x9f", "\ud800"]
+INVISIBLE_CHARACTERS = ["\u200b", "\u200d", "\u200f", "\u202a", "\u202e", "\u2066", "\u2069"]
+INVISIBLE_CHARACTERS += ["\ufeff", "\u00ad"]
+
+
+@pytest.mark.parametrize("bad", CONTROL_CHARACTERS)
+@pytest.mark.parametrize("identifier", [False, True])
+def test_check_text_refuses_control_characters_naming_the_field(bad: str, identifier: bool) -> None:
+    with pytest.raises(InvalidObservation, match=r"^name contains .*control character") as caught:
+        check_text(f"x{bad}y", field="name", identifier=identifier)
+    assert caught.value.field == "name"
+
+
+@pytest.mark.parametrize("bad", INVISIBLE_CHARACTERS)
+def test_invisible_characters_are_refused_in_identifiers_only(bad: str) -> None:
+    assert check_text(f"x{bad}y", field="name") == f"x{bad}y"
+    with pytest.raises(InvalidObservation, match="chain contains an invisible") as caught:
+        check_text(f"x{bad}y", field="chain", identifier=True)
+    assert caught.value.field == "chain"
+
+
+@pytest.mark.parametrize("text", ["", "Aave V3", "Ξ Café 🚀", "日本語", "tab-free\u00a0nbsp"])
+def test_ordinary_text_passes(text: str) -> None:
+    assert check_text(text, field="name", identifier=True) == text
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("name", {"name": "x\x00y"}),
+        ("category", {"category": "Lend\x00ing"}),
+        ("url", {"url": "https://x.example/\x00"}),
+        ("chains", {"chains": ["Ethereum", "Base\x00"]}),
+        ("chains", {"chains": ["Ethereum", "Ba\u202ese"]}),
+        ("category", {"category": 5}),
+    ],
+)
+def test_protocol_listing_refuses_control_characters(field: str, changes: dict[str, Any]) -> None:
+    details: dict[str, Any] = {"name": "Aave", **changes}
+    with pytest.raises(InvalidObservation, match=field) as caught:
+        Protocol.create("aave", **details)
+    assert caught.value.field == field
+    protocol = listed()
+    with pytest.raises(InvalidObservation, match=field):
+        protocol.update_details(**changes)
+    assert then(protocol) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "chain", "source"),
+    [("chain", "Base\x00", "s"), ("chain", "Ba\u200bse", "s"), ("source", "Base", "s\x00")],
+)
+def test_record_metric_refuses_control_characters(field: str, chain: str, source: str) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation, match=field) as caught:
+        protocol.record_metric("tvl", chain, 1.0, T0, source)
+    assert caught.value.field == field
+    assert then(protocol) == []
+
+
+def test_chain_lists_are_bounded() -> None:
+    assert len(check_chains([f"c{i}" for i in range(MAX_CHAINS)])) == MAX_CHAINS
+    with pytest.raises(InvalidObservation, match=f"at most {MAX_CHAINS}") as caught:
+        Protocol.create("aave", "Aave", chains=["Ethereum"] * 200_000)
+    assert caught.value.field == "chains"
+    with pytest.raises(InvalidObservation, match="chains"):
+        listed().update_details(chains=[f"c{i}" for i in range(MAX_CHAINS + 1)])
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201, None, 3])
@@ -389,7 +505,8 @@ def test_update_details_without_change_is_a_no_op() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"name": ""}, {"name": 5}, {"chains": "ethereum"}, {"chains": [""]}]
+    "changes",
+    [{"name": ""}, {"name": 5}, {"chains": "ethereum"}, {"chains": [""]}, {"url": 7}],
 )
 def test_update_details_validates(changes: dict[str, Any]) -> None:
     protocol = listed()
@@ -441,11 +558,17 @@ def test_register_token(token_id: str) -> None:
         "coingecko:" + "x" * 129,
         None,
         42,
+        "coingecko:eth\x00",
+        "coingecko:eth\u202e",
+        "coingecko:e\u200bth",
+        "coingecko:éth",
+        "ethereum:0xabc/..",
     ],
 )
 def test_invalid_token_ids_are_refused(token_id: Any) -> None:
-    with pytest.raises(InvalidObservation, match="invalid token id"):
+    with pytest.raises(InvalidObservation, match="invalid token id") as caught:
         check_token_id(token_id)
+    assert caught.value.field == "token"
     with pytest.raises(InvalidObservation):
         Token.register(token_id)
 
@@ -793,6 +916,43 @@ def test_update_rule_validates() -> None:
     with pytest.raises(InvalidRule):
         rule.update(cooldown=-5)
     assert then(rule) == []
+
+
+@pytest.mark.parametrize("name", ["x\x00y", "bell\x07", "esc\x1b[2J", "c1\x85", 7, "n" * 201])
+def test_rule_name_is_text_without_control_characters(name: Any) -> None:
+    with pytest.raises(InvalidRule, match="name") as caught:
+        AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, name=name)
+    assert caught.value.field == "name"
+    rule = given(rule_events())
+    with pytest.raises(InvalidRule, match="name") as caught:
+        rule.update(name=name)
+    assert caught.value.field == "name"
+    assert then(rule) == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"protocol": "Bad Slug"},
+        {"protocol": "aave\u202e"},
+        {"protocol": "aave", "chain": "Base\x00"},
+        {"protocol": "aave", "chain": "Ba\u200bse"},
+        {"token": "coingecko:eth\x00"},
+    ],
+)
+def test_a_malformed_target_is_an_invalid_rule(target: dict[str, Any]) -> None:
+    # Not an InvalidObservation: the API turns InvalidRule into a 400 (it was a 500).
+    with pytest.raises(InvalidRule, match="target") as caught:
+        check_target(target)
+    assert caught.value.field == "target"
+
+
+@pytest.mark.parametrize("key", ["url", "address", "secret"])
+def test_channels_refuse_control_characters(key: str) -> None:
+    channel = {"kind": "webhook", "url": "https://x.example/h", "address": "a@b.c", "secret": "s"}
+    channel[key] += "\r\nX-Injected: 1"
+    with pytest.raises(InvalidRule, match=rf"channels\[0\]\.{key} contains a control"):
+        AlertRule.create("alice", TVL_TARGET, BELOW_1B, [channel])
 
 
 def test_rule_fires_when_condition_becomes_true() -> None:
