@@ -45,6 +45,8 @@ Decisions:
   tvl-history file's ``protocol`` is slugified the same way (it holds file names such as
   ``Hedge``). A name with no letter or digit gives no slug: the row is invalid. Two names that
   slugify alike are both emitted: resolving the collision is the caller's business.
+* JSON Lines: a line whose object names a key twice is invalid (``{"tvl": 1, "tvl": 2}``
+  would otherwise silently be 2), like any other malformed line.
 * Timestamps: ISO-8601 strings become unix seconds (a naive time is UTC); DeFiLlama ``date``
   integers are already unix seconds. Only ``observations-jsonl`` keeps ``observed_at`` as
   written (the ingest body accepts both forms).
@@ -67,6 +69,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final, Literal, TypeAlias, get_args
 
+from ..application.ingest import no_duplicate_keys
 from ..domain.protocol import slugify
 
 Format: TypeAlias = Literal[
@@ -111,8 +114,9 @@ _SNIFF_LINES: Final = 20
 _SNIFF_BYTES: Final = 256 * 1024
 _CHUNK: Final = 1024 * 1024
 _LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url"})
-# str -> value, without json.loads' per-call encoding sniffing (lines are decoded as UTF-8).
-_decode: Final = json.JSONDecoder().decode
+# str -> value, without json.loads' per-call encoding sniffing (lines are decoded as UTF-8);
+# refusing duplicate keys costs ~20 % of the decoding (~1 us a line, docs/benchmarks.md).
+_decode: Final = json.JSONDecoder(object_pairs_hook=no_duplicate_keys).decode
 
 
 class UnknownFormatError(ValueError):

@@ -60,6 +60,31 @@ class InvalidItem(ValueError):
         return cls(str(error), field=error.field)
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r} in an object")
+        self.key = key
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json``: refuse an object that names a key twice.
+
+    JSON leaves duplicate names undefined and Python keeps the last one silently, so
+    ``{"value": -1, "value": 5}`` would be recorded as 5 by one reader and refused by
+    another. Raises ``DuplicateKeyError`` (a ``ValueError``, as for any malformed JSON).
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # rare: only then look for which key it was
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
 @dataclass(frozen=True, slots=True)
 class Listing:
     """Protocol details that come with an observation (or alone, for untracked TVL)."""

@@ -316,6 +316,15 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("price-nul-in-token", _price(token="coingecko:eth\u0000"), 422, "invalid_items"),
     ("price-nul-in-source", _price(source="\u0000"), 422, "invalid_items"),
     ("too-many-chains", _body(name="A", chains=["Ethereum"] * 200_000), 422, "invalid_items"),
+    (
+        "duplicate-key",
+        b'{"observations": [{"protocol": "aave-v3", "value": -1, "value": 5, "observed_at": '
+        + str(T0).encode()
+        + b"}]}",
+        400,
+        "invalid_json",
+    ),
+    ("duplicate-top-level-key", b'{"observations": [], "observations": []}', 400, "invalid_json"),
     ("unknown-top-level-field", b'{"observations": [], "extra": 1}', 400, "invalid_body"),
     ("observations-not-a-list", b'{"observations": {"protocol": "x"}}', 400, "invalid_body"),
     ("prices-not-a-list", b'{"prices": "coingecko:ethereum"}', 400, "invalid_body"),
@@ -402,6 +411,23 @@ def test_malformed_ingest_changes_nothing(
     ]
     assert http.get("/v2/realtime/prices").json() == {"data": []}
     assert slugs(http.get("/v2/protocols")) == ["aave-v3"]
+
+
+def test_duplicate_keys_are_refused_naming_the_key(
+    shared_http: httpx.Client, shared_server: LiveServer
+) -> None:
+    http, server = shared_http, shared_server
+    head = log_head(http)
+    body = b'{"observations": [{"protocol": "aave-v3", "value": -1, "value": 5, "observed_at": 1}]}'
+    response = http.post(
+        "/v2/ingest",
+        content=body,
+        headers={**server.headers, "content-type": "application/json"},
+    )
+    error = assert_error(response, 400, "invalid_json")
+    assert "duplicate key 'value'" in error["message"]
+    assert error["details"] == {"key": "value"}
+    assert log_head(http) == head
 
 
 def test_refused_control_characters_leave_the_history_read_model_running(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from defi_realtime.application.app import (
 from defi_realtime.application.event_log import EventStoreLog, to_entry
 from defi_realtime.application.ingest import (
     MAX_ITEMS_PER_BATCH,
+    DuplicateKeyError,
     IngestResult,
     InvalidItem,
     Listing,
@@ -28,6 +30,7 @@ from defi_realtime.application.ingest import (
     RecordPrice,
     Rejection,
     build_batch,
+    no_duplicate_keys,
     parse_listing,
     parse_observation,
     parse_price,
@@ -866,6 +869,19 @@ def test_prices_and_listings_refuse_control_characters() -> None:
         ("price", 1, "source"),
         ("listing", 0, "name"),
     ]
+
+
+def test_no_duplicate_keys_names_the_key() -> None:
+    decoder = json.JSONDecoder(object_pairs_hook=no_duplicate_keys)
+    assert decoder.decode('{"a": {"b": 1, "c": 2}, "d": [{"e": 3}]}') == {
+        "a": {"b": 1, "c": 2},
+        "d": [{"e": 3}],
+    }
+    with pytest.raises(DuplicateKeyError, match="duplicate key 'value'") as caught:
+        decoder.decode('{"protocol": "x", "value": -1, "value": 5}')
+    assert caught.value.key == "value"
+    with pytest.raises(ValueError, match="duplicate key 'b'"):
+        decoder.decode('[{"a": 1}, {"b": 1, "b": 1}]')
 
 
 @pytest.mark.parametrize(

@@ -321,6 +321,25 @@ def test_a_name_without_letters_or_digits_is_an_invalid_row(tmp_path: Path) -> N
     assert read[0].error == "row has name '(+)' has no letter or digit to make a slug of"
 
 
+def test_a_line_naming_a_key_twice_is_invalid(tmp_path: Path) -> None:
+    good = json.dumps({"protocol": "aave-v3", "value": 5, "observed_at": DAY})
+    twice = good.replace('"value": 5', '"value": -1, "value": 5')
+    nested = good.replace('"observed_at"', '"chains": [{"a": 1, "a": 2}], "observed_at"')
+    path = write_jsonl(tmp_path / "o.jsonl", [good, twice, nested, good])
+    read = items(path)
+    assert [(i.kind, i.line) for i in read] == [
+        ("observation", 1),
+        ("invalid", 2),
+        ("invalid", 3),
+        ("observation", 4),
+    ]
+    assert read[1].error == "malformed JSON: duplicate key 'value' in an object"
+    assert read[2].error == "malformed JSON: duplicate key 'a' in an object"
+    snapshot = json.dumps(snapshot_row("A", 1.0)).replace('"tvl": 1.0', '"tvl": 1.0, "tvl": 2.0')
+    [row] = items(write_jsonl(tmp_path / "s.jsonl", [snapshot]), fmt="snapshots-jsonl")
+    assert (row.kind, row.error) == ("invalid", "malformed JSON: duplicate key 'tvl' in an object")
+
+
 def test_names_that_slugify_alike_are_both_emitted(tmp_path: Path) -> None:
     path = write_jsonl(
         tmp_path / "s.jsonl",
