@@ -394,6 +394,31 @@ async def _read_json_body(request: Request) -> Any:
     return body
 
 
+# The only spellings of ``?partial=``: anything else is a 400, not a silent "false".
+_PARTIAL_QUERY_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _partial(body: dict[str, Any], request: Request) -> bool:
+    """Whether the caller asked for partial acceptance: ``"partial"`` in the body (a JSON
+    boolean) or else the ``partial`` query parameter (``true``/``false``/``1``/``0``)."""
+    if "partial" in body:
+        partial = body["partial"]
+        if not isinstance(partial, bool):
+            raise ApiError(400, "invalid_body", "partial must be a JSON boolean (true or false)")
+        return partial
+    values = request.query_params.getlist("partial")
+    if not values:
+        return False
+    if len(values) > 1 or values[0] not in _PARTIAL_QUERY_VALUES:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            "the partial query parameter must be given once, as true, false, 1 or 0",
+            {"parameter": "partial"},
+        )
+    return _PARTIAL_QUERY_VALUES[values[0]]
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
@@ -412,11 +437,7 @@ async def ingest(request: Request) -> Response:
         if not isinstance(value, list):
             raise ApiError(400, "invalid_body", f"{name} must be a list")
         lists[name] = value
-    partial = body.get("partial", request.query_params.get("partial", "false"))
-    if isinstance(partial, str):
-        partial = partial.lower() in ("1", "true", "yes")
-    if not isinstance(partial, bool):
-        raise ApiError(400, "invalid_body", "partial must be a boolean")
+    partial = _partial(body, request)
     if not any(lists.values()):
         raise ApiError(400, "empty_batch", "the batch has no observations, prices or listings")
     try:

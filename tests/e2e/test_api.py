@@ -325,12 +325,15 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
         "invalid_json",
     ),
     ("duplicate-top-level-key", b'{"observations": [], "observations": []}', 400, "invalid_json"),
+    ("partial-maybe", b'{"observations": [], "partial": "maybe"}', 400, "invalid_body"),
+    ("partial-as-string", b'{"observations": [], "partial": "true"}', 400, "invalid_body"),
+    ("partial-as-number", b'{"observations": [], "partial": 1}', 400, "invalid_body"),
+    ("partial-as-null", b'{"observations": [], "partial": null}', 400, "invalid_body"),
     ("unknown-top-level-field", b'{"observations": [], "extra": 1}', 400, "invalid_body"),
     ("observations-not-a-list", b'{"observations": {"protocol": "x"}}', 400, "invalid_body"),
     ("prices-not-a-list", b'{"prices": "coingecko:ethereum"}', 400, "invalid_body"),
     ("body-is-a-list", b"[]", 400, "invalid_body"),
     ("body-is-a-number", b"3", 400, "invalid_body"),
-    ("partial-not-a-bool", b'{"observations": [], "partial": 3}', 400, "invalid_body"),
     ("empty-batch", b'{"observations": []}', 400, "empty_batch"),
     ("empty-object", b"{}", 400, "empty_batch"),
     ("empty-body", b"", 400, "invalid_json"),
@@ -428,6 +431,37 @@ def test_duplicate_keys_are_refused_naming_the_key(
     assert "duplicate key 'value'" in error["message"]
     assert error["details"] == {"key": "value"}
     assert log_head(http) == head
+
+
+@pytest.mark.parametrize("value", ["maybe", "yes", "no", "", "2", "True", "on"])
+def test_partial_query_parameter_is_true_false_1_or_0(
+    shared_http: httpx.Client, shared_server: LiveServer, value: str
+) -> None:
+    http, server = shared_http, shared_server
+    ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
+    head = log_head(http)
+    # One valid item and one bad one: any reading of "partial" but a refusal would either
+    # record the valid item (true) or answer 422 (false).
+    body = {"observations": [obs("aave-v3", 2.0, T0 + 1), obs("aave-v3", -1.0, T0 + 2)]}
+    response = http.post("/v2/ingest", params={"partial": value}, json=body, headers=server.headers)
+    error = assert_error(response, 400, "invalid_parameter")
+    assert "partial" in error["message"]
+    assert log_head(http) == head
+
+
+@pytest.mark.parametrize(
+    ("value", "status"), [("true", 200), ("1", 200), ("false", 422), ("0", 422)]
+)
+def test_partial_query_parameter_values(
+    shared_http: httpx.Client, shared_server: LiveServer, value: str, status: int
+) -> None:
+    http, server = shared_http, shared_server
+    ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
+    body = {"observations": [obs("aave-v3", 1.0, T0), obs("aave-v3", -1.0, T0 + 2)]}
+    response = http.post("/v2/ingest", params={"partial": value}, json=body, headers=server.headers)
+    assert response.status_code == status, response.text
+    twice = http.post("/v2/ingest?partial=true&partial=false", json=body, headers=server.headers)
+    assert_error(twice, 400, "invalid_parameter")
 
 
 def test_refused_control_characters_leave_the_history_read_model_running(
