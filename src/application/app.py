@@ -95,8 +95,12 @@ class DefiRealtime(Application[UUID]):
             finally:
                 self._absent.clear()
             position = max((r.notification.id for r in recordings), default=0)
+            if not recordings and any(result.committed for result in results):
+                # Nothing new (duplicates only): the head, from which a client can resume a
+                # stream knowing it holds everything the batch carried.
+                position = self.recorder.max_notification_id() or 0
             for result in results:
-                if result.committed and (result.accepted or result.duplicates):
+                if result.committed:
                     result.position = position
             return results
         raise AssertionError("unreachable")  # pragma: no cover

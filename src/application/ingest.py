@@ -157,7 +157,8 @@ class IngestResult:
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     committed: bool = True
-    # Highest log position written by this batch (0 if it wrote nothing).
+    # The log position at which everything the batch recorded, or found already recorded,
+    # can be read: its group's highest new position, else the log head (0 when refused).
     position: int = 0
 
     def to_json(self) -> dict[str, Any]:

@@ -112,6 +112,8 @@ def test_ingest_counts_accepted_then_duplicates(http: httpx.Client, server: Live
     second = ingest(http, server, body)
     assert (second["accepted"], second["duplicates"], second["rejected"]) == (0, 4, 0)
     assert log_head(http) == head  # an identical repeat records nothing
+    # ... and answers the head, from which a client can resume a stream (it said 0).
+    assert second["position"] == head
 
     view = wait_tvl(http, "aave-v3", 1.0e10)
     assert view["chainTvls"] == {"Ethereum": 6.0e9}
