@@ -52,7 +52,13 @@ from uuid import UUID
 # InfrastructureFactory subclasses and requires exactly one. A module-level name
 # ``PostgresFactory`` would be a second match and make the module unselectable.
 from eventsourcing import postgres as es_postgres
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
+from eventsourcing.utils import retry as es_retry
 from psycopg import errors as pg_errors
 from psycopg.sql import SQL, Composed, Identifier
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random
@@ -60,7 +66,6 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from eventsourcing.persistence import StoredEvent
     from psycopg import Cursor
     from psycopg.rows import DictRow
 
@@ -153,9 +158,45 @@ class FastPostgresAggregateRecorder(es_postgres.PostgresAggregateRecorder):
             id_type=SQL(self.datastore.originator_id_type),
         )
 
+        self.select_events_of_statement = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = ANY(%b::{id_type}[]) "
+            "ORDER BY originator_id, originator_version"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.events_table_name),
+            id_type=SQL(self.datastore.originator_id_type),
+        )
+
     @_retry_table_creation
     def create_table(self) -> None:
         super().create_table()
+
+    # The same retry as the stock select_events: a dropped connection is tried again.
+    @es_retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_events_of(self, originator_ids: Sequence[UUID | str]) -> list[StoredEvent]:
+        """Every stored event of the given aggregates, ordered by originator then version.
+
+        One query (the primary key's index, ``= ANY``) where loading them one by one took a
+        round trip each: importing the real snapshot file looked up 6,689 new protocols with
+        6,689 ``select_events`` (docs/benchmarks.md). Implements ``BulkEventReader``.
+        """
+        if not originator_ids:
+            return []
+        ids: list[UUID | str] = list(originator_ids)
+        if self.datastore.originator_id_type != "uuid" or not all(isinstance(i, UUID) for i in ids):
+            ids = [str(i) for i in ids]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_events_of_statement, (ids,), prepare=True)
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
 
     def _insert_stored_events(
         self,
