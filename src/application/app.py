@@ -239,15 +239,20 @@ class DefiRealtime(Application[UUID]):
         for metric in batch.metrics:
             if metric.listing is not None and metric.listing.name:
                 first_named.setdefault(metric.protocol, metric.listing)
+        # Each protocol is resolved once per batch; its later items only update its details.
+        protocols: dict[str, Protocol] = {}
         for metric in batch.metrics:
-            if not known[metric.protocol]:
+            slug = metric.protocol
+            if not known[slug]:
                 continue
-            if (
-                metric.protocol in first_named
-                and self._load(Protocol.id_for(metric.protocol), working) is None
-            ):
-                self._upsert_listing(first_named[metric.protocol], working)
-            protocol = self._upsert_listing(metric.listing or Listing(metric.protocol), working)
+            protocol = protocols.get(slug)
+            if protocol is None:
+                if slug in first_named and self._load(Protocol.id_for(slug), working) is None:
+                    self._upsert_listing(first_named[slug], working)
+                protocol = self._upsert_listing(metric.listing or Listing(slug), working)
+                protocols[slug] = protocol
+            elif metric.listing is not None:
+                self._update_details(protocol, metric.listing)
             if protocol.record_metric(
                 metric.metric, metric.chain, metric.value, metric.observed_at, metric.source
             ):
@@ -283,13 +288,17 @@ class DefiRealtime(Application[UUID]):
             working[protocol_id] = protocol
             return protocol
         assert isinstance(protocol, Protocol)
+        self._update_details(protocol, listing)
+        return protocol
+
+    @staticmethod
+    def _update_details(protocol: Protocol, listing: Listing) -> None:
         protocol.update_details(
             name=listing.name,
             category=listing.category,
             chains=list(listing.chains) if listing.chains is not None else None,
             url=listing.url,
         )
-        return protocol
 
     # -- protocols ------------------------------------------------------------------------
 

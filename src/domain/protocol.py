@@ -64,12 +64,13 @@ class Protocol(Aggregate):
 
     @staticmethod
     def create_id(slug: str, *_: Any, **__: Any) -> UUID:
-        return uuid5(PROTOCOL_NAMESPACE, slug)
+        return Protocol.id_for(slug)
 
     @staticmethod
     @functools.lru_cache(maxsize=65_536)
     def id_for(slug: str) -> UUID:
-        # Cached: ingest derives it for every item, and uuid5 hashes each time.
+        # Cached: ingest derives it for every item (and create_id for every new protocol),
+        # and uuid5 hashes each time.
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
     @event("Listed")
@@ -112,6 +113,16 @@ class Protocol(Aggregate):
         url: str | None = None,
     ) -> bool:
         """Change listing details; returns False (and records nothing) if nothing changes."""
+        if (
+            (name is None or name == self.name)
+            and (category is None or category == self.category)
+            and (chains is None or chains == self.chains)
+            and (url is None or url == self.url)
+        ):
+            # Nothing changes, so nothing to check: what the protocol holds was checked when
+            # it was recorded. Ingest calls this for every item that carries a listing, and
+            # re-checking each chain of an unchanged list was most of its cost.
+            return False
         new_name = check_label(name, what="name") if name is not None else self.name
         new_category = (
             check_text(category, field="category") if category is not None else self.category
