@@ -33,9 +33,9 @@ Decisions:
   ``dcAndLsOverlap``, ``govtokens`` and ``<Chain>-<one of those>`` -- are skipped: DeFiLlama
   reports them beside, not inside, TVL.
 * A protocol whose TVL is ``null`` (DeFiLlama lists ~1,500 such: CEXes, dexs-only listings) is
-  not dropped: it yields a ``"listing"`` item ``{protocol, name, category, chains, url}`` so the
-  protocol is still listed, without a TVL value. A ``null`` *per-chain* value in
-  ``/protocols``' ``chainTvls`` means "no figure for that chain" and is skipped.
+  not dropped: it yields a ``"listing"`` item ``{protocol, name, category, chains, url,
+  observed_at}`` so the protocol is still listed, without a TVL value. A ``null`` *per-chain*
+  value in ``/protocols``' ``chainTvls`` means "no figure for that chain" and is skipped.
 * Anything else that cannot become an item (malformed JSON, a row missing its name or time, a
   value that is not a number) yields an ``"invalid"`` item with the line number and the reason;
   the caller counts it as rejected. Value *ranges* (negative, NaN, out-of-range times) are left
@@ -113,7 +113,7 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 _SNIFF_LINES: Final = 20
 _SNIFF_BYTES: Final = 256 * 1024
 _CHUNK: Final = 1024 * 1024
-_LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url"})
+_LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url", "observed_at"})
 # str -> value, without json.loads' per-call encoding sniffing (lines are decoded as UTF-8);
 # refusing duplicate keys costs ~20 % of the decoding (~1 us a line, docs/benchmarks.md).
 _decode: Final = json.JSONDecoder(object_pairs_hook=no_duplicate_keys).decode
@@ -327,13 +327,16 @@ def _details(record: dict[str, Any]) -> dict[str, Any]:
     return details
 
 
-def _listing(slug: str, details: dict[str, Any]) -> dict[str, Any]:
+def _listing(slug: str, details: dict[str, Any], observed_at: float) -> dict[str, Any]:
     return {
         "protocol": slug,
         "name": details.get("name"),
         "category": details.get("category"),
         "chains": list(details.get("chains", ())),
         "url": details.get("url"),
+        # When these details were true: older ones never replace newer ones (so a file of
+        # snapshots, newest first, or imported twice, leaves the newest in place).
+        "observed_at": observed_at,
     }
 
 
@@ -370,7 +373,7 @@ def _snapshot_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
     details = _details(record)
     tvl = record.get("tvl")
     if tvl is None:
-        return ReadItem("listing", _listing(slug, details), line)
+        return ReadItem("listing", _listing(slug, details, observed_at), line)
     if not _is_number(tvl):
         return _invalid(line, f"tvl must be a number or null, got {type(tvl).__name__}")
     return ReadItem(
@@ -478,7 +481,7 @@ def _read_protocols(document: Any, observed_at: float, source: str) -> Iterator[
         details = _details(record)
         tvl = record.get("tvl")
         if tvl is None:
-            yield ReadItem("listing", _listing(slug, details), line)
+            yield ReadItem("listing", _listing(slug, details, observed_at), line)
         elif _is_number(tvl):
             item = _observation(slug, "total", tvl, observed_at, source, details)
             yield ReadItem("observation", item, line)

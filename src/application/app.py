@@ -229,7 +229,10 @@ class DefiRealtime(Application[UUID]):
             result.committed = False
             return result
         for listing in batch.listings:
-            if self._upsert_listing(listing, working).pending_events:
+            # Counted by what this listing did, not by whether the protocol has pending
+            # events (an earlier batch of the same group may have left some: the counts
+            # then depended on how the writer happened to group the batches).
+            if self._upsert_listing(listing, working)[1]:
                 result.accepted += 1
             else:
                 result.duplicates += 1
@@ -249,7 +252,7 @@ class DefiRealtime(Application[UUID]):
             if protocol is None:
                 if slug in first_named and self._load(Protocol.id_for(slug), working) is None:
                     self._upsert_listing(first_named[slug], working)
-                protocol = self._upsert_listing(metric.listing or Listing(slug), working)
+                protocol, _ = self._upsert_listing(metric.listing or Listing(slug), working)
                 protocols[slug] = protocol
             elif metric.listing is not None:
                 self._update_details(protocol, metric.listing)
@@ -272,7 +275,11 @@ class DefiRealtime(Application[UUID]):
                 result.duplicates += 1
         return result
 
-    def _upsert_listing(self, listing: Listing, working: dict[UUID, Aggregate]) -> Protocol:
+    def _upsert_listing(
+        self, listing: Listing, working: dict[UUID, Aggregate]
+    ) -> tuple[Protocol, bool]:
+        """The listed protocol, listed or updated from ``listing``; and whether that changed
+        anything."""
         protocol_id = Protocol.id_for(listing.protocol)
         protocol = self._load(protocol_id, working)
         if protocol is None:
@@ -284,20 +291,21 @@ class DefiRealtime(Application[UUID]):
                 category=listing.category or "",
                 chains=list(listing.chains or ()),
                 url=listing.url or "",
+                observed_at=listing.observed_at,
             )
             working[protocol_id] = protocol
-            return protocol
+            return protocol, True
         assert isinstance(protocol, Protocol)
-        self._update_details(protocol, listing)
-        return protocol
+        return protocol, self._update_details(protocol, listing)
 
     @staticmethod
-    def _update_details(protocol: Protocol, listing: Listing) -> None:
-        protocol.update_details(
+    def _update_details(protocol: Protocol, listing: Listing) -> bool:
+        return protocol.update_details(
             name=listing.name,
             category=listing.category,
             chains=list(listing.chains) if listing.chains is not None else None,
             url=listing.url,
+            observed_at=listing.observed_at,
         )
 
     # -- protocols ------------------------------------------------------------------------

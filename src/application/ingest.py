@@ -40,7 +40,7 @@ OBSERVATION_FIELDS: Final = frozenset(
     }
 )
 PRICE_FIELDS: Final = frozenset({"token", "price", "observed_at", "confidence", "source"})
-LISTING_FIELDS: Final = frozenset({"protocol", "name", "category", "chains", "url"})
+LISTING_FIELDS: Final = frozenset({"protocol", "name", "category", "chains", "url", "observed_at"})
 MAX_ITEMS_PER_BATCH: Final = 50_000
 
 
@@ -87,13 +87,15 @@ def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """Protocol details that come with an observation (or alone, for untracked TVL)."""
+    """Protocol details that come with an observation (or alone, for untracked TVL), and
+    when they were observed (the observation's time; a listing item's own, if it has one)."""
 
     protocol: str
     name: str | None = None
     category: str | None = None
     chains: tuple[str, ...] | None = None
     url: str | None = None
+    observed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,23 +214,25 @@ def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
     return check_text(value, field=key)
 
 
-def _listing(raw: Mapping[str, Any], slug: str) -> Listing | None:
+def _listing(raw: Mapping[str, Any], slug: str, observed_at: float | None) -> Listing | None:
     chains = raw.get("chains")
     if chains is not None and not isinstance(chains, list):
         raise InvalidItem("chains must be a list of strings", field="chains")
     name = _optional_str(raw, "name")
     if name is not None:
         check_label(name, what="name")
-    listing = Listing(
+    category = _optional_str(raw, "category")
+    url = _optional_str(raw, "url")
+    if name is None and category is None and chains is None and url is None:
+        return None
+    return Listing(
         protocol=slug,
         name=name,
-        category=_optional_str(raw, "category"),
+        category=category,
         chains=None if chains is None else tuple(check_chains(chains)),
-        url=_optional_str(raw, "url"),
+        url=url,
+        observed_at=observed_at,
     )
-    if listing == Listing(protocol=slug):
-        return None
-    return listing
 
 
 def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
@@ -243,14 +247,18 @@ def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
         if "observed_at" not in item:
             raise InvalidItem("observed_at is required", field="observed_at")
         chain = item.get("chain", TOTAL)
+        metric = check_metric(item.get("metric", "tvl"))
+        chain = check_chain(chain) if isinstance(chain, str) else _bad("chain")
+        value = check_value(item["value"])
+        observed_at = parse_timestamp(item["observed_at"])
         return RecordMetric(
             protocol=slug,
-            metric=check_metric(item.get("metric", "tvl")),
-            chain=check_chain(chain) if isinstance(chain, str) else _bad("chain"),
-            value=check_value(item["value"]),
-            observed_at=parse_timestamp(item["observed_at"]),
+            metric=metric,
+            chain=chain,
+            value=value,
+            observed_at=observed_at,
             source=_optional_str(item, "source") or "",
-            listing=_listing(item, slug),
+            listing=_listing(item, slug, observed_at),
             index=index,
         )
     except DomainError as error:
@@ -262,7 +270,8 @@ def parse_listing(raw: Any) -> Listing:
     item = _require_mapping(raw, LISTING_FIELDS)
     try:
         slug = check_slug(item.get("protocol"))  # type: ignore[arg-type]
-        listing = _listing(item, slug)
+        raw_time = item.get("observed_at")
+        listing = _listing(item, slug, None if raw_time is None else parse_timestamp(raw_time))
     except DomainError as error:
         raise InvalidItem.of(error) from None
     if listing is None or listing.name is None:

@@ -73,13 +73,26 @@ class Protocol(Aggregate):
         # and uuid5 hashes each time.
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
+    # ``observed_at`` (when the listing details were true, None if unknown) defaults to None
+    # so that events stored before it existed still replay.
     @event("Listed")
-    def __init__(self, slug: str, name: str, category: str, chains: list[str], url: str) -> None:
+    def __init__(
+        self,
+        slug: str,
+        name: str,
+        category: str,
+        chains: list[str],
+        url: str,
+        observed_at: float | None = None,
+    ) -> None:
         self.slug = slug
         self.name = name
         self.category = category
         self.chains = list(chains)
         self.url = url
+        # When the current details were observed: the time of the last change of details
+        # that had one (None: not known).
+        self.details_observed_at = observed_at
         # (metric, chain) -> (value, observed_at) of the newest observation.
         self.current: dict[tuple[str, str], tuple[float, float]] = {}
         # (metric, chain, observed_at) -> value of every observation ever recorded.
@@ -93,8 +106,9 @@ class Protocol(Aggregate):
         category: str = "",
         chains: list[str] | None = None,
         url: str = "",
+        observed_at: float | None = None,
     ) -> Protocol:
-        """List a new protocol (command)."""
+        """List a new protocol (command); ``observed_at`` is when the details were true."""
         check_slug(slug)
         check_label(name, what="name")
         return cls(
@@ -103,6 +117,7 @@ class Protocol(Aggregate):
             category=check_text(category or "", field="category"),
             chains=check_chains(chains or []),
             url=check_text(url or "", field="url"),
+            observed_at=None if observed_at is None else check_timestamp(observed_at),
         )
 
     def update_details(
@@ -111,8 +126,21 @@ class Protocol(Aggregate):
         category: str | None = None,
         chains: list[str] | None = None,
         url: str | None = None,
+        observed_at: float | None = None,
     ) -> bool:
-        """Change listing details; returns False (and records nothing) if nothing changes."""
+        """Change listing details; returns False (and records nothing) if nothing changes.
+
+        Details observed before the current ones (``observed_at`` older than
+        ``details_observed_at``, the time of the last change) change nothing, as a late
+        observation does not move the current value: so importing snapshots newest first, or
+        a file a second time, leaves the newest details in place and records nothing. The
+        same details again do not move that time (that would take an event per item).
+        Details without a time apply as given and keep the current time.
+        """
+        if observed_at is not None:
+            check_timestamp(observed_at)
+            if self.details_observed_at is not None and observed_at < self.details_observed_at:
+                return False
         if (
             (name is None or name == self.name)
             and (category is None or category == self.category)
@@ -136,19 +164,27 @@ class Protocol(Aggregate):
             self.url,
         ):
             return False
-        self._details_updated(self.slug, new_name, new_category, new_chains, new_url)
+        self._details_updated(self.slug, new_name, new_category, new_chains, new_url, observed_at)
         return True
 
     # Events name the slug as well as the aggregate id: downstream consumers (projections,
     # WebSocket clients) work with slugs and should not need a lookup to read a fact.
     @event("DetailsUpdated")
     def _details_updated(
-        self, slug: str, name: str, category: str, chains: list[str], url: str
+        self,
+        slug: str,
+        name: str,
+        category: str,
+        chains: list[str],
+        url: str,
+        observed_at: float | None = None,
     ) -> None:
         self.name = name
         self.category = category
         self.chains = list(chains)
         self.url = url
+        if observed_at is not None:
+            self.details_observed_at = observed_at
 
     def record_metric(
         self,

@@ -23,6 +23,7 @@ from defi_realtime.application.event_log import EventStoreLog, to_entry
 from defi_realtime.application.ingest import (
     MAX_ITEMS_PER_BATCH,
     DuplicateKeyError,
+    IngestBatch,
     IngestResult,
     InvalidItem,
     Listing,
@@ -287,6 +288,61 @@ def test_listing_items_list_and_update_protocols(app: DefiRealtime) -> None:
         "Liquid Staking",
         ["ethereum"],
     )
+
+
+# Three snapshots of two protocols, newest first as in the shared snapshot file: "aave"
+# changed category and chains over time; "cex" is an untracked listing (no TVL).
+SNAPSHOTS = [
+    (T0 + 2 * 86_400, "Lending", ["Ethereum", "Base"], "Exchange"),
+    (T0 + 86_400, "Lending", ["Ethereum"], "CEX"),
+    (T0, "Dexes", ["Ethereum"], "CEX"),
+]
+
+
+def snapshot_batches() -> list[IngestBatch]:
+    batches = []
+    for at, category, chains, cex_category in SNAPSHOTS:
+        aave = named("aave", 1.0 + at - T0, at, category=category, chains=chains)
+        cex = {"protocol": "cex", "name": "CEX", "category": cex_category, "observed_at": at}
+        batches.append(build_batch([aave], listings=[cex]))
+    return batches
+
+
+def test_older_details_do_not_replace_newer_ones_and_a_reimport_records_nothing(
+    app: DefiRealtime,
+) -> None:
+    first = app.ingest(snapshot_batches())
+    recorded = topics(app)
+    # Listed twice, three observations: the older snapshots' details change nothing.
+    assert sorted(recorded) == ["Protocol.Listed"] * 2 + ["Protocol.MetricRecorded"] * 3
+    aave, cex = app.get_protocol("aave"), app.get_protocol("cex")
+    assert (aave.category, aave.chains, cex.category) == (
+        "Lending",
+        ["Ethereum", "Base"],
+        "Exchange",
+    )
+
+    before = head(app)
+    again = app.ingest(snapshot_batches())
+    assert head(app) == before  # it used to flip the details back and forth: 4 events
+    assert [(r.accepted, r.duplicates) for r in again] == [(0, 2)] * 3
+    assert [(r.accepted, r.duplicates) for r in first] == [(2, 0), (1, 1), (1, 1)]
+
+
+def test_listing_counts_do_not_depend_on_how_batches_are_grouped() -> None:
+    counts = []
+    for grouping in ([3], [1, 1, 1], [2, 1]):
+        app = DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        try:
+            batches, results = snapshot_batches(), []
+            for size in grouping:
+                results += app.ingest(batches[:size])
+                batches = batches[size:]
+            counts.append([(r.accepted, r.duplicates) for r in results])
+        finally:
+            app.close()
+    # A listing counts as accepted when it changed something, whatever else is pending.
+    assert counts[0] == counts[1] == counts[2] == [(2, 0), (1, 1), (1, 1)]
 
 
 def test_details_update_through_observations(app: DefiRealtime) -> None:
@@ -767,6 +823,7 @@ def test_parse_observation_defaults_and_listing() -> None:
         category="Lending",
         chains=("base",),
         url="https://aave.com",
+        observed_at=T0,
     )
 
 

@@ -232,6 +232,7 @@ def test_snapshot_null_tvl_yields_a_listing(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Ethereum", "Arbitrum"],
         "url": None,
+        "observed_at": ISO_UNIX,
     }
 
 
@@ -491,6 +492,7 @@ def test_protocols_total_and_real_chains(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Bitcoin"],
         "url": None,
+        "observed_at": 1_765_000_000.5,
     }
     assert estimate_items(path) == len(read)
 

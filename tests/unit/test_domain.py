@@ -76,6 +76,7 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
                 "category": "Lending",
                 "chains": ["ethereum"],
                 "url": "https://aave.com",
+                "observed_at": None,
             },
         )
     ]
@@ -87,7 +88,17 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
 def test_protocol_create_defaults() -> None:
     protocol = Protocol.create("uniswap", "Uniswap")
     assert then(protocol) == [
-        ("Listed", {"slug": "uniswap", "name": "Uniswap", "category": "", "chains": [], "url": ""})
+        (
+            "Listed",
+            {
+                "slug": "uniswap",
+                "name": "Uniswap",
+                "category": "",
+                "chains": [],
+                "url": "",
+                "observed_at": None,
+            },
+        )
     ]
 
 
@@ -485,6 +496,7 @@ def test_update_details_records_the_full_listing() -> None:
                 "category": "Dexes",
                 "chains": ["ethereum", "base"],
                 "url": "https://aave.com",
+                "observed_at": None,
             },
         )
     ]
@@ -494,6 +506,50 @@ def test_update_details_records_the_full_listing() -> None:
         ["ethereum", "base"],
         "https://aave.com",
     )
+
+
+def test_details_observed_before_the_current_ones_change_nothing() -> None:
+    protocol = given(
+        Protocol.create("aave", "Aave", "Lending", ["Ethereum"], observed_at=T0).collect_events()
+    )
+    assert protocol.details_observed_at == T0
+    # Older details (an earlier snapshot, a re-import): the current ones stay.
+    assert protocol.update_details(name="Aave (old)", chains=["Base"], observed_at=T0 - 1) is False
+    assert then(protocol) == []
+    # Same time or newer: they apply, and become the current time.
+    assert protocol.update_details(category="Dexes", observed_at=T0) is True
+    assert protocol.update_details(name="Aave V3", observed_at=T0 + 60) is True
+    assert [(name, fact["observed_at"]) for name, fact in then(protocol)] == [
+        ("DetailsUpdated", T0),
+        ("DetailsUpdated", T0 + 60),
+    ]
+    assert (protocol.name, protocol.category, protocol.details_observed_at) == (
+        "Aave V3",
+        "Dexes",
+        T0 + 60,
+    )
+    # Without a time they apply as given and keep the current time.
+    assert protocol.update_details(url="https://aave.com") is True
+    assert protocol.details_observed_at == T0 + 60
+    assert protocol.update_details(url="https://old.example", observed_at=T0) is False
+    with pytest.raises(InvalidObservation, match="observed_at"):
+        protocol.update_details(name="x", observed_at=T0 * 1000)
+
+
+def test_listing_events_stored_without_a_time_still_replay() -> None:
+    # Listed and DetailsUpdated events recorded before they carried observed_at.
+    created = Protocol.create("aave", "Aave")
+    listed_event = created.collect_events()[0]
+    created.update_details(name="Aave V3")
+    updated_event = created.collect_events()[0]
+    old = []
+    for new in (listed_event, updated_event):
+        event = object.__new__(type(new))
+        event.__dict__.update({k: v for k, v in vars(new).items() if k != "observed_at"})
+        old.append(event)
+    protocol = given(old)
+    assert (protocol.name, protocol.details_observed_at) == ("Aave V3", None)
+    assert protocol.update_details(name="Aave V4", observed_at=T0) is True
 
 
 def test_update_details_without_change_is_a_no_op() -> None:
