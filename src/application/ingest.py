@@ -1,7 +1,15 @@
 """Validating ingest items: the one place that turns untrusted dicts into commands.
 
-Used by the REST ingest endpoint, the CLI's file import and the RabbitMQ ingest queue, so
-every entry point rejects the same things with the same reasons.
+Used by the REST ingest endpoint, the CLI's file import and the DeFiLlama poller, so every
+entry point rejects the same things with the same reasons.
+
+Two paths, one rule. ``parse_observation`` first tries ``_plain_observation``: for the usual
+item (every field present with its expected type and acceptable) it asks the domain's
+``is_*`` predicates, which test exactly what the ``check_*`` functions check, without
+building a reason. Anything else, or anything it cannot vouch for, goes through the checks
+one by one, which find the first fault and say why. So a rejection and its reason are the
+same as without the fast path (tests/unit/test_application.py holds the two paths to the
+same results); the fast path is ~3x cheaper per item (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Any, Final
 
 from ..domain.errors import DomainError
 from ..domain.observations import (
+    METRICS,
     TOTAL,
     check_chain,
     check_chains,
@@ -21,8 +30,13 @@ from ..domain.observations import (
     check_text,
     check_timestamp,
     check_value,
+    is_chain_list,
+    is_label,
+    is_text,
+    is_timestamp,
+    is_value,
 )
-from ..domain.protocol import check_slug
+from ..domain.protocol import check_slug, is_slug
 from ..domain.token import check_token_id
 
 OBSERVATION_FIELDS: Final = frozenset(
@@ -235,8 +249,89 @@ def _listing(raw: Mapping[str, Any], slug: str, observed_at: float | None) -> Li
     )
 
 
+def _plain_text(value: object) -> bool:
+    """An optional free-text field (source, category, url) as ``_optional_str`` accepts it."""
+    return value is None or (
+        type(value) is str and len(value) <= MAX_TEXT_LENGTH and is_text(value)
+    )
+
+
+def _plain_observation(raw: Any, index: int) -> RecordMetric | None:
+    """The command for an observation item every value of which is of the usual type and
+    acceptable, or None: then ``parse_observation``'s checks decide (and say why)."""
+    if type(raw) is not dict or not raw.keys() <= OBSERVATION_FIELDS:
+        return None
+    get = raw.get
+    slug = get("protocol")
+    metric = get("metric", "tvl")
+    chain = get("chain", TOTAL)
+    value = get("value")
+    observed_at = get("observed_at")
+    source = get("source")
+    if not (
+        is_slug(slug)
+        and type(metric) is str
+        and metric in METRICS
+        and is_label(chain, identifier=True)
+        and is_value(value)
+        and is_timestamp(observed_at)
+        and _plain_text(source)
+    ):
+        return None
+    stamp = float(observed_at)
+    listing = None
+    if raw.keys() & _DETAILS:
+        listing = _plain_details(raw, slug, stamp)
+        if listing is None:
+            return None
+    return RecordMetric(slug, metric, chain, float(value), stamp, source or "", listing, index)
+
+
+_DETAILS: Final = frozenset({"name", "category", "chains", "url"})
+
+
+def _plain_details(raw: dict[str, Any], slug: str, observed_at: float | None) -> Listing | None:
+    """The listing of an item whose details are all of the usual type and acceptable (at
+    least one of them not None), or None (see ``_plain_observation``)."""
+    name, category, chains, url = (
+        raw.get("name"),
+        raw.get("category"),
+        raw.get("chains"),
+        raw.get("url"),
+    )
+    if (name is None and category is None and chains is None and url is None) or not (
+        (name is None or (type(name) is str and is_label(name)))
+        and _plain_text(category)
+        and _plain_text(url)
+        and (chains is None or (type(chains) is list and is_chain_list(chains)))
+    ):
+        return None
+    return Listing(
+        slug, name, category, None if chains is None else tuple(chains), url, observed_at
+    )
+
+
+def _plain_listing(raw: Any) -> Listing | None:
+    """The command for a listing item (see ``_plain_observation``)."""
+    if type(raw) is not dict or not raw.keys() <= LISTING_FIELDS:
+        return None
+    slug, observed_at = raw.get("protocol"), raw.get("observed_at")
+    if not is_slug(slug) or type(raw.get("name")) is not str:
+        return None
+    if observed_at is None:
+        return _plain_details(raw, slug, None)
+    if not is_timestamp(observed_at):
+        return None
+    return _plain_details(raw, slug, float(observed_at))
+
+
 def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
     """Validate one observation item (raises ``InvalidItem`` with a clear reason)."""
+    plain = _plain_observation(raw, index)
+    return plain if plain is not None else _checked_observation(raw, index)
+
+
+def _checked_observation(raw: Any, index: int) -> RecordMetric:
     item = _require_mapping(raw, OBSERVATION_FIELDS)
     try:
         if "protocol" not in item:
@@ -267,6 +362,11 @@ def parse_observation(raw: Any, index: int = 0) -> RecordMetric:
 
 def parse_listing(raw: Any) -> Listing:
     """Validate one listing item (a protocol's details without an observation)."""
+    plain = _plain_listing(raw)
+    return plain if plain is not None else _checked_listing(raw)
+
+
+def _checked_listing(raw: Any) -> Listing:
     item = _require_mapping(raw, LISTING_FIELDS)
     try:
         slug = check_slug(item.get("protocol"))  # type: ignore[arg-type]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Sequence
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeGuard, get_args
 
 from .errors import InvalidObservation
 
@@ -34,6 +35,39 @@ _FORBIDDEN_IN_TEXT: Final = re.compile(f"[{_CONTROL}]")
 _FORBIDDEN_IN_IDENTIFIER: Final = re.compile(f"[{_CONTROL}{_INVISIBLE}]")
 
 
+def is_text(text: object, *, identifier: bool = False) -> TypeGuard[str]:
+    """Whether ``check_text`` accepts ``text``: the same rule without a reason, for callers
+    that check many values and only need a reason when one fails (ingest)."""
+    forbidden = _FORBIDDEN_IN_IDENTIFIER if identifier else _FORBIDDEN_IN_TEXT
+    return isinstance(text, str) and forbidden.search(text) is None
+
+
+def is_label(label: object, *, identifier: bool = False) -> TypeGuard[str]:
+    """Whether ``check_label`` accepts ``label`` (see ``is_text``)."""
+    forbidden = _FORBIDDEN_IN_IDENTIFIER if identifier else _FORBIDDEN_IN_TEXT
+    return (
+        isinstance(label, str)
+        and 0 < len(label) <= MAX_NAME_LENGTH
+        and not label.isspace()  # what str.strip() strips: blank labels are refused
+        and forbidden.search(label) is None
+    )
+
+
+def is_chain_list(chains: object) -> TypeGuard[Sequence[str]]:
+    """Whether ``check_chains`` accepts ``chains`` (see ``is_text``)."""
+    if not isinstance(chains, list | tuple) or len(chains) > MAX_CHAINS:
+        return False
+    for chain in chains:
+        if not (
+            isinstance(chain, str)
+            and 0 < len(chain) <= MAX_NAME_LENGTH
+            and not chain.isspace()
+            and _FORBIDDEN_IN_IDENTIFIER.search(chain) is None
+        ):
+            return False
+    return True
+
+
 def check_text(text: str, *, field: str, identifier: bool = False, what: str | None = None) -> str:
     """Return ``text`` unless it holds a character no string may hold (see ``_CONTROL``), or,
     for an ``identifier``, one that does not show (see ``_INVISIBLE``). The error names
@@ -50,6 +84,22 @@ def check_text(text: str, *, field: str, identifier: bool = False, what: str | N
             field=field,
         )
     return text
+
+
+# The largest finite float: a number above it (an int of 400 digits) is not finite either.
+_FLOAT_MAX: Final = sys.float_info.max
+OBSERVED_AT_RANGE: Final = (946_684_800, 4_102_444_800)  # 2000-01-01 .. 2100-01-01
+
+
+def is_value(value: object) -> TypeGuard[float]:
+    """Whether ``check_value`` accepts ``value`` (see ``is_text``); NaN compares false."""
+    return (type(value) is float or type(value) is int) and 0 <= value <= _FLOAT_MAX
+
+
+def is_timestamp(observed_at: object) -> TypeGuard[float]:
+    """Whether ``check_timestamp`` accepts ``observed_at`` (see ``is_text``)."""
+    low, high = OBSERVED_AT_RANGE
+    return (type(observed_at) is float or type(observed_at) is int) and low <= observed_at < high
 
 
 def check_value(value: float, *, what: str = "value") -> float:
@@ -78,7 +128,8 @@ def check_timestamp(observed_at: float) -> float:
     except OverflowError:
         raise InvalidObservation("observed_at out of range", field="observed_at") from None
     # 2000-01-01 .. 2100-01-01: anything outside is a unit mistake (ms vs s) or garbage.
-    if not math.isfinite(stamp) or not 946_684_800 <= stamp < 4_102_444_800:
+    low, high = OBSERVED_AT_RANGE
+    if not math.isfinite(stamp) or not low <= stamp < high:
         raise InvalidObservation(f"observed_at out of range: {observed_at!r}", field="observed_at")
     return stamp
 

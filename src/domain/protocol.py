@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -31,6 +31,11 @@ _SLUG: Final = re.compile(SLUG_PATTERN)
 _NOT_IN_SLUG: Final = re.compile(r"[^a-z0-9.]+")
 _DOTS: Final = re.compile(r"\.{2,}")
 PROTOCOL_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/protocol/")
+
+
+def is_slug(slug: object) -> TypeGuard[str]:
+    """Whether ``check_slug`` accepts ``slug`` (a test without a reason, for ingest)."""
+    return isinstance(slug, str) and _SLUG.fullmatch(slug) is not None
 
 
 def check_slug(slug: str) -> str:

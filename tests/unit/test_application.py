@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from uuid import uuid4
 import pytest
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Notification
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from defi_realtime.application.app import (
     AlertRuleNotFound,
@@ -1044,3 +1047,119 @@ def test_build_batch_limits_its_size() -> None:
     assert build_batch([item] * MAX_ITEMS_PER_BATCH).size == MAX_ITEMS_PER_BATCH
     with pytest.raises(InvalidItem, match=f"at most {MAX_ITEMS_PER_BATCH} items"):
         build_batch([item] * MAX_ITEMS_PER_BATCH, prices=[item])
+
+
+# --- the fast path of validation decides exactly as the checks do ------------------------
+
+_TEXTS = st.one_of(
+    st.sampled_from(["Aave V3", "Ethereum", "total", "Base", "", " ", "\t", "x" * 201]),
+    st.sampled_from(["a\x00b", "\x1b[2J", "c1\x85", "zw\u200bsp", "rlo\u202e", "bom\ufeff"]),
+    st.text(max_size=12),
+)
+_SLUGS = st.one_of(
+    st.sampled_from(["aave-v3", "ether.fi-stake", "a..b", "-a", "Aave", "a_b", "a" * 201]),
+    st.from_regex(r"[a-z0-9.\-_ A\x00\u200b]{0,8}", fullmatch=True),
+)
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.sampled_from([0, -0.0, 1e308, 10**309, True, False, T0, T0 * 1000, 946_684_800]),
+)
+_ANY = st.one_of(st.none(), _TEXTS, _NUMBERS, st.lists(_TEXTS, max_size=3), st.just({}))
+
+
+@st.composite
+def _raw_items(draw: st.DrawFn, *, listing: bool) -> Any:
+    """A valid item (about half of them), with some fields replaced by arbitrary, mostly
+    bad, values or left out, and now and then an unknown field."""
+    usual: dict[str, Any] = {
+        "protocol": "aave-v3",
+        "name": draw(st.sampled_from(["Aave V3", "Ξ Café 🚀", "x" * 200])),
+        "category": draw(st.sampled_from(["Lending", "", "x" * 2000])),
+        "url": "https://aave.com",
+        "chains": draw(st.sampled_from([[], ["Ethereum"], ["OP Mainnet", "Base"]])),
+        "observed_at": draw(st.sampled_from([T0, int(T0), 946_684_800, 4_102_444_799.5])),
+    }
+    odd: dict[str, st.SearchStrategy[Any]] = {
+        "protocol": st.one_of(_SLUGS, _ANY),
+        "name": st.one_of(_TEXTS, _ANY),
+        "category": st.one_of(_TEXTS, _ANY),
+        "url": st.one_of(_TEXTS, _ANY),
+        "chains": st.one_of(st.lists(_TEXTS, max_size=4), _ANY),
+        "observed_at": st.one_of(
+            st.floats(min_value=9e8, max_value=4.2e9), st.sampled_from(["2025-12-06"]), _ANY
+        ),
+    }
+    if not listing:
+        usual |= {
+            "metric": draw(st.sampled_from(["tvl", "volume_24h"])),
+            "chain": draw(st.sampled_from(["total", "Ethereum"])),
+            "value": draw(st.sampled_from([0, 0.0, 1.5e9, 10**20, 1e308])),
+            "source": draw(st.sampled_from(["defillama:snapshot", ""])),
+        }
+        odd |= {
+            "metric": st.one_of(st.sampled_from(["tvl", "fees_24h", "price"]), _ANY),
+            "chain": st.one_of(_TEXTS, _ANY),
+            "value": st.one_of(st.floats(min_value=0, max_value=1e12), _NUMBERS, _ANY),
+            "source": st.one_of(_TEXTS, _ANY),
+        }
+    item: dict[str, Any] = {}
+    changes = draw(st.integers(0, 3))
+    for key in usual:
+        what = draw(st.integers(0, 9))
+        if what < changes:  # arbitrary
+            item[key] = draw(odd[key])
+        elif what < changes + 2 and key not in ("protocol", "value", "observed_at"):
+            continue  # left out (optional)
+        else:
+            item[key] = usual[key]
+    if draw(st.integers(0, 9)) == 0:
+        item["extra"] = 1
+    return item
+
+
+def _outcome(parse: Any, raw: Any) -> Any:
+    try:
+        command = parse(raw)
+    except InvalidItem as error:
+        return ("rejected", str(error), error.field)
+    # Equal values of another type (1 and 1.0) would be stored differently: compare types.
+    values = [getattr(command, f.name) for f in dataclasses.fields(command)]
+    listing = getattr(command, "listing", None)
+    if listing is not None:
+        values += [getattr(listing, f.name) for f in dataclasses.fields(listing)]
+    return command, [type(value) for value in values]
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=_raw_items(listing=False))
+def test_observation_fast_path_decides_as_the_checks(raw: Any) -> None:
+    from defi_realtime.application.ingest import _checked_observation, _plain_observation
+
+    fast = _plain_observation(raw, 3)
+    checked = _outcome(lambda r: _checked_observation(r, 3), raw)
+    event(f"fast path: {fast is not None}, checks: {checked[0] != 'rejected'}")
+    if fast is not None:
+        assert _outcome(lambda r: fast, raw) == checked
+    assert _outcome(lambda r: parse_observation(r, 3), raw) == checked
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_raw_items(listing=True))
+def test_listing_fast_path_decides_as_the_checks(raw: Any) -> None:
+    from defi_realtime.application.ingest import _checked_listing, _plain_listing
+
+    fast = _plain_listing(raw)
+    checked = _outcome(_checked_listing, raw)
+    event(f"fast path: {fast is not None}, checks: {checked[0] != 'rejected'}")
+    if fast is not None:
+        assert _outcome(lambda r: fast, raw) == checked
+    assert _outcome(parse_listing, raw) == checked
+
+
+def test_usual_items_take_the_fast_path() -> None:
+    from defi_realtime.application.ingest import _plain_listing, _plain_observation
+
+    item = named(category="Lending", chains=["Ethereum"], url="https://x", source="s")
+    assert _plain_observation(item, 0) == parse_observation(item)
+    assert _plain_listing({"protocol": "lido", "name": "Lido", "observed_at": T0}) is not None

@@ -14,14 +14,29 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import hypothesis
 import pytest
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Mapper, UUIDAsHex
+from hypothesis import strategies as st
 
 from defi_realtime.domain.alert_rule import MAX_COOLDOWN, AlertRule, InvalidRule, check_target
 from defi_realtime.domain.api_key import TIER_LIMITS, ApiKey, InvalidTier, TierLimits, hash_key
 from defi_realtime.domain.errors import DomainError, InvalidObservation, InvalidTransition
-from defi_realtime.domain.observations import MAX_CHAINS, check_chains, check_text
-from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, slugify
+from defi_realtime.domain.observations import (
+    MAX_CHAINS,
+    check_chains,
+    check_label,
+    check_text,
+    check_timestamp,
+    check_value,
+    is_chain_list,
+    is_label,
+    is_text,
+    is_timestamp,
+    is_value,
+)
+from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
 from defi_realtime.domain.subscription import InvalidSubscription, Subscription
 from defi_realtime.domain.token import Token, check_token_id
 
@@ -480,6 +495,37 @@ def test_metrics_and_chains_are_tracked_separately() -> None:
     assert protocol.current_value("tvl", "arbitrum") == 3.0
     # A chain seen in a metric joins the listing, once, in order of appearance.
     assert protocol.chains == ["ethereum", "arbitrum"]
+
+
+def test_record_metric_builds_the_event_trigger_event_would() -> None:
+    """record_metric builds its event without trigger_event (for speed): same class, same
+    fields in the same order (so the same stored JSON), same effect on the aggregate."""
+    fast, slow = listed(), listed()
+    assert fast.record_metric("tvl", "Base", 1.5, T0, "llama") is True
+    slow.trigger_event(
+        Protocol.MetricRecorded,
+        slug="aave-v3",
+        metric="tvl",
+        chain="Base",
+        value=1.5,
+        observed_at=T0,
+        source="llama",
+    )
+    [built], [triggered] = fast.collect_events(), slow.collect_events()
+    assert type(built) is type(triggered) is Protocol.MetricRecorded
+    assert list(vars(built)) == list(vars(triggered))
+    assert {k: v for k, v in vars(built).items() if k != "timestamp"} == {
+        k: v for k, v in vars(triggered).items() if k != "timestamp"
+    }
+    assert built.timestamp.tzinfo is not None
+    transcoder = JSONTranscoder()
+    transcoder.register(DatetimeAsISO())
+    transcoder.register(UUIDAsHex())
+    stored = [Mapper(transcoder).to_stored_event(e) for e in (built, triggered)]
+    assert stored[0].state.split(b'"slug"')[1] == stored[1].state.split(b'"slug"')[1]
+    assert (fast.version, fast.modified_on, fast.current) == (2, built.timestamp, slow.current)
+    listing = Protocol.create("aave-v3", "Aave V3").collect_events()
+    assert given([*listing, built]).history == fast.history
 
 
 def test_update_details_records_the_full_listing() -> None:
@@ -1286,3 +1332,42 @@ def test_revoke_twice_fails() -> None:
 def test_different_secrets_make_different_keys() -> None:
     assert ApiKey.issue("a", name="x").id != ApiKey.issue("b", name="x").id
     assert ApiKey.issue("a", name="x").id == ApiKey.issue("a", name="y").id
+
+
+def _accepts(check: Any, value: Any) -> bool:
+    try:
+        check(value)
+    except DomainError:
+        return False
+    return True
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.sampled_from([True, False, None, "1", -0.0, 946_684_800, 4_102_444_800, 10**309]),
+)
+_STRINGS = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", " ", "\u00a0", "x" * 200, "x" * 201, "a\x00", "a\u200b", "Eth"]),
+    st.sampled_from([None, 5, ["a"]]),
+)
+
+
+@hypothesis.given(value=_VALUES)
+def test_value_and_time_predicates_agree_with_the_checks(value: Any) -> None:
+    assert is_value(value) == _accepts(check_value, value)
+    assert is_timestamp(value) == _accepts(check_timestamp, value)
+
+
+@hypothesis.given(text=_STRINGS, identifier=st.booleans())
+def test_string_predicates_agree_with_the_checks(text: Any, identifier: bool) -> None:
+    assert is_text(text, identifier=identifier) == _accepts(
+        lambda t: check_text(t, field="f", identifier=identifier), text
+    )
+    assert is_label(text, identifier=identifier) == _accepts(
+        lambda t: check_label(t, what="f", identifier=identifier), text
+    )
+    assert is_slug(text) == _accepts(check_slug, text)
+    chains = [text, "Ethereum"]
+    assert is_chain_list(chains) == _accepts(check_chains, chains)
