@@ -44,8 +44,10 @@ known to drop tracking records and interleave notification IDs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
+
+import psycopg
 
 # Import the module, never its classes by name: ``InfrastructureFactory.construct`` resolves
 # ``PERSISTENCE_MODULE`` by scanning this module's namespace for concrete
@@ -56,10 +58,12 @@ from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    ProgrammingError,
     StoredEvent,
 )
 from eventsourcing.utils import retry as es_retry
 from psycopg import errors as pg_errors
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random
 
@@ -246,6 +250,24 @@ class FastPostgresApplicationRecorder(
             )
             raise ValueError(msg)
         super().__init__(datastore, events_table_name=events_table_name)
+
+    def _fetch_ids_after_insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        **_: Any,
+    ) -> Sequence[int] | None:
+        # The stock version reads the RETURNING ids as dict rows: a dict per event to read
+        # one column (~5 % of a 20,000-event save). Same checks, tuple rows.
+        status = curs.statusmessage or ""
+        assert status.startswith("INSERT"), status
+        rows = cast("Cursor[tuple[Any, ...]]", curs)
+        rows.row_factory = tuple_row
+        try:
+            return [row[0] for row in rows.fetchall()]
+        except psycopg.ProgrammingError as error:
+            msg = f"Couldn't get all notification IDs (expected {len(stored_events)})"
+            raise ProgrammingError(msg) from error
 
 
 class FastPostgresProcessRecorder(

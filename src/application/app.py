@@ -242,7 +242,8 @@ class DefiRealtime(Application[UUID]):
         for metric in batch.metrics:
             if metric.listing is not None and metric.listing.name:
                 first_named.setdefault(metric.protocol, metric.listing)
-        # Each protocol is resolved once per batch; its later items only update its details.
+        # Each protocol is resolved once per batch (a snapshot's rows are all different
+        # protocols, so mostly once per item: one lookup, not two).
         protocols: dict[str, Protocol] = {}
         for metric in batch.metrics:
             slug = metric.protocol
@@ -250,11 +251,14 @@ class DefiRealtime(Application[UUID]):
                 continue
             protocol = protocols.get(slug)
             if protocol is None:
-                if slug in first_named and self._load(Protocol.id_for(slug), working) is None:
-                    self._upsert_listing(first_named[slug], working)
-                protocol, _ = self._upsert_listing(metric.listing or Listing(slug), working)
+                found = self._load(Protocol.id_for(slug), working)
+                if found is None:  # known, so named by an item of this batch
+                    protocol = self._list(first_named[slug], working)
+                else:
+                    assert isinstance(found, Protocol)
+                    protocol = found
                 protocols[slug] = protocol
-            elif metric.listing is not None:
+            if metric.listing is not None:
                 self._update_details(protocol, metric.listing)
             if protocol.record_metric(
                 metric.metric, metric.chain, metric.value, metric.observed_at, metric.source
@@ -280,23 +284,26 @@ class DefiRealtime(Application[UUID]):
     ) -> tuple[Protocol, bool]:
         """The listed protocol, listed or updated from ``listing``; and whether that changed
         anything."""
-        protocol_id = Protocol.id_for(listing.protocol)
-        protocol = self._load(protocol_id, working)
+        protocol = self._load(Protocol.id_for(listing.protocol), working)
         if protocol is None:
-            if not listing.name:
-                raise ProtocolNotFound(listing.protocol)
-            protocol = Protocol.create(
-                slug=listing.protocol,
-                name=listing.name,
-                category=listing.category or "",
-                chains=list(listing.chains or ()),
-                url=listing.url or "",
-                observed_at=listing.observed_at,
-            )
-            working[protocol_id] = protocol
-            return protocol, True
+            return self._list(listing, working), True
         assert isinstance(protocol, Protocol)
         return protocol, self._update_details(protocol, listing)
+
+    @staticmethod
+    def _list(listing: Listing, working: dict[UUID, Aggregate]) -> Protocol:
+        if not listing.name:
+            raise ProtocolNotFound(listing.protocol)
+        protocol = Protocol.create(
+            slug=listing.protocol,
+            name=listing.name,
+            category=listing.category or "",
+            chains=list(listing.chains or ()),
+            url=listing.url or "",
+            observed_at=listing.observed_at,
+        )
+        working[protocol.id] = protocol
+        return protocol
 
     @staticmethod
     def _update_details(protocol: Protocol, listing: Listing) -> bool:
