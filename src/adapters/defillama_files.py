@@ -70,6 +70,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 from ..application.ingest import no_duplicate_keys
+from ..domain.observations import TOTAL
 from ..domain.protocol import slugify
 
 Format: TypeAlias = Literal[
@@ -114,9 +115,19 @@ _SNIFF_LINES: Final = 20
 _SNIFF_BYTES: Final = 256 * 1024
 _CHUNK: Final = 1024 * 1024
 _LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url", "observed_at"})
-# str -> value, without json.loads' per-call encoding sniffing (lines are decoded as UTF-8);
-# refusing duplicate keys costs ~20 % of the decoding (~1 us a line, docs/benchmarks.md).
-_decode: Final = json.JSONDecoder(object_pairs_hook=no_duplicate_keys).decode
+# raw_decode is the documented entry to the C scanner: json.loads adds encoding sniffing and
+# decode() two whitespace regex matches per line (lines are stripped here instead). Refusing
+# duplicate keys costs ~20 % of the decoding (~1 us a line, docs/benchmarks.md).
+_raw_decode: Final = json.JSONDecoder(object_pairs_hook=no_duplicate_keys).raw_decode
+
+
+def _decode(text: str) -> Any:
+    """The JSON value ``text`` holds, surrounding whitespace allowed (as json.loads)."""
+    text = text.strip(" \t\r\n")
+    value, end = _raw_decode(text)
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
 
 
 class UnknownFormatError(ValueError):
@@ -307,7 +318,9 @@ def _slug_of(record: dict[str, Any]) -> str:
     return _slug_of_name(name)
 
 
+@lru_cache(maxsize=65_536)
 def _slug_of_name(name: str) -> str:
+    # Cached: a snapshot file names each protocol once per capture.
     slug = slugify(name)
     if not slug:
         raise _NoSlug(f"name {name!r} has no letter or digit to make a slug of")
@@ -370,15 +383,29 @@ def _snapshot_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
         observed_at = _to_unix(record.get("captured_at"))
     except ValueError as error:
         return _invalid(line, f"captured_at: {error}")
-    details = _details(record)
     tvl = record.get("tvl")
     if tvl is None:
-        return ReadItem("listing", _listing(slug, details, observed_at), line)
+        return ReadItem("listing", _listing(slug, _details(record), observed_at), line)
     if not _is_number(tvl):
         return _invalid(line, f"tvl must be a number or null, got {type(tvl).__name__}")
-    return ReadItem(
-        "observation", _observation(slug, "total", tvl, observed_at, source, details), line
-    )
+    # The item built in place (what _observation(..., _details(record)) gives, keys in the
+    # same order): this runs for every row of a snapshot file.
+    item: dict[str, Any] = {
+        "protocol": slug,
+        "metric": "tvl",
+        "chain": TOTAL,
+        "value": float(tvl),
+        "observed_at": observed_at,
+        "source": source,
+    }
+    for key in ("name", "category", "url"):
+        value = record.get(key)
+        if isinstance(value, str):
+            item[key] = value
+    chains = record.get("chains")
+    if isinstance(chains, list):
+        item["chains"] = list(chains)
+    return ReadItem("observation", item, line)
 
 
 def _history_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
@@ -422,6 +449,19 @@ def _own_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
     return ReadItem(kind, record, line)
 
 
+def _lines(fh: io.BufferedIOBase) -> Iterator[bytes]:
+    """The lines of ``fh`` without their ``\n``, read a block at a time: iterating a GzipFile
+    costs a Python call (GzipFile.readline) per line. ``read1`` returns what one read of the
+    underlying stream gives, so a truncated file still yields the lines before the damage."""
+    rest = b""
+    while block := fh.read1(_CHUNK):
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
 def _read_jsonl(path: StrPath, fmt: Format, source: str | None) -> Iterator[ReadItem]:
     default = source if source is not None else DEFAULT_SOURCES[fmt]
     convert = {"snapshots-jsonl": _snapshot_item, "tvl-history-jsonl": _history_item}.get(
@@ -430,7 +470,7 @@ def _read_jsonl(path: StrPath, fmt: Format, source: str | None) -> Iterator[Read
     line = 0
     with _open(path) as fh:
         try:
-            for line, raw in enumerate(fh, 1):
+            for line, raw in enumerate(_lines(fh), 1):
                 if not raw.strip():
                     continue
                 try:
