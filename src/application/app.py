@@ -158,12 +158,19 @@ class DefiRealtime(Application[UUID]):
         tokens = {price.token for batch in batches for price in batch.prices}
         wanted = [Protocol.id_for(slug) for slug in slugs]
         wanted.extend(Token.id_for(token) for token in tokens)
+        # A cached aggregate goes straight into the working set (what _load would get from
+        # repository.get: the same object), unless the repository would fast-forward or
+        # copy it on a get; then _load does that, per aggregate, as before.
+        cached_as_is = not (self.repository.fastforward or self.repository.deepcopy_from_cache)
         missing: list[UUID] = []
         for aggregate_id in wanted:
             try:
-                cache.get(aggregate_id)
+                cached = cache.get(aggregate_id)
             except KeyError:
                 missing.append(aggregate_id)
+                continue
+            if cached_as_is and isinstance(cached, Aggregate):
+                working[aggregate_id] = cached
         if not missing:
             return
         if isinstance(recorder, BulkEventReader):
@@ -177,14 +184,14 @@ class DefiRealtime(Application[UUID]):
             events.setdefault(key, []).append(self.mapper.to_domain_event(stored))
         for aggregate_id in missing:
             found = events.get(aggregate_id)
-            aggregate: Aggregate | None = None
+            loaded: Aggregate | None = None
             if found is not None:
-                aggregate = project_aggregate(aggregate, found)
-            if aggregate is None:
+                loaded = project_aggregate(loaded, found)
+            if loaded is None:
                 self._absent.add(aggregate_id)
                 continue
-            cache.put(aggregate_id, aggregate)
-            working[aggregate_id] = aggregate
+            cache.put(aggregate_id, loaded)
+            working[aggregate_id] = loaded
 
     def _load(self, aggregate_id: UUID, working: dict[UUID, Aggregate]) -> Aggregate | None:
         found = working.get(aggregate_id)
