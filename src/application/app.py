@@ -22,7 +22,7 @@ from eventsourcing.application import (
     project_aggregate,
 )
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, Mapper, Recording
 
 from ..domain.alert_rule import AlertRule
 from ..domain.api_key import ApiKey, hash_key
@@ -31,6 +31,7 @@ from ..domain.subscription import Subscription
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
+from .metric_mapper import MetricRecordedMapper
 from .ports import BulkEventReader
 
 A = TypeVar("A", bound=Aggregate)
@@ -78,6 +79,16 @@ class DefiRealtime(Application[UUID]):
         super().__init__(env)
         # Ids looked up and not found during the current ingest (writer thread only).
         self._absent: set[UUID] = set()
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The configured mapper; the stock one with a template for MetricRecorded (the
+        same bytes, a quarter of the time: application/metric_mapper.py)."""
+        mapper = super().construct_mapper()
+        if type(mapper) is not Mapper:  # MAPPER_TOPIC chose another: keep it
+            return mapper
+        return MetricRecordedMapper(
+            mapper.transcoder, compressor=mapper.compressor, cipher=mapper.cipher
+        )
 
     # -- ingest -------------------------------------------------------------------------
 
