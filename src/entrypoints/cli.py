@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import signal
@@ -135,6 +136,11 @@ def ingest(
     settings = _settings()
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Full collections made rare, as in the nodes (GC_THRESHOLDS, ADR 0012): the aggregate
+    # cache grows to every protocol of the file and was rescanned again and again (~10 % of
+    # an import's CPU, docs/benchmarks.md). The process's own setting comes back at the end.
+    collector = gc.get_threshold()
+    gc.set_threshold(*settings.collector_thresholds)
     app = DefiRealtime(env=settings.event_store_env)
     writer = IngestWriter(app)
     writer.start()
@@ -155,6 +161,7 @@ def ingest(
     finally:
         writer.stop()
         app.close()
+        gc.set_threshold(*collector)
     _print_totals(totals)
 
 
