@@ -101,7 +101,7 @@ class DefiRealtime(Application[UUID]):
                 self._preload(batches, working)
                 results = [self._apply_batch(batch, working) for batch in batches]
                 # Only aggregates with new events: an unchanged one would record nothing.
-                recordings = self.save_aggregates([a for a in working.values() if a.pending_events])
+                written = self._save_group([a for a in working.values() if a.pending_events])
             except IntegrityError:
                 self._evict(working)
                 if attempt + 1 == attempts:
@@ -112,8 +112,8 @@ class DefiRealtime(Application[UUID]):
                 raise
             finally:
                 self._absent.clear()
-            position = max((r.notification.id for r in recordings), default=0)
-            if not recordings and any(result.committed for result in results):
+            position = written
+            if not written and any(result.committed for result in results):
                 # Nothing new (duplicates only): the head, from which a client can resume a
                 # stream knowing it holds everything the batch carried.
                 position = self.recorder.max_notification_id() or 0
@@ -141,6 +141,30 @@ class DefiRealtime(Application[UUID]):
         self._notify(recordings)
         self.notify(processing.events)  # deprecated hook, called as save() does
         return recordings
+
+    def _save_group(self, aggregates: Sequence[Aggregate]) -> int:
+        """Save an ingest group's aggregates in one transaction; the highest new position
+        (0: nothing written).
+
+        ``save_aggregates`` minus what ingest never reads: a ``Recording`` and a
+        ``Notification`` per event (~6 us each, ~5 % of importing the real snapshot file)
+        and the ``_notify``/``notify`` hooks, which this application does not use (a test
+        holds that). Stored events, cache and snapshots as ``save`` does them.
+        """
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in aggregates:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
+        if not processing.events:
+            return 0
+        stored = list(map(self.mapper.to_stored_event, processing.events))
+        ids = self.recorder.insert_events(stored)
+        cache = self.repository.cache
+        if cache and not self.repository.fastforward:  # as _record does
+            for aggregate_id, saved in processing.aggregates.items():
+                cache.put(aggregate_id, saved)
+        self._take_snapshots(processing)
+        return max(ids) if ids else 0
 
     def _evict(self, working: dict[UUID, Aggregate]) -> None:
         # The working set may hold mutated (unsaved) cached aggregates: drop them so the

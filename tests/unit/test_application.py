@@ -10,7 +10,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Notification
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -448,6 +448,36 @@ def test_a_group_of_batches_is_one_commit(
         Token.id_for("coingecko:bitcoin"): [(1, "Token.Registered"), (2, "Token.PriceRecorded")],
     }
     assert [n.id for n in notifications(app)] == list(range(1, 9))
+
+
+def test_the_ingest_save_stores_and_caches_like_save() -> None:
+    """Ingest's _save_group skips the per-event Recording objects and the _notify/notify
+    hooks; the same events are stored in the same order, the same aggregates cached."""
+    apps = [DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}) for _ in range(2)]
+    try:
+        stored = []
+        for app, lean in zip(apps, (False, True), strict=True):
+            protocols = [Protocol.create(f"p{i}", name=f"P{i}") for i in range(3)]
+            for i, protocol in enumerate(protocols):
+                protocol.record_metric("tvl", "total", float(i), T0, "test")
+            if lean:
+                assert app._save_group(protocols) == 6
+                assert app._save_group([]) == 0
+            else:
+                assert max(r.notification.id for r in app.save(*protocols)) == 6
+            assert app.repository.cache is not None
+            assert all(app.repository.cache.get(p.id) is p for p in protocols)
+            assert not any(p.pending_events for p in protocols)
+            stored.append(
+                [(n.id, n.originator_id, n.originator_version, n.topic) for n in notifications(app)]
+            )
+        assert stored[0] == stored[1]
+    finally:
+        for app in apps:
+            app.close()
+    # Nothing listens on the hooks the ingest save does not call.
+    assert DefiRealtime._notify is Application._notify
+    assert DefiRealtime.notify is Application.notify
 
 
 def test_save_aggregates_records_like_save() -> None:
