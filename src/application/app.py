@@ -246,27 +246,34 @@ class DefiRealtime(Application[UUID]):
 
     def _apply_batch(self, batch: IngestBatch, working: dict[UUID, Aggregate]) -> IngestResult:
         result = IngestResult(rejected=list(batch.rejected))
+        # A new protocol may be named by a later item of the batch than its first
+        # observation: it is listed from the first named item before anything is recorded.
+        first_named: dict[str, Listing] = {}
+        for metric in batch.metrics:
+            listing = metric.listing
+            if listing is not None and listing.name and metric.protocol not in first_named:
+                first_named[metric.protocol] = listing
         # Resolve first, mutate second: a batch that is refused must leave the (shared)
         # working set untouched.
         named = {listing.protocol for listing in batch.listings if listing.name}
-        named.update(m.protocol for m in batch.metrics if m.listing is not None and m.listing.name)
-        known: dict[str, bool] = {}
-        for metric in batch.metrics:
-            if metric.protocol not in known:
-                known[metric.protocol] = (
-                    metric.protocol in named
-                    or self._load(Protocol.id_for(metric.protocol), working) is not None
+        named.update(first_named)
+        unknown = {
+            slug
+            for slug in {metric.protocol for metric in batch.metrics}
+            if slug not in named and self._load(Protocol.id_for(slug), working) is None
+        }
+        if unknown:
+            result.rejected.extend(
+                Rejection(
+                    "observation",
+                    metric.index,
+                    f"unknown protocol {metric.protocol!r}: include 'name' (and category, "
+                    "chains, url) to list it",
+                    "protocol",
                 )
-            if not known[metric.protocol]:
-                result.rejected.append(
-                    Rejection(
-                        "observation",
-                        metric.index,
-                        f"unknown protocol {metric.protocol!r}: include 'name' (and category, "
-                        "chains, url) to list it",
-                        "protocol",
-                    )
-                )
+                for metric in batch.metrics
+                if metric.protocol in unknown
+            )
         if result.rejected and not batch.partial:
             result.committed = False
             return result
@@ -278,18 +285,12 @@ class DefiRealtime(Application[UUID]):
                 result.accepted += 1
             else:
                 result.duplicates += 1
-        # A new protocol may be named by a later item of the batch than its first
-        # observation: list it from the first named item before recording anything.
-        first_named: dict[str, Listing] = {}
-        for metric in batch.metrics:
-            if metric.listing is not None and metric.listing.name:
-                first_named.setdefault(metric.protocol, metric.listing)
         # Each protocol is resolved once per batch (a snapshot's rows are all different
         # protocols, so mostly once per item: one lookup, not two).
         protocols: dict[str, Protocol] = {}
         for metric in batch.metrics:
             slug = metric.protocol
-            if not known[slug]:
+            if slug in unknown:
                 continue
             protocol = protocols.get(slug)
             if protocol is None:
