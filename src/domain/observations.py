@@ -104,6 +104,8 @@ def is_timestamp(observed_at: object) -> TypeGuard[float]:
 
 def check_value(value: float, *, what: str = "value") -> float:
     """Return ``value`` as a float if it is finite and non-negative, else raise."""
+    if is_value(value):  # the usual case, without building a reason
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidObservation(f"{what} must be a number, got {type(value).__name__}", field=what)
     try:
@@ -121,6 +123,8 @@ def check_value(value: float, *, what: str = "value") -> float:
 
 def check_timestamp(observed_at: float) -> float:
     """Return ``observed_at`` (unix seconds) if it is a plausible finite time."""
+    if is_timestamp(observed_at):
+        return float(observed_at)
     if isinstance(observed_at, bool) or not isinstance(observed_at, int | float):
         raise InvalidObservation("observed_at must be unix seconds", field="observed_at")
     try:
@@ -150,6 +154,8 @@ def check_label(
     """Return ``label`` if it is a non-empty string of at most ``MAX_NAME_LENGTH`` characters
     that passes ``check_text``. ``what`` names it in the reason, ``field`` (default ``what``)
     in the error; an ``identifier`` (a chain, an owner) may not hold invisible characters."""
+    if is_label(label, identifier=identifier):
+        return label
     if not isinstance(label, str) or not label.strip() or len(label) > MAX_NAME_LENGTH:
         raise InvalidObservation(
             f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters",
@@ -160,11 +166,15 @@ def check_label(
 
 def check_chain(chain: str, *, what: str = "chain") -> str:
     """A chain name (``Ethereum``, ``OP Mainnet``) or ``TOTAL``: an identifier label."""
+    if is_label(chain, identifier=True):
+        return chain
     return check_label(chain, what=what, identifier=True)
 
 
 def check_chains(chains: Sequence[str]) -> list[str]:
     """A protocol's chain list: at most ``MAX_CHAINS`` chain names (see ``check_chain``)."""
+    if is_chain_list(chains):
+        return list(chains)
     if not isinstance(chains, list | tuple):
         raise InvalidObservation("chains must be a list of strings", field="chains")
     if len(chains) > MAX_CHAINS:
