@@ -134,13 +134,14 @@ class UnknownFormatError(ValueError):
     """The file is not in any of the supported formats."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadItem:
     """One item read from a file.
 
     ``kind`` is ``"observation"``, ``"price"`` or ``"listing"`` with ``item`` the ingest item
     (a fresh dict the caller may keep), or ``"invalid"`` with ``item`` None and ``error`` the
-    reason. ``line`` locates it in the file (see the module docstring).
+    reason. ``line`` locates it in the file (see the module docstring). Not frozen: one is
+    built per line, and a frozen dataclass's __init__ costs 3x; treat it as a value.
     """
 
     kind: ItemKind
