@@ -44,7 +44,8 @@ known to drop tracking records and interleave notification IDs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+import struct
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 from uuid import UUID
 
 import psycopg
@@ -63,6 +64,9 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import retry as es_retry
 from psycopg import errors as pg_errors
+from psycopg.abc import AdaptContext
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random
@@ -116,6 +120,88 @@ _retry_table_creation = retry(
 
 # Originator IDs: all UUID or all str at runtime (see below); typed loosely for mypy.
 ColumnArrays = tuple[list[UUID | str], list[int], list[str], list[bytes]]
+
+# PostgreSQL's binary array format: number of dimensions, has-nulls flag, element type OID,
+# then each dimension's length and lower bound, then each element as a length and its bytes.
+_ARRAY_HEADER: Final = struct.Struct(">iiIii")
+_LENGTH: Final = struct.Struct(">i")
+_INT8_ELEMENT: Final = struct.Struct(">iq")
+_UUID_LENGTH: Final = _LENGTH.pack(16)
+_UUID_OID, _INT8_OID, _TEXT_OID, _BYTEA_OID = 2950, 20, 25, 17
+
+
+class _BinaryArray(bytes):
+    """A one-dimensional array already in PostgreSQL's binary format, ``array_oid`` saying
+    of what; ``_BinaryArrayDumper`` hands it to psycopg as it is."""
+
+    __slots__ = ()
+    array_oid: ClassVar[int] = 0
+
+
+class _UUIDArray(_BinaryArray):
+    array_oid = 2951
+
+
+class _Int8Array(_BinaryArray):
+    array_oid = 1016
+
+
+class _TextArray(_BinaryArray):
+    array_oid = 1009
+
+
+class _ByteaArray(_BinaryArray):
+    array_oid = 1001
+
+
+class _BinaryArrayDumper(Dumper):
+    format = Format.BINARY
+
+    def __init__(self, cls: type, context: AdaptContext | None = None) -> None:
+        super().__init__(cls, context)
+        self.oid = getattr(cls, "array_oid", 0)
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+def _binary_columns(stored_events: Sequence[StoredEvent]) -> tuple[_BinaryArray, ...] | None:
+    """The four columns as binary arrays, or None when an originator ID is not a UUID.
+
+    What psycopg's list dumper sends for ``uuid[]``, ``bigint[]``, ``text[]`` and
+    ``bytea[]`` (tests/integration/test_postgres_event_store.py compares the bytes), built
+    with one ``join`` per column instead of a Python call per element (~3 us per event).
+    """
+    ids = []
+    for stored in stored_events:
+        originator_id = stored.originator_id
+        if not isinstance(originator_id, UUID):
+            return None  # text IDs: psycopg's list dumper, and the server's cast
+        ids.append(originator_id.bytes)
+    count = len(stored_events)
+
+    def header(element_oid: int) -> bytes:
+        return _ARRAY_HEADER.pack(1, 0, element_oid, count, 1)
+
+    element = _INT8_ELEMENT.pack
+    versions = b"".join([element(8, e.originator_version) for e in stored_events])
+    encoded: dict[str, bytes] = {}  # a few topics, each encoded once
+    topics = []
+    for stored in stored_events:
+        topic = encoded.get(stored.topic)
+        if topic is None:
+            raw = stored.topic.encode()
+            topic = encoded[stored.topic] = _LENGTH.pack(len(raw)) + raw
+        topics.append(topic)
+    length = _LENGTH.pack
+    return (
+        _UUIDArray(header(_UUID_OID) + _UUID_LENGTH + _UUID_LENGTH.join(ids)),
+        _Int8Array(header(_INT8_OID) + versions),
+        _TextArray(header(_TEXT_OID) + b"".join(topics)),
+        _ByteaArray(
+            header(_BYTEA_OID) + b"".join([length(len(e.state)) + e.state for e in stored_events])
+        ),
+    )
 
 
 def _column_arrays(stored_events: Sequence[StoredEvent], originator_id_type: str) -> ColumnArrays:
@@ -212,9 +298,17 @@ class FastPostgresAggregateRecorder(es_postgres.PostgresAggregateRecorder):
         # stock insert_events, and PostgresApplicationRecorder._insert_stored_events which
         # takes the table lock first) and result handling are unchanged.
         statement: Composed = self.insert_events_statement
+        columns: Sequence[Any] | None = None
+        if self.datastore.originator_id_type == "uuid" and stored_events:
+            columns = _binary_columns(stored_events)
+        if columns is None:
+            columns = _column_arrays(stored_events, self.datastore.originator_id_type)
+        else:
+            for array_class in (_UUIDArray, _Int8Array, _TextArray, _ByteaArray):
+                curs.adapters.register_dumper(array_class, _BinaryArrayDumper)
         curs.execute(
             statement,
-            _column_arrays(stored_events, self.datastore.originator_id_type),
+            columns,
             # Why prepare: the statement text never changes, so after the first call the
             # server skips parse/plan; it matters for the many small saves.
             prepare=True,

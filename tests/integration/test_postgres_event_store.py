@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.tests import persistence as es_cases
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.sql import SQL, Identifier
 
 from defi_realtime.adapters.postgres_event_store import (
@@ -38,6 +39,8 @@ from defi_realtime.adapters.postgres_event_store import (
     FastPostgresApplicationRecorder,
     FastPostgresFactory,
     FastPostgresProcessRecorder,
+    _binary_columns,
+    _column_arrays,
 )
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.ingest import IngestResult, build_batch
@@ -397,6 +400,29 @@ class TestFastFactoryWithApplication(PostgresSchemaCase):
         pools[1].record_metric(7)
         (recording,) = app.save(pools[1])
         assert recording.notification.id > ids[-1] + 1
+
+
+def test_binary_columns_are_what_psycopg_sends_for_the_lists() -> None:
+    """The fast recorder builds its four binary arrays itself (one join per column); they
+    are byte for byte what psycopg's list dumper makes of the same lists."""
+    stored = [
+        StoredEvent(uuid4(), version, topic, state)
+        for version, topic, state in [
+            (1, TOPIC, b'{"v":1}'),
+            (2**40, "a:B", b""),
+            (7, "\u00e9:\u6f22", bytes(range(256))),
+            (3, TOPIC, b"x" * 70_000),
+        ]
+    ]
+    columns = _binary_columns(stored)
+    assert columns is not None
+    transformer = Transformer()
+    lists = _column_arrays(stored, "uuid")
+    for ours, values in zip(columns, lists, strict=True):
+        dumper = transformer.get_dumper(values, PyFormat.BINARY)
+        assert (bytes(ours), type(ours).array_oid) == (bytes(dumper.dump(values)), dumper.oid)
+    text_ids = [StoredEvent(str(e.originator_id), 1, TOPIC, b"{}") for e in stored]
+    assert _binary_columns(text_ids) is None  # psycopg's text[] and the server's cast
 
 
 class TestIngestOnPostgres(PostgresSchemaCase):
