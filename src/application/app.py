@@ -77,8 +77,10 @@ class DefiRealtime(Application[UUID]):
 
     def __init__(self, env: Any = None) -> None:
         super().__init__(env)
-        # Ids looked up and not found during the current ingest (writer thread only).
+        # During an ingest (writer thread only): ids looked up and not found, and the
+        # aggregates _preload found, which _load hands out on first use.
         self._absent: set[UUID] = set()
+        self._preloaded: dict[UUID, Aggregate] = {}
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The configured mapper; the stock one with a template for MetricRecorded (the
@@ -97,8 +99,9 @@ class DefiRealtime(Application[UUID]):
         for attempt in range(attempts):
             working: dict[UUID, Aggregate] = {}
             self._absent.clear()
+            self._preloaded.clear()
             try:
-                self._preload(batches, working)
+                self._preload(batches)
                 results = [self._apply_batch(batch, working) for batch in batches]
                 # Only aggregates with new events: an unchanged one would record nothing.
                 written = self._save_group([a for a in working.values() if a.pending_events])
@@ -112,6 +115,7 @@ class DefiRealtime(Application[UUID]):
                 raise
             finally:
                 self._absent.clear()
+                self._preloaded.clear()
             position = written
             if not written and any(result.committed for result in results):
                 # Nothing new (duplicates only): the head, from which a client can resume a
@@ -176,13 +180,16 @@ class DefiRealtime(Application[UUID]):
             with contextlib.suppress(KeyError):
                 cache.get(aggregate_id, evict=True)
 
-    def _preload(self, batches: Sequence[IngestBatch], working: dict[UUID, Aggregate]) -> None:
+    def _preload(self, batches: Sequence[IngestBatch]) -> None:
         """Load every aggregate the group names and the cache lacks, in ONE query when the
         recorder is a ``BulkEventReader`` (one per aggregate otherwise); the ones with no
         events are remembered as absent, so ``_load`` never queries during the group.
 
         Loading them one by one cost a round trip each: 6,689 for the real snapshot file,
-        most of an import's wall time on PostgreSQL (docs/benchmarks.md).
+        most of an import's wall time on PostgreSQL (docs/benchmarks.md). What is found is
+        kept aside and enters the working set when an item first uses it, as before: the
+        group's events are saved aggregate by aggregate in that order, which is the order
+        of the log (and of the updates clients receive).
         """
         recorder = self.recorder
         cache = self.repository.cache
@@ -193,10 +200,11 @@ class DefiRealtime(Application[UUID]):
         tokens = {price.token for batch in batches for price in batch.prices}
         wanted = [Protocol.id_for(slug) for slug in slugs]
         wanted.extend(Token.id_for(token) for token in tokens)
-        # A cached aggregate goes straight into the working set (what _load would get from
-        # repository.get: the same object), unless the repository would fast-forward or
-        # copy it on a get; then _load does that, per aggregate, as before.
+        # A cached aggregate is what _load would get from repository.get (the same object),
+        # unless the repository would fast-forward or copy it on a get; then _load does that,
+        # per aggregate, as before.
         cached_as_is = not (self.repository.fastforward or self.repository.deepcopy_from_cache)
+        preloaded = self._preloaded
         missing: list[UUID] = []
         for aggregate_id in wanted:
             try:
@@ -205,7 +213,7 @@ class DefiRealtime(Application[UUID]):
                 missing.append(aggregate_id)
                 continue
             if cached_as_is and isinstance(cached, Aggregate):
-                working[aggregate_id] = cached
+                preloaded[aggregate_id] = cached
         if not missing:
             return
         if isinstance(recorder, BulkEventReader):
@@ -226,11 +234,15 @@ class DefiRealtime(Application[UUID]):
                 self._absent.add(aggregate_id)
                 continue
             cache.put(aggregate_id, loaded)
-            working[aggregate_id] = loaded
+            preloaded[aggregate_id] = loaded
 
     def _load(self, aggregate_id: UUID, working: dict[UUID, Aggregate]) -> Aggregate | None:
         found = working.get(aggregate_id)
         if found is not None:
+            return found
+        found = self._preloaded.get(aggregate_id)
+        if found is not None:
+            working[aggregate_id] = found
             return found
         if aggregate_id in self._absent:
             return None
@@ -257,9 +269,11 @@ class DefiRealtime(Application[UUID]):
         # working set untouched.
         named = {listing.protocol for listing in batch.listings if listing.name}
         named.update(first_named)
+        # dict.fromkeys, not a set: _load puts what it finds into the working set, whose
+        # order is the order events are saved in (first use, item by item).
         unknown = {
             slug
-            for slug in {metric.protocol for metric in batch.metrics}
+            for slug in dict.fromkeys(metric.protocol for metric in batch.metrics)
             if slug not in named and self._load(Protocol.id_for(slug), working) is None
         }
         if unknown:

@@ -450,6 +450,25 @@ def test_a_group_of_batches_is_one_commit(
     assert [n.id for n in notifications(app)] == list(range(1, 9))
 
 
+def test_events_reach_the_log_in_the_order_items_first_use_their_protocols(
+    app: DefiRealtime,
+) -> None:
+    slugs = [f"p{i:02d}" for i in range(30)]
+    app.ingest([build_batch([named(slug, 1.0, T0) for slug in slugs])])
+    order = slugs[7:] + slugs[:7]
+    order.reverse()
+    before = head(app)
+    # Known (cached) protocols, a new one in the middle, over a group of two batches.
+    first = [obs(slug, 2.0, T0 + 60) for slug in order[:20]] + [named("new", 1.0, T0)]
+    second = [obs(slug, 2.0, T0 + 60) for slug in order[20:]]
+    app.ingest([build_batch(first), build_batch(second)])
+    logged = [n.originator_id for n in notifications(app) if n.id > before]
+    expected = [Protocol.id_for(slug) for slug in order[:20]]
+    expected += [Protocol.id_for("new"), Protocol.id_for("new")]  # Listed, MetricRecorded
+    expected += [Protocol.id_for(slug) for slug in order[20:]]
+    assert logged == expected
+
+
 def test_the_ingest_save_stores_and_caches_like_save() -> None:
     """Ingest's _save_group skips the per-event Recording objects and the _notify/notify
     hooks; the same events are stored in the same order, the same aggregates cached."""
