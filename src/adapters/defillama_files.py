@@ -40,7 +40,8 @@ Decisions:
   value that is not a number) yields an ``"invalid"`` item with the line number and the reason;
   the caller counts it as rejected. Value *ranges* (negative, NaN, out-of-range times) are left
   to the ingest validation, which gives every entry point the same reasons.
-* Slugs: a payload's own ``slug`` when present, else ``domain.protocol.slugify(name)``
+* Slugs: a payload's own ``slug`` when present (slugified too if it is outside the slug
+  alphabet), else ``domain.protocol.slugify(name)``
   (lower-case, apostrophes dropped, other characters outside ``[a-z0-9.-]`` -> ``-``). The
   tvl-history file's ``protocol`` is slugified the same way (it holds file names such as
   ``Hedge``). A name with no letter or digit gives no slug: the row is invalid. Two names that
@@ -71,7 +72,7 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 from ..application.ingest import no_duplicate_keys
 from ..domain.observations import TOTAL
-from ..domain.protocol import slugify
+from ..domain.protocol import is_slug, slugify
 
 Format: TypeAlias = Literal[
     "defillama-protocols",
@@ -309,10 +310,13 @@ class _NoSlug(ValueError):
 
 
 def _slug_of(record: dict[str, Any]) -> str:
-    """The payload's slug, else the slug of its name (raises ``_NoSlug``)."""
+    """The payload's slug, else the slug of its name (raises ``_NoSlug``). A payload slug
+    outside the slug alphabet (DeFiLlama keeps characters such as '+' or '(' in some) is
+    mapped into it as a name would be, so every reader gives one protocol one slug."""
     slug = record.get("slug")
     if isinstance(slug, str) and slug.strip():
-        return slug.strip()
+        slug = slug.strip()
+        return slug if is_slug(slug) else _slug_of_name(slug)
     name = record.get("name")
     if not isinstance(name, str) or not name.strip():
         raise _NoSlug("no name or slug")

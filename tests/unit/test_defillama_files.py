@@ -315,6 +315,20 @@ def test_slugs_of_names_keep_to_the_slug_alphabet(tmp_path: Path, name: str, slu
     assert (read.item["protocol"], read.item["name"]) == (slug, name)
 
 
+def test_payload_slugs_outside_the_alphabet_are_mapped_into_it(tmp_path: Path) -> None:
+    document = [
+        {"name": "Lorenzo sUSD1+", "slug": "lorenzo-susd1+", "tvl": 1.0},
+        {"name": "Ether.fi Stake", "slug": "ether.fi-stake", "tvl": 2.0},
+        {"name": "Odd", "slug": "Odd (Legacy)", "tvl": 3.0},
+    ]
+    read = items(write_json(tmp_path / "p.json", document), observed_at=DAY)
+    assert [i.item["protocol"] for i in read if i.item] == [
+        "lorenzo-susd1",
+        "ether.fi-stake",
+        "odd-legacy",
+    ]
+
+
 def test_a_name_without_letters_or_digits_is_an_invalid_row(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "s.jsonl", [snapshot_row("(+)", 1.0), snapshot_row("B", 1.0)])
     read = items(path)
