@@ -44,6 +44,7 @@ from defi_realtime.adapters.postgres_event_store import (
 )
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.ingest import IngestResult, build_batch
+from defi_realtime.application.ports import BulkEventReader
 from tests.services import postgres_url
 
 pytestmark = pytest.mark.postgres
@@ -181,6 +182,7 @@ class TestFastApplicationRecorder(
 
     def test_select_events_of_reads_many_originators_at_once(self) -> None:
         recorder = self.create_recorder()
+        assert isinstance(recorder, BulkEventReader)
         stored = self.stored_events(60, per_originator=6)
         recorder.insert_events(stored)
         originators = list(dict.fromkeys(e.originator_id for e in stored))
