@@ -33,17 +33,21 @@ Decisions:
   ``dcAndLsOverlap``, ``govtokens`` and ``<Chain>-<one of those>`` -- are skipped: DeFiLlama
   reports them beside, not inside, TVL.
 * A protocol whose TVL is ``null`` (DeFiLlama lists ~1,500 such: CEXes, dexs-only listings) is
-  not dropped: it yields a ``"listing"`` item ``{protocol, name, category, chains, url}`` so the
-  protocol is still listed, without a TVL value. A ``null`` *per-chain* value in
-  ``/protocols``' ``chainTvls`` means "no figure for that chain" and is skipped.
+  not dropped: it yields a ``"listing"`` item ``{protocol, name, category, chains, url,
+  observed_at}`` so the protocol is still listed, without a TVL value. A ``null`` *per-chain*
+  value in ``/protocols``' ``chainTvls`` means "no figure for that chain" and is skipped.
 * Anything else that cannot become an item (malformed JSON, a row missing its name or time, a
   value that is not a number) yields an ``"invalid"`` item with the line number and the reason;
   the caller counts it as rejected. Value *ranges* (negative, NaN, out-of-range times) are left
   to the ingest validation, which gives every entry point the same reasons.
-* Slugs: a payload's own ``slug`` when present, else ``domain.protocol.slugify(name)``
-  (lower-case, whitespace runs -> ``-``). The tvl-history file's ``protocol`` is slugified the
-  same way (it holds file names such as ``Hedge``). Two names that slugify alike are both
-  emitted: resolving the collision is the caller's business.
+* Slugs: a payload's own ``slug`` when present (slugified too if it is outside the slug
+  alphabet), else ``domain.protocol.slugify(name)``
+  (lower-case, apostrophes dropped, other characters outside ``[a-z0-9.-]`` -> ``-``). The
+  tvl-history file's ``protocol`` is slugified the same way (it holds file names such as
+  ``Hedge``). A name with no letter or digit gives no slug: the row is invalid. Two names that
+  slugify alike are both emitted: resolving the collision is the caller's business.
+* JSON Lines: a line whose object names a key twice is invalid (``{"tvl": 1, "tvl": 2}``
+  would otherwise silently be 2), like any other malformed line.
 * Timestamps: ISO-8601 strings become unix seconds (a naive time is UTC); DeFiLlama ``date``
   integers are already unix seconds. Only ``observations-jsonl`` keeps ``observed_at`` as
   written (the ingest body accepts both forms).
@@ -66,7 +70,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final, Literal, TypeAlias, get_args
 
-from ..domain.protocol import slugify
+from ..application.ingest import no_duplicate_keys
+from ..domain.observations import TOTAL
+from ..domain.protocol import is_slug, slugify
 
 Format: TypeAlias = Literal[
     "defillama-protocols",
@@ -109,22 +115,34 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 _SNIFF_LINES: Final = 20
 _SNIFF_BYTES: Final = 256 * 1024
 _CHUNK: Final = 1024 * 1024
-_LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url"})
-# str -> value, without json.loads' per-call encoding sniffing (lines are decoded as UTF-8).
-_decode: Final = json.JSONDecoder().decode
+_LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url", "observed_at"})
+# raw_decode is the documented entry to the C scanner: json.loads adds encoding sniffing and
+# decode() two whitespace regex matches per line (lines are stripped here instead). Refusing
+# duplicate keys costs ~20 % of the decoding (~1 us a line, docs/benchmarks.md).
+_raw_decode: Final = json.JSONDecoder(object_pairs_hook=no_duplicate_keys).raw_decode
+
+
+def _decode(text: str) -> Any:
+    """The JSON value ``text`` holds, surrounding whitespace allowed (as json.loads)."""
+    text = text.strip(" \t\r\n")
+    value, end = _raw_decode(text)
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
 
 
 class UnknownFormatError(ValueError):
     """The file is not in any of the supported formats."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadItem:
     """One item read from a file.
 
     ``kind`` is ``"observation"``, ``"price"`` or ``"listing"`` with ``item`` the ingest item
     (a fresh dict the caller may keep), or ``"invalid"`` with ``item`` None and ``error`` the
-    reason. ``line`` locates it in the file (see the module docstring).
+    reason. ``line`` locates it in the file (see the module docstring). Not frozen: one is
+    built per line, and a frozen dataclass's __init__ costs 3x; treat it as a value.
     """
 
     kind: ItemKind
@@ -287,15 +305,31 @@ def _is_extra_section(key: str) -> bool:
     return bool(dash) and suffix in EXTRA_TVL_SECTIONS
 
 
-def _slug_of(record: dict[str, Any]) -> str | None:
-    """The payload's slug, else the slug of its name (None when there is neither)."""
+class _NoSlug(ValueError):
+    """A record from which no slug can be had; the message says why."""
+
+
+def _slug_of(record: dict[str, Any]) -> str:
+    """The payload's slug, else the slug of its name (raises ``_NoSlug``). A payload slug
+    outside the slug alphabet (DeFiLlama keeps characters such as '+' or '(' in some) is
+    mapped into it as a name would be, so every reader gives one protocol one slug."""
     slug = record.get("slug")
     if isinstance(slug, str) and slug.strip():
-        return slug.strip()
+        slug = slug.strip()
+        return slug if is_slug(slug) else _slug_of_name(slug)
     name = record.get("name")
-    if isinstance(name, str) and name.strip():
-        return slugify(name)
-    return None
+    if not isinstance(name, str) or not name.strip():
+        raise _NoSlug("no name or slug")
+    return _slug_of_name(name)
+
+
+@lru_cache(maxsize=65_536)
+def _slug_of_name(name: str) -> str:
+    # Cached: a snapshot file names each protocol once per capture.
+    slug = slugify(name)
+    if not slug:
+        raise _NoSlug(f"name {name!r} has no letter or digit to make a slug of")
+    return slug
 
 
 def _details(record: dict[str, Any]) -> dict[str, Any]:
@@ -311,13 +345,16 @@ def _details(record: dict[str, Any]) -> dict[str, Any]:
     return details
 
 
-def _listing(slug: str, details: dict[str, Any]) -> dict[str, Any]:
+def _listing(slug: str, details: dict[str, Any], observed_at: float) -> dict[str, Any]:
     return {
         "protocol": slug,
         "name": details.get("name"),
         "category": details.get("category"),
         "chains": list(details.get("chains", ())),
         "url": details.get("url"),
+        # When these details were true: older ones never replace newer ones (so a file of
+        # snapshots, newest first, or imported twice, leaves the newest in place).
+        "observed_at": observed_at,
     }
 
 
@@ -343,33 +380,51 @@ def _observation(
 
 
 def _snapshot_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
-    slug = _slug_of(record)
-    if slug is None:
-        return _invalid(line, "row has no name")
+    try:
+        slug = _slug_of(record)
+    except _NoSlug as error:
+        return _invalid(line, f"row has {error}")
     try:
         observed_at = _to_unix(record.get("captured_at"))
     except ValueError as error:
         return _invalid(line, f"captured_at: {error}")
-    details = _details(record)
     tvl = record.get("tvl")
     if tvl is None:
-        return ReadItem("listing", _listing(slug, details), line)
+        return ReadItem("listing", _listing(slug, _details(record), observed_at), line)
     if not _is_number(tvl):
         return _invalid(line, f"tvl must be a number or null, got {type(tvl).__name__}")
-    return ReadItem(
-        "observation", _observation(slug, "total", tvl, observed_at, source, details), line
-    )
+    # The item built in place (what _observation(..., _details(record)) gives, keys in the
+    # same order): this runs for every row of a snapshot file.
+    item: dict[str, Any] = {
+        "protocol": slug,
+        "metric": "tvl",
+        "chain": TOTAL,
+        "value": float(tvl),
+        "observed_at": observed_at,
+        "source": source,
+    }
+    for key in ("name", "category", "url"):
+        value = record.get(key)
+        if isinstance(value, str):
+            item[key] = value
+    chains = record.get("chains")
+    if isinstance(chains, list):
+        item["chains"] = list(chains)
+    return ReadItem("observation", item, line)
 
 
 def _history_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
     protocol = record.get("protocol")
     name = record.get("name")
-    if isinstance(protocol, str) and protocol.strip():
-        slug = slugify(protocol)
-    elif isinstance(name, str) and name.strip():
-        slug = slugify(name)
-    else:
-        return _invalid(line, "row has neither protocol nor name")
+    try:
+        if isinstance(protocol, str) and protocol.strip():
+            slug = _slug_of_name(protocol)
+        elif isinstance(name, str) and name.strip():
+            slug = _slug_of_name(name)
+        else:
+            return _invalid(line, "row has neither protocol nor name")
+    except _NoSlug as error:
+        return _invalid(line, f"row has {error}")
     try:
         observed_at = _to_unix(record.get("date"))
     except ValueError as error:
@@ -399,6 +454,19 @@ def _own_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
     return ReadItem(kind, record, line)
 
 
+def _lines(fh: io.BufferedIOBase) -> Iterator[bytes]:
+    """The lines of ``fh`` without their ``\n``, read a block at a time: iterating a GzipFile
+    costs a Python call (GzipFile.readline) per line. ``read1`` returns what one read of the
+    underlying stream gives, so a truncated file still yields the lines before the damage."""
+    rest = b""
+    while block := fh.read1(_CHUNK):
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
 def _read_jsonl(path: StrPath, fmt: Format, source: str | None) -> Iterator[ReadItem]:
     default = source if source is not None else DEFAULT_SOURCES[fmt]
     convert = {"snapshots-jsonl": _snapshot_item, "tvl-history-jsonl": _history_item}.get(
@@ -407,7 +475,7 @@ def _read_jsonl(path: StrPath, fmt: Format, source: str | None) -> Iterator[Read
     line = 0
     with _open(path) as fh:
         try:
-            for line, raw in enumerate(fh, 1):
+            for line, raw in enumerate(_lines(fh), 1):
                 if not raw.strip():
                     continue
                 try:
@@ -450,14 +518,15 @@ def _read_protocols(document: Any, observed_at: float, source: str) -> Iterator[
         if not isinstance(record, dict):
             yield _invalid(line, f"[{line - 1}]: expected an object")
             continue
-        slug = _slug_of(record)
-        if slug is None:
-            yield _invalid(line, f"[{line - 1}]: protocol has no name or slug")
+        try:
+            slug = _slug_of(record)
+        except _NoSlug as error:
+            yield _invalid(line, f"[{line - 1}]: protocol has {error}")
             continue
         details = _details(record)
         tvl = record.get("tvl")
         if tvl is None:
-            yield ReadItem("listing", _listing(slug, details), line)
+            yield ReadItem("listing", _listing(slug, details, observed_at), line)
         elif _is_number(tvl):
             item = _observation(slug, "total", tvl, observed_at, source, details)
             yield ReadItem("observation", item, line)
@@ -512,9 +581,10 @@ def _read_protocol(document: Any, source: str) -> Iterator[ReadItem]:
     if not isinstance(document, dict):
         yield _invalid(1, "expected a JSON object (DeFiLlama /protocol/{slug})")
         return
-    slug = _slug_of(document)
-    if slug is None:
-        yield _invalid(1, "protocol has no name or slug")
+    try:
+        slug = _slug_of(document)
+    except _NoSlug as error:
+        yield _invalid(1, f"protocol has {error}")
         return
     details = _details(document)
     if "tvl" in document:

@@ -7,7 +7,10 @@ production adapter has one contract test suite run against both.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
 
 from .alert_rules import AlertRuleView
 from .delivery import (
@@ -22,6 +25,16 @@ from .log import LogBatch
 from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
 
 BatchHandler = Callable[[LogBatch], Awaitable[None]]
+
+
+@runtime_checkable
+class BulkEventReader(Protocol):
+    """An event store recorder that reads many aggregates' events in one round trip (ingest
+    loads a group's uncached protocols at once instead of one query each)."""
+
+    def select_events_of(self, originator_ids: Sequence[UUID]) -> Sequence[StoredEvent]:
+        """Every stored event of the given aggregates, in (originator, version) order."""
+        ...
 
 
 class Clock(Protocol):

@@ -25,8 +25,8 @@ from .alert_values import (
     stored_condition,
     stored_target,
 )
-from .errors import DomainError, InvalidTransition
-from .observations import check_label
+from .errors import DomainError, InvalidObservation, InvalidTransition
+from .observations import check_label, check_text
 
 __all__ = [
     "WINDOWS",
@@ -57,9 +57,14 @@ class RuleQuotaExceeded(DomainError):
 
 
 def check_rule_name(name: Any) -> str:
+    """A rule's display name: a string (it may be empty) of at most ``MAX_RULE_NAME``
+    characters with no control character (see ``check_text``)."""
     if not isinstance(name, str) or len(name) > MAX_RULE_NAME:
         raise InvalidRule(f"name must be a string of at most {MAX_RULE_NAME} characters", "name")
-    return name.strip()
+    try:
+        return check_text(name, field="name").strip()
+    except InvalidObservation as error:
+        raise InvalidRule(str(error), "name") from None
 
 
 def condition_met(condition: Condition, measure: float) -> bool:

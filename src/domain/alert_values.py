@@ -12,6 +12,7 @@ names the offending field (``condition.window must be one of '1h', '24h', '7d'``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
@@ -28,7 +29,7 @@ from pydantic import (
 )
 
 from .errors import DomainError
-from .observations import TOTAL, Metric, check_label
+from .observations import TOTAL, Metric, check_chain, check_text
 from .protocol import SLUG_PATTERN, check_slug
 from .token import TOKEN_ID_PATTERN, check_token_id
 
@@ -114,7 +115,7 @@ ChainName = Annotated[
     str,
     BeforeValidator(_blank_is_total),
     Field(min_length=1, max_length=200, description="'total' or a chain name"),
-    _checked(lambda chain: check_label(chain, what="chain")),
+    _checked(lambda chain: check_chain(chain, what="chain")),
 ]
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -217,8 +218,16 @@ class WebhookChannel(BaseModel):
         # The pattern documents ``_http_url`` (JSON schema); the validator checks.
         Field(max_length=MAX_URL, json_schema_extra={"pattern": "^https?://"}),
         AfterValidator(_http_url),
+        _checked(lambda url: check_text(url, field="url")),
     ]
-    secret: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    secret: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=200),
+            _checked(lambda secret: check_text(secret, field="secret")),
+        ]
+        | None
+    ) = None
 
 
 class EmailChannel(BaseModel):
@@ -228,6 +237,7 @@ class EmailChannel(BaseModel):
         str,
         Field(max_length=320, json_schema_extra={"pattern": r"^[^@]+@[\s\S]+$"}),
         AfterValidator(_email),
+        _checked(lambda address: check_text(address, field="address", identifier=True)),
     ]
 
 
@@ -315,7 +325,13 @@ def validation_message(error: ValidationError, prefix: str, given: Any) -> str:
     if kind == "target_kind":
         return str(first["msg"])
     if kind == "value_error":
-        return f"{path}: {str(first['msg']).removeprefix('Value error, ')}"
+        # A domain check's reason names its own field first ("url contains..."): say it
+        # once, with the whole path ("channels[0].url contains...").
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        name = re.split(r"[.\[]", path)[-1] if path else ""
+        if name and reason.startswith(f"{name} "):
+            return f"{path}{reason[len(name) :]}"
+        return f"{path}: {reason}"
     template = _MESSAGES.get(kind)
     if template is None:
         return f"{path}: {first['msg']}"

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class DomainError(ValueError):
-    """A command was refused because it would break a domain invariant."""
+    """A command was refused because it would break a domain invariant.
+
+    ``field`` names the input the refusal is about (``"name"``, ``"chains"``, ...) when there
+    is one, so that entry points can point a client at it.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidObservation(DomainError):

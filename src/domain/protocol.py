@@ -4,37 +4,59 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from .errors import InvalidObservation
-from .observations import TOTAL, check_label, check_metric, check_timestamp, check_value
+from .observations import (
+    TOTAL,
+    check_chain,
+    check_chains,
+    check_label,
+    check_metric,
+    check_text,
+    check_timestamp,
+    check_value,
+)
 
-SLUG_PATTERN: Final = r"^[a-z0-9][^\s/?#%A-Z]{0,199}$"
-_SLUG = re.compile(SLUG_PATTERN)
+# DeFiLlama's slug alphabet (``aave-v3``, ``ether.fi-stake``): lower-case ASCII letters,
+# digits, '-' and '.', starting with a letter or digit, no '..', at most 200 characters. So a
+# slug is safe in a URL path, a log line and a Redis key, and two protocols cannot look alike.
+# An ECMA-262 pattern as well, for the OpenAPI document.
+SLUG_PATTERN: Final = r"^(?!.*\.\.)[a-z0-9][a-z0-9.-]{0,199}$"
+_SLUG: Final = re.compile(SLUG_PATTERN)
+# What slugify turns into one '-': any run of characters outside the alphabet (a '-' too).
+_NOT_IN_SLUG: Final = re.compile(r"[^a-z0-9.]+")
+_DOTS: Final = re.compile(r"\.{2,}")
 PROTOCOL_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/protocol/")
 
 
+def is_slug(slug: object) -> TypeGuard[str]:
+    """Whether ``check_slug`` accepts ``slug`` (a test without a reason, for ingest)."""
+    return isinstance(slug, str) and _SLUG.fullmatch(slug) is not None
+
+
 def check_slug(slug: str) -> str:
-    """A slug is lower-case, starts with a letter or digit, has no whitespace or URL syntax."""
+    """Return ``slug`` if it matches ``SLUG_PATTERN``."""
     if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
         raise InvalidObservation(
-            f"invalid protocol slug {slug!r}: lower-case letters, digits and '-' (max 200)"
+            f"invalid protocol slug {slug!r}: lower-case letters, digits, '-' and '.', "
+            "starting with a letter or digit, no '..' (max 200)",
+            field="protocol",
         )
     return slug
 
 
 def slugify(name: str) -> str:
-    """DeFiLlama's slug rule for a protocol name: lower-case, spaces become '-'."""
-    return "-".join(name.strip().lower().split())
-
-
-def _check_chains(chains: list[str]) -> list[str]:
-    if not isinstance(chains, list):
-        raise InvalidObservation("chains must be a list of chain names")
-    return [check_label(chain, what="chain") for chain in chains]
+    """The slug DeFiLlama would give a protocol ``name``: lower-case, apostrophes dropped
+    (``JPEG'd`` -> ``jpegd``), every other run of characters outside the slug alphabet
+    (spaces, brackets, '+', '!') becomes one '-', runs of '.' one '.', and '-'/'.' are
+    stripped from both ends. The result matches ``SLUG_PATTERN`` unless it is empty (a name
+    with no letter or digit) or the name is longer than 200 characters."""
+    dashed = _NOT_IN_SLUG.sub("-", name.lower().replace("'", ""))
+    return _DOTS.sub(".", dashed).strip("-.")
 
 
 class Protocol(Aggregate):
@@ -47,21 +69,35 @@ class Protocol(Aggregate):
 
     @staticmethod
     def create_id(slug: str, *_: Any, **__: Any) -> UUID:
-        return uuid5(PROTOCOL_NAMESPACE, slug)
+        return Protocol.id_for(slug)
 
     @staticmethod
     @functools.lru_cache(maxsize=65_536)
     def id_for(slug: str) -> UUID:
-        # Cached: ingest derives it for every item, and uuid5 hashes each time.
+        # Cached: ingest derives it for every item (and create_id for every new protocol),
+        # and uuid5 hashes each time.
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
+    # ``observed_at`` (when the listing details were true, None if unknown) defaults to None
+    # so that events stored before it existed still replay.
     @event("Listed")
-    def __init__(self, slug: str, name: str, category: str, chains: list[str], url: str) -> None:
+    def __init__(
+        self,
+        slug: str,
+        name: str,
+        category: str,
+        chains: list[str],
+        url: str,
+        observed_at: float | None = None,
+    ) -> None:
         self.slug = slug
         self.name = name
         self.category = category
         self.chains = list(chains)
         self.url = url
+        # When the current details were observed: the time of the last change of details
+        # that had one (None: not known).
+        self.details_observed_at = observed_at
         # (metric, chain) -> (value, observed_at) of the newest observation.
         self.current: dict[tuple[str, str], tuple[float, float]] = {}
         # (metric, chain, observed_at) -> value of every observation ever recorded.
@@ -75,16 +111,18 @@ class Protocol(Aggregate):
         category: str = "",
         chains: list[str] | None = None,
         url: str = "",
+        observed_at: float | None = None,
     ) -> Protocol:
-        """List a new protocol (command)."""
+        """List a new protocol (command); ``observed_at`` is when the details were true."""
         check_slug(slug)
         check_label(name, what="name")
         return cls(
             slug=slug,
             name=name,
-            category=category or "",
-            chains=_check_chains(chains or []),
-            url=url or "",
+            category=check_text(category or "", field="category"),
+            chains=check_chains(chains or []),
+            url=check_text(url or "", field="url"),
+            observed_at=None if observed_at is None else check_timestamp(observed_at),
         )
 
     def update_details(
@@ -93,12 +131,37 @@ class Protocol(Aggregate):
         category: str | None = None,
         chains: list[str] | None = None,
         url: str | None = None,
+        observed_at: float | None = None,
     ) -> bool:
-        """Change listing details; returns False (and records nothing) if nothing changes."""
+        """Change listing details; returns False (and records nothing) if nothing changes.
+
+        Details observed before the current ones (``observed_at`` older than
+        ``details_observed_at``, the time of the last change) change nothing, as a late
+        observation does not move the current value: so importing snapshots newest first, or
+        a file a second time, leaves the newest details in place and records nothing. The
+        same details again do not move that time (that would take an event per item).
+        Details without a time apply as given and keep the current time.
+        """
+        if (
+            (name is None or name == self.name)
+            and (category is None or category == self.category)
+            and (chains is None or chains == self.chains)
+            and (url is None or url == self.url)
+        ):
+            # Nothing changes, so nothing to check: what the protocol holds was checked when
+            # it was recorded. Ingest calls this for every item that carries a listing, and
+            # re-checking each chain of an unchanged list was most of its cost.
+            return False
+        if observed_at is not None:
+            check_timestamp(observed_at)
+            if self.details_observed_at is not None and observed_at < self.details_observed_at:
+                return False
         new_name = check_label(name, what="name") if name is not None else self.name
-        new_category = category if category is not None else self.category
-        new_chains = _check_chains(chains) if chains is not None else self.chains
-        new_url = url if url is not None else self.url
+        new_category = (
+            check_text(category, field="category") if category is not None else self.category
+        )
+        new_chains = check_chains(chains) if chains is not None else self.chains
+        new_url = check_text(url, field="url") if url is not None else self.url
         if (new_name, new_category, new_chains, new_url) == (
             self.name,
             self.category,
@@ -106,19 +169,27 @@ class Protocol(Aggregate):
             self.url,
         ):
             return False
-        self._details_updated(self.slug, new_name, new_category, new_chains, new_url)
+        self._details_updated(self.slug, new_name, new_category, new_chains, new_url, observed_at)
         return True
 
     # Events name the slug as well as the aggregate id: downstream consumers (projections,
     # WebSocket clients) work with slugs and should not need a lookup to read a fact.
     @event("DetailsUpdated")
     def _details_updated(
-        self, slug: str, name: str, category: str, chains: list[str], url: str
+        self,
+        slug: str,
+        name: str,
+        category: str,
+        chains: list[str],
+        url: str,
+        observed_at: float | None = None,
     ) -> None:
         self.name = name
         self.category = category
         self.chains = list(chains)
         self.url = url
+        if observed_at is not None:
+            self.details_observed_at = observed_at
 
     def record_metric(
         self,
@@ -130,13 +201,22 @@ class Protocol(Aggregate):
     ) -> bool:
         """Record one observation; returns False if it is an identical repeat (a no-op)."""
         check_metric(metric)
-        check_label(chain, what="chain")
+        check_chain(chain)
         number = check_value(value)
         stamp = check_timestamp(observed_at)
+        check_text(source or "", field="source")
         if self.history.get((metric, chain, stamp)) == number:
             return False
-        self.trigger_event(
-            self.MetricRecorded,
+        # What trigger_event does, without its keyword plumbing and the frozen dataclass
+        # __init__ (~40 % of this method): the event is built as eventsourcing's mapper builds
+        # the events it reads back, from its state dict, with the fields in the dataclass's
+        # order (so the same stored state); mutate() checks its id and version and applies
+        # it. Ingest records one per observation (tests/unit/test_domain.py compares both).
+        recorded = object.__new__(self.MetricRecorded)
+        recorded.__dict__.update(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=self.MetricRecorded.create_timestamp(),
             slug=self.slug,
             metric=metric,
             chain=chain,
@@ -144,6 +224,8 @@ class Protocol(Aggregate):
             observed_at=stamp,
             source=source or "",
         )
+        recorded.mutate(self)
+        self.pending_events.append(recorded)
         return True
 
     # An explicit event class rather than ``@event`` on a method: the decorator maps call

@@ -9,17 +9,25 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from .errors import InvalidObservation
-from .observations import check_timestamp, check_value
+from .observations import check_text, check_timestamp, check_value
 
-TOKEN_ID_PATTERN: Final = r"^[a-z0-9_-]{1,40}:[A-Za-z0-9_.\-]{1,128}$"
-_TOKEN_ID = re.compile(TOKEN_ID_PATTERN)
+# DeFiLlama's coin ids: ``coingecko:<id>`` (``coingecko:ethereum``) or ``<chain>:<address>``
+# (``ethereum:0xdac1...``, ``solana:EPjF...``). The prefix is 1-40 lower-case ASCII letters,
+# digits, '_' or '-'; the rest 1-128 ASCII letters, digits, '_', '.' or '-'. ASCII only, so no
+# control, bidi or zero-width character can pass (the ban of ``check_text``). An ECMA-262
+# pattern as well, for the OpenAPI document.
+TOKEN_ID_PATTERN: Final = r"^[a-z0-9_-]{1,40}:[A-Za-z0-9_.-]{1,128}$"
+_TOKEN_ID: Final = re.compile(TOKEN_ID_PATTERN)
 TOKEN_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/token/")
 
 
 def check_token_id(token_id: str) -> str:
+    """Return ``token_id`` if it matches ``TOKEN_ID_PATTERN``."""
     if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
         raise InvalidObservation(
-            f"invalid token id {token_id!r}: expected 'chain:address' or 'coingecko:id'"
+            f"invalid token id {token_id!r}: expected 'coingecko:<id>' or '<chain>:<address>' "
+            "(ASCII letters, digits, '_', '.', '-')",
+            field="token",
         )
     return token_id
 
@@ -53,10 +61,11 @@ class Token(Aggregate):
         """Record a price; returns False for an identical repeat."""
         number = check_value(price, what="price")
         stamp = check_timestamp(observed_at)
+        check_text(source or "", field="source")
         if confidence is not None:
             confidence = check_value(confidence, what="confidence")
             if confidence > 1:
-                raise InvalidObservation("confidence must be between 0 and 1")
+                raise InvalidObservation("confidence must be between 0 and 1", field="confidence")
         if self.history.get(stamp) == number:
             return False
         self._price_recorded(self.token_id, number, stamp, confidence, source or "")

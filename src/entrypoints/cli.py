@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -156,7 +157,14 @@ def ingest(
     except UnknownFormatError as error:
         err.print(f"[red]cannot import {file}: {error}[/red]")
         raise typer.Exit(2) from None
-    with opened(_settings()) as container:
+    settings = _settings()
+    # Full collections made rare, as in the nodes (GC_THRESHOLDS, ADR 0012): the aggregate
+    # cache grows to every protocol of the file and was rescanned again and again (~10 % of
+    # an import's CPU, docs/benchmarks.md). The process's own setting comes back at the end.
+    collector = gc.get_threshold()
+    gc.set_threshold(*settings.collector_thresholds)
+    with opened(settings) as container, contextlib.ExitStack() as restore:
+        restore.callback(gc.set_threshold, *collector)
         writer = container.writer()
         total = estimate_items(file, fmt=fmt)
         with progress_bar() as progress:

@@ -7,7 +7,6 @@ validation errors become ``ApiError`` answers that name the parameter or field a
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -16,7 +15,6 @@ from pydantic_core import ErrorDetails
 
 from ..domain.alert_values import validation_message
 from .errors import ApiError
-from .schemas.alerts import CONTROL_CHARACTERS
 
 __all__ = ["parse_body", "parse_query", "query_names"]
 
@@ -36,10 +34,6 @@ def parse_body(model: type[M], body: Any, *, code: str = "invalid_body") -> M:
         return model.model_validate(body)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
-        if first["type"] == CONTROL_CHARACTERS:  # found by the model, anywhere in the body
-            where = str((first.get("ctx") or {})["where"])
-            field = re.split(r"[.\[]", where, maxsplit=1)[0]
-            raise ApiError(400, code, first["msg"], {"field": field}) from None
         loc = first["loc"]
         field = str(loc[0]) if loc else None
         raise ApiError(

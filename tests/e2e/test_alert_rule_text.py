@@ -23,27 +23,27 @@ VALID: dict[str, Any] = {
     "channels": [{"kind": "websocket"}],
 }
 CONTROLLED = [
-    ({"name": "drain\x00"}, "name", "name must not contain control characters"),
-    ({"name": "tab\there"}, "name", "name must not contain control characters"),
+    ({"name": "drain\x00"}, "name", "name contains a control character (U+0000 at 5)"),
+    ({"name": "tab\there"}, "name", "name contains a control character (U+0009 at 3)"),
     (
         {"target": {"protocol": "text-lend", "chain": "Ethereum\x00"}},
         "target",
-        "target.chain must not contain control characters",
+        "target.chain contains an invisible or control character (U+0000 at 8)",
     ),
     (
         {"channels": [{"kind": "webhook", "url": "https://hooks.example.com/\x85"}]},
         "channels",
-        "channels[0].url must not contain control characters",
+        "channels[0].url contains a control character (U+0085 at 26)",
     ),
     (
         {"channels": [{"kind": "webhook", "url": "https://h.example.com/", "secret": "s\x7f"}]},
         "channels",
-        "channels[0].secret must not contain control characters",
+        "channels[0].secret contains a control character (U+007F at 1)",
     ),
     (
         {"channels": [{"kind": "email", "address": "ops@example.com\x00"}]},
         "channels",
-        "channels[0].address must not contain control characters",
+        "channels[0].address contains an invisible or control character (U+0000 at 15)",
     ),
 ]
 

@@ -151,6 +151,12 @@ def test_rule_lifecycle_and_ownership(http: httpx.Client, accounts: Accounts) ->
     assert response.status_code == 200, response.text
     assert (response.json()["name"], response.json()["cooldown"]) == ("drain v2", 60)
     assert response.json()["condition"] == rule["condition"]
+    error = assert_error(
+        http.put(f"/v2/alerts/{rule_id}", json={"name": "a\u0000b"}, headers=alice),
+        400,
+        "invalid_rule",
+    )
+    assert error["details"] == {"field": "name"}
     moved = {"target": {"protocol": "other"}}
     error = assert_error(
         http.put(f"/v2/alerts/{rule_id}", json=moved, headers=alice), 400, "invalid_rule"
@@ -240,6 +246,18 @@ VALID = {
         ({"cooldown": 1.5}, "cooldown", "whole number"),
         ({"name": 7}, "name", "name"),
         ({"condition": None}, "condition", "condition must be an object"),
+        # Control characters: a NUL cannot be stored in the PostgreSQL read model at all.
+        ({"name": "x\u0000y"}, "name", "name contains a control character (U+0000 at 1)"),
+        ({"name": "\u001b[31mred"}, "name", "name contains a control character (U+001B"),
+        ({"name": "c1\u009b"}, "name", "name contains a control character (U+009B"),
+        ({"target": {"protocol": "Bad Slug"}}, "target", "invalid protocol slug"),  # was a 500
+        ({"target": {"protocol": "valid-lend", "chain": "Base\u0000"}}, "target", "U+0000"),
+        ({"target": {"protocol": "valid-lend", "chain": "Ba\u202ese"}}, "target", "U+202E"),
+        (
+            {"channels": [{"kind": "webhook", "url": "https://x.example/\r\nX-Evil: 1"}]},
+            "channels",
+            "channels[0].url contains a control character",
+        ),
     ],
 )
 def test_invalid_rules_are_refused_with_the_reason(

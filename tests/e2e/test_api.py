@@ -117,6 +117,8 @@ def test_ingest_counts_accepted_then_duplicates(http: httpx.Client, server: Live
     second = ingest(http, server, body)
     assert (second["accepted"], second["duplicates"], second["rejected"]) == (0, 4, 0)
     assert log_head(http) == head  # an identical repeat records nothing
+    # ... and answers the head, from which a client can resume a stream (it said 0).
+    assert second["position"] == head
 
     view = wait_tvl(http, "aave-v3", 1.0e10)
     assert view["chainTvls"] == {"Ethereum": 6.0e9}
@@ -312,12 +314,45 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("price-confidence-above-1", _price(confidence=1.5), 422, "invalid_items"),
     ("price-confidence-as-string", _price(confidence="high"), 422, "invalid_items"),
     ("price-unknown-field", _price(volume=1), 422, "invalid_items"),
+    # Characters PostgreSQL text cannot hold (NUL), terminal/log control characters, and
+    # invisible ones in identifiers: refused in every string of an item, naming the field.
+    ("nul-in-name", _body(name="x\u0000y"), 422, "invalid_items"),
+    ("nul-in-protocol", _body(protocol="aave\u0000"), 422, "invalid_items"),
+    ("nul-in-category", _body(name="Aave", category="Lend\u0000"), 422, "invalid_items"),
+    ("nul-in-url", _body(name="Aave", url="https://aave.com/\u0000"), 422, "invalid_items"),
+    ("nul-in-source", _body(source="llama\u0000"), 422, "invalid_items"),
+    ("nul-in-chain", _body(chain="Ethereum\u0000"), 422, "invalid_items"),
+    ("nul-in-chains", _body(name="Aave", chains=["Ethereum", "\u0000"]), 422, "invalid_items"),
+    ("escape-in-name", _body(name="\u001b[2Jx"), 422, "invalid_items"),
+    ("c1-in-name", _body(name="x\u0085y"), 422, "invalid_items"),
+    ("rlo-in-chain", _body(chain="Eth\u202eereum"), 422, "invalid_items"),
+    ("zero-width-in-chains", _body(name="A", chains=["Eth\u200bereum"]), 422, "invalid_items"),
+    ("bell-in-slug", _body(protocol="aave\u0007"), 422, "invalid_items"),
+    ("zero-width-in-slug", _body(protocol="aa\u200bve"), 422, "invalid_items"),
+    ("emoji-in-slug", _body(protocol="aave-\U0001f680"), 422, "invalid_items"),
+    ("dots-in-slug", _body(protocol="aave..v3"), 422, "invalid_items"),
+    ("quote-in-slug", _body(protocol='aave"v3'), 422, "invalid_items"),
+    ("price-nul-in-token", _price(token="coingecko:eth\u0000"), 422, "invalid_items"),
+    ("price-nul-in-source", _price(source="\u0000"), 422, "invalid_items"),
+    ("too-many-chains", _body(name="A", chains=["Ethereum"] * 200_000), 422, "invalid_items"),
+    (
+        "duplicate-key",
+        b'{"observations": [{"protocol": "aave-v3", "value": -1, "value": 5, "observed_at": '
+        + str(T0).encode()
+        + b"}]}",
+        400,
+        "invalid_json",
+    ),
+    ("duplicate-top-level-key", b'{"observations": [], "observations": []}', 400, "invalid_json"),
+    ("partial-maybe", b'{"observations": [], "partial": "maybe"}', 400, "invalid_body"),
+    ("partial-as-string", b'{"observations": [], "partial": "true"}', 400, "invalid_body"),
+    ("partial-as-number", b'{"observations": [], "partial": 1}', 400, "invalid_body"),
+    ("partial-as-null", b'{"observations": [], "partial": null}', 400, "invalid_body"),
     ("unknown-top-level-field", b'{"observations": [], "extra": 1}', 400, "invalid_body"),
     ("observations-not-a-list", b'{"observations": {"protocol": "x"}}', 400, "invalid_body"),
     ("prices-not-a-list", b'{"prices": "coingecko:ethereum"}', 400, "invalid_body"),
     ("body-is-a-list", b"[]", 400, "invalid_body"),
     ("body-is-a-number", b"3", 400, "invalid_body"),
-    ("partial-not-a-bool", b'{"observations": [], "partial": 3}', 400, "invalid_body"),
     ("empty-batch", b'{"observations": []}', 400, "empty_batch"),
     ("empty-object", b"{}", 400, "empty_batch"),
     ("empty-body", b"", 400, "invalid_json"),
@@ -328,6 +363,33 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
         "batch_too_large",
     ),
 ]
+
+
+# The field each rejection must name, where the case is about one.
+REJECTED_FIELD = {
+    "nul-in-name": "name",
+    "nul-in-protocol": "protocol",
+    "nul-in-category": "category",
+    "nul-in-url": "url",
+    "nul-in-source": "source",
+    "nul-in-chain": "chain",
+    "nul-in-chains": "chains",
+    "escape-in-name": "name",
+    "c1-in-name": "name",
+    "rlo-in-chain": "chain",
+    "zero-width-in-chains": "chains",
+    "bell-in-slug": "protocol",
+    "zero-width-in-slug": "protocol",
+    "emoji-in-slug": "protocol",
+    "dots-in-slug": "protocol",
+    "quote-in-slug": "protocol",
+    "price-nul-in-token": "token",
+    "price-nul-in-source": "source",
+    "too-many-chains": "chains",
+    "negative-tvl": "value",
+    "value-missing": "value",
+    "unknown-item-field": "tvl_usd",
+}
 
 
 @pytest.mark.parametrize(
@@ -359,6 +421,10 @@ def test_malformed_ingest_changes_nothing(
         kind = "price" if request.node.callspec.id.startswith("price-") else "observation"
         assert [(e["kind"], e["index"]) for e in rejected] == [(kind, 0)]
         assert rejected[0]["reason"]
+        case = request.node.callspec.id
+        if case in REJECTED_FIELD:
+            assert rejected[0]["field"] == REJECTED_FIELD[case], rejected
+            assert REJECTED_FIELD[case] in rejected[0]["reason"]
 
     assert log_head(http) == head
     assert protocol(http, "aave-v3")["tvl"] == 1.0
@@ -367,6 +433,89 @@ def test_malformed_ingest_changes_nothing(
     ]
     assert http.get("/v2/realtime/prices").json() == {"data": []}
     assert slugs(http.get("/v2/protocols")) == ["aave-v3"]
+
+
+def test_duplicate_keys_are_refused_naming_the_key(
+    shared_http: httpx.Client, shared_server: LiveServer
+) -> None:
+    http, server = shared_http, shared_server
+    head = log_head(http)
+    body = b'{"observations": [{"protocol": "aave-v3", "value": -1, "value": 5, "observed_at": 1}]}'
+    response = http.post(
+        "/v2/ingest",
+        content=body,
+        headers={**server.headers, "content-type": "application/json"},
+    )
+    error = assert_error(response, 400, "invalid_json")
+    assert "duplicate key 'value'" in error["message"]
+    assert error["details"] == {"key": "value"}
+    assert log_head(http) == head
+
+
+@pytest.mark.parametrize("value", ["maybe", "yes", "no", "", "2", "True", "on"])
+def test_partial_query_parameter_is_true_false_1_or_0(
+    shared_http: httpx.Client, shared_server: LiveServer, value: str
+) -> None:
+    http, server = shared_http, shared_server
+    ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
+    head = log_head(http)
+    # One valid item and one bad one: any reading of "partial" but a refusal would either
+    # record the valid item (true) or answer 422 (false).
+    body = {"observations": [obs("aave-v3", 2.0, T0 + 1), obs("aave-v3", -1.0, T0 + 2)]}
+    response = http.post("/v2/ingest", params={"partial": value}, json=body, headers=server.headers)
+    error = assert_error(response, 400, "invalid_parameter")
+    assert "partial" in error["message"]
+    assert log_head(http) == head
+
+
+@pytest.mark.parametrize(
+    ("value", "status"), [("true", 200), ("1", 200), ("false", 422), ("0", 422)]
+)
+def test_partial_query_parameter_values(
+    shared_http: httpx.Client, shared_server: LiveServer, value: str, status: int
+) -> None:
+    http, server = shared_http, shared_server
+    ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
+    body = {"observations": [obs("aave-v3", 1.0, T0), obs("aave-v3", -1.0, T0 + 2)]}
+    response = http.post("/v2/ingest", params={"partial": value}, json=body, headers=server.headers)
+    assert response.status_code == status, response.text
+    twice = http.post("/v2/ingest?partial=true&partial=false", json=body, headers=server.headers)
+    assert_error(twice, 400, "invalid_parameter")
+
+
+def test_refused_control_characters_leave_the_history_read_model_running(
+    http: httpx.Client, server: LiveServer
+) -> None:
+    """A NUL cannot be stored in PostgreSQL text: accepted once, it failed the history
+    projection on every later batch. Refused at ingest, the model keeps following the log."""
+    ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
+    settle(http)
+    head = log_head(http)
+    poisoned = [
+        {**listed("nul-name", 1.0), "name": "x\u0000y"},
+        listed("nul-chain", 1.0, chain="Ethereum\u0000"),
+        listed("nul-source", 1.0, source="\u0000"),
+        {**listed("nul-chains", 1.0), "chains": ["\u0000"]},
+        {**listed("nul-category", 1.0), "category": "\u0000"},
+        {**listed("nul-url", 1.0), "url": "\u0000"},
+    ]
+    for item in poisoned:
+        response = http.post("/v2/ingest", json={"observations": [item]}, headers=server.headers)
+        error = assert_error(response, 422, "invalid_items")
+        [rejection] = error["details"]["errors"]
+        assert "U+0000" in rejection["reason"], rejection
+        response = http.post(
+            "/v2/ingest", json={"observations": [item], "partial": True}, headers=server.headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["rejected"] == 1
+    assert log_head(http) == head
+
+    later = ingest(http, server, {"observations": [obs("aave-v3", 2.0, T0 + 60)]})
+    settle(http)  # every projection, the history read model included, reaches the head
+    assert settle(http)["history_position"] == later["position"]
+    points = http.get("/v2/protocols/aave-v3/metrics").json()["points"]
+    assert points == [{"timestamp": T0, "value": 1.0}, {"timestamp": T0 + 60, "value": 2.0}]
 
 
 def test_oversize_body_is_413_and_changes_nothing(http: httpx.Client, server: LiveServer) -> None:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,81 @@ def test_ingest_file_reports_totals_then_duplicates(tmp_path: Path) -> None:
         points = http.get("/v2/protocols/aave-v3/metrics").json()["points"]
         assert [p["value"] for p in points] == [30e9, 33e9]
         asyncio.run(_category_update_after_restart(server.ws_url, server.base_url, server.headers))
+
+
+REAL_SNAPSHOTS = (
+    Path(__file__).resolve().parents[3] / "shared/data/defillama/protocol-snapshots.jsonl.gz"
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_real_snapshot_file_into_postgres_then_again() -> None:
+    """The shared snapshot file (59,910 rows, newest capture first) into an empty PostgreSQL
+    store: every row accepted but the 31 negative values, the newest details kept; a second
+    import records nothing."""
+    if not REAL_SNAPSHOTS.exists():
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"{REAL_SNAPSHOTS} is missing (CI=true: real-data tests must run)")
+        pytest.skip("shared DeFiLlama data not present")
+    import psycopg
+
+    from tests.services import postgres_url
+
+    admin = postgres_url()
+    name = f"dr_cli_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin.rsplit('/', 1)[0]}/{name}"
+    try:
+
+        def ingest() -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "AMQP_URL"}}
+            env.update({"DATABASE_URL": url, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+            result = subprocess.run(
+                [CLI, "ingest", str(REAL_SNAPSHOTS)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            return result
+
+        def recorded() -> dict[str, int]:
+            with psycopg.connect(url, autocommit=True) as connection:
+                rows = connection.execute(
+                    "SELECT topic, count(*) FROM defirealtime_events GROUP BY topic"
+                ).fetchall()
+            return {topic.rsplit(":", 1)[1]: count for topic, count in rows}
+
+        first = ingest()
+        # 46,600 observations + 1,487 listings of untracked protocols; older snapshots' details
+        # (1,263 of them used to flip the details back in time) change nothing.
+        assert totals(first.stderr) == {"accepted": 48_087, "duplicates": 11_792, "rejected": 31}
+        assert "31 x value must be non-negative" in first.stderr
+        assert recorded() == {"Protocol.Listed": 6_689, "Protocol.MetricRecorded": 46_600}
+        second = ingest()
+        assert totals(second.stderr) == {"accepted": 0, "duplicates": 59_879, "rejected": 31}
+        assert recorded() == {"Protocol.Listed": 6_689, "Protocol.MetricRecorded": 46_600}
+        with psycopg.connect(url, autocommit=True) as connection:
+            # The newest capture's details (2025-12-19): Aave V3's 18 chains of that day.
+            state = connection.execute(
+                "SELECT convert_from(state, 'utf8') FROM defirealtime_events "
+                "WHERE topic LIKE '%Listed' AND convert_from(state, 'utf8') LIKE "
+                '\'%"slug":"aave-v3"%\''
+            ).fetchone()
+        assert state is not None
+        listed = json.loads(state[0])
+        assert (listed["name"], len(listed["chains"]), listed["observed_at"]) == (
+            "Aave V3",
+            18,
+            1_766_175_443.0,
+        )
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _category_update_after_restart(

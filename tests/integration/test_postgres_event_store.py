@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.tests import persistence as es_cases
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.sql import SQL, Identifier
 
 from defi_realtime.adapters.postgres_event_store import (
@@ -38,13 +39,19 @@ from defi_realtime.adapters.postgres_event_store import (
     FastPostgresApplicationRecorder,
     FastPostgresFactory,
     FastPostgresProcessRecorder,
+    _binary_columns,
+    _column_arrays,
 )
+from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.ingest import IngestResult, build_batch
+from defi_realtime.application.ports import BulkEventReader
 from tests.services import postgres_url
 
 pytestmark = pytest.mark.postgres
 
 PERSISTENCE_MODULE = "defi_realtime.adapters.postgres_event_store"
 TOPIC = "defi_realtime.domain.protocol:Protocol.MetricRecorded"
+T0 = 1_765_000_000.0
 
 
 def _connection_params(url: str) -> dict[str, str]:
@@ -172,6 +179,28 @@ class TestFastApplicationRecorder(
         with pytest.raises(IntegrityError):
             recorder.insert_events([dup[0], dup[0]])
         assert recorder.max_notification_id() == 1000
+
+    def test_select_events_of_reads_many_originators_at_once(self) -> None:
+        recorder = self.create_recorder()
+        assert isinstance(recorder, BulkEventReader)
+        stored = self.stored_events(60, per_originator=6)
+        recorder.insert_events(stored)
+        originators = list(dict.fromkeys(e.originator_id for e in stored))
+        wanted = [originators[7], originators[2], self.new_originator_id(), originators[5]]
+        selected = recorder.select_events_of(wanted)
+        # The events of each one, as select_events reads them, ordered by originator.
+        expected = [
+            event
+            for originator in sorted(wanted[:2] + wanted[3:], key=str)
+            for event in recorder.select_events(originator)
+        ]
+        assert [(str(e.originator_id), e.originator_version) for e in selected] == [
+            (str(e.originator_id), e.originator_version) for e in expected
+        ]
+        assert [(e.topic, e.state) for e in selected] == [(e.topic, e.state) for e in expected]
+        assert len(selected) == 3 * 6
+        assert recorder.select_events_of([]) == []
+        assert recorder.select_events_of([self.new_originator_id()]) == []
 
     def test_originator_ids_given_as_strings(self) -> None:
         recorder = self.create_recorder()
@@ -373,6 +402,81 @@ class TestFastFactoryWithApplication(PostgresSchemaCase):
         pools[1].record_metric(7)
         (recording,) = app.save(pools[1])
         assert recording.notification.id > ids[-1] + 1
+
+
+def test_binary_columns_are_what_psycopg_sends_for_the_lists() -> None:
+    """The fast recorder builds its four binary arrays itself (one join per column); they
+    are byte for byte what psycopg's list dumper makes of the same lists."""
+    stored = [
+        StoredEvent(uuid4(), version, topic, state)
+        for version, topic, state in [
+            (1, TOPIC, b'{"v":1}'),
+            (2**40, "a:B", b""),
+            (7, "\u00e9:\u6f22", bytes(range(256))),
+            (3, TOPIC, b"x" * 70_000),
+        ]
+    ]
+    columns = _binary_columns(stored)
+    assert columns is not None
+    transformer = Transformer()
+    lists = _column_arrays(stored, "uuid")
+    for ours, values in zip(columns, lists, strict=True):
+        dumper = transformer.get_dumper(values, PyFormat.BINARY)
+        assert (bytes(ours), type(ours).array_oid) == (bytes(dumper.dump(values)), dumper.oid)
+    text_ids = [StoredEvent(str(e.originator_id), 1, TOPIC, b"{}") for e in stored]
+    assert _binary_columns(text_ids) is None  # psycopg's text[] and the server's cast
+
+
+class TestIngestOnPostgres(PostgresSchemaCase):
+    """``DefiRealtime.ingest`` on the fast recorder: a group's uncached protocols are loaded
+    with one ``select_events_of``, never one ``select_events`` each."""
+
+    def ingest(self, app: DefiRealtime, observations: list[dict[str, Any]]) -> IngestResult:
+        [result] = app.ingest([build_batch(observations, partial=True)])
+        return result
+
+    def test_a_group_loads_its_protocols_in_one_query(self) -> None:
+        env = self.app_env()
+        writer = DefiRealtime(env=env)
+        self.addCleanup(writer.close)
+        listed = [
+            {"protocol": f"p{i}", "value": float(i), "observed_at": T0, "name": f"P {i}"}
+            for i in range(40)
+        ]
+        assert self.ingest(writer, listed).accepted == 40
+
+        # A second node (cold cache): 40 known protocols, 10 new ones, one unknown.
+        app = DefiRealtime(env=env)
+        self.addCleanup(app.close)
+        calls: dict[str, int] = {"select_events": 0, "select_events_of": 0}
+        for name in calls:
+            original = getattr(app.recorder, name)
+
+            def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+                calls[_name] += 1
+                return _original(*args)
+
+            setattr(app.recorder, name, counted)
+        later = [
+            {"protocol": f"p{i}", "value": float(i) + 1, "observed_at": T0 + 60} for i in range(40)
+        ]
+        later += [
+            {"protocol": f"n{i}", "value": 1.0, "observed_at": T0, "name": f"N {i}"}
+            for i in range(10)
+        ]
+        later += [{"protocol": "p3", "value": 3.0, "observed_at": T0}]  # a duplicate
+        later += [{"protocol": "ghost", "value": 1.0, "observed_at": T0}]
+        result = self.ingest(app, later)
+
+        assert calls == {"select_events": 0, "select_events_of": 1}
+        assert (result.accepted, result.duplicates) == (50, 1)
+        assert [r.field for r in result.rejected] == ["protocol"]
+        assert result.position == app.recorder.max_notification_id() == 40 * 2 + 40 + 20
+        reader = DefiRealtime(env=env)
+        self.addCleanup(reader.close)
+        protocol = reader.get_protocol("p7")
+        assert (protocol.version, protocol.current_value()) == (3, 8.0)
+        assert reader.get_protocol("n9").name == "N 9"
 
 
 @pytest.mark.parametrize(

@@ -392,10 +392,21 @@ class IngestModel:
                 continue
             if o.slug not in self.listings:
                 first = next(n for _, n in valid if n.slug == o.slug and n.category is not None)
-                self.listings[o.slug] = {"category": first.category, "chains": []}
+                self.listings[o.slug] = {
+                    "category": first.category,
+                    "chains": [],
+                    "observed_at": first.observed_at,
+                }
             listing = self.listings[o.slug]
-            if o.category is not None:
+            # Details observed before the last change of details change nothing (like a
+            # late value); the same details again do not move that time.
+            if (
+                o.category is not None
+                and o.category != listing["category"]
+                and o.observed_at >= listing["observed_at"]
+            ):
                 listing["category"] = o.category
+                listing["observed_at"] = o.observed_at
             if self.metrics.record((o.slug, o.metric, o.chain, o.observed_at), o.value):
                 result.accepted += 1
                 if o.chain != "total" and o.chain not in listing["chains"]:
@@ -623,7 +634,8 @@ def test_ingesting_the_same_batch_twice_changes_nothing(prelude: list[Batch], ba
             )
         assert second.rejected == first.rejected
         assert second.committed == first.committed
-        assert second.position == 0
+        # Nothing new: a committed repeat answers the head (to resume from), a refused one 0.
+        assert second.position == ((head or 0) if second.committed else 0)
         assert app.recorder.max_notification_id() == head
         assert list(app.recorder.select_notifications(start=None, limit=10_000)) == stored
     finally:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
 import pytest
-from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Notification
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from defi_realtime.adapters.event_store_log import EventStoreLog, to_entry
 from defi_realtime.application.app import (
@@ -21,6 +25,8 @@ from defi_realtime.application.app import (
 )
 from defi_realtime.application.ingest import (
     MAX_ITEMS_PER_BATCH,
+    DuplicateKeyError,
+    IngestBatch,
     IngestResult,
     InvalidItem,
     Listing,
@@ -28,6 +34,7 @@ from defi_realtime.application.ingest import (
     RecordPrice,
     Rejection,
     build_batch,
+    no_duplicate_keys,
     parse_listing,
     parse_observation,
     parse_price,
@@ -154,6 +161,14 @@ def test_ingest_counts_accepted_duplicates_and_rejected_with_reasons(app: DefiRe
         ("observation", 4),
     ]
     reasons = {(r.kind, r.index): r.reason for r in result.rejected}
+    fields = {(r.kind, r.index): r.field for r in result.rejected}
+    assert fields == {
+        ("observation", 2): "value",
+        ("observation", 3): "colour",
+        ("observation", 6): "value",
+        ("price", 1): "observed_at",
+        ("observation", 4): "protocol",
+    }
     assert reasons[("observation", 2)] == "value must be finite, got nan"
     assert reasons[("observation", 3)] == "unknown field(s): 'colour'"
     assert reasons[("observation", 6)] == "value must be non-negative, got -3"
@@ -171,6 +186,7 @@ def test_ingest_counts_accepted_duplicates_and_rejected_with_reasons(app: DefiRe
     assert result.to_json()["errors"][0] == {
         "kind": "observation",
         "index": 2,
+        "field": "value",
         "reason": "value must be finite, got nan",
     }
 
@@ -240,6 +256,7 @@ def test_unknown_protocol_without_name_is_rejected(app: DefiRealtime) -> None:
             "observation",
             0,
             "unknown protocol 'ghost': include 'name' (and category, chains, url) to list it",
+            "protocol",
         )
     ]
     assert head(app) == 0
@@ -276,6 +293,61 @@ def test_listing_items_list_and_update_protocols(app: DefiRealtime) -> None:
     )
 
 
+# Three snapshots of two protocols, newest first as in the shared snapshot file: "aave"
+# changed category and chains over time; "cex" is an untracked listing (no TVL).
+SNAPSHOTS = [
+    (T0 + 2 * 86_400, "Lending", ["Ethereum", "Base"], "Exchange"),
+    (T0 + 86_400, "Lending", ["Ethereum"], "CEX"),
+    (T0, "Dexes", ["Ethereum"], "CEX"),
+]
+
+
+def snapshot_batches() -> list[IngestBatch]:
+    batches = []
+    for at, category, chains, cex_category in SNAPSHOTS:
+        aave = named("aave", 1.0 + at - T0, at, category=category, chains=chains)
+        cex = {"protocol": "cex", "name": "CEX", "category": cex_category, "observed_at": at}
+        batches.append(build_batch([aave], listings=[cex]))
+    return batches
+
+
+def test_older_details_do_not_replace_newer_ones_and_a_reimport_records_nothing(
+    app: DefiRealtime,
+) -> None:
+    first = app.ingest(snapshot_batches())
+    recorded = topics(app)
+    # Listed twice, three observations: the older snapshots' details change nothing.
+    assert sorted(recorded) == ["Protocol.Listed"] * 2 + ["Protocol.MetricRecorded"] * 3
+    aave, cex = app.get_protocol("aave"), app.get_protocol("cex")
+    assert (aave.category, aave.chains, cex.category) == (
+        "Lending",
+        ["Ethereum", "Base"],
+        "Exchange",
+    )
+
+    before = head(app)
+    again = app.ingest(snapshot_batches())
+    assert head(app) == before  # it used to flip the details back and forth: 4 events
+    assert [(r.accepted, r.duplicates) for r in again] == [(0, 2)] * 3
+    assert [(r.accepted, r.duplicates) for r in first] == [(2, 0), (1, 1), (1, 1)]
+
+
+def test_listing_counts_do_not_depend_on_how_batches_are_grouped() -> None:
+    counts = []
+    for grouping in ([3], [1, 1, 1], [2, 1]):
+        app = DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        try:
+            batches, results = snapshot_batches(), []
+            for size in grouping:
+                results += app.ingest(batches[:size])
+                batches = batches[size:]
+            counts.append([(r.accepted, r.duplicates) for r in results])
+        finally:
+            app.close()
+    # A listing counts as accepted when it changed something, whatever else is pending.
+    assert counts[0] == counts[1] == counts[2] == [(2, 0), (1, 1), (1, 1)]
+
+
 def test_details_update_through_observations(app: DefiRealtime) -> None:
     app.ingest([build_batch([named("aave-v3", 1.0, T0, category="Lending")])])
     before = head(app)
@@ -307,7 +379,7 @@ def test_late_and_repeated_observations_through_ingest(app: DefiRealtime) -> Non
     [correction] = app.ingest([build_batch([obs("aave-v3", 10.5, T0 + 60)])])
 
     assert (late.accepted, late.duplicates) == (1, 0)
-    assert (repeat.accepted, repeat.duplicates, repeat.position) == (0, 2, 0)
+    assert (repeat.accepted, repeat.duplicates, repeat.position) == (0, 2, late.position)
     assert (correction.accepted, correction.duplicates) == (1, 0)
     protocol = app.get_protocol("aave-v3")
     assert protocol.current_value() == 10.5
@@ -378,6 +450,55 @@ def test_a_group_of_batches_is_one_commit(
     assert [n.id for n in notifications(app)] == list(range(1, 9))
 
 
+def test_events_reach_the_log_in_the_order_items_first_use_their_protocols(
+    app: DefiRealtime,
+) -> None:
+    slugs = [f"p{i:02d}" for i in range(30)]
+    app.ingest([build_batch([named(slug, 1.0, T0) for slug in slugs])])
+    order = slugs[7:] + slugs[:7]
+    order.reverse()
+    before = head(app)
+    # Known (cached) protocols, a new one in the middle, over a group of two batches.
+    first = [obs(slug, 2.0, T0 + 60) for slug in order[:20]] + [named("new", 1.0, T0)]
+    second = [obs(slug, 2.0, T0 + 60) for slug in order[20:]]
+    app.ingest([build_batch(first), build_batch(second)])
+    logged = [n.originator_id for n in notifications(app) if n.id > before]
+    expected = [Protocol.id_for(slug) for slug in order[:20]]
+    expected += [Protocol.id_for("new"), Protocol.id_for("new")]  # Listed, MetricRecorded
+    expected += [Protocol.id_for(slug) for slug in order[20:]]
+    assert logged == expected
+
+
+def test_the_ingest_save_stores_and_caches_like_save() -> None:
+    """Ingest's _save_group skips the per-event Recording objects and the _notify/notify
+    hooks; the same events are stored in the same order, the same aggregates cached."""
+    apps = [DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}) for _ in range(2)]
+    try:
+        stored = []
+        for app, lean in zip(apps, (False, True), strict=True):
+            protocols = [Protocol.create(f"p{i}", name=f"P{i}") for i in range(3)]
+            for i, protocol in enumerate(protocols):
+                protocol.record_metric("tvl", "total", float(i), T0, "test")
+            if lean:
+                assert app._save_group(protocols) == 6
+                assert app._save_group([]) == 0
+            else:
+                assert max(r.notification.id for r in app.save(*protocols)) == 6
+            assert app.repository.cache is not None
+            assert all(app.repository.cache.get(p.id) is p for p in protocols)
+            assert not any(p.pending_events for p in protocols)
+            stored.append(
+                [(n.id, n.originator_id, n.originator_version, n.topic) for n in notifications(app)]
+            )
+        assert stored[0] == stored[1]
+    finally:
+        for app in apps:
+            app.close()
+    # Nothing listens on the hooks the ingest save does not call.
+    assert DefiRealtime._notify is Application._notify
+    assert DefiRealtime.notify is Application.notify
+
+
 def test_save_aggregates_records_like_save() -> None:
     """The ingest's save without ``isinstance`` checks stores, caches and numbers events
     exactly as ``Application.save`` does."""
@@ -413,7 +534,9 @@ def test_empty_group_and_duplicate_only_group_write_nothing(app: DefiRealtime) -
     assert app.ingest([]) == []
     app.ingest([build_batch([named("aave-v3", 1.0, T0)])])
     [result] = app.ingest([build_batch([obs("aave-v3", 1.0, T0)])])
-    assert result == IngestResult(accepted=0, duplicates=1, rejected=[], committed=True, position=0)
+    # Nothing written, but everything the batch carries is readable at the head (a client
+    # resumes its stream from there); a duplicate-only answer used to say 0.
+    assert result == IngestResult(accepted=0, duplicates=1, rejected=[], committed=True, position=2)
     assert head(app) == 2
 
 
@@ -756,6 +879,7 @@ def test_parse_observation_defaults_and_listing() -> None:
         category="Lending",
         chains=("base",),
         url="https://aave.com",
+        observed_at=T0,
     )
 
 
@@ -803,6 +927,76 @@ def test_parse_observation_rejects(raw: Any, reason: str) -> None:
     with pytest.raises(InvalidItem) as caught:
         parse_observation(raw)
     assert str(caught.value).startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "reason"),
+    [
+        (obs(protocol="aave\x00"), "protocol", "invalid protocol slug"),
+        (obs(protocol="aave\u202e"), "protocol", "invalid protocol slug"),
+        (obs(chain="Base\x00"), "chain", "chain contains an invisible or control character"),
+        (obs(chain="Ba\u200bse"), "chain", "chain contains an invisible or control character"),
+        (obs(source="llama\x00"), "source", "source contains a control character (U+0000 at 5)"),
+        (named(name="x\x00y"), "name", "name contains a control character (U+0000 at 1)"),
+        (named(name="x\x85y"), "name", "name contains a control character (U+0085 at 1)"),
+        (named(category="Lend\x1bing"), "category", "category contains a control character"),
+        (named(url="https://x/\x7f"), "url", "url contains a control character (U+007F"),
+        (named(chains=["Ethereum", "Ba\x00se"]), "chains", "chains[1] contains an invisible"),
+        (named(chains=["Ethereum", "Ba\u2066se"]), "chains", "chains[1] contains an invisible"),
+        (named(chains=["Ethereum"] * 200_000), "chains", "chains lists 200000 chains; at most 500"),
+        (named(chains=[""]), "chains", "chains[0] must be a non-empty string"),
+        (obs(colour="red"), "colour", "unknown field(s): 'colour'"),
+        ({"protocol": "aave", "observed_at": T0}, "value", "value is required"),
+        ("aave", None, "item must be an object"),
+    ],
+)
+def test_rejections_name_the_field(raw: Any, field: str | None, reason: str) -> None:
+    with pytest.raises(InvalidItem) as caught:
+        parse_observation(raw)
+    assert (caught.value.field, str(caught.value)[: len(reason)]) == (field, reason)
+    [rejection] = build_batch([raw]).rejected
+    assert rejection.to_json() == {
+        "kind": "observation",
+        "index": 0,
+        "field": field,
+        "reason": str(caught.value),
+    }
+
+
+def test_text_fields_accept_unicode_and_identifiers_plain_text() -> None:
+    parsed = parse_observation(
+        named(name="Ξ Café 🚀 (v2)", category="Dexs", chains=["OP Mainnet", "ZKsync Era"])
+    )
+    assert parsed.listing is not None
+    assert parsed.listing.name == "Ξ Café 🚀 (v2)"
+    assert parsed.listing.chains == ("OP Mainnet", "ZKsync Era")
+
+
+def test_prices_and_listings_refuse_control_characters() -> None:
+    price = {"token": "coingecko:eth", "price": 1, "observed_at": T0}
+    batch = build_batch(
+        prices=[{**price, "token": "coingecko:eth\x00"}, {**price, "source": "s\x00"}],
+        listings=[{"protocol": "lido", "name": "Li\x00do"}],
+        partial=True,
+    )
+    assert [(r.kind, r.index, r.field) for r in batch.rejected] == [
+        ("price", 0, "token"),
+        ("price", 1, "source"),
+        ("listing", 0, "name"),
+    ]
+
+
+def test_no_duplicate_keys_names_the_key() -> None:
+    decoder = json.JSONDecoder(object_pairs_hook=no_duplicate_keys)
+    assert decoder.decode('{"a": {"b": 1, "c": 2}, "d": [{"e": 3}]}') == {
+        "a": {"b": 1, "c": 2},
+        "d": [{"e": 3}],
+    }
+    with pytest.raises(DuplicateKeyError, match="duplicate key 'value'") as caught:
+        decoder.decode('{"protocol": "x", "value": -1, "value": 5}')
+    assert caught.value.key == "value"
+    with pytest.raises(ValueError, match="duplicate key 'b'"):
+        decoder.decode('[{"a": 1}, {"b": 1, "b": 1}]')
 
 
 @pytest.mark.parametrize(
@@ -906,3 +1100,119 @@ def test_build_batch_limits_its_size() -> None:
     assert build_batch([item] * MAX_ITEMS_PER_BATCH).size == MAX_ITEMS_PER_BATCH
     with pytest.raises(InvalidItem, match=f"at most {MAX_ITEMS_PER_BATCH} items"):
         build_batch([item] * MAX_ITEMS_PER_BATCH, prices=[item])
+
+
+# --- the fast path of validation decides exactly as the checks do ------------------------
+
+_TEXTS = st.one_of(
+    st.sampled_from(["Aave V3", "Ethereum", "total", "Base", "", " ", "\t", "x" * 201]),
+    st.sampled_from(["a\x00b", "\x1b[2J", "c1\x85", "zw\u200bsp", "rlo\u202e", "bom\ufeff"]),
+    st.text(max_size=12),
+)
+_SLUGS = st.one_of(
+    st.sampled_from(["aave-v3", "ether.fi-stake", "a..b", "-a", "Aave", "a_b", "a" * 201]),
+    st.from_regex(r"[a-z0-9.\-_ A\x00\u200b]{0,8}", fullmatch=True),
+)
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.sampled_from([0, -0.0, 1e308, 10**309, True, False, T0, T0 * 1000, 946_684_800]),
+)
+_ANY = st.one_of(st.none(), _TEXTS, _NUMBERS, st.lists(_TEXTS, max_size=3), st.just({}))
+
+
+@st.composite
+def _raw_items(draw: st.DrawFn, *, listing: bool) -> Any:
+    """A valid item (about half of them), with some fields replaced by arbitrary, mostly
+    bad, values or left out, and now and then an unknown field."""
+    usual: dict[str, Any] = {
+        "protocol": "aave-v3",
+        "name": draw(st.sampled_from(["Aave V3", "Ξ Café 🚀", "x" * 200])),
+        "category": draw(st.sampled_from(["Lending", "", "x" * 2000])),
+        "url": "https://aave.com",
+        "chains": draw(st.sampled_from([[], ["Ethereum"], ["OP Mainnet", "Base"]])),
+        "observed_at": draw(st.sampled_from([T0, int(T0), 946_684_800, 4_102_444_799.5])),
+    }
+    odd: dict[str, st.SearchStrategy[Any]] = {
+        "protocol": st.one_of(_SLUGS, _ANY),
+        "name": st.one_of(_TEXTS, _ANY),
+        "category": st.one_of(_TEXTS, _ANY),
+        "url": st.one_of(_TEXTS, _ANY),
+        "chains": st.one_of(st.lists(_TEXTS, max_size=4), _ANY),
+        "observed_at": st.one_of(
+            st.floats(min_value=9e8, max_value=4.2e9), st.sampled_from(["2025-12-06"]), _ANY
+        ),
+    }
+    if not listing:
+        usual |= {
+            "metric": draw(st.sampled_from(["tvl", "volume_24h"])),
+            "chain": draw(st.sampled_from(["total", "Ethereum"])),
+            "value": draw(st.sampled_from([0, 0.0, 1.5e9, 10**20, 1e308])),
+            "source": draw(st.sampled_from(["defillama:snapshot", ""])),
+        }
+        odd |= {
+            "metric": st.one_of(st.sampled_from(["tvl", "fees_24h", "price"]), _ANY),
+            "chain": st.one_of(_TEXTS, _ANY),
+            "value": st.one_of(st.floats(min_value=0, max_value=1e12), _NUMBERS, _ANY),
+            "source": st.one_of(_TEXTS, _ANY),
+        }
+    item: dict[str, Any] = {}
+    changes = draw(st.integers(0, 3))
+    for key in usual:
+        what = draw(st.integers(0, 9))
+        if what < changes:  # arbitrary
+            item[key] = draw(odd[key])
+        elif what < changes + 2 and key not in ("protocol", "value", "observed_at"):
+            continue  # left out (optional)
+        else:
+            item[key] = usual[key]
+    if draw(st.integers(0, 9)) == 0:
+        item["extra"] = 1
+    return item
+
+
+def _outcome(parse: Any, raw: Any) -> Any:
+    try:
+        command = parse(raw)
+    except InvalidItem as error:
+        return ("rejected", str(error), error.field)
+    # Equal values of another type (1 and 1.0) would be stored differently: compare types.
+    values = [getattr(command, f.name) for f in dataclasses.fields(command)]
+    listing = getattr(command, "listing", None)
+    if listing is not None:
+        values += [getattr(listing, f.name) for f in dataclasses.fields(listing)]
+    return command, [type(value) for value in values]
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=_raw_items(listing=False))
+def test_observation_fast_path_decides_as_the_checks(raw: Any) -> None:
+    from defi_realtime.application.ingest import _checked_observation, _plain_observation
+
+    fast = _plain_observation(raw, 3)
+    checked = _outcome(lambda r: _checked_observation(r, 3), raw)
+    event(f"fast path: {fast is not None}, checks: {checked[0] != 'rejected'}")
+    if fast is not None:
+        assert _outcome(lambda r: fast, raw) == checked
+    assert _outcome(lambda r: parse_observation(r, 3), raw) == checked
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_raw_items(listing=True))
+def test_listing_fast_path_decides_as_the_checks(raw: Any) -> None:
+    from defi_realtime.application.ingest import _checked_listing, _plain_listing
+
+    fast = _plain_listing(raw)
+    checked = _outcome(_checked_listing, raw)
+    event(f"fast path: {fast is not None}, checks: {checked[0] != 'rejected'}")
+    if fast is not None:
+        assert _outcome(lambda r: fast, raw) == checked
+    assert _outcome(parse_listing, raw) == checked
+
+
+def test_usual_items_take_the_fast_path() -> None:
+    from defi_realtime.application.ingest import _plain_listing, _plain_observation
+
+    item = named(category="Lending", chains=["Ethereum"], url="https://x", source="s")
+    assert _plain_observation(item, 0) == parse_observation(item)
+    assert _plain_listing({"protocol": "lido", "name": "Lido", "observed_at": T0}) is not None

@@ -6,6 +6,7 @@ import collections
 import gzip
 import json
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from defi_realtime.adapters.defillama_files import (
     estimate_items,
     read_items,
 )
+from defi_realtime.domain.protocol import check_slug
 
 REAL_SNAPSHOTS = (
     Path(__file__).resolve().parents[3]
@@ -230,6 +232,7 @@ def test_snapshot_null_tvl_yields_a_listing(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Ethereum", "Arbitrum"],
         "url": None,
+        "observed_at": ISO_UNIX,
     }
 
 
@@ -293,6 +296,63 @@ def test_malformed_lines_are_reported_with_line_numbers(tmp_path: Path) -> None:
     assert "name" in errors[4]
     assert "tvl" in errors[5]
     assert all(i.item is None for i in read if i.kind == "invalid")
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("GenesisLRT (Native Restaking)", "genesislrt-native-restaking"),
+        ("Lorenzo sUSD1+", "lorenzo-susd1"),
+        ("JPEG'd", "jpegd"),
+        ("Yay!", "yay"),
+        ("ether.fi Stake", "ether.fi-stake"),
+    ],
+)
+def test_slugs_of_names_keep_to_the_slug_alphabet(tmp_path: Path, name: str, slug: str) -> None:
+    path = write_jsonl(tmp_path / "s.jsonl", [snapshot_row(name, 1.0)])
+    [read] = items(path)
+    assert read.item is not None
+    assert (read.item["protocol"], read.item["name"]) == (slug, name)
+
+
+def test_payload_slugs_outside_the_alphabet_are_mapped_into_it(tmp_path: Path) -> None:
+    document = [
+        {"name": "Lorenzo sUSD1+", "slug": "lorenzo-susd1+", "tvl": 1.0},
+        {"name": "Ether.fi Stake", "slug": "ether.fi-stake", "tvl": 2.0},
+        {"name": "Odd", "slug": "Odd (Legacy)", "tvl": 3.0},
+    ]
+    read = items(write_json(tmp_path / "p.json", document), observed_at=DAY)
+    assert [i.item["protocol"] for i in read if i.item] == [
+        "lorenzo-susd1",
+        "ether.fi-stake",
+        "odd-legacy",
+    ]
+
+
+def test_a_name_without_letters_or_digits_is_an_invalid_row(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "s.jsonl", [snapshot_row("(+)", 1.0), snapshot_row("B", 1.0)])
+    read = items(path)
+    assert [(i.kind, i.line) for i in read] == [("invalid", 1), ("observation", 2)]
+    assert read[0].error == "row has name '(+)' has no letter or digit to make a slug of"
+
+
+def test_a_line_naming_a_key_twice_is_invalid(tmp_path: Path) -> None:
+    good = json.dumps({"protocol": "aave-v3", "value": 5, "observed_at": DAY})
+    twice = good.replace('"value": 5', '"value": -1, "value": 5')
+    nested = good.replace('"observed_at"', '"chains": [{"a": 1, "a": 2}], "observed_at"')
+    path = write_jsonl(tmp_path / "o.jsonl", [good, twice, nested, good])
+    read = items(path)
+    assert [(i.kind, i.line) for i in read] == [
+        ("observation", 1),
+        ("invalid", 2),
+        ("invalid", 3),
+        ("observation", 4),
+    ]
+    assert read[1].error == "malformed JSON: duplicate key 'value' in an object"
+    assert read[2].error == "malformed JSON: duplicate key 'a' in an object"
+    snapshot = json.dumps(snapshot_row("A", 1.0)).replace('"tvl": 1.0', '"tvl": 1.0, "tvl": 2.0')
+    [row] = items(write_jsonl(tmp_path / "s.jsonl", [snapshot]), fmt="snapshots-jsonl")
+    assert (row.kind, row.error) == ("invalid", "malformed JSON: duplicate key 'tvl' in an object")
 
 
 def test_names_that_slugify_alike_are_both_emitted(tmp_path: Path) -> None:
@@ -446,6 +506,7 @@ def test_protocols_total_and_real_chains(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Bitcoin"],
         "url": None,
+        "observed_at": 1_765_000_000.5,
     }
     assert estimate_items(path) == len(read)
 
@@ -570,6 +631,9 @@ def test_real_protocol_snapshots() -> None:
         else:
             assert capture is not None
             listings_per_capture[capture] += 1
+        # Every slug derived from the real names is in DeFiLlama's alphabet.
+        assert check_slug(read.item["protocol"])
+        assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*", read.item["protocol"]), read.item
     assert sum(kinds.values()) == 59_910
     assert kinds["invalid"] == 0
     assert len(listings_per_capture) == 9  # 9 distinct observed_at values

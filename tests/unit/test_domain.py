@@ -10,17 +10,34 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import hypothesis
 import pytest
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Mapper, UUIDAsHex
+from hypothesis import strategies as st
 
 from defi_realtime.domain.alert_rule import AlertRule, InvalidRule, RuleBook, RuleQuotaExceeded
-from defi_realtime.domain.alert_values import MAX_COOLDOWN
+from defi_realtime.domain.alert_values import MAX_COOLDOWN, parse_target
 from defi_realtime.domain.api_key import TIER_LIMITS, ApiKey, InvalidTier, TierLimits, hash_key
 from defi_realtime.domain.errors import DomainError, InvalidObservation, InvalidTransition
-from defi_realtime.domain.protocol import Protocol, check_slug, slugify
+from defi_realtime.domain.observations import (
+    MAX_CHAINS,
+    check_chains,
+    check_label,
+    check_text,
+    check_timestamp,
+    check_value,
+    is_chain_list,
+    is_label,
+    is_text,
+    is_timestamp,
+    is_value,
+)
+from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
 from defi_realtime.domain.subscription import InvalidSubscription, Subscription
 from defi_realtime.domain.token import Token, check_token_id
 
@@ -75,6 +92,7 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
                 "category": "Lending",
                 "chains": ["ethereum"],
                 "url": "https://aave.com",
+                "observed_at": None,
             },
         )
     ]
@@ -86,17 +104,28 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
 def test_protocol_create_defaults() -> None:
     protocol = Protocol.create("uniswap", "Uniswap")
     assert then(protocol) == [
-        ("Listed", {"slug": "uniswap", "name": "Uniswap", "category": "", "chains": [], "url": ""})
+        (
+            "Listed",
+            {
+                "slug": "uniswap",
+                "name": "Uniswap",
+                "category": "",
+                "chains": [],
+                "url": "",
+                "observed_at": None,
+            },
+        )
     ]
 
 
 @pytest.mark.parametrize(
     "slug",
-    ["a", "aave-v3", "0x-protocol", "curve.fi", "uniswap_v2", "a" * 200],
+    ["a", "7", "aave-v3", "0x-protocol", "curve.fi", "ether.fi-stake", "a-", "a.b.c", "a" * 200],
 )
 def test_valid_slugs(slug: str) -> None:
     assert check_slug(slug) == slug
     assert Protocol.create(slug, "Name").slug == slug
+    assert re.fullmatch(SLUG_PATTERN, slug)
 
 
 @pytest.mark.parametrize(
@@ -118,17 +147,130 @@ def test_valid_slugs(slug: str) -> None:
         5,
         None,
         ["aave"],
+        # Outside DeFiLlama's alphabet: look-alikes, terminal escapes, log injection.
+        "uniswap_v2",
+        "aave\x07",
+        "aave\x1b[31m",
+        "aave\x00",
+        "aave\u202ev3",
+        "aa\u200bve",
+        "aave\ufeff",
+        "aave\U0001f680",
+        "\u0430ave",  # Cyrillic a
+        "a..b",
+        "aave..",
+        "aave'",
+        'aave"',
+        "aave+",
+        "aave(v3)",
+        "aave\\",
     ],
 )
 def test_invalid_slugs_are_refused(slug: Any) -> None:
-    with pytest.raises(InvalidObservation, match="invalid protocol slug"):
+    with pytest.raises(InvalidObservation, match="invalid protocol slug") as caught:
         check_slug(slug)
+    assert caught.value.field == "protocol"
     with pytest.raises(InvalidObservation):
         Protocol.create(slug, "Name")
+    if isinstance(slug, str):
+        assert not re.fullmatch(SLUG_PATTERN, slug)
 
 
-def test_slugify_follows_defillama() -> None:
-    assert slugify("  Aave  V3 ") == "aave-v3"
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("  Aave  V3 ", "aave-v3"),
+        ("ether.fi Stake", "ether.fi-stake"),
+        ("JPEG'd", "jpegd"),
+        ("Arbi's Finance", "arbis-finance"),
+        ("GenesisLRT (Native Restaking)", "genesislrt-native-restaking"),
+        ("Lorenzo sUSD1+", "lorenzo-susd1"),
+        ("Synthetix v1+v2", "synthetix-v1-v2"),
+        ("Yay!", "yay"),
+        ("Curve.fi", "curve.fi"),
+        ("a -- b", "a-b"),
+        ("x...y.", "x.y"),
+        ("-.Dots.-", "dots"),
+        ("Tab\tNUL\x00RLO\u202eZWSP\u200bend", "tab-nul-rlo-zwsp-end"),
+        ("Café Ξ 🚀", "caf"),
+        ("!!!", ""),
+    ],
+)
+def test_slugify_follows_defillama_into_the_slug_alphabet(name: str, slug: str) -> None:
+    assert slugify(name) == slug
+    if slug:
+        assert check_slug(slugify(name)) == slug
+
+
+# --- strings: control and invisible characters ------------------------------------------
+
+CONTROL_CHARACTERS = ["\x00", "\x07", "\x1b", "\x1f", "\x7f", "\x80", "\x9f", "\ud800"]
+INVISIBLE_CHARACTERS = ["\u200b", "\u200d", "\u200f", "\u202a", "\u202e", "\u2066", "\u2069"]
+INVISIBLE_CHARACTERS += ["\ufeff", "\u00ad"]
+
+
+@pytest.mark.parametrize("bad", CONTROL_CHARACTERS)
+@pytest.mark.parametrize("identifier", [False, True])
+def test_check_text_refuses_control_characters_naming_the_field(bad: str, identifier: bool) -> None:
+    with pytest.raises(InvalidObservation, match=r"^name contains .*control character") as caught:
+        check_text(f"x{bad}y", field="name", identifier=identifier)
+    assert caught.value.field == "name"
+
+
+@pytest.mark.parametrize("bad", INVISIBLE_CHARACTERS)
+def test_invisible_characters_are_refused_in_identifiers_only(bad: str) -> None:
+    assert check_text(f"x{bad}y", field="name") == f"x{bad}y"
+    with pytest.raises(InvalidObservation, match="chain contains an invisible") as caught:
+        check_text(f"x{bad}y", field="chain", identifier=True)
+    assert caught.value.field == "chain"
+
+
+@pytest.mark.parametrize("text", ["", "Aave V3", "Ξ Café 🚀", "日本語", "tab-free\u00a0nbsp"])
+def test_ordinary_text_passes(text: str) -> None:
+    assert check_text(text, field="name", identifier=True) == text
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("name", {"name": "x\x00y"}),
+        ("category", {"category": "Lend\x00ing"}),
+        ("url", {"url": "https://x.example/\x00"}),
+        ("chains", {"chains": ["Ethereum", "Base\x00"]}),
+        ("chains", {"chains": ["Ethereum", "Ba\u202ese"]}),
+        ("category", {"category": 5}),
+    ],
+)
+def test_protocol_listing_refuses_control_characters(field: str, changes: dict[str, Any]) -> None:
+    details: dict[str, Any] = {"name": "Aave", **changes}
+    with pytest.raises(InvalidObservation, match=field) as caught:
+        Protocol.create("aave", **details)
+    assert caught.value.field == field
+    protocol = listed()
+    with pytest.raises(InvalidObservation, match=field):
+        protocol.update_details(**changes)
+    assert then(protocol) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "chain", "source"),
+    [("chain", "Base\x00", "s"), ("chain", "Ba\u200bse", "s"), ("source", "Base", "s\x00")],
+)
+def test_record_metric_refuses_control_characters(field: str, chain: str, source: str) -> None:
+    protocol = listed()
+    with pytest.raises(InvalidObservation, match=field) as caught:
+        protocol.record_metric("tvl", chain, 1.0, T0, source)
+    assert caught.value.field == field
+    assert then(protocol) == []
+
+
+def test_chain_lists_are_bounded() -> None:
+    assert len(check_chains([f"c{i}" for i in range(MAX_CHAINS)])) == MAX_CHAINS
+    with pytest.raises(InvalidObservation, match=f"at most {MAX_CHAINS}") as caught:
+        Protocol.create("aave", "Aave", chains=["Ethereum"] * 200_000)
+    assert caught.value.field == "chains"
+    with pytest.raises(InvalidObservation, match="chains"):
+        listed().update_details(chains=[f"c{i}" for i in range(MAX_CHAINS + 1)])
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201, None, 3])
@@ -356,6 +498,37 @@ def test_metrics_and_chains_are_tracked_separately() -> None:
     assert protocol.chains == ["ethereum", "arbitrum"]
 
 
+def test_record_metric_builds_the_event_trigger_event_would() -> None:
+    """record_metric builds its event without trigger_event (for speed): same class, same
+    fields in the same order (so the same stored JSON), same effect on the aggregate."""
+    fast, slow = listed(), listed()
+    assert fast.record_metric("tvl", "Base", 1.5, T0, "llama") is True
+    slow.trigger_event(
+        Protocol.MetricRecorded,
+        slug="aave-v3",
+        metric="tvl",
+        chain="Base",
+        value=1.5,
+        observed_at=T0,
+        source="llama",
+    )
+    [built], [triggered] = fast.collect_events(), slow.collect_events()
+    assert type(built) is type(triggered) is Protocol.MetricRecorded
+    assert list(vars(built)) == list(vars(triggered))
+    assert {k: v for k, v in vars(built).items() if k != "timestamp"} == {
+        k: v for k, v in vars(triggered).items() if k != "timestamp"
+    }
+    assert built.timestamp.tzinfo is not None
+    transcoder = JSONTranscoder()
+    transcoder.register(DatetimeAsISO())
+    transcoder.register(UUIDAsHex())
+    stored = [Mapper(transcoder).to_stored_event(e) for e in (built, triggered)]
+    assert stored[0].state.split(b'"slug"')[1] == stored[1].state.split(b'"slug"')[1]
+    assert (fast.version, fast.modified_on, fast.current) == (2, built.timestamp, slow.current)
+    listing = Protocol.create("aave-v3", "Aave V3").collect_events()
+    assert given([*listing, built]).history == fast.history
+
+
 def test_update_details_records_the_full_listing() -> None:
     protocol = listed(category="Lending", chains=["ethereum"], url="https://aave.com")
 
@@ -370,6 +543,7 @@ def test_update_details_records_the_full_listing() -> None:
                 "category": "Dexes",
                 "chains": ["ethereum", "base"],
                 "url": "https://aave.com",
+                "observed_at": None,
             },
         )
     ]
@@ -381,6 +555,50 @@ def test_update_details_records_the_full_listing() -> None:
     )
 
 
+def test_details_observed_before_the_current_ones_change_nothing() -> None:
+    protocol = given(
+        Protocol.create("aave", "Aave", "Lending", ["Ethereum"], observed_at=T0).collect_events()
+    )
+    assert protocol.details_observed_at == T0
+    # Older details (an earlier snapshot, a re-import): the current ones stay.
+    assert protocol.update_details(name="Aave (old)", chains=["Base"], observed_at=T0 - 1) is False
+    assert then(protocol) == []
+    # Same time or newer: they apply, and become the current time.
+    assert protocol.update_details(category="Dexes", observed_at=T0) is True
+    assert protocol.update_details(name="Aave V3", observed_at=T0 + 60) is True
+    assert [(name, fact["observed_at"]) for name, fact in then(protocol)] == [
+        ("DetailsUpdated", T0),
+        ("DetailsUpdated", T0 + 60),
+    ]
+    assert (protocol.name, protocol.category, protocol.details_observed_at) == (
+        "Aave V3",
+        "Dexes",
+        T0 + 60,
+    )
+    # Without a time they apply as given and keep the current time.
+    assert protocol.update_details(url="https://aave.com") is True
+    assert protocol.details_observed_at == T0 + 60
+    assert protocol.update_details(url="https://old.example", observed_at=T0) is False
+    with pytest.raises(InvalidObservation, match="observed_at"):
+        protocol.update_details(name="x", observed_at=T0 * 1000)
+
+
+def test_listing_events_stored_without_a_time_still_replay() -> None:
+    # Listed and DetailsUpdated events recorded before they carried observed_at.
+    created = Protocol.create("aave", "Aave")
+    listed_event = created.collect_events()[0]
+    created.update_details(name="Aave V3")
+    updated_event = created.collect_events()[0]
+    old = []
+    for new in (listed_event, updated_event):
+        event = object.__new__(type(new))
+        event.__dict__.update({k: v for k, v in vars(new).items() if k != "observed_at"})
+        old.append(event)
+    protocol = given(old)
+    assert (protocol.name, protocol.details_observed_at) == ("Aave V3", None)
+    assert protocol.update_details(name="Aave V4", observed_at=T0) is True
+
+
 def test_update_details_without_change_is_a_no_op() -> None:
     protocol = listed(category="Lending", chains=["ethereum"])
 
@@ -390,7 +608,8 @@ def test_update_details_without_change_is_a_no_op() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"name": ""}, {"name": 5}, {"chains": "ethereum"}, {"chains": [""]}]
+    "changes",
+    [{"name": ""}, {"name": 5}, {"chains": "ethereum"}, {"chains": [""]}, {"url": 7}],
 )
 def test_update_details_validates(changes: dict[str, Any]) -> None:
     protocol = listed()
@@ -442,11 +661,17 @@ def test_register_token(token_id: str) -> None:
         "coingecko:" + "x" * 129,
         None,
         42,
+        "coingecko:eth\x00",
+        "coingecko:eth\u202e",
+        "coingecko:e\u200bth",
+        "coingecko:éth",
+        "ethereum:0xabc/..",
     ],
 )
 def test_invalid_token_ids_are_refused(token_id: Any) -> None:
-    with pytest.raises(InvalidObservation, match="invalid token id"):
+    with pytest.raises(InvalidObservation, match="invalid token id") as caught:
         check_token_id(token_id)
+    assert caught.value.field == "token"
     with pytest.raises(InvalidObservation):
         Token.register(token_id)
 
@@ -796,6 +1021,48 @@ def test_update_rule_validates() -> None:
     assert then(rule) == []
 
 
+@pytest.mark.parametrize("name", ["x\x00y", "bell\x07", "esc\x1b[2J", "c1\x85", 7, "n" * 201])
+def test_rule_name_is_text_without_control_characters(name: Any) -> None:
+    with pytest.raises(InvalidRule, match="name") as caught:
+        AlertRule.create("alice", TVL_TARGET, BELOW_1B, WEBHOOK, name=name)
+    assert caught.value.field == "name"
+    rule = given(rule_events())
+    with pytest.raises(InvalidRule, match="name") as caught:
+        rule.update(name=name)
+    assert caught.value.field == "name"
+    assert then(rule) == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"protocol": "Bad Slug"},
+        {"protocol": "aave\u202e"},
+        {"protocol": "aave", "chain": "Base\x00"},
+        {"protocol": "aave", "chain": "Ba\u200bse"},
+        {"token": "coingecko:eth\x00"},
+    ],
+)
+def test_a_malformed_target_is_an_invalid_rule(target: dict[str, Any]) -> None:
+    # Not an InvalidObservation: the API turns InvalidRule into a 400 (it was a 500).
+    with pytest.raises(InvalidRule, match="target") as caught:
+        parse_target(target)
+    assert caught.value.field == "target"
+
+
+@pytest.mark.parametrize("key", ["url", "address", "secret"])
+def test_channels_refuse_control_characters(key: str) -> None:
+    channel = (
+        {"kind": "email", "address": "a@b.c"}
+        if key == "address"
+        else {"kind": "webhook", "url": "https://x.example/h", "secret": "s"}
+    )
+    channel[key] += "\r\nX-Injected: 1"
+    with pytest.raises(InvalidRule, match=rf"channels\[0\]\.{key} contains .*control") as caught:
+        AlertRule.create("alice", TVL_TARGET, BELOW_1B, [channel])
+    assert caught.value.field == "channels"
+
+
 def test_rule_fires_when_condition_becomes_true() -> None:
     rule = given(rule_events())
 
@@ -1101,3 +1368,42 @@ def test_a_rule_book_admits_up_to_its_limit_and_frees_a_place_on_release() -> No
         "Released",
         "Admitted",
     ]
+
+
+def _accepts(check: Any, value: Any) -> bool:
+    try:
+        check(value)
+    except DomainError:
+        return False
+    return True
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.sampled_from([True, False, None, "1", -0.0, 946_684_800, 4_102_444_800, 10**309]),
+)
+_STRINGS = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", " ", "\u00a0", "x" * 200, "x" * 201, "a\x00", "a\u200b", "Eth"]),
+    st.sampled_from([None, 5, ["a"]]),
+)
+
+
+@hypothesis.given(value=_VALUES)
+def test_value_and_time_predicates_agree_with_the_checks(value: Any) -> None:
+    assert is_value(value) == _accepts(check_value, value)
+    assert is_timestamp(value) == _accepts(check_timestamp, value)
+
+
+@hypothesis.given(text=_STRINGS, identifier=st.booleans())
+def test_string_predicates_agree_with_the_checks(text: Any, identifier: bool) -> None:
+    assert is_text(text, identifier=identifier) == _accepts(
+        lambda t: check_text(t, field="f", identifier=identifier), text
+    )
+    assert is_label(text, identifier=identifier) == _accepts(
+        lambda t: check_label(t, what="f", identifier=identifier), text
+    )
+    assert is_slug(text) == _accepts(check_slug, text)
+    chains = [text, "Ethereum"]
+    assert is_chain_list(chains) == _accepts(check_chains, chains)

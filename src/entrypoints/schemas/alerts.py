@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ...domain.alert_rule import MAX_RULE_NAME, Firing
 from ...domain.alert_values import Channels, Condition, Cooldown, RuleTarget
-from .common import ANSWER, QUERY, control_character_at
+from .common import ANSWER, QUERY
 
 __all__ = [
     "AlertRule",
@@ -46,26 +45,12 @@ class RulePath(BaseModel):
     rule_id: UUID
 
 
-CONTROL_CHARACTERS = "control_characters"
-
-
-def _no_control_characters(body: Any) -> Any:
-    """A rule's strings are stored, shown, and held in read models: PostgreSQL text cannot
-    hold a NUL (the history projection would stop at the rule). No control character is
-    accepted anywhere in a rule."""
-    where = control_character_at(body)
-    if where is not None:
-        raise PydanticCustomError(
-            CONTROL_CHARACTERS, "{where} must not contain control characters", {"where": where}
-        )
-    return body
-
-
 class AlertRuleCreate(BaseModel):
-    """``POST /v2/alerts``: a new rule. No string in it may hold a control character."""
+    """``POST /v2/alerts``: a new rule. No string in it may hold a control character (the
+    domain's values refuse them: PostgreSQL text cannot hold a NUL, and a rule's strings are
+    shown and logged)."""
 
     model_config = _BODY
-    _printable = model_validator(mode="before")(_no_control_characters)
     name: RuleName = ""
     target: RuleTarget
     condition: Condition
@@ -78,7 +63,6 @@ class AlertRuleChange(BaseModel):
     but must be the rule's own: a rule's target cannot change."""
 
     model_config = ConfigDict(**_BODY, json_schema_extra={"minProperties": 1})
-    _printable = model_validator(mode="before")(_no_control_characters)
     name: RuleName | None = None
     target: RuleTarget | None = None
     condition: Condition | None = None

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ...application.ingest import MAX_ITEMS_PER_BATCH
-from ...domain.observations import MAX_NAME_LENGTH, TOTAL, Metric
+from ...domain.observations import MAX_CHAINS, MAX_NAME_LENGTH, TOTAL, Metric
 from .common import ANSWER, QUERY, CheckedSlug, CheckedTokenId
 
 __all__ = [
@@ -60,7 +60,7 @@ class Observation(BaseModel):
     source: Text | None = None
     name: Label | None = None
     category: Text | None = None
-    chains: list[Label] | None = None
+    chains: Annotated[list[Label], Field(max_length=MAX_CHAINS)] | None = None
     url: Text | None = None
 
 
@@ -82,8 +82,10 @@ class Listing(BaseModel):
     protocol: CheckedSlug
     name: Label
     category: Text | None = None
-    chains: list[Label] | None = None
+    chains: Annotated[list[Label], Field(max_length=MAX_CHAINS)] | None = None
     url: Text | None = None
+    # When the details were true: older details never replace newer ones (ADR 0017).
+    observed_at: ObservedAt | None = None
 
 
 class IngestBody(BaseModel):
@@ -126,6 +128,7 @@ class Rejection(BaseModel):
     model_config = ANSWER
     kind: Literal["observation", "price", "listing"]
     index: int = Field(description="its index in its list")
+    field: str | None = Field(description="the field at fault, when one is")
     reason: str
 
 
