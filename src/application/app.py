@@ -95,10 +95,10 @@ class DefiRealtime(Application[UUID]):
 
     # -- ingest -------------------------------------------------------------------------
 
-    def ingest(self, batches: Sequence[IngestBatch], *, attempts: int = 3) -> list[IngestResult]:
+    def ingest(self, batches: Sequence[IngestBatch]) -> list[IngestResult]:
         """Apply a group of batches and save them in one transaction."""
-        for attempt in range(attempts):
-            working: dict[UUID, Aggregate] = {}
+
+        def apply(working: dict[UUID, Aggregate]) -> tuple[list[IngestResult], int]:
             self._absent.clear()
             self._preloaded.clear()
             try:
@@ -106,27 +106,20 @@ class DefiRealtime(Application[UUID]):
                 results = [self._apply_batch(batch, working) for batch in batches]
                 # Only aggregates with new events: an unchanged one would record nothing.
                 written = self._save_group([a for a in working.values() if a.pending_events])
-            except IntegrityError:
-                self._evict(working)
-                if attempt + 1 == attempts:
-                    raise
-                continue
-            except BaseException:
-                self._evict(working)
-                raise
             finally:
                 self._absent.clear()
                 self._preloaded.clear()
-            position = written
-            if not written and any(result.committed for result in results):
-                # Nothing new (duplicates only): the head, from which a client can resume a
-                # stream knowing it holds everything the batch carried.
-                position = self.recorder.max_notification_id() or 0
-            for result in results:
-                if result.committed:
-                    result.position = position
-            return results
-        raise AssertionError("unreachable")  # pragma: no cover
+            return results, written
+
+        results, position = self._retrying(apply)
+        if not position and any(result.committed for result in results):
+            # Nothing new (duplicates only): the head, from which a client can resume a
+            # stream knowing it holds everything the batch carried.
+            position = self.recorder.max_notification_id() or 0
+        for result in results:
+            if result.committed:
+                result.position = position
+        return results
 
     def save_aggregates(self, aggregates: Sequence[Aggregate]) -> list[Recording[UUID]]:
         """``save(*aggregates)`` for aggregates only, without its per-object type checks.
