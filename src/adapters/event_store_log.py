@@ -19,8 +19,10 @@ notification. tests/unit/test_event_log_fast_path.py checks that both ways agree
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final, cast
 from uuid import UUID
@@ -39,6 +41,9 @@ from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.protocol import Protocol
 from ..domain.token import Token
+
+# How long closing the reader waits for the reads under way (one page is milliseconds).
+CLOSE_TIMEOUT: Final = 10.0
 
 # Translations read an event's fields from a mapping: the event object's ``vars()`` on the
 # general path, the decoded JSON state (plus the originator ID) on the fast one. Both hold
@@ -230,8 +235,16 @@ def fast_entry(notification: Notification, translate: _Translate) -> LogEntry | 
     )
 
 
+class LogClosedError(RuntimeError):
+    """The log reader was closed (its process is shutting down)."""
+
+
 class EventStoreLog:
-    """Reads the application's notification log (synchronous; call from a thread)."""
+    """Reads the application's notification log (synchronous; call from a thread).
+
+    ``close`` waits for the reads under way and refuses later ones: a read still running in
+    a worker thread after its task was cancelled must not meet a closed store (SQLite
+    crashes the process on that)."""
 
     def __init__(self, app: Application[UUID], *, fast: bool = True) -> None:
         self._recorder = app.recorder
@@ -239,11 +252,28 @@ class EventStoreLog:
         self._fast = fast and plain_json_states(app.mapper)
         # topic -> its translation, None for facts nobody downstream needs.
         self._translations: dict[str, _Translate | None] = {}
+        self._reading = 0
+        self._closed = False
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise LogClosedError("the event log reader is closed")
+            self._reading += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._reading -= 1
+                self._idle.notify_all()
 
     def read(self, after: int, limit: int) -> LogBatch:
-        notifications = self._recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
+        with self._open():
+            notifications = self._recorder.select_notifications(
+                start=after, limit=limit, inclusive_of_start=False
+            )
         if not notifications:
             return LogBatch(after=after, last=after)
         entries = []
@@ -254,12 +284,14 @@ class EventStoreLog:
         return LogBatch(after=after, last=notifications[-1].id, entries=tuple(entries))
 
     def head(self) -> int:
-        return self._recorder.max_notification_id() or 0
+        with self._open():
+            return self._recorder.max_notification_id() or 0
 
-    def close(self) -> None:
-        """Nothing to release: reads happen on the caller's thread. Callers close the reader
-        before the application's store all the same (an earlier version read ahead in a
-        background thread, which had to stop first)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Refuse new reads and wait (bounded) for those under way to end."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._reading == 0, timeout)
 
     def _entry(self, notification: Notification) -> LogEntry | None:
         topic = notification.topic

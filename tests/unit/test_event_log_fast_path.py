@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from defi_realtime.adapters.event_store_log import (
     TRANSLATIONS,
     EventStoreLog,
+    LogClosedError,
     fast_entry,
     plain_json_states,
     to_entry,
@@ -255,3 +258,32 @@ def test_a_compressed_store_reads_through_the_mapper() -> None:
         assert len({entry.kind for entry in fast.entries}) >= 6
     finally:
         compressed.close()
+
+
+def test_closing_waits_for_a_read_under_way_and_refuses_later_ones(
+    app: DefiRealtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read still running in a worker thread (its task cancelled at shutdown) must end
+    before the store closes: SQLite crashed the process when it did not."""
+    event_log = EventStoreLog(app)
+    started, finished = threading.Event(), threading.Event()
+    select = app.recorder.select_notifications
+
+    def slow_select(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        time.sleep(0.3)
+        result = select(*args, **kwargs)
+        finished.set()
+        return result
+
+    monkeypatch.setattr(app.recorder, "select_notifications", slow_select)
+    reader = threading.Thread(target=event_log.read, args=(0, 10))
+    reader.start()
+    assert started.wait(5)
+    event_log.close()
+    assert finished.is_set(), "close returned while a read was under way"
+    reader.join(5)
+    with pytest.raises(LogClosedError):
+        event_log.read(0, 10)
+    with pytest.raises(LogClosedError):
+        event_log.head()
