@@ -115,20 +115,17 @@ def control(ticker: Ticker, stop: asyncio.Event, loop: asyncio.AbstractEventLoop
 
 
 def hub_app() -> tuple[Any, Any]:
+    from defi_realtime.application.hot_state import HotState
     from defi_realtime.application.log import LogBatch, LogEntry
     from defi_realtime.application.realtime import RealtimeHub
     from defi_realtime.entrypoints.settings import Settings
     from defi_realtime.entrypoints.ws_server import GATEWAY_STATE_KEY, SocketGateway
     from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
 
-    class NoChanges:
-        async def get_protocols(self, slugs: Any) -> list[Any]:
-            return []
-
-        async def prices(self, tokens: Any) -> list[Any]:
-            return []
-
-    hub = RealtimeHub(None, NoChanges())  # type: ignore[arg-type]
+    # The node's own fold, applied before the hub routes (as the node follower does): the
+    # frames' facts come from it, so its cost is in the figures.
+    state = HotState(record_facts=True)
+    hub = RealtimeHub(None, state)  # type: ignore[arg-type]
     settings = Settings(WS_QUEUE_SIZE=10_000)
     gateway = SocketGateway(hub, settings, lambda key: None)
 
@@ -148,9 +145,9 @@ def hub_app() -> tuple[Any, Any]:
             )
             for u in updates
         )
-        await hub.deliver(
-            LogBatch(after=entries[0].position - 1, last=entries[-1].position, entries=entries)
-        )
+        batch = LogBatch(after=entries[0].position - 1, last=entries[-1].position, entries=entries)
+        state.apply(batch)
+        await hub.deliver(batch)
 
     ticker = Ticker(emit)
 

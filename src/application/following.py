@@ -124,8 +124,10 @@ class ProjectionRunner:
         self.failures = 0  # batches that failed to apply since start (a counter)
 
     @classmethod
-    def for_hot(cls, event_log: EventLog, hot: HotProjection) -> ProjectionRunner:
-        return cls("hot", event_log, hot.position, hot.apply)
+    def for_hot(
+        cls, event_log: EventLog, hot: HotProjection, name: str = "hot"
+    ) -> ProjectionRunner:
+        return cls(name, event_log, hot.position, hot.apply)
 
     @classmethod
     def for_history(cls, event_log: EventLog, history: HistoryReadModel) -> ProjectionRunner:

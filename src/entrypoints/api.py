@@ -90,6 +90,16 @@ class Metrics:
         self.ws_connections = Gauge(
             "dr_websocket_connections", "Open WebSocket connections", registry=self.registry
         )
+        self.ws_replays = Gauge(
+            "dr_websocket_replays",
+            "Subscriptions being brought up to date from the log (since, snapshot, behind)",
+            registry=self.registry,
+        )
+        self.ws_fell_behind = Gauge(
+            "dr_websocket_fell_behind",
+            "Times a subscription found its queue full and went on from the log, since start",
+            registry=self.registry,
+        )
         self.log_head = Gauge("dr_log_position", "Node follower position", registry=self.registry)
         self.projection_position = Gauge(
             "dr_projection_position",
@@ -538,6 +548,8 @@ async def metrics_endpoint(request: Request, query: NoParameters) -> Response:
     metrics: Metrics = request.app.state.metrics
     node = _node(request)
     metrics.ws_connections.set(len(node.hub.connections))
+    metrics.ws_replays.set(node.hub.replays.under_way())
+    metrics.ws_fell_behind.set(node.hub.fell_behind)
     if node.follower is not None:
         metrics.log_head.set(node.follower.position)
     head = await asyncio.to_thread(node.event_log.head)
@@ -567,12 +579,13 @@ async def asyncapi(request: Request, query: NoParameters) -> Response:
 
 async def realtime_socket(websocket: WebSocket) -> None:
     """``/v2/realtime`` over Starlette's WebSocket (``WS_TRANSPORT=asgi``; with the lean
-    transport uvicorn hands these sockets to ``ws_server.RealtimeWebSocketProtocol``)."""
+    transport uvicorn hands these sockets to ``ws_transport.RealtimeWebSocketProtocol``)."""
     gateway: SocketGateway = websocket.app.state.gateway
     try:
         admission = await gateway.admit(
             {name.lower(): value for name, value in websocket.headers.items()},
             dict(websocket.query_params),
+            websocket.client.host if websocket.client is not None else None,
         )
     except HandshakeRefused as refused:
         await websocket.close(code=refused.code, reason=refused.reason)

@@ -1,191 +1,36 @@
-"""The AsyncAPI 2.6 document of the WebSocket protocol (``GET /asyncapi.json``).
+"""The AsyncAPI 2.6 document of the WebSocket protocol (``GET /asyncapi.json``), generated
+from the frame models.
 
-Kept in sync with the hub by a test: every message type the hub accepts or emits, every
-error code and every close code in ``application/realtime.py`` appears here.
+Every payload is a model's JSON schema (``schemas/frames.py``); the shapes they share
+(filters, update and alert data) are gathered into ``components.schemas`` by
+``models_json_schema``. Close and error codes come from the protocol's vocabulary
+(``application/realtime/protocol.py``). Only the handshake's binding is written here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from .. import __version__
-from ..application.realtime import (
-    CHANNELS,
-    CLOSE_CODES,
-    ERROR_CODES,
-    MAX_FRAME_BYTES,
-)
+from ..application.realtime.protocol import CLOSE_CODES, ERROR_CODES, MAX_FRAME_BYTES
+from .schemas.frames import CLIENT_MESSAGES, SERVER_MESSAGES
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_REQUEST_ID = {
-    "oneOf": [{"type": "string", "maxLength": 128}, {"type": "integer"}],
-    "description": "optional; echoed in the reply (subscribed, unsubscribed, pong, error)",
-}
-_POSITION = {"type": "integer", "minimum": 0, "description": "the event store's global position"}
+__all__ = ["asyncapi_document"]
+
+REF_TEMPLATE: Final = "#/components/schemas/{model}"
+CHANNEL: Final = "/v2/realtime"
 
 
-def _message(type_: str, summary: str, properties: dict[str, Any], required: list[str]) -> Any:
-    return {
-        "name": type_,
-        "title": type_,
-        "summary": summary,
-        "contentType": "application/json",
-        "payload": {
-            "type": "object",
-            "required": ["type", *required],
-            "properties": {"type": {"type": "string", "const": type_}, **properties},
-        },
-    }
-
-
-def _filters() -> dict[str, Any]:
-    strings = {"type": "array", "items": {"type": "string"}, "maxItems": 1000}
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "description": "all given conditions must hold",
-        "properties": {
-            "protocolIds": {**strings, "description": "protocol slugs"},
-            "tokenIds": {**strings, "description": "token ids (prices channel)"},
-            "chains": {
-                **strings,
-                "description": "an update for one of these chains, or a total update of a "
-                "protocol listed on one of them (case-insensitive)",
-            },
-            "categories": {**strings, "description": "case-insensitive"},
-            "minTvl": {"type": "number", "minimum": 0},
-        },
-    }
-
-
-def client_messages() -> dict[str, Any]:
-    return {
-        "subscribe": _message(
-            "subscribe",
-            "Subscribe to a channel; with since, first replay every matching update after it",
-            {
-                "channel": {"type": "string", "enum": list(CHANNELS)},
-                "params": _filters(),
-                "since": {
-                    **_POSITION,
-                    "description": "replay every matching update after this position, then "
-                    "continue live (no gap, no duplicate); refused beyond the log head",
-                },
-                "coalesce": {
-                    "type": "boolean",
-                    "default": False,
-                    "description": "opt in to coalescing: when this connection lags (queue "
-                    "past half its bound), a newer update of the same value (id, metric, "
-                    "chain) replaces the queued one instead of growing the queue",
-                },
-                "id": _REQUEST_ID,
-            },
-            ["channel"],
-        ),
-        "unsubscribe": _message(
-            "unsubscribe",
-            "Stop one subscription (a replay under way stops too)",
-            {"subscriptionId": {"type": "string"}, "id": _REQUEST_ID},
-            ["subscriptionId"],
-        ),
-        "ping": _message("ping", "Liveness; answered with pong", {"id": _REQUEST_ID}, []),
-    }
-
-
-def server_messages() -> dict[str, Any]:
-    update_data = {
-        "type": "object",
-        "required": ["id", "value", "timestamp", "change24h"],
-        "properties": {
-            "id": {"type": "string", "description": "protocol slug or token id"},
-            "value": {"type": "number"},
-            "timestamp": {"type": "number", "description": "observed_at, unix seconds"},
-            "change24h": {
-                **_NUMBER_OR_NULL,
-                "description": "percent change over 24 h of a total; null for chain values "
-                "and for replayed updates",
-            },
-            "metric": {"type": "string", "enum": ["tvl", "volume_24h", "fees_24h"]},
-            "chain": {"type": "string"},
-            "confidence": _NUMBER_OR_NULL,
-        },
-    }
-    return {
-        "subscribed": _message(
-            "subscribed",
-            "A subscription is live (or replaying)",
-            {
-                "subscriptionId": {"type": "string"},
-                "channel": {"type": "string", "enum": list(CHANNELS)},
-                "position": {**_POSITION, "description": "the hub's position now"},
-                "recovered": {
-                    "type": "boolean",
-                    "description": "false if since was further back than the replay limit: "
-                    "only the most recent part is replayed",
-                },
-                "id": _REQUEST_ID,
-            },
-            ["subscriptionId", "channel", "position", "recovered"],
-        ),
-        "unsubscribed": _message(
-            "unsubscribed",
-            "Answer to unsubscribe",
-            {"subscriptionId": {"type": "string"}, "id": _REQUEST_ID},
-            ["subscriptionId"],
-        ),
-        "update": _message(
-            "update",
-            "A new value: protocols (tvl), volumes (volume_24h, fees_24h) or prices",
-            {
-                "subscriptionId": {"type": "string"},
-                "channel": {"type": "string", "enum": ["protocols", "prices", "volumes"]},
-                "position": _POSITION,
-                "data": update_data,
-            },
-            ["subscriptionId", "channel", "position", "data"],
-        ),
-        "alert": _message(
-            "alert",
-            "One of the key owner's alert rules fired or resolved",
-            {
-                "subscriptionId": {"type": "string"},
-                "alertId": {"type": "string"},
-                "condition": {"type": "string", "enum": ["firing", "resolved"]},
-                "data": {
-                    "type": "object",
-                    "properties": {
-                        "measure": _NUMBER_OR_NULL,
-                        "idempotencyKey": {"type": ["string", "null"]},
-                    },
-                },
-                "timestamp": {"type": "number"},
-                "position": _POSITION,
-            },
-            ["subscriptionId", "alertId", "condition", "data", "timestamp", "position"],
-        ),
-        "error": _message(
-            "error",
-            "A malformed or refused frame; the socket and its other subscriptions stay up",
-            {
-                "code": {
-                    "type": "string",
-                    "enum": list(ERROR_CODES),
-                    "x-descriptions": dict(ERROR_CODES),
-                },
-                "message": {"type": "string"},
-                "id": _REQUEST_ID,
-            },
-            ["code", "message"],
-        ),
-        "pong": _message(
-            "pong", "Answer to ping", {"position": _POSITION, "id": _REQUEST_ID}, ["position"]
-        ),
-    }
-
-
+@functools.cache
 def asyncapi_document() -> dict[str, Any]:
-    clients, servers = client_messages(), server_messages()
+    """The document, built once (the same object on every call: do not modify it)."""
     close_codes = "\n".join(f"- {code}: {reason}" for code, reason in CLOSE_CODES.items())
+    messages, schemas = _messages({**CLIENT_MESSAGES, **SERVER_MESSAGES})
     return {
         "asyncapi": "2.6.0",
         "id": "urn:defi-realtime:websocket",
@@ -208,57 +53,78 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "channels": {
-            "/v2/realtime": {
+            CHANNEL: {
                 "description": "The realtime socket: subscribe to channels, get updates.",
-                "bindings": {
-                    "ws": {
-                        "method": "GET",
-                        "headers": {
-                            "type": "object",
-                            "properties": {
-                                "X-API-Key": {"type": "string"},
-                                "Origin": {
-                                    "type": "string",
-                                    "description": "checked against WS_ALLOWED_ORIGINS",
-                                },
-                            },
-                        },
-                        "query": {
-                            "type": "object",
-                            "properties": {
-                                "api_key": {
-                                    "type": "string",
-                                    "description": "instead of the X-API-Key header",
-                                },
-                                "batch": {
-                                    "type": "string",
-                                    "enum": ["1", "true"],
-                                    "description": "frames are JSON arrays of messages",
-                                },
-                            },
-                        },
-                        "bindingVersion": "0.1.0",
-                    }
-                },
+                "bindings": {"ws": _handshake()},
                 "publish": {
                     "operationId": "clientSends",
                     "summary": "What a client sends",
-                    "message": {
-                        "oneOf": [{"$ref": f"#/components/messages/{name}"} for name in clients]
-                    },
+                    "message": _one_of(CLIENT_MESSAGES),
                 },
                 "subscribe": {
                     "operationId": "serverSends",
                     "summary": "What the server sends",
-                    "message": {
-                        "oneOf": [{"$ref": f"#/components/messages/{name}"} for name in servers]
-                    },
+                    "message": _one_of(SERVER_MESSAGES),
                 },
             }
         },
-        "components": {"messages": {**clients, **servers}},
+        "components": {"schemas": schemas, "messages": messages},
         "x-close-codes": [{"code": code, "reason": reason} for code, reason in CLOSE_CODES.items()],
         "x-error-codes": [
             {"code": code, "description": description} for code, description in ERROR_CODES.items()
         ],
+    }
+
+
+def _messages(
+    models: Mapping[str, type[BaseModel]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The message components (one per type, its model's schema as the payload, as it
+    validates) and the schemas the payloads share."""
+    refs, schema = models_json_schema(
+        [(model, "validation") for model in models.values()], ref_template=REF_TEMPLATE
+    )
+    shared: dict[str, Any] = schema.get("$defs", {})
+    messages = {}
+    for name, model in models.items():
+        # A message's schema is its payload, written in place: not a component of its own.
+        payload = shared.pop(str(refs[(model, "validation")]["$ref"]).rsplit("/", 1)[-1])
+        messages[name] = {
+            "name": name,
+            "title": name,
+            # The first paragraph of the model's docstring.
+            "summary": " ".join(payload["description"].split("\n\n", 1)[0].split()),
+            "contentType": "application/json",
+            "payload": payload,
+        }
+    return messages, dict(sorted(shared.items()))
+
+
+def _one_of(models: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+    return {"oneOf": [{"$ref": f"#/components/messages/{name}"} for name in models]}
+
+
+def _handshake() -> dict[str, Any]:
+    """The WebSocket binding: what the opening handshake may carry."""
+    return {
+        "method": "GET",
+        "headers": {
+            "type": "object",
+            "properties": {
+                "X-API-Key": {"type": "string"},
+                "Origin": {"type": "string", "description": "checked against WS_ALLOWED_ORIGINS"},
+            },
+        },
+        "query": {
+            "type": "object",
+            "properties": {
+                "api_key": {"type": "string", "description": "instead of the X-API-Key header"},
+                "batch": {
+                    "type": "string",
+                    "enum": ["1", "true"],
+                    "description": "frames are JSON arrays of messages",
+                },
+            },
+        },
+        "bindingVersion": "0.1.0",
     }

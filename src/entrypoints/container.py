@@ -41,6 +41,7 @@ from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
 from ..application.following import NodeFollower, ProjectionRunner, Relay
+from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.realtime import RealtimeHub
@@ -90,7 +91,11 @@ def _writer(app: DefiRealtime) -> Iterator[IngestWriter]:
 
 
 def _event_log(app: DefiRealtime) -> Iterator[EventStoreLog]:
-    yield EventStoreLog(app)
+    event_log = EventStoreLog(app)
+    try:
+        yield event_log
+    finally:
+        event_log.close()  # before the application's store closes: no read runs into it
 
 
 def _history(url: str, data_dir: Path) -> Iterator[SqlHistoryReadModel]:
@@ -340,12 +345,18 @@ class Container(containers.DeclarativeContainer):
     )
 
     # -- services ---------------------------------------------------------------------------
+    # The node's own fold of the log (the facts of live frames); without Redis it is also
+    # the hot projection REST reads from: one fold per node, not two.
+    live_state = providers.Singleton(HotState, record_facts=True)
+    live_projection = providers.Singleton(InMemoryHotProjection, live_state)
     hot_projection = providers.Selector(
         config.hot_backend,
-        memory=providers.Singleton(InMemoryHotProjection),
+        memory=live_projection,
         redis=providers.Singleton(RedisHotProjection, redis_client, config.redis_prefix),
     )
-    hub = providers.Singleton(RealtimeHub, event_log, hot_projection)
+    hub = providers.Singleton(
+        RealtimeHub, event_log, live_state, send_timeout=config.ws_send_timeout
+    )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     auth_backend = providers.Singleton(ApiKeyBackend, keyring)
     gateway = providers.Singleton(SocketGateway, hub, settings, auth_backend)
@@ -357,7 +368,10 @@ class Container(containers.DeclarativeContainer):
     hot_runner = providers.Singleton(ProjectionRunner.for_hot, event_log, hot_projection)
     history_runner = providers.Singleton(ProjectionRunner.for_history, event_log, history)
     # By role name (entrypoints/roles.py): the followers take the ones the table gives them.
-    projections = providers.Dict(hot=hot_runner, history=history_runner)
+    live_runner = providers.Singleton(
+        ProjectionRunner.for_hot, event_log, live_projection, name="live"
+    )
+    projections = providers.Dict(hot=hot_runner, live=live_runner, history=history_runner)
     node_follower = providers.Singleton(_node_follower, settings, event_log, hub, projections)
     projector = providers.Singleton(_projector, settings, process, event_log, projections)
 

@@ -269,6 +269,7 @@ async def running(
             if node.notification_queue is not None:
                 # Stop taking jobs before the resources they use close.
                 await node.notification_queue.stop()
+            node.hub.close()  # replays under way stop
             for task in node.tasks:
                 task.cancel()
             for task in node.tasks:

@@ -58,6 +58,7 @@ class InServe(StrEnum):
 
     ALWAYS = "always"
     WITHOUT_BROKER = "when AMQP_URL is unset"
+    WITH_SHARED_HOT = "when REDIS_URL is set"
     NEVER = "never"
 
 
@@ -112,6 +113,15 @@ ROLES: Final[tuple[Role, ...]] = (
         follower=Follower.NODE,
         shared_when="redis_url",
         lock=PROJECTIONS_LOCK,
+        stage=Stage.BEFORE_HUB,
+    ),
+    Role(
+        "live",
+        "the node's own fold of the log: facts of live frames, filters, snapshots "
+        "(without REDIS_URL the hot role's store is this fold)",
+        worker=None,
+        in_serve=InServe.WITH_SHARED_HOT,
+        follower=Follower.NODE,
         stage=Stage.BEFORE_HUB,
     ),
     Role(
@@ -181,6 +191,8 @@ def _runs(role: Role, process: str, settings: Settings) -> bool:
         return role.worker == process
     if role.in_serve is InServe.WITHOUT_BROKER:
         return settings.amqp_url is None
+    if role.in_serve is InServe.WITH_SHARED_HOT:
+        return settings.redis_url is not None
     return role.in_serve is InServe.ALWAYS
 
 

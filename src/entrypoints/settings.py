@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     http_header_timeout: float = Field(default=10.0, gt=0, alias="HTTP_HEADER_TIMEOUT")
     ws_queue_size: int = Field(default=1_000, alias="WS_QUEUE_SIZE")
     ws_idle_timeout: float = Field(default=120.0, alias="WS_IDLE_TIMEOUT")
+    # Seconds a client whose queue is full may go without reading before it is closed
+    # (4008); one that keeps reading is never closed for being behind (docs/websocket.md).
+    ws_send_timeout: float = Field(default=10.0, gt=0, alias="WS_SEND_TIMEOUT")
     # WebSocket transport: "lean" (our asyncio protocol under uvicorn, ~10 KB a socket) or
     # "asgi" (Starlette's WebSocket over uvicorn's websockets implementation).
     ws_transport: str = Field(default="lean", alias="WS_TRANSPORT")

@@ -41,6 +41,7 @@ class Admission:
     max_subscriptions: int
     batch: bool
     reserved: bool
+    address: str | None = None
 
 
 class SocketGateway:
@@ -54,8 +55,11 @@ class SocketGateway:
         self.auth = auth
         self._origins = settings.allowed_origins
 
-    async def admit(self, headers: Mapping[str, str], query: Mapping[str, str]) -> Admission:
-        """Check a handshake (header names in lower case); raise ``HandshakeRefused``."""
+    async def admit(
+        self, headers: Mapping[str, str], query: Mapping[str, str], address: str | None = None
+    ) -> Admission:
+        """Check a handshake (header names in lower case) from the peer at ``address``;
+        raise ``HandshakeRefused``."""
         origin = headers.get("origin")
         if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
             raise HandshakeRefused(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
@@ -67,12 +71,12 @@ class SocketGateway:
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "an API key is required")
         batch = query.get("batch", "").lower() in ("1", "true", "yes")
         if key is None:
-            return Admission(None, ANONYMOUS_MAX_SUBSCRIPTIONS, batch, reserved=False)
+            return Admission(None, ANONYMOUS_MAX_SUBSCRIPTIONS, batch, False, address)
         if not self.hub.reserve(key.owner, key.limits.websocket_connections):
             raise HandshakeRefused(
                 CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this API key"
             )
-        return Admission(key.owner, key.limits.subscriptions_per_connection, batch, reserved=True)
+        return Admission(key.owner, key.limits.subscriptions_per_connection, batch, True, address)
 
     def abandon(self, admission: Admission) -> None:
         """The socket went away between admission and ``open``."""
@@ -98,6 +102,7 @@ class SocketGateway:
             max_queue=self.settings.ws_queue_size,
             max_subscriptions=admission.max_subscriptions,
             batch=admission.batch,
+            address=admission.address,
         )
         connection.reserved = admission.reserved
         admission.reserved = False

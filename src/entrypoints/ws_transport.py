@@ -266,7 +266,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         try:
-            admission = await gateway.admit(headers, query)
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+            admission = await gateway.admit(headers, query, address)
         except HandshakeRefused as refused:
             if self._state == _ADMITTING:
                 # Accept, then close with the reason: the client sees a clear close code.

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from defi_realtime.application import realtime
+from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.realtime import Connection, RealtimeHub
 from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
@@ -275,7 +276,7 @@ async def test_replayed_updates_carry_a_null_change24h(live: LiveServer) -> None
 # -- backpressure -------------------------------------------------------------------------------
 
 
-def test_a_lagging_connection_coalesces_then_overflows() -> None:
+def test_a_lagging_connection_coalesces_then_refuses_what_it_cannot_hold() -> None:
     async def scenario() -> None:
         written: list[bytes] = []
         closed: list[int] = []
@@ -298,8 +299,14 @@ def test_a_lagging_connection_coalesces_then_overflows() -> None:
         connection.resume()
         assert written == [b"a0", b"a1", b"a2", b"a3", b"a4", b"a499"]
         connection.pause()
-        for key in range(20):  # distinct values cannot be coalesced: the bound closes it
-            connection.offer(b"k", b"", str(key).encode(), f"k{key}")
+        accepted = [connection.offer(b"k", b"", str(key).encode(), f"k{key}") for key in range(20)]
+        # Distinct values cannot be coalesced: past the bound an offer is refused (the hub
+        # then serves that subscription from the log), and the connection stays open.
+        assert accepted == [True] * 10 + [False] * 10
+        assert connection.live == connection.max_queue
+        assert not connection.closed
+        assert closed == []
+        connection.overflow()  # what the hub does once the client stopped reading
         assert closed == [realtime.CLOSE_SLOW_CONSUMER]
         assert connection.closed
         assert connection.live == 0
@@ -336,6 +343,7 @@ async def test_slow_consumers_are_bounded_and_closed_while_a_reader_keeps_its_la
         ws=RealtimeWebSocketProtocol,
         ws_queue_size=queue,
         ws_send_buffer=8 * 1024,
+        ws_send_timeout=1.0,
     ) as server:
         await ingest(server, [obs("probe", 1.0, T0, name="Probe")])
         await settle(server)
@@ -373,7 +381,8 @@ async def test_slow_consumers_are_bounded_and_closed_while_a_reader_keeps_its_la
                     peak = max(peak, sum(c.live for c in hub.connections))
                 # Memory is bounded: never more than the queue bound per connection.
                 assert peak <= 201 * queue
-                # Every slow consumer was closed (4008) once it fell behind by the bound.
+                # Every slow consumer was closed (4008): its queue stayed full, unread, for
+                # WS_SEND_TIMEOUT.
                 await eventually(lambda: sum(1 for c in hub.connections if not c.closed) == 1)
                 latencies.sort()
                 assert latencies[len(latencies) // 2] < 0.25, latencies
@@ -414,9 +423,22 @@ async def test_the_asyncapi_document_covers_the_protocol(live: LiveServer) -> No
         if name.startswith("CLOSE_") and isinstance(value, int)
     }
     assert constants <= close_codes
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        """A schema with its ``$ref`` followed and the null branch of ``anyOf`` dropped."""
+        (schema,) = [
+            branch for branch in schema.get("anyOf", [schema]) if branch != {"type": "null"}
+        ]
+        if "$ref" not in schema:
+            return schema
+        target = document
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        return resolve(target)
+
     subscribe_fields = set(messages["subscribe"]["payload"]["properties"])
     assert subscribe_fields == set(realtime.SUBSCRIBE_FIELDS)
-    filters = set(messages["subscribe"]["payload"]["properties"]["params"]["properties"])
+    filters = set(resolve(messages["subscribe"]["payload"]["properties"]["params"])["properties"])
     assert filters == set(realtime.FILTER_KEYS)
     assert set(messages["subscribe"]["payload"]["properties"]["channel"]["enum"]) == set(
         realtime.CHANNELS
@@ -440,14 +462,7 @@ def test_the_hub_emits_only_documented_message_types() -> None:
             def head(self) -> int:
                 return 3
 
-        class Hot:
-            async def get_protocols(self, slugs: Any) -> list[Any]:
-                return []
-
-            async def prices(self, tokens: Any) -> list[Any]:
-                return []
-
-        hub = RealtimeHub(Log(), Hot())  # type: ignore[arg-type]
+        hub = RealtimeHub(Log(), HotState(record_facts=True))  # type: ignore[arg-type]
         owner = Connection("alice", close=lambda code, reason: None, write=write)
         other = Connection("bob", close=lambda code, reason: None, write=write)
         hub.connect(owner)
@@ -496,7 +511,7 @@ def test_alerts_reach_only_their_owner() -> None:
 
             return write
 
-        hub = RealtimeHub(None, None)  # type: ignore[arg-type]
+        hub = RealtimeHub(None, HotState())  # type: ignore[arg-type]
         for owner in ("alice", "bob"):
             connection = Connection(owner, close=lambda code, reason: None, write=writer(owner))
             hub.connect(connection)

@@ -1,13 +1,17 @@
-"""Property: resuming with ``since`` is gap-free and duplicate-free.
+"""Property: resuming with ``since``, and subscribing with a snapshot, are gap-free and
+duplicate-free.
 
 Fake clients drive the realtime hub directly (no sockets) over a real SQLite event store
 and ``EventStoreLog``. Hypothesis interleaves ingests, partial deliveries to the hub (the
 node follower lagging the log), event-loop turns (replays half done), disconnects,
-unsubscribes mid-replay, slow-consumer closes (tiny queues) and resubscribes with the
-last position each client saw. Whatever the interleaving, the positions each client saw,
-across all its sessions, are exactly the positions of the matching entries of the event
-log after its first subscription — in order, none missing, none twice. A client that opted
-in to coalescing may skip superseded values, but never the latest one.
+unsubscribes mid-replay, clients falling behind (tiny queues: the rest comes from the log)
+and resubscribes with the last position each client saw. Whatever the interleaving, the
+positions each client saw, across all its sessions, are exactly the positions of the
+matching entries of the event log after its first subscription — in order, none missing,
+none twice. A client that opted in to coalescing may skip superseded values, but never the
+latest one. A client that subscribes with ``snapshot`` gets, in each session, the value of
+every matching protocol as of the snapshot's position P (folded from the log independently
+here), then exactly the matching entries after P.
 """
 
 from __future__ import annotations
@@ -25,44 +29,50 @@ from hypothesis import strategies as st
 
 from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.realtime import CLOSE_SLOW_CONSUMER, Connection, RealtimeHub
-from defi_realtime.application.views import Page, ProtocolQuery
 
 T = TypeVar("T")
 T0 = 1_765_000_000.0
 PROTOCOLS = ("p0", "p1", "p2", "p3")
-# (protocolIds filter, coalesce): the last client opts in to coalescing.
-CLIENTS: tuple[tuple[tuple[str, ...] | None, bool], ...] = (
-    (("p0", "p1"), False),
-    (("p1", "p2"), False),
-    (None, False),
-    (("p0", "p3"), True),
+# (protocolIds filter, coalesce, snapshot): one client opts in to coalescing; the last two
+# subscribe with a snapshot each time instead of resuming.
+CLIENTS: tuple[tuple[tuple[str, ...] | None, bool, bool], ...] = (
+    (("p0", "p1"), False, False),
+    (("p1", "p2"), False, False),
+    (None, False, False),
+    (("p0", "p3"), True, False),
+    (("p1", "p3"), False, True),
+    (None, False, True),
 )
 
 
-class FakeHotProjection:
-    """The hub asks the hot projection for 24 h changes only; none are known here."""
+class Session:
+    """One snapshot subscription: its position, the snapshot and the live positions."""
 
-    async def get_protocols(self, slugs: Sequence[str]) -> list[Any]:
-        return []
-
-    async def prices(self, tokens: Sequence[str]) -> list[Any]:
-        return []
-
-    async def list_protocols(self, query: ProtocolQuery) -> Page:
-        raise NotImplementedError
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.snapshot: dict[str, float] = {}
+        self.received: list[int] = []
 
 
 class FakeClient:
     """A client that remembers the last position it processed and resumes from it."""
 
     def __init__(
-        self, hub: RealtimeHub, protocols: tuple[str, ...] | None, coalesce: bool, queue: int
+        self,
+        hub: RealtimeHub,
+        protocols: tuple[str, ...] | None,
+        coalesce: bool,
+        snapshot: bool,
+        queue: int,
     ) -> None:
         self.hub = hub
         self.protocols = protocols
         self.coalesce = coalesce
+        self.snapshot = snapshot
+        self.sessions: list[Session] = []
         self.queue = queue
         self.connection: Connection | None = None
         self.subscription: str | None = None
@@ -92,7 +102,9 @@ class FakeClient:
             message["coalesce"] = True
         if self.protocols is not None:
             message["params"] = {"protocolIds": list(self.protocols)}
-        if self.last_seen is not None:
+        if self.snapshot:
+            message["snapshot"] = True
+        elif self.last_seen is not None:
             message["since"] = self.last_seen
         self.subscription = "?"  # until the subscribed message names it
         self.hub.receive(self.connection, json.dumps(message))
@@ -137,6 +149,8 @@ class FakeClient:
                 assert self.subscription == "?", message
                 assert message["recovered"] is True
                 self.subscription = message["subscriptionId"]
+                if self.snapshot:
+                    self.sessions.append(Session(message["position"]))
                 if self.start is None:
                     self.start = message["position"]
             elif kind == "update":
@@ -144,6 +158,15 @@ class FakeClient:
                 if message["subscriptionId"] in self.leaving:
                     continue
                 assert message["subscriptionId"] == self.subscription, message
+                if message.get("snapshot"):
+                    session = self.sessions[-1]
+                    assert not session.received, "a snapshot frame after a live update"
+                    assert message["position"] == session.position, message
+                    assert message["data"]["id"] not in session.snapshot, "twice in a snapshot"
+                    session.snapshot[message["data"]["id"]] = message["data"]["value"]
+                    continue
+                if self.snapshot:
+                    self.sessions[-1].received.append(message["position"])
                 self.received.append(message["position"])
             elif kind == "unsubscribed":
                 self.ended.add(message["subscriptionId"])
@@ -195,13 +218,14 @@ async def inline(function: Callable[..., T], *args: Any) -> T:
 async def scenario(app: DefiRealtime, script: list[Round], queue: int, page: int) -> None:
     # No read-ahead thread: it could still be reading when the store closes.
     event_log = EventStoreLog(app)
-    hub = RealtimeHub(
-        event_log,
-        FakeHotProjection(),  # type: ignore[arg-type]
-        replay_page=page,
-        offload=inline,
-    )
-    clients = [FakeClient(hub, protocols, coalesce, queue) for protocols, coalesce in CLIENTS]
+    # The node's own hot state, applied before the hub sees a batch (as the node follower
+    # does): snapshots are read from it.
+    state = HotState(record_facts=True)
+    hub = RealtimeHub(event_log, state, replay_page=page, offload=inline)
+    clients = [
+        FakeClient(hub, protocols, coalesce, snapshot, queue)
+        for protocols, coalesce, snapshot in CLIENTS
+    ]
     clock = iter(range(1, 1_000_000))
 
     async def spin(turns: int) -> None:
@@ -211,6 +235,7 @@ async def scenario(app: DefiRealtime, script: list[Round], queue: int, page: int
     async def deliver(limit: int) -> None:
         batch = event_log.read(hub.position, limit)
         if batch.last > hub.position:
+            state.apply(batch)
             await hub.deliver(batch)
 
     for client in clients:
@@ -265,16 +290,21 @@ async def scenario(app: DefiRealtime, script: list[Round], queue: int, page: int
             client.connect()
             client.subscribe()
         await spin(5)
-        if not hub._tasks and all(c.connection and c.subscription != "?" for c in clients):
+        if not hub.replays.under_way() and all(
+            c.connection and c.subscription != "?" for c in clients
+        ):
             break
         await asyncio.sleep(0.002)
     await spin(10)
-    assert not hub._tasks, "replays did not finish"
+    assert not hub.replays.under_way(), "replays did not finish"
 
     entries = event_log.read(0, head + 1).entries
     for client in clients:
         assert not client.failures, client.failures
         assert client.start is not None
+        if client.snapshot:
+            check_sessions(client, entries, head)
+            continue
         expected = [
             entry.position
             for entry in entries
@@ -293,13 +323,33 @@ async def scenario(app: DefiRealtime, script: list[Round], queue: int, page: int
         assert set(latest.values()) <= set(client.received)
 
 
+def check_sessions(client: FakeClient, entries: Sequence[Any], head: int) -> None:
+    """Each snapshot is the log folded to its position; live updates follow it exactly."""
+    assert client.sessions
+    wanted = [
+        entry
+        for entry in entries
+        if entry.kind == "metric" and (client.protocols is None or entry.key in client.protocols)
+    ]
+    for number, session in enumerate(client.sessions):
+        values = {e.key: e.data["value"] for e in wanted if e.position <= session.position}
+        final = number == len(client.sessions) - 1
+        if final or session.received:
+            assert session.snapshot == values, (session.position, client.protocols)
+        else:  # cut short while the snapshot was being sent: what came of it is right
+            assert session.snapshot.items() <= values.items(), (session.position, values)
+        last = head if final else max(session.received, default=0)
+        after = [e.position for e in wanted if session.position < e.position <= last]
+        assert session.received == after, (session.position, client.protocols)
+
+
 @settings(
     max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(script=rounds, queue=st.sampled_from([2, 5, 1_000]), page=st.sampled_from([1, 3, 2_000]))
-def test_resume_with_since_is_gap_free_and_duplicate_free(
+def test_resume_with_since_and_snapshots_are_gap_free_and_duplicate_free(
     script: list[Round], queue: int, page: int
 ) -> None:
     with event_store() as app:

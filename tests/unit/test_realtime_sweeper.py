@@ -7,15 +7,16 @@ import time
 from collections import Counter
 from typing import Any
 
-from defi_realtime.application import realtime
+from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.realtime import Connection, RealtimeHub
+from defi_realtime.application.realtime import hub as hub_module
 
 
 async def test_heartbeats_to_many_connections_are_spread_over_loop_turns() -> None:
-    hub = RealtimeHub(event_log=Any, hot=Any)  # type: ignore[arg-type]  # neither is used
+    hub = RealtimeHub(event_log=Any, state=HotState())  # type: ignore[arg-type]  # not used
     turn = 0
     pings_per_turn: Counter[int] = Counter()
-    clients = 3 * realtime.SWEEP_SLICE + 17
+    clients = 3 * hub_module.SWEEP_SLICE + 17
 
     all_pinged = asyncio.Event()
 
@@ -46,12 +47,12 @@ async def test_heartbeats_to_many_connections_are_spread_over_loop_turns() -> No
         sweeper.cancel()
         counter.cancel()
     assert sum(pings_per_turn.values()) == clients  # each due connection pinged once
-    assert max(pings_per_turn.values()) <= realtime.SWEEP_SLICE
+    assert max(pings_per_turn.values()) <= hub_module.SWEEP_SLICE
     assert len(pings_per_turn) >= 4
 
 
 def test_the_next_ping_is_due_a_little_early_so_sockets_opened_together_drift_apart() -> None:
-    hub = RealtimeHub(event_log=Any, hot=Any)  # type: ignore[arg-type]
+    hub = RealtimeHub(event_log=Any, state=HotState())  # type: ignore[arg-type]
     connections = [
         Connection(
             "owner", close=lambda code, reason: None, write=lambda items: None, ping=lambda: None
@@ -63,5 +64,5 @@ def test_the_next_ping_is_due_a_little_early_so_sockets_opened_together_drift_ap
         connection.last_ping = 0.0
     hub.sweep(now, idle_timeout=600, heartbeat_interval=20, connections=connections)
     due = {round(connection.last_ping, 6) for connection in connections}
-    assert all(now - 20 * realtime.PING_JITTER <= at <= now for at in due)
+    assert all(now - 20 * hub_module.PING_JITTER <= at <= now for at in due)
     assert len(due) > 100  # not all in the same sweep next time

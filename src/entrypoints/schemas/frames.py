@@ -1,0 +1,349 @@
+"""The WebSocket protocol's frames (``/v2/realtime``): what a client sends, what the server sends.
+
+One source for the AsyncAPI document (``entrypoints/asyncapi.py``), generated from these
+models' JSON schemas. The hub does not use them on its hot path: it checks client frames with
+``application/realtime/protocol.py`` and encodes server frames once per log entry
+(``application/realtime/frames.py``); tests hold the three in agreement. Every model is
+strict and, but for ``ping``, refuses unknown fields, as the hub does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Annotated, Any, Final, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from ...application.realtime.protocol import (
+    CHANNELS,
+    ERROR_CODES,
+    MAX_FILTER_VALUES,
+    MAX_REQUEST_ID_CHARS,
+    VALUE_CHANNELS,
+)
+from ...domain.alert_rule import Firing
+from ...domain.observations import TOTAL, Metric
+
+__all__ = [
+    "CLIENT_MESSAGES",
+    "SERVER_MESSAGES",
+    "Alert",
+    "AlertData",
+    "Error",
+    "Filters",
+    "MetricData",
+    "Ping",
+    "Pong",
+    "PriceData",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "Update",
+]
+
+_FRAME: Final = ConfigDict(extra="forbid", strict=True, frozen=True)
+_VALUE_CHANNELS: Final = tuple(channel for channel in CHANNELS if channel in VALUE_CHANNELS)
+
+
+def _one_of(values: Collection[str], what: str) -> AfterValidator:
+    """The check of a string field whose schema's ``enum`` lists ``values``."""
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise ValueError(f"{what} must be one of {', '.join(values)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _absent_when_none(schema: dict[str, Any]) -> None:
+    """An optional server field is left out of the frame, never null: no ``default``."""
+    schema.pop("default", None)
+
+
+Channel = Annotated[
+    StrictStr, Field(json_schema_extra={"enum": list(CHANNELS)}), _one_of(CHANNELS, "channel")
+]
+ValueChannel = Annotated[
+    StrictStr,
+    Field(json_schema_extra={"enum": list(_VALUE_CHANNELS)}),
+    _one_of(_VALUE_CHANNELS, "channel"),
+]
+ErrorCode = Annotated[
+    StrictStr,
+    Field(
+        description="\n".join(f"- `{code}`: {meaning}" for code, meaning in ERROR_CODES.items()),
+        json_schema_extra={"enum": list(ERROR_CODES)},
+    ),
+    _one_of(ERROR_CODES, "code"),
+]
+Position = Annotated[StrictInt, Field(ge=0)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+SubscriptionId = Annotated[
+    StrictStr, Field(alias="subscriptionId", description="as in the `subscribed` reply")
+]
+RequestId = (
+    Annotated[StrictStr, Field(max_length=MAX_REQUEST_ID_CHARS)]
+    | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
+)
+ClientRequestId = Annotated[
+    RequestId | None,
+    Field(
+        description="optional; echoed in the reply (`subscribed`, `unsubscribed`, `pong`, "
+        f"`error`): a string of at most {MAX_REQUEST_ID_CHARS} characters or a safe integer"
+    ),
+]
+ReplyId = Annotated[
+    RequestId | SkipJsonSchema[None],
+    Field(
+        description="the request's `id`; absent when it carried none",
+        json_schema_extra=_absent_when_none,
+    ),
+]
+FilterValues = Annotated[list[StrictStr], Field(max_length=MAX_FILTER_VALUES)] | None
+
+_SINCE: Final = (
+    "replay every matching update after this position, then continue live (no gap, no "
+    "duplicate); refused (`invalid_since`) beyond the log head. Updates read back from the "
+    "log carry `change24h: null` and `late: null`."
+)
+_SNAPSHOT: Final = (
+    "first send the current value of every matching series as `update` frames with "
+    "`snapshot: true`, all at the snapshot's position P (the `subscribed` reply carries the "
+    "same P); the live updates that follow all have position > P: no gap, no duplicate. "
+    "Excludes `since`; not on the alerts channel (`invalid_snapshot`)."
+)
+_COALESCE: Final = (
+    "opt in to coalescing: when this connection lags (queue past half its bound), a newer "
+    "update of the same value (id, metric, chain) replaces the queued one instead of growing "
+    "the queue. Ignored on the alerts channel."
+)
+_CHANGE_24H: Final = (
+    "the 24 h percent change of the update's own series (TVL, volume_24h, fees_24h or price) "
+    "as of the update's position; null for a chain value, a late observation, when no point a "
+    "day back is known, and for updates read back from the log (`since`, or catching up after "
+    "falling behind)"
+)
+_LATE: Final = (
+    "true: the observation is older than the current value (history arriving late): the value "
+    "shown as current did not move, do not display this one as current; false: it became the "
+    "current value; null: read back from the log (unknown)"
+)
+
+
+# -- client → server ------------------------------------------------------------------------
+
+
+class Filters(BaseModel):
+    """A subscription's ``params``: every condition given must hold."""
+
+    model_config = _FRAME
+    protocol_ids: FilterValues = Field(None, alias="protocolIds", description="protocol slugs")
+    token_ids: FilterValues = Field(
+        None, alias="tokenIds", description="token ids such as coingecko:ethereum (prices)"
+    )
+    chains: FilterValues = Field(
+        None,
+        description="an update for one of these chains, or a total update of a protocol "
+        "listed on one of them (case-insensitive)",
+    )
+    categories: FilterValues = Field(None, description="protocol categories (case-insensitive)")
+    min_tvl: Annotated[Number, Field(ge=0)] | None = Field(
+        None, alias="minTvl", description="the protocol's current total TVL is at least this"
+    )
+
+
+class Subscribe(BaseModel):
+    """Subscribe to a channel: live updates, after a replay from ``since`` or a snapshot
+    when asked."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        # The rules of the validator below, stated in the schema.
+        json_schema_extra={
+            "if": {"properties": {"snapshot": {"const": True}}, "required": ["snapshot"]},
+            "then": {
+                "properties": {
+                    "since": {"type": "null"},
+                    "channel": {"enum": list(_VALUE_CHANNELS)},
+                }
+            },
+        },
+    )
+    type: Literal["subscribe"]
+    channel: Channel
+    params: Filters | None = Field(None, description="absent or null: no filter")
+    since: Position | None = Field(None, description=_SINCE)
+    snapshot: StrictBool = Field(False, description=_SNAPSHOT)
+    coalesce: StrictBool = Field(False, description=_COALESCE)
+    id: ClientRequestId = None
+
+    @model_validator(mode="after")
+    def _snapshot_starts_now(self) -> Subscribe:
+        if self.snapshot and self.since is not None:
+            raise ValueError("snapshot and since exclude each other: a snapshot starts now")
+        if self.snapshot and self.channel not in VALUE_CHANNELS:
+            raise ValueError("alerts are events, not values: no snapshot")
+        return self
+
+
+class Unsubscribe(BaseModel):
+    """Stop one subscription (a replay or snapshot under way stops too)."""
+
+    model_config = _FRAME
+    type: Literal["unsubscribe"]
+    subscription_id: SubscriptionId
+    id: ClientRequestId = None
+
+
+class Ping(BaseModel):
+    """Liveness; answered with ``pong``. Other fields are ignored (a client may pad a ping
+    to probe frame sizes)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    type: Literal["ping"]
+    id: ClientRequestId = None
+
+
+# -- server → client ------------------------------------------------------------------------
+
+
+class Subscribed(BaseModel):
+    """A subscription is live (or replaying, or sending its snapshot)."""
+
+    model_config = _FRAME
+    type: Literal["subscribed"]
+    subscription_id: SubscriptionId
+    channel: Channel
+    position: Position = Field(
+        description="the hub's position now; with `snapshot`, the snapshot's position P"
+    )
+    recovered: StrictBool = Field(
+        description="false if `since` was further back than the replay limit: only the most "
+        "recent part is replayed"
+    )
+    id: ReplyId = None
+
+
+class Unsubscribed(BaseModel):
+    """Answer to ``unsubscribe``."""
+
+    model_config = _FRAME
+    type: Literal["unsubscribed"]
+    subscription_id: SubscriptionId
+    id: ReplyId = None
+
+
+class MetricData(BaseModel):
+    """A protocol's value: TVL (protocols channel), volume_24h or fees_24h (volumes)."""
+
+    model_config = _FRAME
+    id: StrictStr = Field(description="protocol slug")
+    metric: Metric
+    chain: StrictStr = Field(description=f"a chain, or `{TOTAL}` for the protocol's total")
+    value: Number
+    timestamp: Number = Field(description="when it was observed, unix seconds")
+    change24h: Number | None = Field(description=_CHANGE_24H)
+    late: StrictBool | None = Field(description=_LATE)
+
+
+class PriceData(BaseModel):
+    """A token's price (prices channel)."""
+
+    model_config = _FRAME
+    id: StrictStr = Field(description="token id, such as coingecko:ethereum")
+    value: Number = Field(description="the price")
+    timestamp: Number = Field(description="when it was observed, unix seconds")
+    confidence: Number | None
+    change24h: Number | None = Field(description=_CHANGE_24H)
+    late: StrictBool | None = Field(description=_LATE)
+
+
+class Update(BaseModel):
+    """A value on protocols, volumes or prices: live, read back from the log, or part of a
+    snapshot.
+
+    A client that stops reading is closed with 4008; one that keeps reading but falls behind
+    gets the rest from the log (``change24h`` and ``late`` null) rather than being closed.
+    """
+
+    model_config = _FRAME
+    type: Literal["update"]
+    subscription_id: SubscriptionId
+    channel: ValueChannel
+    position: Position = Field(
+        description="the event store's position of the update; on a snapshot frame, the "
+        "snapshot's position P"
+    )
+    snapshot: Literal[True] | SkipJsonSchema[None] = Field(
+        None,
+        description="true on the frames of the snapshot a `subscribe` with `snapshot: true` "
+        "asked for, absent otherwise; the live updates that follow all have position > P",
+        json_schema_extra=_absent_when_none,
+    )
+    data: MetricData | PriceData = Field(
+        description="metric data on protocols and volumes, price data on prices"
+    )
+
+
+class AlertData(BaseModel):
+    """What an alert measured."""
+
+    model_config = _FRAME
+    measure: Number | None = Field(description="the rule's measure when it fired or resolved")
+    idempotency_key: StrictStr | None = Field(alias="idempotencyKey")
+
+
+class Alert(BaseModel):
+    """One of the key owner's alert rules fired or resolved."""
+
+    model_config = _FRAME
+    type: Literal["alert"]
+    subscription_id: SubscriptionId
+    alert_id: StrictStr = Field(alias="alertId", description="the alert rule's id")
+    condition: Firing
+    data: AlertData
+    timestamp: Number = Field(description="when the measure was observed, unix seconds")
+    position: Position
+
+
+class Error(BaseModel):
+    """A malformed or refused frame; the socket and its other subscriptions stay up."""
+
+    model_config = _FRAME
+    type: Literal["error"]
+    code: ErrorCode
+    message: StrictStr = Field(description="for people")
+    id: ReplyId = None
+
+
+class Pong(BaseModel):
+    """Answer to ``ping``."""
+
+    model_config = _FRAME
+    type: Literal["pong"]
+    position: Position = Field(description="the hub's position now")
+    id: ReplyId = None
+
+
+def _by_type(*models: type[BaseModel]) -> Mapping[str, type[BaseModel]]:
+    return {get_args(model.model_fields["type"].annotation)[0]: model for model in models}
+
+
+CLIENT_MESSAGES: Final = _by_type(Subscribe, Unsubscribe, Ping)
+"""Client messages by ``type``."""
+SERVER_MESSAGES: Final = _by_type(Subscribed, Unsubscribed, Update, Alert, Error, Pong)
+"""Server messages by ``type``."""
