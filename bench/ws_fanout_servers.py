@@ -116,8 +116,10 @@ def control(ticker: Ticker, stop: asyncio.Event, loop: asyncio.AbstractEventLoop
 
 def hub_app() -> tuple[Any, Any]:
     from defi_realtime.application.hot_state import HotState
+    from defi_realtime.application.keyring import KeyRing
     from defi_realtime.application.log import LogBatch, LogEntry
     from defi_realtime.application.realtime import RealtimeHub
+    from defi_realtime.entrypoints.auth import ApiKeyBackend
     from defi_realtime.entrypoints.settings import Settings
     from defi_realtime.entrypoints.ws_server import GATEWAY_STATE_KEY, SocketGateway
     from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
@@ -127,7 +129,7 @@ def hub_app() -> tuple[Any, Any]:
     state = HotState(record_facts=True)
     hub = RealtimeHub(None, state)  # type: ignore[arg-type]
     settings = Settings(WS_QUEUE_SIZE=10_000)
-    gateway = SocketGateway(hub, settings, lambda key: None)
+    gateway = SocketGateway(hub, settings, ApiKeyBackend(KeyRing(lambda key: None)))
 
     async def emit(updates: list[dict[str, Any]]) -> None:
         entries = tuple(
