@@ -17,25 +17,14 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from dependency_injector import containers, providers
-from redis.asyncio import Redis
 
 from ..adapters.event_store_log import EventStoreLog
 from ..adapters.memory_fanout import InProcessEventFanout
 from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
-from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
-from ..adapters.postgres_coordination import PostgresCommitListener
-from ..adapters.rabbit_fanout import RabbitEventFanout
-from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
-from ..adapters.redis_hot_projection import RedisHotProjection
-from ..adapters.smtp_email_notifier import SmtpEmailNotifier
-from ..adapters.sql_delivery_log import SqlDeliveryLog
-from ..adapters.sql_history import SqlHistoryReadModel
-from ..adapters.webhook_notifier import WebhookNotifier
 from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
@@ -47,10 +36,24 @@ from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
-from .auth import ApiKeyBackend
 from .roles import Follower, Stage, plan
 from .settings import Settings
-from .ws_server import SocketGateway
+
+if TYPE_CHECKING:
+    import httpx
+    from redis.asyncio import Redis
+
+    from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
+    from ..adapters.postgres_coordination import PostgresCommitListener
+    from ..adapters.rabbit_fanout import RabbitEventFanout
+    from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
+    from ..adapters.redis_hot_projection import RedisHotProjection
+    from ..adapters.smtp_email_notifier import SmtpEmailNotifier
+    from ..adapters.sql_delivery_log import SqlDeliveryLog
+    from ..adapters.sql_history import SqlHistoryReadModel
+    from ..adapters.webhook_notifier import WebhookNotifier
+    from .auth import ApiKeyBackend
+    from .ws_server import SocketGateway
 
 __all__ = ["Container", "build_container", "opened", "opened_async", "provide"]
 
@@ -63,6 +66,9 @@ DISPATCHER_POLL_FLOOR = 0.1
 
 
 # -- infrastructure (Resources: opened on first use, closed by shutdown_resources) ---------
+# Each technology's adapter is imported when it is first built, not with this module: a
+# command pays only for what it opens (`ingest` into SQLite imports no SQLAlchemy, Redis,
+# RabbitMQ, HTTP or Starlette; ~0.65 s of CPU per CLI run, docs/benchmarks.md).
 
 
 def _in_data_dir(data_dir: Path, url: str | None = None) -> None:
@@ -99,6 +105,8 @@ def _event_log(app: DefiRealtime) -> Iterator[EventStoreLog]:
 
 
 def _history(url: str, data_dir: Path) -> Iterator[SqlHistoryReadModel]:
+    from ..adapters.sql_history import SqlHistoryReadModel
+
     _in_data_dir(data_dir, url)
     model = SqlHistoryReadModel(url)
     try:
@@ -108,6 +116,8 @@ def _history(url: str, data_dir: Path) -> Iterator[SqlHistoryReadModel]:
 
 
 def _delivery_log(url: str, data_dir: Path) -> Iterator[SqlDeliveryLog]:
+    from ..adapters.sql_delivery_log import SqlDeliveryLog
+
     _in_data_dir(data_dir, url)
     delivery_log = SqlDeliveryLog(url)
     try:
@@ -119,6 +129,8 @@ def _delivery_log(url: str, data_dir: Path) -> Iterator[SqlDeliveryLog]:
 def _relay_positions(
     database_url: str | None, history_url: str
 ) -> Iterator[InMemoryPositionStore | SqlPositionStore]:
+    from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
+
     # Embedded: the in-process fan-out has no consumers outside this process, which all
     # catch up from the log themselves, so the relay may start from the head each time.
     if database_url is None:
@@ -135,6 +147,8 @@ def _follower_positions(url: str, data_dir: Path) -> Iterator[SqlPositionStore]:
     # Durable even when embedded: a notification dispatcher that forgot its position would
     # notify every past transition again; the alert evaluator stores its position only after
     # the transitions it found are saved, and resumes from it (docs/adr/0008).
+    from ..adapters.position_stores import SqlPositionStore
+
     _in_data_dir(data_dir, url)
     store = SqlPositionStore(url)
     try:
@@ -147,6 +161,8 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
     if url is None:
         yield None
         return
+    from redis.asyncio import Redis
+
     client = Redis.from_url(url)
     try:
         yield client
@@ -165,6 +181,8 @@ async def _memory_fanout() -> AsyncIterator[InProcessEventFanout]:
 async def _rabbit_fanout(
     url: str, exchange: str, node_id: str | None
 ) -> AsyncIterator[RabbitEventFanout]:
+    from ..adapters.rabbit_fanout import RabbitEventFanout
+
     # Constructed only: it connects in ``start()``, once every role registered its handler.
     fanout = RabbitEventFanout(url, exchange=exchange, node_id=node_id)
     try:
@@ -174,6 +192,8 @@ async def _rabbit_fanout(
 
 
 async def _http_client() -> AsyncIterator[httpx.AsyncClient]:
+    import httpx
+
     client = httpx.AsyncClient(headers={"User-Agent": "defi-realtime"})
     try:
         yield client
@@ -192,6 +212,8 @@ async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNoti
 async def _rabbit_notifications(
     url: str, policy: RetryPolicy, name: str, prefetch: int
 ) -> AsyncIterator[RabbitNotificationQueue]:
+    from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
+
     # Constructed only: the notifications role connects it in ``start()``.
     queue = RabbitNotificationQueue(url, policy, name, prefetch=prefetch)
     try:
@@ -211,7 +233,58 @@ def _commit_listener(database_url: str | None, app: DefiRealtime) -> PostgresCom
     channel = getattr(app.recorder, "channel_name", None)
     if database_url is None or not isinstance(channel, str):
         return None
+    from ..adapters.postgres_coordination import PostgresCommitListener
+
     return PostgresCommitListener(database_url, channel)
+
+
+def _redis_hot_projection(client: Redis, prefix: str) -> RedisHotProjection:
+    from ..adapters.redis_hot_projection import RedisHotProjection
+
+    return RedisHotProjection(client, prefix)
+
+
+def _auth_backend(keyring: KeyRing) -> ApiKeyBackend:
+    from .auth import ApiKeyBackend
+
+    return ApiKeyBackend(keyring)
+
+
+def _gateway(hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> SocketGateway:
+    from .ws_server import SocketGateway
+
+    return SocketGateway(hub, settings, auth)
+
+
+def _webhook_notifier(
+    client: httpx.AsyncClient, *, timeout: float, allow_private: bool
+) -> WebhookNotifier:
+    from ..adapters.webhook_notifier import WebhookNotifier
+
+    return WebhookNotifier(client, timeout=timeout, allow_private=allow_private)
+
+
+def _email_notifier(
+    host: str | None,
+    port: int,
+    sender: str,
+    *,
+    starttls: bool,
+    username: str | None,
+    password: str | None,
+    timeout: float,
+) -> SmtpEmailNotifier:
+    from ..adapters.smtp_email_notifier import SmtpEmailNotifier
+
+    return SmtpEmailNotifier(
+        host,
+        port,
+        sender,
+        starttls=starttls,
+        username=username,
+        password=password,
+        timeout=timeout,
+    )
 
 
 def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[str], ApiKey | None]:
@@ -352,14 +425,14 @@ class Container(containers.DeclarativeContainer):
     hot_projection = providers.Selector(
         config.hot_backend,
         memory=live_projection,
-        redis=providers.Singleton(RedisHotProjection, redis_client, config.redis_prefix),
+        redis=providers.Singleton(_redis_hot_projection, redis_client, config.redis_prefix),
     )
     hub = providers.Singleton(
         RealtimeHub, event_log, live_state, send_timeout=config.ws_send_timeout
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
-    auth_backend = providers.Singleton(ApiKeyBackend, keyring)
-    gateway = providers.Singleton(SocketGateway, hub, settings, auth_backend)
+    auth_backend = providers.Singleton(_auth_backend, keyring)
+    gateway = providers.Singleton(_gateway, hub, settings, auth_backend)
 
     relay = providers.Singleton(
         Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval
@@ -391,13 +464,13 @@ class Container(containers.DeclarativeContainer):
     )
 
     webhook_notifier = providers.Singleton(
-        WebhookNotifier,
+        _webhook_notifier,
         http_client,
         timeout=config.webhook_timeout,
         allow_private=config.allow_private_webhooks,
     )
     email_notifier = providers.Singleton(
-        SmtpEmailNotifier,
+        _email_notifier,
         config.smtp_host,
         config.smtp_port,
         config.smtp_from,
