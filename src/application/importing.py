@@ -102,17 +102,41 @@ def chunks(items: Iterable[Item], size: int = CHUNK_ITEMS) -> Iterator[Chunk]:
         yield observations, prices, listings, errors
 
 
-def import_items(
-    items: Iterable[Item],
+@dataclass(slots=True)
+class Prepared:
+    """One chunk, read and validated: what the writer records, and what was refused."""
+
+    batch: IngestBatch
+    size: int  # items read for it (for progress)
+    errors: list[str]  # items that could not be read
+
+
+def prepare(
+    items: Iterable[Item], *, resolve_slugs: bool = True, registry: SlugRegistry | None = None
+) -> Iterator[Prepared]:
+    """Read side of an import: chunk the items, keep colliding slugs apart, validate.
+
+    Pure CPU and no I/O of its own, so it may run in another process than the writer
+    (``defi-realtime ingest`` does: ``entrypoints/reading.py``)."""
+    registry = registry if registry is not None else SlugRegistry()
+    for observations, prices, listings, errors in chunks(items):
+        if resolve_slugs:
+            observations = [registry.resolve(item) for item in observations]
+            listings = [registry.resolve(item) for item in listings]
+        batch = build_batch(observations, prices, listings, partial=True)
+        size = len(observations) + len(prices) + len(listings) + len(errors)
+        yield Prepared(batch, size, errors)
+
+
+def import_prepared(
+    prepared: Iterable[Prepared],
     submit: Callable[[IngestBatch], Future[IngestResult]],
     *,
     progress: Callable[[int], None] | None = None,
-    resolve_slugs: bool = True,
 ) -> ImportTotals:
-    """Import items in chunks with partial acceptance: valid items are recorded, each bad one
-    is counted with its reason. Several chunks are in flight so the writer can group-commit."""
+    """Write side: submit prepared chunks with partial acceptance (valid items recorded, each
+    bad one counted with its reason), several in flight so the writer can group-commit."""
     totals = ImportTotals()
-    registry = SlugRegistry()
     in_flight: list[tuple[Future[IngestResult], int]] = []
 
     def settle(entry: tuple[Future[IngestResult], int]) -> None:
@@ -121,23 +145,33 @@ def import_items(
         if progress is not None:
             progress(size)
 
-    for observations, prices, listings, errors in chunks(items):
-        if resolve_slugs:
-            observations = [registry.resolve(item) for item in observations]
-            listings = [registry.resolve(item) for item in listings]
-        for error in errors:
+    for chunk in prepared:
+        for error in chunk.errors:
             totals.reject(error)
-        batch = build_batch(observations, prices, listings, partial=True)
-        size = len(observations) + len(prices) + len(listings) + len(errors)
-        if batch.size == 0:
-            totals.add(IngestResult(rejected=list(batch.rejected)))
+        if chunk.batch.size == 0:
+            totals.add(IngestResult(rejected=list(chunk.batch.rejected)))
             if progress is not None:
-                progress(size)
+                progress(chunk.size)
             continue
-        in_flight.append((submit(batch), size))
+        in_flight.append((submit(chunk.batch), chunk.size))
         while len(in_flight) >= MAX_IN_FLIGHT:
             settle(in_flight.pop(0))
     for entry in in_flight:
         settle(entry)
+    return totals
+
+
+def import_items(
+    items: Iterable[Item],
+    submit: Callable[[IngestBatch], Future[IngestResult]],
+    *,
+    progress: Callable[[int], None] | None = None,
+    resolve_slugs: bool = True,
+) -> ImportTotals:
+    """Import items in one thread: ``prepare`` then ``import_prepared``."""
+    registry = SlugRegistry()
+    totals = import_prepared(
+        prepare(items, resolve_slugs=resolve_slugs, registry=registry), submit, progress=progress
+    )
     totals.renamed_slugs = registry.renamed
     return totals

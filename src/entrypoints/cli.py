@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from ..adapters.defillama_files import UnknownFormatError, detect_format, estimate_items, read_items
-from ..application.importing import ImportTotals, import_items
+from ..adapters.defillama_files import UnknownFormatError, detect_format, estimate_items
+from ..application.importing import ImportTotals, import_items, import_prepared
 from .alerts_cli import alerts_cli
 from .console import err, progress_bar
 from .container import opened, opened_async, provide
+from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
 
@@ -163,22 +164,25 @@ def ingest(
     # an import's CPU, docs/benchmarks.md). The process's own setting comes back at the end.
     collector = gc.get_threshold()
     gc.set_threshold(*settings.collector_thresholds)
-    with opened(settings) as container, contextlib.ExitStack() as restore:
+    total = estimate_items(file, fmt=fmt)
+    # The reading process is forked first, while this process has no thread or connection.
+    with (
+        FileReader(file, fmt, source) as reader,
+        opened(settings) as container,
+        contextlib.ExitStack() as restore,
+    ):
         restore.callback(gc.set_threshold, *collector)
         writer = container.writer()
-        total = estimate_items(file, fmt=fmt)
         with progress_bar() as progress:
             task = progress.add_task(f"ingest {file.name} ({fmt})", total=total)
-            items = (
-                (item.kind, item.item, item.error)
-                for item in read_items(file, source=source, fmt=fmt)
-            )
-            totals = import_items(
-                items,
-                writer.submit,
-                progress=lambda n: progress.advance(task, n),
-                resolve_slugs=fmt != "observations-jsonl",
-            )
+            try:
+                totals = import_prepared(
+                    reader, writer.submit, progress=lambda n: progress.advance(task, n)
+                )
+            except ReadError as error:
+                err.print(f"[red]{error}[/red]")
+                raise typer.Exit(1) from None
+        totals.renamed_slugs = reader.renamed
     _print_totals(totals)
 
 
