@@ -1,0 +1,82 @@
+"""The role table: what a process runs under given settings (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from defi_realtime.entrypoints.roles import (
+    PROJECTIONS_LOCK,
+    RELAY_LOCK,
+    WORKERS,
+    Follower,
+    Stage,
+    describe,
+    loops,
+    plan,
+)
+from defi_realtime.entrypoints.settings import Settings
+
+
+def settings(tmp_path: Path, **urls: str) -> Settings:
+    return Settings(data_dir=tmp_path, **urls)
+
+
+def placed(process: str, config: Settings) -> dict[str, tuple[Follower, str | None]]:
+    return {
+        p.role.name: (p.follower, None if p.lock is None else p.lock.name)
+        for p in plan(process, config)
+    }
+
+
+def test_serve_embedded_runs_everything_on_the_node_unelected(tmp_path: Path) -> None:
+    roles = placed("serve", settings(tmp_path))
+    assert roles == {
+        "relay": (Follower.STORE, None),
+        "hot": (Follower.NODE, None),
+        "realtime": (Follower.NODE, None),
+        "history": (Follower.NODE, None),
+        "alerts": (Follower.OWN, None),
+        "notifications": (Follower.OWN, None),
+    }
+
+
+def test_with_redis_the_node_keeps_its_own_fold_before_the_hub(tmp_path: Path) -> None:
+    roles = placed("serve", settings(tmp_path, REDIS_URL="redis://127.0.0.1:6379/0"))
+    assert roles["hot"] == (Follower.PROJECTOR, None)  # shared: no election without PostgreSQL
+    assert roles["live"] == (Follower.NODE, None)
+    [node] = [
+        loop
+        for loop in loops(plan("serve", settings(tmp_path, REDIS_URL="redis://x")))
+        if loop.follower is Follower.NODE
+    ]
+    assert [(role.name, role.stage) for role in node.roles] == [
+        ("live", Stage.BEFORE_HUB),
+        ("realtime", Stage.HUB),
+        ("history", Stage.AFTER_HUB),
+    ]
+
+
+def test_with_every_service_shared_work_is_elected(tmp_path: Path) -> None:
+    config = settings(
+        tmp_path,
+        DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        AMQP_URL="amqp://guest:guest@127.0.0.1:5672/",
+    )
+    roles = placed("serve", config)
+    assert roles["relay"] == (Follower.STORE, RELAY_LOCK.name)
+    assert roles["hot"] == roles["history"] == (Follower.PROJECTOR, PROJECTIONS_LOCK.name)
+    assert roles["live"] == (Follower.NODE, None)  # every node: its own frames' facts
+    assert "notifications" not in roles  # a broker: `worker notifications` delivers
+    assert placed("projections", config).keys() == {"hot", "history"}
+
+
+def test_every_worker_has_a_plan_and_nothing_else_does(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    for worker in WORKERS:
+        assert plan(worker, config)
+        assert all(row["role"] for row in describe(worker, config))
+    with pytest.raises(ValueError, match="unknown process"):
+        plan("everything", config)
