@@ -104,8 +104,21 @@ def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # of validating one). Nothing mutates them; treat them as values.
 
 
+class _Command:
+    """Pickled as its constructor's arguments: ``defi-realtime ingest`` hands ~60,000 of
+    them from its reading process to the writer, and the default way for a slotted
+    dataclass took 2.3x as long to load (0.75 s for the snapshot file, in the writer's
+    process)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[_Command], tuple[object, ...]]:
+        fields: tuple[str, ...] = type(self).__slots__  # the dataclass's fields, in order
+        return type(self), tuple(getattr(self, name) for name in fields)
+
+
 @dataclass(slots=True)
-class Listing:
+class Listing(_Command):
     """Protocol details that come with an observation (or alone, for untracked TVL), and
     when they were observed (the observation's time; a listing item's own, if it has one)."""
 
@@ -118,7 +131,7 @@ class Listing:
 
 
 @dataclass(slots=True)
-class RecordMetric:
+class RecordMetric(_Command):
     """Command: record one protocol metric observation."""
 
     protocol: str
@@ -132,7 +145,7 @@ class RecordMetric:
 
 
 @dataclass(slots=True)
-class RecordPrice:
+class RecordPrice(_Command):
     """Command: record one token price observation."""
 
     token: str
