@@ -19,10 +19,8 @@ notification. tests/unit/test_event_log_fast_path.py checks that both ways agree
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final, cast
 from uuid import UUID
@@ -41,9 +39,7 @@ from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.protocol import Protocol
 from ..domain.token import Token
-
-# How long closing the reader waits for the reads under way (one page is milliseconds).
-CLOSE_TIMEOUT: Final = 10.0
+from .in_flight import Calls
 
 # Translations read an event's fields from a mapping: the event object's ``vars()`` on the
 # general path, the decoded JSON state (plus the originator ID) on the fast one. Both hold
@@ -235,10 +231,6 @@ def fast_entry(notification: Notification, translate: _Translate) -> LogEntry | 
     )
 
 
-class LogClosedError(RuntimeError):
-    """The log reader was closed (its process is shutting down)."""
-
-
 class EventStoreLog:
     """Reads the application's notification log (synchronous; call from a thread).
 
@@ -252,25 +244,10 @@ class EventStoreLog:
         self._fast = fast and plain_json_states(app.mapper)
         # topic -> its translation, None for facts nobody downstream needs.
         self._translations: dict[str, _Translate | None] = {}
-        self._reading = 0
-        self._closed = False
-        self._idle = threading.Condition()
-
-    @contextlib.contextmanager
-    def _open(self) -> Iterator[None]:
-        with self._idle:
-            if self._closed:
-                raise LogClosedError("the event log reader is closed")
-            self._reading += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._reading -= 1
-                self._idle.notify_all()
+        self._calls = Calls("the event log reader")
 
     def read(self, after: int, limit: int) -> LogBatch:
-        with self._open():
+        with self._calls.call():
             notifications = self._recorder.select_notifications(
                 start=after, limit=limit, inclusive_of_start=False
             )
@@ -284,14 +261,12 @@ class EventStoreLog:
         return LogBatch(after=after, last=notifications[-1].id, entries=tuple(entries))
 
     def head(self) -> int:
-        with self._open():
+        with self._calls.call():
             return self._recorder.max_notification_id() or 0
 
-    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+    def close(self) -> None:
         """Refuse new reads and wait (bounded) for those under way to end."""
-        with self._idle:
-            self._closed = True
-            self._idle.wait_for(lambda: self._reading == 0, timeout)
+        self._calls.close()
 
     def _entry(self, notification: Notification) -> LogEntry | None:
         topic = notification.topic

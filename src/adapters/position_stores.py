@@ -25,6 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from .sql_schema import close_engine
+
 __all__ = ["DEFAULT_POSITIONS_TABLE", "InMemoryPositionStore", "SqlPositionStore"]
 
 DEFAULT_POSITIONS_TABLE = "log_follower_positions"
@@ -126,7 +128,7 @@ class SqlPositionStore:
             conn.execute(insert(table).values(**values))
 
     def close(self) -> None:
-        self._engine.dispose()
+        close_engine(self._engine)
 
 
 def _create_engine(url: str) -> tuple[Engine, bool]:

@@ -28,6 +28,7 @@ from .sql_schema import (
     DELIVERY_ATTEMPTS,
     PENDING_NOTIFICATIONS,
     chunked,
+    close_engine,
     create_sql_engine,
     migrate,
     write_transaction,
@@ -187,7 +188,7 @@ class SqlDeliveryLog:
         ]
 
     def close(self) -> None:
-        self._engine.dispose()
+        close_engine(self._engine)
 
 
 def _status(raw: str) -> AttemptStatus:

@@ -45,6 +45,7 @@ from .sql_schema import (
     PROTOCOL_OBSERVATIONS,
     PROTOCOLS,
     chunked,
+    close_engine,
     create_sql_engine,
     migrate,
     write_transaction,
@@ -158,7 +159,7 @@ class SqlHistoryReadModel:
 
     def close(self) -> None:
         """Release the connection pool."""
-        self._engine.dispose()
+        close_engine(self._engine)
 
     # -- reading -------------------------------------------------------------------------
 

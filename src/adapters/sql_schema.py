@@ -10,6 +10,7 @@ migrated database so the two cannot drift apart.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -231,6 +232,11 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
 
 
+# How long closing an engine waits for the connections checked out (a call is
+# milliseconds to seconds).
+CLOSE_TIMEOUT: Final = 10.0
+
+
 def create_sql_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
@@ -242,6 +248,17 @@ def create_sql_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def close_engine(engine: Engine, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Dispose of ``engine`` once no connection is checked out (waiting at most
+    ``timeout``): a call still running in a worker thread at shutdown would otherwise keep
+    a connection that ``dispose()`` leaves open for good."""
+    deadline = time.monotonic() + timeout
+    checked_out = getattr(engine.pool, "checkedout", None)  # not on SQLite's pools
+    while checked_out is not None and checked_out() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.dispose()
 
 
 @contextmanager

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from defi_realtime.adapters.event_store_log import (
     TRANSLATIONS,
     EventStoreLog,
-    LogClosedError,
     fast_entry,
     plain_json_states,
     to_entry,
 )
+from defi_realtime.adapters.in_flight import ClosedError
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.log import LogBatch, LogEntry
@@ -283,7 +283,7 @@ def test_closing_waits_for_a_read_under_way_and_refuses_later_ones(
     event_log.close()
     assert finished.is_set(), "close returned while a read was under way"
     reader.join(5)
-    with pytest.raises(LogClosedError):
+    with pytest.raises(ClosedError):
         event_log.read(0, 10)
-    with pytest.raises(LogClosedError):
+    with pytest.raises(ClosedError):
         event_log.head()
