@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 
 from sqlalchemy import text
 
@@ -34,7 +33,5 @@ def test_closing_waits_for_a_checked_out_connection_and_closes_it() -> None:
     assert time.monotonic() - started >= 0.1
     worker.join(5)
     [raw] = seen
-    assert raw.closed, "the connection is closed, not left for the garbage collector"  # type: ignore[attr-defined]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)
-        del raw, seen
+    # Closed, not left open for the garbage collector (a ResourceWarning at some later test).
+    assert raw.closed  # type: ignore[attr-defined]
