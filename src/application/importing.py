@@ -12,6 +12,7 @@ from ..domain.protocol import slugify
 from .ingest import IngestBatch, IngestResult, build_batch
 
 CHUNK_ITEMS = 5_000
+FIRST_CHUNK_ITEMS = 1_000
 MAX_IN_FLIGHT = 4
 
 
@@ -77,13 +78,16 @@ Item = tuple[str, Mapping[str, Any] | None, str | None]
 Chunk = tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[Mapping[str, Any]], list[str]]
 
 
-def chunks(items: Iterable[Item], size: int = CHUNK_ITEMS) -> Iterator[Chunk]:
-    """Group ``(kind, item, error)`` triples into (observations, prices, listings, errors)."""
+def chunks(
+    items: Iterable[Item], size: int = CHUNK_ITEMS, first: int = FIRST_CHUNK_ITEMS
+) -> Iterator[Chunk]:
+    """Group ``(kind, item, error)`` triples into (observations, prices, listings, errors);
+    the first group is smaller, so that a writer waiting for it starts sooner."""
     observations: list[Mapping[str, Any]] = []
     prices: list[Mapping[str, Any]] = []
     listings: list[Mapping[str, Any]] = []
     errors: list[str] = []
-    count = 0
+    count, limit = 0, min(first, size)
     for kind, item, error in items:
         if kind == "observation" and item is not None:
             observations.append(item)
@@ -94,10 +98,10 @@ def chunks(items: Iterable[Item], size: int = CHUNK_ITEMS) -> Iterator[Chunk]:
         else:
             errors.append(error or "unreadable item")
         count += 1
-        if count >= size:
+        if count >= limit:
             yield observations, prices, listings, errors
             observations, prices, listings, errors = [], [], [], []
-            count = 0
+            count, limit = 0, size
     if count:
         yield observations, prices, listings, errors
 

@@ -164,14 +164,15 @@ def ingest(
     # an import's CPU, docs/benchmarks.md). The process's own setting comes back at the end.
     collector = gc.get_threshold()
     gc.set_threshold(*settings.collector_thresholds)
-    total = estimate_items(file, fmt=fmt)
-    # The reading process is forked first, while this process has no thread or connection.
+    # The reading process is forked first, while this process has no thread or connection;
+    # counting the items and opening the store overlap with its first chunk.
     with (
         FileReader(file, fmt, source) as reader,
         opened(settings) as container,
         contextlib.ExitStack() as restore,
     ):
         restore.callback(gc.set_threshold, *collector)
+        total = estimate_items(file, fmt=fmt)
         writer = container.writer()
         with progress_bar() as progress:
             task = progress.add_task(f"ingest {file.name} ({fmt})", total=total)
