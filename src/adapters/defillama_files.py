@@ -332,9 +332,10 @@ def _slug_of_name(name: str) -> str:
     return slug
 
 
-def _details(record: dict[str, Any]) -> dict[str, Any]:
-    """name/category/chains/url of a DeFiLlama record, leaving out what it does not carry."""
-    details: dict[str, Any] = {}
+def _details(record: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """name/category/chains/url of a DeFiLlama record, leaving out what it does not carry
+    (added to ``into``, when given: the snapshot reader builds its items in place)."""
+    details: dict[str, Any] = {} if into is None else into
     for key in ("name", "category", "url"):
         value = record.get(key)
         if isinstance(value, str):
@@ -403,14 +404,7 @@ def _snapshot_item(record: dict[str, Any], line: int, source: str) -> ReadItem:
         "observed_at": observed_at,
         "source": source,
     }
-    for key in ("name", "category", "url"):
-        value = record.get(key)
-        if isinstance(value, str):
-            item[key] = value
-    chains = record.get("chains")
-    if isinstance(chains, list):
-        item["chains"] = list(chains)
-    return ReadItem("observation", item, line)
+    return ReadItem("observation", _details(record, item), line)
 
 
 def _history_item(record: dict[str, Any], line: int, source: str) -> ReadItem:

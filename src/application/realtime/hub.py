@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
-from ..hot_state import EntryFacts, HotState, ProtocolState
+from ..hot_state import EntryFacts, HotState
 from ..log import LogBatch, LogEntry
 from ..ports import EventLog
 from .frames import Encoded, channel_of, encode, price_snapshot, protocol_snapshot, value_key
@@ -323,7 +323,7 @@ class RealtimeHub:
         for subscription in index.candidates(channel, entry.key, entry.data.get("owner")):
             if not subscription.exact:
                 if filter_facts is _UNKNOWN:
-                    filter_facts = self._filter_facts(entry, facts)
+                    filter_facts = FilterFacts.as_of(entry.key, facts, self.state)
                 if not subscription.matches(entry.key, chain, filter_facts):
                     continue
             if subscription.replaying or entry.position <= subscription.floor:
@@ -342,11 +342,6 @@ class RealtimeHub:
                 # a client that stopped reading is closed there).
                 self.fell_behind += 1
                 self.replays.start(Pending(subscription, after=entry.position - 1))
-
-    def _filter_facts(self, entry: LogEntry, facts: EntryFacts | None) -> FilterFacts | None:
-        if facts is not None and isinstance(facts.state, ProtocolState):
-            return FilterFacts.of(facts.state)
-        return FilterFacts.of(self.state.protocols.get(entry.key))
 
     def subscriptions(self, channel: str) -> Iterable[Subscription]:
         return self.index.of_channel(channel)

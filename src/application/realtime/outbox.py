@@ -123,10 +123,6 @@ class Connection:
 
     # -- queueing (synchronous: called by the hub while routing) -------------------------
 
-    @property
-    def full(self) -> bool:
-        return self.live >= self.max_queue
-
     def offer_message(self, payload: bytes) -> bool:
         """Queue a whole message (a control reply): past the bound by ``CONTROL_HEADROOM``
         the client is not reading and is closed."""

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ..hot_state import EntryFacts, HotState, ProtocolState
+from ..hot_state import HotState
 from ..log import LogEntry
 from ..ports import EventLog
 from .frames import Encoded, channel_of, encode, value_key
@@ -268,7 +268,11 @@ class Replays:
             return True
         encoded: Encoded | None = None
         facts = self.state.facts.get(entry.position)
-        filter_facts: FilterFacts | bool | None = False  # False: not looked up yet
+        filter_facts = (
+            FilterFacts.as_of(entry.key, facts, self.state)
+            if channel != "alerts" and any(not p.subscription.exact for p in members)
+            else None
+        )
         for pending in members:
             subscription = pending.subscription
             if (
@@ -280,12 +284,8 @@ class Replays:
             if channel == "alerts":
                 if entry.data.get("owner") != subscription.connection.owner:
                     continue
-            else:
-                if not subscription.exact and filter_facts is False:
-                    filter_facts = self._filter_facts(entry, facts)
-                known = None if isinstance(filter_facts, bool) else filter_facts
-                if not subscription.matches(entry.key, entry.data.get("chain"), known):
-                    continue
+            elif not subscription.matches(entry.key, entry.data.get("chain"), filter_facts):
+                continue
             connection = subscription.connection
             if not await self._room(connection):
                 return False
@@ -296,12 +296,6 @@ class Replays:
             key = value_key(entry) if subscription.coalesce else None
             connection.offer(encoded[0], subscription.sid, encoded[1], key)
         return True
-
-    def _filter_facts(self, entry: LogEntry, facts: EntryFacts | None) -> FilterFacts | None:
-        """The protocol as of the entry when this node still knows it, else as of now."""
-        if facts is not None and isinstance(facts.state, ProtocolState):
-            return FilterFacts.of(facts.state)
-        return FilterFacts.of(self.state.protocols.get(entry.key))
 
     async def _room(self, connection: Connection) -> bool:
         """Wait until the client has read its queue below half; close it if it stopped."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ...domain.observations import TOTAL
-from ..hot_state import ProtocolState
+from ..hot_state import EntryFacts, HotState, ProtocolState
 from .outbox import Connection
 from .protocol import CHANNELS, Filter
 
@@ -36,6 +36,13 @@ class FilterFacts:
             chains=frozenset(chain.lower() for chain in state.index_chains()),
             tvl=None if tvl is None else tvl.value,
         )
+
+    @classmethod
+    def as_of(cls, key: str, facts: EntryFacts | None, state: HotState) -> FilterFacts | None:
+        """The protocol ``key`` as of an entry when its facts are known, else as of now."""
+        if facts is not None and isinstance(facts.state, ProtocolState):
+            return cls.of(facts.state)
+        return cls.of(state.protocols.get(key))
 
 
 class Subscription:
