@@ -37,6 +37,7 @@ from eventsourcing.utils import resolve_topic
 
 from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
+from ..domain.chains import canonical_chain
 from ..domain.protocol import Protocol
 from ..domain.token import Token
 from .in_flight import Calls
@@ -59,7 +60,8 @@ def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": event["name"],
         "category": event["category"],
-        "chains": list(event["chains"]),
+        # Canonical chain names, for events recorded before names were normalised too.
+        "chains": list(dict.fromkeys(map(canonical_chain, event["chains"]))),
         "url": event["url"],
     }
 
@@ -70,7 +72,7 @@ def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         event["slug"],
         {
             "metric": event["metric"],
-            "chain": event["chain"],
+            "chain": canonical_chain(event["chain"]),
             "value": event["value"],
             "observed_at": event["observed_at"],
             "source": event["source"],

@@ -73,6 +73,7 @@ from ..application.views import (
     ProtocolQuery,
     ProtocolView,
 )
+from ..domain.chains import chain_key
 from ..domain.observations import TOTAL
 
 _LAYOUT: Final = "2"
@@ -543,7 +544,8 @@ _ALL: Final = "all"
 
 
 def _chain_scope(chain: str) -> str:
-    return f"chain:{chain}"
+    # Chain filters are case-insensitive too (``chain_key``): one ranking per chain.
+    return f"chain:{chain_key(chain)}"
 
 
 def _category_scope(category: str) -> str:

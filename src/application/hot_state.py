@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from ..domain.chains import chain_key
 from ..domain.observations import METRICS, TOTAL
 from .log import LogBatch, LogEntry, LogGapError
 from .views import (
@@ -534,10 +535,10 @@ def check_query(query: ProtocolQuery) -> None:
 
 def matches(view: ProtocolView, query: ProtocolQuery) -> bool:
     """Whether ``view`` passes the query's filters."""
-    if query.chain is not None and not (
-        query.chain in view.chains or query.chain in view.chain_tvls
-    ):
-        return False
+    if query.chain is not None:
+        wanted = chain_key(query.chain)  # case-insensitive, like DeFiLlama's chain filter
+        if not any(chain_key(chain) == wanted for chain in (*view.chains, *view.chain_tvls)):
+            return False
     if query.category is not None and view.category.casefold() != query.category.casefold():
         return False
     return query.min_tvl is None or (view.tvl is not None and view.tvl >= query.min_tvl)

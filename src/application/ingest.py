@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from ..domain.chains import canonical_chain
 from ..domain.errors import DomainError
 from ..domain.observations import (
     METRICS,
@@ -302,7 +303,9 @@ def _plain_observation(raw: Any, index: int) -> RecordMetric | None:
         listing = _plain_details(raw, slug, stamp)
         if listing is None:
             return None
-    return RecordMetric(slug, metric, chain, float(value), stamp, source or "", listing, index)
+    return RecordMetric(
+        slug, metric, canonical_chain(chain), float(value), stamp, source or "", listing, index
+    )
 
 
 _DETAILS: Final = frozenset({"name", "category", "chains", "url"})
@@ -325,7 +328,12 @@ def _plain_details(raw: dict[str, Any], slug: str, observed_at: float | None) ->
     ):
         return None
     return Listing(
-        slug, name, category, None if chains is None else tuple(chains), url, observed_at
+        slug,
+        name,
+        category,
+        None if chains is None else tuple(dict.fromkeys(map(canonical_chain, chains))),
+        url,
+        observed_at,
     )
 
 

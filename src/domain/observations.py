@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final, Literal, TypeGuard, get_args
 
+from .chains import canonical_chain
 from .errors import InvalidObservation
 
 Metric = Literal["tvl", "volume_24h", "fees_24h"]
@@ -165,16 +166,18 @@ def check_label(
 
 
 def check_chain(chain: str, *, what: str = "chain") -> str:
-    """A chain name (``Ethereum``, ``OP Mainnet``) or ``TOTAL``: an identifier label."""
-    if is_label(chain, identifier=True):
-        return chain
-    return check_label(chain, what=what, identifier=True)
+    """A chain name (``Ethereum``, ``OP Mainnet``) or ``TOTAL``: an identifier label, returned
+    in its canonical spelling (``canonical_chain``: ``"bsc "`` and ``Binance`` are ``BSC``)."""
+    if not is_label(chain, identifier=True):
+        check_label(chain, what=what, identifier=True)
+    return canonical_chain(chain)
 
 
 def check_chains(chains: Sequence[str]) -> list[str]:
-    """A protocol's chain list: at most ``MAX_CHAINS`` chain names (see ``check_chain``)."""
+    """A protocol's chain list: at most ``MAX_CHAINS`` chain names (see ``check_chain``), in
+    their canonical spelling, each once (the first place it is named)."""
     if is_chain_list(chains):
-        return list(chains)
+        return list(dict.fromkeys(map(canonical_chain, chains)))
     if not isinstance(chains, list | tuple):
         raise InvalidObservation("chains must be a list of strings", field="chains")
     if len(chains) > MAX_CHAINS:
@@ -187,4 +190,4 @@ def check_chains(chains: Sequence[str]) -> list[str]:
         if not isinstance(chain, str):
             raise InvalidObservation("chains must be a list of strings", field="chains")
         checked.append(check_label(chain, what=f"chains[{index}]", identifier=True, field="chains"))
-    return checked
+    return list(dict.fromkeys(map(canonical_chain, checked)))

@@ -9,6 +9,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from .chains import canonical_chain
 from .errors import InvalidObservation
 from .observations import (
     TOTAL,
@@ -93,7 +94,8 @@ class Protocol(Aggregate):
         self.slug = slug
         self.name = name
         self.category = category
-        self.chains = list(chains)
+        # Canonical names also for events recorded before chain names were normalised.
+        self.chains = _canonical_chains(chains)
         self.url = url
         # When the current details were observed: the time of the last change of details
         # that had one (None: not known).
@@ -186,7 +188,7 @@ class Protocol(Aggregate):
     ) -> None:
         self.name = name
         self.category = category
-        self.chains = list(chains)
+        self.chains = _canonical_chains(chains)
         self.url = url
         if observed_at is not None:
             self.details_observed_at = observed_at
@@ -201,7 +203,7 @@ class Protocol(Aggregate):
     ) -> bool:
         """Record one observation; returns False if it is an identical repeat (a no-op)."""
         check_metric(metric)
-        check_chain(chain)
+        chain = check_chain(chain)
         number = check_value(value)
         stamp = check_timestamp(observed_at)
         check_text(source or "", field="source")
@@ -245,6 +247,7 @@ class Protocol(Aggregate):
             aggregate._apply_metric(self.metric, self.chain, self.value, self.observed_at)
 
     def _apply_metric(self, metric: str, chain: str, value: float, observed_at: float) -> None:
+        chain = canonical_chain(chain)  # an event recorded before names were normalised
         self.history[(metric, chain, observed_at)] = value
         current = self.current.get((metric, chain))
         # A late observation is history only; ties go to the newest recording (a correction).
@@ -256,3 +259,7 @@ class Protocol(Aggregate):
     def current_value(self, metric: str = "tvl", chain: str = TOTAL) -> float | None:
         current = self.current.get((metric, chain))
         return None if current is None else current[0]
+
+
+def _canonical_chains(chains: list[str]) -> list[str]:
+    return list(dict.fromkeys(map(canonical_chain, chains)))

@@ -409,6 +409,26 @@ class HotProjectionContract:
         page = await projection.list_protocols(ProtocolQuery(sort="tvl", descending=False))
         assert slugs_of(page.items) == ["curve", "tied", "aave", "uni", "gmx"]
 
+    async def test_the_chain_filter_takes_any_spelling_or_alias_of_a_chain(
+        self, projection: HotProjection
+    ) -> None:
+        await self._seed_rankings(projection)
+        await projection.apply(
+            sequential(
+                listed(14, "pancake", name="Pancake", chains=["BSC"]),
+                metric(15, "pancake", 40.0, T0),
+                after=13,
+            )
+        )
+        for spelling in ("arbitrum", " ARBITRUM ", "Arbitrum One"):
+            page = await projection.list_protocols(ProtocolQuery(chain=spelling))
+            assert slugs_of(page.items) == ["uni", "gmx"], spelling
+        for spelling in ("bsc", "Binance", "bnb chain"):
+            page = await projection.list_protocols(ProtocolQuery(chain=spelling))
+            assert slugs_of(page.items) == ["pancake"], spelling
+        both = await projection.list_protocols(ProtocolQuery(chain="ethereum", category="DEXES"))
+        assert slugs_of(both.items) == ["uni", "curve"]
+
     async def test_pagination(self, projection: HotProjection) -> None:
         await self._seed_rankings(projection)
         page = await projection.list_protocols(ProtocolQuery(limit=2, offset=2))

@@ -74,11 +74,20 @@ def expected_current(history: dict[Any, float], series: tuple[Any, ...]) -> floa
 
 # --- (a) replaying commands ---------------------------------------------------------------
 
+# Spellings of chains as clients send them, and the one name the domain keeps for each.
+SPELLINGS = {
+    "total": "total",
+    "ethereum": "Ethereum",
+    "Ethereum ": "Ethereum",
+    "arbitrum": "Arbitrum",
+    "Arbitrum One": "Arbitrum",
+}
+
 protocol_commands = st.one_of(
     st.tuples(
         st.just("metric"),
         st.sampled_from(["tvl", "volume_24h"]),
-        st.sampled_from(["total", "ethereum", "arbitrum"]),
+        st.sampled_from(list(SPELLINGS)),
         st.sampled_from(VALUES),
         st.sampled_from(TIMES),
         st.sampled_from(["", "llama"]),
@@ -155,7 +164,7 @@ def run_protocol_command(protocol: Protocol, model: SeriesModel, command: tuple[
                 assert len(protocol.pending_events) == before
                 return
             raise AssertionError(f"invalid value {value!r} was accepted")
-        new = model.record((metric, chain, observed_at), value)
+        new = model.record((metric, SPELLINGS[chain], observed_at), value)
         assert protocol.record_metric(metric, chain, value, observed_at, source) is new
     else:
         _, name, category, chains, url = command
@@ -334,7 +343,7 @@ observations = st.builds(
     # series get long enough for the change windows.
     slug=st.sampled_from([*SLUGS, *SLUGS, *SLUGS, "ghost"]),
     metric=st.sampled_from(["tvl", "tvl", "tvl", "volume_24h"]),
-    chain=st.sampled_from(["total", "total", "total", "total", "ethereum", "arbitrum"]),
+    chain=st.sampled_from(["total", "total", "total", "total", *SPELLINGS]),
     value=st.sampled_from(VALUES),
     observed_at=st.sampled_from(TIMES),
     iso=st.booleans(),
@@ -407,10 +416,11 @@ class IngestModel:
             ):
                 listing["category"] = o.category
                 listing["observed_at"] = o.observed_at
-            if self.metrics.record((o.slug, o.metric, o.chain, o.observed_at), o.value):
+            chain = SPELLINGS[o.chain]
+            if self.metrics.record((o.slug, o.metric, chain, o.observed_at), o.value):
                 result.accepted += 1
-                if o.chain != "total" and o.chain not in listing["chains"]:
-                    listing["chains"].append(o.chain)
+                if chain != "total" and chain not in listing["chains"]:
+                    listing["chains"].append(chain)
             else:
                 result.duplicates += 1
         for p in batch.prices:
@@ -510,7 +520,7 @@ async def feed_and_check(
         volume = model.current(slug, "volume_24h", "total")
         assert view.volume_24h == (None if volume is None else volume[0])
         expected_chains = {}
-        for chain in ("ethereum", "arbitrum"):
+        for chain in ("Ethereum", "Arbitrum"):
             current = model.current(slug, "tvl", chain)
             if current is not None:
                 expected_chains[chain] = current[0]
@@ -602,7 +612,7 @@ def one_value_per_key(batch: Batch) -> Batch:
     prices_seen: dict[tuple[Any, ...], float] = {}
     fixed = []
     for o in batch.observations:
-        value = values.setdefault((o.slug, o.metric, o.chain, o.observed_at), o.value)
+        value = values.setdefault((o.slug, o.metric, SPELLINGS[o.chain], o.observed_at), o.value)
         category = None if o.category is None else CATEGORY_OF[o.slug]
         fixed.append(Obs(**{**vars(o), "value": value, "category": category}))
     fixed_prices = [

@@ -113,10 +113,10 @@ def test_ingest_lists_a_new_protocol_and_records_its_observations(app: DefiRealt
     ]
     protocol = app.get_protocol("aave-v3")
     assert (protocol.name, protocol.category, protocol.url) == ("AAVE-V3", "Lending", "https://a")
-    assert protocol.chains == ["ethereum", "arbitrum"]
+    assert protocol.chains == ["Ethereum", "Arbitrum"]
     assert protocol.current == {
         ("tvl", "total"): (10.0, T0),
-        ("tvl", "arbitrum"): (4.0, T0),
+        ("tvl", "Arbitrum"): (4.0, T0),
         ("volume_24h", "total"): (2.0, T0),
     }
     assert result.to_json() == {
@@ -289,7 +289,7 @@ def test_listing_items_list_and_update_protocols(app: DefiRealtime) -> None:
     assert (protocol.name, protocol.category, protocol.chains) == (
         "Lido",
         "Liquid Staking",
-        ["ethereum"],
+        ["Ethereum"],
     )
 
 
@@ -872,12 +872,12 @@ def test_parse_observation_defaults_and_listing() -> None:
             url="https://aave.com",
         )
     )
-    assert (parsed.metric, parsed.chain, parsed.source) == ("fees_24h", "base", "s")
+    assert (parsed.metric, parsed.chain, parsed.source) == ("fees_24h", "Base", "s")
     assert parsed.listing == Listing(
         protocol="aave-v3",
         name="AAVE-V3",
         category="Lending",
-        chains=("base",),
+        chains=("Base",),
         url="https://aave.com",
         observed_at=T0,
     )

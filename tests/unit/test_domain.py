@@ -90,7 +90,7 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
                 "slug": "aave-v3",
                 "name": "Aave V3",
                 "category": "Lending",
-                "chains": ["ethereum"],
+                "chains": ["Ethereum"],
                 "url": "https://aave.com",
                 "observed_at": None,
             },
@@ -488,14 +488,14 @@ def test_metrics_and_chains_are_tracked_separately() -> None:
 
     assert [name for name, _ in then(protocol)] == ["MetricRecorded"] * 4
     assert protocol.current == {
-        ("tvl", "arbitrum"): (3.0, T0),
-        ("tvl", "ethereum"): (4.0, T0),
+        ("tvl", "Arbitrum"): (3.0, T0),
+        ("tvl", "Ethereum"): (4.0, T0),
         ("volume_24h", "total"): (5.0, T0),
-        ("fees_24h", "arbitrum"): (3.0, T0),
+        ("fees_24h", "Arbitrum"): (3.0, T0),
     }
-    assert protocol.current_value("tvl", "arbitrum") == 3.0
+    assert protocol.current_value("tvl", "Arbitrum") == 3.0
     # A chain seen in a metric joins the listing, once, in order of appearance.
-    assert protocol.chains == ["ethereum", "arbitrum"]
+    assert protocol.chains == ["Ethereum", "Arbitrum"]
 
 
 def test_record_metric_builds_the_event_trigger_event_would() -> None:
@@ -541,7 +541,7 @@ def test_update_details_records_the_full_listing() -> None:
                 "slug": "aave-v3",
                 "name": "Aave V3",
                 "category": "Dexes",
-                "chains": ["ethereum", "base"],
+                "chains": ["Ethereum", "Base"],
                 "url": "https://aave.com",
                 "observed_at": None,
             },
@@ -550,7 +550,7 @@ def test_update_details_records_the_full_listing() -> None:
     assert (protocol.name, protocol.category, protocol.chains, protocol.url) == (
         "Aave V3",
         "Dexes",
-        ["ethereum", "base"],
+        ["Ethereum", "Base"],
         "https://aave.com",
     )
 
@@ -834,7 +834,7 @@ def test_create_alert_rule_defaults() -> None:
     [
         (
             {"protocol": "uniswap", "metric": "volume_24h", "chain": "arbitrum"},
-            {"protocol": "uniswap", "metric": "volume_24h", "chain": "arbitrum"},
+            {"protocol": "uniswap", "metric": "volume_24h", "chain": "Arbitrum"},
         ),
         (
             {"protocol": "uniswap", "chain": None},

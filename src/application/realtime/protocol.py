@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+from ...domain.chains import chain_key
 
 CHANNELS: Final = ("protocols", "prices", "volumes", "alerts")
 # Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts.
@@ -110,7 +112,9 @@ class Filter:
         if unknown:
             raise FrameError("invalid_params", f"unknown filter(s): {', '.join(unknown)}")
 
-        def strings(key: str, lower: bool = False) -> frozenset[str] | None:
+        def strings(
+            key: str, lower: bool = False, key_of: Callable[[str], str] | None = None
+        ) -> frozenset[str] | None:
             value = params.get(key)
             if value is None:
                 return None
@@ -120,6 +124,8 @@ class Filter:
                 raise FrameError(
                     "invalid_params", f"{key} holds at most {MAX_FILTER_VALUES} values"
                 )
+            if key_of is not None:
+                return frozenset(map(key_of, value))
             return frozenset(v.lower() if lower else v for v in value)
 
         min_tvl = params.get("minTvl")
@@ -133,7 +139,8 @@ class Filter:
         return cls(
             protocol_ids=strings("protocolIds"),
             token_ids=strings("tokenIds"),
-            chains=strings("chains", lower=True),
+            # Any spelling or alias of a chain (``bsc``, ``Binance``) matches it.
+            chains=strings("chains", key_of=chain_key),
             categories=strings("categories", lower=True),
             min_tvl=None if min_tvl is None else float(min_tvl),
         )

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ...domain.chains import chain_key
 from ...domain.observations import TOTAL
 from ..hot_state import EntryFacts, HotState, ProtocolState
 from .outbox import Connection
@@ -20,7 +21,7 @@ from .protocol import CHANNELS, Filter
 
 @dataclass(frozen=True, slots=True)
 class FilterFacts:
-    """What a protocol's filters are checked against (lower-cased)."""
+    """What a protocol's filters are checked against (lower-cased; chains by ``chain_key``)."""
 
     category: str
     chains: frozenset[str]
@@ -33,7 +34,7 @@ class FilterFacts:
         tvl = state.tvl
         return cls(
             category=state.category.lower(),
-            chains=frozenset(chain.lower() for chain in state.index_chains()),
+            chains=frozenset(map(chain_key, state.index_chains())),
             tvl=None if tvl is None else tvl.value,
         )
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from ...application.views import MAX_PAGE, SortField
+from ...domain.chains import canonical_chain
 from ...domain.observations import TOTAL, Metric
 from .common import ANSWER, QUERY, CheckedSlug, QueryText, QueryTime, SlugText
 
@@ -38,6 +39,10 @@ MAX_POINTS: Final = 100_000
 MAX_OFFSET: Final = 10_000_000
 
 
+def _canonical(chain: str | None) -> str | None:
+    return None if chain is None else canonical_chain(chain)
+
+
 def _blank_is_none(raw: Any) -> Any:
     return None if raw == "" else raw
 
@@ -54,7 +59,10 @@ class ProtocolListQuery(BaseModel):
 
     model_config = QUERY
     chain: Annotated[
-        QueryText | None, BeforeValidator(_blank_is_none), Field(description="only protocols on it")
+        QueryText | None,
+        BeforeValidator(_blank_is_none),
+        AfterValidator(_canonical),
+        Field(description="only protocols on it (any case; an alias such as Binance for BSC)"),
     ] = None
     category: Annotated[
         QueryText | None, BeforeValidator(_blank_is_none), Field(description="exact category")
@@ -99,7 +107,11 @@ class SeriesQuery(BaseModel):
 
     model_config = QUERY
     metric: Metric = "tvl"
-    chain: Annotated[QueryText, Field(description="'total' or a chain name")] = TOTAL
+    chain: Annotated[
+        QueryText,
+        AfterValidator(_canonical),
+        Field(description="'total' or a chain name (any case; an alias such as Binance for BSC)"),
+    ] = TOTAL
     start: QueryTime = None
     end: QueryTime = None
     bucket: Bucket = None
