@@ -34,9 +34,11 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
+from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.views import Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
+from ..domain.observations import TOTAL
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
@@ -235,6 +237,43 @@ class SqlHistoryReadModel:
             for row in reversed(rows)
         ]
         return Series(slug=query.slug, metric=query.metric, chain=query.chain, points=points)
+
+    def daily_values(self, chain: str | None = None) -> list[DailyValue]:
+        """Each protocol's last TVL of each UTC day, on the ``total`` series and, with
+        ``chain``, on that chain's series (what ``daily_chain_tvl`` sums)."""
+        obs = PROTOCOL_OBSERVATIONS
+        chains = [TOTAL] if chain is None else [TOTAL, chain]
+        day = _floor(obs.c.observed_at / literal(float(DAY), Double()))
+        ranked = (
+            select(
+                obs.c.protocol,
+                obs.c.chain,
+                day.label("day"),
+                obs.c.value,
+                func.row_number()
+                .over(
+                    partition_by=(obs.c.protocol, obs.c.chain, day),
+                    order_by=(obs.c.observed_at.desc(), obs.c.position.desc()),
+                )
+                .label("rank"),
+            )
+            .where(obs.c.metric == "tvl", obs.c.chain.in_(chains))
+            .subquery()
+        )
+        statement = select(ranked.c.protocol, ranked.c.chain, ranked.c.day, ranked.c.value).where(
+            ranked.c.rank == 1
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [DailyValue(row.protocol, row.chain, int(row.day), float(row.value)) for row in rows]
+
+    def listings(self) -> dict[str, Listing]:
+        """Every listed protocol's category and chains, by slug."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(PROTOCOLS.c.slug, PROTOCOLS.c.category, PROTOCOLS.c.chains)
+            ).all()
+        return {row.slug: Listing(row.slug, row.category, tuple(row.chains)) for row in rows}
 
     def alert_rules(
         self, owner: str | None = None, *, include_deleted: bool = False

@@ -43,6 +43,7 @@ from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
 from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
+from .llama_api import llama_routes
 from .node import Node, running
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
@@ -664,6 +665,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/v2/ingest", INGEST.serve(ingest)),
         *alert_routes(_read_json_body),
         *alert_history_routes(),
+        *llama_routes(),
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),
         OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),

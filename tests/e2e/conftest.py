@@ -80,6 +80,7 @@ def start_server(
     *,
     ws: Any = RealtimeWebSocketProtocol,
     expected_errors: str | None = None,
+    start_timeout: float = START_TIMEOUT,
     **overrides: Any,
 ) -> Iterator[LiveServer]:
     """Run the app under uvicorn in a background thread until the block exits."""
@@ -115,12 +116,12 @@ def start_server(
     )
     thread.start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + start_timeout
         while not uv_server.started:
             if not thread.is_alive():
                 pytest.fail("the server thread exited during startup")
             if time.monotonic() > deadline:
-                pytest.fail(f"the server did not start within {START_TIMEOUT}s")
+                pytest.fail(f"the server did not start within {start_timeout}s")
             time.sleep(0.01)
         yield LiveServer(
             base_url=f"http://127.0.0.1:{port}",
