@@ -36,6 +36,13 @@ from sqlalchemy.sql.functions import FunctionElement
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
+from ..application.time_travel import (
+    CHANGE_SPAN,
+    Cut,
+    LatestValue,
+    ListingDetails,
+    TvlPoint,
+)
 from ..application.views import Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
@@ -89,6 +96,19 @@ def _compile_floor_sqlite(element: _floor, compiler: SQLCompiler, **kw: Any) -> 
     # (On PostgreSQL CAST rounds to nearest, hence the separate compilations.)
     x = compiler.process(element.clauses, **kw)
     return f"(CAST({x} AS INTEGER) - ({x} < CAST({x} AS INTEGER)))"
+
+
+def _inside(cut: Cut, protocol: str | None = None) -> list[ColumnElement[bool]]:
+    """The conditions that keep an observation inside ``cut`` (and of ``protocol``)."""
+    obs = PROTOCOL_OBSERVATIONS
+    conditions: list[ColumnElement[bool]] = []
+    if protocol is not None:
+        conditions.append(obs.c.protocol == protocol)
+    if cut.as_of is not None:
+        conditions.append(obs.c.observed_at <= cut.as_of)
+    if cut.known_at is not None:
+        conditions.append(obs.c.position <= cut.known_at)
+    return conditions
 
 
 # --- the read model ---------------------------------------------------------------------
@@ -266,6 +286,100 @@ class SqlHistoryReadModel:
         with self._engine.connect() as connection:
             rows = connection.execute(statement).all()
         return [DailyValue(row.protocol, row.chain, int(row.day), float(row.value)) for row in rows]
+
+    def latest_values(self, cut: Cut, protocol: str | None = None) -> list[LatestValue]:
+        """Each series' latest observation inside ``cut`` (the latest recording of a time
+        wins), with the position of its first observation inside it; every protocol's, or
+        ``protocol``'s."""
+        obs = PROTOCOL_OBSERVATIONS
+        series = (obs.c.protocol, obs.c.metric, obs.c.chain)
+        ranked = (
+            select(
+                *series,
+                obs.c.value,
+                obs.c.observed_at,
+                obs.c.position,
+                func.min(obs.c.position).over(partition_by=series).label("first_position"),
+                func.row_number()
+                .over(
+                    partition_by=series,
+                    order_by=(obs.c.observed_at.desc(), obs.c.position.desc()),
+                )
+                .label("rank"),
+            )
+            .where(*_inside(cut, protocol))
+            .subquery()
+        )
+        statement = select(ranked).where(ranked.c.rank == 1)
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            LatestValue(
+                row.protocol,
+                row.metric,
+                row.chain,
+                float(row.value),
+                float(row.observed_at),
+                int(row.position),
+                int(row.first_position),
+            )
+            for row in rows
+        ]
+
+    def tvl_points(self, cut: Cut, protocol: str | None = None) -> list[TvlPoint]:
+        """Each protocol's (or ``protocol``'s) total TVL points inside ``cut`` within
+        ``CHANGE_SPAN`` of its newest one, time-ordered, one per time (the latest
+        recording)."""
+        obs = PROTOCOL_OBSERVATIONS
+        total_tvl = (obs.c.metric == "tvl", obs.c.chain == TOTAL, *_inside(cut, protocol))
+        newest = (
+            select(obs.c.protocol, func.max(obs.c.observed_at).label("newest"))
+            .where(*total_tvl)
+            .group_by(obs.c.protocol)
+            .subquery()
+        )
+        ranked = (
+            select(
+                obs.c.protocol,
+                obs.c.observed_at,
+                obs.c.value,
+                func.row_number()
+                .over(
+                    partition_by=(obs.c.protocol, obs.c.observed_at),
+                    order_by=obs.c.position.desc(),
+                )
+                .label("rank"),
+            )
+            .join(newest, newest.c.protocol == obs.c.protocol)
+            .where(*total_tvl, obs.c.observed_at >= newest.c.newest - CHANGE_SPAN)
+            .subquery()
+        )
+        statement = (
+            select(ranked.c.protocol, ranked.c.observed_at, ranked.c.value)
+            .where(ranked.c.rank == 1)
+            .order_by(ranked.c.protocol, ranked.c.observed_at)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [TvlPoint(row.protocol, float(row.observed_at), float(row.value)) for row in rows]
+
+    def listing_details(self) -> dict[str, ListingDetails]:
+        """Every listed protocol's current details, by slug."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(PROTOCOLS)).all()
+        return {
+            row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
+            for row in rows
+        }
+
+    def position_recorded_by(self, time: float) -> int:
+        """The last log position of an observation recorded at or before ``time`` (0: none)."""
+        obs = PROTOCOL_OBSERVATIONS
+        with self._engine.connect() as connection:
+            found = connection.execute(
+                select(func.max(obs.c.position)).where(obs.c.recorded_at <= time)
+            ).scalar_one_or_none()
+        return 0 if found is None else int(found)
 
     def listings(self) -> dict[str, Listing]:
         """Every listed protocol's category and chains, by slug."""

@@ -35,6 +35,7 @@ from ..application.ingest import (
     no_duplicate_keys,
 )
 from ..application.realtime import MAX_FRAME_BYTES
+from ..application.time_travel import cut_of, page_of_views, protocols_at
 from ..application.views import ProtocolQuery, ProtocolView
 from ..application.views import SeriesQuery as SeriesRequest
 from .alert_history_api import alert_history_routes
@@ -59,6 +60,7 @@ from .schemas.protocols import (
     ProtocolPath,
     SeriesPoint,
     SeriesQuery,
+    TimeTravelQuery,
 )
 from .schemas.realtime import (
     PriceEntry,
@@ -227,23 +229,32 @@ LIST_PROTOCOLS = Operation(
 
 
 async def list_protocols(request: Request, query: ProtocolListQuery) -> Response:
-    page = await _node(request).hot.list_protocols(
-        ProtocolQuery(
-            chain=query.chain,
-            category=query.category,
-            min_tvl=query.min_tvl,
-            sort=query.sort,
-            descending=query.order == "desc",
-            limit=query.limit,
-            offset=query.offset,
-        )
+    wanted = ProtocolQuery(
+        chain=query.chain,
+        category=query.category,
+        min_tvl=query.min_tvl,
+        sort=query.sort,
+        descending=query.order == "desc",
+        limit=query.limit,
+        offset=query.offset,
     )
+    node = _node(request)
+    known_at = None
+    if query.as_of is None and query.known_at is None:
+        page = await node.hot.list_protocols(wanted)
+    else:
+        cut = await asyncio.to_thread(cut_of, node.history, query.as_of, query.known_at)
+        known_at = cut.known_at
+        views = await asyncio.to_thread(protocols_at, node.history, cut)
+        page = page_of_views(views, wanted)
     return json_answer(
         ProtocolPage(
             protocols=[Protocol.model_validate(view) for view in page.items],
             total=page.total,
             limit=page.limit,
             offset=page.offset,
+            asOf=query.as_of,
+            knownAt=known_at,
         )
     )
 
@@ -251,8 +262,8 @@ async def list_protocols(request: Request, query: ProtocolListQuery) -> Response
 GET_PROTOCOL = Operation(
     "GET",
     "getProtocol",
-    "One protocol's listing and current values",
-    NoParameters,
+    "One protocol's listing and current values (or as of a time)",
+    TimeTravelQuery,
     Protocol,
     access="read",
     path=ProtocolPath,
@@ -260,9 +271,15 @@ GET_PROTOCOL = Operation(
 )
 
 
-async def get_protocol(request: Request, query: NoParameters) -> Response:
+async def get_protocol(request: Request, query: TimeTravelQuery) -> Response:
     slug = _slug(request)
-    view = await _node(request).hot.get_protocol(slug)
+    node = _node(request)
+    if query.as_of is None and query.known_at is None:
+        view = await node.hot.get_protocol(slug)
+    else:
+        cut = await asyncio.to_thread(cut_of, node.history, query.as_of, query.known_at)
+        views = await asyncio.to_thread(protocols_at, node.history, cut, slug)
+        view = views[0] if views else None
     if view is None:
         raise _protocol_not_found(slug)
     return json_answer(Protocol.model_validate(view))

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..application.chain_tvl import DAY, chain_totals, daily_chain_tvl, tvl_by_chain
+from ..application.time_travel import cut_of, page_of_views, protocols_at
 from ..application.views import ProtocolQuery, ProtocolView, SeriesQuery
 from ..domain.chains import chain_info, chain_key
 from ..domain.observations import TOTAL
@@ -37,7 +38,7 @@ from .schemas.llama import (
     LlamaTvl,
     LlamaTvlPoint,
 )
-from .schemas.protocols import MAX_POINTS, ProtocolPath
+from .schemas.protocols import MAX_POINTS, ProtocolPath, TimeTravelQuery
 
 __all__ = ["llama_routes"]
 
@@ -48,8 +49,8 @@ _MULTI_CHAIN: Final = "Multi-Chain"
 LIST = Operation(
     "GET",
     "llamaProtocols",
-    "DeFiLlama's /protocols: every protocol with its current TVL",
-    NoParameters,
+    "DeFiLlama's /protocols: every protocol with its current TVL (or as of a time)",
+    TimeTravelQuery,
     LlamaProtocols,
     access="read",
 )
@@ -122,8 +123,14 @@ async def _protocol(request: Request) -> ProtocolView:
     return view
 
 
-async def protocols(request: Request, query: NoParameters) -> Response:
-    page = await _node(request).hot.list_protocols(ProtocolQuery(limit=_ALL_PROTOCOLS))
+async def protocols(request: Request, query: TimeTravelQuery) -> Response:
+    node = _node(request)
+    everything = ProtocolQuery(limit=_ALL_PROTOCOLS)
+    if query.as_of is None and query.known_at is None:
+        page = await node.hot.list_protocols(everything)
+    else:
+        views = await asyncio.to_thread(_at, node, query.as_of, query.known_at)
+        page = page_of_views(views, everything)
     return json_answer(
         LlamaProtocols(
             [
@@ -145,6 +152,10 @@ async def protocols(request: Request, query: NoParameters) -> Response:
             ]
         )
     )
+
+
+def _at(node: Node, as_of: float | None, known_at: float | None) -> list[ProtocolView]:
+    return protocols_at(node.history, cut_of(node.history, as_of, known_at))
 
 
 def _daily(node: Node, slug: str, chain: str) -> list[LlamaTvlPoint]:

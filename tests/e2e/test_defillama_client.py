@@ -254,3 +254,21 @@ def test_chains_now_and_their_daily_history(
     # An alias is the chain it names.
     assert client.get_historical_tvl_chain("Binance") == client.get_historical_tvl_chain("BSC")
     assert math.isfinite(chains["Solana"]["tvl"])
+
+
+def test_as_of_a_capture_time_the_list_is_that_capture(
+    llama: tuple[Any, LiveServer], expected: Expected
+) -> None:
+    _, live = llama
+    captures: dict[float, list[tuple[float, str]]] = defaultdict(list)
+    for row in _rows(SNAPSHOTS):
+        if row["tvl"] is not None and row["tvl"] >= 0:
+            at = datetime.fromisoformat(row["captured_at"]).timestamp()
+            captures[at].append((row["tvl"], slugify(row["name"])))
+    with httpx.Client(base_url=live.base_url, timeout=60) as http:
+        for at in sorted(captures)[:: len(captures) // 3]:
+            top = sorted(captures[at], reverse=True)[:10]
+            answer = http.get("/v2/protocols", params={"asOf": at, "sort": "tvl", "limit": 10})
+            assert answer.status_code == 200, answer.text
+            got = [(p["tvl"], p["slug"]) for p in answer.json()["protocols"]]
+            assert got == top, datetime.fromtimestamp(at)

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, WithJson
 from ...application.views import MAX_PAGE, SortField
 from ...domain.chains import canonical_chain
 from ...domain.observations import TOTAL, Metric
-from .common import ANSWER, QUERY, CheckedSlug, QueryText, QueryTime, SlugText
+from .common import ANSWER, QUERY, CheckedSlug, QueryText, QueryTime, SlugText, date_time
 
 __all__ = [
     "BUCKETS",
@@ -23,6 +23,7 @@ __all__ = [
     "ProtocolPath",
     "SeriesPoint",
     "SeriesQuery",
+    "TimeTravelQuery",
 ]
 
 BUCKETS: Final[dict[str, int]] = {
@@ -45,6 +46,45 @@ def _canonical(chain: str | None) -> str | None:
 
 def _blank_is_none(raw: Any) -> Any:
     return None if raw == "" else raw
+
+
+def _known_at(raw: Any) -> Any:
+    """A log position (digits) or an ISO-8601 time (a string that is not all digits)."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        if raw.isascii() and raw.isdigit():
+            return int(raw)
+        try:
+            return date_time(raw)
+        except ValueError:
+            raise ValueError("must be a log position or an ISO-8601 time") from None
+    return raw
+
+
+AsOf = Annotated[
+    QueryTime,
+    Field(
+        alias="asOf",
+        description="the state at this time: each series' latest observation at or before it",
+    ),
+]
+KnownAt = Annotated[
+    Annotated[int, Field(ge=0)] | float | None,
+    BeforeValidator(_known_at),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "format": "date-time"},
+            ],
+            "description": "what was known then: a log position, or an ISO-8601 time (the "
+            "last position recorded by then); later facts and corrections are left out",
+        },
+        mode="validation",
+    ),
+    Field(alias="knownAt"),
+]
 
 
 class ProtocolPath(BaseModel):
@@ -77,6 +117,16 @@ class ProtocolListQuery(BaseModel):
     order: Literal["asc", "desc"] = "desc"
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE, description="page size")] = 100
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET, description="page start")] = 0
+    as_of: AsOf = None
+    known_at: KnownAt = None
+
+
+class TimeTravelQuery(BaseModel):
+    """``GET /v2/protocols/{slug}`` and ``GET /protocols``: the state at a time."""
+
+    model_config = QUERY
+    as_of: AsOf = None
+    known_at: KnownAt = None
 
 
 def _named_bucket(raw: Any) -> Any:
@@ -156,6 +206,10 @@ class ProtocolPage(BaseModel):
     total: int = Field(description="protocols matching the filter, on all pages")
     limit: int
     offset: int
+    asOf: float | None = Field(default=None, description="the asOf asked for, if any")
+    knownAt: int | None = Field(
+        default=None, description="the log position knownAt stands for, if asked"
+    )
 
 
 class SeriesPoint(BaseModel):

@@ -1,0 +1,163 @@
+"""Protocols as they stood at a time, or as the system knew them at a log position.
+
+Two cuts of the facts, which combine:
+
+* ``as_of`` (data time): only observations made at or before it count; each series' value
+  is its latest observation at or before ``as_of`` (the latest recording of that time, a
+  correction, wins), and its changes are computed as the live view computes them, from the
+  points before it.
+* ``known_at`` (a log position, bitemporal): only facts recorded at or before that position
+  count, so a correction recorded later is not seen: the answer is what the system believed
+  then. A time is turned into the last position recorded at or before it.
+
+The answer is the live view of a log that held only the facts inside the cut: the same
+``ProtocolState`` and change rules as the hot projections (tests/property/test_time_travel.py
+compares it with such a fold). Listing details (name, category, chains, url) are today's: the
+read model keeps the current listing only. A protocol with no observation inside the cut is
+not listed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from ..domain.observations import TOTAL
+from .hot_state import SERIES_METRICS, Points, ProtocolState, Reading, matches, order
+from .views import RECENT_WINDOW_SECONDS, Page, ProtocolQuery, ProtocolView
+
+__all__ = [
+    "CHANGE_SPAN",
+    "Cut",
+    "FactsInCut",
+    "LatestValue",
+    "ListingDetails",
+    "TvlPoint",
+    "cut_of",
+    "page_of_views",
+    "protocols_at",
+    "views_at",
+]
+
+# How far behind a protocol's newest total TVL its changes may look: what the hot
+# projections keep (``RECENT_WINDOW_SECONDS``), so a cut at "now" answers as they do.
+CHANGE_SPAN: Final = RECENT_WINDOW_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Which facts count (None: no bound)."""
+
+    as_of: float | None = None
+    known_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LatestValue:
+    """A series' latest observation inside a cut."""
+
+    protocol: str
+    metric: str
+    chain: str
+    value: float
+    observed_at: float
+    position: int
+    first_position: int
+    """Where the series was first observed inside the cut (orders a protocol's chains)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TvlPoint:
+    """A point of a protocol's total TVL series, within ``CHANGE_SPAN`` of its newest."""
+
+    protocol: str
+    observed_at: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListingDetails:
+    slug: str
+    name: str
+    category: str
+    chains: tuple[str, ...]
+    url: str
+
+
+def views_at(
+    latest: Iterable[LatestValue],
+    tvl_points: Iterable[TvlPoint],
+    listings: Mapping[str, ListingDetails],
+) -> list[ProtocolView]:
+    """The view of every protocol with a value in the cut, from what the read model found
+    inside it (``latest``: one row per series; ``tvl_points``: time-ordered per protocol,
+    one per time)."""
+    current: dict[str, dict[tuple[str, str], Reading]] = defaultdict(dict)
+    extra_chains: dict[str, list[str]] = defaultdict(list)
+    positions: dict[str, int] = {}
+    for row in sorted(latest, key=lambda row: row.first_position):
+        current[row.protocol][(row.metric, row.chain)] = Reading(row.value, row.observed_at)
+        if row.chain != TOTAL:
+            extra_chains[row.protocol].append(row.chain)
+        positions[row.protocol] = max(positions.get(row.protocol, 0), row.position)
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for point in tvl_points:
+        points[point.protocol].append((point.observed_at, point.value))
+    views = []
+    for slug, readings in current.items():
+        listing = listings.get(slug)
+        chains = () if listing is None else listing.chains
+        chains = tuple(dict.fromkeys((*chains, *extra_chains[slug])))
+        state = ProtocolState(
+            slug=slug,
+            name=slug if listing is None else listing.name,
+            category="" if listing is None else listing.category,
+            chains=chains,
+            url="" if listing is None else listing.url,
+            current=readings,
+            recent=Points.of(sorted(points[slug])),
+            position=positions[slug],
+            series={metric: Points() for metric in SERIES_METRICS},
+        )
+        views.append(state.view(state.changes()))
+    return views
+
+
+class FactsInCut(Protocol):
+    """What a read model finds inside a cut (the history read model implements it)."""
+
+    def latest_values(self, cut: Cut, protocol: str | None = None) -> list[LatestValue]: ...
+
+    def tvl_points(self, cut: Cut, protocol: str | None = None) -> list[TvlPoint]: ...
+
+    def listing_details(self) -> dict[str, ListingDetails]: ...
+
+    def position_recorded_by(self, time: float) -> int: ...
+
+
+def cut_of(facts: FactsInCut, as_of: float | None, known_at: int | float | None) -> Cut:
+    """The cut ``asOf``/``knownAt`` ask for: ``knownAt`` as a time (a float) is the last
+    log position recorded by then (synchronous)."""
+    if isinstance(known_at, float):
+        known_at = facts.position_recorded_by(known_at)
+    return Cut(as_of=as_of, known_at=known_at)
+
+
+def protocols_at(facts: FactsInCut, cut: Cut, slug: str | None = None) -> list[ProtocolView]:
+    """Every protocol's view inside ``cut`` (or only ``slug``'s; synchronous)."""
+    return views_at(
+        facts.latest_values(cut, slug), facts.tvl_points(cut, slug), facts.listing_details()
+    )
+
+
+def page_of_views(views: Sequence[ProtocolView], query: ProtocolQuery) -> Page:
+    """Filter, sort and paginate views as the hot projections do."""
+    selected = order((view for view in views if matches(view, query)), query.sort, query.descending)
+    return Page(
+        items=selected[query.offset : query.offset + query.limit],
+        total=len(selected),
+        limit=query.limit,
+        offset=query.offset,
+    )
