@@ -348,36 +348,37 @@ async def test_slow_consumers_are_bounded_and_closed_while_a_reader_keeps_its_la
         await ingest(server, [obs("probe", 1.0, T0, name="Probe")])
         await settle(server)
         hub: RealtimeHub = server.app.state.node.hub
-        slow = await asyncio.gather(
-            *(
-                asyncio.to_thread(_raw_slow_client, int(server.base_url.rsplit(":", 1)[1]))
-                for _ in range(200)
+
+        async def round_trip(reader: Any, round_: int) -> float:
+            """A flood for the slow ones (~400 KB each), then the reader's probe: how long
+            from the probe's ingest to its frame."""
+            flood = [
+                obs(f"bulk-{n % 50}", float(round_ * 1_000 + n), T0 + round_ * 1_000 + n, name="B")
+                for n in range(250)
+            ]
+            await ingest(server, flood)
+            started = time.perf_counter()
+            await ingest(server, [obs("probe", 2.0 + round_, T0 + 10 + round_)])
+            frame = await recv(reader, timeout=5)
+            assert frame["data"]["value"] == 2.0 + round_
+            return time.perf_counter() - started
+
+        async with socket_to(server.ws_url) as reader:
+            await subscribe(reader, params={"protocolIds": ["probe"]})
+            # The same rounds with no slow consumer: this machine's latency, for the ratio.
+            alone = sorted([await round_trip(reader, round_) for round_ in range(4)])
+            slow = await asyncio.gather(
+                *(
+                    asyncio.to_thread(_raw_slow_client, int(server.base_url.rsplit(":", 1)[1]))
+                    for _ in range(200)
+                )
             )
-        )
-        try:
-            async with socket_to(server.ws_url) as reader:
-                await subscribe(reader, params={"protocolIds": ["probe"]})
+            try:
                 await eventually(lambda: len(hub.connections) >= 201)
                 peak = 0
                 latencies: list[float] = []
-                for round_ in range(8):
-                    # A flood for the slow ones (~400 KB each), then a probe for the reader.
-                    flood = [
-                        obs(
-                            f"bulk-{n % 50}",
-                            float(round_ * 1_000 + n),
-                            T0 + round_ * 1_000 + n,
-                            name="Bulk",
-                        )
-                        for n in range(250)
-                    ]
-                    await ingest(server, flood)
-                    peak = max(peak, sum(c.live for c in hub.connections))
-                    started = time.perf_counter()
-                    await ingest(server, [obs("probe", 2.0 + round_, T0 + 10 + round_)])
-                    frame = await recv(reader, timeout=5)
-                    latencies.append(time.perf_counter() - started)
-                    assert frame["data"]["value"] == 2.0 + round_
+                for round_ in range(4, 12):
+                    latencies.append(await round_trip(reader, round_))
                     peak = max(peak, sum(c.live for c in hub.connections))
                 # Memory is bounded: never more than the queue bound per connection.
                 assert peak <= 201 * queue
@@ -385,13 +386,18 @@ async def test_slow_consumers_are_bounded_and_closed_while_a_reader_keeps_its_la
                 # WS_SEND_TIMEOUT.
                 await eventually(lambda: sum(1 for c in hub.connections if not c.closed) == 1)
                 latencies.sort()
-                assert latencies[len(latencies) // 2] < 0.25, latencies
+                # 200 stalled sockets do not stall the reader: each round still fans the
+                # flood out to 201 connections (2-3x the work of one, measured), but no
+                # frame waits on a stalled socket (that would take WS_SEND_TIMEOUT, 1 s).
+                median, baseline = latencies[len(latencies) // 2], alone[len(alone) // 2]
+                assert median < 4 * baseline + 0.05, (latencies, alone)
+                assert latencies[-1] < 1.0, latencies
                 # The reader is still served.
                 await send(reader, {"type": "ping"})
                 assert (await recv(reader))["type"] == "pong"
-        finally:
-            for sock in slow:
-                sock.close()
+            finally:
+                for sock in slow:
+                    sock.close()
 
 
 # -- the AsyncAPI document ----------------------------------------------------------------------
