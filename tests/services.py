@@ -6,8 +6,11 @@ go green without having talked to PostgreSQL, Redis and RabbitMQ.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -48,3 +51,24 @@ def redis_url() -> str:
 
 def amqp_url() -> str:
     return require("RabbitMQ", AMQP_URL, 5672)
+
+
+@contextlib.contextmanager
+def throwaway_schema(prefix: str) -> Iterator[str]:
+    """A SQLAlchemy URL of the test PostgreSQL whose only schema on ``search_path`` is a new
+    one, dropped on exit (read models under test create their tables in it)."""
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    base = make_url(postgres_url()).set(drivername="postgresql+psycopg")
+    schema = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(base, poolclass=NullPool)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

@@ -3,6 +3,13 @@
 Fetches ``GET {base_url}/protocols`` and turns the answer into ingest items with the same
 reader as the file import, so a poll and an import of the same payload are the same facts
 (and a repeated poll of unchanged data records nothing: identical observations are no-ops).
+Coin prices come from ``GET {coins_url}/prices/current/{coins}``.
+
+Times are upstream's: a price is stamped with its own ``timestamp``; ``/protocols`` carries
+none per protocol, so its observations take the answer's ``Last-Modified`` (when the data
+last changed upstream), else its ``Date``, and only without either the local clock. A poll
+of an unchanged answer then repeats the same observations, which record nothing.
+
 Transient failures (connection errors, 429, 5xx) are retried with exponential backoff and
 jitter (tenacity); other 4xx fail at once.
 """
@@ -10,7 +17,9 @@ jitter (tenacity); other 4xx fail at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
 
 import httpx
 from tenacity import (
@@ -32,19 +41,36 @@ def _transient(error: BaseException) -> bool:
     return False
 
 
+PRICE_SOURCE: Final = "defillama:coins"
+
+
+def upstream_time(headers: httpx.Headers) -> float:
+    """When the answer's data is from: ``Last-Modified``, else ``Date``, else now."""
+    for name in ("last-modified", "date"):
+        raw = headers.get(name)
+        if raw:
+            try:
+                return parsedate_to_datetime(raw).timestamp()
+            except (TypeError, ValueError):
+                continue
+    return time.time()
+
+
 class DefiLlamaHttpSource:
-    """Polls a DeFiLlama-compatible API."""
+    """Polls a DeFiLlama-compatible API (and its coins API)."""
 
     def __init__(
         self,
         base_url: str,
         *,
+        coins_url: str | None = None,
         timeout: float = 30.0,
         attempts: int = 5,
         backoff: float = 1.0,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.coins_url = (coins_url or base_url).rstrip("/")
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._owns_client = client is None
         self._attempts = attempts
@@ -54,8 +80,7 @@ class DefiLlamaHttpSource:
         if self._owns_client:
             await self._client.aclose()
 
-    async def fetch_protocols(self) -> tuple[float, list[ReadItem]]:
-        """One poll: (the time it was taken, the items)."""
+    async def _get(self, url: str) -> httpx.Response:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_transient),
             stop=stop_after_attempt(self._attempts),
@@ -63,11 +88,42 @@ class DefiLlamaHttpSource:
             reraise=True,
         ):
             with attempt:
-                response = await self._client.get(f"{self.base_url}/protocols")
+                response = await self._client.get(url)
                 response.raise_for_status()
-                document = response.json()
-        observed_at = time.time()
-        return observed_at, list(_items(document, observed_at))
+        return response
+
+    async def fetch_protocols(self) -> tuple[float, list[ReadItem]]:
+        """One poll: (upstream's time of the data, the items)."""
+        response = await self._get(f"{self.base_url}/protocols")
+        observed_at = upstream_time(response.headers)
+        return observed_at, list(_items(response.json(), observed_at))
+
+    async def fetch_prices(self, coins: Sequence[str]) -> list[ReadItem]:
+        """The current prices of ``coins`` (DeFiLlama ids), each stamped with its own
+        upstream ``timestamp``; a coin upstream does not price is left out, an entry that is
+        not a price becomes an ``invalid`` item."""
+        if not coins:
+            return []
+        response = await self._get(f"{self.coins_url}/prices/current/{','.join(coins)}")
+        document = response.json()
+        found = document.get("coins") if isinstance(document, dict) else None
+        if not isinstance(found, dict):
+            return [ReadItem("invalid", None, 1, 'expected {"coins": {...}}')]
+        return [_price(index, coin, entry) for index, (coin, entry) in enumerate(found.items(), 1)]
+
+
+def _price(line: int, coin: str, entry: Any) -> ReadItem:
+    if not isinstance(entry, dict) or "price" not in entry or "timestamp" not in entry:
+        return ReadItem("invalid", None, line, f"{coin}: expected a price and its timestamp")
+    item = {
+        "token": coin,
+        "price": entry["price"],
+        "observed_at": entry["timestamp"],
+        "source": PRICE_SOURCE,
+    }
+    if entry.get("confidence") is not None:
+        item["confidence"] = entry["confidence"]
+    return ReadItem("price", item, line)
 
 
 def _items(document: object, observed_at: float) -> Iterator[ReadItem]:

@@ -39,7 +39,7 @@ from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.chains import canonical_chain
 from ..domain.protocol import Protocol
-from ..domain.token import Token
+from ..domain.token import Token, canonical_token_id
 from .in_flight import Calls
 
 # Translations read an event's fields from a mapping: the event object's ``vars()`` on the
@@ -83,7 +83,9 @@ def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
 def _price(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return (
         "price",
-        event["token_id"],
+        # Prices recorded before token ids were canonical may spell an EVM address in mixed
+        # case: downstream (projections, history, clients) sees one key per token.
+        canonical_token_id(event["token_id"]),
         {
             "price": event["price"],
             "observed_at": event["observed_at"],

@@ -29,7 +29,7 @@ class InMemoryHotProjection:
     async def list_protocols(self, query: ProtocolQuery) -> Page:
         check_query(query)
         selected = [view for view in self.state.protocol_views.values() if matches(view, query)]
-        ordered = order(selected, query.sort, query.descending)
+        ordered = order(selected, query.sort, query.descending, query.chain)
         return Page(
             items=page_of(ordered, query),
             total=len(ordered),

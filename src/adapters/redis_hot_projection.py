@@ -48,6 +48,7 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 
+from ..application.chain_tvl import tvl_by_chain
 from ..application.hot_state import (
     PRICE_CHANGE_WINDOW,
     PRICE_KIND,
@@ -297,25 +298,24 @@ class RedisHotProjection:
         changes: Mapping[str, float | None],
     ) -> None:
         writes.add("SET", self._protocol_key(state.slug), _protocol_json(state, changes))
-        tvl = None if state.tvl is None else state.tvl.value
-        new_scopes = self._rank_scopes(state)
-        if before is not None:
-            old_tvl = None if before.tvl is None else before.tvl.value
-            old_scopes = self._rank_scopes(before)
-            # Most observations move neither the TVL nor the scopes (volumes, chain TVLs,
-            # late points): the rankings already hold the right scores.
-            if old_tvl == tvl and old_scopes == new_scopes:
-                return
-        else:
-            old_scopes = set()
-        scores = {
-            "desc": "inf" if tvl is None else repr(-tvl),
-            "asc": "inf" if tvl is None else repr(tvl),
-        }
-        for direction, score in scores.items():
-            for scope in old_scopes - new_scopes:
+        new_ranks = self._rank_values(state)
+        old_ranks = {} if before is None else self._rank_values(before)
+        # Most observations move neither a ranked value nor the scopes (volumes, late
+        # points): the rankings already hold the right scores.
+        if old_ranks == new_ranks:
+            return
+        for scope in old_ranks.keys() - new_ranks.keys():
+            for direction in ("desc", "asc"):
                 writes.add_grouped("ZREM", self._rank_key(direction, scope), state.slug)
-            for scope in sorted(new_scopes):
+        for scope in sorted(new_ranks):
+            value = new_ranks[scope]
+            if scope in old_ranks and old_ranks[scope] == value:
+                continue
+            scores = {
+                "desc": "inf" if value is None else repr(-value),
+                "asc": "inf" if value is None else repr(value),
+            }
+            for direction, score in scores.items():
                 writes.add_grouped("ZADD", self._rank_key(direction, scope), score, state.slug)
 
     def _write_token(self, writes: _Writes, before: TokenState | None, state: TokenState) -> None:
@@ -351,7 +351,7 @@ class RedisHotProjection:
             return await self._ranked_page(query)
         slugs = await self._filtered_slugs(query)
         views = [view for view in await self._protocol_views(slugs) if matches(view, query)]
-        ordered = order(views, query.sort, query.descending)
+        ordered = order(views, query.sort, query.descending, query.chain)
         return Page(
             items=page_of(ordered, query),
             total=len(ordered),
@@ -381,15 +381,15 @@ class RedisHotProjection:
         """Slugs passing the query's filters (chain and category at once: intersected)."""
         low, high = _score_bounds("desc", query.min_tvl)
         if query.chain is not None and query.category is not None:
-            # Both rankings hold the same score for a slug, so MIN just keeps it.
+            # The chain's score (its TVL there) is the one kept: the category's weighs 0.
             members = cast(
                 "list[tuple[bytes | str, float]]",
                 await self._client.zinter(
-                    [
-                        self._rank_key("desc", _chain_scope(query.chain)),
-                        self._rank_key("desc", _category_scope(query.category)),
-                    ],
-                    aggregate="MIN",
+                    {
+                        self._rank_key("desc", _chain_scope(query.chain)): 1,
+                        self._rank_key("desc", _category_scope(query.category)): 0,
+                    },
+                    aggregate="SUM",
                     withscores=True,
                 ),
             )
@@ -479,10 +479,15 @@ class RedisHotProjection:
         return f"{self._prefix}rank:{direction}:{scope}"
 
     @staticmethod
-    def _rank_scopes(state: ProtocolState) -> set[str]:
-        scopes = {_ALL, _category_scope(state.category)}
-        scopes.update(_chain_scope(chain) for chain in state.index_chains())
-        return scopes
+    def _rank_values(state: ProtocolState) -> dict[str, float | None]:
+        """Each ranking the protocol is in, with the TVL it ranks by there: its total in
+        ``all`` and its category's, its TVL on the chain in each chain's (``tvl_on``)."""
+        total = None if state.tvl is None else state.tvl.value
+        ranks: dict[str, float | None] = {_ALL: total, _category_scope(state.category): total}
+        on_chains = tvl_by_chain(state.chains, state.chain_tvls(), total)
+        for chain in state.index_chains():
+            ranks[_chain_scope(chain)] = on_chains.get(chain)
+        return ranks
 
     @staticmethod
     def _query_scope(query: ProtocolQuery) -> str:

@@ -33,6 +33,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from ..application.aggregate import BucketValue
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
@@ -46,6 +47,7 @@ from ..application.time_travel import (
 from ..application.views import Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
+from .sql_price_history import SqlPriceHistory
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
@@ -184,6 +186,11 @@ class SqlHistoryReadModel:
         close_engine(self._engine)
 
     # -- reading -------------------------------------------------------------------------
+
+    @property
+    def prices(self) -> SqlPriceHistory:
+        """The price reads of DeFiLlama's coins API, over this model's engine."""
+        return SqlPriceHistory(self._engine)
 
     def series(self, query: SeriesQuery) -> Series:
         """Time-ordered points of one (protocol, metric, chain).
@@ -380,6 +387,48 @@ class SqlHistoryReadModel:
                 select(func.max(obs.c.position)).where(obs.c.recorded_at <= time)
             ).scalar_one_or_none()
         return 0 if found is None else int(found)
+
+    def daily_metric_values(
+        self,
+        metrics: Sequence[str],
+        first_day: int | None,
+        last_day: int | None,
+        cut: Cut,
+        protocol: str | None = None,
+    ) -> list[BucketValue]:
+        """Each series' last value of each UTC day from ``first_day`` to ``last_day`` (days
+        since the epoch; None: unbounded), of ``metrics``, on every chain and in total,
+        inside ``cut``; every protocol's or ``protocol``'s."""
+        obs = PROTOCOL_OBSERVATIONS
+        bounds = [*_inside(cut, protocol)]
+        if first_day is not None:
+            bounds.append(obs.c.observed_at >= first_day * DAY)
+        if last_day is not None:
+            bounds.append(obs.c.observed_at < (last_day + 1) * DAY)
+        day = _floor(obs.c.observed_at / literal(float(DAY), Double()))
+        series = (obs.c.protocol, obs.c.metric, obs.c.chain)
+        ranked = (
+            select(
+                *series,
+                day.label("day"),
+                obs.c.value,
+                func.row_number()
+                .over(
+                    partition_by=(*series, day),
+                    order_by=(obs.c.observed_at.desc(), obs.c.position.desc()),
+                )
+                .label("rank"),
+            )
+            .where(obs.c.metric.in_(list(metrics)), *bounds)
+            .subquery()
+        )
+        statement = select(ranked).where(ranked.c.rank == 1)
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            BucketValue(row.protocol, row.metric, row.chain, int(row.day), float(row.value))
+            for row in rows
+        ]
 
     def listings(self) -> dict[str, Listing]:
         """Every listed protocol's category and chains, by slug."""

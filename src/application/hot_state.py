@@ -30,6 +30,7 @@ from typing import Final
 
 from ..domain.chains import chain_key
 from ..domain.observations import METRICS, TOTAL
+from .chain_tvl import tvl_by_chain
 from .log import LogBatch, LogEntry, LogGapError
 from .views import (
     CHANGE_WINDOWS,
@@ -533,19 +534,38 @@ def check_query(query: ProtocolQuery) -> None:
         raise ValueError("limit and offset must not be negative")
 
 
+def tvl_on(view: ProtocolView, chain: str | None) -> float | None:
+    """The TVL a listing filtered by ``chain`` ranks by: the protocol's TVL on that chain
+    (its own figure, or its total when it lists that chain alone; ``chain_tvl``'s rule),
+    or its total without a chain."""
+    if chain is None:
+        return view.tvl
+    wanted = chain_key(chain)
+    for name, value in tvl_by_chain(view.chains, view.chain_tvls, view.tvl).items():
+        if chain_key(name) == wanted:
+            return value
+    return None
+
+
 def matches(view: ProtocolView, query: ProtocolQuery) -> bool:
-    """Whether ``view`` passes the query's filters."""
+    """Whether ``view`` passes the query's filters (``min_tvl``: on the chain, with one)."""
     if query.chain is not None:
         wanted = chain_key(query.chain)  # case-insensitive, like DeFiLlama's chain filter
         if not any(chain_key(chain) == wanted for chain in (*view.chains, *view.chain_tvls)):
             return False
     if query.category is not None and view.category.casefold() != query.category.casefold():
         return False
-    return query.min_tvl is None or (view.tvl is not None and view.tvl >= query.min_tvl)
+    if query.min_tvl is None:
+        return True
+    tvl = tvl_on(view, query.chain)
+    return tvl is not None and tvl >= query.min_tvl
 
 
-def order(views: Iterable[ProtocolView], sort: str, descending: bool) -> list[ProtocolView]:
-    """Sorted by ``sort``; None values last in either direction, ties by slug ascending."""
+def order(
+    views: Iterable[ProtocolView], sort: str, descending: bool, chain: str | None = None
+) -> list[ProtocolView]:
+    """Sorted by ``sort``; None values last in either direction, ties by slug ascending.
+    With ``chain``, ``tvl`` is the TVL on that chain (``tvl_on``)."""
     by_slug = sorted(views, key=lambda view: view.slug)
     if sort == "name":
         # Sorting is stable even with reverse=True, so ties keep the slug order.
@@ -553,7 +573,7 @@ def order(views: Iterable[ProtocolView], sort: str, descending: bool) -> list[Pr
     valued: list[tuple[float, ProtocolView]] = []
     missing: list[ProtocolView] = []
     for view in by_slug:
-        value = getattr(view, sort)
+        value = tvl_on(view, chain) if sort == "tvl" else getattr(view, sort)
         if value is None:
             missing.append(view)
         else:

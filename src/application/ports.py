@@ -7,6 +7,7 @@ production adapter has one contract test suite run against both.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
@@ -209,3 +210,59 @@ class DeliveryLog(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# -- price history (DeFiLlama's coins API) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PricePoint:
+    """One recorded price of a token (its canonical id): when it was observed, the price,
+    its confidence (None if the source gave none) and the log position that recorded it.
+    Of several observations at one ``timestamp`` the latest recorded (highest position)
+    is the one reported."""
+
+    token: str
+    timestamp: float
+    price: float
+    confidence: float | None
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class PriceLookup:
+    """Which price to find: ``token``'s observation nearest to ``at``, at most ``width``
+    seconds before or after it."""
+
+    token: str
+    at: float
+    width: float
+
+
+class PriceHistory(Protocol):
+    """Every recorded price, read by token and time (synchronous: call it from a thread).
+
+    Tokens are canonical ids (``canonical_token_id``); a token with no price is absent
+    from an answer (or None in ``nearest``'s)."""
+
+    def latest(self, tokens: Sequence[str]) -> dict[str, PricePoint]:
+        """Each token's most recently observed price (the largest ``timestamp``)."""
+        ...
+
+    def first(self, tokens: Sequence[str]) -> dict[str, PricePoint]:
+        """Each token's earliest observed price."""
+        ...
+
+    def nearest(self, lookups: Sequence[PriceLookup]) -> list[PricePoint | None]:
+        """One answer per lookup, in order: the observation nearest to ``at`` within
+        ``width`` either side (the earlier one of two equally near), or None."""
+        ...
+
+
+class QueryCache(Protocol):
+    """Answers of aggregate queries by key (the query and the log position it was computed
+    at: an answer under a key never goes stale, it only stops being asked for)."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, answer: bytes) -> None: ...

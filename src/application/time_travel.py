@@ -154,7 +154,9 @@ def protocols_at(facts: FactsInCut, cut: Cut, slug: str | None = None) -> list[P
 
 def page_of_views(views: Sequence[ProtocolView], query: ProtocolQuery) -> Page:
     """Filter, sort and paginate views as the hot projections do."""
-    selected = order((view for view in views if matches(view, query)), query.sort, query.descending)
+    selected = order(
+        (view for view in views if matches(view, query)), query.sort, query.descending, query.chain
+    )
     return Page(
         items=selected[query.offset : query.offset + query.limit],
         total=len(selected),

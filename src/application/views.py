@@ -20,6 +20,8 @@ CHANGE_WINDOWS: Final[dict[str, float]] = {
 RECENT_WINDOW_SECONDS: Final = 8 * 86_400.0
 # The most items one API read returns, or names in an id list.
 MAX_PAGE: Final = 1_000
+# A limit that takes every protocol (DeFiLlama's /protocols, aggregate queries).
+ALL_PROTOCOLS: Final = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from pydantic import (
 from .errors import DomainError
 from .observations import TOTAL, Metric, check_chain, check_text
 from .protocol import SLUG_PATTERN, check_slug
-from .token import TOKEN_ID_PATTERN, check_token_id
+from .token import TOKEN_ID_PATTERN, canonical_token_id, check_token_id
 
 __all__ = [
     "MAX_CHANNELS",
@@ -379,7 +379,8 @@ def parse_cooldown(raw: Any) -> int:
 
 def stored_target(raw: Mapping[str, Any]) -> ProtocolTarget | TokenTarget:
     if "token" in raw:
-        return TokenTarget.model_construct(**raw)
+        # A rule stored before token ids were normalised names its token as it was written.
+        return TokenTarget.model_construct(**{**raw, "token": canonical_token_id(raw["token"])})
     return ProtocolTarget.model_construct(**raw)
 
 

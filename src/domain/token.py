@@ -18,18 +18,34 @@ from .observations import check_text, check_timestamp, check_value
 # pattern as well, for the OpenAPI document.
 TOKEN_ID_PATTERN: Final = r"^[a-z0-9_-]{1,40}:[A-Za-z0-9_.-]{1,128}$"
 _TOKEN_ID: Final = re.compile(TOKEN_ID_PATTERN)
+# An EVM address: '0x' and 40 hex digits. Its letters' case is only a checksum (EIP-55), so
+# ``0xA0b8...`` and ``0xa0b8...`` name one contract. Other addresses keep their case: a
+# Solana (base58) address, for one, is a different account in another case.
+_EVM_TOKEN_ID: Final = re.compile(r"([a-z0-9_-]{1,40}):(0[xX][0-9a-fA-F]{40})")
 TOKEN_NAMESPACE = uuid5(NAMESPACE_URL, "https://defi-realtime/token/")
 
 
+def canonical_token_id(token_id: str) -> str:
+    """The one spelling of ``token_id``: an EVM address (``0x`` + 40 hex digits) in lower
+    case (DeFiLlama's own form), any other id as it is. Not a validation (see
+    ``check_token_id``): ids recorded before this rule existed are mapped with it too."""
+    matched = _EVM_TOKEN_ID.fullmatch(token_id)
+    if matched is None:
+        return token_id
+    return f"{matched[1]}:{matched[2].lower()}"
+
+
 def check_token_id(token_id: str) -> str:
-    """Return ``token_id`` if it matches ``TOKEN_ID_PATTERN``."""
+    """Return ``token_id`` in its canonical spelling (``canonical_token_id``) if it matches
+    ``TOKEN_ID_PATTERN``: every id a request names goes through here, so two spellings of
+    one EVM address meet as one token."""
     if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
         raise InvalidObservation(
             f"invalid token id {token_id!r}: expected 'coingecko:<id>' or '<chain>:<address>' "
             "(ASCII letters, digits, '_', '.', '-')",
             field="token",
         )
-    return token_id
+    return canonical_token_id(token_id)
 
 
 class Token(Aggregate):
@@ -37,15 +53,17 @@ class Token(Aggregate):
 
     @staticmethod
     def create_id(token_id: str, *_: Any, **__: Any) -> UUID:
-        return uuid5(TOKEN_NAMESPACE, token_id)
+        return Token.id_for(token_id)
 
     @staticmethod
     def id_for(token_id: str) -> UUID:
-        return uuid5(TOKEN_NAMESPACE, token_id)
+        """The aggregate ID of ``token_id``, the same for every spelling of it."""
+        return uuid5(TOKEN_NAMESPACE, canonical_token_id(token_id))
 
     @event("Registered")
     def __init__(self, token_id: str) -> None:
-        self.token_id = token_id
+        # Canonical on replay too: events recorded before the rule may hold another spelling.
+        self.token_id = canonical_token_id(token_id)
         self.price: float | None = None
         self.observed_at: float | None = None
         self.confidence: float | None = None

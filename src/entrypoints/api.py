@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..application.data_quality import ADD_UP_TOLERANCE, JUMPS, KINDS, STALE_AFTER, check
 from ..application.ingest import (
     DuplicateKeyError,
     IngestResult,
@@ -36,18 +37,20 @@ from ..application.ingest import (
 )
 from ..application.realtime import MAX_FRAME_BYTES
 from ..application.time_travel import cut_of, page_of_views, protocols_at
-from ..application.views import ProtocolQuery, ProtocolView
+from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView
 from ..application.views import SeriesQuery as SeriesRequest
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
 from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
+from .coins_api import coin_routes
 from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .llama_api import llama_routes
 from .node import Node, running
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
+from .query_api import query_routes
 from .schemas.common import JsonDocument, NoParameters
 from .schemas.health import Health, ProjectionHealth, ProjectionStall
 from .schemas.ingest import IngestBody, IngestQuery
@@ -62,6 +65,7 @@ from .schemas.protocols import (
     SeriesQuery,
     TimeTravelQuery,
 )
+from .schemas.quality import DataQuality, DataQualityQuery, QualityFinding
 from .schemas.realtime import (
     PriceEntry,
     PriceSnapshot,
@@ -73,6 +77,7 @@ from .schemas.realtime import (
     VolumeSnapshot,
 )
 from .settings import Settings
+from .volumes_api import volume_routes
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -338,6 +343,36 @@ async def _realtime_protocols(
         return await hot.get_protocols(query.protocol_ids)
     page = await hot.list_protocols(ProtocolQuery(sort=ranked_by, limit=query.limit))
     return [view for view in page.items if not ranked_only or getattr(view, ranked_by) is not None]
+
+
+DATA_QUALITY = Operation(
+    "GET",
+    "getDataQuality",
+    "Data-quality report: chains that do not add up, sudden jumps, stale series",
+    DataQualityQuery,
+    DataQuality,
+    access="read",
+    description="A validator, not a gate: flagged values are kept everywhere. Thresholds: "
+    f"chains within {ADD_UP_TOLERANCE:.0%} of the total; jumps of "
+    + ", ".join(f"{limit:.0f}% ({window})" for window, limit in JUMPS.items())
+    + f"; stale after {STALE_AFTER / 86_400:.0f} days behind the freshest TVL.",
+)
+
+
+async def data_quality(request: Request, query: DataQualityQuery) -> Response:
+    hot = _node(request).hot
+    position = await hot.position()
+    page = await hot.list_protocols(ProtocolQuery(limit=ALL_PROTOCOLS))
+    findings = check(page.items)
+    counts = {kind: sum(1 for f in findings if f.kind == kind) for kind in KINDS}
+    wanted = [f for f in findings if query.kind is None or f.kind == query.kind]
+    return json_answer(
+        DataQuality(
+            position=position,
+            counts=counts,
+            findings=[QualityFinding.model_validate(f) for f in wanted[: query.limit]],
+        )
+    )
 
 
 REALTIME_TVL = Operation(
@@ -676,6 +711,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute(
             "/v2/protocols/{slug:str}/metrics", PROTOCOL_METRICS.serve(protocol_metrics)
         ),
+        OperationRoute("/v2/data-quality", DATA_QUALITY.serve(data_quality)),
         OperationRoute("/v2/realtime/tvl", REALTIME_TVL.serve(realtime_tvl)),
         OperationRoute("/v2/realtime/prices", REALTIME_PRICES.serve(realtime_prices)),
         OperationRoute("/v2/realtime/volumes", REALTIME_VOLUMES.serve(realtime_volumes)),
@@ -683,6 +719,9 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *alert_routes(_read_json_body),
         *alert_history_routes(),
         *llama_routes(),
+        *coin_routes(),
+        *volume_routes(),
+        *query_routes(_read_json_body),
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),
         OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),

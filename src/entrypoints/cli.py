@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.console import Console
@@ -204,29 +204,53 @@ def _print_totals(totals: ImportTotals) -> None:
         err.print(f"  rejected {count:,} x {reason}")
 
 
+# The largest coins by market cap, as DeFiLlama names them: what `collect` prices by default.
+DEFAULT_COINS: Final = (
+    "coingecko:bitcoin",
+    "coingecko:ethereum",
+    "coingecko:tether",
+    "coingecko:binancecoin",
+    "coingecko:solana",
+    "coingecko:usd-coin",
+    "coingecko:ripple",
+    "coingecko:dogecoin",
+    "coingecko:tron",
+    "coingecko:cardano",
+)
+
+
 @cli.command()
 def collect(
     url: Annotated[str, typer.Option(help="base URL of a DeFiLlama-compatible API")] = (
         "https://api.llama.fi"
     ),
+    coins_url: Annotated[
+        str, typer.Option(help="base URL of its coins API (DeFiLlama's is coins.llama.fi)")
+    ] = "https://coins.llama.fi",
+    coins: Annotated[
+        str,
+        typer.Option(help="comma-separated coin ids to price each poll; empty: none"),
+    ] = ",".join(DEFAULT_COINS),
     interval: Annotated[float, typer.Option(help="seconds between polls")] = 300.0,
     once: Annotated[bool, typer.Option(help="poll once and exit")] = False,
     polls: Annotated[int | None, typer.Option(help="stop after this many polls")] = None,
 ) -> None:
-    """Poll a DeFiLlama-compatible API's /protocols and ingest what changed."""
+    """Poll a DeFiLlama-compatible API's /protocols and coin prices; ingest what changed."""
     from ..adapters.defillama_http import DefiLlamaHttpSource
 
     limit = 1 if once else polls
+    wanted = [coin.strip() for coin in coins.split(",") if coin.strip()]
 
     async def main() -> None:
         async with opened_async(_settings()) as container:
             writer = await provide(container.writer)
-            source = DefiLlamaHttpSource(url)
+            source = DefiLlamaHttpSource(url, coins_url=coins_url)
             done = 0
             try:
                 while limit is None or done < limit:
-                    with err.status(f"polling {url}/protocols"):
+                    with err.status(f"polling {url}/protocols and {len(wanted)} coin prices"):
                         _observed_at, items = await source.fetch_protocols()
+                        items += await source.fetch_prices(wanted)
                     with progress_bar() as progress:
                         task = progress.add_task("ingest poll", total=len(items))
                         totals = await asyncio.to_thread(

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
+    from ..adapters.query_cache import MemoryQueryCache, RedisQueryCache
     from ..adapters.rabbit_fanout import RabbitEventFanout
     from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
     from ..adapters.redis_hot_projection import RedisHotProjection
@@ -238,6 +239,18 @@ def _commit_listener(database_url: str | None, app: DefiRealtime) -> PostgresCom
     return PostgresCommitListener(database_url, channel)
 
 
+def _memory_query_cache() -> MemoryQueryCache:
+    from ..adapters.query_cache import MemoryQueryCache
+
+    return MemoryQueryCache()
+
+
+def _redis_query_cache(client: Redis, prefix: str) -> RedisQueryCache:
+    from ..adapters.query_cache import RedisQueryCache
+
+    return RedisQueryCache(client, prefix)
+
+
 def _redis_hot_projection(client: Redis, prefix: str) -> RedisHotProjection:
     from ..adapters.redis_hot_projection import RedisHotProjection
 
@@ -426,6 +439,11 @@ class Container(containers.DeclarativeContainer):
         config.hot_backend,
         memory=live_projection,
         redis=providers.Singleton(_redis_hot_projection, redis_client, config.redis_prefix),
+    )
+    query_cache = providers.Selector(
+        config.hot_backend,
+        memory=providers.Singleton(_memory_query_cache),
+        redis=providers.Singleton(_redis_query_cache, redis_client, config.redis_prefix),
     )
     hub = providers.Singleton(
         RealtimeHub, event_log, live_state, send_timeout=config.ws_send_timeout

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..application.chain_tvl import DAY, chain_totals, daily_chain_tvl, tvl_by_chain
 from ..application.time_travel import cut_of, page_of_views, protocols_at
-from ..application.views import ProtocolQuery, ProtocolView, SeriesQuery
+from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView, SeriesQuery
 from ..domain.chains import chain_info, chain_key
 from ..domain.observations import TOTAL
 from .errors import ApiError
@@ -42,8 +42,6 @@ from .schemas.protocols import MAX_POINTS, ProtocolPath, TimeTravelQuery
 
 __all__ = ["llama_routes"]
 
-# Every protocol in one answer, as DeFiLlama's /protocols gives (6,700 today).
-_ALL_PROTOCOLS: Final = 1_000_000
 _MULTI_CHAIN: Final = "Multi-Chain"
 
 LIST = Operation(
@@ -125,7 +123,7 @@ async def _protocol(request: Request) -> ProtocolView:
 
 async def protocols(request: Request, query: TimeTravelQuery) -> Response:
     node = _node(request)
-    everything = ProtocolQuery(limit=_ALL_PROTOCOLS)
+    everything = ProtocolQuery(limit=ALL_PROTOCOLS)
     if query.as_of is None and query.known_at is None:
         page = await node.hot.list_protocols(everything)
     else:
@@ -203,7 +201,7 @@ async def tvl(request: Request, query: NoParameters) -> Response:
 
 
 async def chains(request: Request, query: NoParameters) -> Response:
-    page = await _node(request).hot.list_protocols(ProtocolQuery(limit=_ALL_PROTOCOLS))
+    page = await _node(request).hot.list_protocols(ProtocolQuery(limit=ALL_PROTOCOLS))
     totals = chain_totals(page.items)
     answer = []
     for name, value in sorted(totals.by_chain.items(), key=lambda item: (-item[1], item[0])):

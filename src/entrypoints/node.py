@@ -24,7 +24,7 @@ from ..adapters.sql_history import SqlHistoryReadModel
 from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
 from ..application.following import NodeFollower, ProjectionRunner, Relay
-from ..application.ports import EventFanout, HotProjection, NotificationQueue
+from ..application.ports import EventFanout, HotProjection, NotificationQueue, QueryCache
 from ..application.realtime import RealtimeHub
 from ..application.writer import IngestWriter
 from .container import Container, build_container, provide
@@ -97,6 +97,7 @@ class Node:
     delivery_log: SqlDeliveryLog
     hub: RealtimeHub
     fanout: EventFanout
+    query_cache: QueryCache
     # The follower whose position this process reports (``/health``, metrics): the node
     # follower in ``serve``, the process's first follower in a worker.
     follower: NodeFollower | None = None
@@ -255,6 +256,7 @@ async def running(
             delivery_log=await provide(container.delivery_log),
             hub=await provide(container.hub),
             fanout=await provide(container.fanout),
+            query_cache=await provide(container.query_cache),
         )
         if follow:
             for loop in loops(placements):

@@ -27,7 +27,7 @@ def parse_body(model: type[M], body: Any, *, code: str = "invalid_body") -> M:
     ``details.field`` naming the top-level field it is in."""
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    unknown = sorted(set(body) - set(model.model_fields))
+    unknown = sorted(set(body) - set(model.model_fields) - query_names(model))
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
     try:

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -41,7 +40,7 @@ from defi_realtime.adapters.sql_schema import (
 )
 from defi_realtime.application.log import LogBatch, LogEntry, LogGapError
 from defi_realtime.application.views import SeriesPoint, SeriesQuery
-from tests.services import postgres_url
+from tests.services import throwaway_schema
 
 T0 = 1_700_000_000.0
 
@@ -674,16 +673,5 @@ class TestPostgresHistory(HistoryContract):
     @pytest.fixture
     def url(self) -> Iterator[str]:
         """A throwaway schema, made the only one on ``search_path`` for the model."""
-        base = make_url(postgres_url()).set(drivername="postgresql+psycopg")
-        schema = f"history_test_{uuid.uuid4().hex[:16]}"
-        admin = create_engine(base, poolclass=NullPool)
-        try:
-            with admin.begin() as connection:
-                connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-            yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False
-            )
-        finally:
-            with admin.begin() as connection:
-                connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            admin.dispose()
+        with throwaway_schema("history_test") as url:
+            yield url

@@ -422,12 +422,13 @@ class HotProjectionContract:
         )
         for spelling in ("arbitrum", " ARBITRUM ", "Arbitrum One"):
             page = await projection.list_protocols(ProtocolQuery(chain=spelling))
-            assert slugs_of(page.items) == ["uni", "gmx"], spelling
+            # Neither has a TVL it can be ranked by on Arbitrum: by slug.
+            assert slugs_of(page.items) == ["gmx", "uni"], spelling
         for spelling in ("bsc", "Binance", "bnb chain"):
             page = await projection.list_protocols(ProtocolQuery(chain=spelling))
             assert slugs_of(page.items) == ["pancake"], spelling
         both = await projection.list_protocols(ProtocolQuery(chain="ethereum", category="DEXES"))
-        assert slugs_of(both.items) == ["uni", "curve"]
+        assert slugs_of(both.items) == ["curve", "uni"]
 
     async def test_pagination(self, projection: HotProjection) -> None:
         await self._seed_rankings(projection)
@@ -467,8 +468,10 @@ class HotProjectionContract:
             page = await projection.list_protocols(ProtocolQuery(**query))
             return slugs_of(page.items), page.total
 
-        assert await listed_slugs(chain="Ethereum") == (["uni", "aave", "curve"], 3)
-        assert await listed_slugs(chain="Arbitrum") == (["uni", "gmx"], 2)
+        # Ranked by the TVL on the chain: curve's whole TVL (its one chain), uni's own
+        # Ethereum figure; aave lists two chains and reports a total only: no value there.
+        assert await listed_slugs(chain="Ethereum") == (["curve", "uni", "aave"], 3)
+        assert await listed_slugs(chain="Arbitrum") == (["gmx", "uni"], 2)
         assert await listed_slugs(chain="Solana") == ([], 0)
         assert await listed_slugs(category="DEXES") == (["uni", "curve", "tied"], 3)
         assert await listed_slugs(category="dex") == ([], 0)
@@ -477,12 +480,13 @@ class HotProjectionContract:
             ["curve", "tied", "aave", "uni"],
             4,
         )
-        assert await listed_slugs(chain="Ethereum", category="dexes") == (["uni", "curve"], 2)
-        assert await listed_slugs(chain="Ethereum", category="dexes", min_tvl=201.0) == (
-            ["uni"],
+        assert await listed_slugs(chain="Ethereum", category="dexes") == (["curve", "uni"], 2)
+        # With a chain, min_tvl reads the TVL on the chain too.
+        assert await listed_slugs(chain="Ethereum", category="dexes", min_tvl=51.0) == (
+            ["curve"],
             1,
         )
-        assert await listed_slugs(chain="Base", min_tvl=250.0, sort="name") == (["aave"], 1)
+        assert await listed_slugs(chain="Base", min_tvl=150.0, sort="name") == (["tied"], 1)
         assert await listed_slugs(chain="Arbitrum", category="Derivatives", sort="name") == (
             ["gmx"],
             1,
@@ -504,7 +508,7 @@ class HotProjectionContract:
         for query, expected in [
             (ProtocolQuery(), ["curve", "uni", "aave", "tied", "gmx"]),
             (ProtocolQuery(chain="Ethereum"), ["uni", "aave"]),
-            (ProtocolQuery(chain="Base", descending=False), ["tied", "aave", "curve"]),
+            (ProtocolQuery(chain="Base", descending=False), ["tied", "curve", "aave"]),
             (ProtocolQuery(category="dexes"), ["uni", "tied"]),
             (ProtocolQuery(category="LENDING", min_tvl=400.0), ["curve"]),
         ]:
@@ -736,7 +740,7 @@ class TestRedisHotProjection(HotProjectionContract):
             await self._seed_rankings(projection)
             await projection.apply(sequential(price(14, "eth", 1.0, T0), after=13))
             page = await projection.list_protocols(ProtocolQuery(chain="Ethereum"))
-            assert slugs_of(page.items) == ["uni", "aave", "curve"]
+            assert slugs_of(page.items) == ["curve", "uni", "aave"]
             assert [view.token for view in await projection.prices()] == ["eth"]
         finally:
             await projection.reset()
@@ -945,15 +949,26 @@ class ReferenceFold:
         )
 
     def list(self, query: ProtocolQuery) -> tuple[list[ProtocolView], int]:
+        def tvl(view: ProtocolView) -> float | None:
+            """With a chain: the TVL on it (its own figure, or the total of a protocol
+            listed on that chain alone); else the total."""
+            if query.chain is None:
+                return view.tvl
+            if view.chain_tvls:
+                return view.chain_tvls.get(query.chain)
+            return view.tvl if list(view.chains) == [query.chain] else None
+
         selected = [
             view
             for view in self.protocols.values()
             if (query.chain is None or query.chain in view.chains or query.chain in view.chain_tvls)
             and (query.category is None or view.category.lower() == query.category.lower())
-            and (query.min_tvl is None or (view.tvl is not None and view.tvl >= query.min_tvl))
+            and (query.min_tvl is None or ((t := tvl(view)) is not None and t >= query.min_tvl))
         ]
 
         def value(view: ProtocolView) -> Any:
+            if query.sort == "tvl":
+                return tvl(view)
             return view.name.lower() if query.sort == "name" else getattr(view, query.sort)
 
         def compare(a: ProtocolView, b: ProtocolView) -> int:

@@ -8,7 +8,6 @@ projections' own rules) makes of the log's facts inside the cut, with today's li
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.pool import NullPool
 
 from defi_realtime.adapters.sql_history import SqlHistoryReadModel
 from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.time_travel import Cut, views_at
 from defi_realtime.application.views import ProtocolView
-from tests.services import postgres_url
+from tests.services import throwaway_schema
 
 T0 = 1_700_000_000.0
 HOUR = 3_600.0
@@ -100,20 +97,10 @@ def model(
         yield history
         history.close()
         return
-    base = make_url(postgres_url()).set(drivername="postgresql+psycopg")
-    schema = f"travel_test_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(base, poolclass=NullPool)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-        history = SqlHistoryReadModel(url.render_as_string(hide_password=False))
+    with throwaway_schema("travel_test") as url:
+        history = SqlHistoryReadModel(url)
         yield history
         history.close()
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 # The edge of the kept window: a point 230 h before the newest is past what the live view

@@ -39,7 +39,7 @@ from defi_realtime.domain.observations import (
 )
 from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
 from defi_realtime.domain.subscription import InvalidSubscription, Subscription
-from defi_realtime.domain.token import Token, check_token_id
+from defi_realtime.domain.token import Token, canonical_token_id, check_token_id
 
 T0 = 1_700_000_000.0
 ENVELOPE = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
@@ -637,7 +637,8 @@ def registered(token_id: str = "coingecko:ethereum") -> Token:
 def test_register_token(token_id: str) -> None:
     token = Token.register(token_id)
     assert token.id == Token.id_for(token_id) == Token.create_id(token_id)
-    assert then(token) == [("Registered", {"token_id": token_id})]
+    # Registered under the canonical spelling (an EVM address in lower case).
+    assert then(token) == [("Registered", {"token_id": canonical_token_id(token_id)})]
     assert (token.price, token.observed_at, token.confidence, token.history) == (
         None,
         None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ...domain.chains import chain_key
+from ...domain.token import canonical_token_id
 
 CHANNELS: Final = ("protocols", "prices", "volumes", "alerts")
 # Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts.
@@ -138,7 +139,7 @@ class Filter:
             raise FrameError("invalid_params", "minTvl must be a non-negative number")
         return cls(
             protocol_ids=strings("protocolIds"),
-            token_ids=strings("tokenIds"),
+            token_ids=strings("tokenIds", key_of=canonical_token_id),
             # Any spelling or alias of a chain (``bsc``, ``Binance``) matches it.
             chains=strings("chains", key_of=chain_key),
             categories=strings("categories", lower=True),

@@ -111,9 +111,16 @@ class ProtocolListQuery(BaseModel):
         # The constraint on the number itself: pydantic does not carry it into an Optional.
         Annotated[float, Field(allow_inf_nan=False)] | None,
         BeforeValidator(_blank_is_none),
-        Field(description="tvl at least this"),
+        Field(description="tvl at least this (with chain: the TVL on that chain)"),
     ] = None
-    sort: Annotated[SortField, Field(description="sort key (no value sorts last)")] = "tvl"
+    sort: Annotated[
+        SortField,
+        Field(
+            description="sort key (no value sorts last); with chain, tvl is the TVL on that "
+            "chain: the protocol's own figure for it, or its total when it lists that chain "
+            "alone"
+        ),
+    ] = "tvl"
     order: Literal["asc", "desc"] = "desc"
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE, description="page size")] = 100
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET, description="page start")] = 0
