@@ -65,9 +65,11 @@ class OverviewProtocol(_Totals):
 
 
 class Overview(_Totals):
-    totalDataChart: list[tuple[int, float]] = Field(description="[day, sum], oldest first")
-    totalDataChartBreakdown: list[tuple[int, dict[str, float]]] = Field(
-        description="[day, {protocol name: value}], oldest first"
+    # Pairs as DeFiLlama writes them ([day, value]): JSON arrays of two, not tuples, which
+    # OpenAPI 3.1 can only state as prefixItems that some tools do not read.
+    totalDataChart: list[list[int | float]] = Field(description="[day, sum] pairs, oldest first")
+    totalDataChartBreakdown: list[list[int | dict[str, float]]] = Field(
+        description="[day, {protocol name: value}] pairs, oldest first"
     )
     protocols: list[OverviewProtocol]
     allChains: list[str]
@@ -83,7 +85,7 @@ class ProtocolSummary(_Totals):
     logo: None = Field(default=None, description=_NOT_HELD)
     methodology: None = Field(default=None, description=_NOT_HELD)
     totalAllTime: float | None = Field(description="sum of every day held")
-    totalDataChart: list[tuple[int, float]]
+    totalDataChart: list[list[int | float]] = Field(description="[day, value] pairs, oldest first")
     totalDataChartBreakdown: list[Any] = Field(
         description="empty: per-chain daily figures are not held"
     )
