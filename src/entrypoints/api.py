@@ -307,6 +307,10 @@ async def protocol_metrics(request: Request, query: SeriesQuery) -> Response:
     slug = _slug(request)
     if await node.hot.get_protocol(slug) is None:
         raise _protocol_not_found(slug)
+    known_at = None
+    if query.known_at is not None:
+        cut = await asyncio.to_thread(cut_of, node.history, None, query.known_at)
+        known_at = cut.known_at
     series = await asyncio.to_thread(
         node.history.series,
         SeriesRequest(
@@ -318,6 +322,7 @@ async def protocol_metrics(request: Request, query: SeriesQuery) -> Response:
             bucket=query.bucket,
             as_of=query.as_of,
             limit=query.limit,
+            until_position=known_at,
         ),
     )
     return json_answer(
@@ -327,6 +332,7 @@ async def protocol_metrics(request: Request, query: SeriesQuery) -> Response:
             chain=series.chain,
             bucket=query.bucket,
             as_of=query.as_of,
+            knownAt=known_at,
             points=[SeriesPoint.model_validate(point) for point in series.points],
         )
     )

@@ -53,6 +53,13 @@ def test_as_of_a_time_and_as_known_at_a_position(server: LiveServer, http: httpx
     one = http.get("/v2/protocols/aave", params={"asOf": "2023-11-14T22:13:20Z"}).json()
     assert (one["tvl"], one["change_1d"]) == (100.0, None)
     assert http.get("/v2/protocols/aave", params={"asOf": T0 - 1}).status_code == 404
+    series = http.get("/v2/protocols/lido/metrics", params={"knownAt": before_fix}).json()
+    assert ([p["value"] for p in series["points"]], series["knownAt"]) == (
+        [300.0, 50.0],
+        before_fix,
+    )
+    fixed = http.get("/v2/protocols/lido/metrics").json()
+    assert [p["value"] for p in fixed["points"]] == [300.0, 500.0]
     listed = http.get("/protocols", params={"asOf": T0 + DAY, "knownAt": before_fix}).json()
     assert [(p["slug"], p["tvl"]) for p in listed] == [("aave", 110.0), ("lido", 50.0)]
 

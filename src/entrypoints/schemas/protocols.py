@@ -175,6 +175,7 @@ class SeriesQuery(BaseModel):
     as_of: Annotated[QueryTime, Field(description="only observations at or before this time")] = (
         None
     )
+    known_at: KnownAt = None
     limit: Annotated[
         int, Field(ge=1, le=MAX_POINTS, description="the most recent points at most")
     ] = 10_000
@@ -234,4 +235,7 @@ class MetricSeries(BaseModel):
     chain: str
     bucket: int | None = Field(description="bucket width in seconds; null for raw points")
     as_of: float | None
+    knownAt: int | None = Field(
+        default=None, description="the log position knownAt stands for, if asked"
+    )
     points: list[SeriesPoint]
