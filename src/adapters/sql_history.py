@@ -24,6 +24,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -98,6 +99,33 @@ def _compile_floor_sqlite(element: _floor, compiler: SQLCompiler, **kw: Any) -> 
     # (On PostgreSQL CAST rounds to nearest, hence the separate compilations.)
     x = compiler.process(element.clauses, **kw)
     return f"(CAST({x} AS INTEGER) - ({x} < CAST({x} AS INTEGER)))"
+
+
+def _series_walk(protocol: str | None) -> str:
+    """``WITH RECURSIVE series``: every (protocol, metric, chain), one index probe each (a
+    loose index scan over ``ix_protocol_observations_series``); of ``protocol`` only."""
+    same = "" if protocol is None else "AND o.protocol = :protocol"
+    return f"""
+        WITH RECURSIVE series AS (
+            (SELECT o.protocol, o.metric, o.chain FROM protocol_observations o
+             WHERE TRUE {same} ORDER BY o.protocol, o.metric, o.chain LIMIT 1)
+            UNION ALL
+            SELECT n.protocol, n.metric, n.chain FROM series s CROSS JOIN LATERAL (
+                SELECT o.protocol, o.metric, o.chain FROM protocol_observations o
+                WHERE (o.protocol, o.metric, o.chain) > (s.protocol, s.metric, s.chain)
+                {same}
+                ORDER BY o.protocol, o.metric, o.chain LIMIT 1) n
+        )"""
+
+
+def _cut_parameters(cut: Cut, protocol: str | None) -> dict[str, Any]:
+    """The bind parameters of the probe queries: no bound is an infinite one."""
+    return {
+        "as_of": math.inf if cut.as_of is None else cut.as_of,
+        "known_at": 2**62 if cut.known_at is None else cut.known_at,
+        "protocol": protocol,
+        "total": TOTAL,
+    }
 
 
 def _inside(cut: Cut, protocol: str | None = None) -> list[ColumnElement[bool]]:
@@ -298,6 +326,8 @@ class SqlHistoryReadModel:
         """Each series' latest observation inside ``cut`` (the latest recording of a time
         wins), with the position of its first observation inside it; every protocol's, or
         ``protocol``'s."""
+        if self._engine.dialect.name == "postgresql":
+            return self._latest_values_by_probes(cut, protocol)
         obs = PROTOCOL_OBSERVATIONS
         series = (obs.c.protocol, obs.c.metric, obs.c.chain)
         ranked = (
@@ -337,6 +367,8 @@ class SqlHistoryReadModel:
         """Each protocol's (or ``protocol``'s) total TVL points inside ``cut`` within
         ``CHANGE_SPAN`` of its newest one, time-ordered, one per time (the latest
         recording)."""
+        if self._engine.dialect.name == "postgresql":
+            return self._tvl_points_by_probes(cut, protocol)
         obs = PROTOCOL_OBSERVATIONS
         total_tvl = (obs.c.metric == "tvl", obs.c.chain == TOTAL, *_inside(cut, protocol))
         newest = (
@@ -369,6 +401,72 @@ class SqlHistoryReadModel:
         with self._engine.connect() as connection:
             rows = connection.execute(statement).all()
         return [TvlPoint(row.protocol, float(row.observed_at), float(row.value)) for row in rows]
+
+    # PostgreSQL has no skip scan: a window over every observation inside the cut grows with
+    # the table. These walk the series index instead: one probe per series for the next
+    # series (a recursive "loose index scan") and one for its latest point, so the work grows
+    # with the number of series. Same answers as the window queries (the property test runs
+    # both backends).
+
+    def _latest_values_by_probes(self, cut: Cut, protocol: str | None) -> list[LatestValue]:
+        statement = text(
+            _series_walk(protocol)
+            + """
+            SELECT s.protocol, s.metric, s.chain, l.value, l.observed_at, l.position,
+                CASE WHEN s.chain = :total THEN l.position ELSE (
+                    SELECT min(o.position) FROM protocol_observations o
+                    WHERE o.protocol = s.protocol AND o.metric = s.metric
+                    AND o.chain = s.chain AND o.observed_at <= :as_of
+                    AND o.position <= :known_at) END AS first_position
+            FROM series s CROSS JOIN LATERAL (
+                SELECT o.value, o.observed_at, o.position FROM protocol_observations o
+                WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
+                AND o.observed_at <= :as_of AND o.position <= :known_at
+                ORDER BY o.observed_at DESC, o.position DESC LIMIT 1) l
+            """
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement, _cut_parameters(cut, protocol)).all()
+        return [
+            LatestValue(
+                row.protocol,
+                row.metric,
+                row.chain,
+                float(row.value),
+                float(row.observed_at),
+                int(row.position),
+                int(row.first_position),
+            )
+            for row in rows
+        ]
+
+    def _tvl_points_by_probes(self, cut: Cut, protocol: str | None) -> list[TvlPoint]:
+        statement = text(
+            _series_walk(protocol)
+            + """
+            SELECT s.protocol, pts.observed_at, pts.value
+            FROM series s CROSS JOIN LATERAL (
+                SELECT o.observed_at AS newest FROM protocol_observations o
+                WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
+                AND o.observed_at <= :as_of AND o.position <= :known_at
+                ORDER BY o.observed_at DESC LIMIT 1) n
+            CROSS JOIN LATERAL (
+                SELECT o.observed_at, o.value, o.position FROM protocol_observations o
+                WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
+                AND o.observed_at <= :as_of AND o.position <= :known_at
+                AND o.observed_at >= n.newest - :span) pts
+            WHERE s.metric = 'tvl' AND s.chain = :total
+            ORDER BY s.protocol, pts.observed_at, pts.position
+            """
+        )
+        parameters = {**_cut_parameters(cut, protocol), "span": CHANGE_SPAN}
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement, parameters).all()
+        # Ordered by position within a time: the last row of a time is its latest recording.
+        latest: dict[tuple[str, float], float] = {}
+        for row in rows:
+            latest[(row.protocol, float(row.observed_at))] = float(row.value)
+        return [TvlPoint(slug, at, value) for (slug, at), value in latest.items()]
 
     def listing_details(self) -> dict[str, ListingDetails]:
         """Every listed protocol's current details, by slug."""
