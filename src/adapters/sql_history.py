@@ -118,6 +118,18 @@ def _series_walk(protocol: str | None) -> str:
         )"""
 
 
+def _latest_value(row: Any) -> LatestValue:
+    return LatestValue(
+        row.protocol,
+        row.metric,
+        row.chain,
+        float(row.value),
+        float(row.observed_at),
+        int(row.position),
+        int(row.first_position),
+    )
+
+
 def _cut_parameters(cut: Cut, protocol: str | None) -> dict[str, Any]:
     """The bind parameters of the probe queries: no bound is an infinite one."""
     return {
@@ -350,18 +362,7 @@ class SqlHistoryReadModel:
         statement = select(ranked).where(ranked.c.rank == 1)
         with self._engine.connect() as connection:
             rows = connection.execute(statement).all()
-        return [
-            LatestValue(
-                row.protocol,
-                row.metric,
-                row.chain,
-                float(row.value),
-                float(row.observed_at),
-                int(row.position),
-                int(row.first_position),
-            )
-            for row in rows
-        ]
+        return [_latest_value(row) for row in rows]
 
     def tvl_points(self, cut: Cut, protocol: str | None = None) -> list[TvlPoint]:
         """Each protocol's (or ``protocol``'s) total TVL points inside ``cut`` within
@@ -427,18 +428,7 @@ class SqlHistoryReadModel:
         )
         with self._engine.connect() as connection:
             rows = connection.execute(statement, _cut_parameters(cut, protocol)).all()
-        return [
-            LatestValue(
-                row.protocol,
-                row.metric,
-                row.chain,
-                float(row.value),
-                float(row.observed_at),
-                int(row.position),
-                int(row.first_position),
-            )
-            for row in rows
-        ]
+        return [_latest_value(row) for row in rows]
 
     def _tvl_points_by_probes(self, cut: Cut, protocol: str | None) -> list[TvlPoint]:
         statement = text(

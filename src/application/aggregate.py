@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from ..domain.chains import chain_key
-from .chain_tvl import CARRY_DAYS, DAY, Listing, tvl_by_chain
+from .chain_tvl import CARRY_DAYS, DAY, Listing
+from .hot_state import tvl_on
 from .views import ProtocolView
 
 __all__ = [
@@ -116,7 +117,7 @@ def _values_on(view: ProtocolView, chain: str | None) -> dict[str, float | None]
         return {"tvl": view.tvl, "volume_24h": view.volume_24h, "fees_24h": view.fees_24h}
     only = len(view.chains) == 1 and chain_key(view.chains[0]) == chain_key(chain)
     return {
-        "tvl": tvl_by_chain(view.chains, view.chain_tvls, view.tvl).get(chain),
+        "tvl": tvl_on(view, chain),
         "volume_24h": view.volume_24h if only else None,
         "fees_24h": view.fees_24h if only else None,
     }

@@ -16,7 +16,6 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -77,6 +76,7 @@ from .schemas.realtime import (
     VolumeSnapshot,
 )
 from .settings import Settings
+from .validation import path_slug
 from .volumes_api import volume_routes
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 
@@ -170,11 +170,10 @@ def _node(request: Request | WebSocket) -> Node:
 
 def _slug(request: Request) -> str:
     """The ``{slug}`` of the path; one that breaks the slug rule cannot be listed: 404."""
-    raw = request.path_params["slug"]
-    try:
-        return ProtocolPath.model_validate({"slug": raw}).slug
-    except ValidationError:
-        raise _protocol_not_found(raw) from None
+    slug = path_slug(request)
+    if slug is None:
+        raise _protocol_not_found(request.path_params["slug"])
+    return slug
 
 
 def _protocol_not_found(slug: str) -> ApiError:

@@ -39,6 +39,7 @@ from .schemas.llama import (
     LlamaTvlPoint,
 )
 from .schemas.protocols import MAX_POINTS, ProtocolPath, TimeTravelQuery
+from .validation import path_slug
 
 __all__ = ["llama_routes"]
 
@@ -111,10 +112,7 @@ def _main_chain(chains: tuple[str, ...]) -> str:
 
 async def _protocol(request: Request) -> ProtocolView:
     raw = request.path_params["slug"]
-    try:
-        slug = ProtocolPath.model_validate({"slug": raw}).slug
-    except ValidationError:
-        slug = None
+    slug = path_slug(request)
     view = None if slug is None else await _node(request).hot.get_protocol(slug)
     if view is None:
         raise ApiError(404, "protocol_not_found", f"protocol {raw!r} not found")

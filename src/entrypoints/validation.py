@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
+from starlette.requests import Request
 
 from ..domain.alert_values import validation_message
 from .errors import ApiError
+from .schemas.protocols import ProtocolPath
 
-__all__ = ["parse_body", "parse_query", "query_names"]
+__all__ = ["parse_body", "parse_query", "path_slug", "query_names"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -121,3 +123,12 @@ def _walk(schema: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     yield schema
     for branch in schema.get("anyOf", ()):
         yield from _walk(branch)
+
+
+def path_slug(request: Request) -> str | None:
+    """The path's ``{slug}`` if it keeps the slug rule, else None (such a protocol cannot
+    have been listed: callers answer 404)."""
+    try:
+        return ProtocolPath.model_validate({"slug": request.path_params["slug"]}).slug
+    except ValidationError:
+        return None

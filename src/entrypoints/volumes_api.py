@@ -12,7 +12,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,6 +27,7 @@ from .operations import Operation, OperationRoute, json_answer
 from .schemas.llama import ChainPath
 from .schemas.protocols import ProtocolPath
 from .schemas.volumes import DexsQuery, FeesQuery, Overview, OverviewProtocol, ProtocolSummary
+from .validation import path_slug
 
 __all__ = ["volume_routes"]
 
@@ -129,10 +130,7 @@ def _summary(metric: str) -> Callable[[Request, Any], Awaitable[Response]]:
     async def summary(request: Request, _: Any) -> Response:
         node: Node = request.app.state.node
         raw = request.path_params["slug"]
-        try:
-            slug = ProtocolPath.model_validate({"slug": raw}).slug
-        except ValidationError:
-            slug = None
+        slug = path_slug(request)
         view = None if slug is None else await node.hot.get_protocol(slug)
         series = {} if slug is None else await asyncio.to_thread(_series, node, metric, slug)
         days = series.get(slug or "", {})
