@@ -207,6 +207,7 @@ async def test_origin_check(
 async def test_batch_mode_sends_json_arrays(tmp_path: Path) -> None:
     with start_server(tmp_path / "data", ws=RealtimeWebSocketProtocol) as server:
         await ingest(server, [obs("aave-v3", 1.0, T0, name="Aave")])
+        await settle(server)  # the first value's update has gone out before we subscribe
         async with socket_to(server.ws_url + "?batch=1") as ws:
             await send(ws, {"type": "subscribe", "channel": "protocols"})
             [subscribed] = await recv(ws)
