@@ -2,6 +2,7 @@
 answered by our read model and by DuckDB over the same raw points, in the same run.
 
     python bench/bench_query.py [--protocols N] [--days 1461] [--repeat 20] [--dsn URL]
+        [--keep-db NAME | --db NAME]
 
 The generator scales the real data to ``--days`` daily points for every protocol of the
 latest capture (``--protocols`` the largest N; all, ~6,700, by default: ~10M points): each
@@ -45,7 +46,12 @@ from _common import machine, summary
 from psycopg.sql import SQL, Identifier
 
 from defi_realtime.adapters.sql_history import SqlHistoryReadModel
-from defi_realtime.application.aggregate import AggregateQuery, aggregate, bucket_starts, bucketed
+from defi_realtime.application.aggregate import (
+    AggregateQuery,
+    aggregate,
+    bucket_starts,
+    buckets_of,
+)
 from defi_realtime.application.chain_tvl import DAY
 from defi_realtime.application.time_travel import Cut, page_of_views, protocols_at
 from defi_realtime.application.views import ALL_PROTOCOLS, ProtocolQuery
@@ -153,8 +159,7 @@ def ours(url: str, end_day: int) -> dict[str, Callable[[], object]]:
 
     def weekly() -> object:
         starts = bucket_starts("1w", end - 365 * DAY, end)
-        rows = history.daily_metric_values(["tvl"], int(starts[0] // DAY) - 7, end_day, Cut())
-        return bucketed(rows, history.listings(), AggregateQuery(group_by="category"), starts, end)
+        return buckets_of(history, AggregateQuery(group_by="category"), starts, end, Cut())
 
     return {
         "a: TVL by chain now": lambda: aggregate(
@@ -232,24 +237,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=1_461)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--dsn", default=DEFAULT_DSN)
+    parser.add_argument("--keep-db", help="generate into this database and keep it")
+    parser.add_argument("--db", help="reuse this database (made with --keep-db)")
     args = parser.parse_args(argv)
     if not (DATA / "protocol-snapshots.jsonl.gz").exists():
         print(f"skipped: {DATA} is absent")
         return 0
     protocols = _latest_capture()[: args.protocols]
-    name = f"dr_query_{uuid.uuid4().hex[:10]}"
+    name = args.db or args.keep_db or f"dr_query_{uuid.uuid4().hex[:10]}"
     scratch = Path(tempfile.mkdtemp(prefix="bench_query_"))
     admin = args.dsn
     url = f"{admin.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(SQL("CREATE DATABASE {}").format(Identifier(name)))
+    if not args.db:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(SQL("CREATE DATABASE {}").format(Identifier(name)))
     try:
-        started = time.perf_counter()
-        points, end_day = generate(url, protocols, args.days)
-        print(
-            f"{points:,} points of {len(protocols):,} protocols over {args.days} days into "
-            f"PostgreSQL in {time.perf_counter() - started:.0f} s"
-        )
+        if args.db:
+            with psycopg.connect(url) as connection:
+                (last,) = connection.execute(
+                    "SELECT max(observed_at) FROM protocol_observations"
+                ).fetchone() or (0.0,)
+            end_day = int(last // DAY)
+            print(f"reusing database {name}")
+        else:
+            started = time.perf_counter()
+            points, end_day = generate(url, protocols, args.days)
+            print(
+                f"{points:,} points of {len(protocols):,} protocols over {args.days} days into "
+                f"PostgreSQL in {time.perf_counter() - started:.0f} s"
+            )
+            started = time.perf_counter()
+            SqlHistoryReadModel(url.replace("postgresql://", "postgresql+psycopg://")).close()
+            filled = time.perf_counter() - started
+            print(f"rollups filled from them (as the projection would) in {filled:.0f} s")
         print(machine())
         answers = {"ours": ours(url, end_day), "duckdb": duck(url, end_day, scratch)}
         print(
@@ -262,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         print(machine())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(
-                SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name))
-            )
+        if not (args.db or args.keep_db):
+            with psycopg.connect(admin, autocommit=True) as connection:
+                connection.execute(
+                    SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name))
+                )
     return 0
 
 

@@ -34,10 +34,11 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from ..application.aggregate import BucketValue
+from ..application.aggregate import BucketValue, GroupDay
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
+from ..application.series_states import SeriesState
 from ..application.time_travel import (
     CHANGE_SPAN,
     Cut,
@@ -49,13 +50,17 @@ from ..application.views import Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
 from .sql_price_history import SqlPriceHistory
+from .sql_rollups import SqlRollups
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
+    GROUP_DAYS,
     PRICE_OBSERVATIONS,
     PROJECTION_TRACKING,
     PROTOCOL_OBSERVATIONS,
     PROTOCOLS,
+    SERIES_DAYS,
+    SERIES_STATES,
     chunked,
     close_engine,
     create_sql_engine,
@@ -72,6 +77,9 @@ _FACT_TABLES: Final = (
     PROTOCOLS,
     ALERT_EVENTS,
     ALERT_RULES,
+    SERIES_STATES,
+    SERIES_DAYS,
+    GROUP_DAYS,
 )
 _PROTOCOL_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 _ALERT_KINDS: Final = {"alert_triggered": "triggered", "alert_resolved": "resolved"}
@@ -168,9 +176,12 @@ class SqlHistoryReadModel:
     def __init__(self, url: str, *, name: str = DEFAULT_TRACKING_NAME) -> None:
         self._name = name
         self._engine = create_sql_engine(url)
+        self._rollups = SqlRollups(self._engine)
+        self._listing_details: tuple[tuple[Any, ...], dict[str, ListingDetails]] | None = None
         try:
             migrate(self._engine)
             self._ensure_tracking_row()
+            self._fill_rollups()
         except BaseException:
             self._engine.dispose()
             raise
@@ -212,6 +223,7 @@ class SqlHistoryReadModel:
 
     def reset(self) -> None:
         """Delete every row, tracking included (before a rebuild from position 0)."""
+        self._listing_details = None
         with write_transaction(self._engine) as connection:
             # Lock first so a concurrent apply cannot interleave with the deletes.
             self._lock_position(connection)
@@ -458,14 +470,33 @@ class SqlHistoryReadModel:
             latest[(row.protocol, float(row.observed_at))] = float(row.value)
         return [TvlPoint(slug, at, value) for (slug, at), value in latest.items()]
 
+    def series_states(self, as_of: float | None, protocol: str | None = None) -> list[SeriesState]:
+        """The state of every series (or ``protocol``'s) at ``as_of`` (None: now), from the
+        rollup."""
+        return self._rollups.states_at(as_of, protocol)
+
+    def group_days(
+        self, dimension: str, days: Sequence[int], metrics: Iterable[str]
+    ) -> list[GroupDay]:
+        """The group-days rollup's rows of ``dimension`` on ``days``, of ``metrics``."""
+        return self._rollups.group_days(dimension, days, metrics)
+
     def listing_details(self) -> dict[str, ListingDetails]:
-        """Every listed protocol's current details, by slug."""
+        """Every listed protocol's current details, by slug (read again only when a listing
+        was written since: a cut of every protocol needs them all)."""
+        version_query = select(func.count(), func.max(PROTOCOLS.c.position))
         with self._engine.connect() as connection:
+            version = tuple(connection.execute(version_query).one())
+            cached = self._listing_details
+            if cached is not None and cached[0] == version:
+                return cached[1]
             rows = connection.execute(select(PROTOCOLS)).all()
-        return {
+        details = {
             row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
             for row in rows
         }
+        self._listing_details = (version, details)
+        return details
 
     def position_recorded_by(self, time: float) -> int:
         """The last log position of an observation recorded at or before ``time`` (0: none)."""
@@ -567,6 +598,19 @@ class SqlHistoryReadModel:
         except IntegrityError:
             pass  # another process inserted it between our SELECT and INSERT: fine.
 
+    def _fill_rollups(self) -> None:
+        """Fill the rollups from the raw rows once, after the upgrade that added them."""
+        with self._engine.connect() as connection:
+            empty = connection.execute(select(SERIES_STATES.c.protocol).limit(1)).first() is None
+        if not empty:
+            return
+        with write_transaction(self._engine) as connection:
+            self._lock_position(connection)  # one filler at a time; the others find it done
+            if connection.execute(select(SERIES_STATES.c.protocol).limit(1)).first() is None:
+                observed = select(PROTOCOL_OBSERVATIONS.c.position).limit(1)
+                if connection.execute(observed).first() is not None:
+                    self._rollups.rebuild(connection)
+
     def _lock_position(self, connection: Connection) -> int:
         """Read (and on PostgreSQL row-lock) this projection's position, inside a writer.
 
@@ -644,8 +688,13 @@ class SqlHistoryReadModel:
         alerts = self._new_alerts(connection, alerts)
         if alerts:
             connection.execute(insert(ALERT_EVENTS), alerts)
+        listed_before: dict[str, Listing | None] = {}
         if listings:
+            slugs = {entry.key for entry in listings}
+            found = self._rollups.listings(connection, slugs)
+            listed_before = {slug: found.get(slug) for slug in slugs}
             self._upsert_protocols(connection, listings)
+        self._rollups.apply(connection, metrics, listed_before)
         rule_facts = [entry for entry in entries if entry.kind in RULE_FACT_KINDS]
         if rule_facts:
             self._fold_alert_rules(connection, rule_facts)

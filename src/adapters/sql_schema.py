@@ -42,13 +42,17 @@ __all__ = [
     "ALERT_EVENTS",
     "ALERT_RULES",
     "DELIVERY_ATTEMPTS",
+    "GROUP_DAYS",
     "HISTORY_METADATA",
     "MIGRATIONS_DIR",
     "PENDING_NOTIFICATIONS",
+    "POSTGRES_ONLY_INDEXES",
     "PRICE_OBSERVATIONS",
     "PROJECTION_TRACKING",
     "PROTOCOLS",
     "PROTOCOL_OBSERVATIONS",
+    "SERIES_DAYS",
+    "SERIES_STATES",
     "VERSION_TABLE",
     "chunked",
     "create_sql_engine",
@@ -192,6 +196,55 @@ ALERT_RULES: Final = Table(
     Index("ix_alert_rules_owner", "owner", "created_position"),
     Index("ix_alert_rules_state", "state"),
 )
+# The history projection's rollups (ADR 0021), derived from the tables above in the same
+# transactions: each series' states (one per observed time, with its span and changes), its
+# day closes, and each group's sums per day.
+SERIES_STATES: Final = Table(
+    "series_states",
+    HISTORY_METADATA,
+    Column("protocol", Text(), nullable=False),
+    Column("metric", Text(), nullable=False),
+    Column("chain", Text(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("value", Double(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("first_position", BigInteger(), nullable=False),
+    Column("valid_to", Double(), nullable=False),
+    Column("change_1h", Double(), nullable=True),
+    Column("change_1d", Double(), nullable=True),
+    Column("change_7d", Double(), nullable=True),
+    PrimaryKeyConstraint("protocol", "metric", "chain", "observed_at", name="pk_series_states"),
+    Index("ix_series_states_valid_to", "valid_to"),
+)
+SERIES_DAYS: Final = Table(
+    "series_days",
+    HISTORY_METADATA,
+    Column("protocol", Text(), nullable=False),
+    Column("metric", Text(), nullable=False),
+    Column("chain", Text(), nullable=False),
+    Column("day", Integer(), nullable=False),
+    Column("value", Double(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("protocol", "metric", "chain", "day", name="pk_series_days"),
+)
+# Indexes the revisions create on PostgreSQL only, outside these Tables: the GiST index over
+# each state's span (``history_float8range(observed_at, valid_to, '[)')``) and the partial
+# index of the current states, both covering every column a cut reads.
+POSTGRES_ONLY_INDEXES: Final = frozenset({"ix_series_states_span", "ix_series_states_current"})
+GROUP_DAYS: Final = Table(
+    "group_days",
+    HISTORY_METADATA,
+    Column("dimension", Text(), nullable=False),
+    Column("grp", Text(), nullable=False),
+    Column("metric", Text(), nullable=False),
+    Column("day", Integer(), nullable=False),
+    Column("total", Double(), nullable=False),
+    Column("counted", Integer(), nullable=False),
+    Column("members", Integer(), nullable=False),
+    PrimaryKeyConstraint("dimension", "day", "grp", "metric", name="pk_group_days"),
+)
+
 PROJECTION_TRACKING: Final = Table(
     "projection_tracking",
     HISTORY_METADATA,

@@ -11,6 +11,7 @@ chain TVL).
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from bisect import bisect_right
@@ -18,25 +19,34 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from ..domain.chains import chain_key
-from .chain_tvl import CARRY_DAYS, DAY, Listing
+from .chain_tvl import CARRY_DAYS, DAY, Listing, tvl_by_chain
 from .hot_state import tvl_on
+from .time_travel import Cut
 from .views import ProtocolView
 
 __all__ = [
     "BUCKETS",
+    "DIMENSIONS",
     "MAX_BUCKETS",
+    "ROLLUP_METRICS",
     "AggregateQuery",
+    "BucketFacts",
     "BucketValue",
     "Bucketed",
     "Group",
+    "GroupDay",
     "Measure",
     "ProtocolValue",
     "aggregate",
     "bucket_starts",
     "bucketed",
+    "bucketed_from_rollup",
+    "buckets_of",
+    "contributions",
+    "rollup_serves",
 ]
 
 GroupBy = Literal["chain", "category", "protocol"]
@@ -46,6 +56,15 @@ BucketName = Literal["1h", "1d", "1w", "1mo"]
 BUCKETS: Final[dict[str, int]] = {"1h": 3_600, "1d": DAY, "1w": 7 * DAY}
 MAX_BUCKETS: Final = 1_000
 _ALL: Final = "all"
+# What a time bucket reads of every protocol (whatever the query measures, so that which
+# protocols a group has does not depend on the measures).
+ROLLUP_METRICS: Final = ("tvl", "volume_24h", "fees_24h")
+# The groupings the group-days rollup keeps (dimension -> ``group_by``).
+DIMENSIONS: Final[dict[str, GroupBy | None]] = {
+    "all": None,
+    "category": "category",
+    "chain": "chain",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +158,20 @@ def _members(views: Iterable[ProtocolView], query: AggregateQuery) -> dict[str, 
         if not _selected(view, query):
             continue
         if query.group_by == "chain":
-            chains = dict.fromkeys((*view.chains, *view.chain_tvls))
-            for chain in chains:
-                if query.chains is None or chain_key(chain) in query.chains:
-                    groups[chain].append(_Member(view, _values_on(view, chain)))
+            # ``_values_on`` for every chain of the view, the chain attribution made once.
+            on_chain: dict[str, float] = {}
+            for name, value in tvl_by_chain(view.chains, view.chain_tvls, view.tvl).items():
+                on_chain.setdefault(chain_key(name), value)
+            only = chain_key(view.chains[0]) if len(view.chains) == 1 else None
+            for chain in dict.fromkeys((*view.chains, *view.chain_tvls)):
+                key = chain_key(chain)
+                if query.chains is None or key in query.chains:
+                    values: dict[str, float | None] = {
+                        "tvl": on_chain.get(key),
+                        "volume_24h": view.volume_24h if key == only else None,
+                        "fees_24h": view.fees_24h if key == only else None,
+                    }
+                    groups[chain].append(_Member(view, values))
         elif query.group_by == "category":
             groups[view.category].append(_Member(view, _values_on(view, None)))
         elif query.group_by == "protocol":
@@ -293,3 +322,183 @@ def _view_at(
         updated_at=None,
         position=0,
     )
+
+
+# -- the group-days rollup ------------------------------------------------------------------
+#
+# ``bucketed`` rebuilds every protocol's view at every bucket's end; over years of daily
+# points that is millions of rows read per query. The history projection keeps instead, per
+# group of each dimension, metric and day, the sum and count of the members' values at the
+# day's end and how many protocols the group has: each protocol's ``contributions`` (the
+# same ``_view_at`` and ``_members`` as ``bucketed``), added and taken back as its day closes
+# and listing change. A bucket is then the groups' rows of its last day.
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDay:
+    """A group's sum and count of one metric at one day's end, and its protocols."""
+
+    dimension: str
+    group: str
+    metric: str
+    day: int
+    total: float
+    counted: int
+    members: int
+
+
+Contribution = tuple[float, int, int]
+"""(value or 0, 1 if valued, 1): what one protocol adds to a ``GroupDay``."""
+
+
+def contributions(
+    slug: str, closes: Iterable[BucketValue], listing: Listing | None, days: Iterable[int]
+) -> dict[tuple[str, str, str, int], Contribution]:
+    """What protocol ``slug`` adds, on each of ``days``, to each (dimension, group, metric,
+    day), from its day closes (``closes``: every series, the ``CARRY_DAYS`` before the first
+    day included)."""
+    by_series: dict[tuple[str, str], _Daily] = defaultdict(_Daily)
+    for close in sorted(closes, key=lambda close: close.day):
+        daily = by_series[(close.metric, close.chain)]
+        daily.days.append(close.day)
+        daily.values.append(close.value)
+    answer: dict[tuple[str, str, str, int], Contribution] = {}
+    category, chains = ("", ()) if listing is None else (listing.category, listing.chains)
+    for day in days:
+        values = {key: daily.at(day) for key, daily in by_series.items()}
+        present = frozenset(key for key, value in values.items() if value is not None)
+        if not present:
+            continue
+        plan = _plan(present, category, chains)
+        for dimension, group, metric, source in plan:
+            value = None if source is None else values[source]
+            answer[(dimension, group, metric, day)] = (
+                0.0 if value is None else value,
+                int(value is not None),
+                1,
+            )
+    return answer
+
+
+_Feed = tuple[str, str, str, tuple[str, str] | None]
+"""(dimension, group, metric, the series whose value it takes, or None)."""
+
+
+@functools.lru_cache(maxsize=65_536)
+def _plan(
+    present: frozenset[tuple[str, str]], category: str, chains: tuple[str, ...]
+) -> tuple[_Feed, ...]:
+    """Which series feeds each group's metrics when ``present`` series have a value.
+
+    The groups and their values depend on which series have a value, never on the values
+    (a group takes a series' value as it is: ``_values_on``): ``_members`` is run once on a
+    view whose values are distinct markers, and each value found is traced to its series.
+    """
+    markers = {key: float(index) for index, key in enumerate(sorted(present), 1)}
+    by_series = {key: _Daily([0], [marker]) for key, marker in markers.items()}
+    view = _view_at("", by_series, Listing("", category, chains), 0)
+    traced = {marker: key for key, marker in markers.items()}
+    plan: list[_Feed] = []
+    if view is None:
+        return ()
+    for dimension, group_by in DIMENSIONS.items():
+        for key, members in _members([view], AggregateQuery(group_by=group_by)).items():
+            values = members[0].values
+            for metric in ROLLUP_METRICS:
+                value = values[metric]
+                plan.append((dimension, key, metric, None if value is None else traced[value]))
+    return tuple(plan)
+
+
+_ROLLUP_OPS: Final = frozenset({"sum", "count", "avg"})
+
+
+def rollup_serves(query: AggregateQuery) -> bool:
+    """Whether the group-days rollup answers ``query`` per bucket (its measures are sums,
+    counts or means, it filters only on what it groups by and ranks nothing)."""
+    return (
+        all(measure.op in _ROLLUP_OPS for measure in query.measures)
+        and query.top is None
+        and query.min_tvl is None
+        and query.protocols is None
+        and (query.chains is None or query.group_by == "chain")
+        and (query.categories is None or query.group_by == "category")
+        and query.group_by != "protocol"
+    )
+
+
+def _rollup_measure(op: Op, row: GroupDay | None) -> float | None:
+    counted = 0 if row is None else row.counted
+    if op == "count":
+        return float(counted)
+    if op == "sum":
+        return row.total if row is not None and row.counted else 0.0
+    return None if row is None or not counted else row.total / counted
+
+
+def bucketed_from_rollup(
+    rows: Iterable[GroupDay], query: AggregateQuery, starts: Sequence[float], end: float
+) -> list[Bucketed]:
+    """``bucketed`` from the group-days rows of the buckets' last days (``rollup_serves``)."""
+    by_day: dict[int, dict[str, dict[str, GroupDay]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        by_day[row.day][row.group][row.metric] = row
+    ends = [*starts[1:], end + 1]
+    answer = []
+    first = query.measures[0].name
+    for bucket_start, bucket_end in zip(starts, ends, strict=True):
+        groups = []
+        for key, metrics in by_day.get(math.floor((bucket_end - 1) / DAY), {}).items():
+            if query.chains is not None and chain_key(key) not in query.chains:
+                continue
+            if query.categories is not None and key.casefold() not in query.categories:
+                continue
+            members = max(row.members for row in metrics.values())
+            if not members:
+                continue
+            measures = {
+                measure.name: _rollup_measure(measure.op, metrics.get(measure.metric))
+                for measure in query.measures
+            }
+            groups.append(Group(key, members, measures))
+        groups.sort(key=lambda g: (g.measures[first] is None, -(g.measures[first] or 0.0), g.key))
+        answer.append(Bucketed(bucket_start, groups))
+    return answer
+
+
+class BucketFacts(Protocol):
+    """What per-bucket answers read (the history read model implements it)."""
+
+    def daily_metric_values(
+        self, metrics: Sequence[str], first_day: int | None, last_day: int | None, cut: Cut
+    ) -> list[BucketValue]: ...
+
+    def listings(self) -> dict[str, Listing]: ...
+
+    def group_days(
+        self, dimension: str, days: Sequence[int], metrics: Iterable[str]
+    ) -> list[GroupDay]: ...
+
+
+def buckets_of(
+    facts: BucketFacts,
+    query: AggregateQuery,
+    starts: Sequence[float],
+    end: float,
+    cut: Cut,
+) -> list[Bucketed]:
+    """``query`` at the end of each bucket (synchronous): from the group-days rollup when it
+    serves the query and the cut holds whole days (a rollup holds everything recorded), else
+    from every series' day closes."""
+    last_day = math.floor(end / DAY)
+    whole_days = cut.known_at is None and (
+        cut.as_of is None or cut.as_of >= (last_day + 1) * DAY - 1
+    )
+    if whole_days and rollup_serves(query):
+        days = [math.floor((bucket_end - 1) / DAY) for bucket_end in [*starts[1:], end + 1]]
+        dimension = "all" if query.group_by is None else query.group_by
+        metrics = {measure.metric for measure in query.measures}
+        return bucketed_from_rollup(facts.group_days(dimension, days, metrics), query, starts, end)
+    first_day = math.floor(starts[0] / DAY) - CARRY_DAYS  # what the first bucket may carry
+    rows = facts.daily_metric_values(ROLLUP_METRICS, first_day, last_day, cut)
+    return bucketed(rows, facts.listings(), query, starts, end)

@@ -26,6 +26,7 @@ from typing import Final, Protocol
 
 from ..domain.observations import TOTAL
 from .hot_state import SERIES_METRICS, Points, ProtocolState, Reading, matches, order
+from .series_states import SeriesState
 from .views import RECENT_WINDOW_SECONDS, Page, ProtocolQuery, ProtocolView
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "page_of_views",
     "protocols_at",
     "views_at",
+    "views_of_states",
 ]
 
 # How far behind a protocol's newest total TVL its changes may look: what the hot
@@ -125,6 +127,56 @@ def views_at(
     return views
 
 
+def views_of_states(
+    states: Iterable[SeriesState], listings: Mapping[str, ListingDetails]
+) -> list[ProtocolView]:
+    """``views_at`` from the series states that hold at a cut (the rollup), ordered by their
+    first positions, built directly: a cut of every protocol is thousands of views (the
+    property test holds the two equal)."""
+    by_protocol: dict[str, list[SeriesState]] = defaultdict(list)
+    for state in states:  # in the order of their first positions
+        by_protocol[state.protocol].append(state)
+    views = []
+    for slug, found in by_protocol.items():
+        listing = listings.get(slug)
+        tvl = volume = fees = None
+        chain_tvls: dict[str, float] = {}
+        chains = [] if listing is None else list(listing.chains)
+        for state in found:
+            if state.chain != TOTAL:
+                chains.append(state.chain)
+                if state.metric == "tvl":
+                    chain_tvls[state.chain] = state.value
+            elif state.metric == "tvl":
+                tvl = state
+            elif state.metric == "volume_24h":
+                volume = state
+            elif state.metric == "fees_24h":
+                fees = state
+        views.append(
+            ProtocolView(
+                slug=slug,
+                name=slug if listing is None else listing.name,
+                category="" if listing is None else listing.category,
+                chains=tuple(dict.fromkeys(chains)),
+                url="" if listing is None else listing.url,
+                tvl=None if tvl is None else tvl.value,
+                chain_tvls=chain_tvls,
+                change_1h=None if tvl is None else tvl.change_1h,
+                change_1d=None if tvl is None else tvl.change_1d,
+                change_7d=None if tvl is None else tvl.change_7d,
+                volume_24h=None if volume is None else volume.value,
+                fees_24h=None if fees is None else fees.value,
+                updated_at=max(state.observed_at for state in found),
+                position=max(state.position for state in found),
+                tvl_at=None if tvl is None else tvl.observed_at,
+                volume_24h_at=None if volume is None else volume.observed_at,
+                fees_24h_at=None if fees is None else fees.observed_at,
+            )
+        )
+    return views
+
+
 class FactsInCut(Protocol):
     """What a read model finds inside a cut (the history read model implements it)."""
 
@@ -136,6 +188,10 @@ class FactsInCut(Protocol):
 
     def position_recorded_by(self, time: float) -> int: ...
 
+    def series_states(
+        self, as_of: float | None, protocol: str | None = None
+    ) -> list[SeriesState]: ...
+
 
 def cut_of(facts: FactsInCut, as_of: float | None, known_at: int | float | None) -> Cut:
     """The cut ``asOf``/``knownAt`` ask for: ``knownAt`` as a time (a float) is the last
@@ -146,7 +202,10 @@ def cut_of(facts: FactsInCut, as_of: float | None, known_at: int | float | None)
 
 
 def protocols_at(facts: FactsInCut, cut: Cut, slug: str | None = None) -> list[ProtocolView]:
-    """Every protocol's view inside ``cut`` (or only ``slug``'s; synchronous)."""
+    """Every protocol's view inside ``cut`` (or only ``slug``'s; synchronous): from the
+    series states when the cut is a time alone, else from the raw facts inside it."""
+    if cut.known_at is None:
+        return views_of_states(facts.series_states(cut.as_of, slug), facts.listing_details())
     return views_at(
         facts.latest_values(cut, slug), facts.tvl_points(cut, slug), facts.listing_details()
     )

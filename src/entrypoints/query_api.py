@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,9 +23,8 @@ from ..application.aggregate import (
     Measure,
     aggregate,
     bucket_starts,
-    bucketed,
+    buckets_of,
 )
-from ..application.chain_tvl import CARRY_DAYS, DAY
 from ..application.time_travel import Cut, cut_of, protocols_at
 from ..application.views import ALL_PROTOCOLS, ProtocolQuery
 from .alerts_api import BodyReader
@@ -99,10 +97,7 @@ def _bucketed(
             f"{len(starts)} buckets from start to end; at most {MAX_BUCKETS}",
             {"field": "bucket"},
         )
-    metrics = sorted({m.metric for m in query.measures} | {"tvl", query.top_by})
-    first_day = math.floor(starts[0] / DAY) - CARRY_DAYS  # what the first bucket may carry
-    rows = node.history.daily_metric_values(metrics, first_day, math.floor(end / DAY), cut)
-    answered = bucketed(rows, node.history.listings(), query, starts, end)
+    answered = buckets_of(node.history, query, starts, end, cut)
     return AggregateAnswer(
         groups=None,
         buckets=[BucketAnswer(start=b.start, groups=_groups(b.groups)) for b in answered],

@@ -33,6 +33,7 @@ from defi_realtime.adapters.sql_schema import (
     ALERT_EVENTS,
     HISTORY_METADATA,
     MIGRATIONS_DIR,
+    POSTGRES_ONLY_INDEXES,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
     VERSION_TABLE,
@@ -544,6 +545,12 @@ class HistoryContract:
         # One row: the newest revision (whichever that is as migrations are added).
         head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
         assert [row[0] for row in versions] == [head]
+        # PostgreSQL's expression index over a state's span is created by its revision only.
+        differences = [
+            d
+            for d in differences
+            if not (d[0] == "remove_index" and d[1].name in POSTGRES_ONLY_INDEXES)
+        ]
         assert differences == []
         assert model.position() == 1
         assert list(model.series(SeriesQuery("aave")).points) == points((T0, 1.0))

@@ -1,13 +1,17 @@
-"""Time travel equals a recomputation from the event log.
+"""Time travel and the rollups equal a recomputation from the event log.
 
-For random logs (corrections, late observations, several chains and metrics) and random cuts
-(``as_of`` a data time, ``known_at`` a log position, either or both), the views the history
-read model answers for the cut must equal what the live fold (``HotState``, the hot
-projections' own rules) makes of the log's facts inside the cut, with today's listings.
+For random logs (corrections, late observations, several chains and metrics) applied in
+random batches, and random cuts (``as_of`` a data time, ``known_at`` a log position, either
+or both), the views the history read model answers for the cut (from the raw facts, and from
+the series-states rollup where the cut is a time alone) must equal what the live fold
+(``HotState``, the hot projections' own rules) makes of the log's facts inside the cut, with
+today's listings. The group-days rollup must answer every bucket as ``bucketed`` computes it
+from the day closes, listings changing on the way included.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,18 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from defi_realtime.adapters.sql_history import SqlHistoryReadModel
+from defi_realtime.application.aggregate import (
+    ROLLUP_METRICS,
+    AggregateQuery,
+    Measure,
+    bucket_starts,
+    bucketed,
+    bucketed_from_rollup,
+)
+from defi_realtime.application.chain_tvl import CARRY_DAYS, DAY
 from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.log import LogBatch, LogEntry
-from defi_realtime.application.time_travel import Cut, views_at
+from defi_realtime.application.time_travel import Cut, protocols_at, views_at
 from defi_realtime.application.views import ProtocolView
 from tests.services import throwaway_schema
 
@@ -109,6 +122,7 @@ def model(
     observations=[("aave", "tvl", "total", T0, 10.0), ("aave", "tvl", "total", TIMES[-2], 12.5)],
     as_of=None,
     known_share=None,
+    cuts=[],
 )
 @settings(
     max_examples=100,
@@ -119,29 +133,124 @@ def model(
     observations=st.lists(metrics, min_size=1, max_size=30),
     as_of=st.one_of(st.none(), st.sampled_from(TIMES), st.floats(T0 - HOUR, T0 + 300 * HOUR)),
     known_share=st.one_of(st.none(), st.floats(0, 1)),
+    cuts=st.lists(st.floats(0, 1), max_size=4),
 )
 def test_a_cut_answers_as_a_fold_of_the_facts_inside_it(
     model: SqlHistoryReadModel,
     observations: list[tuple[str, str, str, float, float]],
     as_of: float | None,
     known_share: float | None,
+    cuts: list[float],
 ) -> None:
     entries = log_of(observations)
     last = entries[-1].position
     known_at = None if known_share is None else round(known_share * last)
     cut = Cut(as_of=as_of, known_at=known_at)
     model.reset()
-    model.apply(LogBatch(after=0, last=last, entries=tuple(entries)))
+    apply_in_batches(model, entries, cuts)
 
     answered = views_at(model.latest_values(cut), model.tvl_points(cut), model.listing_details())
+    from_rollup = protocols_at(model, cut)
 
     fold = HotState()
     fold.apply(LogBatch(after=0, last=last, entries=tuple(e for e in entries if inside(e, cut))))
     with_values = {e.key for e in entries if e.kind == "metric" and inside(e, cut)}
     expected = {slug: fold.protocol_views[slug] for slug in with_values}
-    assert {view.slug: comparable(view) for view in answered} == {
-        slug: comparable(view) for slug, view in expected.items()
-    }
+    expected_views = {slug: comparable(view) for slug, view in expected.items()}
+    assert {view.slug: comparable(view) for view in answered} == expected_views
+    assert {view.slug: comparable(view) for view in from_rollup} == expected_views
+
+
+def apply_in_batches(
+    model: SqlHistoryReadModel, entries: list[LogEntry], cuts: list[float]
+) -> None:
+    """``entries`` applied in batches split at the ``cuts`` (shares of the log)."""
+    bounds = sorted({0, len(entries), *(round(share * len(entries)) for share in cuts)})
+    for start, stop in itertools.pairwise(bounds):
+        if start < stop:
+            batch = entries[start:stop]
+            model.apply(LogBatch(after=start, last=stop, entries=tuple(batch)))
+
+
+relistings = st.lists(
+    st.tuples(
+        st.integers(0, 40),
+        st.sampled_from(["aave", "curve", "ghost"]),
+        st.sampled_from(["Lending", "Dexes", "CEX"]),
+        st.sampled_from([["Ethereum"], ["Ethereum", "Arbitrum"], ["Base"], []]),
+    ),
+    max_size=3,
+)
+DAYS_APART = [T0 + days * DAY + hours * HOUR for days in (0, 1, 3, 9, 10, 20) for hours in (0, 5)]
+daily_metrics = st.tuples(
+    st.sampled_from(["aave", "aave", "curve", "ghost"]),
+    st.sampled_from(["tvl", "tvl", "tvl", "volume_24h", "fees_24h"]),
+    st.sampled_from(["total", "total", "Ethereum", "Base"]),
+    st.sampled_from(DAYS_APART),
+    st.sampled_from([0.0, 1.0, 5.0, 12.5, 100.0]),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    observations=st.lists(daily_metrics, min_size=1, max_size=30),
+    relisted=relistings,
+    cuts=st.lists(st.floats(0, 1), max_size=4),
+    group_by=st.sampled_from([None, "category", "chain"]),
+    bucket=st.sampled_from(["1d", "1w"]),
+)
+def test_the_group_days_rollup_answers_buckets_as_a_recomputation(
+    model: SqlHistoryReadModel,
+    observations: list[tuple[str, str, str, float, float]],
+    relisted: list[tuple[int, str, str, list[str]]],
+    cuts: list[float],
+    group_by: Any,
+    bucket: Any,
+) -> None:
+    entries = log_of(observations)
+    for at, slug, category, chains in sorted(relisted, reverse=True):
+        at = min(at, len(entries))
+        data = {"name": slug, "category": category, "chains": chains, "url": ""}
+        entries.insert(at, LogEntry(0, "protocol_listed", slug, data, T0))
+    entries = [
+        LogEntry(position, e.kind, e.key, e.data, e.recorded_at)
+        for position, e in enumerate(entries, 1)
+    ]
+    model.reset()
+    apply_in_batches(model, entries, cuts)
+
+    query = AggregateQuery(
+        group_by=group_by,
+        measures=(
+            Measure("sum", "tvl"),
+            Measure("count", "volume_24h"),
+            Measure("avg", "fees_24h"),
+        ),
+    )
+    start, end = T0 - 2 * DAY, T0 + 32 * DAY - 1
+    starts = bucket_starts(bucket, start, end)
+    first_day = int(starts[0] // DAY) - CARRY_DAYS
+    rows = model.daily_metric_values(ROLLUP_METRICS, first_day, int(end // DAY), Cut())
+    expected = bucketed(rows, model.listings(), query, starts, end)
+    last_days = [int((b - 1) // DAY) for b in [*starts[1:], end + 1]]
+    dimension = "all" if group_by is None else group_by
+    answered = bucketed_from_rollup(
+        model.group_days(dimension, last_days, ROLLUP_METRICS), query, starts, end
+    )
+    assert [(b.start, [(g.key, g.protocols) for g in b.groups]) for b in answered] == [
+        (b.start, [(g.key, g.protocols) for g in b.groups]) for b in expected
+    ]
+    for mine, theirs in zip(answered, expected, strict=True):
+        for group, other in zip(mine.groups, theirs.groups, strict=True):
+            for name, value in other.measures.items():
+                if value is None:
+                    assert group.measures[name] is None, (name, group)
+                else:
+                    assert group.measures[name] == pytest.approx(value, rel=1e-9, abs=1e-9)
 
 
 def test_a_time_becomes_the_last_position_recorded_by_then(

@@ -1,0 +1,484 @@
+"""The history projection's rollups in SQL (ADR 0021): series states, day closes, group days.
+
+``SqlRollups.apply`` runs inside the history read model's ``apply`` transaction, after the
+raw rows are written, so the rollups move with the tracking position: exactly once, and a
+rebuild of the projection rebuilds them. The rules are pure and live in the application
+(``series_states.restate``, ``aggregate.contributions``); this module reads the rows they
+need and writes what they return. Upserts are ``INSERT ... ON CONFLICT`` (the same construct
+on PostgreSQL and SQLite); group sums move by deltas in the same statement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, Row
+
+from ..application.aggregate import BucketValue, GroupDay, contributions
+from ..application.chain_tvl import CARRY_DAYS, DAY, Listing
+from ..application.series_states import (
+    CHANGE_SPAN,
+    OPEN,
+    Recording,
+    SeriesKey,
+    SeriesState,
+    restate,
+)
+from .sql_schema import GROUP_DAYS, PROTOCOL_OBSERVATIONS, PROTOCOLS, SERIES_DAYS, SERIES_STATES
+
+__all__ = ["SqlRollups"]
+
+# Keys per statement (tuple IN lists: SQLite caps bound variables per statement).
+_CHUNK: Final = 200
+# Raw observations read per step when the rollups are filled from them.
+_REBUILD_PAGE: Final = 20_000
+# "Every day" of a protocol whose listing changed (days since the epoch; fits an INTEGER).
+_ALL_DAYS: Final = 10**9
+_Deltas = dict[tuple[str, str, str, int], list[float]]
+"""(dimension, group, metric, day) -> [total, counted, members] to add."""
+_STATE_FIELDS: Final = (
+    "value",
+    "position",
+    "first_position",
+    "valid_to",
+    "change_1h",
+    "change_1d",
+    "change_7d",
+)
+_ROLLUP_TABLES: Final = (SERIES_STATES, SERIES_DAYS, GROUP_DAYS)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _state(row: Row[Any]) -> SeriesState:
+    # The table's columns are SeriesState's fields, in order.
+    return SeriesState(*tuple(row))
+
+
+def _state_row(state: SeriesState) -> dict[str, Any]:
+    return {
+        "protocol": state.protocol,
+        "metric": state.metric,
+        "chain": state.chain,
+        "observed_at": state.observed_at,
+        "value": state.value,
+        "position": state.position,
+        "first_position": state.first_position,
+        "valid_to": state.valid_to,
+        "change_1h": state.change_1h,
+        "change_1d": state.change_1d,
+        "change_7d": state.change_7d,
+    }
+
+
+class SqlRollups:
+    """Maintains and reads the rollup tables of one history database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # Built once, executed with many rows (the driver batches them).
+        states = insert(SERIES_STATES)
+        self._upsert_states = states.on_conflict_do_update(
+            index_elements=["protocol", "metric", "chain", "observed_at"],
+            set_={name: states.excluded[name] for name in _STATE_FIELDS},
+        )
+        closes = insert(SERIES_DAYS)
+        self._upsert_closes = closes.on_conflict_do_update(
+            index_elements=["protocol", "metric", "chain", "day"],
+            set_={name: closes.excluded[name] for name in ("value", "observed_at", "position")},
+        )
+        groups = insert(GROUP_DAYS)
+        self._add_to_groups = groups.on_conflict_do_update(
+            index_elements=["dimension", "day", "grp", "metric"],
+            set_={
+                name: GROUP_DAYS.c[name] + groups.excluded[name]
+                for name in ("total", "counted", "members")
+            },
+        )
+
+    # -- writing (inside the projection's transaction) --------------------------------------
+
+    def listings(self, connection: Connection, slugs: Iterable[str]) -> dict[str, Listing]:
+        found: dict[str, Listing] = {}
+        for chunk in _chunks(sorted(set(slugs))):
+            for row in connection.execute(
+                select(PROTOCOLS.c.slug, PROTOCOLS.c.category, PROTOCOLS.c.chains).where(
+                    PROTOCOLS.c.slug.in_(chunk)
+                )
+            ):
+                found[row.slug] = Listing(row.slug, row.category, tuple(row.chains))
+        return found
+
+    def apply(
+        self,
+        connection: Connection,
+        metrics: Sequence[Mapping[str, Any]],
+        listed_before: Mapping[str, Listing | None],
+    ) -> None:
+        """Move the rollups by ``metrics`` (raw rows just written, in log order) and by the
+        listings of ``listed_before``'s protocols (what they were before this batch)."""
+        if metrics:
+            self._restate(connection, metrics)
+        self._add_to_group_days(
+            connection, self._days_and_groups(connection, metrics, listed_before)
+        )
+
+    def rebuild(self, connection: Connection) -> None:
+        """Fill the rollups from the raw observations and current listings (after the
+        upgrade that added them; a projection rebuild gets them from ``apply``).
+
+        One pass over the series index, a protocol at a time: its series restated from
+        nothing, its day closes and its contributions to the group days, summed in memory
+        and written once (COPY on PostgreSQL)."""
+        for table in _ROLLUP_TABLES:
+            connection.execute(delete(table))
+        obs = PROTOCOL_OBSERVATIONS
+        listings = self.listings(connection, connection.execute(select(PROTOCOLS.c.slug)).scalars())
+        rows = connection.execute(
+            select(
+                obs.c.position,
+                obs.c.protocol,
+                obs.c.metric,
+                obs.c.chain,
+                obs.c.observed_at,
+                obs.c.value,
+            )
+            .order_by(obs.c.protocol, obs.c.metric, obs.c.chain, obs.c.observed_at)
+            .execution_options(yield_per=_REBUILD_PAGE)  # streamed
+        )
+        deltas: _Deltas = defaultdict(lambda: [0.0, 0, 0])
+        states: list[SeriesState] = []
+        closes: dict[tuple[str, str, str, int], tuple[float, float, int]] = {}
+        for protocol, found in itertools.groupby(rows, key=lambda row: str(row.protocol)):
+            recordings: dict[SeriesKey, list[Recording]] = defaultdict(list)
+            mine = _day_closes([dict(row._mapping) for row in found], recordings)
+            for series_key, series in recordings.items():
+                series.sort(key=lambda recording: recording.position)
+                states.extend(restate(series_key, [], series))
+            days = [key[3] for key in mine]
+            values = [
+                BucketValue(protocol, metric, chain, day, close[0])
+                for (_, metric, chain, day), close in mine.items()
+            ]
+            span = range(min(days), max(days) + CARRY_DAYS + 1)
+            for key, (total, counted, members) in contributions(
+                protocol, values, listings.get(protocol), span
+            ).items():
+                delta = deltas[key]
+                delta[0] += total
+                delta[1] += counted
+                delta[2] += members
+            closes.update(mine)
+            if len(states) >= _REBUILD_PAGE:
+                self._bulk_write(connection, states, closes)
+                states, closes = [], {}
+        self._bulk_write(connection, states, closes, _group_rows(deltas))
+
+    def _bulk_write(
+        self,
+        connection: Connection,
+        states: Sequence[SeriesState],
+        closes: Mapping[tuple[str, str, str, int], tuple[float, float, int]],
+        group_rows: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Insert rows new to their (emptied) tables."""
+        for table, found in (
+            (SERIES_STATES, [_state_row(state) for state in states]),
+            (SERIES_DAYS, _close_rows(closes)),
+            (GROUP_DAYS, group_rows),
+        ):
+            if not found:
+                continue
+            if self._engine.dialect.name != "postgresql":
+                connection.execute(table.insert(), found)
+                continue
+            names = list(found[0])
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                for row in found:
+                    copy.write_row([row[name] for name in names])
+
+    def _restate(self, connection: Connection, metrics: Sequence[Mapping[str, Any]]) -> None:
+        recordings: dict[SeriesKey, list[Recording]] = defaultdict(list)
+        for row in metrics:
+            key = (row["protocol"], row["metric"], row["chain"])
+            recordings[key].append(Recording(row["observed_at"], row["value"], row["position"]))
+        lows = {key: min(r.observed_at for r in found) for key, found in recordings.items()}
+        stored = self._states_from(connection, {k: low - CHANGE_SPAN for k, low in lows.items()})
+        changed: list[SeriesState] = []
+        for key, found in recordings.items():
+            states = stored.get(key, [])
+            changed.extend(restate(key, states, found))
+        if changed:
+            connection.execute(self._upsert_states, [_state_row(state) for state in changed])
+
+    def _states_from(
+        self, connection: Connection, lows: Mapping[SeriesKey, float]
+    ) -> dict[SeriesKey, list[SeriesState]]:
+        """Each series' states from its low onwards, and the one before (series of similar
+        lows share a read, from the lowest)."""
+        by_day: dict[int, list[SeriesKey]] = defaultdict(list)
+        for key, low in lows.items():
+            by_day[math.floor(low / DAY)].append(key)
+        found: dict[SeriesKey, list[SeriesState]] = defaultdict(list)
+        for keys in by_day.values():
+            for chunk in _chunks(keys):
+                keyed, parameters = _keys_cte(("protocol", "metric", "chain"), chunk)
+                same = "st.protocol = k.protocol AND st.metric = k.metric AND st.chain = k.chain"
+                statement = text(
+                    f"""{keyed}
+                    SELECT st.* FROM k JOIN series_states st ON {same}
+                    WHERE st.observed_at >= :low
+                    UNION ALL
+                    SELECT st.* FROM k JOIN series_states st ON {same}
+                    WHERE st.observed_at = (
+                        SELECT max(b.observed_at) FROM series_states b
+                        WHERE b.protocol = k.protocol AND b.metric = k.metric
+                        AND b.chain = k.chain AND b.observed_at < :low)"""
+                )
+                low = min(lows[key] for key in chunk)
+                for row in connection.execute(statement, {**parameters, "low": low}):
+                    state = _state(row)
+                    found[state.key].append(state)
+        for states in found.values():
+            states.sort(key=lambda state: state.observed_at)
+        return found
+
+    def _days_and_groups(
+        self,
+        connection: Connection,
+        metrics: Sequence[Mapping[str, Any]],
+        listed_before: Mapping[str, Listing | None],
+    ) -> _Deltas:
+        """Write the batch's new day closes; return what they (and the listings) move in
+        the group days."""
+        closes = _day_closes(metrics)
+        stored = self._stored_closes(connection, list(closes))
+        fresh = {
+            key: close
+            for key, close in closes.items()
+            if key not in stored or (close[1], close[2]) > (stored[key][1], stored[key][2])
+        }
+        listed_now = self.listings(connection, {key[0] for key in fresh} | set(listed_before))
+        relisted = {
+            slug for slug, before in listed_before.items() if before != listed_now.get(slug)
+        }
+        # The days whose contributions may move: a close moves its day and the CARRY_DAYS
+        # after it; a listing moves every day of the protocol.
+        spans: dict[str, tuple[int, int]] = {}
+        for protocol, _, _, day in fresh:
+            low, high = spans.get(protocol, (day, day))
+            spans[protocol] = (min(low, day), max(high, day + CARRY_DAYS))
+        for slug in relisted:
+            spans[slug] = (-_ALL_DAYS, _ALL_DAYS)
+        deltas: _Deltas = defaultdict(lambda: [0.0, 0, 0])
+        if not spans:
+            return deltas
+        old_closes = self._closes_of(connection, spans)
+        if fresh:
+            self._write_closes(connection, fresh)
+        fresh_of: dict[str, dict[tuple[str, str, str, int], tuple[float, float, int]]] = (
+            defaultdict(dict)
+        )
+        for key, close in fresh.items():
+            fresh_of[key[0]][key] = close
+        for slug, (low, high) in spans.items():
+            before = old_closes.get(slug, {})
+            after = {**before, **fresh_of.get(slug, {})}
+            if slug in relisted:
+                present = [key[3] for key in (*before, *after)]
+                if not present:
+                    continue
+                low, high = min(present), max(present) + CARRY_DAYS
+            days = range(low, high + 1)
+            old_listing = listed_before.get(slug) if slug in relisted else listed_now.get(slug)
+            for sign, values, listing in (
+                (-1, before, old_listing),
+                (1, after, listed_now.get(slug)),
+            ):
+                series = [
+                    BucketValue(slug, metric, chain, day, close[0])
+                    for (_, metric, chain, day), close in values.items()
+                ]
+                for key, (total, counted, members) in contributions(
+                    slug, series, listing, days
+                ).items():
+                    delta = deltas[key]
+                    delta[0] += sign * total
+                    delta[1] += sign * counted
+                    delta[2] += sign * members
+        return deltas
+
+    def _add_to_group_days(self, connection: Connection, deltas: _Deltas) -> None:
+        rows = _group_rows(deltas)
+        if rows:
+            connection.execute(self._add_to_groups, rows)
+
+    @staticmethod
+    def _stored_closes(
+        connection: Connection, keys: Sequence[tuple[str, str, str, int]]
+    ) -> dict[tuple[str, str, str, int], tuple[float, float, int]]:
+        found = {}
+        for chunk in _chunks(keys):
+            keyed, parameters = _keys_cte(("protocol", "metric", "chain", "day"), chunk)
+            statement = text(
+                f"""{keyed}
+                SELECT d.protocol, d.metric, d.chain, d.day, d.value, d.observed_at, d.position
+                FROM k JOIN series_days d ON d.protocol = k.protocol AND d.metric = k.metric
+                AND d.chain = k.chain AND d.day = k.day"""
+            )
+            for row in connection.execute(statement, parameters):
+                found[(row.protocol, row.metric, row.chain, int(row.day))] = (
+                    float(row.value),
+                    float(row.observed_at),
+                    int(row.position),
+                )
+        return found
+
+    @staticmethod
+    def _closes_of(
+        connection: Connection, spans: Mapping[str, tuple[int, int]]
+    ) -> dict[str, dict[tuple[str, str, str, int], tuple[float, float, int]]]:
+        """Each protocol's stored day closes over its span and the CARRY_DAYS before it."""
+        sd = SERIES_DAYS
+        found: dict[str, dict[tuple[str, str, str, int], tuple[float, float, int]]] = defaultdict(
+            dict
+        )
+        slugs = sorted(spans, key=lambda slug: spans[slug])
+        for chunk in _chunks(slugs):
+            low = min(spans[slug][0] for slug in chunk) - CARRY_DAYS
+            high = max(spans[slug][1] for slug in chunk)
+            for row in connection.execute(
+                select(sd).where(sd.c.protocol.in_(chunk), sd.c.day.between(low, high))
+            ):
+                found[row.protocol][(row.protocol, row.metric, row.chain, row.day)] = (
+                    float(row.value),
+                    float(row.observed_at),
+                    int(row.position),
+                )
+        return found
+
+    def _write_closes(
+        self,
+        connection: Connection,
+        closes: Mapping[tuple[str, str, str, int], tuple[float, float, int]],
+    ) -> None:
+        connection.execute(self._upsert_closes, _close_rows(closes))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def states_at(self, as_of: float | None, protocol: str | None = None) -> list[SeriesState]:
+        """The state of every series (or ``protocol``'s) at ``as_of`` (None: now)."""
+        st = SERIES_STATES
+        statement = select(st)
+        if as_of is None:
+            statement = statement.where(st.c.valid_to == OPEN)
+        elif self._engine.dialect.name == "postgresql":
+            statement = statement.where(
+                text(
+                    "history_float8range(observed_at, valid_to, '[)') @> CAST(:t AS float8)"
+                ).bindparams(t=as_of)
+            )
+        else:
+            statement = statement.where(st.c.observed_at <= as_of, st.c.valid_to > as_of)
+        if protocol is not None:
+            statement = statement.where(st.c.protocol == protocol)
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement.order_by(st.c.first_position)).all()
+        return [SeriesState(*row) for row in rows]
+
+    def group_days(
+        self, dimension: str, days: Sequence[int], metrics: Iterable[str]
+    ) -> list[GroupDay]:
+        """The rows of ``dimension``'s groups on ``days``, of ``metrics``."""
+        gd = GROUP_DAYS
+        columns = (gd.c.dimension, gd.c.grp, gd.c.metric, gd.c.day)
+        answer: list[GroupDay] = []
+        with self._engine.connect() as connection:
+            for chunk in _chunks(sorted(set(days)), 500):
+                statement = select(*columns, gd.c.total, gd.c.counted, gd.c.members).where(
+                    gd.c.dimension == dimension,
+                    gd.c.day.in_(chunk),
+                    gd.c.metric.in_(sorted(set(metrics))),
+                    gd.c.members > 0,
+                )
+                answer.extend(GroupDay(*row) for row in connection.execute(statement))
+        return answer
+
+
+def _keys_cte(names: Sequence[str], keys: Sequence[Sequence[Any]]) -> tuple[str, dict[str, Any]]:
+    """``WITH k(names) AS (VALUES ...)`` over ``keys``, and its bind parameters (a join on
+    it probes an index once per key, on PostgreSQL and SQLite alike)."""
+    rows = []
+    parameters: dict[str, Any] = {}
+    for index, key in enumerate(keys):
+        slots = []
+        for column, value in zip(names, key, strict=True):
+            parameters[f"{column}_{index}"] = value
+            slots.append(f":{column}_{index}")
+        rows.append(f"({', '.join(slots)})")
+    return f"WITH k({', '.join(names)}) AS (VALUES {', '.join(rows)})", parameters
+
+
+def _day_closes(
+    metrics: Iterable[Mapping[str, Any]],
+    recordings: dict[SeriesKey, list[Recording]] | None = None,
+) -> dict[tuple[str, str, str, int], tuple[float, float, int]]:
+    """The last recording of each series' day among ``metrics``: (value, observed_at,
+    position); with ``recordings``, each series' recordings collected in it too."""
+    closes: dict[tuple[str, str, str, int], tuple[float, float, int]] = {}
+    for row in metrics:
+        observed_at = float(row["observed_at"])
+        close = (float(row["value"]), observed_at, int(row["position"]))
+        if recordings is not None:
+            recordings[(row["protocol"], row["metric"], row["chain"])].append(
+                Recording(observed_at, close[0], close[2])
+            )
+        key = (row["protocol"], row["metric"], row["chain"], math.floor(observed_at / DAY))
+        held = closes.get(key)
+        if held is None or (close[1], close[2]) > (held[1], held[2]):
+            closes[key] = close
+    return closes
+
+
+def _close_rows(
+    closes: Mapping[tuple[str, str, str, int], tuple[float, float, int]],
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "protocol": protocol,
+            "metric": metric,
+            "chain": chain,
+            "day": day,
+            "value": value,
+            "observed_at": observed_at,
+            "position": position,
+        }
+        for (protocol, metric, chain, day), (value, observed_at, position) in closes.items()
+    ]
+
+
+def _group_rows(deltas: _Deltas) -> list[dict[str, Any]]:
+    return [
+        {
+            "dimension": dimension,
+            "grp": group,
+            "metric": metric,
+            "day": day,
+            "total": total,
+            "counted": int(counted),
+            "members": int(members),
+        }
+        for (dimension, group, metric, day), (total, counted, members) in deltas.items()
+        if total or counted or members
+    ]
