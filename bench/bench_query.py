@@ -25,6 +25,7 @@ than DuckDB. Skips if the shared data is absent; the database is dropped at the 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import io
 import json
@@ -56,6 +57,7 @@ from defi_realtime.application.chain_tvl import DAY
 from defi_realtime.application.time_travel import Cut, page_of_views, protocols_at
 from defi_realtime.application.views import ALL_PROTOCOLS, ProtocolQuery
 from defi_realtime.domain.chains import canonical_chain
+from defi_realtime.entrypoints.settings import Settings
 from defi_realtime.domain.protocol import slugify
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/defillama"
@@ -153,6 +155,8 @@ def _timed(work: Callable[[], object], repeat: int) -> list[float]:
 
 
 def ours(url: str, end_day: int) -> dict[str, Callable[[], object]]:
+    # Collections as a node makes them (GC_THRESHOLDS, ADR 0012).
+    gc.set_threshold(*Settings().collector_thresholds)
     history = SqlHistoryReadModel(url.replace("postgresql://", "postgresql+psycopg://"))
     end = (end_day + 1) * DAY - 1
     as_of = end - 365 * DAY
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (DATA / "protocol-snapshots.jsonl.gz").exists():
         print(f"skipped: {DATA} is absent")
         return 0
-    protocols = _latest_capture()[: args.protocols]
+    protocols = [] if args.db else _latest_capture()[: args.protocols]
     name = args.db or args.keep_db or f"dr_query_{uuid.uuid4().hex[:10]}"
     scratch = Path(tempfile.mkdtemp(prefix="bench_query_"))
     admin = args.dsn
