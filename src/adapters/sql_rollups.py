@@ -11,6 +11,7 @@ on PostgreSQL and SQLite); group sums move by deltas in the same statement.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,18 +31,26 @@ from ..application.series_states import (
     SeriesState,
     restate,
 )
+from ..application.views import CHANGE_WINDOWS
+from ..domain.observations import TOTAL
 from .sql_schema import GROUP_DAYS, PROTOCOL_OBSERVATIONS, PROTOCOLS, SERIES_DAYS, SERIES_STATES
 
 __all__ = ["SqlRollups"]
 
-# Keys per statement (tuple IN lists: SQLite caps bound variables per statement).
+# Keys per statement: IN lists (SQLite caps bound variables per statement), and keys passed
+# as one JSON document.
 _CHUNK: Final = 200
+_KEYS_CHUNK: Final = 5_000
 # Raw observations read per step when the rollups are filled from them.
 _REBUILD_PAGE: Final = 20_000
 # "Every day" of a protocol whose listing changed (days since the epoch; fits an INTEGER).
 _ALL_DAYS: Final = 10**9
 _Deltas = dict[tuple[str, str, str, int], list[float]]
 """(dimension, group, metric, day) -> [total, counted, members] to add."""
+_NOTHING: Final = (0.0, 0, 0)
+# Join conditions of the probe queries: a state of ``k``'s series; one at ``t``'s time.
+_SAME_B: Final = "b.protocol = k.protocol AND b.metric = k.metric AND b.chain = k.chain"
+_SAME_T: Final = "st.protocol = t.protocol AND st.metric = t.metric AND st.chain = t.chain"
 _STATE_FIELDS: Final = (
     "value",
     "position",
@@ -214,13 +223,83 @@ class SqlRollups:
             key = (row["protocol"], row["metric"], row["chain"])
             recordings[key].append(Recording(row["observed_at"], row["value"], row["position"]))
         lows = {key: min(r.observed_at for r in found) for key, found in recordings.items()}
-        stored = self._states_from(connection, {k: low - CHANGE_SPAN for k, low in lows.items()})
+        heads = self._heads(connection, list(recordings))
+        # Points newer than their series' newest state (live data) need that state and, on
+        # a total-TVL series, the stored states nearest to each change window's start (what
+        # ``percent_change`` can pick); the others every state from CHANGE_SPAN before.
+        late = [key for key, head in heads.items() if lows[key] <= head.observed_at]
+        stored = self._states_from(connection, {key: lows[key] - CHANGE_SPAN for key in late})
+        cutoffs = [
+            (key, recording.observed_at, window)
+            for key, found in recordings.items()
+            if key in heads and key not in stored and key[1:] == ("tvl", TOTAL)
+            for recording in found
+            for window in CHANGE_WINDOWS.values()
+        ]
+        for key, states in self._nearest(connection, cutoffs).items():
+            stored[key] = [*states, heads[key]]
+        for key, head in heads.items():
+            stored.setdefault(key, [head])
         changed: list[SeriesState] = []
         for key, found in recordings.items():
             states = stored.get(key, [])
             changed.extend(restate(key, states, found))
         if changed:
             connection.execute(self._upsert_states, [_state_row(state) for state in changed])
+
+    @staticmethod
+    def _heads(connection: Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, SeriesState]:
+        """Each series' newest state (series without one are new)."""
+        found = {}
+        for chunk in _chunks(keys, _KEYS_CHUNK):
+            keyed, parameters = _keys_cte(
+                connection.dialect.name, ("protocol", "metric", "chain"), chunk
+            )
+            statement = text(
+                f"""{keyed}, t AS (
+                    SELECT k.protocol, k.metric, k.chain, (
+                        SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
+                    ) AS at FROM k)
+                SELECT st.* FROM t JOIN series_states st ON {_SAME_T} AND st.observed_at = t.at"""
+            )
+            for row in connection.execute(statement, parameters):
+                state = _state(row)
+                found[state.key] = state
+        return found
+
+    @staticmethod
+    def _nearest(
+        connection: Connection, cutoffs: Sequence[tuple[SeriesKey, float, float]]
+    ) -> dict[SeriesKey, list[SeriesState]]:
+        """For each (series, time, window): the stored states nearest before and after
+        ``time - window`` within the CHANGE_SPAN before ``time``, time-ordered per series."""
+        found: dict[SeriesKey, dict[float, SeriesState]] = defaultdict(dict)
+        names = ("protocol", "metric", "chain", "low", "high", "cutoff")
+        for chunk in _chunks(cutoffs, _KEYS_CHUNK):
+            keyed, parameters = _keys_cte(
+                connection.dialect.name,
+                names,
+                [(*key, at - CHANGE_SPAN, at, at - window) for key, at, window in chunk],
+            )
+            statement = text(
+                f"""{keyed}, t AS (
+                    SELECT k.protocol, k.metric, k.chain, (
+                        SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
+                        AND b.observed_at <= k.cutoff AND b.observed_at >= k.low
+                    ) AS before_at, (
+                        SELECT min(b.observed_at) FROM series_states b WHERE {_SAME_B}
+                        AND b.observed_at >= k.cutoff AND b.observed_at <= k.high
+                    ) AS after_at FROM k)
+                SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
+                AND st.observed_at = t.before_at
+                UNION ALL
+                SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
+                AND st.observed_at = t.after_at"""
+            )
+            for row in connection.execute(statement, parameters):
+                state = _state(row)
+                found[state.key][state.observed_at] = state
+        return {key: [by_time[t] for t in sorted(by_time)] for key, by_time in found.items()}
 
     def _states_from(
         self, connection: Connection, lows: Mapping[SeriesKey, float]
@@ -232,19 +311,21 @@ class SqlRollups:
             by_day[math.floor(low / DAY)].append(key)
         found: dict[SeriesKey, list[SeriesState]] = defaultdict(list)
         for keys in by_day.values():
-            for chunk in _chunks(keys):
-                keyed, parameters = _keys_cte(("protocol", "metric", "chain"), chunk)
-                same = "st.protocol = k.protocol AND st.metric = k.metric AND st.chain = k.chain"
+            for chunk in _chunks(keys, _KEYS_CHUNK):
+                keyed, parameters = _keys_cte(
+                    connection.dialect.name, ("protocol", "metric", "chain"), chunk
+                )
                 statement = text(
-                    f"""{keyed}
-                    SELECT st.* FROM k JOIN series_states st ON {same}
-                    WHERE st.observed_at >= :low
+                    f"""{keyed}, t AS (
+                        SELECT k.protocol, k.metric, k.chain, (
+                            SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
+                            AND b.observed_at < :low
+                        ) AS at FROM k)
+                    SELECT st.* FROM k JOIN series_states st ON st.protocol = k.protocol
+                    AND st.metric = k.metric AND st.chain = k.chain AND st.observed_at >= :low
                     UNION ALL
-                    SELECT st.* FROM k JOIN series_states st ON {same}
-                    WHERE st.observed_at = (
-                        SELECT max(b.observed_at) FROM series_states b
-                        WHERE b.protocol = k.protocol AND b.metric = k.metric
-                        AND b.chain = k.chain AND b.observed_at < :low)"""
+                    SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
+                    AND st.observed_at = t.at"""
                 )
                 low = min(lows[key] for key in chunk)
                 for row in connection.execute(statement, {**parameters, "low": low}):
@@ -302,21 +383,25 @@ class SqlRollups:
                 low, high = min(present), max(present) + CARRY_DAYS
             days = range(low, high + 1)
             old_listing = listed_before.get(slug) if slug in relisted else listed_now.get(slug)
-            for sign, values, listing in (
-                (-1, before, old_listing),
-                (1, after, listed_now.get(slug)),
-            ):
-                series = [
-                    BucketValue(slug, metric, chain, day, close[0])
-                    for (_, metric, chain, day), close in values.items()
-                ]
-                for key, (total, counted, members) in contributions(
-                    slug, series, listing, days
-                ).items():
+            old, new = (
+                contributions(
+                    slug,
+                    [
+                        BucketValue(slug, metric, chain, day, close[0])
+                        for (_, metric, chain, day), close in values.items()
+                    ],
+                    listing,
+                    days,
+                )
+                for values, listing in ((before, old_listing), (after, listed_now.get(slug)))
+            )
+            for key in old.keys() | new.keys():
+                was, now = old.get(key, _NOTHING), new.get(key, _NOTHING)
+                if was != now:  # most days of the span keep their contribution
                     delta = deltas[key]
-                    delta[0] += sign * total
-                    delta[1] += sign * counted
-                    delta[2] += sign * members
+                    delta[0] += now[0] - was[0]
+                    delta[1] += now[1] - was[1]
+                    delta[2] += now[2] - was[2]
         return deltas
 
     def _add_to_group_days(self, connection: Connection, deltas: _Deltas) -> None:
@@ -329,8 +414,10 @@ class SqlRollups:
         connection: Connection, keys: Sequence[tuple[str, str, str, int]]
     ) -> dict[tuple[str, str, str, int], tuple[float, float, int]]:
         found = {}
-        for chunk in _chunks(keys):
-            keyed, parameters = _keys_cte(("protocol", "metric", "chain", "day"), chunk)
+        for chunk in _chunks(keys, _KEYS_CHUNK):
+            keyed, parameters = _keys_cte(
+                connection.dialect.name, ("protocol", "metric", "chain", "day"), chunk
+            )
             statement = text(
                 f"""{keyed}
                 SELECT d.protocol, d.metric, d.chain, d.day, d.value, d.observed_at, d.position
@@ -416,18 +503,31 @@ class SqlRollups:
         return answer
 
 
-def _keys_cte(names: Sequence[str], keys: Sequence[Sequence[Any]]) -> tuple[str, dict[str, Any]]:
-    """``WITH k(names) AS (VALUES ...)`` over ``keys``, and its bind parameters (a join on
-    it probes an index once per key, on PostgreSQL and SQLite alike)."""
-    rows = []
-    parameters: dict[str, Any] = {}
-    for index, key in enumerate(keys):
-        slots = []
-        for column, value in zip(names, key, strict=True):
-            parameters[f"{column}_{index}"] = value
-            slots.append(f":{column}_{index}")
-        rows.append(f"({', '.join(slots)})")
-    return f"WITH k({', '.join(names)}) AS (VALUES {', '.join(rows)})", parameters
+_COLUMN_TYPES: Final = {
+    "protocol": "text",
+    "metric": "text",
+    "chain": "text",
+    "day": "integer",
+    "low": "float8",
+    "high": "float8",
+    "cutoff": "float8",
+}
+
+
+def _keys_cte(
+    dialect: str, names: Sequence[str], keys: Sequence[Sequence[Any]]
+) -> tuple[str, dict[str, Any]]:
+    """``WITH k(names) AS (...)`` over ``keys``, passed as one JSON parameter (a join on it
+    probes an index once per key, on PostgreSQL and SQLite alike; a statement text that
+    does not grow with the keys is parsed once)."""
+    document = json.dumps([dict(zip(names, key, strict=True)) for key in keys])
+    if dialect == "postgresql":
+        columns = ", ".join(f"{name} {_COLUMN_TYPES[name]}" for name in names)
+        source = f"SELECT * FROM json_to_recordset(CAST(:keys AS json)) AS x({columns})"
+    else:
+        columns = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name in names)
+        source = f"SELECT {columns} FROM json_each(:keys)"
+    return f"WITH k AS ({source})", {"keys": document}
 
 
 def _day_closes(

@@ -92,7 +92,9 @@ def restate(
 
     ``states`` are the series' stored states, time-ordered: every state from ``CHANGE_SPAN``
     before the earliest recording's time onwards, and the one state before those if there is
-    one (its span and first position continue into the new ones).
+    one (its span and first position continue into the new ones). When every recording is
+    newer than the series' newest state, that state and, for the changes, the states nearest
+    each change window's start (on both sides) are enough.
     """
     original = {state.observed_at: state for state in states}
     # time -> (value, position, smallest position recorded at that time or before)
@@ -125,9 +127,14 @@ def restate(
         changes = {index: _changes(times, values, index) for index in range(start, stop)}
     first = math.inf
     answer = []
+    # States before the first change's predecessor never change (and ``states`` may hold
+    # only some of them: the ones near the change windows).
+    unchanged_before = bisect_left(times, changed[0]) - 1
     for index, at in enumerate(times):
         value, position, first_here = held[at]
         first = min(first, first_here)
+        if index < unchanged_before:
+            continue
         valid_to = times[index + 1] if index + 1 < len(times) else OPEN
         before = original.get(at)
         change_1h, change_1d, change_7d = changes.get(index) or (

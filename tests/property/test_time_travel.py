@@ -124,6 +124,19 @@ def model(
     known_share=None,
     cuts=[],
 )
+# Live data: each batch newer than everything before it (the states' short path).
+@example(
+    observations=[("aave", "tvl", "total", at, float(i)) for i, at in enumerate(TIMES)],
+    as_of=None,
+    known_share=None,
+    cuts=[0.25, 0.5, 0.6, 0.7, 0.8, 0.9],
+)
+@example(
+    observations=[("aave", "tvl", "total", at, float(i)) for i, at in enumerate(TIMES)],
+    as_of=TIMES[-3],
+    known_share=None,
+    cuts=[0.3, 0.5, 0.7, 0.9],
+)
 @settings(
     max_examples=100,
     deadline=None,
