@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             SqlHistoryReadModel(url.replace("postgresql://", "postgresql+psycopg://")).close()
             filled = time.perf_counter() - started
             print(f"rollups filled from them (as the projection would) in {filled:.0f} s")
+            with psycopg.connect(url, autocommit=True) as connection:
+                # What autovacuum does after a bulk load, without waiting for it.
+                connection.execute("VACUUM ANALYZE")
         print(machine())
         answers = {"ours": ours(url, end_day), "duckdb": duck(url, end_day, scratch)}
         print(

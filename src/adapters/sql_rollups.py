@@ -70,7 +70,7 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 
 def _state(row: Row[Any]) -> SeriesState:
     # The table's columns are SeriesState's fields, in order.
-    return SeriesState(*tuple(row))
+    return SeriesState._make(row)
 
 
 def _state_row(state: SeriesState) -> dict[str, Any]:
@@ -192,6 +192,11 @@ class SqlRollups:
                 self._bulk_write(connection, states, closes)
                 states, closes = [], {}
         self._bulk_write(connection, states, closes, _group_rows(deltas))
+        if self._engine.dialect.name == "postgresql":
+            # Plans for the tables just filled (autovacuum sets their visibility map later,
+            # which the index-only scans of a cut need; ``VACUUM`` cannot run in here).
+            for table in _ROLLUP_TABLES:
+                connection.execute(text(f"ANALYZE {table.name}"))
 
     def _bulk_write(
         self,
@@ -482,7 +487,7 @@ class SqlRollups:
             statement = statement.where(st.c.protocol == protocol)
         with self._engine.connect() as connection:
             rows = connection.execute(statement.order_by(st.c.first_position)).all()
-        return [SeriesState(*row) for row in rows]
+        return [SeriesState._make(row) for row in rows]
 
     def group_days(
         self, dimension: str, days: Sequence[int], metrics: Iterable[str]
