@@ -57,8 +57,8 @@ from defi_realtime.application.chain_tvl import DAY
 from defi_realtime.application.time_travel import Cut, page_of_views, protocols_at
 from defi_realtime.application.views import ALL_PROTOCOLS, ProtocolQuery
 from defi_realtime.domain.chains import canonical_chain
-from defi_realtime.entrypoints.settings import Settings
 from defi_realtime.domain.protocol import slugify
+from defi_realtime.entrypoints.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/defillama"
 DEFAULT_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
