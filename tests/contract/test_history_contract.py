@@ -31,11 +31,14 @@ from sqlalchemy.pool import NullPool
 from defi_realtime.adapters.sql_history import SqlHistoryReadModel
 from defi_realtime.adapters.sql_schema import (
     ALERT_EVENTS,
+    GROUP_DAYS,
     HISTORY_METADATA,
     MIGRATIONS_DIR,
     POSTGRES_ONLY_INDEXES,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
+    SERIES_DAYS,
+    SERIES_STATES,
     VERSION_TABLE,
     migrate,
 )
@@ -120,6 +123,25 @@ def read_rows(url: str, table: Table) -> list[dict[str, Any]]:
             return [dict(row._mapping) for row in result]
     finally:
         engine.dispose()
+
+
+ROLLUPS = (SERIES_STATES, SERIES_DAYS, GROUP_DAYS)
+
+
+def _approx_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Rows comparable across the group sums' rounding (they move by deltas): floats to 9
+    significant digits, residues of 0 as 0; a group row without members is no row."""
+
+    def number(value: Any) -> Any:
+        if not isinstance(value, float):
+            return value
+        return 0.0 if abs(value) < 1e-6 else float(f"{value:.9g}")
+
+    return sorted(
+        repr(sorted((key, number(value)) for key, value in row.items()))
+        for row in rows
+        if row.get("members", 1) != 0
+    )
 
 
 def _driver_url(url: str) -> str:
@@ -631,6 +653,44 @@ class HistoryContract:
         )
         assert restarted.apply(work) is False
         assert restarted.apply(batch(5, metric(6, T0 + 120, 3.0))) is True
+
+    # -- rollups -------------------------------------------------------------------------
+
+    def test_an_upgraded_database_fills_its_rollups_as_the_projection_keeps_them(
+        self, open_model: OpenModel, url: str
+    ) -> None:
+        """A database holding observations from before the rollups existed (their tables
+        empty) gets them filled on the next start: the same rows as applying kept."""
+        first = open_model()
+        entries = [
+            listing(1, "aave", name="Aave", category="Lending", chains=["Ethereum", "Base"]),
+            listing(2, "curve", name="Curve", category="Dexes", chains=["Ethereum"]),
+        ]
+        times = [T0 + hours * 3_600 for hours in (0, 1, 5, 24, 25, 30, 49, 170, 200, 26)]
+        for index, at in enumerate(times):
+            position = len(entries) + 1
+            entries.append(metric(position, at, 10.0 + index))
+            entries.append(metric(position + 1, at, 5.0 + index, chain="Ethereum"))
+            entries.append(metric(position + 2, at, 1.0 + index, slug="curve", name="volume_24h"))
+        entries.append(metric(len(entries) + 1, times[3], 99.0))  # a correction, late
+        first.apply(batch(0, *entries[:14]))
+        first.apply(batch(14, *entries[14:]))
+        kept = {table.name: read_rows(url, table) for table in ROLLUPS}
+        assert all(kept.values())
+        first.close()
+        engine = create_engine(_driver_url(url), poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                for table in ROLLUPS:
+                    connection.execute(table.delete())
+        finally:
+            engine.dispose()
+
+        restarted = open_model()
+        filled = {table.name: read_rows(url, table) for table in ROLLUPS}
+        for name, rows in kept.items():
+            assert _approx_rows(filled[name]) == _approx_rows(rows), name
+        assert restarted.position() == len(entries)
 
     # -- property ------------------------------------------------------------------------
 
