@@ -45,6 +45,10 @@ _KEYS_CHUNK: Final = 5_000
 _REBUILD_PAGE: Final = 20_000
 # "Every day" of a protocol whose listing changed (days since the epoch; fits an INTEGER).
 _ALL_DAYS: Final = 10**9
+_DayKey = tuple[str, str, str, int]
+"""(protocol, metric, chain, day)."""
+_Close = tuple[float, float, int]
+"""A series' last recording of a day: (value, observed_at, position)."""
 _Deltas = dict[tuple[str, str, str, int], list[float]]
 """(dimension, group, metric, day) -> [total, counted, members] to add."""
 _NOTHING: Final = (0.0, 0, 0)
@@ -73,20 +77,14 @@ def _state(row: Row[Any]) -> SeriesState:
     return SeriesState._make(row)
 
 
-def _state_row(state: SeriesState) -> dict[str, Any]:
-    return {
-        "protocol": state.protocol,
-        "metric": state.metric,
-        "chain": state.chain,
-        "observed_at": state.observed_at,
-        "value": state.value,
-        "position": state.position,
-        "first_position": state.first_position,
-        "valid_to": state.valid_to,
-        "change_1h": state.change_1h,
-        "change_1d": state.change_1d,
-        "change_7d": state.change_7d,
-    }
+def _close(row: Row[Any]) -> _Close:
+    return (float(row.value), float(row.observed_at), int(row.position))
+
+
+def _add(deltas: _Deltas, key: tuple[str, str, str, int], amounts: Sequence[float]) -> None:
+    delta = deltas[key]
+    for index, amount in enumerate(amounts):
+        delta[index] += amount
 
 
 class SqlRollups:
@@ -167,7 +165,7 @@ class SqlRollups:
         )
         deltas: _Deltas = defaultdict(lambda: [0.0, 0, 0])
         states: list[SeriesState] = []
-        closes: dict[tuple[str, str, str, int], tuple[float, float, int]] = {}
+        closes: dict[_DayKey, _Close] = {}
         for protocol, found in itertools.groupby(rows, key=lambda row: str(row.protocol)):
             recordings: dict[SeriesKey, list[Recording]] = defaultdict(list)
             mine = _day_closes([dict(row._mapping) for row in found], recordings)
@@ -180,13 +178,8 @@ class SqlRollups:
                 for (_, metric, chain, day), close in mine.items()
             ]
             span = range(min(days), max(days) + CARRY_DAYS + 1)
-            for key, (total, counted, members) in contributions(
-                protocol, values, listings.get(protocol), span
-            ).items():
-                delta = deltas[key]
-                delta[0] += total
-                delta[1] += counted
-                delta[2] += members
+            for key, added in contributions(protocol, values, listings.get(protocol), span).items():
+                _add(deltas, key, added)
             closes.update(mine)
             if len(states) >= _REBUILD_PAGE:
                 self._bulk_write(connection, states, closes)
@@ -202,12 +195,12 @@ class SqlRollups:
         self,
         connection: Connection,
         states: Sequence[SeriesState],
-        closes: Mapping[tuple[str, str, str, int], tuple[float, float, int]],
+        closes: Mapping[_DayKey, _Close],
         group_rows: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Insert rows new to their (emptied) tables."""
         for table, found in (
-            (SERIES_STATES, [_state_row(state) for state in states]),
+            (SERIES_STATES, [state._asdict() for state in states]),
             (SERIES_DAYS, _close_rows(closes)),
             (GROUP_DAYS, group_rows),
         ):
@@ -250,7 +243,7 @@ class SqlRollups:
             states = stored.get(key, [])
             changed.extend(restate(key, states, found))
         if changed:
-            connection.execute(self._upsert_states, [_state_row(state) for state in changed])
+            connection.execute(self._upsert_states, [state._asdict() for state in changed])
 
     @staticmethod
     def _heads(connection: Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, SeriesState]:
@@ -353,7 +346,7 @@ class SqlRollups:
         fresh = {
             key: close
             for key, close in closes.items()
-            if key not in stored or (close[1], close[2]) > (stored[key][1], stored[key][2])
+            if key not in stored or close[1:] > stored[key][1:]
         }
         listed_now = self.listings(connection, {key[0] for key in fresh} | set(listed_before))
         relisted = {
@@ -372,10 +365,8 @@ class SqlRollups:
             return deltas
         old_closes = self._closes_of(connection, spans)
         if fresh:
-            self._write_closes(connection, fresh)
-        fresh_of: dict[str, dict[tuple[str, str, str, int], tuple[float, float, int]]] = (
-            defaultdict(dict)
-        )
+            connection.execute(self._upsert_closes, _close_rows(fresh))
+        fresh_of: dict[str, dict[_DayKey, _Close]] = defaultdict(dict)
         for key, close in fresh.items():
             fresh_of[key[0]][key] = close
         for slug, (low, high) in spans.items():
@@ -403,10 +394,7 @@ class SqlRollups:
             for key in old.keys() | new.keys():
                 was, now = old.get(key, _NOTHING), new.get(key, _NOTHING)
                 if was != now:  # most days of the span keep their contribution
-                    delta = deltas[key]
-                    delta[0] += now[0] - was[0]
-                    delta[1] += now[1] - was[1]
-                    delta[2] += now[2] - was[2]
+                    _add(deltas, key, [a - b for a, b in zip(now, was, strict=True)])
         return deltas
 
     def _add_to_group_days(self, connection: Connection, deltas: _Deltas) -> None:
@@ -415,9 +403,7 @@ class SqlRollups:
             connection.execute(self._add_to_groups, rows)
 
     @staticmethod
-    def _stored_closes(
-        connection: Connection, keys: Sequence[tuple[str, str, str, int]]
-    ) -> dict[tuple[str, str, str, int], tuple[float, float, int]]:
+    def _stored_closes(connection: Connection, keys: Sequence[_DayKey]) -> dict[_DayKey, _Close]:
         found = {}
         for chunk in _chunks(keys, _KEYS_CHUNK):
             keyed, parameters = _keys_cte(
@@ -430,22 +416,16 @@ class SqlRollups:
                 AND d.chain = k.chain AND d.day = k.day"""
             )
             for row in connection.execute(statement, parameters):
-                found[(row.protocol, row.metric, row.chain, int(row.day))] = (
-                    float(row.value),
-                    float(row.observed_at),
-                    int(row.position),
-                )
+                found[(row.protocol, row.metric, row.chain, int(row.day))] = _close(row)
         return found
 
     @staticmethod
     def _closes_of(
         connection: Connection, spans: Mapping[str, tuple[int, int]]
-    ) -> dict[str, dict[tuple[str, str, str, int], tuple[float, float, int]]]:
+    ) -> dict[str, dict[_DayKey, _Close]]:
         """Each protocol's stored day closes over its span and the CARRY_DAYS before it."""
         sd = SERIES_DAYS
-        found: dict[str, dict[tuple[str, str, str, int], tuple[float, float, int]]] = defaultdict(
-            dict
-        )
+        found: dict[str, dict[_DayKey, _Close]] = defaultdict(dict)
         slugs = sorted(spans, key=lambda slug: spans[slug])
         for chunk in _chunks(slugs):
             low = min(spans[slug][0] for slug in chunk) - CARRY_DAYS
@@ -453,19 +433,8 @@ class SqlRollups:
             for row in connection.execute(
                 select(sd).where(sd.c.protocol.in_(chunk), sd.c.day.between(low, high))
             ):
-                found[row.protocol][(row.protocol, row.metric, row.chain, row.day)] = (
-                    float(row.value),
-                    float(row.observed_at),
-                    int(row.position),
-                )
+                found[row.protocol][(row.protocol, row.metric, row.chain, row.day)] = _close(row)
         return found
-
-    def _write_closes(
-        self,
-        connection: Connection,
-        closes: Mapping[tuple[str, str, str, int], tuple[float, float, int]],
-    ) -> None:
-        connection.execute(self._upsert_closes, _close_rows(closes))
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -538,10 +507,10 @@ def _keys_cte(
 def _day_closes(
     metrics: Iterable[Mapping[str, Any]],
     recordings: dict[SeriesKey, list[Recording]] | None = None,
-) -> dict[tuple[str, str, str, int], tuple[float, float, int]]:
+) -> dict[_DayKey, _Close]:
     """The last recording of each series' day among ``metrics``: (value, observed_at,
     position); with ``recordings``, each series' recordings collected in it too."""
-    closes: dict[tuple[str, str, str, int], tuple[float, float, int]] = {}
+    closes: dict[_DayKey, _Close] = {}
     for row in metrics:
         observed_at = float(row["observed_at"])
         close = (float(row["value"]), observed_at, int(row["position"]))
@@ -551,13 +520,13 @@ def _day_closes(
             )
         key = (row["protocol"], row["metric"], row["chain"], math.floor(observed_at / DAY))
         held = closes.get(key)
-        if held is None or (close[1], close[2]) > (held[1], held[2]):
+        if held is None or close[1:] > held[1:]:
             closes[key] = close
     return closes
 
 
 def _close_rows(
-    closes: Mapping[tuple[str, str, str, int], tuple[float, float, int]],
+    closes: Mapping[_DayKey, _Close],
 ) -> list[dict[str, Any]]:
     return [
         {

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple, Protocol
 
 from ..domain.chains import chain_key
-from .chain_tvl import CARRY_DAYS, DAY, Listing, tvl_by_chain
-from .hot_state import tvl_on
+from .chain_tvl import CARRY_DAYS, DAY, Listing
+from .hot_state import tvl_by_chain_key
 from .time_travel import Cut
 from .views import ProtocolView
 
@@ -133,16 +133,31 @@ class _Member(NamedTuple):
     values: dict[str, float | None]
 
 
-def _values_on(view: ProtocolView, chain: str | None) -> dict[str, float | None]:
-    """The protocol's metrics, in total or on ``chain``."""
-    if chain is None:
-        return {"tvl": view.tvl, "volume_24h": view.volume_24h, "fees_24h": view.fees_24h}
-    only = len(view.chains) == 1 and chain_key(view.chains[0]) == chain_key(chain)
-    return {
-        "tvl": tvl_on(view, chain),
-        "volume_24h": view.volume_24h if only else None,
-        "fees_24h": view.fees_24h if only else None,
-    }
+def _totals(view: ProtocolView) -> dict[str, float | None]:
+    """The protocol's metrics in total."""
+    return {"tvl": view.tvl, "volume_24h": view.volume_24h, "fees_24h": view.fees_24h}
+
+
+def _values_by_chain(view: ProtocolView) -> dict[str, dict[str, float | None]]:
+    """The protocol's metrics on each of its chains, by ``chain_key``: its TVL there
+    (``tvl_by_chain_key``, the listing ranking's rule), and its volume and fees when it
+    lists that chain alone."""
+    on_chain = tvl_by_chain_key(view)
+    only = chain_key(view.chains[0]) if len(view.chains) == 1 else None
+    answer = {}
+    for chain in (*view.chains, *view.chain_tvls):
+        key = chain_key(chain)
+        tvl = on_chain.get(key)
+        answer[key] = (
+            _NO_VALUES
+            if tvl is None and key != only
+            else {
+                "tvl": tvl,
+                "volume_24h": view.volume_24h if key == only else None,
+                "fees_24h": view.fees_24h if key == only else None,
+            }
+        )
+    return answer
 
 
 def _selected(view: ProtocolView, query: AggregateQuery) -> bool:
@@ -161,31 +176,17 @@ def _members(views: Iterable[ProtocolView], query: AggregateQuery) -> dict[str, 
         if not _selected(view, query):
             continue
         if query.group_by == "chain":
-            # ``_values_on`` for every chain of the view, the chain attribution made once.
-            on_chain: dict[str, float] = {}
-            for name, value in tvl_by_chain(view.chains, view.chain_tvls, view.tvl).items():
-                on_chain.setdefault(chain_key(name), value)
-            only = chain_key(view.chains[0]) if len(view.chains) == 1 else None
+            by_chain = _values_by_chain(view)
             for chain in dict.fromkeys((*view.chains, *view.chain_tvls)):
                 key = chain_key(chain)
                 if query.chains is None or key in query.chains:
-                    tvl = on_chain.get(key)
-                    values = (
-                        _NO_VALUES
-                        if tvl is None and key != only
-                        else {
-                            "tvl": tvl,
-                            "volume_24h": view.volume_24h if key == only else None,
-                            "fees_24h": view.fees_24h if key == only else None,
-                        }
-                    )
-                    groups[chain].append(_Member(view, values))
+                    groups[chain].append(_Member(view, by_chain[key]))
         elif query.group_by == "category":
-            groups[view.category].append(_Member(view, _values_on(view, None)))
+            groups[view.category].append(_Member(view, _totals(view)))
         elif query.group_by == "protocol":
-            groups[view.slug].append(_Member(view, _values_on(view, None)))
+            groups[view.slug].append(_Member(view, _totals(view)))
         else:
-            groups[_ALL].append(_Member(view, _values_on(view, None)))
+            groups[_ALL].append(_Member(view, _totals(view)))
     return groups
 
 
@@ -216,7 +217,7 @@ def aggregate(views: Iterable[ProtocolView], query: AggregateQuery) -> list[Grou
         everyone = [m for members in groups.values() for m in members]
         if query.group_by == "chain":  # one protocol on several chains: rank its total
             everyone = [
-                _Member(m.view, _values_on(m.view, None))
+                _Member(m.view, _totals(m.view))
                 for m in {m.view.slug: m for m in everyone}.values()
             ]
         answer.append(Group(_ALL, len(everyone), {}, _ranked(everyone, query)))
@@ -399,8 +400,9 @@ def _plan(
     """Which series feeds each group's metrics when ``present`` series have a value.
 
     The groups and their values depend on which series have a value, never on the values
-    (a group takes a series' value as it is: ``_values_on``): ``_members`` is run once on a
-    view whose values are distinct markers, and each value found is traced to its series.
+    (a group takes a series' value as it is: ``_totals``, ``_values_by_chain``): ``_members``
+    is run once on a view whose values are distinct markers, and each value found is traced
+    to its series.
     """
     markers = {key: float(index) for index, key in enumerate(sorted(present), 1)}
     by_series = {key: _Daily([0], [marker]) for key, marker in markers.items()}

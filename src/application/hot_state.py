@@ -534,17 +534,22 @@ def check_query(query: ProtocolQuery) -> None:
         raise ValueError("limit and offset must not be negative")
 
 
+def tvl_by_chain_key(view: ProtocolView) -> dict[str, float]:
+    """The protocol's TVL on each chain it can be attributed to (``chain_tvl``'s rule), by
+    ``chain_key`` (the first spelling of a chain wins)."""
+    attributed: dict[str, float] = {}
+    for name, value in tvl_by_chain(view.chains, view.chain_tvls, view.tvl).items():
+        attributed.setdefault(chain_key(name), value)
+    return attributed
+
+
 def tvl_on(view: ProtocolView, chain: str | None) -> float | None:
     """The TVL a listing filtered by ``chain`` ranks by: the protocol's TVL on that chain
     (its own figure, or its total when it lists that chain alone; ``chain_tvl``'s rule),
     or its total without a chain."""
     if chain is None:
         return view.tvl
-    wanted = chain_key(chain)
-    for name, value in tvl_by_chain(view.chains, view.chain_tvls, view.tvl).items():
-        if chain_key(name) == wanted:
-            return value
-    return None
+    return tvl_by_chain_key(view).get(chain_key(chain))
 
 
 def matches(view: ProtocolView, query: ProtocolQuery) -> bool:

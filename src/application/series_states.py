@@ -23,7 +23,15 @@ from typing import Final, NamedTuple
 from ..domain.observations import TOTAL
 from .views import CHANGE_WINDOWS, RECENT_WINDOW_SECONDS, percent_change
 
-__all__ = ["CHANGE_SPAN", "OPEN", "Recording", "SeriesKey", "SeriesState", "restate"]
+__all__ = [
+    "CHANGE_SPAN",
+    "OPEN",
+    "Recording",
+    "SeriesKey",
+    "SeriesState",
+    "changes_at",
+    "restate",
+]
 
 # How far back a state's changes look: what the hot projections keep, as the cuts do.
 CHANGE_SPAN: Final = RECENT_WINDOW_SECONDS
@@ -66,7 +74,7 @@ class SeriesState(NamedTuple):
         return (self.protocol, self.metric, self.chain)
 
 
-def _changes(
+def changes_at(
     times: Sequence[float], values: Sequence[float], index: int
 ) -> tuple[float | None, ...]:
     """The changes at ``times[index]`` from the points within ``CHANGE_SPAN`` before it (the
@@ -125,7 +133,7 @@ def restate(
         # A state's changes read the points up to CHANGE_SPAN before it.
         start = bisect_left(times, changed[0])
         stop = bisect_right(times, changed[-1] + CHANGE_SPAN)
-        changes = {index: _changes(times, values, index) for index in range(start, stop)}
+        changes = {index: changes_at(times, values, index) for index in range(start, stop)}
     first = math.inf
     answer = []
     # States before the first change's predecessor never change (and ``states`` may hold

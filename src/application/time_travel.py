@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from ..domain.observations import TOTAL
-from .hot_state import SERIES_METRICS, Points, ProtocolState, Reading, matches, order
-from .series_states import SeriesState
+from .hot_state import matches, order
+from .series_states import OPEN, SeriesState, changes_at
 from .views import RECENT_WINDOW_SECONDS, Page, ProtocolQuery, ProtocolView
 
 __all__ = [
@@ -95,44 +95,40 @@ def views_at(
 ) -> list[ProtocolView]:
     """The view of every protocol with a value in the cut, from what the read model found
     inside it (``latest``: one row per series; ``tvl_points``: time-ordered per protocol,
-    one per time)."""
-    current: dict[str, dict[tuple[str, str], Reading]] = defaultdict(dict)
-    extra_chains: dict[str, list[str]] = defaultdict(list)
-    positions: dict[str, int] = {}
-    for row in sorted(latest, key=lambda row: row.first_position):
-        current[row.protocol][(row.metric, row.chain)] = Reading(row.value, row.observed_at)
-        if row.chain != TOTAL:
-            extra_chains[row.protocol].append(row.chain)
-        positions[row.protocol] = max(positions.get(row.protocol, 0), row.position)
+    one per time): each series' state at the cut, its changes computed from the points, as
+    the series states hold them."""
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for point in tvl_points:
         points[point.protocol].append((point.observed_at, point.value))
-    views = []
-    for slug, readings in current.items():
-        listing = listings.get(slug)
-        chains = () if listing is None else listing.chains
-        chains = tuple(dict.fromkeys((*chains, *extra_chains[slug])))
-        state = ProtocolState(
-            slug=slug,
-            name=slug if listing is None else listing.name,
-            category="" if listing is None else listing.category,
-            chains=chains,
-            url="" if listing is None else listing.url,
-            current=readings,
-            recent=Points.of(sorted(points[slug])),
-            position=positions[slug],
-            series={metric: Points() for metric in SERIES_METRICS},
+    states = []
+    for row in sorted(latest, key=lambda row: row.first_position):
+        changes: tuple[float | None, ...] = (None, None, None)
+        if row.metric == "tvl" and row.chain == TOTAL:
+            recent = [p for p in sorted(points[row.protocol]) if p[0] < row.observed_at]
+            recent.append((row.observed_at, row.value))
+            times, values = [t for t, _ in recent], [v for _, v in recent]
+            changes = changes_at(times, values, len(times) - 1)
+        states.append(
+            SeriesState(
+                row.protocol,
+                row.metric,
+                row.chain,
+                row.observed_at,
+                row.value,
+                row.position,
+                row.first_position,
+                OPEN,
+                *changes,
+            )
         )
-        views.append(state.view(state.changes()))
-    return views
+    return views_of_states(states, listings)
 
 
 def views_of_states(
     states: Iterable[SeriesState], listings: Mapping[str, ListingDetails]
 ) -> list[ProtocolView]:
-    """``views_at`` from the series states that hold at a cut (the rollup), ordered by their
-    first positions, built directly: a cut of every protocol is thousands of views (the
-    property test holds the two equal)."""
+    """The views of the series states that hold at a cut, ordered by their first positions
+    (the live view's rules: tests/property/test_time_travel.py holds them equal to a fold)."""
     by_protocol: dict[str, list[SeriesState]] = defaultdict(list)
     for state in states:  # in the order of their first positions
         by_protocol[state.protocol].append(state)
