@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .sql_schema import close_engine
+from .sql_schema import close_engine, create_sql_engine, write_transaction
 
 __all__ = ["DEFAULT_POSITIONS_TABLE", "InMemoryPositionStore", "SqlPositionStore"]
 
@@ -106,7 +106,7 @@ class SqlPositionStore:
         return 0 if value is None else int(value)
 
     def save_sync(self, name: str, position: int) -> None:
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             self._upsert(conn, name, position)
 
     def _upsert(self, conn: Connection, name: str, position: int) -> None:
@@ -134,9 +134,6 @@ class SqlPositionStore:
 def _create_engine(url: str) -> tuple[Engine, bool]:
     """The engine, and whether all calls must be serialised on one shared connection."""
     parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        # The project ships psycopg 3, not SQLAlchemy's default psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         # An in-memory SQLite database exists per connection: share one connection across
         # the worker threads, or every to_thread call would see an empty database.
@@ -144,4 +141,7 @@ def _create_engine(url: str) -> tuple[Engine, bool]:
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
         return engine, True
-    return create_engine(parsed, pool_pre_ping=True), False
+    # A file or a server: the project's engine. On SQLite that waits out another writer
+    # (the history projection shares the file and may hold its lock for seconds) instead
+    # of failing after the driver's default 5 s, and takes the write lock up front.
+    return create_sql_engine(url), False

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +103,38 @@ class TestSqlitePositionStore(SqlContract):
                 names = conn.execute(text("SELECT name FROM sqlite_master")).scalars().all()
             assert "log_follower_positions" in names
         finally:
+            store.close()
+
+    def test_a_save_waits_out_another_writer_longer_than_the_driver_default(
+        self, tmp_path: Path
+    ) -> None:
+        """The history projection shares the file and may hold its write lock for seconds;
+        a follower saving its position then must wait, not fail with "database is locked"
+        after the sqlite3 driver's default 5 s (CI saw the alerts follower fail so)."""
+        path = tmp_path / "shared.db"
+        store = SqlPositionStore(f"sqlite:///{path}")
+        held = threading.Event()
+
+        def hold_the_write_lock() -> None:
+            other = sqlite3.connect(path, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                held.set()
+                time.sleep(6.0)
+                other.execute("COMMIT")
+            finally:
+                other.close()
+
+        holder = threading.Thread(target=hold_the_write_lock)
+        holder.start()
+        try:
+            assert held.wait(5)
+            started = time.monotonic()
+            store.save_sync("alerts", 76_000)
+            assert time.monotonic() - started > 5.0  # it did wait for the other writer
+            assert store.load_sync("alerts") == 76_000
+        finally:
+            holder.join(10)
             store.close()
 
     def test_an_invalid_table_name_is_refused(self, tmp_path: Path) -> None:
