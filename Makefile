@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)  ## the server on embedded defaults (SQLite + in-process), http://127.0.0.1:8000
-	$(BIN)/defi-realtime serve
+	$(BIN)/defi-realtime serve --sample  # an empty store first gets the packaged real-data sample
 
 test: $(STAMP)  ## every test: unit, contract, property, integration (real services), e2e
 	$(BIN)/python -m pytest -q
@@ -25,6 +25,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
+
+docs: $(STAMP)  ## regenerate docs/configuration.md's table from the settings model
+	$(BIN)/python scripts/configuration_reference.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import importlib.metadata
 import logging
 import os
 import signal
@@ -18,11 +19,13 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from ..adapters.defillama_files import UnknownFormatError, detect_format, estimate_items
+from ..adapters.defillama_files import Format, UnknownFormatError, detect_format, estimate_items
 from ..application.importing import ImportTotals, import_items, import_prepared
 from .alerts_cli import alerts_cli
+from .configuration import effective, reference
 from .console import err, progress_bar
 from .container import opened, opened_async, provide
+from .first_run import SAMPLE_FILES, SAMPLE_SOURCE
 from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
@@ -44,6 +47,24 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"defi-realtime {importlib.metadata.version('defi-realtime')}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Real-time DeFi analytics engine: server, workers, ingest and admin tools."""
+
+
 @cli.command()
 def serve(
     host: Annotated[
@@ -59,6 +80,14 @@ def serve(
             min=1,
         ),
     ] = 1,
+    sample: Annotated[
+        bool,
+        typer.Option(
+            "--sample",
+            help="When the event store is empty, first load the packaged sample of real "
+            "DeFiLlama data (December 2025); `make run` does",
+        ),
+    ] = False,
 ) -> None:
     """Run the API + WebSocket server with in-process workers."""
     import uvicorn
@@ -75,6 +104,11 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    store = "PostgreSQL" if settings.database_url else f"SQLite files in {settings.data_dir}"
+    # One line each, unwrapped: what an operator greps the log for.
+    err.print(f"event store and read models: {store}", soft_wrap=True)
+    if sample:
+        _load_sample_if_empty(settings)
     # WS_TRANSPORT=lean (default): uvicorn hands /v2/realtime sockets to our asyncio
     # protocol; asgi: uvicorn's own WebSocket stack and the Starlette endpoint. Either way
     # without permessage-deflate (~50% more CPU and ~34 KB more per connection).
@@ -127,6 +161,26 @@ def worker(
     asyncio.run(main())
 
 
+@cli.command("config")
+def config_command(
+    as_reference: Annotated[
+        bool,
+        typer.Option("--reference", help="Print every variable as the Markdown table of the docs"),
+    ] = False,
+) -> None:
+    """Show the configuration this process reads (environment, then `.env`), secrets
+    masked; `--reference` lists every variable with its default."""
+    if as_reference:
+        print(reference(), end="")
+        return
+    table = Table(title="configuration (environment, then .env)")
+    for column in ("variable", "value", "from"):
+        table.add_column(column)
+    for row in effective(_settings()):
+        table.add_row(*row)
+    Console().print(table)
+
+
 @cli.command("roles")
 def roles_command(
     process: Annotated[
@@ -158,7 +212,11 @@ def ingest(
     except UnknownFormatError as error:
         err.print(f"[red]cannot import {file}: {error}[/red]")
         raise typer.Exit(2) from None
-    settings = _settings()
+    _print_totals(_import_file(_settings(), file, fmt, source))
+
+
+def _import_file(settings: Settings, file: Path, fmt: Format, source: str | None) -> ImportTotals:
+    """``file`` through the writer, with a progress bar (``ingest``, the first-run sample)."""
     # Full collections made rare, as in the nodes (GC_THRESHOLDS, ADR 0012): the aggregate
     # cache grows to every protocol of the file and was rescanned again and again (~10 % of
     # an import's CPU, docs/benchmarks.md). The process's own setting comes back at the end.
@@ -184,7 +242,28 @@ def ingest(
                 err.print(f"[red]{error}[/red]")
                 raise typer.Exit(1) from None
         totals.renamed_slugs = reader.renamed
-    _print_totals(totals)
+    return totals
+
+
+def _load_sample_if_empty(settings: Settings) -> None:
+    """The first-run sample (``serve --sample``): loaded only into an empty event store, so
+    a restart, or a store that already holds data, is left as it is."""
+    with opened(settings) as container:
+        head = container.event_log().head()
+    if head:
+        err.print(
+            f"the event store holds {head:,} events: the sample is not loaded", soft_wrap=True
+        )
+        return
+    accepted = 0
+    for file in SAMPLE_FILES:
+        totals = _import_file(settings, file, detect_format(file), SAMPLE_SOURCE)
+        accepted += totals.accepted
+    err.print(
+        f"first run: loaded {accepted:,} observations of real DeFiLlama data "
+        "(December 2025, shipped in the package; figures by DeFiLlama, defillama.com)",
+        soft_wrap=True,
+    )
 
 
 def _completed(progress: Progress, task: TaskID, position: int) -> None:

@@ -5,72 +5,236 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import platformdirs
 from pydantic import Field, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_data_dir() -> Path:
+    """Where the embedded stores live when ``DATA_DIR`` is unset: the user's data directory
+    (``~/.local/share/defi-realtime`` on Linux), the same whichever directory a command is
+    run from, so ``serve`` and ``keys create`` always find the same store."""
+    return platformdirs.user_data_path("defi-realtime")
+
+
 class Settings(BaseSettings):
     """Everything selectable without code edits. Unset URLs mean embedded adapters:
-    SQLite files under ``DATA_DIR`` and in-process projections and fan-out."""
+    SQLite files under ``DATA_DIR`` and in-process projections and fan-out.
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    Read from the environment, then from a ``.env`` file in the working directory (the
+    environment wins). Each field's description is its entry in the configuration
+    reference (``defi-realtime config --reference``, docs/configuration.md).
+    """
 
-    data_dir: Path = Field(default=Path("var"), alias="DATA_DIR")
-    database_url: str | None = Field(default=None, alias="DATABASE_URL")
-    redis_url: str | None = Field(default=None, alias="REDIS_URL")
-    amqp_url: str | None = Field(default=None, alias="AMQP_URL")
-    redis_prefix: str = Field(default="dr:", alias="REDIS_PREFIX")
-    amqp_exchange: str = Field(default="defi-realtime.events", alias="AMQP_EXCHANGE")
-    # eventsourcing's stock PostgreSQL recorder instead of our batched one (for comparison).
-    stock_postgres_recorder: bool = Field(default=False, alias="STOCK_POSTGRES_RECORDER")
-
-    host: str = Field(default="127.0.0.1", alias="HOST")
-    port: int = Field(default=8000, alias="PORT")
-    require_key_for_reads: bool = Field(default=False, alias="REQUIRE_KEY_FOR_READS")
-    max_body_bytes: int = Field(default=5 * 1024 * 1024, alias="MAX_BODY_BYTES")
-    # Seconds a client has to send a whole request head (request line and headers, also of
-    # a WebSocket handshake) from connecting or from the end of its previous response.
-    http_header_timeout: float = Field(default=10.0, gt=0, alias="HTTP_HEADER_TIMEOUT")
-    ws_queue_size: int = Field(default=1_000, alias="WS_QUEUE_SIZE")
-    ws_idle_timeout: float = Field(default=120.0, alias="WS_IDLE_TIMEOUT")
-    # Seconds a client whose queue is full may go without reading before it is closed
-    # (4008); one that keeps reading is never closed for being behind (docs/websocket.md).
-    ws_send_timeout: float = Field(default=10.0, gt=0, alias="WS_SEND_TIMEOUT")
-    # WebSocket transport: "lean" (our asyncio protocol under uvicorn, ~10 KB a socket) or
-    # "asgi" (Starlette's WebSocket over uvicorn's websockets implementation).
-    ws_transport: str = Field(default="lean", alias="WS_TRANSPORT")
-    ws_heartbeat_interval: float = Field(default=20.0, alias="WS_HEARTBEAT_INTERVAL")
-    # Comma-separated Origin values allowed on the handshake; empty allows any (requests
-    # without an Origin header, i.e. not from a browser, are always allowed).
-    ws_allowed_origins: str = Field(default="", alias="WS_ALLOWED_ORIGINS")
-    # Kernel send buffer of each socket (lean transport; 0 keeps the OS default): bounds the
-    # kernel memory a client that stops reading can pin.
-    ws_send_buffer: int = Field(default=256 * 1024, alias="WS_SEND_BUFFER")
-    ws_max_message: int = Field(default=1024 * 1024, alias="WS_MAX_MESSAGE")
-    poll_interval: float = Field(default=0.5, alias="POLL_INTERVAL")
-    # The cyclic garbage collector's thresholds "gen0,gen1,gen2", set while a node runs
-    # (ADR 0012). With Python's 700,10,10 a loaded node ran a full collection every ~25 s;
-    # with 10,000 sockets open one scans ~370k objects and stalls every update ~220 ms.
-    gc_thresholds: str = Field(default="700,10,1000", alias="GC_THRESHOLDS")
-    node_id: str | None = Field(default=None, alias="NODE_ID")
-
-    # Alert delivery (see application/notifications.py).
-    amqp_notifications: str = Field(
-        default="defi-realtime.notifications", alias="AMQP_NOTIFICATIONS"
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        extra="ignore",
+        populate_by_name=True,
+        env_file=".env",
+        env_file_encoding="utf-8",
     )
-    allow_private_webhooks: bool = Field(default=False, alias="ALLOW_PRIVATE_WEBHOOKS")
-    webhook_timeout: float = Field(default=10.0, alias="WEBHOOK_TIMEOUT")
-    smtp_host: str | None = Field(default=None, alias="SMTP_HOST")
-    smtp_port: int = Field(default=25, alias="SMTP_PORT")
-    smtp_from: str = Field(default="alerts@defi-realtime.invalid", alias="SMTP_FROM")
-    smtp_starttls: bool = Field(default=False, alias="SMTP_STARTTLS")
-    smtp_username: str | None = Field(default=None, alias="SMTP_USERNAME")
-    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
-    notify_max_attempts: int = Field(default=8, ge=1, le=50, alias="NOTIFY_MAX_ATTEMPTS")
-    notify_backoff_base: float = Field(default=1.0, ge=0, alias="NOTIFY_BACKOFF_BASE")
-    notify_backoff_max: float = Field(default=3_600.0, ge=0, alias="NOTIFY_BACKOFF_MAX")
-    notify_jitter: float = Field(default=0.2, ge=0, le=1, alias="NOTIFY_JITTER")
-    notify_concurrency: int = Field(default=16, ge=1, alias="NOTIFY_CONCURRENCY")
+
+    # --- stores and services
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        alias="DATA_DIR",
+        description="Directory of the embedded stores (SQLite event store and read models). "
+        "Default: the user's data directory, e.g. ~/.local/share/defi-realtime.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        alias="DATABASE_URL",
+        description="postgresql:// URL of the event store and read models; unset: SQLite "
+        "files under DATA_DIR.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        alias="REDIS_URL",
+        description="redis:// URL of the shared hot projection and query cache; unset: in-process.",
+    )
+    amqp_url: str | None = Field(
+        default=None,
+        alias="AMQP_URL",
+        description="amqp:// URL of RabbitMQ, which carries the log between processes and "
+        "the notification work queue; unset: in-process.",
+    )
+    redis_prefix: str = Field(
+        default="dr:", alias="REDIS_PREFIX", description="Prefix of every Redis key."
+    )
+    amqp_exchange: str = Field(
+        default="defi-realtime.events",
+        alias="AMQP_EXCHANGE",
+        description="RabbitMQ topic exchange the relay publishes the log on.",
+    )
+    stock_postgres_recorder: bool = Field(
+        default=False,
+        alias="STOCK_POSTGRES_RECORDER",
+        description="Use eventsourcing's stock PostgreSQL recorder instead of the batched "
+        "one (for comparison only).",
+    )
+    node_id: str | None = Field(
+        default=None,
+        alias="NODE_ID",
+        description="This process's name in its RabbitMQ queue and connection; default: host "
+        "name, PID and a random suffix.",
+    )
+
+    # --- HTTP
+    host: str = Field(default="127.0.0.1", alias="HOST", description="Bind address of serve.")
+    port: int = Field(default=8000, alias="PORT", description="Port of serve.")
+    require_key_for_reads: bool = Field(
+        default=False,
+        alias="REQUIRE_KEY_FOR_READS",
+        description="Require an API key on reads of market data too (writes always need one).",
+    )
+    max_body_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        alias="MAX_BODY_BYTES",
+        description="Largest request body accepted (413 beyond).",
+    )
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        alias="HTTP_HEADER_TIMEOUT",
+        description="Seconds a client has to send a whole request head (request line and "
+        "headers, also of a WebSocket handshake) from connecting or from the end of its "
+        "previous response; then 408 and the connection is dropped.",
+    )
+
+    # --- WebSocket
+    ws_transport: str = Field(
+        default="lean",
+        alias="WS_TRANSPORT",
+        description="lean (our asyncio protocol under uvicorn, ~10 KB a socket) or asgi "
+        "(Starlette's WebSocket over uvicorn's websockets implementation).",
+    )
+    ws_queue_size: int = Field(
+        default=1_000,
+        alias="WS_QUEUE_SIZE",
+        description="Frames queued per connection before its subscriptions catch up from "
+        "the log at the client's pace.",
+    )
+    ws_send_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        alias="WS_SEND_TIMEOUT",
+        description="Seconds a client whose queue is full may go without reading before it "
+        "is closed (4008); one that keeps reading is never closed for being behind.",
+    )
+    ws_idle_timeout: float = Field(
+        default=120.0,
+        alias="WS_IDLE_TIMEOUT",
+        description="Seconds without anything from a client (frames or pongs) before it is closed.",
+    )
+    ws_heartbeat_interval: float = Field(
+        default=20.0,
+        alias="WS_HEARTBEAT_INTERVAL",
+        description="Seconds between the server's pings.",
+    )
+    ws_allowed_origins: str = Field(
+        default="",
+        alias="WS_ALLOWED_ORIGINS",
+        description="Comma-separated Origin values allowed on the handshake; empty allows "
+        "any (requests without an Origin header, i.e. not from a browser, are always allowed).",
+    )
+    ws_send_buffer: int = Field(
+        default=256 * 1024,
+        alias="WS_SEND_BUFFER",
+        description="Kernel send buffer of each socket in bytes (lean transport; 0 keeps the "
+        "OS default): bounds the kernel memory a client that stops reading can pin.",
+    )
+    ws_max_message: int = Field(
+        default=1024 * 1024,
+        alias="WS_MAX_MESSAGE",
+        description="Largest client message in bytes (close 1009 beyond).",
+    )
+
+    # --- following the log
+    poll_interval: float = Field(
+        default=0.5,
+        alias="POLL_INTERVAL",
+        description="Seconds between polls of the event store by followers that have no "
+        "notification (SQLite, or PostgreSQL without LISTEN).",
+    )
+    gc_thresholds: str = Field(
+        default="700,10,1000",
+        alias="GC_THRESHOLDS",
+        description="The cyclic garbage collector's thresholds gen0,gen1,gen2 while a node "
+        "runs (ADR 0012): full collections made rare, since one over 10,000 sockets stalls "
+        "every update ~220 ms.",
+    )
+
+    # --- alert delivery (application/notifications.py)
+    amqp_notifications: str = Field(
+        default="defi-realtime.notifications",
+        alias="AMQP_NOTIFICATIONS",
+        description="Name of the notification work queue's exchange and queues (.work, "
+        ".retry.<n>.<ms>ms, .dead).",
+    )
+    allow_private_webhooks: bool = Field(
+        default=False,
+        alias="ALLOW_PRIVATE_WEBHOOKS",
+        description="Allow webhooks to private, loopback and link-local addresses (off: "
+        "refused, against SSRF).",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, alias="WEBHOOK_TIMEOUT", description="Seconds a webhook call may take."
+    )
+    smtp_host: str | None = Field(
+        default=None,
+        alias="SMTP_HOST",
+        description="SMTP server of email notifications; unset: email deliveries are "
+        "dead-lettered.",
+    )
+    smtp_port: int = Field(default=25, alias="SMTP_PORT", description="SMTP port.")
+    smtp_from: str = Field(
+        default="alerts@defi-realtime.invalid",
+        alias="SMTP_FROM",
+        description="From address of notification emails.",
+    )
+    smtp_starttls: bool = Field(
+        default=False, alias="SMTP_STARTTLS", description="Use STARTTLS with the SMTP server."
+    )
+    smtp_username: str | None = Field(
+        default=None, alias="SMTP_USERNAME", description="SMTP login, if the server needs one."
+    )
+    smtp_password: str | None = Field(
+        default=None, alias="SMTP_PASSWORD", description="SMTP password (a secret)."
+    )
+    notify_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=50,
+        alias="NOTIFY_MAX_ATTEMPTS",
+        description="Delivery attempts of a notification before it is dead-lettered.",
+    )
+    notify_backoff_base: float = Field(
+        default=1.0,
+        ge=0,
+        alias="NOTIFY_BACKOFF_BASE",
+        description="Delivery retries wait base x 2^(n-1) seconds (capped by "
+        "NOTIFY_BACKOFF_MAX), minus up to NOTIFY_JITTER of it; then the notification is "
+        "dead-lettered.",
+    )
+    notify_backoff_max: float = Field(
+        default=3_600.0,
+        ge=0,
+        alias="NOTIFY_BACKOFF_MAX",
+        description="Longest wait between two attempts, in seconds.",
+    )
+    notify_jitter: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        alias="NOTIFY_JITTER",
+        description="Share (0-1) of each retry wait that may be taken off at random.",
+    )
+    notify_concurrency: int = Field(
+        default=16,
+        ge=1,
+        alias="NOTIFY_CONCURRENCY",
+        description="Notifications delivered at once by one process.",
+    )
 
     @field_validator("gc_thresholds")
     @classmethod
