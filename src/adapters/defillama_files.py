@@ -71,7 +71,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 from ..application.ingest import no_duplicate_keys
-from ..domain.observations import TOTAL
+from ..domain.observations import TOTAL, tvl_section
 from ..domain.protocol import is_slug, slugify
 
 Format: TypeAlias = Literal[
@@ -94,22 +94,6 @@ DEFAULT_SOURCES: Final[dict[Format, str]] = {
     "tvl-history-jsonl": "defillama:history",
     "observations-jsonl": "file",
 }
-
-# chainTvls keys that are extra sections, not chains (alone or as a "<Chain>-" suffix).
-EXTRA_TVL_SECTIONS: Final = frozenset(
-    {
-        "borrowed",
-        "staking",
-        "pool2",
-        "vesting",
-        "treasury",
-        "offers",
-        "doublecounted",
-        "liquidstaking",
-        "dcandlsoverlap",
-        "govtokens",
-    }
-)
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _SNIFF_LINES: Final = 20
@@ -297,14 +281,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_extra_section(key: str) -> bool:
-    lowered = key.lower()
-    if lowered in EXTRA_TVL_SECTIONS:
-        return True
-    _, dash, suffix = lowered.rpartition("-")
-    return bool(dash) and suffix in EXTRA_TVL_SECTIONS
-
-
 class _NoSlug(ValueError):
     """A record from which no slug can be had; the message says why."""
 
@@ -360,11 +336,17 @@ def _listing(slug: str, details: dict[str, Any], observed_at: float) -> dict[str
 
 
 def _observation(
-    slug: str, chain: str, value: Any, observed_at: float, source: str, details: dict[str, Any]
+    slug: str,
+    chain: str,
+    value: Any,
+    observed_at: float,
+    source: str,
+    details: dict[str, Any],
+    metric: str = "tvl",
 ) -> dict[str, Any]:
     item: dict[str, Any] = {
         "protocol": slug,
-        "metric": "tvl",
+        "metric": metric,
         "chain": chain,
         "value": float(value),
         "observed_at": observed_at,
@@ -532,13 +514,15 @@ def _read_protocols(document: Any, observed_at: float, source: str) -> Iterator[
         if not isinstance(chain_tvls, dict):
             yield _invalid(line, f"[{line - 1}] {slug}: chainTvls must be an object")
             continue
-        for chain, value in chain_tvls.items():
-            if _is_extra_section(chain) or value is None:
+        for key, value in chain_tvls.items():
+            if value is None:
                 continue
             if not _is_number(value):
-                yield _invalid(line, f"[{line - 1}] {slug}: chainTvls[{chain!r}] is not a number")
+                yield _invalid(line, f"[{line - 1}] {slug}: chainTvls[{key!r}] is not a number")
                 continue
-            item = _observation(slug, chain, value, observed_at, source, details)
+            # A TVL section ("staking", "Ethereum-borrowed") is a metric of its own.
+            metric, chain = tvl_section(key) or ("tvl", key)
+            item = _observation(slug, chain, value, observed_at, source, details, metric)
             yield ReadItem("observation", item, line)
 
 
@@ -549,6 +533,7 @@ def _series_items(
     where: str,
     source: str,
     details: dict[str, Any],
+    metric: str = "tvl",
 ) -> Iterator[ReadItem]:
     if not isinstance(series, list):
         yield _invalid(1, f"{where}: expected a list of {{date, totalLiquidityUSD}}")
@@ -567,7 +552,7 @@ def _series_items(
         if not _is_number(value):
             yield _invalid(line, f"{here}.totalLiquidityUSD is not a number")
             continue
-        item = _observation(slug, chain, value, observed_at, source, details)
+        item = _observation(slug, chain, value, observed_at, source, details, metric)
         yield ReadItem("observation", item, line)
 
 
@@ -587,14 +572,15 @@ def _read_protocol(document: Any, source: str) -> Iterator[ReadItem]:
     if not isinstance(chain_tvls, dict):
         yield _invalid(1, "chainTvls must be an object")
         return
-    for chain, section in chain_tvls.items():
-        if _is_extra_section(chain):
-            continue
-        where = f"chainTvls[{chain!r}].tvl"
+    for key, section in chain_tvls.items():
+        where = f"chainTvls[{key!r}].tvl"
         if not isinstance(section, dict):
-            yield _invalid(1, f"chainTvls[{chain!r}]: expected an object with a tvl series")
+            yield _invalid(1, f"chainTvls[{key!r}]: expected an object with a tvl series")
             continue
-        yield from _series_items(slug, chain, section.get("tvl"), where, source, details)
+        # A TVL section ("staking", "Ethereum-borrowed") is a metric of its own.
+        metric, chain = tvl_section(key) or ("tvl", key)
+        series = section.get("tvl")
+        yield from _series_items(slug, chain, series, where, source, details, metric)
 
 
 # --------------------------------------------------------------------------- public API
@@ -679,19 +665,15 @@ def estimate_items(path: StrPath, *, fmt: Format | None = None) -> int | None:
             total += 1
             chain_tvls = record.get("chainTvls") if isinstance(record, dict) else None
             if isinstance(chain_tvls, dict):
-                total += sum(
-                    1
-                    for chain, value in chain_tvls.items()
-                    if value is not None and not _is_extra_section(chain)
-                )
+                total += sum(1 for value in chain_tvls.values() if value is not None)
         return total
     if not isinstance(document, dict):
         return None
     total = len(document["tvl"]) if isinstance(document.get("tvl"), list) else 0
     chain_tvls = document.get("chainTvls")
     if isinstance(chain_tvls, dict):
-        for chain, section in chain_tvls.items():
-            if not _is_extra_section(chain) and isinstance(section, dict):
+        for section in chain_tvls.values():
+            if isinstance(section, dict):
                 series = section.get("tvl")
                 total += len(series) if isinstance(series, list) else 0
     return total

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from ..domain.chains import chain_key
-from ..domain.observations import METRICS, TOTAL
+from ..domain.observations import METRICS, TOTAL, TVL_SECTIONS, section_key
 from .chain_tvl import tvl_by_chain
 from .log import LogBatch, LogEntry, LogGapError
 from .views import (
@@ -51,7 +51,7 @@ PRICE_CHANGE_WINDOW: Final = 86_400.0
 SERIES_CHANGE_WINDOW: Final = 86_400.0
 SERIES_WINDOW_SECONDS: Final = 1.5 * SERIES_CHANGE_WINDOW + 3_600.0
 # Metrics whose total series a ``ProtocolState`` keeps besides the TVL's ``recent``.
-SERIES_METRICS: Final = frozenset(METRICS - {"tvl"})
+SERIES_METRICS: Final = frozenset({"volume_24h", "fees_24h"})
 
 Point = tuple[float, float]
 """``(observed_at, value)``."""
@@ -207,6 +207,14 @@ class ProtocolState:
             if metric == "tvl" and chain != TOTAL
         }
 
+    def sections(self) -> dict[str, float]:
+        """DeFiLlama's TVL sections, keyed as its ``chainTvls`` are."""
+        return {
+            section_key(metric, chain): reading.value
+            for (metric, chain), reading in self.current.items()
+            if metric in TVL_SECTIONS
+        }
+
     def index_chains(self) -> frozenset[str]:
         """Chains the protocol is found under: listed ones and those with a chain TVL."""
         return frozenset(self.chains) | self.chain_tvls().keys()
@@ -246,6 +254,7 @@ class ProtocolState:
             tvl_at=None if tvl is None else tvl.observed_at,
             volume_24h_at=None if volume is None else volume.observed_at,
             fees_24h_at=None if fees is None else fees.observed_at,
+            sections=self.sections(),
         )
 
     def change_24h(self, metric: str, value: float, observed_at: float) -> float | None:
@@ -334,7 +343,7 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
         )
         if metric == "tvl":
             recent = record_point(base.recent, reading.observed_at, reading.value, newest)
-        else:
+        elif metric in SERIES_METRICS:
             points = record_point(
                 series.get(metric, _NO_POINTS),
                 reading.observed_at,

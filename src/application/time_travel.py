@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from ..domain.observations import TOTAL
+from ..domain.observations import TOTAL, TVL_SECTIONS, section_key
 from .hot_state import matches, order
 from .series_states import OPEN, SeriesState, changes_at
 from .views import RECENT_WINDOW_SECONDS, Page, ProtocolQuery, ProtocolView
@@ -137,8 +137,11 @@ def views_of_states(
         listing = listings.get(slug)
         tvl = volume = fees = None
         chain_tvls: dict[str, float] = {}
+        sections: dict[str, float] = {}
         chains = [] if listing is None else list(listing.chains)
         for state in found:
+            if state.metric in TVL_SECTIONS:
+                sections[section_key(state.metric, state.chain)] = state.value
             if state.chain != TOTAL:
                 chains.append(state.chain)
                 if state.metric == "tvl":
@@ -168,6 +171,7 @@ def views_of_states(
                 tvl_at=None if tvl is None else tvl.observed_at,
                 volume_24h_at=None if volume is None else volume.observed_at,
                 fees_24h_at=None if fees is None else fees.observed_at,
+                sections=sections,
             )
         )
     return views

@@ -44,6 +44,9 @@ class ProtocolView:
     tvl_at: float | None = None
     volume_24h_at: float | None = None
     fees_24h_at: float | None = None
+    # DeFiLlama's TVL sections, keyed as its chainTvls are ("staking", "Ethereum-borrowed"):
+    # metrics of their own, never part of ``tvl``.
+    sections: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,7 @@ class ProtocolView:
             "tvl_at": self.tvl_at,
             "volume_24h_at": self.volume_24h_at,
             "fees_24h_at": self.fees_24h_at,
+            "sections": dict(self.sections),
             "position": self.position,
         }
 

@@ -15,9 +15,26 @@ from typing import Final, Literal, TypeGuard, get_args
 from .chains import canonical_chain
 from .errors import InvalidObservation
 
-Metric = Literal["tvl", "volume_24h", "fees_24h"]
-METRICS: Final[frozenset[str]] = frozenset(get_args(Metric))
+# DeFiLlama's TVL sections (its chainTvls keys "staking", "Ethereum-borrowed"...): kept as
+# metrics of their own, never added to ``tvl``, which DeFiLlama's default view leaves them out
+# of. Spelled as DeFiLlama spells them.
+TvlSection = Literal[
+    "borrowed",
+    "staking",
+    "pool2",
+    "vesting",
+    "treasury",
+    "offers",
+    "doublecounted",
+    "liquidstaking",
+    "dcAndLsOverlap",
+    "govtokens",
+]
+TVL_SECTIONS: Final[tuple[TvlSection, ...]] = get_args(TvlSection)
+Metric = Literal["tvl", "volume_24h", "fees_24h", TvlSection]
+METRICS: Final[frozenset[str]] = frozenset(("tvl", "volume_24h", "fees_24h", *TVL_SECTIONS))
 TOTAL: Final = "total"
+_SECTIONS_BY_LOWER: Final = {section.lower(): section for section in TVL_SECTIONS}
 MAX_NAME_LENGTH: Final = 200
 # The real data's longest chain list has 54 entries; ten times that leaves room to grow while
 # keeping one observation from carrying (and every read from returning) 200,000 chains.
@@ -34,6 +51,27 @@ _CONTROL: Final = r"\x00-\x1f\x7f-\x9f\ud800-\udfff"
 _INVISIBLE: Final = r"\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 _FORBIDDEN_IN_TEXT: Final = re.compile(f"[{_CONTROL}]")
 _FORBIDDEN_IN_IDENTIFIER: Final = re.compile(f"[{_CONTROL}{_INVISIBLE}]")
+
+
+def tvl_section(key: str) -> tuple[TvlSection, str] | None:
+    """``(section, chain)`` of a DeFiLlama ``chainTvls`` key that names a TVL section:
+    ``"staking"`` is ``("staking", "total")``, ``"Ethereum-borrowed"`` is
+    ``("borrowed", "Ethereum")`` (the chain as written; ``check_chain`` canonicalises it);
+    None for a plain chain. Case-insensitive, as DeFiLlama's keys vary."""
+    section = _SECTIONS_BY_LOWER.get(key.strip().lower())
+    if section is not None:
+        return section, TOTAL
+    chain, dash, suffix = key.rpartition("-")
+    section = _SECTIONS_BY_LOWER.get(suffix.strip().lower()) if dash else None
+    if section is None or not chain.strip():
+        return None
+    return section, chain.strip()
+
+
+def section_key(section: str, chain: str) -> str:
+    """The ``chainTvls`` key DeFiLlama writes for ``section`` on ``chain``: ``"staking"``
+    for the total, ``"Ethereum-staking"`` for a chain (``tvl_section``'s inverse)."""
+    return section if chain == TOTAL else f"{chain}-{section}"
 
 
 def is_text(text: object, *, identifier: bool = False) -> TypeGuard[str]:

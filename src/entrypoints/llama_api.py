@@ -20,7 +20,7 @@ from ..application.chain_tvl import DAY, chain_totals, daily_chain_tvl, tvl_by_c
 from ..application.time_travel import cut_of, page_of_views, protocols_at
 from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView, SeriesQuery
 from ..domain.chains import chain_info, chain_key
-from ..domain.observations import TOTAL
+from ..domain.observations import TOTAL, Metric, tvl_section
 from .errors import ApiError
 from .node import Node
 from .operations import Operation, OperationRoute, json_answer
@@ -139,7 +139,9 @@ async def protocols(request: Request, query: TimeTravelQuery) -> Response:
                     chains=list(view.chains),
                     slug=view.slug,
                     tvl=view.tvl,
-                    chainTvls=dict(view.chain_tvls),
+                    # As DeFiLlama's: the chains, then the sections ("staking",
+                    # "Ethereum-borrowed"), which its tvl leaves out as ours does.
+                    chainTvls={**view.chain_tvls, **view.sections},
                     change_1h=view.change_1h,
                     change_1d=view.change_1d,
                     change_7d=view.change_7d,
@@ -154,9 +156,9 @@ def _at(node: Node, as_of: float | None, known_at: float | None) -> list[Protoco
     return protocols_at(node.history, cut_of(node.history, as_of, known_at))
 
 
-def _daily(node: Node, slug: str, chain: str) -> list[LlamaTvlPoint]:
+def _daily(node: Node, slug: str, chain: str, metric: Metric = "tvl") -> list[LlamaTvlPoint]:
     series = node.history.series(
-        SeriesQuery(slug=slug, metric="tvl", chain=chain, bucket=DAY, limit=MAX_POINTS)
+        SeriesQuery(slug=slug, metric=metric, chain=chain, bucket=DAY, limit=MAX_POINTS)
     )
     return [
         LlamaTvlPoint(date=int(point.timestamp), totalLiquidityUSD=point.value)
@@ -175,6 +177,10 @@ async def protocol(request: Request, query: NoParameters) -> Response:
     if not chain_series and len(view.chains) == 1:
         # One chain and only a total: the total is that chain's (as currentChainTvls says).
         chain_series = {view.chains[0]: LlamaChainSeries(tvl=total)}
+    for key in view.sections:
+        section, chain = tvl_section(key) or ("tvl", key)
+        points = await asyncio.to_thread(_daily, node, view.slug, chain, section)
+        chain_series[key] = LlamaChainSeries(tvl=points)
     return json_answer(
         LlamaProtocolDetail(
             id=view.slug,
@@ -184,7 +190,10 @@ async def protocol(request: Request, query: NoParameters) -> Response:
             chain=_main_chain(view.chains),
             category=view.category,
             slug=view.slug,
-            currentChainTvls=tvl_by_chain(view.chains, view.chain_tvls, view.tvl),
+            currentChainTvls={
+                **tvl_by_chain(view.chains, view.chain_tvls, view.tvl),
+                **view.sections,
+            },
             chainTvls=chain_series,
             tvl=total,
         )

@@ -481,10 +481,18 @@ def test_protocols_total_and_real_chains(tmp_path: Path) -> None:
     read = items(path, observed_at=1_765_000_000.5)
     aave = [i for i in read if i.item and i.item["protocol"] == "aave-v3"]
     assert all(i.kind == "observation" and i.line == 1 for i in aave)
-    assert {i.item["chain"]: i.item["value"] for i in aave if i.item} == {
-        "total": 300.0,
-        "Ethereum": 200.0,
-        "Arbitrum": 100.0,
+    # The TVL sections are metrics of their own (in DeFiLlama's spelling), never tvl.
+    assert {(i.item["metric"], i.item["chain"]): i.item["value"] for i in aave if i.item} == {
+        ("tvl", "total"): 300.0,
+        ("tvl", "Ethereum"): 200.0,
+        ("tvl", "Arbitrum"): 100.0,
+        ("borrowed", "total"): 50.0,
+        ("borrowed", "Ethereum"): 40.0,
+        ("staking", "total"): 7.0,
+        ("staking", "Ethereum"): 7.0,
+        ("pool2", "total"): 1.0,
+        ("pool2", "Arbitrum"): 1.0,
+        ("doublecounted", "total"): 3.0,
     }
     first = aave[0].item
     assert first is not None
@@ -558,20 +566,28 @@ def test_protocol_detail_series(tmp_path: Path, gz: bool) -> None:
     path = write_json(tmp_path / "aave.json", PROTOCOL_DETAIL, gz=gz, indent=1)
     read = items(path)
     assert all(i.kind == "observation" for i in read)
-    got = [(i.item["chain"], i.item["observed_at"], i.item["value"]) for i in read if i.item]
+    got = [
+        (i.item["metric"], i.item["chain"], i.item["observed_at"], i.item["value"])
+        for i in read
+        if i.item
+    ]
     assert got == [
-        ("total", DAY, 10.0),
-        ("total", DAY + 86_400, 12.0),
-        ("Ethereum", DAY, 7.0),
-        ("Ethereum", DAY + 86_400, 8.0),
-        ("Arbitrum", DAY + 86_400, 4.0),
+        ("tvl", "total", DAY, 10.0),
+        ("tvl", "total", DAY + 86_400, 12.0),
+        ("tvl", "Ethereum", DAY, 7.0),
+        ("tvl", "Ethereum", DAY + 86_400, 8.0),
+        ("tvl", "Arbitrum", DAY + 86_400, 4.0),
+        ("borrowed", "Ethereum", DAY, 99.0),
+        ("borrowed", "total", DAY, 99.0),
+        ("staking", "total", DAY, 99.0),
+        ("pool2", "total", DAY, 99.0),
     ]
     first = read[0].item
     assert first is not None
     assert first["protocol"] == "aave-v3"  # no slug in the payload: slug of the name
     assert first["source"] == "defillama:protocol"
     assert first["category"] == "Lending"
-    assert estimate_items(path) == 5
+    assert estimate_items(path) == 9
 
 
 def test_protocol_detail_prefers_payload_slug_and_reports_bad_points(tmp_path: Path) -> None:

@@ -30,9 +30,14 @@ Encoded = tuple[bytes, bytes]
 """A frame split around the subscription id: ``prefix + id + suffix``."""
 
 
+# Metrics on the ``volumes`` channel; the TVL and its sections (staking, borrowed...) go on
+# ``protocols``.
+VOLUME_METRICS: Final = frozenset({"volume_24h", "fees_24h"})
+
+
 def channel_of(entry: LogEntry) -> str | None:
     if entry.kind == "metric":
-        return "protocols" if entry.data.get("metric") == "tvl" else "volumes"
+        return metric_channel(str(entry.data.get("metric")))
     if entry.kind == "price":
         return "prices"
     if entry.kind in ALERT_KINDS:
@@ -41,7 +46,7 @@ def channel_of(entry: LogEntry) -> str | None:
 
 
 def metric_channel(metric: str) -> str:
-    return "protocols" if metric == "tvl" else "volumes"
+    return "volumes" if metric in VOLUME_METRICS else "protocols"
 
 
 def value_key(entry: LogEntry) -> str:

@@ -203,6 +203,10 @@ class Protocol(BaseModel):
         description="unix time the current volume_24h was observed at"
     )
     fees_24h_at: float | None = Field(description="unix time the current fees_24h was observed at")
+    sections: dict[str, float] = Field(
+        description="DeFiLlama's TVL sections, keyed as its chainTvls are (staking, pool2, "
+        "borrowed, Ethereum-borrowed...): metrics of their own, never part of tvl"
+    )
     position: int = Field(description="log position of the latest change")
 
 
