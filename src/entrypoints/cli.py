@@ -8,8 +8,10 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -26,6 +28,9 @@ from .container import opened, opened_async, provide
 from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
+
+# prometheus_client's multiprocess directory (read by ``adapters/prometheus_metrics``).
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 cli = typer.Typer(
     name="defi-realtime",
@@ -79,27 +84,47 @@ def serve(
     # protocol; asgi: uvicorn's own WebSocket stack and the Starlette endpoint. Either way
     # without permessage-deflate (~50% more CPU and ~34 KB more per connection).
     ws: Any = RealtimeWebSocketProtocol if settings.ws_transport == "lean" else "auto"
-    app: Any = create_app(settings)
+    metrics_dir: str | None = None
     if workers > 1:
         # Each worker process builds its own app (and node) from the environment.
-        app = "defi_realtime.entrypoints.api:create_app"
+        app: Any = "defi_realtime.entrypoints.api:create_app"
         os.environ["HOST"], os.environ["PORT"] = settings.host, str(settings.port)
+        # Metrics of all workers through whichever answers /metrics: prometheus_client's
+        # multiprocess mode over a directory of this invocation only (ADR 0025).
+        metrics_dir = _fresh_metrics_dir()
+    else:
+        app = create_app(settings)
     # uvicorn's httptools protocol with a deadline and limits on request heads, refusals in
     # the API's JSON error shape (entrypoints/http_transport.py).
     http: Any = head_guarded_http(settings.http_header_timeout)
-    uvicorn.run(
-        app,
-        factory=workers > 1,
-        workers=workers if workers > 1 else None,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        http=http,
-        ws=ws,
-        ws_max_size=settings.ws_max_message,
-        ws_per_message_deflate=False,
-        backlog=4096,
-    )
+    try:
+        uvicorn.run(
+            app,
+            factory=workers > 1,
+            workers=workers if workers > 1 else None,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            http=http,
+            ws=ws,
+            ws_max_size=settings.ws_max_message,
+            ws_per_message_deflate=False,
+            backlog=4096,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _fresh_metrics_dir() -> str:
+    """A new, empty PROMETHEUS_MULTIPROC_DIR for this ``serve`` (inside the one the
+    environment names, if any): files of an earlier run must not add to this one's."""
+    parent = os.environ.get(MULTIPROC_ENV) or None
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="defi-realtime-metrics-", dir=parent)
+    os.environ[MULTIPROC_ENV] = directory
+    return directory
 
 
 @cli.command()

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     ws_send_buffer: int = Field(default=256 * 1024, alias="WS_SEND_BUFFER")
     ws_max_message: int = Field(default=1024 * 1024, alias="WS_MAX_MESSAGE")
     poll_interval: float = Field(default=0.5, alias="POLL_INTERVAL")
+    # How often every process writes its gauges and tallies for /metrics (besides on scrape).
+    metrics_interval: float = Field(default=5.0, gt=0, alias="METRICS_INTERVAL")
     # The cyclic garbage collector's thresholds "gen0,gen1,gen2", set while a node runs
     # (ADR 0012). With Python's 700,10,10 a loaded node ran a full collection every ~25 s;
     # with 10,000 sockets open one scans ~370k objects and stalls every update ~220 ms.
