@@ -1,0 +1,86 @@
+"""``serve --workers 2``: /metrics counts what every worker did, whichever worker answers."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tests.e2e.served import metric_samples, serve_process
+
+ROUTE = "/asyncapi.json"
+COUNTED = ("dr_http_requests_total", frozenset({("route", ROUTE), ("status", "200")}))
+ROUNDS = 20
+PER_ROUND = 16
+
+
+def _ask(base_url: str) -> int:
+    # A connection per request: uvicorn's workers share the listening socket, so each
+    # request may land on either worker.
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        return client.get(ROUTE).status_code
+
+
+def _per_worker(directory: Path) -> dict[int, float]:
+    """``COUNTED`` of each worker alone, read from its own counter file."""
+    counts: dict[int, float] = {}
+    for path in directory.glob("counter_*.db"):
+        alone = directory.parent / f"alone-{path.stem}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, str(alone))  # type: ignore[no-untyped-call]
+        samples = metric_samples(generate_latest(registry).decode())
+        counts[int(path.stem.split("_")[1])] = samples.get(COUNTED, 0.0)
+        shutil.rmtree(alone)
+    return counts
+
+
+def test_a_counter_incremented_through_both_workers_sums_on_metrics(tmp_path: Path) -> None:
+    parent = tmp_path / "multiproc"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(parent), "METRICS_INTERVAL": "0.2"}
+    with serve_process(tmp_path / "node", "--workers", "2", env=env) as node:
+        # The fresh directory of this invocation, inside the one the environment names.
+        (directory,) = parent.iterdir()
+        sent = 0
+        per_worker: dict[int, float] = {}
+        with ThreadPoolExecutor(PER_ROUND) as pool:
+            for _ in range(ROUNDS):  # bounded: until both workers have answered some
+                statuses = list(pool.map(_ask, [node.base_url] * PER_ROUND))
+                assert statuses == [200] * PER_ROUND
+                sent += PER_ROUND
+                per_worker = _per_worker(directory)
+                if sum(1 for count in per_worker.values() if count) >= 2:
+                    break
+        assert sum(1 for count in per_worker.values() if count) == 2, per_worker
+        assert sum(per_worker.values()) == sent
+
+        with httpx.Client(base_url=node.base_url, timeout=10.0) as client:
+            text = client.get("/metrics").text
+            samples = metric_samples(text)
+            assert samples[COUNTED] == sent
+            latency_count = (
+                "dr_http_request_duration_seconds_count",
+                frozenset({("route", ROUTE), ("method", "GET"), ("status_class", "2xx")}),
+            )
+            assert samples[latency_count] == sent
+            # Every worker writes its own process metrics (pid label), whichever answers.
+            deadline = time.monotonic() + 10
+            while True:
+                pids = {
+                    dict(labels)["pid"]
+                    for name, labels in metric_samples(client.get("/metrics").text)
+                    if name == "process_resident_memory_bytes"
+                }
+                if len(pids) == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert len(pids) == 2, pids
+            assert "# TYPE process_cpu_seconds_total counter" in text
+    # The invocation's directory goes with it.
+    assert list(parent.iterdir()) == []
