@@ -253,6 +253,7 @@ class NodeFollower:
             await self._queue.put(batch)
 
     async def run(self) -> None:
+        self.running = True
         try:
             await self._run()
         finally:

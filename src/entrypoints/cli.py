@@ -130,10 +130,15 @@ def _fresh_metrics_dir() -> str:
 @cli.command()
 def worker(
     role: Annotated[str, typer.Argument(help=" | ".join(WORKERS))],
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus /metrics on HOST:this port (default: none)"),
+    ] = None,
 ) -> None:
     """Run one background role (for scale-out beside `serve` nodes); `defi-realtime roles`
     shows what each runs."""
     from .node import running
+    from .observability import worker_metrics
 
     if role not in WORKERS:
         err.print(f"[red]unknown role {role!r}: expected one of {', '.join(WORKERS)}[/red]")
@@ -145,7 +150,12 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with running(_settings(), role):
+        settings = _settings()
+        async with running(settings, role) as node, contextlib.AsyncExitStack() as stack:
+            if metrics_port is not None:
+                await stack.enter_async_context(
+                    worker_metrics(node, settings.host, metrics_port, settings.metrics_interval)
+                )
             err.print(f"worker {role} running")
             await stop.wait()
 

@@ -9,13 +9,17 @@ several workers the files of the workers that did not answer are fresh too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+
+from prometheus_client import start_http_server
 
 from ..adapters.prometheus_metrics import PrometheusMetrics
 from .node import Node
 from .ws_server import SocketGateway
 
-__all__ = ["run_sampler", "sample"]
+__all__ = ["run_sampler", "sample", "worker_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +74,24 @@ async def run_sampler(
             await sample(metrics, node, gateway)
         except Exception:
             log.warning("metrics sample failed", exc_info=True)
+
+
+@contextlib.asynccontextmanager
+async def worker_metrics(node: Node, host: str, port: int, interval: float) -> AsyncIterator[None]:
+    """``/metrics`` of a ``worker`` process (it serves no API) on ``host:port``, sampled
+    every ``interval`` seconds, for as long as the context lasts."""
+    metrics: PrometheusMetrics = node.container.metrics()
+    metrics.start()
+    await sample(metrics, node, None)
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    sampler = asyncio.create_task(run_sampler(metrics, node, None, interval), name="sampler")
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        metrics.stop()
