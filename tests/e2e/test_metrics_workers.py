@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.e2e.served import metric_samples, serve_process
+from tests.integration.cluster import CLI, START_TIMEOUT, Process, free_port
 
 ROUTE = "/asyncapi.json"
 COUNTED = ("dr_http_requests_total", frozenset({("route", ROUTE), ("status", "200")}))
@@ -84,3 +88,33 @@ def test_a_counter_incremented_through_both_workers_sums_on_metrics(tmp_path: Pa
             assert "# TYPE process_cpu_seconds_total counter" in text
     # The invocation's directory goes with it.
     assert list(parent.iterdir()) == []
+
+
+def test_a_worker_serves_its_own_metrics(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        popen = subprocess.Popen(
+            [*CLI, "worker", "alerts", "--metrics-port", str(port)],
+            env={**os.environ, "DATA_DIR": str(tmp_path / "data"), "METRICS_INTERVAL": "0.2"},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    worker = Process(name="worker", popen=popen, log_path=log_path, port=port)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        lag = ("dr_follower_lag_positions", frozenset({("follower", "alerts")}))
+        samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        while lag not in samples:
+            assert worker.alive(), worker.output()
+            assert time.monotonic() < deadline, f"no alerts lag on /metrics:\n{worker.output()}"
+            with contextlib.suppress(httpx.TransportError):
+                samples = metric_samples(httpx.get(f"{worker.base_url}/metrics", timeout=2).text)
+            time.sleep(0.1)
+        assert samples[lag] == 0.0
+        assert samples[("process_resident_memory_bytes", frozenset())] > 0
+    finally:
+        worker.stop()
+    assert popen.returncode == 0, worker.output()
