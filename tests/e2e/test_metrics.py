@@ -66,6 +66,15 @@ def test_ingest_delivery_sockets_and_cache_show_on_metrics(tmp_path: Path) -> No
             lambda count: count == 1,
         )
 
+        # A protocol-level failure: a message over WS_MAX_MESSAGE is closed with 1009.
+        with connect(server.ws_url) as socket:
+            socket.send("x" * (server.settings.ws_max_message + 1))
+            with pytest.raises(ConnectionClosed) as too_big:
+                socket.recv(timeout=10)
+        assert too_big.value.rcvd is not None
+        assert too_big.value.rcvd.code == 1009
+        assert _sample(http, "dr_websocket_closes_total", code="1009") == 1
+
         # The query cache: a miss, then a hit.
         query = {"groupBy": "category"}
         assert http.post("/v2/query", json=query).json()["cached"] is False
