@@ -138,7 +138,10 @@ class SocketGateway:
             def counted_write(items: Sequence[Any]) -> None:
                 write_items(items)
                 tally.frames += len(items)
-                tally.size += sum(len(a) + len(b) + len(c) for a, b, c, _ in items)
+                size = 0
+                for prefix, sid, suffix, _ in items:  # a loop: half a generator's cost
+                    size += len(prefix) + len(sid) + len(suffix)
+                tally.size += size
 
         counted_send: Callable[[str], Awaitable[None]] | None = None
         if send_text is not None:
