@@ -79,11 +79,6 @@ from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-# The metrics of one app: ``adapters/prometheus_metrics.py`` (also the application's
-# ``Telemetry``, built by the container so the writer, hub and workers report to it).
-Metrics = PrometheusMetrics
-
-
 class CountRequests:
     """ASGI middleware: ``dr_http_requests`` and ``dr_http_request_duration_seconds`` by
     route template (``unmatched`` for none), method and status. The router records the
@@ -525,7 +520,7 @@ async def ingest(request: Request, query: IngestQuery) -> Response:
         result = IngestResult(rejected=list(batch.rejected), committed=False)
     else:
         result = await node.writer.ingest(batch)
-    metrics: Metrics = request.app.state.metrics
+    metrics: PrometheusMetrics = request.app.state.metrics
     metrics.ingested.labels("accepted").inc(result.accepted)
     metrics.ingested.labels("duplicate").inc(result.duplicates)
     metrics.ingested.labels("rejected").inc(len(result.rejected))

@@ -85,18 +85,21 @@ def serve(
     # without permessage-deflate (~50% more CPU and ~34 KB more per connection).
     ws: Any = RealtimeWebSocketProtocol if settings.ws_transport == "lean" else "auto"
     metrics_dir: str | None = None
+    if workers > 1 or os.environ.get(MULTIPROC_ENV):
+        # Metrics of all workers through whichever answers /metrics: prometheus_client's
+        # multiprocess mode over a directory of this invocation only (ADR 0025).
+        metrics_dir = _fresh_metrics_dir()
     if workers > 1:
         # Each worker process builds its own app (and node) from the environment.
         app: Any = "defi_realtime.entrypoints.api:create_app"
         os.environ["HOST"], os.environ["PORT"] = settings.host, str(settings.port)
-        # Metrics of all workers through whichever answers /metrics: prometheus_client's
-        # multiprocess mode over a directory of this invocation only (ADR 0025).
-        metrics_dir = _fresh_metrics_dir()
     else:
         app = create_app(settings)
     # uvicorn's httptools protocol with a deadline and limits on request heads, refusals in
     # the API's JSON error shape (entrypoints/http_transport.py).
     http: Any = head_guarded_http(settings.http_header_timeout)
+    if metrics_dir is not None:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             app,
@@ -114,6 +117,12 @@ def serve(
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: leave through the
+    # ``finally`` that removes this invocation's metrics directory, not by the signal.
+    raise SystemExit(128 + signum)
 
 
 def _fresh_metrics_dir() -> str:

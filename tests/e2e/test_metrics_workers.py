@@ -118,3 +118,20 @@ def test_a_worker_serves_its_own_metrics(tmp_path: Path) -> None:
     finally:
         worker.stop()
     assert popen.returncode == 0, worker.output()
+
+
+def test_one_worker_under_the_variable_gets_a_fresh_directory_removed_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    parent = tmp_path / "multiproc"
+    stale = parent / "an-earlier-run"
+    stale.mkdir(parents=True)
+    with serve_process(tmp_path / "node", env={"PROMETHEUS_MULTIPROC_DIR": str(parent)}) as node:
+        (directory,) = [path for path in parent.iterdir() if path != stale]
+        assert list(directory.glob("counter_*.db"))
+        samples = metric_samples(httpx.get(f"{node.base_url}/metrics", timeout=10).text)
+        assert [dict(labels) for name, labels in samples if name == "process_open_fds"] == [
+            {"pid": str(next(iter(directory.glob("counter_*.db"))).stem.split("_")[1])}
+        ]
+    # Stopped with SIGTERM: its directory is gone, another run's is left alone.
+    assert list(parent.iterdir()) == [stale]
