@@ -25,6 +25,7 @@ ALERTS = {
     "HttpLatencyHigh",
     "AlertDeliveryFailures",
     "RedisMemoryHigh",
+    "ProjectionStalled",
 }
 # Series of other exporters the rules and the dashboard may use.
 FOREIGN_PREFIXES = ("redis_",)  # oliver006/redis_exporter
