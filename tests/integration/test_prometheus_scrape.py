@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from websockets.sync.client import connect
 
 from tests.e2e.served import serve_process
@@ -22,6 +23,11 @@ from tests.services import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+RULE_NAMES = [
+    rule["alert"]
+    for group in yaml.safe_load(RULES.read_text())["groups"]
+    for rule in group["rules"]
+]
 JOB = "defi-realtime"
 START_TIMEOUT = 30.0
 SCRAPE_TIMEOUT = 60.0
@@ -146,7 +152,7 @@ def test_prometheus_scrapes_a_running_node_and_evaluates_the_rules(tmp_path: Pat
             def rules_evaluated() -> bool:
                 answer = httpx.get(f"{url}/api/v1/rules", timeout=5).json()
                 rules = [rule for group in answer["data"]["groups"] for rule in group["rules"]]
-                return len(rules) == 4 and all(
+                return len(rules) == len(RULE_NAMES) and all(
                     rule["health"] == "ok" and rule.get("lastEvaluation", "").startswith("2")
                     for rule in rules
                 )
