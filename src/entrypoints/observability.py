@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Final
 
 from prometheus_client import start_http_server
 
@@ -22,6 +23,9 @@ from .ws_server import SocketGateway
 __all__ = ["run_sampler", "sample", "worker_metrics"]
 
 log = logging.getLogger(__name__)
+
+# How long a sample waits for the event store's head position.
+HEAD_TIMEOUT: Final = 1.0
 
 
 async def sample(metrics: PrometheusMetrics, node: Node, gateway: SocketGateway | None) -> None:
@@ -35,15 +39,23 @@ async def sample(metrics: PrometheusMetrics, node: Node, gateway: SocketGateway 
         metrics.sockets_sent(
             tally.frames, tally.size, tally.closes.items(), tally.handshakes.items()
         )
+    metrics.sample_process()
     if node.follower is not None:
         metrics.log_head.set(node.follower.position)
-    head = await asyncio.to_thread(node.event_log.head)
-    metrics.log_head_position.set(head)
     for name, runner in node.runners.items():
         metrics.projection_position.labels(name).set(runner.position)
-        metrics.projection_lag.labels(name).set(max(head - runner.position, 0))
         metrics.projection_stalled.labels(name).set(runner.stall is not None)
         metrics.projection_failures.labels(name).set(runner.failures)
+    try:
+        # Bounded: a scrape must answer while the event store is slow (lag then stays at
+        # its last value; the other metrics are fresh).
+        head = await asyncio.wait_for(asyncio.to_thread(node.event_log.head), HEAD_TIMEOUT)
+    except TimeoutError:
+        log.warning("metrics: no log head within %.1fs; lag not updated", HEAD_TIMEOUT)
+        return
+    metrics.log_head_position.set(head)
+    for name, runner in node.runners.items():
+        metrics.projection_lag.labels(name).set(max(head - runner.position, 0))
     # Followers waiting for their election follow nothing: reported only while they run,
     # or a standby would show the whole log as lag.
     positions = {
@@ -57,7 +69,6 @@ async def sample(metrics: PrometheusMetrics, node: Node, gateway: SocketGateway 
     for name, position in positions.items():
         metrics.follower_position.labels(name).set(position)
         metrics.follower_lag.labels(name).set(max(head - position, 0))
-    metrics.sample_process()
 
 
 async def run_sampler(

@@ -46,7 +46,12 @@ def prometheus(work_dir: Path, target: str) -> Iterator[str]:
     config.write_text(
         json.dumps(
             {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                # A scrape may take a while on a busy CI box: the timeout is the interval.
+                "global": {
+                    "scrape_interval": "2s",
+                    "scrape_timeout": "2s",
+                    "evaluation_interval": "1s",
+                },
                 "rule_files": [str(RULES)],
                 "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
             }
@@ -111,6 +116,13 @@ def _query(url: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def _targets(url: str) -> list[dict[str, Any]]:
+    """Prometheus' view of its targets (health, last error, scrape duration)."""
+    answer = httpx.get(f"{url}/api/v1/targets", timeout=5).json()
+    targets: list[dict[str, Any]] = answer["data"]["activeTargets"]
+    return targets
+
+
 def _value(url: str, expr: str) -> float | None:
     result = _query(url, expr)
     return float(result[0]["value"][1]) if result else None
@@ -133,7 +145,11 @@ def test_prometheus_scrapes_a_running_node_and_evaluates_the_rules(tmp_path: Pat
                     lambda: f"{expr}: {_query(url, expr)}",
                 )
 
-            scraped(f'up{{job="{JOB}"}}', 1.0)  # a successful scrape
+            _wait(
+                lambda: (_value(url, f'up{{job="{JOB}"}}') or 0.0) == 1.0,
+                SCRAPE_TIMEOUT,
+                lambda: f"no successful scrape: {_targets(url)}",
+            )
             # The new metrics, as Prometheus stored them.
             scraped(
                 f'sum(dr_http_request_duration_seconds_count{{job="{JOB}",route="/health",'

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import gc
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
 
 from defi_realtime.adapters.prometheus_metrics import GarbageCollectorPauses, PrometheusMetrics
+from defi_realtime.entrypoints import observability
 from tests.e2e.served import metric_samples
 
 
@@ -71,3 +77,37 @@ def test_requests_are_timed_by_route_method_and_status_class() -> None:
     assert samples[("dr_http_requests_total", frozenset({route, ("status", "200")}))] == 1
     # Single-process mode: the library's process collector.
     assert samples[("process_resident_memory_bytes", frozenset())] > 0
+
+
+async def test_a_sample_does_not_wait_for_a_slow_event_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+
+    def slow_head() -> int:
+        release.wait(5)
+        return 7
+
+    hub = SimpleNamespace(
+        connections={object(), object()}, replays=SimpleNamespace(under_way=lambda: 0)
+    )
+    hub.fell_behind = 0
+    node = SimpleNamespace(
+        hub=hub,
+        follower=None,
+        runners={},
+        followers=[],
+        relay=None,
+        event_log=SimpleNamespace(head=slow_head),
+    )
+    monkeypatch.setattr(observability, "HEAD_TIMEOUT", 0.2)
+    metrics = PrometheusMetrics()
+    started = time.monotonic()
+    try:
+        await observability.sample(metrics, node, None)  # type: ignore[arg-type]
+    finally:
+        release.set()
+    assert time.monotonic() - started < 2
+    samples = _samples(metrics)
+    assert samples[("dr_websocket_connections", frozenset())] == 2
+    assert samples[("dr_log_head_position", frozenset())] == 0  # not reached: not set
