@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -38,6 +39,18 @@ def require(name: str, url: str, default_port: int) -> str:
     message = f"{name} is not reachable at {url}"
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(f"{message} (CI=true: service tests must not be skipped)")
+    pytest.skip(message)
+
+
+def require_tool(name: str) -> str:
+    """The path of the program ``name``; if it is not installed, skip (locally) or fail
+    (CI), like a missing service."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (apt-get install prometheus)"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{message} (CI=true: tool tests must not be skipped)")
     pytest.skip(message)
 
 

@@ -46,6 +46,7 @@ class Relay:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.position = 0
+        self.running = False  # False while waiting to be elected (metrics skip it then)
 
     def wake(self) -> None:
         """Thread-safe: new events were committed."""
@@ -54,6 +55,12 @@ class Relay:
             loop.call_soon_threadsafe(self._wakeup.set)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.running = False
+
+    async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         position = await self.positions.load(self.name)
         if position == 0 and self.start_at_head:
@@ -64,6 +71,7 @@ class Relay:
             # resume here, not jump to a later head past events it never published.
             await self.positions.save(self.name, position)
         self.position = position
+        self.running = True
         while True:
             batch = await asyncio.to_thread(self.event_log.read, self.position, self.page_size)
             if batch.last > self.position:

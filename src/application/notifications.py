@@ -45,6 +45,7 @@ from .delivery import (
 )
 from .log import LogBatch, LogEntry
 from .ports import DeliveryLog, NotificationQueue, Notifier, PositionStore
+from .telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,10 @@ class DeliveryWorker:
         load_rule: RuleLoader | None = None,
         rule_ttl: float = 5.0,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.notifiers = dict(notifiers)
+        self.telemetry = telemetry
         self.delivery_log = delivery_log
         self.policy = policy
         self.load_rule = load_rule
@@ -270,6 +273,7 @@ class DeliveryWorker:
         )
         # Recorded before the queue acknowledges (the caller acks after we return).
         await asyncio.to_thread(self.delivery_log.record, attempt)
+        self.telemetry.notification_attempted(job.channel_kind, status)
         if status != "delivered":
             log.info(
                 "notification %s attempt %d %s: %s",

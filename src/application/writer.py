@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from .app import DefiRealtime
 from .ingest import IngestBatch, IngestResult
+from .telemetry import NO_TELEMETRY, Telemetry
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -49,8 +51,10 @@ class IngestWriter:
         *,
         max_group_items: int = 20_000,
         on_commit: Callable[[int], None] | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.app = app
+        self.telemetry = telemetry
         self.max_group_items = max_group_items
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -120,6 +124,7 @@ class IngestWriter:
                 return
 
     def _run_group(self, group: list[_IngestJob]) -> None:
+        started = time.perf_counter()
         try:
             results = self.app.ingest([job.batch for job in group])
         except BaseException as error:  # every caller learns that nothing was committed
@@ -127,6 +132,9 @@ class IngestWriter:
             for job in group:
                 job.future.set_exception(error)
             return
+        self.telemetry.ingest_committed(
+            time.perf_counter() - started, sum(job.batch.size for job in group)
+        )
         for job, result in zip(group, results, strict=True):
             job.future.set_result(result)
         self._committed(max((result.position for result in results), default=0))

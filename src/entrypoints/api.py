@@ -6,16 +6,10 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,6 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..adapters.prometheus_metrics import CONTENT_TYPE_LATEST, PrometheusMetrics
 from ..application.data_quality import ADD_UP_TOLERANCE, JUMPS, KINDS, STALE_AFTER, check
 from ..application.ingest import (
     DuplicateKeyError,
@@ -47,6 +42,7 @@ from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .llama_api import llama_routes
 from .node import Node, running
+from .observability import run_sampler, sample
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
 from .query_api import query_routes
@@ -83,65 +79,14 @@ from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-class Metrics:
-    """Prometheus metrics of one app instance (own registry: several apps per process in
-    tests must not collide)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "dr_http_requests", "HTTP requests", ["route", "status"], registry=self.registry
-        )
-        self.ingested = Counter(
-            "dr_ingest_items", "Ingest items by outcome", ["outcome"], registry=self.registry
-        )
-        self.ws_connections = Gauge(
-            "dr_websocket_connections", "Open WebSocket connections", registry=self.registry
-        )
-        self.ws_replays = Gauge(
-            "dr_websocket_replays",
-            "Subscriptions being brought up to date from the log (since, snapshot, behind)",
-            registry=self.registry,
-        )
-        self.ws_fell_behind = Gauge(
-            "dr_websocket_fell_behind",
-            "Times a subscription found its queue full and went on from the log, since start",
-            registry=self.registry,
-        )
-        self.log_head = Gauge("dr_log_position", "Node follower position", registry=self.registry)
-        self.projection_position = Gauge(
-            "dr_projection_position",
-            "Last log position a projection applied",
-            ["projection"],
-            registry=self.registry,
-        )
-        self.projection_lag = Gauge(
-            "dr_projection_lag",
-            "Log positions a projection is behind the head",
-            ["projection"],
-            registry=self.registry,
-        )
-        self.projection_stalled = Gauge(
-            "dr_projection_stalled",
-            "1 while a projection cannot apply the next entries (see /health)",
-            ["projection"],
-            registry=self.registry,
-        )
-        self.projection_failures = Gauge(
-            "dr_projection_failures",
-            "Batches a projection failed to apply since the process started",
-            ["projection"],
-            registry=self.registry,
-        )
-
-
 class CountRequests:
-    """ASGI middleware: ``dr_http_requests`` by route template (``unmatched`` for none) and
-    status. The router records the matched endpoint in the scope, read after the response."""
+    """ASGI middleware: ``dr_http_requests`` and ``dr_http_request_duration_seconds`` by
+    route template (``unmatched`` for none), method and status. The router records the
+    matched endpoint in the scope, read after the response."""
 
-    def __init__(self, app: ASGIApp, counter: Counter, paths: Mapping[Any, str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: PrometheusMetrics, paths: Mapping[Any, str]) -> None:
         self.app = app
-        self.counter = counter
+        self.metrics = metrics
         self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,6 +94,7 @@ class CountRequests:
             await self.app(scope, receive, send)
             return
         status = 500  # unless a response starts: the app failed before answering
+        started = time.perf_counter()
 
         async def send_counting(message: Message) -> None:
             nonlocal status
@@ -160,7 +106,9 @@ class CountRequests:
             await self.app(scope, receive, send_counting)
         finally:
             route = self.paths.get(scope.get("endpoint"), "unmatched")
-            self.counter.labels(route, str(status)).inc()
+            self.metrics.request_answered(
+                route, scope["method"], status, time.perf_counter() - started
+            )
 
 
 def _node(request: Request | WebSocket) -> Node:
@@ -572,7 +520,7 @@ async def ingest(request: Request, query: IngestQuery) -> Response:
         result = IngestResult(rejected=list(batch.rejected), committed=False)
     else:
         result = await node.writer.ingest(batch)
-    metrics: Metrics = request.app.state.metrics
+    metrics: PrometheusMetrics = request.app.state.metrics
     metrics.ingested.labels("accepted").inc(result.accepted)
     metrics.ingested.labels("duplicate").inc(result.duplicates)
     metrics.ingested.labels("rejected").inc(len(result.rejected))
@@ -603,20 +551,9 @@ METRICS = Operation(
 
 
 async def metrics_endpoint(request: Request, query: NoParameters) -> Response:
-    metrics: Metrics = request.app.state.metrics
-    node = _node(request)
-    metrics.ws_connections.set(len(node.hub.connections))
-    metrics.ws_replays.set(node.hub.replays.under_way())
-    metrics.ws_fell_behind.set(node.hub.fell_behind)
-    if node.follower is not None:
-        metrics.log_head.set(node.follower.position)
-    head = await asyncio.to_thread(node.event_log.head)
-    for name, runner in node.runners.items():
-        metrics.projection_position.labels(name).set(runner.position)
-        metrics.projection_lag.labels(name).set(max(head - runner.position, 0))
-        metrics.projection_stalled.labels(name).set(runner.stall is not None)
-        metrics.projection_failures.labels(name).set(runner.failures)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    metrics: PrometheusMetrics = request.app.state.metrics
+    await sample(metrics, _node(request), getattr(request.app.state, "gateway", None))
+    return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 # -- WebSocket ---------------------------------------------------------------------------
@@ -688,6 +625,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     """The ASGI app. Resources open in the lifespan, never at import or construction."""
     settings = settings or Settings()
     container = build_container(settings, role)
+    metrics: PrometheusMetrics = container.metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -699,14 +637,23 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
                 node.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
                 name="realtime-sweeper",
             )
+            metrics.start()
+            sampler = asyncio.create_task(
+                run_sampler(metrics, node, gateway, settings.metrics_interval),
+                name="metrics-sampler",
+            )
             try:
                 # The lifespan state reaches uvicorn's app state: the lean WebSocket
                 # transport finds the gateway there.
                 yield {GATEWAY_STATE_KEY: gateway}
             finally:
                 sweeper.cancel()
+                sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+                metrics.stop()
 
     # Each HTTP route is built from its operations: what the document says is what is served.
     routes: list[BaseRoute] = [
@@ -732,13 +679,12 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),
         WebSocketRoute("/v2/realtime", realtime_socket),
     ]
-    metrics = Metrics()
     paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(CountRequests, counter=metrics.requests, paths=paths),
+            Middleware(CountRequests, metrics=metrics, paths=paths),
             Middleware(
                 AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error
             ),

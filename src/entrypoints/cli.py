@@ -9,8 +9,10 @@ import gc
 import importlib.metadata
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -29,6 +31,9 @@ from .first_run import SAMPLE_FILES, SAMPLE_SOURCE
 from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
+
+# prometheus_client's multiprocess directory (read by ``adapters/prometheus_metrics``).
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 cli = typer.Typer(
     name="defi-realtime",
@@ -113,36 +118,70 @@ def serve(
     # protocol; asgi: uvicorn's own WebSocket stack and the Starlette endpoint. Either way
     # without permessage-deflate (~50% more CPU and ~34 KB more per connection).
     ws: Any = RealtimeWebSocketProtocol if settings.ws_transport == "lean" else "auto"
-    app: Any = create_app(settings)
+    metrics_dir: str | None = None
+    if workers > 1 or os.environ.get(MULTIPROC_ENV):
+        # Metrics of all workers through whichever answers /metrics: prometheus_client's
+        # multiprocess mode over a directory of this invocation only (ADR 0025).
+        metrics_dir = _fresh_metrics_dir()
     if workers > 1:
         # Each worker process builds its own app (and node) from the environment.
-        app = "defi_realtime.entrypoints.api:create_app"
+        app: Any = "defi_realtime.entrypoints.api:create_app"
         os.environ["HOST"], os.environ["PORT"] = settings.host, str(settings.port)
+    else:
+        app = create_app(settings)
     # uvicorn's httptools protocol with a deadline and limits on request heads, refusals in
     # the API's JSON error shape (entrypoints/http_transport.py).
     http: Any = head_guarded_http(settings.http_header_timeout)
-    uvicorn.run(
-        app,
-        factory=workers > 1,
-        workers=workers if workers > 1 else None,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        http=http,
-        ws=ws,
-        ws_max_size=settings.ws_max_message,
-        ws_per_message_deflate=False,
-        backlog=4096,
-    )
+    if metrics_dir is not None:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.run(
+            app,
+            factory=workers > 1,
+            workers=workers if workers > 1 else None,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            http=http,
+            ws=ws,
+            ws_max_size=settings.ws_max_message,
+            ws_per_message_deflate=False,
+            backlog=4096,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: leave through the
+    # ``finally`` that removes this invocation's metrics directory, not by the signal.
+    raise SystemExit(128 + signum)
+
+
+def _fresh_metrics_dir() -> str:
+    """A new, empty PROMETHEUS_MULTIPROC_DIR for this ``serve`` (inside the one the
+    environment names, if any): files of an earlier run must not add to this one's."""
+    parent = os.environ.get(MULTIPROC_ENV) or None
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="defi-realtime-metrics-", dir=parent)
+    os.environ[MULTIPROC_ENV] = directory
+    return directory
 
 
 @cli.command()
 def worker(
     role: Annotated[str, typer.Argument(help=" | ".join(WORKERS))],
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus /metrics on HOST:this port (default: none)"),
+    ] = None,
 ) -> None:
     """Run one background role (for scale-out beside `serve` nodes); `defi-realtime roles`
     shows what each runs."""
     from .node import running
+    from .observability import worker_metrics
 
     if role not in WORKERS:
         err.print(f"[red]unknown role {role!r}: expected one of {', '.join(WORKERS)}[/red]")
@@ -154,7 +193,12 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with running(_settings(), role):
+        settings = _settings()
+        async with running(settings, role) as node, contextlib.AsyncExitStack() as stack:
+            if metrics_port is not None:
+                await stack.enter_async_context(
+                    worker_metrics(node, settings.host, metrics_port, settings.metrics_interval)
+                )
             err.print(f"worker {role} running")
             await stop.wait()
 

@@ -34,6 +34,7 @@ from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.realtime import RealtimeHub
+from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
 from .roles import Follower, Stage, plan
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
+    from ..adapters.prometheus_metrics import PrometheusMetrics
     from ..adapters.query_cache import MemoryQueryCache, RedisQueryCache
     from ..adapters.rabbit_fanout import RabbitEventFanout
     from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
@@ -88,8 +90,16 @@ def _application(env: Mapping[str, str], data_dir: Path) -> Iterator[DefiRealtim
         app.close()
 
 
-def _writer(app: DefiRealtime) -> Iterator[IngestWriter]:
-    writer = IngestWriter(app)
+def _metrics() -> PrometheusMetrics:
+    # Imported here: prometheus_client picks its multiprocess mode when first imported, after
+    # ``serve --workers`` has set PROMETHEUS_MULTIPROC_DIR.
+    from ..adapters.prometheus_metrics import PrometheusMetrics
+
+    return PrometheusMetrics()
+
+
+def _writer(app: DefiRealtime, telemetry: Telemetry) -> Iterator[IngestWriter]:
+    writer = IngestWriter(app, telemetry=telemetry)
     writer.start()
     try:
         yield writer
@@ -390,8 +400,10 @@ class Container(containers.DeclarativeContainer):
     process = providers.Object("serve")
 
     # -- infrastructure ---------------------------------------------------------------------
+    # Prometheus metrics, also the application's ``Telemetry`` port.
+    metrics = providers.Singleton(_metrics)
     application = providers.Resource(_application, config.event_store_env, config.data_dir)
-    writer = providers.Resource(_writer, application)
+    writer = providers.Resource(_writer, application, metrics)
     event_log = providers.Resource(_event_log, application)
     history = providers.Resource(_history, config.history_url, config.data_dir)
     delivery_log = providers.Resource(_delivery_log, config.history_url, config.data_dir)
@@ -440,13 +452,17 @@ class Container(containers.DeclarativeContainer):
         memory=live_projection,
         redis=providers.Singleton(_redis_hot_projection, redis_client, config.redis_prefix),
     )
-    query_cache = providers.Selector(
-        config.hot_backend,
-        memory=providers.Singleton(_memory_query_cache),
-        redis=providers.Singleton(_redis_query_cache, redis_client, config.redis_prefix),
+    query_cache = providers.Singleton(
+        ObservedQueryCache,
+        providers.Selector(
+            config.hot_backend,
+            memory=providers.Singleton(_memory_query_cache),
+            redis=providers.Singleton(_redis_query_cache, redis_client, config.redis_prefix),
+        ),
+        metrics,
     )
     hub = providers.Singleton(
-        RealtimeHub, event_log, live_state, send_timeout=config.ws_send_timeout
+        RealtimeHub, event_log, live_state, send_timeout=config.ws_send_timeout, telemetry=metrics
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     auth_backend = providers.Singleton(_auth_backend, keyring)
@@ -503,6 +519,7 @@ class Container(containers.DeclarativeContainer):
         delivery_log,
         retry_policy,
         load_rule=application.provided.get_alert_rule,
+        telemetry=metrics,
     )
     dispatcher = providers.Singleton(
         NotificationDispatcher,

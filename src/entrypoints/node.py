@@ -103,6 +103,8 @@ class Node:
     follower: NodeFollower | None = None
     # Every projection-like runner this process drives, by name (``/health``, metrics).
     runners: dict[str, ProjectionRunner] = field(default_factory=dict)
+    # Every follower this process starts (metrics report those running).
+    followers: list[NodeFollower] = field(default_factory=list)
     relay: Relay | None = None
     evaluator: AlertEvaluator | None = None
     notification_queue: NotificationQueue | None = None
@@ -159,6 +161,7 @@ class Node:
 
     def _follow(self, follower: NodeFollower, loop: Loop, run: LoopBody | None = None) -> None:
         self.fanout.listen(follower.on_batch)
+        self.followers.append(follower)
         if self.follower is None:
             self.follower = follower
         self.tasks.append(

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         description="Seconds between polls of the event store by followers that have no "
         "notification (SQLite, or PostgreSQL without LISTEN).",
     )
+    metrics_interval: float = Field(
+        default=5.0,
+        gt=0,
+        alias="METRICS_INTERVAL",
+        description="Seconds between writes of every process's gauges and tallies for /metrics "
+        "(besides on each scrape).",
+    )
     gc_thresholds: str = Field(
         default="700,10,1000",
         alias="GC_THRESHOLDS",

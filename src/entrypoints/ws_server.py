@@ -6,8 +6,9 @@ for the Starlette endpoint and the lean protocol (``ws_transport``) alike.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..application.realtime import (
@@ -44,6 +45,24 @@ class Admission:
     address: str | None = None
 
 
+@dataclass(slots=True)
+class SocketTally:
+    """What the sockets did since the metrics last took it: plain counts on the hot path
+    (a write per connection per batch), moved into the metrics by the sampler."""
+
+    frames: int = 0
+    size: int = 0
+    closes: Counter[int] = field(default_factory=Counter)
+    handshakes: Counter[str] = field(default_factory=Counter)
+
+    def take(self) -> SocketTally:
+        """The counts so far; this tally starts again from zero."""
+        taken = SocketTally(self.frames, self.size, self.closes, self.handshakes)
+        self.frames = self.size = 0
+        self.closes, self.handshakes = Counter(), Counter()
+        return taken
+
+
 class SocketGateway:
     """Who may open a socket, with what limits: one policy for every transport."""
 
@@ -54,12 +73,25 @@ class SocketGateway:
         # both WebSocket transports.
         self.auth = auth
         self._origins = settings.allowed_origins
+        self.tally = SocketTally()
 
     async def admit(
         self, headers: Mapping[str, str], query: Mapping[str, str], address: str | None = None
     ) -> Admission:
         """Check a handshake (header names in lower case) from the peer at ``address``;
         raise ``HandshakeRefused``."""
+        try:
+            admission = await self._admit(headers, query, address)
+        except HandshakeRefused as refused:
+            self.tally.handshakes[str(refused.code)] += 1
+            self.tally.closes[refused.code] += 1
+            raise
+        self.tally.handshakes["accepted"] += 1
+        return admission
+
+    async def _admit(
+        self, headers: Mapping[str, str], query: Mapping[str, str], address: str | None
+    ) -> Admission:
         origin = headers.get("origin")
         if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
             raise HandshakeRefused(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
@@ -93,11 +125,38 @@ class SocketGateway:
         write: Callable[[Sequence[Any]], None] | None = None,
         ping: Callable[[], None] | None = None,
     ) -> Connection:
+        tally = self.tally
+
+        def counted_close(code: int, reason: str) -> Awaitable[None] | None:
+            tally.closes[code] += 1
+            return close(code, reason)
+
+        counted_write: Callable[[Sequence[Any]], None] | None = None
+        if write is not None:
+            write_items = write
+
+            def counted_write(items: Sequence[Any]) -> None:
+                write_items(items)
+                tally.frames += len(items)
+                size = 0
+                for prefix, sid, suffix, _ in items:  # a loop: half a generator's cost
+                    size += len(prefix) + len(sid) + len(suffix)
+                tally.size += size
+
+        counted_send: Callable[[str], Awaitable[None]] | None = None
+        if send_text is not None:
+            send = send_text
+
+            async def counted_send(text: str) -> None:
+                await send(text)
+                tally.frames += 1
+                tally.size += len(text.encode())
+
         connection = Connection(
             admission.owner,
-            close=close,
-            send_text=send_text,
-            write=write,
+            close=counted_close,
+            send_text=counted_send,
+            write=counted_write,
             ping=ping,
             max_queue=self.settings.ws_queue_size,
             max_subscriptions=admission.max_subscriptions,

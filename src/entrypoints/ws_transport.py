@@ -194,6 +194,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn is stopping: close with 1001."""
         if self._state == _OPEN:
+            self._count_close(CLOSE_GOING_AWAY)
             self._send_close(CLOSE_GOING_AWAY, "server shutting down")
         elif self._transport is not None and self._state != _CLOSING:
             self._transport.close()
@@ -539,6 +540,12 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         if self._connection is not None:
             self._connection.closed = True
 
+    def _count_close(self, code: int) -> None:
+        """A close this transport decides (shutdown, protocol errors) in the gateway's tally;
+        refusals and the hub's closes are counted by the gateway itself."""
+        if self._gateway is not None:
+            self._gateway.tally.closes[code] += 1
+
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): a close frame if still open, then hang up."""
         transport = self._transport
@@ -548,6 +555,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             return
         if self._state == _OPEN:
             self._flush_answers()
+            self._count_close(code)
             transport.write(_close_frame(code, reason))
         self._state = _CLOSED
         self._stop_connection()

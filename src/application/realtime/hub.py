@@ -19,6 +19,7 @@ from typing import Any, Final
 from ..hot_state import EntryFacts, HotState
 from ..log import LogBatch, LogEntry
 from ..ports import EventLog
+from ..telemetry import NO_TELEMETRY, Telemetry
 from .frames import Encoded, channel_of, encode, price_snapshot, protocol_snapshot, value_key
 from .outbox import Connection
 from .protocol import (
@@ -66,8 +67,10 @@ class RealtimeHub:
         replay_page: int = REPLAY_PAGE,
         send_timeout: float = SEND_TIMEOUT,
         offload: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.event_log = event_log
+        self.telemetry = telemetry
         self.state = state
         self.max_replay = max_replay
         self.position = 0
@@ -304,18 +307,27 @@ class RealtimeHub:
         """Route a batch (the node follower guarantees order and no duplicates, and has
         applied it to ``state`` first)."""
         facts = self.state.facts
+        recorded: list[float] = []
         for entry in batch.entries:
-            self._route(entry, facts.get(entry.position))
+            if self._route(entry, facts.get(entry.position)):
+                recorded.append(entry.recorded_at)
         self.position = max(self.position, batch.last)
         self.flush()
+        if recorded:
+            # After the flush: the frames are with the transports now (the lean transport
+            # writes them to its socket in ``flush``). One value per entry, not per socket.
+            now = time.time()
+            self.telemetry.entries_delivered([now - at for at in recorded])
 
-    def _route(self, entry: LogEntry, facts: EntryFacts | None) -> None:
+    def _route(self, entry: LogEntry, facts: EntryFacts | None) -> bool:
+        """Offer ``entry`` to its subscriptions; True if some connection took it."""
         channel = channel_of(entry)
         if channel is None:
-            return
+            return False
         index = self.index
         if not index.has_subscribers(channel) and channel != "alerts":
-            return
+            return False
+        taken = False
         encoded: Encoded | None = None
         key: str | None = None
         filter_facts: Any = _UNKNOWN
@@ -332,16 +344,16 @@ class RealtimeHub:
                 encoded = encode(entry, channel, facts)
                 key = None if channel == "alerts" else value_key(entry)
             connection = subscription.connection
-            if (
-                not connection.offer(
-                    encoded[0], subscription.sid, encoded[1], key if subscription.coalesce else None
-                )
-                and not connection.closed
+            if connection.offer(
+                encoded[0], subscription.sid, encoded[1], key if subscription.coalesce else None
             ):
+                taken = True
+            elif not connection.closed:
                 # Its queue is full: the rest comes from the log at the client's pace (and
                 # a client that stopped reading is closed there).
                 self.fell_behind += 1
                 self.replays.start(Pending(subscription, after=entry.position - 1))
+        return taken
 
     def subscriptions(self, channel: str) -> Iterable[Subscription]:
         return self.index.of_channel(channel)
