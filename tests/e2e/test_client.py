@@ -286,3 +286,44 @@ async def test_an_unreachable_server_gives_up_within_the_policy(tmp_path: Path) 
             async with stream, asyncio.timeout(WAIT):
                 await anext(stream)
     assert 0.9 < time.monotonic() - started < 5
+
+
+async def test_a_drop_right_after_the_snapshot_repeats_no_value(tmp_path: Path) -> None:
+    """No update after the snapshot yet: the client cannot know the snapshot was whole, asks
+    for a new one, and hands out only what changed."""
+    port = free_port()
+    first_server = start_server(tmp_path / "data", port=port)
+    live = await asyncio.to_thread(first_server.__enter__)
+    frames: list[Update] = []
+    async with DefiRealtimeClient(live.base_url, live.api_key) as client:
+        await client.ingest(
+            [aave(100.0, NOW - 100, **LISTING), aave(60.0, NOW - 100, chain="Ethereum")]
+        )
+        await asyncio.to_thread(settle_at, live.base_url)
+        stream = client.stream("protocols", Filters(protocol_ids=["aave-v3"]), reconnect=QUICK)
+        async with stream, asyncio.timeout(60):
+            task = asyncio.create_task(collect(stream, frames, until=4))
+            await until(lambda: len(frames) >= 2, task)
+            await asyncio.to_thread(first_server.__exit__, None, None, None)
+            second_server = start_server(tmp_path / "data", api_key=live.api_key, port=port)
+            await asyncio.to_thread(second_server.__enter__)
+            try:
+                changed = await client.ingest([aave(130.0, NOW - 50)])
+                await until(lambda: len(frames) >= 3, task)
+                last = await client.ingest([aave(140.0, NOW)])
+                await task
+            finally:
+                await stream.aclose()
+                await asyncio.to_thread(second_server.__exit__, None, None, None)
+    assert sorted(values(frames[:2])) == [
+        ("aave-v3", "Ethereum", 60.0, True),
+        ("aave-v3", "total", 100.0, True),
+    ]
+    # The change made while the client was away: once, from the new snapshot or live.
+    assert [(f.data.id, f.data.value) for f in frames[2:3]] == [("aave-v3", 130.0)]
+    if frames[2].snapshot:  # the client came back after the change: a new snapshot
+        assert frames[2].position >= changed.position
+    else:  # before it: an empty new snapshot, then the change live
+        assert frames[2].position == changed.position
+    assert values(frames[3:]) == [("aave-v3", "total", 140.0, False)]
+    assert frames[3].position == last.position == stream.position
