@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Comma-separated Origin values allowed on the handshake; empty allows any (requests
     # without an Origin header, i.e. not from a browser, are always allowed).
     ws_allowed_origins: str = Field(default="", alias="WS_ALLOWED_ORIGINS")
+    # Comma-separated origins whose browsers may call the REST API (CORS); `*` for any;
+    # empty (the default): none.
+    cors_allow_origins: str = Field(default="", alias="CORS_ALLOW_ORIGINS")
     # Kernel send buffer of each socket (lean transport; 0 keeps the OS default): bounds the
     # kernel memory a client that stops reading can pin.
     ws_send_buffer: int = Field(default=256 * 1024, alias="WS_SEND_BUFFER")
@@ -134,6 +137,16 @@ class Settings(BaseSettings):
             origin.strip().rstrip("/")
             for origin in self.ws_allowed_origins.split(",")
             if origin.strip() and origin.strip() != "*"
+        )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        """``CORS_ALLOW_ORIGINS`` as a set (empty: CORS off)."""
+        return frozenset(
+            origin.strip().rstrip("/")
+            for origin in self.cors_allow_origins.split(",")
+            if origin.strip()
         )
 
     @computed_field  # type: ignore[prop-decorator]
