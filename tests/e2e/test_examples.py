@@ -4,10 +4,6 @@ TVL drain, the webhook receiver verifies the server's signed alert notifications
 from __future__ import annotations
 
 import json
-import queue
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,57 +14,12 @@ import pytest
 
 from defi_realtime.adapters.webhook_notifier import sign
 
+from .child import Example
 from .conftest import LiveServer, obs, settle, start_server
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NOW = time.time() - 60
 LISTING = {"name": "Aave V3", "category": "Lending", "chains": ["Ethereum"]}
 WAIT = 30.0
-
-
-class Example:
-    """An example script in a child process, its stdout read as JSON lines (bounded)."""
-
-    def __init__(self, script: str, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert self.process.stdout is not None
-        stdout = self.process.stdout
-        self.reader = threading.Thread(
-            target=lambda: [self.lines.put(line) for line in stdout], daemon=True
-        )
-        self.reader.start()
-
-    def next_line(self, timeout: float = WAIT) -> dict[str, Any]:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output within {timeout}s; {self.stderr()}") from None
-        parsed: dict[str, Any] = json.loads(line)
-        return parsed
-
-    def stderr(self) -> str:
-        if self.process.poll() is None:
-            return "(still running)"
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
-
-    def wait(self, timeout: float = WAIT) -> int:
-        return self.process.wait(timeout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # this test's own child, by its handle
-        self.process.wait(10)
-        self.reader.join(10)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 @pytest.fixture
