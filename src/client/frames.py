@@ -9,9 +9,10 @@ it. ``tests/unit/test_client_mirrors.py`` holds the two to the same field names 
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, TypeAlias
+import json
+from typing import Final, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..domain.observations import Metric
 
@@ -132,17 +133,33 @@ class Pong(BaseModel):
     id: str | int | None = None
 
 
-ServerFrame: TypeAlias = Annotated[
-    Subscribed | Unsubscribed | Update | Alert | Error | Pong, Field(discriminator="type")
-]
-_ONE: Final[TypeAdapter[ServerFrame]] = TypeAdapter(ServerFrame)
-_MANY: Final[TypeAdapter[list[ServerFrame]]] = TypeAdapter(list[ServerFrame])
+ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Error | Pong
+"""Any frame the server sends."""
+
+_BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
+    "subscribed": Subscribed,
+    "unsubscribed": Unsubscribed,
+    "update": Update,
+    "alert": Alert,
+    "error": Error,
+    "pong": Pong,
+}
 
 
 def parse_frames(text: str | bytes) -> list[ServerFrame]:
-    """One text frame as a list of messages: a JSON object, or (``?batch=1``) an array."""
-    stripped = text.lstrip()
-    starts_array = stripped[:1] in ("[", b"[")
-    if starts_array:
-        return _MANY.validate_json(text)
-    return [_ONE.validate_json(text)]
+    """One text frame as a list of messages: a JSON object, or (``?batch=1``) an array.
+
+    A message of a type this client does not know (a newer server's) is left out rather
+    than failing the stream; a known type that does not match its model raises
+    ``pydantic.ValidationError``.
+    """
+    parsed = json.loads(text)
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    frames: list[ServerFrame] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ValueError(f"a server message must be a JSON object, not {message!r}")
+        model = _BY_TYPE.get(message.get("type"))  # type: ignore[arg-type]
+        if model is not None:
+            frames.append(model.model_validate(message))
+    return frames

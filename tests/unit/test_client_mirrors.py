@@ -86,5 +86,8 @@ def test_the_client_parses_what_the_server_schema_accepts() -> None:
     [one] = client.parse_frames(json.dumps(update))
     assert isinstance(one, client.Update)
     assert (one.position, one.snapshot, one.key) == (7, True, ("aave-v3", "tvl", "total"))
-    batch = client.parse_frames(json.dumps([update, pong]))
+    newer = {"type": "anomaly", "position": 8}  # a frame type of a newer server: left out
+    batch = client.parse_frames(json.dumps([update, newer, pong]))
     assert [type(frame) for frame in batch] == [client.Update, client.Pong]
+    with pytest.raises(ValueError, match="position"):
+        client.parse_frames(json.dumps({**update, "position": "seven"}))
