@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from defi_realtime.client import (
+    Alert,
     ApiError,
     DefiRealtimeClient,
     Filters,
@@ -27,7 +28,12 @@ from defi_realtime.client import (
     StreamError,
     Update,
 )
-from defi_realtime.domain.alert_values import ProtocolTarget, ThresholdCondition, WebhookChannel
+from defi_realtime.domain.alert_values import (
+    ProtocolTarget,
+    ThresholdCondition,
+    WebhookChannel,
+    WebsocketChannel,
+)
 
 from .conftest import LiveServer, settle, start_server
 
@@ -327,3 +333,40 @@ async def test_a_drop_right_after_the_snapshot_repeats_no_value(tmp_path: Path) 
         assert frames[2].position == changed.position
     assert values(frames[3:]) == [("aave-v3", "total", 140.0, False)]
     assert frames[3].position == last.position == stream.position
+
+
+async def test_the_alerts_channel_yields_typed_alerts(
+    client: DefiRealtimeClient, http: httpx.Client
+) -> None:
+    await client.ingest([aave(100.0, NOW - 30, **LISTING)])
+    await asyncio.to_thread(settle, http)
+    rule = await client.create_alert(
+        ProtocolTarget(protocol="aave-v3"),
+        ThresholdCondition(kind="threshold", direction="below", value=50.0),
+        [WebsocketChannel(kind="websocket")],
+        cooldown=0,
+    )
+    alerts: list[Alert] = []
+    stream = client.stream("alerts", reconnect=QUICK)
+
+    async def collect_alerts() -> None:
+        async for frame in stream:
+            assert isinstance(frame, Alert)
+            alerts.append(frame)
+            if len(alerts) == 2:
+                return
+
+    async with stream, asyncio.timeout(WAIT):
+        task = asyncio.create_task(collect_alerts())
+        # Live only (no snapshot on alerts): the position is known once subscribed.
+        await until(lambda: stream.position is not None, task)
+        await client.ingest([aave(40.0, NOW - 20)])  # fires
+        await until(lambda: alerts, task)
+        await client.ingest([aave(100.0, NOW - 10)])  # resolves
+        await task
+
+    assert [(a.alert_id, a.condition) for a in alerts] == [
+        (str(rule.id), "firing"),
+        (str(rule.id), "resolved"),
+    ]
+    assert alerts[0].position < alerts[1].position == stream.position
