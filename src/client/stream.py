@@ -134,7 +134,9 @@ class LiveStream:
     disconnects; see the module's docstring. ``position`` is the last log position handed
     out: store it, and a later ``stream(..., since=position)`` starts right after it.
 
-    Use it with ``async for`` and close it (``aclose()``, or ``async with``) when done.
+    Use it with ``async for`` and close it (``aclose()``, or ``async with``) when done; a
+    stream that another task is iterating is closed by cancelling that task (an async
+    generator cannot be closed while it runs).
     """
 
     def __init__(

@@ -64,10 +64,11 @@ async def test_rest_helpers_return_typed_values(
             aave(110.0, NOW),
             aave(70.0, NOW, chain="Ethereum"),
             Observation(protocol="lido", value=50.0, observed_at=NOW, name="Lido"),
+            Observation(protocol="lido", value=7.0, observed_at=NOW, metric="volume_24h"),
         ],
         [Price(token="coingecko:ethereum", price=3100.5, observed_at=NOW, confidence=0.99)],
     )
-    assert (result.accepted, result.rejected, result.committed) == (5, 0, True)
+    assert (result.accepted, result.rejected, result.committed) == (6, 0, True)
     assert result.position >= 5
     await asyncio.to_thread(settle, http)  # the read models are asynchronous
 
@@ -92,6 +93,11 @@ async def test_rest_helpers_return_typed_values(
     tvl = await client.realtime_tvl(["lido", "aave-v3"])
     assert [(e.id, e.value) for e in tvl] == [("lido", 50.0), ("aave-v3", 110.0)]
     assert all(0 < e.position <= result.position for e in tvl)
+    volumes = await client.realtime_volumes(["lido"])
+    assert [(v.id, v.volume_24h, v.fees_24h) for v in volumes] == [("lido", 7.0, None)]
+    bucketed = await client.metrics("aave-v3", bucket="1d", start=NOW - 7200)
+    assert bucketed.bucket == 86_400
+    assert bucketed.points[-1].value == 110.0
     prices = await client.realtime_prices(["coingecko:ethereum"])
     assert [(p.token, p.price, p.confidence) for p in prices] == [
         ("coingecko:ethereum", 3100.5, 0.99)
