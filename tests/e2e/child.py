@@ -7,6 +7,7 @@ import json
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ class Example:
     """An example script in a child process, its stdout read as JSON lines (bounded)."""
 
     def __init__(self, script: str | Path, *args: str, env: dict[str, str] | None = None) -> None:
+        # stderr to a file: a pipe nobody reads could fill and block the child.
+        self.errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
             [sys.executable, str(EXAMPLES / script), *args],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.errors,
             text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -43,10 +46,8 @@ class Example:
         return parsed
 
     def stderr(self) -> str:
-        if self.process.poll() is None:
-            return "(still running)"
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
+        self.errors.seek(0)
+        return self.errors.read()
 
     def wait(self, timeout: float = WAIT) -> int:
         return self.process.wait(timeout)
@@ -56,9 +57,9 @@ class Example:
             self.process.kill()  # this test's own child, by its handle
         self.process.wait(10)
         self.reader.join(10)
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.errors.close()
 
     def next_text(self, timeout: float = WAIT) -> str:
         """The next line as it is."""
