@@ -21,8 +21,8 @@ test: $(STAMP)  ## every test: unit, contract, property, integration (real servi
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts examples
+	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 

@@ -39,6 +39,8 @@ from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
 from .coins_api import coin_routes
 from .container import build_container, provide
+from .cors import cors_middleware
+from .docs_ui import docs_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .llama_api import llama_routes
 from .node import Node, running
@@ -677,6 +679,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),
         OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),
+        *docs_routes(),
         WebSocketRoute("/v2/realtime", realtime_socket),
     ]
     paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
@@ -684,6 +687,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            # Outermost: a preflight is answered before authentication sees it.
+            *cors_middleware(settings.cors_origins),
             Middleware(CountRequests, metrics=metrics, paths=paths),
             Middleware(
                 AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error

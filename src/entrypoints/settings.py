@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         "previous response; then 408 and the connection is dropped.",
     )
 
+    cors_allow_origins: str = Field(
+        default="",
+        alias="CORS_ALLOW_ORIGINS",
+        description="Comma-separated origins whose browsers may call the REST API (CORS); * "
+        "for any; empty: none.",
+    )
+
     # --- WebSocket
     ws_transport: str = Field(
         default="lean",
@@ -305,6 +312,16 @@ class Settings(BaseSettings):
             origin.strip().rstrip("/")
             for origin in self.ws_allowed_origins.split(",")
             if origin.strip() and origin.strip() != "*"
+        )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        """``CORS_ALLOW_ORIGINS`` as a set (empty: CORS off)."""
+        return frozenset(
+            origin.strip().rstrip("/")
+            for origin in self.cors_allow_origins.split(",")
+            if origin.strip()
         )
 
     @computed_field  # type: ignore[prop-decorator]

@@ -110,3 +110,24 @@ def test_the_first_run_sample_is_small_real_data() -> None:
     sizes = [path.stat().st_size for path in SAMPLE_FILES]
     assert all(sizes)
     assert sum(sizes) < 1_500_000  # "well under 2 MB"
+
+
+def test_the_core_is_the_domain_library_and_extras_add_the_rest() -> None:
+    """``pip install defi-realtime`` is the domain library (eventsourcing + pydantic); the
+    server and the client are extras; ``dev`` (what ``make install`` installs) has both."""
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    core = sorted(r.split(">")[0].split("[")[0] for r in project["dependencies"])
+    assert core == ["eventsourcing", "pydantic"]
+    extras = project["optional-dependencies"]
+    assert {"server", "client", "dev"} <= set(extras)
+    assert "defi-realtime[server,client]" in extras["dev"]
+    for needed in ("starlette", "uvicorn", "sqlalchemy", "psycopg", "redis", "aio-pika"):
+        assert any(r.startswith(needed) for r in extras["server"]), needed
+    for needed in ("httpx", "websockets", "tenacity"):
+        assert any(r.startswith(needed) for r in extras["client"]), needed
+    assert project["license"] == "MIT"
+    assert (SRC.parent / "LICENSE").is_file()
+    assert project["urls"]
+    assert "Programming Language :: Python :: 3.11" in project["classifiers"]

@@ -1,0 +1,165 @@
+"""The server's WebSocket frames (``/v2/realtime``) as the client reads them.
+
+A mirror of ``entrypoints/schemas/frames.py``, not an import of it (ADR 0027): that module
+is server code (it reads the hub's limits from the application layer) and is strict about
+unknown fields, as a server must be about what it is sent. A client reads the other way:
+it ignores fields it does not know, so that a newer server can add one without breaking
+it. ``tests/unit/test_client_mirrors.py`` holds the two to the same field names and types.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..domain.observations import Metric
+
+__all__ = [
+    "Alert",
+    "AlertData",
+    "Error",
+    "MetricData",
+    "Pong",
+    "PriceData",
+    "ServerFrame",
+    "Subscribed",
+    "Unsubscribed",
+    "Update",
+    "parse_frames",
+]
+
+_FRAME: Final = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class Subscribed(BaseModel):
+    """A subscription is live (or replaying, or sending its snapshot) from ``position``."""
+
+    model_config = _FRAME
+    type: Literal["subscribed"]
+    subscription_id: str = Field(alias="subscriptionId")
+    channel: str
+    position: int
+    recovered: bool
+    id: str | int | None = None
+
+
+class Unsubscribed(BaseModel):
+    model_config = _FRAME
+    type: Literal["unsubscribed"]
+    subscription_id: str = Field(alias="subscriptionId")
+    id: str | int | None = None
+
+
+class MetricData(BaseModel):
+    """A protocol's value: TVL (``protocols``), volume_24h or fees_24h (``volumes``)."""
+
+    model_config = _FRAME
+    id: str
+    metric: Metric
+    chain: str
+    value: float
+    timestamp: float
+    change24h: float | None = None
+    late: bool | None = None
+
+
+class PriceData(BaseModel):
+    """A token's price (``prices``)."""
+
+    model_config = _FRAME
+    id: str
+    value: float
+    timestamp: float
+    confidence: float | None = None
+    change24h: float | None = None
+    late: bool | None = None
+
+
+class Update(BaseModel):
+    """A value: live, read back from the log, or part of a snapshot (``snapshot`` true)."""
+
+    model_config = _FRAME
+    type: Literal["update"]
+    subscription_id: str = Field(alias="subscriptionId")
+    channel: str
+    position: int
+    snapshot: bool = False
+    data: MetricData | PriceData
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The series this value belongs to: (id, metric, chain); ``price`` for tokens."""
+        data = self.data
+        if isinstance(data, MetricData):
+            return (data.id, data.metric, data.chain)
+        return (data.id, "price", "")
+
+
+class AlertData(BaseModel):
+    model_config = _FRAME
+    measure: float | None = None
+    idempotency_key: str | None = Field(None, alias="idempotencyKey")
+
+
+class Alert(BaseModel):
+    """One of the key owner's alert rules fired or resolved."""
+
+    model_config = _FRAME
+    type: Literal["alert"]
+    subscription_id: str = Field(alias="subscriptionId")
+    alert_id: str = Field(alias="alertId")
+    condition: Literal["firing", "resolved"]
+    data: AlertData
+    timestamp: float
+    position: int
+
+
+class Error(BaseModel):
+    """A refused frame; the socket stays open."""
+
+    model_config = _FRAME
+    type: Literal["error"]
+    code: str
+    message: str
+    id: str | int | None = None
+
+
+class Pong(BaseModel):
+    model_config = _FRAME
+    type: Literal["pong"]
+    position: int
+    id: str | int | None = None
+
+
+ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Error | Pong
+"""Any frame the server sends."""
+
+_BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
+    "subscribed": Subscribed,
+    "unsubscribed": Unsubscribed,
+    "update": Update,
+    "alert": Alert,
+    "error": Error,
+    "pong": Pong,
+}
+
+
+def parse_frames(text: str | bytes) -> list[ServerFrame]:
+    """One text frame as a list of messages: a JSON object, or (``?batch=1``) an array.
+
+    A message of a type this client does not know (a newer server's) is left out rather
+    than failing the stream; a known type that does not match its model raises
+    ``pydantic.ValidationError``.
+    """
+    parsed = json.loads(text)
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    frames: list[ServerFrame] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ValueError(f"a server message must be a JSON object, not {message!r}")
+        model = _BY_TYPE.get(message.get("type"))  # type: ignore[arg-type]
+        if model is not None:
+            frames.append(model.model_validate(message))
+    return frames
