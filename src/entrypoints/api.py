@@ -45,6 +45,7 @@ from .auth import on_auth_error, require_key
 from .coins_api import coin_routes
 from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
+from .health_api import health_routes
 from .llama_api import llama_routes
 from .node import Node, running
 from .openapi import OpenApi
@@ -711,6 +712,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     # Each HTTP route is built from its operations: what the document says is what is served.
     routes: list[BaseRoute] = [
         OperationRoute("/health", HEALTH.serve(health)),
+        *health_routes(),
         OperationRoute("/v2/protocols", LIST_PROTOCOLS.serve(list_protocols)),
         OperationRoute("/v2/protocols/{slug:str}", GET_PROTOCOL.serve(get_protocol)),
         OperationRoute(

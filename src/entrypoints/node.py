@@ -30,6 +30,7 @@ from ..application.writer import IngestWriter
 from .container import Container, build_container, provide
 from .roles import Follower, Lock, Loop, Placement, loops, plan
 from .settings import Settings
+from .startup import check_services
 
 __all__ = ["Node", "elected", "running", "supervise"]
 
@@ -107,6 +108,8 @@ class Node:
     evaluator: AlertEvaluator | None = None
     notification_queue: NotificationQueue | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Every follower this process started (``/health/ready``: their lag, while running).
+    followers: list[NodeFollower] = field(default_factory=list)
     # Set once ``fanout.start()`` returned: loops register their handlers before it, and the
     # relay must not publish before it.
     fanout_started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -159,6 +162,7 @@ class Node:
 
     def _follow(self, follower: NodeFollower, loop: Loop, run: LoopBody | None = None) -> None:
         self.fanout.listen(follower.on_batch)
+        self.followers.append(follower)
         if self.follower is None:
             self.follower = follower
         self.tasks.append(
@@ -237,6 +241,8 @@ async def running(
     close everything on exit. ``follow=False`` starts no loop (maintenance commands);
     ``container``: one built already (the API builds it first, for its middleware)."""
     placements = plan(process, settings)
+    # Fail fast, in one line, when a service this process uses does not answer.
+    await check_services(settings, process)
     container = container or build_container(settings, process)
     # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
     collector = gc.get_threshold()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field, computed_field, field_validator
@@ -71,6 +72,23 @@ class Settings(BaseSettings):
     notify_backoff_max: float = Field(default=3_600.0, ge=0, alias="NOTIFY_BACKOFF_MAX")
     notify_jitter: float = Field(default=0.2, ge=0, le=1, alias="NOTIFY_JITTER")
     notify_concurrency: int = Field(default=16, ge=1, alias="NOTIFY_CONCURRENCY")
+
+    # Operations (entrypoints/startup.py, application/readiness.py, entrypoints/logs.py).
+    # Seconds each configured service has to answer when a process starts (then it exits
+    # with one line naming the service), and each readiness check to pass.
+    startup_check_timeout: float = Field(default=2.0, gt=0, alias="STARTUP_CHECK_TIMEOUT")
+    ready_timeout: float = Field(default=1.0, gt=0, alias="READY_TIMEOUT")
+    # Log positions a running projection may be behind the head and still be ready.
+    ready_max_lag: int = Field(default=10_000, ge=0, alias="READY_MAX_LAG")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", alias="LOG_LEVEL"
+    )
+    log_format: Literal["json", "text"] = Field(default="json", alias="LOG_FORMAT")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("gc_thresholds")
     @classmethod

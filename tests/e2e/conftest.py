@@ -87,7 +87,7 @@ def start_server(
     # ``ws``: the lean transport class (what `defi-realtime serve` runs by default) or one
     # of uvicorn's WebSocket implementations ("auto": the ASGI endpoint);
     # ``overrides``: more Settings fields (e.g. ws_queue_size).
-    settings = Settings(data_dir=data_dir, poll_interval=0.05, **overrides)
+    settings = Settings(**{"data_dir": data_dir, "poll_interval": 0.05, **overrides})
     if api_key is None:
         api_key = issue_key(settings)
     app = create_app(settings)
