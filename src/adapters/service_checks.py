@@ -31,6 +31,7 @@ __all__ = [
     "address_of",
     "check_amqp",
     "check_postgres",
+    "check_reachable",
     "check_redis",
     "fanout_connected",
     "redis_ping",
@@ -43,6 +44,8 @@ _DEFAULT_PORTS = {
     "rediss": 6379,
     "amqp": 5672,
     "amqps": 5671,
+    "http": 80,
+    "https": 443,
 }
 
 
@@ -144,6 +147,15 @@ async def check_amqp(url: str, timeout: float) -> None:
         await connection.close()
 
     await _check("RabbitMQ", url, timeout, speak)
+
+
+async def check_reachable(service: str, url: str, timeout: float) -> None:
+    """Open (and close) a TCP connection to the host and port of ``url`` (an HTTP API)."""
+
+    async def nothing() -> None:
+        return None
+
+    await _check(service, url, timeout, nothing)
 
 
 def redis_ping(client: Redis, url: str) -> Probe:

@@ -47,6 +47,7 @@ from .container import build_container, provide
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .health_api import health_routes
 from .llama_api import llama_routes
+from .logs import RequestIds
 from .node import Node, running
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
@@ -740,6 +741,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(RequestIds),
             Middleware(CountRequests, counter=metrics.requests, paths=paths),
             Middleware(
                 AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error

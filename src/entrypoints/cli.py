@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import functools
 import gc
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import urlparse
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
@@ -23,9 +24,11 @@ from ..application.importing import ImportTotals, import_items, import_prepared
 from .alerts_cli import alerts_cli
 from .console import err, progress_bar
 from .container import opened, opened_async, provide
+from .logs import configure_logging, logging_config
 from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
+from .startup import ServiceUnavailable, check_services_now
 
 cli = typer.Typer(
     name="defi-realtime",
@@ -44,13 +47,26 @@ def _settings() -> Settings:
     return Settings()
 
 
+# sysexits.h's EX_UNAVAILABLE: a service the command needs does not answer.
+EXIT_UNAVAILABLE: Final = 69
+
+
+@cli.callback()
+def _configure() -> None:
+    """Logs of every command in LOG_FORMAT at LOG_LEVEL (entrypoints/logs.py)."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
 @cli.command()
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default PORT or 8000)")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="log level (default LOG_LEVEL or info)")
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -72,9 +88,10 @@ def serve(
         settings.host = host
     if port is not None:
         settings.port = port
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    level = (log_level or settings.log_level).lower()
+    # One format for our loggers and uvicorn's (its access and error lines too).
+    log_config = logging_config(level, settings.log_format)
+    check_services_now(settings, "serve")
     # WS_TRANSPORT=lean (default): uvicorn hands /v2/realtime sockets to our asyncio
     # protocol; asgi: uvicorn's own WebSocket stack and the Starlette endpoint. Either way
     # without permessage-deflate (~50% more CPU and ~34 KB more per connection).
@@ -93,7 +110,8 @@ def serve(
         workers=workers if workers > 1 else None,
         host=settings.host,
         port=settings.port,
-        log_level=log_level,
+        log_level=level,
+        log_config=log_config,
         http=http,
         ws=ws,
         ws_max_size=settings.ws_max_message,
@@ -113,7 +131,6 @@ def worker(
     if role not in WORKERS:
         err.print(f"[red]unknown role {role!r}: expected one of {', '.join(WORKERS)}[/red]")
         raise typer.Exit(2)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -240,9 +257,20 @@ def collect(
 
     limit = 1 if once else polls
     wanted = [coin.strip() for coin in coins.split(",") if coin.strip()]
+    for option, value in (("--url", url), ("--coins-url", coins_url)):
+        if not _http_url(value):
+            err.print(f"error: {option} must be an http(s) URL with a host, got {value!r}")
+            raise typer.Exit(2)
 
     async def main() -> None:
-        async with opened_async(_settings()) as container:
+        from ..adapters.service_checks import check_reachable
+
+        settings = _settings()
+        # The upstream too: a poller that cannot reach it says so at once.
+        await check_reachable("upstream API", url, settings.startup_check_timeout)
+        if wanted:
+            await check_reachable("upstream coins API", coins_url, settings.startup_check_timeout)
+        async with opened_async(settings) as container:
             writer = await provide(container.writer)
             source = DefiLlamaHttpSource(url, coins_url=coins_url)
             done = 0
@@ -268,6 +296,15 @@ def collect(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def _http_url(value: str) -> bool:
+    parsed = urlparse(value)
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname)
 
 
 @keys_cli.command("create")
@@ -319,7 +356,7 @@ def projections_rebuild(
         raise typer.Exit(2)
 
     async def main() -> None:
-        async with opened_async(_settings()) as container:
+        async with opened_async(_settings(), hot=which != "history") as container:
             event_log = await provide(container.event_log)
             projections = await provide(container.projections)
             head = await asyncio.to_thread(event_log.head)
@@ -348,7 +385,20 @@ def projections_rebuild(
 
 
 def main() -> None:
-    cli()
+    """The console script: a service that does not answer, or a setting that is not valid,
+    ends the command with one line on stderr (no traceback)."""
+    try:
+        cli()
+    except ServiceUnavailable as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(EXIT_UNAVAILABLE)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        sys.stderr.write(f"error: invalid settings: {problems}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":
