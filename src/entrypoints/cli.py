@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import logging
 import os
 import signal
 import sys
@@ -138,7 +139,7 @@ def worker(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with running(_settings(), role):
-            err.print(f"worker {role} running")
+            logging.getLogger(__name__).info("worker %s running", role)
             await stop.wait()
 
     asyncio.run(main())

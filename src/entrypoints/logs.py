@@ -59,7 +59,7 @@ _API_KEY = re.compile(r"\bdrt_[A-Za-z0-9_-]{8,}")
 REDACTED: Final = "[REDACTED]"
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
-JSON_FIELDS: Final = "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s"
+JSON_FIELDS: Final = "%(levelname)s %(name)s %(message)s %(request_id)s"
 UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
@@ -119,8 +119,9 @@ def logging_config(level: str = "info", log_format: str = "json") -> dict[str, A
         formatter: dict[str, Any] = {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": JSON_FIELDS,
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-            "timestamp": False,
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            # ISO-8601 in UTC, e.g. 2026-12-02T11:07:27.364000+00:00
+            "timestamp": "time",
         }
     else:
         formatter = {"()": TextFormatter, "fmt": TEXT_FORMAT}
