@@ -41,6 +41,7 @@ __all__ = [
     "configure_logging",
     "logging_config",
     "redact",
+    "request_id_from",
 ]
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -160,14 +161,19 @@ def configure_logging(level: str = "info", log_format: str = "json") -> None:
     logging.config.dictConfig(logging_config(level, log_format))
 
 
+def request_id_from(value: str | None) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new id."""
+    if value is not None and _SANE_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             candidate: str = value.decode("latin-1")
-            if _SANE_ID.fullmatch(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex
+            return request_id_from(candidate)
+    return request_id_from(None)
 
 
 class RequestIds:

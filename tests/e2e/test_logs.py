@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from .conftest import issue_key
+from .conftest import LiveServer, issue_key
 
 CLI = str(Path(sys.executable).with_name("defi-realtime"))
 START_TIMEOUT = 30.0
@@ -162,3 +162,15 @@ def test_text_lines_carry_the_request_id(tmp_path: Path) -> None:
     assert not lines[-1].startswith("{")
     # The last one is the test's (``serving`` polled the same path while it started).
     assert lines[-1].endswith(" 200 request_id=t-2"), lines
+
+
+async def test_the_lean_websocket_handshake_echoes_the_request_id(server: LiveServer) -> None:
+    async with connect(
+        f"{server.ws_url}?api_key={server.api_key}",
+        additional_headers={"X-Request-ID": "ws-lean-1"},
+    ) as given:
+        assert given.response is not None
+        assert given.response.headers["x-request-id"] == "ws-lean-1"
+    async with connect(server.ws_url, additional_headers=server.headers) as generated:
+        assert generated.response is not None
+        assert len(generated.response.headers["x-request-id"]) == 32
