@@ -52,13 +52,6 @@ def _settings() -> Settings:
 EXIT_UNAVAILABLE: Final = 69
 
 
-@cli.callback()
-def _configure() -> None:
-    """Logs of every command in LOG_FORMAT at LOG_LEVEL (entrypoints/logs.py)."""
-    settings = _settings()
-    configure_logging(settings.log_level, settings.log_format)
-
-
 @cli.command()
 def serve(
     host: Annotated[
@@ -389,6 +382,9 @@ def main() -> None:
     """The console script: a service that does not answer, or a setting that is not valid,
     ends the command with one line on stderr (no traceback)."""
     try:
+        # Every command logs in LOG_FORMAT at LOG_LEVEL (entrypoints/logs.py).
+        settings = _settings()
+        configure_logging(settings.log_level, settings.log_format)
         cli()
     except ServiceUnavailable as error:
         sys.stderr.write(f"error: {error}\n")

@@ -73,17 +73,40 @@ class Settings(BaseSettings):
     notify_jitter: float = Field(default=0.2, ge=0, le=1, alias="NOTIFY_JITTER")
     notify_concurrency: int = Field(default=16, ge=1, alias="NOTIFY_CONCURRENCY")
 
-    # Operations (entrypoints/startup.py, application/readiness.py, entrypoints/logs.py).
-    # Seconds each configured service has to answer when a process starts (then it exits
-    # with one line naming the service), and each readiness check to pass.
-    startup_check_timeout: float = Field(default=2.0, gt=0, alias="STARTUP_CHECK_TIMEOUT")
-    ready_timeout: float = Field(default=1.0, gt=0, alias="READY_TIMEOUT")
-    # Log positions a running projection may be behind the head and still be ready.
-    ready_max_lag: int = Field(default=10_000, ge=0, alias="READY_MAX_LAG")
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
-        default="info", alias="LOG_LEVEL"
+    # --- operations (entrypoints/startup.py, application/readiness.py, entrypoints/logs.py)
+    startup_check_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        alias="STARTUP_CHECK_TIMEOUT",
+        description="Seconds each service a command uses (PostgreSQL, Redis, RabbitMQ) has "
+        "to answer when the command starts; then it exits with status 69 and one line naming "
+        "the service.",
     )
-    log_format: Literal["json", "text"] = Field(default="json", alias="LOG_FORMAT")
+    ready_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        alias="READY_TIMEOUT",
+        description="Seconds each check of /health/ready may take (they run concurrently).",
+    )
+    ready_max_lag: int = Field(
+        default=10_000,
+        ge=0,
+        alias="READY_MAX_LAG",
+        description="Log positions a running projection may be behind the head and the node "
+        "still be ready (/health/ready).",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info",
+        alias="LOG_LEVEL",
+        description="Level of every role's logs, uvicorn's included (serve --log-level "
+        "overrides it).",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        alias="LOG_FORMAT",
+        description="json: one JSON object a line (time, level, logger, message, "
+        "request_id, ...); text: one plain line each.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
