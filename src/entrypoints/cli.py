@@ -71,13 +71,15 @@ def serve(
     ] = 1,
 ) -> None:
     """Run the API + WebSocket server with in-process workers."""
+    settings = _settings()
+    # Before the server's imports (~1 s): a service that is down is said at once.
+    check_services_now(settings, "serve")
     import uvicorn
 
     from .api import create_app
     from .http_transport import head_guarded_http
     from .ws_transport import RealtimeWebSocketProtocol
 
-    settings = _settings()
     if host is not None:
         settings.host = host
     if port is not None:
@@ -85,7 +87,6 @@ def serve(
     level = (log_level or settings.log_level).lower()
     # One format for our loggers and uvicorn's (its access and error lines too).
     log_config = logging_config(level, settings.log_format)
-    check_services_now(settings, "serve")
     # WS_TRANSPORT=lean (default): uvicorn hands /v2/realtime sockets to our asyncio
     # protocol; asgi: uvicorn's own WebSocket stack and the Starlette endpoint. Either way
     # without permessage-deflate (~50% more CPU and ~34 KB more per connection).
@@ -120,18 +121,20 @@ def worker(
 ) -> None:
     """Run one background role (for scale-out beside `serve` nodes); `defi-realtime roles`
     shows what each runs."""
-    from .node import running
-
     if role not in WORKERS:
         err.print(f"[red]unknown role {role!r}: expected one of {', '.join(WORKERS)}[/red]")
         raise typer.Exit(2)
+    settings = _settings()
+    # Before the node's imports (~1 s); ``running`` checks again (for library users).
+    check_services_now(settings, role)
+    from .node import running
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with running(_settings(), role):
+        async with running(settings, role):
             logging.getLogger(__name__).info("worker %s running", role)
             await stop.wait()
 
