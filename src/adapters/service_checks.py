@@ -15,6 +15,7 @@ refused login), whose client libraries would otherwise retry or wrap it.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,9 @@ _DEFAULT_PORTS = {
 }
 
 
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
 def address_of(url: str) -> tuple[str, int]:
     """The host and port a service URL points to (the scheme's default port if none)."""
     parsed = urlparse(url)
@@ -79,6 +83,8 @@ def _first_line(error: BaseException) -> str:
     for marker in ("FATAL:", "ERROR:"):
         if marker in text:
             text = text.rsplit(marker, 1)[1]
+    # aiormq names frames by their repr: "got <Connection.Close object at 0x7f...>".
+    text = _OBJECT_REPR.sub(r"\1", text)
     return " ".join(text.split())[:300] or type(error).__name__
 
 
