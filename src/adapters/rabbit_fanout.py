@@ -147,6 +147,11 @@ class RabbitEventFanout:
     def running(self) -> bool:
         return self._connection is not None
 
+    @property
+    def connected(self) -> bool:
+        """Started and connected now (false while the robust connection reconnects)."""
+        return self._connection is not None and self._connection.connected.is_set()
+
     def listen(self, handler: BatchHandler) -> None:
         """Register a handler; must be called before ``start`` (the queue is declared then)."""
         if self._connection is not None:

@@ -42,7 +42,9 @@ from .container import build_container, provide
 from .cors import cors_middleware
 from .docs_ui import docs_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
+from .health_api import health_routes
 from .llama_api import llama_routes
+from .logs import RequestIds
 from .node import Node, running
 from .observability import run_sampler, sample
 from .openapi import OpenApi
@@ -660,6 +662,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     # Each HTTP route is built from its operations: what the document says is what is served.
     routes: list[BaseRoute] = [
         OperationRoute("/health", HEALTH.serve(health)),
+        *health_routes(),
         OperationRoute("/v2/protocols", LIST_PROTOCOLS.serve(list_protocols)),
         OperationRoute("/v2/protocols/{slug:str}", GET_PROTOCOL.serve(get_protocol)),
         OperationRoute(
@@ -687,7 +690,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            # Outermost: a preflight is answered before authentication sees it.
+            Middleware(RequestIds),
+            # Before authentication: a preflight is answered before it sees the request.
             *cors_middleware(settings.cors_origins),
             Middleware(CountRequests, metrics=metrics, paths=paths),
             Middleware(

@@ -15,8 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import urlparse
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
@@ -28,9 +30,11 @@ from .configuration import effective, reference
 from .console import err, progress_bar
 from .container import opened, opened_async, provide
 from .first_run import SAMPLE_FILES, SAMPLE_SOURCE
+from .logs import configure_logging, logging_config
 from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
+from .startup import ServiceUnavailable, check_services_now
 
 # prometheus_client's multiprocess directory (read by ``adapters/prometheus_metrics``).
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -50,6 +54,10 @@ cli.add_typer(alerts_cli, name="alerts")
 
 def _settings() -> Settings:
     return Settings()
+
+
+# sysexits.h's EX_UNAVAILABLE: a service the command needs does not answer.
+EXIT_UNAVAILABLE: Final = 69
 
 
 def _print_version(value: bool) -> None:
@@ -76,7 +84,9 @@ def serve(
         str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default PORT or 8000)")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str | None, typer.Option(help="log level (default LOG_LEVEL or info)")
+    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -95,23 +105,25 @@ def serve(
     ] = False,
 ) -> None:
     """Run the API + WebSocket server with in-process workers."""
+    settings = _settings()
+    # Before the server's imports (~1 s): a service that is down is said at once.
+    check_services_now(settings, "serve")
     import uvicorn
 
     from .api import create_app
     from .http_transport import head_guarded_http
     from .ws_transport import RealtimeWebSocketProtocol
 
-    settings = _settings()
     if host is not None:
         settings.host = host
     if port is not None:
         settings.port = port
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    level = (log_level or settings.log_level).lower()
+    # One format for our loggers and uvicorn's (its access and error lines too).
+    log_config = logging_config(level, settings.log_format)
     store = "PostgreSQL" if settings.database_url else f"SQLite files in {settings.data_dir}"
-    # One line each, unwrapped: what an operator greps the log for.
-    err.print(f"event store and read models: {store}", soft_wrap=True)
+    # A log line (JSON with LOG_FORMAT=json), what an operator greps for.
+    logging.getLogger(__name__).info("event store and read models: %s", store)
     if sample:
         _load_sample_if_empty(settings)
     # WS_TRANSPORT=lean (default): uvicorn hands /v2/realtime sockets to our asyncio
@@ -141,7 +153,8 @@ def serve(
             workers=workers if workers > 1 else None,
             host=settings.host,
             port=settings.port,
-            log_level=log_level,
+            log_level=level,
+            log_config=log_config,
             http=http,
             ws=ws,
             ws_max_size=settings.ws_max_message,
@@ -180,26 +193,26 @@ def worker(
 ) -> None:
     """Run one background role (for scale-out beside `serve` nodes); `defi-realtime roles`
     shows what each runs."""
-    from .node import running
-    from .observability import worker_metrics
-
     if role not in WORKERS:
         err.print(f"[red]unknown role {role!r}: expected one of {', '.join(WORKERS)}[/red]")
         raise typer.Exit(2)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings()
+    # Before the node's imports (~1 s); ``running`` checks again (for library users).
+    check_services_now(settings, role)
+    from .node import running
+    from .observability import worker_metrics
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        settings = _settings()
         async with running(settings, role) as node, contextlib.AsyncExitStack() as stack:
             if metrics_port is not None:
                 await stack.enter_async_context(
                     worker_metrics(node, settings.host, metrics_port, settings.metrics_interval)
                 )
-            err.print(f"worker {role} running")
+            logging.getLogger(__name__).info("worker %s running", role)
             await stop.wait()
 
     asyncio.run(main())
@@ -294,19 +307,18 @@ def _load_sample_if_empty(settings: Settings) -> None:
     a restart, or a store that already holds data, is left as it is."""
     with opened(settings) as container:
         head = container.event_log().head()
+    log = logging.getLogger(__name__)
     if head:
-        err.print(
-            f"the event store holds {head:,} events: the sample is not loaded", soft_wrap=True
-        )
+        log.info("the event store holds %s events: the sample is not loaded", f"{head:,}")
         return
     accepted = 0
     for file in SAMPLE_FILES:
         totals = _import_file(settings, file, detect_format(file), SAMPLE_SOURCE)
         accepted += totals.accepted
-    err.print(
-        f"first run: loaded {accepted:,} observations of real DeFiLlama data "
-        "(December 2025, shipped in the package; figures by DeFiLlama, defillama.com)",
-        soft_wrap=True,
+    log.info(
+        "first run: loaded %s observations of real DeFiLlama data (December 2025, shipped in "
+        "the package; figures by DeFiLlama, defillama.com)",
+        f"{accepted:,}",
     )
 
 
@@ -363,9 +375,20 @@ def collect(
 
     limit = 1 if once else polls
     wanted = [coin.strip() for coin in coins.split(",") if coin.strip()]
+    for option, value in (("--url", url), ("--coins-url", coins_url)):
+        if not _http_url(value):
+            err.print(f"error: {option} must be an http(s) URL with a host, got {value!r}")
+            raise typer.Exit(2)
 
     async def main() -> None:
-        async with opened_async(_settings()) as container:
+        from ..adapters.service_checks import check_reachable
+
+        settings = _settings()
+        # The upstream too: a poller that cannot reach it says so at once.
+        await check_reachable("upstream API", url, settings.startup_check_timeout)
+        if wanted:
+            await check_reachable("upstream coins API", coins_url, settings.startup_check_timeout)
+        async with opened_async(settings) as container:
             writer = await provide(container.writer)
             source = DefiLlamaHttpSource(url, coins_url=coins_url)
             done = 0
@@ -391,6 +414,15 @@ def collect(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def _http_url(value: str) -> bool:
+    parsed = urlparse(value)
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname)
 
 
 @keys_cli.command("create")
@@ -442,7 +474,7 @@ def projections_rebuild(
         raise typer.Exit(2)
 
     async def main() -> None:
-        async with opened_async(_settings()) as container:
+        async with opened_async(_settings(), hot=which != "history") as container:
             event_log = await provide(container.event_log)
             projections = await provide(container.projections)
             head = await asyncio.to_thread(event_log.head)
@@ -471,7 +503,23 @@ def projections_rebuild(
 
 
 def main() -> None:
-    cli()
+    """The console script: a service that does not answer, or a setting that is not valid,
+    ends the command with one line on stderr (no traceback)."""
+    try:
+        # Every command logs in LOG_FORMAT at LOG_LEVEL (entrypoints/logs.py).
+        settings = _settings()
+        configure_logging(settings.log_level, settings.log_format)
+        cli()
+    except ServiceUnavailable as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(EXIT_UNAVAILABLE)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        sys.stderr.write(f"error: invalid settings: {problems}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,12 +41,14 @@ from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
+from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
 from .roles import Follower, Stage, plan
 from .settings import Settings
+from .startup import CLI, check_services, check_services_now
 
 if TYPE_CHECKING:
     import httpx
@@ -66,6 +76,7 @@ T = TypeVar("T")
 # the dispatcher a little more eagerly (a notification is the point of an alert).
 FOLLOWER_POLL_FLOOR = 0.2
 DISPATCHER_POLL_FLOOR = 0.1
+CONNECT_TIMEOUT = 5.0
 
 
 # -- infrastructure (Resources: opened on first use, closed by shutdown_resources) ---------
@@ -174,7 +185,8 @@ async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
         return
     from redis.asyncio import Redis
 
-    client = Redis.from_url(url)
+    # A bounded connect: an unreachable Redis fails each call in seconds, not minutes.
+    client = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
     try:
         yield client
     finally:
@@ -378,6 +390,38 @@ def _projector(
     )
 
 
+def _readiness(
+    settings: Settings,
+    event_log: EventStoreLog,
+    history: SqlHistoryReadModel,
+    redis_client: Redis | None,
+    fanout: object,
+    followers: Callable[[], Iterable[NodeFollower]],
+) -> Readiness:
+    """The node's readiness checks: the event store (its head), the history database, and
+    Redis and RabbitMQ when configured; ``followers``: those the node runs (lag, stalls)."""
+    import asyncio
+
+    from ..adapters.rabbit_fanout import RabbitEventFanout
+    from ..adapters.service_checks import fanout_connected, redis_ping
+
+    async def history_position() -> str:
+        return f"position {await asyncio.to_thread(history.position)}"
+
+    probes: dict[str, Probe] = {"history_db": history_position}
+    if redis_client is not None and settings.redis_url is not None:
+        probes["redis"] = redis_ping(redis_client, settings.redis_url)
+    if isinstance(fanout, RabbitEventFanout) and settings.amqp_url is not None:
+        probes["rabbitmq"] = fanout_connected(fanout, settings.amqp_url)
+    return Readiness(
+        lambda: asyncio.to_thread(event_log.head),
+        probes,
+        followers,
+        max_lag=settings.ready_max_lag,
+        timeout=settings.ready_timeout,
+    )
+
+
 def _own_follower(
     event_log: EventStoreLog, runner: ProjectionRunner, poll_interval: float
 ) -> NodeFollower:
@@ -538,6 +582,8 @@ class Container(containers.DeclarativeContainer):
         providers.Singleton(_dispatcher_runner, event_log, dispatcher),
         providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
     )
+    # ``readiness(followers=...)``: the followers come from the running node.
+    readiness = providers.Factory(_readiness, settings, event_log, history, redis_client, fanout)
 
 
 def build_container(settings: Settings, process: str = "serve") -> Container:
@@ -557,8 +603,10 @@ async def provide(provider: Callable[[], T | Awaitable[T]]) -> T:
 
 @contextlib.contextmanager
 def opened(settings: Settings) -> Iterator[Container]:
-    """A container for a synchronous command (the CLI): its resources close on exit."""
-    container = build_container(settings, "cli")
+    """A container for a synchronous command (the CLI): its resources close on exit.
+    The services it uses are checked first (``ServiceUnavailable``, entrypoints/startup.py)."""
+    check_services_now(settings, CLI)
+    container = build_container(settings, CLI)
     try:
         yield container
     finally:
@@ -566,8 +614,12 @@ def opened(settings: Settings) -> Iterator[Container]:
 
 
 @contextlib.asynccontextmanager
-async def opened_async(settings: Settings, process: str = "cli") -> AsyncIterator[Container]:
-    """A container for asynchronous code: its resources (async ones too) close on exit."""
+async def opened_async(
+    settings: Settings, process: str = CLI, *, hot: bool = False
+) -> AsyncIterator[Container]:
+    """A container for asynchronous code: its resources (async ones too) close on exit.
+    The services it uses are checked first; ``hot``: it writes the hot projection."""
+    await check_services(settings, process, hot=hot)
     container = build_container(settings, process)
     try:
         yield container

@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .logs import REQUEST_ID, REQUEST_ID_HEADER
 from .schemas.common import Error, ErrorInfo
 
 
@@ -58,4 +59,8 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
     # its next request on the dying connection and get a transport error for a request the
     # app never saw (ambiguous for an ingest: committed or not?).
     response.headers["Connection"] = "close"
+    # This answer comes from outside the middleware that echoes the request id.
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
     return response

@@ -30,6 +30,7 @@ from ..application.writer import IngestWriter
 from .container import Container, build_container, provide
 from .roles import Follower, Lock, Loop, Placement, loops, plan
 from .settings import Settings
+from .startup import check_services
 
 __all__ = ["Node", "elected", "running", "supervise"]
 
@@ -103,7 +104,8 @@ class Node:
     follower: NodeFollower | None = None
     # Every projection-like runner this process drives, by name (``/health``, metrics).
     runners: dict[str, ProjectionRunner] = field(default_factory=dict)
-    # Every follower this process starts (metrics report those running).
+    # Every follower this process starts (metrics and ``/health/ready`` report their lag,
+    # while running).
     followers: list[NodeFollower] = field(default_factory=list)
     relay: Relay | None = None
     evaluator: AlertEvaluator | None = None
@@ -240,6 +242,8 @@ async def running(
     close everything on exit. ``follow=False`` starts no loop (maintenance commands);
     ``container``: one built already (the API builds it first, for its middleware)."""
     placements = plan(process, settings)
+    # Fail fast, in one line, when a service this process uses does not answer.
+    await check_services(settings, process)
     container = container or build_container(settings, process)
     # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
     collector = gc.get_threshold()

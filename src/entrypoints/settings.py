@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 import platformdirs
@@ -249,6 +250,46 @@ class Settings(BaseSettings):
         alias="NOTIFY_CONCURRENCY",
         description="Notifications delivered at once by one process.",
     )
+
+    # --- operations (entrypoints/startup.py, application/readiness.py, entrypoints/logs.py)
+    startup_check_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        alias="STARTUP_CHECK_TIMEOUT",
+        description="Seconds each service a command uses (PostgreSQL, Redis, RabbitMQ) has "
+        "to answer when the command starts; then it exits with status 69 and one line naming "
+        "the service.",
+    )
+    ready_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        alias="READY_TIMEOUT",
+        description="Seconds each check of /health/ready may take (they run concurrently).",
+    )
+    ready_max_lag: int = Field(
+        default=10_000,
+        ge=0,
+        alias="READY_MAX_LAG",
+        description="Log positions a running projection may be behind the head and the node "
+        "still be ready (/health/ready).",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info",
+        alias="LOG_LEVEL",
+        description="Level of every role's logs, uvicorn's included (serve --log-level "
+        "overrides it).",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        alias="LOG_FORMAT",
+        description="json: one JSON object a line (time, level, logger, message, "
+        "request_id, ...); text: one plain line each.",
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("gc_thresholds")
     @classmethod

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..application.realtime import MAX_FRAME_BYTES, Connection
 from .http_transport import error_response
+from .logs import REQUEST_ID, request_id_from
 from .settings import Settings
 from .ws_server import (
     GATEWAY_STATE_KEY,
@@ -266,6 +267,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     ) -> None:
         transport = self._transport
         assert transport is not None
+        # This task's log lines carry the handshake's request id (entrypoints/logs.py).
+        request_id = request_id_from(headers.get("x-request-id"))
+        REQUEST_ID.set(request_id)
         try:
             peer = transport.get_extra_info("peername")
             address = str(peer[0]) if isinstance(peer, tuple) and peer else None
@@ -273,7 +277,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         except HandshakeRefused as refused:
             if self._state == _ADMITTING:
                 # Accept, then close with the reason: the client sees a clear close code.
-                self._accept(transport, key)
+                self._accept(transport, key, request_id)
                 self._state = _OPEN
                 self._send_close(refused.code, refused.reason)
                 transport.resume_reading()
@@ -288,7 +292,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             return
         self._admission = admission
         self._tune(transport, gateway.settings)
-        self._accept(transport, key)
+        self._accept(transport, key, request_id)
         self._state = _OPEN
         self._connection = gateway.open(
             admission, close=self._close_from_hub, write=self._write, ping=self._ping
@@ -312,11 +316,13 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             pass
 
     @staticmethod
-    def _accept(transport: asyncio.Transport, key: str) -> None:
+    def _accept(transport: asyncio.Transport, key: str, request_id: str) -> None:
         transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
             b"connection: Upgrade\r\nsec-websocket-accept: "
             + accept_token(key).encode()
+            + b"\r\nx-request-id: "
+            + request_id.encode("latin-1")
             + b"\r\n\r\n"
         )
 

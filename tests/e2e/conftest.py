@@ -90,7 +90,7 @@ def start_server(
     # ``port``: 0 for a free one; a restarted server takes its predecessor's so that
     # clients find it again;
     # ``overrides``: more Settings fields (e.g. ws_queue_size).
-    settings = Settings(data_dir=data_dir, poll_interval=0.05, **overrides)
+    settings = Settings(**{"data_dir": data_dir, "poll_interval": 0.05, **overrides})
     if api_key is None:
         api_key = issue_key(settings)
     app = create_app(settings)

@@ -193,12 +193,13 @@ class Stack:
 
     # --- processes -----------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str, port: int | None = None) -> Process:
+    def spawn(self, name: str, *args: str, port: int | None = None, **env: str) -> Process:
+        """``env``: variables over the deployment's (e.g. another ``REDIS_URL``)."""
         log_path = self.work_dir / f"{name}.{len(self.processes)}.log"
         with log_path.open("wb") as log_file:
             popen = subprocess.Popen(
                 [*CLI, *args],
-                env=self.env(name),
+                env=self.env(name, **env),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -208,11 +209,11 @@ class Stack:
         self.processes.append(process)
         return process
 
-    async def serve(self, name: str) -> Process:
+    async def serve(self, name: str, **env: str) -> Process:
         """A ``serve`` node on a free port, once ``/health`` answers."""
         port = free_port()
         process = self.spawn(
-            name, "serve", "--port", str(port), "--log-level", "warning", port=port
+            name, "serve", "--port", str(port), "--log-level", "warning", port=port, **env
         )
         await self.wait_healthy(process)
         return process

@@ -1,4 +1,4 @@
-"""``GET /health``: the node's log positions and its projections' progress."""
+"""``GET /health`` (log positions, projections' progress), ``/health/live``, ``/health/ready``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from pydantic import BaseModel, Field
 
 from .common import ANSWER
 
-__all__ = ["Health", "ProjectionHealth", "ProjectionStall"]
+__all__ = [
+    "Health",
+    "Liveness",
+    "ProjectionHealth",
+    "ProjectionStall",
+    "Readiness",
+    "ReadinessCheck",
+]
 
 
 class ProjectionStall(BaseModel):
@@ -41,3 +48,33 @@ class Health(BaseModel):
     history_position: int
     connections: int = Field(description="open WebSocket connections")
     projections: dict[str, ProjectionHealth]
+
+
+class Liveness(BaseModel):
+    """The process answers: its event loop runs (no dependency is checked)."""
+
+    model_config = ANSWER
+    status: Literal["alive"]
+
+
+class ReadinessCheck(BaseModel):
+    """One check of ``/health/ready``: a dependency, or a projection's progress."""
+
+    model_config = ANSWER
+    status: Literal["pass", "fail"]
+    reason: str | None = Field(description="why it failed (null when it passed)")
+    detail: str | None = Field(description="what it saw when it passed")
+    lag: int | None = Field(
+        default=None, ge=0, description="projections: log positions behind the head"
+    )
+    duration_ms: float = Field(ge=0, description="how long the check took")
+
+
+class Readiness(BaseModel):
+    """``ready`` (200) when every check passes, else ``not_ready`` (503)."""
+
+    model_config = ANSWER
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, ReadinessCheck] = Field(
+        description="by name: event_store, history_db, redis, rabbitmq, projection:NAME"
+    )
