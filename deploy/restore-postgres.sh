@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Restore a backup made by deploy/backup-postgres.sh into an EMPTY database, then rebuild
+# the read models from the restored event store.
+#
+#   DATABASE_URL=postgresql://user:pass@host:5432/newdb deploy/restore-postgres.sh FILE
+#
+# Run it with every defi-realtime process stopped, and with the settings the deployment
+# uses (REDIS_URL, REDIS_PREFIX, ...): the rebuild writes the hot projection to that Redis.
+# DEFI_REALTIME (default: defi-realtime) is the command that runs the CLI.
+set -euo pipefail
+
+in=${1:?usage: DATABASE_URL=postgresql://... $0 BACKUP_FILE}
+url=${DATABASE_URL:?set DATABASE_URL to the (empty) database to restore into}
+url=$(sed -E 's#^postgres(ql)?(\+[A-Za-z0-9_]+)?://#postgresql://#' <<<"$url")
+
+# One transaction: a failed restore leaves the database as it was (empty).
+pg_restore --dbname="$url" --no-owner --no-privileges --single-transaction --exit-on-error "$in"
+echo "restored $in; rebuilding the read models" >&2
+# shellcheck disable=SC2086  # DEFI_REALTIME may be a command with arguments
+${DEFI_REALTIME:-defi-realtime} projections rebuild all
