@@ -4,6 +4,11 @@
 #
 #   DATABASE_URL=postgresql://user:pass@host:5432/db deploy/backup-postgres.sh FILE
 #
+# PG_DUMP is the pg_dump command (default: pg_dump; its major version must be at least the
+# server's). With compose, the server's own, in its container:
+#   PG_DUMP="docker compose -f deploy/compose.yaml exec -T postgres pg_dump" \
+#   DATABASE_URL=postgresql://defi:PASSWORD@127.0.0.1:5432/defi_realtime deploy/backup-postgres.sh FILE
+#
 # Kept whole: the event store (defirealtime_events and its sequence), the followers'
 # positions (log_follower_positions: relay, alert evaluator, notification dispatcher), the
 # delivery record (delivery_attempts, pending_notifications) and Alembic's version table.
@@ -27,5 +32,9 @@ for table in "${REBUILDABLE[@]}"; do
   exclude+=("--exclude-table-data=${table}")
 done
 
-pg_dump --dbname="$url" --format=custom --no-owner --no-privileges "${exclude[@]}" --file="$out"
+# To stdout, so that PG_DUMP may run in a container; the file only appears when complete.
+# shellcheck disable=SC2086  # PG_DUMP may be a command with arguments
+${PG_DUMP:-pg_dump} --dbname="$url" --format=custom --no-owner --no-privileges \
+  "${exclude[@]}" >"$out.partial"
+mv "$out.partial" "$out"
 echo "backed up to $out" >&2

@@ -6,7 +6,11 @@
 #
 # Run it with every defi-realtime process stopped, and with the settings the deployment
 # uses (REDIS_URL, REDIS_PREFIX, ...): the rebuild writes the hot projection to that Redis.
-# DEFI_REALTIME (default: defi-realtime) is the command that runs the CLI.
+# PG_RESTORE (default: pg_restore) and DEFI_REALTIME (default: defi-realtime) are the
+# commands to run; with compose:
+#   PG_RESTORE="docker compose -f deploy/compose.yaml exec -T postgres pg_restore" \
+#   DEFI_REALTIME="docker compose -f deploy/compose.yaml run --rm --no-deps api-1" \
+#   DATABASE_URL=postgresql://defi:PASSWORD@127.0.0.1:5432/defi_realtime deploy/restore-postgres.sh FILE
 set -euo pipefail
 
 in=${1:?usage: DATABASE_URL=postgresql://... $0 BACKUP_FILE}
@@ -14,7 +18,10 @@ url=${DATABASE_URL:?set DATABASE_URL to the (empty) database to restore into}
 url=$(sed -E 's#^postgres(ql)?(\+[A-Za-z0-9_]+)?://#postgresql://#' <<<"$url")
 
 # One transaction: a failed restore leaves the database as it was (empty).
-pg_restore --dbname="$url" --no-owner --no-privileges --single-transaction --exit-on-error "$in"
+# From stdin, so that PG_RESTORE may run in a container.
+# shellcheck disable=SC2086  # PG_RESTORE may be a command with arguments
+${PG_RESTORE:-pg_restore} --dbname="$url" --no-owner --no-privileges --single-transaction \
+  --exit-on-error <"$in"
 echo "restored $in; rebuilding the read models" >&2
 # shellcheck disable=SC2086  # DEFI_REALTIME may be a command with arguments
 ${DEFI_REALTIME:-defi-realtime} projections rebuild all
