@@ -14,6 +14,8 @@
 # delivery record (delivery_attempts, pending_notifications) and Alembic's version table.
 # The history read model's tables keep their schema but not their rows: they are folds of
 # the event store, rebuilt after a restore (deploy/restore-postgres.sh, docs/deployment.md).
+# WITH_READ_MODELS=true keeps their rows too: a larger backup, a faster restore (no history
+# rebuild; restore with REBUILD=hot).
 set -euo pipefail
 
 out=${1:?usage: DATABASE_URL=postgresql://... $0 BACKUP_FILE}
@@ -28,13 +30,15 @@ REBUILDABLE=(
   series_states series_days group_days projection_tracking
 )
 exclude=()
-for table in "${REBUILDABLE[@]}"; do
-  exclude+=("--exclude-table-data=${table}")
-done
+if [[ "${WITH_READ_MODELS:-false}" != true ]]; then
+  for table in "${REBUILDABLE[@]}"; do
+    exclude+=("--exclude-table-data=${table}")
+  done
+fi
 
 # To stdout, so that PG_DUMP may run in a container; the file only appears when complete.
 # shellcheck disable=SC2086  # PG_DUMP may be a command with arguments
 ${PG_DUMP:-pg_dump} --dbname="$url" --format=custom --no-owner --no-privileges \
-  "${exclude[@]}" >"$out.partial"
+  ${exclude[@]+"${exclude[@]}"} >"$out.partial"
 mv "$out.partial" "$out"
 echo "backed up to $out" >&2

@@ -11,6 +11,8 @@
 #   PG_RESTORE="docker compose -f deploy/compose.yaml exec -T postgres pg_restore" \
 #   DEFI_REALTIME="docker compose -f deploy/compose.yaml run --rm --no-deps api-1" \
 #   DATABASE_URL=postgresql://defi:PASSWORD@127.0.0.1:5432/defi_realtime deploy/restore-postgres.sh FILE
+# REBUILD: what to rebuild after the restore, `all` (default) or, for a backup made with
+# WITH_READ_MODELS=true, `hot` (Redis is not in the backup: its projection always is).
 set -euo pipefail
 
 in=${1:?usage: DATABASE_URL=postgresql://... $0 BACKUP_FILE}
@@ -24,4 +26,4 @@ ${PG_RESTORE:-pg_restore} --dbname="$url" --no-owner --no-privileges --single-tr
   --exit-on-error <"$in"
 echo "restored $in; rebuilding the read models" >&2
 # shellcheck disable=SC2086  # DEFI_REALTIME may be a command with arguments
-${DEFI_REALTIME:-defi-realtime} projections rebuild all
+${DEFI_REALTIME:-defi-realtime} projections rebuild "${REBUILD:-all}"
