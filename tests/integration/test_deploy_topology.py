@@ -17,9 +17,10 @@ containers on a network:
 Then the deployment is shown to work end to end: both API nodes answer ``/health``; an
 observation posted to node 1 reaches a WebSocket client of node 2 (with its log position)
 and node 2's REST answer; an alert rule created on node 1 fires through the workers (the
-evaluator records the transition, the ``notifications`` worker, the only process that
-delivers with ``AMQP_URL`` set, sends the signed webhook) and node 2's client gets the alert
-frame.
+workers start first and hold the elected roles: the ``relay`` worker publishes, the
+``projections`` worker applies the shared projections, the ``alerts`` worker records the
+transition, the ``notifications`` worker, the only process that delivers with ``AMQP_URL``
+set, sends the signed webhook) and node 2's client gets the alert frame.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ pytestmark = [
 # Which Stack URL stands for the compose service a setting's URL names.
 BACKING_SERVICES = {"postgres": "database_url", "redis": "redis_url", "rabbitmq": "amqp_url"}
 URL_SETTINGS = ("DATABASE_URL", "REDIS_URL", "AMQP_URL")
+# The lock each compose worker is elected on (roles.py).
+WORKER_LOCKS = {
+    "relay": RELAY_LOCK,
+    "projections": PROJECTIONS_LOCK,
+    "alerts": ALERTS_LOCK,
+    "notifications": NOTIFICATIONS_LOCK,
+}
 SECRET = "whsec_deploy_topology"
 SLUG = "deploy-lend"
 T0 = 1_700_000_000
@@ -166,24 +174,27 @@ async def test_the_compose_topology_runs_as_processes(tmp_path: Path) -> None:
 
     async with stack(tmp_path / "stack") as deployment:
         key = await deployment.create_key()
+        # The workers first, so that each holds its elected role (the API nodes, started
+        # next, stand by for the same locks): what follows then goes through the workers.
         processes = {
-            service.name: start(deployment, service, document["services"]) for service in services
+            service.name: start(deployment, service, document["services"])
+            for service in services
+            if not service.serves_http
         }
+        holders = {lock: worker for worker, lock in WORKER_LOCKS.items()}
+        assert set(holders.values()) == set(processes), processes
+        for lock, worker in holders.items():
+            await wait_until(
+                lambda lock=lock: lock_holder(deployment, lock.key),
+                lambda holder, worker=worker: holder == worker,
+                15.0,
+                f"{lock.name} held by the {worker} worker",
+            )
+        for service in api_services:
+            processes[service.name] = start(deployment, service, document["services"])
         node_1, node_2 = (processes[service.name] for service in api_services)
         for node in (node_1, node_2):
             await deployment.wait_healthy(node)  # GET /health answers 200
-
-        # Every elected role has a holder; the notification dispatcher can only be the
-        # `notifications` worker (serve does not run it when AMQP_URL is set).
-        names = set(processes)
-        for lock in (RELAY_LOCK, PROJECTIONS_LOCK, ALERTS_LOCK, NOTIFICATIONS_LOCK):
-            await wait_until(
-                lambda lock=lock: lock_holder(deployment, lock.key),
-                lambda holder: holder in names,
-                15.0,
-                f"{lock.name} held",
-            )
-        assert lock_holder(deployment, NOTIFICATIONS_LOCK.key) == "notifications"
 
         with WebhookReceiver() as receiver:
             async with (
@@ -259,6 +270,9 @@ async def test_the_compose_topology_runs_as_processes(tmp_path: Path) -> None:
                 )
                 assert history.json()["transitions"], history.text
 
+        # The workers held their roles throughout.
+        for lock, worker in holders.items():
+            assert lock_holder(deployment, lock.key) == worker, lock.name
         for name, process in processes.items():
             assert process.alive(), f"{name} exited:\n{process.output()}"
             assert "Traceback" not in process.output(tail=1_000_000), process.output()
