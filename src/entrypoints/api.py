@@ -44,6 +44,7 @@ from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
 from .coins_api import coin_routes
 from .container import build_container, provide
+from .dashboard import dashboard_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .llama_api import llama_routes
 from .node import Node, running
@@ -731,6 +732,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),
         OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),
         WebSocketRoute("/v2/realtime", realtime_socket),
+        *dashboard_routes(),
     ]
     metrics = Metrics()
     paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}

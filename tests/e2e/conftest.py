@@ -81,11 +81,13 @@ def start_server(
     ws: Any = RealtimeWebSocketProtocol,
     expected_errors: str | None = None,
     start_timeout: float = START_TIMEOUT,
+    port: int = 0,
     **overrides: Any,
 ) -> Iterator[LiveServer]:
     """Run the app under uvicorn in a background thread until the block exits."""
     # ``ws``: the lean transport class (what `defi-realtime serve` runs by default) or one
-    # of uvicorn's WebSocket implementations ("auto": the ASGI endpoint);
+    # of uvicorn's WebSocket implementations ("auto": the ASGI endpoint); ``port``: 0 for
+    # a free one, or a given one (a server restarted where its clients reconnect);
     # ``overrides``: more Settings fields (e.g. ws_queue_size).
     settings = Settings(data_dir=data_dir, poll_interval=0.05, **overrides)
     if api_key is None:
@@ -94,7 +96,7 @@ def start_server(
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
