@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import LiveServer, obs, settle, start_server
+from tests.e2e.conftest import LiveServer, assert_error, obs, settle, start_server
 
 CLI = str(Path(sys.executable).with_name("defi-realtime"))
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -329,12 +329,16 @@ def test_the_feed_resumes_after_a_drop_with_since(browser: Any, tmp_path: Path) 
 
     data_dir, now = tmp_path / "data", time.time()
     sent: list[dict[str, Any]] = []
-    # The browser logs its refused reconnection attempts while the server is down.
-    with watched_page(browser, allowed=r"WebSocket connection to .* failed") as tab:
+    # While a server is down the page's requests are refused: its reconnection attempts,
+    # and a listing it reads again after an update (the last one may go out as the second
+    # server stops).
+    refused = r"WebSocket connection to .* failed|ERR_CONNECTION_REFUSED"
+    with watched_page(browser, allowed=refused) as tab:
         tab.on(
             "websocket",
             lambda socket: socket.on("framesent", lambda payload: sent.append(json.loads(payload))),
         )
+
         with start_server(data_dir) as first, httpx.Client(base_url=first.base_url) as http:
             port, key = int(first.base_url.rsplit(":", 1)[1]), first.api_key
             response = http.post(
@@ -370,3 +374,59 @@ def test_the_feed_resumes_after_a_drop_with_since(browser: Any, tmp_path: Path) 
             assert resumed, sent
             assert isinstance(resumed[0]["since"], int)
             assert "snapshot" not in resumed[0]
+
+
+def test_a_server_that_requires_a_key_for_reads(browser: Any, tmp_path: Path) -> None:
+    """``REQUIRE_KEY_FOR_READS``: the page itself is open, says it needs a key, and with
+    one reads over REST (``X-API-Key``) and the socket (``?api_key=``)."""
+    from playwright.sync_api import expect
+
+    # The anonymous reads are refused (401, and the socket's handshake) until a key is in.
+    allowed = r"401|WebSocket connection to .* failed"
+    with (
+        start_server(tmp_path / "data", require_key_for_reads=True) as locked,
+        httpx.Client(base_url=locked.base_url, headers=locked.headers) as http,
+        watched_page(browser, allowed=allowed) as tab,
+    ):
+        ingest(http, obs("locked-lend", 7e8, time.time(), name="Locked Lend"))
+        settle(http)
+        tab.goto(f"{locked.base_url}/")
+        expect(tab.locator("#key-status")).to_have_text("this server needs an API key to read")
+        expect(row(tab, "locked-lend")).to_have_count(0)
+        tab.fill("#api-key", locked.api_key)
+        tab.click("#use-key")
+        expect(row(tab, "locked-lend").locator(".tvl")).to_have_text("$700.00M")
+        tab.wait_for_selector('#feed-status[data-state="live"]')
+        ingest(http, obs("locked-lend", 8e8, time.time()))
+        expect(row(tab, "locked-lend").locator(".tvl")).to_have_text(
+            "$800.00M", timeout=LIVE_WITHIN_S * 1000
+        )
+
+
+def test_the_page_and_its_assets_are_served_with_their_headers(http: httpx.Client) -> None:
+    """No browser needed: what the server hands out, and what it refuses."""
+    page = http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/dashboard/app.js">' in page.text
+    # Nothing external: no URL with a scheme in the page.
+    assert "http://" not in page.text
+    assert "https://" not in page.text
+    for asset, media_type in (
+        ("app.js", "javascript"),
+        ("feed.js", "javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ):
+        response = http.get(f"/dashboard/{asset}")
+        assert response.status_code == 200, asset
+        assert media_type in response.headers["content-type"], asset
+        assert "default-src 'none'" in response.headers["content-security-policy"], asset
+        assert response.headers["x-content-type-options"] == "nosniff", asset
+    assert http.head("/").status_code == 200
+    assert_error(http.get("/dashboard/nothing.js"), 404, "not_found")
+    assert_error(http.get("/dashboard/../dashboard.py"), 404, "not_found")
+    assert_error(http.get("/", params={"x": "1"}), 400, "invalid_parameter")
+    documented = http.get("/openapi.json").json()["paths"]["/"]["get"]
+    assert documented["operationId"] == "getDashboard"
+    assert "text/html" in documented["responses"]["200"]["content"]

@@ -37,6 +37,10 @@ function flash(element) {
 }
 
 function showError(where, error) {
+  if (error instanceof ApiError && error.status === 401 && !apiKey()) {
+    // REQUIRE_KEY_FOR_READS: nothing to show without a key.
+    $("key-status").textContent = "this server needs an API key to read";
+  }
   console.warn(`${where}: ${error instanceof ApiError ? `${error.status} ${error.code}` : error}`);
 }
 
@@ -334,6 +338,7 @@ function drawDetail() {
     drawLineChart($("protocol-chart"), detail.points, `TVL of ${detail.slug}`);
     const body = document.querySelector("#protocol-chains tbody");
     const chains = [...detail.chains].sort((a, b) => b[1] - a[1]);
+    $("protocol-chains-part").hidden = chains.length === 0;
     body.replaceChildren(
       ...chains.map(([chain, value]) =>
         el("tr", { dataset: { chain } }, el("td", { text: chain }), el("td", { className: "num", text: usd(value) })),
@@ -438,6 +443,13 @@ function describeCondition(condition) {
   return condition.kind;
 }
 
+/** What the rule measured: a value for a threshold, a percent change for pct_change. */
+function describeMeasure(rule, measure) {
+  if (rule && rule.condition.kind === "pct_change") return percent(measure);
+  if (rule && rule.target.metric !== "price") return usd(measure);
+  return measure.toPrecision(6);
+}
+
 function renderRules() {
   const rules = [...alerts.rules.values()];
   document.querySelector("#alert-rules tbody").replaceChildren(
@@ -471,7 +483,7 @@ function onAlert(frame) {
     loadRules().catch((error) => showError("alert rules", error));
   }
   const name = rule ? rule.name || describeTarget(rule.target) : frame.alertId;
-  const measure = frame.data.measure === null ? "" : ` (measure ${frame.data.measure.toPrecision(4)})`;
+  const measure = frame.data.measure === null ? "" : ` (${describeMeasure(rule, frame.data.measure)})`;
   const item = el(
     "li",
     { dataset: { alertId: frame.alertId, condition: frame.condition } },
@@ -493,6 +505,10 @@ function keyChanged() {
   alerts.rules = new Map();
   $("alert-firings").replaceChildren();
   feed.connect(key);
+  // Everything is read again with the key (a server may require one for reads).
+  startTable();
+  loadBreakdowns().catch((error) => showError("breakdowns", error));
+  route();
   if (!key) return;
   feed.subscribe("alerts", { channel: "alerts" }, onAlert);
   loadRules()
@@ -538,10 +554,7 @@ function start() {
   $("chain-filter").addEventListener("change", startTable);
   $("category-filter").addEventListener("change", startTable);
   window.addEventListener("hashchange", route);
-  keyChanged(); // connects the feed (with the key of this tab, if any)
-  startTable();
-  loadBreakdowns().catch((error) => showError("breakdowns", error));
-  route();
+  keyChanged(); // connects the feed (with this tab's key, if any) and loads the view
 }
 
 start();

@@ -14,13 +14,16 @@ export function usd(value) {
 /** "+1.23%" / "-4.00%"; "–" for a missing value. */
 export function percent(value) {
   if (value === null || value === undefined || !Number.isFinite(value)) return "–";
-  return `${value > 0 ? "+" : ""}${value.toFixed(2)}%`;
+  const shown = value.toFixed(2);
+  if (Number(shown) === 0) return "0.00%"; // not "-0.00%"
+  return `${value > 0 ? "+" : ""}${shown}%`;
 }
 
 /** The CSS class of a change: "up", "down" or "". */
 export function trend(value) {
-  if (value === null || value === undefined || !Number.isFinite(value) || value === 0) return "";
-  return value > 0 ? "up" : "down";
+  if (value === null || value === undefined || !Number.isFinite(value)) return "";
+  const shown = Number(value.toFixed(2)); // as percent() shows it
+  return shown === 0 ? "" : shown > 0 ? "up" : "down";
 }
 
 /** A unix time (seconds) as "2025-12-01 14:05 UTC". */
