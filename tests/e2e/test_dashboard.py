@@ -33,6 +33,7 @@ DAY = 86_400.0
 # timeout.
 WAIT_MS = 5_000
 LIVE_WITHIN_S = 1.0
+MARKUP = '<img src="/x" onerror="window.injected = 1">'
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,6 +136,7 @@ def test_page_loads_cleanly_under_its_csp(
             "clean-lend", 2e9, now - DAY, name="Clean Lend", category="Lending", chains=["Ethereum"]
         ),
         obs("clean-lend", 2.2e9, now),
+        obs("markup-lend", 1e6, now, name=MARKUP, category="<i>Lending</i>"),
     )
     settle(http)
     response = open_dashboard(page, server)
@@ -151,6 +153,11 @@ def test_page_loads_cleanly_under_its_csp(
     expect(row(page, "clean-lend").locator(".change-1d")).to_have_text("+10.00%")
     expect(page.locator("#chain-breakdown li[data-key='Ethereum']")).to_be_visible()
     expect(page.locator("#category-breakdown li[data-key='Lending']")).to_be_visible()
+    # Names are text, never markup.
+    expect(row(page, "markup-lend").locator("a")).to_have_text(MARKUP)
+    expect(row(page, "markup-lend").locator(".category")).to_have_text("<i>Lending</i>")
+    assert page.locator("#protocols img, #protocols i").count() == 0
+    assert page.evaluate("window.injected") is None
     # Everything came from this server: no request left it.
     hosts = page.evaluate(
         "performance.getEntriesByType('resource').map((entry) => new URL(entry.name).host)"

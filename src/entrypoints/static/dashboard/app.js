@@ -14,6 +14,8 @@ const TOP = 100; // rows in the table
 // come in.
 const RESYNC_MS = 2_000;
 const RESYNC_DELAY_MS = 250;
+// How long a protocol the feed announced waits for the listing to show it.
+const PROVISIONAL_MS = 5_000;
 const BREAKDOWN_ROWS = 10;
 const FIRINGS_SHOWN = 50;
 const HISTORY_POINTS = 2_000;
@@ -106,7 +108,7 @@ async function loadListing() {
   for (const protocol of page.protocols) {
     const old = table.rows.get(protocol.slug);
     const row = {
-      ...protocol, chainTvls: { ...protocol.chainTvls }, tvlAt: null, provisional: false, changed: true,
+      ...protocol, chainTvls: { ...protocol.chainTvls }, tvlAt: null, provisional: 0, changed: true,
     };
     // A value the feed delivered after the listing's data time stays.
     if (old && old.tvlAt !== null && (protocol.updated_at === null || old.tvlAt > protocol.updated_at)) {
@@ -118,7 +120,9 @@ async function loadListing() {
   // A protocol the feed announced but the listing does not show yet (its projection is a
   // moment behind) stays until the next listing.
   for (const [slug, old] of table.rows) {
-    if (old.provisional && !rows.has(slug)) rows.set(slug, old);
+    if (old.provisional && !rows.has(slug) && Date.now() - old.provisional < PROVISIONAL_MS) {
+      rows.set(slug, old);
+    }
   }
   table.rows = rows;
   if (!table.loaded) {
@@ -137,15 +141,18 @@ function onTableUpdate(frame) {
   }
   let row = table.rows.get(data.id);
   if (!row) {
+    // A snapshot's protocols outside the listing are outside the top (the listing and the
+    // snapshot are of the same moment, give or take an update that starts a new listing).
+    if (frame.snapshot) return;
+    scheduleResync();
     if (!entersTop(data)) return;
     // Shown at once; the next listing brings its name, category and changes.
     row = {
       slug: data.id, name: data.id, category: "", chains: [], tvl: null, chainTvls: {},
       change_1h: null, change_1d: null, change_7d: null, updated_at: null, tvlAt: null,
-      provisional: true,
+      provisional: Date.now(),
     };
     table.rows.set(data.id, row);
-    scheduleResync();
   }
   if (data.chain === "total") {
     if (!isCurrent(frame, row.tvlAt)) return;
@@ -162,11 +169,10 @@ function onTableUpdate(frame) {
   if (!frame.snapshot) scheduleResync();
 }
 
+/** Whether a protocol not in the table ranks among the top by this update (its total, or
+ * with a chain filter its value on that chain). */
 function entersTop(data) {
-  const { chain } = filters();
-  if (chain ? data.chain !== chain && data.chain !== "total" : data.chain !== "total") {
-    return false;
-  }
+  if (data.chain !== (filters().chain || "total")) return false;
   if (table.rows.size < TOP) return true;
   let lowest = Infinity;
   for (const row of table.rows.values()) lowest = Math.min(lowest, rankValue(row));
