@@ -24,7 +24,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import LiveServer, assert_error, obs, settle, start_server
+from tests.e2e.conftest import (
+    LiveServer,
+    assert_error,
+    obs,
+    settle,
+    start_server,
+    wait_for,
+)
 
 CLI = str(Path(sys.executable).with_name("defi-realtime"))
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
@@ -120,6 +127,11 @@ def open_dashboard(page: Any, server: LiveServer, hash_: str = "") -> Any:
     assert response.status == 200
     page.wait_for_selector('#feed-status[data-state="live"]')
     return response
+
+
+def quiet(page: Any) -> None:
+    """Wait until no re-read of the listing is due or under way (before a server stops)."""
+    page.wait_for_selector("#overview:not([data-syncing])", state="attached")
 
 
 def row(page: Any, slug: str) -> Any:
@@ -336,10 +348,8 @@ def test_the_feed_resumes_after_a_drop_with_since(browser: Any, tmp_path: Path) 
 
     data_dir, now = tmp_path / "data", time.time()
     sent: list[dict[str, Any]] = []
-    # While a server is down the page's requests are refused: its reconnection attempts,
-    # and a listing it reads again after an update (the last one may go out as the second
-    # server stops).
-    refused = r"WebSocket connection to .* failed|ERR_CONNECTION_REFUSED"
+    # While a server is down the page's reconnection attempts are refused.
+    refused = r"WebSocket connection to .* failed"
     with watched_page(browser, allowed=refused) as tab:
         tab.on(
             "websocket",
@@ -360,6 +370,7 @@ def test_the_feed_resumes_after_a_drop_with_since(browser: Any, tmp_path: Path) 
             first_subscribe = next(f for f in sent if f["type"] == "subscribe")
             assert first_subscribe["snapshot"] is True
             assert "since" not in first_subscribe
+            quiet(tab)
         expect(tab.locator("#feed-status")).to_have_attribute("data-state", "reconnecting")
 
         missed = tmp_path / "missed.jsonl"
@@ -381,6 +392,7 @@ def test_the_feed_resumes_after_a_drop_with_since(browser: Any, tmp_path: Path) 
             assert resumed, sent
             assert isinstance(resumed[0]["since"], int)
             assert "snapshot" not in resumed[0]
+            quiet(tab)
 
 
 def test_a_server_that_requires_a_key_for_reads(browser: Any, tmp_path: Path) -> None:
@@ -437,3 +449,26 @@ def test_the_page_and_its_assets_are_served_with_their_headers(http: httpx.Clien
     documented = http.get("/openapi.json").json()["paths"]["/"]["get"]
     assert documented["operationId"] == "getDashboard"
     assert "text/html" in documented["responses"]["200"]["content"]
+
+
+def test_a_refused_key_is_dropped(browser: Any, server: LiveServer, http: httpx.Client) -> None:
+    """A key the server does not know: the page says so, forgets it and goes on without."""
+    from playwright.sync_api import expect
+
+    ingest(http, obs("anon-lend", 3e8, time.time(), name="Anon Lend"))
+    settle(http)
+    # The refusals themselves: 401 on REST, the socket's handshake.
+    with watched_page(browser, allowed=r"401|WebSocket connection to .* failed") as tab:
+        open_dashboard(tab, server)
+        tab.fill("#api-key", "not-a-key")
+        tab.click("#use-key")
+        expect(tab.locator("#key-status")).to_have_text("key refused")
+        expect(tab.locator("#alerts")).to_be_hidden()
+        assert tab.evaluate("sessionStorage.length") == 0
+        tab.wait_for_selector('#feed-status[data-state="live"]')
+        ingest(http, obs("anon-lend", 4e8, time.time()))
+        expect(row(tab, "anon-lend").locator(".tvl")).to_have_text("$400.00M")
+        # One socket left open: the refused one is not retried beside the new one.
+        wait_for(lambda: http.get("/health").json()["connections"], lambda n: n == 1)
+        time.sleep(1.0)  # past the first retry delay (0.5 s)
+        assert http.get("/health").json()["connections"] == 1

@@ -13,10 +13,11 @@ export function setApiKey(key) {
 }
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, withKey) {
     super(message);
     this.status = status;
     this.code = code;
+    this.withKey = withKey; // whether the request carried a key
   }
 }
 
@@ -34,7 +35,8 @@ async function request(method, path, body) {
   const answer = await response.json().catch(() => null);
   if (!response.ok) {
     const error = answer && answer.error ? answer.error : {};
-    throw new ApiError(response.status, error.code || "http_error", error.message || response.statusText);
+    const code = error.code || "http_error";
+    throw new ApiError(response.status, code, error.message || response.statusText, Boolean(key));
   }
   return answer;
 }

@@ -39,7 +39,7 @@ function flash(element) {
 }
 
 function showError(where, error) {
-  if (error instanceof ApiError && error.status === 401 && !apiKey()) {
+  if (error instanceof ApiError && error.status === 401 && !error.withKey) {
     // REQUIRE_KEY_FOR_READS: nothing to show without a key.
     $("key-status").textContent = "this server needs an API key to read";
   }
@@ -249,6 +249,8 @@ function renderTable() {
 function scheduleResync() {
   if (table.resyncTimer !== null) return;
   const wait = Math.max(RESYNC_DELAY_MS, table.lastResync + RESYNC_MS - Date.now());
+  // Marked while due or under way (tests wait for it before they stop the server).
+  $("overview").dataset.syncing = "true";
   table.resyncTimer = setTimeout(async () => {
     table.lastResync = Date.now();
     try {
@@ -257,6 +259,7 @@ function scheduleResync() {
       showError("resync", error);
     } finally {
       table.resyncTimer = null;
+      delete $("overview").dataset.syncing;
     }
   }, wait);
 }

@@ -82,14 +82,15 @@ export class Feed {
       clearInterval(this.pingTimer);
       if (event.code === CLOSE_BAD_KEY && this.key) {
         this.key = "";
-        this.hooks.onKeyRefused();
+        this.hooks.onKeyRefused(); // which may connect() again, without the key
       }
-      this.scheduleRetry();
+      if (this.socket === null && this.retryTimer === null) this.scheduleRetry();
     });
   }
 
   drop() {
     clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     clearInterval(this.pingTimer);
     const socket = this.socket;
     this.socket = null;
@@ -106,7 +107,10 @@ export class Feed {
     for (const sub of this.subscriptions.values()) sub.serverId = null;
     this.byServerId.clear();
     this.requests.clear();
-    this.retryTimer = setTimeout(() => this.open(), delay);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.open();
+    }, delay);
   }
 
   send(message) {
