@@ -281,6 +281,14 @@ def test_protocol_page_shows_history_and_live_value(
     expect(chart).to_have_attribute("data-points", "5")
     assert page.locator("#protocol-chart path.line").count() == 1
     expect(page.locator("#protocol-tvl")).to_have_text("$1.40B")
+    # The changes as the API has them (1.3B a day before the last point, 1.0B four days
+    # before: the 7d change takes the oldest point of the window).
+    listed = http.get("/v2/protocols/chart-lend").json()
+    assert listed["change_1d"] == pytest.approx(7.6923, abs=1e-3)
+    assert listed["change_7d"] == pytest.approx(40.0)
+    expect(page.locator("#protocol-change-1d")).to_have_text("+7.69% 1d")
+    expect(page.locator("#protocol-change-7d")).to_have_text("+40.00% 7d")
+    expect(page.locator("#protocol-change-1h")).to_have_text("")
     expect(page.locator('#protocol-chains tr[data-chain="Arbitrum"] td.num')).to_have_text(
         "$300.00M"
     )

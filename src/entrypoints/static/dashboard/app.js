@@ -364,15 +364,17 @@ function addPoint(timestamp, value) {
   else points.splice(index, 0, { timestamp, value });
 }
 
+function showChange(window, change) {
+  const cell = $(`protocol-change-${window}`);
+  cell.textContent = change === null ? "" : `${percent(change)} ${window}`;
+  cell.className = trend(change);
+}
+
 function showLive(value, change, at) {
   const tvl = $("protocol-tvl");
   tvl.textContent = usd(value);
   flash(tvl);
-  if (change !== undefined) {
-    const cell = $("protocol-change-1d");
-    cell.textContent = change === null ? "" : `${percent(change)} 1d`;
-    cell.className = trend(change);
-  }
+  if (change !== undefined) showChange("1d", change);
   $("protocol-updated").textContent = at ? `observed ${utc(at)}` : "";
 }
 
@@ -401,7 +403,7 @@ async function showProtocol(slug) {
   $("protocol-name").textContent = slug;
   $("protocol-meta").textContent = "";
   $("protocol-tvl").textContent = "–";
-  $("protocol-change-1d").textContent = "";
+  for (const window of ["1h", "1d", "7d"]) showChange(window, null);
   $("protocol-updated").textContent = "";
   $("protocol-missing").hidden = true;
   $("protocol-chart").replaceChildren();
@@ -420,6 +422,9 @@ async function showProtocol(slug) {
     .join(" · ");
   detail.chains = new Map(Object.entries(protocol.chainTvls));
   showLive(protocol.tvl, protocol.change_1d, protocol.updated_at);
+  // The feed carries the 24 h change only: 1h and 7d are the listing's.
+  showChange("1h", protocol.change_1h);
+  showChange("7d", protocol.change_7d);
   const series = await get(`/v2/protocols/${encodeURIComponent(slug)}/metrics`, {
     metric: "tvl",
     limit: HISTORY_POINTS,
