@@ -40,6 +40,7 @@ from .auth import on_auth_error, require_key
 from .coins_api import coin_routes
 from .container import build_container, provide
 from .cors import cors_middleware
+from .dashboard import dashboard_routes
 from .docs_ui import docs_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .health_api import health_routes
@@ -684,6 +685,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/metrics", METRICS.serve(metrics_endpoint)),
         *docs_routes(),
         WebSocketRoute("/v2/realtime", realtime_socket),
+        *dashboard_routes(),
     ]
     paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
     app = Starlette(

@@ -16,7 +16,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from .operations import Operation, OperationRoute, Text
@@ -59,6 +60,8 @@ def documented_operations(
     for route in routes:
         if isinstance(route, OperationRoute):
             operations.extend((openapi_path(route.path), op) for op in route.operations)
+        elif isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            continue  # files (the dashboard's assets), not operations
         elif isinstance(route, Route):
             raise ValueError(f"route {route.path!r} has no operation: build it as OperationRoute")
         elif not isinstance(route, WebSocketRoute):  # the WebSocket is in the AsyncAPI document
