@@ -388,10 +388,12 @@ async def test_slow_consumers_are_bounded_and_closed_while_a_reader_keeps_its_la
                 await eventually(lambda: sum(1 for c in hub.connections if not c.closed) == 1)
                 latencies.sort()
                 # 200 stalled sockets do not stall the reader: each round still fans the
-                # flood out to 201 connections (2-3x the work of one, measured), but no
-                # frame waits on a stalled socket (that would take WS_SEND_TIMEOUT, 1 s).
+                # flood out to 201 connections (3-6x the time of one on this box: medians
+                # of 130-290 ms against 40-67 ms alone, before and after the metrics work
+                # alike), but no frame waits on a stalled socket (that would take
+                # WS_SEND_TIMEOUT, 1 s, for every round).
                 median, baseline = latencies[len(latencies) // 2], alone[len(alone) // 2]
-                assert median < 4 * baseline + 0.05, (latencies, alone)
+                assert median < min(8 * baseline + 0.05, 0.5), (latencies, alone)
                 assert latencies[-1] < 1.0, latencies
                 # The reader is still served.
                 await send(reader, {"type": "ping"})
