@@ -125,43 +125,19 @@ class SocketGateway:
         write: Callable[[Sequence[Any]], None] | None = None,
         ping: Callable[[], None] | None = None,
     ) -> Connection:
-        tally = self.tally
-
-        def counted_close(code: int, reason: str) -> Awaitable[None] | None:
-            tally.closes[code] += 1
-            return close(code, reason)
-
-        counted_write: Callable[[Sequence[Any]], None] | None = None
-        if write is not None:
-            write_items = write
-
-            def counted_write(items: Sequence[Any]) -> None:
-                write_items(items)
-                tally.frames += len(items)
-                size = 0
-                for prefix, sid, suffix, _ in items:  # a loop: half a generator's cost
-                    size += len(prefix) + len(sid) + len(suffix)
-                tally.size += size
-
-        counted_send: Callable[[str], Awaitable[None]] | None = None
-        if send_text is not None:
-            send = send_text
-
-            async def counted_send(text: str) -> None:
-                await send(text)
-                tally.frames += 1
-                tally.size += len(text.encode())
-
         connection = Connection(
             admission.owner,
-            close=counted_close,
-            send_text=counted_send,
-            write=counted_write,
+            close=close,
+            send_text=send_text,
+            write=write,
             ping=ping,
             max_queue=self.settings.ws_queue_size,
             max_subscriptions=admission.max_subscriptions,
             batch=admission.batch,
             address=admission.address,
+            # Counted by the connection into the gateway's one tally (frames, bytes,
+            # closes): a closure per connection cost ~0.5 KB of 10,000 sockets' memory.
+            tally=self.tally,
         )
         connection.reserved = admission.reserved
         admission.reserved = False

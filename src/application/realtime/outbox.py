@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from .protocol import CLOSE_SLOW_CONSUMER
 
@@ -37,6 +37,18 @@ CONTROL_HEADROOM: Final = 64
 Slot = tuple[bytes, str]
 Item = tuple[bytes, bytes, bytes, Slot | None]
 Write = Callable[[Sequence[Item]], None]
+
+
+class SendCounts(Protocol):
+    """Where connections count what they send and why they close: one object shared by
+    every connection of a gateway (a reference each, no per-connection wrapper), read by
+    the metrics."""
+
+    frames: int
+    size: int
+    closes: Counter[int]
+
+
 Close = Callable[[int, str], Awaitable[None] | None]
 
 
@@ -58,6 +70,7 @@ class Connection:
         "_room",
         "_send_text",
         "_sender",
+        "_tally",
         "_write",
         "address",
         "batch",
@@ -88,6 +101,7 @@ class Connection:
         max_subscriptions: int = 50,
         batch: bool = False,
         address: str | None = None,
+        tally: SendCounts | None = None,
     ) -> None:
         if (send_text is None) == (write is None):
             raise ValueError("give a connection exactly one of send_text or write")
@@ -96,6 +110,7 @@ class Connection:
         self._close = close
         self._send_text = send_text
         self._write = write
+        self._tally = tally
         self.ping = ping
         self.max_queue = max(1, max_queue)
         self.high_water = max(1, self.max_queue // 2)
@@ -216,12 +231,20 @@ class Connection:
             items = self._take(WRITE_CHUNK)
             if not items:
                 break
+            written = [self._batched(items)] if self.batch else items
             try:
-                write([self._batched(items)] if self.batch else items)
+                write(written)
             except Exception:
                 log.debug("write failed; closing", exc_info=True)
                 self.closed = True
                 return
+            tally = self._tally
+            if tally is not None:
+                tally.frames += len(written)
+                size = 0
+                for prefix, sid, suffix, _ in written:  # a loop: half a generator's cost
+                    size += len(prefix) + len(sid) + len(suffix)
+                tally.size += size
 
     def pause(self) -> None:
         """The transport's buffer is full: stop writing (the outbox absorbs, bounded)."""
@@ -241,8 +264,12 @@ class Connection:
                     break
                 if self.batch:
                     items = [self._batched(items)]
+                tally = self._tally
                 for prefix, sid, suffix, _ in items:
                     await send_text((prefix + sid + suffix).decode())
+                    if tally is not None:
+                        tally.frames += 1
+                        tally.size += len(prefix) + len(sid) + len(suffix)
         except Exception:
             log.debug("send failed; closing", exc_info=True)
             self.closed = True
@@ -278,6 +305,8 @@ class Connection:
         self._dead.clear()
         if self._room is not None:
             self._room.set()
+        if self._tally is not None:
+            self._tally.closes[code] += 1
         try:
             result = self._close(code, reason)
         except Exception:
