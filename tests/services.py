@@ -12,6 +12,8 @@ import shutil
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import pytest
@@ -32,14 +34,29 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing(message: str) -> NoReturn:
+    """Skip the test (locally) or fail it (under ``CI=true``): something it needs is absent."""
+    if on_ci():
+        pytest.fail(f"{message} (CI=true: this test must not be skipped)")
+    pytest.skip(message)
+
+
+def require_file(path: Path) -> Path:
+    """``path`` if it exists (the shared DeFiLlama captures); otherwise skip or fail."""
+    if not path.exists():
+        missing(f"{path} is not present (the shared DeFiLlama data)")
+    return path
+
+
 def require(name: str, url: str, default_port: int) -> str:
     """Return ``url`` if the service answers; otherwise skip (locally) or fail (CI)."""
     if _reachable(url, default_port):
         return url
-    message = f"{name} is not reachable at {url}"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{message} (CI=true: service tests must not be skipped)")
-    pytest.skip(message)
+    missing(f"{name} is not reachable at {url}")
 
 
 def require_tool(name: str) -> str:
@@ -48,10 +65,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    message = f"{name} is not installed (apt-get install prometheus)"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{message} (CI=true: tool tests must not be skipped)")
-    pytest.skip(message)
+    missing(f"{name} is not installed (apt-get install prometheus)")
 
 
 def postgres_url() -> str:

@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.entrypoints.settings import Settings
 from tests.e2e.conftest import LiveServer, assert_error, obs, settle, start_server
+from tests.services import require_file
 
 T0 = 1_765_000_000.0
 DAY = 86_400.0
@@ -441,13 +442,12 @@ def days(events: list[dict[str, Any]], state: str) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(not REAL_HISTORY.exists(), reason=f"{REAL_HISTORY} is not available")
 def test_backtest_finds_real_tvl_crashes(tmp_path: Path) -> None:
     """Solend (`save`) lost half its TVL in a day when FTX collapsed (2022-11-09) and
     another fifth on 2025-10-23; Aries Markets lost 95% on 2023-12-16. The days were
     found in the data first: the daily drops of at least 20% in tvl-history.jsonl.gz."""
     data_dir = tmp_path / "data"
-    run_cli(data_dir, "ingest", str(REAL_HISTORY))
+    run_cli(data_dir, "ingest", str(require_file(REAL_HISTORY)))
 
     inline = [
         "--metric", "tvl", "--condition", "pct_change", "--direction", "below",

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 
 from defi_realtime.entrypoints.cli import cli
 from tests.e2e.conftest import assert_error, settle, start_server, wait_for
+from tests.services import require_file
 
 CLI = str(Path(sys.executable).with_name("defi-realtime"))
 CLI_TIMEOUT = 60
@@ -159,10 +160,7 @@ def test_real_snapshot_file_into_postgres_then_again() -> None:
     """The shared snapshot file (59,910 rows, newest capture first) into an empty PostgreSQL
     store: every row accepted but the 31 negative values, the newest details kept; a second
     import records nothing."""
-    if not REAL_SNAPSHOTS.exists():
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"{REAL_SNAPSHOTS} is missing (CI=true: real-data tests must run)")
-        pytest.skip("shared DeFiLlama data not present")
+    require_file(REAL_SNAPSHOTS)
     import psycopg
 
     from tests.services import postgres_url

@@ -28,6 +28,7 @@ import pytest
 from defi_realtime.application.chain_tvl import CARRY_DAYS, counts_in_chain_tvl
 from defi_realtime.domain.chains import canonical_chain
 from defi_realtime.domain.protocol import slugify
+from tests.services import require_file
 
 from .conftest import LiveServer, settle, start_server
 
@@ -116,10 +117,7 @@ def expected() -> Expected:
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, LiveServer]]:
-    if not SNAPSHOTS.exists():
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"{SNAPSHOTS} is missing (CI=true: real-data tests must run)")
-        pytest.skip("shared DeFiLlama data not present")
+    require_file(SNAPSHOTS)
     import defillama.defillama as client_module
 
     data_dir = tmp_path_factory.mktemp("llama") / "data"

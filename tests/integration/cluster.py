@@ -31,7 +31,6 @@ from urllib.parse import urlparse, urlunparse
 import aio_pika
 import httpx
 import psycopg
-import pytest
 from psycopg import sql
 from redis.asyncio import Redis
 
@@ -40,7 +39,7 @@ from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.entrypoints.roles import PROJECTIONS_LOCK, RELAY_LOCK
 from defi_realtime.entrypoints.settings import Settings
-from tests.services import amqp_url, postgres_url, redis_url
+from tests.services import amqp_url, missing, postgres_url, redis_url
 
 PROJECTIONS_LOCK_KEY = PROJECTIONS_LOCK.key
 RELAY_LOCK_KEY = RELAY_LOCK.key
@@ -447,7 +446,7 @@ def rabbitmqctl_command() -> list[str]:
         return shlex.split(configured)
     found = shutil.which("rabbitmqctl")
     if found is None:
-        pytest.skip("rabbitmqctl is not available (set RABBITMQCTL to reach the broker)")
+        missing("rabbitmqctl is not available (set RABBITMQCTL to reach the broker)")
     return [found]
 
 

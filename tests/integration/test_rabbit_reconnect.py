@@ -28,7 +28,7 @@ import pytest
 
 from defi_realtime.adapters.rabbit_fanout import RabbitEventFanout
 from defi_realtime.application.log import LogBatch, LogEntry
-from tests.services import amqp_url
+from tests.services import amqp_url, missing
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -142,7 +142,7 @@ def rabbitmqctl_command() -> list[str]:
         return shlex.split(configured)
     found = shutil.which("rabbitmqctl")
     if found is None:
-        pytest.skip("rabbitmqctl is not available (set RABBITMQCTL to reach the broker)")
+        missing("rabbitmqctl is not available (set RABBITMQCTL to reach the broker)")
     return [found]
 
 

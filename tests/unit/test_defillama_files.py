@@ -22,6 +22,7 @@ from defi_realtime.adapters.defillama_files import (
     read_items,
 )
 from defi_realtime.domain.protocol import check_slug
+from tests.services import require_file
 
 REAL_SNAPSHOTS = (
     Path(__file__).resolve().parents[3]
@@ -627,8 +628,8 @@ def test_estimate_counts_jsonl_lines(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_SNAPSHOTS.exists(), reason="shared DeFiLlama data not present")
 def test_real_protocol_snapshots() -> None:
+    require_file(REAL_SNAPSHOTS)
     assert detect_format(REAL_SNAPSHOTS) == "snapshots-jsonl"
     assert estimate_items(REAL_SNAPSHOTS) == 59_910
     kinds: collections.Counter[str] = collections.Counter()
