@@ -136,6 +136,10 @@ def serve(
         # multiprocess mode over a directory of this invocation only (ADR 0025).
         metrics_dir = _fresh_metrics_dir()
     if workers > 1:
+        # The stores are made once, here, before the workers start: N processes creating a
+        # fresh SQLite store at once race for its first lock ("database is locked" while
+        # one switches it to WAL), and a worker that fails to start stops them all.
+        _prepare_stores(settings)
         # Each worker process builds its own app (and node) from the environment.
         app: Any = "defi_realtime.entrypoints.api:create_app"
         os.environ["HOST"], os.environ["PORT"] = settings.host, str(settings.port)
@@ -164,6 +168,16 @@ def serve(
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _prepare_stores(settings: Settings) -> None:
+    """Create (or migrate) the event store, the read models' schema and the positions'
+    tables, then close them."""
+    with opened(settings) as container:
+        container.event_log().head()
+        container.history()
+        container.delivery_log()
+        container.follower_positions()
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -113,3 +113,22 @@ def test_version() -> None:
     result = subprocess.run([CLI, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"defi-realtime {version('defi-realtime')}"
+
+
+def test_serve_with_workers_makes_the_stores_before_starting_them(tmp_path: Path) -> None:
+    """N workers creating a fresh SQLite store at once raced for its first lock ("database
+    is locked" while one switched it to WAL; seen in CI): ``serve --workers N`` creates the
+    stores once before the workers start."""
+    import sqlite3
+
+    from defi_realtime.entrypoints.cli import _prepare_stores
+    from defi_realtime.entrypoints.settings import Settings
+
+    settings = Settings(DATA_DIR=tmp_path / "data")
+    _prepare_stores(settings)
+    for name in ("events.sqlite", "history.sqlite"):
+        with sqlite3.connect(tmp_path / "data" / name) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",), name
+    with sqlite3.connect(tmp_path / "data" / "history.sqlite") as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"protocol_observations", "series_states", "log_follower_positions"} <= tables
