@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from redis.asyncio import Redis
 
@@ -381,22 +381,18 @@ class RedisHotProjection:
         """Slugs passing the query's filters (chain and category at once: intersected)."""
         low, high = _score_bounds("desc", query.min_tvl)
         if query.chain is not None and query.category is not None:
-            # The chain's score (its TVL there) is the one kept: the category's weighs 0.
-            members = cast(
-                "list[tuple[bytes | str, float]]",
-                await self._client.zinter(
-                    {
-                        self._rank_key("desc", _chain_scope(query.chain)): 1,
-                        self._rank_key("desc", _category_scope(query.category)): 0,
-                    },
-                    aggregate="SUM",
-                    withscores=True,
-                ),
-            )
-            limit = None if query.min_tvl is None else -query.min_tvl
-            return [
-                _text(member) for member, score in members if limit is None or float(score) <= limit
-            ]
+            # The chain's ranking filters by TVL there; the category's only says who is in
+            # it. (A ZINTER weighing the category's scores 0 turned a protocol without a
+            # total TVL, scored +inf there, into 0 * inf = NaN, which Redis makes 0: it
+            # then failed a min_tvl it met on the chain.)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zrange(
+                    self._rank_key("desc", _chain_scope(query.chain)), low, high, byscore=True
+                )
+                pipe.zrange(self._rank_key("desc", _category_scope(query.category)), 0, -1)
+                on_chain, in_category = await pipe.execute()
+            members = set(in_category)
+            return [_text(member) for member in on_chain if member in members]
         key = self._rank_key("desc", self._query_scope(query))
         return [_text(m) for m in await self._client.zrange(key, low, high, byscore=True)]
 

@@ -496,6 +496,17 @@ class HotProjectionContract:
             1,
         )
 
+    async def test_chain_and_category_filters_a_protocol_with_only_a_chain_tvl(
+        self, projection: HotProjection
+    ) -> None:
+        # No total TVL (ranked last in its category) but 50 on Arbitrum: the chain's TVL is
+        # what min_tvl reads (the Redis intersection once scored it 0 * inf -> 0).
+        await projection.apply(batch(0, 1, metric(1, "curve", 50.0, T0, chain="Arbitrum")))
+        page = await projection.list_protocols(
+            ProtocolQuery(chain="Arbitrum", category="", min_tvl=50.0)
+        )
+        assert (slugs_of(page.items), page.total) == (["curve"], 1)
+
     async def test_moving_a_protocol_updates_every_ranking(self, projection: HotProjection) -> None:
         await self._seed_rankings(projection)
         await projection.apply(
