@@ -71,7 +71,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal, TypeAlias, get_args
 
 from ..application.ingest import no_duplicate_keys
-from ..domain.observations import TOTAL, tvl_section
+from ..domain.observations import TOTAL, chain_tvls_key
 from ..domain.protocol import is_slug, slugify
 
 Format: TypeAlias = Literal[
@@ -520,8 +520,7 @@ def _read_protocols(document: Any, observed_at: float, source: str) -> Iterator[
             if not _is_number(value):
                 yield _invalid(line, f"[{line - 1}] {slug}: chainTvls[{key!r}] is not a number")
                 continue
-            # A TVL section ("staking", "Ethereum-borrowed") is a metric of its own.
-            metric, chain = tvl_section(key) or ("tvl", key)
+            metric, chain = chain_tvls_key(key)
             item = _observation(slug, chain, value, observed_at, source, details, metric)
             yield ReadItem("observation", item, line)
 
@@ -577,8 +576,7 @@ def _read_protocol(document: Any, source: str) -> Iterator[ReadItem]:
         if not isinstance(section, dict):
             yield _invalid(1, f"chainTvls[{key!r}]: expected an object with a tvl series")
             continue
-        # A TVL section ("staking", "Ethereum-borrowed") is a metric of its own.
-        metric, chain = tvl_section(key) or ("tvl", key)
+        metric, chain = chain_tvls_key(key)
         series = section.get("tvl")
         yield from _series_items(slug, chain, series, where, source, details, metric)
 

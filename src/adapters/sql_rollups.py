@@ -77,6 +77,25 @@ def _state(row: Row[Any]) -> SeriesState:
     return SeriesState._make(row)
 
 
+# The key columns of a series.
+_SERIES: Final = ("protocol", "metric", "chain")
+
+
+def _read_states(
+    connection: Connection,
+    names: Sequence[str],
+    keys: Sequence[Sequence[Any]],
+    select: str,
+    **parameters: Any,
+) -> Iterator[SeriesState]:
+    """The states ``select`` finds for ``keys``: ``select`` follows ``WITH k(names) AS
+    (keys),`` (``_keys_cte``) and returns ``series_states`` rows."""
+    keyed, keys_parameter = _keys_cte(connection.dialect.name, names, keys)
+    statement = text(f"{keyed}, {select}")
+    for row in connection.execute(statement, {**keys_parameter, **parameters}):
+        yield _state(row)
+
+
 def _close(row: Row[Any]) -> _Close:
     return (float(row.value), float(row.observed_at), int(row.position))
 
@@ -250,18 +269,12 @@ class SqlRollups:
         """Each series' newest state (series without one are new)."""
         found = {}
         for chunk in _chunks(keys, _KEYS_CHUNK):
-            keyed, parameters = _keys_cte(
-                connection.dialect.name, ("protocol", "metric", "chain"), chunk
-            )
-            statement = text(
-                f"""{keyed}, t AS (
+            select = f"""t AS (
                     SELECT k.protocol, k.metric, k.chain, (
                         SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
                     ) AS at FROM k)
                 SELECT st.* FROM t JOIN series_states st ON {_SAME_T} AND st.observed_at = t.at"""
-            )
-            for row in connection.execute(statement, parameters):
-                state = _state(row)
+            for state in _read_states(connection, _SERIES, chunk, select):
                 found[state.key] = state
         return found
 
@@ -274,13 +287,8 @@ class SqlRollups:
         found: dict[SeriesKey, dict[float, SeriesState]] = defaultdict(dict)
         names = ("protocol", "metric", "chain", "low", "high", "cutoff")
         for chunk in _chunks(cutoffs, _KEYS_CHUNK):
-            keyed, parameters = _keys_cte(
-                connection.dialect.name,
-                names,
-                [(*key, at - CHANGE_SPAN, at, at - window) for key, at, window in chunk],
-            )
-            statement = text(
-                f"""{keyed}, t AS (
+            rows = [(*key, at - CHANGE_SPAN, at, at - window) for key, at, window in chunk]
+            select = f"""t AS (
                     SELECT k.protocol, k.metric, k.chain, (
                         SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
                         AND b.observed_at <= k.cutoff AND b.observed_at >= k.low
@@ -293,9 +301,7 @@ class SqlRollups:
                 UNION ALL
                 SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
                 AND st.observed_at = t.after_at"""
-            )
-            for row in connection.execute(statement, parameters):
-                state = _state(row)
+            for state in _read_states(connection, names, rows, select):
                 found[state.key][state.observed_at] = state
         return {key: [by_time[t] for t in sorted(by_time)] for key, by_time in found.items()}
 
@@ -310,11 +316,7 @@ class SqlRollups:
         found: dict[SeriesKey, list[SeriesState]] = defaultdict(list)
         for keys in by_day.values():
             for chunk in _chunks(keys, _KEYS_CHUNK):
-                keyed, parameters = _keys_cte(
-                    connection.dialect.name, ("protocol", "metric", "chain"), chunk
-                )
-                statement = text(
-                    f"""{keyed}, t AS (
+                select = f"""t AS (
                         SELECT k.protocol, k.metric, k.chain, (
                             SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
                             AND b.observed_at < :low
@@ -324,10 +326,8 @@ class SqlRollups:
                     UNION ALL
                     SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
                     AND st.observed_at = t.at"""
-                )
                 low = min(lows[key] for key in chunk)
-                for row in connection.execute(statement, {**parameters, "low": low}):
-                    state = _state(row)
+                for state in _read_states(connection, _SERIES, chunk, select, low=low):
                     found[state.key].append(state)
         for states in found.values():
             states.sort(key=lambda state: state.observed_at)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from ..domain.chains import chain_key
-from ..domain.observations import METRICS, TOTAL, TVL_SECTIONS, section_key
+from ..domain.observations import METRICS, TOTAL, TVL_SECTIONS, VOLUME_METRICS, section_key
 from .chain_tvl import tvl_by_chain
 from .log import LogBatch, LogEntry, LogGapError
 from .views import (
@@ -51,7 +51,7 @@ PRICE_CHANGE_WINDOW: Final = 86_400.0
 SERIES_CHANGE_WINDOW: Final = 86_400.0
 SERIES_WINDOW_SECONDS: Final = 1.5 * SERIES_CHANGE_WINDOW + 3_600.0
 # Metrics whose total series a ``ProtocolState`` keeps besides the TVL's ``recent``.
-SERIES_METRICS: Final = frozenset({"volume_24h", "fees_24h"})
+SERIES_METRICS: Final = VOLUME_METRICS
 
 Point = tuple[float, float]
 """``(observed_at, value)``."""

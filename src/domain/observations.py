@@ -32,7 +32,9 @@ TvlSection = Literal[
 ]
 TVL_SECTIONS: Final[tuple[TvlSection, ...]] = get_args(TvlSection)
 Metric = Literal["tvl", "volume_24h", "fees_24h", TvlSection]
-METRICS: Final[frozenset[str]] = frozenset(("tvl", "volume_24h", "fees_24h", *TVL_SECTIONS))
+# The 24 h flows (the ``volumes`` channel; a change series of their own in live frames).
+VOLUME_METRICS: Final[frozenset[str]] = frozenset(("volume_24h", "fees_24h"))
+METRICS: Final[frozenset[str]] = frozenset(("tvl", *VOLUME_METRICS, *TVL_SECTIONS))
 TOTAL: Final = "total"
 _SECTIONS_BY_LOWER: Final = {section.lower(): section for section in TVL_SECTIONS}
 MAX_NAME_LENGTH: Final = 200
@@ -53,24 +55,25 @@ _FORBIDDEN_IN_TEXT: Final = re.compile(f"[{_CONTROL}]")
 _FORBIDDEN_IN_IDENTIFIER: Final = re.compile(f"[{_CONTROL}{_INVISIBLE}]")
 
 
-def tvl_section(key: str) -> tuple[TvlSection, str] | None:
-    """``(section, chain)`` of a DeFiLlama ``chainTvls`` key that names a TVL section:
-    ``"staking"`` is ``("staking", "total")``, ``"Ethereum-borrowed"`` is
-    ``("borrowed", "Ethereum")`` (the chain as written; ``check_chain`` canonicalises it);
-    None for a plain chain. Case-insensitive, as DeFiLlama's keys vary."""
+def chain_tvls_key(key: str) -> tuple[Metric, str]:
+    """``(metric, chain)`` of a DeFiLlama ``chainTvls`` key: ``"Ethereum"`` is
+    ``("tvl", "Ethereum")``; a TVL section is a metric of its own, ``"staking"`` is
+    ``("staking", "total")`` and ``"Ethereum-borrowed"`` is ``("borrowed", "Ethereum")``
+    (the chain as written; ``check_chain`` canonicalises it). Sections are recognised in
+    any case, as DeFiLlama's keys vary. ``section_key`` is the inverse."""
     section = _SECTIONS_BY_LOWER.get(key.strip().lower())
     if section is not None:
         return section, TOTAL
     chain, dash, suffix = key.rpartition("-")
     section = _SECTIONS_BY_LOWER.get(suffix.strip().lower()) if dash else None
     if section is None or not chain.strip():
-        return None
+        return "tvl", key
     return section, chain.strip()
 
 
 def section_key(section: str, chain: str) -> str:
     """The ``chainTvls`` key DeFiLlama writes for ``section`` on ``chain``: ``"staking"``
-    for the total, ``"Ethereum-staking"`` for a chain (``tvl_section``'s inverse)."""
+    for the total, ``"Ethereum-staking"`` for a chain (``chain_tvls_key``'s inverse)."""
     return section if chain == TOTAL else f"{chain}-{section}"
 
 

@@ -20,7 +20,7 @@ from ..application.chain_tvl import DAY, chain_totals, daily_chain_tvl, tvl_by_c
 from ..application.time_travel import cut_of, page_of_views, protocols_at
 from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView, SeriesQuery
 from ..domain.chains import chain_info, chain_key
-from ..domain.observations import TOTAL, Metric, tvl_section
+from ..domain.observations import TOTAL, Metric, chain_tvls_key
 from .errors import ApiError
 from .node import Node
 from .operations import Operation, OperationRoute, json_answer
@@ -178,7 +178,7 @@ async def protocol(request: Request, query: NoParameters) -> Response:
         # One chain and only a total: the total is that chain's (as currentChainTvls says).
         chain_series = {view.chains[0]: LlamaChainSeries(tvl=total)}
     for key in view.sections:
-        section, chain = tvl_section(key) or ("tvl", key)
+        section, chain = chain_tvls_key(key)
         points = await asyncio.to_thread(_daily, node, view.slug, chain, section)
         chain_series[key] = LlamaChainSeries(tvl=points)
     return json_answer(

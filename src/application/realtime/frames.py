@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Final
 
-from ...domain.observations import TOTAL
+from ...domain.observations import TOTAL, VOLUME_METRICS
 from ..hot_state import EntryFacts, ProtocolState, TokenState
 from ..log import LogEntry
 from .protocol import dumps
@@ -28,11 +28,6 @@ _ALERT: Final = b'{"type":"alert","subscriptionId":"'
 
 Encoded = tuple[bytes, bytes]
 """A frame split around the subscription id: ``prefix + id + suffix``."""
-
-
-# Metrics on the ``volumes`` channel; the TVL and its sections (staking, borrowed...) go on
-# ``protocols``.
-VOLUME_METRICS: Final = frozenset({"volume_24h", "fees_24h"})
 
 
 def channel_of(entry: LogEntry) -> str | None:
@@ -46,6 +41,7 @@ def channel_of(entry: LogEntry) -> str | None:
 
 
 def metric_channel(metric: str) -> str:
+    """``volumes`` for the 24 h flows; ``protocols`` for the TVL and its sections."""
     return "volumes" if metric in VOLUME_METRICS else "protocols"
 
 
