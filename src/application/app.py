@@ -28,7 +28,7 @@ from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
-from ..domain.subscription import Subscription
+from ..domain.subscription import Subscription, SubscriptionBook
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
@@ -563,18 +563,56 @@ class DefiRealtime(Application[UUID]):
     # -- subscriptions --------------------------------------------------------------------
 
     def open_subscription(
-        self, owner: str, channel: str, params: dict[str, Any] | None = None
+        self,
+        owner: str,
+        channel: str,
+        params: dict[str, Any] | None = None,
+        *,
+        name: str = "",
+        position: int | None = None,
+        limit: int | None = None,
     ) -> UUID:
-        subscription = Subscription.open(owner, channel, params)
-        self.save(subscription)
-        return subscription.id
+        """Open a durable subscription of ``owner``'s, resuming after ``position`` (default:
+        the log's head now: nothing older is news). ``name`` is unique among the owner's
+        live subscriptions and the owner holds at most ``limit``: both checked in the
+        owner's ``SubscriptionBook``, saved in the same transaction. Raises
+        ``InvalidSubscription``, ``SubscriptionNameTaken`` or ``SubscriptionQuotaExceeded``."""
+        start = (self.recorder.max_notification_id() or 0) if position is None else position
+        subscription = Subscription.open(owner, channel, params, name=name, position=start)
+
+        def admit(working: dict[UUID, Aggregate]) -> UUID:
+            book_id = SubscriptionBook.id_for(owner)
+            try:
+                book = self._get_cached(book_id, SubscriptionBook, LookupError())
+            except LookupError:
+                book = SubscriptionBook.open(owner)
+            working[book_id] = book
+            book.admit(subscription.id, name, sys.maxsize if limit is None else limit)
+            self.save_aggregates([book, subscription])
+            return subscription.id
+
+        return self._retrying(admit)
 
     def get_subscription(self, subscription_id: UUID, owner: str) -> Subscription:
+        """A live subscription of ``owner``'s; another owner's, or a closed one, is not
+        found."""
         found = self._get_fresh(
             subscription_id, Subscription, SubscriptionNotFound(subscription_id)
         )
-        if found.owner != owner:
+        if found.owner != owner or found.closed:
             raise SubscriptionNotFound(subscription_id)
+        return found
+
+    def list_subscriptions(self, owner: str) -> list[Subscription]:
+        """``owner``'s live subscriptions, in the order they were opened."""
+        try:
+            book = self._get_fresh(SubscriptionBook.id_for(owner), SubscriptionBook, LookupError())
+        except LookupError:
+            return []
+        found: list[Subscription] = []
+        for subscription_id in book.subscriptions:
+            with contextlib.suppress(SubscriptionNotFound):
+                found.append(self.get_subscription(UUID(subscription_id), owner))
         return found
 
     def advance_subscription(self, subscription_id: UUID, owner: str, position: int) -> None:
@@ -586,14 +624,59 @@ class DefiRealtime(Application[UUID]):
         if subscription.advance(position):
             self._save_or_evict(subscription)
 
+    def advance_subscriptions(self, acknowledged: Mapping[UUID, tuple[str, int]]) -> set[UUID]:
+        """Advance several subscriptions (id -> (owner, position)) in one transaction
+        (acknowledgements gathered over a moment: one write, not one per frame). Returns
+        the ids that are gone (closed, another owner's, or unknown): nothing is recorded
+        for them."""
+
+        def advance(working: dict[UUID, Aggregate]) -> set[UUID]:
+            gone: set[UUID] = set()
+            for subscription_id, (owner, position) in acknowledged.items():
+                try:
+                    subscription = self._get_cached(
+                        subscription_id, Subscription, SubscriptionNotFound(subscription_id)
+                    )
+                except SubscriptionNotFound:
+                    gone.add(subscription_id)
+                    continue
+                if subscription.owner != owner or subscription.closed:
+                    gone.add(subscription_id)
+                    continue
+                working[subscription_id] = subscription
+                subscription.advance(position)
+            changed = [s for s in working.values() if s.pending_events]
+            if changed:
+                self.save_aggregates(changed)
+            return gone
+
+        return self._retrying(advance)
+
     def close_subscription(self, subscription_id: UUID, owner: str) -> None:
-        subscription = self._get_cached(
-            subscription_id, Subscription, SubscriptionNotFound(subscription_id)
-        )
-        if subscription.owner != owner:
-            raise SubscriptionNotFound(subscription_id)
-        subscription.close()
-        self._save_or_evict(subscription)
+        """Close a subscription; its name becomes free again."""
+
+        def close(working: dict[UUID, Aggregate]) -> None:
+            subscription = self._get_cached(
+                subscription_id, Subscription, SubscriptionNotFound(subscription_id)
+            )
+            if subscription.owner != owner or subscription.closed:
+                raise SubscriptionNotFound(subscription_id)
+            working[subscription_id] = subscription
+            subscription.close()
+            changed: list[Aggregate] = [subscription]
+            try:
+                book = self._get_cached(
+                    SubscriptionBook.id_for(owner), SubscriptionBook, LookupError()
+                )
+            except LookupError:
+                pass
+            else:
+                working[book.id] = book
+                if book.release(subscription_id):
+                    changed.append(book)
+            self.save_aggregates(changed)
+
+        self._retrying(close)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..domain.observations import Metric
 
 __all__ = [
+    "Acked",
     "Alert",
     "AlertData",
     "Error",
@@ -42,6 +43,8 @@ class Subscribed(BaseModel):
     channel: str
     position: int
     recovered: bool
+    # On an ``attach``: the acknowledged position the durable subscription resumes after.
+    acknowledged: int | None = None
     id: str | int | None = None
 
 
@@ -133,7 +136,17 @@ class Pong(BaseModel):
     id: str | int | None = None
 
 
-ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Error | Pong
+class Acked(BaseModel):
+    """An ``ack`` of a durable subscription is stored up to ``position``."""
+
+    model_config = _FRAME
+    type: Literal["acked"]
+    subscription_id: str = Field(alias="subscriptionId")
+    position: int
+    id: str | int | None = None
+
+
+ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Error | Pong | Acked
 """Any frame the server sends."""
 
 _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
@@ -143,6 +156,7 @@ _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
     "alert": Alert,
     "error": Error,
     "pong": Pong,
+    "acked": Acked,
 }
 
 

@@ -1,31 +1,65 @@
-"""The Subscription aggregate: a durable, owned stream subscription a client can resume."""
+"""The Subscription aggregate: a durable, owned stream subscription a client can resume,
+and the owner's ``SubscriptionBook`` (names unique per owner, a bounded number per owner)."""
 
 from __future__ import annotations
 
 from typing import Any, Final
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from .errors import InvalidTransition
+from .errors import DomainError, InvalidTransition
 from .observations import check_label
 
 CHANNELS: Final[frozenset[str]] = frozenset({"protocols", "prices", "volumes", "alerts"})
+SUBSCRIPTION_BOOK_NAMESPACE: Final = uuid5(NAMESPACE_URL, "https://defi-realtime/subscriptions/")
 
 
 class InvalidSubscription(InvalidTransition):
     """The subscription's channel or filter is not acceptable."""
 
 
+class SubscriptionNameTaken(DomainError):
+    """The owner already has a live subscription of that name."""
+
+    def __init__(self, name: str, existing: str) -> None:
+        super().__init__(f"a subscription named {name!r} exists already", field="name")
+        self.name = name
+        self.existing = existing
+
+
+class SubscriptionQuotaExceeded(DomainError):
+    """The owner already has as many live subscriptions as allowed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} subscriptions")
+        self.limit = limit
+
+
 class Subscription(Aggregate):
-    """A client's subscription: channel + filter + delivery, with a resume position."""
+    """A client's subscription: channel + filter + delivery, with a resume position.
+
+    ``position`` is the last log position the client acknowledged: a client re-attaching
+    gets every matching update after it.
+    """
 
     @event("Opened")
-    def __init__(self, owner: str, channel: str, params: dict[str, Any], delivery: str) -> None:
+    def __init__(
+        self,
+        owner: str,
+        channel: str,
+        params: dict[str, Any],
+        delivery: str,
+        name: str = "",
+        position: int = 0,
+    ) -> None:
         self.owner = owner
         self.channel = channel
         self.params = params
         self.delivery = delivery
-        self.position = 0
+        self.name = name
+        # Where it starts: the log's head when it was opened (nothing older is news).
+        self.position = position
         self.closed = False
 
     @classmethod
@@ -35,14 +69,21 @@ class Subscription(Aggregate):
         channel: str,
         params: dict[str, Any] | None = None,
         delivery: str = "websocket",
+        *,
+        name: str = "",
+        position: int = 0,
     ) -> Subscription:
         if not isinstance(channel, str) or channel not in CHANNELS:
             raise InvalidSubscription(f"unknown channel {channel!r}; expected {sorted(CHANNELS)}")
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise InvalidSubscription("position must be a non-negative integer")
         return cls(
             owner=check_label(owner, what="owner"),
             channel=channel,
             params=dict(params or {}),
             delivery=delivery,
+            name=check_label(name, what="name") if name else "",
+            position=position,
         )
 
     def advance(self, position: int) -> bool:
@@ -66,3 +107,55 @@ class Subscription(Aggregate):
     @event("Closed")
     def _closed(self) -> None:
         self.closed = True
+
+
+class SubscriptionBook(Aggregate):
+    """An owner's live subscriptions by name.
+
+    Saved in the same transaction as the subscription it admits, so two concurrent
+    creations cannot both take one name, or the last place (the second save conflicts on
+    the book's version and is retried). Its id is derived from the owner, so a listing is
+    one lookup.
+    """
+
+    @staticmethod
+    def create_id(owner: str, *_: Any, **__: Any) -> UUID:
+        return uuid5(SUBSCRIPTION_BOOK_NAMESPACE, owner)
+
+    @staticmethod
+    def id_for(owner: str) -> UUID:
+        return uuid5(SUBSCRIPTION_BOOK_NAMESPACE, owner)
+
+    @event("Opened")
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        # Subscription id -> name ("" for an unnamed one), in the order admitted.
+        self.subscriptions: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, owner: str) -> SubscriptionBook:
+        return cls(owner=check_label(owner, what="owner"))
+
+    def admit(self, subscription_id: UUID | str, name: str, limit: int) -> None:
+        """Take ``subscription_id`` in; ``name`` must be free among the live ones."""
+        if name:
+            for existing, taken in self.subscriptions.items():
+                if taken == name:
+                    raise SubscriptionNameTaken(name, existing)
+        if len(self.subscriptions) >= limit:
+            raise SubscriptionQuotaExceeded(limit)
+        self._admitted(str(subscription_id), name)
+
+    @event("Admitted")
+    def _admitted(self, subscription_id: str, name: str) -> None:
+        self.subscriptions[subscription_id] = name
+
+    def release(self, subscription_id: UUID | str) -> bool:
+        if str(subscription_id) not in self.subscriptions:
+            return False
+        self._released(str(subscription_id))
+        return True
+
+    @event("Released")
+    def _released(self, subscription_id: str) -> None:
+        self.subscriptions.pop(subscription_id, None)

@@ -77,6 +77,7 @@ from .schemas.realtime import (
     VolumeSnapshot,
 )
 from .settings import Settings
+from .subscriptions_api import subscription_routes
 from .validation import path_slug
 from .volumes_api import volume_routes
 from .ws_server import GATEWAY_STATE_KEY, HandshakeRefused, SocketGateway
@@ -676,6 +677,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/v2/ingest", INGEST.serve(ingest)),
         *alert_routes(_read_json_body),
         *alert_history_routes(),
+        *subscription_routes(_read_json_body),
         *llama_routes(),
         *coin_routes(),
         *volume_routes(),

@@ -37,6 +37,7 @@ from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
+from ..application.durable_subscriptions import DurableSubscriptions
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
@@ -332,6 +333,11 @@ def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[str], ApiK
     return lookup
 
 
+def _durable_subscriptions(app: DefiRealtime, writer: IngestWriter) -> DurableSubscriptions:
+    """Durable subscriptions: written on the writer thread (docs/adr/0003)."""
+    return DurableSubscriptions(app, writer.call)
+
+
 def _rule_recorder(
     app: DefiRealtime, writer: IngestWriter
 ) -> Callable[[Sequence[RuleObservation]], Awaitable[list[RuleSnapshot]]]:
@@ -505,8 +511,14 @@ class Container(containers.DeclarativeContainer):
         ),
         metrics,
     )
+    durable_subscriptions = providers.Singleton(_durable_subscriptions, application, writer)
     hub = providers.Singleton(
-        RealtimeHub, event_log, live_state, send_timeout=config.ws_send_timeout, telemetry=metrics
+        RealtimeHub,
+        event_log,
+        live_state,
+        send_timeout=config.ws_send_timeout,
+        telemetry=metrics,
+        durable=durable_subscriptions,
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     auth_backend = providers.Singleton(_auth_backend, keyring)

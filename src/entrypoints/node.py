@@ -23,6 +23,7 @@ from ..adapters.sql_delivery_log import SqlDeliveryLog
 from ..adapters.sql_history import SqlHistoryReadModel
 from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
+from ..application.durable_subscriptions import DurableSubscriptions
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.ports import EventFanout, HotProjection, NotificationQueue, QueryCache
 from ..application.realtime import RealtimeHub
@@ -41,6 +42,8 @@ RESTART_FIRST_DELAY = 0.2
 RESTART_MAX_DELAY = 5.0
 # A loop that ran this long before crashing had been healthy: its back-off starts over.
 RESTART_HEALTHY_AFTER = 30.0
+# How long shutting down waits to write the acknowledgements of durable subscriptions.
+ACK_FLUSH_TIMEOUT = 5.0
 
 
 def supervise(name: str, run: LoopBody) -> asyncio.Task[None]:
@@ -97,6 +100,7 @@ class Node:
     history: SqlHistoryReadModel
     delivery_log: SqlDeliveryLog
     hub: RealtimeHub
+    subscriptions: DurableSubscriptions
     fanout: EventFanout
     query_cache: QueryCache
     # The follower whose position this process reports (``/health``, metrics): the node
@@ -262,6 +266,7 @@ async def running(
             history=await provide(container.history),
             delivery_log=await provide(container.delivery_log),
             hub=await provide(container.hub),
+            subscriptions=await provide(container.durable_subscriptions),
             fanout=await provide(container.fanout),
             query_cache=await provide(container.query_cache),
         )
@@ -278,6 +283,9 @@ async def running(
             if node.notification_queue is not None:
                 # Stop taking jobs before the resources they use close.
                 await node.notification_queue.stop()
+            # Acknowledgements gathered but not yet written: written now (best effort).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.hub.flush_acknowledgements(), ACK_FLUSH_TIMEOUT)
             node.hub.close()  # replays under way stop
             for task in node.tasks:
                 task.cancel()

@@ -45,7 +45,11 @@ from defi_realtime.domain.alert_rule import InvalidRule
 from defi_realtime.domain.api_key import ApiKey, InvalidTier, hash_key
 from defi_realtime.domain.errors import InvalidTransition
 from defi_realtime.domain.protocol import Protocol
-from defi_realtime.domain.subscription import InvalidSubscription
+from defi_realtime.domain.subscription import (
+    InvalidSubscription,
+    SubscriptionNameTaken,
+    SubscriptionQuotaExceeded,
+)
 from defi_realtime.domain.token import Token
 
 T0 = 1_700_000_000.0
@@ -826,17 +830,75 @@ def test_subscriptions(app: DefiRealtime) -> None:
         app.close_subscription(subscription_id, "mallory")
     with pytest.raises(SubscriptionNotFound):
         app.get_subscription(uuid4(), "alice")
+    assert app.list_subscriptions("mallory") == []
 
     app.advance_subscription(subscription_id, "alice", 7)
     app.advance_subscription(subscription_id, "alice", 3)  # never goes back: no event
     assert app.get_subscription(subscription_id, "alice").position == 7
+    assert [s.id for s in app.list_subscriptions("alice")] == [subscription_id]
     app.close_subscription(subscription_id, "alice")
-    assert app.get_subscription(subscription_id, "alice").closed is True
+    # Closed: gone for its owner too.
+    with pytest.raises(SubscriptionNotFound):
+        app.get_subscription(subscription_id, "alice")
+    assert app.list_subscriptions("alice") == []
     with pytest.raises(InvalidTransition):
         app.advance_subscription(subscription_id, "alice", 9)
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(SubscriptionNotFound):
         app.close_subscription(subscription_id, "alice")
-    assert topics(app) == ["Subscription.Opened", "Subscription.Advanced", "Subscription.Closed"]
+    assert topics(app) == [
+        "SubscriptionBook.Opened",
+        "SubscriptionBook.Admitted",
+        "Subscription.Opened",
+        "Subscription.Advanced",
+        "Subscription.Closed",
+        "SubscriptionBook.Released",
+    ]
+
+
+def test_subscription_names_are_unique_per_owner_and_free_again_once_closed(
+    app: DefiRealtime,
+) -> None:
+    first = app.open_subscription("alice", "prices", name="eth")
+    with pytest.raises(SubscriptionNameTaken) as taken:
+        app.open_subscription("alice", "protocols", name="eth")
+    assert taken.value.existing == str(first)
+    # Another owner's names are theirs.
+    app.open_subscription("bob", "prices", name="eth")
+    app.close_subscription(first, "alice")
+    second = app.open_subscription("alice", "protocols", name="eth")
+    assert app.get_subscription(second, "alice").name == "eth"
+
+
+def test_subscriptions_per_owner_are_bounded(app: DefiRealtime) -> None:
+    app.open_subscription("alice", "prices", limit=2)
+    app.open_subscription("alice", "prices", limit=2)
+    with pytest.raises(SubscriptionQuotaExceeded):
+        app.open_subscription("alice", "prices", limit=2)
+    assert len(app.list_subscriptions("alice")) == 2
+
+
+def test_a_subscription_starts_at_the_head_unless_told(app: DefiRealtime) -> None:
+    app.issue_api_key("k")  # something in the log
+    at_head = app.open_subscription("alice", "prices")
+    assert app.get_subscription(at_head, "alice").position == 1
+    from_start = app.open_subscription("alice", "prices", position=0)
+    assert app.get_subscription(from_start, "alice").position == 0
+
+
+def test_advance_subscriptions_in_one_transaction(app: DefiRealtime) -> None:
+    mine = app.open_subscription("alice", "prices")
+    closed = app.open_subscription("alice", "prices")
+    app.close_subscription(closed, "alice")
+    before = head(app)
+    gone = app.advance_subscriptions(
+        {mine: ("alice", 5), closed: ("alice", 5), uuid4(): ("alice", 5)}
+    )
+    assert closed in gone and mine not in gone and len(gone) == 2
+    assert app.get_subscription(mine, "alice").position == 5
+    assert head(app) == before + 1
+    # Another owner's id is gone for them, and nothing moves.
+    assert app.advance_subscriptions({mine: ("mallory", 9)}) == {mine}
+    assert app.get_subscription(mine, "alice").position == 5
 
 
 def test_subscription_channel_is_checked(app: DefiRealtime) -> None:

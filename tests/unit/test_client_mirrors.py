@@ -50,6 +50,7 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (client_frames.AlertData, server_frames.AlertData),
     (client_frames.Error, server_frames.Error),
     (client_frames.Pong, server_frames.Pong),
+    (client_frames.Acked, server_frames.Acked),
 ]
 
 

@@ -1204,6 +1204,8 @@ def test_open_subscription() -> None:
                 "channel": "prices",
                 "params": {"tokenIds": ["coingecko:ethereum"]},
                 "delivery": "webhook",
+                "name": "",
+                "position": 0,
             },
         )
     ]
@@ -1213,7 +1215,17 @@ def test_open_subscription() -> None:
 def test_open_subscription_defaults() -> None:
     subscription = Subscription.open("alice", "alerts")
     assert then(subscription) == [
-        ("Opened", {"owner": "alice", "channel": "alerts", "params": {}, "delivery": "websocket"})
+        (
+            "Opened",
+            {
+                "owner": "alice",
+                "channel": "alerts",
+                "params": {},
+                "delivery": "websocket",
+                "name": "",
+                "position": 0,
+            },
+        )
     ]
 
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.realtime import frames, protocol
+from defi_realtime.application.realtime.durable import acked
 from defi_realtime.application.realtime.replay import subscribed
 from defi_realtime.entrypoints.asyncapi import asyncapi_document
 from defi_realtime.entrypoints.schemas.frames import CLIENT_MESSAGES, SERVER_MESSAGES
@@ -129,9 +130,11 @@ def test_replies_are_valid_frames(request_id: str | int | None) -> None:
     for code, meaning in protocol.ERROR_CODES.items():
         _valid(json.loads(protocol.error_frame(code, meaning, request_id)))
     for recovered in (True, False):
-        # ``subscribed`` reads the subscription's id and channel only.
-        subscription = SimpleNamespace(id="s1", channel="alerts")
-        _valid(json.loads(subscribed(subscription, 42, recovered, request_id)))  # type: ignore[arg-type]
+        for acknowledged in (None, 40):
+            # ``subscribed`` reads the subscription's id, channel and acknowledged position.
+            subscription = SimpleNamespace(id="s1", channel="alerts", acknowledged=acknowledged)
+            _valid(json.loads(subscribed(subscription, 42, recovered, request_id)))  # type: ignore[arg-type]
+    _valid(json.loads(acked("0b1c", 42, request_id)))
 
 
 @pytest.mark.parametrize(
@@ -202,6 +205,10 @@ MESSAGES = [
     _subscribe(channel="alerts", coalesce=True, since=3),
     _subscribe(params={"protocolIds": ["a"] * protocol.MAX_FILTER_VALUES}),
     {"type": "unsubscribe", "subscriptionId": "s1", "id": 1},
+    {"type": "attach", "subscription": "0b1c", "id": 2},
+    {"type": "attach", "subscription": "a" * protocol.MAX_SUBSCRIPTION_ID_CHARS},
+    {"type": "ack", "subscriptionId": "0b1c", "position": 0, "id": "a"},
+    {"type": "ack", "subscriptionId": "0b1c", "position": 12},
     {"type": "ping"},
     {"type": "ping", "id": "p"},
     # refused
@@ -232,6 +239,17 @@ MESSAGES = [
     _subscribe(id=[]),
     {"type": "unsubscribe"},
     {"type": "unsubscribe", "subscriptionId": 1},
+    {"type": "attach"},
+    {"type": "attach", "subscription": 1},
+    {"type": "attach", "subscription": "a" * (protocol.MAX_SUBSCRIPTION_ID_CHARS + 1)},
+    {"type": "attach", "subscription": "x", "channel": "prices"},
+    {"type": "ack", "subscriptionId": "x"},
+    {"type": "ack", "subscriptionId": "x", "position": -1},
+    {"type": "ack", "subscriptionId": "x", "position": True},
+    {"type": "ack", "subscriptionId": "x", "position": 1.5},
+    {"type": "ack", "subscriptionId": "x", "position": "1"},
+    {"type": "ack", "subscriptionId": None, "position": 1},
+    {"type": "ack", "subscriptionId": "x", "position": 1, "extra": 1},
     {"type": "nope"},
     {"channel": "protocols"},
 ]
@@ -320,11 +338,24 @@ _UNSUBSCRIBE = st.fixed_dictionaries(
 _PING = st.fixed_dictionaries(
     {"type": st.just("ping")}, optional={"id": _IDS | _JSON, "pad": _JSON}
 )
+_ATTACH = st.fixed_dictionaries(
+    {"type": st.just("attach")},
+    optional={"subscription": st.text(max_size=3) | _JSON, "id": _IDS | _JSON, "extra": _JSON},
+)
+_ACK = st.fixed_dictionaries(
+    {"type": st.just("ack")},
+    optional={
+        "subscriptionId": st.text(max_size=3) | _JSON,
+        "position": st.integers(min_value=-2) | _JSON,
+        "id": _IDS | _JSON,
+        "extra": _JSON,
+    },
+)
 _UNKNOWN = st.dictionaries(st.sampled_from(["type", "channel", "id"]), _JSON)
 
 
 @settings(max_examples=400, deadline=None)
-@given(_subscribes() | _UNSUBSCRIBE | _PING | _UNKNOWN)
+@given(_subscribes() | _UNSUBSCRIBE | _PING | _ATTACH | _ACK | _UNKNOWN)
 def test_the_models_and_the_hub_agree_on_any_message(message: dict[str, Any]) -> None:
     assert model_accepts(message) == hub_accepts(message)
 

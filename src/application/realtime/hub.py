@@ -20,10 +20,19 @@ from ..hot_state import EntryFacts, HotState
 from ..log import LogBatch, LogEntry
 from ..ports import EventLog
 from ..telemetry import NO_TELEMETRY, Telemetry
+from .durable import (
+    ACK_INTERVAL,
+    Acknowledgements,
+    Attachment,
+    DurableSubscriptionStore,
+    SubscriptionGone,
+)
 from .frames import Encoded, channel_of, encode, price_snapshot, protocol_snapshot, value_key
 from .outbox import Connection
 from .protocol import (
     CLOSE_IDLE,
+    Ack,
+    Attach,
     FrameError,
     Ping,
     Subscribe,
@@ -68,6 +77,8 @@ class RealtimeHub:
         send_timeout: float = SEND_TIMEOUT,
         offload: Callable[..., Awaitable[Any]] = asyncio.to_thread,
         telemetry: Telemetry = NO_TELEMETRY,
+        durable: DurableSubscriptionStore | None = None,
+        ack_interval: float = ACK_INTERVAL,
     ) -> None:
         self.event_log = event_log
         self.telemetry = telemetry
@@ -90,10 +101,29 @@ class RealtimeHub:
         self._per_owner: dict[str, int] = {}
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        # Durable subscriptions (``attach`` / ``ack``): where they are kept, and the
+        # acknowledgements not yet written there.
+        self.durable = durable
+        self.acks = (
+            None
+            if durable is None
+            else Acknowledgements(durable, interval=ack_interval, on_gone=self.durable_closed)
+        )
+        self._attaching: set[tuple[Connection, str]] = set()
+        self._lookups: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         """Stop the replays under way (the node is shutting down)."""
         self.replays.close()
+        for task in list(self._lookups):
+            task.cancel()
+        if self.acks is not None:
+            self.acks.close()
+
+    async def flush_acknowledgements(self) -> None:
+        """Write the acknowledgements gathered so far (before the node shuts down)."""
+        if self.acks is not None:
+            await self.acks.aclose()
 
     async def seed(self, position: int) -> None:
         """Start routing after ``position`` (what the node follower has applied)."""
@@ -210,6 +240,10 @@ class RealtimeHub:
                 self._subscribe(connection, request, request_id)
             elif isinstance(request, Unsubscribe):
                 self._unsubscribe(connection, request, request_id)
+            elif isinstance(request, Attach):
+                self._attach(connection, request, request_id)
+            elif isinstance(request, Ack):
+                self._ack(connection, request, request_id)
         except FrameError as error:
             connection.offer_message(error_frame(error.code, str(error), request_id))
 
@@ -236,8 +270,19 @@ class RealtimeHub:
             connection=connection,
             coalesce=request.coalesce,
         )
+        self._open(subscription, since, request.snapshot, request_id)
+
+    def _open(
+        self,
+        subscription: Subscription,
+        since: int | None,
+        snapshot: bool,
+        request_id: str | int | None,
+    ) -> None:
+        """Add a checked subscription: live now, or after a replay or a snapshot."""
+        connection = subscription.connection
         self.index.add(subscription)
-        if request.snapshot:
+        if snapshot:
             # The current values as of the state's position, then the log after it.
             position = self.state.position
             connection.offer_message(subscribed(subscription, position, True, request_id))
@@ -266,6 +311,123 @@ class RealtimeHub:
             self.replays.start(
                 Pending(subscription, after=start, request_id=request_id, requested=True)
             )
+
+    # -- durable subscriptions --------------------------------------------------------------
+
+    def _attach(
+        self, connection: Connection, request: Attach, request_id: str | int | None
+    ) -> None:
+        """Re-attach to a durable subscription: looked up (ownership checked) off the
+        event loop, then replayed from its acknowledged position like ``since``."""
+        if self.durable is None:
+            raise FrameError("unknown_subscription", "durable subscriptions are not served here")
+        owner = connection.owner
+        if owner is None:
+            raise FrameError("unauthorized", "durable subscriptions need an API key")
+        self._check_attach(connection, request.subscription_id)
+        attaching = (connection, request.subscription_id)
+        self._attaching.add(attaching)
+        task = asyncio.get_running_loop().create_task(
+            self._attach_found(connection, owner, request.subscription_id, request_id)
+        )
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
+        task.add_done_callback(lambda _task: self._attaching.discard(attaching))
+
+    def _check_attach(self, connection: Connection, subscription_id: str) -> None:
+        if (
+            subscription_id in self.index.of(connection)
+            or (connection, subscription_id) in self._attaching
+        ):
+            raise FrameError("already_attached", f"{subscription_id!r} is attached already")
+        held = len(self.index.of(connection)) + sum(
+            1 for attaching, _ in self._attaching if attaching is connection
+        )
+        if held >= connection.max_subscriptions:
+            raise FrameError(
+                "too_many_subscriptions",
+                f"at most {connection.max_subscriptions} subscriptions per connection",
+            )
+        refused = self.replays.room_for_request(connection)
+        if refused is not None:
+            raise FrameError("too_many_replays", refused)
+
+    async def _attach_found(
+        self, connection: Connection, owner: str, subscription_id: str, request_id: str | int | None
+    ) -> None:
+        assert self.durable is not None
+        assert self.acks is not None
+        try:
+            found: Attachment | None = await self.durable.attach(owner, subscription_id)
+        except SubscriptionGone:
+            found = None
+        except Exception:
+            log.exception("looking up a durable subscription failed")
+            if not connection.closed:
+                connection.offer_message(
+                    error_frame("replay_failed", "looking it up failed; attach again", request_id)
+                )
+            return
+        if connection.closed:
+            return
+        if found is None:
+            connection.offer_message(
+                error_frame(
+                    "unknown_subscription", f"no subscription {subscription_id!r}", request_id
+                )
+            )
+            return
+        self._attaching.discard((connection, subscription_id))
+        try:
+            # Again: frames handled during the lookup may have changed the answer.
+            self._check_attach(connection, subscription_id)
+        except FrameError as error:
+            connection.offer_message(error_frame(error.code, str(error), request_id))
+            return
+        subscription = Subscription(
+            id=found.id,
+            channel=found.channel,
+            filter=found.filter,
+            connection=connection,
+            coalesce=False,  # every update is acknowledged: none may be replaced
+        )
+        subscription.durable = True
+        # After the latest acknowledgement this node holds, written or not yet.
+        since = max(found.position, self.acks.latest(found.id))
+        subscription.acknowledged = since
+        self._open(subscription, since, False, request_id)
+
+    def _ack(self, connection: Connection, request: Ack, request_id: str | int | None) -> None:
+        subscription = self.index.of(connection).get(request.subscription_id)
+        if subscription is None or not subscription.durable or self.acks is None:
+            raise FrameError(
+                "unknown_subscription",
+                f"no durable subscription {request.subscription_id!r} on this connection",
+            )
+        # Never beyond what it can have been sent: the hub's position, or where it was
+        # re-attached after (that may lie beyond this node's position).
+        bound = max(self.position, subscription.floor, subscription.acknowledged or 0)
+        if request.position > bound:
+            raise FrameError(
+                "invalid_ack", f"position {request.position} is beyond what was sent ({bound})"
+            )
+        assert connection.owner is not None  # attached: it has a key
+        self.acks.record(
+            subscription.id, connection.owner, request.position, connection, request_id
+        )
+
+    def durable_closed(self, subscription_id: str) -> None:
+        """A durable subscription was deleted: the connections attached to it are told
+        and it sends nothing more."""
+        for connection in list(self.connections):
+            subscription = self.index.of(connection).get(subscription_id)
+            if subscription is not None and subscription.durable:
+                self._unregister(subscription)
+                connection.offer_message(
+                    error_frame(
+                        "subscription_closed", f"subscription {subscription_id!r} was deleted"
+                    )
+                )
 
     def _snapshot(self, subscription: Subscription, position: int) -> list[tuple[Encoded, str]]:
         """The current value of every id the subscription matches, as frames at

@@ -25,14 +25,26 @@ SUBSCRIBE_FIELDS: Final = frozenset(
     {"type", "channel", "params", "since", "snapshot", "id", "coalesce"}
 )
 UNSUBSCRIBE_FIELDS: Final = frozenset({"type", "subscriptionId", "id"})
+ATTACH_FIELDS: Final = frozenset({"type", "subscription", "id"})
+ACK_FIELDS: Final = frozenset({"type", "subscriptionId", "position", "id"})
+# A durable subscription's id (a UUID; the bound only keeps junk out of error messages).
+MAX_SUBSCRIPTION_ID_CHARS: Final = 64
 
 
-CLIENT_MESSAGE_TYPES: Final = ("subscribe", "unsubscribe", "ping")
-SERVER_MESSAGE_TYPES: Final = ("subscribed", "unsubscribed", "update", "alert", "error", "pong")
+CLIENT_MESSAGE_TYPES: Final = ("subscribe", "unsubscribe", "ping", "attach", "ack")
+SERVER_MESSAGE_TYPES: Final = (
+    "subscribed",
+    "unsubscribed",
+    "update",
+    "alert",
+    "error",
+    "pong",
+    "acked",
+)
 ERROR_CODES: Final[Mapping[str, str]] = {
     "invalid_json": "the frame is not valid JSON (or not UTF-8)",
     "invalid_message": "not a JSON object, an unknown field, or a field of the wrong type",
-    "unknown_type": "the message type is not subscribe, unsubscribe or ping",
+    "unknown_type": "the message type is not subscribe, unsubscribe, ping, attach or ack",
     "invalid_channel": "the channel is not protocols, prices, volumes or alerts",
     "invalid_params": "a filter in params is unknown or malformed",
     "invalid_since": "since is not a non-negative integer, or is beyond the log head",
@@ -40,8 +52,13 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "too_many_subscriptions": "the connection holds its maximum number of subscriptions",
     "too_many_replays": "the connection (or its address) has its maximum number of replays or "
     "snapshots under way; subscribe again when one has finished",
-    "unknown_subscription": "unsubscribe names no subscription of this connection",
-    "unauthorized": "the alerts channel needs an API key on the handshake",
+    "unknown_subscription": "unsubscribe or ack names no subscription of this connection, or "
+    "attach names no durable subscription of the key's owner",
+    "unauthorized": "the alerts channel and durable subscriptions need an API key on the handshake",
+    "already_attached": "attach names a durable subscription this connection holds already",
+    "invalid_ack": "the ack's position is not a non-negative integer, or is beyond what the "
+    "subscription was sent",
+    "subscription_closed": "the durable subscription was deleted: it sends nothing more",
     "frame_too_large": "the frame is larger than MAX_FRAME_BYTES bytes",
     "replay_failed": "reading the log for since failed; the subscription was dropped",
 }
@@ -167,10 +184,25 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Attach:
+    """Re-attach to a durable subscription: from its acknowledged position, then live."""
+
+    subscription_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The client has processed every update of a durable subscription up to ``position``."""
+
+    subscription_id: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """A checked client frame and its optional ``id`` (echoed in the reply)."""
 
-    message: Subscribe | Unsubscribe | Ping
+    message: Subscribe | Unsubscribe | Ping | Attach | Ack
     id: str | int | None
 
 
@@ -210,7 +242,7 @@ def request_id_of(message: Mapping[str, Any]) -> str | int | None:
     return request_id
 
 
-def parse(message: Mapping[str, Any]) -> Subscribe | Unsubscribe | Ping:
+def parse(message: Mapping[str, Any]) -> Subscribe | Unsubscribe | Ping | Attach | Ack:
     """The typed message of a decoded frame (its ``id`` checked apart, to echo it even
     when the rest is refused)."""
     kind = message.get("type")
@@ -224,6 +256,21 @@ def parse(message: Mapping[str, Any]) -> Subscribe | Unsubscribe | Ping:
         if not isinstance(subscription_id, str):
             raise FrameError("unknown_subscription", f"no subscription {subscription_id!r}")
         return Unsubscribe(subscription_id)
+    if kind == "attach":
+        _known_fields(message, ATTACH_FIELDS)
+        durable = message.get("subscription")
+        if not isinstance(durable, str) or len(durable) > MAX_SUBSCRIPTION_ID_CHARS:
+            raise FrameError("unknown_subscription", "subscription must be a subscription's id")
+        return Attach(durable)
+    if kind == "ack":
+        _known_fields(message, ACK_FIELDS)
+        subscription_id = message.get("subscriptionId")
+        if not isinstance(subscription_id, str):
+            raise FrameError("unknown_subscription", f"no subscription {subscription_id!r}")
+        position = message.get("position")
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise FrameError("invalid_ack", "position must be a non-negative integer position")
+        return Ack(subscription_id, position)
     raise FrameError("unknown_type", f"unknown message type {kind!r}")
 
 

@@ -313,15 +313,13 @@ class Replays:
 def subscribed(
     subscription: Subscription, position: int, recovered: bool, request_id: str | int | None
 ) -> bytes:
-    return dumps(
-        with_id(
-            {
-                "type": "subscribed",
-                "subscriptionId": subscription.id,
-                "channel": subscription.channel,
-                "position": position,
-                "recovered": recovered,
-            },
-            request_id,
-        )
-    )
+    reply: dict[str, Any] = {
+        "type": "subscribed",
+        "subscriptionId": subscription.id,
+        "channel": subscription.channel,
+        "position": position,
+        "recovered": recovered,
+    }
+    if subscription.acknowledged is not None:
+        reply["acknowledged"] = subscription.acknowledged
+    return dumps(with_id(reply, request_id))

@@ -50,10 +50,12 @@ class Subscription:
     """One subscription of one connection."""
 
     __slots__ = (
+        "acknowledged",
         "active",
         "channel",
         "coalesce",
         "connection",
+        "durable",
         "exact",
         "filter",
         "floor",
@@ -80,6 +82,10 @@ class Subscription:
         # Updates at or before this position are not sent (the client has them: it
         # subscribed with a ``since`` beyond what this node had delivered).
         self.floor = 0
+        # A durable subscription (``attach``): acknowledgements advance its stored
+        # position; ``acknowledged`` is the position it was re-attached after.
+        self.durable = False
+        self.acknowledged: int | None = None
 
     @property
     def alive(self) -> bool:

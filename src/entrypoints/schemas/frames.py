@@ -29,6 +29,7 @@ from ...application.realtime.protocol import (
     ERROR_CODES,
     MAX_FILTER_VALUES,
     MAX_REQUEST_ID_CHARS,
+    MAX_SUBSCRIPTION_ID_CHARS,
     VALUE_CHANNELS,
 )
 from ...domain.alert_rule import Firing
@@ -37,8 +38,11 @@ from ...domain.observations import TOTAL, Metric
 __all__ = [
     "CLIENT_MESSAGES",
     "SERVER_MESSAGES",
+    "Ack",
+    "Acked",
     "Alert",
     "AlertData",
+    "Attach",
     "Error",
     "Filters",
     "MetricData",
@@ -101,7 +105,7 @@ ClientRequestId = Annotated[
     RequestId | None,
     Field(
         description="optional; echoed in the reply (`subscribed`, `unsubscribed`, `pong`, "
-        f"`error`): a string of at most {MAX_REQUEST_ID_CHARS} characters or a safe integer"
+        f"`acked`, `error`): a string of at most {MAX_REQUEST_ID_CHARS} characters or a safe integer"
     ),
 ]
 ReplyId = Annotated[
@@ -209,6 +213,31 @@ class Unsubscribe(BaseModel):
     id: ClientRequestId = None
 
 
+class Attach(BaseModel):
+    """Re-attach to a durable subscription (``POST /v2/subscriptions``): every matching
+    update after its acknowledged position, then live (the key's owner's only)."""
+
+    model_config = _FRAME
+    type: Literal["attach"]
+    subscription: Annotated[StrictStr, Field(max_length=MAX_SUBSCRIPTION_ID_CHARS)] = Field(
+        description="the durable subscription's id; the `subscribed` reply and its updates "
+        "carry it as `subscriptionId`"
+    )
+    id: ClientRequestId = None
+
+
+class Ack(BaseModel):
+    """The client has processed every update of an attached durable subscription up to
+    ``position``: a later attach resumes after it. Written a moment later (confirmed with
+    ``acked``); send the position of the last update processed, as often as you like."""
+
+    model_config = _FRAME
+    type: Literal["ack"]
+    subscription_id: SubscriptionId
+    position: Position = Field(description="at most the position of the last update sent")
+    id: ClientRequestId = None
+
+
 class Ping(BaseModel):
     """Liveness; answered with ``pong``. Other fields are ignored (a client may pad a ping
     to probe frame sizes)."""
@@ -234,6 +263,12 @@ class Subscribed(BaseModel):
     recovered: StrictBool = Field(
         description="false if `since` was further back than the replay limit: only the most "
         "recent part is replayed"
+    )
+    acknowledged: Position | SkipJsonSchema[None] = Field(
+        None,
+        description="on an `attach` only: the acknowledged position it resumes after; the "
+        "client's updates after it that it did not acknowledge come again",
+        json_schema_extra=_absent_when_none,
     )
     id: ReplyId = None
 
@@ -330,6 +365,16 @@ class Error(BaseModel):
     id: ReplyId = None
 
 
+class Acked(BaseModel):
+    """An ``ack`` is stored: an attach anywhere resumes after ``position`` at least."""
+
+    model_config = _FRAME
+    type: Literal["acked"]
+    subscription_id: SubscriptionId
+    position: Position
+    id: ReplyId = None
+
+
 class Pong(BaseModel):
     """Answer to ``ping``."""
 
@@ -343,7 +388,7 @@ def _by_type(*models: type[BaseModel]) -> Mapping[str, type[BaseModel]]:
     return {get_args(model.model_fields["type"].annotation)[0]: model for model in models}
 
 
-CLIENT_MESSAGES: Final = _by_type(Subscribe, Unsubscribe, Ping)
+CLIENT_MESSAGES: Final = _by_type(Subscribe, Unsubscribe, Ping, Attach, Ack)
 """Client messages by ``type``."""
-SERVER_MESSAGES: Final = _by_type(Subscribed, Unsubscribed, Update, Alert, Error, Pong)
+SERVER_MESSAGES: Final = _by_type(Subscribed, Unsubscribed, Update, Alert, Error, Pong, Acked)
 """Server messages by ``type``."""
