@@ -105,7 +105,8 @@ ClientRequestId = Annotated[
     RequestId | None,
     Field(
         description="optional; echoed in the reply (`subscribed`, `unsubscribed`, `pong`, "
-        f"`acked`, `error`): a string of at most {MAX_REQUEST_ID_CHARS} characters or a safe integer"
+        f"`acked`, `error`): a string of at most {MAX_REQUEST_ID_CHARS} characters or a safe "
+        "integer"
     ),
 ]
 ReplyId = Annotated[
