@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from .errors import ApiError, ClientError, ResumeGapError, StreamError
 from .frames import (
+    Acked,
     Alert,
     AlertData,
     Error,
@@ -48,9 +49,10 @@ from .models import (
     VolumeEntry,
 )
 from .rest import DefiRealtimeClient
-from .stream import Channel, Filters, LiveStream, ReconnectPolicy, stream
+from .stream import Channel, Filters, LiveStream, ReconnectPolicy, attach, stream
 
 __all__ = [
+    "Acked",
     "Alert",
     "AlertData",
     "AlertRule",
@@ -84,6 +86,7 @@ __all__ = [
     "Unsubscribed",
     "Update",
     "VolumeEntry",
+    "attach",
     "parse_frames",
     "stream",
 ]

@@ -29,7 +29,7 @@ from .models import (
     VolumeEntry,
 )
 from .stream import Channel as StreamChannel
-from .stream import Filters, LiveStream, ReconnectPolicy, stream
+from .stream import Filters, LiveStream, ReconnectPolicy, attach, stream
 
 __all__ = ["DefiRealtimeClient"]
 
@@ -316,6 +316,13 @@ class DefiRealtimeClient:
             since=since,
             reconnect=reconnect,
         )
+
+    def attach(self, subscription: str, *, reconnect: ReconnectPolicy | None = None) -> LiveStream:
+        """A durable subscription's updates after its acknowledged position, then live:
+        see :func:`defi_realtime.client.attach` (needs the client's API key)."""
+        if self.api_key is None:
+            raise ValueError("attaching to a durable subscription needs an API key")
+        return attach(self.ws_url, subscription, api_key=self.api_key, reconnect=reconnect)
 
     @property
     def ws_url(self) -> str:

@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from .errors import ResumeGapError, StreamError
 from .frames import Alert, Error, ServerFrame, Subscribed, Update, parse_frames
 
-__all__ = ["Channel", "Filters", "LiveStream", "ReconnectPolicy", "stream"]
+__all__ = ["Channel", "Filters", "LiveStream", "ReconnectPolicy", "attach", "stream"]
 
 Channel: TypeAlias = Literal["protocols", "prices", "volumes", "alerts"]
 
@@ -54,6 +54,8 @@ _FATAL_STATUS: Final = {400, 401, 403, 404}
 # Error codes in answer to a subscribe that are worth another try later.
 _RETRY_CODES: Final = {"too_many_replays", "replay_failed"}
 _GAP_CODES: Final = {"invalid_since"}
+# A durable subscription that was deleted while attached: nothing more will come.
+_ENDED_CODES: Final = {"subscription_closed"}
 MAX_FRAME: Final = 16 * 1024 * 1024
 
 
@@ -142,16 +144,21 @@ class LiveStream:
     def __init__(
         self,
         url: str,
-        channel: Channel,
+        channel: Channel | None,
         filters: Filters | None = None,
         *,
         api_key: str | None = None,
         snapshot: bool = True,
         since: int | None = None,
         reconnect: ReconnectPolicy | None = None,
+        subscription: str | None = None,
     ) -> None:
-        if channel == "alerts" or since is not None:
-            snapshot = False  # alerts are events, not values; `since` resumes instead
+        if channel == "alerts" or since is not None or subscription is not None:
+            # Alerts are events, not values; `since` and a durable subscription resume.
+            snapshot = False
+        self.subscription = subscription
+        """A durable subscription's id: (re)connections attach to it (see ``attach``)."""
+        self._socket: ClientConnection | None = None
         self.url = url
         self.channel = channel
         self.filters = filters or Filters()
@@ -204,6 +211,7 @@ class LiveStream:
                 self.reconnects += 1
             first = False
             socket, pending = await self._open()
+            self._socket = socket
             try:
                 for frame in pending:
                     if (out := self._accept(frame)) is not None:
@@ -217,7 +225,27 @@ class LiveStream:
                         if (out := self._accept(frame)) is not None:
                             yield out
             finally:
+                self._socket = None
                 await socket.close()
+
+    async def ack(self, position: int | None = None) -> bool:
+        """Acknowledge a durable subscription's updates up to ``position`` (default: the
+        last one handed out): a later ``attach`` resumes after it, in this process or
+        another. False when there was nothing to acknowledge or no connection (the next
+        ``ack`` covers it; until one is stored, what followed the last stored one comes
+        again, and this stream still hands out nothing twice)."""
+        if self.subscription is None:
+            raise StreamError("ack is for durable subscriptions (attach)", code="not_durable")
+        position = self.position if position is None else position
+        socket = self._socket
+        if position is None or socket is None:
+            return False
+        frame = {"type": "ack", "subscriptionId": self.subscription, "position": position}
+        try:
+            await socket.send(json.dumps(frame))
+        except ConnectionClosed:
+            return False
+        return True
 
     async def _open(self) -> tuple[ClientConnection, list[ServerFrame]]:
         """Connect and subscribe, retrying with backoff; the frames that came with the
@@ -269,6 +297,9 @@ class LiveStream:
             raise
 
     def _subscribe_frame(self, request_id: str) -> dict[str, Any]:
+        if self.subscription is not None:
+            # The server keeps the channel, the filter and the position to resume after.
+            return {"type": "attach", "subscription": self.subscription, "id": request_id}
         frame: dict[str, Any] = {
             "type": "subscribe",
             "channel": self.channel,
@@ -288,7 +319,12 @@ class LiveStream:
                 f"the server cannot replay everything after position {self.position}",
                 code="not_recovered",
             )
-        if self.position is None and not self.snapshot:
+        if self.subscription is not None:
+            # Attached: what follows is after the acknowledged position (the first time;
+            # later, what this stream handed out already is skipped).
+            if self.position is None:
+                self.position = frame.acknowledged
+        elif self.position is None and not self.snapshot:
             # Live only: the updates that follow are all after the hub's position now.
             self.position = frame.position
 
@@ -316,6 +352,8 @@ class LiveStream:
             for frame in frames:
                 if isinstance(frame, Error) and frame.code in _RETRY_CODES:
                     raise _Retry(f"{frame.code}: {frame.message}")
+                if isinstance(frame, Error) and frame.code in _ENDED_CODES:
+                    raise StreamError(f"{frame.code}: {frame.message}", code=frame.code)
             return frames
 
     # -- resuming -------------------------------------------------------------------------
@@ -364,3 +402,18 @@ def stream(
         since=since,
         reconnect=reconnect,
     )
+
+
+def attach(
+    url: str,
+    subscription: str,
+    *,
+    api_key: str,
+    reconnect: ReconnectPolicy | None = None,
+) -> LiveStream:
+    """Attach to a durable subscription (``POST /v2/subscriptions``) at ``url`` and iterate
+    over its updates: every matching update after its acknowledged position, then live,
+    re-attached across disconnects. Call ``LiveStream.ack()`` once updates are processed:
+    the next ``attach`` (here or in another process) resumes after them.
+    """
+    return LiveStream(url, None, api_key=api_key, reconnect=reconnect, subscription=subscription)

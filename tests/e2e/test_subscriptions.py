@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from defi_realtime.application.app import DefiRealtime
+from defi_realtime.client import DefiRealtimeClient
 from defi_realtime.entrypoints.settings import Settings
 from tests.e2e.conftest import (
     SETTLE_TIMEOUT,
@@ -246,3 +247,38 @@ async def test_the_asgi_transport_attaches_too(tmp_path: Path) -> None:
     # The lean transport is the default; the Starlette endpoint shares the hub.
     with deployment(tmp_path, "embedded", ws="auto") as deployed:
         await reattach_flow(deployed)
+
+
+async def stored(http: httpx.AsyncClient, headers: dict[str, str], sid: str, position: int) -> None:
+    """Wait (bounded) until the subscription's stored position is ``position``."""
+    async with asyncio.timeout(FRAME_TIMEOUT):
+        while True:
+            view = (await http.get(f"/v2/subscriptions/{sid}", headers=headers)).json()
+            if view["position"] == position:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_the_python_client_attaches_and_acknowledges(tmp_path: Path) -> None:
+    with deployment(tmp_path, "embedded") as deployed:
+        [server] = deployed.nodes
+        client = DefiRealtimeClient(server.base_url, api_key=deployed.alice["X-API-Key"])
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as http:
+            await aingest(http, deployed.alice, obs("aave", 1.0, T0, name="Aave"))
+            sid = (
+                await http.post(
+                    "/v2/subscriptions", json={"channel": "protocols"}, headers=deployed.alice
+                )
+            ).json()["id"]
+            await aingest(http, deployed.alice, obs("aave", 2.0, T0 + 1))
+            await aingest(http, deployed.alice, obs("aave", 3.0, T0 + 2))
+            async with asyncio.timeout(10):
+                async with client.attach(sid) as live:
+                    first = await anext(live)
+                    assert first.data.value == 2.0  # type: ignore[union-attr]
+                    assert await live.ack()
+                    await stored(http, deployed.alice, sid, first.position)
+                # Another process, later: after the acknowledged update.
+                async with client.attach(sid) as again:
+                    second = await anext(again)
+                    assert second.data.value == 3.0  # type: ignore[union-attr]
