@@ -519,6 +519,7 @@ class Container(containers.DeclarativeContainer):
         send_timeout=config.ws_send_timeout,
         telemetry=metrics,
         durable=durable_subscriptions,
+        ack_interval=config.subscription_ack_interval,
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     auth_backend = providers.Singleton(_auth_backend, keyring)

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
         description="Seconds a client whose queue is full may go without reading before it "
         "is closed (4008); one that keeps reading is never closed for being behind.",
     )
+    subscription_ack_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        alias="SUBSCRIPTION_ACK_INTERVAL",
+        description="Seconds the acknowledgements of durable subscriptions are gathered "
+        "before they are written together (one event per subscription per interval); a "
+        "node that crashes loses at most this much, which is then delivered again.",
+    )
     ws_idle_timeout: float = Field(
         default=120.0,
         alias="WS_IDLE_TIMEOUT",
