@@ -16,11 +16,8 @@ from starlette.responses import Response
 
 from ..application.app import SubscriptionNotFound
 from ..application.durable_subscriptions import DurableSubscriptions, SubscriptionView
-from ..domain.subscription import (
-    InvalidSubscription,
-    SubscriptionNameTaken,
-    SubscriptionQuotaExceeded,
-)
+from ..domain.errors import DomainError
+from ..domain.subscription import SubscriptionNameTaken, SubscriptionQuotaExceeded
 from .auth import require_key
 from .errors import ApiError
 from .node import Node
@@ -122,7 +119,7 @@ def subscription_routes(read_json: BodyReader) -> list[OperationRoute]:
                 f"an account holds at most {error.limit} subscriptions",
                 {"limit": error.limit},
             ) from None
-        except InvalidSubscription as error:
+        except DomainError as error:  # InvalidSubscription, or a name the domain refuses
             details = None if error.field is None else {"field": error.field}
             raise ApiError(400, "invalid_subscription", str(error), details) from None
         return _answer(view)

@@ -146,6 +146,8 @@ def test_subscriptions_are_owned_named_and_deleted(accounts: Accounts) -> None:
             {"channel": "protocols", "params": {"minTvl": -1}},
             {"channel": "protocols", "position": -1},
             {"channel": "protocols", "extra": 1},
+            {"channel": "protocols", "name": "\u0084 control"},  # the domain refuses it
+            {"channel": "protocols", "name": "   "},
         ):
             response = http.post("/v2/subscriptions", json=bad, headers=alice)
             assert response.status_code == 400, (bad, response.text)
