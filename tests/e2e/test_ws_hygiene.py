@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from defi_realtime.application import realtime
 from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.realtime import Connection, RealtimeHub
+from defi_realtime.application.realtime.durable import Attachment
+from defi_realtime.application.realtime.protocol import Filter
 from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
 from tests.e2e.conftest import LiveServer, obs, start_server
 
@@ -471,7 +473,21 @@ def test_the_hub_emits_only_documented_message_types() -> None:
             def head(self) -> int:
                 return 3
 
-        hub = RealtimeHub(Log(), HotState(record_facts=True))  # type: ignore[arg-type]
+        class FakeDurableStore:
+            """One durable subscription of alice's, at position 0."""
+
+            async def attach(self, owner: str, subscription_id: str) -> Attachment:
+                return Attachment(subscription_id, "protocols", Filter(), 0)
+
+            async def advance(self, acknowledged: Mapping[str, tuple[str, int]]) -> set[str]:
+                return set()
+
+        hub = RealtimeHub(
+            Log(),  # type: ignore[arg-type]
+            HotState(record_facts=True),
+            durable=FakeDurableStore(),
+            ack_interval=3_600,
+        )
         owner = Connection("alice", close=lambda code, reason: None, write=write)
         other = Connection("bob", close=lambda code, reason: None, write=write)
         hub.connect(owner)
@@ -502,8 +518,16 @@ def test_the_hub_emits_only_documented_message_types() -> None:
             ),
         )
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "protocols"}))
+        hub.receive(owner, json.dumps({"type": "attach", "subscription": "d1"}))
+        for _ in range(5):  # the lookup, then the replay's turns
+            await asyncio.sleep(0)
         await hub.deliver(LogBatch(after=0, last=2, entries=entries))
         await asyncio.sleep(0)
+        hub.receive(owner, json.dumps({"type": "ack", "subscriptionId": "d1", "position": 1}))
+        assert hub.acks is not None
+        await hub.acks.flush()
+        hub.flush()
+        hub.close()
         return seen
 
     seen = asyncio.run(scenario())
