@@ -7,6 +7,9 @@ Layout (every key under the adapter's prefix, ``dr:`` by default):
 * ``protocol:<slug>`` - string: JSON of the listing, current readings, stored changes and
   position (``_protocol_json``).
 * ``tvl:<slug>`` - sorted set of recent total-TVL observations, score = observed_at.
+* ``flow:<metric>:<slug>`` - the same for the total ``volume_24h`` and ``fees_24h``, for
+  their own changes (absent for data applied before they existed: their changes stay null
+  until the projection is rebuilt or a week of new figures came in).
 * ``token:<token>`` - string: JSON of the current price, confidence, stored change and
   position (``_token_json``).
 * ``price:<token>`` - sorted set of recent prices, score = observed_at.
@@ -53,6 +56,7 @@ from ..application.hot_state import (
     PRICE_CHANGE_WINDOW,
     PRICE_KIND,
     PROTOCOL_KINDS,
+    SERIES_METRICS,
     Point,
     Points,
     ProtocolState,
@@ -68,6 +72,7 @@ from ..application.hot_state import (
 from ..application.log import LogBatch, LogEntry
 from ..application.views import (
     CHANGE_WINDOWS,
+    FLOW_CHANGE_WINDOWS,
     RECENT_WINDOW_SECONDS,
     Page,
     PriceView,
@@ -200,18 +205,24 @@ class RedisHotProjection:
             if raw is not None:
                 token_states[token] = _token_from_json(token, raw)
 
-        tvl_points, price_points = _history_points(todo.entries)
-        await self._load_references(protocols, token_states, tvl_points, price_points)
+        tvl_points, price_points, flow_points = _history_points(todo.entries)
+        await self._load_references(protocols, token_states, tvl_points, price_points, flow_points)
 
         changed_protocols, changed_tokens = fold_entries(todo.entries, protocols, token_states)
         writes = _Writes(self._position_key, self._layout_key)
         for slug, state in changed_protocols.items():
-            # Only a batch that extends the TVL history can move the changes; otherwise the
-            # stored ones stand (the snapshot holds no history to recompute them from).
-            changes = state.changes() if slug in tvl_points else stored_changes.get(slug, {})
-            self._write_protocol(writes, protocols.get(slug), state, changes)
+            # Only a batch that extends a series can move its changes; the others' stored
+            # ones stand (the snapshot holds no history to recompute them from).
+            changes = dict(stored_changes.get(slug, {}))
             if slug in tvl_points:
+                changes.update(state.tvl_changes())
                 self._write_history(writes, self._tvl_key(slug), tvl_points[slug], state)
+            for metric in SERIES_METRICS:
+                points = flow_points.get((slug, metric))
+                if points is not None:
+                    changes.update(state.flow_changes(metric))
+                    self._write_history(writes, self._flow_key(metric, slug), points, state, metric)
+            self._write_protocol(writes, protocols.get(slug), state, changes)
         for token, token_state in changed_tokens.items():
             self._write_token(writes, token_states.get(token), token_state)
             self._write_history(
@@ -238,6 +249,7 @@ class RedisHotProjection:
         tokens: dict[str, TokenState],
         tvl_points: Mapping[str, list[Point]],
         price_points: Mapping[str, list[Point]],
+        flow_points: Mapping[tuple[str, str], list[Point]],
     ) -> None:
         """Load into the snapshot the stored history points the changes can refer to.
 
@@ -263,6 +275,18 @@ class RedisHotProjection:
                 cutoff = newest - window
                 lookups += [str(len(keys)), repr(cutoff), repr(floor), repr(max(cutoff, floor))]
                 series.append(keys[-1])
+        for (slug, metric), points in flow_points.items():
+            state = protocols.get(slug)
+            if state is None:
+                continue
+            reading = state.current.get((metric, TOTAL))
+            newest = _newest(points, None if reading is None else reading.observed_at)
+            floor = newest - RECENT_WINDOW_SECONDS
+            keys.append(self._flow_key(metric, slug))
+            for window in FLOW_CHANGE_WINDOWS.values():
+                cutoff = newest - window
+                lookups += [str(len(keys)), repr(cutoff), repr(floor), repr(max(cutoff, floor))]
+                series.append(keys[-1])
         for token, points in price_points.items():
             token_state = tokens.get(token)
             if token_state is None:
@@ -285,6 +309,12 @@ class RedisHotProjection:
             stored = history.get(self._tvl_key(slug))
             if stored:
                 protocols[slug] = replace(protocols[slug], recent=Points.of(stored))
+        for slug, metric in flow_points:
+            stored = history.get(self._flow_key(metric, slug))
+            if stored:
+                state = protocols[slug]
+                flows = {**state.series, metric: Points.of(stored)}
+                protocols[slug] = replace(state, series=flows)
         for token in price_points:
             stored = history.get(self._price_series_key(token))
             if stored:
@@ -326,9 +356,15 @@ class RedisHotProjection:
             )
 
     def _write_history(
-        self, writes: _Writes, key: str, points: Sequence[Point], state: ProtocolState | TokenState
+        self,
+        writes: _Writes,
+        key: str,
+        points: Sequence[Point],
+        state: ProtocolState | TokenState,
+        metric: str = "tvl",
     ) -> None:
-        """Record the batch's observations in order, then trim behind the newest one."""
+        """Record the batch's observations in order, then trim behind the newest one (of
+        the token's prices, or of the protocol's total ``metric``)."""
         for observed_at, value in points:
             at = repr(observed_at)
             # One point per timestamp: the later-recorded observation replaces the earlier.
@@ -337,10 +373,10 @@ class RedisHotProjection:
         if isinstance(state, TokenState):
             newest = state.observed_at
         else:
-            tvl = state.tvl
-            if tvl is None:  # pragma: no cover - a total-TVL observation always sets one
+            reading = state.current.get((metric, TOTAL))
+            if reading is None:  # pragma: no cover - a total observation always sets one
                 return
-            newest = tvl.observed_at
+            newest = reading.observed_at
         writes.add("ZREMRANGEBYSCORE", key, "-inf", f"({newest - RECENT_WINDOW_SECONDS!r}")
 
     # --- reading -------------------------------------------------------------------------
@@ -465,6 +501,9 @@ class RedisHotProjection:
     def _tvl_key(self, slug: str) -> str:
         return f"{self._prefix}tvl:{slug}"
 
+    def _flow_key(self, metric: str, slug: str) -> str:
+        return f"{self._prefix}flow:{metric}:{slug}"
+
     def _token_key(self, token: str) -> str:
         return f"{self._prefix}token:{token}"
 
@@ -556,23 +595,25 @@ def _category_scope(category: str) -> str:
 
 def _history_points(
     entries: Iterable[LogEntry],
-) -> tuple[dict[str, list[Point]], dict[str, list[Point]]]:
-    """The total-TVL points per slug and the price points per token, in log order."""
+) -> tuple[dict[str, list[Point]], dict[str, list[Point]], dict[tuple[str, str], list[Point]]]:
+    """The total-TVL points per slug, the price points per token and the total flow points
+    per (slug, metric), in log order."""
     tvl_points: dict[str, list[Point]] = {}
     price_points: dict[str, list[Point]] = {}
+    flow_points: dict[tuple[str, str], list[Point]] = {}
     for entry in entries:
         data = entry.data
         if entry.kind == PRICE_KIND:
             point = (float(data["observed_at"]), float(data["price"]))
             price_points.setdefault(entry.key, []).append(point)
-        elif (
-            entry.kind == "metric"
-            and data.get("metric") == "tvl"
-            and str(data.get("chain", TOTAL)) == TOTAL
-        ):
+        elif entry.kind == "metric" and str(data.get("chain", TOTAL)) == TOTAL:
+            metric = data.get("metric")
             point = (float(data["observed_at"]), float(data["value"]))
-            tvl_points.setdefault(entry.key, []).append(point)
-    return tvl_points, price_points
+            if metric == "tvl":
+                tvl_points.setdefault(entry.key, []).append(point)
+            elif metric in SERIES_METRICS:
+                flow_points.setdefault((entry.key, str(metric)), []).append(point)
+    return tvl_points, price_points, flow_points
 
 
 def _newest(points: Iterable[Point], current: float | None) -> float:

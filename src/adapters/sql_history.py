@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from sqlalchemy import (
     Double,
+    bindparam,
     delete,
     func,
     insert,
@@ -38,13 +39,13 @@ from ..application.aggregate import BucketValue, GroupDay
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
-from ..application.series_states import SeriesState
+from ..application.series_states import CHANGE_METRICS, SeriesState
 from ..application.time_travel import (
     CHANGE_SPAN,
+    ChangePoint,
     Cut,
     LatestValue,
     ListingDetails,
-    TvlPoint,
 )
 from ..application.views import Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
@@ -376,44 +377,55 @@ class SqlHistoryReadModel:
             rows = connection.execute(statement).all()
         return [_latest_value(row) for row in rows]
 
-    def tvl_points(self, cut: Cut, protocol: str | None = None) -> list[TvlPoint]:
-        """Each protocol's (or ``protocol``'s) total TVL points inside ``cut`` within
-        ``CHANGE_SPAN`` of its newest one, time-ordered, one per time (the latest
-        recording)."""
+    def change_points(self, cut: Cut, protocol: str | None = None) -> list[ChangePoint]:
+        """The points inside ``cut`` of every protocol's (or ``protocol``'s) series with
+        changes (``CHANGE_METRICS``' totals) within ``CHANGE_SPAN`` of the series' newest
+        one, time-ordered, one per time (the latest recording)."""
         if self._engine.dialect.name == "postgresql":
-            return self._tvl_points_by_probes(cut, protocol)
+            return self._change_points_by_probes(cut, protocol)
         obs = PROTOCOL_OBSERVATIONS
-        total_tvl = (obs.c.metric == "tvl", obs.c.chain == TOTAL, *_inside(cut, protocol))
+        totals = (
+            obs.c.metric.in_(CHANGE_METRICS),
+            obs.c.chain == TOTAL,
+            *_inside(cut, protocol),
+        )
         newest = (
-            select(obs.c.protocol, func.max(obs.c.observed_at).label("newest"))
-            .where(*total_tvl)
-            .group_by(obs.c.protocol)
+            select(obs.c.protocol, obs.c.metric, func.max(obs.c.observed_at).label("newest"))
+            .where(*totals)
+            .group_by(obs.c.protocol, obs.c.metric)
             .subquery()
         )
         ranked = (
             select(
                 obs.c.protocol,
+                obs.c.metric,
                 obs.c.observed_at,
                 obs.c.value,
                 func.row_number()
                 .over(
-                    partition_by=(obs.c.protocol, obs.c.observed_at),
+                    partition_by=(obs.c.protocol, obs.c.metric, obs.c.observed_at),
                     order_by=obs.c.position.desc(),
                 )
                 .label("rank"),
             )
-            .join(newest, newest.c.protocol == obs.c.protocol)
-            .where(*total_tvl, obs.c.observed_at >= newest.c.newest - CHANGE_SPAN)
+            .join(
+                newest,
+                (newest.c.protocol == obs.c.protocol) & (newest.c.metric == obs.c.metric),
+            )
+            .where(*totals, obs.c.observed_at >= newest.c.newest - CHANGE_SPAN)
             .subquery()
         )
         statement = (
-            select(ranked.c.protocol, ranked.c.observed_at, ranked.c.value)
+            select(ranked.c.protocol, ranked.c.metric, ranked.c.observed_at, ranked.c.value)
             .where(ranked.c.rank == 1)
-            .order_by(ranked.c.protocol, ranked.c.observed_at)
+            .order_by(ranked.c.protocol, ranked.c.metric, ranked.c.observed_at)
         )
         with self._engine.connect() as connection:
             rows = connection.execute(statement).all()
-        return [TvlPoint(row.protocol, float(row.observed_at), float(row.value)) for row in rows]
+        return [
+            ChangePoint(row.protocol, row.metric, float(row.observed_at), float(row.value))
+            for row in rows
+        ]
 
     # PostgreSQL has no skip scan: a window over every observation inside the cut grows with
     # the table. These walk the series index instead: one probe per series for the next
@@ -442,11 +454,11 @@ class SqlHistoryReadModel:
             rows = connection.execute(statement, _cut_parameters(cut, protocol)).all()
         return [_latest_value(row) for row in rows]
 
-    def _tvl_points_by_probes(self, cut: Cut, protocol: str | None) -> list[TvlPoint]:
+    def _change_points_by_probes(self, cut: Cut, protocol: str | None) -> list[ChangePoint]:
         statement = text(
             _series_walk(protocol)
             + """
-            SELECT s.protocol, pts.observed_at, pts.value
+            SELECT s.protocol, s.metric, pts.observed_at, pts.value
             FROM series s CROSS JOIN LATERAL (
                 SELECT o.observed_at AS newest FROM protocol_observations o
                 WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
@@ -457,18 +469,24 @@ class SqlHistoryReadModel:
                 WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
                 AND o.observed_at <= :as_of AND o.position <= :known_at
                 AND o.observed_at >= n.newest - :span) pts
-            WHERE s.metric = 'tvl' AND s.chain = :total
-            ORDER BY s.protocol, pts.observed_at, pts.position
+            WHERE s.metric IN :metrics AND s.chain = :total
+            ORDER BY s.protocol, s.metric, pts.observed_at, pts.position
             """
-        )
-        parameters = {**_cut_parameters(cut, protocol), "span": CHANGE_SPAN}
+        ).bindparams(bindparam("metrics", expanding=True))
+        parameters = {
+            **_cut_parameters(cut, protocol),
+            "span": CHANGE_SPAN,
+            "metrics": list(CHANGE_METRICS),
+        }
         with self._engine.connect() as connection:
             rows = connection.execute(statement, parameters).all()
         # Ordered by position within a time: the last row of a time is its latest recording.
-        latest: dict[tuple[str, float], float] = {}
+        latest: dict[tuple[str, str, float], float] = {}
         for row in rows:
-            latest[(row.protocol, float(row.observed_at))] = float(row.value)
-        return [TvlPoint(slug, at, value) for (slug, at), value in latest.items()]
+            latest[(row.protocol, row.metric, float(row.observed_at))] = float(row.value)
+        return [
+            ChangePoint(slug, metric, at, value) for (slug, metric, at), value in latest.items()
+        ]
 
     def series_states(self, as_of: float | None, protocol: str | None = None) -> list[SeriesState]:
         """The state of every series (or ``protocol``'s) at ``as_of`` (None: now), from the

@@ -5,17 +5,41 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
-SortField = Literal["tvl", "change_1h", "change_1d", "change_7d", "name", "volume_24h", "fees_24h"]
-SORT_FIELDS: Final[frozenset[str]] = frozenset(
-    {"tvl", "change_1h", "change_1d", "change_7d", "name", "volume_24h", "fees_24h"}
-)
+SortField = Literal[
+    "tvl",
+    "change_1h",
+    "change_1d",
+    "change_7d",
+    "name",
+    "volume_24h",
+    "fees_24h",
+    "volume_24h_change_1d",
+    "volume_24h_change_7d",
+    "fees_24h_change_1d",
+    "fees_24h_change_7d",
+]
 CHANGE_WINDOWS: Final[dict[str, float]] = {
     "change_1h": 3_600.0,
     "change_1d": 86_400.0,
     "change_7d": 604_800.0,
 }
+# The daily flows' own changes (DeFiLlama's /overview ``change_1d``/``change_7d``): today's
+# 24 h volume or fees against the nearest figure a day or a week before (ADR 0006's rule).
+# An hourly change of a 24 h figure says little, so there is none.
+FLOW_CHANGE_WINDOWS: Final[dict[str, float]] = {
+    "change_1d": CHANGE_WINDOWS["change_1d"],
+    "change_7d": CHANGE_WINDOWS["change_7d"],
+}
+
+
+def flow_change_field(metric: str, change: str) -> str:
+    """The view field of a flow metric's change: ``volume_24h_change_1d``."""
+    return f"{metric}_{change}"
+
+
+SORT_FIELDS: Final[frozenset[str]] = frozenset(get_args(SortField))
 # How much recent total-TVL history a hot projection keeps per protocol (7d + slack).
 RECENT_WINDOW_SECONDS: Final = 8 * 86_400.0
 # The most items one API read returns, or names in an id list.
@@ -47,6 +71,11 @@ class ProtocolView:
     # DeFiLlama's TVL sections, keyed as its chainTvls are ("staking", "Ethereum-borrowed"):
     # metrics of their own, never part of ``tvl``.
     sections: dict[str, float] = field(default_factory=dict)
+    # The flows' own changes (``FLOW_CHANGE_WINDOWS``), in percent like the TVL's.
+    volume_24h_change_1d: float | None = None
+    volume_24h_change_7d: float | None = None
+    fees_24h_change_1d: float | None = None
+    fees_24h_change_7d: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +91,10 @@ class ProtocolView:
             "change_7d": self.change_7d,
             "volume_24h": self.volume_24h,
             "fees_24h": self.fees_24h,
+            "volume_24h_change_1d": self.volume_24h_change_1d,
+            "volume_24h_change_7d": self.volume_24h_change_7d,
+            "fees_24h_change_1d": self.fees_24h_change_1d,
+            "fees_24h_change_7d": self.fees_24h_change_7d,
             "updated_at": self.updated_at,
             "tvl_at": self.tvl_at,
             "volume_24h_at": self.volume_24h_at,

@@ -55,6 +55,11 @@ class Protocol(BaseModel):
     change_7d: float | None
     volume_24h: float | None
     fees_24h: float | None
+    # The flows' own changes; absent from older servers.
+    volume_24h_change_1d: float | None = None
+    volume_24h_change_7d: float | None = None
+    fees_24h_change_1d: float | None = None
+    fees_24h_change_7d: float | None = None
     updated_at: float | None
     tvl_at: float | None
     volume_24h_at: float | None

@@ -162,7 +162,7 @@ def test_a_cut_answers_as_a_fold_of_the_facts_inside_it(
     model.reset()
     apply_in_batches(model, entries, cuts)
 
-    answered = views_at(model.latest_values(cut), model.tvl_points(cut), model.listing_details())
+    answered = views_at(model.latest_values(cut), model.change_points(cut), model.listing_details())
     from_rollup = protocols_at(model, cut)
 
     fold = HotState()
@@ -277,7 +277,7 @@ def test_a_time_becomes_the_last_position_recorded_by_then(
     assert model.position_recorded_by(T0) == 0
     [view] = views_at(
         model.latest_values(Cut(known_at=3)),
-        model.tvl_points(Cut(known_at=3)),
+        model.change_points(Cut(known_at=3)),
         model.listing_details(),
     )
     assert view.tvl == 1.0

@@ -197,6 +197,18 @@ class Protocol(BaseModel):
     change_7d: float | None = Field(description="percent change of the tvl over 7 days")
     volume_24h: float | None
     fees_24h: float | None
+    volume_24h_change_1d: float | None = Field(
+        description="percent change of volume_24h against the figure a day before"
+    )
+    volume_24h_change_7d: float | None = Field(
+        description="percent change of volume_24h against the figure a week before"
+    )
+    fees_24h_change_1d: float | None = Field(
+        description="percent change of fees_24h against the figure a day before"
+    )
+    fees_24h_change_7d: float | None = Field(
+        description="percent change of fees_24h against the figure a week before"
+    )
     updated_at: float | None = Field(description="unix time of the latest observation")
     tvl_at: float | None = Field(description="unix time the current tvl was observed at")
     volume_24h_at: float | None = Field(
