@@ -63,6 +63,8 @@ def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
         # Canonical chain names, for events recorded before names were normalised too.
         "chains": list(dict.fromkeys(map(canonical_chain, event["chains"]))),
         "url": event["url"],
+        # When the details were true (ADR 0017; None when unknown, and before it existed).
+        "observed_at": event.get("observed_at"),
     }
 
 

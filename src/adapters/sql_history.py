@@ -58,6 +58,7 @@ from .sql_schema import (
     GROUP_DAYS,
     PRICE_OBSERVATIONS,
     PROJECTION_TRACKING,
+    PROTOCOL_LISTINGS,
     PROTOCOL_OBSERVATIONS,
     PROTOCOLS,
     SERIES_DAYS,
@@ -76,6 +77,7 @@ _FACT_TABLES: Final = (
     PROTOCOL_OBSERVATIONS,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
+    PROTOCOL_LISTINGS,
     ALERT_EVENTS,
     ALERT_RULES,
     SERIES_STATES,
@@ -499,9 +501,13 @@ class SqlHistoryReadModel:
         """The group-days rollup's rows of ``dimension`` on ``days``, of ``metrics``."""
         return self._rollups.group_days(dimension, days, metrics)
 
-    def listing_details(self) -> dict[str, ListingDetails]:
-        """Every listed protocol's current details, by slug (read again only when a listing
-        was written since: a cut of every protocol needs them all)."""
+    def listing_details(self, cut: Cut | None = None) -> dict[str, ListingDetails]:
+        """Every listed protocol's details, by slug: as they stood in ``cut`` (each one's
+        last listing recorded by ``known_at`` and true by ``as_of``; one without a time
+        counts as always true), or today's (read again only when a listing was written
+        since: a cut of every protocol needs them all)."""
+        if cut is not None and (cut.as_of is not None or cut.known_at is not None):
+            return self._listing_details_in(cut)
         version_query = select(func.count(), func.max(PROTOCOLS.c.position))
         with self._engine.connect() as connection:
             version = tuple(connection.execute(version_query).one())
@@ -515,6 +521,30 @@ class SqlHistoryReadModel:
         }
         self._listing_details = (version, details)
         return details
+
+    def _listing_details_in(self, cut: Cut) -> dict[str, ListingDetails]:
+        listings = PROTOCOL_LISTINGS
+        inside = []
+        if cut.known_at is not None:
+            inside.append(listings.c.position <= cut.known_at)
+        if cut.as_of is not None:
+            inside.append(listings.c.observed_at.is_(None) | (listings.c.observed_at <= cut.as_of))
+        ranked = (
+            select(
+                listings,
+                func.row_number()
+                .over(partition_by=listings.c.slug, order_by=listings.c.position.desc())
+                .label("rank"),
+            )
+            .where(*inside)
+            .subquery()
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(ranked).where(ranked.c.rank == 1)).all()
+        return {
+            row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
+            for row in rows
+        }
 
     def position_recorded_by(self, time: float) -> int:
         """The last log position of an observation recorded at or before ``time`` (0: none)."""
@@ -750,6 +780,7 @@ class SqlHistoryReadModel:
         listings = list(listings)
         slugs = list(dict.fromkeys(entry.key for entry in listings))
         rows: dict[str, dict[str, Any]] = {}
+        versions: list[dict[str, Any]] = []
         for chunk in chunked(slugs):
             for row in connection.execute(select(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk))):
                 rows[row.slug] = dict(row._mapping)
@@ -765,9 +796,17 @@ class SqlHistoryReadModel:
                 "url": str(data.get("url", previous.get("url", ""))),
                 "position": entry.position,
             }
+            observed_at = data.get("observed_at")
+            versions.append(
+                {
+                    **rows[entry.key],
+                    "observed_at": None if observed_at is None else float(observed_at),
+                }
+            )
         for chunk in chunked(slugs):
             connection.execute(delete(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk)))
         connection.execute(insert(PROTOCOLS), [rows[slug] for slug in slugs])
+        connection.execute(insert(PROTOCOL_LISTINGS), versions)
 
     @staticmethod
     def _fold_alert_rules(connection: Connection, entries: Sequence[LogEntry]) -> None:

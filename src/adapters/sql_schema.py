@@ -50,6 +50,7 @@ __all__ = [
     "PRICE_OBSERVATIONS",
     "PROJECTION_TRACKING",
     "PROTOCOLS",
+    "PROTOCOL_LISTINGS",
     "PROTOCOL_OBSERVATIONS",
     "SERIES_DAYS",
     "SERIES_STATES",
@@ -117,6 +118,21 @@ PROTOCOLS: Final = Table(
     Column("url", Text(), nullable=False),
     Column("position", BigInteger(), nullable=False),
     PrimaryKeyConstraint("slug", name="pk_protocols"),
+)
+# Every listing the log recorded, as it stood after that entry (a missing field kept from
+# before), so a cut can show the details of its time (``protocols`` holds today's).
+PROTOCOL_LISTINGS: Final = Table(
+    "protocol_listings",
+    HISTORY_METADATA,
+    Column("slug", Text(), nullable=False),
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    # When the details were true (ADR 0017); NULL when unknown: true at any time.
+    Column("observed_at", Double(), nullable=True),
+    Column("name", Text(), nullable=False),
+    Column("category", Text(), nullable=False),
+    Column("chains", JSON(), nullable=False),
+    Column("url", Text(), nullable=False),
+    PrimaryKeyConstraint("slug", "position", name="pk_protocol_listings"),
 )
 ALERT_EVENTS: Final = Table(
     "alert_events",

@@ -8,7 +8,8 @@ snapshot of the keys a batch touches.
 
 Rules (the contract tests check both adapters against an independent reference fold):
 
-* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url).
+* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url;
+  the chains it has a value on stay among its chains).
 * ``metric`` moves the current value of its ``(metric, chain)`` only when it is at least as
   recent (``observed_at``) as the current one: late observations never win. A metric for a
   protocol never listed creates it (name = slug); a chain seen in a metric joins ``chains``.
@@ -332,12 +333,18 @@ def fold_protocol(state: ProtocolState | None, entry: LogEntry) -> ProtocolState
 
 def _set_listing(base: ProtocolState, entry: LogEntry) -> ProtocolState:
     data = entry.data
-    chains = data.get("chains")
+    listed = data.get("chains")
+    chains = base.chains
+    if listed is not None:
+        # The listing's chains, then every chain the protocol has a value on (in the order
+        # first seen): a listing naming fewer chains never hides a chain with TVL.
+        valued = (chain for _, chain in base.current if chain != TOTAL)
+        chains = tuple(dict.fromkeys([*map(str, listed), *valued]))
     return replace(
         base,
         name=str(data.get("name", base.name)),
         category=str(data.get("category", base.category)),
-        chains=base.chains if chains is None else tuple(dict.fromkeys(str(c) for c in chains)),
+        chains=chains,
         url=str(data.get("url", base.url)),
         position=entry.position,
     )

@@ -12,9 +12,10 @@ Two cuts of the facts, which combine:
 
 The answer is the live view of a log that held only the facts inside the cut: the same
 ``ProtocolState`` and change rules as the hot projections (tests/property/test_time_travel.py
-compares it with such a fold). Listing details (name, category, chains, url) are today's: the
-read model keeps the current listing only. A protocol with no observation inside the cut is
-not listed.
+compares it with such a fold). Listing details (name, category, chains, url) are those of the
+last listing inside the cut: recorded by ``known_at``, and true by ``as_of`` (a listing
+without a time, ADR 0017, is true at any time). A protocol with no observation inside the
+cut is not listed.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ class FactsInCut(Protocol):
 
     def change_points(self, cut: Cut, protocol: str | None = None) -> list[ChangePoint]: ...
 
-    def listing_details(self) -> dict[str, ListingDetails]: ...
+    def listing_details(self, cut: Cut | None = None) -> dict[str, ListingDetails]: ...
 
     def position_recorded_by(self, time: float) -> int: ...
 
@@ -212,9 +213,9 @@ def protocols_at(facts: FactsInCut, cut: Cut, slug: str | None = None) -> list[P
     """Every protocol's view inside ``cut`` (or only ``slug``'s; synchronous): from the
     series states when the cut is a time alone, else from the raw facts inside it."""
     if cut.known_at is None:
-        return views_of_states(facts.series_states(cut.as_of, slug), facts.listing_details())
+        return views_of_states(facts.series_states(cut.as_of, slug), facts.listing_details(cut))
     return views_at(
-        facts.latest_values(cut, slug), facts.change_points(cut, slug), facts.listing_details()
+        facts.latest_values(cut, slug), facts.change_points(cut, slug), facts.listing_details(cut)
     )
 
 

@@ -272,7 +272,8 @@ class HotProjectionContract:
             position=4,
             tvl_at=T0 - 1,
         )
-        # A listing sets name, category, chains and url; later metrics add their chains.
+        # A listing sets name, category, chains and url, keeping the chains the protocol has
+        # a value on; later metrics add their chains.
         await projection.apply(
             sequential(
                 listed(5, "new-dex", name="New", category="Dexes", chains=["Ethereum"], url="x"),
@@ -283,7 +284,7 @@ class HotProjectionContract:
         view = await projection.get_protocol("new-dex")
         assert view is not None
         assert (view.name, view.category, view.url) == ("New", "Dexes", "x")
-        assert view.chains == ("Ethereum", "Optimism")
+        assert view.chains == ("Ethereum", "Base", "Arbitrum", "Optimism")
         assert view.chain_tvls == {"Base": 11.0, "Optimism": 3.0}
         assert view.position == 6
 
@@ -383,7 +384,8 @@ class HotProjectionContract:
             pytest.approx(25.0),
             None,
         )
-        assert dex is not None and dex.change_1d is None
+        assert dex is not None
+        assert dex.change_1d is None
 
         # A TVL-only batch leaves the flows' changes standing; a late volume figure a day
         # back moves its change (not the current volume) and the protocol's position.
@@ -939,7 +941,8 @@ class ReferenceFold:
                 protocol = raw.setdefault(entry.key, _Protocol(entry.key, entry.key))
                 protocol.name = data["name"]
                 protocol.category = data["category"]
-                protocol.chains = list(dict.fromkeys(data["chains"]))
+                valued = [chain for _, chain in protocol.current if chain != "total"]
+                protocol.chains = list(dict.fromkeys([*data["chains"], *valued]))
                 protocol.url = data["url"]
                 protocol.position = entry.position
             elif entry.kind == "metric":
