@@ -235,15 +235,6 @@ def apply_in_batches(
             model.apply(LogBatch(after=start, last=stop, entries=tuple(batch)))
 
 
-relistings = st.lists(
-    st.tuples(
-        st.integers(0, 40),
-        st.sampled_from(["aave", "curve", "ghost"]),
-        st.sampled_from(["Lending", "Dexes", "CEX"]),
-        st.sampled_from([["Ethereum"], ["Ethereum", "Arbitrum"], ["Base"], []]),
-    ),
-    max_size=3,
-)
 DAYS_APART = [T0 + days * DAY + hours * HOUR for days in (0, 1, 3, 9, 10, 20) for hours in (0, 5)]
 daily_metrics = st.tuples(
     st.sampled_from(["aave", "aave", "curve", "ghost"]),
@@ -261,7 +252,7 @@ daily_metrics = st.tuples(
 )
 @given(
     observations=st.lists(daily_metrics, min_size=1, max_size=30),
-    relisted=relistings,
+    relisted=timed_relistings,
     cuts=st.lists(st.floats(0, 1), max_size=4),
     group_by=st.sampled_from([None, "category", "chain"]),
     bucket=st.sampled_from(["1d", "1w"]),
@@ -269,20 +260,12 @@ daily_metrics = st.tuples(
 def test_the_group_days_rollup_answers_buckets_as_a_recomputation(
     model: SqlHistoryReadModel,
     observations: list[tuple[str, str, str, float, float]],
-    relisted: list[tuple[int, str, str, list[str]]],
+    relisted: list[tuple[int, str, str, list[str], float | None]],
     cuts: list[float],
     group_by: Any,
     bucket: Any,
 ) -> None:
-    entries = log_of(observations)
-    for at, slug, category, chains in sorted(relisted, reverse=True):
-        at = min(at, len(entries))
-        data = {"name": slug, "category": category, "chains": chains, "url": ""}
-        entries.insert(at, LogEntry(0, "protocol_listed", slug, data, T0))
-    entries = [
-        LogEntry(position, e.kind, e.key, e.data, e.recorded_at)
-        for position, e in enumerate(entries, 1)
-    ]
+    entries = relist(log_of(observations), relisted)
     model.reset()
     apply_in_batches(model, entries, cuts)
 
