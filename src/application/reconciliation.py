@@ -308,6 +308,18 @@ class Reconciliation:
             await self._record(report)
         return report
 
+    async def run_every(
+        self, interval: float, last_run: Callable[[], Awaitable[float | None]]
+    ) -> None:
+        """Run every ``interval`` seconds, counted from the last recorded run (``last_run``:
+        when it completed, None before the first), so a restart or a new leader does not
+        run again early; forever (cancel to stop)."""
+        while True:
+            last = await last_run()
+            due = self._clock() + interval if last is None else last + interval
+            await asyncio.sleep(max(0.0, due - self._clock()))
+            await self.run()
+
     # -- the hot projection ---------------------------------------------------------------
 
     async def _recheck_hot(
