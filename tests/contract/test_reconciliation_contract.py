@@ -160,7 +160,8 @@ class ReconciliationContract:
         after = await Reconciliation(log, hot=hot, history=history).run()
         assert after.discrepancy_counts == {}, after.discrepancies
         view = await hot.get_protocol("lido")
-        assert view is not None and view.tvl == 2_000.0 + 290.0
+        assert view is not None
+        assert view.tvl == 2_000.0 + 290.0
 
     async def test_a_store_behind_the_log_is_compared_where_it_is(self, stores) -> None:  # type: ignore[no-untyped-def]
         log, hot, history = stores

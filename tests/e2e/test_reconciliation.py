@@ -19,7 +19,9 @@ LATEST = "/v2/reconciliation/latest"
 
 def _ingest(http: httpx.Client, key: str) -> None:
     items = [
-        obs(slug, 100.0 + hour, T0 + hour * 3_600, name=slug.title()) for slug in ("aave", "lido") for hour in range(3)
+        obs(slug, 100.0 + hour, T0 + hour * 3_600, name=slug.title())
+        for slug in ("aave", "lido")
+        for hour in range(3)
     ]
     response = http.post("/v2/ingest", json={"observations": items}, headers={"X-API-Key": key})
     assert response.status_code == 200, response.text
