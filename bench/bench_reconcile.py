@@ -101,7 +101,7 @@ async def _corrupt(history: object, hot: object) -> None:
         )
     view = (await hot.list_protocols(ProtocolQuery(limit=1))).items[0]  # type: ignore[attr-defined]
     if isinstance(hot, InMemoryHotProjection):
-        hot.state.protocol_views[view.slug] = replace(view, tvl=(view.tvl or 0) + 1)
+        hot.state.protocol_views[view.slug] = replace(view, tvl=(view.tvl or 0) * 1.01)
     else:
         import json
 

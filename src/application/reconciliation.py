@@ -50,8 +50,8 @@ __all__ = ["Discrepancy", "Reconciliation", "ReconciliationReport"]
 # Floats compare equal within this relative (or, near zero, absolute) difference: every
 # store keeps values bit for bit (Redis as ``repr``, SQL as double precision), so anything
 # beyond rounding in a recomputed change is drift.
-RELATIVE_TOLERANCE: Final = 1e-9
-ABSOLUTE_TOLERANCE: Final = 1e-9
+RELATIVE_TOLERANCE: Final = 1e-12
+ABSOLUTE_TOLERANCE: Final = 1e-12
 # Discrepancies listed per store in a run's record (all are counted).
 MAX_DETAILS: Final = 100
 RECHECKS: Final = 3
