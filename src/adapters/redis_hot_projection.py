@@ -103,7 +103,7 @@ end
 
 local writes = cjson.decode(ARGV[4])
 -- Scripts are not rolled back on error: refuse a bad write before making any.
-local allowed = {SET = true, ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true}
+local allowed = {SET = true, DEL = true, ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true}
 for _, write in ipairs(writes) do
   if not allowed[write[1]] or KEYS[write[2]] == nil then
     return redis.error_reply('hot projection: unexpected write ' .. cjson.encode(write))
@@ -379,6 +379,81 @@ class RedisHotProjection:
             newest = reading.observed_at
         writes.add("ZREMRANGEBYSCORE", key, "-inf", f"({newest - RECENT_WINDOW_SECONDS!r}")
 
+    async def restore(
+        self,
+        position: int,
+        protocols: Mapping[str, ProtocolState | None],
+        tokens: Mapping[str, TokenState | None],
+    ) -> bool:
+        """Rewrite the keys' states, histories and rankings in one script that checks the
+        position first (the apply script, with the position left where it is)."""
+        slugs, token_ids = list(protocols), list(tokens)
+        replies = await self._client.mget(
+            [self._position_key, *map(self._protocol_key, slugs), *map(self._token_key, token_ids)]
+        )
+        if _int(replies[0]) != position:
+            return False
+        writes = _Writes(self._position_key, self._layout_key)
+        for slug, raw in zip(slugs, replies[1 : 1 + len(slugs)], strict=True):
+            self._restore_protocol(writes, slug, _stored_protocol(slug, raw), protocols[slug])
+        for token, raw in zip(token_ids, replies[1 + len(slugs) :], strict=True):
+            self._restore_token(writes, token, raw is not None, tokens[token])
+        status, _ = await self._apply_batch(
+            keys=writes.keys,
+            args=[str(position), str(position), _LAYOUT, json.dumps(writes.commands())],
+        )
+        return int(status) == 1
+
+    def _restore_protocol(
+        self,
+        writes: _Writes,
+        slug: str,
+        stored: ProtocolState | None,
+        state: ProtocolState | None,
+    ) -> None:
+        new_ranks = {} if state is None else self._rank_values(state)
+        old_ranks = {} if stored is None else self._rank_values(stored)
+        # Out of every ranking the stored (maybe drifted) state or the right one puts it in;
+        # then into the right ones with the right scores.
+        for scope in old_ranks.keys() | new_ranks.keys():
+            for direction in ("desc", "asc"):
+                writes.add_grouped("ZREM", self._rank_key(direction, scope), slug)
+        series_keys = {metric: self._flow_key(metric, slug) for metric in SERIES_METRICS}
+        for key in (self._tvl_key(slug), *series_keys.values()):
+            writes.add("DEL", key)
+        if state is None:
+            writes.add("DEL", self._protocol_key(slug))
+            return
+        writes.add("SET", self._protocol_key(slug), _protocol_json(state, state.changes()))
+        histories = [(self._tvl_key(slug), state.recent)]
+        histories += [(series_keys[metric], points) for metric, points in state.series.items()]
+        for key, points in histories:
+            for observed_at, value in points:
+                writes.add("ZADD", key, repr(observed_at), _member((observed_at, value)))
+        for scope, ranked in new_ranks.items():
+            # Grouped like the removals, which run first (``_removals_first``).
+            writes.add_grouped("ZADD", self._rank_key("desc", scope), _rank_score(ranked, -1), slug)
+            writes.add_grouped("ZADD", self._rank_key("asc", scope), _rank_score(ranked, 1), slug)
+
+    def _restore_token(
+        self, writes: _Writes, token: str, stored: bool, state: TokenState | None
+    ) -> None:
+        writes.add("DEL", self._price_series_key(token))
+        if state is None:
+            writes.add("DEL", self._token_key(token))
+            if stored:
+                writes.add_grouped("ZREM", self._recent_tokens_key, token)
+            return
+        writes.add("SET", self._token_key(token), _token_json(state, state.change_24h()))
+        for observed_at, price in state.recent:
+            writes.add(
+                "ZADD",
+                self._price_series_key(token),
+                repr(observed_at),
+                _member((observed_at, price)),
+            )
+        writes.add_grouped("ZADD", self._recent_tokens_key, repr(-state.observed_at), token)
+
     # --- reading -------------------------------------------------------------------------
 
     async def list_protocols(self, query: ProtocolQuery) -> Page:
@@ -624,6 +699,21 @@ def _member(point: Point) -> str:
     # The member carries the exact values (scores come back as rounded text); the timestamp
     # in it keeps members distinct when two observations share a value.
     return f"{point[0]!r}|{point[1]!r}"
+
+
+def _rank_score(value: float | None, sign: int) -> str:
+    return "inf" if value is None else repr(sign * value)
+
+
+def _stored_protocol(slug: str, raw: bytes | str | None) -> ProtocolState | None:
+    """The stored state, or None when missing or unreadable (then only the rankings the
+    right state names are cleaned)."""
+    if raw is None:
+        return None
+    try:
+        return _protocol_from_json(slug, raw)[0]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _point(member: object) -> Point:

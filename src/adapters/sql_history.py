@@ -14,7 +14,8 @@ the new position and skips what the first wrote.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -39,7 +40,8 @@ from ..application.aggregate import BucketValue, GroupDay
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
-from ..application.series_states import CHANGE_METRICS, SeriesState
+from ..application.ports import CurrentValues, HistoryRow, ListingRow
+from ..application.series_states import CHANGE_METRICS, OPEN, SeriesState
 from ..application.time_travel import (
     CHANGE_SPAN,
     ChangePoint,
@@ -239,6 +241,59 @@ class SqlHistoryReadModel:
     def close(self) -> None:
         """Release the connection pool."""
         close_engine(self._engine)
+
+    # -- reconciliation (ADR 0035) -------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[_SqlHistorySnapshot]:
+        """One consistent read of every table (REPEATABLE READ on PostgreSQL; SQLite's
+        read transaction, a snapshot in WAL mode), while the projection goes on writing."""
+        with self._engine.connect() as connection:
+            if self._engine.dialect.name == "postgresql":
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                position = connection.execute(
+                    select(PROJECTION_TRACKING.c.position).where(
+                        PROJECTION_TRACKING.c.name == self._name
+                    )
+                ).scalar_one_or_none()
+                yield _SqlHistorySnapshot(connection, 0 if position is None else int(position))
+
+    def restore(
+        self,
+        position: int,
+        protocols: Sequence[str],
+        tokens: Sequence[str],
+        entries: Sequence[LogEntry],
+    ) -> bool:
+        """Replace the rows of ``protocols`` and ``tokens`` with ``entries``' (all of
+        theirs up to ``position``) and rebuild the rollups, under the tracking lock; False
+        when the model is no longer at ``position``. The rollups are rebuilt whole: the
+        group-days sums mix every protocol, so a drifted row's share cannot be taken out
+        alone."""
+        self._listing_details = None
+        with write_transaction(self._engine) as connection:
+            if self._lock_position(connection) != position:
+                return False
+            obs, prices = PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS
+            for chunk in chunked(list(protocols)):
+                connection.execute(delete(obs).where(obs.c.protocol.in_(chunk)))
+                connection.execute(delete(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk)))
+                connection.execute(
+                    delete(PROTOCOL_LISTINGS).where(PROTOCOL_LISTINGS.c.slug.in_(chunk))
+                )
+            for chunk in chunked(list(tokens)):
+                connection.execute(delete(prices).where(prices.c.token.in_(chunk)))
+            metrics, price_rows = _observation_rows(entries)
+            if metrics:
+                connection.execute(insert(obs), metrics)
+            if price_rows:
+                connection.execute(insert(prices), price_rows)
+            listings = [entry for entry in entries if entry.kind in _PROTOCOL_KINDS]
+            if listings:
+                self._upsert_protocols(connection, listings)
+            self._rollups.rebuild(connection)
+            return True
 
     # -- reading -------------------------------------------------------------------------
 
@@ -679,39 +734,12 @@ class SqlHistoryReadModel:
         return 0
 
     def _insert(self, connection: Connection, entries: Sequence[LogEntry]) -> None:
-        metrics: list[dict[str, Any]] = []
-        prices: list[dict[str, Any]] = []
+        metrics, prices = _observation_rows(entries)
         alerts: list[dict[str, Any]] = []
         listings: list[LogEntry] = []
         for entry in entries:
             data = entry.data
-            if entry.kind == "metric":
-                metrics.append(
-                    {
-                        "position": entry.position,
-                        "protocol": entry.key,
-                        "metric": str(data["metric"]),
-                        "chain": str(data.get("chain") or "total"),
-                        "observed_at": float(data["observed_at"]),
-                        "value": float(data["value"]),
-                        "source": str(data.get("source") or ""),
-                        "recorded_at": entry.recorded_at,
-                    }
-                )
-            elif entry.kind == "price":
-                confidence = data.get("confidence")
-                prices.append(
-                    {
-                        "position": entry.position,
-                        "token": entry.key,
-                        "observed_at": float(data["observed_at"]),
-                        "price": float(data["price"]),
-                        "confidence": None if confidence is None else float(confidence),
-                        "source": str(data.get("source") or ""),
-                        "recorded_at": entry.recorded_at,
-                    }
-                )
-            elif entry.kind in _ALERT_KINDS:
+            if entry.kind in _ALERT_KINDS:
                 key = data.get("idempotency_key")
                 alerts.append(
                     {
@@ -825,6 +853,110 @@ class SqlHistoryReadModel:
             connection.execute(delete(ALERT_RULES).where(ALERT_RULES.c.rule_id.in_(chunk)))
         if rows:
             connection.execute(insert(ALERT_RULES), rows)
+
+
+def _observation_rows(
+    entries: Iterable[LogEntry],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``protocol_observations`` and ``price_observations`` rows of ``entries``."""
+    metrics: list[dict[str, Any]] = []
+    prices: list[dict[str, Any]] = []
+    for entry in entries:
+        data = entry.data
+        if entry.kind == "metric":
+            metrics.append(
+                {
+                    "position": entry.position,
+                    "protocol": entry.key,
+                    "metric": str(data["metric"]),
+                    "chain": str(data.get("chain") or "total"),
+                    "observed_at": float(data["observed_at"]),
+                    "value": float(data["value"]),
+                    "source": str(data.get("source") or ""),
+                    "recorded_at": entry.recorded_at,
+                }
+            )
+        elif entry.kind == "price":
+            confidence = data.get("confidence")
+            prices.append(
+                {
+                    "position": entry.position,
+                    "token": entry.key,
+                    "observed_at": float(data["observed_at"]),
+                    "price": float(data["price"]),
+                    "confidence": None if confidence is None else float(confidence),
+                    "source": str(data.get("source") or ""),
+                    "recorded_at": entry.recorded_at,
+                }
+            )
+    return metrics, prices
+
+
+class _SqlHistorySnapshot:
+    """``HistorySnapshot`` over one open read transaction."""
+
+    def __init__(self, connection: Connection, position: int) -> None:
+        self._connection = connection
+        self._position = position
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def rows(self, after: int, last: int) -> Iterator[HistoryRow]:
+        obs, prices = PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS
+        found: list[HistoryRow] = [
+            HistoryRow(
+                int(row.position),
+                "metric",
+                row.protocol,
+                (row.metric, row.chain, float(row.observed_at), float(row.value)),
+            )
+            for row in self._connection.execute(
+                select(obs.c.position, obs.c.protocol, obs.c.metric, obs.c.chain)
+                .add_columns(obs.c.observed_at, obs.c.value)
+                .where(obs.c.position > after, obs.c.position <= last)
+            )
+        ]
+        found.extend(
+            HistoryRow(
+                int(row.position),
+                "price",
+                row.token,
+                (
+                    float(row.observed_at),
+                    float(row.price),
+                    None if row.confidence is None else float(row.confidence),
+                ),
+            )
+            for row in self._connection.execute(
+                select(
+                    prices.c.position,
+                    prices.c.token,
+                    prices.c.observed_at,
+                    prices.c.price,
+                    prices.c.confidence,
+                ).where(prices.c.position > after, prices.c.position <= last)
+            )
+        )
+        found.sort(key=lambda row: row.position)
+        return iter(found)
+
+    def listings(self) -> dict[str, ListingRow]:
+        return {
+            row.slug: ListingRow(
+                row.slug, row.name, row.category, tuple(row.chains), row.url, int(row.position)
+            )
+            for row in self._connection.execute(select(PROTOCOLS))
+        }
+
+    def current_values(self) -> CurrentValues:
+        st = SERIES_STATES
+        statement = select(st.c.protocol, st.c.metric, st.c.chain, st.c.value, st.c.observed_at)
+        return {
+            (row.protocol, row.metric, row.chain): (float(row.value), float(row.observed_at))
+            for row in self._connection.execute(statement.where(st.c.valid_to == OPEN))
+        }
 
 
 def _rule_view(row: Any) -> AlertRuleView:

@@ -28,6 +28,7 @@ from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
+from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
 from ..domain.subscription import Subscription
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
@@ -594,6 +595,41 @@ class DefiRealtime(Application[UUID]):
             raise SubscriptionNotFound(subscription_id)
         subscription.close()
         self._save_or_evict(subscription)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    def record_reconciliation(self, run: Mapping[str, Any]) -> int:
+        """Append a run's ``ReconciliationCompleted`` (its fields: ``ReconciliationLog.complete``'s
+        arguments) to the reconciliation log; the number of runs recorded so far."""
+        log: Aggregate
+        try:
+            log = self.repository.get(RECONCILIATION_LOG_ID)
+        except AggregateNotFoundError:
+            log = ReconciliationLog()
+        if not isinstance(log, ReconciliationLog):  # pragma: no cover - a fixed, own id
+            raise TypeError(f"aggregate {RECONCILIATION_LOG_ID} is not the reconciliation log")
+        log.complete(**run)
+        self._save_or_evict(log)
+        return log.runs
+
+    def latest_reconciliation(self) -> dict[str, Any] | None:
+        """The last run's recorded fields (and ``run``: its number), or None before the first
+        run. Reads the last stored event only: the log is never replayed for it."""
+        stored = self.recorder.select_events(RECONCILIATION_LOG_ID, desc=True, limit=1)
+        if not stored:
+            return None
+        found = self.mapper.to_domain_event(stored[0])
+        # The event class ``@event`` made (declared by name, so not visible to mypy).
+        completed: type = getattr(ReconciliationLog, "ReconciliationCompleted")  # noqa: B009
+        if not isinstance(found, completed):
+            return None  # only the log's opening: no run recorded yet
+        fields = {
+            name: value
+            for name, value in vars(found).items()
+            if name not in ("originator_id", "originator_version", "timestamp")
+        }
+        # The opening event is version 1: run n is version n + 1.
+        return {**fields, "run": found.originator_version - 1}
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ production adapter has one contract test suite run against both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -22,7 +23,8 @@ from .delivery import (
     JobHandler,
     NotificationJob,
 )
-from .log import LogBatch
+from .hot_state import ProtocolState, TokenState
+from .log import LogBatch, LogEntry
 from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
 
 BatchHandler = Callable[[LogBatch], Awaitable[None]]
@@ -113,6 +115,18 @@ class HotProjection(Protocol):
         """Forget everything (before a rebuild)."""
         ...
 
+    async def restore(
+        self,
+        position: int,
+        protocols: Mapping[str, ProtocolState | None],
+        tokens: Mapping[str, TokenState | None],
+    ) -> bool:
+        """Overwrite these keys with their states folded from the log up to ``position``
+        (None: the key must not exist), only while the projection is still at
+        ``position``: False, and nothing written, when it has moved (fold further and try
+        again). Repairs drift found by reconciliation; the position itself stays."""
+        ...
+
 
 class HistoryReadModel(Protocol):
     """Every observation as queryable history (synchronous: call it from a thread)."""
@@ -129,6 +143,79 @@ class HistoryReadModel(Protocol):
     def reset(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One raw row of the history read model as the log determines it: ``kind`` ``metric``
+    (``values``: metric, chain, observed_at, value) or ``price`` (``values``: observed_at,
+    price, confidence), ``key`` the protocol slug or the token."""
+
+    position: int
+    kind: str
+    key: str
+    values: tuple[str | float | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """A protocol's listing as the history read model holds it."""
+
+    slug: str
+    name: str
+    category: str
+    chains: tuple[str, ...]
+    url: str
+    position: int
+
+
+CurrentValues = Mapping[tuple[str, str, str], tuple[float, float]]
+"""``(protocol, metric, chain)`` -> ``(value, observed_at)`` of each series' current state."""
+
+
+class HistorySnapshot(Protocol):
+    """One consistent read of the history read model (a single database snapshot)."""
+
+    @property
+    def position(self) -> int:
+        """The log position the snapshot accounts for."""
+        ...
+
+    def rows(self, after: int, last: int) -> Iterator[HistoryRow]:
+        """The raw metric and price rows with ``after < position <= last``, by position."""
+        ...
+
+    def listings(self) -> dict[str, ListingRow]: ...
+
+    def current_values(self) -> CurrentValues:
+        """The current state of every series, from the rollup the reads use."""
+        ...
+
+
+class AuditableHistory(Protocol):
+    """What reconciliation needs of the history read model (synchronous: call it from a
+    thread): a consistent read to compare with the log, and a repair."""
+
+    def snapshot(self) -> AbstractContextManager[HistorySnapshot]: ...
+
+    def restore(
+        self,
+        position: int,
+        protocols: Sequence[str],
+        tokens: Sequence[str],
+        entries: Sequence[LogEntry],
+    ) -> bool:
+        """Replace the rows of these protocols and tokens with those of ``entries`` (every
+        entry of theirs up to ``position``) and rebuild the rollups, in one transaction with
+        the tracking row, only while the model is at ``position`` (False, nothing written,
+        when it has moved)."""
+        ...
+
+
+class UpstreamTvl(Protocol):
+    """A DeFiLlama-compatible API's current total TVL per protocol slug."""
+
+    async def current_tvl(self) -> dict[str, float]: ...
 
 
 class AlertRuleReadModel(Protocol):

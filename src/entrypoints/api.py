@@ -76,6 +76,7 @@ from .schemas.realtime import (
     VolumeEntry,
     VolumeSnapshot,
 )
+from .schemas.reconciliation import ReconciliationRun
 from .settings import Settings
 from .validation import path_slug
 from .volumes_api import volume_routes
@@ -303,6 +304,18 @@ async def _realtime_protocols(
     return [view for view in page.items if not ranked_only or getattr(view, ranked_by) is not None]
 
 
+RECONCILIATION = Operation(
+    "GET",
+    "getLatestReconciliation",
+    "The last reconciliation of the read models against the event log",
+    NoParameters,
+    ReconciliationRun,
+    access="read",
+    description="404 before the first run. Runs every RECONCILE_INTERVAL, or with "
+    "`defi-realtime reconcile` (docs/reconciliation.md).",
+    errors=(404,),
+)
+
 DATA_QUALITY = Operation(
     "GET",
     "getDataQuality",
@@ -315,6 +328,27 @@ DATA_QUALITY = Operation(
     + ", ".join(f"{limit:.0f}% ({window})" for window, limit in JUMPS.items())
     + f"; stale after {STALE_AFTER / 86_400:.0f} days behind the freshest TVL.",
 )
+
+
+async def latest_reconciliation(request: Request, query: NoParameters) -> Response:
+    latest = await asyncio.to_thread(_node(request).app.latest_reconciliation)
+    if latest is None:
+        raise ApiError(404, "no_reconciliation", "no reconciliation has run yet")
+    return json_answer(
+        ReconciliationRun.model_validate(
+            {
+                "run": latest["run"],
+                "startedAt": latest["started_at"],
+                "completedAt": latest["completed_at"],
+                "positions": latest["positions"],
+                "compared": latest["compared"],
+                "discrepancyCounts": latest["discrepancy_counts"],
+                "discrepancies": latest["discrepancies"],
+                "repaired": latest["repaired"],
+                "skipped": latest["skipped"],
+            }
+        )
+    )
 
 
 async def data_quality(request: Request, query: DataQualityQuery) -> Response:
@@ -670,6 +704,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             "/v2/protocols/{slug:str}/metrics", PROTOCOL_METRICS.serve(protocol_metrics)
         ),
         OperationRoute("/v2/data-quality", DATA_QUALITY.serve(data_quality)),
+        OperationRoute("/v2/reconciliation/latest", RECONCILIATION.serve(latest_reconciliation)),
         OperationRoute("/v2/realtime/tvl", REALTIME_TVL.serve(realtime_tvl)),
         OperationRoute("/v2/realtime/prices", REALTIME_PRICES.serve(realtime_prices)),
         OperationRoute("/v2/realtime/volumes", REALTIME_VOLUMES.serve(realtime_volumes)),

@@ -41,8 +41,10 @@ from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
+from ..application.ports import HotProjection
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
+from ..application.reconciliation import Reconciliation, ReconciliationReport
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     import httpx
     from redis.asyncio import Redis
 
+    from ..adapters.defillama_http import DefiLlamaHttpSource
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
     from ..adapters.prometheus_metrics import PrometheusMetrics
@@ -434,6 +437,48 @@ def _dispatcher_runner(
     return ProjectionRunner(dispatcher.name, event_log, dispatcher.position, dispatcher.apply)
 
 
+async def _upstream(url: str | None) -> AsyncIterator[DefiLlamaHttpSource | None]:
+    if url is None:
+        yield None
+        return
+    from ..adapters.defillama_http import DefiLlamaHttpSource
+
+    source = DefiLlamaHttpSource(url)
+    try:
+        yield source
+    finally:
+        await source.aclose()
+
+
+def _reconciliation(
+    settings: Settings,
+    process: str,
+    app: DefiRealtime,
+    writer: IngestWriter,
+    event_log: EventStoreLog,
+    hot: HotProjection,
+    history: SqlHistoryReadModel,
+    upstream: DefiLlamaHttpSource | None,
+    telemetry: Telemetry,
+) -> Reconciliation:
+    """Reconciliation of this process's stores (ADR 0035). The hot projection only where
+    this process can see it: Redis, or ``serve``'s own memory (another process's memory is
+    not this one's to compare)."""
+
+    async def record(report: ReconciliationReport) -> None:
+        await writer.call(lambda: app.record_reconciliation(report.record()))
+
+    return Reconciliation(
+        event_log,
+        hot=hot if settings.redis_url is not None or process == "serve" else None,
+        history=history,
+        upstream=upstream,
+        record=record,
+        upstream_tolerance=settings.reconcile_upstream_tolerance,
+        telemetry=telemetry,
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """config -> infrastructure (Resources) -> services."""
 
@@ -581,6 +626,19 @@ class Container(containers.DeclarativeContainer):
         event_log,
         providers.Singleton(_dispatcher_runner, event_log, dispatcher),
         providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
+    )
+    upstream = providers.Resource(_upstream, config.reconcile_upstream_url)
+    reconciliation = providers.Singleton(
+        _reconciliation,
+        settings,
+        process,
+        application,
+        writer,
+        event_log,
+        hot_projection,
+        history,
+        upstream,
+        metrics,
     )
     # ``readiness(followers=...)``: the followers come from the running node.
     readiness = providers.Factory(_readiness, settings, event_log, history, redis_client, fanout)

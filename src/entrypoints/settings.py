@@ -273,6 +273,27 @@ class Settings(BaseSettings):
         description="Log positions a running projection may be behind the head and the node "
         "still be ready (/health/ready).",
     )
+    # --- reconciliation (ADR 0035, docs/reconciliation.md)
+    reconcile_interval: float = Field(
+        default=3_600.0,
+        gt=0,
+        alias="RECONCILE_INTERVAL",
+        description="Seconds between reconciliation runs (the read models compared with the "
+        "event log, drift repaired), counted from the last recorded run.",
+    )
+    reconcile_upstream_url: str | None = Field(
+        default=None,
+        alias="RECONCILE_UPSTREAM_URL",
+        description="Base URL of a DeFiLlama-compatible API whose /protocols total TVLs "
+        "reconciliation compares with the log's (reported, never repaired); unset: none.",
+    )
+    reconcile_upstream_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        alias="RECONCILE_UPSTREAM_TOLERANCE",
+        description="Relative difference of a protocol's TVL from the upstream's that "
+        "reconciliation still counts as equal (upstream moves between polls).",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
         alias="LOG_LEVEL",
