@@ -35,6 +35,8 @@ from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
 from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
+from ..application.anomaly import Detection, DetectorSettings, Method
+from ..application.anomaly_follower import AnomalyFollower
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
 from ..application.following import NodeFollower, ProjectionRunner, Relay
@@ -344,6 +346,21 @@ def _rule_recorder(
     return record
 
 
+def _anomaly_recorder(
+    app: DefiRealtime, writer: IngestWriter
+) -> Callable[[Sequence[Detection]], Awaitable[int]]:
+    """How the anomaly follower records detections: on the writer thread (docs/adr/0003)."""
+
+    async def record(detections: Sequence[Detection]) -> int:
+        return await writer.call(lambda: app.record_anomalies(detections))
+
+    return record
+
+
+def _detector_settings(method: Method, window: int, threshold: float) -> DetectorSettings:
+    return DetectorSettings(method=method, window=window, threshold=threshold)
+
+
 def _node_follower(
     settings: Settings,
     event_log: EventStoreLog,
@@ -538,6 +555,25 @@ class Container(containers.DeclarativeContainer):
         _own_follower,
         event_log,
         evaluator.provided.runner.call(),
+        providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
+    anomaly_follower = providers.Singleton(
+        AnomalyFollower,
+        event_log,
+        follower_positions,
+        providers.Singleton(_anomaly_recorder, application, writer),
+        providers.Singleton(
+            _detector_settings,
+            config.anomaly_method,
+            config.anomaly_window,
+            config.anomaly_threshold,
+        ),
+    )
+    anomaly_loop = providers.Singleton(
+        _own_follower,
+        event_log,
+        anomaly_follower.provided.runner.call(),
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 
