@@ -169,21 +169,38 @@ def quality(path: Path, tolerance_h: float, chosen: DetectorSettings) -> None:
     histories = load(path)
     truth = {name: crashes(points) for name, points in histories.items()}
     points = sum(len(p) for p in histories.values())
-    print(f"(a) {len(histories)} protocols, {points} daily points, "
-          f"{sum(map(len, truth.values()))} crash points (>= 20 % below a point <= 24 h "
-          f"earlier); a flag catches a crash within +-{tolerance_h:g} h")
+    print(
+        f"(a) {len(histories)} protocols, {points} daily points, "
+        f"{sum(map(len, truth.values()))} crash points (>= 20 % below a point <= 24 h "
+        f"earlier); a flag catches a crash within +-{tolerance_h:g} h"
+    )
     tolerance = tolerance_h * HOUR
-    rows = [judge("threshold -20 % / 24 h", {
-        name: threshold_flags(name, p) for name, p in histories.items()}, truth, tolerance)]
+    rows = [
+        judge(
+            "threshold -20 % / 24 h",
+            {name: threshold_flags(name, p) for name, p in histories.items()},
+            truth,
+            tolerance,
+        )
+    ]
     variants: list[tuple[Method, float]] = [
-        ("robust_z", 4.0), ("robust_z", 5.0), ("robust_z", 6.0), ("robust_z", 8.0),
-        ("cusum", 4.0), ("cusum", 6.0), ("cusum", 8.0),
+        ("robust_z", 4.0),
+        ("robust_z", 5.0),
+        ("robust_z", 6.0),
+        ("robust_z", 8.0),
+        ("cusum", 4.0),
+        ("cusum", 6.0),
+        ("cusum", 8.0),
     ]
     chosen_row = None
     for method, threshold in variants:
         settings = DetectorSettings(
-            method=method, window=chosen.window, warmup=chosen.warmup,
-            min_scale=chosen.min_scale, threshold=threshold, drift=chosen.drift,
+            method=method,
+            window=chosen.window,
+            warmup=chosen.warmup,
+            min_scale=chosen.min_scale,
+            threshold=threshold,
+            drift=chosen.drift,
         )
         row = judge(
             f"{method} score >= {threshold:g}",
@@ -194,19 +211,24 @@ def quality(path: Path, tolerance_h: float, chosen: DetectorSettings) -> None:
         rows.append(row)
         if method == chosen.method and threshold == chosen.threshold:
             chosen_row = row
-    print(f"| method | flags | precision | recall | crashes caught | median lead (h) | "
-          "caught before the crash point |")
+    print(
+        f"| method | flags | precision | recall | crashes caught | median lead (h) | "
+        "caught before the crash point |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         lead = "-" if row.lead_median_h is None else f"{row.lead_median_h:+.0f}"
-        print(f"| {row.name} | {row.flags} | {row.precision:.2f} | {row.recall:.2f} | "
-              f"{round(row.recall * row.crashes)}/{row.crashes} | {lead} | {row.caught_early} |")
+        print(
+            f"| {row.name} | {row.flags} | {row.precision:.2f} | {row.recall:.2f} | "
+            f"{round(row.recall * row.crashes)}/{row.crashes} | {lead} | {row.caught_early} |"
+        )
     if chosen_row is not None:
-        print(f"\nFalls flagged by {chosen_row.name} (the default) that no crash explains "
-              f"({len(chosen_row.unexplained)}; the threshold rule flags none of them):")
+        print(
+            f"\nFalls flagged by {chosen_row.name} (the default) that no crash explains "
+            f"({len(chosen_row.unexplained)}; the threshold rule flags none of them):"
+        )
         for flag in sorted(chosen_row.unexplained, key=lambda f: (f.protocol, f.at)):
-            print(f"- {flag.protocol} {day(flag.at)}: {flag.change:+.1f}% "
-                  f"(score {flag.score:.1f})")
+            print(f"- {flag.protocol} {day(flag.at)}: {flag.change:+.1f}% (score {flag.score:.1f})")
 
 
 def throughput(series: int, points: int, repeat: int, settings: DetectorSettings) -> None:
@@ -220,20 +242,34 @@ def throughput(series: int, points: int, repeat: int, settings: DetectorSettings
             shock = math.log(0.7) if rng.random() < 1 / 200 else rng.gauss(0, 0.03 / 38)
             values[index] *= math.exp(shock)
             position += 1
-            entries.append(LogEntry(position, "metric", f"p{index}", {
-                "metric": "tvl", "chain": "total", "value": values[index],
-                "observed_at": at, "source": "bench"}, at))
+            entries.append(
+                LogEntry(
+                    position,
+                    "metric",
+                    f"p{index}",
+                    {
+                        "metric": "tvl",
+                        "chain": "total",
+                        "value": values[index],
+                        "observed_at": at,
+                        "source": "bench",
+                    },
+                    at,
+                )
+            )
     rates = []
     found = 0
     for _ in range(repeat):
         detector = AnomalyDetector(settings)
         started = time.perf_counter()
         for page in range(0, len(entries), 2_000):
-            found = sum(1 for _ in detector.fold(entries[page:page + 2_000]))
+            found = sum(1 for _ in detector.fold(entries[page : page + 2_000]))
         rates.append(len(entries) / (time.perf_counter() - started))
-    print(f"\n(b) {settings.method}: {len(entries)} observations over {series} series, one "
-          f"process: median {statistics.median(rates):,.0f} obs/s "
-          f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); last page's detections {found}")
+    print(
+        f"\n(b) {settings.method}: {len(entries)} observations over {series} series, one "
+        f"process: median {statistics.median(rates):,.0f} obs/s "
+        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); last page's detections {found}"
+    )
     for method in ("robust_z", "cusum"):
         sizes = []
         for rounds in (settings.window + 2, 4 * settings.window):
@@ -245,8 +281,10 @@ def throughput(series: int, points: int, repeat: int, settings: DetectorSettings
                     detector.score(f"s{index}", float(step), 1.0 + (step * index % 7) / 100)
             sizes.append((tracemalloc.get_traced_memory()[0] - before) / 1_000)
             tracemalloc.stop()
-        print(f"    state per series ({method}, 1,000 series): {sizes[0]:,.0f} B after "
-              f"{settings.window + 2} points, {sizes[1]:,.0f} B after {4 * settings.window}")
+        print(
+            f"    state per series ({method}, 1,000 series): {sizes[0]:,.0f} B after "
+            f"{settings.window + 2} points, {sizes[1]:,.0f} B after {4 * settings.window}"
+        )
 
 
 def main() -> None:

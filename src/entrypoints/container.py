@@ -543,6 +543,12 @@ class Container(containers.DeclarativeContainer):
     node_follower = providers.Singleton(_node_follower, settings, event_log, hub, projections)
     projector = providers.Singleton(_projector, settings, process, event_log, projections)
 
+    detector_settings = providers.Singleton(
+        _detector_settings,
+        config.anomaly_method,
+        config.anomaly_window,
+        config.anomaly_threshold,
+    )
     evaluator = providers.Singleton(
         AlertEvaluator,
         event_log,
@@ -550,6 +556,7 @@ class Container(containers.DeclarativeContainer):
         history,
         follower_positions,
         providers.Singleton(_rule_recorder, application, writer),
+        detector=detector_settings,
     )
     alert_follower = providers.Singleton(
         _own_follower,
@@ -563,12 +570,7 @@ class Container(containers.DeclarativeContainer):
         event_log,
         follower_positions,
         providers.Singleton(_anomaly_recorder, application, writer),
-        providers.Singleton(
-            _detector_settings,
-            config.anomaly_method,
-            config.anomaly_window,
-            config.anomaly_threshold,
-        ),
+        detector_settings,
     )
     anomaly_loop = providers.Singleton(
         _own_follower,

@@ -26,8 +26,15 @@ from defi_realtime.application.anomaly_follower import AnomalyFollower
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.log import LogEntry
+from defi_realtime.application.alert_backtest import backtest
+from defi_realtime.application.views import SeriesPoint
+from defi_realtime.domain.alert_values import InvalidRule, parse_condition, parse_target
 from defi_realtime.domain.anomaly import AnomalyLog
 from defi_realtime.domain.errors import InvalidObservation
+from tests.unit.test_alerting import Harness as AlertHarness
+from tests.unit.test_alerting import harness, run
+
+__all__ = ["harness"]  # the alert harness fixture, shared with test_alerting
 
 T0 = 1_700_000_000.0
 DAY = 86_400.0
@@ -150,7 +157,9 @@ def test_followed_series_are_totals_of_four_measures() -> None:
     tvl = entry(1, "metric", "aave", metric="tvl", chain="total", value=1.0, observed_at=T0)
     assert series_of(tvl) == ("protocol:aave:tvl:total", "aave", "tvl", T0, 1.0)
     on_chain = entry(2, "metric", "aave", metric="tvl", chain="Ethereum", value=1.0, observed_at=T0)
-    section = entry(3, "metric", "aave", metric="tvl:staking", chain="total", value=1, observed_at=T0)
+    section = entry(
+        3, "metric", "aave", metric="tvl:staking", chain="total", value=1, observed_at=T0
+    )
     assert series_of(on_chain) is None and series_of(section) is None
     price = entry(4, "price", "coingecko:eth", price=3.0, observed_at=T0, confidence=1)
     assert series_of(price) == ("token:coingecko:eth", "coingecko:eth", "price", T0, 3.0)
@@ -191,7 +200,9 @@ class Harness:
         return AnomalyFollower(self.log, positions or self.positions, self.record, page_size=50)
 
     def ingest_series(self, points: Sequence[tuple[float, float]], slug: str = "aave") -> None:
-        items = [{"protocol": slug, "value": v, "observed_at": at, "name": slug} for at, v in points]
+        items = [
+            {"protocol": slug, "value": v, "observed_at": at, "name": slug} for at, v in points
+        ]
         [result] = self.app.ingest([build_batch(items, [])])
         assert result.committed and not result.rejected
 
@@ -264,3 +275,74 @@ async def test_resuming_after_a_stop_detects_what_one_pass_detects() -> None:
     assert len(one.anomalies()) == 2
     assert [e.data for e in one.anomalies()] == [e.data for e in two.anomalies()]
     await asyncio.sleep(0)
+
+
+# --- the alert condition ------------------------------------------------------------------
+
+ANOMALY_FALL = {"kind": "anomaly", "min_score": 6}
+
+
+def test_the_anomaly_condition_is_validated() -> None:
+    condition = parse_condition({"kind": "anomaly", "min_score": 4.5, "move": "any"})
+    assert condition.value == 4.5 and condition.direction == "above"
+    assert parse_condition(ANOMALY_FALL).model_dump() == {
+        "kind": "anomaly",
+        "min_score": 6.0,
+        "move": "fall",
+    }
+    with pytest.raises(InvalidRule, match="condition.min_score"):
+        parse_condition({"kind": "anomaly", "min_score": 0})
+    with pytest.raises(InvalidRule, match="condition.move"):
+        parse_condition({"kind": "anomaly", "min_score": 3, "move": "up"})
+
+
+async def test_an_anomaly_rule_fires_on_a_crash_and_resolves_after(
+    harness: AlertHarness,
+) -> None:
+    points = crash_series()
+    for at, value in points[:-1]:
+        harness.tvl(value, at)
+    rule_id = harness.rule(ANOMALY_FALL)
+    evaluator = harness.evaluator()
+    await run(evaluator)
+    assert harness.transitions() == []
+    at, value = points[-1]
+    harness.tvl(value, at)  # the crash
+    await run(evaluator)
+    [(kind, key, measure, when)] = harness.transitions()
+    assert (kind, key, when) == ("alert_triggered", rule_id, at)
+    assert measure >= 6
+    harness.tvl(value * 1.001, at + DAY)  # a quiet day
+    await run(evaluator)
+    assert [t[0] for t in harness.transitions()] == ["alert_triggered", "alert_resolved"]
+
+
+async def test_an_anomaly_rule_on_a_known_series_starts_warm(harness: AlertHarness) -> None:
+    # The points were applied to the history before the rule existed: the evaluator seeds
+    # its detector from there, and the crash right after the rule's creation fires.
+    points = crash_series()
+    for at, value in points[:-1]:
+        harness.tvl(value, at)
+    harness.sync_history()
+    evaluator = harness.evaluator()
+    await run(evaluator)
+    rule_id = harness.rule(ANOMALY_FALL)
+    at, value = points[-1]
+    harness.tvl(value, at)
+    harness.sync_history()
+    await run(evaluator)
+    assert [(t[0], t[1]) for t in harness.transitions()] == [("alert_triggered", rule_id)]
+
+
+def test_a_backtest_of_an_anomaly_rule_finds_the_crash() -> None:
+    points = [SeriesPoint(at, value) for at, value in crash_series()]
+    target = parse_target({"protocol": "aave"})
+    result = backtest(target, parse_condition(ANOMALY_FALL), points, cooldown=0)
+    [fired] = result.events
+    assert fired.state == "firing" and fired.observed_at == points[-1].timestamp
+    assert fired.measure >= 6
+    # A rise never fires a rule watching falls.
+    rising = [*points[:-1], SeriesPoint(points[-1].timestamp, points[-2].value * 2)]
+    assert backtest(target, parse_condition(ANOMALY_FALL), rising, cooldown=0).events == ()
+    anything = parse_condition({"kind": "anomaly", "min_score": 6, "move": "any"})
+    assert len(backtest(target, anything, rising, cooldown=0).events) == 1
