@@ -212,7 +212,7 @@ def quality(path: Path, tolerance_h: float, chosen: DetectorSettings) -> None:
         if method == chosen.method and threshold == chosen.threshold:
             chosen_row = row
     print(
-        f"| method | flags | precision | recall | crashes caught | median lead (h) | "
+        "| method | flags | precision | recall | crashes caught | median lead (h) | "
         "caught before the crash point |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -66,8 +66,8 @@ class LogEntry:
     ``name``, ``condition``, ``channels``, ``cooldown``; ``alert_rule_paused`` /
     ``_resumed`` / ``_deleted``: ``state``; ``anomaly_detected`` (key: the protocol slug or
     token id): ``series``, ``measure``, ``observed_at``, ``value``, ``score``,
-    ``direction``, ``reason``, ``position`` (of the observation behind it). Channels are listed without their secrets: a
-    webhook secret never leaves the event store.
+    ``direction``, ``reason``, ``position`` (of the observation behind it). Channels are
+    listed without their secrets: a webhook secret never leaves the event store.
     """
 
     position: int

@@ -23,7 +23,16 @@ from .delivery import (
     NotificationJob,
 )
 from .log import LogBatch
-from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
+from .views import (
+    AnomalyQuery,
+    AnomalyView,
+    Page,
+    PriceView,
+    ProtocolQuery,
+    ProtocolView,
+    Series,
+    SeriesQuery,
+)
 
 BatchHandler = Callable[[LogBatch], Awaitable[None]]
 
@@ -112,6 +121,13 @@ class HotProjection(Protocol):
     async def reset(self) -> None:
         """Forget everything (before a rebuild)."""
         ...
+
+
+class AnomalyReadModel(Protocol):
+    """The recorded anomalies (synchronous: call it from a thread); the history read model
+    applies them from the log with everything else."""
+
+    def anomalies(self, query: AnomalyQuery) -> list[AnomalyView]: ...
 
 
 class HistoryReadModel(Protocol):

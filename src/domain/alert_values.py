@@ -36,8 +36,8 @@ from .token import TOKEN_ID_PATTERN, canonical_token_id, check_token_id
 __all__ = [
     "MAX_CHANNELS",
     "MAX_COOLDOWN",
-    "AnomalyCondition",
     "WINDOWS",
+    "AnomalyCondition",
     "Channel",
     "Channels",
     "Condition",
