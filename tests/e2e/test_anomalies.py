@@ -82,9 +82,7 @@ async def test_a_crash_streams_an_anomaly_and_fires_an_anomaly_rule(server: Live
                 obs("crash-lend", last * 0.5, T0 + 40 * DAY),  # -50 % in a day
                 obs("calm-lend", items[-1]["value"] * 1.001, T0 + 40 * DAY),
             ]
-            response = await http.post(
-                "/v2/ingest", json={"observations": crash}, headers=headers
-            )
+            response = await http.post("/v2/ingest", json={"observations": crash}, headers=headers)
             assert response.status_code == 200, response.text
 
             frames = await next_of(ws, "anomaly", "alert")
