@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.e2e.conftest import LiveServer, assert_error, obs, wait_for
+from tests.e2e.conftest import LiveServer, assert_error, obs
 
 T0 = 1_760_000_000.0
 DAY = 86_400.0
@@ -106,23 +106,28 @@ async def test_a_crash_streams_an_anomaly_and_fires_an_anomaly_rule(server: Live
         finally:
             await ws.close()
 
-    with httpx.Client(base_url=server.base_url, timeout=10.0) as client:
-        listed = wait_for(
-            lambda: client.get("/v2/analytics/anomalies", params={"protocol": "crash-lend"}),
-            lambda r: r.status_code == 200 and r.json()["anomalies"],
-        ).json()["anomalies"]
+        # The history read model lists it once it has applied the detection.
+        async with asyncio.timeout(FRAME_TIMEOUT):
+            while True:
+                response = await http.get(
+                    "/v2/analytics/anomalies", params={"protocol": "crash-lend"}
+                )
+                assert response.status_code == 200, response.text
+                listed = response.json()["anomalies"]
+                if listed:
+                    break
+                await asyncio.sleep(0.02)
         assert [(a["id"], a["kind"], a["direction"]) for a in listed] == [
             ("crash-lend", "protocol", "fall")
         ]
         assert listed[0]["position"] == anomaly["position"]
-        everything = client.get("/v2/analytics/anomalies", params={"minScore": 6, "limit": 10})
+        everything = await http.get("/v2/analytics/anomalies", params={"minScore": 6, "limit": 10})
         assert [a["id"] for a in everything.json()["anomalies"]] == ["crash-lend"]
-        calm = client.get("/v2/analytics/anomalies", params={"protocol": "calm-lend"})
+        calm = await http.get("/v2/analytics/anomalies", params={"protocol": "calm-lend"})
         assert calm.json() == {"anomalies": []}
-        assert_error(
-            client.get("/v2/analytics/anomalies", params={"score": 3}), 400, "invalid_parameter"
-        )
-        backtest = client.post(f"/v2/alerts/{rule_id}/backtest", json={}, headers=headers)
+        unknown = await http.get("/v2/analytics/anomalies", params={"score": 3})
+        assert_error(unknown, 400, "invalid_parameter")
+        backtest = await http.post(f"/v2/alerts/{rule_id}/backtest", json={}, headers=headers)
         assert backtest.status_code == 200, backtest.text
         fired = [e for e in backtest.json()["events"] if e["state"] == "firing"]
         assert [e["observed_at"] for e in fired] == [T0 + 40 * DAY]
