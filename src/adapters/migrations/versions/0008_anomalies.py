@@ -1,7 +1,7 @@
 """The anomalies the detector recorded (AnomalyDetected events, ADR 0034).
 
-Revision ID: 0006_anomalies
-Revises: 0005_rollups
+Revision ID: 0008_anomalies
+Revises: 0007_protocol_listings
 
 A projection like the others: a rebuild fills it from the log.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_anomalies"
-down_revision: str | None = "0005_rollups"
+revision = "0008_anomalies"
+down_revision: str | None = "0007_protocol_listings"
 branch_labels: str | None = None
 depends_on: str | None = None
 
