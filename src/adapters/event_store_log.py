@@ -37,6 +37,7 @@ from eventsourcing.utils import resolve_topic
 
 from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
+from ..domain.anomaly import AnomalyLog
 from ..domain.chains import canonical_chain
 from ..domain.protocol import Protocol
 from ..domain.token import Token, canonical_token_id
@@ -150,6 +151,23 @@ def _rule_state(kind: str, state: str) -> _Translate:
     return translate
 
 
+def _anomaly(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "anomaly_detected",
+        event["subject"],
+        {
+            "series": event["series"],
+            "measure": event["measure"],
+            "observed_at": event["observed_at"],
+            "value": event["value"],
+            "score": event["score"],
+            "direction": event["direction"],
+            "reason": event["reason"],
+            "position": event["position"],
+        },
+    )
+
+
 # Keyed by the event class's qualified name (``@event("Listed")`` makes ``Protocol.Listed``).
 TRANSLATIONS: Mapping[str, _Translate] = {
     f"{Protocol.__name__}.Listed": _listed,
@@ -163,6 +181,7 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{AlertRule.__name__}.Paused": _rule_state("alert_rule_paused", "paused"),
     f"{AlertRule.__name__}.Resumed": _rule_state("alert_rule_resumed", "active"),
     f"{AlertRule.__name__}.Deleted": _rule_state("alert_rule_deleted", "deleted"),
+    f"{AnomalyLog.__name__}.AnomalyDetected": _anomaly,
 }
 
 

@@ -49,7 +49,7 @@ from ..application.time_travel import (
     LatestValue,
     ListingDetails,
 )
-from ..application.views import Series, SeriesPoint, SeriesQuery
+from ..application.views import AnomalyQuery, AnomalyView, Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
 from .sql_price_history import SqlPriceHistory
@@ -57,6 +57,7 @@ from .sql_rollups import SqlRollups
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
+    ANOMALIES,
     GROUP_DAYS,
     PRICE_OBSERVATIONS,
     PROJECTION_TRACKING,
@@ -76,6 +77,7 @@ __all__ = ["SqlHistoryReadModel"]
 
 DEFAULT_TRACKING_NAME: Final = "history"
 _FACT_TABLES: Final = (
+    ANOMALIES,
     PROTOCOL_OBSERVATIONS,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
@@ -301,6 +303,47 @@ class SqlHistoryReadModel:
     def prices(self) -> SqlPriceHistory:
         """The price reads of DeFiLlama's coins API, over this model's engine."""
         return SqlPriceHistory(self._engine)
+
+    def anomalies(self, query: AnomalyQuery) -> list[AnomalyView]:
+        """Recorded anomalies matching ``query``, the most recent first."""
+        table = ANOMALIES
+        conditions: list[ColumnElement[bool]] = []
+        if query.protocol is not None:
+            conditions.append(table.c.subject == query.protocol)
+            conditions.append(table.c.series.startswith("protocol:"))
+        if query.token is not None:
+            conditions.append(table.c.subject == query.token)
+            conditions.append(table.c.series.startswith("token:"))
+        if query.measure is not None:
+            conditions.append(table.c.measure == query.measure)
+        if query.start is not None:
+            conditions.append(table.c.observed_at >= query.start)
+        if query.end is not None:
+            conditions.append(table.c.observed_at <= query.end)
+        if query.min_score is not None:
+            conditions.append(table.c.score >= query.min_score)
+        statement = (
+            select(table)
+            .where(*conditions)
+            .order_by(table.c.observed_at.desc(), table.c.position.desc())
+            .limit(query.limit)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).mappings().all()
+        return [
+            AnomalyView(
+                position=int(row["position"]),
+                subject=str(row["subject"]),
+                series=str(row["series"]),
+                measure=str(row["measure"]),
+                observed_at=float(row["observed_at"]),
+                value=float(row["value"]),
+                score=float(row["score"]),
+                direction=str(row["direction"]),
+                reason=str(row["reason"]),
+            )
+            for row in rows
+        ]
 
     def series(self, query: SeriesQuery) -> Series:
         """Time-ordered points of one (protocol, metric, chain).
@@ -736,6 +779,7 @@ class SqlHistoryReadModel:
     def _insert(self, connection: Connection, entries: Sequence[LogEntry]) -> None:
         metrics, prices = _observation_rows(entries)
         alerts: list[dict[str, Any]] = []
+        anomalies: list[dict[str, Any]] = []
         listings: list[LogEntry] = []
         for entry in entries:
             data = entry.data
@@ -755,12 +799,29 @@ class SqlHistoryReadModel:
                 )
             elif entry.kind in _PROTOCOL_KINDS:
                 listings.append(entry)
+            elif entry.kind == "anomaly_detected":
+                anomalies.append(
+                    {
+                        "position": entry.position,
+                        "subject": entry.key,
+                        "series": str(data["series"]),
+                        "measure": str(data["measure"]),
+                        "observed_at": float(data["observed_at"]),
+                        "value": float(data["value"]),
+                        "score": float(data["score"]),
+                        "direction": str(data["direction"]),
+                        "reason": str(data.get("reason") or ""),
+                        "recorded_at": entry.recorded_at,
+                    }
+                )
         # One executemany per table (SQLAlchemy batches it into multi-row INSERTs where
         # the driver allows), not one round trip per row.
         if metrics:
             connection.execute(insert(PROTOCOL_OBSERVATIONS), metrics)
         if prices:
             connection.execute(insert(PRICE_OBSERVATIONS), prices)
+        if anomalies:
+            connection.execute(insert(ANOMALIES), anomalies)
         alerts = self._new_alerts(connection, alerts)
         if alerts:
             connection.execute(insert(ALERT_EVENTS), alerts)

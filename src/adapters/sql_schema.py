@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 __all__ = [
     "ALERT_EVENTS",
     "ALERT_RULES",
+    "ANOMALIES",
     "DELIVERY_ATTEMPTS",
     "GROUP_DAYS",
     "HISTORY_METADATA",
@@ -259,6 +260,25 @@ GROUP_DAYS: Final = Table(
     Column("counted", Integer(), nullable=False),
     Column("members", Integer(), nullable=False),
     PrimaryKeyConstraint("dimension", "day", "grp", "metric", name="pk_group_days"),
+)
+
+# AnomalyDetected events (docs/anomalies.md): ``GET /v2/analytics/anomalies``.
+ANOMALIES: Final = Table(
+    "anomalies",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    Column("subject", Text(), nullable=False),
+    Column("series", Text(), nullable=False),
+    Column("measure", Text(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("value", Double(), nullable=False),
+    Column("score", Double(), nullable=False),
+    Column("direction", Text(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("position", name="pk_anomalies"),
+    Index("ix_anomalies_subject", "subject", "observed_at"),
+    Index("ix_anomalies_observed_at", "observed_at"),
 )
 
 PROJECTION_TRACKING: Final = Table(

@@ -26,12 +26,14 @@ from eventsourcing.persistence import IntegrityError, Mapper, Recording
 
 from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget
+from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
 from ..domain.subscription import Subscription
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
+from .anomaly import Detection
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
 from .metric_mapper import MetricRecordedMapper
 
@@ -560,6 +562,43 @@ class DefiRealtime(Application[UUID]):
                 return None
             working[rule_id] = rule
         return rule if isinstance(rule, AlertRule) else None
+
+    # -- anomalies ------------------------------------------------------------------------
+
+    def record_anomalies(self, detections: Sequence[Detection]) -> int:
+        """Save detections as ``AnomalyDetected`` events of their series' ``AnomalyLog``s,
+        in one transaction; the number recorded. Meant for the anomaly follower, on the
+        writer thread. A detection whose log position its series already handled (a replay
+        after a crash, or a rebuild from position 0) records nothing."""
+
+        def record(working: dict[UUID, Aggregate]) -> int:
+            recorded = 0
+            for detection in detections:
+                log_id = AnomalyLog.id_for(detection.series)
+                anomaly_log = working.get(log_id)
+                if anomaly_log is None:
+                    try:
+                        anomaly_log = self.repository.get(log_id)
+                    except AggregateNotFoundError:
+                        anomaly_log = AnomalyLog.open(
+                            detection.series, detection.subject, detection.measure
+                        )
+                    working[log_id] = anomaly_log
+                assert isinstance(anomaly_log, AnomalyLog)
+                recorded += anomaly_log.detect(
+                    detection.observed_at,
+                    detection.value,
+                    detection.score,
+                    detection.direction,
+                    detection.reason,
+                    detection.position,
+                )
+            changed = [log for log in working.values() if log.pending_events]
+            if changed:
+                self.save_aggregates(changed)
+            return recorded
+
+        return self._retrying(record)
 
     # -- subscriptions --------------------------------------------------------------------
 

@@ -25,7 +25,16 @@ from .delivery import (
 )
 from .hot_state import ProtocolState, TokenState
 from .log import LogBatch, LogEntry
-from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
+from .views import (
+    AnomalyQuery,
+    AnomalyView,
+    Page,
+    PriceView,
+    ProtocolQuery,
+    ProtocolView,
+    Series,
+    SeriesQuery,
+)
 
 BatchHandler = Callable[[LogBatch], Awaitable[None]]
 
@@ -126,6 +135,13 @@ class HotProjection(Protocol):
         ``position``: False, and nothing written, when it has moved (fold further and try
         again). Repairs drift found by reconciliation; the position itself stays."""
         ...
+
+
+class AnomalyReadModel(Protocol):
+    """The recorded anomalies (synchronous: call it from a thread); the history read model
+    applies them from the log with everything else."""
+
+    def anomalies(self, query: AnomalyQuery) -> list[AnomalyView]: ...
 
 
 class HistoryReadModel(Protocol):

@@ -203,3 +203,46 @@ def percent_change(
     if reference is None or reference == 0:
         return None
     return (now_value - reference) / reference * 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyQuery:
+    """Which recorded anomalies to list (``GET /v2/analytics/anomalies``): every given
+    condition holds; the most recent first (by observation time, then position)."""
+
+    protocol: str | None = None
+    token: str | None = None
+    measure: str | None = None
+    start: float | None = None  # observed_at >= start
+    end: float | None = None  # observed_at <= end
+    min_score: float | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyView:
+    """One ``AnomalyDetected`` fact as the read model holds it."""
+
+    position: int
+    subject: str
+    series: str
+    measure: str
+    observed_at: float
+    value: float
+    score: float
+    direction: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "id": self.subject,
+            "kind": "token" if self.series.startswith("token:") else "protocol",
+            "series": self.series,
+            "measure": self.measure,
+            "timestamp": self.observed_at,
+            "value": self.value,
+            "score": self.score,
+            "direction": self.direction,
+            "reason": self.reason,
+        }

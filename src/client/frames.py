@@ -19,6 +19,8 @@ from ..domain.observations import Metric
 __all__ = [
     "Alert",
     "AlertData",
+    "Anomaly",
+    "AnomalyData",
     "Error",
     "MetricData",
     "Pong",
@@ -116,6 +118,29 @@ class Alert(BaseModel):
     position: int
 
 
+class AnomalyData(BaseModel):
+    model_config = _FRAME
+    id: str
+    series: str
+    measure: str
+    value: float
+    timestamp: float
+    score: float
+    direction: Literal["fall", "rise"]
+    reason: str
+
+
+class Anomaly(BaseModel):
+    """An anomaly detected in a series (the ``anomalies`` channel)."""
+
+    model_config = _FRAME
+    type: Literal["anomaly"]
+    subscription_id: str = Field(alias="subscriptionId")
+    channel: Literal["anomalies"]
+    position: int
+    data: AnomalyData
+
+
 class Error(BaseModel):
     """A refused frame; the socket stays open."""
 
@@ -133,7 +158,7 @@ class Pong(BaseModel):
     id: str | int | None = None
 
 
-ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Error | Pong
+ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Anomaly | Error | Pong
 """Any frame the server sends."""
 
 _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
@@ -141,6 +166,7 @@ _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
     "unsubscribed": Unsubscribed,
     "update": Update,
     "alert": Alert,
+    "anomaly": Anomaly,
     "error": Error,
     "pong": Pong,
 }

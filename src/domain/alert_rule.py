@@ -12,6 +12,7 @@ from eventsourcing.domain import Aggregate, event
 
 from .alert_values import (
     WINDOWS,
+    AnomalyCondition,
     Condition,
     InvalidRule,
     PctChangeCondition,
@@ -97,6 +98,11 @@ def next_transition(
     if not met and firing == "firing":
         return "resolved"
     return None
+
+
+def anomaly_move(condition: Condition) -> str | None:
+    """The move an ``anomaly`` condition watches (fall, rise, any); None for the others."""
+    return condition.move if isinstance(condition, AnomalyCondition) else None
 
 
 def window_seconds(condition: Condition) -> float | None:

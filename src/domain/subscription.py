@@ -9,7 +9,9 @@ from eventsourcing.domain import Aggregate, event
 from .errors import InvalidTransition
 from .observations import check_label
 
-CHANNELS: Final[frozenset[str]] = frozenset({"protocols", "prices", "volumes", "alerts"})
+CHANNELS: Final[frozenset[str]] = frozenset(
+    {"protocols", "prices", "volumes", "alerts", "anomalies"}
+)
 
 
 class InvalidSubscription(InvalidTransition):

@@ -35,6 +35,7 @@ from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView
 from ..application.views import SeriesQuery as SeriesRequest
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
+from .anomalies_api import anomaly_routes
 from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
 from .coins_api import coin_routes
@@ -714,6 +715,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *llama_routes(),
         *coin_routes(),
         *volume_routes(),
+        *anomaly_routes(),
         *query_routes(_read_json_body),
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),

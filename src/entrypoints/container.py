@@ -35,6 +35,8 @@ from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
 from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
+from ..application.anomaly import Detection, DetectorSettings, Method
+from ..application.anomaly_follower import AnomalyFollower
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
 from ..application.following import NodeFollower, ProjectionRunner, Relay
@@ -347,6 +349,21 @@ def _rule_recorder(
     return record
 
 
+def _anomaly_recorder(
+    app: DefiRealtime, writer: IngestWriter
+) -> Callable[[Sequence[Detection]], Awaitable[int]]:
+    """How the anomaly follower records detections: on the writer thread (docs/adr/0003)."""
+
+    async def record(detections: Sequence[Detection]) -> int:
+        return await writer.call(lambda: app.record_anomalies(detections))
+
+    return record
+
+
+def _detector_settings(method: Method, window: int, threshold: float) -> DetectorSettings:
+    return DetectorSettings(method=method, window=window, threshold=threshold)
+
+
 def _node_follower(
     settings: Settings,
     event_log: EventStoreLog,
@@ -571,6 +588,12 @@ class Container(containers.DeclarativeContainer):
     node_follower = providers.Singleton(_node_follower, settings, event_log, hub, projections)
     projector = providers.Singleton(_projector, settings, process, event_log, projections)
 
+    detector_settings = providers.Singleton(
+        _detector_settings,
+        config.anomaly_method,
+        config.anomaly_window,
+        config.anomaly_threshold,
+    )
     evaluator = providers.Singleton(
         AlertEvaluator,
         event_log,
@@ -578,11 +601,26 @@ class Container(containers.DeclarativeContainer):
         history,
         follower_positions,
         providers.Singleton(_rule_recorder, application, writer),
+        detector=detector_settings,
     )
     alert_follower = providers.Singleton(
         _own_follower,
         event_log,
         evaluator.provided.runner.call(),
+        providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
+    anomaly_follower = providers.Singleton(
+        AnomalyFollower,
+        event_log,
+        follower_positions,
+        providers.Singleton(_anomaly_recorder, application, writer),
+        detector_settings,
+    )
+    anomaly_loop = providers.Singleton(
+        _own_follower,
+        event_log,
+        anomaly_follower.provided.runner.call(),
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 

@@ -156,6 +156,18 @@ class Node:
 
             self._follow(follower, loop, evaluate)
             self.runners.update(_named(follower))
+        elif loop.name == "anomalies":
+            detector = await provide(self.container.anomaly_follower)
+            anomaly_loop = await provide(self.container.anomaly_loop)
+
+            async def detect() -> None:
+                try:
+                    await anomaly_loop.run()
+                finally:
+                    detector.forget()  # whoever runs next folds the log again
+
+            self._follow(anomaly_loop, loop, detect)
+            self.runners.update(_named(anomaly_loop))
         elif loop.name == "notifications":
             await self._start_notifications(loop)
         elif loop.name == "reconcile":

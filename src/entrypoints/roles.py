@@ -76,6 +76,7 @@ PROJECTIONS_LOCK: Final = Lock("dr_proj", 0x64725F70726F6A)
 ALERTS_LOCK: Final = Lock("dr_alert", 0x64725F616C657274)
 NOTIFICATIONS_LOCK: Final = Lock("dr_noti", 0x64725F6E6F7469)
 RECONCILE_LOCK: Final = Lock("dr_reco", 0x64725F7265636F)
+ANOMALIES_LOCK: Final = Lock("dr_anom", 0x64725F616E6F6D)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,15 @@ ROLES: Final[tuple[Role, ...]] = (
         in_serve=InServe.ALWAYS,
         follower=Follower.OWN,
         lock=ALERTS_LOCK,
+    ),
+    Role(
+        "anomalies",
+        "detects anomalies in TVL, volume, fees and prices, records AnomalyDetected",
+        # Beside the alert evaluator: the same kind of work, no deployment change.
+        worker="alerts",
+        in_serve=InServe.ALWAYS,
+        follower=Follower.OWN,
+        lock=ANOMALIES_LOCK,
     ),
     Role(
         "notifications",

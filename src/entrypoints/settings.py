@@ -251,6 +251,30 @@ class Settings(BaseSettings):
         description="Notifications delivered at once by one process.",
     )
 
+    # --- anomaly detection (application/anomaly.py, docs/anomalies.md)
+    anomaly_method: Literal["robust_z", "cusum"] = Field(
+        default="robust_z",
+        alias="ANOMALY_METHOD",
+        description="How the anomaly detector scores a series: robust_z (distance of the "
+        "log return per sqrt(day) from the median of the last ANOMALY_WINDOW returns, in "
+        "robust standard deviations) or cusum (accumulated drift); see ADR 0034.",
+    )
+    anomaly_window: int = Field(
+        default=30,
+        ge=3,
+        le=1_000,
+        alias="ANOMALY_WINDOW",
+        description="Returns kept per series by the anomaly detector (its state is bounded "
+        "by this).",
+    )
+    anomaly_threshold: float = Field(
+        default=6.0,
+        gt=0,
+        alias="ANOMALY_THRESHOLD",
+        description="Score from which an observation is recorded as an AnomalyDetected "
+        "event (an alert rule of kind anomaly may ask for more with min_score).",
+    )
+
     # --- operations (entrypoints/startup.py, application/readiness.py, entrypoints/logs.py)
     startup_check_timeout: float = Field(
         default=2.0,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from defi_realtime.entrypoints.roles import (
+    ANOMALIES_LOCK,
     PROJECTIONS_LOCK,
     RECONCILE_LOCK,
     RELAY_LOCK,
@@ -39,6 +40,7 @@ def test_serve_embedded_runs_everything_on_the_node_unelected(tmp_path: Path) ->
         "realtime": (Follower.NODE, None),
         "history": (Follower.NODE, None),
         "alerts": (Follower.OWN, None),
+        "anomalies": (Follower.OWN, None),
         "notifications": (Follower.OWN, None),
         "reconcile": (Follower.TIMER, None),
     }
@@ -73,6 +75,8 @@ def test_with_every_service_shared_work_is_elected(tmp_path: Path) -> None:
     assert roles["live"] == (Follower.NODE, None)  # every node: its own frames' facts
     assert "notifications" not in roles  # a broker: `worker notifications` delivers
     assert placed("projections", config).keys() == {"hot", "history"}
+    assert roles["anomalies"] == (Follower.OWN, ANOMALIES_LOCK.name)
+    assert placed("alerts", config).keys() == {"alerts", "anomalies"}
 
 
 def test_every_worker_has_a_plan_and_nothing_else_does(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from typing import Any, Final
 from ...domain.chains import chain_key
 from ...domain.token import canonical_token_id
 
-CHANNELS: Final = ("protocols", "prices", "volumes", "alerts")
-# Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts.
+CHANNELS: Final = ("protocols", "prices", "volumes", "alerts", "anomalies")
+# Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts
+# or anomalies, which are events.
 VALUE_CHANNELS: Final = frozenset({"protocols", "prices", "volumes"})
 FILTER_KEYS: Final = frozenset({"protocolIds", "tokenIds", "chains", "categories", "minTvl"})
 SUBSCRIBE_FIELDS: Final = frozenset(
@@ -28,15 +29,24 @@ UNSUBSCRIBE_FIELDS: Final = frozenset({"type", "subscriptionId", "id"})
 
 
 CLIENT_MESSAGE_TYPES: Final = ("subscribe", "unsubscribe", "ping")
-SERVER_MESSAGE_TYPES: Final = ("subscribed", "unsubscribed", "update", "alert", "error", "pong")
+SERVER_MESSAGE_TYPES: Final = (
+    "subscribed",
+    "unsubscribed",
+    "update",
+    "alert",
+    "anomaly",
+    "error",
+    "pong",
+)
 ERROR_CODES: Final[Mapping[str, str]] = {
     "invalid_json": "the frame is not valid JSON (or not UTF-8)",
     "invalid_message": "not a JSON object, an unknown field, or a field of the wrong type",
     "unknown_type": "the message type is not subscribe, unsubscribe or ping",
-    "invalid_channel": "the channel is not protocols, prices, volumes or alerts",
+    "invalid_channel": "the channel is not protocols, prices, volumes, alerts or anomalies",
     "invalid_params": "a filter in params is unknown or malformed",
     "invalid_since": "since is not a non-negative integer, or is beyond the log head",
-    "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts channel",
+    "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts or "
+    "anomalies channel",
     "too_many_subscriptions": "the connection holds its maximum number of subscriptions",
     "too_many_replays": "the connection (or its address) has its maximum number of replays or "
     "snapshots under way; subscribe again when one has finished",
@@ -252,14 +262,14 @@ def _subscribe(message: Mapping[str, Any]) -> Subscribe:
             "invalid_snapshot", "snapshot and since exclude each other: a snapshot starts now"
         )
     if snapshot and channel not in VALUE_CHANNELS:
-        raise FrameError("invalid_snapshot", "alerts are events, not values: no snapshot")
+        raise FrameError("invalid_snapshot", f"{channel} are events, not values: no snapshot")
     return Subscribe(
         channel=str(channel),
         filter=Filter.parse(message.get("params")),
         since=since,
         snapshot=snapshot,
-        # Alerts are events, not values: never coalesced.
-        coalesce=coalesce and channel != "alerts",
+        # Alerts and anomalies are events, not values: never coalesced.
+        coalesce=coalesce and channel in VALUE_CHANNELS,
     )
 
 
