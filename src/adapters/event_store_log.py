@@ -57,13 +57,19 @@ def _updated(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "name": event["name"],
         "category": event["category"],
         # Canonical chain names, for events recorded before names were normalised too.
         "chains": list(dict.fromkeys(map(canonical_chain, event["chains"]))),
         "url": event["url"],
     }
+    # Events stored before oracles were kept carry none: leaving the key out keeps what
+    # the consumer holds (as the domain does), rather than saying "no oracles".
+    oracles = event.get("oracles")
+    if oracles is not None:
+        data["oracles"] = list(oracles)
+    return data
 
 
 def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:

@@ -492,7 +492,14 @@ class SqlHistoryReadModel:
                 return cached[1]
             rows = connection.execute(select(PROTOCOLS)).all()
         details = {
-            row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
+            row.slug: ListingDetails(
+                row.slug,
+                row.name,
+                row.category,
+                tuple(row.chains),
+                row.url,
+                tuple(row.oracles or ()),
+            )
             for row in rows
         }
         self._listing_details = (version, details)
@@ -745,6 +752,7 @@ class SqlHistoryReadModel:
                 "category": str(data.get("category", previous.get("category", ""))),
                 "chains": list(data.get("chains", previous.get("chains", []))),
                 "url": str(data.get("url", previous.get("url", ""))),
+                "oracles": list(data.get("oracles", previous.get("oracles") or [])),
                 "position": entry.position,
             }
         for chunk in chunked(slugs):

@@ -116,6 +116,8 @@ PROTOCOLS: Final = Table(
     Column("chains", JSON(), nullable=False),
     Column("url", Text(), nullable=False),
     Column("position", BigInteger(), nullable=False),
+    # Migration 0006: NULL in rows written before it, read as no oracles known.
+    Column("oracles", JSON(), nullable=True),
     PrimaryKeyConstraint("slug", name="pk_protocols"),
 )
 ALERT_EVENTS: Final = Table(

@@ -8,7 +8,8 @@ snapshot of the keys a batch touches.
 
 Rules (the contract tests check both adapters against an independent reference fold):
 
-* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url).
+* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url,
+  oracles).
 * ``metric`` moves the current value of its ``(metric, chain)`` only when it is at least as
   recent (``observed_at``) as the current one: late observations never win. A metric for a
   protocol never listed creates it (name = slug); a chain seen in a metric joins ``chains``.
@@ -190,6 +191,7 @@ class ProtocolState:
     recent: Points = field(default_factory=Points)
     position: int = 0
     series: Mapping[str, Points] = field(default_factory=dict)
+    oracles: tuple[str, ...] = ()
 
     @classmethod
     def unlisted(cls, slug: str) -> ProtocolState:
@@ -255,6 +257,7 @@ class ProtocolState:
             volume_24h_at=None if volume is None else volume.observed_at,
             fees_24h_at=None if fees is None else fees.observed_at,
             sections=self.sections(),
+            oracles=self.oracles,
         )
 
     def change_24h(self, metric: str, value: float, observed_at: float) -> float | None:
@@ -306,12 +309,14 @@ def fold_protocol(state: ProtocolState | None, entry: LogEntry) -> ProtocolState
 def _set_listing(base: ProtocolState, entry: LogEntry) -> ProtocolState:
     data = entry.data
     chains = data.get("chains")
+    oracles = data.get("oracles")
     return replace(
         base,
         name=str(data.get("name", base.name)),
         category=str(data.get("category", base.category)),
         chains=base.chains if chains is None else tuple(dict.fromkeys(str(c) for c in chains)),
         url=str(data.get("url", base.url)),
+        oracles=base.oracles if oracles is None else tuple(str(o) for o in oracles),
         position=entry.position,
     )
 
@@ -370,6 +375,7 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
         recent=base.recent if recent is None else recent,
         position=entry.position,
         series=series,
+        oracles=base.oracles,
     )
 
 

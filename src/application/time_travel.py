@@ -12,8 +12,8 @@ Two cuts of the facts, which combine:
 
 The answer is the live view of a log that held only the facts inside the cut: the same
 ``ProtocolState`` and change rules as the hot projections (tests/property/test_time_travel.py
-compares it with such a fold). Listing details (name, category, chains, url) are today's: the
-read model keeps the current listing only. A protocol with no observation inside the cut is
+compares it with such a fold). Listing details (name, category, chains, url, oracles) are
+today's: the read model keeps the current listing only. A protocol with no observation inside the cut is
 not listed.
 """
 
@@ -86,6 +86,7 @@ class ListingDetails:
     category: str
     chains: tuple[str, ...]
     url: str
+    oracles: tuple[str, ...] = ()
 
 
 def views_at(
@@ -172,6 +173,7 @@ def views_of_states(
                 volume_24h_at=None if volume is None else volume.observed_at,
                 fees_24h_at=None if fees is None else fees.observed_at,
                 sections=sections,
+                oracles=() if listing is None else listing.oracles,
             )
         )
     return views

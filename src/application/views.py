@@ -47,6 +47,8 @@ class ProtocolView:
     # DeFiLlama's TVL sections, keyed as its chainTvls are ("staking", "Ethereum-borrowed"):
     # metrics of their own, never part of ``tvl``.
     sections: dict[str, float] = field(default_factory=dict)
+    # DeFiLlama's ``oracles``: the price oracles the protocol's listing names.
+    oracles: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class ProtocolView:
             "volume_24h_at": self.volume_24h_at,
             "fees_24h_at": self.fees_24h_at,
             "sections": dict(self.sections),
+            "oracles": list(self.oracles),
             "position": self.position,
         }
 

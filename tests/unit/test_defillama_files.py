@@ -242,7 +242,7 @@ def test_snapshot_null_url_is_left_out_of_observations(tmp_path: Path) -> None:
     [read] = items(path)
     assert read.item is not None
     assert "url" not in read.item
-    assert "oracles" not in read.item
+    assert read.item["oracles"] == ["Chainlink"]  # kept (ADR 0033)
 
 
 @pytest.mark.parametrize(
