@@ -35,7 +35,8 @@ Decisions:
 * A protocol whose TVL is ``null`` (DeFiLlama lists ~1,500 such: CEXes, dexs-only listings) is
   not dropped: it yields a ``"listing"`` item ``{protocol, name, category, chains, url,
   oracles, observed_at}`` so the protocol is still listed, without a TVL value. A ``null``
-  *per-chain* value in ``/protocols``' ``chainTvls`` means "no figure for that chain" and is skipped.
+  *per-chain* value in ``/protocols``' ``chainTvls`` means "no figure for that chain" and is
+  skipped.
 * Anything else that cannot become an item (malformed JSON, a row missing its name or time, a
   value that is not a number) yields an ``"invalid"`` item with the line number and the reason;
   the caller counts it as rejected. Value *ranges* (negative, NaN, out-of-range times) are left

@@ -13,8 +13,8 @@ Two cuts of the facts, which combine:
 The answer is the live view of a log that held only the facts inside the cut: the same
 ``ProtocolState`` and change rules as the hot projections (tests/property/test_time_travel.py
 compares it with such a fold). Listing details (name, category, chains, url, oracles) are
-today's: the read model keeps the current listing only. A protocol with no observation inside the cut is
-not listed.
+today's: the read model keeps the current listing only. A protocol with no observation
+inside the cut is not listed.
 """
 
 from __future__ import annotations
