@@ -214,6 +214,7 @@ def test_snapshot_rows_become_total_tvl_observations(tmp_path: Path) -> None:
             "category": "Lending",
             "chains": ["Ethereum", "Arbitrum"],
             "url": "https://example.org",
+            "oracles": ["Chainlink"],
         },
         1,
         None,
@@ -233,6 +234,7 @@ def test_snapshot_null_tvl_yields_a_listing(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Ethereum", "Arbitrum"],
         "url": None,
+        "oracles": ["Chainlink"],
         "observed_at": ISO_UNIX,
     }
 
@@ -515,6 +517,7 @@ def test_protocols_total_and_real_chains(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Bitcoin"],
         "url": None,
+        "oracles": None,
         "observed_at": 1_765_000_000.5,
     }
     assert estimate_items(path) == len(read)
