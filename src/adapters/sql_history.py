@@ -36,6 +36,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ..application.aggregate import BucketValue, GroupDay
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
+from ..application.analytics import RecentCloses
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.series_states import SeriesState
@@ -159,6 +160,28 @@ def _inside(cut: Cut, protocol: str | None = None) -> list[ColumnElement[bool]]:
     if cut.known_at is not None:
         conditions.append(obs.c.position <= cut.known_at)
     return conditions
+
+
+def _recent_closes(
+    rows: Iterable[tuple[str, int, float]], days: int, first_days: dict[str, int] | None
+) -> dict[str, RecentCloses]:
+    """Rows ``(protocol, day, value)`` as each protocol's closes, oldest first, cut to the
+    ``days`` days up to its latest (its first day: ``first_days``', else its first row's)."""
+    by_protocol: dict[str, list[tuple[int, float]]] = {}
+    for protocol, day, value in rows:
+        by_protocol.setdefault(protocol, []).append((day, value))
+    found = {}
+    for protocol, closes in by_protocol.items():
+        closes.sort()
+        first = closes[0][0] if first_days is None else first_days.get(protocol, closes[0][0])
+        last = closes[-1][0]
+        found[protocol] = RecentCloses(
+            first_observed_at=float(first * DAY),
+            closes=tuple(
+                SeriesPoint(float(day * DAY), value) for day, value in closes if day >= last - days
+            ),
+        )
+    return found
 
 
 # --- the read model ---------------------------------------------------------------------
@@ -555,6 +578,51 @@ class SqlHistoryReadModel:
             BucketValue(row.protocol, row.metric, row.chain, int(row.day), float(row.value))
             for row in rows
         ]
+
+    def recent_tvl_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]:
+        """Each protocol's total TVL closes (its last value of each UTC day, stamped with the
+        day's start) over the ``days`` days up to its own latest close, and the start of its
+        first day, inside ``cut`` (what the risk list reads: ``application.analytics``).
+
+        Without ``knownAt`` from the day closes (ADR 0021), one pass over the index; the
+        day of ``asOf`` itself from the raw observations up to it. With ``knownAt``, which
+        must not see later corrections, every day from the raw observations."""
+        if cut.known_at is not None:
+            values = self.daily_metric_values(["tvl"], None, None, cut)
+            return _recent_closes(
+                ((v.protocol, v.day, v.value) for v in values if v.chain == TOTAL), days, None
+            )
+        as_of_day = None if cut.as_of is None else math.floor(cut.as_of / DAY)
+        days_ = SERIES_DAYS
+        mine = [days_.c.metric == "tvl", days_.c.chain == TOTAL]
+        if as_of_day is not None:
+            mine.append(days_.c.day < as_of_day)
+        bounds = (
+            select(
+                days_.c.protocol,
+                func.max(days_.c.day).label("last_day"),
+                func.min(days_.c.day).label("first_day"),
+            )
+            .where(*mine)
+            .group_by(days_.c.protocol)
+            .subquery()
+        )
+        statement = (
+            select(days_.c.protocol, days_.c.day, days_.c.value, bounds.c.first_day)
+            .join(bounds, bounds.c.protocol == days_.c.protocol)
+            .where(*mine, days_.c.day >= bounds.c.last_day - days)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        found = [(row.protocol, int(row.day), float(row.value)) for row in rows]
+        first_days = {row.protocol: int(row.first_day) for row in rows}
+        if as_of_day is not None:
+            # The day of asOf, up to asOf: its close is the last value observed by then.
+            for value in self.daily_metric_values(["tvl"], as_of_day, as_of_day, cut):
+                if value.chain == TOTAL:
+                    found.append((value.protocol, value.day, value.value))
+                    first_days.setdefault(value.protocol, value.day)
+        return _recent_closes(found, days, first_days)
 
     def listings(self) -> dict[str, Listing]:
         """Every listed protocol's category and chains, by slug."""

@@ -38,14 +38,17 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from .chain_tvl import tvl_by_chain
-from .views import ProtocolView, SeriesPoint
+from .hot_state import matches, order
+from .time_travel import Cut
+from .views import ProtocolQuery, ProtocolView, SeriesPoint
 
 __all__ = [
     "ANNUALISATION",
     "DAY",
+    "RISK_DAYS",
     "RISK_WEIGHTS",
     "WINDOWS",
     "CategoryStanding",
@@ -53,10 +56,14 @@ __all__ = [
     "Drawdown",
     "Freshness",
     "ProtocolAnalytics",
+    "RecentCloses",
     "RiskComponent",
+    "RiskEntry",
     "RiskInputs",
+    "RiskPage",
     "RiskScore",
     "Trend",
+    "TvlCloses",
     "Volatility",
     "analyse",
     "category_standing",
@@ -65,6 +72,7 @@ __all__ = [
     "freshness",
     "max_drawdown",
     "risk_inputs",
+    "risk_page",
     "risk_score",
     "trend",
     "volatility",
@@ -266,7 +274,9 @@ def category_standing(view: ProtocolView, peers: Iterable[ProtocolView]) -> Cate
     tvls = {
         peer.slug: peer.tvl
         for peer in peers
-        if peer.category == view.category and peer.tvl is not None and peer.slug != view.slug
+        if peer.category.casefold() == view.category.casefold()
+        and peer.tvl is not None
+        and peer.slug != view.slug
     }
     if view.tvl is not None:
         tvls[view.slug] = view.tvl
@@ -471,6 +481,24 @@ def risk_score(
     return RiskScore(score, available / total if total > 0 else 0.0, tuple(components))
 
 
+# -- what the read models give --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecentCloses:
+    """A protocol's daily total TVL closes (oldest first; a year and a day up to its latest
+    close is what the score reads) and the start of the first day of its series."""
+
+    first_observed_at: float
+    closes: tuple[SeriesPoint, ...]
+
+
+class TvlCloses(Protocol):
+    """The daily closes the risk list reads (the history read model implements it)."""
+
+    def recent_tvl_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]: ...
+
+
 # -- the whole answer ------------------------------------------------------------------
 
 
@@ -530,4 +558,63 @@ def analyse(
         standing=category_standing(view, peers),
         freshness=fresh,
         risk=risk_score(risk_inputs(view, closes, first, reference)),
+    )
+
+
+# -- the risk list ---------------------------------------------------------------------
+
+RISK_DAYS: Final = 366
+"""Days of closes up to each protocol's latest that the score reads (the 1y window)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RiskEntry:
+    """One protocol of the risk list: its view and its score."""
+
+    view: ProtocolView
+    risk: RiskScore
+
+
+@dataclass(frozen=True, slots=True)
+class RiskPage:
+    items: Sequence[RiskEntry]
+    total: int
+    limit: int
+    offset: int
+
+
+def risk_page(
+    views: Iterable[ProtocolView],
+    closes: Mapping[str, RecentCloses],
+    reference: float,
+    query: ProtocolQuery,
+) -> RiskPage:
+    """The protocols passing ``query``'s filters (those of ``/v2/protocols``), each with
+    its score, sorted by ``query.sort`` (``score``, or any sort of ``/v2/protocols``; no
+    score sorts last in either direction, ties by slug) and paginated. ``closes`` holds
+    ``RISK_DAYS`` of each protocol's closes (``TvlCloses``)."""
+    selected = [view for view in views if matches(view, query)]
+    scored: dict[str, RiskEntry] = {}
+    for view in selected:
+        recent = closes.get(view.slug)
+        inputs = risk_inputs(
+            view,
+            () if recent is None else recent.closes,
+            None if recent is None else recent.first_observed_at,
+            reference,
+        )
+        scored[view.slug] = RiskEntry(view, risk_score(inputs))
+    if query.sort == "score":
+        by_slug = sorted(scored.values(), key=lambda entry: entry.view.slug)
+        valued = [entry for entry in by_slug if entry.risk.score is not None]
+        valued.sort(key=lambda entry: entry.risk.score or 0.0, reverse=query.descending)
+        ranked = valued + [entry for entry in by_slug if entry.risk.score is None]
+    else:
+        ordered = order(selected, query.sort, query.descending, query.chain)
+        ranked = [scored[view.slug] for view in ordered]
+    return RiskPage(
+        items=ranked[query.offset : query.offset + query.limit],
+        total=len(ranked),
+        limit=query.limit,
+        offset=query.offset,
     )
