@@ -389,8 +389,8 @@ FORMULAS: Final[dict[ComponentName, str]] = {
     "volatility": f"min(value / {VOLATILITY_FULL}, 1)",
     "drawdown": "min(value, 1)",
     "trend": f"min(max(-value / {TREND_FULL}, 0), 1)",
-    "size": f"min(max(1 - log10(max(value, {SIZE_SMALL:.0e}) / {SIZE_SMALL:.0e}) / "
-    f"log10({SIZE_LARGE:.0e} / {SIZE_SMALL:.0e}), 0), 1)",
+    "size": f"min(max(1 - log10(max(value, {SIZE_SMALL:g}) / {SIZE_SMALL:g}) / "
+    f"log10({SIZE_LARGE:g} / {SIZE_SMALL:g}), 0), 1)",
     "concentration": "value",
     "oracles": "0 if no oracle is named, 1 if one, 0.5 if several",
     "age": f"max(1 - value / {AGE_FULL:.0f}, 0)",
