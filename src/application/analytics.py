@@ -195,7 +195,9 @@ def daily_log_returns(closes: Sequence[SeriesPoint]) -> list[float]:
         if before.value <= 0 or after.value <= 0:
             continue
         gap = max((after.timestamp - before.timestamp) / DAY, 1.0)
-        returns.append(math.log(after.value / before.value) / math.sqrt(gap))
+        # A difference of logs, not the log of a ratio: a ratio of extreme values (a
+        # near-zero TVL) overflows or underflows, their logs never do.
+        returns.append((math.log(after.value) - math.log(before.value)) / math.sqrt(gap))
     return returns
 
 
