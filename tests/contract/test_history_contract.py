@@ -503,8 +503,19 @@ class HistoryContract:
             "chains": ["ethereum", "base"],
             "url": "https://aave.com",
             "position": 4,
+            "oracles": [],
         }
         assert rows["curve"]["position"] == 2
+        # Oracles (ADR 0033): kept by an update that does not name them.
+        model.apply(
+            batch(
+                4,
+                LogEntry(5, "protocol_updated", "aave", {"oracles": ["Chainlink"]}, T0),
+                LogEntry(6, "protocol_updated", "aave", {"name": "Aave"}, T0),
+            )
+        )
+        assert model.listing_details()["aave"].oracles == ("Chainlink",)
+        assert model.listing_details()["curve"].oracles == ()
 
     def test_alert_events_keep_one_row_per_idempotency_key(
         self, model: SqlHistoryReadModel, url: str
