@@ -201,6 +201,9 @@ class SqlHistoryReadModel:
         self._engine = create_sql_engine(url)
         self._rollups = SqlRollups(self._engine)
         self._listing_details: tuple[tuple[Any, ...], dict[str, ListingDetails]] | None = None
+        # The last recent_tvl_closes answer, under (position, cut, days): the risk list
+        # reads every protocol's closes, which change only when the position moves.
+        self._recent_closes: tuple[tuple[Any, ...], dict[str, RecentCloses]] | None = None
         try:
             migrate(self._engine)
             self._ensure_tracking_row()
@@ -247,6 +250,7 @@ class SqlHistoryReadModel:
     def reset(self) -> None:
         """Delete every row, tracking included (before a rebuild from position 0)."""
         self._listing_details = None
+        self._recent_closes = None
         with write_transaction(self._engine) as connection:
             # Lock first so a concurrent apply cannot interleave with the deletes.
             self._lock_position(connection)
@@ -586,7 +590,18 @@ class SqlHistoryReadModel:
 
         Without ``knownAt`` from the day closes (ADR 0021), one pass over the index; the
         day of ``asOf`` itself from the raw observations up to it. With ``knownAt``, which
-        must not see later corrections, every day from the raw observations."""
+        must not see later corrections, every day from the raw observations. The answer is
+        kept until the position moves (read before the closes: a batch applied meanwhile
+        only makes the kept answer newer than its key)."""
+        key = (self.position(), cut, days)
+        cached = self._recent_closes
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = self._read_recent_closes(cut, days)
+        self._recent_closes = (key, found)
+        return found
+
+    def _read_recent_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]:
         if cut.known_at is not None:
             values = self.daily_metric_values(["tvl"], None, None, cut)
             return _recent_closes(
@@ -613,9 +628,11 @@ class SqlHistoryReadModel:
             .where(*mine, days_.c.day >= bounds.c.last_day - days)
         )
         with self._engine.connect() as connection:
+            # Unpacked, not read by name: attribute access on ~50,000 rows cost more than
+            # the query.
             rows = connection.execute(statement).all()
-        found = [(row.protocol, int(row.day), float(row.value)) for row in rows]
-        first_days = {row.protocol: int(row.first_day) for row in rows}
+        found: list[tuple[str, int, float]] = [(p, d, v) for p, d, v, _ in rows]
+        first_days = {protocol: first for protocol, _, _, first in rows}
         if as_of_day is not None:
             # The day of asOf, up to asOf: its close is the last value observed by then.
             for value in self.daily_metric_values(["tvl"], as_of_day, as_of_day, cut):

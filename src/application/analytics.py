@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
@@ -206,7 +205,10 @@ def volatility(closes: Sequence[SeriesPoint], window: str) -> Volatility:
     returns = daily_log_returns(_in_window(closes, WINDOWS[window]))
     if len(returns) < MIN_RETURNS:
         return Volatility(window, None, None, len(returns))
-    daily = statistics.stdev(returns)
+    # The sample deviation with fsum: statistics.stdev is exact but computes in Fractions,
+    # 20x slower, and the risk list computes one per protocol.
+    mean = math.fsum(returns) / len(returns)
+    daily = math.sqrt(math.fsum((r - mean) ** 2 for r in returns) / (len(returns) - 1))
     return Volatility(window, daily, daily * ANNUALISATION, len(returns))
 
 
@@ -458,9 +460,13 @@ def _explanation(name: ComponentName, value: float | None, inputs: RiskInputs) -
 
 
 def risk_score(
-    inputs: RiskInputs, weights: Mapping[ComponentName, float] = RISK_WEIGHTS
+    inputs: RiskInputs,
+    weights: Mapping[ComponentName, float] = RISK_WEIGHTS,
+    *,
+    explain: bool = True,
 ) -> RiskScore:
-    """The score and its components (see the module's docstring for the arithmetic)."""
+    """The score and its components (see the module's docstring for the arithmetic);
+    without ``explain`` the same numbers without the sentences (to rank many protocols)."""
     found = {name: _normalised(name, inputs) for name in weights}
     available = math.fsum(weights[n] for n, (_, norm) in found.items() if norm is not None)
     total = math.fsum(weights.values())
@@ -476,7 +482,7 @@ def risk_score(
                 effective_weight=share,
                 contribution=0.0 if norm is None else 100.0 * share * norm,
                 formula=FORMULAS[name],
-                explanation=_explanation(name, value, inputs),
+                explanation=_explanation(name, value, inputs) if explain else "",
             )
         )
     score = math.fsum(c.contribution for c in components) if available > 0 else None
@@ -596,16 +602,17 @@ def risk_page(
     score sorts last in either direction, ties by slug) and paginated. ``closes`` holds
     ``RISK_DAYS`` of each protocol's closes (``TvlCloses``)."""
     selected = [view for view in views if matches(view, query)]
+    found: dict[str, RiskInputs] = {}
     scored: dict[str, RiskEntry] = {}
     for view in selected:
         recent = closes.get(view.slug)
-        inputs = risk_inputs(
+        found[view.slug] = inputs = risk_inputs(
             view,
             () if recent is None else recent.closes,
             None if recent is None else recent.first_observed_at,
             reference,
         )
-        scored[view.slug] = RiskEntry(view, risk_score(inputs))
+        scored[view.slug] = RiskEntry(view, risk_score(inputs, explain=False))
     if query.sort == "score":
         by_slug = sorted(scored.values(), key=lambda entry: entry.view.slug)
         valued = [entry for entry in by_slug if entry.risk.score is not None]
@@ -614,8 +621,13 @@ def risk_page(
     else:
         ordered = order(selected, query.sort, query.descending, query.chain)
         ranked = [scored[view.slug] for view in ordered]
+    # The sentences only for the page shown (the same numbers: the same inputs).
+    shown = [
+        RiskEntry(entry.view, risk_score(found[entry.view.slug]))
+        for entry in ranked[query.offset : query.offset + query.limit]
+    ]
     return RiskPage(
-        items=ranked[query.offset : query.offset + query.limit],
+        items=shown,
         total=len(ranked),
         limit=query.limit,
         offset=query.offset,
