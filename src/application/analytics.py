@@ -73,6 +73,7 @@ __all__ = [
     "risk_inputs",
     "risk_page",
     "risk_score",
+    "score_of",
     "trend",
     "volatility",
 ]
@@ -459,34 +460,51 @@ def _explanation(name: ComponentName, value: float | None, inputs: RiskInputs) -
     )
 
 
+def _terms(
+    inputs: RiskInputs, weights: Mapping[ComponentName, float]
+) -> tuple[list[tuple[ComponentName, float | None, float | None, float]], float, float]:
+    """Each component's (name, value, normalised, effective weight), the sum of the
+    available weights and of all weights: the one arithmetic ``risk_score`` and
+    ``score_of`` share, so that ranking and answer agree to the last bit."""
+    found = [(name, *_normalised(name, inputs)) for name in weights]
+    available = math.fsum(weights[name] for name, _, norm in found if norm is not None)
+    terms = [
+        (name, value, norm, weights[name] / available if norm is not None and available else 0.0)
+        for name, value, norm in found
+    ]
+    return terms, available, math.fsum(weights.values())
+
+
+def score_of(
+    inputs: RiskInputs, weights: Mapping[ComponentName, float] = RISK_WEIGHTS
+) -> float | None:
+    """``risk_score(inputs).score`` without building its components (to rank many)."""
+    terms, available, _ = _terms(inputs, weights)
+    if available <= 0:
+        return None
+    return math.fsum(0.0 if norm is None else 100.0 * share * norm for _, _, norm, share in terms)
+
+
 def risk_score(
-    inputs: RiskInputs,
-    weights: Mapping[ComponentName, float] = RISK_WEIGHTS,
-    *,
-    explain: bool = True,
+    inputs: RiskInputs, weights: Mapping[ComponentName, float] = RISK_WEIGHTS
 ) -> RiskScore:
-    """The score and its components (see the module's docstring for the arithmetic);
-    without ``explain`` the same numbers without the sentences (to rank many protocols)."""
-    found = {name: _normalised(name, inputs) for name in weights}
-    available = math.fsum(weights[n] for n, (_, norm) in found.items() if norm is not None)
-    total = math.fsum(weights.values())
-    components = []
-    for name, (value, norm) in found.items():
-        share = weights[name] / available if norm is not None and available > 0 else 0.0
-        components.append(
-            RiskComponent(
-                name=name,
-                value=value,
-                normalised=norm,
-                weight=weights[name] / total,
-                effective_weight=share,
-                contribution=0.0 if norm is None else 100.0 * share * norm,
-                formula=FORMULAS[name],
-                explanation=_explanation(name, value, inputs) if explain else "",
-            )
+    """The score and its components (see the module's docstring for the arithmetic)."""
+    terms, available, total = _terms(inputs, weights)
+    components = tuple(
+        RiskComponent(
+            name=name,
+            value=value,
+            normalised=norm,
+            weight=weights[name] / total,
+            effective_weight=share,
+            contribution=0.0 if norm is None else 100.0 * share * norm,
+            formula=FORMULAS[name],
+            explanation=_explanation(name, value, inputs),
         )
+        for name, value, norm, share in terms
+    )
     score = math.fsum(c.contribution for c in components) if available > 0 else None
-    return RiskScore(score, available / total if total > 0 else 0.0, tuple(components))
+    return RiskScore(score, available / total if total > 0 else 0.0, components)
 
 
 # -- what the read models give --------------------------------------------------------
@@ -603,7 +621,7 @@ def risk_page(
     ``RISK_DAYS`` of each protocol's closes (``TvlCloses``)."""
     selected = [view for view in views if matches(view, query)]
     found: dict[str, RiskInputs] = {}
-    scored: dict[str, RiskEntry] = {}
+    scores: dict[str, float | None] = {}
     for view in selected:
         recent = closes.get(view.slug)
         found[view.slug] = inputs = risk_inputs(
@@ -612,19 +630,18 @@ def risk_page(
             None if recent is None else recent.first_observed_at,
             reference,
         )
-        scored[view.slug] = RiskEntry(view, risk_score(inputs, explain=False))
+        scores[view.slug] = score_of(inputs)
     if query.sort == "score":
-        by_slug = sorted(scored.values(), key=lambda entry: entry.view.slug)
-        valued = [entry for entry in by_slug if entry.risk.score is not None]
-        valued.sort(key=lambda entry: entry.risk.score or 0.0, reverse=query.descending)
-        ranked = valued + [entry for entry in by_slug if entry.risk.score is None]
+        by_slug = sorted(selected, key=lambda view: view.slug)
+        valued = [view for view in by_slug if scores[view.slug] is not None]
+        valued.sort(key=lambda view: scores[view.slug] or 0.0, reverse=query.descending)
+        ranked = valued + [view for view in by_slug if scores[view.slug] is None]
     else:
-        ordered = order(selected, query.sort, query.descending, query.chain)
-        ranked = [scored[view.slug] for view in ordered]
-    # The sentences only for the page shown (the same numbers: the same inputs).
+        ranked = order(selected, query.sort, query.descending, query.chain)
+    # Components and sentences only for the page shown (the same inputs, the same score).
     shown = [
-        RiskEntry(entry.view, risk_score(found[entry.view.slug]))
-        for entry in ranked[query.offset : query.offset + query.limit]
+        RiskEntry(view, risk_score(found[view.slug]))
+        for view in ranked[query.offset : query.offset + query.limit]
     ]
     return RiskPage(
         items=shown,

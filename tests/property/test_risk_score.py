@@ -15,6 +15,7 @@ from defi_realtime.application.analytics import (
     max_drawdown,
     risk_inputs,
     risk_score,
+    score_of,
     volatility,
 )
 from defi_realtime.application.views import ProtocolView, SeriesPoint
@@ -50,6 +51,8 @@ weights = st.dictionaries(
 @given(inputs, weights)
 def test_the_components_recompute_to_the_score(found: RiskInputs, weighted: dict) -> None:  # type: ignore[type-arg]
     score = risk_score(found, weighted)
+    # The list ranks by score_of: the same number to the last bit.
+    assert score_of(found, weighted) == score.score
     available = [c for c in score.components if c.normalised is not None]
     assert math.isclose(math.fsum(c.weight for c in score.components), 1.0)
     if not available:
