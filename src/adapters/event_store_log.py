@@ -58,7 +58,7 @@ def _updated(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "name": event["name"],
         "category": event["category"],
         # Canonical chain names, for events recorded before names were normalised too.
@@ -67,6 +67,12 @@ def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
         # When the details were true (ADR 0017; None when unknown, and before it existed).
         "observed_at": event.get("observed_at"),
     }
+    # Events stored before oracles were kept carry none: leaving the key out keeps what
+    # the consumer holds (as the domain does), rather than saying "no oracles".
+    oracles = event.get("oracles")
+    if oracles is not None:
+        data["oracles"] = list(oracles)
+    return data
 
 
 def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:

@@ -742,6 +742,7 @@ def _protocol_json(state: ProtocolState, changes: Mapping[str, float | None]) ->
             "category": state.category,
             "chains": state.chains,
             "url": state.url,
+            "oracles": state.oracles,
             "current": [
                 [metric, chain, r.value, r.observed_at]
                 for (metric, chain), r in state.current.items()
@@ -768,6 +769,8 @@ def _protocol_from_json(
         url=fields["url"],
         current=current,
         position=int(fields["position"]),
+        # States stored before oracles were kept have none.
+        oracles=tuple(fields.get("oracles", ())),
     )
     return state, fields["changes"]
 

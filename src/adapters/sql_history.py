@@ -38,6 +38,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ..application.aggregate import BucketValue, GroupDay
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
+from ..application.analytics import RecentCloses
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.ports import CurrentValues, HistoryRow, ListingRow
@@ -168,6 +169,28 @@ def _inside(cut: Cut, protocol: str | None = None) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def _recent_closes(
+    rows: Iterable[tuple[str, int, float]], days: int, first_days: dict[str, int] | None
+) -> dict[str, RecentCloses]:
+    """Rows ``(protocol, day, value)`` as each protocol's closes, oldest first, cut to the
+    ``days`` days up to its latest (its first day: ``first_days``', else its first row's)."""
+    by_protocol: dict[str, list[tuple[int, float]]] = {}
+    for protocol, day, value in rows:
+        by_protocol.setdefault(protocol, []).append((day, value))
+    found = {}
+    for protocol, closes in by_protocol.items():
+        closes.sort()
+        first = closes[0][0] if first_days is None else first_days.get(protocol, closes[0][0])
+        last = closes[-1][0]
+        found[protocol] = RecentCloses(
+            first_observed_at=float(first * DAY),
+            closes=tuple(
+                SeriesPoint(float(day * DAY), value) for day, value in closes if day >= last - days
+            ),
+        )
+    return found
+
+
 # --- the read model ---------------------------------------------------------------------
 
 
@@ -185,6 +208,9 @@ class SqlHistoryReadModel:
         self._engine = create_sql_engine(url)
         self._rollups = SqlRollups(self._engine)
         self._listing_details: tuple[tuple[Any, ...], dict[str, ListingDetails]] | None = None
+        # The last recent_tvl_closes answer, under (position, cut, days): the risk list
+        # reads every protocol's closes, which change only when the position moves.
+        self._recent_closes: tuple[tuple[Any, ...], dict[str, RecentCloses]] | None = None
         try:
             migrate(self._engine)
             self._ensure_tracking_row()
@@ -231,6 +257,7 @@ class SqlHistoryReadModel:
     def reset(self) -> None:
         """Delete every row, tracking included (before a rebuild from position 0)."""
         self._listing_details = None
+        self._recent_closes = None
         with write_transaction(self._engine) as connection:
             # Lock first so a concurrent apply cannot interleave with the deletes.
             self._lock_position(connection)
@@ -614,7 +641,14 @@ class SqlHistoryReadModel:
                 return cached[1]
             rows = connection.execute(select(PROTOCOLS)).all()
         details = {
-            row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
+            row.slug: ListingDetails(
+                row.slug,
+                row.name,
+                row.category,
+                tuple(row.chains),
+                row.url,
+                tuple(row.oracles or ()),
+            )
             for row in rows
         }
         self._listing_details = (version, details)
@@ -640,7 +674,14 @@ class SqlHistoryReadModel:
         with self._engine.connect() as connection:
             rows = connection.execute(select(ranked).where(ranked.c.rank == 1)).all()
         return {
-            row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
+            row.slug: ListingDetails(
+                row.slug,
+                row.name,
+                row.category,
+                tuple(row.chains),
+                row.url,
+                tuple(row.oracles or ()),
+            )
             for row in rows
         }
 
@@ -694,6 +735,64 @@ class SqlHistoryReadModel:
             BucketValue(row.protocol, row.metric, row.chain, int(row.day), float(row.value))
             for row in rows
         ]
+
+    def recent_tvl_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]:
+        """Each protocol's total TVL closes (its last value of each UTC day, stamped with the
+        day's start) over the ``days`` days up to its own latest close, and the start of its
+        first day, inside ``cut`` (what the risk list reads: ``application.analytics``).
+
+        Without ``knownAt`` from the day closes (ADR 0021), one pass over the index; the
+        day of ``asOf`` itself from the raw observations up to it. With ``knownAt``, which
+        must not see later corrections, every day from the raw observations. The answer is
+        kept until the position moves (read before the closes: a batch applied meanwhile
+        only makes the kept answer newer than its key)."""
+        key = (self.position(), cut, days)
+        cached = self._recent_closes
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = self._read_recent_closes(cut, days)
+        self._recent_closes = (key, found)
+        return found
+
+    def _read_recent_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]:
+        if cut.known_at is not None:
+            values = self.daily_metric_values(["tvl"], None, None, cut)
+            return _recent_closes(
+                ((v.protocol, v.day, v.value) for v in values if v.chain == TOTAL), days, None
+            )
+        as_of_day = None if cut.as_of is None else math.floor(cut.as_of / DAY)
+        days_ = SERIES_DAYS
+        mine = [days_.c.metric == "tvl", days_.c.chain == TOTAL]
+        if as_of_day is not None:
+            mine.append(days_.c.day < as_of_day)
+        bounds = (
+            select(
+                days_.c.protocol,
+                func.max(days_.c.day).label("last_day"),
+                func.min(days_.c.day).label("first_day"),
+            )
+            .where(*mine)
+            .group_by(days_.c.protocol)
+            .subquery()
+        )
+        statement = (
+            select(days_.c.protocol, days_.c.day, days_.c.value, bounds.c.first_day)
+            .join(bounds, bounds.c.protocol == days_.c.protocol)
+            .where(*mine, days_.c.day >= bounds.c.last_day - days)
+        )
+        with self._engine.connect() as connection:
+            # Unpacked, not read by name: attribute access on ~50,000 rows cost more than
+            # the query.
+            rows = connection.execute(statement).all()
+        found: list[tuple[str, int, float]] = [(p, d, v) for p, d, v, _ in rows]
+        first_days = {protocol: first for protocol, _, _, first in rows}
+        if as_of_day is not None:
+            # The day of asOf, up to asOf: its close is the last value observed by then.
+            for value in self.daily_metric_values(["tvl"], as_of_day, as_of_day, cut):
+                if value.chain == TOTAL:
+                    found.append((value.protocol, value.day, value.value))
+                    first_days.setdefault(value.protocol, value.day)
+        return _recent_closes(found, days, first_days)
 
     def listings(self) -> dict[str, Listing]:
         """Every listed protocol's category and chains, by slug."""
@@ -883,6 +982,7 @@ class SqlHistoryReadModel:
                 "category": str(data.get("category", previous.get("category", ""))),
                 "chains": list(data.get("chains", previous.get("chains", []))),
                 "url": str(data.get("url", previous.get("url", ""))),
+                "oracles": list(data.get("oracles", previous.get("oracles") or [])),
                 "position": entry.position,
             }
             observed_at = data.get("observed_at")

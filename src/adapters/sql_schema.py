@@ -118,6 +118,8 @@ PROTOCOLS: Final = Table(
     Column("chains", JSON(), nullable=False),
     Column("url", Text(), nullable=False),
     Column("position", BigInteger(), nullable=False),
+    # Migration 0009: NULL in rows written before it, read as no oracles known.
+    Column("oracles", JSON(), nullable=True),
     PrimaryKeyConstraint("slug", name="pk_protocols"),
 )
 # Every listing the log recorded, as it stood after that entry (a missing field kept from
@@ -133,6 +135,8 @@ PROTOCOL_LISTINGS: Final = Table(
     Column("category", Text(), nullable=False),
     Column("chains", JSON(), nullable=False),
     Column("url", Text(), nullable=False),
+    # Migration 0009: NULL in rows written before it, read as no oracles known.
+    Column("oracles", JSON(), nullable=True),
     PrimaryKeyConstraint("slug", "position", name="pk_protocol_listings"),
 )
 ALERT_EVENTS: Final = Table(

@@ -358,6 +358,7 @@ class DefiRealtime(Application[UUID]):
             chains=list(listing.chains or ()),
             url=listing.url or "",
             observed_at=listing.observed_at,
+            oracles=list(listing.oracles or ()),
         )
         working[protocol.id] = protocol
         return protocol
@@ -370,6 +371,7 @@ class DefiRealtime(Application[UUID]):
             chains=list(listing.chains) if listing.chains is not None else None,
             url=listing.url,
             observed_at=listing.observed_at,
+            oracles=None if listing.oracles is None else list(listing.oracles),
         )
 
     # -- protocols ------------------------------------------------------------------------

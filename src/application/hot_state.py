@@ -8,8 +8,8 @@ snapshot of the keys a batch touches.
 
 Rules (the contract tests check both adapters against an independent reference fold):
 
-* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url;
-  the chains it has a value on stay among its chains).
+* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url,
+  oracles; the chains it has a value on stay among its chains).
 * ``metric`` moves the current value of its ``(metric, chain)`` only when it is at least as
   recent (``observed_at``) as the current one: late observations never win. A metric for a
   protocol never listed creates it (name = slug); a chain seen in a metric joins ``chains``.
@@ -195,6 +195,7 @@ class ProtocolState:
     recent: Points = field(default_factory=Points)
     position: int = 0
     series: Mapping[str, Points] = field(default_factory=dict)
+    oracles: tuple[str, ...] = ()
 
     @classmethod
     def unlisted(cls, slug: str) -> ProtocolState:
@@ -283,6 +284,7 @@ class ProtocolState:
             volume_24h_change_7d=changes.get("volume_24h_change_7d"),
             fees_24h_change_1d=changes.get("fees_24h_change_1d"),
             fees_24h_change_7d=changes.get("fees_24h_change_7d"),
+            oracles=self.oracles,
         )
 
     def change_24h(self, metric: str, value: float, observed_at: float) -> float | None:
@@ -340,12 +342,14 @@ def _set_listing(base: ProtocolState, entry: LogEntry) -> ProtocolState:
         # first seen): a listing naming fewer chains never hides a chain with TVL.
         valued = (chain for _, chain in base.current if chain != TOTAL)
         chains = tuple(dict.fromkeys([*map(str, listed), *valued]))
+    oracles = data.get("oracles")
     return replace(
         base,
         name=str(data.get("name", base.name)),
         category=str(data.get("category", base.category)),
         chains=chains,
         url=str(data.get("url", base.url)),
+        oracles=base.oracles if oracles is None else tuple(str(o) for o in oracles),
         position=entry.position,
     )
 
@@ -407,6 +411,7 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
         recent=base.recent if recent is None else recent,
         position=entry.position,
         series=series,
+        oracles=base.oracles,
     )
 
 

@@ -59,7 +59,8 @@ class LogEntry:
     ``key`` is the protocol slug, token id or alert rule id. ``data`` holds the event's
     attributes, e.g. for ``metric``: ``metric``, ``chain``, ``value``, ``observed_at``,
     ``source``; for ``price``: ``price``, ``observed_at``, ``confidence``; for
-    ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``;
+    ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``,
+    ``oracles`` (absent from events recorded before oracles were kept);
     for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``; for the
     rule lifecycle (key: the rule id), ``alert_rule_created``: ``owner``, ``name``,
     ``target``, ``condition``, ``channels``, ``cooldown``, ``state``; ``alert_rule_updated``:

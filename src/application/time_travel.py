@@ -12,10 +12,10 @@ Two cuts of the facts, which combine:
 
 The answer is the live view of a log that held only the facts inside the cut: the same
 ``ProtocolState`` and change rules as the hot projections (tests/property/test_time_travel.py
-compares it with such a fold). Listing details (name, category, chains, url) are those of the
-last listing inside the cut: recorded by ``known_at``, and true by ``as_of`` (a listing
-without a time, ADR 0017, is true at any time). A protocol with no observation inside the
-cut is not listed.
+compares it with such a fold). Listing details (name, category, chains, url, oracles) are
+those of the last listing inside the cut: recorded by ``known_at``, and true by ``as_of`` (a
+listing without a time, ADR 0017, is true at any time). A protocol with no observation inside
+the cut is not listed.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class ListingDetails:
     category: str
     chains: tuple[str, ...]
     url: str
+    oracles: tuple[str, ...] = ()
 
 
 def views_at(
@@ -180,6 +181,7 @@ def views_of_states(
                 volume_24h_change_7d=None if volume is None else volume.change_7d,
                 fees_24h_change_1d=None if fees is None else fees.change_1d,
                 fees_24h_change_7d=None if fees is None else fees.change_7d,
+                oracles=() if listing is None else listing.oracles,
             )
         )
     return views

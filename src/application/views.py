@@ -76,6 +76,8 @@ class ProtocolView:
     volume_24h_change_7d: float | None = None
     fees_24h_change_1d: float | None = None
     fees_24h_change_7d: float | None = None
+    # DeFiLlama's ``oracles``: the price oracles the protocol's listing names.
+    oracles: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class ProtocolView:
             "volume_24h_at": self.volume_24h_at,
             "fees_24h_at": self.fees_24h_at,
             "sections": dict(self.sections),
+            "oracles": list(self.oracles),
             "position": self.position,
         }
 

@@ -35,6 +35,7 @@ from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView
 from ..application.views import SeriesQuery as SeriesRequest
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
+from .analytics_api import analytics_routes
 from .anomalies_api import anomaly_routes
 from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
@@ -704,6 +705,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute(
             "/v2/protocols/{slug:str}/metrics", PROTOCOL_METRICS.serve(protocol_metrics)
         ),
+        *analytics_routes(),
         OperationRoute("/v2/data-quality", DATA_QUALITY.serve(data_quality)),
         OperationRoute("/v2/reconciliation/latest", RECONCILIATION.serve(latest_reconciliation)),
         OperationRoute("/v2/realtime/tvl", REALTIME_TVL.serve(realtime_tvl)),

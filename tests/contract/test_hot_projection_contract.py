@@ -11,7 +11,7 @@ import functools
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -133,6 +133,19 @@ class HotProjectionContract:
         assert (list(page.items), page.total) == ([], 0)
         assert await projection.prices() == []
         assert await projection.prices(["eth"]) == []
+
+    async def test_keeps_the_listings_oracles(self, projection: HotProjection) -> None:
+        with_oracles = listed(1, "aave", name="Aave")
+        with_oracles = replace(with_oracles, data={**with_oracles.data, "oracles": ["Pyth"]})
+        # An entry without the key (recorded before oracles were kept) keeps them.
+        await projection.apply(
+            batch(0, 3, with_oracles, metric(2, "aave", 1.0, T0), listed(3, "aave", name="A"))
+        )
+        found = await projection.get_protocol("aave")
+        assert found is not None
+        assert (found.name, found.oracles) == ("A", ("Pyth",))
+        page = await projection.list_protocols(ProtocolQuery())
+        assert [view.oracles for view in page.items] == [("Pyth",)]
 
     async def test_applies_listing_and_metrics(self, projection: HotProjection) -> None:
         applied = await projection.apply(

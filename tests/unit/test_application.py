@@ -585,6 +585,7 @@ def test_event_store_log_reads_entries_of_the_right_kinds(app: DefiRealtime) -> 
         "category": "Lending",
         "chains": [],
         "url": "",
+        "oracles": [],
         "observed_at": T0,  # when the details were true (the observation's time)
     }
     assert dict(entries[2].data) == {

@@ -93,6 +93,7 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
                 "chains": ["Ethereum"],
                 "url": "https://aave.com",
                 "observed_at": None,
+                "oracles": [],
             },
         )
     ]
@@ -113,6 +114,7 @@ def test_protocol_create_defaults() -> None:
                 "chains": [],
                 "url": "",
                 "observed_at": None,
+                "oracles": [],
             },
         )
     ]
@@ -544,6 +546,7 @@ def test_update_details_records_the_full_listing() -> None:
                 "chains": ["Ethereum", "Base"],
                 "url": "https://aave.com",
                 "observed_at": None,
+                "oracles": [],
             },
         )
     ]

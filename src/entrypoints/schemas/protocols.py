@@ -219,6 +219,10 @@ class Protocol(BaseModel):
         description="DeFiLlama's TVL sections, keyed as its chainTvls are (staking, pool2, "
         "borrowed, Ethereum-borrowed...): metrics of their own, never part of tvl"
     )
+    oracles: list[str] = Field(
+        description="DeFiLlama's oracles of the listing: the price oracles the protocol "
+        "relies on (empty when none is named or not known)"
+    )
     position: int = Field(description="log position of the latest change")
 
 
