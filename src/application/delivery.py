@@ -20,6 +20,13 @@ ALERT_ENTRY_CONDITIONS: Final[Mapping[str, Condition]] = {
     "alert_triggered": "firing",
     "alert_resolved": "resolved",
 }
+
+
+class WebhookTargetRefused(ValueError):
+    """A webhook URL this node must never call (a private or loopback address, unless
+    private targets are allowed by configuration)."""
+
+
 QUEUED_CHANNEL_KINDS: Final[frozenset[str]] = frozenset({"webhook", "email"})
 """Channels that need a job; ``websocket`` alerts reach sockets through the realtime hub."""
 

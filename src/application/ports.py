@@ -178,6 +178,15 @@ class NotificationQueue(Protocol):
         ...
 
 
+class WebhookTargets(Protocol):
+    """Which webhook URLs the node may call (the SSRF guard): asked when a rule is created
+    or its channels change, with the same decision the delivery takes."""
+
+    async def check_new(self, url: str) -> None:
+        """Raise ``WebhookTargetRefused`` for a URL a rule must not name."""
+        ...
+
+
 class DeliveryLog(Protocol):
     """The record of every delivery attempt, and the alert transitions they deliver
     (synchronous: call it from a thread).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..application.alert_backtest import BacktestUnsupported, backtest, history_points
+from ..application.alert_channels import check_webhook_targets
 from ..application.alert_rules import AlertRuleView
-from ..application.app import AlertRuleNotFound, ProtocolNotFound
+from ..application.app import AlertRuleNotFound, ProtocolNotFound, TokenNotFound
 from ..application.ports import AlertRuleReadModel
 from ..domain.alert_rule import AlertRule as RuleAggregate
 from ..domain.alert_rule import InvalidRule, RuleQuotaExceeded
@@ -123,6 +124,13 @@ async def _write(node: Node, rule_id: UUID | None, command: Callable[[], T]) -> 
             f"protocol {error.slug!r} is not listed",
             {"field": "target.protocol"},
         ) from None
+    except TokenNotFound as error:
+        raise ApiError(
+            422,
+            "unknown_target",
+            f"token {error.token_id!r} has no recorded price",
+            {"field": "target.token"},
+        ) from None
     except RuleQuotaExceeded as error:
         raise ApiError(
             403,
@@ -133,6 +141,14 @@ async def _write(node: Node, rule_id: UUID | None, command: Callable[[], T]) -> 
     except InvalidRule as error:
         details = None if error.field is None else {"field": error.field}
         raise ApiError(400, "invalid_rule", str(error), details) from None
+
+
+async def _check_channels(node: Node, channels: Sequence[Any] | None) -> None:
+    """Refuse (400) a webhook this node may never call, before anything is written."""
+    try:
+        await check_webhook_targets(node.container.webhook_guard(), channels)
+    except InvalidRule as error:
+        raise ApiError(400, "invalid_rule", str(error), {"field": error.field}) from None
 
 
 async def _answer(node: Node, rule_id: UUID, owner: str) -> Response:
@@ -236,6 +252,7 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         key = require_key(request)
         node = _node(request)
         rule = parse_body(AlertRuleCreate, await read_json(request), code="invalid_rule")
+        await _check_channels(node, rule.channels)
         app, rules = node.app, _rules(node)
 
         def existing() -> list[str]:  # an owner's first book starts from their rules
@@ -282,6 +299,7 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
                 f"nothing to change: send some of {sorted(AlertRuleChange.model_fields)}",
             )
         typed = {name: getattr(change, name) for name in changes}
+        await _check_channels(node, typed.get("channels"))
         app = node.app
         await _write(node, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **typed))
         return await _answer(node, rule_id, key.owner)

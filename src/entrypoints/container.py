@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from ..adapters.smtp_email_notifier import SmtpEmailNotifier
     from ..adapters.sql_delivery_log import SqlDeliveryLog
     from ..adapters.sql_history import SqlHistoryReadModel
-    from ..adapters.webhook_notifier import WebhookNotifier
+    from ..adapters.webhook_notifier import WebhookGuard, WebhookNotifier
     from .auth import ApiKeyBackend
     from .ws_server import SocketGateway
 
@@ -291,12 +291,18 @@ def _gateway(hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> Socke
     return SocketGateway(hub, settings, auth)
 
 
+def _webhook_guard(allow_private: bool) -> WebhookGuard:
+    from ..adapters.webhook_notifier import WebhookGuard
+
+    return WebhookGuard(allow_private=allow_private)
+
+
 def _webhook_notifier(
-    client: httpx.AsyncClient, *, timeout: float, allow_private: bool
+    client: httpx.AsyncClient, guard: WebhookGuard, *, timeout: float
 ) -> WebhookNotifier:
     from ..adapters.webhook_notifier import WebhookNotifier
 
-    return WebhookNotifier(client, timeout=timeout, allow_private=allow_private)
+    return WebhookNotifier(client, timeout=timeout, guard=guard)
 
 
 def _email_notifier(
@@ -541,11 +547,10 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 
+    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
+    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
     webhook_notifier = providers.Singleton(
-        _webhook_notifier,
-        http_client,
-        timeout=config.webhook_timeout,
-        allow_private=config.allow_private_webhooks,
+        _webhook_notifier, http_client, webhook_guard, timeout=config.webhook_timeout
     )
     email_notifier = providers.Singleton(
         _email_notifier,

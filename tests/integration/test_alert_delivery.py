@@ -47,6 +47,7 @@ from defi_realtime.application.delivery import (
     RetryPolicy,
 )
 from defi_realtime.application.following import ProjectionRunner
+from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.notifications import DeliveryWorker, NotificationDispatcher
 from defi_realtime.application.ports import NotificationQueue, Notifier
 from defi_realtime.entrypoints.settings import Settings
@@ -66,6 +67,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def create_rule(app: DefiRealtime, channels: list[dict[str, Any]], owner: str = "alice") -> str:
+    # A token is known once it has a price (above the threshold: no firing).
+    app.ingest([build_batch(prices=[{"token": TOKEN, "price": 150.0, "observed_at": T0 - 60}])])
     rule_id = app.create_alert_rule(
         owner=owner,
         target={"token": TOKEN},
