@@ -12,8 +12,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
-from ..application.delivery import DeadLetter, JobHandler, NotificationJob, Retry
+from ..application.delivery import (
+    DeadLetter,
+    JobHandler,
+    NotificationJob,
+    ParkedJob,
+    PrepareRedrive,
+    Retry,
+)
 
 __all__ = ["InProcessNotificationQueue"]
 
@@ -87,6 +95,23 @@ class InProcessNotificationQueue:
                 continue
             self._held.add(job.idempotency_key)
             self._ready.put_nowait(job)
+
+    async def dead_letters_of(self, rule_id: str) -> list[ParkedJob]:
+        return [
+            ParkedJob(job, reason) for job, reason in self.dead_letters if job.rule_id == rule_id
+        ]
+
+    async def redrive(self, rule_id: str, prepare: PrepareRedrive) -> list[NotificationJob]:
+        parked = [entry for entry in self.dead_letters if entry[0].rule_id == rule_id]
+        jobs = [replace(job, attempt=1) for job, _reason in parked]
+        if not jobs:
+            return []
+        await prepare(jobs)
+        for entry in parked:
+            with contextlib.suppress(ValueError):  # trimmed meanwhile
+                self.dead_letters.remove(entry)
+        await self.enqueue(jobs)
+        return jobs
 
     def _later(self, delay: float, job: NotificationJob) -> None:
         loop = asyncio.get_running_loop()

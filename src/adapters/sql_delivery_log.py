@@ -7,14 +7,18 @@ must survive a crash right after.
 
 It also journals the jobs of a queue that dies with its process (``pending_notifications``):
 a row per job until an attempt settles it, deleted in that attempt's transaction.
+
+A key is settled once delivered, or dead-lettered and not redriven since
+(``delivery.progress_of``): a redrive records a ``redriven`` row, after which the key may be
+attempted (and journaled) again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from sqlalchemy import case, delete, exists, func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Connection, Engine
 
 from ..application.delivery import (
     AlertTransition,
@@ -22,6 +26,7 @@ from ..application.delivery import (
     DeliveryAttempt,
     DeliveryProgress,
     NotificationJob,
+    progress_of,
 )
 from .sql_schema import (
     ALERT_EVENTS,
@@ -82,23 +87,15 @@ class SqlDeliveryLog:
 
     def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
         table = PENDING_NOTIFICATIONS
-        attempts = DELIVERY_ATTEMPTS
         with write_transaction(self._engine) as connection:
             # Keys already journaled or already settled are skipped: the dispatcher enqueues
             # a batch again after a crash before it saved its position.
-            known: set[str] = set()
-            for chunk in chunked(list({job.idempotency_key for job in jobs})):
+            keys = list({job.idempotency_key for job in jobs})
+            known = _settled(connection, keys)
+            for chunk in chunked(keys):
                 known.update(
                     connection.execute(
                         select(table.c.idempotency_key).where(table.c.idempotency_key.in_(chunk))
-                    ).scalars()
-                )
-                known.update(
-                    connection.execute(
-                        select(attempts.c.idempotency_key).where(
-                            attempts.c.idempotency_key.in_(chunk),
-                            attempts.c.status.in_(_SETTLED),
-                        )
                     ).scalars()
                 )
             rows = []
@@ -119,27 +116,26 @@ class SqlDeliveryLog:
 
     def pending(self) -> list[NotificationJob]:
         table = PENDING_NOTIFICATIONS
-        attempts = DELIVERY_ATTEMPTS
-        settled = exists().where(
-            attempts.c.idempotency_key == table.c.idempotency_key,
-            attempts.c.status.in_(_SETTLED),
-        )
         with self._engine.connect() as connection:
             rows = connection.execute(
-                select(table.c.job)
-                .where(~settled)
-                .order_by(table.c.recorded_at, table.c.idempotency_key)
-            ).scalars()
-            return [NotificationJob.from_json(row) for row in rows]
+                select(table.c.idempotency_key, table.c.job).order_by(
+                    table.c.recorded_at, table.c.idempotency_key
+                )
+            ).all()
+            settled = _settled(connection, [row.idempotency_key for row in rows])
+        return [
+            NotificationJob.from_json(row.job) for row in rows if row.idempotency_key not in settled
+        ]
 
     def progress(self, idempotency_key: str) -> DeliveryProgress:
         table = DELIVERY_ATTEMPTS
-        settled = func.sum(case((table.c.status.in_(_SETTLED), 1), else_=0))
         with self._engine.connect() as connection:
-            row = connection.execute(
-                select(func.count(), settled).where(table.c.idempotency_key == idempotency_key)
-            ).one()
-        return DeliveryProgress(attempts=int(row[0]), settled=bool(row[1]))
+            statuses = connection.execute(
+                select(table.c.status)
+                .where(table.c.idempotency_key == idempotency_key)
+                .order_by(table.c.id)
+            ).scalars()
+            return progress_of(list(statuses))
 
     def attempts(self, rule_id: str, limit: int = 1_000) -> list[DeliveryAttempt]:
         table = DELIVERY_ATTEMPTS
@@ -191,9 +187,27 @@ class SqlDeliveryLog:
         close_engine(self._engine)
 
 
+def _settled(connection: Connection, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` are settled (``progress_of``), read in chunks."""
+    table = DELIVERY_ATTEMPTS
+    statuses: dict[str, list[str]] = {}
+    for chunk in chunked(list(keys)):
+        rows = connection.execute(
+            select(table.c.idempotency_key, table.c.status)
+            .where(table.c.idempotency_key.in_(chunk))
+            .order_by(table.c.id)
+        )
+        for key, status in rows:
+            statuses.setdefault(key, []).append(status)
+    return {key for key, seen in statuses.items() if progress_of(seen).settled}
+
+
+_STATUSES: dict[str, AttemptStatus] = {
+    "delivered": "delivered",
+    "dead_lettered": "dead_lettered",
+    "redriven": "redriven",
+}
+
+
 def _status(raw: str) -> AttemptStatus:
-    if raw == "delivered":
-        return "delivered"
-    if raw == "dead_lettered":
-        return "dead_lettered"
-    return "failed"
+    return _STATUSES.get(raw, "failed")

@@ -21,6 +21,8 @@ from .delivery import (
     DeliveryResult,
     JobHandler,
     NotificationJob,
+    ParkedJob,
+    PrepareRedrive,
 )
 from .log import LogBatch
 from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
@@ -175,6 +177,17 @@ class NotificationQueue(Protocol):
 
     def consume(self, handler: JobHandler) -> None:
         """Deliver jobs to ``handler`` once started (call before ``start``)."""
+        ...
+
+    async def dead_letters_of(self, rule_id: str) -> list[ParkedJob]:
+        """The dead letters of rule ``rule_id``, oldest first."""
+        ...
+
+    async def redrive(self, rule_id: str, prepare: PrepareRedrive) -> list[NotificationJob]:
+        """Put rule ``rule_id``'s dead letters back on the work queue as first attempts
+        (same idempotency keys) and return them; ``prepare`` is awaited with them before
+        they are enqueued. A dead letter leaves the dead letters only once its job is
+        enqueued (a failure leaves it there, to redrive again)."""
         ...
 
 

@@ -64,7 +64,9 @@ def _rules(node: Node) -> AlertRuleReadModel:
     return node.history
 
 
-def _rule_id(request: Request) -> UUID:
+def rule_path_id(request: Request) -> UUID:
+    """The ``{rule_id}`` of a rule's route; a malformed one is a 404 (like another
+    account's rule)."""
     raw = request.path_params["rule_id"]
     try:
         return RulePath.model_validate({"rule_id": raw}).rule_id
@@ -284,11 +286,11 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         )
 
     async def get(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         return _rule_answer(await _fresh_rule(_node(request), rule_id, key.owner))
 
     async def update(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         change = parse_body(AlertRuleChange, await read_json(request), code="invalid_rule")
         changes = change.model_dump(exclude_unset=True)
@@ -305,7 +307,7 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         return await _answer(node, rule_id, key.owner)
 
     async def delete(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         app = node.app
         await _write(node, rule_id, lambda: app.delete_alert_rule(rule_id, key.owner))
@@ -313,21 +315,21 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         return json_answer(AlertRuleDeleted(id=rule_id, state="deleted"))
 
     async def pause(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         app = node.app
         await _write(node, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
         return await _answer(node, rule_id, key.owner)
 
     async def resume(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         app = node.app
         await _write(node, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
         return await _answer(node, rule_id, key.owner)
 
     async def run_backtest(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         raw = await read_json(request) if await _has_body(request) else {}
         window = parse_body(BacktestWindow, raw)

@@ -40,7 +40,7 @@ from ..application.delivery import RetryPolicy
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
-from ..application.notifications import DeliveryWorker, NotificationDispatcher
+from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.telemetry import ObservedQueryCache, Telemetry
@@ -570,16 +570,20 @@ class Container(containers.DeclarativeContainer):
         load_rule=application.provided.get_alert_rule,
         telemetry=metrics,
     )
+    # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
+    # journaled in the delivery log until settled and enqueued again on start.
+    notification_journal = providers.Selector(
+        config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
+    )
     dispatcher = providers.Singleton(
         NotificationDispatcher,
         application.provided.get_alert_rule,
         notification_queue,
         follower_positions,
-        # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
-        # journaled in the delivery log until settled and enqueued again on start.
-        journal=providers.Selector(
-            config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
-        ),
+        journal=notification_journal,
+    )
+    dead_letters = providers.Singleton(
+        DeadLetters, notification_queue, delivery_log, journal=notification_journal
     )
     dispatch_follower = providers.Singleton(
         _own_follower,
