@@ -59,7 +59,7 @@ async def test_names_are_decided_by_the_resolver_and_public_addresses_pass() -> 
     await WebhookGuard().check_new("https://intranet.test/hook")
     resolver = FakeResolver({"intranet.test": ["10.0.0.5"], "hooks.test": ["93.184.216.34"]})
     guard = WebhookGuard(resolver=resolver, creation_resolver=resolver)
-    with pytest.raises(SsrfRefused, match="10.0.0.5"):
+    with pytest.raises(SsrfRefused, match=r"10\.0\.0\.5"):
         await guard.check_new("https://intranet.test/hook")
     await guard.check_new("https://hooks.test/hook")
     await guard.check_new("https://unknown.test/hook")  # does not resolve now: delivery decides
