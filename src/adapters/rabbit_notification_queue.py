@@ -124,6 +124,7 @@ class RabbitNotificationQueue:
         self._handler: JobHandler | None = None
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._starting = asyncio.Lock()
 
     # -- names ----------------------------------------------------------------------------
 
@@ -292,8 +293,9 @@ class RabbitNotificationQueue:
     ) -> AsyncIterator[list[tuple[AbstractIncomingMessage, NotificationJob | None]]]:
         """The dead letters (oldest first, at most ``MAX_SCAN``), held unacked on a channel
         of their own: what the block does not ack goes back to the queue when it closes."""
-        if self._connection is None:
-            await self.start()  # e.g. an API node that does not deliver
+        async with self._starting:
+            if self._connection is None:
+                await self.start()  # e.g. an API node that does not deliver (one connection)
         connection = self._connection
         assert connection is not None
         channel = await connection.channel(publisher_confirms=False)

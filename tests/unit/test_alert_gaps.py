@@ -7,6 +7,7 @@ import pytest
 
 from defi_realtime.adapters.webhook_notifier import SsrfRefused, WebhookGuard
 from defi_realtime.application.alert_channels import check_webhook_targets
+from defi_realtime.application.delivery import progress_of
 from defi_realtime.application.log import LogEntry
 from defi_realtime.application.realtime.frames import channel_of
 from defi_realtime.domain.alert_rule import InvalidRule
@@ -102,3 +103,30 @@ def test_only_a_rule_with_a_websocket_channel_reaches_the_sockets() -> None:
     # Recorded before transitions named their channels: it went to the sockets then, and
     # a replay shows it as it was.
     assert channel_of(transition(None)) == "alerts"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "attempts", "settled", "redriven_after"),
+    [
+        ([], 0, False, 0),
+        (["failed", "failed"], 2, False, 0),
+        (["failed", "delivered"], 2, True, 0),
+        (["failed", "dead_lettered"], 2, True, 0),
+        # Redriven: the key is open again, its budget counts from the redrive.
+        (["failed", "dead_lettered", "redriven"], 2, False, 2),
+        (["failed", "dead_lettered", "redriven", "failed"], 3, False, 2),
+        (["failed", "dead_lettered", "redriven", "failed", "dead_lettered"], 4, True, 2),
+        (["dead_lettered", "redriven", "delivered"], 2, True, 1),
+        # A copy delivered before a redrive stays delivered (the worker drops the redrive).
+        (["delivered", "redriven"], 1, True, 1),
+    ],
+)
+def test_progress_counts_attempts_and_rounds(
+    statuses: list[str], attempts: int, settled: bool, redriven_after: int
+) -> None:
+    progress = progress_of(statuses)
+    assert (progress.attempts, progress.settled, progress.redriven_after) == (
+        attempts,
+        settled,
+        redriven_after,
+    )
