@@ -15,6 +15,9 @@ Two halves, joined by a ``NotificationQueue``:
   ``DeliveryLog`` and decides what comes next (settled, retry after a backoff, dead letter).
   It reads the channel's secret from the rule itself, at delivery.
   The queue acknowledges only after that, so the record is never behind the queue.
+
+``DeadLetters`` lists a rule's dead letters and redrives them: back on the work queue under
+the same idempotency keys, with a fresh retry budget (ADR 0037).
 """
 
 from __future__ import annotations
