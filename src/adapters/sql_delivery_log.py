@@ -6,7 +6,8 @@ own: the queue acknowledges a job only after its attempt is recorded, so a recor
 must survive a crash right after.
 
 It also journals the jobs of a queue that dies with its process (``pending_notifications``):
-a row per job until an attempt settles it, deleted in that attempt's transaction.
+a row per job until an attempt delivers it, deleted in that attempt's transaction; a
+dead-lettered job's row stays, as that queue's durable dead letter (``parked``).
 
 A key is settled once delivered, or dead-lettered and not redriven since
 (``delivery.progress_of``): a redrive records a ``redriven`` row, after which the key may be
@@ -16,6 +17,7 @@ attempted (and journaled) again.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection, Engine
@@ -26,6 +28,7 @@ from ..application.delivery import (
     DeliveryAttempt,
     DeliveryProgress,
     NotificationJob,
+    ParkedJob,
     progress_of,
 )
 from .sql_schema import (
@@ -40,8 +43,6 @@ from .sql_schema import (
 )
 
 __all__ = ["SqlDeliveryLog"]
-
-_SETTLED = ("delivered", "dead_lettered")
 
 
 class SqlDeliveryLog:
@@ -78,7 +79,9 @@ class SqlDeliveryLog:
                     finished_at=attempt.finished_at,
                 )
             )
-            if attempt.status in _SETTLED:
+            # A dead-lettered job stays journaled: the journal is the embedded queue's
+            # durable record of its dead letters (``parked``), until a redrive delivers it.
+            if attempt.status == "delivered":
                 connection.execute(
                     delete(PENDING_NOTIFICATIONS).where(
                         PENDING_NOTIFICATIONS.c.idempotency_key == attempt.idempotency_key
@@ -126,6 +129,37 @@ class SqlDeliveryLog:
         return [
             NotificationJob.from_json(row.job) for row in rows if row.idempotency_key not in settled
         ]
+
+    def parked(self, rule_id: str) -> list[ParkedJob]:
+        table = PENDING_NOTIFICATIONS
+        attempts = DELIVERY_ATTEMPTS
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(table.c.idempotency_key, table.c.job)
+                .where(table.c.rule_id == rule_id)
+                .order_by(table.c.recorded_at, table.c.idempotency_key)
+            ).all()
+            history: dict[str, list[tuple[str, str | None]]] = {}
+            for chunk in chunked([row.idempotency_key for row in rows]):
+                for key, status, error in connection.execute(
+                    select(attempts.c.idempotency_key, attempts.c.status, attempts.c.error)
+                    .where(attempts.c.idempotency_key.in_(chunk))
+                    .order_by(attempts.c.id)
+                ):
+                    history.setdefault(key, []).append((status, error))
+        parked = []
+        for row in rows:
+            seen = history.get(row.idempotency_key, [])
+            statuses = [status for status, _error in seen]
+            if not statuses or statuses[-1] != "dead_lettered" or "delivered" in statuses:
+                continue
+            progress = progress_of(statuses)
+            job = replace(
+                NotificationJob.from_json(row.job),
+                attempt=progress.attempts - progress.redriven_after,
+            )
+            parked.append(ParkedJob(job, seen[-1][1] or ""))
+        return parked
 
     def progress(self, idempotency_key: str) -> DeliveryProgress:
         table = DELIVERY_ATTEMPTS

@@ -205,11 +205,12 @@ class DeliveryLog(Protocol):
     (synchronous: call it from a thread).
 
     It also journals jobs for a queue that does not outlive its process: ``record_pending``
-    keeps a job until an attempt recorded for its key delivers or dead-letters it, and
-    ``pending`` lists what is left, to enqueue again after a restart."""
+    keeps a job until an attempt recorded for its key delivers it, ``pending`` lists the
+    unsettled ones, to enqueue again after a restart, and ``parked`` the dead letters."""
 
     def record(self, attempt: DeliveryAttempt) -> None:
-        """Record one attempt; a delivered or dead-lettered one settles its key's job."""
+        """Record one attempt; a delivered or dead-lettered one settles its key's job (a
+        redrive opens it again)."""
         ...
 
     def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
@@ -219,6 +220,11 @@ class DeliveryLog(Protocol):
 
     def pending(self) -> list[NotificationJob]:
         """Every journaled job not settled yet, oldest first."""
+        ...
+
+    def parked(self, rule_id: str) -> list[ParkedJob]:
+        """The journaled jobs of ``rule_id`` that were dead-lettered (and not redriven
+        since), oldest first, each with its round's last attempt and the reason."""
         ...
 
     def progress(self, idempotency_key: str) -> DeliveryProgress: ...

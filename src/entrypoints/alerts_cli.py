@@ -150,17 +150,17 @@ def dead_letters_command(
     ] = False,
 ) -> None:
     """List a rule's dead letters (notifications given up) as JSON on stdout, or with
-    --redrive put them back on the work queue under the same idempotency keys. Needs the
-    RabbitMQ queue (AMQP_URL): embedded, the serving process holds its dead letters (use
-    GET /v2/alerts/{id}/dead-letters and POST .../dead-letters/redrive)."""
+    --redrive put them back on the work queue under the same idempotency keys. Embedded
+    (no AMQP_URL) only the serving process can redrive (its queue is in memory): use
+    POST /v2/alerts/{id}/dead-letters/redrive."""
     from ..application.notifications import DeadLetters
     from ..domain.alert_rule import AlertRule
 
     settings = Settings()
-    if settings.amqp_url is None:
+    if redrive and settings.amqp_url is None:
         raise _fail(
-            "without AMQP_URL the dead letters are held by the serving process: use "
-            "GET /v2/alerts/{id}/dead-letters and POST /v2/alerts/{id}/dead-letters/redrive"
+            "without AMQP_URL the serving process delivers from memory: redrive through it, "
+            "POST /v2/alerts/{id}/dead-letters/redrive"
         )
     try:
         rule_id = UUID(rule)

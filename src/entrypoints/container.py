@@ -224,8 +224,11 @@ async def _http_client() -> AsyncIterator[httpx.AsyncClient]:
         await client.aclose()
 
 
-async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNotificationQueue]:
-    queue = InProcessNotificationQueue(concurrency=concurrency)
+async def _memory_notifications(
+    concurrency: int, journal: SqlDeliveryLog
+) -> AsyncIterator[InProcessNotificationQueue]:
+    # The dispatcher's journal keeps the queue's dead letters across restarts (ADR 0037).
+    queue = InProcessNotificationQueue(concurrency=concurrency, journal=journal)
     try:
         yield queue
     finally:
@@ -482,7 +485,7 @@ class Container(containers.DeclarativeContainer):
     )
     notification_queue = providers.Selector(
         config.fanout_backend,
-        memory=providers.Resource(_memory_notifications, config.notify_concurrency),
+        memory=providers.Resource(_memory_notifications, config.notify_concurrency, delivery_log),
         rabbitmq=providers.Resource(
             _rabbit_notifications,
             config.amqp_url,

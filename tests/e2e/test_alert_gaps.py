@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -33,6 +36,7 @@ from tests.e2e.conftest import (
 from tests.webhook_receiver import WebhookReceiver
 
 BACKENDS = ("embedded", "production")
+CLI = str(Path(sys.executable).with_name("defi-realtime"))
 T0 = 1_765_000_000.0
 FRAME_TIMEOUT = 5.0
 BELOW_1B = {"kind": "threshold", "direction": "below", "value": 1e9}
@@ -328,6 +332,10 @@ async def test_a_webhook_dead_letter_is_redriven_over_rest(tmp_path: Path) -> No
             assert letter["reason"] == "HTTP 503"
             assert letter["channel"] == {"kind": "webhook", "target": receiver.url}
 
+            # The operator's view, from another process (embedded: the journal).
+            listed = await asyncio.to_thread(cli, server.data_dir, "dead-letters", rule["id"])
+            assert listed.returncode == 0, listed.stderr
+            assert [d["idempotencyKey"] for d in json.loads(listed.stdout)["deadLetters"]] == [key]
             switched_on.set()
             response = await http.post(f"{path}/redrive", headers=headers)
             assert response.status_code == 200, response.text
@@ -339,6 +347,17 @@ async def test_a_webhook_dead_letter_is_redriven_over_rest(tmp_path: Path) -> No
             assert json.loads(delivered.body)["idempotencyKey"] == key
             history = (await http.get(f"/v2/alerts/{rule['id']}/history", headers=headers)).json()
             assert history["notifications"][key] == {"attempts": 3, "status": "delivered"}
+
+
+def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``defi-realtime alerts ARGS`` over ``data_dir`` (embedded, whatever the environment)."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "AMQP_URL"}
+    }
+    env.update({"DATA_DIR": str(data_dir), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    return subprocess.run(
+        [CLI, "alerts", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 async def _count(fetch: Any) -> int:

@@ -382,15 +382,22 @@ def embedded_app(tmp_path: Path) -> tuple[DefiRealtime, Settings]:
 
 @contextlib.asynccontextmanager
 async def embedded_delivery(
-    tmp_path: Path, notifiers: dict[str, Notifier], policy: RetryPolicy = FAST
+    tmp_path: Path,
+    notifiers: dict[str, Notifier],
+    policy: RetryPolicy = FAST,
+    *,
+    journaled: bool = False,
 ) -> AsyncIterator[tuple[DefiRealtime, SqlDeliveryLog, ProjectionRunner, NotificationQueue]]:
+    """``journaled``: wired as ``serve`` wires it (the dispatcher journals its jobs, and the
+    queue keeps its dead letters in that journal)."""
     app, settings = embedded_app(tmp_path)
     log = SqlDeliveryLog(settings.history_url)
     positions = SqlPositionStore(settings.history_url)
-    queue = InProcessNotificationQueue()
+    journal = log if journaled else None
+    queue = InProcessNotificationQueue(journal=journal)
     queue.consume(DeliveryWorker(notifiers, log, policy, load_rule=app.get_alert_rule).handle)
     await queue.start()
-    dispatcher = NotificationDispatcher(app.get_alert_rule, queue, positions)
+    dispatcher = NotificationDispatcher(app.get_alert_rule, queue, positions, journal=journal)
     runner = ProjectionRunner(
         "notifications", EventStoreLog(app), dispatcher.position, dispatcher.apply
     )
@@ -546,6 +553,7 @@ async def redrive_after_the_receiver_recovers(
     queue: NotificationQueue,
     dispatch: Callable[[], Awaitable[Any]],
     journal: SqlDeliveryLog | None = None,
+    restart: Callable[[], Awaitable[NotificationQueue]] | None = None,
 ) -> None:
     """Two owners' webhooks fail until the receiver is switched on; alice's dead letter,
     redriven, arrives with the same idempotency key, and the record shows the redrive and
@@ -560,6 +568,8 @@ async def redrive_after_the_receiver_recovers(
         await dispatch()
         for rule_id in (alice_rule, bob_rule):
             await wait_attempts(log, rule_id, "dead_lettered")
+        if restart is not None:  # the dead letters outlive the process that parked them
+            queue = await restart()
         desk = DeadLetters(queue, log, journal=journal)
         for rule_id in (alice_rule, bob_rule):  # parked right after the record
             await wait_until(
@@ -615,4 +625,35 @@ async def test_a_dead_letter_redriven_in_process_is_delivered_once(tmp_path: Pat
             runner,
             queue,
         ):
-            await redrive_after_the_receiver_recovers(app, log, queue, runner.catch_up, log)
+            await redrive_after_the_receiver_recovers(app, log, queue, runner.catch_up)
+
+
+async def test_embedded_dead_letters_survive_a_restart_and_are_redriven(tmp_path: Path) -> None:
+    """As ``serve`` wires it: the journal keeps the dead letters; a new queue (the process
+    restarted) lists and redrives them."""
+    async with httpx.AsyncClient() as client:
+        notifier = WebhookNotifier(client, timeout=5.0, allow_private=True)
+        async with embedded_delivery(
+            tmp_path, {"webhook": notifier}, TWO_TRIES, journaled=True
+        ) as (app, log, runner, queue):
+            restarted: list[InProcessNotificationQueue] = []
+
+            async def restart() -> NotificationQueue:
+                await queue.stop()
+                fresh = InProcessNotificationQueue(journal=log)
+                worker = DeliveryWorker(
+                    {"webhook": notifier}, log, TWO_TRIES, load_rule=app.get_alert_rule
+                )
+                fresh.consume(worker.handle)
+                await fresh.start()
+                restarted.append(fresh)
+                return fresh
+
+            try:
+                await redrive_after_the_receiver_recovers(
+                    app, log, queue, runner.catch_up, log, restart
+                )
+            finally:
+                for fresh in restarted:
+                    await fresh.stop()
+            assert restarted
