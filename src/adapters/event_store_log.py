@@ -114,6 +114,9 @@ def _alert(kind: str) -> _Translate:
                 "measure": event["measure"],
                 "observed_at": event["observed_at"],
                 "idempotency_key": event["idempotency_key"],
+                # The kinds of channel the rule notified; None for a transition recorded
+                # before they were (it went to the owner's sockets).
+                "channel_kinds": event.get("channel_kinds"),
             },
         )
 

@@ -185,10 +185,12 @@ class _Rule:
 @dataclass(slots=True)
 class _Watch:
     """A watched target: its recent series and its active rules, grouped by window
-    (None: the measure is the value itself)."""
+    (None: the measure is the value itself). Paused rules keep the series going (by id,
+    their window) without being evaluated: a rule resumes against the current value."""
 
     series: RecentSeries = field(default_factory=RecentSeries)
     groups: dict[MeasureKey, list[_Rule]] = field(default_factory=dict)
+    paused: dict[str, MeasureKey] = field(default_factory=dict)
     seeded: bool = False
     # The series' anomaly detector, while an anomaly rule watches it.
     detector: SeriesDetector | None = None
@@ -198,8 +200,16 @@ class _Watch:
         return sum(len(rules) for rules in self.groups.values())
 
     @property
+    def idle(self) -> bool:
+        return not self.groups and not self.paused
+
+    @property
     def horizon(self) -> float:
-        windows = [window for window in self.groups if isinstance(window, float)]
+        windows = [
+            window
+            for window in (*self.groups, *self.paused.values())
+            if isinstance(window, float)
+        ]
         return _REACH * max(windows, default=0.0)
 
 
@@ -341,6 +351,8 @@ class AlertEvaluator:
                 self._observe(target[0], target[1], target[2], entry.position, out)
             elif entry.kind in RULE_FACT_KINDS:
                 self._fold(entry)
+                if entry.kind == "alert_rule_resumed":
+                    self._reevaluate(entry.key, entry.position, out)
         return out
 
     def sync(self, snapshots: Iterable[RuleSnapshot]) -> None:
@@ -392,20 +404,49 @@ class AlertEvaluator:
                 met = measure >= rule.threshold if rule.above else measure <= rule.threshold
                 if met == rule.firing or position <= rule.since:
                     continue
-                firing: Firing = "firing" if rule.firing else "resolved"
-                transition = next_transition(
-                    rule.condition, firing, rule.last_fired_at, rule.cooldown, measure, observed_at
-                )
-                if transition is None:
-                    continue
-                # Optimistic: later observations of this batch see the new state; ``sync``
-                # replaces it with the aggregate's once recorded.
-                rule.firing = transition == "firing"
-                if rule.firing:
-                    rule.last_fired_at = observed_at
-                rule.transitions += 1
-                out.append(RuleObservation(rule.id, measure, observed_at, position))
+                self._transition(rule, measure, observed_at, position, out)
         series.prune(watch.horizon, self.keep)
+
+    def _reevaluate(self, rule_id: str, position: int, out: list[RuleObservation]) -> None:
+        """A resumed rule against its target's current value: the value (or change) may
+        have crossed the condition while the rule was paused. The transition, if any, is
+        recorded at the resumption's position (exactly once, like any other)."""
+        rule = self._rules.get(rule_id)
+        watch = None if rule is None else self._watches.get(rule.key)
+        if rule is None or not rule.active or watch is None or watch.series.latest is None:
+            return
+        if isinstance(rule.window, str):
+            return  # an anomaly is a moment's: nothing to re-evaluate on resume
+        series = watch.series
+        observed_at, value = series.times[-1], series.values[-1]
+        measure = value if rule.window is None else series.change(value, observed_at, rule.window)
+        if measure is None:
+            return
+        self.checks += 1
+        self._transition(rule, measure, observed_at, position, out)
+
+    def _transition(
+        self,
+        rule: _Rule,
+        measure: float,
+        observed_at: float,
+        position: int,
+        out: list[RuleObservation],
+    ) -> None:
+        """Ask the domain's rule whether ``rule`` changes state on ``measure``; if so, note
+        the observation and take the new state optimistically (later observations of the
+        batch see it; ``sync`` replaces it with the aggregate's once recorded)."""
+        firing: Firing = "firing" if rule.firing else "resolved"
+        transition = next_transition(
+            rule.condition, firing, rule.last_fired_at, rule.cooldown, measure, observed_at
+        )
+        if transition is None:
+            return
+        rule.firing = transition == "firing"
+        if rule.firing:
+            rule.last_fired_at = observed_at
+        rule.transitions += 1
+        out.append(RuleObservation(rule.id, measure, observed_at, position))
 
     def _fold_only(self, entries: Iterable[LogEntry]) -> None:
         for entry in entries:
@@ -458,13 +499,15 @@ class AlertEvaluator:
             rule.last_fired_at = previous.last_fired_at
             rule.transitions = previous.transitions
         self._rules[rule.id] = rule
+        watch = self._watches.get(rule.key)
+        if watch is None:
+            watch = self._watches[rule.key] = _Watch()
         if rule.active:
-            watch = self._watches.get(rule.key)
-            if watch is None:
-                watch = self._watches[rule.key] = _Watch()
             watch.groups.setdefault(rule.window, []).append(rule)
             if isinstance(rule.window, str) and watch.detector is None:
                 watch.detector = self._detector_from(watch.series)
+        else:
+            watch.paused[rule.id] = rule.window
         self._drop_if_idle(previous)
 
     def _detector_from(self, series: RecentSeries) -> SeriesDetector:
@@ -479,13 +522,14 @@ class AlertEvaluator:
         # A target nobody watches any more: forget its series.
         if previous is not None:
             watch = self._watches.get(previous.key)
-            if watch is not None and not watch.groups:
+            if watch is not None and watch.idle:
                 del self._watches[previous.key]
 
     def _unindex(self, rule: _Rule) -> None:
         watch = self._watches.get(rule.key)
         if watch is None:
             return
+        watch.paused.pop(rule.id, None)
         rules = watch.groups.get(rule.window)
         if rules is not None:
             for index, candidate in enumerate(rules):

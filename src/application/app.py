@@ -25,7 +25,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Mapper, Recording
 
 from ..domain.alert_rule import AlertRule, RuleBook
-from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget
+from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
 from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
@@ -49,6 +49,14 @@ class ProtocolNotFound(LookupError):
     def __init__(self, slug: str) -> None:
         super().__init__(f"protocol {slug!r} not found")
         self.slug = slug
+
+
+class TokenNotFound(LookupError):
+    """No price was ever recorded for the token (its aggregate does not exist)."""
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"token {token_id!r} not found")
+        self.token_id = token_id
 
 
 class AlertRuleNotFound(LookupError):
@@ -429,17 +437,23 @@ class DefiRealtime(Application[UUID]):
         limit: int | None = None,
         existing: Callable[[], Sequence[str]] = tuple,
     ) -> UUID:
-        """Create a rule; its protocol target must be a listed protocol (a typo in a slug
-        must not create a rule that can never fire), and the owner may hold at most
+        """Create a rule; its target must be known: a listed protocol, or a token with a
+        recorded price (a typo in a slug or a coin id must not create a rule that can never
+        fire), and the owner may hold at most
         ``limit`` live rules (checked in the owner's ``RuleBook``, saved in the same
         transaction as the rule: concurrent creations cannot both take the last place).
         ``existing`` lists the owner's rules for a book opened the first time (owners whose
-        rules predate books). Raises ``InvalidRule``, ``ProtocolNotFound`` or
-        ``RuleQuotaExceeded``."""
+        rules predate books). Raises ``InvalidRule``, ``ProtocolNotFound``,
+        ``TokenNotFound`` or ``RuleQuotaExceeded``."""
         rule = AlertRule.create(owner, target, condition, channels, cooldown, name)
         if isinstance(rule.target, ProtocolTarget):
             slug = rule.target.protocol
             self._get_cached(Protocol.id_for(slug), Protocol, ProtocolNotFound(slug))
+        elif isinstance(rule.target, TokenTarget):
+            # A token exists once a price was recorded for it (any spelling of an EVM
+            # address: the id is canonical on both sides).
+            token = rule.target.token
+            self._get_cached(Token.id_for(token), Token, TokenNotFound(token))
 
         def admit(working: dict[UUID, Aggregate]) -> UUID:
             book = self._rule_book(owner, working, existing)

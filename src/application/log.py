@@ -60,8 +60,9 @@ class LogEntry:
     attributes, e.g. for ``metric``: ``metric``, ``chain``, ``value``, ``observed_at``,
     ``source``; for ``price``: ``price``, ``observed_at``, ``confidence``; for
     ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``,
-    ``oracles`` (absent from events recorded before oracles were kept);
-    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``; for the
+    ``oracles`` (absent from events recorded before oracles were kept), ``observed_at``;
+    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``,
+    ``channel_kinds`` (None before they were recorded); for the
     rule lifecycle (key: the rule id), ``alert_rule_created``: ``owner``, ``name``,
     ``target``, ``condition``, ``channels``, ``cooldown``, ``state``; ``alert_rule_updated``:
     ``name``, ``condition``, ``channels``, ``cooldown``; ``alert_rule_paused`` /

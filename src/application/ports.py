@@ -22,6 +22,8 @@ from .delivery import (
     DeliveryResult,
     JobHandler,
     NotificationJob,
+    ParkedJob,
+    PrepareRedrive,
 )
 from .hot_state import ProtocolState, TokenState
 from .log import LogBatch, LogEntry
@@ -280,17 +282,38 @@ class NotificationQueue(Protocol):
         """Deliver jobs to ``handler`` once started (call before ``start``)."""
         ...
 
+    async def dead_letters_of(self, rule_id: str) -> list[ParkedJob]:
+        """The dead letters of rule ``rule_id``, oldest first."""
+        ...
+
+    async def redrive(self, rule_id: str, prepare: PrepareRedrive) -> list[NotificationJob]:
+        """Put rule ``rule_id``'s dead letters back on the work queue as first attempts
+        (same idempotency keys) and return them; ``prepare`` is awaited with them before
+        they are enqueued. A dead letter leaves the dead letters only once its job is
+        enqueued (a failure leaves it there, to redrive again)."""
+        ...
+
+
+class WebhookTargets(Protocol):
+    """Which webhook URLs the node may call (the SSRF guard): asked when a rule is created
+    or its channels change, with the same decision the delivery takes."""
+
+    async def check_new(self, url: str) -> None:
+        """Raise ``WebhookTargetRefused`` for a URL a rule must not name."""
+        ...
+
 
 class DeliveryLog(Protocol):
     """The record of every delivery attempt, and the alert transitions they deliver
     (synchronous: call it from a thread).
 
     It also journals jobs for a queue that does not outlive its process: ``record_pending``
-    keeps a job until an attempt recorded for its key delivers or dead-letters it, and
-    ``pending`` lists what is left, to enqueue again after a restart."""
+    keeps a job until an attempt recorded for its key delivers it, ``pending`` lists the
+    unsettled ones, to enqueue again after a restart, and ``parked`` the dead letters."""
 
     def record(self, attempt: DeliveryAttempt) -> None:
-        """Record one attempt; a delivered or dead-lettered one settles its key's job."""
+        """Record one attempt; a delivered or dead-lettered one settles its key's job (a
+        redrive opens it again)."""
         ...
 
     def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
@@ -300,6 +323,11 @@ class DeliveryLog(Protocol):
 
     def pending(self) -> list[NotificationJob]:
         """Every journaled job not settled yet, oldest first."""
+        ...
+
+    def parked(self, rule_id: str) -> list[ParkedJob]:
+        """The journaled jobs of ``rule_id`` that were dead-lettered (and not redriven
+        since), oldest first, each with its round's last attempt and the reason."""
         ...
 
     def progress(self, idempotency_key: str) -> DeliveryProgress: ...

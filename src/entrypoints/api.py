@@ -43,6 +43,7 @@ from .coins_api import coin_routes
 from .container import build_container, provide
 from .cors import cors_middleware
 from .dashboard import dashboard_routes
+from .dead_letters_api import dead_letter_routes
 from .docs_ui import docs_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .health_api import health_routes
@@ -714,6 +715,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/v2/ingest", INGEST.serve(ingest)),
         *alert_routes(_read_json_body),
         *alert_history_routes(),
+        *dead_letter_routes(),
         *llama_routes(),
         *coin_routes(),
         *volume_routes(),

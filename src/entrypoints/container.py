@@ -42,7 +42,7 @@ from ..application.delivery import RetryPolicy
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
-from ..application.notifications import DeliveryWorker, NotificationDispatcher
+from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
 from ..application.ports import HotProjection
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from ..adapters.smtp_email_notifier import SmtpEmailNotifier
     from ..adapters.sql_delivery_log import SqlDeliveryLog
     from ..adapters.sql_history import SqlHistoryReadModel
-    from ..adapters.webhook_notifier import WebhookNotifier
+    from ..adapters.webhook_notifier import WebhookGuard, WebhookNotifier
     from .auth import ApiKeyBackend
     from .ws_server import SocketGateway
 
@@ -229,8 +229,11 @@ async def _http_client() -> AsyncIterator[httpx.AsyncClient]:
         await client.aclose()
 
 
-async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNotificationQueue]:
-    queue = InProcessNotificationQueue(concurrency=concurrency)
+async def _memory_notifications(
+    concurrency: int, journal: SqlDeliveryLog
+) -> AsyncIterator[InProcessNotificationQueue]:
+    # The dispatcher's journal keeps the queue's dead letters across restarts (ADR 0037).
+    queue = InProcessNotificationQueue(concurrency=concurrency, journal=journal)
     try:
         yield queue
     finally:
@@ -296,12 +299,18 @@ def _gateway(hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> Socke
     return SocketGateway(hub, settings, auth)
 
 
+def _webhook_guard(allow_private: bool) -> WebhookGuard:
+    from ..adapters.webhook_notifier import WebhookGuard
+
+    return WebhookGuard(allow_private=allow_private)
+
+
 def _webhook_notifier(
-    client: httpx.AsyncClient, *, timeout: float, allow_private: bool
+    client: httpx.AsyncClient, guard: WebhookGuard, *, timeout: float
 ) -> WebhookNotifier:
     from ..adapters.webhook_notifier import WebhookNotifier
 
-    return WebhookNotifier(client, timeout=timeout, allow_private=allow_private)
+    return WebhookNotifier(client, timeout=timeout, guard=guard)
 
 
 def _email_notifier(
@@ -538,7 +547,7 @@ class Container(containers.DeclarativeContainer):
     )
     notification_queue = providers.Selector(
         config.fanout_backend,
-        memory=providers.Resource(_memory_notifications, config.notify_concurrency),
+        memory=providers.Resource(_memory_notifications, config.notify_concurrency, delivery_log),
         rabbitmq=providers.Resource(
             _rabbit_notifications,
             config.amqp_url,
@@ -624,11 +633,10 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 
+    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
+    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
     webhook_notifier = providers.Singleton(
-        _webhook_notifier,
-        http_client,
-        timeout=config.webhook_timeout,
-        allow_private=config.allow_private_webhooks,
+        _webhook_notifier, http_client, webhook_guard, timeout=config.webhook_timeout
     )
     email_notifier = providers.Singleton(
         _email_notifier,
@@ -648,16 +656,20 @@ class Container(containers.DeclarativeContainer):
         load_rule=application.provided.get_alert_rule,
         telemetry=metrics,
     )
+    # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
+    # journaled in the delivery log until settled and enqueued again on start.
+    notification_journal = providers.Selector(
+        config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
+    )
     dispatcher = providers.Singleton(
         NotificationDispatcher,
         application.provided.get_alert_rule,
         notification_queue,
         follower_positions,
-        # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
-        # journaled in the delivery log until settled and enqueued again on start.
-        journal=providers.Selector(
-            config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
-        ),
+        journal=notification_journal,
+    )
+    dead_letters = providers.Singleton(
+        DeadLetters, notification_queue, delivery_log, journal=notification_journal
     )
     dispatch_follower = providers.Singleton(
         _own_follower,

@@ -190,7 +190,8 @@ class Settings(BaseSettings):
         default=False,
         alias="ALLOW_PRIVATE_WEBHOOKS",
         description="Allow webhooks to private, loopback and link-local addresses (off: "
-        "refused, against SSRF).",
+        "refused, against SSRF: IP literals and localhost when a rule is created, every "
+        "address at delivery).",
     )
     webhook_timeout: float = Field(
         default=10.0, alias="WEBHOOK_TIMEOUT", description="Seconds a webhook call may take."

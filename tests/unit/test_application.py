@@ -673,6 +673,7 @@ def test_alert_events_reach_the_log(app: DefiRealtime) -> None:
         "measure": 1.0,
         "observed_at": T0,
         "idempotency_key": f"{rule_id}:1",
+        "channel_kinds": ["websocket"],
     }
 
 

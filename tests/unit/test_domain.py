@@ -1083,6 +1083,7 @@ def test_rule_fires_when_condition_becomes_true() -> None:
                 "observed_at": T0 + 60,
                 "idempotency_key": f"{rule.id}:1",
                 "position": None,
+                "channel_kinds": ["webhook"],
             },
         )
     ]
@@ -1111,6 +1112,7 @@ def test_firing_rule_stays_quiet_while_condition_holds_then_resolves() -> None:
                 "observed_at": T0 + 120,
                 "idempotency_key": f"{rule.id}:2",
                 "position": None,
+                "channel_kinds": ["webhook"],
             },
         )
     ]
@@ -1138,6 +1140,7 @@ def test_cooldown_is_measured_in_data_time() -> None:
                 "observed_at": T0 + 600,
                 "idempotency_key": f"{rule.id}:3",
                 "position": None,
+                "channel_kinds": ["webhook"],
             },
         )
     ]

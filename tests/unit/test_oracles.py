@@ -73,7 +73,13 @@ def test_events_stored_before_oracles_existed_still_replay() -> None:
     old_listed = _without_oracles(listed)
     protocol = old_listed.mutate(None)
     assert protocol.oracles == []  # none known
-    assert _listing_data(vars(old_listed)).keys() == {"name", "category", "chains", "url", "observed_at"}
+    assert _listing_data(vars(old_listed)).keys() == {
+        "name",
+        "category",
+        "chains",
+        "url",
+        "observed_at",
+    }
     protocol = updated.mutate(protocol)
     assert protocol.oracles == ["Pyth"]
     # An old DetailsUpdated did not know oracles: it keeps those held.

@@ -38,10 +38,18 @@ def channel_of(entry: LogEntry) -> str | None:
     if entry.kind == "price":
         return "prices"
     if entry.kind in ALERT_KINDS:
-        return "alerts"
+        return "alerts" if to_sockets(entry) else None
     if entry.kind == ANOMALY_KIND:
         return "anomalies"
     return None
+
+
+def to_sockets(entry: LogEntry) -> bool:
+    """Whether an alert transition goes to its owner's ``alerts`` sockets: only when its
+    rule has a ``websocket`` channel. A transition recorded before transitions named their
+    channels did go to the sockets, and replays as it was (docs/adr/0037)."""
+    kinds = entry.data.get("channel_kinds")
+    return kinds is None or "websocket" in kinds
 
 
 def metric_channel(metric: str) -> str:

@@ -310,7 +310,8 @@ class AlertData(BaseModel):
 
 
 class Alert(BaseModel):
-    """One of the key owner's alert rules fired or resolved."""
+    """One of the key owner's alert rules fired or resolved (only rules with a
+    ``websocket`` channel reach sockets)."""
 
     model_config = _FRAME
     type: Literal["alert"]
