@@ -23,6 +23,7 @@ from .delivery import (
     NotificationJob,
 )
 from .log import LogBatch
+from .rate_limits import Quota, Verdict
 from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
 
 BatchHandler = Callable[[LogBatch], Awaitable[None]]
@@ -266,3 +267,17 @@ class QueryCache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(self, key: str, answer: bytes) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Counts hits against quotas per identity (ADR 0036). Shared by every node when the
+    production adapter (Redis) is used; within the process otherwise."""
+
+    async def hit(self, quota: Quota, identity: str) -> Verdict:
+        """Count one hit of ``identity`` against ``quota`` if the budget allows it; the
+        verdict says whether it did and what is left."""
+        ...
+
+    async def peek(self, quota: Quota, identity: str) -> Verdict:
+        """The verdict a hit would get now, without counting one."""
+        ...
