@@ -51,7 +51,7 @@ from .observability import run_sampler, sample
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
 from .query_api import query_routes
-from .rate_limits import LimitRequests, ThrottleAuthFailures, TrustedProxies
+from .rate_limits import LimitRequests, ThrottleAuthFailures, TrustedProxies, marking_failures
 from .schemas.common import JsonDocument, NoParameters
 from .schemas.health import Health, ProjectionHealth, ProjectionStall
 from .schemas.ingest import IngestBody, IngestQuery
@@ -709,7 +709,9 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             # Around authentication: its failures are counted (ADR 0036).
             Middleware(ThrottleAuthFailures, proxies=proxies),
             Middleware(
-                AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error
+                AuthenticationMiddleware,
+                backend=container.auth_backend(),
+                on_error=marking_failures(on_auth_error),
             ),
             # After it: the budget spent is the key's (or the anonymous address's).
             Middleware(LimitRequests, proxies=proxies),

@@ -16,14 +16,17 @@ nearest ``X-Forwarded-For`` address that is not itself a trusted proxy.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..application.rate_limiting import RateLimits
 from ..application.rate_limits import Verdict
+from ..application.realtime import CLOSE_TOO_MANY_CONNECTIONS as CLOSE_RATE_LIMITED
 from .auth import KeyHolder
 from .errors import error_response
 
@@ -33,10 +36,12 @@ __all__ = [
     "ThrottleAuthFailures",
     "TrustedProxies",
     "limit_headers",
+    "marking_failures",
     "rate_limited_details",
 ]
 
 EXEMPT_PATHS: Final = frozenset({"/health", "/metrics"})
+AUTH_FAILED: Final = "defi_realtime.auth_failed"
 _EXEMPT_PREFIX: Final = "/health/"
 UNKNOWN_ADDRESS: Final = "unknown"
 
@@ -143,29 +148,46 @@ def _with_headers(send: Send, headers: Iterable[tuple[str, str]]) -> Send:
     return send_with_headers
 
 
+def marking_failures(
+    on_error: Callable[[HTTPConnection, Exception], Response],
+) -> Callable[[HTTPConnection, Exception], Response]:
+    """``AuthenticationMiddleware``'s ``on_error`` that also marks the scope as a failed
+    authentication: on a WebSocket handshake Starlette closes the socket itself, so the
+    mark is how ``ThrottleAuthFailures`` learns of it."""
+
+    def on_error_marked(conn: HTTPConnection, exc: Exception) -> Response:
+        conn.scope[AUTH_FAILED] = True
+        return on_error(conn, exc)
+
+    return on_error_marked
+
+
 class ThrottleAuthFailures:
-    """ASGI middleware before authentication: counts 401 answers per client address and
-    answers 429 to an address that has used up ``RATE_LIMIT_AUTH_FAILURES``."""
+    """ASGI middleware before authentication: counts failed authentications (a key refused
+    by the authentication middleware, or any 401 answer) per client address and refuses an
+    address that has used up ``RATE_LIMIT_AUTH_FAILURES``: 429, or on a WebSocket handshake
+    close 4029."""
 
     def __init__(self, app: ASGIApp, proxies: TrustedProxies) -> None:
         self.app = app
         self.proxies = proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limits = _limits(scope) if scope["type"] == "http" else None
+        limits = _limits(scope) if scope["type"] in ("http", "websocket") else None
         if limits is None or exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         address = _address(scope, self.proxies)
         blocked = await limits.authentication_blocked(address)
         if blocked is not None:
-            await _refuse(
-                blocked,
-                "too many failed authentications from this address; retry later",
-                scope,
-                receive,
-                send,
-            )
+            message = "too many failed authentications from this address"
+            if scope["type"] == "websocket":
+                reason = f"{message}; retry after {blocked.retry_after} s"
+                await send(
+                    {"type": "websocket.close", "code": CLOSE_RATE_LIMITED, "reason": reason}
+                )
+            else:
+                await _refuse(blocked, f"{message}; retry later", scope, receive, send)
             return
         status = 0
 
@@ -178,7 +200,7 @@ class ThrottleAuthFailures:
         try:
             await self.app(scope, receive, send_watching)
         finally:
-            if status == 401:
+            if status == 401 or scope.get(AUTH_FAILED):
                 await limits.authentication_failed(address)
 
 
