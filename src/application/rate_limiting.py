@@ -71,4 +71,10 @@ class RateLimits:
 
     def _failed(self) -> None:
         self.failures += 1
-        log.warning("rate limiter unavailable: letting the hit through", exc_info=True)
+        # The first failure and one in a thousand after it: an outage must not flood the logs.
+        if self.failures % 1000 == 1:
+            log.warning(
+                "rate limiter unavailable: letting hits through (%d so far)",
+                self.failures,
+                exc_info=True,
+            )
