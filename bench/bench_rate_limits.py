@@ -2,10 +2,11 @@
 window, sliding window counter), all Redis-backed, in the same run.
 
     python bench/bench_rate_limits.py [--requests 2000] [--concurrency 16] [--rounds 5]
-        [--path /v2/protocols?limit=10] [--redis redis://127.0.0.1:6379/15]
+        [--path /v2/protocols?limit=10] [--redis redis://127.0.0.1:6379/15] [--empty]
 
 Three ``defi-realtime serve`` processes over REDIS_URL (each its own key prefix and
-DATA_DIR; the hot projection is in Redis for all three): ``RATE_LIMITS=off``, and on with
+DATA_DIR, loaded with the packaged real-data sample, ~6,690 protocols, unless ``--empty``;
+the hot projection is in Redis for all three): ``RATE_LIMITS=off``, and on with
 ``RATE_LIMIT_STRATEGY=moving-window`` and ``sliding-window``. Anonymous callers with
 ``RATE_LIMIT_ANONYMOUS=60000`` (an enterprise key's budget: nothing is refused, every
 request spends it). The load generator is this process: ``--concurrency`` keep-alive
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--path", default="/v2/protocols?limit=10")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--empty", action="store_true", help="serve an empty store")
     args = parser.parse_args()
 
     run_id = uuid.uuid4().hex[:8]
@@ -98,7 +100,7 @@ def main() -> None:
                 }
                 process = CliProcess(
                     name,
-                    ["serve", "--port", str(port)],
+                    ["serve", "--port", str(port), *([] if args.empty else ["--sample"])],
                     env=env,
                     log_path=Path(tmp) / f"{name}.log",
                 )
@@ -115,6 +117,7 @@ def main() -> None:
 async def _rounds(servers: dict[str, tuple[CliProcess, int]], args: argparse.Namespace) -> None:
     print(machine())
     print(
+        f"{'an empty store' if args.empty else 'the packaged sample'}: "
         f"GET {args.path}, {args.requests} requests per server per round over "
         f"{args.concurrency} connections, {args.rounds} rounds (after a warm-up round)"
     )

@@ -14,6 +14,7 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
+from limits.util import WindowStats
 
 from ..application.rate_limits import Quota, Verdict
 
@@ -53,9 +54,11 @@ class LimitsRateLimiter:
         return await self._verdict(allowed, quota, item, identity)
 
     async def peek(self, quota: Quota, identity: str) -> Verdict:
+        # One round trip: what remains says whether a hit would pass (the strategies'
+        # ``test`` reads the same window again).
         item = self._item(quota)
-        allowed = await self._limiter.test(item, quota.name, identity)
-        return await self._verdict(allowed, quota, item, identity)
+        stats = await self._limiter.get_window_stats(item, quota.name, identity)
+        return self._from_stats(stats.remaining >= 1, quota, stats)
 
     async def _verdict(
         self, allowed: bool, quota: Quota, item: RateLimitItem, identity: str
@@ -63,6 +66,10 @@ class LimitsRateLimiter:
         # A second round trip: the strategies' ``hit`` answers a bool only, and the headers
         # need what is left (ADR 0036 measures the cost).
         stats = await self._limiter.get_window_stats(item, quota.name, identity)
+        return self._from_stats(allowed, quota, stats)
+
+    @staticmethod
+    def _from_stats(allowed: bool, quota: Quota, stats: WindowStats) -> Verdict:
         remaining = max(0, min(quota.limit, stats.remaining))
         reset_after = 0.0 if remaining >= quota.limit else max(0.0, stats.reset_time - time.time())
         return Verdict(allowed, quota, remaining, reset_after)

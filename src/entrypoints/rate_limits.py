@@ -2,8 +2,9 @@
 ``RateLimit-Policy`` / ``RateLimit`` headers, and two ASGI middlewares.
 
 ``ThrottleAuthFailures`` sits before authentication: an address with too many failed
-authentications (401 answers) in the last minute is answered 429 whatever it presents,
-a would-be-valid key included, until its window frees. ``LimitRequests`` sits after
+authentications (401 answers) in the last minute is answered 429 to any attempt to
+authenticate, a would-be-valid key included, until its window frees (its anonymous reads
+keep their own budget). ``LimitRequests`` sits after
 authentication and spends the caller's budget: a key's by its tier, an anonymous
 caller's by its address. Every limited answer carries the headers; a refusal is a 429 with
 ``Retry-After`` and the error ``rate_limited``. ``/health``, ``/health/*`` and ``/metrics``
@@ -162,6 +163,17 @@ def marking_failures(
     return on_error_marked
 
 
+_CREDENTIAL_HEADERS: Final = frozenset({b"x-api-key", b"authorization"})
+
+
+def _presents_credentials(scope: Scope) -> bool:
+    """Does the request carry a key or token (a header; on a WebSocket handshake also the
+    ``api_key`` query parameter)?"""
+    if any(name in _CREDENTIAL_HEADERS for name, _ in scope.get("headers", ())):
+        return True
+    return scope["type"] == "websocket" and b"api_key=" in scope.get("query_string", b"")
+
+
 class ThrottleAuthFailures:
     """ASGI middleware before authentication: counts failed authentications (a key refused
     by the authentication middleware, or any 401 answer) per client address and refuses an
@@ -178,7 +190,11 @@ class ThrottleAuthFailures:
             await self.app(scope, receive, send)
             return
         address = _address(scope, self.proxies)
-        blocked = await limits.authentication_blocked(address)
+        # Only an attempt to authenticate is refused (a read without credentials spends its
+        # anonymous budget): no limiter round trip on anonymous requests.
+        blocked = (
+            await limits.authentication_blocked(address) if _presents_credentials(scope) else None
+        )
         if blocked is not None:
             message = "too many failed authentications from this address"
             if scope["type"] == "websocket":

@@ -22,7 +22,7 @@ from ..application.realtime import (
     RealtimeHub,
 )
 from ..application.realtime.protocol import rate_limited_frame
-from .auth import ApiKeyBackend, InvalidKey
+from .auth import ApiKeyBackend, InvalidKey, credential
 from .rate_limits import TrustedProxies, forwarded_for, rate_limited_details
 from .settings import Settings
 
@@ -113,7 +113,7 @@ class SocketGateway:
         if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
             raise HandshakeRefused(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
         limits = self.rate_limits
-        if limits is not None:
+        if limits is not None and credential(headers, query, websocket=True) is not None:
             blocked = await limits.authentication_blocked(address)
             if blocked is not None:
                 raise HandshakeRefused(
