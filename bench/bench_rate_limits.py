@@ -4,10 +4,13 @@ window, sliding window counter), all Redis-backed, in the same run.
     python bench/bench_rate_limits.py [--requests 2000] [--concurrency 16] [--rounds 5]
         [--path /v2/protocols?limit=10] [--redis redis://127.0.0.1:6379/15] [--empty]
 
-Three ``defi-realtime serve`` processes over REDIS_URL (each its own key prefix and
+Four ``defi-realtime serve`` processes over REDIS_URL (each its own key prefix and
 DATA_DIR, loaded with the packaged real-data sample, ~6,690 protocols, unless ``--empty``;
 the hot projection is in Redis for all three): ``RATE_LIMITS=off``, and on with
-``RATE_LIMIT_STRATEGY=moving-window`` and ``sliding-window``. Anonymous callers with
+``RATE_LIMIT_STRATEGY=moving-window`` and ``sliding-window`` (budgets leased in blocks of
+1 %, ``RATE_LIMIT_LEASE``), and moving-window with every hit a round trip (``exact``,
+``RATE_LIMIT_LEASE=0``: what a budget under 200 a minute, e.g. the free tier's, always
+costs). Anonymous callers with
 ``RATE_LIMIT_ANONYMOUS=60000`` (an enterprise key's budget: nothing is refused, every
 request spends it). The load generator is this process: ``--concurrency`` keep-alive
 HTTP/1.1 connections on 127.0.0.1 (raw asyncio streams, to leave the CPUs to the server),
@@ -26,12 +29,18 @@ import time
 import uuid
 from pathlib import Path
 
+import _common
 from _common import HOST, CliProcess, embedded_env, free_port, machine, percentile
 
 CONFIGS = {
     "off": {"RATE_LIMITS": "off"},
     "moving-window": {"RATE_LIMITS": "on", "RATE_LIMIT_STRATEGY": "moving-window"},
     "sliding-window": {"RATE_LIMITS": "on", "RATE_LIMIT_STRATEGY": "sliding-window"},
+    "moving-window, exact": {
+        "RATE_LIMITS": "on",
+        "RATE_LIMIT_STRATEGY": "moving-window",
+        "RATE_LIMIT_LEASE": "0",
+    },
 }
 
 
@@ -87,13 +96,15 @@ def main() -> None:
     servers: dict[str, tuple[CliProcess, int]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-limits-") as tmp:
         try:
+            # Loading the sample takes a while on a busy machine: one server at a time.
+            _common.STARTUP_SECONDS = 600.0
             for name, extra in CONFIGS.items():
                 port = free_port()
                 env = {
                     **embedded_env(),
                     "DATA_DIR": str(Path(tmp) / name),
                     "REDIS_URL": args.redis,
-                    "REDIS_PREFIX": f"bench_limits_{run_id}_{name}:",
+                    "REDIS_PREFIX": f"bench_limits_{run_id}_{name.replace(', ', '_')}:",
                     "RATE_LIMIT_ANONYMOUS": "60000",
                     "LOG_LEVEL": "warning",
                     **extra,
@@ -105,7 +116,6 @@ def main() -> None:
                     log_path=Path(tmp) / f"{name}.log",
                 )
                 servers[name] = (process, port)
-            for process, port in servers.values():
                 process.wait_healthy(port)
             asyncio.run(_rounds(servers, args))
         finally:

@@ -48,9 +48,9 @@ class LimitsRateLimiter:
             )
         return item
 
-    async def hit(self, quota: Quota, identity: str) -> Verdict:
+    async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
         item = self._item(quota)
-        allowed = await self._limiter.hit(item, quota.name, identity)
+        allowed = await self._limiter.hit(item, quota.name, identity, cost=cost)
         return await self._verdict(allowed, quota, item, identity)
 
     async def peek(self, quota: Quota, identity: str) -> Verdict:

@@ -273,9 +273,9 @@ class RateLimiter(Protocol):
     """Counts hits against quotas per identity (ADR 0036). Shared by every node when the
     production adapter (Redis) is used; within the process otherwise."""
 
-    async def hit(self, quota: Quota, identity: str) -> Verdict:
-        """Count one hit of ``identity`` against ``quota`` if the budget allows it; the
-        verdict says whether it did and what is left."""
+    async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
+        """Count ``cost`` hits of ``identity`` against ``quota`` if the budget allows them
+        all (else none); the verdict says whether it did and what is left."""
         ...
 
     async def peek(self, quota: Quota, identity: str) -> Verdict:

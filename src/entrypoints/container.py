@@ -42,7 +42,7 @@ from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.notifications import DeliveryWorker, NotificationDispatcher
 from ..application.ports import RateLimiter
-from ..application.rate_limiting import RateLimits
+from ..application.rate_limiting import LeasedRateLimiter, RateLimits
 from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import httpx
     from redis.asyncio import Redis
 
-    from ..adapters.limits_rate_limiter import MemoryRateLimiter, RedisRateLimiter, Strategy
+    from ..adapters.limits_rate_limiter import MemoryRateLimiter, Strategy
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
     from ..adapters.prometheus_metrics import PrometheusMetrics
@@ -303,10 +303,14 @@ def _memory_rate_limiter(strategy: Strategy) -> MemoryRateLimiter:
     return MemoryRateLimiter(strategy)
 
 
-def _redis_rate_limiter(client: Redis, prefix: str, strategy: Strategy) -> RedisRateLimiter:
+def _redis_rate_limiter(
+    client: Redis, prefix: str, strategy: Strategy, lease: float
+) -> RateLimiter:
     from ..adapters.limits_rate_limiter import RedisRateLimiter
 
-    return RedisRateLimiter(client, prefix, strategy)
+    limiter = RedisRateLimiter(client, prefix, strategy)
+    # Large budgets in blocks: a round trip per hit costs more CPU than a cheap request.
+    return LeasedRateLimiter(limiter, share=lease) if lease > 0 else limiter
 
 
 def _rate_limits(limiter: RateLimiter | None, settings: Settings) -> RateLimits | None:
@@ -545,7 +549,11 @@ class Container(containers.DeclarativeContainer):
         off=providers.Object(None),
         memory=providers.Singleton(_memory_rate_limiter, config.rate_limit_strategy),
         redis=providers.Singleton(
-            _redis_rate_limiter, redis_client, config.redis_prefix, config.rate_limit_strategy
+            _redis_rate_limiter,
+            redis_client,
+            config.redis_prefix,
+            config.rate_limit_strategy,
+            config.rate_limit_lease,
         ),
     )
     rate_limits = providers.Singleton(_rate_limits, rate_limiter, settings)

@@ -125,6 +125,15 @@ class Settings(BaseSettings):
         description="The limits library's strategy: moving-window (exact, one entry per "
         "hit) or sliding-window (a weighted pair of counters: approximate, constant memory).",
     )
+    rate_limit_lease: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        alias="RATE_LIMIT_LEASE",
+        description="With REDIS_URL: share of a budget a node takes from Redis at once and "
+        "spends in process for up to a second (budgets under 2/share, e.g. the free tier's, "
+        "are counted exactly); 0: every hit is a round trip to Redis.",
+    )
     rate_limit_anonymous: int = Field(
         default=120,
         ge=1,

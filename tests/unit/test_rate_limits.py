@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from defi_realtime.application.rate_limiting import RateLimits
+from defi_realtime.adapters.limits_rate_limiter import MemoryRateLimiter
+from defi_realtime.application.rate_limiting import LeasedRateLimiter, RateLimits
 from defi_realtime.application.rate_limits import Quota, RateLimitPolicy, Verdict
 from defi_realtime.domain.api_key import TIER_LIMITS
 from defi_realtime.entrypoints.rate_limits import TrustedProxies, exempt, limit_headers
@@ -20,7 +21,7 @@ class FakeRateLimiter:
         self.broken = broken
         self.hits: list[tuple[Quota, str]] = []
 
-    async def hit(self, quota: Quota, identity: str) -> Verdict:
+    async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
         if self.broken:
             raise ConnectionError("redis is down")
         self.hits.append((quota, identity))
@@ -102,3 +103,49 @@ def test_probes_and_scrapes_are_exempt() -> None:
     assert exempt("/metrics")
     assert not exempt("/healthz")
     assert not exempt("/v2/protocols")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_small_budgets_are_counted_exactly_by_the_shared_limiter() -> None:
+    shared = MemoryRateLimiter()
+    node = LeasedRateLimiter(shared, share=0.01)
+    quota = Quota("tier-free", 60)
+    verdicts = [await node.hit(quota, "k") for _ in range(61)]
+    assert [v.allowed for v in verdicts].count(True) == 60
+    assert (await shared.peek(quota, "k")).remaining == 0
+
+
+async def test_two_nodes_leasing_never_exceed_the_shared_budget() -> None:
+    shared = MemoryRateLimiter()
+    nodes = [LeasedRateLimiter(shared, share=0.01), LeasedRateLimiter(shared, share=0.01)]
+    quota = Quota("tier-pro", 1000)
+    first = await nodes[0].hit(quota, "k")
+    assert (first.allowed, first.remaining) == (True, 999)  # 10 leased: 990 + 9 in hand
+    allowed = 1 + sum([(await nodes[n % 2].hit(quota, "k")).allowed for n in range(1, 1100)])
+    assert allowed == 1000
+    assert not (await nodes[0].hit(quota, "k")).allowed
+    assert not (await nodes[1].hit(quota, "k")).allowed
+
+
+async def test_an_expired_lease_loses_its_tokens_and_the_last_hits_are_exact() -> None:
+    shared = MemoryRateLimiter()
+    clock = FakeClock()
+    node = LeasedRateLimiter(shared, share=0.01, lease_seconds=1.0, clock=clock)
+    quota = Quota("tier-pro", 1000)
+    await node.hit(quota, "k")
+    assert (await shared.peek(quota, "k")).remaining == 990
+    clock.now += 1.5  # 9 tokens unspent: lost, never handed out again
+    await node.hit(quota, "k")
+    assert (await shared.peek(quota, "k")).remaining == 980
+    for _ in range(975):
+        await shared.hit(quota, "k")  # other nodes spend the rest but 5
+    clock.now += 1.5
+    near_the_end = await node.hit(quota, "k")  # a block of 10 does not fit: one hit
+    assert (near_the_end.allowed, near_the_end.remaining) == (True, 4)
