@@ -5,6 +5,7 @@ node's."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,9 @@ from .rate_limits import Quota, RateLimitPolicy, Verdict
 __all__ = ["LeasedRateLimiter", "RateLimits"]
 
 log = logging.getLogger(__name__)
+
+# How many leases under way a hit waits for before it asks for itself alone.
+_LEASE_WAITS = 3
 
 
 class RateLimits:
@@ -121,25 +125,42 @@ class LeasedRateLimiter:
         self.lease_seconds = lease_seconds
         self._clock = clock
         self._leases: LRUCache[tuple[Quota, str], _Lease] = LRUCache(maxsize=size)
+        self._leasing: dict[tuple[Quota, str], asyncio.Future[None]] = {}
 
     async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
         block = int(quota.limit * self.share)
         if block < 2 or cost != 1:
             return await self.inner.hit(quota, identity, cost)
         key = (quota, identity)
-        now = self._clock()
-        lease = self._leases.get(key)
-        if lease is not None and lease.tokens > 0 and now < lease.expires:
-            lease.tokens -= 1
-            return Verdict(True, quota, lease.remaining + lease.tokens, lease.reset_after)
-        verdict = await self.inner.hit(quota, identity, block)
-        if not verdict.allowed:
-            self._leases.pop(key, None)
+        for _ in range(_LEASE_WAITS):
+            lease = self._leases.get(key)
+            if lease is not None and lease.tokens > 0 and self._clock() < lease.expires:
+                lease.tokens -= 1
+                return Verdict(True, quota, lease.remaining + lease.tokens, lease.reset_after)
+            leasing = self._leasing.get(key)
+            if leasing is None:
+                break
+            # One lease at a time per budget: hits arriving meanwhile wait for it rather
+            # than each taking a block (16 at once wasted most of a budget).
+            await asyncio.shield(leasing)
+        else:
             return await self.inner.hit(quota, identity)
-        self._leases[key] = _Lease(
-            block - 1, verdict.remaining, verdict.reset_after, now + self.lease_seconds
-        )
-        return Verdict(True, quota, verdict.remaining + block - 1, verdict.reset_after)
+        leasing = self._leasing[key] = asyncio.get_running_loop().create_future()
+        try:
+            verdict = await self.inner.hit(quota, identity, block)
+            if not verdict.allowed:
+                self._leases.pop(key, None)
+                return await self.inner.hit(quota, identity)
+            self._leases[key] = _Lease(
+                block - 1,
+                verdict.remaining,
+                verdict.reset_after,
+                self._clock() + self.lease_seconds,
+            )
+            return Verdict(True, quota, verdict.remaining + block - 1, verdict.reset_after)
+        finally:
+            del self._leasing[key]
+            leasing.set_result(None)
 
     async def peek(self, quota: Quota, identity: str) -> Verdict:
         return await self.inner.peek(quota, identity)

@@ -3,6 +3,8 @@ address behind proxies and the headers' syntax."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from defi_realtime.adapters.limits_rate_limiter import MemoryRateLimiter
@@ -149,3 +151,12 @@ async def test_an_expired_lease_loses_its_tokens_and_the_last_hits_are_exact() -
     clock.now += 1.5
     near_the_end = await node.hit(quota, "k")  # a block of 10 does not fit: one hit
     assert (near_the_end.allowed, near_the_end.remaining) == (True, 4)
+
+
+async def test_concurrent_hits_wait_for_one_lease_instead_of_each_taking_a_block() -> None:
+    shared = MemoryRateLimiter()
+    node = LeasedRateLimiter(shared, share=0.01)
+    quota = Quota("tier-enterprise", 60_000)
+    verdicts = await asyncio.gather(*(node.hit(quota, "k") for _ in range(16)))
+    assert all(v.allowed for v in verdicts)
+    assert (await shared.peek(quota, "k")).remaining == 60_000 - 600
