@@ -120,10 +120,12 @@ class Settings(BaseSettings):
         "by every node), else in process; 429 with Retry-After beyond. off: no limits.",
     )
     rate_limit_strategy: Literal["moving-window", "sliding-window"] = Field(
-        default="moving-window",
+        default="sliding-window",
         alias="RATE_LIMIT_STRATEGY",
-        description="The limits library's strategy: moving-window (exact, one entry per "
-        "hit) or sliding-window (a weighted pair of counters: approximate, constant memory).",
+        description="The limits library's strategy: sliding-window (a weighted pair of "
+        "counters per caller: constant memory and cost, the previous minute assumed evenly "
+        "spread) or moving-window (exact; one stored entry per hit, up to the budget: ~1 MB "
+        "in Redis for an enterprise key; ADR 0036).",
     )
     rate_limit_lease: float = Field(
         default=0.01,
