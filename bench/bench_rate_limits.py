@@ -15,14 +15,17 @@ costs). Anonymous callers with
 request spends it). The load generator is this process: ``--concurrency`` keep-alive
 HTTP/1.1 connections on 127.0.0.1 (raw asyncio streams, to leave the CPUs to the server),
 ``--requests`` per server per round; rounds alternate the servers' order. Reported: the
-median over rounds of each server's throughput and of its p50/p99 latency, and the ratios
-against ``off`` from the same rounds. The servers' Redis keys are deleted at the end.
+median over rounds of each server's CPU per request (from /proc: the steadiest figure on a
+shared machine, and what throughput is bound by when the CPUs are the limit), throughput
+and p50/p99 latency, and the ratios against ``off`` from the same rounds. The servers'
+Redis keys are deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -132,39 +135,53 @@ async def _rounds(servers: dict[str, tuple[CliProcess, int]], args: argparse.Nam
         f"{args.concurrency} connections, {args.rounds} rounds (after a warm-up round)"
     )
     names = list(servers)
+    cpu_us: dict[str, list[float]] = {name: [] for name in names}
     throughput: dict[str, list[float]] = {name: [] for name in names}
     p50: dict[str, list[float]] = {name: [] for name in names}
     p99: dict[str, list[float]] = {name: [] for name in names}
     for round_number in range(args.rounds + 1):
         order = names if round_number % 2 else list(reversed(names))
         for name in order:
-            port = servers[name][1]
+            process, port = servers[name]
+            cpu_before = _cpu_seconds(process.pid)
             rate, latencies, statuses = await load(port, args.path, args.requests, args.concurrency)
+            cpu_used = _cpu_seconds(process.pid) - cpu_before
             if set(statuses) != {200}:
                 raise RuntimeError(f"{name}: answers other than 200: {statuses}")
             if round_number == 0:
                 continue  # warm-up
             ordered = sorted(latencies)
+            cpu_us[name].append(cpu_used / len(latencies) * 1e6)
             throughput[name].append(rate)
             p50[name].append(percentile(ordered, 50) * 1000)
             p99[name].append(percentile(ordered, 99) * 1000)
+    base_cpu = statistics.median(cpu_us["off"])
     base_rate = statistics.median(throughput["off"])
     base_p99 = statistics.median(p99["off"])
     print()
     print(
-        "| limits | requests/s (median) | vs off | p50 ms | p99 ms | p99 added ms "
-        "| rounds' requests/s |"
+        "| limits | server CPU µs/request | vs off | requests/s (median) | vs off | p50 ms "
+        "| p99 ms | p99 added ms | rounds' requests/s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in names:
         rate = statistics.median(throughput[name])
         tail = statistics.median(p99[name])
+        cpu = statistics.median(cpu_us[name])
         print(
-            f"| {name} | {rate:,.0f} | {rate / base_rate - 1:+.1%} | "
+            f"| {name} | {cpu:,.0f} | {cpu / base_cpu - 1:+.1%} | "
+            f"{rate:,.0f} | {rate / base_rate - 1:+.1%} | "
             f"{statistics.median(p50[name]):.2f} | {tail:.2f} | {tail - base_p99:+.2f} | "
             + ", ".join(f"{value:,.0f}" for value in throughput[name])
             + " |"
         )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``): the server's
+    cost per request, steadier than its throughput on a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _delete_keys(url: str, pattern: str) -> None:
