@@ -20,7 +20,6 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -139,11 +138,13 @@ async def _refuse(
 
 
 def _with_headers(send: Send, headers: Iterable[tuple[str, str]]) -> Send:
+    # Appended as raw pairs: no answer of ours sets these fields itself, and parsing the
+    # response's headers (MutableHeaders) was a visible share of the per-request cost.
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
-            mutable = MutableHeaders(scope=message)
-            for name, value in headers:
-                mutable[name] = value
+            message["headers"] = [*message.get("headers", ()), *raw]
         await send(message)
 
     return send_with_headers
