@@ -96,6 +96,9 @@ class _Lease:
     reset_after: float
     expires: float
 
+    def usable(self, now: float) -> bool:
+        return self.tokens > 0 and now < self.expires
+
 
 class LeasedRateLimiter:
     """A ``RateLimiter`` that takes a large budget's hits from the shared one in blocks.
@@ -103,12 +106,15 @@ class LeasedRateLimiter:
     Each round trip to Redis costs the node ~0.25 ms of CPU (two Lua calls through
     redis-py), more than a cheap request itself (ADR 0036). A budget of ``limit`` hits is
     therefore leased ``share`` of it at a time (``hit(cost=block)``, counted by the
-    ``limits`` strategy like any hits) and the block spent in process for at most
-    ``lease_seconds``; tokens left when the lease ends are lost, never handed out twice,
-    so the shared budget is never exceeded: at worst a caller is refused while other nodes
-    hold up to ``share`` of its budget each, unspent. Budgets under ``2 / share`` hits (the
-    free and basic tiers, anonymous callers by default) are not leased: every hit is exact.
-    When a block no longer fits, single hits are asked for, exactly.
+    ``limits`` strategy like any hits) and the block spent in process within
+    ``lease_seconds`` of its lease; tokens left then are lost, never handed out twice or
+    late, so the shared budget is never exceeded: at worst a caller is refused while other
+    nodes hold up to ``share`` of its budget each, unspent. The next block is leased in the
+    background once a quarter of the current one is left, so hits do not wait for Redis; a
+    hit that finds no tokens waits for the lease under way (one at a time per budget) or
+    takes one. Budgets under ``2 / share`` hits (the free and basic tiers, anonymous
+    callers by default) are not leased: every hit is exact; when a block no longer fits,
+    single hits are asked for, exactly.
     """
 
     def __init__(
@@ -124,8 +130,59 @@ class LeasedRateLimiter:
         self.share = share
         self.lease_seconds = lease_seconds
         self._clock = clock
-        self._leases: LRUCache[tuple[Quota, str], _Lease] = LRUCache(maxsize=size)
-        self._leasing: dict[tuple[Quota, str], asyncio.Future[None]] = {}
+        # Per budget: the lease being spent, then the one leased ahead of it.
+        self._leases: LRUCache[tuple[Quota, str], list[_Lease]] = LRUCache(maxsize=size)
+        self._leasing: dict[tuple[Quota, str], asyncio.Future[bool]] = {}
+        self._background: set[asyncio.Task[bool]] = set()
+
+    def _spend(self, quota: Quota, key: tuple[Quota, str], block: int) -> Verdict | None:
+        leases = self._leases.get(key)
+        if not leases:
+            return None
+        now = self._clock()
+        while leases and not leases[0].usable(now):
+            leases.pop(0)
+        if not leases:
+            return None
+        lease = leases[0]
+        lease.tokens -= 1
+        if len(leases) == 1 and lease.tokens < block // 4 and key not in self._leasing:
+            task = asyncio.get_running_loop().create_task(
+                self._lease(quota, key, block, self._start_lease(key))
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        in_hand = sum(one.tokens for one in leases)
+        return Verdict(True, quota, leases[-1].remaining + in_hand, lease.reset_after)
+
+    def _start_lease(self, key: tuple[Quota, str]) -> asyncio.Future[bool]:
+        """Say a lease for ``key`` is under way (before it starts: one at a time)."""
+        leasing = self._leasing[key] = asyncio.get_running_loop().create_future()
+        return leasing
+
+    async def _lease(
+        self, quota: Quota, key: tuple[Quota, str], block: int, leasing: asyncio.Future[bool]
+    ) -> bool:
+        """Lease a block for ``key``; whether one was granted (also ``leasing``'s result)."""
+        granted = False
+        try:
+            verdict = await self.inner.hit(quota, key[1], block)
+            granted = verdict.allowed
+            if granted:
+                lease = _Lease(
+                    block,
+                    verdict.remaining,
+                    verdict.reset_after,
+                    self._clock() + self.lease_seconds,
+                )
+                self._leases.setdefault(key, []).append(lease)
+            return granted
+        except Exception:  # the hit that needs it asks alone, and RateLimits fails open
+            log.debug("leasing a block failed", exc_info=True)
+            return False
+        finally:
+            del self._leasing[key]
+            leasing.set_result(granted)
 
     async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
         block = int(quota.limit * self.share)
@@ -133,34 +190,19 @@ class LeasedRateLimiter:
             return await self.inner.hit(quota, identity, cost)
         key = (quota, identity)
         for _ in range(_LEASE_WAITS):
-            lease = self._leases.get(key)
-            if lease is not None and lease.tokens > 0 and self._clock() < lease.expires:
-                lease.tokens -= 1
-                return Verdict(True, quota, lease.remaining + lease.tokens, lease.reset_after)
+            spent = self._spend(quota, key, block)
+            if spent is not None:
+                return spent
             leasing = self._leasing.get(key)
             if leasing is None:
+                if not await self._lease(quota, key, block, self._start_lease(key)):
+                    break
+            # Hits arriving while a block is leased wait for it rather than each taking a
+            # block (16 at once wasted most of a budget).
+            elif not await asyncio.shield(leasing):
                 break
-            # One lease at a time per budget: hits arriving meanwhile wait for it rather
-            # than each taking a block (16 at once wasted most of a budget).
-            await asyncio.shield(leasing)
-        else:
-            return await self.inner.hit(quota, identity)
-        leasing = self._leasing[key] = asyncio.get_running_loop().create_future()
-        try:
-            verdict = await self.inner.hit(quota, identity, block)
-            if not verdict.allowed:
-                self._leases.pop(key, None)
-                return await self.inner.hit(quota, identity)
-            self._leases[key] = _Lease(
-                block - 1,
-                verdict.remaining,
-                verdict.reset_after,
-                self._clock() + self.lease_seconds,
-            )
-            return Verdict(True, quota, verdict.remaining + block - 1, verdict.reset_after)
-        finally:
-            del self._leasing[key]
-            leasing.set_result(None)
+        # No block fits (or none could be had): one hit, exactly.
+        return await self.inner.hit(quota, identity)
 
     async def peek(self, quota: Quota, identity: str) -> Verdict:
         return await self.inner.peek(quota, identity)

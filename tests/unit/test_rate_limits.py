@@ -160,3 +160,17 @@ async def test_concurrent_hits_wait_for_one_lease_instead_of_each_taking_a_block
     verdicts = await asyncio.gather(*(node.hit(quota, "k") for _ in range(16)))
     assert all(v.allowed for v in verdicts)
     assert (await shared.peek(quota, "k")).remaining == 60_000 - 600
+
+
+async def test_the_next_block_is_leased_ahead_so_hits_do_not_wait_for_redis() -> None:
+    shared = MemoryRateLimiter()
+    node = LeasedRateLimiter(shared, share=0.01)
+    quota = Quota("tier-pro", 1000)
+    for _ in range(9):  # a block of 10: one token left, under a quarter
+        await node.hit(quota, "k")
+    await asyncio.sleep(0.01)  # the lease ahead, in the background
+    assert (await shared.peek(quota, "k")).remaining == 980
+    remaining = [(await node.hit(quota, "k")).remaining for _ in range(11)]
+    await asyncio.sleep(0.01)
+    assert (await shared.peek(quota, "k")).remaining == 970  # and the one after, ahead too
+    assert remaining[:3] == [980 + 10, 980 + 9, 980 + 8]
