@@ -206,9 +206,7 @@ class _Watch:
     @property
     def horizon(self) -> float:
         windows = [
-            window
-            for window in (*self.groups, *self.paused.values())
-            if isinstance(window, float)
+            window for window in (*self.groups, *self.paused.values()) if isinstance(window, float)
         ]
         return _REACH * max(windows, default=0.0)
 

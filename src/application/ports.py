@@ -27,6 +27,7 @@ from .delivery import (
 )
 from .hot_state import ProtocolState, TokenState
 from .log import LogBatch, LogEntry
+from .rate_limits import Quota, Verdict
 from .views import (
     AnomalyQuery,
     AnomalyView,
@@ -397,3 +398,17 @@ class QueryCache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(self, key: str, answer: bytes) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Counts hits against quotas per identity (ADR 0036). Shared by every node when the
+    production adapter (Redis) is used; within the process otherwise."""
+
+    async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
+        """Count ``cost`` hits of ``identity`` against ``quota`` if the budget allows them
+        all (else none); the verdict says whether it did and what is left."""
+        ...
+
+    async def peek(self, quota: Quota, identity: str) -> Verdict:
+        """The verdict a hit would get now, without counting one."""
+        ...

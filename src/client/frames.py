@@ -149,6 +149,13 @@ class Error(BaseModel):
     code: str
     message: str
     id: str | int | None = None
+    # Only on ``rate_limited``: the budget's facts, as the HTTP RateLimit headers say them.
+    policy: str | None = None
+    limit: int | None = None
+    window: int | None = None
+    remaining: int | None = None
+    reset: int | None = None
+    retry_after: int | None = Field(default=None, alias="retryAfter")
 
 
 class Pong(BaseModel):

@@ -54,6 +54,7 @@ from .observability import run_sampler, sample
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
 from .query_api import query_routes
+from .rate_limits import LimitRequests, ThrottleAuthFailures, TrustedProxies, marking_failures
 from .schemas.common import JsonDocument, NoParameters
 from .schemas.health import Health, ProjectionHealth, ProjectionStall
 from .schemas.ingest import IngestBody, IngestQuery
@@ -645,6 +646,12 @@ async def realtime_socket(websocket: WebSocket) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
+            if gateway.rate_limits is not None:
+                refusal = await gateway.message_refusal(admission)
+                if refusal is not None:
+                    connection.last_seen = time.monotonic()
+                    connection.offer_message(refusal)
+                    continue
             text = message.get("text")
             if text is not None:
                 hub.receive(connection, text)
@@ -675,6 +682,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             app.state.node = node
             gateway: SocketGateway = await provide(node.container.gateway)
             app.state.gateway = gateway
+            # Read by the rate-limit middlewares (None: RATE_LIMITS=off).
+            app.state.rate_limits = gateway.rate_limits
             sweeper = asyncio.create_task(
                 node.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
                 name="realtime-sweeper",
@@ -729,6 +738,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *dashboard_routes(),
     ]
     paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
+    proxies = TrustedProxies(settings.trusted_proxies)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -737,9 +747,15 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             # Before authentication: a preflight is answered before it sees the request.
             *cors_middleware(settings.cors_origins),
             Middleware(CountRequests, metrics=metrics, paths=paths),
+            # Around authentication: its failures are counted (ADR 0036).
+            Middleware(ThrottleAuthFailures, proxies=proxies),
             Middleware(
-                AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error
+                AuthenticationMiddleware,
+                backend=container.auth_backend(),
+                on_error=marking_failures(on_auth_error),
             ),
+            # After it: the budget spent is the key's (or the anonymous address's).
+            Middleware(LimitRequests, proxies=proxies),
         ],
         exception_handlers={
             ApiError: api_error_handler,

@@ -163,6 +163,10 @@ def serve(
             ws=ws,
             ws_max_size=settings.ws_max_message,
             ws_per_message_deflate=False,
+            # The client address is TRUSTED_PROXIES' business (entrypoints/rate_limits.py),
+            # for both WebSocket transports alike: uvicorn's own rewrite would trust
+            # 127.0.0.1 by default, so a local caller could name any address.
+            proxy_headers=False,
             backlog=4096,
         )
     finally:

@@ -43,7 +43,9 @@ from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
-from ..application.ports import HotProjection
+from ..application.ports import HotProjection, RateLimiter
+from ..application.rate_limiting import LeasedRateLimiter, RateLimits
+from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.reconciliation import Reconciliation, ReconciliationReport
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ..adapters.defillama_http import DefiLlamaHttpSource
+    from ..adapters.limits_rate_limiter import MemoryRateLimiter, Strategy
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
     from ..adapters.prometheus_metrics import PrometheusMetrics
@@ -293,10 +296,39 @@ def _auth_backend(keyring: KeyRing) -> ApiKeyBackend:
     return ApiKeyBackend(keyring)
 
 
-def _gateway(hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> SocketGateway:
+def _gateway(
+    hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend, rate_limits: RateLimits | None
+) -> SocketGateway:
     from .ws_server import SocketGateway
 
-    return SocketGateway(hub, settings, auth)
+    return SocketGateway(hub, settings, auth, rate_limits)
+
+
+def _memory_rate_limiter(strategy: Strategy) -> MemoryRateLimiter:
+    from ..adapters.limits_rate_limiter import MemoryRateLimiter
+
+    return MemoryRateLimiter(strategy)
+
+
+def _redis_rate_limiter(
+    client: Redis, prefix: str, strategy: Strategy, lease: float
+) -> RateLimiter:
+    from ..adapters.limits_rate_limiter import RedisRateLimiter
+
+    limiter = RedisRateLimiter(client, prefix, strategy)
+    # Large budgets in blocks: a round trip per hit costs more CPU than a cheap request.
+    return LeasedRateLimiter(limiter, share=lease) if lease > 0 else limiter
+
+
+def _rate_limits(limiter: RateLimiter | None, settings: Settings) -> RateLimits | None:
+    """The limits every entrypoint spends (None with RATE_LIMITS=off)."""
+    if limiter is None:
+        return None
+    policy = RateLimitPolicy(
+        anonymous_per_minute=settings.rate_limit_anonymous,
+        auth_failures_per_minute=settings.rate_limit_auth_failures,
+    )
+    return RateLimits(limiter, policy)
 
 
 def _webhook_guard(allow_private: bool) -> WebhookGuard:
@@ -581,7 +613,21 @@ class Container(containers.DeclarativeContainer):
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     auth_backend = providers.Singleton(_auth_backend, keyring)
-    gateway = providers.Singleton(_gateway, hub, settings, auth_backend)
+    # Budgets (ADR 0036): in Redis, shared by every node, when REDIS_URL is set.
+    rate_limiter = providers.Selector(
+        config.rate_limit_backend,
+        off=providers.Object(None),
+        memory=providers.Singleton(_memory_rate_limiter, config.rate_limit_strategy),
+        redis=providers.Singleton(
+            _redis_rate_limiter,
+            redis_client,
+            config.redis_prefix,
+            config.rate_limit_strategy,
+            config.rate_limit_lease,
+        ),
+    )
+    rate_limits = providers.Singleton(_rate_limits, rate_limiter, settings)
+    gateway = providers.Singleton(_gateway, hub, settings, auth_backend, rate_limits)
 
     relay = providers.Singleton(
         Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval

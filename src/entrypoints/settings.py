@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
@@ -107,6 +108,61 @@ class Settings(BaseSettings):
         alias="CORS_ALLOW_ORIGINS",
         description="Comma-separated origins whose browsers may call the REST API (CORS); * "
         "for any; empty: none.",
+    )
+
+    # --- rate limits (entrypoints/rate_limits.py, ADR 0036)
+    rate_limits: bool = Field(
+        default=True,
+        alias="RATE_LIMITS",
+        description="on: every REST route but /health* and /metrics, and every WebSocket "
+        "message, spends its caller's budget (a key's tier's requests per minute; without a "
+        "key RATE_LIMIT_ANONYMOUS by client address), in Redis when REDIS_URL is set (shared "
+        "by every node), else in process; 429 with Retry-After beyond. off: no limits.",
+    )
+    rate_limit_strategy: Literal["moving-window", "sliding-window"] = Field(
+        default="sliding-window",
+        alias="RATE_LIMIT_STRATEGY",
+        description="The limits library's strategy: sliding-window (a weighted pair of "
+        "counters per caller: constant memory and cost, the previous minute assumed evenly "
+        "spread) or moving-window (exact; one stored entry per hit, up to the budget: ~1 MB "
+        "in Redis for an enterprise key; ADR 0036).",
+    )
+    rate_limit_lease: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        alias="RATE_LIMIT_LEASE",
+        description="With REDIS_URL: share of a budget a node takes from Redis at once and "
+        "spends in process for up to a second (budgets under 2/share, e.g. the free tier's, "
+        "are counted exactly); 0: every hit is a round trip to Redis.",
+    )
+    rate_limit_anonymous: int = Field(
+        default=120,
+        ge=1,
+        alias="RATE_LIMIT_ANONYMOUS",
+        description="Requests per minute of a client address without a key (WebSocket "
+        "messages have a budget of the same size apart).",
+    )
+    rate_limit_auth_failures: int = Field(
+        default=10,
+        ge=1,
+        alias="RATE_LIMIT_AUTH_FAILURES",
+        description="Failed authentications (401 answers, refused WebSocket keys) per minute "
+        "a client address may cause; beyond, everything from it is refused (429, or close "
+        "4029 on a handshake), valid keys too, until its oldest failure is a minute old.",
+    )
+    ws_anonymous_sockets: int = Field(
+        default=20,
+        ge=1,
+        alias="WS_ANONYMOUS_SOCKETS",
+        description="WebSocket connections one client address may hold open without a key, "
+        "per node (close 4029 beyond); with a key its tier's limit applies.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        alias="TRUSTED_PROXIES",
+        description="Comma-separated addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) of "
+        "reverse proxies whose X-Forwarded-For names the client; empty: the peer is the client.",
     )
 
     # --- WebSocket
@@ -410,6 +466,22 @@ class Settings(BaseSettings):
             for origin in self.cors_allow_origins.split(",")
             if origin.strip()
         )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names it
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rate_limit_backend(self) -> str:
+        """Where budgets are counted: ``off``, ``redis`` (REDIS_URL set) or ``memory``."""
+        if not self.rate_limits:
+            return "off"
+        return "redis" if self.redis_url else "memory"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -54,6 +54,9 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "unauthorized": "the alerts channel needs an API key on the handshake",
     "frame_too_large": "the frame is larger than MAX_FRAME_BYTES bytes",
     "replay_failed": "reading the log for since failed; the subscription was dropped",
+    "rate_limited": "the key's (or, without a key, the address's) message budget is spent: "
+    "the message was not read; the frame says the policy, limit, window, remaining, reset "
+    "and retryAfter (seconds)",
 }
 CLOSE_IDLE: Final = 4000
 CLOSE_UNAUTHORIZED: Final = 4001
@@ -71,7 +74,9 @@ CLOSE_CODES: Final[Mapping[int, str]] = {
     CLOSE_FORBIDDEN_ORIGIN: "the Origin header is not in WS_ALLOWED_ORIGINS",
     CLOSE_SLOW_CONSUMER: "slow consumer: the client stopped reading (nothing taken from its "
     "queue for WS_SEND_TIMEOUT while it was full); resume with since",
-    CLOSE_TOO_MANY_CONNECTIONS: "too many connections for this API key (tier limit)",
+    CLOSE_TOO_MANY_CONNECTIONS: "too many connections for this API key (tier limit) or, "
+    "without a key, from this address (WS_ANONYMOUS_SOCKETS); or too many failed "
+    "authentications from this address (RATE_LIMIT_AUTH_FAILURES): the reason says which",
 }
 
 MAX_FRAME_BYTES: Final = 64 * 1024
@@ -281,3 +286,9 @@ def with_id(message: dict[str, Any], request_id: str | int | None) -> dict[str, 
 
 def error_frame(code: str, message: str, request_id: str | int | None = None) -> bytes:
     return dumps(with_id({"type": "error", "code": code, "message": message}, request_id))
+
+
+def rate_limited_frame(message: str, facts: Mapping[str, Any]) -> bytes:
+    """The ``error`` frame of a message refused by the rate limits, with the limiter's
+    facts (``policy``, ``limit``, ``window``, ``remaining``, ``reset``, ``retryAfter``)."""
+    return dumps({"type": "error", "code": "rate_limited", "message": message, **facts})

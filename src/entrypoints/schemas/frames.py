@@ -360,6 +360,17 @@ class Error(BaseModel):
     code: ErrorCode
     message: StrictStr = Field(description="for people")
     id: ReplyId = None
+    # Only on ``rate_limited`` (ADR 0036): the facts of the HTTP RateLimit headers.
+    policy: StrictStr | None = Field(default=None, description="rate_limited: the policy's name")
+    limit: StrictInt | None = Field(default=None, description="rate_limited: its quota")
+    window: StrictInt | None = Field(default=None, description="rate_limited: in seconds")
+    remaining: StrictInt | None = Field(default=None, description="rate_limited: left")
+    reset: StrictInt | None = Field(
+        default=None, description="rate_limited: seconds until a message is free again"
+    )
+    retry_after: StrictInt | None = Field(
+        default=None, alias="retryAfter", description="rate_limited: seconds to wait"
+    )
 
 
 class Pong(BaseModel):
