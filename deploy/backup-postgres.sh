@@ -26,7 +26,7 @@ url=$(sed -E 's#^postgres(ql)?(\+[A-Za-z0-9_]+)?://#postgresql://#' <<<"$url")
 # The history projection's tables (src/adapters/sql_history.py, rebuilt by
 # `defi-realtime projections rebuild history`) and its tracking rows.
 REBUILDABLE=(
-  protocol_observations price_observations protocols alert_events alert_rules
+  protocol_observations price_observations protocols protocol_listings alert_events alert_rules anomalies
   series_states series_days group_days projection_tracking
 )
 exclude=()

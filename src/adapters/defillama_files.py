@@ -34,8 +34,9 @@ Decisions:
   reports them beside, not inside, TVL.
 * A protocol whose TVL is ``null`` (DeFiLlama lists ~1,500 such: CEXes, dexs-only listings) is
   not dropped: it yields a ``"listing"`` item ``{protocol, name, category, chains, url,
-  observed_at}`` so the protocol is still listed, without a TVL value. A ``null`` *per-chain*
-  value in ``/protocols``' ``chainTvls`` means "no figure for that chain" and is skipped.
+  oracles, observed_at}`` so the protocol is still listed, without a TVL value. A ``null``
+  *per-chain* value in ``/protocols``' ``chainTvls`` means "no figure for that chain" and is
+  skipped.
 * Anything else that cannot become an item (malformed JSON, a row missing its name or time, a
   value that is not a number) yields an ``"invalid"`` item with the line number and the reason;
   the caller counts it as rejected. Value *ranges* (negative, NaN, out-of-range times) are left
@@ -99,7 +100,9 @@ _GZIP_MAGIC: Final = b"\x1f\x8b"
 _SNIFF_LINES: Final = 20
 _SNIFF_BYTES: Final = 256 * 1024
 _CHUNK: Final = 1024 * 1024
-_LISTING_KEYS: Final = frozenset({"protocol", "name", "category", "chains", "url", "observed_at"})
+_LISTING_KEYS: Final = frozenset(
+    {"protocol", "name", "category", "chains", "url", "oracles", "observed_at"}
+)
 # raw_decode is the documented entry to the C scanner: json.loads adds encoding sniffing and
 # decode() two whitespace regex matches per line (lines are stripped here instead). Refusing
 # duplicate keys costs ~20 % of the decoding (~1 us a line, docs/benchmarks.md).
@@ -309,8 +312,8 @@ def _slug_of_name(name: str) -> str:
 
 
 def _details(record: dict[str, Any], into: dict[str, Any] | None = None) -> dict[str, Any]:
-    """name/category/chains/url of a DeFiLlama record, leaving out what it does not carry
-    (added to ``into``, when given: the snapshot reader builds its items in place)."""
+    """name/category/chains/url/oracles of a DeFiLlama record, leaving out what it does not
+    carry (added to ``into``, when given: the snapshot reader builds its items in place)."""
     details: dict[str, Any] = {} if into is None else into
     for key in ("name", "category", "url"):
         value = record.get(key)
@@ -319,6 +322,9 @@ def _details(record: dict[str, Any], into: dict[str, Any] | None = None) -> dict
     chains = record.get("chains")
     if isinstance(chains, list):
         details["chains"] = list(chains)
+    oracles = record.get("oracles")
+    if isinstance(oracles, list):
+        details["oracles"] = list(oracles)
     return details
 
 
@@ -329,6 +335,7 @@ def _listing(slug: str, details: dict[str, Any], observed_at: float) -> dict[str
         "category": details.get("category"),
         "chains": list(details.get("chains", ())),
         "url": details.get("url"),
+        "oracles": details.get("oracles"),
         # When these details were true: older ones never replace newer ones (so a file of
         # snapshots, newest first, or imported twice, leaves the newest in place).
         "observed_at": observed_at,
@@ -356,6 +363,8 @@ def _observation(
         item.update(details)
         if "chains" in details:
             item["chains"] = list(details["chains"])
+        if "oracles" in details:
+            item["oracles"] = list(details["oracles"])
     return item
 
 

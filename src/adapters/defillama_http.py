@@ -98,6 +98,19 @@ class DefiLlamaHttpSource:
         observed_at = upstream_time(response.headers)
         return observed_at, list(_items(response.json(), observed_at))
 
+    async def current_tvl(self) -> dict[str, float]:
+        """Each protocol's current total TVL by slug, from ``/protocols`` (the
+        ``UpstreamTvl`` port: what reconciliation compares the log's values with)."""
+        _, items = await self.fetch_protocols()
+        return {
+            str(read.item["protocol"]): float(read.item["value"])
+            for read in items
+            if read.kind == "observation"
+            and read.item is not None
+            and read.item.get("metric") == "tvl"
+            and read.item.get("chain") == "total"
+        }
+
     async def fetch_prices(self, coins: Sequence[str]) -> list[ReadItem]:
         """The current prices of ``coins`` (DeFiLlama ids), each stamped with its own
         upstream ``timestamp``; a coin upstream does not price is left out, an entry that is

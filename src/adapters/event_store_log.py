@@ -37,6 +37,7 @@ from eventsourcing.utils import resolve_topic
 
 from ..application.log import LogBatch, LogEntry
 from ..domain.alert_rule import AlertRule, public_channels
+from ..domain.anomaly import AnomalyLog
 from ..domain.chains import canonical_chain
 from ..domain.protocol import Protocol
 from ..domain.token import Token, canonical_token_id
@@ -57,13 +58,21 @@ def _updated(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 def _listing_data(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "name": event["name"],
         "category": event["category"],
         # Canonical chain names, for events recorded before names were normalised too.
         "chains": list(dict.fromkeys(map(canonical_chain, event["chains"]))),
         "url": event["url"],
+        # When the details were true (ADR 0017; None when unknown, and before it existed).
+        "observed_at": event.get("observed_at"),
     }
+    # Events stored before oracles were kept carry none: leaving the key out keeps what
+    # the consumer holds (as the domain does), rather than saying "no oracles".
+    oracles = event.get("oracles")
+    if oracles is not None:
+        data["oracles"] = list(oracles)
+    return data
 
 
 def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -105,6 +114,9 @@ def _alert(kind: str) -> _Translate:
                 "measure": event["measure"],
                 "observed_at": event["observed_at"],
                 "idempotency_key": event["idempotency_key"],
+                # The kinds of channel the rule notified; None for a transition recorded
+                # before they were (it went to the owner's sockets).
+                "channel_kinds": event.get("channel_kinds"),
             },
         )
 
@@ -148,6 +160,23 @@ def _rule_state(kind: str, state: str) -> _Translate:
     return translate
 
 
+def _anomaly(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "anomaly_detected",
+        event["subject"],
+        {
+            "series": event["series"],
+            "measure": event["measure"],
+            "observed_at": event["observed_at"],
+            "value": event["value"],
+            "score": event["score"],
+            "direction": event["direction"],
+            "reason": event["reason"],
+            "position": event["position"],
+        },
+    )
+
+
 # Keyed by the event class's qualified name (``@event("Listed")`` makes ``Protocol.Listed``).
 TRANSLATIONS: Mapping[str, _Translate] = {
     f"{Protocol.__name__}.Listed": _listed,
@@ -161,6 +190,7 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{AlertRule.__name__}.Paused": _rule_state("alert_rule_paused", "paused"),
     f"{AlertRule.__name__}.Resumed": _rule_state("alert_rule_resumed", "active"),
     f"{AlertRule.__name__}.Deleted": _rule_state("alert_rule_deleted", "deleted"),
+    f"{AnomalyLog.__name__}.AnomalyDetected": _anomaly,
 }
 
 

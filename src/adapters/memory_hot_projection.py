@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from ..application.hot_state import HotState, check_query, matches, order, page_of
+from ..application.hot_state import (
+    HotState,
+    ProtocolState,
+    TokenState,
+    check_query,
+    matches,
+    order,
+    page_of,
+)
 from ..application.log import LogBatch
 from ..application.views import Page, PriceView, ProtocolQuery, ProtocolView
 
@@ -56,3 +64,29 @@ class InMemoryHotProjection:
 
     async def reset(self) -> None:
         self.state.reset()
+
+    async def restore(
+        self,
+        position: int,
+        protocols: Mapping[str, ProtocolState | None],
+        tokens: Mapping[str, TokenState | None],
+    ) -> bool:
+        state = self.state
+        if state.position != position:
+            return False
+        # No suspension point from here on: readers see the keys before or after, whole.
+        for slug, protocol in protocols.items():
+            if protocol is None:
+                state.protocols.pop(slug, None)
+                state.protocol_views.pop(slug, None)
+            else:
+                state.protocols[slug] = protocol
+                state.protocol_views[slug] = protocol.view(protocol.changes())
+        for token, token_state in tokens.items():
+            if token_state is None:
+                state.tokens.pop(token, None)
+                state.price_views.pop(token, None)
+            else:
+                state.tokens[token] = token_state
+                state.price_views[token] = token_state.view(token_state.change_24h())
+        return True

@@ -2,8 +2,9 @@
 
 The queue itself keeps nothing across a restart: jobs waiting or being retried when it stops
 are gone from it. The dispatcher journals every job it enqueues here in the delivery log and
-enqueues the unsettled ones again on start (ADR 0011). For one node without a broker;
-production uses ``RabbitNotificationQueue``.
+enqueues the unsettled ones again on start (ADR 0011). Given that ``journal``, the queue
+lists and redrives its dead letters from it, so they survive a restart too (ADR 0037). For
+one node without a broker; production uses ``RabbitNotificationQueue``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
-from ..application.delivery import DeadLetter, JobHandler, NotificationJob, Retry
+from ..application.delivery import (
+    DeadLetter,
+    JobHandler,
+    NotificationJob,
+    ParkedJob,
+    PrepareRedrive,
+    Retry,
+)
+from ..application.ports import DeliveryLog
 
 __all__ = ["InProcessNotificationQueue"]
 
@@ -39,8 +49,12 @@ class InProcessNotificationQueue:
         concurrency: int = 8,
         max_dead_letters: int = 10_000,
         handler_error_delay: float = HANDLER_ERROR_DELAY,
+        journal: DeliveryLog | None = None,
     ) -> None:
         self.concurrency = concurrency
+        # Where the dispatcher journals this queue's jobs: the durable copy of its dead
+        # letters (None: only ``dead_letters``, in memory).
+        self.journal = journal
         self.handler_error_delay = handler_error_delay
         self.max_dead_letters = max_dead_letters
         self.dead_letters: list[tuple[NotificationJob, str]] = []
@@ -87,6 +101,26 @@ class InProcessNotificationQueue:
                 continue
             self._held.add(job.idempotency_key)
             self._ready.put_nowait(job)
+
+    async def dead_letters_of(self, rule_id: str) -> list[ParkedJob]:
+        if self.journal is not None:
+            return await asyncio.to_thread(self.journal.parked, rule_id)
+        return [
+            ParkedJob(job, reason) for job, reason in self.dead_letters if job.rule_id == rule_id
+        ]
+
+    async def redrive(self, rule_id: str, prepare: PrepareRedrive) -> list[NotificationJob]:
+        parked = await self.dead_letters_of(rule_id)
+        jobs = [replace(entry.job, attempt=1) for entry in parked]
+        if not jobs:
+            return []
+        await prepare(jobs)
+        keys = {job.idempotency_key for job in jobs}
+        self.dead_letters[:] = [
+            entry for entry in self.dead_letters if entry[0].idempotency_key not in keys
+        ]
+        await self.enqueue(jobs)
+        return jobs
 
     def _later(self, delay: float, job: NotificationJob) -> None:
         loop = asyncio.get_running_loop()

@@ -302,6 +302,32 @@ class PrometheusMetrics:
             ["cache", "result"],
             registry=registry,
         )
+        # -- reconciliation (ADR 0035)
+        self.reconciliation_runs = Counter(
+            "dr_reconciliation_runs",
+            "Reconciliation runs of the read models against the log",
+            registry=registry,
+        )
+        self.reconciliation_discrepancies = Gauge(
+            "dr_reconciliation_discrepancies",
+            "Keys that differed from the log in the last reconciliation run, by store "
+            "(hot, history, upstream)",
+            ["store"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.reconciliation_last_run = Gauge(
+            "dr_reconciliation_last_run_timestamp_seconds",
+            "When the last reconciliation run completed (Unix seconds)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.reconciliation_duration = Histogram(
+            "dr_reconciliation_duration_seconds",
+            "How long a reconciliation run took",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
         # -- the process
         self.gc_pause = Histogram(
             "dr_gc_pause_seconds",
@@ -335,6 +361,15 @@ class PrometheusMetrics:
 
     def cache_looked_up(self, cache: str, hit: bool) -> None:
         self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()
+
+    def reconciliation_completed(
+        self, seconds: float, discrepancies: Mapping[str, int], completed_at: float
+    ) -> None:
+        self.reconciliation_runs.inc()
+        self.reconciliation_duration.observe(seconds)
+        self.reconciliation_last_run.set(completed_at)
+        for store in ("hot", "history", "upstream"):
+            self.reconciliation_discrepancies.labels(store).set(discrepancies.get(store, 0))
 
     # -- the entrypoints' events ---------------------------------------------------------
 

@@ -22,14 +22,21 @@ Topology (``name`` defaults to ``defi-realtime.notifications``), all durable::
 * After the last attempt (or a permanent failure) the job is published to ``dead`` with
   the reason in its headers, then acked. Publish-then-ack means a crash in between
   duplicates rather than loses; the worker drops duplicates by idempotency key.
+* Dead letters are read and redriven by scanning ``dead`` on a channel of its own
+  (``basic.get`` without ack, up to ``MAX_SCAN`` messages): a rule's messages are listed, or
+  republished to ``work`` (confirmed) and then acked; every other message goes back to the
+  queue, in its place, when the channel closes unacked. A message being scanned is invisible
+  to another scan meanwhile (two owners redriving at once each see their own).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -47,6 +54,8 @@ from ..application.delivery import (
     Decision,
     JobHandler,
     NotificationJob,
+    ParkedJob,
+    PrepareRedrive,
     Retry,
     RetryPolicy,
 )
@@ -58,6 +67,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_NOTIFICATIONS_NAME = "defi-realtime.notifications"
 WORK = "work"
 DEAD = "dead"
+MAX_SCAN = 10_000
+"""Dead letters looked at per listing or redrive (the oldest)."""
 HANDLER_ERROR_DELAY = 1.0
 """A handler that raised (e.g. its database is down) has its job requeued after this long,
 without counting an attempt."""
@@ -65,6 +76,20 @@ without counting an attempt."""
 
 def _encode(job: NotificationJob) -> bytes:
     return json.dumps(job.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _decode(message: AbstractIncomingMessage) -> NotificationJob | None:
+    try:
+        return NotificationJob.from_json(json.loads(message.body))
+    except Exception:  # an undecodable dead letter is nobody's: left where it is
+        return None
+
+
+def _reason(message: AbstractIncomingMessage) -> str:
+    reason = (message.headers or {}).get("x-reason")
+    if isinstance(reason, bytes):
+        return reason.decode(errors="replace")
+    return "" if reason is None else str(reason)
 
 
 class RabbitNotificationQueue:
@@ -99,6 +124,7 @@ class RabbitNotificationQueue:
         self._handler: JobHandler | None = None
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._starting = asyncio.Lock()
 
     # -- names ----------------------------------------------------------------------------
 
@@ -232,6 +258,58 @@ class RabbitNotificationQueue:
                 f"notification {job.idempotency_key} was not confirmed by RabbitMQ "
                 f"({self.name!r}, {routing_key!r}): {type(exc).__name__}: {exc}"
             ) from exc
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    async def dead_letters_of(self, rule_id: str) -> list[ParkedJob]:
+        async with self._dead_letters() as scanned:
+            return [
+                ParkedJob(job, _reason(message))
+                for message, job in scanned
+                if job is not None and job.rule_id == rule_id
+            ]
+
+    async def redrive(self, rule_id: str, prepare: PrepareRedrive) -> list[NotificationJob]:
+        async with self._dead_letters() as scanned:
+            chosen = [
+                (message, replace(job, attempt=1))
+                for message, job in scanned
+                if job is not None and job.rule_id == rule_id
+            ]
+            jobs = [job for _message, job in chosen]
+            if not jobs:
+                return []
+            await prepare(jobs)
+            # Confirmed on ``work`` before the dead letter is acked: a crash in between
+            # leaves both, and the worker drops the second copy (settled by the first).
+            await self.enqueue(jobs)
+            for message, _job in chosen:
+                await message.ack()
+            return jobs
+
+    @contextlib.asynccontextmanager
+    async def _dead_letters(
+        self,
+    ) -> AsyncIterator[list[tuple[AbstractIncomingMessage, NotificationJob | None]]]:
+        """The dead letters (oldest first, at most ``MAX_SCAN``), held unacked on a channel
+        of their own: what the block does not ack goes back to the queue when it closes."""
+        async with self._starting:
+            if self._connection is None:
+                await self.start()  # e.g. an API node that does not deliver (one connection)
+        connection = self._connection
+        assert connection is not None
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            dead = await channel.declare_queue(self.dead_letter_queue, durable=True)
+            scanned: list[tuple[AbstractIncomingMessage, NotificationJob | None]] = []
+            while len(scanned) < MAX_SCAN:
+                message = await dead.get(no_ack=False, fail=False, timeout=self._publish_timeout)
+                if message is None:
+                    break
+                scanned.append((message, _decode(message)))
+            yield scanned
+        finally:
+            await channel.close()
 
     # -- consuming ------------------------------------------------------------------------
 

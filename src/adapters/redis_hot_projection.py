@@ -7,6 +7,9 @@ Layout (every key under the adapter's prefix, ``dr:`` by default):
 * ``protocol:<slug>`` - string: JSON of the listing, current readings, stored changes and
   position (``_protocol_json``).
 * ``tvl:<slug>`` - sorted set of recent total-TVL observations, score = observed_at.
+* ``flow:<metric>:<slug>`` - the same for the total ``volume_24h`` and ``fees_24h``, for
+  their own changes (absent for data applied before they existed: their changes stay null
+  until the projection is rebuilt or a week of new figures came in).
 * ``token:<token>`` - string: JSON of the current price, confidence, stored change and
   position (``_token_json``).
 * ``price:<token>`` - sorted set of recent prices, score = observed_at.
@@ -53,6 +56,7 @@ from ..application.hot_state import (
     PRICE_CHANGE_WINDOW,
     PRICE_KIND,
     PROTOCOL_KINDS,
+    SERIES_METRICS,
     Point,
     Points,
     ProtocolState,
@@ -68,6 +72,7 @@ from ..application.hot_state import (
 from ..application.log import LogBatch, LogEntry
 from ..application.views import (
     CHANGE_WINDOWS,
+    FLOW_CHANGE_WINDOWS,
     RECENT_WINDOW_SECONDS,
     Page,
     PriceView,
@@ -98,7 +103,7 @@ end
 
 local writes = cjson.decode(ARGV[4])
 -- Scripts are not rolled back on error: refuse a bad write before making any.
-local allowed = {SET = true, ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true}
+local allowed = {SET = true, DEL = true, ZADD = true, ZREM = true, ZREMRANGEBYSCORE = true}
 for _, write in ipairs(writes) do
   if not allowed[write[1]] or KEYS[write[2]] == nil then
     return redis.error_reply('hot projection: unexpected write ' .. cjson.encode(write))
@@ -200,18 +205,24 @@ class RedisHotProjection:
             if raw is not None:
                 token_states[token] = _token_from_json(token, raw)
 
-        tvl_points, price_points = _history_points(todo.entries)
-        await self._load_references(protocols, token_states, tvl_points, price_points)
+        tvl_points, price_points, flow_points = _history_points(todo.entries)
+        await self._load_references(protocols, token_states, tvl_points, price_points, flow_points)
 
         changed_protocols, changed_tokens = fold_entries(todo.entries, protocols, token_states)
         writes = _Writes(self._position_key, self._layout_key)
         for slug, state in changed_protocols.items():
-            # Only a batch that extends the TVL history can move the changes; otherwise the
-            # stored ones stand (the snapshot holds no history to recompute them from).
-            changes = state.changes() if slug in tvl_points else stored_changes.get(slug, {})
-            self._write_protocol(writes, protocols.get(slug), state, changes)
+            # Only a batch that extends a series can move its changes; the others' stored
+            # ones stand (the snapshot holds no history to recompute them from).
+            changes = dict(stored_changes.get(slug, {}))
             if slug in tvl_points:
+                changes.update(state.tvl_changes())
                 self._write_history(writes, self._tvl_key(slug), tvl_points[slug], state)
+            for metric in SERIES_METRICS:
+                points = flow_points.get((slug, metric))
+                if points is not None:
+                    changes.update(state.flow_changes(metric))
+                    self._write_history(writes, self._flow_key(metric, slug), points, state, metric)
+            self._write_protocol(writes, protocols.get(slug), state, changes)
         for token, token_state in changed_tokens.items():
             self._write_token(writes, token_states.get(token), token_state)
             self._write_history(
@@ -238,6 +249,7 @@ class RedisHotProjection:
         tokens: dict[str, TokenState],
         tvl_points: Mapping[str, list[Point]],
         price_points: Mapping[str, list[Point]],
+        flow_points: Mapping[tuple[str, str], list[Point]],
     ) -> None:
         """Load into the snapshot the stored history points the changes can refer to.
 
@@ -263,6 +275,18 @@ class RedisHotProjection:
                 cutoff = newest - window
                 lookups += [str(len(keys)), repr(cutoff), repr(floor), repr(max(cutoff, floor))]
                 series.append(keys[-1])
+        for (slug, metric), points in flow_points.items():
+            state = protocols.get(slug)
+            if state is None:
+                continue
+            reading = state.current.get((metric, TOTAL))
+            newest = _newest(points, None if reading is None else reading.observed_at)
+            floor = newest - RECENT_WINDOW_SECONDS
+            keys.append(self._flow_key(metric, slug))
+            for window in FLOW_CHANGE_WINDOWS.values():
+                cutoff = newest - window
+                lookups += [str(len(keys)), repr(cutoff), repr(floor), repr(max(cutoff, floor))]
+                series.append(keys[-1])
         for token, points in price_points.items():
             token_state = tokens.get(token)
             if token_state is None:
@@ -285,6 +309,12 @@ class RedisHotProjection:
             stored = history.get(self._tvl_key(slug))
             if stored:
                 protocols[slug] = replace(protocols[slug], recent=Points.of(stored))
+        for slug, metric in flow_points:
+            stored = history.get(self._flow_key(metric, slug))
+            if stored:
+                state = protocols[slug]
+                flows = {**state.series, metric: Points.of(stored)}
+                protocols[slug] = replace(state, series=flows)
         for token in price_points:
             stored = history.get(self._price_series_key(token))
             if stored:
@@ -326,9 +356,15 @@ class RedisHotProjection:
             )
 
     def _write_history(
-        self, writes: _Writes, key: str, points: Sequence[Point], state: ProtocolState | TokenState
+        self,
+        writes: _Writes,
+        key: str,
+        points: Sequence[Point],
+        state: ProtocolState | TokenState,
+        metric: str = "tvl",
     ) -> None:
-        """Record the batch's observations in order, then trim behind the newest one."""
+        """Record the batch's observations in order, then trim behind the newest one (of
+        the token's prices, or of the protocol's total ``metric``)."""
         for observed_at, value in points:
             at = repr(observed_at)
             # One point per timestamp: the later-recorded observation replaces the earlier.
@@ -337,11 +373,86 @@ class RedisHotProjection:
         if isinstance(state, TokenState):
             newest = state.observed_at
         else:
-            tvl = state.tvl
-            if tvl is None:  # pragma: no cover - a total-TVL observation always sets one
+            reading = state.current.get((metric, TOTAL))
+            if reading is None:  # pragma: no cover - a total observation always sets one
                 return
-            newest = tvl.observed_at
+            newest = reading.observed_at
         writes.add("ZREMRANGEBYSCORE", key, "-inf", f"({newest - RECENT_WINDOW_SECONDS!r}")
+
+    async def restore(
+        self,
+        position: int,
+        protocols: Mapping[str, ProtocolState | None],
+        tokens: Mapping[str, TokenState | None],
+    ) -> bool:
+        """Rewrite the keys' states, histories and rankings in one script that checks the
+        position first (the apply script, with the position left where it is)."""
+        slugs, token_ids = list(protocols), list(tokens)
+        replies = await self._client.mget(
+            [self._position_key, *map(self._protocol_key, slugs), *map(self._token_key, token_ids)]
+        )
+        if _int(replies[0]) != position:
+            return False
+        writes = _Writes(self._position_key, self._layout_key)
+        for slug, raw in zip(slugs, replies[1 : 1 + len(slugs)], strict=True):
+            self._restore_protocol(writes, slug, _stored_protocol(slug, raw), protocols[slug])
+        for token, raw in zip(token_ids, replies[1 + len(slugs) :], strict=True):
+            self._restore_token(writes, token, raw is not None, tokens[token])
+        status, _ = await self._apply_batch(
+            keys=writes.keys,
+            args=[str(position), str(position), _LAYOUT, json.dumps(writes.commands())],
+        )
+        return int(status) == 1
+
+    def _restore_protocol(
+        self,
+        writes: _Writes,
+        slug: str,
+        stored: ProtocolState | None,
+        state: ProtocolState | None,
+    ) -> None:
+        new_ranks = {} if state is None else self._rank_values(state)
+        old_ranks = {} if stored is None else self._rank_values(stored)
+        # Out of every ranking the stored (maybe drifted) state or the right one puts it in;
+        # then into the right ones with the right scores.
+        for scope in old_ranks.keys() | new_ranks.keys():
+            for direction in ("desc", "asc"):
+                writes.add_grouped("ZREM", self._rank_key(direction, scope), slug)
+        series_keys = {metric: self._flow_key(metric, slug) for metric in SERIES_METRICS}
+        for key in (self._tvl_key(slug), *series_keys.values()):
+            writes.add("DEL", key)
+        if state is None:
+            writes.add("DEL", self._protocol_key(slug))
+            return
+        writes.add("SET", self._protocol_key(slug), _protocol_json(state, state.changes()))
+        histories = [(self._tvl_key(slug), state.recent)]
+        histories += [(series_keys[metric], points) for metric, points in state.series.items()]
+        for key, points in histories:
+            for observed_at, value in points:
+                writes.add("ZADD", key, repr(observed_at), _member((observed_at, value)))
+        for scope, ranked in new_ranks.items():
+            # Grouped like the removals, which run first (``_removals_first``).
+            writes.add_grouped("ZADD", self._rank_key("desc", scope), _rank_score(ranked, -1), slug)
+            writes.add_grouped("ZADD", self._rank_key("asc", scope), _rank_score(ranked, 1), slug)
+
+    def _restore_token(
+        self, writes: _Writes, token: str, stored: bool, state: TokenState | None
+    ) -> None:
+        writes.add("DEL", self._price_series_key(token))
+        if state is None:
+            writes.add("DEL", self._token_key(token))
+            if stored:
+                writes.add_grouped("ZREM", self._recent_tokens_key, token)
+            return
+        writes.add("SET", self._token_key(token), _token_json(state, state.change_24h()))
+        for observed_at, price in state.recent:
+            writes.add(
+                "ZADD",
+                self._price_series_key(token),
+                repr(observed_at),
+                _member((observed_at, price)),
+            )
+        writes.add_grouped("ZADD", self._recent_tokens_key, repr(-state.observed_at), token)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -465,6 +576,9 @@ class RedisHotProjection:
     def _tvl_key(self, slug: str) -> str:
         return f"{self._prefix}tvl:{slug}"
 
+    def _flow_key(self, metric: str, slug: str) -> str:
+        return f"{self._prefix}flow:{metric}:{slug}"
+
     def _token_key(self, token: str) -> str:
         return f"{self._prefix}token:{token}"
 
@@ -556,23 +670,25 @@ def _category_scope(category: str) -> str:
 
 def _history_points(
     entries: Iterable[LogEntry],
-) -> tuple[dict[str, list[Point]], dict[str, list[Point]]]:
-    """The total-TVL points per slug and the price points per token, in log order."""
+) -> tuple[dict[str, list[Point]], dict[str, list[Point]], dict[tuple[str, str], list[Point]]]:
+    """The total-TVL points per slug, the price points per token and the total flow points
+    per (slug, metric), in log order."""
     tvl_points: dict[str, list[Point]] = {}
     price_points: dict[str, list[Point]] = {}
+    flow_points: dict[tuple[str, str], list[Point]] = {}
     for entry in entries:
         data = entry.data
         if entry.kind == PRICE_KIND:
             point = (float(data["observed_at"]), float(data["price"]))
             price_points.setdefault(entry.key, []).append(point)
-        elif (
-            entry.kind == "metric"
-            and data.get("metric") == "tvl"
-            and str(data.get("chain", TOTAL)) == TOTAL
-        ):
+        elif entry.kind == "metric" and str(data.get("chain", TOTAL)) == TOTAL:
+            metric = data.get("metric")
             point = (float(data["observed_at"]), float(data["value"]))
-            tvl_points.setdefault(entry.key, []).append(point)
-    return tvl_points, price_points
+            if metric == "tvl":
+                tvl_points.setdefault(entry.key, []).append(point)
+            elif metric in SERIES_METRICS:
+                flow_points.setdefault((entry.key, str(metric)), []).append(point)
+    return tvl_points, price_points, flow_points
 
 
 def _newest(points: Iterable[Point], current: float | None) -> float:
@@ -583,6 +699,21 @@ def _member(point: Point) -> str:
     # The member carries the exact values (scores come back as rounded text); the timestamp
     # in it keeps members distinct when two observations share a value.
     return f"{point[0]!r}|{point[1]!r}"
+
+
+def _rank_score(value: float | None, sign: int) -> str:
+    return "inf" if value is None else repr(sign * value)
+
+
+def _stored_protocol(slug: str, raw: bytes | str | None) -> ProtocolState | None:
+    """The stored state, or None when missing or unreadable (then only the rankings the
+    right state names are cleaned)."""
+    if raw is None:
+        return None
+    try:
+        return _protocol_from_json(slug, raw)[0]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _point(member: object) -> Point:
@@ -611,6 +742,7 @@ def _protocol_json(state: ProtocolState, changes: Mapping[str, float | None]) ->
             "category": state.category,
             "chains": state.chains,
             "url": state.url,
+            "oracles": state.oracles,
             "current": [
                 [metric, chain, r.value, r.observed_at]
                 for (metric, chain), r in state.current.items()
@@ -637,6 +769,8 @@ def _protocol_from_json(
         url=fields["url"],
         current=current,
         position=int(fields["position"]),
+        # States stored before oracles were kept have none.
+        oracles=tuple(fields.get("oracles", ())),
     )
     return state, fields["changes"]
 

@@ -6,15 +6,21 @@ own: the queue acknowledges a job only after its attempt is recorded, so a recor
 must survive a crash right after.
 
 It also journals the jobs of a queue that dies with its process (``pending_notifications``):
-a row per job until an attempt settles it, deleted in that attempt's transaction.
+a row per job until an attempt delivers it, deleted in that attempt's transaction; a
+dead-lettered job's row stays, as that queue's durable dead letter (``parked``).
+
+A key is settled once delivered, or dead-lettered and not redriven since
+(``delivery.progress_of``): a redrive records a ``redriven`` row, after which the key may be
+attempted (and journaled) again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
-from sqlalchemy import case, delete, exists, func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Connection, Engine
 
 from ..application.delivery import (
     AlertTransition,
@@ -22,6 +28,8 @@ from ..application.delivery import (
     DeliveryAttempt,
     DeliveryProgress,
     NotificationJob,
+    ParkedJob,
+    progress_of,
 )
 from .sql_schema import (
     ALERT_EVENTS,
@@ -35,8 +43,6 @@ from .sql_schema import (
 )
 
 __all__ = ["SqlDeliveryLog"]
-
-_SETTLED = ("delivered", "dead_lettered")
 
 
 class SqlDeliveryLog:
@@ -73,7 +79,9 @@ class SqlDeliveryLog:
                     finished_at=attempt.finished_at,
                 )
             )
-            if attempt.status in _SETTLED:
+            # A dead-lettered job stays journaled: the journal is the embedded queue's
+            # durable record of its dead letters (``parked``), until a redrive delivers it.
+            if attempt.status == "delivered":
                 connection.execute(
                     delete(PENDING_NOTIFICATIONS).where(
                         PENDING_NOTIFICATIONS.c.idempotency_key == attempt.idempotency_key
@@ -82,23 +90,15 @@ class SqlDeliveryLog:
 
     def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
         table = PENDING_NOTIFICATIONS
-        attempts = DELIVERY_ATTEMPTS
         with write_transaction(self._engine) as connection:
             # Keys already journaled or already settled are skipped: the dispatcher enqueues
             # a batch again after a crash before it saved its position.
-            known: set[str] = set()
-            for chunk in chunked(list({job.idempotency_key for job in jobs})):
+            keys = list({job.idempotency_key for job in jobs})
+            known = _settled(connection, keys)
+            for chunk in chunked(keys):
                 known.update(
                     connection.execute(
                         select(table.c.idempotency_key).where(table.c.idempotency_key.in_(chunk))
-                    ).scalars()
-                )
-                known.update(
-                    connection.execute(
-                        select(attempts.c.idempotency_key).where(
-                            attempts.c.idempotency_key.in_(chunk),
-                            attempts.c.status.in_(_SETTLED),
-                        )
                     ).scalars()
                 )
             rows = []
@@ -119,27 +119,57 @@ class SqlDeliveryLog:
 
     def pending(self) -> list[NotificationJob]:
         table = PENDING_NOTIFICATIONS
-        attempts = DELIVERY_ATTEMPTS
-        settled = exists().where(
-            attempts.c.idempotency_key == table.c.idempotency_key,
-            attempts.c.status.in_(_SETTLED),
-        )
         with self._engine.connect() as connection:
             rows = connection.execute(
-                select(table.c.job)
-                .where(~settled)
+                select(table.c.idempotency_key, table.c.job).order_by(
+                    table.c.recorded_at, table.c.idempotency_key
+                )
+            ).all()
+            settled = _settled(connection, [row.idempotency_key for row in rows])
+        return [
+            NotificationJob.from_json(row.job) for row in rows if row.idempotency_key not in settled
+        ]
+
+    def parked(self, rule_id: str) -> list[ParkedJob]:
+        table = PENDING_NOTIFICATIONS
+        attempts = DELIVERY_ATTEMPTS
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(table.c.idempotency_key, table.c.job)
+                .where(table.c.rule_id == rule_id)
                 .order_by(table.c.recorded_at, table.c.idempotency_key)
-            ).scalars()
-            return [NotificationJob.from_json(row) for row in rows]
+            ).all()
+            history: dict[str, list[tuple[str, str | None]]] = {}
+            for chunk in chunked([row.idempotency_key for row in rows]):
+                for key, status, error in connection.execute(
+                    select(attempts.c.idempotency_key, attempts.c.status, attempts.c.error)
+                    .where(attempts.c.idempotency_key.in_(chunk))
+                    .order_by(attempts.c.id)
+                ):
+                    history.setdefault(key, []).append((status, error))
+        parked = []
+        for row in rows:
+            seen = history.get(row.idempotency_key, [])
+            statuses = [status for status, _error in seen]
+            if not statuses or statuses[-1] != "dead_lettered" or "delivered" in statuses:
+                continue
+            progress = progress_of(statuses)
+            job = replace(
+                NotificationJob.from_json(row.job),
+                attempt=progress.attempts - progress.redriven_after,
+            )
+            parked.append(ParkedJob(job, seen[-1][1] or ""))
+        return parked
 
     def progress(self, idempotency_key: str) -> DeliveryProgress:
         table = DELIVERY_ATTEMPTS
-        settled = func.sum(case((table.c.status.in_(_SETTLED), 1), else_=0))
         with self._engine.connect() as connection:
-            row = connection.execute(
-                select(func.count(), settled).where(table.c.idempotency_key == idempotency_key)
-            ).one()
-        return DeliveryProgress(attempts=int(row[0]), settled=bool(row[1]))
+            statuses = connection.execute(
+                select(table.c.status)
+                .where(table.c.idempotency_key == idempotency_key)
+                .order_by(table.c.id)
+            ).scalars()
+            return progress_of(list(statuses))
 
     def attempts(self, rule_id: str, limit: int = 1_000) -> list[DeliveryAttempt]:
         table = DELIVERY_ATTEMPTS
@@ -191,9 +221,27 @@ class SqlDeliveryLog:
         close_engine(self._engine)
 
 
+def _settled(connection: Connection, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` are settled (``progress_of``), read in chunks."""
+    table = DELIVERY_ATTEMPTS
+    statuses: dict[str, list[str]] = {}
+    for chunk in chunked(list(keys)):
+        rows = connection.execute(
+            select(table.c.idempotency_key, table.c.status)
+            .where(table.c.idempotency_key.in_(chunk))
+            .order_by(table.c.id)
+        )
+        for key, status in rows:
+            statuses.setdefault(key, []).append(status)
+    return {key for key, seen in statuses.items() if progress_of(seen).settled}
+
+
+_STATUSES: dict[str, AttemptStatus] = {
+    "delivered": "delivered",
+    "dead_lettered": "dead_lettered",
+    "redriven": "redriven",
+}
+
+
 def _status(raw: str) -> AttemptStatus:
-    if raw == "delivered":
-        return "delivered"
-    if raw == "dead_lettered":
-        return "dead_lettered"
-    return "failed"
+    return _STATUSES.get(raw, "failed")

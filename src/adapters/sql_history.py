@@ -14,11 +14,13 @@ the new position and skips what the first wrote.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 
 from sqlalchemy import (
     Double,
+    bindparam,
     delete,
     func,
     insert,
@@ -36,17 +38,19 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ..application.aggregate import BucketValue, GroupDay
 from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
+from ..application.analytics import RecentCloses
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
-from ..application.series_states import SeriesState
+from ..application.ports import CurrentValues, HistoryRow, ListingRow
+from ..application.series_states import CHANGE_METRICS, OPEN, SeriesState
 from ..application.time_travel import (
     CHANGE_SPAN,
+    ChangePoint,
     Cut,
     LatestValue,
     ListingDetails,
-    TvlPoint,
 )
-from ..application.views import Series, SeriesPoint, SeriesQuery
+from ..application.views import AnomalyQuery, AnomalyView, Series, SeriesPoint, SeriesQuery
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
 from .sql_price_history import SqlPriceHistory
@@ -54,9 +58,11 @@ from .sql_rollups import SqlRollups
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
+    ANOMALIES,
     GROUP_DAYS,
     PRICE_OBSERVATIONS,
     PROJECTION_TRACKING,
+    PROTOCOL_LISTINGS,
     PROTOCOL_OBSERVATIONS,
     PROTOCOLS,
     SERIES_DAYS,
@@ -72,9 +78,11 @@ __all__ = ["SqlHistoryReadModel"]
 
 DEFAULT_TRACKING_NAME: Final = "history"
 _FACT_TABLES: Final = (
+    ANOMALIES,
     PROTOCOL_OBSERVATIONS,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
+    PROTOCOL_LISTINGS,
     ALERT_EVENTS,
     ALERT_RULES,
     SERIES_STATES,
@@ -161,6 +169,28 @@ def _inside(cut: Cut, protocol: str | None = None) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def _recent_closes(
+    rows: Iterable[tuple[str, int, float]], days: int, first_days: dict[str, int] | None
+) -> dict[str, RecentCloses]:
+    """Rows ``(protocol, day, value)`` as each protocol's closes, oldest first, cut to the
+    ``days`` days up to its latest (its first day: ``first_days``', else its first row's)."""
+    by_protocol: dict[str, list[tuple[int, float]]] = {}
+    for protocol, day, value in rows:
+        by_protocol.setdefault(protocol, []).append((day, value))
+    found = {}
+    for protocol, closes in by_protocol.items():
+        closes.sort()
+        first = closes[0][0] if first_days is None else first_days.get(protocol, closes[0][0])
+        last = closes[-1][0]
+        found[protocol] = RecentCloses(
+            first_observed_at=float(first * DAY),
+            closes=tuple(
+                SeriesPoint(float(day * DAY), value) for day, value in closes if day >= last - days
+            ),
+        )
+    return found
+
+
 # --- the read model ---------------------------------------------------------------------
 
 
@@ -178,6 +208,9 @@ class SqlHistoryReadModel:
         self._engine = create_sql_engine(url)
         self._rollups = SqlRollups(self._engine)
         self._listing_details: tuple[tuple[Any, ...], dict[str, ListingDetails]] | None = None
+        # The last recent_tvl_closes answer, under (position, cut, days): the risk list
+        # reads every protocol's closes, which change only when the position moves.
+        self._recent_closes: tuple[tuple[Any, ...], dict[str, RecentCloses]] | None = None
         try:
             migrate(self._engine)
             self._ensure_tracking_row()
@@ -224,6 +257,7 @@ class SqlHistoryReadModel:
     def reset(self) -> None:
         """Delete every row, tracking included (before a rebuild from position 0)."""
         self._listing_details = None
+        self._recent_closes = None
         with write_transaction(self._engine) as connection:
             # Lock first so a concurrent apply cannot interleave with the deletes.
             self._lock_position(connection)
@@ -237,12 +271,106 @@ class SqlHistoryReadModel:
         """Release the connection pool."""
         close_engine(self._engine)
 
+    # -- reconciliation (ADR 0035) -------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[_SqlHistorySnapshot]:
+        """One consistent read of every table (REPEATABLE READ on PostgreSQL; SQLite's
+        read transaction, a snapshot in WAL mode), while the projection goes on writing."""
+        with self._engine.connect() as connection:
+            if self._engine.dialect.name == "postgresql":
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                position = connection.execute(
+                    select(PROJECTION_TRACKING.c.position).where(
+                        PROJECTION_TRACKING.c.name == self._name
+                    )
+                ).scalar_one_or_none()
+                yield _SqlHistorySnapshot(connection, 0 if position is None else int(position))
+
+    def restore(
+        self,
+        position: int,
+        protocols: Sequence[str],
+        tokens: Sequence[str],
+        entries: Sequence[LogEntry],
+    ) -> bool:
+        """Replace the rows of ``protocols`` and ``tokens`` with ``entries``' (all of
+        theirs up to ``position``) and rebuild the rollups, under the tracking lock; False
+        when the model is no longer at ``position``. The rollups are rebuilt whole: the
+        group-days sums mix every protocol, so a drifted row's share cannot be taken out
+        alone."""
+        self._listing_details = None
+        with write_transaction(self._engine) as connection:
+            if self._lock_position(connection) != position:
+                return False
+            obs, prices = PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS
+            for chunk in chunked(list(protocols)):
+                connection.execute(delete(obs).where(obs.c.protocol.in_(chunk)))
+                connection.execute(delete(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk)))
+                connection.execute(
+                    delete(PROTOCOL_LISTINGS).where(PROTOCOL_LISTINGS.c.slug.in_(chunk))
+                )
+            for chunk in chunked(list(tokens)):
+                connection.execute(delete(prices).where(prices.c.token.in_(chunk)))
+            metrics, price_rows = _observation_rows(entries)
+            if metrics:
+                connection.execute(insert(obs), metrics)
+            if price_rows:
+                connection.execute(insert(prices), price_rows)
+            listings = [entry for entry in entries if entry.kind in _PROTOCOL_KINDS]
+            if listings:
+                self._upsert_protocols(connection, listings)
+            self._rollups.rebuild(connection)
+            return True
+
     # -- reading -------------------------------------------------------------------------
 
     @property
     def prices(self) -> SqlPriceHistory:
         """The price reads of DeFiLlama's coins API, over this model's engine."""
         return SqlPriceHistory(self._engine)
+
+    def anomalies(self, query: AnomalyQuery) -> list[AnomalyView]:
+        """Recorded anomalies matching ``query``, the most recent first."""
+        table = ANOMALIES
+        conditions: list[ColumnElement[bool]] = []
+        if query.protocol is not None:
+            conditions.append(table.c.subject == query.protocol)
+            conditions.append(table.c.series.startswith("protocol:"))
+        if query.token is not None:
+            conditions.append(table.c.subject == query.token)
+            conditions.append(table.c.series.startswith("token:"))
+        if query.measure is not None:
+            conditions.append(table.c.measure == query.measure)
+        if query.start is not None:
+            conditions.append(table.c.observed_at >= query.start)
+        if query.end is not None:
+            conditions.append(table.c.observed_at <= query.end)
+        if query.min_score is not None:
+            conditions.append(table.c.score >= query.min_score)
+        statement = (
+            select(table)
+            .where(*conditions)
+            .order_by(table.c.observed_at.desc(), table.c.position.desc())
+            .limit(query.limit)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).mappings().all()
+        return [
+            AnomalyView(
+                position=int(row["position"]),
+                subject=str(row["subject"]),
+                series=str(row["series"]),
+                measure=str(row["measure"]),
+                observed_at=float(row["observed_at"]),
+                value=float(row["value"]),
+                score=float(row["score"]),
+                direction=str(row["direction"]),
+                reason=str(row["reason"]),
+            )
+            for row in rows
+        ]
 
     def series(self, query: SeriesQuery) -> Series:
         """Time-ordered points of one (protocol, metric, chain).
@@ -376,44 +504,55 @@ class SqlHistoryReadModel:
             rows = connection.execute(statement).all()
         return [_latest_value(row) for row in rows]
 
-    def tvl_points(self, cut: Cut, protocol: str | None = None) -> list[TvlPoint]:
-        """Each protocol's (or ``protocol``'s) total TVL points inside ``cut`` within
-        ``CHANGE_SPAN`` of its newest one, time-ordered, one per time (the latest
-        recording)."""
+    def change_points(self, cut: Cut, protocol: str | None = None) -> list[ChangePoint]:
+        """The points inside ``cut`` of every protocol's (or ``protocol``'s) series with
+        changes (``CHANGE_METRICS``' totals) within ``CHANGE_SPAN`` of the series' newest
+        one, time-ordered, one per time (the latest recording)."""
         if self._engine.dialect.name == "postgresql":
-            return self._tvl_points_by_probes(cut, protocol)
+            return self._change_points_by_probes(cut, protocol)
         obs = PROTOCOL_OBSERVATIONS
-        total_tvl = (obs.c.metric == "tvl", obs.c.chain == TOTAL, *_inside(cut, protocol))
+        totals = (
+            obs.c.metric.in_(CHANGE_METRICS),
+            obs.c.chain == TOTAL,
+            *_inside(cut, protocol),
+        )
         newest = (
-            select(obs.c.protocol, func.max(obs.c.observed_at).label("newest"))
-            .where(*total_tvl)
-            .group_by(obs.c.protocol)
+            select(obs.c.protocol, obs.c.metric, func.max(obs.c.observed_at).label("newest"))
+            .where(*totals)
+            .group_by(obs.c.protocol, obs.c.metric)
             .subquery()
         )
         ranked = (
             select(
                 obs.c.protocol,
+                obs.c.metric,
                 obs.c.observed_at,
                 obs.c.value,
                 func.row_number()
                 .over(
-                    partition_by=(obs.c.protocol, obs.c.observed_at),
+                    partition_by=(obs.c.protocol, obs.c.metric, obs.c.observed_at),
                     order_by=obs.c.position.desc(),
                 )
                 .label("rank"),
             )
-            .join(newest, newest.c.protocol == obs.c.protocol)
-            .where(*total_tvl, obs.c.observed_at >= newest.c.newest - CHANGE_SPAN)
+            .join(
+                newest,
+                (newest.c.protocol == obs.c.protocol) & (newest.c.metric == obs.c.metric),
+            )
+            .where(*totals, obs.c.observed_at >= newest.c.newest - CHANGE_SPAN)
             .subquery()
         )
         statement = (
-            select(ranked.c.protocol, ranked.c.observed_at, ranked.c.value)
+            select(ranked.c.protocol, ranked.c.metric, ranked.c.observed_at, ranked.c.value)
             .where(ranked.c.rank == 1)
-            .order_by(ranked.c.protocol, ranked.c.observed_at)
+            .order_by(ranked.c.protocol, ranked.c.metric, ranked.c.observed_at)
         )
         with self._engine.connect() as connection:
             rows = connection.execute(statement).all()
-        return [TvlPoint(row.protocol, float(row.observed_at), float(row.value)) for row in rows]
+        return [
+            ChangePoint(row.protocol, row.metric, float(row.observed_at), float(row.value))
+            for row in rows
+        ]
 
     # PostgreSQL has no skip scan: a window over every observation inside the cut grows with
     # the table. These walk the series index instead: one probe per series for the next
@@ -442,11 +581,11 @@ class SqlHistoryReadModel:
             rows = connection.execute(statement, _cut_parameters(cut, protocol)).all()
         return [_latest_value(row) for row in rows]
 
-    def _tvl_points_by_probes(self, cut: Cut, protocol: str | None) -> list[TvlPoint]:
+    def _change_points_by_probes(self, cut: Cut, protocol: str | None) -> list[ChangePoint]:
         statement = text(
             _series_walk(protocol)
             + """
-            SELECT s.protocol, pts.observed_at, pts.value
+            SELECT s.protocol, s.metric, pts.observed_at, pts.value
             FROM series s CROSS JOIN LATERAL (
                 SELECT o.observed_at AS newest FROM protocol_observations o
                 WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
@@ -457,18 +596,24 @@ class SqlHistoryReadModel:
                 WHERE o.protocol = s.protocol AND o.metric = s.metric AND o.chain = s.chain
                 AND o.observed_at <= :as_of AND o.position <= :known_at
                 AND o.observed_at >= n.newest - :span) pts
-            WHERE s.metric = 'tvl' AND s.chain = :total
-            ORDER BY s.protocol, pts.observed_at, pts.position
+            WHERE s.metric IN :metrics AND s.chain = :total
+            ORDER BY s.protocol, s.metric, pts.observed_at, pts.position
             """
-        )
-        parameters = {**_cut_parameters(cut, protocol), "span": CHANGE_SPAN}
+        ).bindparams(bindparam("metrics", expanding=True))
+        parameters = {
+            **_cut_parameters(cut, protocol),
+            "span": CHANGE_SPAN,
+            "metrics": list(CHANGE_METRICS),
+        }
         with self._engine.connect() as connection:
             rows = connection.execute(statement, parameters).all()
         # Ordered by position within a time: the last row of a time is its latest recording.
-        latest: dict[tuple[str, float], float] = {}
+        latest: dict[tuple[str, str, float], float] = {}
         for row in rows:
-            latest[(row.protocol, float(row.observed_at))] = float(row.value)
-        return [TvlPoint(slug, at, value) for (slug, at), value in latest.items()]
+            latest[(row.protocol, row.metric, float(row.observed_at))] = float(row.value)
+        return [
+            ChangePoint(slug, metric, at, value) for (slug, metric, at), value in latest.items()
+        ]
 
     def series_states(self, as_of: float | None, protocol: str | None = None) -> list[SeriesState]:
         """The state of every series (or ``protocol``'s) at ``as_of`` (None: now), from the
@@ -481,9 +626,13 @@ class SqlHistoryReadModel:
         """The group-days rollup's rows of ``dimension`` on ``days``, of ``metrics``."""
         return self._rollups.group_days(dimension, days, metrics)
 
-    def listing_details(self) -> dict[str, ListingDetails]:
-        """Every listed protocol's current details, by slug (read again only when a listing
-        was written since: a cut of every protocol needs them all)."""
+    def listing_details(self, cut: Cut | None = None) -> dict[str, ListingDetails]:
+        """Every listed protocol's details, by slug: as they stood in ``cut`` (each one's
+        last listing recorded by ``known_at`` and true by ``as_of``; one without a time
+        counts as always true), or today's (read again only when a listing was written
+        since: a cut of every protocol needs them all)."""
+        if cut is not None and (cut.as_of is not None or cut.known_at is not None):
+            return self._listing_details_in(cut)
         version_query = select(func.count(), func.max(PROTOCOLS.c.position))
         with self._engine.connect() as connection:
             version = tuple(connection.execute(version_query).one())
@@ -492,11 +641,49 @@ class SqlHistoryReadModel:
                 return cached[1]
             rows = connection.execute(select(PROTOCOLS)).all()
         details = {
-            row.slug: ListingDetails(row.slug, row.name, row.category, tuple(row.chains), row.url)
+            row.slug: ListingDetails(
+                row.slug,
+                row.name,
+                row.category,
+                tuple(row.chains),
+                row.url,
+                tuple(row.oracles or ()),
+            )
             for row in rows
         }
         self._listing_details = (version, details)
         return details
+
+    def _listing_details_in(self, cut: Cut) -> dict[str, ListingDetails]:
+        listings = PROTOCOL_LISTINGS
+        inside = []
+        if cut.known_at is not None:
+            inside.append(listings.c.position <= cut.known_at)
+        if cut.as_of is not None:
+            inside.append(listings.c.observed_at.is_(None) | (listings.c.observed_at <= cut.as_of))
+        ranked = (
+            select(
+                listings,
+                func.row_number()
+                .over(partition_by=listings.c.slug, order_by=listings.c.position.desc())
+                .label("rank"),
+            )
+            .where(*inside)
+            .subquery()
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(ranked).where(ranked.c.rank == 1)).all()
+        return {
+            row.slug: ListingDetails(
+                row.slug,
+                row.name,
+                row.category,
+                tuple(row.chains),
+                row.url,
+                tuple(row.oracles or ()),
+            )
+            for row in rows
+        }
 
     def position_recorded_by(self, time: float) -> int:
         """The last log position of an observation recorded at or before ``time`` (0: none)."""
@@ -548,6 +735,64 @@ class SqlHistoryReadModel:
             BucketValue(row.protocol, row.metric, row.chain, int(row.day), float(row.value))
             for row in rows
         ]
+
+    def recent_tvl_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]:
+        """Each protocol's total TVL closes (its last value of each UTC day, stamped with the
+        day's start) over the ``days`` days up to its own latest close, and the start of its
+        first day, inside ``cut`` (what the risk list reads: ``application.analytics``).
+
+        Without ``knownAt`` from the day closes (ADR 0021), one pass over the index; the
+        day of ``asOf`` itself from the raw observations up to it. With ``knownAt``, which
+        must not see later corrections, every day from the raw observations. The answer is
+        kept until the position moves (read before the closes: a batch applied meanwhile
+        only makes the kept answer newer than its key)."""
+        key = (self.position(), cut, days)
+        cached = self._recent_closes
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = self._read_recent_closes(cut, days)
+        self._recent_closes = (key, found)
+        return found
+
+    def _read_recent_closes(self, cut: Cut, days: int) -> dict[str, RecentCloses]:
+        if cut.known_at is not None:
+            values = self.daily_metric_values(["tvl"], None, None, cut)
+            return _recent_closes(
+                ((v.protocol, v.day, v.value) for v in values if v.chain == TOTAL), days, None
+            )
+        as_of_day = None if cut.as_of is None else math.floor(cut.as_of / DAY)
+        days_ = SERIES_DAYS
+        mine = [days_.c.metric == "tvl", days_.c.chain == TOTAL]
+        if as_of_day is not None:
+            mine.append(days_.c.day < as_of_day)
+        bounds = (
+            select(
+                days_.c.protocol,
+                func.max(days_.c.day).label("last_day"),
+                func.min(days_.c.day).label("first_day"),
+            )
+            .where(*mine)
+            .group_by(days_.c.protocol)
+            .subquery()
+        )
+        statement = (
+            select(days_.c.protocol, days_.c.day, days_.c.value, bounds.c.first_day)
+            .join(bounds, bounds.c.protocol == days_.c.protocol)
+            .where(*mine, days_.c.day >= bounds.c.last_day - days)
+        )
+        with self._engine.connect() as connection:
+            # Unpacked, not read by name: attribute access on ~50,000 rows cost more than
+            # the query.
+            rows = connection.execute(statement).all()
+        found: list[tuple[str, int, float]] = [(p, d, v) for p, d, v, _ in rows]
+        first_days = {protocol: first for protocol, _, _, first in rows}
+        if as_of_day is not None:
+            # The day of asOf, up to asOf: its close is the last value observed by then.
+            for value in self.daily_metric_values(["tvl"], as_of_day, as_of_day, cut):
+                if value.chain == TOTAL:
+                    found.append((value.protocol, value.day, value.value))
+                    first_days.setdefault(value.protocol, value.day)
+        return _recent_closes(found, days, first_days)
 
     def listings(self) -> dict[str, Listing]:
         """Every listed protocol's category and chains, by slug."""
@@ -631,39 +876,13 @@ class SqlHistoryReadModel:
         return 0
 
     def _insert(self, connection: Connection, entries: Sequence[LogEntry]) -> None:
-        metrics: list[dict[str, Any]] = []
-        prices: list[dict[str, Any]] = []
+        metrics, prices = _observation_rows(entries)
         alerts: list[dict[str, Any]] = []
+        anomalies: list[dict[str, Any]] = []
         listings: list[LogEntry] = []
         for entry in entries:
             data = entry.data
-            if entry.kind == "metric":
-                metrics.append(
-                    {
-                        "position": entry.position,
-                        "protocol": entry.key,
-                        "metric": str(data["metric"]),
-                        "chain": str(data.get("chain") or "total"),
-                        "observed_at": float(data["observed_at"]),
-                        "value": float(data["value"]),
-                        "source": str(data.get("source") or ""),
-                        "recorded_at": entry.recorded_at,
-                    }
-                )
-            elif entry.kind == "price":
-                confidence = data.get("confidence")
-                prices.append(
-                    {
-                        "position": entry.position,
-                        "token": entry.key,
-                        "observed_at": float(data["observed_at"]),
-                        "price": float(data["price"]),
-                        "confidence": None if confidence is None else float(confidence),
-                        "source": str(data.get("source") or ""),
-                        "recorded_at": entry.recorded_at,
-                    }
-                )
-            elif entry.kind in _ALERT_KINDS:
+            if entry.kind in _ALERT_KINDS:
                 key = data.get("idempotency_key")
                 alerts.append(
                     {
@@ -679,12 +898,29 @@ class SqlHistoryReadModel:
                 )
             elif entry.kind in _PROTOCOL_KINDS:
                 listings.append(entry)
+            elif entry.kind == "anomaly_detected":
+                anomalies.append(
+                    {
+                        "position": entry.position,
+                        "subject": entry.key,
+                        "series": str(data["series"]),
+                        "measure": str(data["measure"]),
+                        "observed_at": float(data["observed_at"]),
+                        "value": float(data["value"]),
+                        "score": float(data["score"]),
+                        "direction": str(data["direction"]),
+                        "reason": str(data.get("reason") or ""),
+                        "recorded_at": entry.recorded_at,
+                    }
+                )
         # One executemany per table (SQLAlchemy batches it into multi-row INSERTs where
         # the driver allows), not one round trip per row.
         if metrics:
             connection.execute(insert(PROTOCOL_OBSERVATIONS), metrics)
         if prices:
             connection.execute(insert(PRICE_OBSERVATIONS), prices)
+        if anomalies:
+            connection.execute(insert(ANOMALIES), anomalies)
         alerts = self._new_alerts(connection, alerts)
         if alerts:
             connection.execute(insert(ALERT_EVENTS), alerts)
@@ -732,6 +968,7 @@ class SqlHistoryReadModel:
         listings = list(listings)
         slugs = list(dict.fromkeys(entry.key for entry in listings))
         rows: dict[str, dict[str, Any]] = {}
+        versions: list[dict[str, Any]] = []
         for chunk in chunked(slugs):
             for row in connection.execute(select(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk))):
                 rows[row.slug] = dict(row._mapping)
@@ -745,11 +982,20 @@ class SqlHistoryReadModel:
                 "category": str(data.get("category", previous.get("category", ""))),
                 "chains": list(data.get("chains", previous.get("chains", []))),
                 "url": str(data.get("url", previous.get("url", ""))),
+                "oracles": list(data.get("oracles", previous.get("oracles") or [])),
                 "position": entry.position,
             }
+            observed_at = data.get("observed_at")
+            versions.append(
+                {
+                    **rows[entry.key],
+                    "observed_at": None if observed_at is None else float(observed_at),
+                }
+            )
         for chunk in chunked(slugs):
             connection.execute(delete(PROTOCOLS).where(PROTOCOLS.c.slug.in_(chunk)))
         connection.execute(insert(PROTOCOLS), [rows[slug] for slug in slugs])
+        connection.execute(insert(PROTOCOL_LISTINGS), versions)
 
     @staticmethod
     def _fold_alert_rules(connection: Connection, entries: Sequence[LogEntry]) -> None:
@@ -768,6 +1014,110 @@ class SqlHistoryReadModel:
             connection.execute(delete(ALERT_RULES).where(ALERT_RULES.c.rule_id.in_(chunk)))
         if rows:
             connection.execute(insert(ALERT_RULES), rows)
+
+
+def _observation_rows(
+    entries: Iterable[LogEntry],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``protocol_observations`` and ``price_observations`` rows of ``entries``."""
+    metrics: list[dict[str, Any]] = []
+    prices: list[dict[str, Any]] = []
+    for entry in entries:
+        data = entry.data
+        if entry.kind == "metric":
+            metrics.append(
+                {
+                    "position": entry.position,
+                    "protocol": entry.key,
+                    "metric": str(data["metric"]),
+                    "chain": str(data.get("chain") or "total"),
+                    "observed_at": float(data["observed_at"]),
+                    "value": float(data["value"]),
+                    "source": str(data.get("source") or ""),
+                    "recorded_at": entry.recorded_at,
+                }
+            )
+        elif entry.kind == "price":
+            confidence = data.get("confidence")
+            prices.append(
+                {
+                    "position": entry.position,
+                    "token": entry.key,
+                    "observed_at": float(data["observed_at"]),
+                    "price": float(data["price"]),
+                    "confidence": None if confidence is None else float(confidence),
+                    "source": str(data.get("source") or ""),
+                    "recorded_at": entry.recorded_at,
+                }
+            )
+    return metrics, prices
+
+
+class _SqlHistorySnapshot:
+    """``HistorySnapshot`` over one open read transaction."""
+
+    def __init__(self, connection: Connection, position: int) -> None:
+        self._connection = connection
+        self._position = position
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def rows(self, after: int, last: int) -> Iterator[HistoryRow]:
+        obs, prices = PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS
+        found: list[HistoryRow] = [
+            HistoryRow(
+                int(row.position),
+                "metric",
+                row.protocol,
+                (row.metric, row.chain, float(row.observed_at), float(row.value)),
+            )
+            for row in self._connection.execute(
+                select(obs.c.position, obs.c.protocol, obs.c.metric, obs.c.chain)
+                .add_columns(obs.c.observed_at, obs.c.value)
+                .where(obs.c.position > after, obs.c.position <= last)
+            )
+        ]
+        found.extend(
+            HistoryRow(
+                int(row.position),
+                "price",
+                row.token,
+                (
+                    float(row.observed_at),
+                    float(row.price),
+                    None if row.confidence is None else float(row.confidence),
+                ),
+            )
+            for row in self._connection.execute(
+                select(
+                    prices.c.position,
+                    prices.c.token,
+                    prices.c.observed_at,
+                    prices.c.price,
+                    prices.c.confidence,
+                ).where(prices.c.position > after, prices.c.position <= last)
+            )
+        )
+        found.sort(key=lambda row: row.position)
+        return iter(found)
+
+    def listings(self) -> dict[str, ListingRow]:
+        return {
+            row.slug: ListingRow(
+                row.slug, row.name, row.category, tuple(row.chains), row.url, int(row.position)
+            )
+            for row in self._connection.execute(select(PROTOCOLS))
+        }
+
+    def current_values(self) -> CurrentValues:
+        st = SERIES_STATES
+        statement = select(st.c.protocol, st.c.metric, st.c.chain, st.c.value, st.c.observed_at)
+        return {
+            (row.protocol, row.metric, row.chain): (float(row.value), float(row.observed_at))
+            for row in self._connection.execute(statement.where(st.c.valid_to == OPEN))
+        }
 
 
 def _rule_view(row: Any) -> AlertRuleView:

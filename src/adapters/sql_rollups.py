@@ -29,10 +29,10 @@ from ..application.series_states import (
     Recording,
     SeriesKey,
     SeriesState,
+    has_changes,
     restate,
 )
 from ..application.views import CHANGE_WINDOWS
-from ..domain.observations import TOTAL
 from .sql_schema import GROUP_DAYS, PROTOCOL_OBSERVATIONS, PROTOCOLS, SERIES_DAYS, SERIES_STATES
 
 __all__ = ["SqlRollups"]
@@ -242,14 +242,14 @@ class SqlRollups:
         lows = {key: min(r.observed_at for r in found) for key, found in recordings.items()}
         heads = self._heads(connection, list(recordings))
         # Points newer than their series' newest state (live data) need that state and, on
-        # a total-TVL series, the stored states nearest to each change window's start (what
+        # a series with changes, the stored states nearest to each change window's start (what
         # ``percent_change`` can pick); the others every state from CHANGE_SPAN before.
         late = [key for key, head in heads.items() if lows[key] <= head.observed_at]
         stored = self._states_from(connection, {key: lows[key] - CHANGE_SPAN for key in late})
         cutoffs = [
             (key, recording.observed_at, window)
             for key, found in recordings.items()
-            if key in heads and key not in stored and key[1:] == ("tvl", TOTAL)
+            if key in heads and key not in stored and has_changes(key[1], key[2])
             for recording in found
             for window in CHANGE_WINDOWS.values()
         ]

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 __all__ = [
     "ALERT_EVENTS",
     "ALERT_RULES",
+    "ANOMALIES",
     "DELIVERY_ATTEMPTS",
     "GROUP_DAYS",
     "HISTORY_METADATA",
@@ -50,6 +51,7 @@ __all__ = [
     "PRICE_OBSERVATIONS",
     "PROJECTION_TRACKING",
     "PROTOCOLS",
+    "PROTOCOL_LISTINGS",
     "PROTOCOL_OBSERVATIONS",
     "SERIES_DAYS",
     "SERIES_STATES",
@@ -116,7 +118,26 @@ PROTOCOLS: Final = Table(
     Column("chains", JSON(), nullable=False),
     Column("url", Text(), nullable=False),
     Column("position", BigInteger(), nullable=False),
+    # Migration 0009: NULL in rows written before it, read as no oracles known.
+    Column("oracles", JSON(), nullable=True),
     PrimaryKeyConstraint("slug", name="pk_protocols"),
+)
+# Every listing the log recorded, as it stood after that entry (a missing field kept from
+# before), so a cut can show the details of its time (``protocols`` holds today's).
+PROTOCOL_LISTINGS: Final = Table(
+    "protocol_listings",
+    HISTORY_METADATA,
+    Column("slug", Text(), nullable=False),
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    # When the details were true (ADR 0017); NULL when unknown: true at any time.
+    Column("observed_at", Double(), nullable=True),
+    Column("name", Text(), nullable=False),
+    Column("category", Text(), nullable=False),
+    Column("chains", JSON(), nullable=False),
+    Column("url", Text(), nullable=False),
+    # Migration 0009: NULL in rows written before it, read as no oracles known.
+    Column("oracles", JSON(), nullable=True),
+    PrimaryKeyConstraint("slug", "position", name="pk_protocol_listings"),
 )
 ALERT_EVENTS: Final = Table(
     "alert_events",
@@ -243,6 +264,25 @@ GROUP_DAYS: Final = Table(
     Column("counted", Integer(), nullable=False),
     Column("members", Integer(), nullable=False),
     PrimaryKeyConstraint("dimension", "day", "grp", "metric", name="pk_group_days"),
+)
+
+# AnomalyDetected events (docs/anomalies.md): ``GET /v2/analytics/anomalies``.
+ANOMALIES: Final = Table(
+    "anomalies",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    Column("subject", Text(), nullable=False),
+    Column("series", Text(), nullable=False),
+    Column("measure", Text(), nullable=False),
+    Column("observed_at", Double(), nullable=False),
+    Column("value", Double(), nullable=False),
+    Column("score", Double(), nullable=False),
+    Column("direction", Text(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("position", name="pk_anomalies"),
+    Index("ix_anomalies_subject", "subject", "observed_at"),
+    Index("ix_anomalies_observed_at", "observed_at"),
 )
 
 PROJECTION_TRACKING: Final = Table(

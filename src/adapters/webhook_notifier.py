@@ -10,11 +10,14 @@ Headers:
 
 Any 2xx is a delivery; anything else, including a redirect (never followed), a failure.
 
-SSRF guard: the target's host is resolved first and refused (permanently: retrying cannot
-help) when any address is private, loopback, link-local, multicast, reserved or unspecified,
-unless ``allow_private`` (setting ``ALLOW_PRIVATE_WEBHOOKS``). Known limit: httpx resolves the
-name again to connect, so a DNS answer that changes in between (rebinding) is not caught;
-an egress proxy is the complete answer.
+SSRF guard (``WebhookGuard``, one rule for rule creation and delivery): the target's host is
+resolved first and refused (permanently: retrying cannot help) when any address is private,
+loopback, link-local, multicast, reserved or unspecified, unless ``allow_private`` (setting
+``ALLOW_PRIVATE_WEBHOOKS``). An IP literal and ``localhost`` (RFC 6761) are decided without
+DNS, so a rule naming one is refused when it is created; other names are resolved at delivery
+(a DNS answer at creation would prove nothing about the one at delivery). Known limit: httpx
+resolves the name again to connect, so a DNS answer that changes in between (rebinding) is
+not caught; an egress proxy is the complete answer.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..application.delivery import DeliveryResult, NotificationJob
+from ..application.delivery import DeliveryResult, NotificationJob, WebhookTargetRefused
 
-__all__ = ["SsrfRefused", "WebhookNotifier", "check_public_address", "sign"]
+__all__ = ["SsrfRefused", "WebhookGuard", "WebhookNotifier", "check_public_address", "sign"]
 
 USER_AGENT = "defi-realtime-webhooks/1"
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
-class SsrfRefused(ValueError):
+class SsrfRefused(WebhookTargetRefused):
     """The webhook target is not a public internet address."""
 
 
@@ -73,6 +76,77 @@ async def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def known_addresses(host: str) -> list[str] | None:
+    """The addresses of ``host`` when they are known without DNS: an IP literal is itself,
+    ``localhost`` and ``*.localhost`` are loopback (RFC 6761); None for any other name."""
+    literal = host.strip("[]")
+    try:
+        ipaddress.ip_address(literal.split("%", 1)[0])
+    except ValueError:
+        pass
+    else:
+        return [literal]
+    name = host.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return ["127.0.0.1", "::1"]
+    return None
+
+
+class WebhookGuard:
+    """Which webhook URLs this node may call: the one SSRF decision, taken when a rule is
+    created or changed (``check_new``) and again before every delivery (``check``).
+
+    ``resolver`` answers names at delivery (the system's DNS); ``creation_resolver`` at
+    creation: None (the default) leaves names to delivery, so that creating a rule never
+    waits for DNS; tests pass one that answers in-process."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool = False,
+        resolver: Resolver = _resolve,
+        creation_resolver: Resolver | None = None,
+    ) -> None:
+        self.allow_private = allow_private
+        self._resolver = resolver
+        self._creation_resolver = creation_resolver
+
+    async def check(self, url: str) -> None:
+        """Raise ``SsrfRefused`` for a URL this node must not call, ``ConnectionError``
+        when its name does not resolve (not a verdict: DNS may answer next time)."""
+        await self._check(url, self._resolver)
+
+    async def check_new(self, url: str) -> None:
+        """Raise ``SsrfRefused`` for a URL a new or changed rule must not name: the same
+        decision as ``check``, on what is known without DNS (unless a creation resolver was
+        given); a name that does not resolve now is left to delivery."""
+        try:
+            await self._check(url, self._creation_resolver)
+        except ConnectionError:
+            return
+
+    async def _check(self, url: str, resolver: Resolver | None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SsrfRefused(f"not an http(s) URL: {url!r}")
+        if self.allow_private:
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = known_addresses(parts.hostname)
+        if addresses is None:
+            if resolver is None:
+                return
+            try:
+                addresses = await resolver(parts.hostname, port)
+            except OSError as error:
+                # Not an SSRF verdict: DNS may answer next time.
+                raise ConnectionError(f"cannot resolve {parts.hostname}: {error}") from error
+        if not addresses:
+            raise ConnectionError(f"{parts.hostname} has no address")
+        for address in addresses:
+            check_public_address(address)
+
+
 class WebhookNotifier:
     """POSTs ``job.payload()`` to the channel's ``url``. Pass a shared ``httpx.AsyncClient``
     (closed by its owner) or let the notifier make one (closed by ``aclose``)."""
@@ -84,13 +158,15 @@ class WebhookNotifier:
         timeout: float = 10.0,
         allow_private: bool = False,
         resolver: Resolver = _resolve,
+        guard: WebhookGuard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._own_client = client is None
         self._client = client or httpx.AsyncClient()
         self.timeout = timeout
-        self.allow_private = allow_private
-        self._resolver = resolver
+        # ``guard``: the node's one guard (shared with rule creation); otherwise one made of
+        # ``allow_private`` and ``resolver``.
+        self.guard = guard or WebhookGuard(allow_private=allow_private, resolver=resolver)
         self._clock = clock
 
     async def aclose(self) -> None:
@@ -99,21 +175,7 @@ class WebhookNotifier:
 
     async def check_target(self, url: str) -> None:
         """Raise ``SsrfRefused`` for a URL this notifier must not call."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SsrfRefused(f"not an http(s) URL: {url!r}")
-        if self.allow_private:
-            return
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            addresses = await self._resolver(parts.hostname, port)
-        except OSError as error:
-            # Not an SSRF verdict: DNS may answer next time.
-            raise ConnectionError(f"cannot resolve {parts.hostname}: {error}") from error
-        if not addresses:
-            raise ConnectionError(f"{parts.hostname} has no address")
-        for address in addresses:
-            check_public_address(address)
+        await self.guard.check(url)
 
     async def send(self, job: NotificationJob) -> DeliveryResult:
         url = str(job.channel.get("url", ""))

@@ -11,14 +11,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..domain.alert_rule import AlertRule, Firing, window_seconds
+from ..domain.alert_rule import AlertRule, Firing, anomaly_move, window_seconds
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, WebsocketChannel
-from .alerting import RecentSeries
+from .alerting import RecentSeries, anomaly_measure
+from .anomaly import DAY, DetectorSettings, new_detector
 from .ports import HistoryReadModel
 from .views import SeriesPoint, SeriesQuery
 
 _SERIES_LIMIT: Final = 10_000_000
 _REACH: Final = 1.5
+# How far before ``start`` an anomaly backtest reads to warm its detector (daily points need
+# ``window`` days of them).
+_ANOMALY_REACH: Final = 90 * DAY / _REACH
 PROGRESS_EVERY: Final = 1_000
 
 
@@ -61,14 +65,19 @@ def backtest(
     start: float | None = None,
     end: float | None = None,
     progress: Callable[[int], None] | None = None,
+    detector: DetectorSettings | None = None,
 ) -> BacktestResult:
     """Every transition the rule would have made over ``points`` (time-ordered), counting
     only observations within ``[start, end]``; earlier points still serve as references
-    for percent changes. ``progress`` is called with the number of points done."""
+    for percent changes and warm the anomaly detector (an ``anomaly`` condition's measure
+    is the detector's score, as the evaluator computes it with ``detector`` settings).
+    ``progress`` is called with the number of points done."""
     rule = AlertRule.create(
         "backtest", target, condition, [WebsocketChannel(kind="websocket")], cooldown=cooldown
     )
     window = window_seconds(rule.condition)
+    move = anomaly_move(rule.condition)
+    scorer = None if move is None else new_detector(detector or DetectorSettings())
     series = RecentSeries()
     events: list[BacktestEvent] = []
     evaluated = 0
@@ -78,10 +87,16 @@ def backtest(
         observed_at, value = point.timestamp, point.value
         if not series.add(observed_at, value):
             continue
+        score = None if scorer is None else scorer.observe(observed_at, value)
         if (start is not None and observed_at < start) or (end is not None and observed_at > end):
             continue
         evaluated += 1
-        measure = value if window is None else series.change(value, observed_at, window)
+        if move is not None:
+            measure = anomaly_measure(score, f"anomaly:{move}")
+        elif window is None:
+            measure = value
+        else:
+            measure = series.change(value, observed_at, window)
         if measure is None:
             continue
         transition = rule.observe(measure, observed_at)
@@ -106,6 +121,8 @@ def history_points(
     if not isinstance(target, ProtocolTarget):
         raise BacktestUnsupported("backtests replay protocol metrics only (no price series yet)")
     window = window_seconds(condition) or 0.0
+    if anomaly_move(condition) is not None:
+        window = _ANOMALY_REACH
     series = history.series(
         SeriesQuery(
             slug=target.protocol,

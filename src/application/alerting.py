@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..domain.alert_rule import Firing, next_transition, window_seconds
+from ..domain.alert_rule import Firing, anomaly_move, next_transition, window_seconds
 from ..domain.alert_values import WINDOWS, stored_target
 from .alert_rules import (
     RULE_FACT_KINDS,
@@ -34,6 +34,7 @@ from .alert_rules import (
     fold_rule,
     transition_number,
 )
+from .anomaly import DetectorSettings, Score, SeriesDetector, new_detector
 from .following import PAGE_SIZE, ProjectionRunner
 from .log import ALERT_RULE_KINDS, LogBatch, LogEntry, LogGapError
 from .ports import AlertRuleReadModel, EventLog, HistoryReadModel, PositionStore
@@ -49,7 +50,20 @@ _SEED_LIMIT: Final = 100_000
 # How long the history read model may stand still before the evaluator stops waiting for it.
 _STALL: Final = 1.0
 
+# A rule's measure: the value itself (None), its percent change over a window (seconds), or
+# the anomaly score of the observation ("anomaly:<move>").
+MeasureKey = float | str | None
 Record = Callable[[Sequence[RuleObservation]], Awaitable[Sequence[RuleSnapshot]]]
+
+
+def anomaly_measure(score: Score | None, key: str) -> float | None:
+    """An anomaly rule's measure: the observation's score when it moves as the rule's
+    ``move`` (``anomaly:fall``...) says, 0 when it moves the other way, None when the
+    detector did not score it (warming up, or a correction of the current point)."""
+    if score is None:
+        return None
+    move = key.partition(":")[2]
+    return score.score if move in ("any", score.direction) else 0.0
 
 
 def entry_target(entry: LogEntry) -> tuple[str, float, float] | None:
@@ -115,12 +129,15 @@ class RecentSeries:
             return None
         return (now_value - reference) / reference * 100.0
 
-    def prune(self, horizon: float) -> None:
-        """Forget points older than ``latest - horizon`` (amortised: in chunks)."""
+    def prune(self, horizon: float, keep: int = 0) -> None:
+        """Forget points older than ``latest - horizon`` (amortised: in chunks), but keep
+        at least the last ``keep`` points."""
         times = self.times
-        if not times or times[0] >= times[-1] - horizon * 1.1:
+        if len(times) <= keep or times[0] >= times[-1] - horizon * 1.1:
             return
-        cut = bisect.bisect_left(times, times[-1] - horizon)
+        cut = min(bisect.bisect_left(times, times[-1] - horizon), len(times) - keep)
+        if cut <= 0:
+            return
         del times[:cut]
         del self.values[:cut]
 
@@ -150,7 +167,10 @@ class _Rule:
         self.condition = view.condition
         self.threshold = view.condition.value
         self.above = view.condition.direction == "above"
-        self.window: float | None = window_seconds(view.condition)
+        move = anomaly_move(view.condition)
+        self.window: MeasureKey = (
+            window_seconds(view.condition) if move is None else f"anomaly:{move}"
+        )
         self.cooldown = view.cooldown
         self.firing = view.firing == "firing"
         self.last_fired_at = view.last_fired_at
@@ -165,19 +185,29 @@ class _Rule:
 @dataclass(slots=True)
 class _Watch:
     """A watched target: its recent series and its active rules, grouped by window
-    (None: the measure is the value itself)."""
+    (None: the measure is the value itself). Paused rules keep the series going (by id,
+    their window) without being evaluated: a rule resumes against the current value."""
 
     series: RecentSeries = field(default_factory=RecentSeries)
-    groups: dict[float | None, list[_Rule]] = field(default_factory=dict)
+    groups: dict[MeasureKey, list[_Rule]] = field(default_factory=dict)
+    paused: dict[str, MeasureKey] = field(default_factory=dict)
     seeded: bool = False
+    # The series' anomaly detector, while an anomaly rule watches it.
+    detector: SeriesDetector | None = None
 
     @property
     def rule_count(self) -> int:
         return sum(len(rules) for rules in self.groups.values())
 
     @property
+    def idle(self) -> bool:
+        return not self.groups and not self.paused
+
+    @property
     def horizon(self) -> float:
-        windows = [window for window in self.groups if window is not None]
+        windows = [
+            window for window in (*self.groups, *self.paused.values()) if isinstance(window, float)
+        ]
         return _REACH * max(windows, default=0.0)
 
 
@@ -200,8 +230,13 @@ class AlertEvaluator:
         name: str = DEFAULT_NAME,
         page_size: int = PAGE_SIZE,
         history_wait: float = 5.0,
+        detector: DetectorSettings | None = None,
     ) -> None:
         self.event_log = event_log
+        self.detector_settings = detector or DetectorSettings()
+        # Points kept per watched series, so that an anomaly rule starts with a warm
+        # detector: its state depends on the last ``window`` returns only.
+        self.keep = max(self.detector_settings.window, self.detector_settings.warmup) + 1
         self.rules_model = rules
         self.history = history
         self.positions = positions
@@ -314,6 +349,8 @@ class AlertEvaluator:
                 self._observe(target[0], target[1], target[2], entry.position, out)
             elif entry.kind in RULE_FACT_KINDS:
                 self._fold(entry)
+                if entry.kind == "alert_rule_resumed":
+                    self._reevaluate(entry.key, entry.position, out)
         return out
 
     def sync(self, snapshots: Iterable[RuleSnapshot]) -> None:
@@ -349,9 +386,12 @@ class AlertEvaluator:
         series = watch.series
         if not series.add(observed_at, value):
             return  # late: an observation older than the current value never fires
+        score = None if watch.detector is None else watch.detector.observe(observed_at, value)
         for window, rules in watch.groups.items():
             if window is None:
                 measure: float | None = value
+            elif isinstance(window, str):
+                measure = anomaly_measure(score, window)
             else:
                 measure = series.change(value, observed_at, window)
             if measure is None:
@@ -362,20 +402,49 @@ class AlertEvaluator:
                 met = measure >= rule.threshold if rule.above else measure <= rule.threshold
                 if met == rule.firing or position <= rule.since:
                     continue
-                firing: Firing = "firing" if rule.firing else "resolved"
-                transition = next_transition(
-                    rule.condition, firing, rule.last_fired_at, rule.cooldown, measure, observed_at
-                )
-                if transition is None:
-                    continue
-                # Optimistic: later observations of this batch see the new state; ``sync``
-                # replaces it with the aggregate's once recorded.
-                rule.firing = transition == "firing"
-                if rule.firing:
-                    rule.last_fired_at = observed_at
-                rule.transitions += 1
-                out.append(RuleObservation(rule.id, measure, observed_at, position))
-        series.prune(watch.horizon)
+                self._transition(rule, measure, observed_at, position, out)
+        series.prune(watch.horizon, self.keep)
+
+    def _reevaluate(self, rule_id: str, position: int, out: list[RuleObservation]) -> None:
+        """A resumed rule against its target's current value: the value (or change) may
+        have crossed the condition while the rule was paused. The transition, if any, is
+        recorded at the resumption's position (exactly once, like any other)."""
+        rule = self._rules.get(rule_id)
+        watch = None if rule is None else self._watches.get(rule.key)
+        if rule is None or not rule.active or watch is None or watch.series.latest is None:
+            return
+        if isinstance(rule.window, str):
+            return  # an anomaly is a moment's: nothing to re-evaluate on resume
+        series = watch.series
+        observed_at, value = series.times[-1], series.values[-1]
+        measure = value if rule.window is None else series.change(value, observed_at, rule.window)
+        if measure is None:
+            return
+        self.checks += 1
+        self._transition(rule, measure, observed_at, position, out)
+
+    def _transition(
+        self,
+        rule: _Rule,
+        measure: float,
+        observed_at: float,
+        position: int,
+        out: list[RuleObservation],
+    ) -> None:
+        """Ask the domain's rule whether ``rule`` changes state on ``measure``; if so, note
+        the observation and take the new state optimistically (later observations of the
+        batch see it; ``sync`` replaces it with the aggregate's once recorded)."""
+        firing: Firing = "firing" if rule.firing else "resolved"
+        transition = next_transition(
+            rule.condition, firing, rule.last_fired_at, rule.cooldown, measure, observed_at
+        )
+        if transition is None:
+            return
+        rule.firing = transition == "firing"
+        if rule.firing:
+            rule.last_fired_at = observed_at
+        rule.transitions += 1
+        out.append(RuleObservation(rule.id, measure, observed_at, position))
 
     def _fold_only(self, entries: Iterable[LogEntry]) -> None:
         for entry in entries:
@@ -384,6 +453,8 @@ class AlertEvaluator:
                 watch = self._watches.get(target[0])
                 if watch is not None:
                     watch.series.add(target[2], target[1])
+                    if watch.detector is not None:
+                        watch.detector.observe(target[2], target[1])
             elif entry.kind in RULE_FACT_KINDS:
                 self._fold(entry)
 
@@ -426,24 +497,37 @@ class AlertEvaluator:
             rule.last_fired_at = previous.last_fired_at
             rule.transitions = previous.transitions
         self._rules[rule.id] = rule
+        watch = self._watches.get(rule.key)
+        if watch is None:
+            watch = self._watches[rule.key] = _Watch()
         if rule.active:
-            watch = self._watches.get(rule.key)
-            if watch is None:
-                watch = self._watches[rule.key] = _Watch()
             watch.groups.setdefault(rule.window, []).append(rule)
+            if isinstance(rule.window, str) and watch.detector is None:
+                watch.detector = self._detector_from(watch.series)
+        else:
+            watch.paused[rule.id] = rule.window
         self._drop_if_idle(previous)
+
+    def _detector_from(self, series: RecentSeries) -> SeriesDetector:
+        """A detector that has seen the points ``series`` holds (the last ``keep`` at
+        least: the detector's whole state)."""
+        detector = new_detector(self.detector_settings)
+        for observed_at, value in zip(series.times, series.values, strict=True):
+            detector.observe(observed_at, value)
+        return detector
 
     def _drop_if_idle(self, previous: _Rule | None) -> None:
         # A target nobody watches any more: forget its series.
         if previous is not None:
             watch = self._watches.get(previous.key)
-            if watch is not None and not watch.groups:
+            if watch is not None and watch.idle:
                 del self._watches[previous.key]
 
     def _unindex(self, rule: _Rule) -> None:
         watch = self._watches.get(rule.key)
         if watch is None:
             return
+        watch.paused.pop(rule.id, None)
         rules = watch.groups.get(rule.window)
         if rules is not None:
             for index, candidate in enumerate(rules):
@@ -515,6 +599,8 @@ class AlertEvaluator:
                 watch = self._watches[key] = _Watch()
             for observed_at, value in points:
                 watch.series.add(observed_at, value)
+                if watch.detector is not None:
+                    watch.detector.observe(observed_at, value)
             watch.seeded = True
 
     def _history_points(self, key: str, until: int) -> list[tuple[float, float]]:
@@ -530,5 +616,9 @@ class AlertEvaluator:
         if not series.points:
             return []
         horizon = _REACH * max(WINDOWS.values())
-        latest = series.points[-1].timestamp
-        return [(p.timestamp, p.value) for p in series.points if p.timestamp >= latest - horizon]
+        points = series.points
+        latest = points[-1].timestamp
+        first = 0
+        while first < len(points) - self.keep and points[first].timestamp < latest - horizon:
+            first += 1
+        return [(p.timestamp, p.value) for p in points[first:]]

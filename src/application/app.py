@@ -25,12 +25,15 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Mapper, Recording
 
 from ..domain.alert_rule import AlertRule, RuleBook
-from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget
+from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
+from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
+from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
 from ..domain.subscription import Subscription, SubscriptionBook
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
+from .anomaly import Detection
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
 from .metric_mapper import MetricRecordedMapper
 
@@ -46,6 +49,14 @@ class ProtocolNotFound(LookupError):
     def __init__(self, slug: str) -> None:
         super().__init__(f"protocol {slug!r} not found")
         self.slug = slug
+
+
+class TokenNotFound(LookupError):
+    """No price was ever recorded for the token (its aggregate does not exist)."""
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"token {token_id!r} not found")
+        self.token_id = token_id
 
 
 class AlertRuleNotFound(LookupError):
@@ -355,6 +366,7 @@ class DefiRealtime(Application[UUID]):
             chains=list(listing.chains or ()),
             url=listing.url or "",
             observed_at=listing.observed_at,
+            oracles=list(listing.oracles or ()),
         )
         working[protocol.id] = protocol
         return protocol
@@ -367,6 +379,7 @@ class DefiRealtime(Application[UUID]):
             chains=list(listing.chains) if listing.chains is not None else None,
             url=listing.url,
             observed_at=listing.observed_at,
+            oracles=None if listing.oracles is None else list(listing.oracles),
         )
 
     # -- protocols ------------------------------------------------------------------------
@@ -424,17 +437,23 @@ class DefiRealtime(Application[UUID]):
         limit: int | None = None,
         existing: Callable[[], Sequence[str]] = tuple,
     ) -> UUID:
-        """Create a rule; its protocol target must be a listed protocol (a typo in a slug
-        must not create a rule that can never fire), and the owner may hold at most
+        """Create a rule; its target must be known: a listed protocol, or a token with a
+        recorded price (a typo in a slug or a coin id must not create a rule that can never
+        fire), and the owner may hold at most
         ``limit`` live rules (checked in the owner's ``RuleBook``, saved in the same
         transaction as the rule: concurrent creations cannot both take the last place).
         ``existing`` lists the owner's rules for a book opened the first time (owners whose
-        rules predate books). Raises ``InvalidRule``, ``ProtocolNotFound`` or
-        ``RuleQuotaExceeded``."""
+        rules predate books). Raises ``InvalidRule``, ``ProtocolNotFound``,
+        ``TokenNotFound`` or ``RuleQuotaExceeded``."""
         rule = AlertRule.create(owner, target, condition, channels, cooldown, name)
         if isinstance(rule.target, ProtocolTarget):
             slug = rule.target.protocol
             self._get_cached(Protocol.id_for(slug), Protocol, ProtocolNotFound(slug))
+        elif isinstance(rule.target, TokenTarget):
+            # A token exists once a price was recorded for it (any spelling of an EVM
+            # address: the id is canonical on both sides).
+            token = rule.target.token
+            self._get_cached(Token.id_for(token), Token, TokenNotFound(token))
 
         def admit(working: dict[UUID, Aggregate]) -> UUID:
             book = self._rule_book(owner, working, existing)
@@ -560,6 +579,43 @@ class DefiRealtime(Application[UUID]):
             working[rule_id] = rule
         return rule if isinstance(rule, AlertRule) else None
 
+    # -- anomalies ------------------------------------------------------------------------
+
+    def record_anomalies(self, detections: Sequence[Detection]) -> int:
+        """Save detections as ``AnomalyDetected`` events of their series' ``AnomalyLog``s,
+        in one transaction; the number recorded. Meant for the anomaly follower, on the
+        writer thread. A detection whose log position its series already handled (a replay
+        after a crash, or a rebuild from position 0) records nothing."""
+
+        def record(working: dict[UUID, Aggregate]) -> int:
+            recorded = 0
+            for detection in detections:
+                log_id = AnomalyLog.id_for(detection.series)
+                anomaly_log = working.get(log_id)
+                if anomaly_log is None:
+                    try:
+                        anomaly_log = self.repository.get(log_id)
+                    except AggregateNotFoundError:
+                        anomaly_log = AnomalyLog.open(
+                            detection.series, detection.subject, detection.measure
+                        )
+                    working[log_id] = anomaly_log
+                assert isinstance(anomaly_log, AnomalyLog)
+                recorded += anomaly_log.detect(
+                    detection.observed_at,
+                    detection.value,
+                    detection.score,
+                    detection.direction,
+                    detection.reason,
+                    detection.position,
+                )
+            changed = [log for log in working.values() if log.pending_events]
+            if changed:
+                self.save_aggregates(changed)
+            return recorded
+
+        return self._retrying(record)
+
     # -- subscriptions --------------------------------------------------------------------
 
     def open_subscription(
@@ -677,6 +733,41 @@ class DefiRealtime(Application[UUID]):
             self.save_aggregates(changed)
 
         self._retrying(close)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    def record_reconciliation(self, run: Mapping[str, Any]) -> int:
+        """Append a run's ``ReconciliationCompleted`` (its fields: ``ReconciliationLog.complete``'s
+        arguments) to the reconciliation log; the number of runs recorded so far."""
+        log: Aggregate
+        try:
+            log = self.repository.get(RECONCILIATION_LOG_ID)
+        except AggregateNotFoundError:
+            log = ReconciliationLog()
+        if not isinstance(log, ReconciliationLog):  # pragma: no cover - a fixed, own id
+            raise TypeError(f"aggregate {RECONCILIATION_LOG_ID} is not the reconciliation log")
+        log.complete(**run)
+        self._save_or_evict(log)
+        return log.runs
+
+    def latest_reconciliation(self) -> dict[str, Any] | None:
+        """The last run's recorded fields (and ``run``: its number), or None before the first
+        run. Reads the last stored event only: the log is never replayed for it."""
+        stored = self.recorder.select_events(RECONCILIATION_LOG_ID, desc=True, limit=1)
+        if not stored:
+            return None
+        found = self.mapper.to_domain_event(stored[0])
+        # The event class ``@event`` made (declared by name, so not visible to mypy).
+        completed: type = getattr(ReconciliationLog, "ReconciliationCompleted")  # noqa: B009
+        if not isinstance(found, completed):
+            return None  # only the log's opening: no run recorded yet
+        fields = {
+            name: value
+            for name, value in vars(found).items()
+            if name not in ("originator_id", "originator_version", "timestamp")
+        }
+        # The opening event is version 1: run n is version n + 1.
+        return {**fields, "run": found.originator_version - 1}
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -9,17 +9,28 @@ what to do next with a ``Decision``.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
-AttemptStatus = Literal["delivered", "failed", "dead_lettered"]
-ATTEMPT_STATUSES: Final[frozenset[str]] = frozenset({"delivered", "failed", "dead_lettered"})
+AttemptStatus = Literal["delivered", "failed", "dead_lettered", "redriven"]
+"""What became of an attempt; ``redriven`` is no attempt but the moment a dead letter went
+back to the work queue (its key may be attempted again, with a fresh retry budget)."""
+ATTEMPT_STATUSES: Final[frozenset[str]] = frozenset(
+    {"delivered", "failed", "dead_lettered", "redriven"}
+)
 Condition = Literal["firing", "resolved"]
 ALERT_ENTRY_CONDITIONS: Final[Mapping[str, Condition]] = {
     "alert_triggered": "firing",
     "alert_resolved": "resolved",
 }
+
+
+class WebhookTargetRefused(ValueError):
+    """A webhook URL this node must never call (a private or loopback address, unless
+    private targets are allowed by configuration)."""
+
+
 QUEUED_CHANNEL_KINDS: Final[frozenset[str]] = frozenset({"webhook", "email"})
 """Channels that need a job; ``websocket`` alerts reach sockets through the realtime hub."""
 
@@ -214,7 +225,25 @@ class DeliveryProgress:
 
     attempts: int = 0
     settled: bool = False
-    """Delivered or dead-lettered: nothing more to do for this key."""
+    """Delivered, or dead-lettered and not redriven since: nothing more to do for this key."""
+    redriven_after: int = 0
+    """Attempts made before the key's last redrive (0: never redriven): the retry budget
+    counts from there."""
+
+
+def progress_of(statuses: Sequence[str]) -> DeliveryProgress:
+    """A key's progress from its recorded statuses, oldest first (one rule for every
+    ``DeliveryLog``)."""
+    attempts = redriven_after = 0
+    delivered = False
+    for status in statuses:
+        if status == "redriven":
+            redriven_after = attempts
+        else:
+            attempts += 1
+            delivered = delivered or status == "delivered"
+    settled = delivered or (bool(statuses) and statuses[-1] == "dead_lettered")
+    return DeliveryProgress(attempts=attempts, settled=settled, redriven_after=redriven_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,3 +297,29 @@ class DeadLetter:
 
 Decision = Settled | Retry | DeadLetter
 JobHandler = Callable[[NotificationJob], Awaitable[Decision]]
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedJob:
+    """A dead letter: the job as its last attempt left it, and why it was given up."""
+
+    job: NotificationJob
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        job = self.job
+        return {
+            "idempotencyKey": job.idempotency_key,
+            "condition": job.condition,
+            "channel": {"kind": job.channel_kind, "target": job.channel_target},
+            "attempt": job.attempt,
+            "reason": self.reason,
+            "measure": job.measure,
+            "observedAt": job.observed_at,
+            "position": job.position,
+        }
+
+
+PrepareRedrive = Callable[[Sequence[NotificationJob]], Awaitable[None]]
+"""Called by ``NotificationQueue.redrive`` with the jobs it is about to put back, before
+any of them can reach a worker."""

@@ -8,13 +8,15 @@ snapshot of the keys a batch touches.
 
 Rules (the contract tests check both adapters against an independent reference fold):
 
-* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url).
+* ``protocol_listed`` / ``protocol_updated`` set the listing (name, category, chains, url,
+  oracles; the chains it has a value on stay among its chains).
 * ``metric`` moves the current value of its ``(metric, chain)`` only when it is at least as
   recent (``observed_at``) as the current one: late observations never win. A metric for a
   protocol never listed creates it (name = slug); a chain seen in a metric joins ``chains``.
 * Every total-TVL observation within ``RECENT_WINDOW_SECONDS`` of the newest one is kept,
-  late ones included (same timestamp: the later-recorded wins), for the change windows.
-  Prices keep the same window for ``change_24h``.
+  late ones included (same timestamp: the later-recorded wins), for the change windows;
+  so are the total volume and fee observations, for their own. Prices keep the same
+  window for ``change_24h``.
 * A protocol's or token's ``position`` is that of the last entry that changed it (moved a
   value, recorded history, or set its listing); entries that change nothing leave it.
 * Alert entries and unknown kinds or metrics change nothing (their positions still count).
@@ -34,11 +36,13 @@ from .chain_tvl import tvl_by_chain
 from .log import LogBatch, LogEntry, LogGapError
 from .views import (
     CHANGE_WINDOWS,
+    FLOW_CHANGE_WINDOWS,
     RECENT_WINDOW_SECONDS,
     SORT_FIELDS,
     PriceView,
     ProtocolQuery,
     ProtocolView,
+    flow_change_field,
     percent_change,
 )
 
@@ -46,17 +50,18 @@ LISTING_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 PROTOCOL_KINDS: Final = LISTING_KINDS | {"metric"}
 PRICE_KIND: Final = "price"
 PRICE_CHANGE_WINDOW: Final = 86_400.0
-# Live frames carry each series' own 24 h change: volume and fee series (total) are kept
-# for that window and the tolerance around it (ADR 0006's nearest point, half a window).
+# Live frames carry each series' own 24 h change.
 SERIES_CHANGE_WINDOW: Final = 86_400.0
-SERIES_WINDOW_SECONDS: Final = 1.5 * SERIES_CHANGE_WINDOW + 3_600.0
-# Metrics whose total series a ``ProtocolState`` keeps besides the TVL's ``recent``.
+# Metrics whose total series a ``ProtocolState`` keeps besides the TVL's ``recent``, for
+# their own changes (``FLOW_CHANGE_WINDOWS``: a day and a week, so the same window as the
+# TVL's).
 SERIES_METRICS: Final = VOLUME_METRICS
 
 Point = tuple[float, float]
 """``(observed_at, value)``."""
 Changes = Mapping[str, float | None]
-"""``change_1h`` / ``change_1d`` / ``change_7d`` of a protocol."""
+"""``change_1h`` / ``change_1d`` / ``change_7d`` of a protocol's TVL, and its flows' own
+(``volume_24h_change_1d``...): view fields, by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +182,8 @@ class ProtocolState:
 
     ``current`` maps ``(metric, chain)`` to its current reading; ``recent`` holds the
     total-TVL history in time order (an adapter may hold only the points a computation
-    needs, see ``RedisHotProjection``); ``series`` the recent total series of the other
-    metrics (``SERIES_METRICS``, a day and a half), for their own 24 h change in live frames.
+    needs, see ``RedisHotProjection``); ``series`` the recent total series of the flows
+    (``SERIES_METRICS``, as long as ``recent``), for their own changes in views and frames.
     """
 
     slug: str
@@ -190,6 +195,7 @@ class ProtocolState:
     recent: Points = field(default_factory=Points)
     position: int = 0
     series: Mapping[str, Points] = field(default_factory=dict)
+    oracles: tuple[str, ...] = ()
 
     @classmethod
     def unlisted(cls, slug: str) -> ProtocolState:
@@ -220,6 +226,13 @@ class ProtocolState:
         return frozenset(self.chains) | self.chain_tvls().keys()
 
     def changes(self) -> dict[str, float | None]:
+        """Every change the view shows: the TVL's and each flow's."""
+        changes = self.tvl_changes()
+        for metric in SERIES_METRICS:
+            changes.update(self.flow_changes(metric))
+        return changes
+
+    def tvl_changes(self) -> dict[str, float | None]:
         """TVL changes over ``CHANGE_WINDOWS``, computed from ``recent``."""
         tvl = self.tvl
         if tvl is None:
@@ -227,6 +240,18 @@ class ProtocolState:
         return {
             name: _change(self.recent, tvl.value, tvl.observed_at, window)
             for name, window in CHANGE_WINDOWS.items()
+        }
+
+    def flow_changes(self, metric: str) -> dict[str, float | None]:
+        """``metric``'s (a ``SERIES_METRICS``) changes over ``FLOW_CHANGE_WINDOWS``,
+        computed from its ``series``, by view field."""
+        reading = self.current.get((metric, TOTAL))
+        series = self.series.get(metric)
+        return {
+            flow_change_field(metric, name): None
+            if reading is None or series is None
+            else _change(series, reading.value, reading.observed_at, window)
+            for name, window in FLOW_CHANGE_WINDOWS.items()
         }
 
     def view(self, changes: Changes) -> ProtocolView:
@@ -255,6 +280,11 @@ class ProtocolState:
             volume_24h_at=None if volume is None else volume.observed_at,
             fees_24h_at=None if fees is None else fees.observed_at,
             sections=self.sections(),
+            volume_24h_change_1d=changes.get("volume_24h_change_1d"),
+            volume_24h_change_7d=changes.get("volume_24h_change_7d"),
+            fees_24h_change_1d=changes.get("fees_24h_change_1d"),
+            fees_24h_change_7d=changes.get("fees_24h_change_7d"),
+            oracles=self.oracles,
         )
 
     def change_24h(self, metric: str, value: float, observed_at: float) -> float | None:
@@ -305,13 +335,21 @@ def fold_protocol(state: ProtocolState | None, entry: LogEntry) -> ProtocolState
 
 def _set_listing(base: ProtocolState, entry: LogEntry) -> ProtocolState:
     data = entry.data
-    chains = data.get("chains")
+    listed = data.get("chains")
+    chains = base.chains
+    if listed is not None:
+        # The listing's chains, then every chain the protocol has a value on (in the order
+        # first seen): a listing naming fewer chains never hides a chain with TVL.
+        valued = (chain for _, chain in base.current if chain != TOTAL)
+        chains = tuple(dict.fromkeys([*map(str, listed), *valued]))
+    oracles = data.get("oracles")
     return replace(
         base,
         name=str(data.get("name", base.name)),
         category=str(data.get("category", base.category)),
-        chains=base.chains if chains is None else tuple(dict.fromkeys(str(c) for c in chains)),
+        chains=chains,
         url=str(data.get("url", base.url)),
+        oracles=base.oracles if oracles is None else tuple(str(o) for o in oracles),
         position=entry.position,
     )
 
@@ -349,15 +387,18 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
                 reading.observed_at,
                 reading.value,
                 newest,
-                SERIES_WINDOW_SECONDS,
             )
             if points is not None:
                 series = {**series, metric: points}
 
-    if state is not None and not moved and recent is None and chains == base.chains:
-        # Nothing a view shows changed. A volume or fee point recorded for the live frames'
-        # own changes keeps the protocol's position: it is the node's fact, not the view's.
-        return None if series is base.series else replace(base, series=series)
+    if (
+        state is not None
+        and not moved
+        and recent is None
+        and series is base.series
+        and chains == base.chains
+    ):
+        return None  # nothing a view shows changed
     # The constructor rather than ``dataclasses.replace``: this runs once per metric entry,
     # and ``replace`` introspects the fields on every call (a third of a rebuild's fold).
     return ProtocolState(
@@ -370,6 +411,7 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
         recent=base.recent if recent is None else recent,
         position=entry.position,
         series=series,
+        oracles=base.oracles,
     )
 
 

@@ -22,12 +22,14 @@ from typing import Any, Final
 from ..domain.chains import canonical_chain
 from ..domain.errors import DomainError
 from ..domain.observations import (
+    MAX_ORACLES,
     METRICS,
     TOTAL,
     check_chain,
     check_chains,
     check_label,
     check_metric,
+    check_oracles,
     check_text,
     check_timestamp,
     check_value,
@@ -52,10 +54,13 @@ OBSERVATION_FIELDS: Final = frozenset(
         "category",
         "chains",
         "url",
+        "oracles",
     }
 )
 PRICE_FIELDS: Final = frozenset({"token", "price", "observed_at", "confidence", "source"})
-LISTING_FIELDS: Final = frozenset({"protocol", "name", "category", "chains", "url", "observed_at"})
+LISTING_FIELDS: Final = frozenset(
+    {"protocol", "name", "category", "chains", "url", "observed_at", "oracles"}
+)
 MAX_ITEMS_PER_BATCH: Final = 50_000
 
 
@@ -129,6 +134,7 @@ class Listing(_Command):
     chains: tuple[str, ...] | None = None
     url: str | None = None
     observed_at: float | None = None
+    oracles: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -256,7 +262,10 @@ def _listing(raw: Mapping[str, Any], slug: str, observed_at: float | None) -> Li
         check_label(name, what="name")
     category = _optional_str(raw, "category")
     url = _optional_str(raw, "url")
-    if name is None and category is None and chains is None and url is None:
+    oracles = raw.get("oracles")
+    if oracles is not None and not isinstance(oracles, list):
+        raise InvalidItem("oracles must be a list of strings", field="oracles")
+    if name is None and category is None and chains is None and url is None and oracles is None:
         return None
     return Listing(
         protocol=slug,
@@ -265,6 +274,7 @@ def _listing(raw: Mapping[str, Any], slug: str, observed_at: float | None) -> Li
         chains=None if chains is None else tuple(check_chains(chains)),
         url=url,
         observed_at=observed_at,
+        oracles=None if oracles is None else tuple(check_oracles(oracles)),
     )
 
 
@@ -308,23 +318,36 @@ def _plain_observation(raw: Any, index: int) -> RecordMetric | None:
     )
 
 
-_DETAILS: Final = frozenset({"name", "category", "chains", "url"})
+_DETAILS: Final = frozenset({"name", "category", "chains", "url", "oracles"})
+
+
+def _plain_oracles(oracles: object) -> bool:
+    """Whether ``check_oracles`` accepts ``oracles`` as given (see ``_plain_observation``)."""
+    return (
+        type(oracles) is list
+        and len(oracles) <= MAX_ORACLES
+        and all(is_label(oracle, identifier=True) for oracle in oracles)
+    )
 
 
 def _plain_details(raw: dict[str, Any], slug: str, observed_at: float | None) -> Listing | None:
     """The listing of an item whose details are all of the usual type and acceptable (at
     least one of them not None), or None (see ``_plain_observation``)."""
-    name, category, chains, url = (
+    name, category, chains, url, oracles = (
         raw.get("name"),
         raw.get("category"),
         raw.get("chains"),
         raw.get("url"),
+        raw.get("oracles"),
     )
-    if (name is None and category is None and chains is None and url is None) or not (
+    if (
+        name is None and category is None and chains is None and url is None and oracles is None
+    ) or not (
         (name is None or (type(name) is str and is_label(name)))
         and _plain_text(category)
         and _plain_text(url)
         and (chains is None or (type(chains) is list and is_chain_list(chains)))
+        and (oracles is None or _plain_oracles(oracles))
     ):
         return None
     return Listing(
@@ -334,6 +357,7 @@ def _plain_details(raw: dict[str, Any], slug: str, observed_at: float | None) ->
         None if chains is None else tuple(dict.fromkeys(map(canonical_chain, chains))),
         url,
         observed_at,
+        None if oracles is None else tuple(dict.fromkeys(oracles)),
     )
 
 

@@ -25,6 +25,7 @@ EntryKind = Literal[
     "alert_rule_paused",
     "alert_rule_resumed",
     "alert_rule_deleted",
+    "anomaly_detected",
 ]
 # An alert rule's lifecycle, in the order a rule can live it (consumers that do not follow
 # rules, such as the hot projections and the realtime hub, ignore these kinds).
@@ -38,6 +39,7 @@ ALERT_RULE_KINDS: Final[tuple[str, ...]] = (
 ENTRY_KINDS: Final[frozenset[str]] = frozenset(
     {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
     | set(ALERT_RULE_KINDS)
+    | {"anomaly_detected"}
 )
 
 
@@ -57,13 +59,17 @@ class LogEntry:
     ``key`` is the protocol slug, token id or alert rule id. ``data`` holds the event's
     attributes, e.g. for ``metric``: ``metric``, ``chain``, ``value``, ``observed_at``,
     ``source``; for ``price``: ``price``, ``observed_at``, ``confidence``; for
-    ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``;
-    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``; for the
+    ``protocol_listed``/``protocol_updated``: ``name``, ``category``, ``chains``, ``url``,
+    ``oracles`` (absent from events recorded before oracles were kept), ``observed_at``;
+    for alerts: ``owner``, ``measure``, ``observed_at``, ``idempotency_key``,
+    ``channel_kinds`` (None before they were recorded); for the
     rule lifecycle (key: the rule id), ``alert_rule_created``: ``owner``, ``name``,
     ``target``, ``condition``, ``channels``, ``cooldown``, ``state``; ``alert_rule_updated``:
     ``name``, ``condition``, ``channels``, ``cooldown``; ``alert_rule_paused`` /
-    ``_resumed`` / ``_deleted``: ``state``. Channels are listed without their secrets: a
-    webhook secret never leaves the event store.
+    ``_resumed`` / ``_deleted``: ``state``; ``anomaly_detected`` (key: the protocol slug or
+    token id): ``series``, ``measure``, ``observed_at``, ``value``, ``score``,
+    ``direction``, ``reason``, ``position`` (of the observation behind it). Channels are
+    listed without their secrets: a webhook secret never leaves the event store.
     """
 
     position: int

@@ -15,6 +15,9 @@ Two halves, joined by a ``NotificationQueue``:
   ``DeliveryLog`` and decides what comes next (settled, retry after a backoff, dead letter).
   It reads the channel's secret from the rule itself, at delivery.
   The queue acknowledges only after that, so the record is never behind the queue.
+
+``DeadLetters`` lists a rule's dead letters and redrives them: back on the work queue under
+the same idempotency keys, with a fresh retry budget (ADR 0037).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -39,6 +42,7 @@ from .delivery import (
     DeliveryAttempt,
     DeliveryResult,
     NotificationJob,
+    ParkedJob,
     Retry,
     RetryPolicy,
     Settled,
@@ -237,7 +241,11 @@ class DeliveryWorker:
         progress = await asyncio.to_thread(self.delivery_log.progress, job.idempotency_key)
         if progress.settled:
             return Settled("duplicate")
-        job = replace(job, attempt=max(job.attempt, progress.attempts + 1))
+        # Numbered from the record; the retry budget (and the backoff) counts from the
+        # key's last redrive, if any: a redriven dead letter gets a fresh round.
+        number = max(job.attempt + progress.redriven_after, progress.attempts + 1)
+        round_attempt = number - progress.redriven_after
+        job = replace(job, attempt=number)
         started = self.clock()
         channel = await self._current_channel(job)
         if channel is None:
@@ -250,12 +258,16 @@ class DeliveryWorker:
         decision: Decision
         if result.ok:
             status, decision = "delivered", Settled()
-        elif not result.retryable or job.attempt >= self.policy.max_attempts:
+        elif not result.retryable or round_attempt >= self.policy.max_attempts:
             reason = result.error or f"HTTP {result.http_status}"
-            status, decision = "dead_lettered", DeadLetter(job, reason)
+            status = "dead_lettered"
+            decision = DeadLetter(replace(job, attempt=round_attempt), reason)
         else:
             status = "failed"
-            decision = Retry(job.next_attempt(), self.policy.delay(job.attempt))
+            # The queue sees the round's attempt (it picks the delay queue by it).
+            decision = Retry(
+                replace(job, attempt=round_attempt + 1), self.policy.delay(round_attempt)
+            )
         attempt = DeliveryAttempt(
             rule_id=job.rule_id,
             owner=job.owner,
@@ -331,11 +343,74 @@ class DeliveryWorker:
             return DeliveryResult(ok=False, error=f"{type(error).__name__}: {error}")
 
 
+class DeadLetters:
+    """A rule's dead letters: listed, and redriven (put back on the work queue under their
+    idempotency keys, with a fresh retry budget).
+
+    A redrive records a ``redriven`` row per key in the delivery record before the queue
+    takes the jobs back, so that the worker, which drops settled keys, attempts them again;
+    with a ``journal`` (a queue that dies with its process) the jobs are journaled again
+    too, so a redriven job survives a restart like any other."""
+
+    def __init__(
+        self,
+        queue: NotificationQueue,
+        delivery_log: DeliveryLog,
+        *,
+        journal: DeliveryLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.delivery_log = delivery_log
+        self.journal = journal
+        self.clock = clock
+
+    async def of_rule(self, rule_id: str, owner: str | None = None) -> list[ParkedJob]:
+        """The dead letters of ``rule_id`` (and of ``owner``, when given)."""
+        parked = await self.queue.dead_letters_of(rule_id)
+        return [entry for entry in parked if owner is None or entry.job.owner == owner]
+
+    async def redrive(self, rule_id: str, owner: str | None = None) -> list[NotificationJob]:
+        """Redrive the dead letters of ``rule_id`` (and of ``owner``, when given)."""
+
+        async def prepare(jobs: Sequence[NotificationJob]) -> None:
+            if owner is not None and any(job.owner != owner for job in jobs):
+                raise PermissionError(f"rule {rule_id} has dead letters of another owner")
+            await asyncio.to_thread(self._mark, jobs)
+            log.info("redriving %d dead letter(s) of rule %s", len(jobs), rule_id)
+
+        return await self.queue.redrive(rule_id, prepare)
+
+    def _mark(self, jobs: Sequence[NotificationJob]) -> None:
+        now = self.clock()
+        for job in jobs:
+            progress = self.delivery_log.progress(job.idempotency_key)
+            self.delivery_log.record(
+                DeliveryAttempt(
+                    rule_id=job.rule_id,
+                    owner=job.owner,
+                    idempotency_key=job.idempotency_key,
+                    channel_kind=job.channel_kind,
+                    channel_target=job.channel_target,
+                    attempt=progress.attempts,
+                    status="redriven",
+                    started_at=now,
+                    finished_at=now,
+                    condition=job.condition,
+                    position=job.position,
+                )
+            )
+        if self.journal is not None:
+            self.journal.record_pending(jobs)
+
+
 def summarise(attempts: list[DeliveryAttempt]) -> dict[str, Any]:
-    """Per idempotency key: the last status and the number of attempts."""
+    """Per idempotency key: the last status and the number of attempts (a redrive is no
+    attempt)."""
     summary: dict[str, dict[str, Any]] = {}
     for attempt in attempts:
         entry = summary.setdefault(attempt.idempotency_key, {"attempts": 0, "status": None})
-        entry["attempts"] += 1
+        if attempt.status != "redriven":
+            entry["attempts"] += 1
         entry["status"] = attempt.status
     return summary

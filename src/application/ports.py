@@ -6,7 +6,8 @@ production adapter has one contract test suite run against both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -21,9 +22,22 @@ from .delivery import (
     DeliveryResult,
     JobHandler,
     NotificationJob,
+    ParkedJob,
+    PrepareRedrive,
 )
-from .log import LogBatch
-from .views import Page, PriceView, ProtocolQuery, ProtocolView, Series, SeriesQuery
+from .hot_state import ProtocolState, TokenState
+from .log import LogBatch, LogEntry
+from .rate_limits import Quota, Verdict
+from .views import (
+    AnomalyQuery,
+    AnomalyView,
+    Page,
+    PriceView,
+    ProtocolQuery,
+    ProtocolView,
+    Series,
+    SeriesQuery,
+)
 
 BatchHandler = Callable[[LogBatch], Awaitable[None]]
 
@@ -113,6 +127,25 @@ class HotProjection(Protocol):
         """Forget everything (before a rebuild)."""
         ...
 
+    async def restore(
+        self,
+        position: int,
+        protocols: Mapping[str, ProtocolState | None],
+        tokens: Mapping[str, TokenState | None],
+    ) -> bool:
+        """Overwrite these keys with their states folded from the log up to ``position``
+        (None: the key must not exist), only while the projection is still at
+        ``position``: False, and nothing written, when it has moved (fold further and try
+        again). Repairs drift found by reconciliation; the position itself stays."""
+        ...
+
+
+class AnomalyReadModel(Protocol):
+    """The recorded anomalies (synchronous: call it from a thread); the history read model
+    applies them from the log with everything else."""
+
+    def anomalies(self, query: AnomalyQuery) -> list[AnomalyView]: ...
+
 
 class HistoryReadModel(Protocol):
     """Every observation as queryable history (synchronous: call it from a thread)."""
@@ -129,6 +162,79 @@ class HistoryReadModel(Protocol):
     def reset(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One raw row of the history read model as the log determines it: ``kind`` ``metric``
+    (``values``: metric, chain, observed_at, value) or ``price`` (``values``: observed_at,
+    price, confidence), ``key`` the protocol slug or the token."""
+
+    position: int
+    kind: str
+    key: str
+    values: tuple[str | float | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """A protocol's listing as the history read model holds it."""
+
+    slug: str
+    name: str
+    category: str
+    chains: tuple[str, ...]
+    url: str
+    position: int
+
+
+CurrentValues = Mapping[tuple[str, str, str], tuple[float, float]]
+"""``(protocol, metric, chain)`` -> ``(value, observed_at)`` of each series' current state."""
+
+
+class HistorySnapshot(Protocol):
+    """One consistent read of the history read model (a single database snapshot)."""
+
+    @property
+    def position(self) -> int:
+        """The log position the snapshot accounts for."""
+        ...
+
+    def rows(self, after: int, last: int) -> Iterator[HistoryRow]:
+        """The raw metric and price rows with ``after < position <= last``, by position."""
+        ...
+
+    def listings(self) -> dict[str, ListingRow]: ...
+
+    def current_values(self) -> CurrentValues:
+        """The current state of every series, from the rollup the reads use."""
+        ...
+
+
+class AuditableHistory(Protocol):
+    """What reconciliation needs of the history read model (synchronous: call it from a
+    thread): a consistent read to compare with the log, and a repair."""
+
+    def snapshot(self) -> AbstractContextManager[HistorySnapshot]: ...
+
+    def restore(
+        self,
+        position: int,
+        protocols: Sequence[str],
+        tokens: Sequence[str],
+        entries: Sequence[LogEntry],
+    ) -> bool:
+        """Replace the rows of these protocols and tokens with those of ``entries`` (every
+        entry of theirs up to ``position``) and rebuild the rollups, in one transaction with
+        the tracking row, only while the model is at ``position`` (False, nothing written,
+        when it has moved)."""
+        ...
+
+
+class UpstreamTvl(Protocol):
+    """A DeFiLlama-compatible API's current total TVL per protocol slug."""
+
+    async def current_tvl(self) -> dict[str, float]: ...
 
 
 class AlertRuleReadModel(Protocol):
@@ -177,17 +283,38 @@ class NotificationQueue(Protocol):
         """Deliver jobs to ``handler`` once started (call before ``start``)."""
         ...
 
+    async def dead_letters_of(self, rule_id: str) -> list[ParkedJob]:
+        """The dead letters of rule ``rule_id``, oldest first."""
+        ...
+
+    async def redrive(self, rule_id: str, prepare: PrepareRedrive) -> list[NotificationJob]:
+        """Put rule ``rule_id``'s dead letters back on the work queue as first attempts
+        (same idempotency keys) and return them; ``prepare`` is awaited with them before
+        they are enqueued. A dead letter leaves the dead letters only once its job is
+        enqueued (a failure leaves it there, to redrive again)."""
+        ...
+
+
+class WebhookTargets(Protocol):
+    """Which webhook URLs the node may call (the SSRF guard): asked when a rule is created
+    or its channels change, with the same decision the delivery takes."""
+
+    async def check_new(self, url: str) -> None:
+        """Raise ``WebhookTargetRefused`` for a URL a rule must not name."""
+        ...
+
 
 class DeliveryLog(Protocol):
     """The record of every delivery attempt, and the alert transitions they deliver
     (synchronous: call it from a thread).
 
     It also journals jobs for a queue that does not outlive its process: ``record_pending``
-    keeps a job until an attempt recorded for its key delivers or dead-letters it, and
-    ``pending`` lists what is left, to enqueue again after a restart."""
+    keeps a job until an attempt recorded for its key delivers it, ``pending`` lists the
+    unsettled ones, to enqueue again after a restart, and ``parked`` the dead letters."""
 
     def record(self, attempt: DeliveryAttempt) -> None:
-        """Record one attempt; a delivered or dead-lettered one settles its key's job."""
+        """Record one attempt; a delivered or dead-lettered one settles its key's job (a
+        redrive opens it again)."""
         ...
 
     def record_pending(self, jobs: Sequence[NotificationJob]) -> None:
@@ -197,6 +324,11 @@ class DeliveryLog(Protocol):
 
     def pending(self) -> list[NotificationJob]:
         """Every journaled job not settled yet, oldest first."""
+        ...
+
+    def parked(self, rule_id: str) -> list[ParkedJob]:
+        """The journaled jobs of ``rule_id`` that were dead-lettered (and not redriven
+        since), oldest first, each with its round's last attempt and the reason."""
         ...
 
     def progress(self, idempotency_key: str) -> DeliveryProgress: ...
@@ -266,3 +398,17 @@ class QueryCache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(self, key: str, answer: bytes) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Counts hits against quotas per identity (ADR 0036). Shared by every node when the
+    production adapter (Redis) is used; within the process otherwise."""
+
+    async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
+        """Count ``cost`` hits of ``identity`` against ``quota`` if the budget allows them
+        all (else none); the verdict says whether it did and what is left."""
+        ...
+
+    async def peek(self, quota: Quota, identity: str) -> Verdict:
+        """The verdict a hit would get now, without counting one."""
+        ...

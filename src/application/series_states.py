@@ -20,16 +20,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from ..domain.observations import TOTAL
+from ..domain.observations import TOTAL, VOLUME_METRICS
 from .views import CHANGE_WINDOWS, RECENT_WINDOW_SECONDS, percent_change
 
 __all__ = [
+    "CHANGE_METRICS",
     "CHANGE_SPAN",
     "OPEN",
     "Recording",
     "SeriesKey",
     "SeriesState",
     "changes_at",
+    "has_changes",
     "restate",
 ]
 
@@ -72,6 +74,16 @@ class SeriesState(NamedTuple):
     @property
     def key(self) -> SeriesKey:
         return (self.protocol, self.metric, self.chain)
+
+
+# The metrics whose total series carry changes: the TVL, and the flows (their own
+# ``change_1d``/``change_7d``; the hourly one is kept too, but no view shows it).
+CHANGE_METRICS: Final[tuple[str, ...]] = ("tvl", *sorted(VOLUME_METRICS))
+
+
+def has_changes(metric: str, chain: str) -> bool:
+    """Whether a series' states carry changes (``CHANGE_METRICS``' totals)."""
+    return chain == TOTAL and metric in CHANGE_METRICS
 
 
 def changes_at(
@@ -129,7 +141,7 @@ def restate(
     values = [held[t][0] for t in times]
     changes: dict[int, tuple[float | None, ...]] = {}
     protocol, metric, chain = key
-    if metric == "tvl" and chain == TOTAL:
+    if has_changes(metric, chain):
         # A state's changes read the points up to CHANGE_SPAN before it.
         start = bisect_left(times, changed[0])
         stop = bisect_right(times, changed[-1] + CHANGE_SPAN)

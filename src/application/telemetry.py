@@ -8,6 +8,7 @@ report; tests and tools that want no metrics get ``NO_TELEMETRY``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Protocol
 
 from .ports import QueryCache
@@ -36,6 +37,13 @@ class Telemetry(Protocol):
         """A cache was asked for an answer and had it (``hit``) or not."""
         ...
 
+    def reconciliation_completed(
+        self, seconds: float, discrepancies: Mapping[str, int], completed_at: float
+    ) -> None:
+        """A reconciliation run took ``seconds`` and found ``discrepancies`` keys per store
+        (ADR 0035)."""
+        ...
+
 
 class NoTelemetry:
     """Reports nothing (the default of every object that can report)."""
@@ -50,6 +58,11 @@ class NoTelemetry:
         pass
 
     def cache_looked_up(self, cache: str, hit: bool) -> None:
+        pass
+
+    def reconciliation_completed(
+        self, seconds: float, discrepancies: Mapping[str, int], completed_at: float
+    ) -> None:
         pass
 
 

@@ -12,9 +12,10 @@ Two cuts of the facts, which combine:
 
 The answer is the live view of a log that held only the facts inside the cut: the same
 ``ProtocolState`` and change rules as the hot projections (tests/property/test_time_travel.py
-compares it with such a fold). Listing details (name, category, chains, url) are today's: the
-read model keeps the current listing only. A protocol with no observation inside the cut is
-not listed.
+compares it with such a fold). Listing details (name, category, chains, url, oracles) are
+those of the last listing inside the cut: recorded by ``known_at``, and true by ``as_of`` (a
+listing without a time, ADR 0017, is true at any time). A protocol with no observation inside
+the cut is not listed.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ from typing import Final, Protocol
 
 from ..domain.observations import TOTAL, TVL_SECTIONS, section_key
 from .hot_state import matches, order
-from .series_states import OPEN, SeriesState, changes_at
+from .series_states import OPEN, SeriesState, changes_at, has_changes
 from .views import RECENT_WINDOW_SECONDS, Page, ProtocolQuery, ProtocolView
 
 __all__ = [
     "CHANGE_SPAN",
+    "ChangePoint",
     "Cut",
     "FactsInCut",
     "LatestValue",
     "ListingDetails",
-    "TvlPoint",
     "cut_of",
     "page_of_views",
     "protocols_at",
@@ -71,10 +72,12 @@ class LatestValue:
 
 
 @dataclass(frozen=True, slots=True)
-class TvlPoint:
-    """A point of a protocol's total TVL series, within ``CHANGE_SPAN`` of its newest."""
+class ChangePoint:
+    """A point of a series with changes (``has_changes``: the total TVL and flows), within
+    ``CHANGE_SPAN`` of its newest."""
 
     protocol: str
+    metric: str
     observed_at: float
     value: float
 
@@ -86,25 +89,27 @@ class ListingDetails:
     category: str
     chains: tuple[str, ...]
     url: str
+    oracles: tuple[str, ...] = ()
 
 
 def views_at(
     latest: Iterable[LatestValue],
-    tvl_points: Iterable[TvlPoint],
+    change_points: Iterable[ChangePoint],
     listings: Mapping[str, ListingDetails],
 ) -> list[ProtocolView]:
     """The view of every protocol with a value in the cut, from what the read model found
-    inside it (``latest``: one row per series; ``tvl_points``: time-ordered per protocol,
+    inside it (``latest``: one row per series; ``change_points``: time-ordered per series,
     one per time): each series' state at the cut, its changes computed from the points, as
     the series states hold them."""
-    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for point in tvl_points:
-        points[point.protocol].append((point.observed_at, point.value))
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for point in change_points:
+        points[(point.protocol, point.metric)].append((point.observed_at, point.value))
     states = []
     for row in sorted(latest, key=lambda row: row.first_position):
         changes: tuple[float | None, ...] = (None, None, None)
-        if row.metric == "tvl" and row.chain == TOTAL:
-            recent = [p for p in sorted(points[row.protocol]) if p[0] < row.observed_at]
+        if has_changes(row.metric, row.chain):
+            series = sorted(points[(row.protocol, row.metric)])
+            recent = [p for p in series if p[0] < row.observed_at]
             recent.append((row.observed_at, row.value))
             times, values = [t for t, _ in recent], [v for _, v in recent]
             changes = changes_at(times, values, len(times) - 1)
@@ -172,6 +177,11 @@ def views_of_states(
                 volume_24h_at=None if volume is None else volume.observed_at,
                 fees_24h_at=None if fees is None else fees.observed_at,
                 sections=sections,
+                volume_24h_change_1d=None if volume is None else volume.change_1d,
+                volume_24h_change_7d=None if volume is None else volume.change_7d,
+                fees_24h_change_1d=None if fees is None else fees.change_1d,
+                fees_24h_change_7d=None if fees is None else fees.change_7d,
+                oracles=() if listing is None else listing.oracles,
             )
         )
     return views
@@ -182,9 +192,9 @@ class FactsInCut(Protocol):
 
     def latest_values(self, cut: Cut, protocol: str | None = None) -> list[LatestValue]: ...
 
-    def tvl_points(self, cut: Cut, protocol: str | None = None) -> list[TvlPoint]: ...
+    def change_points(self, cut: Cut, protocol: str | None = None) -> list[ChangePoint]: ...
 
-    def listing_details(self) -> dict[str, ListingDetails]: ...
+    def listing_details(self, cut: Cut | None = None) -> dict[str, ListingDetails]: ...
 
     def position_recorded_by(self, time: float) -> int: ...
 
@@ -205,9 +215,9 @@ def protocols_at(facts: FactsInCut, cut: Cut, slug: str | None = None) -> list[P
     """Every protocol's view inside ``cut`` (or only ``slug``'s; synchronous): from the
     series states when the cut is a time alone, else from the raw facts inside it."""
     if cut.known_at is None:
-        return views_of_states(facts.series_states(cut.as_of, slug), facts.listing_details())
+        return views_of_states(facts.series_states(cut.as_of, slug), facts.listing_details(cut))
     return views_at(
-        facts.latest_values(cut, slug), facts.tvl_points(cut, slug), facts.listing_details()
+        facts.latest_values(cut, slug), facts.change_points(cut, slug), facts.listing_details(cut)
     )
 
 

@@ -5,17 +5,41 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
-SortField = Literal["tvl", "change_1h", "change_1d", "change_7d", "name", "volume_24h", "fees_24h"]
-SORT_FIELDS: Final[frozenset[str]] = frozenset(
-    {"tvl", "change_1h", "change_1d", "change_7d", "name", "volume_24h", "fees_24h"}
-)
+SortField = Literal[
+    "tvl",
+    "change_1h",
+    "change_1d",
+    "change_7d",
+    "name",
+    "volume_24h",
+    "fees_24h",
+    "volume_24h_change_1d",
+    "volume_24h_change_7d",
+    "fees_24h_change_1d",
+    "fees_24h_change_7d",
+]
 CHANGE_WINDOWS: Final[dict[str, float]] = {
     "change_1h": 3_600.0,
     "change_1d": 86_400.0,
     "change_7d": 604_800.0,
 }
+# The daily flows' own changes (DeFiLlama's /overview ``change_1d``/``change_7d``): today's
+# 24 h volume or fees against the nearest figure a day or a week before (ADR 0006's rule).
+# An hourly change of a 24 h figure says little, so there is none.
+FLOW_CHANGE_WINDOWS: Final[dict[str, float]] = {
+    "change_1d": CHANGE_WINDOWS["change_1d"],
+    "change_7d": CHANGE_WINDOWS["change_7d"],
+}
+
+
+def flow_change_field(metric: str, change: str) -> str:
+    """The view field of a flow metric's change: ``volume_24h_change_1d``."""
+    return f"{metric}_{change}"
+
+
+SORT_FIELDS: Final[frozenset[str]] = frozenset(get_args(SortField))
 # How much recent total-TVL history a hot projection keeps per protocol (7d + slack).
 RECENT_WINDOW_SECONDS: Final = 8 * 86_400.0
 # The most items one API read returns, or names in an id list.
@@ -47,6 +71,13 @@ class ProtocolView:
     # DeFiLlama's TVL sections, keyed as its chainTvls are ("staking", "Ethereum-borrowed"):
     # metrics of their own, never part of ``tvl``.
     sections: dict[str, float] = field(default_factory=dict)
+    # The flows' own changes (``FLOW_CHANGE_WINDOWS``), in percent like the TVL's.
+    volume_24h_change_1d: float | None = None
+    volume_24h_change_7d: float | None = None
+    fees_24h_change_1d: float | None = None
+    fees_24h_change_7d: float | None = None
+    # DeFiLlama's ``oracles``: the price oracles the protocol's listing names.
+    oracles: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,11 +93,16 @@ class ProtocolView:
             "change_7d": self.change_7d,
             "volume_24h": self.volume_24h,
             "fees_24h": self.fees_24h,
+            "volume_24h_change_1d": self.volume_24h_change_1d,
+            "volume_24h_change_7d": self.volume_24h_change_7d,
+            "fees_24h_change_1d": self.fees_24h_change_1d,
+            "fees_24h_change_7d": self.fees_24h_change_7d,
             "updated_at": self.updated_at,
             "tvl_at": self.tvl_at,
             "volume_24h_at": self.volume_24h_at,
             "fees_24h_at": self.fees_24h_at,
             "sections": dict(self.sections),
+            "oracles": list(self.oracles),
             "position": self.position,
         }
 
@@ -170,3 +206,46 @@ def percent_change(
     if reference is None or reference == 0:
         return None
     return (now_value - reference) / reference * 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyQuery:
+    """Which recorded anomalies to list (``GET /v2/analytics/anomalies``): every given
+    condition holds; the most recent first (by observation time, then position)."""
+
+    protocol: str | None = None
+    token: str | None = None
+    measure: str | None = None
+    start: float | None = None  # observed_at >= start
+    end: float | None = None  # observed_at <= end
+    min_score: float | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyView:
+    """One ``AnomalyDetected`` fact as the read model holds it."""
+
+    position: int
+    subject: str
+    series: str
+    measure: str
+    observed_at: float
+    value: float
+    score: float
+    direction: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "id": self.subject,
+            "kind": "token" if self.series.startswith("token:") else "protocol",
+            "series": self.series,
+            "measure": self.measure,
+            "timestamp": self.observed_at,
+            "value": self.value,
+            "score": self.score,
+            "direction": self.direction,
+            "reason": self.reason,
+        }

@@ -20,6 +20,8 @@ __all__ = [
     "Acked",
     "Alert",
     "AlertData",
+    "Anomaly",
+    "AnomalyData",
     "Error",
     "MetricData",
     "Pong",
@@ -119,6 +121,29 @@ class Alert(BaseModel):
     position: int
 
 
+class AnomalyData(BaseModel):
+    model_config = _FRAME
+    id: str
+    series: str
+    measure: str
+    value: float
+    timestamp: float
+    score: float
+    direction: Literal["fall", "rise"]
+    reason: str
+
+
+class Anomaly(BaseModel):
+    """An anomaly detected in a series (the ``anomalies`` channel)."""
+
+    model_config = _FRAME
+    type: Literal["anomaly"]
+    subscription_id: str = Field(alias="subscriptionId")
+    channel: Literal["anomalies"]
+    position: int
+    data: AnomalyData
+
+
 class Error(BaseModel):
     """A refused frame; the socket stays open."""
 
@@ -127,6 +152,13 @@ class Error(BaseModel):
     code: str
     message: str
     id: str | int | None = None
+    # Only on ``rate_limited``: the budget's facts, as the HTTP RateLimit headers say them.
+    policy: str | None = None
+    limit: int | None = None
+    window: int | None = None
+    remaining: int | None = None
+    reset: int | None = None
+    retry_after: int | None = Field(default=None, alias="retryAfter")
 
 
 class Pong(BaseModel):
@@ -146,7 +178,7 @@ class Acked(BaseModel):
     id: str | int | None = None
 
 
-ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Error | Pong | Acked
+ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Anomaly | Error | Pong | Acked
 """Any frame the server sends."""
 
 _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
@@ -154,6 +186,7 @@ _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
     "unsubscribed": Unsubscribed,
     "update": Update,
     "alert": Alert,
+    "anomaly": Anomaly,
     "error": Error,
     "pong": Pong,
     "acked": Acked,

@@ -55,12 +55,19 @@ class Protocol(BaseModel):
     change_7d: float | None
     volume_24h: float | None
     fees_24h: float | None
+    # The flows' own changes; absent from older servers.
+    volume_24h_change_1d: float | None = None
+    volume_24h_change_7d: float | None = None
+    fees_24h_change_1d: float | None = None
+    fees_24h_change_7d: float | None = None
     updated_at: float | None
     tvl_at: float | None
     volume_24h_at: float | None
     fees_24h_at: float | None
     # DeFiLlama's TVL sections ("staking", "Ethereum-borrowed"...); absent from older servers.
     sections: dict[str, float] = Field(default_factory=dict)
+    # DeFiLlama's oracles of the listing; absent from older servers.
+    oracles: list[str] = Field(default_factory=list)
     position: int = Field(description="log position of the latest change")
 
 
@@ -155,8 +162,8 @@ ObservedAt: TypeAlias = float | datetime
 
 
 class Observation(BaseModel):
-    """One protocol metric observation to ingest (``name``/``category``/``chains``/``url``
-    list the protocol the first time it is seen). The server checks it."""
+    """One protocol metric observation to ingest (``name``/``category``/``chains``/``url``/
+    ``oracles`` list the protocol the first time it is seen). The server checks it."""
 
     model_config = ConfigDict(frozen=True)
     protocol: str
@@ -169,6 +176,7 @@ class Observation(BaseModel):
     category: str | None = None
     chains: list[str] | None = None
     url: str | None = None
+    oracles: list[str] | None = None
 
 
 class Price(BaseModel):

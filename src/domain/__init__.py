@@ -36,6 +36,7 @@ from .alert_values import (
     parse_cooldown,
     parse_target,
 )
+from .anomaly import AnomalyLog
 from .api_key import TIER_LIMITS, ApiKey, InvalidTier, Tier, TierLimits, hash_key
 from .chains import ChainInfo, canonical_chain, chain_info, chain_key, known_chains
 from .errors import DomainError, InvalidObservation, InvalidTransition
@@ -53,6 +54,7 @@ __all__ = [
     "TOKEN_ID_PATTERN",
     "TOTAL",
     "AlertRule",
+    "AnomalyLog",
     "ApiKey",
     "ChainInfo",
     "Channel",

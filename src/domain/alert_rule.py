@@ -12,6 +12,7 @@ from eventsourcing.domain import Aggregate, event
 
 from .alert_values import (
     WINDOWS,
+    AnomalyCondition,
     Condition,
     InvalidRule,
     PctChangeCondition,
@@ -97,6 +98,11 @@ def next_transition(
     if not met and firing == "firing":
         return "resolved"
     return None
+
+
+def anomaly_move(condition: Condition) -> str | None:
+    """The move an ``anomaly`` condition watches (fall, rise, any); None for the others."""
+    return condition.move if isinstance(condition, AnomalyCondition) else None
 
 
 def window_seconds(condition: Condition) -> float | None:
@@ -254,18 +260,27 @@ class AlertRule(Aggregate):
         )
         if transition == "firing":
             key = self.next_idempotency_key()
-            self._triggered(self.owner, measure, observed_at, key, position)
+            self._triggered(self.owner, measure, observed_at, key, position, self.channel_kinds)
         elif transition == "resolved":
             key = self.next_idempotency_key()
-            self._resolved(self.owner, measure, observed_at, key, position)
+            self._resolved(self.owner, measure, observed_at, key, position, self.channel_kinds)
         return transition
+
+    @property
+    def channel_kinds(self) -> list[str]:
+        """The kinds of channel the rule notifies (``websocket``, ``webhook``, ``email``),
+        each once, in the rule's order."""
+        return list(dict.fromkeys(str(channel.kind) for channel in self.channels))
 
     def next_idempotency_key(self) -> str:
         return f"{self.id}:{self.transitions + 1}"
 
-    # Triggered/Resolved name the owner so that the alerts stream can route them to the
-    # owner's connections without loading the rule.
-    # ``position`` defaults to None so that events stored before it existed still replay.
+    # Triggered/Resolved name the owner, and the kinds of channel the rule notified, so
+    # that the alerts stream can route them to the owner's connections (only with a
+    # ``websocket`` channel) without loading the rule.
+    # ``position`` and ``channel_kinds`` default to None so that events stored before they
+    # existed still replay (no ``channel_kinds``: it went to the owner's sockets, as every
+    # transition did then; docs/adr/0037).
     @event("Triggered")
     def _triggered(
         self,
@@ -274,6 +289,7 @@ class AlertRule(Aggregate):
         observed_at: float,
         idempotency_key: str,
         position: int | None = None,
+        channel_kinds: list[str] | None = None,
     ) -> None:
         self.firing = "firing"
         self.last_fired_at = observed_at
@@ -289,6 +305,7 @@ class AlertRule(Aggregate):
         observed_at: float,
         idempotency_key: str,
         position: int | None = None,
+        channel_kinds: list[str] | None = None,
     ) -> None:
         self.firing = "resolved"
         self.transitions += 1

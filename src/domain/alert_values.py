@@ -37,6 +37,7 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_COOLDOWN",
     "WINDOWS",
+    "AnomalyCondition",
     "Channel",
     "Channels",
     "Condition",
@@ -190,8 +191,32 @@ class PctChangeCondition(BaseModel):
         return WINDOWS[self.window]
 
 
+Move = Literal["fall", "rise", "any"]
+
+
+class AnomalyCondition(BaseModel):
+    """The observation is an anomaly of its series scoring at least ``min_score`` (in
+    standard deviations, see docs/anomalies.md), moving as ``move`` says (a fall by
+    default: TVL draining)."""
+
+    model_config = _VALUE
+    kind: Literal["anomaly"]
+    min_score: Annotated[FiniteNumber, Field(gt=0, le=1_000, description="standard deviations")]
+    move: Move = "fall"
+
+    # The rule reads like a threshold on the anomaly score: it holds while the score of
+    # the latest observation is at least ``min_score``.
+    @property
+    def direction(self) -> Direction:
+        return "above"
+
+    @property
+    def value(self) -> float:
+        return self.min_score
+
+
 Condition: TypeAlias = Annotated[
-    ThresholdCondition | PctChangeCondition, Field(discriminator="kind")
+    ThresholdCondition | PctChangeCondition | AnomalyCondition, Field(discriminator="kind")
 ]
 
 
@@ -357,8 +382,10 @@ def parse_target(raw: Any) -> ProtocolTarget | TokenTarget:
     return target
 
 
-def parse_condition(raw: Any) -> ThresholdCondition | PctChangeCondition:
-    condition: ThresholdCondition | PctChangeCondition = _parse(_CONDITION, raw, "condition")
+def parse_condition(raw: Any) -> ThresholdCondition | PctChangeCondition | AnomalyCondition:
+    condition: ThresholdCondition | PctChangeCondition | AnomalyCondition = _parse(
+        _CONDITION, raw, "condition"
+    )
     return condition
 
 
@@ -384,9 +411,13 @@ def stored_target(raw: Mapping[str, Any]) -> ProtocolTarget | TokenTarget:
     return ProtocolTarget.model_construct(**raw)
 
 
-def stored_condition(raw: Mapping[str, Any]) -> ThresholdCondition | PctChangeCondition:
+def stored_condition(
+    raw: Mapping[str, Any],
+) -> ThresholdCondition | PctChangeCondition | AnomalyCondition:
     if raw.get("kind") == "pct_change":
         return PctChangeCondition.model_construct(**raw)
+    if raw.get("kind") == "anomaly":
+        return AnomalyCondition.model_construct(**{"move": "fall", **raw})
     return ThresholdCondition.model_construct(**raw)
 
 

@@ -41,6 +41,8 @@ MAX_NAME_LENGTH: Final = 200
 # The real data's longest chain list has 54 entries; ten times that leaves room to grow while
 # keeping one observation from carrying (and every read from returning) 200,000 chains.
 MAX_CHAINS: Final = 500
+# DeFiLlama's longest ``oracles`` list in the real data has 7 names; 50 bounds one listing.
+MAX_ORACLES: Final = 50
 
 # Refused in every string: C0 controls, DEL and C1 controls (a NUL cannot be stored in a
 # PostgreSQL text column at all, so one would stop the history read model on every batch; the
@@ -212,6 +214,27 @@ def check_chain(chain: str, *, what: str = "chain") -> str:
     if not is_label(chain, identifier=True):
         check_label(chain, what=what, identifier=True)
     return canonical_chain(chain)
+
+
+def check_oracles(oracles: Sequence[str]) -> list[str]:
+    """A protocol's oracle list (DeFiLlama's ``oracles``: ``["Chainlink", "Pyth"]``): at
+    most ``MAX_ORACLES`` names (labels without invisible characters), each once, in the order
+    first named."""
+    if not isinstance(oracles, list | tuple):
+        raise InvalidObservation("oracles must be a list of strings", field="oracles")
+    if len(oracles) > MAX_ORACLES:
+        raise InvalidObservation(
+            f"oracles lists {len(oracles)} names; at most {MAX_ORACLES} are accepted",
+            field="oracles",
+        )
+    checked = []
+    for index, oracle in enumerate(oracles):
+        if not isinstance(oracle, str):
+            raise InvalidObservation("oracles must be a list of strings", field="oracles")
+        checked.append(
+            check_label(oracle, what=f"oracles[{index}]", identifier=True, field="oracles")
+        )
+    return list(dict.fromkeys(checked))
 
 
 def check_chains(chains: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from .observations import (
     check_chains,
     check_label,
     check_metric,
+    check_oracles,
     check_text,
     check_timestamp,
     check_value,
@@ -79,8 +80,9 @@ class Protocol(Aggregate):
         # and uuid5 hashes each time.
         return uuid5(PROTOCOL_NAMESPACE, slug)
 
-    # ``observed_at`` (when the listing details were true, None if unknown) defaults to None
-    # so that events stored before it existed still replay.
+    # ``observed_at`` (when the listing details were true, None if unknown) and ``oracles``
+    # (DeFiLlama's list of the price oracles the protocol relies on) default to None so that
+    # events stored before they existed still replay (no oracles known: an empty list).
     @event("Listed")
     def __init__(
         self,
@@ -90,6 +92,7 @@ class Protocol(Aggregate):
         chains: list[str],
         url: str,
         observed_at: float | None = None,
+        oracles: list[str] | None = None,
     ) -> None:
         self.slug = slug
         self.name = name
@@ -97,6 +100,7 @@ class Protocol(Aggregate):
         # Canonical names also for events recorded before chain names were normalised.
         self.chains = _canonical_chains(chains)
         self.url = url
+        self.oracles: list[str] = list(oracles or [])
         # When the current details were observed: the time of the last change of details
         # that had one (None: not known).
         self.details_observed_at = observed_at
@@ -114,6 +118,7 @@ class Protocol(Aggregate):
         chains: list[str] | None = None,
         url: str = "",
         observed_at: float | None = None,
+        oracles: list[str] | None = None,
     ) -> Protocol:
         """List a new protocol (command); ``observed_at`` is when the details were true."""
         check_slug(slug)
@@ -125,6 +130,7 @@ class Protocol(Aggregate):
             chains=check_chains(chains or []),
             url=check_text(url or "", field="url"),
             observed_at=None if observed_at is None else check_timestamp(observed_at),
+            oracles=check_oracles(oracles or []),
         )
 
     def update_details(
@@ -134,6 +140,7 @@ class Protocol(Aggregate):
         chains: list[str] | None = None,
         url: str | None = None,
         observed_at: float | None = None,
+        oracles: list[str] | None = None,
     ) -> bool:
         """Change listing details; returns False (and records nothing) if nothing changes.
 
@@ -149,6 +156,7 @@ class Protocol(Aggregate):
             and (category is None or category == self.category)
             and (chains is None or chains == self.chains)
             and (url is None or url == self.url)
+            and (oracles is None or oracles == self.oracles)
         ):
             # Nothing changes, so nothing to check: what the protocol holds was checked when
             # it was recorded. Ingest calls this for every item that carries a listing, and
@@ -164,14 +172,18 @@ class Protocol(Aggregate):
         )
         new_chains = check_chains(chains) if chains is not None else self.chains
         new_url = check_text(url, field="url") if url is not None else self.url
-        if (new_name, new_category, new_chains, new_url) == (
+        new_oracles = check_oracles(oracles) if oracles is not None else self.oracles
+        if (new_name, new_category, new_chains, new_url, new_oracles) == (
             self.name,
             self.category,
             self.chains,
             self.url,
+            self.oracles,
         ):
             return False
-        self._details_updated(self.slug, new_name, new_category, new_chains, new_url, observed_at)
+        self._details_updated(
+            self.slug, new_name, new_category, new_chains, new_url, observed_at, new_oracles
+        )
         return True
 
     # Events name the slug as well as the aggregate id: downstream consumers (projections,
@@ -185,11 +197,15 @@ class Protocol(Aggregate):
         chains: list[str],
         url: str,
         observed_at: float | None = None,
+        oracles: list[str] | None = None,
     ) -> None:
         self.name = name
         self.category = category
         self.chains = _canonical_chains(chains)
         self.url = url
+        # None: an event stored before oracles were kept, which did not change them.
+        if oracles is not None:
+            self.oracles = list(oracles)
         if observed_at is not None:
             self.details_observed_at = observed_at
 

@@ -11,7 +11,9 @@ from eventsourcing.domain import Aggregate, event
 from .errors import DomainError, InvalidTransition
 from .observations import check_label
 
-CHANNELS: Final[frozenset[str]] = frozenset({"protocols", "prices", "volumes", "alerts"})
+CHANNELS: Final[frozenset[str]] = frozenset(
+    {"protocols", "prices", "volumes", "alerts", "anomalies"}
+)
 SUBSCRIPTION_BOOK_NAMESPACE: Final = uuid5(NAMESPACE_URL, "https://defi-realtime/subscriptions/")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..application.alert_backtest import BacktestUnsupported, backtest, history_points
+from ..application.alert_channels import check_webhook_targets
 from ..application.alert_rules import AlertRuleView
-from ..application.app import AlertRuleNotFound, ProtocolNotFound
+from ..application.app import AlertRuleNotFound, ProtocolNotFound, TokenNotFound
 from ..application.ports import AlertRuleReadModel
 from ..domain.alert_rule import AlertRule as RuleAggregate
 from ..domain.alert_rule import InvalidRule, RuleQuotaExceeded
@@ -63,7 +64,9 @@ def _rules(node: Node) -> AlertRuleReadModel:
     return node.history
 
 
-def _rule_id(request: Request) -> UUID:
+def rule_path_id(request: Request) -> UUID:
+    """The ``{rule_id}`` of a rule's route; a malformed one is a 404 (like another
+    account's rule)."""
     raw = request.path_params["rule_id"]
     try:
         return RulePath.model_validate({"rule_id": raw}).rule_id
@@ -123,6 +126,13 @@ async def _write(node: Node, rule_id: UUID | None, command: Callable[[], T]) -> 
             f"protocol {error.slug!r} is not listed",
             {"field": "target.protocol"},
         ) from None
+    except TokenNotFound as error:
+        raise ApiError(
+            422,
+            "unknown_target",
+            f"token {error.token_id!r} has no recorded price",
+            {"field": "target.token"},
+        ) from None
     except RuleQuotaExceeded as error:
         raise ApiError(
             403,
@@ -133,6 +143,14 @@ async def _write(node: Node, rule_id: UUID | None, command: Callable[[], T]) -> 
     except InvalidRule as error:
         details = None if error.field is None else {"field": error.field}
         raise ApiError(400, "invalid_rule", str(error), details) from None
+
+
+async def _check_channels(node: Node, channels: Sequence[Any] | None) -> None:
+    """Refuse (400) a webhook this node may never call, before anything is written."""
+    try:
+        await check_webhook_targets(node.container.webhook_guard(), channels)
+    except InvalidRule as error:
+        raise ApiError(400, "invalid_rule", str(error), {"field": error.field}) from None
 
 
 async def _answer(node: Node, rule_id: UUID, owner: str) -> Response:
@@ -236,6 +254,7 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         key = require_key(request)
         node = _node(request)
         rule = parse_body(AlertRuleCreate, await read_json(request), code="invalid_rule")
+        await _check_channels(node, rule.channels)
         app, rules = node.app, _rules(node)
 
         def existing() -> list[str]:  # an owner's first book starts from their rules
@@ -267,11 +286,11 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         )
 
     async def get(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         return _rule_answer(await _fresh_rule(_node(request), rule_id, key.owner))
 
     async def update(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         change = parse_body(AlertRuleChange, await read_json(request), code="invalid_rule")
         changes = change.model_dump(exclude_unset=True)
@@ -282,12 +301,13 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
                 f"nothing to change: send some of {sorted(AlertRuleChange.model_fields)}",
             )
         typed = {name: getattr(change, name) for name in changes}
+        await _check_channels(node, typed.get("channels"))
         app = node.app
         await _write(node, rule_id, lambda: app.update_alert_rule(rule_id, key.owner, **typed))
         return await _answer(node, rule_id, key.owner)
 
     async def delete(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         app = node.app
         await _write(node, rule_id, lambda: app.delete_alert_rule(rule_id, key.owner))
@@ -295,21 +315,21 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
         return json_answer(AlertRuleDeleted(id=rule_id, state="deleted"))
 
     async def pause(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         app = node.app
         await _write(node, rule_id, lambda: app.pause_alert_rule(rule_id, key.owner))
         return await _answer(node, rule_id, key.owner)
 
     async def resume(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         app = node.app
         await _write(node, rule_id, lambda: app.resume_alert_rule(rule_id, key.owner))
         return await _answer(node, rule_id, key.owner)
 
     async def run_backtest(request: Request, query: NoParameters) -> Response:
-        key, rule_id = require_key(request), _rule_id(request)
+        key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
         raw = await read_json(request) if await _has_body(request) else {}
         window = parse_body(BacktestWindow, raw)

@@ -1,4 +1,4 @@
-"""``defi-realtime alerts``: operator tools for alert rules (backtest)."""
+"""``defi-realtime alerts``: operator tools for alert rules (backtest, dead letters)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..application.following import ProjectionRunner
 from .console import err, progress_bar
-from .container import opened
+from .container import opened, opened_async, provide
 from .settings import Settings
 
 alerts_cli = typer.Typer(help="Alert rules.", no_args_is_help=True)
@@ -140,3 +140,50 @@ def _catch_up_history(runner: ProjectionRunner) -> None:
             )
 
     asyncio.run(main())
+
+
+@alerts_cli.command("dead-letters")
+def dead_letters_command(
+    rule: Annotated[str, typer.Argument(help="the rule's id")],
+    redrive: Annotated[
+        bool, typer.Option("--redrive", help="deliver them again, from a first attempt")
+    ] = False,
+) -> None:
+    """List a rule's dead letters (notifications given up) as JSON on stdout, or with
+    --redrive put them back on the work queue under the same idempotency keys. Embedded
+    (no AMQP_URL) only the serving process can redrive (its queue is in memory): use
+    POST /v2/alerts/{id}/dead-letters/redrive."""
+    from ..application.notifications import DeadLetters
+    from ..domain.alert_rule import AlertRule
+
+    settings = Settings()
+    if redrive and settings.amqp_url is None:
+        raise _fail(
+            "without AMQP_URL the serving process delivers from memory: redrive through it, "
+            "POST /v2/alerts/{id}/dead-letters/redrive"
+        )
+    try:
+        rule_id = UUID(rule)
+    except ValueError:
+        raise _fail(f"no alert rule {rule!r}") from None
+
+    async def main() -> dict[str, Any]:
+        async with opened_async(settings) as container:
+            app = container.application()
+            try:
+                stored: Any = await asyncio.to_thread(app.repository.get, rule_id)
+            except Exception:  # no such aggregate
+                stored = None
+            if not isinstance(stored, AlertRule) or stored.state == "deleted":
+                raise _fail(f"no alert rule {rule!r}")
+            dead_letters: DeadLetters = await provide(container.dead_letters)
+            if redrive:
+                jobs = await dead_letters.redrive(str(rule_id))
+                return {"rule": str(rule_id), "redriven": [job.idempotency_key for job in jobs]}
+            parked = await dead_letters.of_rule(str(rule_id))
+            return {"rule": str(rule_id), "deadLetters": [entry.to_json() for entry in parked]}
+
+    output = asyncio.run(main())
+    count = len(output.get("redriven", output.get("deadLetters", [])))
+    err.print(f"{count} dead letter(s) {'redriven' if redrive else 'parked'}")
+    sys.stdout.write(json.dumps(output) + "\n")

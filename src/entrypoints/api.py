@@ -35,12 +35,15 @@ from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView
 from ..application.views import SeriesQuery as SeriesRequest
 from .alert_history_api import alert_history_routes
 from .alerts_api import alert_routes
+from .analytics_api import analytics_routes
+from .anomalies_api import anomaly_routes
 from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
 from .coins_api import coin_routes
 from .container import build_container, provide
 from .cors import cors_middleware
 from .dashboard import dashboard_routes
+from .dead_letters_api import dead_letter_routes
 from .docs_ui import docs_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .health_api import health_routes
@@ -51,6 +54,7 @@ from .observability import run_sampler, sample
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
 from .query_api import query_routes
+from .rate_limits import LimitRequests, ThrottleAuthFailures, TrustedProxies, marking_failures
 from .schemas.common import JsonDocument, NoParameters
 from .schemas.health import Health, ProjectionHealth, ProjectionStall
 from .schemas.ingest import IngestBody, IngestQuery
@@ -76,6 +80,7 @@ from .schemas.realtime import (
     VolumeEntry,
     VolumeSnapshot,
 )
+from .schemas.reconciliation import ReconciliationRun
 from .settings import Settings
 from .subscriptions_api import subscription_routes
 from .validation import path_slug
@@ -304,6 +309,18 @@ async def _realtime_protocols(
     return [view for view in page.items if not ranked_only or getattr(view, ranked_by) is not None]
 
 
+RECONCILIATION = Operation(
+    "GET",
+    "getLatestReconciliation",
+    "The last reconciliation of the read models against the event log",
+    NoParameters,
+    ReconciliationRun,
+    access="read",
+    description="404 before the first run. Runs every RECONCILE_INTERVAL, or with "
+    "`defi-realtime reconcile` (docs/reconciliation.md).",
+    errors=(404,),
+)
+
 DATA_QUALITY = Operation(
     "GET",
     "getDataQuality",
@@ -316,6 +333,27 @@ DATA_QUALITY = Operation(
     + ", ".join(f"{limit:.0f}% ({window})" for window, limit in JUMPS.items())
     + f"; stale after {STALE_AFTER / 86_400:.0f} days behind the freshest TVL.",
 )
+
+
+async def latest_reconciliation(request: Request, query: NoParameters) -> Response:
+    latest = await asyncio.to_thread(_node(request).app.latest_reconciliation)
+    if latest is None:
+        raise ApiError(404, "no_reconciliation", "no reconciliation has run yet")
+    return json_answer(
+        ReconciliationRun.model_validate(
+            {
+                "run": latest["run"],
+                "startedAt": latest["started_at"],
+                "completedAt": latest["completed_at"],
+                "positions": latest["positions"],
+                "compared": latest["compared"],
+                "discrepancyCounts": latest["discrepancy_counts"],
+                "discrepancies": latest["discrepancies"],
+                "repaired": latest["repaired"],
+                "skipped": latest["skipped"],
+            }
+        )
+    )
 
 
 async def data_quality(request: Request, query: DataQualityQuery) -> Response:
@@ -609,6 +647,12 @@ async def realtime_socket(websocket: WebSocket) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
+            if gateway.rate_limits is not None:
+                refusal = await gateway.message_refusal(admission)
+                if refusal is not None:
+                    connection.last_seen = time.monotonic()
+                    connection.offer_message(refusal)
+                    continue
             text = message.get("text")
             if text is not None:
                 hub.receive(connection, text)
@@ -639,6 +683,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             app.state.node = node
             gateway: SocketGateway = await provide(node.container.gateway)
             app.state.gateway = gateway
+            # Read by the rate-limit middlewares (None: RATE_LIMITS=off).
+            app.state.rate_limits = gateway.rate_limits
             sweeper = asyncio.create_task(
                 node.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
                 name="realtime-sweeper",
@@ -670,7 +716,9 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute(
             "/v2/protocols/{slug:str}/metrics", PROTOCOL_METRICS.serve(protocol_metrics)
         ),
+        *analytics_routes(),
         OperationRoute("/v2/data-quality", DATA_QUALITY.serve(data_quality)),
+        OperationRoute("/v2/reconciliation/latest", RECONCILIATION.serve(latest_reconciliation)),
         OperationRoute("/v2/realtime/tvl", REALTIME_TVL.serve(realtime_tvl)),
         OperationRoute("/v2/realtime/prices", REALTIME_PRICES.serve(realtime_prices)),
         OperationRoute("/v2/realtime/volumes", REALTIME_VOLUMES.serve(realtime_volumes)),
@@ -678,9 +726,11 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *alert_routes(_read_json_body),
         *alert_history_routes(),
         *subscription_routes(_read_json_body),
+        *dead_letter_routes(),
         *llama_routes(),
         *coin_routes(),
         *volume_routes(),
+        *anomaly_routes(),
         *query_routes(_read_json_body),
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),
@@ -690,6 +740,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *dashboard_routes(),
     ]
     paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
+    proxies = TrustedProxies(settings.trusted_proxies)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -698,9 +749,15 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             # Before authentication: a preflight is answered before it sees the request.
             *cors_middleware(settings.cors_origins),
             Middleware(CountRequests, metrics=metrics, paths=paths),
+            # Around authentication: its failures are counted (ADR 0036).
+            Middleware(ThrottleAuthFailures, proxies=proxies),
             Middleware(
-                AuthenticationMiddleware, backend=container.auth_backend(), on_error=on_auth_error
+                AuthenticationMiddleware,
+                backend=container.auth_backend(),
+                on_error=marking_failures(on_auth_error),
             ),
+            # After it: the budget spent is the key's (or the anonymous address's).
+            Middleware(LimitRequests, proxies=proxies),
         ],
         exception_handlers={
             ApiError: api_error_handler,

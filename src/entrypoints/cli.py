@@ -163,6 +163,10 @@ def serve(
             ws=ws,
             ws_max_size=settings.ws_max_message,
             ws_per_message_deflate=False,
+            # The client address is TRUSTED_PROXIES' business (entrypoints/rate_limits.py),
+            # for both WebSocket transports alike: uvicorn's own rewrite would trust
+            # 127.0.0.1 by default, so a local caller could name any address.
+            proxy_headers=False,
             backlog=4096,
         )
     finally:
@@ -514,6 +518,49 @@ def projections_rebuild(
                     progress.update(task, completed=head)
 
     asyncio.run(main())
+
+
+@cli.command()
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option("--repair/--no-repair", help="re-apply drifted keys from the log")
+    ] = True,
+) -> None:
+    """Compare the read models with the event log once (and an upstream API with
+    RECONCILE_UPSTREAM_URL), repair drift, record the run. Exit 0: the read models agree
+    with the log; 1: some did not (repaired unless --no-repair); upstream differences are
+    reported only (docs/reconciliation.md)."""
+
+    async def main() -> int:
+        async with opened_async(_settings(), hot=True) as container:
+            reconciliation = await provide(container.reconciliation)
+            report = await reconciliation.run(repair=repair)
+        table = Table("store", "position", "compared", "discrepancies", "repaired", "skipped")
+        for store in ("hot", "history", "upstream"):
+            if store in report.compared:
+                table.add_row(
+                    store,
+                    str(report.positions.get(store, "-")),
+                    str(report.compared[store]),
+                    str(report.discrepancy_counts.get(store, 0)),
+                    str(report.repaired.get(store, 0)),
+                    str(report.skipped.get(store, 0)),
+                )
+        Console().print(table)
+        for found in report.discrepancies[:RECONCILE_SHOWN]:
+            Console().print(
+                f"{found.store} {found.key} {found.field}: expected {found.expected!r}, "
+                f"found {found.found!r}",
+                markup=False,
+            )
+        ours = sum(report.discrepancy_counts.get(store, 0) for store in ("hot", "history"))
+        return 1 if ours else 0
+
+    raise typer.Exit(asyncio.run(main()))
+
+
+# Discrepancies `reconcile` prints (the run's record keeps up to 100 per store).
+RECONCILE_SHOWN: Final = 20
 
 
 def main() -> None:

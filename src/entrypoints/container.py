@@ -35,15 +35,21 @@ from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
 from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
+from ..application.anomaly import Detection, DetectorSettings, Method
+from ..application.anomaly_follower import AnomalyFollower
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
 from ..application.durable_subscriptions import DurableSubscriptions
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
-from ..application.notifications import DeliveryWorker, NotificationDispatcher
+from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
+from ..application.ports import HotProjection, RateLimiter
+from ..application.rate_limiting import LeasedRateLimiter, RateLimits
+from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
+from ..application.reconciliation import Reconciliation, ReconciliationReport
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
@@ -55,6 +61,8 @@ if TYPE_CHECKING:
     import httpx
     from redis.asyncio import Redis
 
+    from ..adapters.defillama_http import DefiLlamaHttpSource
+    from ..adapters.limits_rate_limiter import MemoryRateLimiter, Strategy
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
     from ..adapters.prometheus_metrics import PrometheusMetrics
@@ -65,7 +73,7 @@ if TYPE_CHECKING:
     from ..adapters.smtp_email_notifier import SmtpEmailNotifier
     from ..adapters.sql_delivery_log import SqlDeliveryLog
     from ..adapters.sql_history import SqlHistoryReadModel
-    from ..adapters.webhook_notifier import WebhookNotifier
+    from ..adapters.webhook_notifier import WebhookGuard, WebhookNotifier
     from .auth import ApiKeyBackend
     from .ws_server import SocketGateway
 
@@ -225,8 +233,11 @@ async def _http_client() -> AsyncIterator[httpx.AsyncClient]:
         await client.aclose()
 
 
-async def _memory_notifications(concurrency: int) -> AsyncIterator[InProcessNotificationQueue]:
-    queue = InProcessNotificationQueue(concurrency=concurrency)
+async def _memory_notifications(
+    concurrency: int, journal: SqlDeliveryLog
+) -> AsyncIterator[InProcessNotificationQueue]:
+    # The dispatcher's journal keeps the queue's dead letters across restarts (ADR 0037).
+    queue = InProcessNotificationQueue(concurrency=concurrency, journal=journal)
     try:
         yield queue
     finally:
@@ -286,18 +297,53 @@ def _auth_backend(keyring: KeyRing) -> ApiKeyBackend:
     return ApiKeyBackend(keyring)
 
 
-def _gateway(hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> SocketGateway:
+def _gateway(
+    hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend, rate_limits: RateLimits | None
+) -> SocketGateway:
     from .ws_server import SocketGateway
 
-    return SocketGateway(hub, settings, auth)
+    return SocketGateway(hub, settings, auth, rate_limits)
+
+
+def _memory_rate_limiter(strategy: Strategy) -> MemoryRateLimiter:
+    from ..adapters.limits_rate_limiter import MemoryRateLimiter
+
+    return MemoryRateLimiter(strategy)
+
+
+def _redis_rate_limiter(
+    client: Redis, prefix: str, strategy: Strategy, lease: float
+) -> RateLimiter:
+    from ..adapters.limits_rate_limiter import RedisRateLimiter
+
+    limiter = RedisRateLimiter(client, prefix, strategy)
+    # Large budgets in blocks: a round trip per hit costs more CPU than a cheap request.
+    return LeasedRateLimiter(limiter, share=lease) if lease > 0 else limiter
+
+
+def _rate_limits(limiter: RateLimiter | None, settings: Settings) -> RateLimits | None:
+    """The limits every entrypoint spends (None with RATE_LIMITS=off)."""
+    if limiter is None:
+        return None
+    policy = RateLimitPolicy(
+        anonymous_per_minute=settings.rate_limit_anonymous,
+        auth_failures_per_minute=settings.rate_limit_auth_failures,
+    )
+    return RateLimits(limiter, policy)
+
+
+def _webhook_guard(allow_private: bool) -> WebhookGuard:
+    from ..adapters.webhook_notifier import WebhookGuard
+
+    return WebhookGuard(allow_private=allow_private)
 
 
 def _webhook_notifier(
-    client: httpx.AsyncClient, *, timeout: float, allow_private: bool
+    client: httpx.AsyncClient, guard: WebhookGuard, *, timeout: float
 ) -> WebhookNotifier:
     from ..adapters.webhook_notifier import WebhookNotifier
 
-    return WebhookNotifier(client, timeout=timeout, allow_private=allow_private)
+    return WebhookNotifier(client, timeout=timeout, guard=guard)
 
 
 def _email_notifier(
@@ -348,6 +394,21 @@ def _rule_recorder(
         return await writer.call(lambda: app.observe_alert_rules(observations))
 
     return record
+
+
+def _anomaly_recorder(
+    app: DefiRealtime, writer: IngestWriter
+) -> Callable[[Sequence[Detection]], Awaitable[int]]:
+    """How the anomaly follower records detections: on the writer thread (docs/adr/0003)."""
+
+    async def record(detections: Sequence[Detection]) -> int:
+        return await writer.call(lambda: app.record_anomalies(detections))
+
+    return record
+
+
+def _detector_settings(method: Method, window: int, threshold: float) -> DetectorSettings:
+    return DetectorSettings(method=method, window=window, threshold=threshold)
 
 
 def _node_follower(
@@ -440,6 +501,48 @@ def _dispatcher_runner(
     return ProjectionRunner(dispatcher.name, event_log, dispatcher.position, dispatcher.apply)
 
 
+async def _upstream(url: str | None) -> AsyncIterator[DefiLlamaHttpSource | None]:
+    if url is None:
+        yield None
+        return
+    from ..adapters.defillama_http import DefiLlamaHttpSource
+
+    source = DefiLlamaHttpSource(url)
+    try:
+        yield source
+    finally:
+        await source.aclose()
+
+
+def _reconciliation(
+    settings: Settings,
+    process: str,
+    app: DefiRealtime,
+    writer: IngestWriter,
+    event_log: EventStoreLog,
+    hot: HotProjection,
+    history: SqlHistoryReadModel,
+    upstream: DefiLlamaHttpSource | None,
+    telemetry: Telemetry,
+) -> Reconciliation:
+    """Reconciliation of this process's stores (ADR 0035). The hot projection only where
+    this process can see it: Redis, or ``serve``'s own memory (another process's memory is
+    not this one's to compare)."""
+
+    async def record(report: ReconciliationReport) -> None:
+        await writer.call(lambda: app.record_reconciliation(report.record()))
+
+    return Reconciliation(
+        event_log,
+        hot=hot if settings.redis_url is not None or process == "serve" else None,
+        history=history,
+        upstream=upstream,
+        record=record,
+        upstream_tolerance=settings.reconcile_upstream_tolerance,
+        telemetry=telemetry,
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """config -> infrastructure (Resources) -> services."""
 
@@ -482,7 +585,7 @@ class Container(containers.DeclarativeContainer):
     )
     notification_queue = providers.Selector(
         config.fanout_backend,
-        memory=providers.Resource(_memory_notifications, config.notify_concurrency),
+        memory=providers.Resource(_memory_notifications, config.notify_concurrency, delivery_log),
         rabbitmq=providers.Resource(
             _rabbit_notifications,
             config.amqp_url,
@@ -523,7 +626,21 @@ class Container(containers.DeclarativeContainer):
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     auth_backend = providers.Singleton(_auth_backend, keyring)
-    gateway = providers.Singleton(_gateway, hub, settings, auth_backend)
+    # Budgets (ADR 0036): in Redis, shared by every node, when REDIS_URL is set.
+    rate_limiter = providers.Selector(
+        config.rate_limit_backend,
+        off=providers.Object(None),
+        memory=providers.Singleton(_memory_rate_limiter, config.rate_limit_strategy),
+        redis=providers.Singleton(
+            _redis_rate_limiter,
+            redis_client,
+            config.redis_prefix,
+            config.rate_limit_strategy,
+            config.rate_limit_lease,
+        ),
+    )
+    rate_limits = providers.Singleton(_rate_limits, rate_limiter, settings)
+    gateway = providers.Singleton(_gateway, hub, settings, auth_backend, rate_limits)
 
     relay = providers.Singleton(
         Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval
@@ -539,6 +656,12 @@ class Container(containers.DeclarativeContainer):
     node_follower = providers.Singleton(_node_follower, settings, event_log, hub, projections)
     projector = providers.Singleton(_projector, settings, process, event_log, projections)
 
+    detector_settings = providers.Singleton(
+        _detector_settings,
+        config.anomaly_method,
+        config.anomaly_window,
+        config.anomaly_threshold,
+    )
     evaluator = providers.Singleton(
         AlertEvaluator,
         event_log,
@@ -546,6 +669,7 @@ class Container(containers.DeclarativeContainer):
         history,
         follower_positions,
         providers.Singleton(_rule_recorder, application, writer),
+        detector=detector_settings,
     )
     alert_follower = providers.Singleton(
         _own_follower,
@@ -554,11 +678,24 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 
+    anomaly_follower = providers.Singleton(
+        AnomalyFollower,
+        event_log,
+        follower_positions,
+        providers.Singleton(_anomaly_recorder, application, writer),
+        detector_settings,
+    )
+    anomaly_loop = providers.Singleton(
+        _own_follower,
+        event_log,
+        anomaly_follower.provided.runner.call(),
+        providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
+    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
+    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
     webhook_notifier = providers.Singleton(
-        _webhook_notifier,
-        http_client,
-        timeout=config.webhook_timeout,
-        allow_private=config.allow_private_webhooks,
+        _webhook_notifier, http_client, webhook_guard, timeout=config.webhook_timeout
     )
     email_notifier = providers.Singleton(
         _email_notifier,
@@ -578,22 +715,39 @@ class Container(containers.DeclarativeContainer):
         load_rule=application.provided.get_alert_rule,
         telemetry=metrics,
     )
+    # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
+    # journaled in the delivery log until settled and enqueued again on start.
+    notification_journal = providers.Selector(
+        config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
+    )
     dispatcher = providers.Singleton(
         NotificationDispatcher,
         application.provided.get_alert_rule,
         notification_queue,
         follower_positions,
-        # RabbitMQ keeps its jobs; the in-process queue's go with the process, so they are
-        # journaled in the delivery log until settled and enqueued again on start.
-        journal=providers.Selector(
-            config.fanout_backend, memory=delivery_log, rabbitmq=providers.Object(None)
-        ),
+        journal=notification_journal,
+    )
+    dead_letters = providers.Singleton(
+        DeadLetters, notification_queue, delivery_log, journal=notification_journal
     )
     dispatch_follower = providers.Singleton(
         _own_follower,
         event_log,
         providers.Singleton(_dispatcher_runner, event_log, dispatcher),
         providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
+    )
+    upstream = providers.Resource(_upstream, config.reconcile_upstream_url)
+    reconciliation = providers.Singleton(
+        _reconciliation,
+        settings,
+        process,
+        application,
+        writer,
+        event_log,
+        hot_projection,
+        history,
+        upstream,
+        metrics,
     )
     # ``readiness(followers=...)``: the followers come from the running node.
     readiness = providers.Factory(_readiness, settings, event_log, history, redis_client, fanout)

@@ -137,6 +137,7 @@ async def protocols(request: Request, query: TimeTravelQuery) -> Response:
                     chain=_main_chain(view.chains),
                     category=view.category,
                     chains=list(view.chains),
+                    oracles=list(view.oracles),
                     slug=view.slug,
                     tvl=view.tvl,
                     # As DeFiLlama's: the chains, then the sections ("staking",
@@ -190,6 +191,7 @@ async def protocol(request: Request, query: NoParameters) -> Response:
             chain=_main_chain(view.chains),
             category=view.category,
             slug=view.slug,
+            oracles=list(view.oracles),
             currentChainTvls={
                 **tvl_by_chain(view.chains, view.chain_tvls, view.tvl),
                 **view.sections,

@@ -160,8 +160,22 @@ class Node:
 
             self._follow(follower, loop, evaluate)
             self.runners.update(_named(follower))
+        elif loop.name == "anomalies":
+            detector = await provide(self.container.anomaly_follower)
+            anomaly_loop = await provide(self.container.anomaly_loop)
+
+            async def detect() -> None:
+                try:
+                    await anomaly_loop.run()
+                finally:
+                    detector.forget()  # whoever runs next folds the log again
+
+            self._follow(anomaly_loop, loop, detect)
+            self.runners.update(_named(anomaly_loop))
         elif loop.name == "notifications":
             await self._start_notifications(loop)
+        elif loop.name == "reconcile":
+            await self._start_reconcile(loop)
         else:  # pragma: no cover - the role table and this dispatch change together
             raise ValueError(f"no way to run loop {loop.name!r}")
 
@@ -228,6 +242,29 @@ class Node:
 
         self._follow(follower, loop, dispatch)
         self.runners.update(_named(follower))
+
+    async def _start_reconcile(self, loop: Loop) -> None:
+        reconciliation = await provide(self.container.reconciliation)
+        app = self.app
+
+        async def last_run() -> float | None:
+            latest = await asyncio.to_thread(app.latest_reconciliation)
+            return None if latest is None else float(latest["completed_at"])
+
+        async def reconcile() -> None:
+            await reconciliation.run_every(self.settings.reconcile_interval, last_run)
+
+        self.tasks.append(
+            supervise(
+                loop.name,
+                elected(
+                    reconcile,
+                    database_url=self.settings.database_url,
+                    lock=loop.lock,
+                    what="reconciles the read models",
+                ),
+            )
+        )
 
 
 def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:

@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from .operations import Operation, OperationRoute, Text
+from .rate_limits import exempt
 from .schemas.common import Error
 
 __all__ = ["OpenApi", "openapi_document", "openapi_path"]
@@ -43,7 +44,16 @@ _WHY: Final[dict[int, str]] = {
     413: "The body or the batch is too large",
     414: "The URL is too long (over 64 KiB)",
     422: "Well-formed, but refused (the details say why)",
+    429: "Rate limited: the caller's budget is spent (or its address had too many failed "
+    "authentications); error rate_limited, its details the policy, limit, window, remaining, "
+    "reset and retryAfter. RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-"
+    "headers-10) come with every answer",
 }
+_LIMIT_HEADERS: Final = (
+    ("Retry-After", "integer"),
+    ("RateLimit-Policy", "string"),
+    ("RateLimit", "string"),
+)
 
 
 def openapi_path(route_path: str) -> str:
@@ -83,7 +93,11 @@ def openapi_document(
     paths: dict[str, dict[str, Any]] = {}
     for path, operation in operations:
         paths.setdefault(path, {})[operation.method.lower()] = _operation(
-            operation, refs, defs, require_key_for_reads=require_key_for_reads
+            operation,
+            refs,
+            defs,
+            require_key_for_reads=require_key_for_reads,
+            rate_limited=not exempt(path),
         )
     # Query and path models become parameters: they are not components of their own.
     components = {
@@ -177,6 +191,7 @@ def _operation(
     defs: Mapping[str, Any],
     *,
     require_key_for_reads: bool,
+    rate_limited: bool = True,
 ) -> dict[str, Any]:
     document: dict[str, Any] = {"operationId": operation.operation_id, "summary": operation.summary}
     if operation.description:
@@ -210,6 +225,11 @@ def _operation(
     error = refs[(Error, "serialization")]
     for status in sorted({*_ALWAYS, *operation.errors}):
         responses[str(status)] = _json(error, _WHY.get(status, HTTPStatus(status).phrase))
+    if rate_limited:  # ADR 0036; the headers come with every answer of a limited path
+        responses["429"] = {
+            **_json(error, _WHY[429]),
+            "headers": {name: {"schema": {"type": kind}} for name, kind in _LIMIT_HEADERS},
+        }
     document["responses"] = responses
     return document
 

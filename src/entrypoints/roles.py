@@ -42,6 +42,7 @@ class Follower(StrEnum):
     NODE = "this node's follower"
     PROJECTOR = "the shared projector"
     OWN = "a follower of its own"
+    TIMER = "a timer of its own (reads the log when it runs)"
 
 
 class Stage(StrEnum):
@@ -74,6 +75,8 @@ RELAY_LOCK: Final = Lock("dr_relay", 0x64725F72656C6179)
 PROJECTIONS_LOCK: Final = Lock("dr_proj", 0x64725F70726F6A)
 ALERTS_LOCK: Final = Lock("dr_alert", 0x64725F616C657274)
 NOTIFICATIONS_LOCK: Final = Lock("dr_noti", 0x64725F6E6F7469)
+RECONCILE_LOCK: Final = Lock("dr_reco", 0x64725F7265636F)
+ANOMALIES_LOCK: Final = Lock("dr_anom", 0x64725F616E6F6D)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,15 @@ ROLES: Final[tuple[Role, ...]] = (
         lock=ALERTS_LOCK,
     ),
     Role(
+        "anomalies",
+        "detects anomalies in TVL, volume, fees and prices, records AnomalyDetected",
+        # Beside the alert evaluator: the same kind of work, no deployment change.
+        worker="alerts",
+        in_serve=InServe.ALWAYS,
+        follower=Follower.OWN,
+        lock=ANOMALIES_LOCK,
+    ),
+    Role(
         "notifications",
         "turns transitions into notification jobs (dispatcher) and delivers them",
         worker="notifications",
@@ -158,13 +170,21 @@ ROLES: Final[tuple[Role, ...]] = (
         follower=Follower.OWN,
         lock=NOTIFICATIONS_LOCK,
     ),
+    Role(
+        "reconcile",
+        "compares the read models with the log every RECONCILE_INTERVAL, repairs drift (ADR 0035)",
+        worker="reconcile",
+        in_serve=InServe.ALWAYS,
+        follower=Follower.TIMER,
+        lock=RECONCILE_LOCK,
+    ),
 )
 
 WORKERS: Final[tuple[str, ...]] = tuple(
     dict.fromkeys(role.worker for role in ROLES if role.worker is not None)
 )
 """The ``worker`` processes there are: ``relay``, ``projections``, ``alerts``,
-``notifications``."""
+``notifications``, ``reconcile``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +242,7 @@ def loops(placements: Sequence[Placement]) -> tuple[Loop, ...]:
     shared projector (one loop for every shared projection) and one per ``OWN`` role."""
     grouped: dict[str, list[Placement]] = {}
     for placement in placements:
-        if placement.follower is Follower.OWN:
+        if placement.follower in (Follower.OWN, Follower.TIMER):
             key = placement.role.name
         else:
             key = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
@@ -109,6 +110,61 @@ class Settings(BaseSettings):
         "for any; empty: none.",
     )
 
+    # --- rate limits (entrypoints/rate_limits.py, ADR 0036)
+    rate_limits: bool = Field(
+        default=True,
+        alias="RATE_LIMITS",
+        description="on: every REST route but /health* and /metrics, and every WebSocket "
+        "message, spends its caller's budget (a key's tier's requests per minute; without a "
+        "key RATE_LIMIT_ANONYMOUS by client address), in Redis when REDIS_URL is set (shared "
+        "by every node), else in process; 429 with Retry-After beyond. off: no limits.",
+    )
+    rate_limit_strategy: Literal["moving-window", "sliding-window"] = Field(
+        default="sliding-window",
+        alias="RATE_LIMIT_STRATEGY",
+        description="The limits library's strategy: sliding-window (a weighted pair of "
+        "counters per caller: constant memory and cost, the previous minute assumed evenly "
+        "spread) or moving-window (exact; one stored entry per hit, up to the budget: ~1 MB "
+        "in Redis for an enterprise key; ADR 0036).",
+    )
+    rate_limit_lease: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        alias="RATE_LIMIT_LEASE",
+        description="With REDIS_URL: share of a budget a node takes from Redis at once and "
+        "spends in process for up to a second (budgets under 2/share, e.g. the free tier's, "
+        "are counted exactly); 0: every hit is a round trip to Redis.",
+    )
+    rate_limit_anonymous: int = Field(
+        default=120,
+        ge=1,
+        alias="RATE_LIMIT_ANONYMOUS",
+        description="Requests per minute of a client address without a key (WebSocket "
+        "messages have a budget of the same size apart).",
+    )
+    rate_limit_auth_failures: int = Field(
+        default=10,
+        ge=1,
+        alias="RATE_LIMIT_AUTH_FAILURES",
+        description="Failed authentications (401 answers, refused WebSocket keys) per minute "
+        "a client address may cause; beyond, everything from it is refused (429, or close "
+        "4029 on a handshake), valid keys too, until its oldest failure is a minute old.",
+    )
+    ws_anonymous_sockets: int = Field(
+        default=20,
+        ge=1,
+        alias="WS_ANONYMOUS_SOCKETS",
+        description="WebSocket connections one client address may hold open without a key, "
+        "per node (close 4029 beyond); with a key its tier's limit applies.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        alias="TRUSTED_PROXIES",
+        description="Comma-separated addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) of "
+        "reverse proxies whose X-Forwarded-For names the client; empty: the peer is the client.",
+    )
+
     # --- WebSocket
     ws_transport: str = Field(
         default="lean",
@@ -199,7 +255,8 @@ class Settings(BaseSettings):
         default=False,
         alias="ALLOW_PRIVATE_WEBHOOKS",
         description="Allow webhooks to private, loopback and link-local addresses (off: "
-        "refused, against SSRF).",
+        "refused, against SSRF: IP literals and localhost when a rule is created, every "
+        "address at delivery).",
     )
     webhook_timeout: float = Field(
         default=10.0, alias="WEBHOOK_TIMEOUT", description="Seconds a webhook call may take."
@@ -260,6 +317,30 @@ class Settings(BaseSettings):
         description="Notifications delivered at once by one process.",
     )
 
+    # --- anomaly detection (application/anomaly.py, docs/anomalies.md)
+    anomaly_method: Literal["robust_z", "cusum"] = Field(
+        default="robust_z",
+        alias="ANOMALY_METHOD",
+        description="How the anomaly detector scores a series: robust_z (distance of the "
+        "log return per sqrt(day) from the median of the last ANOMALY_WINDOW returns, in "
+        "robust standard deviations) or cusum (accumulated drift); see ADR 0034.",
+    )
+    anomaly_window: int = Field(
+        default=30,
+        ge=3,
+        le=1_000,
+        alias="ANOMALY_WINDOW",
+        description="Returns kept per series by the anomaly detector (its state is bounded "
+        "by this).",
+    )
+    anomaly_threshold: float = Field(
+        default=6.0,
+        gt=0,
+        alias="ANOMALY_THRESHOLD",
+        description="Score from which an observation is recorded as an AnomalyDetected "
+        "event (an alert rule of kind anomaly may ask for more with min_score).",
+    )
+
     # --- operations (entrypoints/startup.py, application/readiness.py, entrypoints/logs.py)
     startup_check_timeout: float = Field(
         default=2.0,
@@ -281,6 +362,27 @@ class Settings(BaseSettings):
         alias="READY_MAX_LAG",
         description="Log positions a running projection may be behind the head and the node "
         "still be ready (/health/ready).",
+    )
+    # --- reconciliation (ADR 0035, docs/reconciliation.md)
+    reconcile_interval: float = Field(
+        default=3_600.0,
+        gt=0,
+        alias="RECONCILE_INTERVAL",
+        description="Seconds between reconciliation runs (the read models compared with the "
+        "event log, drift repaired), counted from the last recorded run.",
+    )
+    reconcile_upstream_url: str | None = Field(
+        default=None,
+        alias="RECONCILE_UPSTREAM_URL",
+        description="Base URL of a DeFiLlama-compatible API whose /protocols total TVLs "
+        "reconciliation compares with the log's (reported, never repaired); unset: none.",
+    )
+    reconcile_upstream_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        alias="RECONCILE_UPSTREAM_TOLERANCE",
+        description="Relative difference of a protocol's TVL from the upstream's that "
+        "reconciliation still counts as equal (upstream moves between polls).",
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
@@ -373,6 +475,22 @@ class Settings(BaseSettings):
             for origin in self.cors_allow_origins.split(",")
             if origin.strip()
         )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names it
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rate_limit_backend(self) -> str:
+        """Where budgets are counted: ``off``, ``redis`` (REDIS_URL set) or ``memory``."""
+        if not self.rate_limits:
+            return "off"
+        return "redis" if self.redis_url else "memory"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -47,7 +47,9 @@ def services_for(settings: Settings, process: str, *, hot: bool = False) -> list
     if settings.database_url is not None:
         services.append(Service("PostgreSQL", settings.database_url, check_postgres))
     roles = set() if process == CLI else {placed.role.name for placed in plan(process, settings)}
-    if settings.redis_url is not None and (hot or process == "serve" or "hot" in roles):
+    if settings.redis_url is not None and (
+        hot or process == "serve" or roles & {"hot", "reconcile"}
+    ):
         services.append(Service("Redis", settings.redis_url, check_redis))
     if settings.amqp_url is not None and process != CLI:
         services.append(Service("RabbitMQ", settings.amqp_url, check_amqp))

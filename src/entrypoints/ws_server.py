@@ -1,7 +1,9 @@
 """The WebSocket entrypoint's handshake policy, shared by both transports.
 
-``SocketGateway`` decides who may connect (origin, API key, connections per key, options)
-for the Starlette endpoint and the lean protocol (``ws_transport``) alike.
+``SocketGateway`` decides who may connect (origin, API key, connections per key or per
+anonymous address, failed authentications, options) and whether a client message may be
+read (its rate limit, ADR 0036) for the Starlette endpoint and the lean protocol
+(``ws_transport``) alike.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..application.rate_limiting import RateLimits
 from ..application.realtime import (
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_TOO_MANY_CONNECTIONS,
@@ -18,7 +21,9 @@ from ..application.realtime import (
     Connection,
     RealtimeHub,
 )
-from .auth import ApiKeyBackend, InvalidKey
+from ..application.realtime.protocol import rate_limited_frame
+from .auth import ApiKeyBackend, InvalidKey, credential
+from .rate_limits import TrustedProxies, forwarded_for, rate_limited_details
 from .settings import Settings
 
 REALTIME_PATH: Final = "/v2/realtime"
@@ -43,6 +48,8 @@ class Admission:
     batch: bool
     reserved: bool
     address: str | None = None
+    key_id: str | None = None
+    tier: str | None = None
 
 
 @dataclass(slots=True)
@@ -66,12 +73,21 @@ class SocketTally:
 class SocketGateway:
     """Who may open a socket, with what limits: one policy for every transport."""
 
-    def __init__(self, hub: RealtimeHub, settings: Settings, auth: ApiKeyBackend) -> None:
+    def __init__(
+        self,
+        hub: RealtimeHub,
+        settings: Settings,
+        auth: ApiKeyBackend,
+        rate_limits: RateLimits | None = None,
+    ) -> None:
         self.hub = hub
         self.settings = settings
         # The API's own authentication backend: one key lookup and cache for REST and
         # both WebSocket transports.
         self.auth = auth
+        # The API's own limiter too (None: RATE_LIMITS=off): one budget per key or address.
+        self.rate_limits = rate_limits
+        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._origins = settings.allowed_origins
         self.tally = SocketTally()
 
@@ -80,6 +96,7 @@ class SocketGateway:
     ) -> Admission:
         """Check a handshake (header names in lower case) from the peer at ``address``;
         raise ``HandshakeRefused``."""
+        address = self._proxies.client(address, forwarded_for(headers))
         try:
             admission = await self._admit(headers, query, address)
         except HandshakeRefused as refused:
@@ -90,31 +107,76 @@ class SocketGateway:
         return admission
 
     async def _admit(
-        self, headers: Mapping[str, str], query: Mapping[str, str], address: str | None
+        self, headers: Mapping[str, str], query: Mapping[str, str], address: str
     ) -> Admission:
         origin = headers.get("origin")
         if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
             raise HandshakeRefused(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
+        limits = self.rate_limits
+        if limits is not None and credential(headers, query, websocket=True) is not None:
+            blocked = await limits.authentication_blocked(address)
+            if blocked is not None:
+                raise HandshakeRefused(
+                    CLOSE_TOO_MANY_CONNECTIONS,
+                    "too many failed authentications from this address; "
+                    f"retry after {blocked.retry_after} s",
+                )
         try:
             key = await self.auth.identify(headers, query, websocket=True)
         except InvalidKey:
+            if limits is not None:
+                await limits.authentication_failed(address)
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key") from None
         if key is None and self.settings.require_key_for_reads:
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "an API key is required")
         batch = query.get("batch", "").lower() in ("1", "true", "yes")
         if key is None:
-            return Admission(None, ANONYMOUS_MAX_SUBSCRIPTIONS, batch, False, address)
+            reserved = limits is not None
+            if reserved and not self.hub.reserve_address(
+                address, self.settings.ws_anonymous_sockets
+            ):
+                raise HandshakeRefused(
+                    CLOSE_TOO_MANY_CONNECTIONS, "too many connections from this address"
+                )
+            return Admission(None, ANONYMOUS_MAX_SUBSCRIPTIONS, batch, reserved, address)
         if not self.hub.reserve(key.owner, key.limits.websocket_connections):
             raise HandshakeRefused(
                 CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this API key"
             )
-        return Admission(key.owner, key.limits.subscriptions_per_connection, batch, True, address)
+        return Admission(
+            key.owner,
+            key.limits.subscriptions_per_connection,
+            batch,
+            True,
+            address,
+            key_id=str(key.id),
+            tier=key.tier,
+        )
 
     def abandon(self, admission: Admission) -> None:
         """The socket went away between admission and ``open``."""
-        if admission.reserved and admission.owner is not None:
-            admission.reserved = False
+        if not admission.reserved:
+            return
+        admission.reserved = False
+        if admission.owner is not None:
             self.hub.release(admission.owner)
+        elif admission.address is not None:
+            self.hub.release_address(admission.address)
+
+    async def message_refusal(self, admission: Admission) -> bytes | None:
+        """Spend a client message of the socket ``admission`` opened: None when it may be
+        read, else the ``rate_limited`` error frame to answer instead."""
+        limits = self.rate_limits
+        if limits is None:
+            return None
+        verdict = await limits.message(admission.key_id, admission.tier, admission.address or "")
+        if verdict.allowed:
+            return None
+        return rate_limited_frame(
+            f"rate limit of {verdict.quota.limit} messages per {verdict.quota.window} s "
+            f"reached; retry after {verdict.retry_after} s",
+            rate_limited_details(verdict),
+        )
 
     def open(
         self,

@@ -129,6 +129,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         "_frame_read",
         "_frame_remaining",
         "_gateway",
+        "_held",
         "_max_message",
         "_message",
         "_message_opcode",
@@ -150,6 +151,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._admission: Admission | None = None
         self._state = _HANDSHAKE
         self._timer: asyncio.TimerHandle | None = None
+        # A message is waiting for the rate limiter: reading and parsing pause until it is
+        # answered, so messages are still answered in order (and before a close after them).
+        self._held = False
         self._max_message = self._gateway.settings.ws_max_message if self._gateway else 1024 * 1024
         # Inbound parsing: bytes not parsed yet; the data frame whose payload is streaming
         # in; the data message being assembled (its opcode, announced size, bytes kept while
@@ -346,6 +350,9 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         connection = self._connection
         if connection is not None:
             connection.last_seen = time.monotonic()
+        if self._held:  # read before the pause took effect: parsed once the message is let in
+            self._buffer += data
+            return
         try:
             self._parse(self._buffer + data if self._buffer else data)
         except _ProtocolError as error:
@@ -357,7 +364,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         size = len(buffer)
         offset = 0
         self._buffer = b""
-        while offset < size and self._state in (_OPEN, _CLOSING):
+        while offset < size and self._state in (_OPEN, _CLOSING) and not self._held:
             if self._frame_remaining:
                 taken = min(self._frame_remaining, size - offset)
                 self._payload(buffer[offset : offset + taken])
@@ -474,8 +481,44 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
     def _deliver(self, payload: bytes) -> None:
         # Text and binary alike: the hub reads JSON from the bytes (text is valid UTF-8 by
         # now; a message over MAX_FRAME_BYTES is answered frame_too_large, not closed).
-        if self._connection is not None and self._gateway is not None:
-            self._gateway.hub.receive(self._connection, payload)
+        gateway = self._gateway
+        if self._connection is None or gateway is None:
+            return
+        if gateway.rate_limits is None:
+            gateway.hub.receive(self._connection, payload)
+            return
+        # The limiter answers asynchronously (Redis): hold the rest of the input until it has.
+        assert self._transport is not None
+        assert self._admission is not None
+        self._held = True
+        self._transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(
+            self._deliver_limited(gateway, self._admission, payload)
+        )
+        self._server_state.tasks.add(task)
+        task.add_done_callback(self._server_state.tasks.discard)
+
+    async def _deliver_limited(
+        self, gateway: SocketGateway, admission: Admission, payload: bytes
+    ) -> None:
+        try:
+            refusal = await gateway.message_refusal(admission)
+            connection = self._connection
+            if connection is None or self._state != _OPEN:
+                return
+            if refusal is None:
+                gateway.hub.receive(connection, payload)
+            else:
+                connection.offer_message(refusal)
+        except Exception:
+            log.exception("rate-limited delivery failed")
+        finally:
+            self._held = False
+            transport = self._transport
+            if self._state in (_OPEN, _CLOSING) and transport is not None:
+                transport.resume_reading()
+                if self._buffer:
+                    self._frames(b"")
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == _PING:

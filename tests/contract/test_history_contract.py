@@ -43,6 +43,7 @@ from defi_realtime.adapters.sql_schema import (
     migrate,
 )
 from defi_realtime.application.log import LogBatch, LogEntry, LogGapError
+from defi_realtime.application.time_travel import Cut
 from defi_realtime.application.views import SeriesPoint, SeriesQuery
 from tests.services import throwaway_schema
 
@@ -482,6 +483,40 @@ class HistoryContract:
             (3, "eth", 3_001.0, T0 + 60, None, "feed"),
         ]
 
+    def test_recent_tvl_closes(self, model: SqlHistoryReadModel) -> None:
+        """Each protocol's last total TVL of each day, ``days`` days back from its own
+        latest, and its first day; asOf cuts its day at asOf; knownAt reads the raw facts."""
+        day = 86_400.0
+        start = math.floor(T0 / day) * day
+        model.apply(
+            batch(
+                0,
+                metric(1, start + 60, 5.0),  # the first day, outside the window
+                metric(2, start + 10 * day + 60, 10.0),
+                metric(3, start + 10 * day + 120, 11.0),  # the day's close
+                metric(4, start + 11 * day + 60, 12.0),
+                metric(5, start + 11 * day + 60, 99.0, chain="Ethereum"),  # not the total
+                metric(6, start + 11 * day + 30, 7.0, slug="curve"),
+            )
+        )
+        recent = model.recent_tvl_closes(Cut(), 5)
+        assert recent["aave"].first_observed_at == start
+        assert recent["aave"].closes == tuple(
+            points((start + 10 * day, 11.0), (start + 11 * day, 12.0))
+        )
+        assert recent["curve"].closes == tuple(points((start + 11 * day, 7.0)))
+        # As of the middle of day 10: that day's close is the last value by then.
+        cut = model.recent_tvl_closes(Cut(as_of=start + 10 * day + 90), 30)
+        assert cut["aave"].closes == tuple(points((start, 5.0), (start + 10 * day, 10.0)))
+        assert "curve" not in cut
+        known = model.recent_tvl_closes(Cut(known_at=2), 30)
+        assert known["aave"].closes == tuple(points((start, 5.0), (start + 10 * day, 10.0)))
+        # A new fact moves the position: the kept answer is not served again.
+        model.apply(batch(6, metric(7, start + 12 * day, 13.0)))
+        assert model.recent_tvl_closes(Cut(), 5)["aave"].closes[-1] == SeriesPoint(
+            start + 12 * day, 13.0
+        )
+
     def test_protocol_listing_and_updates(self, model: SqlHistoryReadModel, url: str) -> None:
         model.apply(batch(0, listing(1, "aave"), listing(2, "curve")))
         assert model.protocol_exists("aave")
@@ -503,8 +538,19 @@ class HistoryContract:
             "chains": ["ethereum", "base"],
             "url": "https://aave.com",
             "position": 4,
+            "oracles": [],
         }
         assert rows["curve"]["position"] == 2
+        # Oracles (ADR 0033): kept by an update that does not name them.
+        model.apply(
+            batch(
+                4,
+                LogEntry(5, "protocol_updated", "aave", {"oracles": ["Chainlink"]}, T0),
+                LogEntry(6, "protocol_updated", "aave", {"name": "Aave"}, T0),
+            )
+        )
+        assert model.listing_details()["aave"].oracles == ("Chainlink",)
+        assert model.listing_details()["curve"].oracles == ()
 
     def test_alert_events_keep_one_row_per_idempotency_key(
         self, model: SqlHistoryReadModel, url: str

@@ -11,7 +11,7 @@ import functools
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -133,6 +133,19 @@ class HotProjectionContract:
         assert (list(page.items), page.total) == ([], 0)
         assert await projection.prices() == []
         assert await projection.prices(["eth"]) == []
+
+    async def test_keeps_the_listings_oracles(self, projection: HotProjection) -> None:
+        with_oracles = listed(1, "aave", name="Aave")
+        with_oracles = replace(with_oracles, data={**with_oracles.data, "oracles": ["Pyth"]})
+        # An entry without the key (recorded before oracles were kept) keeps them.
+        await projection.apply(
+            batch(0, 3, with_oracles, metric(2, "aave", 1.0, T0), listed(3, "aave", name="A"))
+        )
+        found = await projection.get_protocol("aave")
+        assert found is not None
+        assert (found.name, found.oracles) == ("A", ("Pyth",))
+        page = await projection.list_protocols(ProtocolQuery())
+        assert [view.oracles for view in page.items] == [("Pyth",)]
 
     async def test_applies_listing_and_metrics(self, projection: HotProjection) -> None:
         applied = await projection.apply(
@@ -272,7 +285,8 @@ class HotProjectionContract:
             position=4,
             tvl_at=T0 - 1,
         )
-        # A listing sets name, category, chains and url; later metrics add their chains.
+        # A listing sets name, category, chains and url, keeping the chains the protocol has
+        # a value on; later metrics add their chains.
         await projection.apply(
             sequential(
                 listed(5, "new-dex", name="New", category="Dexes", chains=["Ethereum"], url="x"),
@@ -283,7 +297,7 @@ class HotProjectionContract:
         view = await projection.get_protocol("new-dex")
         assert view is not None
         assert (view.name, view.category, view.url) == ("New", "Dexes", "x")
-        assert view.chains == ("Ethereum", "Optimism")
+        assert view.chains == ("Ethereum", "Base", "Arbitrum", "Optimism")
         assert view.chain_tvls == {"Base": 11.0, "Optimism": 3.0}
         assert view.position == 6
 
@@ -352,6 +366,69 @@ class HotProjectionContract:
             "change_1d": pytest.approx(50.0),  # against 200, observed a day and an hour ago
             "change_7d": None,
         }
+
+    async def test_volume_and_fees_have_their_own_day_and_week_changes(
+        self, projection: HotProjection
+    ) -> None:
+        def flows(view: ProtocolView | None) -> tuple[float | None, ...]:
+            assert view is not None
+            return (
+                view.volume_24h_change_1d,
+                view.volume_24h_change_7d,
+                view.fees_24h_change_1d,
+                view.fees_24h_change_7d,
+            )
+
+        now = T0
+        await projection.apply(
+            sequential(
+                metric(1, "dex", 80.0, now - 7 * DAY, name="volume_24h"),
+                metric(2, "dex", 50.0, now - DAY, name="volume_24h"),
+                metric(3, "dex", 100.0, now, name="volume_24h"),
+                metric(4, "dex", 4.0, now - DAY, name="fees_24h"),
+                metric(5, "dex", 5.0, now, name="fees_24h"),
+                metric(6, "dex", 1_000.0, now),  # a TVL, whose changes stay its own
+            )
+        )
+        dex = await projection.get_protocol("dex")
+        assert flows(dex) == (
+            pytest.approx(100.0),
+            pytest.approx(25.0),
+            pytest.approx(25.0),
+            None,
+        )
+        assert dex is not None
+        assert dex.change_1d is None
+
+        # A TVL-only batch leaves the flows' changes standing; a late volume figure a day
+        # back moves its change (not the current volume) and the protocol's position.
+        await projection.apply(sequential(metric(7, "dex", 1_100.0, now + 60), after=6))
+        assert flows(await projection.get_protocol("dex"))[:3] == (
+            pytest.approx(100.0),
+            pytest.approx(25.0),
+            pytest.approx(25.0),
+        )
+        await projection.apply(
+            sequential(metric(8, "dex", 200.0, now - DAY, name="volume_24h"), after=7)
+        )
+        dex = await projection.get_protocol("dex")
+        assert dex is not None
+        assert (dex.volume_24h, dex.volume_24h_change_1d, dex.position) == (
+            100.0,
+            pytest.approx(-50.0),
+            8,
+        )
+
+        # Sortable like the other figures.
+        await projection.apply(
+            sequential(
+                metric(9, "amm", 10.0, now - DAY, name="volume_24h"),
+                metric(10, "amm", 30.0, now, name="volume_24h"),
+                after=8,
+            )
+        )
+        page = await projection.list_protocols(ProtocolQuery(sort="volume_24h_change_1d"))
+        assert slugs_of(page.items) == ["amm", "dex"]
 
     async def test_the_kept_history_reaches_exactly_a_window_behind_the_newest(
         self, projection: HotProjection
@@ -844,7 +921,8 @@ class _Protocol:
     chains: list[str] = field(default_factory=list)
     url: str = ""
     current: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
-    tvl_log: list[tuple[float, float]] = field(default_factory=list)  # (observed_at, value)
+    # (observed_at, value) of the total series that keep a history: tvl, volume and fees
+    logs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     position: int = 0
 
 
@@ -876,7 +954,8 @@ class ReferenceFold:
                 protocol = raw.setdefault(entry.key, _Protocol(entry.key, entry.key))
                 protocol.name = data["name"]
                 protocol.category = data["category"]
-                protocol.chains = list(dict.fromkeys(data["chains"]))
+                valued = [chain for _, chain in protocol.current if chain != "total"]
+                protocol.chains = list(dict.fromkeys([*data["chains"], *valued]))
                 protocol.url = data["url"]
                 protocol.position = entry.position
             elif entry.kind == "metric":
@@ -890,9 +969,10 @@ class ReferenceFold:
                 if key not in protocol.current or at >= protocol.current[key][1]:
                     protocol.current[key] = (value, at)
                     changed = True
-                if key == ("tvl", "total"):
-                    protocol.tvl_log.append((at, value))
-                    newest = max(a for a, _ in protocol.tvl_log)
+                if key[1] == "total" and key[0] in ("tvl", "volume_24h", "fees_24h"):
+                    log = protocol.logs.setdefault(key[0], [])
+                    log.append((at, value))
+                    newest = max(a for a, _ in log)
                     if at >= newest - RECENT_WINDOW_SECONDS:
                         changed = True
                 if changed:
@@ -932,10 +1012,11 @@ class ReferenceFold:
         volume = p.current.get(("volume_24h", "total"))
         fees = p.current.get(("fees_24h", "total"))
 
-        def change(window: float) -> float | None:
-            if tvl is None:
+        def change(window: float, metric: str = "tvl") -> float | None:
+            current = p.current.get((metric, "total"))
+            if current is None:
                 return None
-            return percent_change(_kept(p.tvl_log), tvl[0], tvl[1], window)
+            return percent_change(_kept(p.logs[metric]), current[0], current[1], window)
 
         return ProtocolView(
             slug=p.slug,
@@ -957,6 +1038,10 @@ class ReferenceFold:
             tvl_at=None if tvl is None else tvl[1],
             volume_24h_at=None if volume is None else volume[1],
             fees_24h_at=None if fees is None else fees[1],
+            volume_24h_change_1d=change(DAY, "volume_24h"),
+            volume_24h_change_7d=change(7 * DAY, "volume_24h"),
+            fees_24h_change_1d=change(DAY, "fees_24h"),
+            fees_24h_change_7d=change(7 * DAY, "fees_24h"),
         )
 
     def list(self, query: ProtocolQuery) -> tuple[list[ProtocolView], int]:

@@ -11,7 +11,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -33,10 +34,10 @@ POLICY = RetryPolicy(max_attempts=3, base_delay=0.2, factor=2.0, max_delay=2.0, 
 TIMEOUT = 10.0
 
 
-def job(key: str = "rule:1:0", attempt: int = 1) -> NotificationJob:
+def job(key: str = "rule:1:0", attempt: int = 1, rule_id: str = "rule") -> NotificationJob:
     return NotificationJob(
         idempotency_key=key,
-        rule_id="rule",
+        rule_id=rule_id,
         owner="alice",
         condition="firing",
         measure=1.0,
@@ -114,6 +115,66 @@ class NotificationQueueContract:
             await asyncio.sleep(0.05)
         assert parked == ["dead:1:0"]
         await asyncio.sleep(0.5)
+        assert len(handler.seen) == 1
+
+    async def test_dead_letters_are_listed_per_rule_and_redriven(self, make: Any) -> None:
+        """A rule's dead letters, and only its, go back to the work queue as first attempts
+        under the same keys, after ``prepare`` saw them; the others stay parked."""
+        redriven: set[str] = set()
+
+        def decide(seen: NotificationJob) -> Decision:
+            if seen.idempotency_key in redriven:
+                return Settled()
+            return DeadLetter(replace(seen, attempt=3), "HTTP 503")
+
+        handler = Handler(decide)
+        queue = await make(handler)
+        await queue.enqueue([job("r1:1:0", rule_id="r1"), job("r2:1:0", rule_id="r2")])
+        await handler.wait_for(2)
+        deadline = time.monotonic() + TIMEOUT
+        while len(await self.dead_letters(queue)) < 2:
+            assert time.monotonic() < deadline, "no dead letters"
+            await asyncio.sleep(0.05)
+        [parked] = await queue.dead_letters_of("r1")
+        assert (parked.job.idempotency_key, parked.job.attempt) == ("r1:1:0", 3)
+        assert parked.reason == "HTTP 503"
+        assert await queue.dead_letters_of("nobody") == []
+
+        prepared: list[list[NotificationJob]] = []
+
+        async def prepare(jobs: Sequence[NotificationJob]) -> None:
+            prepared.append(list(jobs))
+            redriven.update(j.idempotency_key for j in jobs)
+
+        jobs = await queue.redrive("r1", prepare)
+        assert [(j.idempotency_key, j.attempt) for j in jobs] == [("r1:1:0", 1)]
+        assert prepared == [jobs]
+        await handler.wait_for(3)
+        [(_, again)] = handler.seen[2:]
+        assert (again.idempotency_key, again.attempt) == ("r1:1:0", 1)
+        assert await queue.dead_letters_of("r1") == []
+        assert [p.job.idempotency_key for p in await queue.dead_letters_of("r2")] == ["r2:1:0"]
+        assert await self.dead_letters(queue) == ["r2:1:0"]
+        assert await queue.redrive("r1", prepare) == []
+        assert len(prepared) == 1  # nothing to redrive: not asked
+
+    async def test_a_failed_redrive_leaves_the_dead_letters_parked(self, make: Any) -> None:
+        handler = Handler(lambda seen: DeadLetter(seen, "HTTP 410"))
+        queue = await make(handler)
+        await queue.enqueue([job("r1:1:0", rule_id="r1")])
+        await handler.wait_for(1)
+        deadline = time.monotonic() + TIMEOUT
+        while not await self.dead_letters(queue):
+            assert time.monotonic() < deadline, "no dead letter"
+            await asyncio.sleep(0.05)
+
+        async def refuse(jobs: Sequence[NotificationJob]) -> None:
+            raise ConnectionError("the delivery record is down")
+
+        with pytest.raises(ConnectionError):
+            await queue.redrive("r1", refuse)
+        assert [p.job.idempotency_key for p in await queue.dead_letters_of("r1")] == ["r1:1:0"]
+        await asyncio.sleep(0.2)
         assert len(handler.seen) == 1
 
     async def test_a_failing_handler_gets_the_job_again(self, make: Any) -> None:

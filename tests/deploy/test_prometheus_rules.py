@@ -26,6 +26,7 @@ ALERTS = {
     "AlertDeliveryFailures",
     "RedisMemoryHigh",
     "ProjectionStalled",
+    "ReconciliationDrift",
 }
 # Series of other exporters the rules and the dashboard may use.
 FOREIGN_PREFIXES = ("redis_",)  # oliver006/redis_exporter

@@ -107,6 +107,7 @@ def start_server(
         ws_max_size=1024 * 1024,  # as `defi-realtime serve`
         ws=ws,
         ws_per_message_deflate=False,
+        proxy_headers=False,  # as `defi-realtime serve`: TRUSTED_PROXIES decides
         timeout_graceful_shutdown=5,
     )
     uv_server = uvicorn.Server(config)

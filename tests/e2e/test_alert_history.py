@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.ingest import build_batch
 from tests.e2e.conftest import assert_error, issue_key, start_server, wait_for
 from tests.webhook_receiver import WebhookReceiver
 
@@ -31,6 +32,16 @@ def test_history_lists_transitions_and_every_attempt_to_the_owner_only(
         # The rule is made and fired through the application, as the evaluator would.
         app = DefiRealtime(env=server.settings.event_store_env)
         try:
+            # A token is known once it has a price (above the threshold: no firing).
+            app.ingest(
+                [
+                    build_batch(
+                        prices=[
+                            {"token": "coingecko:ethereum", "price": 150.0, "observed_at": T0 - 60}
+                        ]
+                    )
+                ]
+            )
             rule_id = app.create_alert_rule(
                 owner="test",
                 target={"token": "coingecko:ethereum"},

@@ -121,7 +121,8 @@ async def test_alert_helpers(client: DefiRealtimeClient, http: httpx.Client) -> 
     rule = await client.create_alert(
         ProtocolTarget(protocol="aave-v3"),
         ThresholdCondition(kind="threshold", direction="below", value=50.0),
-        [WebhookChannel(kind="webhook", url="http://127.0.0.1:9/hook", secret="s3cret")],
+        # A public name: a private address is refused when the rule is created (ADR 0037).
+        [WebhookChannel(kind="webhook", url="https://hooks.example.com/hook", secret="s3cret")],
         name="aave drains",
         cooldown=60,
     )

@@ -296,3 +296,47 @@ def test_category_totals_of_the_aggregate_query_are_the_files_sums(
     assert got.keys() == sums.keys()
     for category, total in sums.items():
         assert got[category] == pytest.approx(total, rel=1e-9, abs=1e-6), category
+
+
+# The latest capture of the snapshot file (2025-12-19T17:17:23-03:00).
+LATEST_CAPTURE = "2025-12-19T20:17:23Z"
+
+
+def test_aave_v3_analytics_and_the_risk_list_recompute(llama: tuple[Any, LiveServer]) -> None:
+    """Issue 12's "done when": over the real captures, aave-v3's analytics and the risk list
+    answer components that recompute to their scores (ADR 0033)."""
+    from .test_analytics_api import recomputed
+
+    _, live = llama
+    with httpx.Client(base_url=live.base_url, timeout=60) as http:
+        aave = http.get("/v2/protocols/aave-v3/analytics", params={"asOf": LATEST_CAPTURE})
+        assert aave.status_code == 200, aave.text
+        answer = aave.json()
+        assert (answer["name"], answer["category"]) == ("Aave V3", "Lending")
+        assert answer["oracles"] == {"count": 1, "names": ["Chainlink"]}
+        assert answer["category_standing"]["rank"] == 1  # the largest lending protocol
+        assert answer["category_standing"]["protocols"] > 400
+        # Nine captures over eleven days: a drawdown and volatility, from real points.
+        assert {d["window"]: d["value"] for d in answer["drawdowns"]}["all"] is not None
+        assert recomputed(answer["risk"]) == pytest.approx(answer["risk"]["score"], rel=1e-12)
+
+        listed = http.get(
+            "/v2/analytics/risk", params={"asOf": LATEST_CAPTURE, "limit": 1_000}
+        ).json()
+        assert listed["total"] > 5_000
+        for entry in listed["protocols"]:
+            assert recomputed(entry["risk"]) == pytest.approx(entry["risk"]["score"], rel=1e-12)
+        top_lending = http.get(
+            "/v2/analytics/risk",
+            params={"asOf": LATEST_CAPTURE, "category": "Lending", "sort": "tvl", "limit": 1},
+        ).json()["protocols"]
+        assert [(p["slug"], p["risk"]) for p in top_lending] == [("aave-v3", answer["risk"])]
+
+        # A protocol with four years of daily history: every window is measured.
+        kamino = http.get(
+            "/v2/protocols/kamino-lend/analytics", params={"asOf": LATEST_CAPTURE}
+        ).json()
+        assert kamino["series"]["first_observed_at"] < datetime(2024, 1, 1).timestamp()
+        assert {v["window"]: v["returns"] for v in kamino["volatility"]}["30d"] >= 25
+        assert all(c["available"] for c in kamino["risk"]["components"])
+        assert recomputed(kamino["risk"]) == pytest.approx(kamino["risk"]["score"], rel=1e-12)

@@ -12,6 +12,7 @@ import httpx
 
 from defi_realtime.adapters.sql_delivery_log import SqlDeliveryLog
 from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.ingest import build_batch
 from defi_realtime.entrypoints.settings import Settings
 from tests.e2e.conftest import start_server, wait_for
 from tests.webhook_receiver import WebhookReceiver
@@ -26,6 +27,14 @@ def fire_webhook_rule(settings: Settings, url: str) -> str:
     evaluator would."""
     app = DefiRealtime(env=settings.event_store_env)
     try:
+        # A token is known once it has a price (above the threshold: no firing).
+        app.ingest(
+            [
+                build_batch(
+                    prices=[{"token": "coingecko:ethereum", "price": 150.0, "observed_at": T0 - 60}]
+                )
+            ]
+        )
         rule_id = app.create_alert_rule(
             owner="test",
             target={"token": "coingecko:ethereum"},

@@ -86,3 +86,24 @@ def test_overview_and_summary_of_volumes_and_fees(
     assert_error(
         http.get("/overview/dexs", params={"dataType": "dailyRevenue"}), 400, "invalid_parameter"
     )
+
+
+def test_v2_protocols_carry_the_flows_own_changes_now_and_as_of(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    seed(http, server)
+    # orca's current volume (200, two hours into the last day) against the figures nearest a
+    # day and a week before it, as /overview/dexs computes them from the day closes here.
+    page = http.get("/v2/protocols", params={"sort": "volume_24h_change_1d"}).json()
+    rows = {p["slug"]: p for p in page["protocols"]}
+    assert [p["slug"] for p in page["protocols"]] == ["orca", "uni"]
+    assert rows["orca"]["volume_24h_change_1d"] == pytest.approx((200 / 129 - 1) * 100)
+    assert rows["orca"]["volume_24h_change_7d"] == pytest.approx((200 / 123 - 1) * 100)
+    assert rows["uni"]["volume_24h_change_1d"] == pytest.approx(40.0)
+    assert rows["uni"]["volume_24h_change_7d"] is None  # nothing a week back
+    assert rows["uni"]["fees_24h_change_1d"] is None  # one fee figure only
+    # A day earlier, from the history read model: 129 against 128 and 122.
+    earlier = http.get("/v2/protocols/orca", params={"asOf": D0 + 29 * DAY + 3_600}).json()
+    assert earlier["volume_24h"] == 129.0
+    assert earlier["volume_24h_change_1d"] == pytest.approx((129 / 128 - 1) * 100)
+    assert earlier["volume_24h_change_7d"] == pytest.approx((129 / 122 - 1) * 100)

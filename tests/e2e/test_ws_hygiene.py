@@ -516,12 +516,29 @@ def test_the_hub_emits_only_documented_message_types() -> None:
                 {"owner": "alice", "measure": 1.0, "observed_at": T0, "idempotency_key": "k"},
                 T0,
             ),
+            LogEntry(
+                3,
+                "anomaly_detected",
+                "aave-v3",
+                {
+                    "series": "tvl",
+                    "measure": "tvl",
+                    "observed_at": T0,
+                    "value": 1.0,
+                    "score": 9.0,
+                    "direction": "down",
+                    "reason": "a drop",
+                    "position": 1,
+                },
+                T0,
+            ),
         )
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "protocols"}))
+        hub.receive(owner, json.dumps({"type": "subscribe", "channel": "anomalies"}))
         hub.receive(owner, json.dumps({"type": "attach", "subscription": "d1"}))
         for _ in range(5):  # the lookup, then the replay's turns
             await asyncio.sleep(0)
-        await hub.deliver(LogBatch(after=0, last=2, entries=entries))
+        await hub.deliver(LogBatch(after=0, last=3, entries=entries))
         await asyncio.sleep(0)
         hub.receive(owner, json.dumps({"type": "ack", "subscriptionId": "d1", "position": 1}))
         assert hub.acks is not None

@@ -16,8 +16,9 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -47,7 +48,12 @@ from defi_realtime.application.delivery import (
     RetryPolicy,
 )
 from defi_realtime.application.following import ProjectionRunner
-from defi_realtime.application.notifications import DeliveryWorker, NotificationDispatcher
+from defi_realtime.application.ingest import build_batch
+from defi_realtime.application.notifications import (
+    DeadLetters,
+    DeliveryWorker,
+    NotificationDispatcher,
+)
 from defi_realtime.application.ports import NotificationQueue, Notifier
 from defi_realtime.entrypoints.settings import Settings
 from tests.integration.cluster import Stack, free_port, stack, wait_until
@@ -66,6 +72,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def create_rule(app: DefiRealtime, channels: list[dict[str, Any]], owner: str = "alice") -> str:
+    # A token is known once it has a price (above the threshold: no firing).
+    app.ingest([build_batch(prices=[{"token": TOKEN, "price": 150.0, "observed_at": T0 - 60}])])
     rule_id = app.create_alert_rule(
         owner=owner,
         target={"token": TOKEN},
@@ -374,15 +382,22 @@ def embedded_app(tmp_path: Path) -> tuple[DefiRealtime, Settings]:
 
 @contextlib.asynccontextmanager
 async def embedded_delivery(
-    tmp_path: Path, notifiers: dict[str, Notifier], policy: RetryPolicy = FAST
+    tmp_path: Path,
+    notifiers: dict[str, Notifier],
+    policy: RetryPolicy = FAST,
+    *,
+    journaled: bool = False,
 ) -> AsyncIterator[tuple[DefiRealtime, SqlDeliveryLog, ProjectionRunner, NotificationQueue]]:
+    """``journaled``: wired as ``serve`` wires it (the dispatcher journals its jobs, and the
+    queue keeps its dead letters in that journal)."""
     app, settings = embedded_app(tmp_path)
     log = SqlDeliveryLog(settings.history_url)
     positions = SqlPositionStore(settings.history_url)
-    queue = InProcessNotificationQueue()
+    journal = log if journaled else None
+    queue = InProcessNotificationQueue(journal=journal)
     queue.consume(DeliveryWorker(notifiers, log, policy, load_rule=app.get_alert_rule).handle)
     await queue.start()
-    dispatcher = NotificationDispatcher(app.get_alert_rule, queue, positions)
+    dispatcher = NotificationDispatcher(app.get_alert_rule, queue, positions, journal=journal)
     runner = ProjectionRunner(
         "notifications", EventStoreLog(app), dispatcher.position, dispatcher.apply
     )
@@ -525,3 +540,120 @@ async def test_the_ssrf_guard_refuses_a_private_target_unless_allowed(tmp_path: 
             result = await WebhookNotifier(client, allow_private=True).send(job)
     assert result.ok
     assert result.http_status == 200
+
+
+# -- dead letters: listed per rule, redriven (RabbitMQ + PostgreSQL, and embedded) -----------
+
+TWO_TRIES = RetryPolicy(max_attempts=2, base_delay=0.05, max_delay=1.0, jitter=0.2)
+
+
+async def redrive_after_the_receiver_recovers(
+    app: DefiRealtime,
+    log: SqlDeliveryLog,
+    queue: NotificationQueue,
+    dispatch: Callable[[], Awaitable[Any]],
+    journal: SqlDeliveryLog | None = None,
+    restart: Callable[[], Awaitable[NotificationQueue]] | None = None,
+) -> None:
+    """Two owners' webhooks fail until the receiver is switched on; alice's dead letter,
+    redriven, arrives with the same idempotency key, and the record shows the redrive and
+    the attempt; bob's stays parked, and alice never sees it."""
+    switched_on = threading.Event()
+    with WebhookReceiver(lambda _n: 200 if switched_on.is_set() else 503) as receiver:
+        channels = [{"kind": "webhook", "url": receiver.url}]
+        alice_rule = create_rule(app, channels)
+        bob_rule = create_rule(app, channels, owner="bob")
+        fire(app, alice_rule)
+        fire(app, bob_rule, owner="bob")
+        await dispatch()
+        for rule_id in (alice_rule, bob_rule):
+            await wait_attempts(log, rule_id, "dead_lettered")
+        if restart is not None:  # the dead letters outlive the process that parked them
+            queue = await restart()
+        desk = DeadLetters(queue, log, journal=journal)
+        for rule_id in (alice_rule, bob_rule):  # parked right after the record
+            await wait_until(
+                lambda rule_id=rule_id: desk.of_rule(rule_id),
+                lambda parked: len(parked) == 1,
+                DELIVERY_TIMEOUT,
+                "a dead letter",
+            )
+        [parked] = await desk.of_rule(alice_rule, "alice")
+        assert parked.job.idempotency_key == f"{alice_rule}:1:0"
+        assert (parked.job.attempt, parked.reason) == (2, "HTTP 503")
+        assert "secret" not in parked.job.channel
+        assert await desk.of_rule(bob_rule, "alice") == []  # never another owner's
+        with pytest.raises(PermissionError):
+            await desk.redrive(bob_rule, "alice")
+        assert len(await desk.of_rule(bob_rule)) == 1
+
+        switched_on.set()
+        jobs = await desk.redrive(alice_rule, "alice")
+        assert [job.idempotency_key for job in jobs] == [f"{alice_rule}:1:0"]
+        rows = await wait_attempts(log, alice_rule, "delivered")
+        await asyncio.sleep(0.2)  # nothing more arrives
+        assert statuses(rows) == ["failed", "dead_lettered", "redriven", "delivered"]
+        assert [row.attempt for row in rows] == [1, 2, 2, 3]
+        [delivered] = receiver.successes
+        assert delivered.headers["x-idempotency-key"] == f"{alice_rule}:1:0"
+        assert await desk.of_rule(alice_rule) == []
+        assert await desk.redrive(alice_rule) == []
+        assert len(await desk.of_rule(bob_rule)) == 1
+        assert statuses(log.attempts(bob_rule)) == ["failed", "dead_lettered"]
+        if journal is not None:
+            assert journal.pending() == []  # the redriven job was journaled, then settled
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+async def test_a_dead_letter_redriven_from_rabbitmq_is_delivered_once(
+    deployment: Stack, topologies: list[RabbitNotificationQueue]
+) -> None:
+    async with delivering(deployment, topologies, TWO_TRIES) as delivery:
+        await redrive_after_the_receiver_recovers(
+            delivery.app, delivery.log, delivery.queue, delivery.dispatch
+        )
+
+
+async def test_a_dead_letter_redriven_in_process_is_delivered_once(tmp_path: Path) -> None:
+    async with httpx.AsyncClient() as client:
+        notifier = WebhookNotifier(client, timeout=5.0, allow_private=True)
+        async with embedded_delivery(tmp_path, {"webhook": notifier}, TWO_TRIES) as (
+            app,
+            log,
+            runner,
+            queue,
+        ):
+            await redrive_after_the_receiver_recovers(app, log, queue, runner.catch_up)
+
+
+async def test_embedded_dead_letters_survive_a_restart_and_are_redriven(tmp_path: Path) -> None:
+    """As ``serve`` wires it: the journal keeps the dead letters; a new queue (the process
+    restarted) lists and redrives them."""
+    async with httpx.AsyncClient() as client:
+        notifier = WebhookNotifier(client, timeout=5.0, allow_private=True)
+        async with embedded_delivery(
+            tmp_path, {"webhook": notifier}, TWO_TRIES, journaled=True
+        ) as (app, log, runner, queue):
+            restarted: list[InProcessNotificationQueue] = []
+
+            async def restart() -> NotificationQueue:
+                await queue.stop()
+                fresh = InProcessNotificationQueue(journal=log)
+                worker = DeliveryWorker(
+                    {"webhook": notifier}, log, TWO_TRIES, load_rule=app.get_alert_rule
+                )
+                fresh.consume(worker.handle)
+                await fresh.start()
+                restarted.append(fresh)
+                return fresh
+
+            try:
+                await redrive_after_the_receiver_recovers(
+                    app, log, queue, runner.catch_up, log, restart
+                )
+            finally:
+                for fresh in restarted:
+                    await fresh.stop()
+            assert restarted

@@ -4,9 +4,10 @@ For random logs (corrections, late observations, several chains and metrics) app
 random batches, and random cuts (``as_of`` a data time, ``known_at`` a log position, either
 or both), the views the history read model answers for the cut (from the raw facts, and from
 the series-states rollup where the cut is a time alone) must equal what the live fold
-(``HotState``, the hot projections' own rules) makes of the log's facts inside the cut, with
-today's listings. The group-days rollup must answer every bucket as ``bucketed`` computes it
-from the day closes, listings changing on the way included.
+(``HotState``, the hot projections' own rules) makes of the log's facts inside the cut,
+listings included (a listing is inside when recorded by ``known_at`` and true by ``as_of``;
+one without a time is always true). The group-days rollup must answer every bucket as
+``bucketed`` computes it from the day closes, listings changing on the way included.
 """
 
 from __future__ import annotations
@@ -84,11 +85,45 @@ def log_of(observations: list[tuple[str, str, str, float, float]]) -> list[LogEn
 
 
 def inside(entry: LogEntry, cut: Cut) -> bool:
-    if entry.kind != "metric":
-        return True  # listings: today's, whatever the cut
     if cut.known_at is not None and entry.position > cut.known_at:
         return False
-    return cut.as_of is None or float(entry.data["observed_at"]) <= cut.as_of
+    observed_at = entry.data.get("observed_at")
+    return cut.as_of is None or observed_at is None or float(observed_at) <= cut.as_of
+
+
+# Listings recorded later: (index in the log, slug, category, chains, time or None).
+timed_relistings = st.lists(
+    st.tuples(
+        st.integers(0, 40),
+        st.sampled_from(["aave", "curve", "ghost"]),
+        st.sampled_from(["Lending", "Dexes", "CEX"]),
+        st.sampled_from([["Ethereum"], ["Ethereum", "Base"], ["Arbitrum"], []]),
+        st.one_of(st.none(), st.sampled_from(TIMES)),
+    ),
+    max_size=3,
+)
+
+
+def relist(
+    entries: list[LogEntry], relisted: list[tuple[int, str, str, list[str], float | None]]
+) -> list[LogEntry]:
+    """``entries`` with the listings inserted, renumbered."""
+    entries = list(entries)
+    for at, slug, category, chains, observed_at in sorted(
+        relisted, key=lambda item: item[0], reverse=True
+    ):
+        data = {
+            "name": slug.title(),
+            "category": category,
+            "chains": chains,
+            "url": f"https://{slug}",
+            "observed_at": observed_at,
+        }
+        entries.insert(min(at, len(entries)), LogEntry(0, "protocol_updated", slug, data, T0))
+    return [
+        LogEntry(position, e.kind, e.key, e.data, e.recorded_at)
+        for position, e in enumerate(entries, 1)
+    ]
 
 
 def comparable(view: ProtocolView) -> dict[str, Any]:
@@ -123,6 +158,15 @@ def model(
     as_of=None,
     known_share=None,
     cuts=[],
+    relisted=[],
+)
+# A later listing true from TIMES[3]: a cut before then shows the first one's details.
+@example(
+    observations=[("aave", "tvl", "total", T0, 1.0), ("aave", "tvl", "total", TIMES[4], 2.0)],
+    as_of=TIMES[2],
+    known_share=None,
+    cuts=[0.5],
+    relisted=[(4, "aave", "CEX", ["Ethereum"], TIMES[3])],
 )
 # Live data: each batch newer than everything before it (the states' short path).
 @example(
@@ -130,12 +174,14 @@ def model(
     as_of=None,
     known_share=None,
     cuts=[0.25, 0.5, 0.6, 0.7, 0.8, 0.9],
+    relisted=[],
 )
 @example(
     observations=[("aave", "tvl", "total", at, float(i)) for i, at in enumerate(TIMES)],
     as_of=TIMES[-3],
     known_share=None,
     cuts=[0.3, 0.5, 0.7, 0.9],
+    relisted=[],
 )
 @settings(
     max_examples=100,
@@ -147,6 +193,7 @@ def model(
     as_of=st.one_of(st.none(), st.sampled_from(TIMES), st.floats(T0 - HOUR, T0 + 300 * HOUR)),
     known_share=st.one_of(st.none(), st.floats(0, 1)),
     cuts=st.lists(st.floats(0, 1), max_size=4),
+    relisted=timed_relistings,
 )
 def test_a_cut_answers_as_a_fold_of_the_facts_inside_it(
     model: SqlHistoryReadModel,
@@ -154,15 +201,18 @@ def test_a_cut_answers_as_a_fold_of_the_facts_inside_it(
     as_of: float | None,
     known_share: float | None,
     cuts: list[float],
+    relisted: list[tuple[int, str, str, list[str], float | None]],
 ) -> None:
-    entries = log_of(observations)
+    entries = relist(log_of(observations), relisted)
     last = entries[-1].position
     known_at = None if known_share is None else round(known_share * last)
     cut = Cut(as_of=as_of, known_at=known_at)
     model.reset()
     apply_in_batches(model, entries, cuts)
 
-    answered = views_at(model.latest_values(cut), model.tvl_points(cut), model.listing_details())
+    answered = views_at(
+        model.latest_values(cut), model.change_points(cut), model.listing_details(cut)
+    )
     from_rollup = protocols_at(model, cut)
 
     fold = HotState()
@@ -185,15 +235,6 @@ def apply_in_batches(
             model.apply(LogBatch(after=start, last=stop, entries=tuple(batch)))
 
 
-relistings = st.lists(
-    st.tuples(
-        st.integers(0, 40),
-        st.sampled_from(["aave", "curve", "ghost"]),
-        st.sampled_from(["Lending", "Dexes", "CEX"]),
-        st.sampled_from([["Ethereum"], ["Ethereum", "Arbitrum"], ["Base"], []]),
-    ),
-    max_size=3,
-)
 DAYS_APART = [T0 + days * DAY + hours * HOUR for days in (0, 1, 3, 9, 10, 20) for hours in (0, 5)]
 daily_metrics = st.tuples(
     st.sampled_from(["aave", "aave", "curve", "ghost"]),
@@ -211,7 +252,7 @@ daily_metrics = st.tuples(
 )
 @given(
     observations=st.lists(daily_metrics, min_size=1, max_size=30),
-    relisted=relistings,
+    relisted=timed_relistings,
     cuts=st.lists(st.floats(0, 1), max_size=4),
     group_by=st.sampled_from([None, "category", "chain"]),
     bucket=st.sampled_from(["1d", "1w"]),
@@ -219,20 +260,12 @@ daily_metrics = st.tuples(
 def test_the_group_days_rollup_answers_buckets_as_a_recomputation(
     model: SqlHistoryReadModel,
     observations: list[tuple[str, str, str, float, float]],
-    relisted: list[tuple[int, str, str, list[str]]],
+    relisted: list[tuple[int, str, str, list[str], float | None]],
     cuts: list[float],
     group_by: Any,
     bucket: Any,
 ) -> None:
-    entries = log_of(observations)
-    for at, slug, category, chains in sorted(relisted, reverse=True):
-        at = min(at, len(entries))
-        data = {"name": slug, "category": category, "chains": chains, "url": ""}
-        entries.insert(at, LogEntry(0, "protocol_listed", slug, data, T0))
-    entries = [
-        LogEntry(position, e.kind, e.key, e.data, e.recorded_at)
-        for position, e in enumerate(entries, 1)
-    ]
+    entries = relist(log_of(observations), relisted)
     model.reset()
     apply_in_batches(model, entries, cuts)
 
@@ -277,7 +310,7 @@ def test_a_time_becomes_the_last_position_recorded_by_then(
     assert model.position_recorded_by(T0) == 0
     [view] = views_at(
         model.latest_values(Cut(known_at=3)),
-        model.tvl_points(Cut(known_at=3)),
+        model.change_points(Cut(known_at=3)),
         model.listing_details(),
     )
     assert view.tvl == 1.0

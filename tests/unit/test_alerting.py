@@ -38,7 +38,7 @@ from defi_realtime.application.alert_rules import (
     fold_rule,
 )
 from defi_realtime.application.alerting import AlertEvaluator, RecentSeries
-from defi_realtime.application.app import DefiRealtime, ProtocolNotFound
+from defi_realtime.application.app import DefiRealtime, ProtocolNotFound, TokenNotFound
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.ports import HotProjection
@@ -51,6 +51,7 @@ from defi_realtime.application.views import (
 )
 from defi_realtime.domain.alert_rule import AlertRule, InvalidRule
 from defi_realtime.domain.alert_values import parse_condition, parse_target
+from defi_realtime.domain.token import canonical_token_id
 from tests.services import redis_url
 
 T0 = 1_700_000_000.0
@@ -327,7 +328,66 @@ async def test_paused_rule_does_not_fire_until_resumed(harness: Harness) -> None
     harness.app.resume_alert_rule(UUID(rule_id), "alice")
     harness.tvl(2.0, T0 + 20)
     await run(evaluator)
-    assert harness.transitions() == [("alert_triggered", rule_id, 2.0, T0 + 20)]
+    # Resumed against the value it missed while paused (1.0: below), then 2.0 is no news.
+    assert harness.transitions() == [("alert_triggered", rule_id, 1.0, T0 + 10)]
+
+
+async def test_a_rule_resumed_after_the_value_recovered_resolves(harness: Harness) -> None:
+    harness.tvl(2e9, T0)
+    rule_id = harness.rule()
+    evaluator = harness.evaluator()
+    harness.tvl(5e8, T0 + 10)
+    await run(evaluator)
+    assert harness.transitions() == [("alert_triggered", rule_id, 5e8, T0 + 10)]
+    harness.app.pause_alert_rule(UUID(rule_id), "alice")
+    harness.tvl(3e9, T0 + 20)  # recovered while paused
+    await run(evaluator)
+    assert len(harness.transitions()) == 1
+    assert harness.app.get_alert_rule(UUID(rule_id), "alice").firing == "firing"
+
+    harness.app.resume_alert_rule(UUID(rule_id), "alice")
+    resumed_at = harness.log.head()
+    await run(evaluator)
+    assert harness.transitions()[1:] == [("alert_resolved", rule_id, 3e9, T0 + 20)]
+    rule = harness.app.get_alert_rule(UUID(rule_id), "alice")
+    assert (rule.firing, rule.last_position) == ("resolved", resumed_at)
+    # Exactly once: a replay of the resumption (after a crash) records nothing more.
+    await run(harness.evaluator(positions=InMemoryPositionStore()))
+    assert len(harness.transitions()) == 2
+
+
+async def test_a_resumed_rule_that_still_holds_records_nothing(harness: Harness) -> None:
+    harness.tvl(2e9, T0)
+    rule_id = harness.rule()
+    evaluator = harness.evaluator()
+    harness.tvl(5e8, T0 + 10)
+    await run(evaluator)
+    harness.app.pause_alert_rule(UUID(rule_id), "alice")
+    harness.tvl(4e8, T0 + 20)
+    harness.app.resume_alert_rule(UUID(rule_id), "alice")
+    await run(evaluator)
+    assert harness.transitions() == [("alert_triggered", rule_id, 5e8, T0 + 10)]
+
+
+async def test_a_pct_change_rule_resumed_after_a_restart_uses_its_window(
+    harness: Harness,
+) -> None:
+    """A paused rule keeps its target's series (with its window's reach), and a new
+    evaluator seeds it: the change at resumption is measured over the rule's window."""
+    harness.tvl(100.0, T0)
+    rule_id = harness.rule(DROP_20_IN_24H)
+    await run(harness.evaluator())
+    harness.app.pause_alert_rule(UUID(rule_id), "alice")
+    harness.tvl(95.0, T0 + DAY / 2)
+    harness.tvl(70.0, T0 + DAY)  # -30% over 24h, while paused
+    await run(harness.evaluator())
+    assert harness.transitions() == []
+
+    harness.app.resume_alert_rule(UUID(rule_id), "alice")
+    await run(harness.evaluator())  # a restart: seeded from the stores
+    [(kind, key, measure, observed_at)] = harness.transitions()
+    assert (kind, key, observed_at) == ("alert_triggered", rule_id, T0 + DAY)
+    assert measure == pytest.approx(-30.0)
 
 
 async def test_deleted_rule_stops_being_evaluated(harness: Harness) -> None:
@@ -533,8 +593,25 @@ def test_create_alert_rule_needs_a_listed_protocol() -> None:
         with pytest.raises(ProtocolNotFound):
             app.create_alert_rule("alice", {"protocol": "aave"}, BELOW_1B, WEBSOCKET)
         assert (app.recorder.max_notification_id() or 0) == 0
-        # Tokens are registered by their first price: a token target needs no listing.
-        app.create_alert_rule("alice", {"token": "coingecko:ethereum"}, BELOW_1B, WEBSOCKET)
+    finally:
+        app.close()
+
+
+def test_create_alert_rule_needs_a_token_with_a_price() -> None:
+    """An unknown token is refused like an unknown protocol; a token is known once any
+    price was recorded for it, under any spelling of its EVM address."""
+    app = DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    usdc = "ethereum:0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
+    try:
+        for token in ("coingecko:nonexistent", usdc):
+            with pytest.raises(TokenNotFound) as refused:
+                app.create_alert_rule("alice", {"token": token}, BELOW_1B, WEBSOCKET)
+            assert refused.value.token_id == canonical_token_id(token)
+        assert (app.recorder.max_notification_id() or 0) == 0
+        price = {"token": usdc.lower(), "price": 1.0, "observed_at": 1_700_000_000.0}
+        app.ingest([build_batch(prices=[price])])
+        rule_id = app.create_alert_rule("alice", {"token": usdc}, BELOW_1B, WEBSOCKET)
+        assert app.get_alert_rule(rule_id, "alice").target.key == f"token:{usdc.lower()}"
     finally:
         app.close()
 

@@ -589,6 +589,8 @@ def test_event_store_log_reads_entries_of_the_right_kinds(app: DefiRealtime) -> 
         "category": "Lending",
         "chains": [],
         "url": "",
+        "oracles": [],
+        "observed_at": T0,  # when the details were true (the observation's time)
     }
     assert dict(entries[2].data) == {
         "metric": "tvl",
@@ -675,6 +677,7 @@ def test_alert_events_reach_the_log(app: DefiRealtime) -> None:
         "measure": 1.0,
         "observed_at": T0,
         "idempotency_key": f"{rule_id}:1",
+        "channel_kinds": ["websocket"],
     }
 
 

@@ -48,6 +48,8 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (client_frames.PriceData, server_frames.PriceData),
     (client_frames.Alert, server_frames.Alert),
     (client_frames.AlertData, server_frames.AlertData),
+    (client_frames.Anomaly, server_frames.Anomaly),
+    (client_frames.AnomalyData, server_frames.AnomalyData),
     (client_frames.Error, server_frames.Error),
     (client_frames.Pong, server_frames.Pong),
     (client_frames.Acked, server_frames.Acked),
@@ -87,7 +89,7 @@ def test_the_client_parses_what_the_server_schema_accepts() -> None:
     [one] = client.parse_frames(json.dumps(update))
     assert isinstance(one, client.Update)
     assert (one.position, one.snapshot, one.key) == (7, True, ("aave-v3", "tvl", "total"))
-    newer = {"type": "anomaly", "position": 8}  # a frame type of a newer server: left out
+    newer = {"type": "forecast", "position": 8}  # a frame type of a newer server: left out
     batch = client.parse_frames(json.dumps([update, newer, pong]))
     assert [type(frame) for frame in batch] == [client.Update, client.Pong]
     with pytest.raises(ValueError, match="position"):

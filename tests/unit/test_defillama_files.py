@@ -214,6 +214,7 @@ def test_snapshot_rows_become_total_tvl_observations(tmp_path: Path) -> None:
             "category": "Lending",
             "chains": ["Ethereum", "Arbitrum"],
             "url": "https://example.org",
+            "oracles": ["Chainlink"],
         },
         1,
         None,
@@ -233,6 +234,7 @@ def test_snapshot_null_tvl_yields_a_listing(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Ethereum", "Arbitrum"],
         "url": None,
+        "oracles": ["Chainlink"],
         "observed_at": ISO_UNIX,
     }
 
@@ -242,7 +244,7 @@ def test_snapshot_null_url_is_left_out_of_observations(tmp_path: Path) -> None:
     [read] = items(path)
     assert read.item is not None
     assert "url" not in read.item
-    assert "oracles" not in read.item
+    assert read.item["oracles"] == ["Chainlink"]  # kept (ADR 0033)
 
 
 @pytest.mark.parametrize(
@@ -515,6 +517,7 @@ def test_protocols_total_and_real_chains(tmp_path: Path) -> None:
         "category": "CEX",
         "chains": ["Bitcoin"],
         "url": None,
+        "oracles": None,
         "observed_at": 1_765_000_000.5,
     }
     assert estimate_items(path) == len(read)

@@ -93,6 +93,7 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
                 "chains": ["Ethereum"],
                 "url": "https://aave.com",
                 "observed_at": None,
+                "oracles": [],
             },
         )
     ]
@@ -113,6 +114,7 @@ def test_protocol_create_defaults() -> None:
                 "chains": [],
                 "url": "",
                 "observed_at": None,
+                "oracles": [],
             },
         )
     ]
@@ -544,6 +546,7 @@ def test_update_details_records_the_full_listing() -> None:
                 "chains": ["Ethereum", "Base"],
                 "url": "https://aave.com",
                 "observed_at": None,
+                "oracles": [],
             },
         )
     ]
@@ -1080,6 +1083,7 @@ def test_rule_fires_when_condition_becomes_true() -> None:
                 "observed_at": T0 + 60,
                 "idempotency_key": f"{rule.id}:1",
                 "position": None,
+                "channel_kinds": ["webhook"],
             },
         )
     ]
@@ -1108,6 +1112,7 @@ def test_firing_rule_stays_quiet_while_condition_holds_then_resolves() -> None:
                 "observed_at": T0 + 120,
                 "idempotency_key": f"{rule.id}:2",
                 "position": None,
+                "channel_kinds": ["webhook"],
             },
         )
     ]
@@ -1135,6 +1140,7 @@ def test_cooldown_is_measured_in_data_time() -> None:
                 "observed_at": T0 + 600,
                 "idempotency_key": f"{rule.id}:3",
                 "position": None,
+                "channel_kinds": ["webhook"],
             },
         )
     ]

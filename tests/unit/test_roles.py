@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from defi_realtime.entrypoints.roles import (
+    ANOMALIES_LOCK,
     PROJECTIONS_LOCK,
+    RECONCILE_LOCK,
     RELAY_LOCK,
     WORKERS,
     Follower,
@@ -38,7 +40,9 @@ def test_serve_embedded_runs_everything_on_the_node_unelected(tmp_path: Path) ->
         "realtime": (Follower.NODE, None),
         "history": (Follower.NODE, None),
         "alerts": (Follower.OWN, None),
+        "anomalies": (Follower.OWN, None),
         "notifications": (Follower.OWN, None),
+        "reconcile": (Follower.TIMER, None),
     }
 
 
@@ -71,6 +75,8 @@ def test_with_every_service_shared_work_is_elected(tmp_path: Path) -> None:
     assert roles["live"] == (Follower.NODE, None)  # every node: its own frames' facts
     assert "notifications" not in roles  # a broker: `worker notifications` delivers
     assert placed("projections", config).keys() == {"hot", "history"}
+    assert roles["anomalies"] == (Follower.OWN, ANOMALIES_LOCK.name)
+    assert placed("alerts", config).keys() == {"alerts", "anomalies"}
 
 
 def test_every_worker_has_a_plan_and_nothing_else_does(tmp_path: Path) -> None:
@@ -80,3 +86,14 @@ def test_every_worker_has_a_plan_and_nothing_else_does(tmp_path: Path) -> None:
         assert all(row["role"] for row in describe(worker, config))
     with pytest.raises(ValueError, match="unknown process"):
         plan("everything", config)
+
+
+def test_reconcile_is_planned_in_serve_and_elected_in_workers(tmp_path: Path) -> None:
+    shared = settings(tmp_path, DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test")
+    assert placed("serve", shared)["reconcile"] == (Follower.TIMER, RECONCILE_LOCK.name)
+    assert placed("reconcile", shared) == {"reconcile": (Follower.TIMER, RECONCILE_LOCK.name)}
+    [loop] = loops(plan("reconcile", shared))
+    assert (loop.name, loop.lock) == ("reconcile", RECONCILE_LOCK)
+    # Its own lock: it never waits for, nor holds up, another role's election.
+    others = {p.lock for p in plan("serve", shared) if p.role.name != "reconcile"}
+    assert RECONCILE_LOCK not in others

@@ -23,8 +23,10 @@ from ..log import LogEntry
 from .protocol import dumps
 
 ALERT_KINDS: Final = frozenset({"alert_triggered", "alert_resolved"})
+ANOMALY_KIND: Final = "anomaly_detected"
 _UPDATE: Final = b'{"type":"update","subscriptionId":"'
 _ALERT: Final = b'{"type":"alert","subscriptionId":"'
+_ANOMALY: Final = b'{"type":"anomaly","subscriptionId":"'
 
 Encoded = tuple[bytes, bytes]
 """A frame split around the subscription id: ``prefix + id + suffix``."""
@@ -36,8 +38,18 @@ def channel_of(entry: LogEntry) -> str | None:
     if entry.kind == "price":
         return "prices"
     if entry.kind in ALERT_KINDS:
-        return "alerts"
+        return "alerts" if to_sockets(entry) else None
+    if entry.kind == ANOMALY_KIND:
+        return "anomalies"
     return None
+
+
+def to_sockets(entry: LogEntry) -> bool:
+    """Whether an alert transition goes to its owner's ``alerts`` sockets: only when its
+    rule has a ``websocket`` channel. A transition recorded before transitions named their
+    channels did go to the sockets, and replays as it was (docs/adr/0037)."""
+    kinds = entry.data.get("channel_kinds")
+    return kinds is None or "websocket" in kinds
 
 
 def metric_channel(metric: str) -> str:
@@ -75,6 +87,22 @@ def encode(entry: LogEntry, channel: str, facts: EntryFacts | None) -> Encoded:
             "position": entry.position,
         }
         return _ALERT, b'",' + dumps(body)[1:]
+    if channel == "anomalies":
+        body = {
+            "channel": channel,
+            "position": entry.position,
+            "data": {
+                "id": entry.key,
+                "series": data.get("series"),
+                "measure": data.get("measure"),
+                "value": data.get("value"),
+                "timestamp": data.get("observed_at"),
+                "score": data.get("score"),
+                "direction": data.get("direction"),
+                "reason": data.get("reason"),
+            },
+        }
+        return _ANOMALY, b'",' + dumps(body)[1:]
     change = None if facts is None else facts.change_24h(entry)
     late = None if facts is None else not facts.current
     if channel == "prices":

@@ -99,6 +99,7 @@ class RealtimeHub:
         )
         self.fell_behind = 0  # subscriptions handed to a replay because their queue was full
         self._per_owner: dict[str, int] = {}
+        self._per_address: dict[str, int] = {}  # anonymous connections by client address
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
         # Durable subscriptions (``attach`` / ``ack``): where they are kept, and the
@@ -146,6 +147,21 @@ class RealtimeHub:
         else:
             self._per_owner.pop(owner, None)
 
+    def reserve_address(self, address: str, limit: int) -> bool:
+        """Count an anonymous connection against its address's limit before accepting it."""
+        count = self._per_address.get(address, 0)
+        if count >= limit:
+            return False
+        self._per_address[address] = count + 1
+        return True
+
+    def release_address(self, address: str) -> None:
+        count = self._per_address.get(address, 0) - 1
+        if count > 0:
+            self._per_address[address] = count
+        else:
+            self._per_address.pop(address, None)
+
     def connections_of(self, owner: str) -> int:
         return self._per_owner.get(owner, 0)
 
@@ -157,9 +173,12 @@ class RealtimeHub:
         """Forget a connection whose socket is gone (synchronous part of ``disconnect``)."""
         if connection in self.connections:
             self.connections.discard(connection)
-            if connection.reserved and connection.owner is not None:
+            if connection.reserved:
                 connection.reserved = False
-                self.release(connection.owner)
+                if connection.owner is not None:
+                    self.release(connection.owner)
+                elif connection.address is not None:
+                    self.release_address(connection.address)
         for subscription in list(self.index.of(connection).values()):
             self._unregister(subscription)
         self.replays.forget(connection)

@@ -17,8 +17,9 @@ from typing import Any, Final
 from ...domain.chains import chain_key
 from ...domain.token import canonical_token_id
 
-CHANNELS: Final = ("protocols", "prices", "volumes", "alerts")
-# Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts.
+CHANNELS: Final = ("protocols", "prices", "volumes", "alerts", "anomalies")
+# Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts
+# or anomalies, which are events.
 VALUE_CHANNELS: Final = frozenset({"protocols", "prices", "volumes"})
 FILTER_KEYS: Final = frozenset({"protocolIds", "tokenIds", "chains", "categories", "minTvl"})
 SUBSCRIBE_FIELDS: Final = frozenset(
@@ -37,6 +38,7 @@ SERVER_MESSAGE_TYPES: Final = (
     "unsubscribed",
     "update",
     "alert",
+    "anomaly",
     "error",
     "pong",
     "acked",
@@ -45,10 +47,11 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "invalid_json": "the frame is not valid JSON (or not UTF-8)",
     "invalid_message": "not a JSON object, an unknown field, or a field of the wrong type",
     "unknown_type": "the message type is not subscribe, unsubscribe, ping, attach or ack",
-    "invalid_channel": "the channel is not protocols, prices, volumes or alerts",
+    "invalid_channel": "the channel is not protocols, prices, volumes, alerts or anomalies",
     "invalid_params": "a filter in params is unknown or malformed",
     "invalid_since": "since is not a non-negative integer, or is beyond the log head",
-    "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts channel",
+    "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts or "
+    "anomalies channel",
     "too_many_subscriptions": "the connection holds its maximum number of subscriptions",
     "too_many_replays": "the connection (or its address) has its maximum number of replays or "
     "snapshots under way; subscribe again when one has finished",
@@ -61,6 +64,9 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "subscription_closed": "the durable subscription was deleted: it sends nothing more",
     "frame_too_large": "the frame is larger than MAX_FRAME_BYTES bytes",
     "replay_failed": "reading the log for since failed; the subscription was dropped",
+    "rate_limited": "the key's (or, without a key, the address's) message budget is spent: "
+    "the message was not read; the frame says the policy, limit, window, remaining, reset "
+    "and retryAfter (seconds)",
 }
 CLOSE_IDLE: Final = 4000
 CLOSE_UNAUTHORIZED: Final = 4001
@@ -78,7 +84,9 @@ CLOSE_CODES: Final[Mapping[int, str]] = {
     CLOSE_FORBIDDEN_ORIGIN: "the Origin header is not in WS_ALLOWED_ORIGINS",
     CLOSE_SLOW_CONSUMER: "slow consumer: the client stopped reading (nothing taken from its "
     "queue for WS_SEND_TIMEOUT while it was full); resume with since",
-    CLOSE_TOO_MANY_CONNECTIONS: "too many connections for this API key (tier limit)",
+    CLOSE_TOO_MANY_CONNECTIONS: "too many connections for this API key (tier limit) or, "
+    "without a key, from this address (WS_ANONYMOUS_SOCKETS); or too many failed "
+    "authentications from this address (RATE_LIMIT_AUTH_FAILURES): the reason says which",
 }
 
 MAX_FRAME_BYTES: Final = 64 * 1024
@@ -299,14 +307,14 @@ def _subscribe(message: Mapping[str, Any]) -> Subscribe:
             "invalid_snapshot", "snapshot and since exclude each other: a snapshot starts now"
         )
     if snapshot and channel not in VALUE_CHANNELS:
-        raise FrameError("invalid_snapshot", "alerts are events, not values: no snapshot")
+        raise FrameError("invalid_snapshot", f"{channel} are events, not values: no snapshot")
     return Subscribe(
         channel=str(channel),
         filter=Filter.parse(message.get("params")),
         since=since,
         snapshot=snapshot,
-        # Alerts are events, not values: never coalesced.
-        coalesce=coalesce and channel != "alerts",
+        # Alerts and anomalies are events, not values: never coalesced.
+        coalesce=coalesce and channel in VALUE_CHANNELS,
     )
 
 
@@ -318,3 +326,9 @@ def with_id(message: dict[str, Any], request_id: str | int | None) -> dict[str, 
 
 def error_frame(code: str, message: str, request_id: str | int | None = None) -> bytes:
     return dumps(with_id({"type": "error", "code": code, "message": message}, request_id))
+
+
+def rate_limited_frame(message: str, facts: Mapping[str, Any]) -> bytes:
+    """The ``error`` frame of a message refused by the rate limits, with the limiter's
+    facts (``policy``, ``limit``, ``window``, ``remaining``, ``reset``, ``retryAfter``)."""
+    return dumps({"type": "error", "code": "rate_limited", "message": message, **facts})

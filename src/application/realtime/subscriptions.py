@@ -95,6 +95,12 @@ class Subscription:
         """The keys it is indexed by (None: every key of its channel)."""
         if self.channel == "prices":
             return self.filter.token_ids
+        if self.channel == "anomalies":
+            # Protocol slugs and token ids never collide (a token id has a colon).
+            protocols, tokens = self.filter.protocol_ids, self.filter.token_ids
+            if protocols is None and tokens is None:
+                return None
+            return (protocols or frozenset()) | (tokens or frozenset())
         return self.filter.protocol_ids
 
     def matches(self, key: str, chain: str | None, facts: FilterFacts | None) -> bool:
@@ -103,6 +109,13 @@ class Subscription:
         wanted = self.filter
         if self.channel == "prices":
             return wanted.token_ids is None or key in wanted.token_ids
+        if self.channel == "anomalies":
+            ids = self.ids()
+            if ids is not None and key not in ids:
+                return False
+            if ":" in key:  # a token's price: only ids filter it
+                return wanted.by_id_only
+            wanted = Filter(None, None, wanted.chains, wanted.categories, wanted.min_tvl)
         if wanted.protocol_ids is not None and key not in wanted.protocol_ids:
             return False
         if wanted.categories is not None and (

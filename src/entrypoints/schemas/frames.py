@@ -42,6 +42,8 @@ __all__ = [
     "Acked",
     "Alert",
     "AlertData",
+    "Anomaly",
+    "AnomalyData",
     "Attach",
     "Error",
     "Filters",
@@ -127,12 +129,12 @@ _SNAPSHOT: Final = (
     "first send the current value of every matching series as `update` frames with "
     "`snapshot: true`, all at the snapshot's position P (the `subscribed` reply carries the "
     "same P); the live updates that follow all have position > P: no gap, no duplicate. "
-    "Excludes `since`; not on the alerts channel (`invalid_snapshot`)."
+    "Excludes `since`; not on the alerts or anomalies channel (`invalid_snapshot`)."
 )
 _COALESCE: Final = (
     "opt in to coalescing: when this connection lags (queue past half its bound), a newer "
     "update of the same value (id, metric, chain) replaces the queued one instead of growing "
-    "the queue. Ignored on the alerts channel."
+    "the queue. Ignored on the alerts and anomalies channels."
 )
 _CHANGE_24H: Final = (
     "the 24 h percent change of the update's own series (TVL, volume_24h, fees_24h or price) "
@@ -201,7 +203,7 @@ class Subscribe(BaseModel):
         if self.snapshot and self.since is not None:
             raise ValueError("snapshot and since exclude each other: a snapshot starts now")
         if self.snapshot and self.channel not in VALUE_CHANNELS:
-            raise ValueError("alerts are events, not values: no snapshot")
+            raise ValueError(f"{self.channel} are events, not values: no snapshot")
         return self
 
 
@@ -230,7 +232,8 @@ class Attach(BaseModel):
 class Ack(BaseModel):
     """The client has processed every update of an attached durable subscription up to
     ``position``: a later attach resumes after it. Written a moment later (confirmed with
-    ``acked``); send the position of the last update processed, as often as you like."""
+    ``acked``); send the position of the last update processed now and then: one ack covers
+    everything before it, and each counts against the message rate limit."""
 
     model_config = _FRAME
     type: Literal["ack"]
@@ -344,7 +347,8 @@ class AlertData(BaseModel):
 
 
 class Alert(BaseModel):
-    """One of the key owner's alert rules fired or resolved."""
+    """One of the key owner's alert rules fired or resolved (only rules with a
+    ``websocket`` channel reach sockets)."""
 
     model_config = _FRAME
     type: Literal["alert"]
@@ -356,6 +360,35 @@ class Alert(BaseModel):
     position: Position
 
 
+class AnomalyData(BaseModel):
+    """An anomaly the detector found (docs/anomalies.md)."""
+
+    model_config = _FRAME
+    id: StrictStr = Field(description="protocol slug or token id")
+    series: StrictStr = Field(
+        description="protocol:<slug>:<metric>:total or token:<id>",
+        examples=["protocol:aave:tvl:total"],
+    )
+    measure: StrictStr = Field(description="tvl, volume_24h, fees_24h or price")
+    value: Number = Field(description="the anomalous observation's value")
+    timestamp: Number = Field(description="when it was observed, unix seconds")
+    score: Number = Field(description="how unusual, in (robust) standard deviations")
+    direction: Literal["fall", "rise"]
+    reason: StrictStr = Field(description="for people")
+
+
+class Anomaly(BaseModel):
+    """An anomaly was detected in a series the subscription's filters match (the
+    ``anomalies`` channel; an event, never coalesced, no snapshot)."""
+
+    model_config = _FRAME
+    type: Literal["anomaly"]
+    subscription_id: SubscriptionId
+    channel: Literal["anomalies"]
+    position: Position = Field(description="the event store's position of the detection")
+    data: AnomalyData
+
+
 class Error(BaseModel):
     """A malformed or refused frame; the socket and its other subscriptions stay up."""
 
@@ -364,6 +397,17 @@ class Error(BaseModel):
     code: ErrorCode
     message: StrictStr = Field(description="for people")
     id: ReplyId = None
+    # Only on ``rate_limited`` (ADR 0036): the facts of the HTTP RateLimit headers.
+    policy: StrictStr | None = Field(default=None, description="rate_limited: the policy's name")
+    limit: StrictInt | None = Field(default=None, description="rate_limited: its quota")
+    window: StrictInt | None = Field(default=None, description="rate_limited: in seconds")
+    remaining: StrictInt | None = Field(default=None, description="rate_limited: left")
+    reset: StrictInt | None = Field(
+        default=None, description="rate_limited: seconds until a message is free again"
+    )
+    retry_after: StrictInt | None = Field(
+        default=None, alias="retryAfter", description="rate_limited: seconds to wait"
+    )
 
 
 class Acked(BaseModel):
@@ -391,5 +435,7 @@ def _by_type(*models: type[BaseModel]) -> Mapping[str, type[BaseModel]]:
 
 CLIENT_MESSAGES: Final = _by_type(Subscribe, Unsubscribe, Ping, Attach, Ack)
 """Client messages by ``type``."""
-SERVER_MESSAGES: Final = _by_type(Subscribed, Unsubscribed, Update, Alert, Error, Pong, Acked)
+SERVER_MESSAGES: Final = _by_type(
+    Subscribed, Unsubscribed, Update, Alert, Anomaly, Error, Pong, Acked
+)
 """Server messages by ``type``."""

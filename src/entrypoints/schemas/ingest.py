@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ...application.ingest import MAX_ITEMS_PER_BATCH
-from ...domain.observations import MAX_CHAINS, MAX_NAME_LENGTH, TOTAL, Metric
+from ...domain.observations import MAX_CHAINS, MAX_NAME_LENGTH, MAX_ORACLES, TOTAL, Metric
 from .common import ANSWER, QUERY, CheckedSlug, CheckedTokenId
 
 __all__ = [
@@ -45,11 +45,18 @@ NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 # Not blank: at least one character that is not white space.
 Label = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"\S")]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Oracles = Annotated[
+    list[Label],
+    Field(
+        max_length=MAX_ORACLES,
+        description="DeFiLlama's oracles: the price oracles the protocol relies on",
+    ),
+]
 
 
 class Observation(BaseModel):
-    """One protocol metric observation; ``name``/``category``/``chains``/``url`` list the
-    protocol (needed the first time it is seen)."""
+    """One protocol metric observation; ``name``/``category``/``chains``/``url``/``oracles``
+    list the protocol (needed the first time it is seen)."""
 
     model_config = _ITEM
     protocol: CheckedSlug
@@ -62,6 +69,7 @@ class Observation(BaseModel):
     category: Text | None = None
     chains: Annotated[list[Label], Field(max_length=MAX_CHAINS)] | None = None
     url: Text | None = None
+    oracles: Oracles | None = None
 
 
 class Price(BaseModel):
@@ -84,6 +92,7 @@ class Listing(BaseModel):
     category: Text | None = None
     chains: Annotated[list[Label], Field(max_length=MAX_CHAINS)] | None = None
     url: Text | None = None
+    oracles: Oracles | None = None
     # When the details were true: older details never replace newer ones (ADR 0017).
     observed_at: ObservedAt | None = None
 

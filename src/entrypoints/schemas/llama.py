@@ -66,7 +66,7 @@ class LlamaProtocol(BaseModel):
     module: None = _not_held()
     twitter: None = _not_held()
     forkedFrom: None = _not_held()
-    oracles: None = _not_held()
+    oracles: list[str] = Field(description="the price oracles the protocol relies on")
     listedAt: None = _not_held()
     methodology: None = _not_held()
     slug: SlugText
@@ -114,7 +114,7 @@ class LlamaProtocolDetail(BaseModel):
     slug: SlugText
     symbol: None = _not_held()
     address: None = _not_held()
-    oracles: None = _not_held()
+    oracles: list[str] = Field(description="the price oracles the protocol relies on")
     mcap: None = _not_held()
     methodology: None = _not_held()
     currentChainTvls: dict[str, float] = Field(description="USD per chain, where it is known")

@@ -197,6 +197,18 @@ class Protocol(BaseModel):
     change_7d: float | None = Field(description="percent change of the tvl over 7 days")
     volume_24h: float | None
     fees_24h: float | None
+    volume_24h_change_1d: float | None = Field(
+        description="percent change of volume_24h against the figure a day before"
+    )
+    volume_24h_change_7d: float | None = Field(
+        description="percent change of volume_24h against the figure a week before"
+    )
+    fees_24h_change_1d: float | None = Field(
+        description="percent change of fees_24h against the figure a day before"
+    )
+    fees_24h_change_7d: float | None = Field(
+        description="percent change of fees_24h against the figure a week before"
+    )
     updated_at: float | None = Field(description="unix time of the latest observation")
     tvl_at: float | None = Field(description="unix time the current tvl was observed at")
     volume_24h_at: float | None = Field(
@@ -206,6 +218,10 @@ class Protocol(BaseModel):
     sections: dict[str, float] = Field(
         description="DeFiLlama's TVL sections, keyed as its chainTvls are (staking, pool2, "
         "borrowed, Ethereum-borrowed...): metrics of their own, never part of tvl"
+    )
+    oracles: list[str] = Field(
+        description="DeFiLlama's oracles of the listing: the price oracles the protocol "
+        "relies on (empty when none is named or not known)"
     )
     position: int = Field(description="log position of the latest change")
 

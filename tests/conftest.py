@@ -1,0 +1,13 @@
+"""Suite-wide defaults.
+
+Rate limits (ADR 0036) are on in the product; the suite's tests send hundreds of requests
+a minute from 127.0.0.1 with free-tier keys, so they run with ``RATE_LIMITS=off`` unless
+they turn the limits on themselves (``rate_limits=True``, as the tests of the limits do).
+Set before any ``Settings`` is read; child processes (``serve``, workers) inherit it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RATE_LIMITS", "off")
