@@ -289,6 +289,13 @@ class PrometheusMetrics:
             ["channel", "outcome"],
             registry=registry,
         )
+        self.subscription_acks = Counter(
+            "dr_subscription_acks_written",
+            "Durable subscriptions whose acknowledged position a write stored, failed to "
+            "store (kept for the next write) or found deleted (gone)",
+            ["outcome"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "dr_notification_dead_letters",
             "Alert notifications given up on (parked with the dead letters)",
@@ -358,6 +365,9 @@ class PrometheusMetrics:
         self.notification_attempts.labels(channel, outcome).inc()
         if outcome == "dead_lettered":
             self.dead_letters.labels(channel).inc()
+
+    def subscription_acks_written(self, outcome: str, subscriptions: int) -> None:
+        self.subscription_acks.labels(outcome).inc(subscriptions)
 
     def cache_looked_up(self, cache: str, hit: bool) -> None:
         self.cache_lookups.labels(cache, "hit" if hit else "miss").inc()

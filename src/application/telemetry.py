@@ -37,6 +37,12 @@ class Telemetry(Protocol):
         """A cache was asked for an answer and had it (``hit``) or not."""
         ...
 
+    def subscription_acks_written(self, outcome: str, subscriptions: int) -> None:
+        """A write of durable subscriptions' acknowledged positions ended ``stored``,
+        ``failed`` (kept for the next write) or ``gone`` (the subscriptions were deleted),
+        for this many subscriptions (ADR 0038)."""
+        ...
+
     def reconciliation_completed(
         self, seconds: float, discrepancies: Mapping[str, int], completed_at: float
     ) -> None:
@@ -58,6 +64,9 @@ class NoTelemetry:
         pass
 
     def cache_looked_up(self, cache: str, hit: bool) -> None:
+        pass
+
+    def subscription_acks_written(self, outcome: str, subscriptions: int) -> None:
         pass
 
     def reconciliation_completed(

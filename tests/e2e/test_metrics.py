@@ -88,7 +88,7 @@ def test_ingest_delivery_sockets_and_cache_show_on_metrics(tmp_path: Path) -> No
             for (name, labels), value in samples.items()
             if name == "dr_follower_lag_positions"
         }
-        assert set(lag) == {"hot", "history", "alerts", "notifications", "relay"}, lag
+        assert set(lag) == {"hot", "history", "alerts", "anomalies", "notifications", "relay"}, lag
         assert set(lag.values()) == {0.0}, lag
         assert samples[("dr_log_head_position", NO_LABELS)] == settle(http)["log_head"]
 

@@ -18,6 +18,7 @@ from defi_realtime.application.durable_subscriptions import DurableSubscriptions
 from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.realtime import Connection, RealtimeHub
+from defi_realtime.application.telemetry import NoTelemetry
 from defi_realtime.domain.subscription import InvalidSubscription
 from tests.property.test_ws_resume import event_store
 
@@ -271,9 +272,26 @@ class FlakyStore:
         return await self.store.advance(acknowledged)
 
 
+class Outcomes(NoTelemetry):
+    """Records what the acknowledgement writes report."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, int]] = []
+
+    def subscription_acks_written(self, outcome: str, subscriptions: int) -> None:
+        self.outcomes.append((outcome, subscriptions))
+
+
 async def test_acknowledgements_a_failed_write_kept_are_written_next_time(world: World) -> None:
-    flaky = FlakyStore(world.store)
-    hub = RealtimeHub(world.event_log, world.state, offload=inline, durable=flaky, ack_interval=0)
+    flaky, telemetry = FlakyStore(world.store), Outcomes()
+    hub = RealtimeHub(
+        world.event_log,
+        world.state,
+        offload=inline,
+        durable=flaky,
+        ack_interval=0,
+        telemetry=telemetry,
+    )
     try:
         view = await world.store.create("alice", "protocols")
         world.ingest("aave", "uni")
@@ -292,6 +310,7 @@ async def test_acknowledgements_a_failed_write_kept_are_written_next_time(world:
                 hub.flush()
         assert flaky.failures == 0
         assert (await world.store.get("alice", view.id)).position == last
+        assert telemetry.outcomes == [("failed", 1), ("stored", 1)]
     finally:
         hub.close()
 

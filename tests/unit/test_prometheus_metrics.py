@@ -64,6 +64,17 @@ def test_dead_letters_and_slow_consumer_closes_have_their_own_counters() -> None
     assert samples[("dr_websocket_handshakes_total", frozenset({("result", "4001")}))] == 1
 
 
+def test_acknowledgement_writes_are_counted_per_subscription_by_outcome() -> None:
+    metrics = PrometheusMetrics()
+    metrics.subscription_acks_written("stored", 3)
+    metrics.subscription_acks_written("failed", 2)
+    metrics.subscription_acks_written("stored", 1)
+    samples = _samples(metrics)
+    written = "dr_subscription_acks_written_total"
+    assert samples[(written, frozenset({("outcome", "stored")}))] == 4
+    assert samples[(written, frozenset({("outcome", "failed")}))] == 2
+
+
 def test_requests_are_timed_by_route_method_and_status_class() -> None:
     metrics = PrometheusMetrics()
     metrics.request_answered("/v2/protocols/{slug:str}", "GET", 404, 0.3)

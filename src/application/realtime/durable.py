@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from ..telemetry import NO_TELEMETRY, Telemetry
 from .outbox import Connection
 from .protocol import Filter, dumps, with_id
 
@@ -76,8 +77,10 @@ class Acknowledgements:
         *,
         interval: float = ACK_INTERVAL,
         on_gone: Callable[[str], None] = lambda _id: None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry
         self.interval = interval
         self._on_gone = on_gone
         self._pending: dict[str, _Acknowledged] = {}
@@ -133,6 +136,7 @@ class Acknowledgements:
             )
         except Exception:
             log.exception("storing subscription acknowledgements failed; retrying later")
+            self.telemetry.subscription_acks_written("failed", len(self._writing))
             for key, held in self._writing.items():
                 again = self._pending.setdefault(key, held)
                 if again is not held:
@@ -142,6 +146,9 @@ class Acknowledgements:
         finally:
             written, self._writing = self._writing, {}
         self.written += 1
+        self.telemetry.subscription_acks_written("stored", len(written) - len(gone))
+        if gone:
+            self.telemetry.subscription_acks_written("gone", len(gone))
         for key, held in written.items():
             if key in gone:
                 self._on_gone(key)

@@ -108,7 +108,9 @@ class RealtimeHub:
         self.acks = (
             None
             if durable is None
-            else Acknowledgements(durable, interval=ack_interval, on_gone=self.durable_closed)
+            else Acknowledgements(
+                durable, interval=ack_interval, on_gone=self.durable_closed, telemetry=telemetry
+            )
         )
         self._attaching: set[tuple[Connection, str]] = set()
         self._lookups: set[asyncio.Task[None]] = set()
