@@ -42,7 +42,14 @@ from .chains import ChainInfo, canonical_chain, chain_info, chain_key, known_cha
 from .errors import DomainError, InvalidObservation, InvalidTransition
 from .observations import METRICS, OBSERVED_AT_RANGE, TOTAL, Metric
 from .protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
-from .subscription import CHANNELS, InvalidSubscription, Subscription
+from .subscription import (
+    CHANNELS,
+    InvalidSubscription,
+    Subscription,
+    SubscriptionBook,
+    SubscriptionNameTaken,
+    SubscriptionQuotaExceeded,
+)
 from .token import TOKEN_ID_PATTERN, Token, canonical_token_id, check_token_id
 
 __all__ = [
@@ -77,6 +84,9 @@ __all__ = [
     "RuleState",
     "RuleTarget",
     "Subscription",
+    "SubscriptionBook",
+    "SubscriptionNameTaken",
+    "SubscriptionQuotaExceeded",
     "ThresholdCondition",
     "Tier",
     "TierLimits",

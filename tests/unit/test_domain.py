@@ -38,7 +38,13 @@ from defi_realtime.domain.observations import (
     is_value,
 )
 from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
-from defi_realtime.domain.subscription import InvalidSubscription, Subscription
+from defi_realtime.domain.subscription import (
+    InvalidSubscription,
+    Subscription,
+    SubscriptionBook,
+    SubscriptionNameTaken,
+    SubscriptionQuotaExceeded,
+)
 from defi_realtime.domain.token import Token, canonical_token_id, check_token_id
 
 T0 = 1_700_000_000.0
@@ -1279,6 +1285,41 @@ def test_closed_subscription_refuses_commands() -> None:
     with pytest.raises(InvalidTransition, match="already closed"):
         subscription.close()
     assert then(subscription) == []
+
+
+def test_a_subscription_starts_where_it_is_told() -> None:
+    subscription = Subscription.open("alice", "prices", name="eth", position=42)
+    assert (subscription.name, subscription.position) == ("eth", 42)
+    for position in (-1, True, 1.5):
+        with pytest.raises(InvalidSubscription, match="position"):
+            Subscription.open("alice", "prices", position=position)  # type: ignore[arg-type]
+
+
+def test_subscription_book_names_are_unique_and_places_bounded() -> None:
+    builder = SubscriptionBook.open("alice")
+    builder.admit("s1", "eth", limit=2)
+    book = given(builder.collect_events())
+    assert book.id == SubscriptionBook.id_for("alice")
+    with pytest.raises(SubscriptionNameTaken) as taken:
+        book.admit("s2", "eth", limit=2)
+    assert (taken.value.existing, taken.value.field) == ("s1", "name")
+    book.admit("s2", "", limit=2)  # unnamed ones never clash
+    with pytest.raises(SubscriptionQuotaExceeded):
+        book.admit("s3", "", limit=2)
+    assert then(book) == [("Admitted", {"subscription_id": "s2", "name": ""})]
+
+
+def test_subscription_book_release_frees_the_name_once() -> None:
+    builder = SubscriptionBook.open("alice")
+    builder.admit("s1", "eth", limit=5)
+    book = given(builder.collect_events())
+    assert book.release("s1") is True
+    assert book.release("s1") is False  # nothing more to release: no event
+    book.admit("s2", "eth", limit=5)
+    assert then(book) == [
+        ("Released", {"subscription_id": "s1"}),
+        ("Admitted", {"subscription_id": "s2", "name": "eth"}),
+    ]
 
 
 # --- ApiKey -------------------------------------------------------------------------------
