@@ -36,7 +36,9 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import resolve_topic
 
 from ..application.log import LogBatch, LogEntry
+from ..domain.account import legacy_account_id
 from ..domain.alert_rule import AlertRule, public_channels
+from ..domain.api_key import ApiKey
 from ..domain.chains import canonical_chain
 from ..domain.protocol import Protocol
 from ..domain.token import Token, canonical_token_id
@@ -148,6 +150,24 @@ def _rule_state(kind: str, state: str) -> _Translate:
     return translate
 
 
+def _key_issued(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    # Keys issued before accounts name no account: theirs is derived from the owner.
+    account = event.get("account_id") or str(legacy_account_id(event["owner"]))
+    return "api_key_issued", str(event["originator_id"]), {"account_id": str(account)}
+
+
+def _key_revoked(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return "api_key_revoked", str(event["originator_id"]), {}
+
+
+def _key_rotated_out(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "api_key_rotated_out",
+        str(event["originator_id"]),
+        {"grace_until": float(event["grace_until"])},
+    )
+
+
 # Keyed by the event class's qualified name (``@event("Listed")`` makes ``Protocol.Listed``).
 TRANSLATIONS: Mapping[str, _Translate] = {
     f"{Protocol.__name__}.Listed": _listed,
@@ -161,6 +181,9 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{AlertRule.__name__}.Paused": _rule_state("alert_rule_paused", "paused"),
     f"{AlertRule.__name__}.Resumed": _rule_state("alert_rule_resumed", "active"),
     f"{AlertRule.__name__}.Deleted": _rule_state("alert_rule_deleted", "deleted"),
+    f"{ApiKey.__name__}.Issued": _key_issued,
+    f"{ApiKey.__name__}.Revoked": _key_revoked,
+    f"{ApiKey.__name__}.RotatedOut": _key_rotated_out,
 }
 
 

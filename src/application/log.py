@@ -2,8 +2,8 @@
 
 Projections, the fan-out and WebSocket clients see the event log as ``LogBatch``es: each
 covers a contiguous range of global positions ``(after, last]`` and carries the entries of
-that range that matter downstream (facts about other aggregates, such as API keys, are left
-out but their positions are still covered). A consumer that has applied everything up to
+that range that matter downstream (facts nobody downstream needs, such as accounts being opened, are
+left out but their positions are still covered). A consumer that has applied everything up to
 ``after`` can apply the batch; anything else is a gap or a duplicate it can detect.
 """
 
@@ -25,6 +25,9 @@ EntryKind = Literal[
     "alert_rule_paused",
     "alert_rule_resumed",
     "alert_rule_deleted",
+    "api_key_issued",
+    "api_key_revoked",
+    "api_key_rotated_out",
 ]
 # An alert rule's lifecycle, in the order a rule can live it (consumers that do not follow
 # rules, such as the hot projections and the realtime hub, ignore these kinds).
@@ -35,9 +38,13 @@ ALERT_RULE_KINDS: Final[tuple[str, ...]] = (
     "alert_rule_resumed",
     "alert_rule_deleted",
 )
+# An API key's life (key: the key's id): every node forgets what it cached about the key
+# and closes its sockets when it is revoked (docs/adr/0039).
+API_KEY_KINDS: Final[tuple[str, ...]] = ("api_key_issued", "api_key_revoked", "api_key_rotated_out")
 ENTRY_KINDS: Final[frozenset[str]] = frozenset(
     {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
     | set(ALERT_RULE_KINDS)
+    | set(API_KEY_KINDS)
 )
 
 
@@ -63,7 +70,9 @@ class LogEntry:
     ``target``, ``condition``, ``channels``, ``cooldown``, ``state``; ``alert_rule_updated``:
     ``name``, ``condition``, ``channels``, ``cooldown``; ``alert_rule_paused`` /
     ``_resumed`` / ``_deleted``: ``state``. Channels are listed without their secrets: a
-    webhook secret never leaves the event store.
+    webhook secret never leaves the event store. For API keys (key: the key's id, never
+    its hash), ``api_key_issued``: ``account_id``; ``api_key_revoked``: nothing;
+    ``api_key_rotated_out``: ``grace_until`` (unix seconds).
     """
 
     position: int

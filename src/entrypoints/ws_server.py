@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..application.realtime import (
+    CLOSE_FORBIDDEN,
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNAUTHORIZED,
     Connection,
     RealtimeHub,
 )
-from .auth import ApiKeyBackend, InvalidKey
+from .auth import ApiKeyBackend, ForbiddenAddress, InvalidKey
 from .settings import Settings
 
 REALTIME_PATH: Final = "/v2/realtime"
@@ -43,6 +44,8 @@ class Admission:
     batch: bool
     reserved: bool
     address: str | None = None
+    key_id: str | None = None
+    valid_until: float | None = None
 
 
 @dataclass(slots=True)
@@ -78,8 +81,8 @@ class SocketGateway:
     async def admit(
         self, headers: Mapping[str, str], query: Mapping[str, str], address: str | None = None
     ) -> Admission:
-        """Check a handshake (header names in lower case) from the peer at ``address``;
-        raise ``HandshakeRefused``."""
+        """Check a handshake (header names in lower case) from the peer at ``address``
+        (the client behind it when the peer is a trusted proxy); raise ``HandshakeRefused``."""
         try:
             admission = await self._admit(headers, query, address)
         except HandshakeRefused as refused:
@@ -95,10 +98,14 @@ class SocketGateway:
         origin = headers.get("origin")
         if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
             raise HandshakeRefused(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
+        address = self.auth.client(address, headers)
         try:
-            key = await self.auth.identify(headers, query, websocket=True)
+            found = await self.auth.identify(headers, query, websocket=True, address=address)
         except InvalidKey:
-            raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key") from None
+            raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key or session token") from None
+        except ForbiddenAddress:
+            raise HandshakeRefused(CLOSE_FORBIDDEN, "address not allowed for this key") from None
+        key = None if found is None else found[0]
         if key is None and self.settings.require_key_for_reads:
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "an API key is required")
         batch = query.get("batch", "").lower() in ("1", "true", "yes")
@@ -108,7 +115,15 @@ class SocketGateway:
             raise HandshakeRefused(
                 CLOSE_TOO_MANY_CONNECTIONS, "too many connections for this API key"
             )
-        return Admission(key.owner, key.limits.subscriptions_per_connection, batch, True, address)
+        return Admission(
+            key.owner,
+            key.limits.subscriptions_per_connection,
+            batch,
+            True,
+            address,
+            key_id=str(key.id),
+            valid_until=key.valid_until(),
+        )
 
     def abandon(self, admission: Admission) -> None:
         """The socket went away between admission and ``open``."""
@@ -135,6 +150,8 @@ class SocketGateway:
             max_subscriptions=admission.max_subscriptions,
             batch=admission.batch,
             address=admission.address,
+            key_id=admission.key_id,
+            valid_until=admission.valid_until,
             # Counted by the connection into the gateway's one tally (frames, bytes,
             # closes): a closure per connection cost ~0.5 KB of 10,000 sockets' memory.
             tally=self.tally,
