@@ -112,6 +112,7 @@ def serve(
     import uvicorn
 
     from .api import create_app
+    from .client_address import uvicorn_proxy_options
     from .http_transport import head_guarded_http
     from .ws_transport import RealtimeWebSocketProtocol
 
@@ -167,8 +168,7 @@ def serve(
             backlog=4096,
             # The one client-address rule (TRUSTED_PROXIES, entrypoints/client_address.py)
             # for uvicorn's access log too; by default no forwarding header is believed.
-            proxy_headers=bool(settings.trusted_networks),
-            forwarded_allow_ips=settings.trusted_proxies or None,
+            **uvicorn_proxy_options(settings.trusted_proxies),
         )
     finally:
         if metrics_dir is not None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["Network", "client_address"]
+__all__ = ["Network", "client_address", "uvicorn_proxy_options"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORWARDED_FOR = "x-forwarded-for"
@@ -48,3 +49,12 @@ def client_address(
         if not _trusted(hop, trusted):
             return hop
     return hops[0]  # every hop is a trusted proxy: the first one is where it came from
+
+
+def uvicorn_proxy_options(trusted_proxies: str) -> dict[str, Any]:
+    """uvicorn's options for the same rule (its default would believe ``X-Forwarded-For``
+    from 127.0.0.1 and rewrite the client address before the API sees it)."""
+    return {
+        "proxy_headers": bool(trusted_proxies.strip()),
+        "forwarded_allow_ips": trusted_proxies.strip() or None,
+    }

@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.entrypoints.api import create_app
+from defi_realtime.entrypoints.client_address import uvicorn_proxy_options
 from defi_realtime.entrypoints.http_transport import head_guarded_http
 from defi_realtime.entrypoints.settings import Settings
 from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
@@ -108,6 +109,7 @@ def start_server(
         ws=ws,
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,
+        **uvicorn_proxy_options(settings.trusted_proxies),  # as `defi-realtime serve`
     )
     uv_server = uvicorn.Server(config)
     errors = _ErrorRecords()
