@@ -200,10 +200,10 @@ async def test_revocation_closes_sockets_of_the_asgi_transport_too(tmp_path: Any
             assert time.monotonic() - revoked_at < REVOCATION_BOUND
 
 
-# --- Bearer and session tokens --------------------------------------------------------------
+# --- Bearer, session tokens, IP allow-lists ---------------------------------------------
 
 
-async def test_bearer_keys_and_session_tokens(server: LiveServer) -> None:
+async def test_bearer_keys_session_tokens_and_ip_allow_lists(server: LiveServer) -> None:
     key = server.api_key
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as http:
         bearer = {"Authorization": f"Bearer {key}"}
@@ -234,12 +234,11 @@ async def test_bearer_keys_and_session_tokens(server: LiveServer) -> None:
         async with opened_socket(server, headers=bearer):
             pass
         assert await refused_handshake(server, f"{server.ws_url}?token={forged}") in (4001, 403)
+    await _allow_lists(server)
 
 
-# --- IP allow-lists ------------------------------------------------------------------------
-
-
-async def test_ip_allow_lists(server: LiveServer) -> None:
+async def _allow_lists(server: LiveServer) -> None:
+    """IP allow-lists (enterprise keys): from elsewhere, 403 and 4003."""
     elsewhere = issue(server, "vpn-only", tier="enterprise", allowed_ips=["10.0.0.0/8"])
     here = issue(server, "office", tier="enterprise", allowed_ips=["127.0.0.0/8", "::1"])
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10.0) as http:
