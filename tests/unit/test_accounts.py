@@ -74,9 +74,7 @@ def test_legacy_keys_keep_their_owner_and_their_rules(app: DefiRealtime) -> None
     """Keys issued before accounts: their owner string maps to one derived account, whose
     new keys record their data under the same owner, so the old rules stay theirs."""
     _legacy_key(app, "drt_old", "alice")
-    app.create_alert_rule(
-        "alice", {"token": "coingecko:ethereum"}, BELOW, [{"kind": "websocket"}]
-    )
+    app.create_alert_rule("alice", {"token": "coingecko:ethereum"}, BELOW, [{"kind": "websocket"}])
     old = app.authenticate("drt_old")
     assert old is not None
     assert (old.owner, old.account_id) == ("alice", legacy_account_id("alice"))
