@@ -500,9 +500,26 @@ def test_the_hub_emits_only_documented_message_types() -> None:
                 {"owner": "alice", "measure": 1.0, "observed_at": T0, "idempotency_key": "k"},
                 T0,
             ),
+            LogEntry(
+                3,
+                "anomaly_detected",
+                "aave-v3",
+                {
+                    "series": "aave-v3:tvl:total",
+                    "measure": "tvl",
+                    "observed_at": T0,
+                    "value": 1.0,
+                    "score": 9.0,
+                    "direction": "fall",
+                    "reason": "a fall of 9 robust deviations",
+                    "position": 1,
+                },
+                T0,
+            ),
         )
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "protocols"}))
-        await hub.deliver(LogBatch(after=0, last=2, entries=entries))
+        hub.receive(owner, json.dumps({"type": "subscribe", "channel": "anomalies"}))
+        await hub.deliver(LogBatch(after=0, last=3, entries=entries))
         await asyncio.sleep(0)
         return seen
 
