@@ -84,7 +84,7 @@ class DefiLlamaHttpSource:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_transient),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=self._backoff, max=30),
+            wait=wait_exponential_jitter(multiplier=self._backoff, max=30),
             reraise=True,
         ):
             with attempt:

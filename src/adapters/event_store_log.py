@@ -36,8 +36,10 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import resolve_topic
 
 from ..application.log import LogBatch, LogEntry
+from ..domain.account import legacy_account_id
 from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.anomaly import AnomalyLog
+from ..domain.api_key import ApiKey
 from ..domain.chains import canonical_chain
 from ..domain.protocol import Protocol
 from ..domain.token import Token, canonical_token_id
@@ -177,6 +179,24 @@ def _anomaly(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     )
 
 
+def _key_issued(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    # Keys issued before accounts name no account: theirs is derived from the owner.
+    account = event.get("account_id") or str(legacy_account_id(event["owner"]))
+    return "api_key_issued", str(event["originator_id"]), {"account_id": str(account)}
+
+
+def _key_revoked(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return "api_key_revoked", str(event["originator_id"]), {}
+
+
+def _key_rotated_out(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "api_key_rotated_out",
+        str(event["originator_id"]),
+        {"grace_until": float(event["grace_until"])},
+    )
+
+
 # Keyed by the event class's qualified name (``@event("Listed")`` makes ``Protocol.Listed``).
 TRANSLATIONS: Mapping[str, _Translate] = {
     f"{Protocol.__name__}.Listed": _listed,
@@ -191,6 +211,9 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{AlertRule.__name__}.Resumed": _rule_state("alert_rule_resumed", "active"),
     f"{AlertRule.__name__}.Deleted": _rule_state("alert_rule_deleted", "deleted"),
     f"{AnomalyLog.__name__}.AnomalyDetected": _anomaly,
+    f"{ApiKey.__name__}.Issued": _key_issued,
+    f"{ApiKey.__name__}.Revoked": _key_revoked,
+    f"{ApiKey.__name__}.RotatedOut": _key_rotated_out,
 }
 
 

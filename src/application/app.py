@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -23,7 +24,9 @@ from eventsourcing.application import (
 )
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Mapper, Recording
+from eventsourcing.utils import get_topic
 
+from ..domain.account import Account
 from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
 from ..domain.anomaly import AnomalyLog
@@ -72,6 +75,12 @@ class SubscriptionNotFound(LookupError):
 
 class ApiKeyNotFound(LookupError):
     pass
+
+
+class AccountNotFound(LookupError):
+    def __init__(self, account_id: UUID | str) -> None:
+        super().__init__(f"account {account_id} not found")
+        self.account_id = str(account_id)
 
 
 class DefiRealtime(Application[UUID]):
@@ -401,27 +410,134 @@ class DefiRealtime(Application[UUID]):
             self._save_or_evict(protocol)
         return changed
 
-    # -- API keys -------------------------------------------------------------------------
+    # -- accounts and API keys -----------------------------------------------------------
 
-    def issue_api_key(self, name: str, tier: str = "free", owner: str | None = None) -> str:
-        """Issue a key and return its secret (shown once; only its hash is stored)."""
+    def open_account(self, name: str = "", contact: str = "") -> UUID:
+        """A new account (its own id, whatever its name)."""
+        account = Account.open(name, contact)
+        self.save(account)
+        return account.id
+
+    def get_account(self, account_id: UUID) -> Account:
+        """The account ``account_id``; a legacy account (keys issued before accounts) is
+        adopted on the way, keeping the owner its keys had. ``AccountNotFound``."""
+        try:
+            return self._get_fresh(account_id, Account, AccountNotFound(account_id))
+        except AccountNotFound:
+            legacy = self._legacy_owner(account_id)
+            if legacy is None:
+                raise
+        account = Account.adopt(legacy)
+        try:
+            self.save(account)
+        except IntegrityError:  # adopted meanwhile by another command: the same account
+            return self._get_fresh(account_id, Account, AccountNotFound(account_id))
+        return account
+
+    def _legacy_owner(self, account_id: UUID) -> str | None:
+        for key in self.api_keys():
+            if key.account_id == account_id and key.owner != str(account_id):
+                return key.owner
+        return None
+
+    def accounts(self) -> list[Account | UUID]:
+        """Every account: the opened ones, and the ids of legacy accounts not adopted yet."""
+        opened = [
+            self._get_fresh(aggregate_id, Account, AccountNotFound(aggregate_id))
+            for aggregate_id in self._originators(Account, "Opened")
+        ]
+        found: list[Account | UUID] = list(opened)
+        known = {account.id for account in opened}
+        for key in self.api_keys():
+            if key.account_id not in known:
+                known.add(key.account_id)
+                found.append(key.account_id)
+        return found
+
+    def issue_api_key(
+        self,
+        name: str,
+        tier: str = "free",
+        *,
+        account_id: UUID | None = None,
+        allowed_ips: Sequence[str] = (),
+    ) -> str:
+        """Issue a key of ``account_id`` (of a new account named ``name`` when None) and
+        return its secret (shown once; only its hash is stored). ``AccountNotFound``."""
         secret = "drt_" + secrets.token_urlsafe(32)
-        self.save(ApiKey.issue(secret, name=name, tier=tier, owner=owner))
+        if account_id is None:
+            account = Account.open(name)
+            key = ApiKey.issue(secret, name, account, tier, allowed_ips)
+            self.save_aggregates([account, key])
+        else:
+            account = self.get_account(account_id)
+            self.save(ApiKey.issue(secret, name, account, tier, allowed_ips))
         return secret
 
     def authenticate(self, secret: str) -> ApiKey | None:
-        """The live (not revoked) key for ``secret``, or None."""
+        """The key for ``secret`` if it works now (not revoked, not past its grace)."""
+        key = self.find_api_key(ApiKey.id_for(hash_key(secret)))
+        return key if key is not None and key.usable(time.time()) else None
+
+    def find_api_key(self, key_id: UUID) -> ApiKey | None:
+        """The key ``key_id`` as stored now (revoked and rotated ones too), or None."""
         try:
-            key = self._get_fresh(ApiKey.id_for(hash_key(secret)), ApiKey, ApiKeyNotFound())
+            return self._get_fresh(key_id, ApiKey, ApiKeyNotFound())
         except ApiKeyNotFound:
             return None
-        return None if key.revoked else key
 
-    def revoke_api_key(self, secret_or_hash: str) -> None:
-        key_hash = secret_or_hash if len(secret_or_hash) == 64 else hash_key(secret_or_hash)
-        key = self._get_cached(ApiKey.id_for(key_hash), ApiKey, ApiKeyNotFound())
-        key.revoke()
-        self._save_or_evict(key)
+    def api_keys(self, account_id: UUID | None = None) -> list[ApiKey]:
+        """The keys (of ``account_id``), in the order they were issued, secrets never kept."""
+        keys = [
+            self._get_fresh(key_id, ApiKey, ApiKeyNotFound())
+            for key_id in self._originators(ApiKey, "Issued")
+        ]
+        return [key for key in keys if account_id is None or key.account_id == account_id]
+
+    def _api_key(self, key: str) -> ApiKey:
+        """The key given as its secret, its SHA-256 hash or its id. ``ApiKeyNotFound``."""
+        try:
+            key_id = UUID(key)
+        except ValueError:
+            key_id = ApiKey.id_for(key if len(key) == 64 else hash_key(key))
+        return self._get_cached(key_id, ApiKey, ApiKeyNotFound())
+
+    def revoke_api_key(self, key: str) -> UUID:
+        """Revoke a key (its secret, hash or id); returns its id."""
+        found = self._api_key(key)
+        found.revoke()
+        self._save_or_evict(found)
+        return found.id
+
+    def rotate_api_key(self, key: str, grace: float) -> str:
+        """A new key of the same account, name, tier and allow-list; the old one keeps
+        working for ``grace`` seconds. Returns the new secret (shown once)."""
+        old = self._api_key(key)
+        account = self.get_account(old.account_id)
+        secret = "drt_" + secrets.token_urlsafe(32)
+        new = ApiKey.issue(secret, old.name, account, old.tier, old.allowed_ips)
+        old.rotate_out(time.time() + max(0.0, grace))
+        try:
+            self.save_aggregates([old, new])
+        except BaseException:
+            self._evict({old.id: old})
+            raise
+        return secret
+
+    def _originators(self, kind: type[Aggregate], created: str) -> list[UUID]:
+        """The ids of the ``kind`` aggregates (their creation event: ``created``), in log
+        order (a topic-filtered scan: for operator commands, not for requests)."""
+        topic = get_topic(getattr(kind, created))
+        ids: list[UUID] = []
+        start = 0
+        while True:
+            page = self.recorder.select_notifications(
+                start=start, limit=1_000, topics=[topic], inclusive_of_start=False
+            )
+            ids.extend(UUID(str(notification.originator_id)) for notification in page)
+            if len(page) < 1_000:
+                return ids
+            start = page[-1].id
 
     # -- alert rules ----------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Projections, the fan-out and WebSocket clients see the event log as ``LogBatch``es: each
 covers a contiguous range of global positions ``(after, last]`` and carries the entries of
-that range that matter downstream (facts about other aggregates, such as API keys, are left
-out but their positions are still covered). A consumer that has applied everything up to
+that range that matter downstream (facts nobody downstream needs, such as accounts being opened, are
+left out but their positions are still covered). A consumer that has applied everything up to
 ``after`` can apply the batch; anything else is a gap or a duplicate it can detect.
 """
 
@@ -26,6 +26,9 @@ EntryKind = Literal[
     "alert_rule_resumed",
     "alert_rule_deleted",
     "anomaly_detected",
+    "api_key_issued",
+    "api_key_revoked",
+    "api_key_rotated_out",
 ]
 # An alert rule's lifecycle, in the order a rule can live it (consumers that do not follow
 # rules, such as the hot projections and the realtime hub, ignore these kinds).
@@ -36,10 +39,14 @@ ALERT_RULE_KINDS: Final[tuple[str, ...]] = (
     "alert_rule_resumed",
     "alert_rule_deleted",
 )
+# An API key's life (key: the key's id): every node forgets what it cached about the key
+# and closes its sockets when it is revoked (docs/adr/0039).
+API_KEY_KINDS: Final[tuple[str, ...]] = ("api_key_issued", "api_key_revoked", "api_key_rotated_out")
 ENTRY_KINDS: Final[frozenset[str]] = frozenset(
     {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
     | set(ALERT_RULE_KINDS)
     | {"anomaly_detected"}
+    | set(API_KEY_KINDS)
 )
 
 
@@ -69,7 +76,9 @@ class LogEntry:
     ``_resumed`` / ``_deleted``: ``state``; ``anomaly_detected`` (key: the protocol slug or
     token id): ``series``, ``measure``, ``observed_at``, ``value``, ``score``,
     ``direction``, ``reason``, ``position`` (of the observation behind it). Channels are
-    listed without their secrets: a webhook secret never leaves the event store.
+    listed without their secrets: a webhook secret never leaves the event store. For API
+    keys (key: the key's id, never its hash), ``api_key_issued``: ``account_id``;
+    ``api_key_revoked``: nothing; ``api_key_rotated_out``: ``grace_until`` (unix seconds).
     """
 
     position: int

@@ -9,6 +9,7 @@ API; the submodules hold the rest.
 
 from __future__ import annotations
 
+from .account import Account, legacy_account_id
 from .alert_rule import (
     AlertRule,
     Firing,
@@ -37,7 +38,15 @@ from .alert_values import (
     parse_target,
 )
 from .anomaly import AnomalyLog
-from .api_key import TIER_LIMITS, ApiKey, InvalidTier, Tier, TierLimits, hash_key
+from .api_key import (
+    TIER_LIMITS,
+    ApiKey,
+    InvalidAllowList,
+    InvalidTier,
+    Tier,
+    TierLimits,
+    hash_key,
+)
 from .chains import ChainInfo, canonical_chain, chain_info, chain_key, known_chains
 from .errors import DomainError, InvalidObservation, InvalidTransition
 from .observations import METRICS, OBSERVED_AT_RANGE, TOTAL, Metric
@@ -60,6 +69,7 @@ __all__ = [
     "TIER_LIMITS",
     "TOKEN_ID_PATTERN",
     "TOTAL",
+    "Account",
     "AlertRule",
     "AnomalyLog",
     "ApiKey",
@@ -70,6 +80,7 @@ __all__ = [
     "DomainError",
     "EmailChannel",
     "Firing",
+    "InvalidAllowList",
     "InvalidObservation",
     "InvalidRule",
     "InvalidSubscription",
@@ -104,6 +115,7 @@ __all__ = [
     "hash_key",
     "is_slug",
     "known_chains",
+    "legacy_account_id",
     "next_transition",
     "parse_channels",
     "parse_condition",

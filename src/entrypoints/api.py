@@ -39,6 +39,7 @@ from .analytics_api import analytics_routes
 from .anomalies_api import anomaly_routes
 from .asyncapi import asyncapi_document
 from .auth import on_auth_error, require_key
+from .auth_api import auth_routes
 from .coins_api import coin_routes
 from .container import build_container, provide
 from .cors import cors_middleware
@@ -723,6 +724,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/v2/realtime/prices", REALTIME_PRICES.serve(realtime_prices)),
         OperationRoute("/v2/realtime/volumes", REALTIME_VOLUMES.serve(realtime_volumes)),
         OperationRoute("/v2/ingest", INGEST.serve(ingest)),
+        *auth_routes(),
         *alert_routes(_read_json_body),
         *alert_history_routes(),
         *subscription_routes(_read_json_body),
@@ -767,5 +769,6 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.sessions = container.sessions()
     app.state.openapi = OpenApi(routes, require_key_for_reads=settings.require_key_for_reads)
     return app

@@ -112,13 +112,24 @@ def _handshake() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "X-API-Key": {"type": "string"},
+                "Authorization": {
+                    "type": "string",
+                    "description": "Bearer <key or session token>",
+                },
                 "Origin": {"type": "string", "description": "checked against WS_ALLOWED_ORIGINS"},
             },
         },
         "query": {
             "type": "object",
             "properties": {
-                "api_key": {"type": "string", "description": "instead of the X-API-Key header"},
+                "token": {
+                    "type": "string",
+                    "description": "a session token (POST /v2/auth/token), for browsers",
+                },
+                "api_key": {
+                    "type": "string",
+                    "description": "deprecated: the key itself (use token)",
+                },
                 "batch": {
                     "type": "string",
                     "enum": ["1", "true"],

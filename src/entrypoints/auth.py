@@ -1,17 +1,24 @@
 """API-key authentication, one mechanism for every transport.
 
-Where a key comes from (``credential``), and who it is (``KeyRing.identify``), are decided
-here once: Starlette's ``AuthenticationMiddleware`` runs ``ApiKeyBackend`` for every HTTP
-request and ASGI WebSocket, and the lean WebSocket transport (which never reaches the ASGI
-app) asks the same backend through ``SocketGateway.admit``. A request with no key is
-anonymous (``request.user.is_authenticated`` is False); a request with a key that is not a
-live key is refused (401 ``unauthorized``; on a WebSocket handshake, close 4001).
+Where a credential comes from (``credential``), and whose key it is
+(``ApiKeyBackend.identify``), are decided here once: Starlette's
+``AuthenticationMiddleware`` runs ``ApiKeyBackend`` for every HTTP request, and both
+WebSocket transports ask the same backend through ``SocketGateway.admit``. A request with
+no credential is anonymous (``request.user.is_authenticated`` is False); one whose key is
+not live is refused (401 ``unauthorized``; on a WebSocket handshake, close 4001), and one
+from an address outside its key's IP allow-list too (403 ``forbidden``; close 4003).
+
+Credentials: ``X-API-Key: <key>``, ``Authorization: Bearer <key or session token>``, and on
+a WebSocket handshake only (browsers cannot set its headers) ``?token=<session token>`` or,
+deprecated, ``?api_key=<key>``. Query strings are redacted from every log line
+(``logs.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from starlette.authentication import (
     AuthCredentials,
@@ -24,20 +31,45 @@ from starlette.responses import Response
 
 from ..application.keyring import KeyRing
 from ..domain.api_key import ApiKey
+from .client_address import Network, client_address
 from .errors import ApiError, error_response
+from .sessions import SessionTokens
 
-__all__ = ["ApiKeyBackend", "KeyHolder", "credential", "require_key"]
+__all__ = [
+    "ApiKeyBackend",
+    "Credential",
+    "ForbiddenAddress",
+    "InvalidKey",
+    "KeyHolder",
+    "credential",
+    "require_key",
+]
 
 KEY_HEADER: Final = "x-api-key"
-# Browsers cannot set headers on a WebSocket handshake: there the key may come in the query.
+AUTHORIZATION: Final = "authorization"
+BEARER: Final = "bearer "
+KEY_PREFIX: Final = "drt_"
+# Browsers cannot set headers on a WebSocket handshake: there a session token may come in
+# the query, or (deprecated: a key in a URL ends up in histories and proxies) the key.
+TOKEN_QUERY: Final = "token"
 KEY_QUERY: Final = "api_key"
 
 
-class KeyHolder(BaseUser):
-    """The authenticated user: the holder of a live API key."""
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a request presents: an API key, or a session token minted from one."""
 
-    def __init__(self, key: ApiKey) -> None:
+    kind: Literal["key", "token"]
+    value: str
+
+
+class KeyHolder(BaseUser):
+    """The authenticated user: the holder of a live API key (or of a session token of
+    one: ``via``)."""
+
+    def __init__(self, key: ApiKey, via: Literal["key", "token"] = "key") -> None:
         self.key = key
+        self.via = via
 
     @property
     def is_authenticated(self) -> bool:
@@ -49,58 +81,111 @@ class KeyHolder(BaseUser):
 
     @property
     def identity(self) -> str:
+        """What the account's data is recorded under (``Account.owner``)."""
         return self.key.owner
 
 
 def credential(
     headers: Mapping[str, str], query: Mapping[str, str], *, websocket: bool
-) -> str | None:
-    """The API key a request presents (header names in lower case), if any."""
+) -> Credential | None:
+    """The credential a request presents (header names in lower case), if any."""
     key = headers.get(KEY_HEADER)
-    if not key and websocket:
+    if key:
+        return Credential("key", key)
+    authorization = headers.get(AUTHORIZATION, "")
+    if authorization[: len(BEARER)].lower() == BEARER:
+        value = authorization[len(BEARER) :].strip()
+        if value:
+            return Credential("key" if value.startswith(KEY_PREFIX) else "token", value)
+    if websocket:
+        token = query.get(TOKEN_QUERY)
+        if token:
+            return Credential("token", token)
         key = query.get(KEY_QUERY)
-    return key or None
+        if key:
+            return Credential("key", key)
+    return None
 
 
 class InvalidKey(AuthenticationError):
-    """A key was presented and it is not a live key."""
+    """A key or token was presented and it is not a live key's."""
+
+
+class ForbiddenAddress(AuthenticationError):
+    """A live key used from an address outside its IP allow-list."""
 
 
 class ApiKeyBackend(AuthenticationBackend):
-    """Starlette's authentication backend over the ``KeyRing``."""
+    """Starlette's authentication backend over the ``KeyRing`` and the session tokens."""
 
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(
+        self, keyring: KeyRing, sessions: SessionTokens, trusted_proxies: Sequence[Network] = ()
+    ) -> None:
         self.keyring = keyring
+        self.sessions = sessions
+        self.trusted_proxies = tuple(trusted_proxies)
+
+    def client(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        """The client's address (``client_address`` with ``TRUSTED_PROXIES``)."""
+        return client_address(peer, headers, self.trusted_proxies)
 
     async def identify(
-        self, headers: Mapping[str, str], query: Mapping[str, str], *, websocket: bool
-    ) -> ApiKey | None:
-        """The key presented, None when there is none; ``InvalidKey`` when it is not live."""
-        secret = credential(headers, query, websocket=websocket)
-        if secret is None:
+        self,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        *,
+        websocket: bool,
+        address: str | None = None,
+    ) -> tuple[ApiKey, Credential] | None:
+        """The key presented and how, None when there is none; ``InvalidKey`` when it is
+        not live, ``ForbiddenAddress`` when ``address`` is outside its allow-list."""
+        presented = credential(headers, query, websocket=websocket)
+        if presented is None:
             return None
-        key = await self.keyring.identify(secret)
+        if presented.kind == "key":
+            key = await self.keyring.identify(presented.value)
+        else:
+            key_id = self.sessions.key_id(presented.value)
+            key = None if key_id is None else await self.keyring.by_id(key_id)
         if key is None:
-            raise InvalidKey("invalid API key")
-        return key
+            raise InvalidKey("invalid API key or session token")
+        if not key.allows(address):
+            raise ForbiddenAddress("this key may not be used from this address")
+        return key, presented
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        key = await self.identify(
-            conn.headers, conn.query_params, websocket=conn.scope["type"] == "websocket"
-        )
-        if key is None:
+        if conn.scope["type"] == "websocket":
+            # The socket gateway checks handshakes itself, with WebSocket close codes
+            # (4001, 4003) that this middleware cannot send.
             return None
-        return AuthCredentials(["authenticated", f"tier:{key.tier}"]), KeyHolder(key)
+        peer = conn.client.host if conn.client is not None else None
+        found = await self.identify(
+            conn.headers,
+            conn.query_params,
+            websocket=False,
+            address=self.client(peer, conn.headers),
+        )
+        if found is None:
+            return None
+        key, presented = found
+        return AuthCredentials(["authenticated", f"tier:{key.tier}"]), KeyHolder(
+            key, presented.kind
+        )
 
 
 def on_auth_error(conn: HTTPConnection, exc: Exception) -> Response:
-    """A presented key that is not live: 401 in the API's error shape."""
-    return error_response(401, "unauthorized", "the API key is invalid or revoked")
+    """A presented key that is not live: 401; one used from elsewhere than its allow-list
+    says: 403. Both in the API's error shape."""
+    if isinstance(exc, ForbiddenAddress):
+        return error_response(403, "forbidden", "this API key may not be used from this address")
+    return error_response(401, "unauthorized", "the API key or session token is invalid or revoked")
 
 
 def require_key(request: Request) -> ApiKey:
     """The caller's key; 401 for an anonymous request."""
     user = request.user
     if not isinstance(user, KeyHolder):
-        raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
+        raise ApiError(
+            401, "unauthorized", "an X-API-Key header or an Authorization: Bearer is required"
+        )
     return user.key

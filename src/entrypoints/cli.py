@@ -25,6 +25,7 @@ from rich.table import Table
 
 from ..adapters.defillama_files import Format, UnknownFormatError, detect_format, estimate_items
 from ..application.importing import ImportTotals, import_items, import_prepared
+from .accounts_cli import accounts_cli, keys_cli
 from .alerts_cli import alerts_cli
 from .configuration import effective, reference
 from .console import err, progress_bar
@@ -45,9 +46,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 projections_cli = typer.Typer(help="Projections (read models).", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(alerts_cli, name="alerts")
 
@@ -163,7 +164,7 @@ def serve(
             ws=ws,
             ws_max_size=settings.ws_max_message,
             ws_per_message_deflate=False,
-            # The client address is TRUSTED_PROXIES' business (entrypoints/rate_limits.py),
+            # The client address is TRUSTED_PROXIES' business (entrypoints/client_address.py),
             # for both WebSocket transports alike: uvicorn's own rewrite would trust
             # 127.0.0.1 by default, so a local caller could name any address.
             proxy_headers=False,
@@ -441,39 +442,6 @@ def _http_url(value: str) -> bool:
     except ValueError:
         return False
     return parsed.scheme in ("http", "https") and bool(parsed.hostname)
-
-
-@keys_cli.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="who the key is for")],
-    tier: Annotated[str, typer.Option(help="free | basic | pro | enterprise")] = "free",
-    owner: Annotated[str | None, typer.Option(help="account (defaults to the name)")] = None,
-) -> None:
-    """Create an API key; prints the key as the only line on stdout."""
-    from ..domain.errors import DomainError
-
-    with opened(_settings()) as container:
-        try:
-            secret = container.application().issue_api_key(name=name, tier=tier, owner=owner)
-        except DomainError as error:
-            err.print(f"[red]{error}[/red]")
-            raise typer.Exit(2) from None
-    sys.stdout.write(secret + "\n")
-
-
-@keys_cli.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its SHA-256 hash")]) -> None:
-    """Revoke an API key."""
-    from ..application.app import ApiKeyNotFound
-    from ..domain.errors import DomainError
-
-    with opened(_settings()) as container:
-        try:
-            container.application().revoke_api_key(key)
-        except (ApiKeyNotFound, DomainError) as error:
-            err.print(f"[red]cannot revoke: {error or 'unknown key'}[/red]")
-            raise typer.Exit(2) from None
-    err.print("revoked")
 
 
 REBUILD_PAGE = 10_000

@@ -18,7 +18,7 @@ from .settings import Settings
 __all__ = ["effective", "reference"]
 
 # Settings whose value is a secret: never printed.
-_SECRETS: Final = frozenset({"smtp_password"})
+_SECRETS: Final = frozenset({"smtp_password", "session_secret"})
 _MASK: Final = "****"
 
 

@@ -26,6 +26,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
 from dependency_injector import containers, providers
 
@@ -43,6 +44,7 @@ from ..application.durable_subscriptions import DurableSubscriptions
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
+from ..application.log import LogBatch
 from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
 from ..application.ports import HotProjection, RateLimiter
 from ..application.rate_limiting import LeasedRateLimiter, RateLimits
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from ..adapters.sql_history import SqlHistoryReadModel
     from ..adapters.webhook_notifier import WebhookGuard, WebhookNotifier
     from .auth import ApiKeyBackend
+    from .sessions import SessionTokens
     from .ws_server import SocketGateway
 
 __all__ = ["Container", "build_container", "opened", "opened_async", "provide"]
@@ -291,10 +294,20 @@ def _redis_hot_projection(client: Redis, prefix: str) -> RedisHotProjection:
     return RedisHotProjection(client, prefix)
 
 
-def _auth_backend(keyring: KeyRing) -> ApiKeyBackend:
+def _sessions(settings: Settings) -> SessionTokens:
+    from .sessions import SessionTokens, session_secret
+
+    # Read (or generated once, in DATA_DIR) on first use: workers of a node sign alike.
+    return SessionTokens(
+        lambda: session_secret(settings.session_secret, settings.data_dir),
+        settings.session_token_ttl,
+    )
+
+
+def _auth_backend(keyring: KeyRing, sessions: SessionTokens, settings: Settings) -> ApiKeyBackend:
     from .auth import ApiKeyBackend
 
-    return ApiKeyBackend(keyring)
+    return ApiKeyBackend(keyring, sessions, settings.trusted_networks)
 
 
 def _gateway(
@@ -369,12 +382,12 @@ def _email_notifier(
     )
 
 
-def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[str], ApiKey | None]:
+def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[UUID], ApiKey | None]:
     """Key lookups that open the event store on first use, not when the API is built (its
     authentication middleware exists before the lifespan opens anything)."""
 
-    def lookup(secret: str) -> ApiKey | None:
-        return application().authenticate(secret)
+    def lookup(key_id: UUID) -> ApiKey | None:
+        return application().find_api_key(key_id)
 
     return lookup
 
@@ -416,9 +429,12 @@ def _node_follower(
     event_log: EventStoreLog,
     hub: RealtimeHub,
     projections: Mapping[str, ProjectionRunner],
+    keyring: KeyRing,
 ) -> NodeFollower:
     """``serve``'s own follower: the projections the role table keeps on the node, in its
-    stages around the hub (the hub waits only for what it reads; the rest after it)."""
+    stages around the hub (the hub waits only for what it reads; the rest after it). Each
+    batch reaches the key ring first (it forgets keys that changed), then the hub (which
+    closes the sockets of revoked keys): how a revocation reaches every node at once."""
     on_node = {
         placement.role.name: placement.role.stage
         for placement in plan("serve", settings)
@@ -428,10 +444,15 @@ def _node_follower(
         runner for name, runner in projections.items() if on_node.get(name) == Stage.BEFORE_HUB
     ]
     after = [runner for name, runner in projections.items() if on_node.get(name) == Stage.AFTER_HUB]
+
+    async def deliver(batch: LogBatch) -> None:
+        keyring.follow(batch)
+        await hub.deliver(batch)
+
     return NodeFollower(
         event_log,
         before,
-        hub.deliver,
+        deliver,
         on_ready=hub.seed,
         late_runners=after,
         poll_interval=max(settings.poll_interval, FOLLOWER_POLL_FLOOR),
@@ -625,7 +646,8 @@ class Container(containers.DeclarativeContainer):
         ack_interval=config.subscription_ack_interval,
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
-    auth_backend = providers.Singleton(_auth_backend, keyring)
+    sessions = providers.Singleton(_sessions, settings)
+    auth_backend = providers.Singleton(_auth_backend, keyring, sessions, settings)
     # Budgets (ADR 0036): in Redis, shared by every node, when REDIS_URL is set.
     rate_limiter = providers.Selector(
         config.rate_limit_backend,
@@ -653,7 +675,9 @@ class Container(containers.DeclarativeContainer):
         ProjectionRunner.for_hot, event_log, live_projection, name="live"
     )
     projections = providers.Dict(hot=hot_runner, live=live_runner, history=history_runner)
-    node_follower = providers.Singleton(_node_follower, settings, event_log, hub, projections)
+    node_follower = providers.Singleton(
+        _node_follower, settings, event_log, hub, projections, keyring
+    )
     projector = providers.Singleton(_projector, settings, process, event_log, projections)
 
     detector_settings = providers.Singleton(

@@ -57,6 +57,8 @@ _SECRET_PARAMETER = re.compile(
 )
 # An API key anywhere (app.py issues ``drt_`` + 43 url-safe characters).
 _API_KEY = re.compile(r"\bdrt_[A-Za-z0-9_-]{8,}")
+# A session token (a JWT: base64url JSON header ``eyJ...``, payload, signature) anywhere.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 REDACTED: Final = "[REDACTED]"
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -65,9 +67,10 @@ UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def redact(text: str) -> str:
-    """``text`` with the secrets it may carry (query-string keys and tokens, API keys)
-    replaced by ``[REDACTED]``."""
-    return _API_KEY.sub(REDACTED, _SECRET_PARAMETER.sub(r"\1" + REDACTED, text))
+    """``text`` with the secrets it may carry (query-string keys and tokens, API keys,
+    session tokens) replaced by ``[REDACTED]``."""
+    text = _SECRET_PARAMETER.sub(r"\1" + REDACTED, text)
+    return _JWT.sub(REDACTED, _API_KEY.sub(REDACTED, text))
 
 
 class RequestContext(logging.Filter):

@@ -28,8 +28,13 @@ __all__ = ["OpenApi", "openapi_document", "openapi_path"]
 
 REF_TEMPLATE: Final = "#/components/schemas/{model}"
 SECURITY_SCHEME: Final = "ApiKey"
-_KEY: Final[list[dict[str, list[str]]]] = [{SECURITY_SCHEME: []}]
-_KEY_OPTIONAL: Final[list[dict[str, list[str]]]] = [{}, {SECURITY_SCHEME: []}]
+BEARER_SCHEME: Final = "Bearer"
+_KEY: Final[list[dict[str, list[str]]]] = [{SECURITY_SCHEME: []}, {BEARER_SCHEME: []}]
+_KEY_OPTIONAL: Final[list[dict[str, list[str]]]] = [
+    {},
+    {SECURITY_SCHEME: []},
+    {BEARER_SCHEME: []},
+]
 
 # Every operation can answer these with the Error shape (see Operation.errors). 414: the
 # HTTP edge refuses a URL over 64 KiB before the app sees it (uvicorn's URL parser cannot
@@ -116,7 +121,9 @@ def openapi_document(
         },
         "components": {
             "securitySchemes": {
-                SECURITY_SCHEME: {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+                SECURITY_SCHEME: {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                # The same key, or a session token (POST /v2/auth/token), as a Bearer.
+                BEARER_SCHEME: {"type": "http", "scheme": "bearer"},
             },
             "schemas": components,
         },

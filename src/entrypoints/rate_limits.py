@@ -28,6 +28,7 @@ from ..application.rate_limiting import RateLimits
 from ..application.rate_limits import Verdict
 from ..application.realtime import CLOSE_TOO_MANY_CONNECTIONS as CLOSE_RATE_LIMITED
 from .auth import KeyHolder
+from .client_address import FORWARDED_FOR, client_address
 from .errors import error_response
 
 __all__ = [
@@ -53,7 +54,7 @@ def exempt(path: str) -> bool:
 
 class TrustedProxies:
     """``TRUSTED_PROXIES``: the addresses (or networks) whose ``X-Forwarded-For`` is
-    believed. Empty: the peer is the client."""
+    believed (``client_address``'s rule). Empty: the peer is the client."""
 
     def __init__(self, setting: str) -> None:
         self.networks = tuple(
@@ -62,26 +63,10 @@ class TrustedProxies:
             if part.strip()
         )
 
-    def _trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
-
     def client(self, peer: str | None, forwarded_for: str | None) -> str:
-        """The client's address: the peer's, or when the peer is a trusted proxy the last
-        ``X-Forwarded-For`` entry that is not a trusted proxy (the entries before it are
-        whatever the client said, not evidence)."""
-        if peer is None:
-            return UNKNOWN_ADDRESS
-        if not self.networks or not forwarded_for or not self._trusted(peer):
-            return peer
-        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-        for hop in reversed(hops):
-            if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+        """The client's address (``UNKNOWN_ADDRESS`` without a peer)."""
+        headers = {} if forwarded_for is None else {FORWARDED_FOR: forwarded_for}
+        return client_address(peer, headers, self.networks) or UNKNOWN_ADDRESS
 
 
 def limit_headers(verdict: Verdict) -> list[tuple[str, str]]:

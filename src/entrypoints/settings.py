@@ -158,11 +158,35 @@ class Settings(BaseSettings):
         description="WebSocket connections one client address may hold open without a key, "
         "per node (close 4029 beyond); with a key its tier's limit applies.",
     )
+    # --- accounts and keys (docs/accounts.md)
+    session_secret: str | None = Field(
+        default=None,
+        alias="SESSION_SECRET",
+        description="Secret that signs session tokens (POST /v2/auth/token, HS256); unset: "
+        "one generated once and kept in DATA_DIR/session-secret. Nodes that do not share "
+        "DATA_DIR must all be given the same value.",
+    )
+    session_token_ttl: float = Field(
+        default=900.0,
+        gt=0,
+        le=86_400,
+        alias="SESSION_TOKEN_TTL",
+        description="Seconds a session token is valid after it is minted (never beyond the "
+        "grace period of a rotated-out key, and never after its key is revoked).",
+    )
+    key_rotation_grace: float = Field(
+        default=86_400.0,
+        ge=0,
+        alias="KEY_ROTATION_GRACE",
+        description="Seconds a rotated-out key keeps working, when keys rotate is not "
+        "given --grace.",
+    )
     trusted_proxies: str = Field(
         default="",
         alias="TRUSTED_PROXIES",
-        description="Comma-separated addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) of "
-        "reverse proxies whose X-Forwarded-For names the client; empty: the peer is the client.",
+        description="Comma-separated addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For header names the client (IP allow-lists, rate limits, logs); "
+        "empty: the peer address is the client.",
     )
 
     # --- WebSocket
@@ -466,6 +490,24 @@ class Settings(BaseSettings):
             if origin.strip() and origin.strip() != "*"
         )
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names it
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``TRUSTED_PROXIES`` as networks."""
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.trusted_proxies.split(",")
+            if part.strip()
+        )
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def cors_origins(self) -> frozenset[str]:
@@ -475,14 +517,6 @@ class Settings(BaseSettings):
             for origin in self.cors_allow_origins.split(",")
             if origin.strip()
         )
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _addresses_or_networks(cls, value: str) -> str:
-        for part in value.split(","):
-            if part.strip():
-                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names it
-        return value
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ..application.rate_limiting import RateLimits
 from ..application.realtime import (
+    CLOSE_FORBIDDEN,
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNAUTHORIZED,
@@ -22,8 +23,8 @@ from ..application.realtime import (
     RealtimeHub,
 )
 from ..application.realtime.protocol import rate_limited_frame
-from .auth import ApiKeyBackend, InvalidKey, credential
-from .rate_limits import TrustedProxies, forwarded_for, rate_limited_details
+from .auth import ApiKeyBackend, ForbiddenAddress, InvalidKey, credential
+from .rate_limits import UNKNOWN_ADDRESS, rate_limited_details
 from .settings import Settings
 
 REALTIME_PATH: Final = "/v2/realtime"
@@ -50,6 +51,7 @@ class Admission:
     address: str | None = None
     key_id: str | None = None
     tier: str | None = None
+    valid_until: float | None = None
 
 
 @dataclass(slots=True)
@@ -87,16 +89,15 @@ class SocketGateway:
         self.auth = auth
         # The API's own limiter too (None: RATE_LIMITS=off): one budget per key or address.
         self.rate_limits = rate_limits
-        self._proxies = TrustedProxies(settings.trusted_proxies)
         self._origins = settings.allowed_origins
         self.tally = SocketTally()
 
     async def admit(
         self, headers: Mapping[str, str], query: Mapping[str, str], address: str | None = None
     ) -> Admission:
-        """Check a handshake (header names in lower case) from the peer at ``address``;
-        raise ``HandshakeRefused``."""
-        address = self._proxies.client(address, forwarded_for(headers))
+        """Check a handshake (header names in lower case) from the peer at ``address``
+        (the client behind it when the peer is a trusted proxy); raise ``HandshakeRefused``."""
+        address = self.auth.client(address, headers) or UNKNOWN_ADDRESS
         try:
             admission = await self._admit(headers, query, address)
         except HandshakeRefused as refused:
@@ -122,11 +123,14 @@ class SocketGateway:
                     f"retry after {blocked.retry_after} s",
                 )
         try:
-            key = await self.auth.identify(headers, query, websocket=True)
+            found = await self.auth.identify(headers, query, websocket=True, address=address)
         except InvalidKey:
             if limits is not None:
                 await limits.authentication_failed(address)
-            raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key") from None
+            raise HandshakeRefused(CLOSE_UNAUTHORIZED, "invalid API key or session token") from None
+        except ForbiddenAddress:
+            raise HandshakeRefused(CLOSE_FORBIDDEN, "address not allowed for this key") from None
+        key = None if found is None else found[0]
         if key is None and self.settings.require_key_for_reads:
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "an API key is required")
         batch = query.get("batch", "").lower() in ("1", "true", "yes")
@@ -151,6 +155,7 @@ class SocketGateway:
             address,
             key_id=str(key.id),
             tier=key.tier,
+            valid_until=key.valid_until(),
         )
 
     def abandon(self, admission: Admission) -> None:
@@ -197,6 +202,8 @@ class SocketGateway:
             max_subscriptions=admission.max_subscriptions,
             batch=admission.batch,
             address=admission.address,
+            key_id=admission.key_id,
+            valid_until=admission.valid_until,
             # Counted by the connection into the gateway's one tally (frames, bytes,
             # closes): a closure per connection cost ~0.5 KB of 10,000 sockets' memory.
             tally=self.tally,

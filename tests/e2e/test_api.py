@@ -90,9 +90,10 @@ def test_health(http: httpx.Client) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["connections"] == 0
-    # Only the API key made before start is in the log, and the node has followed it.
-    assert body["log_head"] == 1
-    assert body["node_position"] == 1
+    # Only the API key made before start (its account, then the key) is in the log, and
+    # the node has followed it.
+    assert body["log_head"] == 2
+    assert body["node_position"] == 2
 
 
 def test_ingest_counts_accepted_then_duplicates(http: httpx.Client, server: LiveServer) -> None:

@@ -107,6 +107,64 @@ def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:
         assert_error(wrong, 401, "unauthorized")
 
 
+def test_accounts_and_their_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``accounts create|list`` and ``keys create --account|list|rotate|revoke`` (in-process:
+    each subprocess costs a second of imports; ``keys create`` itself runs above)."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(cli, list(args), prog_name="defi-realtime")
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    account = ok("accounts", "create", "--name", "acme").strip()
+    assert uuid.UUID(account)
+    key = ok(
+        "keys",
+        "create",
+        "--account",
+        account,
+        "--name",
+        "ci",
+        "--tier",
+        "enterprise",
+        "--allow-ip",
+        "10.0.0.0/8",
+        "--allow-ip",
+        "::1",
+    ).strip()
+    assert re.fullmatch(r"drt_[A-Za-z0-9_-]{40,}", key)
+    refused = runner.invoke(cli, ["keys", "create", "--allow-ip", "10.0.0.0/8"])
+    assert refused.exit_code == 2
+    assert "enterprise" in refused.output
+    unknown = runner.invoke(cli, ["keys", "create", "--account", str(uuid.uuid4())])
+    assert unknown.exit_code == 2
+    assert "not found" in unknown.output
+    ok("keys", "create", "--name", "ci")  # another account: not listed under acme
+
+    [listed] = [json.loads(line) for line in ok("keys", "list", "--account", account).splitlines()]
+    assert (listed["account_id"], listed["name"], listed["state"]) == (account, "ci", "live")
+    assert listed["allowed_ips"] == ["10.0.0.0/8", "::1/128"]
+    assert key not in json.dumps(listed)  # never the secret
+    assert len(ok("keys", "list").splitlines()) == 2
+
+    successor = ok("keys", "rotate", key, "--grace", "0").strip()
+    assert successor.startswith("drt_")
+    assert successor != key
+    states = {
+        row["key_id"]: row["state"]
+        for row in map(json.loads, ok("keys", "list", "--account", account).splitlines())
+    }
+    assert sorted(states.values()) == ["expired", "live"]
+    ok("keys", "revoke", successor)
+    assert "revoked" in ok("keys", "list", "--account", account)
+    again = runner.invoke(cli, ["keys", "revoke", successor])
+    assert again.exit_code == 2
+    accounts = [json.loads(line) for line in ok("accounts", "list").splitlines()]
+    assert [row["name"] for row in accounts] == ["acme", "ci"]
+
+
 def test_ingest_file_reports_totals_then_duplicates(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     bad_lines = [
@@ -295,7 +353,12 @@ SUBCOMMANDS = [
     ("ingest",),
     ("keys",),
     ("keys", "create"),
+    ("keys", "list"),
+    ("keys", "rotate"),
     ("keys", "revoke"),
+    ("accounts",),
+    ("accounts", "create"),
+    ("accounts", "list"),
     ("projections",),
     ("projections", "rebuild"),
     ("collect",),

@@ -105,3 +105,19 @@ def test_collect_polls_and_ingests(tmp_path: Path, llama: tuple[str, list[str]])
         assert (usdc.price, usdc.observed_at) == (1.0, 1766173000.0)
     finally:
         app.close()
+
+
+async def test_the_upstream_current_tvl_reconciliation_compares_with(
+    llama: tuple[str, list[str]],
+) -> None:
+    """What ``RECONCILE_UPSTREAM_URL`` reads: each protocol's total TVL from ``/protocols``
+    (after the upstream's first 503, retried), nothing for one without a TVL."""
+    from defi_realtime.adapters.defillama_http import DefiLlamaHttpSource
+
+    url, requests = llama
+    source = DefiLlamaHttpSource(url, attempts=3, backoff=0.01)
+    try:
+        assert await source.current_tvl() == {"aave-v3": 100.0}
+    finally:
+        await source.aclose()
+    assert requests == ["/protocols", "/protocols"]

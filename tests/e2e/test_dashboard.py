@@ -405,7 +405,8 @@ def test_the_feed_resumes_after_a_drop_with_since(browser: Any, tmp_path: Path) 
 
 def test_a_server_that_requires_a_key_for_reads(browser: Any, tmp_path: Path) -> None:
     """``REQUIRE_KEY_FOR_READS``: the page itself is open, says it needs a key, and with
-    one reads over REST (``X-API-Key``) and the socket (``?api_key=``)."""
+    one reads over REST (``X-API-Key``) and the socket (``?token=``: a session token
+    minted from the key; the key itself never goes in a URL)."""
     from playwright.sync_api import expect
 
     # The anonymous reads are refused (401, and the socket's handshake) until a key is in.
@@ -417,6 +418,8 @@ def test_a_server_that_requires_a_key_for_reads(browser: Any, tmp_path: Path) ->
     ):
         ingest(http, obs("locked-lend", 7e8, time.time(), name="Locked Lend"))
         settle(http)
+        sockets: list[str] = []
+        tab.on("websocket", lambda socket: sockets.append(socket.url))
         tab.goto(f"{locked.base_url}/")
         expect(tab.locator("#key-status")).to_have_text("this server needs an API key to read")
         expect(row(tab, "locked-lend")).to_have_count(0)
@@ -428,6 +431,8 @@ def test_a_server_that_requires_a_key_for_reads(browser: Any, tmp_path: Path) ->
         expect(row(tab, "locked-lend").locator(".tvl")).to_have_text(
             "$800.00M", timeout=LIVE_WITHIN_S * 1000
         )
+        assert any("?token=" in url for url in sockets), sockets
+        assert not any(locked.api_key in url or "api_key" in url for url in sockets), sockets
 
 
 def test_the_page_and_its_assets_are_served_with_their_headers(http: httpx.Client) -> None:

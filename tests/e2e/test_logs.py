@@ -112,6 +112,8 @@ def test_served_lines_are_json_with_request_ids_and_no_key(tmp_path: Path) -> No
                 )
                 == 32
             )
+            minted = http.post("/v2/auth/token", headers={"X-API-Key": key})
+            token = minted.json()["token"]
 
         async def websocket() -> None:
             ws_url = url.replace("http", "ws") + f"/v2/realtime?api_key={key}"
@@ -119,11 +121,17 @@ def test_served_lines_are_json_with_request_ids_and_no_key(tmp_path: Path) -> No
             async with connect(ws_url, additional_headers=headers) as socket_:
                 await socket_.send(json.dumps({"type": "ping"}))
                 assert json.loads(await socket_.recv())["type"] == "pong"
+            # A session token in the query (how the dashboard connects) is never logged.
+            token_url = url.replace("http", "ws") + f"/v2/realtime?token={token}"
+            async with connect(token_url) as socket_:
+                await socket_.send(json.dumps({"type": "ping"}))
+                assert json.loads(await socket_.recv())["type"] == "pong"
 
         asyncio.run(websocket())
     text = log_path.read_text()
     assert key not in text
     assert key[4:20] not in text
+    assert token.rsplit(".", 1)[1] not in text  # not even its signature
     records = json_lines(log_path)
     access = [r for r in records if r["logger"] == "uvicorn.access"]
     by_id = {r["request_id"]: r for r in access}

@@ -41,8 +41,9 @@ from defi_realtime.application.ingest import (
     parse_timestamp,
 )
 from defi_realtime.application.log import ENTRY_KINDS, LogBatch
+from defi_realtime.domain.account import Account
 from defi_realtime.domain.alert_rule import InvalidRule
-from defi_realtime.domain.api_key import ApiKey, InvalidTier, hash_key
+from defi_realtime.domain.api_key import InvalidTier, hash_key
 from defi_realtime.domain.errors import InvalidTransition
 from defi_realtime.domain.protocol import Protocol
 from defi_realtime.domain.subscription import (
@@ -567,7 +568,7 @@ def test_event_store_log_reads_entries_of_the_right_kinds(app: DefiRealtime) -> 
             )
         ]
     )
-    app.issue_api_key("someone")  # not a downstream fact: its position is covered, no entry
+    app.open_account("someone")  # not a downstream fact: its position is covered, no entry
     app.ingest([build_batch([named("aave-v3", 11.0, T0 + 60, category="Dexes")])])
 
     assert log.head() == 7
@@ -578,7 +579,7 @@ def test_event_store_log_reads_entries_of_the_right_kinds(app: DefiRealtime) -> 
         (2, "metric", "aave-v3"),
         # 3: Token.Registered has no entry
         (4, "price", "coingecko:ethereum"),
-        # 5: ApiKey.Issued has no entry
+        # 5: Account.Opened has no entry
         (6, "protocol_updated", "aave-v3"),
         (7, "metric", "aave-v3"),
     ]
@@ -612,7 +613,7 @@ def test_event_store_log_reads_entries_of_the_right_kinds(app: DefiRealtime) -> 
 @pytest.mark.parametrize("limit", [1, 2, 3, 5, 100])
 def test_event_store_log_pages_cover_every_position(app: DefiRealtime, limit: int) -> None:
     app.ingest([build_batch([named("a", 1.0, T0), named("b", 2.0, T0)])])
-    app.issue_api_key("k")
+    app.open_account("k")
     app.ingest([build_batch([obs("a", 3.0, T0 + 1)])])
     log = EventStoreLog(app)
     whole = log.read(0, 1_000)
@@ -643,9 +644,8 @@ def test_event_store_log_pages_cover_every_position(app: DefiRealtime, limit: in
 
 
 def test_to_entry_ignores_events_nobody_downstream_needs() -> None:
-    key = ApiKey.issue("secret", name="x")
-    [issued] = key.collect_events()
-    assert to_entry(1, issued) is None
+    [opened] = Account.open("x").collect_events()
+    assert to_entry(1, opened) is None
     protocol = Protocol.create("aave", "Aave")
     [listed] = protocol.collect_events()
     entry = to_entry(9, listed)
@@ -685,13 +685,18 @@ def test_alert_events_reach_the_log(app: DefiRealtime) -> None:
 
 
 def test_issue_and_authenticate_api_key(app: DefiRealtime) -> None:
-    secret = app.issue_api_key("dashboard", tier="pro", owner="acme")
+    secret = app.issue_api_key("dashboard", tier="pro")
 
     assert secret.startswith("drt_")
     assert len(secret) > 40
     key = app.authenticate(secret)
     assert key is not None
-    assert (key.name, key.owner, key.tier, key.revoked) == ("dashboard", "acme", "pro", False)
+    assert (key.name, key.owner, key.tier, key.revoked) == (
+        "dashboard",
+        str(key.account_id),
+        "pro",
+        False,
+    )
     assert key.key_hash == hash_key(secret)
     assert key.limits.requests_per_minute == 6_000
     assert app.authenticate(secret + "x") is None
@@ -702,13 +707,17 @@ def test_issue_and_authenticate_api_key(app: DefiRealtime) -> None:
     assert hash_key(secret).encode() in stored
 
 
-def test_each_issued_key_is_new(app: DefiRealtime) -> None:
+def test_each_issued_key_is_new_and_of_a_new_account(app: DefiRealtime) -> None:
     first = app.issue_api_key("a")
     second = app.issue_api_key("a")
     assert first != second
-    assert app.authenticate(first) is not None
-    assert app.authenticate(second) is not None
-    assert head(app) == 2
+    one, two = app.authenticate(first), app.authenticate(second)
+    assert one is not None
+    assert two is not None
+    # The same name is not the same account: nothing of one is the other's.
+    assert one.account_id != two.account_id
+    assert one.owner != two.owner
+    assert head(app) == 4  # each: Account.Opened, ApiKey.Issued
 
 
 def test_unknown_tier_is_refused(app: DefiRealtime) -> None:
@@ -732,7 +741,14 @@ def test_revoke_api_key(app: DefiRealtime) -> None:
     # By hash, as an operator would.
     app.revoke_api_key(hash_key(other))
     assert app.authenticate(other) is None
-    assert topics(app) == ["ApiKey.Issued", "ApiKey.Issued", "ApiKey.Revoked", "ApiKey.Revoked"]
+    assert topics(app) == [
+        "Account.Opened",
+        "ApiKey.Issued",
+        "Account.Opened",
+        "ApiKey.Issued",
+        "ApiKey.Revoked",
+        "ApiKey.Revoked",
+    ]
 
 
 # --- alert rules ------------------------------------------------------------------------
@@ -882,8 +898,9 @@ def test_subscriptions_per_owner_are_bounded(app: DefiRealtime) -> None:
 
 def test_a_subscription_starts_at_the_head_unless_told(app: DefiRealtime) -> None:
     app.issue_api_key("k")  # something in the log
+    before = head(app)
     at_head = app.open_subscription("alice", "prices")
-    assert app.get_subscription(at_head, "alice").position == 1
+    assert app.get_subscription(at_head, "alice").position == before > 0
     from_start = app.open_subscription("alice", "prices", position=0)
     assert app.get_subscription(from_start, "alice").position == 0
 

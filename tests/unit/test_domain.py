@@ -20,6 +20,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Mapper, UUIDAsHex
 from hypothesis import strategies as st
 
+from defi_realtime.domain.account import Account
 from defi_realtime.domain.alert_rule import AlertRule, InvalidRule, RuleBook, RuleQuotaExceeded
 from defi_realtime.domain.alert_values import MAX_COOLDOWN, parse_target
 from defi_realtime.domain.api_key import TIER_LIMITS, ApiKey, InvalidTier, TierLimits, hash_key
@@ -1325,10 +1326,11 @@ def test_subscription_book_release_frees_the_name_once() -> None:
 # --- ApiKey -------------------------------------------------------------------------------
 
 SECRET = "drt_" + "s3cr3t" * 8
+ACCOUNT = Account.open("acme")
 
 
 def test_issue_key_keeps_only_the_hash() -> None:
-    key = ApiKey.issue(SECRET, name="dashboard", tier="pro", owner="acme")
+    key = ApiKey.issue(SECRET, account=ACCOUNT, name="dashboard", tier="pro")
 
     expected_hash = hashlib.sha256(SECRET.encode()).hexdigest()
     assert hash_key(SECRET) == expected_hash
@@ -1337,7 +1339,14 @@ def test_issue_key_keeps_only_the_hash() -> None:
     assert facts(events) == [
         (
             "Issued",
-            {"key_hash": expected_hash, "name": "dashboard", "owner": "acme", "tier": "pro"},
+            {
+                "key_hash": expected_hash,
+                "name": "dashboard",
+                "owner": str(ACCOUNT.id),
+                "tier": "pro",
+                "account_id": str(ACCOUNT.id),
+                "allowed_ips": [],
+            },
         )
     ]
     # The secret itself is nowhere: not in the event, not in the aggregate.
@@ -1346,10 +1355,14 @@ def test_issue_key_keeps_only_the_hash() -> None:
     assert key.revoked is False
 
 
-def test_issue_key_owner_defaults_to_name() -> None:
-    key = ApiKey.issue(SECRET, name="bot")
+def test_issue_key_owner_is_its_account_never_its_name() -> None:
+    key = ApiKey.issue(SECRET, account=ACCOUNT, name="bot")
     [(_, data)] = then(key)
-    assert (data["owner"], data["tier"]) == ("bot", "free")
+    assert (data["owner"], data["account_id"], data["tier"]) == (
+        str(ACCOUNT.id),
+        str(ACCOUNT.id),
+        "free",
+    )
 
 
 @pytest.mark.parametrize(
@@ -1362,7 +1375,7 @@ def test_issue_key_owner_defaults_to_name() -> None:
     ],
 )
 def test_tiers_and_their_limits(tier: str, limits: TierLimits) -> None:
-    key = given(ApiKey.issue(SECRET, name="x", tier=tier).collect_events())
+    key = given(ApiKey.issue(SECRET, account=ACCOUNT, name="x", tier=tier).collect_events())
     assert key.tier == tier
     assert key.limits == limits == TIER_LIMITS[tier]
 
@@ -1370,24 +1383,24 @@ def test_tiers_and_their_limits(tier: str, limits: TierLimits) -> None:
 @pytest.mark.parametrize("tier", ["gold", "Free", "", None])
 def test_unknown_tier_is_refused(tier: Any) -> None:
     with pytest.raises(InvalidTier, match="unknown tier"):
-        ApiKey.issue(SECRET, name="x", tier=tier)
+        ApiKey.issue(SECRET, account=ACCOUNT, name="x", tier=tier)
 
 
 @pytest.mark.parametrize("name", ["", "  ", None])
 def test_key_needs_a_name(name: Any) -> None:
     with pytest.raises(DomainError, match="name"):
-        ApiKey.issue(SECRET, name=name)
+        ApiKey.issue(SECRET, account=ACCOUNT, name=name)
 
 
 def test_revoke_key() -> None:
-    key = given(ApiKey.issue(SECRET, name="x").collect_events())
+    key = given(ApiKey.issue(SECRET, account=ACCOUNT, name="x").collect_events())
     key.revoke()
     assert then(key) == [("Revoked", {})]
     assert key.revoked is True
 
 
 def test_revoke_twice_fails() -> None:
-    builder = ApiKey.issue(SECRET, name="x")
+    builder = ApiKey.issue(SECRET, account=ACCOUNT, name="x")
     builder.revoke()
     key = given(builder.collect_events())
     with pytest.raises(InvalidTransition, match="already revoked"):
@@ -1396,8 +1409,14 @@ def test_revoke_twice_fails() -> None:
 
 
 def test_different_secrets_make_different_keys() -> None:
-    assert ApiKey.issue("a", name="x").id != ApiKey.issue("b", name="x").id
-    assert ApiKey.issue("a", name="x").id == ApiKey.issue("a", name="y").id
+    assert (
+        ApiKey.issue("a", name="x", account=ACCOUNT).id
+        != ApiKey.issue("b", name="x", account=ACCOUNT).id
+    )
+    assert (
+        ApiKey.issue("a", name="x", account=ACCOUNT).id
+        == ApiKey.issue("a", name="y", account=ACCOUNT).id
+    )
 
 
 def test_a_rules_target_cannot_change() -> None:

@@ -23,6 +23,7 @@ from defi_realtime.entrypoints.logs import (
     [
         ("/v2/realtime?api_key=drt_abcdefghijkl", "/v2/realtime?api_key=[REDACTED]"),
         ("/x?limit=5&token=abc.def&b=1", "/x?limit=5&token=[REDACTED]&b=1"),
+        ("Bearer eyJhbGciOiJI.eyJzdWIiOiIx.c2lnbmF0dXJl here", "Bearer [REDACTED] here"),
         ("/x?API-KEY=s3cret", "/x?API-KEY=[REDACTED]"),
         ("/x?access_token=a&password=b", "/x?access_token=[REDACTED]&password=[REDACTED]"),
         ("key drt_AbC-123_xyz09 in text", "key [REDACTED] in text"),

@@ -118,16 +118,26 @@ def test_key_protected_operations_declare_the_key(tmp_path: Path) -> None:
     open_reads = openapi_document(routes)
     scheme = open_reads["components"]["securitySchemes"]["ApiKey"]
     assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    # The same key, or a session token, as Authorization: Bearer.
+    bearer = open_reads["components"]["securitySchemes"]["Bearer"]
+    assert bearer == {"type": "http", "scheme": "bearer"}
+    key = [{"ApiKey": []}, {"Bearer": []}]
     by_id = {op["operationId"]: op for _, _, op in _operations(open_reads)}
-    for operation_id in ("ingest", "createAlertRule", "listAlertRules", "getAlertHistory"):
-        assert by_id[operation_id]["security"] == [{"ApiKey": []}], operation_id
+    for operation_id in (
+        "ingest",
+        "createAlertRule",
+        "listAlertRules",
+        "getAlertHistory",
+        "createSessionToken",
+    ):
+        assert by_id[operation_id]["security"] == key, operation_id
     # Reads of market data: anyone, or a key (which must then be live).
-    assert by_id["listProtocols"]["security"] == [{}, {"ApiKey": []}]
+    assert by_id["listProtocols"]["security"] == [{}, *key]
     assert "security" not in by_id["getHealth"]
     keyed_reads = openapi_document(routes, require_key_for_reads=True)
     by_id = {op["operationId"]: op for _, _, op in _operations(keyed_reads)}
-    assert by_id["listProtocols"]["security"] == [{"ApiKey": []}]
-    assert by_id["getRealtimePrices"]["security"] == [{"ApiKey": []}]
+    assert by_id["listProtocols"]["security"] == key
+    assert by_id["getRealtimePrices"]["security"] == key
     assert "security" not in by_id["getHealth"]
 
 

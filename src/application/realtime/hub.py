@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from ..hot_state import EntryFacts, HotState
-from ..log import LogBatch, LogEntry
+from ..log import API_KEY_KINDS, LogBatch, LogEntry
 from ..ports import EventLog
 from ..telemetry import NO_TELEMETRY, Telemetry
 from .durable import (
@@ -31,6 +31,7 @@ from .frames import Encoded, channel_of, encode, price_snapshot, protocol_snapsh
 from .outbox import Connection
 from .protocol import (
     CLOSE_IDLE,
+    CLOSE_UNAUTHORIZED,
     Ack,
     Attach,
     FrameError,
@@ -212,13 +213,19 @@ class RealtimeHub:
         idle_timeout: float,
         heartbeat_interval: float,
         connections: Iterable[Connection] | None = None,
+        *,
+        wall: float | None = None,
     ) -> None:
-        """Close connections idle for ``idle_timeout``; ping the others every interval
-        (the ``connections`` given, or all of them)."""
+        """Close connections idle for ``idle_timeout``, and those whose key's grace ended
+        (at ``wall``, unix seconds; now by default); ping the others every interval (the
+        ``connections`` given, or all of them)."""
+        wall = time.time() if wall is None else wall
         for connection in list(self.connections) if connections is None else connections:
             if connection.closed:
                 continue
-            if now - connection.last_seen > idle_timeout:
+            if connection.valid_until is not None and wall >= connection.valid_until:
+                connection.shut(CLOSE_UNAUTHORIZED, "API key rotated out")
+            elif now - connection.last_seen > idle_timeout:
                 connection.shut(CLOSE_IDLE, "idle timeout")
             elif connection.ping is not None and now - connection.last_ping >= heartbeat_interval:
                 connection.last_ping = now - random.random() * PING_JITTER * heartbeat_interval
@@ -228,6 +235,7 @@ class RealtimeHub:
                     log.debug("ping failed", exc_info=True)
 
     async def run_sweeper(self, idle_timeout: float, heartbeat_interval: float) -> None:
+        # At most a second: a rotated-out key's sockets close within a second of its grace.
         interval = max(0.05, min(1.0, idle_timeout / 4, heartbeat_interval / 2))
         while True:
             await asyncio.sleep(interval)
@@ -492,7 +500,9 @@ class RealtimeHub:
         facts = self.state.facts
         recorded: list[float] = []
         for entry in batch.entries:
-            if self._route(entry, facts.get(entry.position)):
+            if entry.kind in API_KEY_KINDS:
+                self._key_changed(entry)
+            elif self._route(entry, facts.get(entry.position)):
                 recorded.append(entry.recorded_at)
         self.position = max(self.position, batch.last)
         self.flush()
@@ -501,6 +511,26 @@ class RealtimeHub:
             # writes them to its socket in ``flush``). One value per entry, not per socket.
             now = time.time()
             self.telemetry.entries_delivered([now - at for at in recorded])
+
+    def _key_changed(self, entry: LogEntry, now: float | None = None) -> None:
+        """A key was revoked (its sockets close now, 4001) or rotated out (they close when
+        its grace ends: the sweeper's business)."""
+        if entry.kind == "api_key_revoked":
+            until = 0.0
+        elif entry.kind == "api_key_rotated_out":
+            until = float(entry.data["grace_until"])
+        else:
+            return
+        now = time.time() if now is None else now
+        # A scan of every socket: revocations are rare, and a per-key index would cost
+        # every connection an entry for the sake of them.
+        for connection in list(self.connections):
+            if connection.key_id != entry.key or connection.closed:
+                continue
+            if until <= now:
+                connection.shut(CLOSE_UNAUTHORIZED, "API key revoked")
+            elif connection.valid_until is None or until < connection.valid_until:
+                connection.valid_until = until
 
     def _route(self, entry: LogEntry, facts: EntryFacts | None) -> bool:
         """Offer ``entry`` to its subscriptions; True if some connection took it."""

@@ -77,6 +77,7 @@ class Connection:
         "closed",
         "coalesced",
         "high_water",
+        "key_id",
         "last_ping",
         "last_seen",
         "live",
@@ -86,6 +87,7 @@ class Connection:
         "owner",
         "ping",
         "reserved",
+        "valid_until",
         "writable",
     )
 
@@ -102,10 +104,16 @@ class Connection:
         batch: bool = False,
         address: str | None = None,
         tally: SendCounts | None = None,
+        key_id: str | None = None,
+        valid_until: float | None = None,
     ) -> None:
         if (send_text is None) == (write is None):
             raise ValueError("give a connection exactly one of send_text or write")
         self.owner = owner
+        # The API key the socket was opened with (its id): revoking the key closes it, and
+        # a rotated-out key's sockets close when its grace ends (``valid_until``, unix s).
+        self.key_id = key_id
+        self.valid_until = valid_until
         self.address = address  # the peer's IP address (replays are bounded per address)
         self._close = close
         self._send_text = send_text

@@ -71,6 +71,9 @@ ERROR_CODES: Final[Mapping[str, str]] = {
 CLOSE_IDLE: Final = 4000
 CLOSE_UNAUTHORIZED: Final = 4001
 CLOSE_FORBIDDEN_ORIGIN: Final = 4003
+# The same code for the other refusal of a well-formed handshake: an API key used from an
+# address outside its IP allow-list.
+CLOSE_FORBIDDEN: Final = CLOSE_FORBIDDEN_ORIGIN
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 CLOSE_CODES: Final[Mapping[int, str]] = {
@@ -80,8 +83,10 @@ CLOSE_CODES: Final[Mapping[int, str]] = {
     1007: "invalid frame payload data: a text message that is not UTF-8",
     1009: "message too big: a message over the transport's limit (1 MiB)",
     CLOSE_IDLE: "idle timeout: nothing received within WS_IDLE_TIMEOUT",
-    CLOSE_UNAUTHORIZED: "invalid or missing API key",
-    CLOSE_FORBIDDEN_ORIGIN: "the Origin header is not in WS_ALLOWED_ORIGINS",
+    CLOSE_UNAUTHORIZED: "invalid or missing API key or session token; also sent to open "
+    "sockets when their key is revoked, or its grace after a rotation ends",
+    CLOSE_FORBIDDEN_ORIGIN: "forbidden: the Origin header is not in WS_ALLOWED_ORIGINS, or "
+    "the client's address is outside the key's IP allow-list",
     CLOSE_SLOW_CONSUMER: "slow consumer: the client stopped reading (nothing taken from its "
     "queue for WS_SEND_TIMEOUT while it was full); resume with since",
     CLOSE_TOO_MANY_CONNECTIONS: "too many connections for this API key (tier limit) or, "

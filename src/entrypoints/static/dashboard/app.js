@@ -67,6 +67,9 @@ const feed = new Feed({
     $("key-status").textContent = "key refused";
     keyChanged();
   },
+  async sessionToken() {
+    return (await post("/v2/auth/token")).token;
+  },
 });
 
 // -- overview: the table ------------------------------------------------------------------

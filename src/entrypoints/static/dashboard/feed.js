@@ -4,11 +4,14 @@
 const PING_EVERY_MS = 30_000; // the server closes sockets silent for WS_IDLE_TIMEOUT (120 s)
 const RETRY_MS = [500, 1_000, 2_000, 4_000, 8_000];
 const CLOSE_BAD_KEY = 4001;
+const CLOSE_FORBIDDEN = 4003;
 
 export class Feed {
   /**
    * @param {object} hooks onStatus(state, detail) with state connecting|live|reconnecting;
-   *   onKeyRefused() when the handshake refused the API key (close 4001).
+   *   onKeyRefused() when the API key was refused (401/403, or close 4001/4003);
+   *   sessionToken() a promise of a session token minted from the key (POST
+   *   /v2/auth/token): the key itself never goes in a URL.
    */
   constructor(hooks) {
     this.hooks = hooks;
@@ -21,6 +24,7 @@ export class Feed {
     this.attempt = 0;
     this.retryTimer = null;
     this.pingTimer = null;
+    this.generation = 0; // bumped by drop(): an open() awaiting its token gives up
   }
 
   /** (Re)connect with this API key ("" for none): every subscription resumes. */
@@ -54,16 +58,33 @@ export class Feed {
 
   // -- internals ------------------------------------------------------------------------
 
-  url() {
+  url(token) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    // Browsers cannot set headers on a WebSocket: the key goes in the query for now.
-    const query = this.key ? `?api_key=${encodeURIComponent(this.key)}` : "";
+    // Browsers cannot set headers on a WebSocket: a short-lived session token goes in the
+    // query (a fresh one for each connection), never the key.
+    const query = token ? `?token=${encodeURIComponent(token)}` : "";
     return `${scheme}//${location.host}/v2/realtime${query}`;
   }
 
-  open() {
+  async open() {
     this.hooks.onStatus(this.attempt === 0 ? "connecting" : "reconnecting");
-    const socket = new WebSocket(this.url());
+    const generation = this.generation;
+    let token = "";
+    if (this.key) {
+      try {
+        token = await this.hooks.sessionToken();
+      } catch (error) {
+        if (generation !== this.generation) return;
+        if (error.status === 401 || error.status === 403) {
+          this.key = "";
+          this.hooks.onKeyRefused(); // which may connect() again, without the key
+        }
+        if (this.socket === null && this.retryTimer === null) this.scheduleRetry();
+        return;
+      }
+      if (generation !== this.generation) return; // dropped or reconnected meanwhile
+    }
+    const socket = new WebSocket(this.url(token));
     this.socket = socket;
     socket.addEventListener("open", () => {
       if (socket !== this.socket) return;
@@ -80,7 +101,7 @@ export class Feed {
       if (socket !== this.socket) return;
       this.socket = null;
       clearInterval(this.pingTimer);
-      if (event.code === CLOSE_BAD_KEY && this.key) {
+      if ((event.code === CLOSE_BAD_KEY || event.code === CLOSE_FORBIDDEN) && this.key) {
         this.key = "";
         this.hooks.onKeyRefused(); // which may connect() again, without the key
       }
@@ -89,6 +110,7 @@ export class Feed {
   }
 
   drop() {
+    this.generation += 1;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     clearInterval(this.pingTimer);
