@@ -32,6 +32,9 @@ def test_history_lists_transitions_and_every_attempt_to_the_owner_only(
         # The rule is made and fired through the application, as the evaluator would.
         app = DefiRealtime(env=server.settings.event_store_env)
         try:
+            key = app.authenticate(server.api_key)
+            assert key is not None
+            owner = key.owner
             # A token is known once it has a price (above the threshold: no firing).
             app.ingest(
                 [
@@ -43,14 +46,14 @@ def test_history_lists_transitions_and_every_attempt_to_the_owner_only(
                 ]
             )
             rule_id = app.create_alert_rule(
-                owner="test",
+                owner=owner,
                 target={"token": "coingecko:ethereum"},
                 condition={"kind": "threshold", "direction": "below", "value": 100.0},
                 channels=[{"kind": "websocket"}, {"kind": "webhook", "url": receiver.url}],
                 cooldown=0,
                 name="eth low",
             )
-            rule = app.get_alert_rule(rule_id, "test")
+            rule = app.get_alert_rule(rule_id, owner)
             assert rule.observe(90.0, T0) == "firing"
             app.save(rule)
         finally:

@@ -22,11 +22,14 @@ T0 = 1_700_000_000.0
 SLOW_RETRIES = {"allow_private_webhooks": True, "notify_backoff_base": 60.0, "notify_jitter": 0.0}
 
 
-def fire_webhook_rule(settings: Settings, url: str) -> str:
-    """A rule of the server's account (``test``) fired through the application, as the
+def fire_webhook_rule(settings: Settings, url: str, api_key: str) -> str:
+    """A rule of the account of the server's key fired through the application, as the
     evaluator would."""
     app = DefiRealtime(env=settings.event_store_env)
     try:
+        key = app.authenticate(api_key)
+        assert key is not None
+        owner = key.owner
         # A token is known once it has a price (above the threshold: no firing).
         app.ingest(
             [
@@ -36,14 +39,14 @@ def fire_webhook_rule(settings: Settings, url: str) -> str:
             ]
         )
         rule_id = app.create_alert_rule(
-            owner="test",
+            owner=owner,
             target={"token": "coingecko:ethereum"},
             condition={"kind": "threshold", "direction": "below", "value": 100.0},
             channels=[{"kind": "webhook", "url": url}],
             cooldown=0,
             name="eth low",
         )
-        rule = app.get_alert_rule(rule_id, "test")
+        rule = app.get_alert_rule(rule_id, owner)
         assert rule.observe(90.0, T0) == "firing"
         app.save(rule)
     finally:
@@ -65,7 +68,7 @@ def test_a_webhook_waiting_for_its_retry_is_delivered_once_after_a_restart(
     receiver_up = threading.Event()
     with WebhookReceiver(lambda _n: 200 if receiver_up.is_set() else 503) as receiver:
         with start_server(data_dir, **SLOW_RETRIES) as server:
-            rule_id = fire_webhook_rule(server.settings, receiver.url)
+            rule_id = fire_webhook_rule(server.settings, receiver.url, server.api_key)
             wait_for(
                 lambda: deliveries(server.base_url, server.headers, rule_id),
                 lambda found: [d["status"] for d in found] == ["failed"],

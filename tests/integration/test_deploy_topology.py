@@ -39,12 +39,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from defi_realtime.entrypoints.roles import (
-    ALERTS_LOCK,
-    NOTIFICATIONS_LOCK,
-    PROJECTIONS_LOCK,
-    RELAY_LOCK,
-)
+from defi_realtime.entrypoints.roles import ROLES
 from tests.deploy_compose import AppService, app_services, load_compose
 from tests.integration.cluster import CLI, Process, Stack, free_port, lock_holder, stack, wait_until
 from tests.webhook_receiver import WebhookReceiver
@@ -59,12 +54,9 @@ pytestmark = [
 # Which Stack URL stands for the compose service a setting's URL names.
 BACKING_SERVICES = {"postgres": "database_url", "redis": "redis_url", "rabbitmq": "amqp_url"}
 URL_SETTINGS = ("DATABASE_URL", "REDIS_URL", "AMQP_URL")
-# The lock each compose worker is elected on (roles.py).
+# Each lock a compose worker is elected on, and that worker (the role table).
 WORKER_LOCKS = {
-    "relay": RELAY_LOCK,
-    "projections": PROJECTIONS_LOCK,
-    "alerts": ALERTS_LOCK,
-    "notifications": NOTIFICATIONS_LOCK,
+    role.lock: role.worker for role in ROLES if role.worker is not None and role.lock is not None
 }
 SECRET = "whsec_deploy_topology"
 SLUG = "deploy-lend"
@@ -181,7 +173,7 @@ async def test_the_compose_topology_runs_as_processes(tmp_path: Path) -> None:
             for service in services
             if not service.serves_http
         }
-        holders = {lock: worker for worker, lock in WORKER_LOCKS.items()}
+        holders = WORKER_LOCKS
         assert set(holders.values()) == set(processes), processes
         for lock, worker in holders.items():
             await wait_until(
