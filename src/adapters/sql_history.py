@@ -640,17 +640,7 @@ class SqlHistoryReadModel:
             if cached is not None and cached[0] == version:
                 return cached[1]
             rows = connection.execute(select(PROTOCOLS)).all()
-        details = {
-            row.slug: ListingDetails(
-                row.slug,
-                row.name,
-                row.category,
-                tuple(row.chains),
-                row.url,
-                tuple(row.oracles or ()),
-            )
-            for row in rows
-        }
+        details = _listing_details(rows)
         self._listing_details = (version, details)
         return details
 
@@ -673,17 +663,7 @@ class SqlHistoryReadModel:
         )
         with self._engine.connect() as connection:
             rows = connection.execute(select(ranked).where(ranked.c.rank == 1)).all()
-        return {
-            row.slug: ListingDetails(
-                row.slug,
-                row.name,
-                row.category,
-                tuple(row.chains),
-                row.url,
-                tuple(row.oracles or ()),
-            )
-            for row in rows
-        }
+        return _listing_details(rows)
 
     def position_recorded_by(self, time: float) -> int:
         """The last log position of an observation recorded at or before ``time`` (0: none)."""
@@ -1158,4 +1138,14 @@ def _rule_row(view: AlertRuleView) -> dict[str, Any]:
         "position": view.position,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
+    }
+
+
+def _listing_details(rows: Iterable[Any]) -> dict[str, ListingDetails]:
+    """``protocols`` or ``protocol_listings`` rows as details, by slug."""
+    return {
+        row.slug: ListingDetails(
+            row.slug, row.name, row.category, tuple(row.chains), row.url, tuple(row.oracles or ())
+        )
+        for row in rows
     }
