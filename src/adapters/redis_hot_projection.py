@@ -67,9 +67,8 @@ from ..application.hot_state import (
     matches,
     order,
     page_of,
-    pending,
 )
-from ..application.log import LogBatch, LogEntry
+from ..application.log import LogBatch, LogEntry, pending
 from ..application.views import (
     CHANGE_WINDOWS,
     FLOW_CHANGE_WINDOWS,

@@ -36,7 +36,7 @@ from .alert_rules import (
 )
 from .anomaly import DetectorSettings, Score, SeriesDetector, new_detector
 from .following import PAGE_SIZE, ProjectionRunner
-from .log import ALERT_RULE_KINDS, LogBatch, LogEntry, LogGapError
+from .log import ALERT_RULE_KINDS, LogBatch, LogEntry, pending
 from .ports import AlertRuleReadModel, EventLog, HistoryReadModel, PositionStore
 from .views import SeriesQuery
 
@@ -309,12 +309,11 @@ class AlertEvaluator:
         """Evaluate a batch; record its transitions, then store the position."""
         if not self._started:
             await self.start()
-        if batch.after > self._position:
-            raise LogGapError(self._position, batch.after)
-        if batch.last <= self._position:
+        todo = pending(batch, self._position)
+        if todo is None:
             return False
         try:
-            entries = [entry for entry in batch.entries if entry.position > self._position]
+            entries = list(todo.entries)
             fresh, needed = self._new_targets(entries)
             if fresh:
                 # The history read model is applied by another follower: let it reach

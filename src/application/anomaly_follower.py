@@ -23,7 +23,7 @@ from typing import Final
 
 from .anomaly import AnomalyDetector, Detection, DetectorSettings
 from .following import PAGE_SIZE, ProjectionRunner
-from .log import LogBatch, LogGapError
+from .log import LogBatch, pending
 from .ports import EventLog, PositionStore
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,11 @@ class AnomalyFollower:
         """Detect in a batch, record the detections, then store the position."""
         if not self._started:
             await self.start()
-        if batch.after > self._position:
-            raise LogGapError(self._position, batch.after)
-        if batch.last <= self._position:
+        todo = pending(batch, self._position)
+        if todo is None:
             return False
         try:
-            fresh = [entry for entry in batch.entries if entry.position > self._position]
-            detections = list(self.detector.fold(fresh))
+            detections = list(self.detector.fold(todo.entries))
             if detections:
                 self.recorded += await self.record(detections)
             # Only now: a crash before this line replays the batch, which the anomaly

@@ -33,7 +33,7 @@ from typing import Final
 from ..domain.chains import chain_key
 from ..domain.observations import METRICS, TOTAL, TVL_SECTIONS, VOLUME_METRICS, section_key
 from .chain_tvl import tvl_by_chain
-from .log import LogBatch, LogEntry, LogGapError
+from .log import LogBatch, LogEntry, pending
 from .views import (
     CHANGE_WINDOWS,
     FLOW_CHANGE_WINDOWS,
@@ -70,18 +70,6 @@ class Reading:
 
     value: float
     observed_at: float
-
-
-def pending(batch: LogBatch, position: int) -> LogBatch | None:
-    """The part of ``batch`` a consumer at ``position`` still has to apply.
-
-    None for a replay (nothing new); raises ``LogGapError`` when positions are missing.
-    """
-    if batch.last <= position:
-        return None
-    if batch.after > position:
-        raise LogGapError(position, batch.after)
-    return batch.since(position)
 
 
 class Points:

@@ -143,3 +143,15 @@ class LogBatch:
             last=int(raw["last"]),
             entries=tuple(LogEntry.from_json(entry) for entry in raw["entries"]),
         )
+
+
+def pending(batch: LogBatch, position: int) -> LogBatch | None:
+    """The part of ``batch`` a consumer at ``position`` still has to apply.
+
+    None for a replay (nothing new); raises ``LogGapError`` when positions are missing.
+    """
+    if batch.last <= position:
+        return None
+    if batch.after > position:
+        raise LogGapError(position, batch.after)
+    return batch.since(position)

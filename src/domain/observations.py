@@ -216,25 +216,28 @@ def check_chain(chain: str, *, what: str = "chain") -> str:
     return canonical_chain(chain)
 
 
+def _labels(values: Sequence[str], field: str, limit: int, noun: str) -> list[str]:
+    """``values`` checked as a list of at most ``limit`` labels (see ``check_label``), for
+    the listing field ``field`` (its items called ``noun`` in the message)."""
+    if not isinstance(values, list | tuple):
+        raise InvalidObservation(f"{field} must be a list of strings", field=field)
+    if len(values) > limit:
+        raise InvalidObservation(
+            f"{field} lists {len(values)} {noun}; at most {limit} are accepted", field=field
+        )
+    checked = []
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise InvalidObservation(f"{field} must be a list of strings", field=field)
+        checked.append(check_label(value, what=f"{field}[{index}]", identifier=True, field=field))
+    return checked
+
+
 def check_oracles(oracles: Sequence[str]) -> list[str]:
     """A protocol's oracle list (DeFiLlama's ``oracles``: ``["Chainlink", "Pyth"]``): at
     most ``MAX_ORACLES`` names (labels without invisible characters), each once, in the order
     first named."""
-    if not isinstance(oracles, list | tuple):
-        raise InvalidObservation("oracles must be a list of strings", field="oracles")
-    if len(oracles) > MAX_ORACLES:
-        raise InvalidObservation(
-            f"oracles lists {len(oracles)} names; at most {MAX_ORACLES} are accepted",
-            field="oracles",
-        )
-    checked = []
-    for index, oracle in enumerate(oracles):
-        if not isinstance(oracle, str):
-            raise InvalidObservation("oracles must be a list of strings", field="oracles")
-        checked.append(
-            check_label(oracle, what=f"oracles[{index}]", identifier=True, field="oracles")
-        )
-    return list(dict.fromkeys(checked))
+    return list(dict.fromkeys(_labels(oracles, "oracles", MAX_ORACLES, "names")))
 
 
 def check_chains(chains: Sequence[str]) -> list[str]:
@@ -242,16 +245,5 @@ def check_chains(chains: Sequence[str]) -> list[str]:
     their canonical spelling, each once (the first place it is named)."""
     if is_chain_list(chains):
         return list(dict.fromkeys(map(canonical_chain, chains)))
-    if not isinstance(chains, list | tuple):
-        raise InvalidObservation("chains must be a list of strings", field="chains")
-    if len(chains) > MAX_CHAINS:
-        raise InvalidObservation(
-            f"chains lists {len(chains)} chains; at most {MAX_CHAINS} are accepted",
-            field="chains",
-        )
-    checked = []
-    for index, chain in enumerate(chains):
-        if not isinstance(chain, str):
-            raise InvalidObservation("chains must be a list of strings", field="chains")
-        checked.append(check_label(chain, what=f"chains[{index}]", identifier=True, field="chains"))
+    checked = _labels(chains, "chains", MAX_CHAINS, "chains")
     return list(dict.fromkeys(map(canonical_chain, checked)))
