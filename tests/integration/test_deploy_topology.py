@@ -63,6 +63,9 @@ SLUG = "deploy-lend"
 T0 = 1_700_000_000
 FRAME_TIMEOUT = 10.0
 ALERT_TIMEOUT = 20.0
+# Five worker processes importing the server at once take ~5 s on an idle 2-core box, far
+# longer while other work loads it; the wait ends as soon as every lock is held.
+STARTUP_TIMEOUT = 60.0
 
 
 def process_environment(
@@ -93,13 +96,18 @@ def start(deployment: Stack, service: AppService, services: Mapping[str, Any]) -
     data_dir = deployment.work_dir / "volumes" / service.name
     env = process_environment(deployment, service, services, data_dir)
     port = None
+    command = list(service.command)
     if service.serves_http:
         port = free_port()
         env["PORT"] = str(port)
+    elif "--metrics-port" in command:
+        # Each container has its own network; on one host each worker gets its own port.
+        port = free_port()
+        command[command.index("--metrics-port") + 1] = str(port)
     log_path = deployment.work_dir / f"{service.name}.log"
     with log_path.open("wb") as log_file:
         popen = subprocess.Popen(
-            [*CLI, *service.command],
+            [*CLI, *command],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -179,7 +187,7 @@ async def test_the_compose_topology_runs_as_processes(tmp_path: Path) -> None:
             await wait_until(
                 lambda lock=lock: lock_holder(deployment, lock.key),
                 lambda holder, worker=worker: holder == worker,
-                15.0,
+                STARTUP_TIMEOUT,
                 f"{lock.name} held by the {worker} worker",
             )
         for service in api_services:
@@ -262,6 +270,12 @@ async def test_the_compose_topology_runs_as_processes(tmp_path: Path) -> None:
                 )
                 assert history.json()["transitions"], history.text
 
+        # Each worker serves /metrics where deploy/prometheus/prometheus.yml scrapes it.
+        async with httpx.AsyncClient(timeout=10.0) as scraper:
+            for name in holders.values():
+                metrics = await scraper.get(f"http://127.0.0.1:{processes[name].port}/metrics")
+                assert metrics.status_code == 200, (name, metrics.text)
+                assert "defi_realtime_" in metrics.text, name
         # The workers held their roles throughout.
         for lock, worker in holders.items():
             assert lock_holder(deployment, lock.key) == worker, lock.name

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import typer.main
+import yaml
 from starlette.routing import BaseRoute, Route
 
 from defi_realtime.entrypoints.api import create_app
@@ -209,3 +210,33 @@ def test_the_proxy_sends_to_the_api_services(services: list[AppService]) -> None
 def test_env_example_is_next_to_the_compose_file() -> None:
     # docker compose reads `.env` from the compose file's folder (the project directory).
     assert ENV_EXAMPLE.parent == COMPOSE_FILE.parent == DEPLOY_DIR
+
+
+def _scrape_targets() -> set[tuple[str, str]]:
+    config = yaml.safe_load((DEPLOY_DIR / "prometheus" / "prometheus.yml").read_text())
+    return {
+        tuple(target.rsplit(":", 1))
+        for job in config["scrape_configs"]
+        if job["job_name"].startswith("defi-realtime")
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+
+
+def _metrics_port(service: AppService) -> str | None:
+    """Where the service serves /metrics: the API port for ``serve``, ``--metrics-port`` for
+    a worker (none without it)."""
+    if service.serves_http:
+        return str(Settings.model_validate({"PORT": "8000"}).port)
+    arguments = list(service.command)
+    if "--metrics-port" in arguments:
+        return arguments[arguments.index("--metrics-port") + 1]
+    return None
+
+
+def test_prometheus_scrapes_every_app_service_where_it_serves_metrics(
+    services: list[AppService],
+) -> None:
+    served = {(service.name, _metrics_port(service)) for service in services}
+    assert all(port is not None for _, port in served), served
+    assert _scrape_targets() == served
