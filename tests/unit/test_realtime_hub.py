@@ -71,7 +71,9 @@ class Client:
         return [frame for frame in self.frames if frame["type"] == kind]
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+# Generous: the replays-bounded test runs ~8 full replays of the 50,000-event log at once,
+# a few seconds on an idle box, 30 s and more while the box is loaded; it ends on success.
+async def wait_for(condition: Callable[[], bool], seconds: float = 90.0) -> None:
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 - polls the hub, which signals nothing
             await asyncio.sleep(0.005)
