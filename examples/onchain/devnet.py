@@ -121,22 +121,24 @@ def compile_contracts(cache_dir: Path | None) -> dict[str, dict[str, Any]]:
 def start_ganache(port: int, *, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ganache on 127.0.0.1:``port`` (deterministic accounts, one block per
     transaction) and wait until it answers."""
-    out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            "node",
-            str(GANACHE),
-            "--server.host=127.0.0.1",
-            f"--server.port={port}",
-            f"--chain.chainId={CHAIN_ID}",
-            "--wallet.deterministic",
-            "--logging.quiet",
-            "--chain.vmErrorsOnRPCResponse=true",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"},
-    )
+    command = [
+        "node",
+        str(GANACHE),
+        "--server.host=127.0.0.1",
+        f"--server.port={port}",
+        f"--chain.chainId={CHAIN_ID}",
+        "--wallet.deterministic",
+        "--logging.quiet",
+        "--chain.vmErrorsOnRPCResponse=true",
+    ]
+    env = {**os.environ, "NODE_NO_WARNINGS": "1"}
+    if log is None:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env
+        )
+    else:
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -170,6 +172,15 @@ class Devnet:
     contracts: dict[str, dict[str, Any]]
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
 
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Devnet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def rpc(self, method: str, *params: Any) -> Any:
         answer = self.http.post(
             self.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
@@ -197,7 +208,9 @@ class Devnet:
         receipt = self._transact(sender or self.accounts[0], None, code)
         return str(receipt["contractAddress"]).lower()
 
-    def send(self, contract: str, to: str, signature: str, *args: Any, sender: str | None = None) -> dict[str, Any]:
+    def send(
+        self, contract: str, to: str, signature: str, *args: Any, sender: str | None = None
+    ) -> dict[str, Any]:
         selector = self.contracts[contract]["methods"][signature]
         data = "0x" + selector + "".join(_word(a) for a in args)
         return self._transact(sender or self.accounts[0], to, data)
@@ -242,7 +255,9 @@ class Market:
         return max(self.usdc, self.weth)
 
     @classmethod
-    def deploy(cls, devnet: Devnet, *, usdc_liquidity: int = 2_000_000, eth_liquidity: int = 1_000) -> Market:
+    def deploy(
+        cls, devnet: Devnet, *, usdc_liquidity: int = 2_000_000, eth_liquidity: int = 1_000
+    ) -> Market:
         usdc = devnet.deploy("TestToken", 6, 10**9 * 10**6)
         weth = devnet.deploy("TestToken", 18, 10**6 * UNIT)
         token0, token1 = min(usdc, weth), max(usdc, weth)
@@ -272,14 +287,18 @@ class Market:
         usdc_is_0 = self.usdc == self.token0
         reserve_in, reserve_out = (r0, r1) if usdc_is_0 else (r1, r0)
         out = usdc_in * 997 * reserve_out // (reserve_in * 1000 + usdc_in * 997)
-        d.send("TestToken", self.usdc, "transfer(address,uint256)", self.pair, usdc_in, sender=trader)
+        d.send(
+            "TestToken", self.usdc, "transfer(address,uint256)", self.pair, usdc_in, sender=trader
+        )
         args = (0, out) if usdc_is_0 else (out, 0)
         d.send("MiniPair", self.pair, "swap(uint256,uint256,address)", *args, trader, sender=trader)
 
     def swap_v3(self, usdc_in: int, weth_out: int, trader: str | None = None) -> None:
         d = self.devnet
         trader = trader or d.accounts[0]
-        d.send("TestToken", self.usdc, "transfer(address,uint256)", self.v3pool, usdc_in, sender=trader)
+        d.send(
+            "TestToken", self.usdc, "transfer(address,uint256)", self.v3pool, usdc_in, sender=trader
+        )
         zero_for_one = self.usdc == self.token0
         d.send(
             "MiniV3Pool",
@@ -292,7 +311,9 @@ class Market:
             sender=trader,
         )
 
-    def chain_setting(self, url: str, *, confirmations: int = 0, start_block: int = 0) -> dict[str, Any]:
+    def chain_setting(
+        self, url: str, *, confirmations: int = 0, start_block: int = 0
+    ) -> dict[str, Any]:
         """The ``EVM_CHAINS`` entry for this market (USDC priced at $1)."""
         return {
             "chain_id": CHAIN_ID,
@@ -327,11 +348,17 @@ class Market:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=8545)
-    parser.add_argument("--trades", type=int, default=30, help="trades to make, then keep the chain up")
+    parser.add_argument(
+        "--trades", type=int, default=30, help="trades to make, then keep the chain up"
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between trades")
-    parser.add_argument("--write-build", action="store_true", help="recompile contracts/build.json and exit")
+    parser.add_argument(
+        "--write-build", action="store_true", help="recompile contracts/build.json and exit"
+    )
     args = parser.parse_args()
     if args.write_build:
         write_build()
@@ -343,11 +370,13 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     process = start_ganache(args.port)
     try:
-        market = Market.deploy(Devnet(url, contracts))
+        market = Market.deploy(Devnet(url, contracts))  # closed with the process
         print("EVM_CHAINS='" + json.dumps([market.chain_setting(url)]) + "'", flush=True)
         for _ in range(args.trades):
             market.swap_usdc_for_weth(10_000 * 10**6)
-            print(f"traded at block {market.devnet.head()}; reserves {market.reserves()}", flush=True)
+            print(
+                f"traded at block {market.devnet.head()}; reserves {market.reserves()}", flush=True
+            )
             time.sleep(args.interval)
         print("trades done; the chain stays up (Ctrl-C to stop)", flush=True)
         process.wait()

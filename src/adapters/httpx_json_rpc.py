@@ -67,7 +67,9 @@ class HttpxJsonRpc:
 
     async def call(self, method: str, params: Sequence[Any]) -> Any:
         request_id = next(self._ids)
-        answer = await self._post({"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)})
+        answer = await self._post(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
+        )
         return _result(method, answer)
 
     async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
@@ -82,7 +84,9 @@ class HttpxJsonRpc:
         ]
         answers = await self._post(payload)
         if not isinstance(answers, list):  # a node refusing batches answers one error
-            raise JsonRpcError("batch", answers.get("error") if isinstance(answers, dict) else answers)
+            raise JsonRpcError(
+                "batch", answers.get("error") if isinstance(answers, dict) else answers
+            )
         by_id = {answer.get("id"): answer for answer in answers if isinstance(answer, dict)}
         results = []
         for index, (method, _params) in enumerate(calls):

@@ -702,7 +702,7 @@ class DefiRealtime(Application[UUID]):
     def evm_chain(self, chain_id: int) -> EvmChain | None:
         """The collector state of ``chain_id`` (None: never opened). Writer thread only."""
         try:
-            found = self.repository.get(EvmChain.id_for(chain_id))
+            found: Aggregate = self.repository.get(EvmChain.id_for(chain_id))
         except AggregateNotFoundError:
             return None
         return found if isinstance(found, EvmChain) else None

@@ -71,7 +71,7 @@ class EvmCollector:
         on_writer: Callable[[Callable[[], Any]], Awaitable[Any]],
     ) -> None:
         self.spec = spec
-        self._rpc = rpc
+        self.rpc = rpc
         self._app = app
         self._on_writer = on_writer
         self._pools: dict[str, PoolSpec] = {pool.address: pool for pool in spec.pools}
@@ -98,7 +98,7 @@ class EvmCollector:
             await self._open()
             chain = await self._writer(lambda: self._app.evm_chain(chain_id))
             assert chain is not None
-        head = int(await self._rpc.call("eth_blockNumber", []), 16)
+        head = int(await self.rpc.call("eth_blockNumber", []), 16)
         target = head - self.spec.confirmations
         recorded_head = chain.head
         last = min(target, recorded_head + self.spec.max_blocks_per_step)
@@ -122,7 +122,7 @@ class EvmCollector:
         return await self._record(chain, new)
 
     async def _blocks(self, numbers: Sequence[int]) -> list[dict[str, Any] | None]:
-        answers = await self._rpc.batch(
+        answers = await self.rpc.batch(
             [("eth_getBlockByNumber", [hex(number), False]) for number in numbers]
         )
         return [answer if isinstance(answer, dict) else None for answer in answers]
@@ -142,18 +142,23 @@ class EvmCollector:
                     for token in (pool.token0, pool.token1):
                         data = BALANCE_OF + holder
                         calls.append(("eth_call", [{"to": token, "data": data}, at]))
-            answers = iter(await self._rpc.batch(calls))
+            answers = iter(await self.rpc.batch(calls))
             for pool in spec.pools:
                 if pool.kind == "v2":
                     raw = _hex_bytes(next(answers))
                     pair = (_word(raw, 0), _word(raw, 1))
                 else:
-                    pair = (_word(_hex_bytes(next(answers)), 0), _word(_hex_bytes(next(answers)), 0))
+                    pair = (
+                        _word(_hex_bytes(next(answers)), 0),
+                        _word(_hex_bytes(next(answers)), 0),
+                    )
                 reserves[pool.address] = [str(pair[0]), str(pair[1])]
         step = ChainStep(
             chain_id=spec.chain_id,
             source=spec.source,
-            opening=lambda: EvmChain.open(spec.chain_id, spec.name, spec.start_block, reserves=reserves),
+            opening=lambda: EvmChain.open(
+                spec.chain_id, spec.name, spec.start_block, reserves=reserves
+            ),
         )
         await self._writer(lambda: self._app.record_chain_step(step))
 
@@ -175,7 +180,9 @@ class EvmCollector:
                 )
             fork = self.spec.start_block - 1
         orphaned = chain.head - fork
-        step = ChainStep(chain_id=self.spec.chain_id, source=f"{self.spec.source}:reorg", orphan_from=fork + 1)
+        step = ChainStep(
+            chain_id=self.spec.chain_id, source=f"{self.spec.source}:reorg", orphan_from=fork + 1
+        )
         await self._writer(lambda: self._app.record_chain_step(step))
         log.warning(
             "chain %s: reorg, %d block(s) from %d orphaned and retracted",
@@ -186,12 +193,11 @@ class EvmCollector:
         return StepOutcome(orphaned=orphaned, head=fork)
 
     async def _record(self, chain: EvmChain, blocks: list[dict[str, Any]]) -> StepOutcome:
-        spec = self.spec
         first, last = int(blocks[0]["number"], 16), int(blocks[-1]["number"], 16)
         by_number = {int(block["number"], 16): block for block in blocks}
         raw_logs: list[Mapping[str, Any]] = []
         if self._watched:
-            raw_logs = await self._rpc.call(
+            raw_logs = await self.rpc.call(
                 "eth_getLogs",
                 [{"fromBlock": hex(first), "toBlock": hex(last), "address": self._watched}],
             )
@@ -306,4 +312,3 @@ def _hex_bytes(raw: Any) -> bytes:
 def _word(data: bytes, index: int) -> int:
     chunk = data[32 * index : 32 * index + 32]
     return int.from_bytes(chunk, "big") if chunk else 0
-

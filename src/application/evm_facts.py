@@ -88,7 +88,9 @@ class ChainSpec:
 
     def watched(self) -> list[str]:
         """Addresses whose logs the collector asks for: pools, then tokens."""
-        return list(dict.fromkeys([p.address for p in self.pools] + [t.address for t in self.tokens]))
+        return list(
+            dict.fromkeys([p.address for p in self.pools] + [t.address for t in self.tokens])
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,13 +218,13 @@ def pool_value(
     """The pool's TVL in USD: each reserve times its token's fixed price; a leg without
     a price is worth the priced leg (a constant-product pool holds equal value on both
     sides at its own price). None when neither leg is priced."""
-    legs = []
+    legs: list[float | None] = []
     for amount, address in zip(reserves, (pool.token0, pool.token1), strict=True):
         token = tokens.get(address)
         decimals = token.decimals if token is not None else 18
         usd = token.usd if token is not None else None
-        legs.append(None if usd is None else amount / 10**decimals * usd)
-    priced = [leg for leg in legs if leg is not None]
+        legs.append(None if usd is None else float(amount) / 10**decimals * usd)
+    priced: list[float] = [leg for leg in legs if leg is not None]
     if not priced:
         return None
     if len(priced) == 1:
@@ -230,16 +232,18 @@ def pool_value(
     return sum(priced)
 
 
-def apply_fact(reserves: dict[str, tuple[int, int]], fact: Mapping[str, Any], pools: Mapping[str, PoolSpec]) -> str | None:
+def apply_fact(
+    reserves: dict[str, tuple[int, int]], fact: Mapping[str, Any], pools: Mapping[str, PoolSpec]
+) -> str | None:
     """Update ``reserves`` (pool -> token amounts) with ``fact``; the pool it moved, if any.
 
     A V2 pool's reserves are its ``Sync``; a V3 pool's are its token balances, moved by the
     tokens' ``Transfer``s to and from it."""
     kind = fact["kind"]
     if kind == "sync":
-        pool = str(fact["address"])
-        reserves[pool] = (int(fact["reserve0"]), int(fact["reserve1"]))
-        return pool
+        address = str(fact["address"])
+        reserves[address] = (int(fact["reserve0"]), int(fact["reserve1"]))
+        return address
     if kind != "transfer":
         return None
     moved = None

@@ -143,7 +143,9 @@ class EvmChain(Aggregate):
         parent = self.hashes.get(self.head)
         for block in blocks:
             if int(block["number"]) != expected:
-                raise DomainError(f"block {block['number']} recorded out of order (want {expected})")
+                raise DomainError(
+                    f"block {block['number']} recorded out of order (want {expected})"
+                )
             if parent is not None and block["parent_hash"] != parent:
                 raise ReorgDetected(
                     f"block {expected}'s parent {block['parent_hash']} is not the recorded "
@@ -175,8 +177,8 @@ class EvmChain(Aggregate):
             number = int(block["number"])
             self.hashes[number] = str(block["hash"])
             self.head = number
-        for number, pools in reserves.items():
-            self.reserves_by_block.setdefault(int(number), {}).update(pools)
+        for key, pools in reserves.items():
+            self.reserves_by_block.setdefault(int(key), {}).update(pools)
         for observation in tvl:
             number = int(observation["block"])
             key = tvl_key(str(observation["protocol"]), str(observation["chain"]))

@@ -31,7 +31,9 @@ class EvmToken(_Strict):
     symbol: str = Field(min_length=1, max_length=32)
     decimals: int = Field(default=18, ge=0, le=36)
     usd: float | None = Field(
-        default=None, gt=0, description="a fixed USD price (stable coins); unset: valued through its pool"
+        default=None,
+        gt=0,
+        description="a fixed USD price (stable coins); unset: valued through its pool",
     )
 
 
