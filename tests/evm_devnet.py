@@ -26,7 +26,8 @@ def devnet_module() -> ModuleType:
     if found is not None:
         return found
     spec = importlib.util.spec_from_file_location("onchain_devnet", DEVNET_FILE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["onchain_devnet"] = module
     spec.loader.exec_module(module)
