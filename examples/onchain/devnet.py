@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -347,6 +348,10 @@ class Market:
         }
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -366,6 +371,8 @@ def main() -> None:
     why = tools_missing()
     if why:
         sys.exit(f"error: {why}")
+    # SIGTERM too ends the chain with the script (not only Ctrl-C).
+    signal.signal(signal.SIGTERM, _interrupt)
     contracts = load_contracts()
     url = f"http://127.0.0.1:{args.port}"
     process = start_ganache(args.port)
