@@ -159,6 +159,19 @@ class GeneratedChain:
         return None
 
 
+def sqlite_app(data_dir: str) -> tuple[DefiRealtime, IngestWriter]:
+    """The application over a SQLite event store in ``data_dir``, and its started writer."""
+    app = DefiRealtime(
+        env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(Path(data_dir) / "events.sqlite"),
+        }
+    )
+    writer = IngestWriter(app)
+    writer.start()
+    return app, writer
+
+
 def bench_decode(chain: GeneratedChain, repeat: int) -> float:
     chain_spec = spec()
     pools = {pool.address: pool for pool in chain_spec.pools}
@@ -176,13 +189,7 @@ async def bench_end_to_end(chain: GeneratedChain, repeat: int) -> float:
     rates = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as data_dir:
-            env = {
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": str(Path(data_dir) / "events.sqlite"),
-            }
-            app = DefiRealtime(env=env)
-            writer = IngestWriter(app)
-            writer.start()
+            app, writer = sqlite_app(data_dir)
             try:
                 collector = EvmCollector(spec(), chain, app, writer.call)
                 started = time.perf_counter()  # the first step also opens the chain's record
@@ -228,13 +235,7 @@ async def bench_latency(trades: int) -> list[float] | None:
             setting["requests_per_second"] = 1000
             (chain_spec,) = chain_specs(json.dumps([setting]))
             with tempfile.TemporaryDirectory() as data_dir:
-                env = {
-                    "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                    "SQLITE_DBNAME": str(Path(data_dir) / "events.sqlite"),
-                }
-                app = DefiRealtime(env=env)
-                writer = IngestWriter(app)
-                writer.start()
+                app, writer = sqlite_app(data_dir)
                 rpc = HttpxJsonRpc(chain_spec.rpc_urls, requests_per_second=1000)
                 collector = EvmCollector(chain_spec, rpc, app, writer.call)
                 task = asyncio.create_task(collector.run())

@@ -3,6 +3,8 @@
 // with Uniswap V2's exact signatures, constant product with a 0.3 % fee.
 pragma solidity ^0.8.20;
 
+import "SqrtMath.sol";
+
 interface IERC20Balance {
     function balanceOf(address owner) external view returns (uint256);
     function transfer(address to, uint256 value) external returns (bool);
@@ -45,7 +47,7 @@ contract MiniPair {
         uint256 amount0 = balance0 - reserve0;
         uint256 amount1 = balance1 - reserve1;
         if (totalSupply == 0) {
-            liquidity = _sqrt(amount0 * amount1);
+            liquidity = SqrtMath.sqrt(amount0 * amount1);
         } else {
             uint256 by0 = (amount0 * totalSupply) / reserve0;
             uint256 by1 = (amount1 * totalSupply) / reserve1;
@@ -97,18 +99,5 @@ contract MiniPair {
         reserve1 = uint112(balance1);
         blockTimestampLast = uint32(block.timestamp);
         emit Sync(reserve0, reserve1);
-    }
-
-    function _sqrt(uint256 y) private pure returns (uint256 z) {
-        if (y > 3) {
-            z = y;
-            uint256 x = y / 2 + 1;
-            while (x < z) {
-                z = x;
-                x = (y / x + x) / 2;
-            }
-        } else if (y != 0) {
-            z = 1;
-        }
     }
 }

@@ -4,6 +4,8 @@
 // Its TVL is its token balances (what the collector follows through ERC-20 Transfers).
 pragma solidity ^0.8.20;
 
+import "SqrtMath.sol";
+
 interface IERC20Balance3 {
     function balanceOf(address owner) external view returns (uint256);
     function transfer(address to, uint256 value) external returns (bool);
@@ -36,20 +38,7 @@ contract MiniV3Pool {
         uint256 balance1 = IERC20Balance3(token1).balanceOf(address(this));
         int256 amount0 = zeroForOne ? int256(amountIn) : -int256(amountOut);
         int256 amount1 = zeroForOne ? -int256(amountOut) : int256(amountIn);
-        uint256 sqrtPrice = _sqrt((balance1 << 96) / balance0) << 48;
-        emit Swap(msg.sender, recipient, amount0, amount1, uint160(sqrtPrice), uint128(_sqrt(balance0 * balance1)), 0);
-    }
-
-    function _sqrt(uint256 y) private pure returns (uint256 z) {
-        if (y > 3) {
-            z = y;
-            uint256 x = y / 2 + 1;
-            while (x < z) {
-                z = x;
-                x = (y / x + x) / 2;
-            }
-        } else if (y != 0) {
-            z = 1;
-        }
+        uint256 sqrtPrice = SqrtMath.sqrt((balance1 << 96) / balance0) << 48;
+        emit Swap(msg.sender, recipient, amount0, amount1, uint160(sqrtPrice), uint128(SqrtMath.sqrt(balance0 * balance1)), 0);
     }
 }
