@@ -26,6 +26,7 @@ from defi_realtime.application.evm_facts import (
 )
 from defi_realtime.domain.protocol import Protocol
 from defi_realtime.entrypoints.evm_settings import chain_specs
+from defi_realtime.entrypoints.roles import plan
 from defi_realtime.entrypoints.settings import Settings
 
 USDC, WETH = "0x" + "11" * 20, "0x" + "22" * 20
@@ -239,3 +240,12 @@ def test_a_retraction_reaches_the_log_as_a_flagged_correction() -> None:
         "source": "evm:1:reorg",
         "retracted": True,
     }
+
+
+def test_serve_runs_the_evm_role_only_with_chains_and_the_worker_always() -> None:
+    def roles(process: str, chains: str) -> list[str]:
+        return [placement.role.name for placement in plan(process, Settings(evm_chains=chains))]
+
+    assert "evm" not in roles("serve", "")
+    assert "evm" in roles("serve", json.dumps([chain()]))
+    assert roles("evm", "") == ["evm"]
