@@ -58,7 +58,7 @@ class EvmChainSetting(_Strict):
     confirmations: int = Field(default=12, ge=0, lt=DEFAULT_REORG_WINDOW)
     start_block: int = Field(default=0, ge=0)
     max_blocks_per_step: int = Field(default=100, ge=1, le=2_000)
-    requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    requests_per_second: float = Field(default=20.0, ge=1, le=10_000)
     poll_interval: float = Field(default=2.0, gt=0, le=3_600)
     pools: list[EvmPool] = Field(default_factory=list, max_length=1_000)
     tokens: list[EvmToken] = Field(default_factory=list, max_length=1_000)
