@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean docs
+.PHONY: run test lint bench install clean docs evm-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
+
+evm-tools:  ## the local EVM chain and compiler of the on-chain tests (ganache, solc: npm, pinned)
+	cd tools/evm && npm ci --no-audit --no-fund --loglevel=error
 
 docs: $(STAMP)  ## regenerate docs/configuration.md's table from the settings model
 	$(BIN)/python scripts/configuration_reference.py

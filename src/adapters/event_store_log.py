@@ -41,6 +41,7 @@ from ..domain.alert_rule import AlertRule, public_channels
 from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey
 from ..domain.chains import canonical_chain
+from ..domain.evm import EvmChain
 from ..domain.protocol import Protocol
 from ..domain.token import Token, canonical_token_id
 from .in_flight import Calls
@@ -88,6 +89,31 @@ def _metric(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
             "observed_at": event["observed_at"],
             "source": event["source"],
         },
+    )
+
+
+def _retracted(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    # Downstream a retraction is a correction at the same (metric, chain, observed_at):
+    # every read model and stream already applies those (ADR 0048); ``retracted`` tells
+    # clients why the value moved.
+    kind, key, data = _metric(event)
+    data["retracted"] = True
+    return kind, key, data
+
+
+def _evm_blocks(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "evm_blocks_recorded",
+        str(event["chain_id"]),
+        {"blocks": event["blocks"], "facts": event["facts"]},
+    )
+
+
+def _evm_orphaned(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "evm_blocks_orphaned",
+        str(event["chain_id"]),
+        {"from_number": event["from_number"], "blocks": event["blocks"]},
     )
 
 
@@ -202,6 +228,9 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{Protocol.__name__}.Listed": _listed,
     f"{Protocol.__name__}.DetailsUpdated": _updated,
     f"{Protocol.__name__}.MetricRecorded": _metric,
+    f"{Protocol.__name__}.MetricRetracted": _retracted,
+    f"{EvmChain.__name__}.BlocksRecorded": _evm_blocks,
+    f"{EvmChain.__name__}.BlocksOrphaned": _evm_orphaned,
     f"{Token.__name__}.PriceRecorded": _price,
     f"{AlertRule.__name__}.Triggered": _alert("alert_triggered"),
     f"{AlertRule.__name__}.Resolved": _alert("alert_resolved"),

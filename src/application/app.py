@@ -31,12 +31,14 @@ from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
 from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, hash_key
+from ..domain.evm import EvmChain
 from ..domain.protocol import Protocol
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
 from ..domain.subscription import Subscription, SubscriptionBook
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
+from .evm_facts import ChainStep
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
 from .metric_mapper import MetricRecordedMapper
 
@@ -694,6 +696,61 @@ class DefiRealtime(Application[UUID]):
                 return None
             working[rule_id] = rule
         return rule if isinstance(rule, AlertRule) else None
+
+    # -- on-chain collection -------------------------------------------------------------
+
+    def evm_chain(self, chain_id: int) -> EvmChain | None:
+        """The collector state of ``chain_id`` (None: never opened). Writer thread only."""
+        try:
+            found: Aggregate = self.repository.get(EvmChain.id_for(chain_id))
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, EvmChain) else None
+
+    def record_chain_step(self, step: ChainStep) -> int:
+        """Apply one collector step in ONE transaction: open the chain, or orphan blocks
+        and retract the protocols' observations they carried, or record new blocks with
+        their facts and the TVL observations they gave (an ``IngestBatch``, applied as
+        every ingest is). The new head position (0: nothing recorded). Writer thread only."""
+
+        def apply(working: dict[UUID, Aggregate]) -> int:
+            self._absent.clear()
+            self._preloaded.clear()
+            try:
+                return record(working)
+            finally:
+                self._absent.clear()
+                self._preloaded.clear()
+
+        def record(working: dict[UUID, Aggregate]) -> int:
+            chain_id = EvmChain.id_for(step.chain_id)
+            chain = self._load(chain_id, working)
+            if chain is None:
+                if step.opening is None:
+                    raise LookupError(f"EVM chain {step.chain_id} was never opened")
+                chain = step.opening()
+                working[chain_id] = chain
+            assert isinstance(chain, EvmChain)
+            if step.orphan_from is not None:
+                for restored in chain.orphan_from(step.orphan_from):
+                    protocol = self._load(Protocol.id_for(str(restored["protocol"])), working)
+                    if isinstance(protocol, Protocol):
+                        protocol.retract_metric(
+                            "tvl",
+                            str(restored["chain"]),
+                            float(restored["observed_at"]),
+                            float(restored["value"]),
+                            step.source,
+                        )
+            if step.blocks:
+                chain.record_blocks(step.blocks, step.facts, step.reserves, step.tvl)
+            if step.batch is not None:
+                result = self._apply_batch(step.batch, working)
+                if not result.committed:
+                    raise ValueError(f"chain {step.chain_id}: observations refused: {result}")
+            return self._save_group([a for a in working.values() if a.pending_events])
+
+        return self._retrying(apply)
 
     # -- anomalies ------------------------------------------------------------------------
 

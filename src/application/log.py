@@ -29,6 +29,8 @@ EntryKind = Literal[
     "api_key_issued",
     "api_key_revoked",
     "api_key_rotated_out",
+    "evm_blocks_recorded",
+    "evm_blocks_orphaned",
 ]
 # An alert rule's lifecycle, in the order a rule can live it (consumers that do not follow
 # rules, such as the hot projections and the realtime hub, ignore these kinds).
@@ -42,11 +44,19 @@ ALERT_RULE_KINDS: Final[tuple[str, ...]] = (
 # An API key's life (key: the key's id): every node forgets what it cached about the key
 # and closes its sockets when it is revoked (docs/adr/0039).
 API_KEY_KINDS: Final[tuple[str, ...]] = ("api_key_issued", "api_key_revoked", "api_key_rotated_out")
+# What an EVM collector recorded (key: the chain id): ``evm_blocks_recorded``: ``blocks``
+# (``number``, ``hash``, ``parent_hash``, ``timestamp``) and ``facts`` (decoded logs:
+# ``kind`` swap/sync/mint/burn/transfer with ``block``, ``block_hash``, ``tx_hash``,
+# ``tx_index``, ``log_index``, ``address``...); ``evm_blocks_orphaned``: ``from_number`` and
+# the ``blocks`` (``number``, ``hash``) a reorg replaced: every fact of those block hashes is
+# retracted (docs/adr/0048).
+EVM_KINDS: Final[tuple[str, ...]] = ("evm_blocks_recorded", "evm_blocks_orphaned")
 ENTRY_KINDS: Final[frozenset[str]] = frozenset(
     {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
     | set(ALERT_RULE_KINDS)
     | {"anomaly_detected"}
     | set(API_KEY_KINDS)
+    | set(EVM_KINDS)
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -412,3 +412,18 @@ class RateLimiter(Protocol):
     async def peek(self, quota: Quota, identity: str) -> Verdict:
         """The verdict a hit would get now, without counting one."""
         ...
+
+
+class JsonRpc(Protocol):
+    """An EVM node's JSON-RPC API, as an EVM collector uses it (``HttpxJsonRpc``: several
+    URLs with failover, a request budget)."""
+
+    async def call(self, method: str, params: Sequence[Any]) -> Any:
+        """One request; the ``result``, or raises on an error answer."""
+        ...
+
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several requests in one (a JSON-RPC batch); the results in the order asked."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -49,6 +49,7 @@ from .api_key import (
 )
 from .chains import ChainInfo, canonical_chain, chain_info, chain_key, known_chains
 from .errors import DomainError, InvalidObservation, InvalidTransition
+from .evm import EvmChain, ReorgDetected, ReorgTooDeep
 from .observations import METRICS, OBSERVED_AT_RANGE, TOTAL, Metric
 from .protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
 from .subscription import (
@@ -79,6 +80,7 @@ __all__ = [
     "Condition",
     "DomainError",
     "EmailChannel",
+    "EvmChain",
     "Firing",
     "InvalidAllowList",
     "InvalidObservation",
@@ -90,6 +92,8 @@ __all__ = [
     "PctChangeCondition",
     "Protocol",
     "ProtocolTarget",
+    "ReorgDetected",
+    "ReorgTooDeep",
     "RuleBook",
     "RuleQuotaExceeded",
     "RuleState",

@@ -262,6 +262,31 @@ class Protocol(Aggregate):
             assert isinstance(aggregate, Protocol)
             aggregate._apply_metric(self.metric, self.chain, self.value, self.observed_at)
 
+    def retract_metric(
+        self, metric: str, chain: str, observed_at: float, restored: float, source: str = ""
+    ) -> bool:
+        """Retract the observation at ``(metric, chain, observed_at)``: its source learnt it
+        was never true (an EVM block orphaned by a reorg). The value there becomes
+        ``restored`` (what was true before it), as a correction would make it; the
+        retraction is a fact of its own, never an edit. False (nothing recorded) when
+        nothing was observed there or it already holds ``restored``."""
+        check_metric(metric)
+        chain = check_chain(chain)
+        number = check_value(restored)
+        stamp = check_timestamp(observed_at)
+        check_text(source or "", field="source")
+        held = self.history.get((metric, chain, stamp))
+        if held is None or held == number:
+            return False
+        self._metric_retracted(self.slug, metric, chain, number, stamp, source or "")
+        return True
+
+    @event("MetricRetracted")
+    def _metric_retracted(
+        self, slug: str, metric: str, chain: str, value: float, observed_at: float, source: str
+    ) -> None:
+        self._apply_metric(metric, chain, value, observed_at)
+
     def _apply_metric(self, metric: str, chain: str, value: float, observed_at: float) -> None:
         chain = canonical_chain(chain)  # an event recorded before names were normalised
         self.history[(metric, chain, observed_at)] = value

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from ..adapters.sql_delivery_log import SqlDeliveryLog
     from ..adapters.sql_history import SqlHistoryReadModel
     from ..adapters.webhook_notifier import WebhookGuard, WebhookNotifier
+    from ..application.evm_collector import EvmCollector
     from .auth import ApiKeyBackend
     from .sessions import SessionTokens
     from .ws_server import SocketGateway
@@ -535,6 +536,31 @@ async def _upstream(url: str | None) -> AsyncIterator[DefiLlamaHttpSource | None
         await source.aclose()
 
 
+async def _evm_collectors(
+    evm_chains: str, app: DefiRealtime, writer: IngestWriter
+) -> AsyncIterator[list[EvmCollector]]:
+    """One collector per ``EVM_CHAINS`` entry, each with its JSON-RPC client (ADR 0048);
+    their writes go through the writer thread."""
+    from ..adapters.httpx_json_rpc import HttpxJsonRpc
+    from ..application.evm_collector import EvmCollector
+    from .evm_settings import chain_specs
+
+    collectors = [
+        EvmCollector(
+            spec,
+            HttpxJsonRpc(spec.rpc_urls, requests_per_second=spec.requests_per_second),
+            app,
+            writer.call,
+        )
+        for spec in chain_specs(evm_chains)
+    ]
+    try:
+        yield collectors
+    finally:
+        for collector in collectors:
+            await collector.rpc.aclose()
+
+
 def _reconciliation(
     settings: Settings,
     process: str,
@@ -760,6 +786,7 @@ class Container(containers.DeclarativeContainer):
         providers.Singleton(_dispatcher_runner, event_log, dispatcher),
         providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
     )
+    evm_collectors = providers.Resource(_evm_collectors, config.evm_chains, application, writer)
     upstream = providers.Resource(_upstream, config.reconcile_upstream_url)
     reconciliation = providers.Singleton(
         _reconciliation,

@@ -155,6 +155,9 @@ def logging_config(level: str = "info", log_format: str = "json") -> dict[str, A
             },
             # Alembic announces each of its plugins at import, at INFO.
             "alembic.runtime.plugins": {"level": "WARNING"},
+            # httpx logs every request at INFO: an EVM collector polling a node several
+            # times a second would fill the log (failures reach our own loggers).
+            "httpx": {"level": "WARNING" if level.lower() == "info" else level.upper()},
         },
     }
 

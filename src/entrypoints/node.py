@@ -24,6 +24,7 @@ from ..adapters.sql_history import SqlHistoryReadModel
 from ..application.alerting import AlertEvaluator
 from ..application.app import DefiRealtime
 from ..application.durable_subscriptions import DurableSubscriptions
+from ..application.evm_collector import EvmCollector
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.ports import EventFanout, HotProjection, NotificationQueue, QueryCache
 from ..application.realtime import RealtimeHub
@@ -114,6 +115,7 @@ class Node:
     relay: Relay | None = None
     evaluator: AlertEvaluator | None = None
     notification_queue: NotificationQueue | None = None
+    evm_collectors: list[EvmCollector] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Set once ``fanout.start()`` returned: loops register their handlers before it, and the
     # relay must not publish before it.
@@ -176,6 +178,8 @@ class Node:
             await self._start_notifications(loop)
         elif loop.name == "reconcile":
             await self._start_reconcile(loop)
+        elif loop.name == "evm":
+            await self._start_evm(loop)
         else:  # pragma: no cover - the role table and this dispatch change together
             raise ValueError(f"no way to run loop {loop.name!r}")
 
@@ -265,6 +269,29 @@ class Node:
                 ),
             )
         )
+
+    async def _start_evm(self, loop: Loop) -> None:
+        collectors = await provide(self.container.evm_collectors)
+        self.evm_collectors = collectors
+        for collector in collectors:
+            # One supervised task per chain: a chain whose nodes fail does not stop the
+            # others. Each chain is elected on its own lock (one collector per chain across
+            # the processes); two tasks of this process could not share one session lock.
+            chain_lock = None
+            if loop.lock is not None:
+                chain_id = collector.spec.chain_id
+                chain_lock = Lock(f"{loop.lock.name}_{chain_id}", loop.lock.key + chain_id)
+            self.tasks.append(
+                supervise(
+                    f"{loop.name}-{collector.spec.chain_id}",
+                    elected(
+                        collector.run,
+                        database_url=self.settings.database_url,
+                        lock=chain_lock,
+                        what=f"collects chain {collector.spec.chain_id}",
+                    ),
+                )
+            )
 
 
 def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:

@@ -43,6 +43,7 @@ class Follower(StrEnum):
     PROJECTOR = "the shared projector"
     OWN = "a follower of its own"
     TIMER = "a timer of its own (reads the log when it runs)"
+    CHAINS = "the EVM chains' JSON-RPC nodes (EVM_CHAINS)"
 
 
 class Stage(StrEnum):
@@ -60,6 +61,7 @@ class InServe(StrEnum):
     ALWAYS = "always"
     WITHOUT_BROKER = "when AMQP_URL is unset"
     WITH_SHARED_HOT = "when REDIS_URL is set"
+    WITH_EVM_CHAINS = "when EVM_CHAINS is set"
     NEVER = "never"
 
 
@@ -77,6 +79,7 @@ ALERTS_LOCK: Final = Lock("dr_alert", 0x64725F616C657274)
 NOTIFICATIONS_LOCK: Final = Lock("dr_noti", 0x64725F6E6F7469)
 RECONCILE_LOCK: Final = Lock("dr_reco", 0x64725F7265636F)
 ANOMALIES_LOCK: Final = Lock("dr_anom", 0x64725F616E6F6D)
+EVM_LOCK: Final = Lock("dr_evm", 0x64725F65766D)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +181,22 @@ ROLES: Final[tuple[Role, ...]] = (
         follower=Follower.TIMER,
         lock=RECONCILE_LOCK,
     ),
+    Role(
+        "evm",
+        "follows the EVM_CHAINS behind their confirmations: blocks, swaps, pool TVL; "
+        "retracts what a reorg orphaned (ADR 0048)",
+        worker="evm",
+        in_serve=InServe.WITH_EVM_CHAINS,
+        follower=Follower.CHAINS,
+        lock=EVM_LOCK,
+    ),
 )
 
 WORKERS: Final[tuple[str, ...]] = tuple(
     dict.fromkeys(role.worker for role in ROLES if role.worker is not None)
 )
 """The ``worker`` processes there are: ``relay``, ``projections``, ``alerts``,
-``notifications``, ``reconcile``."""
+``notifications``, ``reconcile``, ``evm``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +225,8 @@ def _runs(role: Role, process: str, settings: Settings) -> bool:
         return settings.amqp_url is None
     if role.in_serve is InServe.WITH_SHARED_HOT:
         return settings.redis_url is not None
+    if role.in_serve is InServe.WITH_EVM_CHAINS:
+        return bool(settings.evm_chains.strip())
     return role.in_serve is InServe.ALWAYS
 
 
@@ -242,7 +256,7 @@ def loops(placements: Sequence[Placement]) -> tuple[Loop, ...]:
     shared projector (one loop for every shared projection) and one per ``OWN`` role."""
     grouped: dict[str, list[Placement]] = {}
     for placement in placements:
-        if placement.follower in (Follower.OWN, Follower.TIMER):
+        if placement.follower in (Follower.OWN, Follower.TIMER, Follower.CHAINS):
             key = placement.role.name
         else:
             key = {

@@ -408,6 +408,16 @@ class Settings(BaseSettings):
         description="Relative difference of a protocol's TVL from the upstream's that "
         "reconciliation still counts as equal (upstream moves between polls).",
     )
+    # --- on-chain collection (ADR 0048, docs/onchain.md)
+    evm_chains: str = Field(
+        default="",
+        alias="EVM_CHAINS",
+        description="JSON list of the EVM chains to collect from: each with chain_id, name, "
+        "rpc_urls (tried in turn), confirmations (12), start_block (0), max_blocks_per_step "
+        "(100), requests_per_second (20), poll_interval (2 s), pools (address, protocol, "
+        "protocol_name, kind v2|v3, token0, token1) and tokens (address, symbol, decimals, "
+        "usd for a fixed price). Empty: no EVM collector runs.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
         alias="LOG_LEVEL",
@@ -420,6 +430,14 @@ class Settings(BaseSettings):
         description="json: one JSON object a line (time, level, logger, message, "
         "request_id, ...); text: one plain line each.",
     )
+
+    @field_validator("evm_chains")
+    @classmethod
+    def _evm_chains(cls, value: str) -> str:
+        from .evm_settings import parse_chains  # pydantic models of the entries
+
+        parse_chains(value)
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -1,0 +1,252 @@
+"""EVM collectors against a real local chain (ganache), never a mock (docs/onchain.md).
+
+One ganache for the module; contracts from ``examples/onchain/contracts`` (compiled with
+solcjs; the committed build is checked against a fresh compile). The scenarios deploy two
+tokens, a V2 pair and a V3-style pool, trade, and force a reorg with ``evm_snapshot`` /
+``evm_revert`` / ``evm_mine``: the same heights, other blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from defi_realtime.adapters.event_store_log import EventStoreLog
+from defi_realtime.adapters.httpx_json_rpc import HttpxJsonRpc, NodesUnavailable
+from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.evm_collector import EvmCollector
+from defi_realtime.application.writer import IngestWriter
+from defi_realtime.entrypoints.evm_settings import chain_specs
+from defi_realtime.entrypoints.settings import Settings
+from tests.e2e.conftest import start_server, wait_for
+from tests.evm_devnet import devnet_module, free_port, local_chain
+from tests.services import missing
+
+SLUG = "local-swap-v2"
+WAIT = 15.0
+
+
+@pytest.fixture(scope="module")
+def devnet() -> ModuleType:
+    return devnet_module()
+
+
+@pytest.fixture(scope="module")
+def chain_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with local_chain(tmp_path_factory.mktemp("ganache") / "ganache.log") as url:
+        yield url
+
+
+@pytest.fixture
+def node(devnet: ModuleType, chain_url: str) -> Iterator[Any]:
+    with devnet.Devnet(chain_url, devnet.load_contracts()) as client:
+        yield client
+
+
+def usd_tvl(market: Any) -> float:
+    """The V2 pair's TVL as the collector prices it: twice the USDC leg ($1, 6 decimals)."""
+    r0, r1 = market.reserves()
+    usdc = r0 if market.usdc == market.token0 else r1
+    return 2 * usdc / 10**6
+
+
+def test_the_committed_build_is_what_the_sources_compile_to(
+    devnet: ModuleType, tmp_path: Path
+) -> None:
+    why = devnet.tools_missing()
+    if why is not None:
+        missing(f"solcjs cannot run: {why}")  # skips locally, fails under CI=true
+    build = json.loads(devnet.BUILD.read_text())
+    assert build["sources_sha256"] == devnet.sources_digest()
+    assert devnet.compile_contracts(tmp_path) == build["contracts"]
+
+
+def test_a_trade_shows_in_protocols_and_a_reorg_retracts_it_everywhere(
+    devnet: ModuleType, chain_url: str, node: Any, tmp_path: Path
+) -> None:
+    market = devnet.Market.deploy(node)
+    market.swap_usdc_for_weth(10_000 * 10**6)
+    before = usd_tvl(market)
+    setting = market.chain_setting(chain_url, start_block=node.head() - 8)
+    with (
+        start_server(tmp_path / "data", evm_chains=json.dumps([setting])) as server,
+        httpx.Client(base_url=server.base_url, timeout=10) as http,
+    ):
+
+        def tvl() -> Any:
+            response = http.get(f"/v2/protocols/{SLUG}")
+            return response.json().get("tvl") if response.status_code == 200 else None
+
+        wait_for(tvl, lambda value: value == before, WAIT)
+        view = http.get(f"/v2/protocols/{SLUG}").json()
+        assert view["chainTvls"]["Ganache"] == before
+        assert view["category"] == "Dexs"
+
+        snapshot = node.snapshot()
+        market.swap_usdc_for_weth(200_000 * 10**6)
+        orphaned_tvl = usd_tvl(market)
+        wait_for(tvl, lambda value: value == orphaned_tvl, WAIT)
+
+        # The reorg: back below the head, then more blocks than were orphaned at the
+        # same heights (the collector follows the longer chain).
+        node.revert(snapshot)
+        node.mine(3)
+        # Every read model reflects it: the hot projection (/v2/protocols) ...
+        wait_for(tvl, lambda value: value == before, WAIT)
+        listing = http.get("/v2/protocols").json()
+        rows = listing["protocols"] if isinstance(listing, dict) else listing
+        assert [row["tvl"] for row in rows if row["slug"] == SLUG] == [before]
+        # ... the history (the series' newest value at each time is the retraction) ...
+        points = wait_for(
+            lambda: http.get(f"/v2/protocols/{SLUG}/metrics").json()["points"],
+            lambda found: found and found[-1]["value"] == before,
+            WAIT,
+        )
+        assert orphaned_tvl not in [point["value"] for point in points]
+        # ... and the stream: a replay from position 0 ends on the restored value, flagged.
+        with connect(server.ws_url, open_timeout=5) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "channel": "protocols",
+                        "params": {"protocolIds": [SLUG]},
+                        "since": 0,
+                    }
+                )
+            )
+            values = []
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                frame = json.loads(ws.recv(timeout=WAIT))
+                if frame["type"] == "update":
+                    values.append(frame["data"]["value"])
+                    if values[-1] == before and orphaned_tvl in values:
+                        break
+            assert values[-1] == before, values
+            assert orphaned_tvl in values, values
+
+    # The log: the orphaned blocks' swap was recorded, then retracted by block hash.
+    app = DefiRealtime(env=Settings(data_dir=tmp_path / "data").event_store_env)
+    try:
+        entries = EventStoreLog(app).read(0, 10_000).entries
+    finally:
+        app.close()
+    orphaned = [e for e in entries if e.kind == "evm_blocks_orphaned"]
+    assert len(orphaned) == 1
+    gone = {block["hash"] for block in orphaned[0].data["blocks"]}
+    swaps = [
+        fact
+        for entry in entries
+        if entry.kind == "evm_blocks_recorded"
+        for fact in entry.data["facts"]
+        if fact["kind"] == "swap"
+    ]
+    retracted = [swap for swap in swaps if swap["block_hash"] in gone]
+    assert len(retracted) == 1
+    assert str(200_000 * 10**6) in (retracted[0]["amount0_in"], retracted[0]["amount1_in"])
+    retractions = [e for e in entries if e.kind == "metric" and e.data.get("retracted")]
+    assert {(e.key, e.data["chain"], e.data["value"]) for e in retractions} == {
+        (SLUG, "Ganache", before),
+        (SLUG, "total", before),
+    }
+
+
+async def test_resumes_from_the_last_recorded_block_exactly_once(
+    devnet: ModuleType, chain_url: str, node: Any, tmp_path: Path
+) -> None:
+    start = node.head() + 1
+    market = devnet.Market.deploy(node)
+    market.swap_usdc_for_weth(1_000 * 10**6)
+    market.swap_v3(500 * 10**6, 10**17)
+    setting = market.chain_setting(chain_url, start_block=start)
+    setting["max_blocks_per_step"] = 4  # several steps, so a "crash" lands between two
+    (spec,) = chain_specs(json.dumps([setting]))
+    env = Settings(data_dir=tmp_path).event_store_env
+
+    async def collect(steps: int | None) -> tuple[int, dict[str, float]]:
+        app = DefiRealtime(env=env)
+        writer = IngestWriter(app)
+        writer.start()
+        rpc = HttpxJsonRpc(spec.rpc_urls)
+        try:
+            collector = EvmCollector(spec, rpc, app, writer.call)
+            done = 0
+            while steps is None or done < steps:
+                outcome = await collector.step()
+                done += 1
+                if steps is None and not outcome.recorded:
+                    break
+            chain = await writer.call(lambda: app.evm_chain(spec.chain_id))
+            assert chain is not None
+            tvl = {
+                slug: app.get_protocol(slug).current_value("tvl", "Ganache") or 0.0
+                for slug in ("local-swap-v2", "local-swap-v3")
+                if chain.head > start + 8
+            }
+            return chain.head, tvl
+        finally:
+            await rpc.aclose()
+            writer.stop()
+            app.close()
+
+    first_head, _ = await collect(2)  # then the process "dies"
+    assert first_head == start + 7
+    head, tvl = await collect(None)  # a new process resumes
+    assert head == node.head()
+    assert tvl["local-swap-v2"] == usd_tvl(market)
+    # The V3-style pool's TVL follows its token balances (Transfers): USDC in, x2.
+    assert tvl["local-swap-v3"] == 2 * (2_000_000 + 500)
+
+    app = DefiRealtime(env=env)
+    try:
+        entries = EventStoreLog(app).read(0, 10_000).entries
+    finally:
+        app.close()
+    blocks = [
+        b["number"] for e in entries if e.kind == "evm_blocks_recorded" for b in e.data["blocks"]
+    ]
+    assert blocks == list(range(start, head + 1))  # every block once, in order
+    swaps = [
+        (fact["version"], fact["tx_hash"])
+        for e in entries
+        if e.kind == "evm_blocks_recorded"
+        for fact in e.data["facts"]
+        if fact["kind"] == "swap"
+    ]
+    assert [version for version, _ in swaps] == ["v2", "v3"]
+    assert len(set(swaps)) == 2
+
+
+async def test_json_rpc_fails_over_and_keeps_its_budget(chain_url: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    rpc = HttpxJsonRpc([dead, chain_url], requests_per_second=4, timeout=2)
+    try:
+        started = time.monotonic()
+        answers = [await rpc.call("eth_chainId", []) for _ in range(5)]
+        elapsed = time.monotonic() - started
+        assert answers == ["0x539"] * 5  # 1337
+        # The dead URL was tried once, then the live one kept: 6 requests, and the sixth
+        # waited for the one-second window (4 a second).
+        assert rpc.requests == 6
+        assert elapsed >= 0.9
+        batch = await rpc.batch([("eth_chainId", []), ("eth_blockNumber", [])])
+        assert batch[0] == "0x539"
+        assert int(batch[1], 16) >= 0
+    finally:
+        await rpc.aclose()
+    nowhere = HttpxJsonRpc([dead], timeout=2)
+    try:
+        with pytest.raises(NodesUnavailable, match=dead):
+            await asyncio.wait_for(nowhere.call("eth_chainId", []), 10)
+    finally:
+        await nowhere.aclose()
