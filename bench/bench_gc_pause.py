@@ -1,0 +1,191 @@
+"""The longest full-collection pause of a node holding 10,000 WebSocket clients.
+
+    python bench/bench_gc_pause.py [--clients 10000] [--procs 4] [--rate 1000]
+        [--warmup 60] [--collections 3]
+
+One run on 127.0.0.1; every process it starts is stopped by its PID in a ``finally``.
+A fresh ``DATA_DIR``; ``defi-realtime serve`` starts with ``bench/gc_probe`` on its
+``PYTHONPATH`` (a ``sitecustomize`` that times every full collection with ``gc.callbacks``
+and, on ``SIGUSR2``, counts the tracked objects by type and runs full collections). Every
+protocol of the first DeFiLlama snapshot is listed, then observations at ``--rate``/s over
+all of them for ``--warmup`` s (each protocol's state, views and aggregate are built and
+replaced many times, as in a running node), then ``--clients`` sockets from
+``bench/ws_loadgen.py`` subscribe to 5 of the 200 largest each (as
+``bench_ws_scale.py``). Then the probe's census and ``--collections`` full collections,
+timed: the report gives the tracked objects (the node's own, before the clients connect,
+and with them) and each pause, with the longest. Bounded: well under 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _common import HOST, cli_command, embedded_env, free_port
+from bench_ws_scale import (
+    T0,
+    LoadGens,
+    ingest_loop,
+    load_protocols,
+    log,
+    process,
+    rss_kb,
+    wait_http,
+)
+
+HERE = Path(__file__).resolve().parent
+LIMITS = {"clients": (0, 12_000), "procs": (1, 8), "rate": (1, 5_000), "warmup": (1, 300)}
+LIMITS |= {"collections": (1, 10)}
+
+
+def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
+    """Signal the probe and read what it wrote: the census and the pauses it timed."""
+    start = len(probe.read_text().splitlines()) if probe.exists() else 0
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in probe.read_text().splitlines()[start:]]
+        ours = [x for x in lines if x["pid"] == pid]
+        if any(x.get("census_done") for x in ours):
+            counted = next(x for x in ours if "tracked" in x)
+            pauses = [x["ms"] for x in ours if x.get("generation") == 2]
+            cpu = [x["cpu_ms"] for x in ours if x.get("generation") == 2]
+            return {
+                "tracked": counted["tracked"],
+                "frozen": counted["frozen"],
+                "types": counted["types"],
+                "pauses_ms": pauses,
+                "max_ms": max(pauses),
+                "cpu_ms": cpu,
+            }
+        time.sleep(0.2)
+    raise RuntimeError("the probe did not answer")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    protocols = load_protocols()
+    top = protocols[:200]
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-gc-pause-"))
+    probe = data_dir / "probe.jsonl"
+    greetings = data_dir / "subscriptions.json"
+    greetings.write_text(
+        json.dumps(
+            [
+                [
+                    {
+                        "type": "subscribe",
+                        "channel": "protocols",
+                        "params": {
+                            "protocolIds": [
+                                top[(n * 5 + k * 37) % len(top)]["slug"] for k in range(5)
+                            ]
+                        },
+                    }
+                ]
+                for n in range(args.clients)
+            ]
+        )
+    )
+    env = embedded_env()
+    env.update(DATA_DIR=str(data_dir / "data"), POLL_INTERVAL="0.05", WS_IDLE_TIMEOUT="600")
+    env["RATE_LIMITS"] = "off"  # the bench is the only client
+    results: dict[str, Any] = {"protocols": len(protocols), "clients": args.clients}
+    try:
+        key = subprocess.run(
+            [*cli_command(), "keys", "create", "--name", "bench"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.strip()
+        port = free_port()
+        server_env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE / "gc_probe"), env.get("PYTHONPATH")])),
+            "GC_PROBE_FILE": str(probe),
+            "GC_PROBE_COLLECTIONS": str(args.collections),
+        }
+        command = [*cli_command(), "serve", "--port", str(port), "--log-level", "warning"]
+        with process(command, server_env) as server:
+            wait_http(port, server)
+            results["at_start"] = census(server.pid, probe)
+            log(f"at start: {results['at_start']['tracked']} tracked")
+            listing = [
+                {
+                    "protocol": p["slug"],
+                    "metric": "tvl",
+                    "chain": "total",
+                    "value": p["tvl"],
+                    "observed_at": T0,
+                    "name": p["name"],
+                    "category": p["category"] or "Unknown",
+                }
+                for p in protocols
+            ]
+            with httpx.Client(
+                base_url=f"http://{HOST}:{port}", headers={"X-API-Key": key}, timeout=60
+            ) as client:
+                for i in range(0, len(listing), 1_000):
+                    client.post(
+                        "/v2/ingest", json={"observations": listing[i : i + 1_000], "partial": True}
+                    ).raise_for_status()
+            slugs = [p["slug"] for p in protocols]
+            results["warmup"] = ingest_loop(port, key, slugs, args.rate, args.warmup)
+            time.sleep(2)
+            results["node_alone"] = census(server.pid, probe)
+            results["node_alone"]["per_protocol"] = round(
+                (results["node_alone"]["tracked"] - results["at_start"]["tracked"]) / len(protocols),
+                1,
+            )
+            results["node_alone"]["rss_mb"] = round(rss_kb(server.pid) / 1024, 1)
+            log(f"node alone: {results['node_alone']}")
+            if args.clients:
+                gens = LoadGens(port, args.clients, args.procs, [], greetings, seconds=300)
+                try:
+                    results["connected"] = gens.wait_ready()
+                    time.sleep(2)
+                    results["with_clients"] = census(server.pid, probe)
+                    results["with_clients"]["rss_mb"] = round(rss_kb(server.pid) / 1024, 1)
+                    log(f"with clients: {results['with_clients']}")
+                finally:
+                    gens.stop()
+            server.check_alive()
+        # Full collections the node ran on its own during the run (thresholds: GC_THRESHOLDS).
+        lines = [json.loads(x) for x in probe.read_text().splitlines()]
+        results["probe_lines"] = len(lines)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--procs", type=int, default=4)
+    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--warmup", type=float, default=60)
+    parser.add_argument("--collections", type=int, default=3)
+    args = parser.parse_args()
+    for name, (low, high) in LIMITS.items():
+        if not low <= getattr(args, name) <= high:
+            parser.error(f"--{name} must be within {low}..{high}")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server
+    print(json.dumps(run(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()
