@@ -59,6 +59,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
         if any(x.get("census_done") for x in ours):
             counted = next(x for x in ours if "tracked" in x)
             pauses = [x["ms"] for x in ours if x.get("generation") == 2]
+            collected = [x["collected"] for x in ours if x.get("generation") == 2]
             cpu = [x["cpu_ms"] for x in ours if x.get("generation") == 2]
             return {
                 "tracked": counted["tracked"],
@@ -67,6 +68,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
                 "pauses_ms": pauses,
                 "max_ms": max(pauses),
                 "cpu_ms": cpu,
+                "collected": collected,
             }
         time.sleep(0.2)
     raise RuntimeError("the probe did not answer")
@@ -160,6 +162,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"with clients: {results['with_clients']}")
                 finally:
                     gens.stop()
+                # What closing every socket leaves to the collector: cycles a later freeze
+                # of live connections would leak (``collected`` of the first collection).
+                time.sleep(3)
+                results["clients_gone"] = census(server.pid, probe)
+                log(f"clients gone: {results['clients_gone']}")
             server.check_alive()
         # Full collections the node ran on its own during the run (thresholds: GC_THRESHOLDS).
         lines = [json.loads(x) for x in probe.read_text().splitlines()]

@@ -314,6 +314,12 @@ async def running(
             node.fanout_started.set()
             if process == "serve":
                 await node.wait_ready()
+            if settings.gc_freeze:
+                # Code, settings and start-up state live as long as the node: out of every
+                # later full collection's scan (ADR 0044). Collected first, so no garbage
+                # of the start-up is frozen with them.
+                gc.collect()
+                gc.freeze()
         yield node
     finally:
         if node is not None:
@@ -330,6 +336,8 @@ async def running(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         gc.set_threshold(*collector)
+        if follow and settings.gc_freeze:
+            gc.unfreeze()
         result = container.shutdown_resources()
         if result is not None:
             await result

@@ -267,6 +267,14 @@ class Settings(BaseSettings):
         "runs (ADR 0012): full collections made rare, since one over 10,000 sockets stalls "
         "every update ~220 ms.",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        alias="GC_FREEZE",
+        description="Once a node is ready, collect and then freeze (gc.freeze) every object "
+        "alive: its code, settings and start-up state, most of what it tracks until "
+        "clients connect, are never scanned again by a full collection (ADR 0044). Cyclic "
+        "garbage among those objects is never reclaimed; false turns it off.",
+    )
 
     # --- alert delivery (application/notifications.py)
     amqp_notifications: str = Field(

@@ -1,4 +1,5 @@
-"""A node sets the cyclic collector's thresholds while it runs (ADR 0012)."""
+"""A node sets the cyclic collector's thresholds while it runs (ADR 0012) and freezes what
+lives at ready (ADR 0044)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def test_the_node_sets_the_thresholds_while_it_runs_and_restores_them(tmp_path: 
         assert server.settings.collector_thresholds == (700, 10, 777)
         assert gc.get_threshold() == (700, 10, 777)
     assert gc.get_threshold() == before
+
+
+def test_the_node_freezes_what_lives_at_ready_and_unfreezes_on_exit(tmp_path: Path) -> None:
+    assert Settings.model_fields["gc_freeze"].default is True  # (the suite turns it off)
+    assert gc.get_freeze_count() == 0
+    with start_server(tmp_path / "data", gc_freeze=True):
+        # Everything alive at ready (this process's too: the server runs in a thread here)
+        # is out of the collector's generations.
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
