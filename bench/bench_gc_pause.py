@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         server_env = {
             **env,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE / "gc_probe"), env.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(HERE / "gc_probe"), env.get("PYTHONPATH")])
+            ),
             "GC_PROBE_FILE": str(probe),
             "GC_PROBE_COLLECTIONS": str(args.collections),
         }
@@ -147,7 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(2)
             results["node_alone"] = census(server.pid, probe)
             results["node_alone"]["per_protocol"] = round(
-                (results["node_alone"]["tracked"] - results["at_start"]["tracked"]) / len(protocols),
+                (results["node_alone"]["tracked"] - results["at_start"]["tracked"])
+                / len(protocols),
                 1,
             )
             results["node_alone"]["rss_mb"] = round(rss_kb(server.pid) / 1024, 1)

@@ -43,13 +43,22 @@ def _on_collection(phase: str, info: dict[str, int]) -> None:
     pause = (time.perf_counter() - _started[0]) * 1_000
     # CPU time of the collection too: on a shared box the wall time includes waiting for a core.
     cpu = (time.thread_time() - _started[1]) * 1_000
-    _write({"generation": 2, "ms": round(pause, 2), "cpu_ms": round(cpu, 2), "collected": info["collected"]})
+    _write(
+        {
+            "generation": 2,
+            "ms": round(pause, 2),
+            "cpu_ms": round(cpu, 2),
+            "collected": info["collected"],
+        }
+    )
 
 
 def _census(_signum: int, _frame: object) -> None:
     objects = gc.get_objects()
     types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
-    _write({"tracked": len(objects), "frozen": gc.get_freeze_count(), "types": types.most_common(40)})
+    _write(
+        {"tracked": len(objects), "frozen": gc.get_freeze_count(), "types": types.most_common(40)}
+    )
     del objects
     for _ in range(int(os.environ.get("GC_PROBE_COLLECTIONS", "3"))):
         gc.collect()

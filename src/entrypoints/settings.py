@@ -275,6 +275,14 @@ class Settings(BaseSettings):
         "clients connect, are never scanned again by a full collection (ADR 0044). Cyclic "
         "garbage among those objects is never reclaimed; false turns it off.",
     )
+    gc_refreeze: bool = Field(
+        default=False,
+        alias="GC_REFREEZE",
+        description="Also freeze what survives every full collection (with GC_FREEZE): the "
+        "next one scans only objects made since, not the connections held (ADR 0044). An "
+        "object alive at a full collection that later dies in a reference cycle is never "
+        "reclaimed (closed WebSocket connections leave none, measured).",
+    )
 
     # --- alert delivery (application/notifications.py)
     amqp_notifications: str = Field(

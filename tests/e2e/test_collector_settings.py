@@ -43,3 +43,16 @@ def test_the_node_freezes_what_lives_at_ready_and_unfreezes_on_exit(tmp_path: Pa
         # is out of the collector's generations.
         assert gc.get_freeze_count() > 10_000
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("refreeze", [False, True])
+def test_with_refreeze_a_full_collection_freezes_what_it_left_alive(
+    tmp_path: Path, refreeze: bool
+) -> None:
+    with start_server(tmp_path / "data", gc_freeze=True, gc_refreeze=refreeze):
+        frozen = gc.get_freeze_count()
+        alive = [[n] for n in range(5_000)]  # tracked objects made after the node was ready
+        gc.collect()
+        grown = gc.get_freeze_count() - frozen
+        assert grown >= len(alive) if refreeze else grown == 0
+    assert gc.get_freeze_count() == 0
