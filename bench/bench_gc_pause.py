@@ -30,17 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-from _common import HOST, cli_command, embedded_env, free_port
+from _common import cli_command, embedded_env, free_port
 from bench_ws_scale import (
-    T0,
     LoadGens,
     ingest_loop,
+    list_all,
     load_protocols,
     log,
     process,
     rss_kb,
     wait_http,
+    write_greetings,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -76,28 +76,10 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     protocols = load_protocols()
-    top = protocols[:200]
     data_dir = Path(tempfile.mkdtemp(prefix="bench-gc-pause-"))
     probe = data_dir / "probe.jsonl"
     greetings = data_dir / "subscriptions.json"
-    greetings.write_text(
-        json.dumps(
-            [
-                [
-                    {
-                        "type": "subscribe",
-                        "channel": "protocols",
-                        "params": {
-                            "protocolIds": [
-                                top[(n * 5 + k * 37) % len(top)]["slug"] for k in range(5)
-                            ]
-                        },
-                    }
-                ]
-                for n in range(args.clients)
-            ]
-        )
-    )
+    write_greetings(greetings, args.clients, protocols[:200])
     env = embedded_env()
     env.update(DATA_DIR=str(data_dir / "data"), POLL_INTERVAL="0.05", WS_IDLE_TIMEOUT="600")
     env["RATE_LIMITS"] = "off"  # the bench is the only client
@@ -125,25 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_http(port, server)
             results["at_start"] = census(server.pid, probe)
             log(f"at start: {results['at_start']['tracked']} tracked")
-            listing = [
-                {
-                    "protocol": p["slug"],
-                    "metric": "tvl",
-                    "chain": "total",
-                    "value": p["tvl"],
-                    "observed_at": T0,
-                    "name": p["name"],
-                    "category": p["category"] or "Unknown",
-                }
-                for p in protocols
-            ]
-            with httpx.Client(
-                base_url=f"http://{HOST}:{port}", headers={"X-API-Key": key}, timeout=60
-            ) as client:
-                for i in range(0, len(listing), 1_000):
-                    client.post(
-                        "/v2/ingest", json={"observations": listing[i : i + 1_000], "partial": True}
-                    ).raise_for_status()
+            list_all(port, key, protocols)
             slugs = [p["slug"] for p in protocols]
             results["warmup"] = ingest_loop(port, key, slugs, args.rate, args.warmup)
             time.sleep(2)

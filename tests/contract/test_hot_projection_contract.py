@@ -113,6 +113,15 @@ def slugs_of(views: Sequence[ProtocolView]) -> list[str]:
 
 # --- the contract -----------------------------------------------------------------------
 
+# For the property tests: a fresh projection is made per example, so the factory fixture is
+# safe to share; each adapter's subclass runs the same method, and sharing saved examples
+# between them is what a contract wants.
+SHARED_FIXTURE = [
+    HealthCheck.function_scoped_fixture,
+    HealthCheck.differing_executors,
+    HealthCheck.too_slow,
+]
+
 
 class HotProjectionContract:
     """Subclasses provide ``make``: each call returns a new, empty projection."""
@@ -673,18 +682,7 @@ class HotProjectionContract:
 
     # --- property: the views equal an independent reference fold -------------------------
 
-    @settings(
-        max_examples=40,
-        deadline=None,
-        # A fresh projection is made per example, so the factory fixture is safe to share;
-        # each adapter's subclass runs the same method, and sharing saved examples between
-        # them is what a contract wants.
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.differing_executors,
-            HealthCheck.too_slow,
-        ],
-    )
+    @settings(max_examples=40, deadline=None, suppress_health_check=SHARED_FIXTURE)
     @given(data=st.data())
     async def test_views_equal_a_reference_fold(self, make: Factory, data: st.DataObject) -> None:
         entries = data.draw(log_entries(), label="entries")
@@ -728,15 +726,7 @@ class HotProjectionContract:
         limit = data.draw(st.integers(0, 4))
         assert await projection.prices(limit=limit) == expected.latest_prices(limit)
 
-    @settings(
-        max_examples=12,
-        deadline=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.differing_executors,
-            HealthCheck.too_slow,
-        ],
-    )
+    @settings(max_examples=12, deadline=None, suppress_health_check=SHARED_FIXTURE)
     @given(data=st.data())
     async def test_thinned_series_answer_as_the_whole_window(
         self, make: Factory, data: st.DataObject
