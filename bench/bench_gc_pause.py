@@ -13,7 +13,9 @@ replaced many times, as in a running node), then ``--clients`` sockets from
 ``bench/ws_loadgen.py`` subscribe to 5 of the 200 largest each (as
 ``bench_ws_scale.py``). Then the probe's census and ``--collections`` full collections,
 timed: the report gives the tracked objects (the node's own, before the clients connect,
-and with them) and each pause, with the longest. Bounded: well under 10 minutes.
+and with them) and each pause, with the longest; then ``--warmup`` s more of observations
+and the same again (what a later full collection scans), and once the clients have closed.
+Bounded: well under 10 minutes.
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     results["with_clients"] = census(server.pid, probe)
                     results["with_clients"]["rss_mb"] = round(rss_kb(server.pid) / 1024, 1)
                     log(f"with clients: {results['with_clients']}")
+                    # What the next full collection scans after more load: with
+                    # GC_REFREEZE, only what was made (and lives) since the last one.
+                    results["more_load"] = ingest_loop(port, key, slugs, args.rate, args.warmup)
+                    results["after_more_load"] = census(server.pid, probe)
+                    log(f"after more load: {results['after_more_load']}")
                 finally:
                     gens.stop()
                 # What closing every socket leaves to the collector: cycles a later freeze
