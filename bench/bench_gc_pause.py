@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -39,7 +38,9 @@ from bench_ws_scale import (
     list_all,
     load_protocols,
     log,
+    parse_within,
     process,
+    raise_fd_limit,
     rss_kb,
     wait_http,
     write_greetings,
@@ -159,12 +160,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--warmup", type=float, default=60)
     parser.add_argument("--collections", type=int, default=3)
-    args = parser.parse_args()
-    for name, (low, high) in LIMITS.items():
-        if not low <= getattr(args, name) <= high:
-            parser.error(f"--{name} must be within {low}..{high}")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server
+    args = parse_within(parser, LIMITS)
+    raise_fd_limit()
     print(json.dumps(run(args), indent=2))
 
 

@@ -728,6 +728,24 @@ def best_step(steps: list[dict[str, Any]], p99_limit_ms: float) -> dict[str, Any
     return max(ok, key=lambda s: s["delivered_per_s"], default=None)
 
 
+def parse_within(
+    parser: argparse.ArgumentParser, limits: dict[str, tuple[int, int]]
+) -> argparse.Namespace:
+    """The arguments, each of ``limits`` checked to lie within its bounds."""
+    args = parser.parse_args()
+    for name, (low, high) in limits.items():
+        if not low <= getattr(args, name) <= high:
+            parser.error(f"--{name.replace('_', '-')} must be within {low}..{high}")
+    return args
+
+
+def raise_fd_limit() -> int:
+    """Open files up to the hard limit (inherited by the server): thousands of sockets."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -751,12 +769,8 @@ def main() -> None:
         action="store_true",
         help="server on CPU 0; load generators and this driver on the other CPUs",
     )
-    args = parser.parse_args()
-    for name, (low, high) in LIMITS.items():
-        if not low <= getattr(args, name) <= high:
-            parser.error(f"--{name.replace('_', '-')} must be within {low}..{high}")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server
+    args = parse_within(parser, LIMITS)
+    hard = raise_fd_limit()
     started = time.monotonic()
     out: dict[str, Any] = {
         "machine": {
