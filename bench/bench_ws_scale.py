@@ -421,19 +421,47 @@ def ingest_loop(port: int, key: str, slugs: list[str], rate: int, seconds: float
     }
 
 
+def write_greetings(path: Path, clients: int, top: list[dict[str, Any]]) -> None:
+    """Each client's first frames (``ws_loadgen.py --subscribe-json``): 5 of ``top``."""
+    subscriptions = []
+    for n in range(clients):
+        chosen = [top[(n * 5 + k * 37) % len(top)]["slug"] for k in range(5)]
+        subscriptions.append(
+            [{"type": "subscribe", "channel": "protocols", "params": {"protocolIds": chosen}}]
+        )
+    path.write_text(json.dumps(subscriptions))
+
+
+def list_all(port: int, key: str, protocols: list[dict[str, Any]]) -> None:
+    """List every protocol with its TVL at ``T0``, in partial ingests of 1,000."""
+    listing = [
+        {
+            "protocol": p["slug"],
+            "metric": "tvl",
+            "chain": "total",
+            "value": p["tvl"],
+            "observed_at": T0,
+            "name": p["name"],
+            "category": p["category"] or "Unknown",
+        }
+        for p in protocols
+    ]
+    with httpx.Client(
+        base_url=f"http://{HOST}:{port}", headers={"X-API-Key": key}, timeout=60
+    ) as client:
+        for i in range(0, len(listing), 1_000):
+            client.post(
+                "/v2/ingest", json={"observations": listing[i : i + 1_000], "partial": True}
+            ).raise_for_status()
+
+
 def scale(args: argparse.Namespace) -> dict[str, Any]:
     protocols = load_protocols()
     top = protocols[:200]
     results: dict[str, Any] = {"protocols_total": len(protocols)}
     data_dir = Path(tempfile.mkdtemp(prefix="bench-ws-scale-"))
     greetings = data_dir / "subscriptions.json"
-    subscriptions = []
-    for n in range(args.clients):
-        chosen = [top[(n * 5 + k * 37) % len(top)]["slug"] for k in range(5)]
-        subscriptions.append(
-            [{"type": "subscribe", "channel": "protocols", "params": {"protocolIds": chosen}}]
-        )
-    greetings.write_text(json.dumps(subscriptions))
+    write_greetings(greetings, args.clients, top)
     env = embedded_env()
     env.update(DATA_DIR=str(data_dir / "data"), POLL_INTERVAL="0.05", WS_IDLE_TIMEOUT="600")
     try:
@@ -457,27 +485,8 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             ) as server:
                 pin(server.pid, server_cpus)
                 wait_http(port, server)
-                listing = [
-                    {
-                        "protocol": p["slug"],
-                        "metric": "tvl",
-                        "chain": "total",
-                        "value": p["tvl"],
-                        "observed_at": T0,
-                        "name": p["name"],
-                        "category": p["category"] or "Unknown",
-                    }
-                    for p in protocols
-                ]
                 if transport == "lean":
-                    with httpx.Client(
-                        base_url=f"http://{HOST}:{port}", headers={"X-API-Key": key}, timeout=60
-                    ) as client:
-                        for i in range(0, len(listing), 1_000):
-                            client.post(
-                                "/v2/ingest",
-                                json={"observations": listing[i : i + 1_000], "partial": True},
-                            ).raise_for_status()
+                    list_all(port, key, protocols)
                 time.sleep(2)
                 before = rss_kb(server.pid)
                 windows = (2 if args.mix == "both" else 1) * args.repeat
@@ -719,6 +728,24 @@ def best_step(steps: list[dict[str, Any]], p99_limit_ms: float) -> dict[str, Any
     return max(ok, key=lambda s: s["delivered_per_s"], default=None)
 
 
+def parse_within(
+    parser: argparse.ArgumentParser, limits: dict[str, tuple[int, int]]
+) -> argparse.Namespace:
+    """The arguments, each of ``limits`` checked to lie within its bounds."""
+    args = parser.parse_args()
+    for name, (low, high) in limits.items():
+        if not low <= getattr(args, name) <= high:
+            parser.error(f"--{name.replace('_', '-')} must be within {low}..{high}")
+    return args
+
+
+def raise_fd_limit() -> int:
+    """Open files up to the hard limit (inherited by the server): thousands of sockets."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -742,12 +769,8 @@ def main() -> None:
         action="store_true",
         help="server on CPU 0; load generators and this driver on the other CPUs",
     )
-    args = parser.parse_args()
-    for name, (low, high) in LIMITS.items():
-        if not low <= getattr(args, name) <= high:
-            parser.error(f"--{name.replace('_', '-')} must be within {low}..{high}")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server
+    args = parse_within(parser, LIMITS)
+    hard = raise_fd_limit()
     started = time.monotonic()
     out: dict[str, Any] = {
         "machine": {

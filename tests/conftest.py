@@ -4,6 +4,10 @@ Rate limits (ADR 0036) are on in the product; the suite's tests send hundreds of
 a minute from 127.0.0.1 with free-tier keys, so they run with ``RATE_LIMITS=off`` unless
 they turn the limits on themselves (``rate_limits=True``, as the tests of the limits do).
 Set before any ``Settings`` is read; child processes (``serve``, workers) inherit it.
+
+Freezing the collector at ready (``GC_FREEZE``, ADR 0044) is off too: in-process servers
+would freeze the whole test process and collect it at every start; the collector settings'
+tests turn it on.
 """
 
 from __future__ import annotations
@@ -11,3 +15,4 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RATE_LIMITS", "off")
+os.environ.setdefault("GC_FREEZE", "false")

@@ -53,10 +53,13 @@ from redis.asyncio import Redis
 
 from ..application.chain_tvl import tvl_by_chain
 from ..application.hot_state import (
+    FLOW_REACH,
     PRICE_CHANGE_WINDOW,
     PRICE_KIND,
+    PRICE_REACH,
     PROTOCOL_KINDS,
     SERIES_METRICS,
+    TVL_REACH,
     Point,
     Points,
     ProtocolState,
@@ -64,6 +67,7 @@ from ..application.hot_state import (
     TokenState,
     check_query,
     fold_entries,
+    keep_from,
     matches,
     order,
     page_of,
@@ -362,21 +366,32 @@ class RedisHotProjection:
         state: ProtocolState | TokenState,
         metric: str = "tvl",
     ) -> None:
-        """Record the batch's observations in order, then trim behind the newest one (of
-        the token's prices, or of the protocol's total ``metric``)."""
+        """Record the batch's observations in order, then trim the series to what a change
+        can still select (``keep_from``, ADR 0044), behind the newest observation of the
+        token's prices or of the protocol's total ``metric``.
+
+        The folded state's series holds the stored point nearest below each window's
+        cutoff (``_load_references``) and the batch's points, so the last of them at or
+        before the reach's horizon is the stored series' too.
+        """
         for observed_at, value in points:
             at = repr(observed_at)
             # One point per timestamp: the later-recorded observation replaces the earlier.
             writes.add("ZREMRANGEBYSCORE", key, at, at)
             writes.add("ZADD", key, at, _member((observed_at, value)))
         if isinstance(state, TokenState):
-            newest = state.observed_at
+            newest, series, reach = state.observed_at, state.recent, PRICE_REACH
         else:
             reading = state.current.get((metric, TOTAL))
             if reading is None:  # pragma: no cover - a total observation always sets one
                 return
             newest = reading.observed_at
-        writes.add("ZREMRANGEBYSCORE", key, "-inf", f"({newest - RECENT_WINDOW_SECONDS!r}")
+            if metric == "tvl":
+                series, reach = state.recent, TVL_REACH
+            else:
+                series, reach = state.series.get(metric, Points()), FLOW_REACH
+        floor = keep_from(series.times, newest, reach, RECENT_WINDOW_SECONDS)
+        writes.add("ZREMRANGEBYSCORE", key, "-inf", f"({floor!r}")
 
     async def restore(
         self,

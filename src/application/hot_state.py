@@ -13,10 +13,11 @@ Rules (the contract tests check both adapters against an independent reference f
 * ``metric`` moves the current value of its ``(metric, chain)`` only when it is at least as
   recent (``observed_at``) as the current one: late observations never win. A metric for a
   protocol never listed creates it (name = slug); a chain seen in a metric joins ``chains``.
-* Every total-TVL observation within ``RECENT_WINDOW_SECONDS`` of the newest one is kept,
-  late ones included (same timestamp: the later-recorded wins), for the change windows;
-  so are the total volume and fee observations, for their own. Prices keep the same
-  window for ``change_24h``.
+* Every total-TVL observation within ``RECENT_WINDOW_SECONDS`` of the newest one is
+  history, late ones included (same timestamp: the later-recorded wins), for the change
+  windows; so are the total volume and fee observations, for their own, and prices, for
+  ``change_24h``. A series holds only the part of its history a change can still select
+  (``keep_from``, ADR 0044): the answers are those of the whole window.
 * A protocol's or token's ``position`` is that of the last entry that changed it (moved a
   value, recorded history, or set its listing); entries that change nothing leave it.
 * Alert entries and unknown kinds or metrics change nothing (their positions still count).
@@ -25,7 +26,7 @@ Rules (the contract tests check both adapters against an independent reference f
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -56,6 +57,11 @@ SERIES_CHANGE_WINDOW: Final = 86_400.0
 # their own changes (``FLOW_CHANGE_WINDOWS``: a day and a week, so the same window as the
 # TVL's).
 SERIES_METRICS: Final = VOLUME_METRICS
+# The longest window each kind of series is read with (``record_point``'s ``reach``): the
+# TVL's and the flows' own changes and the live frames' 24 h change, a price's 24 h change.
+TVL_REACH: Final = max(*CHANGE_WINDOWS.values(), SERIES_CHANGE_WINDOW)
+FLOW_REACH: Final = max(*FLOW_CHANGE_WINDOWS.values(), SERIES_CHANGE_WINDOW)
+PRICE_REACH: Final = PRICE_CHANGE_WINDOW
 
 Point = tuple[float, float]
 """``(observed_at, value)``."""
@@ -121,12 +127,16 @@ def record_point(
     observed_at: float,
     value: float,
     newest: float,
+    reach: float,
     window: float = RECENT_WINDOW_SECONDS,
 ) -> Points | None:
-    """``recent`` with the observation recorded, trimmed to ``window`` behind ``newest``.
+    """``recent`` with the observation recorded, thinned to what a change can still select.
 
-    ``newest`` already accounts for this observation. None when the observation is older
-    than the window: there is nothing to record.
+    ``newest`` already accounts for this observation; ``reach`` is the longest change window
+    that reads the series (``TVL_REACH``...). None when the observation is older than
+    ``window`` behind ``newest``: it is not history, and the caller's state does not move.
+    Otherwise the result holds exactly the points ``keep_from`` keeps (ADR 0044), which may
+    leave out the observation itself when it is too old for any change to select.
     """
     cutoff = newest - window
     if observed_at < cutoff:
@@ -142,7 +152,29 @@ def record_point(
     if end < len(times):
         new_times += times[end:]
         new_values += values[end:]
+    drop = bisect_left(new_times, keep_from(new_times, newest, reach, window))
+    if drop:
+        del new_times[:drop]
+        del new_values[:drop]
     return Points(new_times, new_values)
+
+
+def keep_from(times: Sequence[float], newest: float, reach: float, window: float) -> float:
+    """The oldest time a series read by change windows of at most ``reach`` must keep.
+
+    ADR 0006's rule selects, at a data time ``now``, the point nearest ``now - w`` (ties: the
+    later one) for each window ``w``. ``now`` never goes back, so every later query looks
+    at or after ``newest - reach``: of the points at or before that time only the last one
+    can ever be nearest, whatever arrives later (a new point only adds a competitor), and
+    every point after it can be (at ``now = point + w``). So the series keeps the last
+    point at or before ``newest - reach`` and everything after it; with none there, what
+    the ``window`` behind ``newest`` holds (ADR 0044).
+    """
+    horizon = newest - reach
+    last = bisect_right(times, horizon) - 1
+    if last >= 0 and times[last] >= newest - window:
+        return times[last]
+    return newest - window
 
 
 def _change(recent: Points, value: float, observed_at: float, window: float) -> float | None:
@@ -368,13 +400,16 @@ def _observe_metric(state: ProtocolState | None, entry: LogEntry) -> ProtocolSta
             else max(previous.observed_at, reading.observed_at)
         )
         if metric == "tvl":
-            recent = record_point(base.recent, reading.observed_at, reading.value, newest)
+            recent = record_point(
+                base.recent, reading.observed_at, reading.value, newest, TVL_REACH
+            )
         elif metric in SERIES_METRICS:
             points = record_point(
                 series.get(metric, _NO_POINTS),
                 reading.observed_at,
                 reading.value,
                 newest,
+                FLOW_REACH,
             )
             if points is not None:
                 series = {**series, metric: points}
@@ -425,7 +460,7 @@ def fold_token(state: TokenState | None, entry: LogEntry) -> TokenState | None:
             position=entry.position,
         )
     newest = max(state.observed_at, observed_at)
-    recent = record_point(state.recent, observed_at, price, newest)
+    recent = record_point(state.recent, observed_at, price, newest, PRICE_REACH)
     if observed_at >= state.observed_at:
         return TokenState(
             token=state.token,

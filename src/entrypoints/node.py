@@ -298,6 +298,13 @@ def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:
     return {runner.name: runner for runner in [*follower.runners, *follower.late_runners]}
 
 
+def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
+    """``gc.callbacks`` hook (``GC_REFREEZE``): what a full collection left alive is in
+    use (the sockets held, above all), so the next full collection need not scan it again."""
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings,
@@ -341,6 +348,14 @@ async def running(
             node.fanout_started.set()
             if process == "serve":
                 await node.wait_ready()
+            if settings.gc_freeze:
+                # Code, settings and start-up state live as long as the node: out of every
+                # later full collection's scan (ADR 0044). Collected first, so no garbage
+                # of the start-up is frozen with them.
+                gc.collect()
+                gc.freeze()
+                if settings.gc_refreeze:
+                    gc.callbacks.append(_freeze_survivors)
         yield node
     finally:
         if node is not None:
@@ -357,6 +372,10 @@ async def running(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         gc.set_threshold(*collector)
+        if _freeze_survivors in gc.callbacks:
+            gc.callbacks.remove(_freeze_survivors)
+        if follow and settings.gc_freeze:
+            gc.unfreeze()
         result = container.shutdown_resources()
         if result is not None:
             await result

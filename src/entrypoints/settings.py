@@ -267,6 +267,22 @@ class Settings(BaseSettings):
         "runs (ADR 0012): full collections made rare, since one over 10,000 sockets stalls "
         "every update ~220 ms.",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        alias="GC_FREEZE",
+        description="Once a node is ready, collect and then freeze (gc.freeze) every object "
+        "alive: its code, settings and start-up state, most of what it tracks until "
+        "clients connect, are never scanned again by a full collection (ADR 0044). Cyclic "
+        "garbage among those objects is never reclaimed; false turns it off.",
+    )
+    gc_refreeze: bool = Field(
+        default=False,
+        alias="GC_REFREEZE",
+        description="Also freeze what survives every full collection (with GC_FREEZE): the "
+        "next one scans only objects made since, not the connections held (ADR 0044). An "
+        "object alive at a full collection that later dies in a reference cycle is never "
+        "reclaimed (closed WebSocket connections leave none, measured).",
+    )
 
     # --- alert delivery (application/notifications.py)
     amqp_notifications: str = Field(

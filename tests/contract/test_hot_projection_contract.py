@@ -113,6 +113,15 @@ def slugs_of(views: Sequence[ProtocolView]) -> list[str]:
 
 # --- the contract -----------------------------------------------------------------------
 
+# For the property tests: a fresh projection is made per example, so the factory fixture is
+# safe to share; each adapter's subclass runs the same method, and sharing saved examples
+# between them is what a contract wants.
+SHARED_FIXTURE = [
+    HealthCheck.function_scoped_fixture,
+    HealthCheck.differing_executors,
+    HealthCheck.too_slow,
+]
+
 
 class HotProjectionContract:
     """Subclasses provide ``make``: each call returns a new, empty projection."""
@@ -673,18 +682,7 @@ class HotProjectionContract:
 
     # --- property: the views equal an independent reference fold -------------------------
 
-    @settings(
-        max_examples=40,
-        deadline=None,
-        # A fresh projection is made per example, so the factory fixture is safe to share;
-        # each adapter's subclass runs the same method, and sharing saved examples between
-        # them is what a contract wants.
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.differing_executors,
-            HealthCheck.too_slow,
-        ],
-    )
+    @settings(max_examples=40, deadline=None, suppress_health_check=SHARED_FIXTURE)
     @given(data=st.data())
     async def test_views_equal_a_reference_fold(self, make: Factory, data: st.DataObject) -> None:
         entries = data.draw(log_entries(), label="entries")
@@ -727,6 +725,24 @@ class HotProjectionContract:
         ]
         limit = data.draw(st.integers(0, 4))
         assert await projection.prices(limit=limit) == expected.latest_prices(limit)
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=SHARED_FIXTURE)
+    @given(data=st.data())
+    async def test_thinned_series_answer_as_the_whole_window(
+        self, make: Factory, data: st.DataObject
+    ) -> None:
+        """ADR 0044: after every batch of a stream with late and out-of-order points, the
+        views equal the reference fold's, which keeps the whole 8-day window."""
+        entries = data.draw(thinning_streams(), label="entries")
+        cuts = data.draw(st.sets(st.integers(1, 59), max_size=12), label="cuts")
+        projection = await make()
+        bounds = [0, *sorted(c for c in cuts if c < len(entries)), len(entries)]
+        for after, last in itertools.pairwise(bounds):
+            assert await projection.apply(LogBatch(after, last, tuple(entries[after:last])))
+            expected = ReferenceFold(entries[:last])
+            slugs = sorted(expected.protocols)
+            assert await projection.get_protocols(slugs) == [expected.protocols[s] for s in slugs]
+            assert await projection.prices(["eth"]) == list(expected.prices.values())
 
 
 # --- the adapters -----------------------------------------------------------------------
@@ -815,8 +831,9 @@ class TestRedisHotProjection(HotProjectionContract):
                 await projection.apply(sequential(entry, after=entry.position - 1))
             await projection.apply(sequential(price(13, "eth", 1.0, T0), after=12))
             await projection.apply(sequential(price(14, "eth", 2.0, T0 + 9 * DAY), after=13))
-            # Points 0..2 days are more than 8 days behind day 11; day 3 is exactly 8 behind.
-            assert await client.zcard(f"{prefix}tvl:aave") == 9
+            # Points 0..2 days are more than 8 days behind day 11; day 3 is exactly 8 behind,
+            # but day 4, 7 days behind, is nearer to any later week's start (ADR 0044).
+            assert await client.zcard(f"{prefix}tvl:aave") == 8
             assert await client.zcard(f"{prefix}price:eth") == 1
         finally:
             await projection.reset()
@@ -836,6 +853,39 @@ class TestRedisHotProjection(HotProjectionContract):
 
 
 # --- the property test's inputs and reference fold --------------------------------------
+
+# ``thinning_streams`` (ADR 0044): forward steps and lateness on a half-hour grid, so points
+# land exactly on window edges, halfway between two points (ties) and on the reach's
+# horizon, as well as between them.
+THIN_STEPS = (0.0, HOUR / 2, HOUR, 6 * HOUR, 12 * HOUR, DAY, 3.5 * DAY)
+THIN_LATENESS = (HOUR / 2, HOUR, 1.5 * HOUR, 12 * HOUR, DAY, 1.5 * DAY, 3.5 * DAY, 7 * DAY)
+THIN_LATENESS += (7.5 * DAY, 8 * DAY, 8.5 * DAY)
+THIN_VALUES = (0.0, 1.0, 2.0, 50.0, 1e9)
+THIN_SERIES = (("metric", "a", "tvl"), ("metric", "a", "volume_24h"), ("metric", "b", "tvl"))
+THIN_SERIES += (("metric", "a", "fees_24h"), ("price", "eth", ""))
+
+
+@st.composite
+def thinning_streams(draw: st.DrawFn) -> list[LogEntry]:
+    newest: dict[tuple[str, str, str], float] = {}
+    entries: list[LogEntry] = []
+    for position in range(1, draw(st.integers(1, 60)) + 1):
+        series = draw(st.sampled_from(THIN_SERIES))
+        kind, key, metric = series
+        latest = newest.get(series, T0)
+        if draw(st.integers(0, 3)) == 0:  # late: behind the series' newest
+            at = latest - draw(st.sampled_from(THIN_LATENESS))
+        else:
+            at = latest + draw(st.sampled_from(THIN_STEPS))
+        newest[series] = max(latest, at)
+        value = draw(st.sampled_from(THIN_VALUES))
+        if kind == "price":
+            data: dict[str, object] = {"price": value, "observed_at": at, "confidence": None}
+        else:
+            data = {"metric": metric, "chain": "total", "value": value, "observed_at": at}
+        entries.append(LogEntry(position, kind, key, data, recorded_at=T0))
+    return entries
+
 
 PROPERTY_SLUGS = ("aave", "curve", "uni")
 PROPERTY_TOKENS = ("btc", "eth")

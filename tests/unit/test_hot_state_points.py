@@ -14,16 +14,21 @@ from defi_realtime.application.views import RECENT_WINDOW_SECONDS
 Point = tuple[float, float]
 
 
+REACH = 3 * 86_400.0
+
+
 def reference(
     recent: list[Point], observed_at: float, value: float, newest: float
 ) -> list[Point] | None:
     """The rule, on a plain list: drop points older than the window, a later recording of
-    the same time replaces the earlier one, keep time order."""
+    the same time replaces the earlier one, keep time order; then drop every point before
+    the last one at or before ``newest - REACH``."""
     if observed_at < newest - RECENT_WINDOW_SECONDS:
         return None
     kept = [p for p in recent if p[0] >= newest - RECENT_WINDOW_SECONDS and p[0] != observed_at]
     kept.insert(bisect_left([t for t, _ in kept], observed_at), (observed_at, value))
-    return kept
+    before = [index for index, (t, _) in enumerate(kept) if t <= newest - REACH]
+    return kept[before[-1] :] if before else kept
 
 
 times = st.floats(min_value=0, max_value=20 * 86_400, allow_nan=False).map(lambda t: round(t, -3))
@@ -34,7 +39,7 @@ def test_record_point_follows_the_rule(observations: list[Point]) -> None:
     points, expected, newest = Points(), [], float("-inf")
     for observed_at, value in observations:
         newest = max(newest, observed_at)
-        got = record_point(points, observed_at, value, newest)
+        got = record_point(points, observed_at, value, newest, REACH)
         want = reference(expected, observed_at, value, newest)
         assert (got is None) == (want is None)
         if got is not None and want is not None:
@@ -45,7 +50,7 @@ def test_record_point_follows_the_rule(observations: list[Point]) -> None:
 def test_a_series_costs_the_garbage_collector_the_same_however_long() -> None:
     points = Points()
     for n in range(5_000):
-        extended = record_point(points, float(n), float(n), float(n))
+        extended = record_point(points, float(n), float(n), float(n), REACH)
         assert extended is not None
         points = extended
     # Two float arrays: a collection walks none of their points (a tuple of point tuples

@@ -1,0 +1,70 @@
+"""A collector probe for ``bench/bench_gc_pause.py``, loaded into the server it starts.
+
+Python imports ``sitecustomize`` at start-up from ``sys.path``; the bench puts this
+directory on the server's ``PYTHONPATH`` and names a file in ``GC_PROBE_FILE``. Nothing
+happens without that variable, so other processes that inherit the path are untouched.
+
+* Every collection of generation 2 (a full collection) is timed with ``gc.callbacks`` and
+  appended to the file as a JSON line (``{"pid", "generation", "ms", "collected"}``).
+* ``SIGUSR2`` writes a census (tracked objects, and the 25 most frequent types among them),
+  then runs ``GC_PROBE_COLLECTIONS`` (default 3) full collections, each timed as above:
+  the pause a full collection would hold the event loop for, since the handler runs on the
+  main thread between two bytecodes, as the loop's own collections do.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import os
+import signal
+import time
+
+_FILE = os.environ.get("GC_PROBE_FILE")
+
+
+def _write(record: dict[str, object]) -> None:
+    if _FILE is None:
+        return
+    with open(_FILE, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"pid": os.getpid(), **record}) + "\n")
+
+
+_started = [0.0, 0.0]
+
+
+def _on_collection(phase: str, info: dict[str, int]) -> None:
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _started[:] = time.perf_counter(), time.thread_time()
+        return
+    pause = (time.perf_counter() - _started[0]) * 1_000
+    # CPU time of the collection too: on a shared box the wall time includes waiting for a core.
+    cpu = (time.thread_time() - _started[1]) * 1_000
+    _write(
+        {
+            "generation": 2,
+            "ms": round(pause, 2),
+            "cpu_ms": round(cpu, 2),
+            "collected": info["collected"],
+        }
+    )
+
+
+def _census(_signum: int, _frame: object) -> None:
+    objects = gc.get_objects()
+    types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+    _write(
+        {"tracked": len(objects), "frozen": gc.get_freeze_count(), "types": types.most_common(40)}
+    )
+    del objects
+    for _ in range(int(os.environ.get("GC_PROBE_COLLECTIONS", "3"))):
+        gc.collect()
+    _write({"census_done": True})
+
+
+if _FILE is not None:
+    gc.callbacks.append(_on_collection)
+    signal.signal(signal.SIGUSR2, _census)
