@@ -39,6 +39,7 @@ from .sql_schema import (
     close_engine,
     create_sql_engine,
     migrate,
+    scrub,
     write_transaction,
 )
 
@@ -216,6 +217,21 @@ class SqlDeliveryLog:
             )
             for row in rows
         ]
+
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> int:
+        """Delete ``owner``'s attempts and its rules' journaled jobs (an erased account's:
+        they name webhook URLs and email addresses), leaving no copy in the files
+        (``scrub``). Implements ``PersonalRecords``."""
+        with write_transaction(self._engine) as connection:
+            deleted = connection.execute(
+                delete(DELIVERY_ATTEMPTS).where(DELIVERY_ATTEMPTS.c.owner == owner)
+            ).rowcount
+            for chunk in chunked(list(rule_ids)):
+                deleted += connection.execute(
+                    delete(PENDING_NOTIFICATIONS).where(PENDING_NOTIFICATIONS.c.rule_id.in_(chunk))
+                ).rowcount
+        scrub(self._engine, [DELIVERY_ATTEMPTS, PENDING_NOTIFICATIONS])
+        return int(deleted)
 
     def close(self) -> None:
         close_engine(self._engine)

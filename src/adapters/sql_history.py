@@ -71,6 +71,7 @@ from .sql_schema import (
     close_engine,
     create_sql_engine,
     migrate,
+    scrub,
     write_transaction,
 )
 
@@ -266,6 +267,20 @@ class SqlHistoryReadModel:
             connection.execute(delete(PROJECTION_TRACKING))
             # Recreate our row at 0 so later applies still have a row to lock.
             connection.execute(insert(PROJECTION_TRACKING).values(name=self._name, position=0))
+
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> int:
+        """Delete ``owner``'s rules and alert transitions (an erased account's): a rule's
+        name and channels are personal. The table is scrubbed so that no copy stays in the
+        files (``scrub``). Implements ``PersonalRecords``."""
+        with write_transaction(self._engine) as connection:
+            deleted = connection.execute(
+                delete(ALERT_RULES).where(ALERT_RULES.c.owner == owner)
+            ).rowcount
+            deleted += connection.execute(
+                delete(ALERT_EVENTS).where(ALERT_EVENTS.c.owner == owner)
+            ).rowcount
+        scrub(self._engine, [ALERT_RULES])
+        return int(deleted)
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -39,10 +40,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 
 __all__ = [
+    "ACCOUNT_KEYS",
     "ALERT_EVENTS",
     "ALERT_RULES",
     "ANOMALIES",
     "DELIVERY_ATTEMPTS",
+    "ERASED_SUBJECTS",
     "GROUP_DAYS",
     "HISTORY_METADATA",
     "MIGRATIONS_DIR",
@@ -59,6 +62,7 @@ __all__ = [
     "chunked",
     "create_sql_engine",
     "migrate",
+    "scrub",
     "write_transaction",
 ]
 
@@ -293,6 +297,27 @@ PROJECTION_TRACKING: Final = Table(
     PrimaryKeyConstraint("name", name="pk_projection_tracking"),
 )
 
+# Not a projection: the accounts' data keys (crypto-shredding, docs/adr/0042), by subject (a
+# digest of the owner string). Destroying a key deletes its row; an erased subject is
+# remembered so that nothing of it is written in clear afterwards. Rebuilds leave both alone.
+ACCOUNT_KEYS: Final = Table(
+    "account_keys",
+    HISTORY_METADATA,
+    Column("subject", Text(), nullable=False),
+    Column("key_id", Text(), nullable=False),
+    Column("secret", LargeBinary(), nullable=False),
+    Column("created_at", Double(), nullable=False),
+    PrimaryKeyConstraint("subject", name="pk_account_keys"),
+    UniqueConstraint("key_id", name="uq_account_keys_key_id"),
+)
+ERASED_SUBJECTS: Final = Table(
+    "erased_subjects",
+    HISTORY_METADATA,
+    Column("subject", Text(), nullable=False),
+    Column("erased_at", Double(), nullable=False),
+    PrimaryKeyConstraint("subject", name="pk_erased_subjects"),
+)
+
 
 # --- engine -----------------------------------------------------------------------------
 
@@ -312,6 +337,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         # Durable at each checkpoint; the usual pairing with WAL.
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Deleted rows are overwritten with zeros, free pages included: an erased account's
+        # rows (and a rule's channels before an update) leave no trace in the file
+        # (docs/adr/0042-crypto-shredding.md).
+        cursor.execute("PRAGMA secure_delete=ON")
     finally:
         cursor.close()
 
@@ -400,3 +429,31 @@ def migrate(target: str | Engine) -> None:
 def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
+
+
+def scrub(engine: Engine, tables: Sequence[Table]) -> None:
+    """Leave no copy of the rows just deleted from ``tables`` in the database's files.
+
+    PostgreSQL keeps a deleted row as a dead tuple until a vacuum, and even then its bytes
+    may stay in the page's free space: ``VACUUM FULL`` rewrites the tables into new files
+    (an exclusive lock for as long as that takes: for rare operations such as an erase).
+    SQLite connections delete with ``secure_delete`` (``_sqlite_on_connect``), which zeroes
+    the rows in the pages; the WAL still holds the pages as they were until a checkpoint,
+    so it is checkpointed and truncated."""
+    if engine.dialect.name == "postgresql":
+        quote = engine.dialect.identifier_preparer.quote
+        with engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql(
+                "VACUUM (FULL) " + ", ".join(quote(table.name) for table in tables)
+            )
+    elif engine.dialect.name == "sqlite":
+        # On the driver's connection, outside any transaction (one would hold the WAL).
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.fetchall()
+            cursor.close()
+        finally:
+            raw.close()

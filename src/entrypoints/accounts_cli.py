@@ -224,3 +224,60 @@ def accounts_list() -> None:
         [account_view(account) for account in accounts],
         ["account_id", "name", "contact", "legacy", "created"],
     )
+
+
+@accounts_cli.command("erase")
+def accounts_erase(
+    account: Annotated[str, typer.Argument(help="the account's id (see accounts list)")],
+) -> None:
+    """Erase an account for good: its keys revoked, rules and subscriptions deleted, its data
+    key destroyed (the personal fields of its events replay redacted) and the read models
+    and Redis entries that held them purged. Prints what it did as JSON on stdout."""
+    import asyncio
+    import dataclasses
+
+    from ..application.app import AccountErased, AccountNotFound
+    from .container import opened_async, provide
+
+    account_id = _account_id(account)
+
+    async def erase() -> dict[str, Any]:
+        async with opened_async(Settings()) as container:
+            privacy = await provide(container.privacy)
+            try:
+                erasure = await asyncio.to_thread(privacy.erase, account_id)
+            except (AccountNotFound, AccountErased) as error:
+                raise _fail(str(error)) from None
+            traces = await provide(container.key_traces)
+            purged = 0 if traces is None else await traces.purge(erasure.key_ids)
+            done = dataclasses.asdict(dataclasses.replace(erasure, traces_purged=purged))
+            done.pop("key_ids")
+            return done
+
+    sys.stdout.write(json.dumps(asyncio.run(erase())) + "\n")
+    err.print("erased")
+
+
+@accounts_cli.command("export")
+def accounts_export(
+    account: Annotated[str, typer.Argument(help="the account's id (see accounts list)")],
+) -> None:
+    """Everything held about an account, as the JSON of ``GET /v2/account/export``."""
+    import asyncio
+
+    from ..application.app import AccountNotFound
+    from .container import opened_async, provide
+    from .privacy_api import export_answer
+
+    account_id = _account_id(account)
+
+    async def export() -> str:
+        async with opened_async(Settings()) as container:
+            privacy = await provide(container.privacy)
+            try:
+                found = await asyncio.to_thread(privacy.export, account_id)
+            except AccountNotFound as error:
+                raise _fail(str(error)) from None
+            return export_answer(found).model_dump_json()
+
+    sys.stdout.write(asyncio.run(export()) + "\n")
