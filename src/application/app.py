@@ -39,7 +39,6 @@ from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
-from .metric_mapper import MetricRecordedMapper
 from .personal_fields import PersonalFieldsMapper
 from .ports import AccountKeys
 
@@ -132,20 +131,18 @@ class DefiRealtime(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The configured mapper; the stock one with a template for MetricRecorded (the
-        same bytes, a quarter of the time: application/metric_mapper.py)."""
+        same bytes, a quarter of the time: application/metric_mapper.py) that seals
+        personal fields (application/personal_fields.py)."""
         mapper = super().construct_mapper()
         if type(mapper) is not Mapper:  # MAPPER_TOPIC chose another: keep it
             return mapper
-        if self._account_keys is not None:
-            # Personal fields sealed with their account's key (application/personal_fields.py).
-            return PersonalFieldsMapper(
-                mapper.transcoder,
-                compressor=mapper.compressor,
-                cipher=mapper.cipher,
-                keys=self._account_keys,
-            )
-        return MetricRecordedMapper(
-            mapper.transcoder, compressor=mapper.compressor, cipher=mapper.cipher
+        # Personal fields sealed with their account's key (application/personal_fields.py);
+        # without a key store they are written in clear and sealed ones read redacted.
+        return PersonalFieldsMapper(
+            mapper.transcoder,
+            compressor=mapper.compressor,
+            cipher=mapper.cipher,
+            keys=self._account_keys,
         )
 
     # -- ingest -------------------------------------------------------------------------

@@ -195,7 +195,7 @@ class PersonalFieldsMapper(MetricRecordedMapper):
         compressor: Compressor | None = None,
         cipher: Cipher | None = None,
         *,
-        keys: AccountKeys,
+        keys: AccountKeys | None,
         cache_seconds: float = KEY_CACHE_SECONDS,
     ) -> None:
         super().__init__(transcoder, compressor=compressor, cipher=cipher)
@@ -203,15 +203,18 @@ class PersonalFieldsMapper(MetricRecordedMapper):
         if register is None:
             raise TypeError("the transcoder must accept transcodings (JSONTranscoder)")
         register(SealedAsDict())
-        self._keys = _KeyCache(keys, cache_seconds)
+        # None: no key store (a bare application, a test): fields are written in clear,
+        # and sealed ones read as redacted.
+        self._keys = None if keys is None else _KeyCache(keys, cache_seconds)
 
     def forget(self, owner: str) -> None:
         """Drop what this process cached about ``owner``'s key (after it was destroyed)."""
-        self._keys.forget(subject_of(owner))
+        if self._keys is not None:
+            self._keys.forget(subject_of(owner))
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         fields = PERSONAL_FIELDS.get(type(domain_event).__qualname__)
-        if fields is None:
+        if fields is None or self._keys is None:
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
         owner = fields.owner(state)
@@ -250,7 +253,7 @@ class PersonalFieldsMapper(MetricRecordedMapper):
     def _open(self, value: Any, aad: bytes, where: str) -> Any:
         if not isinstance(value, Sealed):
             return value  # stored in clear (before sealing), or redacted when written
-        secret = self._keys.find(value.key_id)
+        secret = None if self._keys is None else self._keys.find(value.key_id)
         if secret is None:
             return REDACTED
         nonce, box = value.box[:_NONCE], value.box[_NONCE:]
