@@ -207,10 +207,11 @@ def found_in_relation_files(url: str, needles: Mapping[str, bytes]) -> dict[str,
             connection.execute(text("CHECKPOINT"))
             relations = connection.execute(
                 text(
-                    "SELECT c.relname, pg_relation_filepath(c.oid) FROM pg_class c "
+                    "SELECT c.oid::regclass::text, pg_relation_filepath(c.oid) FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i', 'm') "
-                    "UNION ALL SELECT t.relname, pg_relation_filepath(t.oid) FROM pg_class c "
+                    "UNION ALL SELECT t.oid::regclass::text, pg_relation_filepath(t.oid) "
+                    "FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "JOIN pg_class t ON t.oid = c.reltoastrelid "
                     "WHERE n.nspname = current_schema()"
@@ -219,9 +220,10 @@ def found_in_relation_files(url: str, needles: Mapping[str, bytes]) -> dict[str,
             for name, path in relations:
                 if path is None:
                     continue
+                # The whole first segment (test tables are far below its 1 GiB).
                 data = connection.execute(
-                    text("SELECT pg_read_binary_file(:path, 0, 1073741824, true)"),
-                    {"path": path},
+                    text("SELECT pg_read_binary_file(:path, 0, pg_relation_size(:name), true)"),
+                    {"path": path, "name": name},
                 ).scalar_one_or_none()
                 for what, needle in needles.items():
                     if data is not None and needle in bytes(data):

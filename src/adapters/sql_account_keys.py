@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..application.personal_fields import new_key_secret
-from ..application.ports import AccountKey
+from ..application.ports import AccountKey, Purged
 from .sql_schema import (
     ACCOUNT_KEYS,
     ERASED_SUBJECTS,
@@ -75,7 +75,7 @@ class SqlAccountKeys:
             ).scalar_one_or_none()
         return None if secret is None else bytes(secret)
 
-    def destroy(self, subject: str) -> bool:
+    def destroy(self, subject: str) -> Purged:
         with write_transaction(self._engine) as connection:
             self._lock(connection, subject)
             deleted = connection.execute(
@@ -86,8 +86,7 @@ class SqlAccountKeys:
                 .values(subject=subject, erased_at=time.time())
                 .on_conflict_do_nothing(index_elements=["subject"])
             )
-        scrub(self._engine, [ACCOUNT_KEYS])
-        return bool(deleted)
+        return Purged(rows=int(deleted), scrubbed=scrub(self._engine, [ACCOUNT_KEYS]))
 
     def erased(self, subject: str) -> bool:
         """Whether ``subject`` was erased."""

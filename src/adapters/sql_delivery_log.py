@@ -31,6 +31,7 @@ from ..application.delivery import (
     ParkedJob,
     progress_of,
 )
+from ..application.ports import Purged
 from .sql_schema import (
     ALERT_EVENTS,
     DELIVERY_ATTEMPTS,
@@ -218,7 +219,7 @@ class SqlDeliveryLog:
             for row in rows
         ]
 
-    def purge(self, owner: str, rule_ids: Sequence[str]) -> int:
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> Purged:
         """Delete ``owner``'s attempts and its rules' journaled jobs (an erased account's:
         they name webhook URLs and email addresses), leaving no copy in the files
         (``scrub``). Implements ``PersonalRecords``."""
@@ -230,8 +231,10 @@ class SqlDeliveryLog:
                 deleted += connection.execute(
                     delete(PENDING_NOTIFICATIONS).where(PENDING_NOTIFICATIONS.c.rule_id.in_(chunk))
                 ).rowcount
-        scrub(self._engine, [DELIVERY_ATTEMPTS, PENDING_NOTIFICATIONS])
-        return int(deleted)
+        return Purged(
+            rows=int(deleted),
+            scrubbed=scrub(self._engine, [DELIVERY_ATTEMPTS, PENDING_NOTIFICATIONS]),
+        )
 
     def close(self) -> None:
         close_engine(self._engine)

@@ -431,29 +431,62 @@ def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _IN_CHUNK]
 
 
-def scrub(engine: Engine, tables: Sequence[Table]) -> None:
-    """Leave no copy of the rows just deleted from ``tables`` in the database's files.
+# How long ``scrub`` waits, at most, for PostgreSQL's older snapshots to end.
+SCRUB_WAIT: Final = 30.0
+_SCRUB_POLL: Final = 0.1
 
-    PostgreSQL keeps a deleted row as a dead tuple until a vacuum, and even then its bytes
-    may stay in the page's free space: ``VACUUM FULL`` rewrites the tables into new files
-    (an exclusive lock for as long as that takes: for rare operations such as an erase).
-    SQLite connections delete with ``secure_delete`` (``_sqlite_on_connect``), which zeroes
-    the rows in the pages; the WAL still holds the pages as they were until a checkpoint,
-    so it is checkpointed and truncated."""
+
+def scrub(engine: Engine, tables: Sequence[Table], wait: float = SCRUB_WAIT) -> bool:
+    """Leave no copy of the rows just deleted from ``tables`` in the database's files;
+    whether that is done (False: try again later, e.g. by erasing the account again).
+
+    PostgreSQL never overwrites a row in place: a deleted row stays in the file as a dead
+    tuple, and even ``VACUUM FULL`` (which rewrites the tables into new files) copies the
+    dead tuples a snapshot older than the delete could still see. So this waits (at most
+    ``wait`` seconds) until no transaction of this database holds such a snapshot, then
+    rewrites the tables (an exclusive lock for as long as that takes: for rare operations
+    such as an erase). SQLite connections delete with ``secure_delete`` (zeroes the rows in
+    the pages, ``_sqlite_on_connect``); the WAL still holds the pages as they were until a
+    checkpoint, so it is checkpointed and truncated."""
     if engine.dialect.name == "postgresql":
-        quote = engine.dialect.identifier_preparer.quote
-        with engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql(
-                "VACUUM (FULL) " + ", ".join(quote(table.name) for table in tables)
-            )
-    elif engine.dialect.name == "sqlite":
-        # On the driver's connection, outside any transaction (one would hold the WAL).
-        raw = engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            cursor.fetchall()
-            cursor.close()
-        finally:
-            raw.close()
+        return _scrub_postgres(engine, tables, wait)
+    if engine.dialect.name != "sqlite":
+        return False
+    # On the driver's connection, outside any transaction (one would hold the WAL).
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy, log_frames, checkpointed = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    return not busy and log_frames == checkpointed
+
+
+def _scrub_postgres(engine: Engine, tables: Sequence[Table], wait: float) -> bool:
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        # A transaction id taken after the deletes committed. Every snapshot's xmin is the
+        # oldest transaction running in the whole cluster (any database), so the deleted
+        # rows can go once no transaction older than this one runs anywhere, and no
+        # snapshot of this database is older (a read-only one has no id of its own).
+        horizon = connection.exec_driver_sql("SELECT txid_current()").scalar_one()
+        deadline = time.monotonic() + wait
+        while True:
+            older = connection.exec_driver_sql(
+                "SELECT txid_snapshot_xmin(txid_current_snapshot()) < %(horizon)s "
+                "OR EXISTS (SELECT FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_xmin IS NOT NULL "
+                "AND age(backend_xmin) >= age((%(horizon)s %% 4294967296)::text::xid))",
+                {"horizon": horizon},
+            ).scalar_one()
+            if not older or time.monotonic() >= deadline:
+                break
+            time.sleep(_SCRUB_POLL)
+        connection.exec_driver_sql(
+            "VACUUM (FULL) " + ", ".join(quote(table.name) for table in tables)
+        )
+    return not older

@@ -562,12 +562,15 @@ class DefiRealtime(Application[UUID]):
         """The first half of an erase (``privacy.AccountPrivacy``): revoke every key of the
         account, delete its live rules (those of its rule book and ``rule_ids``, the rules
         the read model lists for it), close its subscriptions and record it ``Erased``.
-        ``AccountNotFound``; ``AccountErased`` when it already was."""
+        An account erased already records nothing more (what it names is returned, for the
+        stores to be purged again). ``AccountNotFound``."""
         account = self.get_account(account_id)
-        if account.erased:
-            raise AccountErased(account_id)
         owner = account.owner
         keys = self.api_keys(account_id)
+        if account.erased:
+            return ClosedAccount(
+                account_id, owner, tuple(key.id for key in keys), 0, tuple(rule_ids), 0, ()
+            )
         revoked = 0
         for key in keys:
             if not key.revoked:

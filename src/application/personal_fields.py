@@ -40,7 +40,7 @@ from ..domain.alert_rule import AlertRule
 from ..domain.api_key import ApiKey
 from ..domain.subscription import Subscription, SubscriptionBook
 from .metric_mapper import MetricRecordedMapper
-from .ports import AccountKey, AccountKeys
+from .ports import AccountKey, AccountKeys, Purged
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -305,7 +305,7 @@ class KeysOnFirstUse:
     def find(self, key_id: str) -> bytes | None:
         return self._opened().find(key_id)
 
-    def destroy(self, subject: str) -> bool:
+    def destroy(self, subject: str) -> Purged:
         return self._opened().destroy(subject)
 
     def close(self) -> None:

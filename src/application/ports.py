@@ -426,6 +426,15 @@ class AccountKey:
     secret: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge deleted, and whether no copy of it is left in the store's files
+    (False: an older transaction still sees it; purging again later finishes the job)."""
+
+    rows: int
+    scrubbed: bool
+
+
 class AccountKeys(Protocol):
     """Per-account data keys in a store that can truly forget one (synchronous: call it
     from a thread). Subjects are opaque digests of what an account's data is recorded
@@ -440,9 +449,10 @@ class AccountKeys(Protocol):
         """The secret of ``key_id``; None when it was destroyed (or never existed)."""
         ...
 
-    def destroy(self, subject: str) -> bool:
+    def destroy(self, subject: str) -> Purged:
         """Destroy the subject's key for good (no copy left in the store's files) and
-        remember the subject as erased; whether there was a key."""
+        remember the subject as erased (``rows``: 1 if there was a key). Again on an erased
+        subject: nothing to delete, the files are scrubbed again."""
         ...
 
     def close(self) -> None: ...
@@ -451,7 +461,7 @@ class AccountKeys(Protocol):
 class PersonalRecords(Protocol):
     """A read model that may hold an account's personal data in clear (synchronous)."""
 
-    def purge(self, owner: str, rule_ids: Sequence[str]) -> int:
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> Purged:
         """Delete every row of ``owner`` (and of its rules ``rule_ids``), leaving no copy in
-        the store's files; the number of rows deleted."""
+        the store's files."""
         ...

@@ -15,6 +15,7 @@ writer thread (docs/adr/0003). docs/adr/0042-crypto-shredding.md, docs/privacy.m
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ __all__ = [
     "KeyTraces",
     "RuleRecords",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 class KeyTraces(Protocol):
@@ -65,9 +68,13 @@ class Erasure:
     keys_revoked: int
     rules_deleted: int
     subscriptions_closed: int
-    # Whether a data key existed (an account that never stored a personal field has none).
+    # Whether a data key was destroyed now (an account that never stored a personal field
+    # has none; an account erased before had it destroyed then).
     key_destroyed: bool
     rows_purged: int
+    # Whether no copy of the key or the rows is left in the stores' files (False: an older
+    # PostgreSQL transaction still saw them; erasing again later finishes the job).
+    scrubbed: bool
     key_ids: tuple[str, ...]
     # Filled in by the caller that purged the traces (``KeyTraces``).
     traces_purged: int = 0
@@ -132,21 +139,29 @@ class AccountPrivacy:
         self._deliveries = deliveries
 
     def erase(self, account_id: UUID) -> Erasure:
-        """Erase ``account_id``'s personal data (see the module docstring).
-        ``AccountNotFound``; ``AccountErased`` when it already was."""
+        """Erase ``account_id``'s personal data (see the module docstring). Again on an
+        erased account: the stores are purged and scrubbed again. ``AccountNotFound``."""
         owner = self._app.get_account(account_id).owner
         listed = [view.id for view in self._rules.alert_rules(owner, include_deleted=True)]
         closed = self._app.close_account(account_id, listed)
         destroyed = self._keys.destroy(subject_of(closed.owner))
         self._app.forget_personal_fields(closed)
-        purged = sum(record.purge(closed.owner, closed.rule_ids) for record in self._records)
+        purged = [record.purge(closed.owner, closed.rule_ids) for record in self._records]
+        scrubbed = destroyed.scrubbed and all(purge.scrubbed for purge in purged)
+        if not scrubbed:
+            _log.warning(
+                "account %s erased, but an older transaction still sees some of its rows: "
+                "erase it again later to scrub them from the files",
+                account_id,
+            )
         return Erasure(
             account_id=str(account_id),
             keys_revoked=closed.keys_revoked,
             rules_deleted=closed.rules_deleted,
             subscriptions_closed=len(closed.subscription_ids),
-            key_destroyed=destroyed,
-            rows_purged=purged,
+            key_destroyed=destroyed.rows > 0,
+            rows_purged=sum(purge.rows for purge in purged),
+            scrubbed=scrubbed,
             key_ids=tuple(str(key_id) for key_id in closed.key_ids),
         )
 

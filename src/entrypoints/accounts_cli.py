@@ -232,11 +232,12 @@ def accounts_erase(
 ) -> None:
     """Erase an account for good: its keys revoked, rules and subscriptions deleted, its data
     key destroyed (the personal fields of its events replay redacted) and the read models
-    and Redis entries that held them purged. Prints what it did as JSON on stdout."""
+    and Redis entries that held them purged. Prints what it did as JSON on stdout. Again on
+    an erased account: purges and scrubs the stores again (``scrubbed`` was false)."""
     import asyncio
     import dataclasses
 
-    from ..application.app import AccountErased, AccountNotFound
+    from ..application.app import AccountNotFound
     from .container import opened_async, provide
 
     account_id = _account_id(account)
@@ -246,7 +247,7 @@ def accounts_erase(
             privacy = await provide(container.privacy)
             try:
                 erasure = await asyncio.to_thread(privacy.erase, account_id)
-            except (AccountNotFound, AccountErased) as error:
+            except AccountNotFound as error:
                 raise _fail(str(error)) from None
             traces = await provide(container.key_traces)
             purged = 0 if traces is None else await traces.purge(erasure.key_ids)

@@ -14,7 +14,7 @@ import dataclasses
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..application.app import AccountErased, AccountNotFound
+from ..application.app import AccountNotFound
 from ..application.privacy import AccountExport as ExportValue
 from ..application.privacy import AccountPrivacy, KeyTraces
 from .auth import require_key
@@ -35,7 +35,7 @@ ERASE = Operation(
     NoParameters,
     AccountErasure,
     access="key",
-    errors=(404, 409),
+    errors=(404,),
     description="Irreversible. The account's data key is destroyed, so the personal fields "
     "of its events (names, contact, webhook URLs and secrets, email addresses) replay "
     "redacted; the read models and Redis entries that held them are purged. Every key of "
@@ -86,8 +86,6 @@ def privacy_routes() -> list[OperationRoute]:
         privacy: AccountPrivacy = await provide(node.container.privacy)
         try:
             erasure = await node.writer.call(lambda: privacy.erase(key.account_id))
-        except AccountErased:
-            raise ApiError(409, "account_erased", "the account was already erased") from None
         except AccountNotFound:
             raise ApiError(404, "account_not_found", "the key's account is unknown") from None
         traces: KeyTraces | None = await provide(node.container.key_traces)

@@ -110,6 +110,7 @@ def test_after_erase_no_file_holds_the_account_and_the_log_still_replays(
 
     assert (erasure.keys_revoked, erasure.rules_deleted, erasure.subscriptions_closed) == (1, 1, 1)
     assert erasure.key_destroyed
+    assert erasure.scrubbed
     assert erasure.rows_purged >= 3  # the rule's row, its attempt, its journaled job
     needles = {**alice.personal, "data key": data_key.secret}
     assert found_in_files(tmp_path, needles) == {}
@@ -147,8 +148,9 @@ def test_after_erase_no_file_holds_the_account_and_the_log_still_replays(
 
 
 def _an_erased_account_is_erased_once_and_takes_no_new_key(world: World, alice: Customer) -> None:
-    with pytest.raises(AccountErased):
-        world.privacy.erase(alice.account_id)
+    again = world.privacy.erase(alice.account_id)  # records nothing more, scrubs again
+    assert (again.keys_revoked, again.rules_deleted, again.key_destroyed) == (0, 0, False)
+    assert again.scrubbed
     with pytest.raises(AccountErased):
         world.app.issue_api_key("again", account_id=alice.account_id)
     with pytest.raises(AccountNotFound):
@@ -206,10 +208,10 @@ def test_key_store_keys_are_per_account_and_destroyed_for_good(tmp_path: Path) -
         assert other is not None
         assert other.secret != first.secret
         assert keys.find(first.key_id) == first.secret
-        assert keys.destroy("subject-a")
+        assert keys.destroy("subject-a").rows == 1
         assert keys.find(first.key_id) is None
         assert keys.key_for("subject-a") is None  # erased: no new key either
-        assert not keys.destroy("subject-never-keyed")
+        assert keys.destroy("subject-never-keyed").rows == 0
         assert keys.key_for("subject-never-keyed") is None
         assert keys.find(other.key_id) == other.secret
         raw = b"".join(path.read_bytes() for path in tmp_path.glob("keys.sqlite*"))

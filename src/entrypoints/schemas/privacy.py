@@ -35,6 +35,10 @@ class AccountErasure(BaseModel):
         "events replay redacted from now on (false: it never stored one)"
     )
     rows_purged: int = Field(description="read-model rows deleted (rules, deliveries)")
+    scrubbed: bool = Field(
+        description="no copy is left in the databases' files (false: an older transaction "
+        "still saw some rows; `defi-realtime accounts erase ID` again finishes the job)"
+    )
     traces_purged: int = Field(description="Redis entries deleted (rate-limit counters)")
 
 
