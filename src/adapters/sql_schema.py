@@ -457,7 +457,7 @@ def scrub(engine: Engine, tables: Sequence[Table], wait: float = SCRUB_WAIT) -> 
     try:
         cursor = raw.cursor()
         cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        busy, log_frames, checkpointed = cursor.fetchone()
+        busy, log_frames, checkpointed = cursor.fetchone() or (1, 0, 0)
         cursor.close()
     finally:
         raw.close()
