@@ -123,7 +123,7 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an API key; prints the key as the only line on stdout."""
-    from ..application.app import AccountNotFound
+    from ..application.app import AccountErased, AccountNotFound
     from ..domain.errors import DomainError
 
     if account is not None and new_account:
@@ -134,7 +134,7 @@ def keys_create(
             secret = container.application().issue_api_key(
                 name, tier, account_id=account_id, allowed_ips=allow_ip or ()
             )
-        except (DomainError, AccountNotFound) as error:
+        except (DomainError, AccountNotFound, AccountErased) as error:
             raise _fail(str(error)) from None
     sys.stdout.write(secret + "\n")
 
