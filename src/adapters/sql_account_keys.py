@@ -25,8 +25,7 @@ from .sql_schema import (
     ACCOUNT_KEYS,
     ERASED_SUBJECTS,
     close_engine,
-    create_sql_engine,
-    migrate,
+    migrated_engine,
     scrub,
     write_transaction,
 )
@@ -38,12 +37,7 @@ class SqlAccountKeys:
     """Implements ``AccountKeys`` (synchronous: call it from a worker thread)."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_sql_engine(url)
-        try:
-            migrate(self._engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
+        self._engine = migrated_engine(url)
         dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
         self._insert: Any = dialect.insert
 

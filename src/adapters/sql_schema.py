@@ -62,6 +62,7 @@ __all__ = [
     "chunked",
     "create_sql_engine",
     "migrate",
+    "migrated_engine",
     "scrub",
     "write_transaction",
 ]
@@ -370,6 +371,17 @@ def create_sql_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def migrated_engine(url: str) -> Engine:
+    """An engine on ``url`` whose database is at the newest revision (``migrate``)."""
+    engine = create_sql_engine(url)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def close_engine(engine: Engine, timeout: float = CLOSE_TIMEOUT) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
@@ -22,6 +23,7 @@ from .container import opened
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from ..application.privacy import AccountPrivacy, KeyTraces
     from ..domain.account import Account
     from ..domain.api_key import ApiKey
 
@@ -226,6 +228,26 @@ def accounts_list() -> None:
     )
 
 
+def _with_privacy(work: Callable[[AccountPrivacy, KeyTraces | None], Awaitable[str]]) -> str:
+    """``work``'s output, with the erase/export service of a container opened for it; an
+    unknown account is a failure with its message."""
+    import asyncio
+
+    from ..application.app import AccountNotFound
+    from .container import opened_async, provide
+
+    async def run() -> str:
+        async with opened_async(Settings()) as container:
+            try:
+                return await work(
+                    await provide(container.privacy), await provide(container.key_traces)
+                )
+            except AccountNotFound as error:
+                raise _fail(str(error)) from None
+
+    return asyncio.run(run())
+
+
 @accounts_cli.command("erase")
 def accounts_erase(
     account: Annotated[str, typer.Argument(help="the account's id (see accounts list)")],
@@ -237,25 +259,16 @@ def accounts_erase(
     import asyncio
     import dataclasses
 
-    from ..application.app import AccountNotFound
-    from .container import opened_async, provide
-
     account_id = _account_id(account)
 
-    async def erase() -> dict[str, Any]:
-        async with opened_async(Settings()) as container:
-            privacy = await provide(container.privacy)
-            try:
-                erasure = await asyncio.to_thread(privacy.erase, account_id)
-            except AccountNotFound as error:
-                raise _fail(str(error)) from None
-            traces = await provide(container.key_traces)
-            purged = 0 if traces is None else await traces.purge(erasure.key_ids)
-            done = dataclasses.asdict(dataclasses.replace(erasure, traces_purged=purged))
-            done.pop("key_ids")
-            return done
+    async def erase(privacy: AccountPrivacy, traces: KeyTraces | None) -> str:
+        erasure = await asyncio.to_thread(privacy.erase, account_id)
+        purged = 0 if traces is None else await traces.purge(erasure.key_ids)
+        done = dataclasses.asdict(dataclasses.replace(erasure, traces_purged=purged))
+        done.pop("key_ids")
+        return json.dumps(done)
 
-    sys.stdout.write(json.dumps(asyncio.run(erase())) + "\n")
+    sys.stdout.write(_with_privacy(erase) + "\n")
     err.print("erased")
 
 
@@ -266,19 +279,12 @@ def accounts_export(
     """Everything held about an account, as the JSON of ``GET /v2/account/export``."""
     import asyncio
 
-    from ..application.app import AccountNotFound
-    from .container import opened_async, provide
     from .privacy_api import export_answer
 
     account_id = _account_id(account)
 
-    async def export() -> str:
-        async with opened_async(Settings()) as container:
-            privacy = await provide(container.privacy)
-            try:
-                found = await asyncio.to_thread(privacy.export, account_id)
-            except AccountNotFound as error:
-                raise _fail(str(error)) from None
-            return export_answer(found).model_dump_json()
+    async def export(privacy: AccountPrivacy, _traces: KeyTraces | None) -> str:
+        found = await asyncio.to_thread(privacy.export, account_id)
+        return export_answer(found).model_dump_json()
 
-    sys.stdout.write(asyncio.run(export()) + "\n")
+    sys.stdout.write(_with_privacy(export) + "\n")

@@ -6,10 +6,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from ...domain.alert_rule import Firing
-from ...domain.alert_values import Condition, RuleTarget
 from .alert_history import AlertTransition, DeliveryAttempt
-from .alerts import PublicChannel
+from .alerts import AlertRule
 from .common import ANSWER
 from .subscriptions import Subscription
 
@@ -65,21 +63,10 @@ class ExportedKey(BaseModel):
     created_at: float
 
 
-class ExportedRule(BaseModel):
+class ExportedRule(AlertRule):
     """A rule (deleted ones too), its transitions and its delivery attempts."""
 
-    model_config = ANSWER
-    id: UUID
-    name: str
-    target: RuleTarget
-    condition: Condition
-    channels: list[PublicChannel] = Field(description="never a webhook's signing secret")
-    cooldown: int
-    state: str
-    firing: Firing
-    last_fired_at: float | None
-    created_at: float
-    updated_at: float
+    state: str  # type: ignore[assignment]  # deleted rules too
     transitions: list[AlertTransition]
     deliveries: list[DeliveryAttempt]
 
