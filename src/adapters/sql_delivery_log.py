@@ -31,14 +31,15 @@ from ..application.delivery import (
     ParkedJob,
     progress_of,
 )
+from ..application.ports import Purged
 from .sql_schema import (
     ALERT_EVENTS,
     DELIVERY_ATTEMPTS,
     PENDING_NOTIFICATIONS,
     chunked,
     close_engine,
-    create_sql_engine,
-    migrate,
+    migrated_engine,
+    scrub,
     write_transaction,
 )
 
@@ -49,12 +50,7 @@ class SqlDeliveryLog:
     """Implements ``DeliveryLog`` (synchronous: call it from a worker thread)."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_sql_engine(url)
-        try:
-            migrate(self._engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
+        self._engine = migrated_engine(url)
 
     @property
     def engine(self) -> Engine:
@@ -216,6 +212,23 @@ class SqlDeliveryLog:
             )
             for row in rows
         ]
+
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> Purged:
+        """Delete ``owner``'s attempts and its rules' journaled jobs (an erased account's:
+        they name webhook URLs and email addresses), leaving no copy in the files
+        (``scrub``). Implements ``PersonalRecords``."""
+        with write_transaction(self._engine) as connection:
+            deleted = connection.execute(
+                delete(DELIVERY_ATTEMPTS).where(DELIVERY_ATTEMPTS.c.owner == owner)
+            ).rowcount
+            for chunk in chunked(list(rule_ids)):
+                deleted += connection.execute(
+                    delete(PENDING_NOTIFICATIONS).where(PENDING_NOTIFICATIONS.c.rule_id.in_(chunk))
+                ).rowcount
+        return Purged(
+            rows=int(deleted),
+            scrubbed=scrub(self._engine, [DELIVERY_ATTEMPTS, PENDING_NOTIFICATIONS]),
+        )
 
     def close(self) -> None:
         close_engine(self._engine)

@@ -41,7 +41,7 @@ from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.analytics import RecentCloses
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
-from ..application.ports import CurrentValues, HistoryRow, ListingRow
+from ..application.ports import CurrentValues, HistoryRow, ListingRow, Purged
 from ..application.series_states import CHANGE_METRICS, OPEN, SeriesState
 from ..application.time_travel import (
     CHANGE_SPAN,
@@ -71,6 +71,7 @@ from .sql_schema import (
     close_engine,
     create_sql_engine,
     migrate,
+    scrub,
     write_transaction,
 )
 
@@ -266,6 +267,19 @@ class SqlHistoryReadModel:
             connection.execute(delete(PROJECTION_TRACKING))
             # Recreate our row at 0 so later applies still have a row to lock.
             connection.execute(insert(PROJECTION_TRACKING).values(name=self._name, position=0))
+
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> Purged:
+        """Delete ``owner``'s rules and alert transitions (an erased account's): a rule's
+        name and channels are personal. The table is scrubbed so that no copy stays in the
+        files (``scrub``). Implements ``PersonalRecords``."""
+        with write_transaction(self._engine) as connection:
+            deleted = connection.execute(
+                delete(ALERT_RULES).where(ALERT_RULES.c.owner == owner)
+            ).rowcount
+            deleted += connection.execute(
+                delete(ALERT_EVENTS).where(ALERT_EVENTS.c.owner == owner)
+            ).rowcount
+        return Purged(rows=int(deleted), scrubbed=scrub(self._engine, [ALERT_RULES]))
 
     def close(self) -> None:
         """Release the connection pool."""

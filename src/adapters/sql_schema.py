@@ -26,6 +26,7 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -39,10 +40,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 
 __all__ = [
+    "ACCOUNT_KEYS",
     "ALERT_EVENTS",
     "ALERT_RULES",
     "ANOMALIES",
     "DELIVERY_ATTEMPTS",
+    "ERASED_SUBJECTS",
     "GROUP_DAYS",
     "HISTORY_METADATA",
     "MIGRATIONS_DIR",
@@ -59,6 +62,8 @@ __all__ = [
     "chunked",
     "create_sql_engine",
     "migrate",
+    "migrated_engine",
+    "scrub",
     "write_transaction",
 ]
 
@@ -293,6 +298,27 @@ PROJECTION_TRACKING: Final = Table(
     PrimaryKeyConstraint("name", name="pk_projection_tracking"),
 )
 
+# Not a projection: the accounts' data keys (crypto-shredding, docs/adr/0042), by subject (a
+# digest of the owner string). Destroying a key deletes its row; an erased subject is
+# remembered so that nothing of it is written in clear afterwards. Rebuilds leave both alone.
+ACCOUNT_KEYS: Final = Table(
+    "account_keys",
+    HISTORY_METADATA,
+    Column("subject", Text(), nullable=False),
+    Column("key_id", Text(), nullable=False),
+    Column("secret", LargeBinary(), nullable=False),
+    Column("created_at", Double(), nullable=False),
+    PrimaryKeyConstraint("subject", name="pk_account_keys"),
+    UniqueConstraint("key_id", name="uq_account_keys_key_id"),
+)
+ERASED_SUBJECTS: Final = Table(
+    "erased_subjects",
+    HISTORY_METADATA,
+    Column("subject", Text(), nullable=False),
+    Column("erased_at", Double(), nullable=False),
+    PrimaryKeyConstraint("subject", name="pk_erased_subjects"),
+)
+
 
 # --- engine -----------------------------------------------------------------------------
 
@@ -312,6 +338,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         # Durable at each checkpoint; the usual pairing with WAL.
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Deleted rows are overwritten with zeros, free pages included: an erased account's
+        # rows (and a rule's channels before an update) leave no trace in the file
+        # (docs/adr/0042-crypto-shredding.md).
+        cursor.execute("PRAGMA secure_delete=ON")
     finally:
         cursor.close()
 
@@ -341,6 +371,17 @@ def create_sql_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def migrated_engine(url: str) -> Engine:
+    """An engine on ``url`` whose database is at the newest revision (``migrate``)."""
+    engine = create_sql_engine(url)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def close_engine(engine: Engine, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -400,3 +441,64 @@ def migrate(target: str | Engine) -> None:
 def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
+
+
+# How long ``scrub`` waits, at most, for PostgreSQL's older snapshots to end.
+SCRUB_WAIT: Final = 30.0
+_SCRUB_POLL: Final = 0.1
+
+
+def scrub(engine: Engine, tables: Sequence[Table], wait: float = SCRUB_WAIT) -> bool:
+    """Leave no copy of the rows just deleted from ``tables`` in the database's files;
+    whether that is done (False: try again later, e.g. by erasing the account again).
+
+    PostgreSQL never overwrites a row in place: a deleted row stays in the file as a dead
+    tuple, and even ``VACUUM FULL`` (which rewrites the tables into new files) copies the
+    dead tuples a snapshot older than the delete could still see. So this waits (at most
+    ``wait`` seconds) until no transaction of this database holds such a snapshot, then
+    rewrites the tables (an exclusive lock for as long as that takes: for rare operations
+    such as an erase). SQLite connections delete with ``secure_delete`` (zeroes the rows in
+    the pages, ``_sqlite_on_connect``); the WAL still holds the pages as they were until a
+    checkpoint, so it is checkpointed and truncated."""
+    if engine.dialect.name == "postgresql":
+        return _scrub_postgres(engine, tables, wait)
+    if engine.dialect.name != "sqlite":
+        return False
+    # On the driver's connection, outside any transaction (one would hold the WAL).
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy, log_frames, checkpointed = cursor.fetchone() or (1, 0, 0)
+        cursor.close()
+    finally:
+        raw.close()
+    return not busy and log_frames == checkpointed
+
+
+def _scrub_postgres(engine: Engine, tables: Sequence[Table], wait: float) -> bool:
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        # A transaction id taken after the deletes committed. Every snapshot's xmin is the
+        # oldest transaction running in the whole cluster (any database), so the deleted
+        # rows can go once no transaction older than this one runs anywhere, and no
+        # snapshot of this database is older (a read-only one has no id of its own).
+        horizon = connection.exec_driver_sql("SELECT txid_current()").scalar_one()
+        deadline = time.monotonic() + wait
+        while True:
+            older = connection.exec_driver_sql(
+                "SELECT txid_snapshot_xmin(txid_current_snapshot()) < %(horizon)s "
+                "OR EXISTS (SELECT FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_xmin IS NOT NULL "
+                "AND age(backend_xmin) >= age((%(horizon)s %% 4294967296)::text::xid))",
+                {"horizon": horizon},
+            ).scalar_one()
+            if not older or time.monotonic() >= deadline:
+                break
+            time.sleep(_SCRUB_POLL)
+        connection.exec_driver_sql(
+            "VACUUM (FULL) " + ", ".join(quote(table.name) for table in tables)
+        )
+    return not older

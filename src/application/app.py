@@ -12,7 +12,8 @@ import contextlib
 import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -40,7 +41,8 @@ from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
 from .evm_facts import ChainStep
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
-from .metric_mapper import MetricRecordedMapper
+from .personal_fields import PersonalFieldsMapper
+from .ports import AccountKeys
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
@@ -85,6 +87,28 @@ class AccountNotFound(LookupError):
         self.account_id = str(account_id)
 
 
+class AccountErased(LookupError):
+    """The account was erased: it takes no new key."""
+
+    def __init__(self, account_id: UUID | str) -> None:
+        super().__init__(f"account {account_id} was erased")
+        self.account_id = str(account_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAccount:
+    """What ``close_account`` recorded: the account's owner string, its keys (all revoked
+    now), and the rules and subscriptions it deleted or closed."""
+
+    account_id: UUID
+    owner: str
+    key_ids: tuple[UUID, ...]
+    keys_revoked: int
+    rule_ids: tuple[str, ...]
+    rules_deleted: int
+    subscription_ids: tuple[UUID, ...]
+
+
 class DefiRealtime(Application[UUID]):
     """The application service. Persistence is chosen by its environment (see container)."""
 
@@ -98,7 +122,9 @@ class DefiRealtime(Application[UUID]):
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
 
-    def __init__(self, env: Any = None) -> None:
+    def __init__(self, env: Any = None, *, account_keys: AccountKeys | None = None) -> None:
+        # Read by ``construct_mapper``, which the base class calls.
+        self._account_keys = account_keys
         super().__init__(env)
         # During an ingest (writer thread only): ids looked up and not found, and the
         # aggregates _preload found, which _load hands out on first use.
@@ -107,12 +133,18 @@ class DefiRealtime(Application[UUID]):
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The configured mapper; the stock one with a template for MetricRecorded (the
-        same bytes, a quarter of the time: application/metric_mapper.py)."""
+        same bytes, a quarter of the time: application/metric_mapper.py) that seals
+        personal fields (application/personal_fields.py)."""
         mapper = super().construct_mapper()
         if type(mapper) is not Mapper:  # MAPPER_TOPIC chose another: keep it
             return mapper
-        return MetricRecordedMapper(
-            mapper.transcoder, compressor=mapper.compressor, cipher=mapper.cipher
+        # Personal fields sealed with their account's key (application/personal_fields.py);
+        # without a key store they are written in clear and sealed ones read redacted.
+        return PersonalFieldsMapper(
+            mapper.transcoder,
+            compressor=mapper.compressor,
+            cipher=mapper.cipher,
+            keys=self._account_keys,
         )
 
     # -- ingest -------------------------------------------------------------------------
@@ -186,7 +218,7 @@ class DefiRealtime(Application[UUID]):
         self._take_snapshots(processing)
         return max(ids) if ids else 0
 
-    def _evict(self, working: dict[UUID, Aggregate]) -> None:
+    def _evict(self, working: Iterable[UUID]) -> None:
         # The working set may hold mutated (unsaved) cached aggregates: drop them so the
         # next read rebuilds from the event store.
         cache = self.repository.cache
@@ -473,6 +505,8 @@ class DefiRealtime(Application[UUID]):
             self.save_aggregates([account, key])
         else:
             account = self.get_account(account_id)
+            if account.erased:
+                raise AccountErased(account_id)
             self.save(ApiKey.issue(secret, name, account, tier, allowed_ips))
         return secret
 
@@ -525,6 +559,69 @@ class DefiRealtime(Application[UUID]):
             self._evict({old.id: old})
             raise
         return secret
+
+    def close_account(self, account_id: UUID, rule_ids: Sequence[str] = ()) -> ClosedAccount:
+        """The first half of an erase (``privacy.AccountPrivacy``): revoke every key of the
+        account, delete its live rules (those of its rule book and ``rule_ids``, the rules
+        the read model lists for it), close its subscriptions and record it ``Erased``.
+        An account erased already records nothing more (what it names is returned, for the
+        stores to be purged again). ``AccountNotFound``."""
+        account = self.get_account(account_id)
+        owner = account.owner
+        keys = self.api_keys(account_id)
+        if account.erased:
+            return ClosedAccount(
+                account_id, owner, tuple(key.id for key in keys), 0, tuple(rule_ids), 0, ()
+            )
+        revoked = 0
+        for key in keys:
+            if not key.revoked:
+                self.revoke_api_key(str(key.id))
+                revoked += 1
+        try:
+            book = self._get_fresh(RuleBook.id_for(owner), RuleBook, LookupError())
+            rules = sorted(set(book.rules) | set(rule_ids))
+        except LookupError:
+            rules = sorted(set(rule_ids))
+        deleted = 0
+        for rule_id in rules:
+            with contextlib.suppress(AlertRuleNotFound, ValueError):
+                self.delete_alert_rule(UUID(rule_id), owner)
+                deleted += 1
+        subscriptions = self.list_subscriptions(owner)
+        for subscription in subscriptions:
+            with contextlib.suppress(SubscriptionNotFound):
+                self.close_subscription(subscription.id, owner)
+        account = self._get_fresh(account_id, Account, AccountNotFound(account_id))
+        account.erase()
+        self.save(account)
+        return ClosedAccount(
+            account_id=account_id,
+            owner=owner,
+            key_ids=tuple(key.id for key in keys),
+            keys_revoked=revoked,
+            rule_ids=tuple(rules),
+            rules_deleted=deleted,
+            subscription_ids=tuple(subscription.id for subscription in subscriptions),
+        )
+
+    def forget_personal_fields(self, closed: ClosedAccount) -> None:
+        """Drop what this process holds of a closed account's personal fields once its key
+        is destroyed: the mapper's cached key, and the cached aggregates that hold the
+        fields opened (they load redacted from now on)."""
+        if isinstance(self.mapper, PersonalFieldsMapper):
+            self.mapper.forget(closed.owner)
+        held: list[UUID] = [
+            closed.account_id,
+            *closed.key_ids,
+            RuleBook.id_for(closed.owner),
+            SubscriptionBook.id_for(closed.owner),
+        ]
+        for rule_id in closed.rule_ids:
+            with contextlib.suppress(ValueError):
+                held.append(UUID(rule_id))
+        held.extend(closed.subscription_ids)
+        self._evict(held)
 
     def _originators(self, kind: type[Aggregate], created: str) -> list[UUID]:
         """The ids of the ``kind`` aggregates (their creation event: ``created``), in log

@@ -427,3 +427,56 @@ class JsonRpc(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# -- personal data (crypto-shredding, docs/adr/0042-crypto-shredding.md) --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKey:
+    """An account's data key: ``key_id`` is written beside every field it seals, so that
+    replay finds it; ``secret`` is the 256-bit AES-GCM key."""
+
+    key_id: str
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge deleted, and whether no copy of it is left in the store's files
+    (False: an older transaction still sees it; purging again later finishes the job)."""
+
+    rows: int
+    scrubbed: bool
+
+
+class AccountKeys(Protocol):
+    """Per-account data keys in a store that can truly forget one (synchronous: call it
+    from a thread). Subjects are opaque digests of what an account's data is recorded
+    under: the store never sees an owner string."""
+
+    def key_for(self, subject: str) -> AccountKey | None:
+        """The subject's key, made on first use; None once the subject was erased (its data
+        must then never be written in clear)."""
+        ...
+
+    def find(self, key_id: str) -> bytes | None:
+        """The secret of ``key_id``; None when it was destroyed (or never existed)."""
+        ...
+
+    def destroy(self, subject: str) -> Purged:
+        """Destroy the subject's key for good (no copy left in the store's files) and
+        remember the subject as erased (``rows``: 1 if there was a key). Again on an erased
+        subject: nothing to delete, the files are scrubbed again."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PersonalRecords(Protocol):
+    """A read model that may hold an account's personal data in clear (synchronous)."""
+
+    def purge(self, owner: str, rule_ids: Sequence[str]) -> Purged:
+        """Delete every row of ``owner`` (and of its rules ``rule_ids``), leaving no copy in
+        the store's files."""
+        ...

@@ -19,6 +19,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from .errors import InvalidTransition
 from .observations import check_label
 
 __all__ = ["LEGACY_ACCOUNT_NAMESPACE", "Account", "legacy_account_id"]
@@ -43,6 +44,7 @@ class Account(Aggregate):
         self.name = name
         self.contact = contact
         self.legacy_owner = legacy_owner
+        self.erased = False
 
     @classmethod
     def open(cls, name: str = "", contact: str = "") -> Account:
@@ -58,6 +60,17 @@ class Account(Aggregate):
         """The account of the keys that named their owner ``legacy_owner`` (its id is
         ``legacy_account_id(legacy_owner)``)."""
         return cls(name=legacy_owner, contact="", legacy_owner=legacy_owner)
+
+    def erase(self) -> None:
+        """The account's personal data was erased (its key destroyed): it holds nothing
+        more and takes no new key (docs/adr/0042-crypto-shredding.md)."""
+        if self.erased:
+            raise InvalidTransition("account is already erased")
+        self._erased()
+
+    @event("Erased")
+    def _erased(self) -> None:
+        self.erased = True
 
     @property
     def owner(self) -> str:

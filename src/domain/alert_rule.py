@@ -198,12 +198,20 @@ class AlertRule(Aggregate):
             channels=[channel.model_dump(exclude_none=True) for channel in new_channels],
             cooldown=new_cooldown,
             name=new_name,
+            owner=self.owner,
         )
         return True
 
+    # ``owner`` says whose the changed name and channels are (the event store seals them
+    # with the owner's key, docs/adr/0042); ``Updated`` events recorded before it have none.
     @event("Updated")
     def _updated(
-        self, condition: dict[str, Any], channels: list[dict[str, Any]], cooldown: int, name: str
+        self,
+        condition: dict[str, Any],
+        channels: list[dict[str, Any]],
+        cooldown: int,
+        name: str,
+        owner: str = "",
     ) -> None:
         self.condition = stored_condition(condition)
         self.channels = stored_channels(channels)

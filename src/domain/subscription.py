@@ -146,10 +146,12 @@ class SubscriptionBook(Aggregate):
                     raise SubscriptionNameTaken(name, existing)
         if len(self.subscriptions) >= limit:
             raise SubscriptionQuotaExceeded(limit)
-        self._admitted(str(subscription_id), name)
+        self._admitted(str(subscription_id), name, self.owner)
 
+    # ``owner``: whose the name is (sealed with the owner's key, docs/adr/0042); older
+    # ``Admitted`` events have none.
     @event("Admitted")
-    def _admitted(self, subscription_id: str, name: str) -> None:
+    def _admitted(self, subscription_id: str, name: str, owner: str = "") -> None:
         self.subscriptions[subscription_id] = name
 
     def release(self, subscription_id: UUID | str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
@@ -22,6 +23,7 @@ from .container import opened
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from ..application.privacy import AccountPrivacy, KeyTraces
     from ..domain.account import Account
     from ..domain.api_key import ApiKey
 
@@ -123,7 +125,7 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create an API key; prints the key as the only line on stdout."""
-    from ..application.app import AccountNotFound
+    from ..application.app import AccountErased, AccountNotFound
     from ..domain.errors import DomainError
 
     if account is not None and new_account:
@@ -134,7 +136,7 @@ def keys_create(
             secret = container.application().issue_api_key(
                 name, tier, account_id=account_id, allowed_ips=allow_ip or ()
             )
-        except (DomainError, AccountNotFound) as error:
+        except (DomainError, AccountNotFound, AccountErased) as error:
             raise _fail(str(error)) from None
     sys.stdout.write(secret + "\n")
 
@@ -224,3 +226,65 @@ def accounts_list() -> None:
         [account_view(account) for account in accounts],
         ["account_id", "name", "contact", "legacy", "created"],
     )
+
+
+def _with_privacy(work: Callable[[AccountPrivacy, KeyTraces | None], Awaitable[str]]) -> str:
+    """``work``'s output, with the erase/export service of a container opened for it; an
+    unknown account is a failure with its message."""
+    import asyncio
+
+    from ..application.app import AccountNotFound
+    from .container import opened_async, provide
+
+    async def run() -> str:
+        async with opened_async(Settings()) as container:
+            try:
+                return await work(
+                    await provide(container.privacy), await provide(container.key_traces)
+                )
+            except AccountNotFound as error:
+                raise _fail(str(error)) from None
+
+    return asyncio.run(run())
+
+
+@accounts_cli.command("erase")
+def accounts_erase(
+    account: Annotated[str, typer.Argument(help="the account's id (see accounts list)")],
+) -> None:
+    """Erase an account for good: its keys revoked, rules and subscriptions deleted, its data
+    key destroyed (the personal fields of its events replay redacted) and the read models
+    and Redis entries that held them purged. Prints what it did as JSON on stdout. Again on
+    an erased account: purges and scrubs the stores again (``scrubbed`` was false)."""
+    import asyncio
+    import dataclasses
+
+    account_id = _account_id(account)
+
+    async def erase(privacy: AccountPrivacy, traces: KeyTraces | None) -> str:
+        erasure = await asyncio.to_thread(privacy.erase, account_id)
+        purged = 0 if traces is None else await traces.purge(erasure.key_ids)
+        done = dataclasses.asdict(dataclasses.replace(erasure, traces_purged=purged))
+        done.pop("key_ids")
+        return json.dumps(done)
+
+    sys.stdout.write(_with_privacy(erase) + "\n")
+    err.print("erased")
+
+
+@accounts_cli.command("export")
+def accounts_export(
+    account: Annotated[str, typer.Argument(help="the account's id (see accounts list)")],
+) -> None:
+    """Everything held about an account, as the JSON of ``GET /v2/account/export``."""
+    import asyncio
+
+    from .privacy_api import export_answer
+
+    account_id = _account_id(account)
+
+    async def export(privacy: AccountPrivacy, _traces: KeyTraces | None) -> str:
+        found = await asyncio.to_thread(privacy.export, account_id)
+        return export_answer(found).model_dump_json()
+
+    sys.stdout.write(_with_privacy(export) + "\n")

@@ -54,6 +54,7 @@ from .node import Node, running
 from .observability import run_sampler, sample
 from .openapi import OpenApi
 from .operations import Operation, OperationRoute, Text, json_answer
+from .privacy_api import privacy_routes
 from .query_api import query_routes
 from .rate_limits import LimitRequests, ThrottleAuthFailures, TrustedProxies, marking_failures
 from .schemas.common import JsonDocument, NoParameters
@@ -728,6 +729,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *alert_routes(_read_json_body),
         *alert_history_routes(),
         *subscription_routes(_read_json_body),
+        *privacy_routes(),
         *dead_letter_routes(),
         *llama_routes(),
         *coin_routes(),

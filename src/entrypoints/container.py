@@ -46,7 +46,9 @@ from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.log import LogBatch
 from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
-from ..application.ports import HotProjection, RateLimiter
+from ..application.personal_fields import KeysOnFirstUse
+from ..application.ports import AccountKeys, HotProjection, RateLimiter
+from ..application.privacy import AccountPrivacy, KeyTraces
 from ..application.rate_limiting import LeasedRateLimiter, RateLimits
 from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
@@ -104,10 +106,27 @@ def _in_data_dir(data_dir: Path, url: str | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _application(env: Mapping[str, str], data_dir: Path) -> Iterator[DefiRealtime]:
+def _account_keys(url: str, data_dir: Path) -> Iterator[KeysOnFirstUse]:
+    def open_keys() -> AccountKeys:
+        from ..adapters.sql_account_keys import SqlAccountKeys
+
+        _in_data_dir(data_dir, url)
+        return SqlAccountKeys(url)
+
+    keys = KeysOnFirstUse(open_keys)
+    try:
+        yield keys
+    finally:
+        keys.close()
+
+
+def _application(
+    env: Mapping[str, str], data_dir: Path, account_keys: AccountKeys
+) -> Iterator[DefiRealtime]:
     if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
         _in_data_dir(data_dir)
-    app = DefiRealtime(env=dict(env))
+    # Personal fields of events are sealed with their account's key (docs/adr/0042).
+    app = DefiRealtime(env=dict(env), account_keys=account_keys)
     try:
         yield app
     finally:
@@ -287,6 +306,24 @@ def _redis_query_cache(client: Redis, prefix: str) -> RedisQueryCache:
     from ..adapters.query_cache import RedisQueryCache
 
     return RedisQueryCache(client, prefix)
+
+
+def _key_traces(client: Redis | None, prefix: str) -> KeyTraces | None:
+    # Only Redis keeps counters under a key's id beyond the process.
+    if client is None:
+        return None
+    from ..adapters.redis_key_traces import RedisKeyTraces
+
+    return RedisKeyTraces(client, prefix)
+
+
+def _privacy(
+    app: DefiRealtime,
+    keys: AccountKeys,
+    history: SqlHistoryReadModel,
+    delivery_log: SqlDeliveryLog,
+) -> AccountPrivacy:
+    return AccountPrivacy(app, keys, history, [history, delivery_log], delivery_log)
 
 
 def _redis_hot_projection(client: Redis, prefix: str) -> RedisHotProjection:
@@ -602,7 +639,11 @@ class Container(containers.DeclarativeContainer):
     # -- infrastructure ---------------------------------------------------------------------
     # Prometheus metrics, also the application's ``Telemetry`` port.
     metrics = providers.Singleton(_metrics)
-    application = providers.Resource(_application, config.event_store_env, config.data_dir)
+    # The accounts' data keys: in the history database, opened when first needed.
+    account_keys = providers.Resource(_account_keys, config.history_url, config.data_dir)
+    application = providers.Resource(
+        _application, config.event_store_env, config.data_dir, account_keys
+    )
     writer = providers.Resource(_writer, application, metrics)
     event_log = providers.Resource(_event_log, application)
     history = providers.Resource(_history, config.history_url, config.data_dir)
@@ -643,6 +684,9 @@ class Container(containers.DeclarativeContainer):
     )
 
     # -- services ---------------------------------------------------------------------------
+    # Erase and export an account's personal data (docs/privacy.md).
+    privacy = providers.Singleton(_privacy, application, account_keys, history, delivery_log)
+    key_traces = providers.Singleton(_key_traces, redis_client, config.redis_prefix)
     # The node's own fold of the log (the facts of live frames); without Redis it is also
     # the hot projection REST reads from: one fold per node, not two.
     live_state = providers.Singleton(HotState, record_facts=True)

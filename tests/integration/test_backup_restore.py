@@ -44,6 +44,10 @@ KEPT = {
     "delivery_attempts",
     "pending_notifications",
     "history_alembic_version",
+    # The accounts' data keys (docs/adr/0042): without them the log's personal fields
+    # cannot be read.
+    "account_keys",
+    "erased_subjects",
 }
 REBUILT = {table.name for table in (*_FACT_TABLES, PROJECTION_TRACKING)}
 

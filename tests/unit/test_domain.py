@@ -1016,6 +1016,8 @@ def test_update_rule_records_the_whole_new_configuration() -> None:
                 "channels": [{"kind": "webhook", "url": "https://example.com/hook"}],
                 "cooldown": 60,
                 "name": "drain",
+                # Whose the name and channels are (sealed with the owner's key, ADR 0042).
+                "owner": "alice",
             },
         )
     ]
@@ -1307,7 +1309,7 @@ def test_subscription_book_names_are_unique_and_places_bounded() -> None:
     book.admit("s2", "", limit=2)  # unnamed ones never clash
     with pytest.raises(SubscriptionQuotaExceeded):
         book.admit("s3", "", limit=2)
-    assert then(book) == [("Admitted", {"subscription_id": "s2", "name": ""})]
+    assert then(book) == [("Admitted", {"subscription_id": "s2", "name": "", "owner": "alice"})]
 
 
 def test_subscription_book_release_frees_the_name_once() -> None:
@@ -1319,7 +1321,7 @@ def test_subscription_book_release_frees_the_name_once() -> None:
     book.admit("s2", "eth", limit=5)
     assert then(book) == [
         ("Released", {"subscription_id": "s1"}),
-        ("Admitted", {"subscription_id": "s2", "name": "eth"}),
+        ("Admitted", {"subscription_id": "s2", "name": "eth", "owner": "alice"}),
     ]
 
 

@@ -125,7 +125,7 @@ def test_other_events_and_mappers_with_a_compressor_use_the_stock_path() -> None
 def test_the_application_maps_metrics_with_it_and_reads_them_back() -> None:
     app = DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     try:
-        assert type(app.mapper) is MetricRecordedMapper
+        assert isinstance(app.mapper, MetricRecordedMapper)
         event = recorded(originator_id=uuid4())
         stored = app.mapper.to_stored_event(event)
         assert vars(app.mapper.to_domain_event(stored)) == vars(event)
