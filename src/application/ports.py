@@ -15,6 +15,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from .alert_rules import AlertRuleView
+from .audit import AuditPage, AuditQuery, AuditView
 from .delivery import (
     AlertTransition,
     DeliveryAttempt,
@@ -411,4 +412,20 @@ class RateLimiter(Protocol):
 
     async def peek(self, quota: Quota, identity: str) -> Verdict:
         """The verdict a hit would get now, without counting one."""
+        ...
+
+
+class AuditRecords(Protocol):
+    """The audit trail's read model (``audit_records``), filled from the audit log."""
+
+    def position(self) -> int:
+        """The audit log position of the newest record held (0: none)."""
+        ...
+
+    def apply(self, views: Sequence[AuditView]) -> None:
+        """Hold ``views`` (ascending positions); one already held is ignored."""
+        ...
+
+    def query(self, query: AuditQuery) -> AuditPage:
+        """The records ``query`` selects, newest first."""
         ...
