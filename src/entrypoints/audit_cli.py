@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Annotated
+from uuid import UUID
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from .console import err
@@ -36,18 +39,20 @@ def audit_command(
     limit: Annotated[int, typer.Option(help="at most this many records (1-1000)")] = 100,
 ) -> None:
     """List audit records (state-changing requests and key/account commands), newest first."""
-    raw = {"actor": actor, "action": action, "since": since, "until": until}
+    try:
+        scope = None if account is None else str(UUID(account))
+    except ValueError:
+        err.print(f"[red]--account must be an account id, got {escape(repr(account))}[/red]")
+        raise typer.Exit(2) from None
+    raw = {"actor": actor, "action": action, "since": since, "until": until, "before": before}
     try:
         query = AuditListQuery.model_validate(
-            {name: value for name, value in raw.items() if value is not None}
-            | {"limit": limit}
-            | ({} if before is None else {"before": before})
+            {name: value for name, value in raw.items() if value is not None} | {"limit": limit}
         )
-        scope = None if account is None else str(AuditListQuery(actor=account).actor)
     except ValidationError as error:
         problem = error.errors()[0]
         field = ".".join(str(part) for part in problem["loc"]) or "option"
-        err.print(f"[red]--{field}: {problem['msg']}[/red]")
+        err.print(f"[red]--{field}: {escape(problem['msg'])}[/red]")
         raise typer.Exit(2) from None
     with opened(Settings()) as container:
         page = container.audit_trail().query(query.to_query(scope))
@@ -59,7 +64,8 @@ def audit_command(
     for column in _COLUMNS:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row.get(column) or "") for column in _COLUMNS))
+        when = datetime.fromtimestamp(row["at"], UTC).isoformat(timespec="seconds")
+        table.add_row(*(str(({**row, "at": when}).get(column) or "") for column in _COLUMNS))
     err.print(table)
     for row in rows:
         sys.stdout.write(json.dumps(row) + "\n")

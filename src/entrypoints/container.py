@@ -126,6 +126,9 @@ def _audit_log(env: Mapping[str, str], data_dir: Path) -> Iterator[AuditLog]:
     if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
         _in_data_dir(data_dir)
         env["SQLITE_DBNAME"] = str(Path(env["SQLITE_DBNAME"]).with_name(AUDIT_SQLITE_FILE))
+        # Commits without an fsync each (survive the process, not a power loss): every
+        # audited request waits for one (adapters/sqlite_audit_store.py).
+        env["PERSISTENCE_MODULE"] = "defi_realtime.adapters.sqlite_audit_store"
     log = AuditLog(env=env)
     try:
         yield log
