@@ -201,9 +201,9 @@ def test_the_embedded_audit_log_has_its_own_file_and_relaxed_commits(tmp_path: P
         log.record([entry(None, "ingest", T0)])
         assert (settings.data_dir / "audit.sqlite").exists()
         assert not (settings.data_dir / "events.sqlite").exists()  # the main log untouched
-        with log.recorder.datastore.get_connection(commit=True) as connection:  # type: ignore[attr-defined]
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA synchronous")
-                assert cursor.fetchone()[0] == 1  # NORMAL: synced at checkpoints (ADR 0041)
+        datastore = log.recorder.datastore  # type: ignore[attr-defined]
+        with datastore.get_connection(commit=True) as connection, connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous")
+            assert cursor.fetchone()[0] == 1  # NORMAL: synced at checkpoints (ADR 0041)
     finally:
         opened.close()

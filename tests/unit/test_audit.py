@@ -136,3 +136,47 @@ async def test_a_cancelled_request_does_not_cancel_the_write() -> None:
     gate.set()
     await asyncio.wait_for(journal.drain(), 5)
     assert [item.at for item in saved] == [1.0]
+
+
+class _State:
+    def __init__(self, journal: AuditJournal) -> None:
+        self.audit_journal = journal
+
+
+class _App:
+    def __init__(self, journal: AuditJournal) -> None:
+        self.state = _State(journal)
+
+
+async def test_a_request_that_crashes_is_recorded_as_failed(routes: list[OperationRoute]) -> None:
+    saved: list[AuditEntry] = []
+    journal = AuditJournal(saved.extend)
+
+    async def crashing(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    middleware = AuditRequests(app=crashing, routes=routes, proxies=())
+    request = scope("POST", "/v2/alerts") | {"app": _App(journal), "client": ("10.0.0.7", 5)}
+    with pytest.raises(RuntimeError):
+        await middleware(request, None, None)  # type: ignore[arg-type]
+    assert [(e.action, e.status, e.outcome, e.client) for e in saved] == [
+        ("alert_rule.create", 500, "failed: 500", "10.0.0.7")
+    ]
+
+
+async def test_the_record_is_stored_before_the_answer_starts(
+    routes: list[OperationRoute],
+) -> None:
+    events: list[str] = []
+    journal = AuditJournal(lambda entries: events.append(f"stored {entries[0].status}"))
+
+    async def answering(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append(message["type"])
+
+    middleware = AuditRequests(app=answering, routes=routes, proxies=())
+    await middleware(scope("POST", "/v2/ingest") | {"app": _App(journal)}, None, send)  # type: ignore[arg-type]
+    assert events == ["stored 201", "http.response.start", "http.response.body"]
