@@ -29,7 +29,16 @@ import time
 from pathlib import Path
 
 import _common
-from _common import HOST, cli_command, embedded_env, free_port, machine, percentile
+from _common import (
+    HOST,
+    cli_command,
+    create_key,
+    embedded_env,
+    free_port,
+    machine,
+    percentile,
+    send_requests,
+)
 
 T0 = 1_764_000_000.0  # 2025-11-24: inside the accepted range of observation times
 
@@ -58,44 +67,13 @@ def _request(key: str, connection: int, number: int, items: int) -> bytes:
     return head.encode() + body
 
 
-async def _one_connection(
-    port: int, requests: list[bytes], latencies: list[float], statuses: dict[int, int]
-) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        for request in requests:
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-            statuses[status] = statuses.get(status, 0) + 1
-    finally:
-        writer.close()
-
-
 class Server:
     def __init__(self, name: str, cli: list[str], data_dir: Path, log_path: Path) -> None:
         self.name = name
         self.port = free_port()
         env = {**embedded_env(), "DATA_DIR": str(data_dir), "LOG_LEVEL": "warning"}
         env["RATE_LIMITS"] = "off"  # the audit trail's cost alone
-        done = subprocess.run(
-            [*cli, "keys", "create", "--name", "bench", "--tier", "enterprise"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{name}: keys create failed:\n{done.stderr[-3000:]}")
-        self.key = done.stdout.strip().splitlines()[-1]
+        self.key = create_key(env, "--tier", "enterprise", cli=cli)
         with log_path.open("wb") as log:
             self.popen = subprocess.Popen(
                 [*cli, "serve", "--port", str(self.port)],
@@ -133,7 +111,7 @@ class Server:
         statuses: dict[int, int] = {}
         started = time.perf_counter()
         await asyncio.gather(
-            *(_one_connection(self.port, batch, latencies, statuses) for batch in batches)
+            *(send_requests(self.port, batch, latencies, statuses) for batch in batches)
         )
         return len(latencies) / (time.perf_counter() - started), latencies, statuses
 

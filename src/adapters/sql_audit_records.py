@@ -88,39 +88,10 @@ class SqlAuditRecords:
 
 
 def _row(view: AuditView) -> dict[str, Any]:
-    entry = view.entry
-    return {
-        "position": view.position,
-        "id": str(view.id),
-        "action": entry.action,
-        "at": entry.at,
-        "status": entry.status,
-        "outcome": entry.outcome,
-        "account_id": entry.account_id,
-        "key_id": entry.key_id,
-        "request_id": entry.request_id,
-        "client": entry.client,
-        "method": entry.method,
-        "path": entry.path,
-        "detail": entry.detail,
-    }
+    return {"position": view.position, "id": str(view.id), **view.entry.fields()}
 
 
 def _view(row: Any) -> AuditView:
     return AuditView(
-        position=int(row["position"]),
-        id=UUID(row["id"]),
-        entry=AuditEntry(
-            action=row["action"],
-            at=float(row["at"]),
-            status=int(row["status"]),
-            outcome=row["outcome"],
-            account_id=row["account_id"],
-            key_id=row["key_id"],
-            request_id=row["request_id"],
-            client=row["client"],
-            method=row["method"],
-            path=row["path"],
-            detail=dict(row["detail"]),
-        ),
+        position=int(row["position"]), id=UUID(row["id"]), entry=AuditEntry.from_fields(row)
     )

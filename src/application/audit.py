@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 from uuid import UUID
 
@@ -52,6 +52,21 @@ class AuditEntry:
     method: str = ""
     path: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        """The entry's fields by name (an ``AuditRecord``'s arguments, a row's columns)."""
+        return {name: getattr(self, name) for name in _ENTRY_FIELDS}
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any]) -> AuditEntry:
+        """The entry held in ``values`` (a ``Recorded`` event's state, a row); other keys
+        are ignored."""
+        entry = {name: values[name] for name in _ENTRY_FIELDS}
+        entry["detail"] = dict(entry["detail"])
+        return cls(**entry)
+
+
+_ENTRY_FIELDS: Final = tuple(field.name for field in fields(AuditEntry))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,22 +124,7 @@ class AuditLog(Application[UUID]):
         checks, snapshots, cache and notification hooks are of no use to records that are
         never read back as aggregates (a third of the CPU of a one-record commit).
         """
-        records = [
-            AuditRecord(
-                action=entry.action,
-                at=entry.at,
-                status=entry.status,
-                outcome=entry.outcome,
-                account_id=entry.account_id,
-                key_id=entry.key_id,
-                request_id=entry.request_id,
-                client=entry.client,
-                method=entry.method,
-                path=entry.path,
-                detail=dict(entry.detail),
-            )
-            for entry in entries
-        ]
+        records = [AuditRecord(**entry.fields()) for entry in entries]
         events = [event for record in records for event in record.collect_events()]
         if events:
             self.recorder.insert_events(list(map(self.mapper.to_stored_event, events)))
@@ -138,24 +138,11 @@ class AuditLog(Application[UUID]):
         views = []
         for notification in notifications:
             recorded = self.mapper.to_domain_event(notification)
-            state = recorded.__dict__
             views.append(
                 AuditView(
                     position=notification.id,
                     id=recorded.originator_id,
-                    entry=AuditEntry(
-                        action=state["action"],
-                        at=state["at"],
-                        status=state["status"],
-                        outcome=state["outcome"],
-                        account_id=state["account_id"],
-                        key_id=state["key_id"],
-                        request_id=state["request_id"],
-                        client=state["client"],
-                        method=state["method"],
-                        path=state["path"],
-                        detail=state["detail"],
-                    ),
+                    entry=AuditEntry.from_fields(recorded.__dict__),
                 )
             )
         return views

@@ -63,22 +63,7 @@ class AuditRecordOut(BaseModel):
 
     @classmethod
     def of(cls, view: AuditView) -> AuditRecordOut:
-        entry = view.entry
-        return cls(
-            position=view.position,
-            id=view.id,
-            action=entry.action,
-            at=entry.at,
-            status=entry.status,
-            outcome=entry.outcome,
-            account_id=None if entry.account_id is None else UUID(entry.account_id),
-            key_id=None if entry.key_id is None else UUID(entry.key_id),
-            request_id=entry.request_id,
-            client=entry.client,
-            method=entry.method,
-            path=entry.path,
-            detail=entry.detail,
-        )
+        return cls.model_validate({"position": view.position, "id": view.id, **view.entry.fields()})
 
 
 class AuditRecordList(BaseModel):
