@@ -50,6 +50,8 @@ AUDITED: Final[Mapping[str, str]] = {
     "deleteSubscription": "subscription.delete",
     "createSessionToken": "auth.token",
 }
+# A longer path (up to the HTTP edge's limit) is cut: the record is not a request log.
+MAX_PATH: Final = 2_000
 # ``request.state`` attribute a handler sets to add facts to its audit record.
 AUDIT_DETAIL: Final = "audit_detail"
 
@@ -124,7 +126,7 @@ class AuditRequests:
             request_id=REQUEST_ID.get(),
             client=client_address(None if peer is None else peer[0], headers, self.proxies),
             method=scope["method"],
-            path=scope["path"],
+            path=scope["path"][:MAX_PATH],
             detail=dict(detail),
         )
         try:
