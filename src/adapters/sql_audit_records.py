@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from ..application.audit import AuditEntry, AuditPage, AuditQuery, AuditView
-from .sql_schema import AUDIT_RECORDS, close_engine, create_sql_engine, migrate, write_transaction
+from .sql_schema import AUDIT_RECORDS, close_engine, migrated_engine, write_transaction
 
 __all__ = ["SqlAuditRecords"]
 
@@ -28,12 +28,7 @@ class SqlAuditRecords:
     """Implements ``AuditRecords`` (synchronous: call it from a worker thread)."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_sql_engine(url)
-        try:
-            migrate(self._engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
+        self._engine = migrated_engine(url)
 
     @property
     def engine(self) -> Engine:

@@ -37,8 +37,7 @@ from .sql_schema import (
     PENDING_NOTIFICATIONS,
     chunked,
     close_engine,
-    create_sql_engine,
-    migrate,
+    migrated_engine,
     write_transaction,
 )
 
@@ -49,12 +48,7 @@ class SqlDeliveryLog:
     """Implements ``DeliveryLog`` (synchronous: call it from a worker thread)."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_sql_engine(url)
-        try:
-            migrate(self._engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
+        self._engine = migrated_engine(url)
 
     @property
     def engine(self) -> Engine:

@@ -60,6 +60,7 @@ __all__ = [
     "chunked",
     "create_sql_engine",
     "migrate",
+    "migrated_engine",
     "write_transaction",
 ]
 
@@ -418,6 +419,18 @@ def migrate(target: str | Engine) -> None:
     finally:
         if isinstance(target, str):
             engine.dispose()
+
+
+def migrated_engine(url: str) -> Engine:
+    """An engine on ``url`` whose schema is at the newest revision (disposed if migrating
+    fails)."""
+    engine = create_sql_engine(url)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
