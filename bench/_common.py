@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,16 @@ def cli_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "defi_realtime.entrypoints.cli"]
 
 
-def create_key(env: dict[str, str], *options: str, cwd: Path | None = None) -> str:
-    """``defi-realtime keys create --name bench OPTIONS``: the new key."""
+def create_key(
+    env: dict[str, str],
+    *options: str,
+    cwd: Path | None = None,
+    cli: Sequence[str] | None = None,
+) -> str:
+    """``defi-realtime keys create --name bench OPTIONS``: the new key (``cli``: another
+    ``defi-realtime`` than this environment's)."""
     done = subprocess.run(
-        [*cli_command(), "keys", "create", "--name", "bench", *options],
+        [*(cli or cli_command()), "keys", "create", "--name", "bench", *options],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -147,6 +153,29 @@ class CliProcess:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-4_000:]
         return ""
+
+
+async def send_requests(
+    port: int, requests: Iterable[bytes], latencies: list[float], statuses: dict[int, int]
+) -> None:
+    """Send each of ``requests`` (whole HTTP/1.1 requests) in turn over one keep-alive
+    connection, reading each answer; its latency (seconds) and status are appended."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        for request in requests:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
 
 
 # --- figures -----------------------------------------------------------------------------

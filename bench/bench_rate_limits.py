@@ -33,7 +33,15 @@ import uuid
 from pathlib import Path
 
 import _common
-from _common import HOST, CliProcess, embedded_env, free_port, machine, percentile
+from _common import (
+    HOST,
+    CliProcess,
+    embedded_env,
+    free_port,
+    machine,
+    percentile,
+    send_requests,
+)
 
 CONFIGS = {
     "off": {"RATE_LIMITS": "off"},
@@ -47,27 +55,6 @@ CONFIGS = {
 }
 
 
-async def _one_connection(
-    port: int, request: bytes, count: int, latencies: list[float], statuses: dict[int, int]
-) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        for _ in range(count):
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-            statuses[status] = statuses.get(status, 0) + 1
-    finally:
-        writer.close()
-
-
 async def load(
     port: int, path: str, requests: int, concurrency: int
 ) -> tuple[float, list[float], dict[int, int]]:
@@ -79,7 +66,7 @@ async def load(
     share = requests // concurrency
     started = time.perf_counter()
     await asyncio.gather(
-        *(_one_connection(port, request, share, latencies, statuses) for _ in range(concurrency))
+        *(send_requests(port, [request] * share, latencies, statuses) for _ in range(concurrency))
     )
     elapsed = time.perf_counter() - started
     return len(latencies) / elapsed, latencies, statuses

@@ -5,9 +5,10 @@
 
 Safe while the server runs: SQLite's backup API copies a consistent snapshot of each file.
 ``history.sqlite`` (read model, followers' positions, delivery record) is copied before
-``events.sqlite`` (the event store), so the positions in the backup are never ahead of the
-events in it: after a restore, followers resume at or before the head and nothing is skipped.
-To restore, stop the server and put both files into its DATA_DIR (docs/deployment.md).
+``events.sqlite`` (the event store) and ``audit.sqlite`` (the audit log, when there is one),
+so the positions in the backup are never ahead of the events in it: after a restore,
+followers resume at or before the head and nothing is skipped.
+To restore, stop the server and put the files into its DATA_DIR (docs/deployment.md).
 Standard library only, so it runs with any Python 3.11.
 """
 
@@ -17,8 +18,11 @@ import sqlite3
 import sys
 from pathlib import Path
 
-# This order: positions are never ahead of the events they refer to.
-FILES = ("history.sqlite", "events.sqlite")
+# This order: positions are never ahead of the events they refer to (the audit records in
+# history.sqlite refer to audit.sqlite's positions, ADR 0041).
+FILES = ("history.sqlite", "events.sqlite", "audit.sqlite")
+# Made on the first audited request: a DATA_DIR from before the audit trail has none.
+OPTIONAL = frozenset({"audit.sqlite"})
 
 
 def backup(data_dir: Path, target: Path) -> list[Path]:
@@ -27,6 +31,8 @@ def backup(data_dir: Path, target: Path) -> list[Path]:
     copies = []
     for name in FILES:
         source_path = data_dir / name
+        if not source_path.exists() and name in OPTIONAL:
+            continue
         if not source_path.exists():
             raise SystemExit(f"{source_path} does not exist (is {data_dir} a DATA_DIR?)")
         partial = target / f"{name}.partial"

@@ -44,6 +44,7 @@ __all__ = [
     "ALERT_EVENTS",
     "ALERT_RULES",
     "ANOMALIES",
+    "AUDIT_RECORDS",
     "DELIVERY_ATTEMPTS",
     "ERASED_SUBJECTS",
     "GROUP_DAYS",
@@ -290,6 +291,28 @@ ANOMALIES: Final = Table(
     Index("ix_anomalies_observed_at", "observed_at"),
 )
 
+AUDIT_RECORDS: Final = Table(
+    "audit_records",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), autoincrement=False, nullable=False),
+    Column("id", Text(), nullable=False),
+    Column("action", Text(), nullable=False),
+    Column("at", Double(), nullable=False),
+    Column("status", Integer(), nullable=False),
+    Column("outcome", Text(), nullable=False),
+    Column("account_id", Text(), nullable=True),
+    Column("key_id", Text(), nullable=True),
+    Column("request_id", Text(), nullable=True),
+    Column("client", Text(), nullable=True),
+    Column("method", Text(), nullable=False),
+    Column("path", Text(), nullable=False),
+    Column("detail", JSON(), nullable=False),
+    PrimaryKeyConstraint("position", name="pk_audit_records"),
+    Index("ix_audit_records_account", "account_id", "position"),
+    Index("ix_audit_records_key", "key_id", "position"),
+    Index("ix_audit_records_at", "at"),
+)
+
 PROJECTION_TRACKING: Final = Table(
     "projection_tracking",
     HISTORY_METADATA,
@@ -436,6 +459,18 @@ def migrate(target: str | Engine) -> None:
     finally:
         if isinstance(target, str):
             engine.dispose()
+
+
+def migrated_engine(url: str) -> Engine:
+    """An engine on ``url`` whose schema is at the newest revision (disposed if migrating
+    fails)."""
+    engine = create_sql_engine(url)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:

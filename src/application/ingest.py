@@ -212,6 +212,16 @@ class IngestResult:
             "position": self.position,
         }
 
+    def audit_detail(self) -> dict[str, int]:
+        """What the audit record of the request that sent the batch keeps of it: the counts,
+        and the main log position its observations were committed at (ADR 0041)."""
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": len(self.rejected),
+            "position": self.position,
+        }
+
 
 def parse_timestamp(raw: Any) -> float:
     """Unix seconds (int/float) or an ISO-8601 string (naive means UTC)."""

@@ -15,6 +15,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from .alert_rules import AlertRuleView
+from .audit import AuditPage, AuditQuery, AuditView
 from .delivery import (
     AlertTransition,
     DeliveryAttempt,
@@ -479,4 +480,19 @@ class PersonalRecords(Protocol):
     def purge(self, owner: str, rule_ids: Sequence[str]) -> Purged:
         """Delete every row of ``owner`` (and of its rules ``rule_ids``), leaving no copy in
         the store's files."""
+
+
+class AuditRecords(Protocol):
+    """The audit trail's read model (``audit_records``), filled from the audit log."""
+
+    def position(self) -> int:
+        """The audit log position of the newest record held (0: none)."""
+        ...
+
+    def apply(self, views: Sequence[AuditView]) -> None:
+        """Hold ``views`` (ascending positions); one already held is ignored."""
+        ...
+
+    def query(self, query: AuditQuery) -> AuditPage:
+        """The records ``query`` selects, newest first."""
         ...

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from .console import err
-from .container import opened
+from .container import Container, opened
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -96,6 +96,38 @@ def _print_rows(title: str, rows: list[dict[str, Any]], columns: list[str]) -> N
         sys.stdout.write(json.dumps(row) + "\n")
 
 
+def _audit(
+    container: Container,
+    action: str,
+    *,
+    refused: bool = False,
+    key: ApiKey | None = None,
+    account_id: UUID | None = None,
+) -> None:
+    """Record an operator command in the audit trail (ADR 0041): as an HTTP request would
+    be, with 200 or 400 for its outcome, ``CLI`` for its method and no client address."""
+    from ..application.audit import AuditEntry
+    from ..domain.audit import outcome_of
+
+    status = 400 if refused else 200
+    if key is not None:
+        account_id = key.account_id
+    container.audit_log().record(
+        [
+            AuditEntry(
+                action=action,
+                at=time.time(),
+                status=status,
+                outcome=outcome_of(status),
+                account_id=None if account_id is None else str(account_id),
+                key_id=None if key is None else str(key.id),
+                method="CLI",
+                path=action.replace(".", " "),
+            )
+        ]
+    )
+
+
 def _grace(raw: str | None, settings: Settings) -> float:
     if raw is None:
         return settings.key_rotation_grace
@@ -132,12 +164,15 @@ def keys_create(
         raise _fail("give --account or --new-account, not both")
     account_id = None if account is None else _account_id(account)
     with opened(Settings()) as container:
+        app = container.application()
         try:
-            secret = container.application().issue_api_key(
+            secret = app.issue_api_key(
                 name, tier, account_id=account_id, allowed_ips=allow_ip or ()
             )
         except (DomainError, AccountNotFound, AccountErased) as error:
+            _audit(container, "keys.create", refused=True, account_id=account_id)
             raise _fail(str(error)) from None
+        _audit(container, "keys.create", key=app.authenticate(secret))
     sys.stdout.write(secret + "\n")
 
 
@@ -173,12 +208,16 @@ def keys_rotate(
     settings = Settings()
     seconds = _grace(grace, settings)
     with opened(settings) as container:
+        app = container.application()
         try:
-            secret = container.application().rotate_api_key(key, seconds)
+            secret = app.rotate_api_key(key, seconds)
         except ApiKeyNotFound:
+            _audit(container, "keys.rotate", refused=True)
             raise _fail("cannot rotate: unknown key") from None
         except DomainError as error:
+            _audit(container, "keys.rotate", refused=True)
             raise _fail(f"cannot rotate: {error}") from None
+        _audit(container, "keys.rotate", key=app.authenticate(secret))  # the new key
     sys.stdout.write(secret + "\n")
 
 
@@ -191,12 +230,16 @@ def keys_revoke(
     from ..domain.errors import DomainError
 
     with opened(Settings()) as container:
+        app = container.application()
         try:
-            container.application().revoke_api_key(key)
+            key_id = app.revoke_api_key(key)
         except ApiKeyNotFound:
+            _audit(container, "keys.revoke", refused=True)
             raise _fail("cannot revoke: unknown key") from None
         except DomainError as error:
+            _audit(container, "keys.revoke", refused=True)
             raise _fail(f"cannot revoke: {error}") from None
+        _audit(container, "keys.revoke", key=app.find_api_key(key_id))
     err.print("revoked")
 
 
@@ -212,7 +255,9 @@ def accounts_create(
         try:
             account_id = container.application().open_account(name, contact)
         except DomainError as error:
+            _audit(container, "accounts.open", refused=True)
             raise _fail(str(error)) from None
+        _audit(container, "accounts.open", account_id=account_id)
     sys.stdout.write(f"{account_id}\n")
 
 

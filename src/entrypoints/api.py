@@ -38,6 +38,7 @@ from .alerts_api import alert_routes
 from .analytics_api import analytics_routes
 from .anomalies_api import anomaly_routes
 from .asyncapi import asyncapi_document
+from .audit_api import AUDIT_DETAIL, AuditRequests, audit_routes
 from .auth import on_auth_error, require_key
 from .auth_api import auth_routes
 from .coins_api import coin_routes
@@ -570,6 +571,9 @@ async def ingest(request: Request, query: IngestQuery) -> Response:
     metrics.ingested.labels("accepted").inc(result.accepted)
     metrics.ingested.labels("duplicate").inc(result.duplicates)
     metrics.ingested.labels("rejected").inc(len(result.rejected))
+    # The audit record names the account that sent these observations and where the main
+    # log holds them (ADR 0041).
+    setattr(request.state, AUDIT_DETAIL, result.audit_detail())
     if not result.committed:
         raise ApiError(
             422,
@@ -687,6 +691,9 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
             app.state.gateway = gateway
             # Read by the rate-limit middlewares (None: RATE_LIMITS=off).
             app.state.rate_limits = gateway.rate_limits
+            # Read by the audit middleware and GET /v2/audit (ADR 0041).
+            app.state.audit_journal = await provide(node.container.audit_journal)
+            app.state.audit_trail = await provide(node.container.audit_trail)
             sweeper = asyncio.create_task(
                 node.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
                 name="realtime-sweeper",
@@ -701,6 +708,9 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
                 # transport finds the gateway there.
                 yield {GATEWAY_STATE_KEY: gateway}
             finally:
+                # Records of requests still being answered are written before the store
+                # closes.
+                await app.state.audit_journal.drain()
                 sweeper.cancel()
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -726,6 +736,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         OperationRoute("/v2/realtime/volumes", REALTIME_VOLUMES.serve(realtime_volumes)),
         OperationRoute("/v2/ingest", INGEST.serve(ingest)),
         *auth_routes(),
+        *audit_routes(),
         *alert_routes(_read_json_body),
         *alert_history_routes(),
         *subscription_routes(_read_json_body),
@@ -750,6 +761,8 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         lifespan=lifespan,
         middleware=[
             Middleware(RequestIds),
+            # Outside authentication and the limits: their refusals are audited too.
+            Middleware(AuditRequests, routes=routes, proxies=settings.trusted_networks),
             # Before authentication: a preflight is answered before it sees the request.
             *cors_middleware(settings.cors_origins),
             Middleware(CountRequests, metrics=metrics, paths=paths),

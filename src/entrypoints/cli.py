@@ -27,6 +27,7 @@ from ..adapters.defillama_files import Format, UnknownFormatError, detect_format
 from ..application.importing import ImportTotals, import_items, import_prepared
 from .accounts_cli import accounts_cli, keys_cli
 from .alerts_cli import alerts_cli
+from .audit_cli import audit_command
 from .configuration import effective, reference
 from .console import err, progress_bar
 from .container import opened, opened_async, provide
@@ -51,6 +52,7 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(alerts_cli, name="alerts")
+cli.command("audit")(audit_command)
 
 
 def _settings() -> Settings:

@@ -39,6 +39,8 @@ from ..application.alerting import AlertEvaluator
 from ..application.anomaly import Detection, DetectorSettings, Method
 from ..application.anomaly_follower import AnomalyFollower
 from ..application.app import DefiRealtime
+from ..application.audit import AuditJournal, AuditLog
+from ..application.audit_trail import AuditTrail
 from ..application.delivery import RetryPolicy
 from ..application.durable_subscriptions import DurableSubscriptions
 from ..application.following import NodeFollower, ProjectionRunner, Relay
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from ..adapters.rabbit_notification_queue import RabbitNotificationQueue
     from ..adapters.redis_hot_projection import RedisHotProjection
     from ..adapters.smtp_email_notifier import SmtpEmailNotifier
+    from ..adapters.sql_audit_records import SqlAuditRecords
     from ..adapters.sql_delivery_log import SqlDeliveryLog
     from ..adapters.sql_history import SqlHistoryReadModel
     from ..adapters.webhook_notifier import WebhookGuard, WebhookNotifier
@@ -92,6 +95,8 @@ T = TypeVar("T")
 FOLLOWER_POLL_FLOOR = 0.2
 DISPATCHER_POLL_FLOOR = 0.1
 CONNECT_TIMEOUT = 5.0
+# The embedded audit log's file, in DATA_DIR beside events.sqlite.
+AUDIT_SQLITE_FILE = "audit.sqlite"
 
 
 # -- infrastructure (Resources: opened on first use, closed by shutdown_resources) ---------
@@ -131,6 +136,35 @@ def _application(
         yield app
     finally:
         app.close()
+
+
+def _audit_log(env: Mapping[str, str], data_dir: Path) -> Iterator[AuditLog]:
+    """The audit trail's own event store (ADR 0041): on PostgreSQL its own tables in the same
+    database (named for the application); embedded, its own file beside the main log's,
+    since eventsourcing's SQLite recorder uses one table name in every file."""
+    env = dict(env)
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+        _in_data_dir(data_dir)
+        env["SQLITE_DBNAME"] = str(Path(env["SQLITE_DBNAME"]).with_name(AUDIT_SQLITE_FILE))
+        # Commits without an fsync each (survive the process, not a power loss): every
+        # audited request waits for one (adapters/sqlite_audit_store.py).
+        env["PERSISTENCE_MODULE"] = "defi_realtime.adapters.sqlite_audit_store"
+    log = AuditLog(env=env)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+def _audit_records(url: str, data_dir: Path) -> Iterator[SqlAuditRecords]:
+    from ..adapters.sql_audit_records import SqlAuditRecords
+
+    _in_data_dir(data_dir, url)
+    records = SqlAuditRecords(url)
+    try:
+        yield records
+    finally:
+        records.close()
 
 
 def _metrics() -> PrometheusMetrics:
@@ -647,6 +681,8 @@ class Container(containers.DeclarativeContainer):
     writer = providers.Resource(_writer, application, metrics)
     event_log = providers.Resource(_event_log, application)
     history = providers.Resource(_history, config.history_url, config.data_dir)
+    audit_log = providers.Resource(_audit_log, config.event_store_env, config.data_dir)
+    audit_records = providers.Resource(_audit_records, config.history_url, config.data_dir)
     delivery_log = providers.Resource(_delivery_log, config.history_url, config.data_dir)
     relay_positions = providers.Resource(_relay_positions, config.database_url, config.history_url)
     follower_positions = providers.Resource(
@@ -706,6 +742,8 @@ class Container(containers.DeclarativeContainer):
         metrics,
     )
     durable_subscriptions = providers.Singleton(_durable_subscriptions, application, writer)
+    audit_journal = providers.Singleton(AuditJournal, audit_log.provided.record)
+    audit_trail = providers.Singleton(AuditTrail, audit_log, audit_records)
     hub = providers.Singleton(
         RealtimeHub,
         event_log,

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
+from uuid import UUID
 
 import platformdirs
 from pydantic import Field, computed_field, field_validator
@@ -180,6 +181,12 @@ class Settings(BaseSettings):
         alias="KEY_ROTATION_GRACE",
         description="Seconds a rotated-out key keeps working, when keys rotate is not "
         "given --grace.",
+    )
+    admin_key_ids: str = Field(
+        default="",
+        alias="ADMIN_KEY_IDS",
+        description="Comma-separated ids of API keys (keys list) that are admin keys: "
+        "GET /v2/audit shows them every account's records, not only their own.",
     )
     trusted_proxies: str = Field(
         default="",
@@ -522,6 +529,21 @@ class Settings(BaseSettings):
             origin.strip().rstrip("/")
             for origin in self.ws_allowed_origins.split(",")
             if origin.strip() and origin.strip() != "*"
+        )
+
+    @field_validator("admin_key_ids")
+    @classmethod
+    def _key_ids(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                UUID(part.strip())  # ValueError names it
+        return value
+
+    @property
+    def admin_keys(self) -> frozenset[UUID]:
+        """``ADMIN_KEY_IDS`` as key ids."""
+        return frozenset(
+            UUID(part.strip()) for part in self.admin_key_ids.split(",") if part.strip()
         )
 
     @field_validator("trusted_proxies")

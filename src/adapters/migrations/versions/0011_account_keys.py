@@ -1,7 +1,7 @@
 """The accounts' data keys (crypto-shredding, docs/adr/0042-crypto-shredding.md).
 
 Revision ID: 0011_account_keys
-Revises: 0009_protocol_oracles
+Revises: 0010_audit_records
 
 ``account_keys``: one AES-GCM key per subject (a digest of an account's owner string);
 destroying a key deletes its row. ``erased_subjects``: the subjects erased, so that nothing
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_account_keys"
-down_revision: str | None = "0009_protocol_oracles"
+down_revision: str | None = "0010_audit_records"
 branch_labels: str | None = None
 depends_on: str | None = None
 
