@@ -461,18 +461,6 @@ def migrate(target: str | Engine) -> None:
             engine.dispose()
 
 
-def migrated_engine(url: str) -> Engine:
-    """An engine on ``url`` whose schema is at the newest revision (disposed if migrating
-    fails)."""
-    engine = create_sql_engine(url)
-    try:
-        migrate(engine)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
-
-
 def chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
