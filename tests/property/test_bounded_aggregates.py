@@ -11,6 +11,7 @@ SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 from collections.abc import Iterator
@@ -90,10 +91,8 @@ def run(app: DefiRealtime, plan: list[tuple[str, list[list[tuple[Any, ...]]]]]) 
             cache = app.repository.cache
             assert cache is not None
             for aggregate_id in [*map(Protocol.id_for, slug), *map(Token.id_for, token)]:
-                try:
+                with contextlib.suppress(KeyError):
                     cache.get(aggregate_id, evict=True)
-                except KeyError:
-                    pass
             continue
         batches, expected = [], []
         for items in group:
