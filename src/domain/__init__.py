@@ -51,6 +51,7 @@ from .chains import ChainInfo, canonical_chain, chain_info, chain_key, known_cha
 from .errors import DomainError, InvalidObservation, InvalidTransition
 from .observations import METRICS, OBSERVED_AT_RANGE, TOTAL, Metric
 from .protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
+from .recent import RECENT_PER_SERIES, StoredObservations
 from .subscription import (
     CHANNELS,
     InvalidSubscription,
@@ -65,6 +66,7 @@ __all__ = [
     "CHANNELS",
     "METRICS",
     "OBSERVED_AT_RANGE",
+    "RECENT_PER_SERIES",
     "SLUG_PATTERN",
     "TIER_LIMITS",
     "TOKEN_ID_PATTERN",
@@ -94,6 +96,7 @@ __all__ = [
     "RuleQuotaExceeded",
     "RuleState",
     "RuleTarget",
+    "StoredObservations",
     "Subscription",
     "SubscriptionBook",
     "SubscriptionNameTaken",

@@ -87,7 +87,21 @@ class Protocol(Aggregate):
     class_version = 2
 
     class Snapshot(WindowedSnapshot):
-        pass
+        """Tuple- and float-keyed dicts as JSON lists."""
+
+        @staticmethod
+        def encode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["current"] = [[m, c, v, t] for (m, c), (v, t) in state["current"].items()]
+            state["recent"] = [[m, c, window_pairs(w)] for (m, c), w in state["recent"].items()]
+            state["horizon"] = [[m, c, h] for (m, c), h in state["horizon"].items()]
+            return state
+
+        @staticmethod
+        def decode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["current"] = {(m, c): (v, t) for m, c, v, t in state["current"]}
+            state["recent"] = {(m, c): window_of(w) for m, c, w in state["recent"]}
+            state["horizon"] = {(m, c): h for m, c, h in state["horizon"]}
+            return state
 
     @staticmethod
     def create_id(slug: str, *_: Any, **__: Any) -> UUID:
@@ -316,25 +330,6 @@ class Protocol(Aggregate):
         time is at or before its series' horizon). ``chain`` in its canonical spelling."""
         horizon = self.horizon.get((metric, chain))
         return horizon is not None and observed_at <= horizon
-
-    # -- snapshots (WindowedSnapshot): tuple- and float-keyed dicts as JSON lists ----------
-
-    @staticmethod
-    def snapshot_state(state: dict[str, Any]) -> dict[str, Any]:
-        """``state`` (the aggregate's attributes) in a form JSON can hold."""
-        state["current"] = [[m, c, v, t] for (m, c), (v, t) in state["current"].items()]
-        state["recent"] = [[m, c, window_pairs(w)] for (m, c), w in state["recent"].items()]
-        state["horizon"] = [[m, c, h] for (m, c), h in state["horizon"].items()]
-        return state
-
-    @staticmethod
-    def restore_state(state: dict[str, Any]) -> dict[str, Any]:
-        """``snapshot_state``'s inverse."""
-        state["current"] = {(m, c): (v, t) for m, c, v, t in state["current"]}
-        # A version-1 state has neither (upcast_v1_v2 makes them from its history).
-        state["recent"] = {(m, c): window_of(w) for m, c, w in state.get("recent", ())}
-        state["horizon"] = {(m, c): h for m, c, h in state.get("horizon", ())}
-        return state
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:

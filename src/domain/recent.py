@@ -21,7 +21,6 @@ from typing import Any, Final, Protocol
 from uuid import UUID
 
 from eventsourcing.domain import BaseAggregate, Snapshot
-from eventsourcing.utils import resolve_topic
 
 # Observation times kept per series. Re-sending the last few batches (a retry, a re-read
 # file, a poller that restarts) repeats the newest times of each series: they are answered
@@ -83,36 +82,41 @@ def remember(
 
 @dataclass(frozen=True)
 class WindowedSnapshot(Snapshot):
-    """A snapshot whose state is JSON-friendly (the aggregate's state keys dicts by tuples
-    and floats, which JSON cannot): the aggregate class says how, with ``snapshot_state``
-    and ``restore_state``. Upcasts between class versions as eventsourcing's snapshots do,
-    after ``restore_state`` (so an ``upcast_vN_vN+1`` sees the aggregate's own shape)."""
+    """A snapshot whose state is JSON-friendly (an aggregate's state keys dicts by tuples
+    and floats, which JSON cannot): an aggregate's ``Snapshot`` subclass says how, with
+    ``encode_state`` and ``decode_state``. Loading decodes, then is eventsourcing's own
+    (class-version upcasts ``upcast_vN_vN+1`` on the aggregate class included)."""
+
+    @staticmethod
+    def encode_state(state: dict[str, Any]) -> dict[str, Any]:
+        """The aggregate's attributes in a form JSON can hold."""
+        return state
+
+    @staticmethod
+    def decode_state(state: dict[str, Any]) -> dict[str, Any]:
+        """``encode_state``'s inverse."""
+        return state
 
     @classmethod
     def take(cls, aggregate: Any) -> WindowedSnapshot:
         taken = super().take(aggregate)
-        encode = type(aggregate).snapshot_state
         return cls(
             originator_id=taken.originator_id,
             originator_version=taken.originator_version,
             timestamp=taken.timestamp,
             topic=taken.topic,
-            state=encode(dict(taken.state)),
+            state=cls.encode_state(dict(taken.state)),
         )
 
     def mutate(self, _: None) -> BaseAggregate[UUID]:
-        cls: Any = resolve_topic(self.topic)
-        state = cls.restore_state(dict(self.state))
-        from_version = state.pop("class_version", 1)
-        while from_version < getattr(cls, "class_version", 1):
-            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
-            from_version += 1
-        state["_id"] = self.originator_id
-        state["_version"] = self.originator_version
-        state["_pending_events"] = []
-        aggregate: BaseAggregate[UUID] = object.__new__(cls)
-        object.__setattr__(aggregate, "__dict__", state)
-        return aggregate
+        decoded = Snapshot(
+            originator_id=self.originator_id,
+            originator_version=self.originator_version,
+            timestamp=self.timestamp,
+            topic=self.topic,
+            state=self.decode_state(dict(self.state)),
+        )
+        return decoded.mutate(None)
 
 
 def window_pairs(window: dict[float, float]) -> list[list[float]]:

@@ -66,7 +66,17 @@ class Token(Aggregate):
     class_version = 2
 
     class Snapshot(WindowedSnapshot):
-        pass
+        """The float-keyed window as JSON pairs."""
+
+        @staticmethod
+        def encode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["recent"] = window_pairs(state["recent"])
+            return state
+
+        @staticmethod
+        def decode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["recent"] = window_of(state["recent"])
+            return state
 
     @staticmethod
     def create_id(token_id: str, *_: Any, **__: Any) -> UUID:
@@ -133,20 +143,6 @@ class Token(Aggregate):
         """Whether only the stored events can tell if a price at ``observed_at`` was
         recorded (see ``Protocol.beyond_window``)."""
         return self.horizon is not None and observed_at <= self.horizon
-
-    # -- snapshots (WindowedSnapshot): the float-keyed window as JSON pairs --------------
-
-    @staticmethod
-    def snapshot_state(state: dict[str, Any]) -> dict[str, Any]:
-        """``state`` (the aggregate's attributes) in a form JSON can hold."""
-        state["recent"] = window_pairs(state["recent"])
-        return state
-
-    @staticmethod
-    def restore_state(state: dict[str, Any]) -> dict[str, Any]:
-        """``snapshot_state``'s inverse (a version-1 state has no window yet)."""
-        state["recent"] = window_of(state.get("recent", []))
-        return state
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
