@@ -9,22 +9,22 @@ one commit per observation. Writes are meant to run on one writer thread per pro
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
     ProcessingEvent,
-    project_aggregate,
 )
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Mapper, Recording
+from eventsourcing.domain import Aggregate, MutableOrImmutableAggregate
+from eventsourcing.persistence import IntegrityError, Mapper, Recording, StoredEvent
 from eventsourcing.utils import get_topic
 
 from ..domain.account import Account
@@ -32,8 +32,10 @@ from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
 from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, hash_key
+from ..domain.chains import canonical_chain
 from ..domain.evm import EvmChain
 from ..domain.protocol import Protocol
+from ..domain.recent import PRICE, Series
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
 from ..domain.subscription import Subscription, SubscriptionBook
 from ..domain.token import Token
@@ -43,6 +45,7 @@ from .evm_facts import ChainStep
 from .ingest import IngestBatch, IngestResult, Listing, Rejection
 from .personal_fields import PersonalFieldsMapper
 from .ports import AccountKeys
+from .stored_observations import GroupObservations
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
@@ -50,6 +53,12 @@ T = TypeVar("T")
 # Passing a version bypasses the aggregate cache: reads made outside the writer thread (auth,
 # alert queries) must see other nodes' writes and must never share the writer's objects.
 _LATEST = sys.maxsize
+# Events between snapshots of a Protocol or Token: loading one reads its latest snapshot and
+# at most this many events, however long its log (docs/adr/0045). A snapshot (a few KB, its
+# state is bounded) per 200 events of ~250 bytes adds ~5-10 % to what is written.
+SNAPSHOT_INTERVAL: Final = 200
+
+log = logging.getLogger(__name__)
 
 
 class ProtocolNotFound(LookupError):
@@ -121,6 +130,12 @@ class DefiRealtime(Application[UUID]):
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
+    # Setting intervals turns snapshotting on (IS_SNAPSHOTTING_ENABLED): a snapshots table
+    # beside the events. ``_take_snapshots`` takes them from the saved aggregates.
+    snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
+        Protocol: SNAPSHOT_INTERVAL,
+        Token: SNAPSHOT_INTERVAL,
+    }
 
     def __init__(self, env: Any = None, *, account_keys: AccountKeys | None = None) -> None:
         # Read by ``construct_mapper``, which the base class calls.
@@ -130,6 +145,8 @@ class DefiRealtime(Application[UUID]):
         # aggregates _preload found, which _load hands out on first use.
         self._absent: set[UUID] = set()
         self._preloaded: dict[UUID, Aggregate] = {}
+        # During an ingest: what the group knows of observations beyond aggregates' windows.
+        self._observations = GroupObservations(self._stored_events_of, self.mapper)
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The configured mapper; the stock one with a template for MetricRecorded (the
@@ -155,8 +172,11 @@ class DefiRealtime(Application[UUID]):
         def apply(working: dict[UUID, Aggregate]) -> tuple[list[IngestResult], int]:
             self._absent.clear()
             self._preloaded.clear()
+            # Per attempt: a retry starts again from the stored events.
+            self._observations = GroupObservations(self._stored_events_of, self.mapper)
             try:
                 self._preload(batches)
+                self._prefetch_old(batches)
                 results = [self._apply_batch(batch, working) for batch in batches]
                 # Only aggregates with new events: an unchanged one would record nothing.
                 written = self._save_group([a for a in working.values() if a.pending_events])
@@ -218,6 +238,108 @@ class DefiRealtime(Application[UUID]):
         self._take_snapshots(processing)
         return max(ids) if ids else 0
 
+    def _take_snapshots(self, processing: ProcessingEvent[UUID]) -> None:
+        """Snapshot each saved Protocol or Token whose new events crossed a multiple of its
+        interval, from the saved aggregate itself, all in one write.
+
+        eventsourcing's own rebuilds each one from the store at that version (a query per
+        snapshot). A snapshot is an optimisation, written after the events committed: if it
+        fails, the events stand and loading reads a few more of them."""
+        if self.snapshots is None:
+            return
+        first: dict[UUID, int] = {}
+        for event in processing.events:
+            first.setdefault(event.originator_id, event.originator_version)
+        taken: list[Any] = []
+        for aggregate_id, aggregate in processing.aggregates.items():
+            interval = self.snapshotting_intervals.get(type(aggregate))
+            start = first.get(aggregate_id)
+            if interval is None or start is None or not isinstance(aggregate, Aggregate):
+                continue
+            if aggregate.version // interval > (start - 1) // interval:
+                taken.append(type(aggregate).Snapshot.take(aggregate))
+        if taken:
+            try:
+                self.snapshots.put(taken)
+            except Exception:
+                log.warning("%d snapshots not written", len(taken), exc_info=True)
+
+    def _stored_events_of(self, aggregate_ids: Sequence[UUID]) -> list[StoredEvent]:
+        """Every stored event of the aggregates, in one query from a ``BulkEventReader``
+        (one per aggregate otherwise)."""
+        # A BulkEventReader (application/ports.py), asked by its method: importing the ports
+        # module here would cost the CLI ~30 ms of imports it does not otherwise need.
+        select_events_of = getattr(self.recorder, "select_events_of", None)
+        if select_events_of is not None:
+            return list(select_events_of(aggregate_ids))
+        return [e for i in aggregate_ids for e in self.recorder.select_events(i)]
+
+    def _loaded(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, Aggregate]:
+        """The aggregates, each from its latest snapshot (if any) and the events after it:
+        two queries in all from ``BulkEventReader``s (two per aggregate otherwise)."""
+        snapshots: dict[UUID, Any] = {}
+        if self.snapshots is not None and aggregate_ids:
+            snapshot_recorder = self.snapshots.recorder
+            select_last_of = getattr(snapshot_recorder, "select_last_of", None)
+            if select_last_of is not None:
+                latest = list(select_last_of(aggregate_ids))
+            else:
+                latest = [
+                    s
+                    for i in aggregate_ids
+                    for s in snapshot_recorder.select_events(i, desc=True, limit=1)
+                ]
+            for stored in latest:
+                snapshot = self.mapper.to_domain_event(stored)
+                snapshots[snapshot.originator_id] = snapshot
+        found_events = self._stored_events_of([i for i in aggregate_ids if i not in snapshots])
+        if snapshots:
+            ids = list(snapshots)
+            versions = [snapshots[i].originator_version for i in ids]
+            select_events_after = getattr(self.recorder, "select_events_after", None)
+            if select_events_after is not None:
+                found_events.extend(select_events_after(ids, versions))
+            else:
+                for i, version in zip(ids, versions, strict=True):
+                    found_events.extend(self.recorder.select_events(i, gt=version))
+        events: dict[UUID, list[Any]] = {i: [s] for i, s in snapshots.items()}
+        for stored in found_events:
+            originator = stored.originator_id
+            key = originator if isinstance(originator, UUID) else UUID(originator)
+            events.setdefault(key, []).append(self.mapper.to_domain_event(stored))
+        loaded: dict[UUID, Aggregate] = {}
+        for aggregate_id, found in events.items():
+            # project_aggregate's fold, without its per-event assert: an isinstance against a
+            # runtime_checkable Protocol, which walks the Protocol's attributes on Python
+            # 3.11 (most of the fold's time). Every event here came from our mapper.
+            aggregate: Any = None
+            for event in found:
+                aggregate = event.mutate(aggregate)
+            if isinstance(aggregate, Aggregate):
+                loaded[aggregate_id] = aggregate
+        return loaded
+
+    def _prefetch_old(self, batches: Sequence[IngestBatch]) -> None:
+        """Ask the store, in one read, about every observation of the group that is older
+        than its (preloaded) aggregate's window: the domain asks ``_observations`` about
+        each, and one read per group is cheaper than one per observation."""
+        preloaded = self._preloaded
+        wanted: dict[UUID, list[tuple[Series, float]]] = {}
+        for batch in batches:
+            for metric in batch.metrics:
+                protocol = preloaded.get(Protocol.id_for(metric.protocol))
+                if not isinstance(protocol, Protocol) or not protocol.horizon:
+                    continue
+                chain = canonical_chain(metric.chain)
+                if protocol.beyond_window(metric.metric, chain, metric.observed_at):
+                    series = (metric.metric, chain)
+                    wanted.setdefault(protocol.id, []).append((series, metric.observed_at))
+            for price in batch.prices:
+                token = preloaded.get(Token.id_for(price.token))
+                if isinstance(token, Token) and token.beyond_window(price.observed_at):
+                    wanted.setdefault(token.id, []).append((PRICE, price.observed_at))
+        self._observations.prefetch(wanted)
+
     def _evict(self, working: Iterable[UUID]) -> None:
         # The working set may hold mutated (unsaved) cached aggregates: drop them so the
         # next read rebuilds from the event store.
@@ -239,7 +361,6 @@ class DefiRealtime(Application[UUID]):
         group's events are saved aggregate by aggregate in that order, which is the order
         of the log (and of the updates clients receive).
         """
-        recorder = self.recorder
         cache = self.repository.cache
         if cache is None:
             return  # _load looks each one up
@@ -264,23 +385,9 @@ class DefiRealtime(Application[UUID]):
                 preloaded[aggregate_id] = cached
         if not missing:
             return
-        # A BulkEventReader (application/ports.py), asked by its method: importing the ports
-        # module here would cost the CLI ~30 ms of imports it does not otherwise need.
-        select_events_of = getattr(recorder, "select_events_of", None)
-        if select_events_of is not None:
-            found_events = select_events_of(missing)
-        else:
-            found_events = [e for i in missing for e in recorder.select_events(i)]
-        events: dict[UUID, list[Any]] = {}
-        for stored in found_events:
-            originator = stored.originator_id
-            key = originator if isinstance(originator, UUID) else UUID(originator)
-            events.setdefault(key, []).append(self.mapper.to_domain_event(stored))
+        found = self._loaded(missing)
         for aggregate_id in missing:
-            found = events.get(aggregate_id)
-            loaded: Aggregate | None = None
-            if found is not None:
-                loaded = project_aggregate(loaded, found)
+            loaded = found.get(aggregate_id)
             if loaded is None:
                 self._absent.add(aggregate_id)
                 continue
@@ -309,6 +416,7 @@ class DefiRealtime(Application[UUID]):
 
     def _apply_batch(self, batch: IngestBatch, working: dict[UUID, Aggregate]) -> IngestResult:
         result = IngestResult(rejected=list(batch.rejected))
+        observations = self._observations
         # A new protocol may be named by a later item of the batch than its first
         # observation: it is listed from the first named item before anything is recorded.
         first_named: dict[str, Listing] = {}
@@ -369,9 +477,22 @@ class DefiRealtime(Application[UUID]):
             if metric.listing is not None:
                 self._update_details(protocol, metric.listing)
             if protocol.record_metric(
-                metric.metric, metric.chain, metric.value, metric.observed_at, metric.source
+                metric.metric,
+                metric.chain,
+                metric.value,
+                metric.observed_at,
+                metric.source,
+                observations,
             ):
                 result.accepted += 1
+                recorded = protocol.pending_events[-1]
+                assert isinstance(recorded, Protocol.MetricRecorded)
+                observations.note(
+                    protocol.id,
+                    (recorded.metric, recorded.chain),
+                    recorded.observed_at,
+                    recorded.value,
+                )
             else:
                 result.duplicates += 1
         for price in batch.prices:
@@ -381,8 +502,12 @@ class DefiRealtime(Application[UUID]):
                 token = Token.register(price.token)
                 working[token_id] = token
             assert isinstance(token, Token)
-            if token.record_price(price.price, price.observed_at, price.confidence, price.source):
+            if token.record_price(
+                price.price, price.observed_at, price.confidence, price.source, observations
+            ):
                 result.accepted += 1
+                priced: Any = token.pending_events[-1]  # its PriceRecorded
+                observations.note(token.id, PRICE, priced.observed_at, priced.price)
             else:
                 result.duplicates += 1
         return result
@@ -813,6 +938,8 @@ class DefiRealtime(Application[UUID]):
         def apply(working: dict[UUID, Aggregate]) -> int:
             self._absent.clear()
             self._preloaded.clear()
+            # Per attempt, as ingest's: a retraction may name a time beyond the window.
+            self._observations = GroupObservations(self._stored_events_of, self.mapper)
             try:
                 return record(working)
             finally:
@@ -831,13 +958,21 @@ class DefiRealtime(Application[UUID]):
             if step.orphan_from is not None:
                 for restored in chain.orphan_from(step.orphan_from):
                     protocol = self._load(Protocol.id_for(str(restored["protocol"])), working)
-                    if isinstance(protocol, Protocol):
-                        protocol.retract_metric(
-                            "tvl",
-                            str(restored["chain"]),
-                            float(restored["observed_at"]),
-                            float(restored["value"]),
-                            step.source,
+                    if isinstance(protocol, Protocol) and protocol.retract_metric(
+                        "tvl",
+                        str(restored["chain"]),
+                        float(restored["observed_at"]),
+                        float(restored["value"]),
+                        step.source,
+                        self._observations,
+                    ):
+                        # Later lookups of this group see the restored value.
+                        retracted: Any = protocol.pending_events[-1]
+                        self._observations.note(
+                            protocol.id,
+                            (retracted.metric, retracted.chain),
+                            retracted.observed_at,
+                            retracted.value,
                         )
             if step.blocks:
                 chain.record_blocks(step.blocks, step.facts, step.reserves, step.tvl)

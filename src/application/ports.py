@@ -52,6 +52,18 @@ class BulkEventReader(Protocol):
         """Every stored event of the given aggregates, in (originator, version) order."""
         ...
 
+    def select_events_after(
+        self, originator_ids: Sequence[UUID], versions: Sequence[int]
+    ) -> Sequence[StoredEvent]:
+        """The stored events of each aggregate after its version (``versions``, in the same
+        order), in (originator, version) order: what follows each one's snapshot."""
+        ...
+
+    def select_last_of(self, originator_ids: Sequence[UUID]) -> Sequence[StoredEvent]:
+        """The newest stored row of each aggregate that has one (used on a snapshots
+        table: each aggregate's latest snapshot)."""
+        ...
+
 
 class Clock(Protocol):
     def now(self) -> float:

@@ -52,6 +52,7 @@ from .errors import DomainError, InvalidObservation, InvalidTransition
 from .evm import EvmChain, ReorgDetected, ReorgTooDeep
 from .observations import METRICS, OBSERVED_AT_RANGE, TOTAL, Metric
 from .protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
+from .recent import RECENT_PER_SERIES, StoredObservations
 from .subscription import (
     CHANNELS,
     InvalidSubscription,
@@ -66,6 +67,7 @@ __all__ = [
     "CHANNELS",
     "METRICS",
     "OBSERVED_AT_RANGE",
+    "RECENT_PER_SERIES",
     "SLUG_PATTERN",
     "TIER_LIMITS",
     "TOKEN_ID_PATTERN",
@@ -98,6 +100,7 @@ __all__ = [
     "RuleQuotaExceeded",
     "RuleState",
     "RuleTarget",
+    "StoredObservations",
     "Subscription",
     "SubscriptionBook",
     "SubscriptionNameTaken",

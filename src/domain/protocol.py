@@ -22,6 +22,16 @@ from .observations import (
     check_timestamp,
     check_value,
 )
+from .recent import (
+    Series,
+    StoredObservations,
+    WindowedSnapshot,
+    bounded,
+    known_value,
+    remember,
+    window_of,
+    window_pairs,
+)
 
 # DeFiLlama's slug alphabet (``aave-v3``, ``ether.fi-stake``): lower-case ASCII letters,
 # digits, '-' and '.', starting with a letter or digit, no '..', at most 200 characters. So a
@@ -67,7 +77,31 @@ class Protocol(Aggregate):
     Invariants: values are finite and non-negative; an identical repeated observation is a
     no-op; an observation older than the current one enters history but does not move the
     current value.
+
+    Memory is bounded: per series it keeps the newest observations only (``domain.recent``:
+    a window and its horizon); whether an older one repeats is asked of the stored events.
+    Snapshots carry that bounded state (class version 2; version 1 kept every observation
+    in ``history``).
     """
+
+    class_version = 2
+
+    class Snapshot(WindowedSnapshot):
+        """Tuple- and float-keyed dicts as JSON lists."""
+
+        @staticmethod
+        def encode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["current"] = [[m, c, v, t] for (m, c), (v, t) in state["current"].items()]
+            state["recent"] = [[m, c, window_pairs(w)] for (m, c), w in state["recent"].items()]
+            state["horizon"] = [[m, c, h] for (m, c), h in state["horizon"].items()]
+            return state
+
+        @staticmethod
+        def decode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["current"] = {(m, c): (v, t) for m, c, v, t in state["current"]}
+            state["recent"] = {(m, c): window_of(w) for m, c, w in state["recent"]}
+            state["horizon"] = {(m, c): h for m, c, h in state["horizon"]}
+            return state
 
     @staticmethod
     def create_id(slug: str, *_: Any, **__: Any) -> UUID:
@@ -106,8 +140,10 @@ class Protocol(Aggregate):
         self.details_observed_at = observed_at
         # (metric, chain) -> (value, observed_at) of the newest observation.
         self.current: dict[tuple[str, str], tuple[float, float]] = {}
-        # (metric, chain, observed_at) -> value of every observation ever recorded.
-        self.history: dict[tuple[str, str, float], float] = {}
+        # (metric, chain) -> {observed_at: value} of its newest observations, and the newest
+        # time that left that window (domain/recent.py: older ones are asked of the store).
+        self.recent: dict[Series, dict[float, float]] = {}
+        self.horizon: dict[Series, float] = {}
 
     @classmethod
     def create(
@@ -216,14 +252,21 @@ class Protocol(Aggregate):
         value: float,
         observed_at: float,
         source: str = "",
+        stored: StoredObservations | None = None,
     ) -> bool:
-        """Record one observation; returns False if it is an identical repeat (a no-op)."""
+        """Record one observation; returns False if it is an identical repeat (a no-op):
+        the value last recorded for its series and time is the same. ``stored`` answers
+        for times beyond the recent window (``domain.recent``)."""
         check_metric(metric)
         chain = check_chain(chain)
         number = check_value(value)
         stamp = check_timestamp(observed_at)
         check_text(source or "", field="source")
-        if self.history.get((metric, chain, stamp)) == number:
+        series = (metric, chain)
+        known = known_value(
+            self.recent.get(series), self.horizon.get(series), stamp, self.id, series, stored
+        )
+        if known == number:
             return False
         # What trigger_event does, without its keyword plumbing and the frozen dataclass
         # __init__ (~40 % of this method): the event is built as eventsourcing's mapper builds
@@ -263,19 +306,29 @@ class Protocol(Aggregate):
             aggregate._apply_metric(self.metric, self.chain, self.value, self.observed_at)
 
     def retract_metric(
-        self, metric: str, chain: str, observed_at: float, restored: float, source: str = ""
+        self,
+        metric: str,
+        chain: str,
+        observed_at: float,
+        restored: float,
+        source: str = "",
+        stored: StoredObservations | None = None,
     ) -> bool:
         """Retract the observation at ``(metric, chain, observed_at)``: its source learnt it
         was never true (an EVM block orphaned by a reorg). The value there becomes
         ``restored`` (what was true before it), as a correction would make it; the
         retraction is a fact of its own, never an edit. False (nothing recorded) when
-        nothing was observed there or it already holds ``restored``."""
+        nothing was observed there or it already holds ``restored``. ``stored`` answers for
+        times beyond the recent window, as in ``record_metric``."""
         check_metric(metric)
         chain = check_chain(chain)
         number = check_value(restored)
         stamp = check_timestamp(observed_at)
         check_text(source or "", field="source")
-        held = self.history.get((metric, chain, stamp))
+        series = (metric, chain)
+        held = known_value(
+            self.recent.get(series), self.horizon.get(series), stamp, self.id, series, stored
+        )
         if held is None or held == number:
             return False
         self._metric_retracted(self.slug, metric, chain, number, stamp, source or "")
@@ -289,7 +342,13 @@ class Protocol(Aggregate):
 
     def _apply_metric(self, metric: str, chain: str, value: float, observed_at: float) -> None:
         chain = canonical_chain(chain)  # an event recorded before names were normalised
-        self.history[(metric, chain, observed_at)] = value
+        series = (metric, chain)
+        window = self.recent.get(series)
+        if window is None:
+            window = self.recent[series] = {}
+        horizon = remember(window, self.horizon.get(series), observed_at, value)
+        if horizon is not None:
+            self.horizon[series] = horizon
         current = self.current.get((metric, chain))
         # A late observation is history only; ties go to the newest recording (a correction).
         if current is None or observed_at >= current[1]:
@@ -300,6 +359,25 @@ class Protocol(Aggregate):
     def current_value(self, metric: str = "tvl", chain: str = TOTAL) -> float | None:
         current = self.current.get((metric, chain))
         return None if current is None else current[0]
+
+    def beyond_window(self, metric: str, chain: str, observed_at: float) -> bool:
+        """Whether only the stored events can tell if this observation was recorded (its
+        time is at or before its series' horizon). ``chain`` in its canonical spelling."""
+        horizon = self.horizon.get((metric, chain))
+        return horizon is not None and observed_at <= horizon
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A version-1 state kept every observation in ``history``: keep the window of it."""
+        by_series: dict[Series, dict[float, float]] = {}
+        for (metric, chain, stamp), value in state.pop("history", {}).items():
+            by_series.setdefault((metric, chain), {})[stamp] = value
+        state["recent"] = {}
+        state["horizon"] = {}
+        for series, observations in by_series.items():
+            state["recent"][series], horizon = bounded(observations)
+            if horizon is not None:
+                state["horizon"][series] = horizon
 
 
 def _canonical_chains(chains: list[str]) -> list[str]:

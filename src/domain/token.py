@@ -10,6 +10,16 @@ from eventsourcing.domain import Aggregate, event
 
 from .errors import InvalidObservation
 from .observations import check_text, check_timestamp, check_value
+from .recent import (
+    PRICE,
+    StoredObservations,
+    WindowedSnapshot,
+    bounded,
+    known_value,
+    remember,
+    window_of,
+    window_pairs,
+)
 
 # DeFiLlama's coin ids: ``coingecko:<id>`` (``coingecko:ethereum``) or ``<chain>:<address>``
 # (``ethereum:0xdac1...``, ``solana:EPjF...``). The prefix is 1-40 lower-case ASCII letters,
@@ -49,7 +59,24 @@ def check_token_id(token_id: str) -> str:
 
 
 class Token(Aggregate):
-    """A priced token. Same observation rules as protocol metrics."""
+    """A priced token. Same observation rules as protocol metrics, and the same bounded
+    memory (``domain.recent``: its prices are one series, ``PRICE``). Class version 2:
+    version 1 kept every price in ``history``."""
+
+    class_version = 2
+
+    class Snapshot(WindowedSnapshot):
+        """The float-keyed window as JSON pairs."""
+
+        @staticmethod
+        def encode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["recent"] = window_pairs(state["recent"])
+            return state
+
+        @staticmethod
+        def decode_state(state: dict[str, Any]) -> dict[str, Any]:
+            state["recent"] = window_of(state["recent"])
+            return state
 
     @staticmethod
     def create_id(token_id: str, *_: Any, **__: Any) -> UUID:
@@ -67,16 +94,24 @@ class Token(Aggregate):
         self.price: float | None = None
         self.observed_at: float | None = None
         self.confidence: float | None = None
-        self.history: dict[float, float] = {}
+        # {observed_at: price} of the newest prices, and the newest time that left it.
+        self.recent: dict[float, float] = {}
+        self.horizon: float | None = None
 
     @classmethod
     def register(cls, token_id: str) -> Token:
         return cls(token_id=check_token_id(token_id))
 
     def record_price(
-        self, price: float, observed_at: float, confidence: float | None = None, source: str = ""
+        self,
+        price: float,
+        observed_at: float,
+        confidence: float | None = None,
+        source: str = "",
+        stored: StoredObservations | None = None,
     ) -> bool:
-        """Record a price; returns False for an identical repeat."""
+        """Record a price; returns False for an identical repeat. ``stored`` answers for
+        times beyond the recent window (``domain.recent``)."""
         number = check_value(price, what="price")
         stamp = check_timestamp(observed_at)
         check_text(source or "", field="source")
@@ -84,7 +119,7 @@ class Token(Aggregate):
             confidence = check_value(confidence, what="confidence")
             if confidence > 1:
                 raise InvalidObservation("confidence must be between 0 and 1", field="confidence")
-        if self.history.get(stamp) == number:
+        if known_value(self.recent, self.horizon, stamp, self.id, PRICE, stored) == number:
             return False
         self._price_recorded(self.token_id, number, stamp, confidence, source or "")
         return True
@@ -98,8 +133,18 @@ class Token(Aggregate):
         confidence: float | None,
         source: str,
     ) -> None:
-        self.history[observed_at] = price
+        self.horizon = remember(self.recent, self.horizon, observed_at, price)
         if self.observed_at is None or observed_at >= self.observed_at:
             self.price = price
             self.observed_at = observed_at
             self.confidence = confidence
+
+    def beyond_window(self, observed_at: float) -> bool:
+        """Whether only the stored events can tell if a price at ``observed_at`` was
+        recorded (see ``Protocol.beyond_window``)."""
+        return self.horizon is not None and observed_at <= self.horizon
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A version-1 state kept every price in ``history``: keep the window of it."""
+        state["recent"], state["horizon"] = bounded(state.pop("history", {}))

@@ -32,6 +32,7 @@ from defi_realtime.application.views import CHANGE_WINDOWS, SeriesPoint, SeriesQ
 from defi_realtime.domain.alert_rule import AlertRule
 from defi_realtime.domain.errors import DomainError, InvalidTransition
 from defi_realtime.domain.protocol import Protocol
+from defi_realtime.domain.recent import RECENT_PER_SERIES, Series
 from defi_realtime.domain.token import Token
 
 T0 = 1_700_000_000.0
@@ -152,6 +153,18 @@ class SeriesModel:
         self.history[key] = value
         return True
 
+    def value(self, aggregate_id: Any, series: Series, observed_at: float) -> float | None:
+        """As the store answers beyond an aggregate's window (``StoredObservations``): the
+        model holds every observation recorded (a token's keys are its times alone)."""
+        key = (observed_at,) if series == ("price", "") else (*series, observed_at)
+        return self.history.get(key)
+
+    def window(self, series: tuple[Any, ...]) -> tuple[dict[float, float], float | None]:
+        """What the aggregate keeps of ``series``: its newest times, and the next one."""
+        stamps = sorted((key[-1] for key in self.history if key[:-1] == series), reverse=True)
+        kept = {stamp: self.history[(*series, stamp)] for stamp in stamps[:RECENT_PER_SERIES]}
+        return kept, (stamps[RECENT_PER_SERIES] if len(stamps) > RECENT_PER_SERIES else None)
+
 
 def run_protocol_command(protocol: Protocol, model: SeriesModel, command: tuple[Any, ...]) -> None:
     if command[0] == "metric":
@@ -164,8 +177,8 @@ def run_protocol_command(protocol: Protocol, model: SeriesModel, command: tuple[
                 assert len(protocol.pending_events) == before
                 return
             raise AssertionError(f"invalid value {value!r} was accepted")
-        new = model.record((metric, SPELLINGS[chain], observed_at), value)
-        assert protocol.record_metric(metric, chain, value, observed_at, source) is new
+        recorded = protocol.record_metric(metric, chain, value, observed_at, source, model)
+        assert recorded is model.record((metric, SPELLINGS[chain], observed_at), value)
     else:
         _, name, category, chains, url = command
         protocol.update_details(name=name, category=category, chains=chains, url=url)
@@ -181,8 +194,8 @@ def run_token_command(token: Token, model: SeriesModel, command: tuple[Any, ...]
             assert len(token.pending_events) == before
             return
         raise AssertionError("confidence above 1 was accepted")
-    new = model.record((observed_at,), price)
-    assert token.record_price(price, observed_at, confidence) is new
+    recorded = token.record_price(price, observed_at, confidence, stored=model)
+    assert recorded is model.record((observed_at,), price)
 
 
 def run_rule_command(rule: AlertRule, command: tuple[Any, ...]) -> None:
@@ -242,11 +255,13 @@ def test_stored_events_rebuild_the_same_aggregates(
             writer.close()
 
         # The aggregates agree with the plain model of their observations...
-        assert protocol.history == protocol_model.history
         for metric, chain, _ in protocol_model.history:
             value = expected_current(protocol_model.history, (metric, chain))
             assert protocol.current_value(metric, chain) == value
-        assert token.history == {k[0]: v for k, v in token_model.history.items()}
+            window, horizon = protocol_model.window((metric, chain))
+            assert protocol.recent[(metric, chain)] == window
+            assert protocol.horizon.get((metric, chain)) == horizon
+        assert (token.recent, token.horizon) == token_model.window(())
         assert token.price == expected_current(token_model.history, ())
 
         # ...and a fresh application reading the same store rebuilds them exactly.

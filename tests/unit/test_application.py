@@ -244,10 +244,7 @@ def test_partial_batch_records_only_valid_items(app: DefiRealtime) -> None:
         ("price", 0, "confidence must be between 0 and 1"),
     ]
     assert topics(app) == ["Protocol.Listed", "Protocol.MetricRecorded", "Protocol.MetricRecorded"]
-    assert app.get_protocol("uni").history == {
-        ("tvl", "total", T0): 1.0,
-        ("tvl", "total", T0 + 2): 2.0,
-    }
+    assert app.get_protocol("uni").recent == {("tvl", "total"): {T0: 1.0, T0 + 2: 2.0}}
     with pytest.raises(AggregateNotFoundError):
         app.repository.get(Token.id_for("coingecko:ethereum"))
 
@@ -388,7 +385,7 @@ def test_late_and_repeated_observations_through_ingest(app: DefiRealtime) -> Non
     assert (correction.accepted, correction.duplicates) == (1, 0)
     protocol = app.get_protocol("aave-v3")
     assert protocol.current_value() == 10.5
-    assert protocol.history == {("tvl", "total", T0): 8.0, ("tvl", "total", T0 + 60): 10.5}
+    assert protocol.recent == {("tvl", "total"): {T0: 8.0, T0 + 60: 10.5}}
 
 
 def test_prices_register_tokens_once(app: DefiRealtime) -> None:

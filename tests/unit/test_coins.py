@@ -316,7 +316,7 @@ def test_two_spellings_are_one_token_in_the_hot_projection_and_the_history(
     # One aggregate: registered once, three prices.
     token = app.repository.get(Token.id_for(USDC))
     assert token.token_id == USDC_LOWER
-    assert token.history == {T0: 1.0, T0 + 60: 0.99, T0 + 120: 1.01}
+    assert token.recent == {T0: 1.0, T0 + 60: 0.99, T0 + 120: 1.01}
 
     batch = EventStoreLog(app).read(0, 100)
     assert {entry.key for entry in batch.entries} == {USDC_LOWER}

@@ -106,7 +106,7 @@ def test_protocol_create_is_listed_under_its_slug_id() -> None:
     ]
     assert protocol.version == 1
     assert protocol.current == {}
-    assert protocol.history == {}
+    assert (protocol.recent, protocol.horizon) == ({}, {})
 
 
 def test_protocol_create_defaults() -> None:
@@ -313,7 +313,7 @@ def test_first_observation_is_recorded_and_current() -> None:
         )
     ]
     assert protocol.current == {("tvl", "total"): (1.5e9, T0)}
-    assert protocol.history == {("tvl", "total", T0): 1.5e9}
+    assert protocol.recent == {("tvl", "total"): {T0: 1.5e9}}
     assert protocol.current_value() == 1.5e9
     assert protocol.current_value("volume_24h") is None
     assert protocol.version == 2
@@ -435,7 +435,7 @@ def test_late_observation_is_history_but_not_current() -> None:
         )
     ]
     assert protocol.current == {("tvl", "total"): (10.0, T0)}
-    assert protocol.history == {("tvl", "total", T0): 10.0, ("tvl", "total", T0 - 3600): 8.0}
+    assert protocol.recent == {("tvl", "total"): {T0: 10.0, T0 - 3600: 8.0}}
 
 
 def test_newer_observation_moves_the_current_value() -> None:
@@ -471,7 +471,7 @@ def test_same_timestamp_different_value_is_a_correction() -> None:
         )
     ]
     assert protocol.current_value() == 11.5
-    assert protocol.history[("tvl", "total", T0 + 60)] == 11.5
+    assert protocol.recent[("tvl", "total")][T0 + 60] == 11.5
 
 
 def test_correction_of_a_late_timestamp_leaves_current_alone() -> None:
@@ -483,7 +483,7 @@ def test_correction_of_a_late_timestamp_leaves_current_alone() -> None:
     assert protocol.record_metric("tvl", "total", 9.0, T0) is True
     assert len(then(protocol)) == 1
     assert protocol.current_value() == 11.0
-    assert protocol.history[("tvl", "total", T0)] == 9.0
+    assert protocol.recent[("tvl", "total")][T0] == 9.0
 
 
 def test_metrics_and_chains_are_tracked_separately() -> None:
@@ -535,7 +535,7 @@ def test_record_metric_builds_the_event_trigger_event_would() -> None:
     assert stored[0].state.split(b'"slug"')[1] == stored[1].state.split(b'"slug"')[1]
     assert (fast.version, fast.modified_on, fast.current) == (2, built.timestamp, slow.current)
     listing = Protocol.create("aave-v3", "Aave V3").collect_events()
-    assert given([*listing, built]).history == fast.history
+    assert given([*listing, built]).recent == fast.recent
 
 
 def test_update_details_records_the_full_listing() -> None:
@@ -649,7 +649,7 @@ def test_register_token(token_id: str) -> None:
     assert token.id == Token.id_for(token_id) == Token.create_id(token_id)
     # Registered under the canonical spelling (an EVM address in lower case).
     assert then(token) == [("Registered", {"token_id": canonical_token_id(token_id)})]
-    assert (token.price, token.observed_at, token.confidence, token.history) == (
+    assert (token.price, token.observed_at, token.confidence, token.recent) == (
         None,
         None,
         None,
@@ -705,7 +705,7 @@ def test_first_price_is_recorded() -> None:
         )
     ]
     assert (token.price, token.observed_at, token.confidence) == (3100.5, T0, 0.99)
-    assert token.history == {T0: 3100.5}
+    assert token.recent == {T0: 3100.5}
 
 
 @pytest.mark.parametrize("confidence", [0, 0.0, 0.5, 1, 1.0, None])
@@ -763,7 +763,7 @@ def test_late_price_is_history_only() -> None:
         )
     ]
     assert (token.price, token.observed_at, token.confidence) == (3000.0, T0, 0.9)
-    assert token.history == {T0: 3000.0, T0 - 60: 2900.0}
+    assert token.recent == {T0: 3000.0, T0 - 60: 2900.0}
 
 
 def test_same_timestamp_new_price_is_a_correction() -> None:
