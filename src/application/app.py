@@ -33,7 +33,12 @@ from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, hash_key
 from ..domain.protocol import Protocol
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
-from ..domain.subscription import Subscription, SubscriptionBook
+from ..domain.subscription import (
+    WEBHOOK_DIRECTORY_ID,
+    Subscription,
+    SubscriptionBook,
+    WebhookDirectory,
+)
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
@@ -743,14 +748,25 @@ class DefiRealtime(Application[UUID]):
         name: str = "",
         position: int | None = None,
         limit: int | None = None,
+        webhook: dict[str, str] | None = None,
     ) -> UUID:
         """Open a durable subscription of ``owner``'s, resuming after ``position`` (default:
         the log's head now: nothing older is news). ``name`` is unique among the owner's
         live subscriptions and the owner holds at most ``limit``: both checked in the
-        owner's ``SubscriptionBook``, saved in the same transaction. Raises
-        ``InvalidSubscription``, ``SubscriptionNameTaken`` or ``SubscriptionQuotaExceeded``."""
+        owner's ``SubscriptionBook``, saved in the same transaction. ``webhook``
+        (``{"url", "secret"?}``): delivered by POSTs to it, and entered in the
+        ``WebhookDirectory`` in that transaction too. Raises ``InvalidSubscription``,
+        ``SubscriptionNameTaken`` or ``SubscriptionQuotaExceeded``."""
         start = (self.recorder.max_notification_id() or 0) if position is None else position
-        subscription = Subscription.open(owner, channel, params, name=name, position=start)
+        subscription = Subscription.open(
+            owner,
+            channel,
+            params,
+            "websocket" if webhook is None else "webhook",
+            name=name,
+            position=start,
+            webhook=webhook,
+        )
 
         def admit(working: dict[UUID, Aggregate]) -> UUID:
             book_id = SubscriptionBook.id_for(owner)
@@ -760,7 +776,13 @@ class DefiRealtime(Application[UUID]):
                 book = SubscriptionBook.open(owner)
             working[book_id] = book
             book.admit(subscription.id, name, sys.maxsize if limit is None else limit)
-            self.save_aggregates([book, subscription])
+            admitted: list[Aggregate] = [book, subscription]
+            if webhook is not None:
+                directory = self._webhook_directory()
+                working[directory.id] = directory
+                directory.admit(subscription.id, owner)
+                admitted.append(directory)
+            self.save_aggregates(admitted)
             return subscription.id
 
         return self._retrying(admit)
@@ -786,6 +808,25 @@ class DefiRealtime(Application[UUID]):
             with contextlib.suppress(SubscriptionNotFound):
                 found.append(self.get_subscription(UUID(subscription_id), owner))
         return found
+
+    def webhook_subscriptions(self) -> list[Subscription]:
+        """Every live webhook-delivered subscription, whoever owns it, oldest first (what
+        the delivering loop walks)."""
+        try:
+            directory = self._get_fresh(WEBHOOK_DIRECTORY_ID, WebhookDirectory, LookupError())
+        except LookupError:
+            return []
+        found: list[Subscription] = []
+        for subscription_id, owner in directory.subscriptions.items():
+            with contextlib.suppress(SubscriptionNotFound):
+                found.append(self.get_subscription(UUID(subscription_id), owner))
+        return found
+
+    def _webhook_directory(self) -> WebhookDirectory:
+        try:
+            return self._get_cached(WEBHOOK_DIRECTORY_ID, WebhookDirectory, LookupError())
+        except LookupError:
+            return WebhookDirectory()
 
     def advance_subscription(self, subscription_id: UUID, owner: str, position: int) -> None:
         subscription = self._get_cached(
@@ -846,6 +887,11 @@ class DefiRealtime(Application[UUID]):
                 working[book.id] = book
                 if book.release(subscription_id):
                     changed.append(book)
+            if subscription.webhook is not None:
+                directory = self._webhook_directory()
+                working[directory.id] = directory
+                if directory.release(subscription_id):
+                    changed.append(directory)
             self.save_aggregates(changed)
 
         self._retrying(close)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -260,6 +260,21 @@ class Notifier(Protocol):
 
     async def send(self, job: NotificationJob) -> DeliveryResult:
         """One attempt; failures are returned, not raised."""
+        ...
+
+
+class WebhookSender(Protocol):
+    """POSTs one signed JSON body to a webhook URL (the guard's SSRF rule applies)."""
+
+    async def post(
+        self,
+        url: str,
+        secret: str | None,
+        idempotency_key: str,
+        payload: Mapping[str, Any],
+    ) -> DeliveryResult:
+        """One attempt; failures are returned, not raised (a refused target is not
+        retryable)."""
         ...
 
 

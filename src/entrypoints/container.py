@@ -52,6 +52,7 @@ from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.reconciliation import Reconciliation, ReconciliationReport
+from ..application.subscription_webhooks import SubscriptionWebhooks
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
@@ -392,9 +393,33 @@ def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[UUID], Api
     return lookup
 
 
-def _durable_subscriptions(app: DefiRealtime, writer: IngestWriter) -> DurableSubscriptions:
-    """Durable subscriptions: written on the writer thread (docs/adr/0003)."""
-    return DurableSubscriptions(app, writer.call)
+def _durable_subscriptions(
+    app: DefiRealtime, writer: IngestWriter, guard: WebhookGuard
+) -> DurableSubscriptions:
+    """Durable subscriptions: written on the writer thread (docs/adr/0003); a webhook's
+    target checked by the node's SSRF guard when it is created."""
+    return DurableSubscriptions(app, writer.call, webhook_targets=guard)
+
+
+def _subscription_webhooks(
+    event_log: EventStoreLog,
+    sender: WebhookNotifier,
+    subscriptions: DurableSubscriptions,
+    state: HotState,
+    policy: RetryPolicy,
+    interval: float,
+) -> SubscriptionWebhooks:
+    """The webhook delivery of durable subscriptions (ADR 0043): the alert webhooks'
+    notifier and retry policy; filters read the node's own fold of the log."""
+    return SubscriptionWebhooks(
+        event_log,
+        sender,
+        subscriptions.webhook_targets,
+        subscriptions.advance,
+        state=state,
+        policy=policy,
+        interval=interval,
+    )
 
 
 def _rule_recorder(
@@ -635,7 +660,11 @@ class Container(containers.DeclarativeContainer):
         ),
         metrics,
     )
-    durable_subscriptions = providers.Singleton(_durable_subscriptions, application, writer)
+    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
+    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
+    durable_subscriptions = providers.Singleton(
+        _durable_subscriptions, application, writer, webhook_guard
+    )
     hub = providers.Singleton(
         RealtimeHub,
         event_log,
@@ -716,8 +745,6 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 
-    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
-    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
     webhook_notifier = providers.Singleton(
         _webhook_notifier, http_client, webhook_guard, timeout=config.webhook_timeout
     )
@@ -759,6 +786,15 @@ class Container(containers.DeclarativeContainer):
         event_log,
         providers.Singleton(_dispatcher_runner, event_log, dispatcher),
         providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
+    )
+    subscription_webhooks = providers.Singleton(
+        _subscription_webhooks,
+        event_log,
+        webhook_notifier,
+        durable_subscriptions,
+        live_state,
+        retry_policy,
+        config.subscription_webhook_interval,
     )
     upstream = providers.Resource(_upstream, config.reconcile_upstream_url)
     reconciliation = providers.Singleton(
