@@ -30,7 +30,7 @@ from ..domain.account import Account
 from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
 from ..domain.anomaly import AnomalyLog
-from ..domain.api_key import ApiKey, hash_key
+from ..domain.api_key import AccountKeys, ApiKey, hash_key
 from ..domain.protocol import Protocol
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
 from ..domain.subscription import (
@@ -473,11 +473,49 @@ class DefiRealtime(Application[UUID]):
         if account_id is None:
             account = Account.open(name)
             key = ApiKey.issue(secret, name, account, tier, allowed_ips)
-            self.save_aggregates([account, key])
-        else:
-            account = self.get_account(account_id)
-            self.save(ApiKey.issue(secret, name, account, tier, allowed_ips))
-        return secret
+            listing = AccountKeys(account_id=str(account.id))
+            listing.add(key.id)
+            self.save_aggregates([account, key, listing])
+            return secret
+        account = self.get_account(account_id)
+        key = ApiKey.issue(secret, name, account, tier, allowed_ips)
+
+        def issue(working: dict[UUID, Aggregate]) -> str:
+            listing = self._account_key_listing(account.id)
+            working[listing.id] = listing
+            listing.add(key.id)
+            self.save_aggregates([key, listing])
+            return secret
+
+        return self._retrying(issue)
+
+    def account_keys(self, account_id: UUID) -> list[ApiKey] | None:
+        """The keys of ``account_id`` in the order they were issued (one lookup plus one per
+        key); None when the account's listing was never made (``index_account_keys``)."""
+        try:
+            listing = self._get_fresh(AccountKeys.id_for(account_id), AccountKeys, LookupError())
+        except LookupError:
+            return None
+        return [self._get_fresh(UUID(key), ApiKey, ApiKeyNotFound()) for key in listing.keys]
+
+    def index_account_keys(self, account_id: UUID) -> None:
+        """Make the key listing of an account whose keys predate listings (a scan, once)."""
+
+        def index(working: dict[UUID, Aggregate]) -> None:
+            listing = self._account_key_listing(account_id)
+            working[listing.id] = listing
+            if listing.pending_events:
+                self.save(listing)
+
+        self._retrying(index)
+
+    def _account_key_listing(self, account_id: UUID) -> AccountKeys:
+        try:
+            return self._get_cached(AccountKeys.id_for(account_id), AccountKeys, LookupError())
+        except LookupError:
+            # Keys issued before listings existed: found by a scan, this once.
+            earlier = [str(key.id) for key in self.api_keys(account_id)]
+            return AccountKeys(account_id=str(account_id), keys=earlier)
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The key for ``secret`` if it works now (not revoked, not past its grace)."""
@@ -522,10 +560,14 @@ class DefiRealtime(Application[UUID]):
         secret = "drt_" + secrets.token_urlsafe(32)
         new = ApiKey.issue(secret, old.name, account, old.tier, old.allowed_ips)
         old.rotate_out(time.time() + max(0.0, grace))
+        working: dict[UUID, Aggregate] = {old.id: old}
         try:
-            self.save_aggregates([old, new])
+            listing = self._account_key_listing(account.id)
+            working[listing.id] = listing
+            listing.add(new.id)
+            self.save_aggregates([old, new, listing])
         except BaseException:
-            self._evict({old.id: old})
+            self._evict(working)
             raise
         return secret
 

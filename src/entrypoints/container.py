@@ -38,6 +38,7 @@ from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
 from ..application.anomaly import Detection, DetectorSettings, Method
 from ..application.anomaly_follower import AnomalyFollower
+from ..application.api_keys import AccountKeyService
 from ..application.app import DefiRealtime
 from ..application.delivery import RetryPolicy
 from ..application.durable_subscriptions import DurableSubscriptions
@@ -401,6 +402,14 @@ def _durable_subscriptions(
     return DurableSubscriptions(app, writer.call, webhook_targets=guard)
 
 
+def _account_keys(
+    app: DefiRealtime, writer: IngestWriter, keyring: KeyRing, grace: float
+) -> AccountKeyService:
+    """Keys over REST: written on the writer thread (docs/adr/0003); a revoked or rotated
+    key is forgotten by this node's key ring at once (others hear it on the log)."""
+    return AccountKeyService(app, writer.call, grace=grace, forget=keyring.forget)
+
+
 def _subscription_webhooks(
     event_log: EventStoreLog,
     sender: WebhookNotifier,
@@ -676,6 +685,9 @@ class Container(containers.DeclarativeContainer):
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     sessions = providers.Singleton(_sessions, settings)
+    account_keys = providers.Singleton(
+        _account_keys, application, writer, keyring, config.key_rotation_grace
+    )
     auth_backend = providers.Singleton(_auth_backend, keyring, sessions, settings)
     # Budgets (ADR 0036): in Redis, shared by every node, when REDIS_URL is set.
     rate_limiter = providers.Selector(

@@ -297,7 +297,8 @@ async def test_the_python_client_attaches_and_acknowledges(tmp_path: Path) -> No
                     assert second.data.value == 3.0  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("backend", ["embedded", "production"])
+# Production only: tests/unit/test_subscription_webhooks.py runs the loop on the embedded store.
+@pytest.mark.parametrize("backend", ["production"])
 def test_a_webhook_subscription_is_delivered_signed_once_across_a_restart(
     tmp_path: Path, backend: str
 ) -> None:
