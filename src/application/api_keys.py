@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, TypeVar
 from uuid import UUID
 
@@ -90,17 +90,16 @@ class KeyView:
 
 
 @dataclass(frozen=True, slots=True)
-class IssuedKey:
-    """A new key: its secret, shown this once."""
+class IssuedKey(KeyView):
+    """A new key with its secret, ``key``: shown this once."""
 
     key: str
-    id: str
-    name: str
-    tier: str
-    state: KeyState
-    valid_until: float | None
-    allowed_ips: list[str]
-    created_at: float
+
+    @classmethod
+    def made(cls, view: KeyView, secret: str) -> IssuedKey:
+        return cls(
+            **{field.name: getattr(view, field.name) for field in fields(KeyView)}, key=secret
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +206,4 @@ class AccountKeyService:
             self.app.find_api_key, ApiKey.id_for(hash_key(secret))
         )
         assert key is not None, "a key just issued is found"
-        view = KeyView.of(key, self._clock())
-        return IssuedKey(
-            key=secret,
-            id=view.id,
-            name=view.name,
-            tier=view.tier,
-            state=view.state,
-            valid_until=view.valid_until,
-            allowed_ips=view.allowed_ips,
-            created_at=view.created_at,
-        )
+        return IssuedKey.made(KeyView.of(key, self._clock()), secret)

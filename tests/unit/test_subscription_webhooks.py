@@ -21,15 +21,14 @@ from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.delivery import RetryPolicy
 from defi_realtime.application.durable_subscriptions import DurableSubscriptions
 from defi_realtime.application.hot_state import HotState
-from defi_realtime.application.ingest import build_batch
 from defi_realtime.application.realtime.durable import SubscriptionGone
 from defi_realtime.application.subscription_webhooks import SubscriptionWebhooks
 from defi_realtime.domain.subscription import InvalidSubscription
 from tests.property.test_ws_resume import event_store
+from tests.unit.test_durable_subscriptions import T0, ingest_tvl
 from tests.webhook_receiver import Received, Respond, WebhookReceiver
 
 T = TypeVar("T")
-T0 = 1_765_000_000.0
 SECRET = "s3cret"
 FAST_RETRIES = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, jitter=0.0)
 
@@ -51,21 +50,7 @@ class World:
     ticks: int = 0
 
     def ingest(self, *slugs: str) -> None:
-        observations = []
-        for slug in slugs:
-            self.ticks += 1
-            observations.append(
-                {
-                    "protocol": slug,
-                    "metric": "tvl",
-                    "chain": "total",
-                    "value": float(self.ticks),
-                    "observed_at": T0 + self.ticks,
-                    "name": slug,
-                }
-            )
-        [result] = self.app.ingest([build_batch(observations)])
-        assert not result.rejected
+        self.ticks = ingest_tvl(self.app, self.ticks, *slugs)
 
     def loop(
         self, *, page: int = 2_000, batch_size: int = 100, client: httpx.AsyncClient | None = None
