@@ -12,7 +12,7 @@ import contextlib
 import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -851,18 +851,22 @@ class DefiRealtime(Application[UUID]):
                 found.append(self.get_subscription(UUID(subscription_id), owner))
         return found
 
-    def webhook_subscriptions(self) -> list[Subscription]:
-        """Every live webhook-delivered subscription, whoever owns it, oldest first (what
-        the delivering loop walks)."""
+    def webhook_subscriptions(
+        self, known: Collection[str] = ()
+    ) -> tuple[list[str], list[Subscription]]:
+        """The ids of every live webhook-delivered subscription, whoever owns it, oldest
+        first, and those of them not ``known`` loaded (what the delivering loop walks: it
+        keeps what it loaded, so a round reads the directory, not every subscription)."""
         try:
             directory = self._get_fresh(WEBHOOK_DIRECTORY_ID, WebhookDirectory, LookupError())
         except LookupError:
-            return []
-        found: list[Subscription] = []
+            return [], []
+        loaded: list[Subscription] = []
         for subscription_id, owner in directory.subscriptions.items():
-            with contextlib.suppress(SubscriptionNotFound):
-                found.append(self.get_subscription(UUID(subscription_id), owner))
-        return found
+            if subscription_id not in known:
+                with contextlib.suppress(SubscriptionNotFound):
+                    loaded.append(self.get_subscription(UUID(subscription_id), owner))
+        return list(directory.subscriptions), loaded
 
     def _webhook_directory(self) -> WebhookDirectory:
         try:

@@ -187,19 +187,23 @@ class DurableSubscriptions:
 
     # -- the webhook delivery's side -------------------------------------------------------
 
-    async def webhook_targets(self) -> tuple[WebhookTarget, ...]:
-        """Every live webhook subscription with its stored position (``SubscriptionWebhooks``)."""
-        found = await self._read(self.app.webhook_subscriptions)
-        return tuple(
-            WebhookTarget(
-                id=str(subscription.id),
-                owner=subscription.owner,
-                channel=subscription.channel,
-                filter=Filter.parse(subscription.params),
-                url=subscription.webhook["url"],
-                secret=subscription.webhook.get("secret"),
-                position=subscription.position,
-            )
-            for subscription in found
-            if subscription.webhook is not None
-        )
+    async def webhook_targets(
+        self, known: Mapping[str, WebhookTarget] | None = None
+    ) -> tuple[WebhookTarget, ...]:
+        """Every live webhook subscription (``SubscriptionWebhooks``), oldest first: those
+        in ``known`` as they are there, the others loaded with their stored position."""
+        known = known or {}
+        ids, loaded = await self._read(self.app.webhook_subscriptions, set(known))
+        found = dict(known)
+        for subscription in loaded:
+            if subscription.webhook is not None:
+                found[str(subscription.id)] = WebhookTarget(
+                    id=str(subscription.id),
+                    owner=subscription.owner,
+                    channel=subscription.channel,
+                    filter=Filter.parse(subscription.params),
+                    url=subscription.webhook["url"],
+                    secret=subscription.webhook.get("secret"),
+                    position=subscription.position,
+                )
+        return tuple(found[key] for key in ids if key in found)

@@ -105,14 +105,16 @@ class _Cursor:
     last_error: str | None = field(default=None)
 
 
-Targets = Callable[[], Awaitable[Sequence[WebhookTarget]]]
+Targets = Callable[[Mapping[str, WebhookTarget]], Awaitable[Sequence[WebhookTarget]]]
+"""The live webhook subscriptions, oldest first, given those already known (kept as they
+are: their positions are the loop's own cursors)."""
 Advance = Callable[[Mapping[str, tuple[str, int]]], Awaitable[set[str]]]
 
 
 class SubscriptionWebhooks:
     """The delivering loop (one per deployment: elected, ``entrypoints/roles.py``).
 
-    ``targets``: the live webhook subscriptions with their stored positions; ``advance``:
+    ``targets``: the live webhook subscriptions (stored positions for new ones); ``advance``:
     stores positions (id -> (owner, position)), returns the ids that are gone; ``state``:
     the node's fold of the log, for the filters that need a protocol's category, chains
     or TVL (as of now, as a socket's replay reads them)."""
@@ -146,6 +148,7 @@ class SubscriptionWebhooks:
         self._offload = offload
         self._clock = clock
         self._cursors: dict[str, _Cursor] = {}
+        self._known: dict[str, WebhookTarget] = {}
 
     async def run(self) -> None:
         """Deliver every ``interval`` until cancelled."""
@@ -159,12 +162,13 @@ class SubscriptionWebhooks:
     def forget(self) -> None:
         """Drop what is held in memory: whoever runs next starts from the stored positions."""
         self._cursors.clear()
+        self._known.clear()
 
     async def tick(self) -> int:
         """One round over every live webhook subscription; the batches delivered."""
-        targets = await self._targets()
-        live = {target.id for target in targets}
-        for gone in set(self._cursors) - live:
+        targets = await self._targets(self._known)
+        self._known = {target.id: target for target in targets}
+        for gone in set(self._cursors) - self._known.keys():
             del self._cursors[gone]
         slots = asyncio.Semaphore(CONCURRENCY)
 
@@ -223,7 +227,9 @@ class SubscriptionWebhooks:
             self._failed(target, cursor, f"store: {type(error).__name__}")
             return False
         if target.id in gone:
-            self._cursors.pop(target.id, None)  # closed meanwhile: nothing more to send
+            # Closed meanwhile: nothing more to send.
+            self._cursors.pop(target.id, None)
+            self._known.pop(target.id, None)
             return False
         cursor.stored = position
         cursor.scanned = max(cursor.scanned, position)
