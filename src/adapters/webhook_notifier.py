@@ -29,7 +29,8 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -148,7 +149,8 @@ class WebhookGuard:
 
 
 class WebhookNotifier:
-    """POSTs ``job.payload()`` to the channel's ``url``. Pass a shared ``httpx.AsyncClient``
+    """POSTs ``job.payload()`` to the channel's ``url`` (``send``), or any JSON body
+    (``post``: a durable subscription's batches). Pass a shared ``httpx.AsyncClient``
     (closed by its owner) or let the notifier make one (closed by ``aclose``)."""
 
     def __init__(
@@ -178,23 +180,38 @@ class WebhookNotifier:
         await self.guard.check(url)
 
     async def send(self, job: NotificationJob) -> DeliveryResult:
-        url = str(job.channel.get("url", ""))
+        secret = job.channel.get("secret")
+        return await self.post(
+            str(job.channel.get("url", "")),
+            secret if isinstance(secret, str) else None,
+            job.idempotency_key,
+            job.payload(),
+        )
+
+    async def post(
+        self,
+        url: str,
+        secret: str | None,
+        idempotency_key: str,
+        payload: Mapping[str, Any],
+    ) -> DeliveryResult:
+        """POST ``payload`` to ``url``, signed with ``secret`` when there is one (also the
+        ``WebhookSender`` of durable subscriptions)."""
         try:
             await self.check_target(url)
         except SsrfRefused as refused:
             return DeliveryResult(ok=False, error=f"refused: {refused}", retryable=False)
         except ConnectionError as error:
             return DeliveryResult(ok=False, error=str(error))
-        body = json.dumps(job.payload(), separators=(",", ":"), ensure_ascii=False).encode()
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         timestamp = str(int(self._clock()))
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            "X-Idempotency-Key": job.idempotency_key,
+            "X-Idempotency-Key": idempotency_key,
             "X-Signature-Timestamp": timestamp,
         }
-        secret = job.channel.get("secret")
-        if isinstance(secret, str) and secret:
+        if secret:
             headers["X-Signature"] = sign(secret, timestamp, body)
         try:
             # Streamed and never read: a receiver's (possibly huge) answer is not our business.

@@ -13,7 +13,7 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeVar
 from uuid import UUID
@@ -31,13 +31,18 @@ from ..domain.account import Account
 from ..domain.alert_rule import AlertRule, RuleBook
 from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, TokenTarget
 from ..domain.anomaly import AnomalyLog
-from ..domain.api_key import ApiKey, hash_key
+from ..domain.api_key import ApiKey, KeyListing, hash_key
 from ..domain.chains import canonical_chain
 from ..domain.evm import EvmChain
 from ..domain.protocol import Protocol
 from ..domain.recent import PRICE, Series
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
-from ..domain.subscription import Subscription, SubscriptionBook
+from ..domain.subscription import (
+    WEBHOOK_DIRECTORY_ID,
+    Subscription,
+    SubscriptionBook,
+    WebhookDirectory,
+)
 from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
@@ -627,13 +632,51 @@ class DefiRealtime(Application[UUID]):
         if account_id is None:
             account = Account.open(name)
             key = ApiKey.issue(secret, name, account, tier, allowed_ips)
-            self.save_aggregates([account, key])
-        else:
-            account = self.get_account(account_id)
-            if account.erased:
-                raise AccountErased(account_id)
-            self.save(ApiKey.issue(secret, name, account, tier, allowed_ips))
-        return secret
+            listing = KeyListing(account_id=str(account.id))
+            listing.add(key.id)
+            self.save_aggregates([account, key, listing])
+            return secret
+        account = self.get_account(account_id)
+        if account.erased:
+            raise AccountErased(account_id)
+        key = ApiKey.issue(secret, name, account, tier, allowed_ips)
+
+        def issue(working: dict[UUID, Aggregate]) -> str:
+            listing = self._account_key_listing(account.id)
+            working[listing.id] = listing
+            listing.add(key.id)
+            self.save_aggregates([key, listing])
+            return secret
+
+        return self._retrying(issue)
+
+    def account_keys(self, account_id: UUID) -> list[ApiKey] | None:
+        """The keys of ``account_id`` in the order they were issued (one lookup plus one per
+        key); None when the account's listing was never made (``index_account_keys``)."""
+        try:
+            listing = self._get_fresh(KeyListing.id_for(account_id), KeyListing, LookupError())
+        except LookupError:
+            return None
+        return [self._get_fresh(UUID(key), ApiKey, ApiKeyNotFound()) for key in listing.keys]
+
+    def index_account_keys(self, account_id: UUID) -> None:
+        """Make the key listing of an account whose keys predate listings (a scan, once)."""
+
+        def index(working: dict[UUID, Aggregate]) -> None:
+            listing = self._account_key_listing(account_id)
+            working[listing.id] = listing
+            if listing.pending_events:
+                self.save(listing)
+
+        self._retrying(index)
+
+    def _account_key_listing(self, account_id: UUID) -> KeyListing:
+        try:
+            return self._get_cached(KeyListing.id_for(account_id), KeyListing, LookupError())
+        except LookupError:
+            # Keys issued before listings existed: found by a scan, this once.
+            earlier = [str(key.id) for key in self.api_keys(account_id)]
+            return KeyListing(account_id=str(account_id), keys=earlier)
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The key for ``secret`` if it works now (not revoked, not past its grace)."""
@@ -678,10 +721,14 @@ class DefiRealtime(Application[UUID]):
         secret = "drt_" + secrets.token_urlsafe(32)
         new = ApiKey.issue(secret, old.name, account, old.tier, old.allowed_ips)
         old.rotate_out(time.time() + max(0.0, grace))
+        working: dict[UUID, Aggregate] = {old.id: old}
         try:
-            self.save_aggregates([old, new])
+            listing = self._account_key_listing(account.id)
+            working[listing.id] = listing
+            listing.add(new.id)
+            self.save_aggregates([old, new, listing])
         except BaseException:
-            self._evict({old.id: old})
+            self._evict(working)
             raise
         return secret
 
@@ -1032,14 +1079,25 @@ class DefiRealtime(Application[UUID]):
         name: str = "",
         position: int | None = None,
         limit: int | None = None,
+        webhook: dict[str, str] | None = None,
     ) -> UUID:
         """Open a durable subscription of ``owner``'s, resuming after ``position`` (default:
         the log's head now: nothing older is news). ``name`` is unique among the owner's
         live subscriptions and the owner holds at most ``limit``: both checked in the
-        owner's ``SubscriptionBook``, saved in the same transaction. Raises
-        ``InvalidSubscription``, ``SubscriptionNameTaken`` or ``SubscriptionQuotaExceeded``."""
+        owner's ``SubscriptionBook``, saved in the same transaction. ``webhook``
+        (``{"url", "secret"?}``): delivered by POSTs to it, and entered in the
+        ``WebhookDirectory`` in that transaction too. Raises ``InvalidSubscription``,
+        ``SubscriptionNameTaken`` or ``SubscriptionQuotaExceeded``."""
         start = (self.recorder.max_notification_id() or 0) if position is None else position
-        subscription = Subscription.open(owner, channel, params, name=name, position=start)
+        subscription = Subscription.open(
+            owner,
+            channel,
+            params,
+            "websocket" if webhook is None else "webhook",
+            name=name,
+            position=start,
+            webhook=webhook,
+        )
 
         def admit(working: dict[UUID, Aggregate]) -> UUID:
             book_id = SubscriptionBook.id_for(owner)
@@ -1049,7 +1107,13 @@ class DefiRealtime(Application[UUID]):
                 book = SubscriptionBook.open(owner)
             working[book_id] = book
             book.admit(subscription.id, name, sys.maxsize if limit is None else limit)
-            self.save_aggregates([book, subscription])
+            admitted: list[Aggregate] = [book, subscription]
+            if webhook is not None:
+                directory = self._webhook_directory()
+                working[directory.id] = directory
+                directory.admit(subscription.id, owner)
+                admitted.append(directory)
+            self.save_aggregates(admitted)
             return subscription.id
 
         return self._retrying(admit)
@@ -1075,6 +1139,29 @@ class DefiRealtime(Application[UUID]):
             with contextlib.suppress(SubscriptionNotFound):
                 found.append(self.get_subscription(UUID(subscription_id), owner))
         return found
+
+    def webhook_subscriptions(
+        self, known: Collection[str] = ()
+    ) -> tuple[list[str], list[Subscription]]:
+        """The ids of every live webhook-delivered subscription, whoever owns it, oldest
+        first, and those of them not ``known`` loaded (what the delivering loop walks: it
+        keeps what it loaded, so a round reads the directory, not every subscription)."""
+        try:
+            directory = self._get_fresh(WEBHOOK_DIRECTORY_ID, WebhookDirectory, LookupError())
+        except LookupError:
+            return [], []
+        loaded: list[Subscription] = []
+        for subscription_id, owner in directory.subscriptions.items():
+            if subscription_id not in known:
+                with contextlib.suppress(SubscriptionNotFound):
+                    loaded.append(self.get_subscription(UUID(subscription_id), owner))
+        return list(directory.subscriptions), loaded
+
+    def _webhook_directory(self) -> WebhookDirectory:
+        try:
+            return self._get_cached(WEBHOOK_DIRECTORY_ID, WebhookDirectory, LookupError())
+        except LookupError:
+            return WebhookDirectory()
 
     def advance_subscription(self, subscription_id: UUID, owner: str, position: int) -> None:
         subscription = self._get_cached(
@@ -1135,6 +1222,11 @@ class DefiRealtime(Application[UUID]):
                 working[book.id] = book
                 if book.release(subscription_id):
                     changed.append(book)
+            if subscription.webhook is not None:
+                directory = self._webhook_directory()
+                working[directory.id] = directory
+                if directory.release(subscription_id):
+                    changed.append(directory)
             self.save_aggregates(changed)
 
         self._retrying(close)

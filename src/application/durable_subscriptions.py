@@ -18,8 +18,11 @@ from uuid import UUID
 
 from ..domain.subscription import InvalidSubscription, Subscription
 from .app import DefiRealtime, SubscriptionNotFound
+from .delivery import WebhookTargetRefused
+from .ports import WebhookTargets
 from .realtime.durable import Attachment, SubscriptionGone
 from .realtime.protocol import CHANNELS, Filter, FrameError
+from .subscription_webhooks import WebhookTarget
 
 T = TypeVar("T")
 Write = Callable[[Callable[[], T]], Awaitable[T]]
@@ -28,6 +31,18 @@ Read = Callable[..., Awaitable[Any]]
 # Live subscriptions per owner: each is kept, listed and possibly attached; a bound keeps a
 # runaway script from filling the store.
 MAX_SUBSCRIPTIONS_PER_OWNER: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookView:
+    """A subscription's webhook as its owner sees it: never the secret."""
+
+    url: str
+    secret_set: bool
+
+    @classmethod
+    def of(cls, webhook: Mapping[str, str]) -> WebhookView:
+        return cls(url=webhook["url"], secret_set=bool(webhook.get("secret")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +58,8 @@ class SubscriptionView:
     position: int
     created_at: float
     updated_at: float
+    # Where a ``webhook`` subscription is POSTed (its secret is never shown back).
+    webhook: WebhookView | None = None
 
     @classmethod
     def of(cls, subscription: Subscription) -> SubscriptionView:
@@ -55,6 +72,7 @@ class SubscriptionView:
             position=subscription.position,
             created_at=subscription.created_on.timestamp(),
             updated_at=subscription.modified_on.timestamp(),
+            webhook=None if subscription.webhook is None else WebhookView.of(subscription.webhook),
         )
 
 
@@ -87,11 +105,14 @@ class DurableSubscriptions:
         *,
         read: Read = asyncio.to_thread,
         limit: int = MAX_SUBSCRIPTIONS_PER_OWNER,
+        webhook_targets: WebhookTargets | None = None,
     ) -> None:
         self.app = app
         self._write = write
         self._read = read
         self.limit = limit
+        # The SSRF guard asked when a webhook subscription is created (None: no check).
+        self._webhook_targets = webhook_targets
 
     async def create(
         self,
@@ -101,16 +122,27 @@ class DurableSubscriptions:
         *,
         name: str = "",
         position: int | None = None,
+        webhook: Mapping[str, str] | None = None,
     ) -> SubscriptionView:
-        """Open one; ``position``: resume after it (default: the log's head now).
-        Raises ``InvalidSubscription``, ``SubscriptionNameTaken``,
-        ``SubscriptionQuotaExceeded``."""
+        """Open one; ``position``: resume after it (default: the log's head now);
+        ``webhook`` (``{"url", "secret"?}``): POSTed to instead of attached. Raises
+        ``InvalidSubscription``, ``SubscriptionNameTaken``, ``SubscriptionQuotaExceeded``."""
         check_stream(channel, params)
+        if webhook is not None and self._webhook_targets is not None:
+            try:
+                await self._webhook_targets.check_new(str(webhook.get("url", "")))
+            except WebhookTargetRefused as refused:
+                raise InvalidSubscription(
+                    f"webhook.url is refused: {refused} (webhooks may only call public "
+                    "addresses unless ALLOW_PRIVATE_WEBHOOKS is set)",
+                    field="webhook.url",
+                ) from None
         stored = {key: value for key, value in (params or {}).items() if value is not None}
         app, limit = self.app, self.limit
+        hook = None if webhook is None else dict(webhook)
         created = await self._write(
             lambda: app.open_subscription(
-                owner, channel, stored, name=name, position=position, limit=limit
+                owner, channel, stored, name=name, position=position, limit=limit, webhook=hook
             )
         )
         return await self.get(owner, str(created))
@@ -136,6 +168,10 @@ class DurableSubscriptions:
             view = await self.get(owner, subscription_id_)
         except SubscriptionNotFound:
             raise SubscriptionGone(subscription_id_) from None
+        if view.delivery != "websocket":
+            # Its position is its webhook's: an attached client's acks would skip updates
+            # the webhook has not had.
+            raise SubscriptionGone(subscription_id_)
         return Attachment(
             id=view.id,
             channel=view.channel,
@@ -148,3 +184,26 @@ class DurableSubscriptions:
         app = self.app
         gone = await self._write(lambda: app.advance_subscriptions(keys))
         return {str(key) for key in gone}
+
+    # -- the webhook delivery's side -------------------------------------------------------
+
+    async def webhook_targets(
+        self, known: Mapping[str, WebhookTarget] | None = None
+    ) -> tuple[WebhookTarget, ...]:
+        """Every live webhook subscription (``SubscriptionWebhooks``), oldest first: those
+        in ``known`` as they are there, the others loaded with their stored position."""
+        known = known or {}
+        ids, loaded = await self._read(self.app.webhook_subscriptions, set(known))
+        found = dict(known)
+        for subscription in loaded:
+            if subscription.webhook is not None:
+                found[str(subscription.id)] = WebhookTarget(
+                    id=str(subscription.id),
+                    owner=subscription.owner,
+                    channel=subscription.channel,
+                    filter=Filter.parse(subscription.params),
+                    url=subscription.webhook["url"],
+                    secret=subscription.webhook.get("secret"),
+                    position=subscription.position,
+                )
+        return tuple(found[key] for key in ids if key in found)

@@ -276,6 +276,21 @@ class Notifier(Protocol):
         ...
 
 
+class WebhookSender(Protocol):
+    """POSTs one signed JSON body to a webhook URL (the guard's SSRF rule applies)."""
+
+    async def post(
+        self,
+        url: str,
+        secret: str | None,
+        idempotency_key: str,
+        payload: Mapping[str, Any],
+    ) -> DeliveryResult:
+        """One attempt; failures are returned, not raised (a refused target is not
+        retryable)."""
+        ...
+
+
 class NotificationQueue(Protocol):
     """A durable work queue of notification jobs with delayed retries and dead letters.
 

@@ -6,12 +6,11 @@ node's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from cachetools import LRUCache
 
 from .ports import RateLimiter
 from .rate_limits import Quota, RateLimitPolicy, Verdict
@@ -38,6 +37,11 @@ class RateLimits:
         self.limiter = limiter
         self.policy = policy
         self.failures = 0  # limiter errors answered by letting the hit through
+        # The quotas, made once: a request spends one without building it (or hashing a
+        # fresh one in the limiter's tables).
+        self._tiers = {tier: policy.for_tier(tier) for tier in policy.tiers}
+        self._anonymous = policy.anonymous
+        self._auth_failures = policy.auth_failures
 
     async def request(self, key_id: str | None, tier: str | None, address: str) -> Verdict:
         """One REST request by a key (``key_id``, ``tier``) or, without one, from ``address``."""
@@ -50,7 +54,7 @@ class RateLimits:
     async def authentication_blocked(self, address: str) -> Verdict | None:
         """The refusal for ``address`` while it has used up its failed authentications,
         else None (looked at, not counted)."""
-        quota = self.policy.auth_failures
+        quota = self._auth_failures
         try:
             verdict = await self.limiter.peek(quota, f"addr:{address}")
         except Exception:
@@ -61,7 +65,7 @@ class RateLimits:
     async def authentication_failed(self, address: str) -> None:
         """Count a failed authentication from ``address``."""
         try:
-            await self.limiter.hit(self.policy.auth_failures, f"addr:{address}")
+            await self.limiter.hit(self._auth_failures, f"addr:{address}")
         except Exception:
             self._failed()
 
@@ -69,9 +73,10 @@ class RateLimits:
         self, kind: str, key_id: str | None, tier: str | None, address: str
     ) -> Verdict:
         if key_id is not None and tier is not None:
-            quota, identity = self.policy.for_tier(tier), f"{kind}:key:{key_id}"
+            quota = self._tiers.get(tier) or self.policy.for_tier(tier)
+            identity = f"{kind}:key:{key_id}"
         else:
-            quota, identity = self.policy.anonymous, f"{kind}:addr:{address}"
+            quota, identity = self._anonymous, f"{kind}:addr:{address}"
         try:
             return await self.limiter.hit(quota, identity)
         except Exception:
@@ -130,12 +135,16 @@ class LeasedRateLimiter:
         self.share = share
         self.lease_seconds = lease_seconds
         self._clock = clock
-        # Per budget: the lease being spent, then the one leased ahead of it.
-        self._leases: LRUCache[tuple[Quota, str], list[_Lease]] = LRUCache(maxsize=size)
-        self._leasing: dict[tuple[Quota, str], asyncio.Future[bool]] = {}
+        self.size = size
+        # Per budget (quota name, identity): the lease being spent, then the one leased
+        # ahead of it. A plain dict, bounded by dropping the oldest budgets when full (an
+        # LRU's bookkeeping was a tenth of a cheap request's limiter cost): a dropped lease
+        # only loses its unspent tokens, never grants one twice.
+        self._leases: dict[tuple[str, str], list[_Lease]] = {}
+        self._leasing: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._background: set[asyncio.Task[bool]] = set()
 
-    def _spend(self, quota: Quota, key: tuple[Quota, str], block: int) -> Verdict | None:
+    def _spend(self, quota: Quota, key: tuple[str, str], block: int) -> Verdict | None:
         leases = self._leases.get(key)
         if not leases:
             return None
@@ -155,13 +164,13 @@ class LeasedRateLimiter:
         in_hand = sum(one.tokens for one in leases)
         return Verdict(True, quota, leases[-1].remaining + in_hand, lease.reset_after)
 
-    def _start_lease(self, key: tuple[Quota, str]) -> asyncio.Future[bool]:
+    def _start_lease(self, key: tuple[str, str]) -> asyncio.Future[bool]:
         """Say a lease for ``key`` is under way (before it starts: one at a time)."""
         leasing = self._leasing[key] = asyncio.get_running_loop().create_future()
         return leasing
 
     async def _lease(
-        self, quota: Quota, key: tuple[Quota, str], block: int, leasing: asyncio.Future[bool]
+        self, quota: Quota, key: tuple[str, str], block: int, leasing: asyncio.Future[bool]
     ) -> bool:
         """Lease a block for ``key``; whether one was granted (also ``leasing``'s result)."""
         granted = False
@@ -175,7 +184,12 @@ class LeasedRateLimiter:
                     verdict.reset_after,
                     self._clock() + self.lease_seconds,
                 )
-                self._leases.setdefault(key, []).append(lease)
+                leases = self._leases.get(key)
+                if leases is None:
+                    if len(self._leases) >= self.size:
+                        self._drop_oldest()
+                    leases = self._leases[key] = []
+                leases.append(lease)
             return granted
         except Exception:  # the hit that needs it asks alone, and RateLimits fails open
             log.debug("leasing a block failed", exc_info=True)
@@ -184,11 +198,16 @@ class LeasedRateLimiter:
             del self._leasing[key]
             leasing.set_result(granted)
 
+    def _drop_oldest(self) -> None:
+        # A tenth at once: the next thousands of new budgets insert without dropping.
+        for key in list(itertools.islice(self._leases, max(1, self.size // 10))):
+            del self._leases[key]
+
     async def hit(self, quota: Quota, identity: str, cost: int = 1) -> Verdict:
         block = int(quota.limit * self.share)
         if block < 2 or cost != 1:
             return await self.inner.hit(quota, identity, cost)
-        key = (quota, identity)
+        key = (quota.name, identity)
         for _ in range(_LEASE_WAITS):
             spent = self._spend(quota, key, block)
             if spent is not None:

@@ -193,3 +193,34 @@ class ApiKey(Aggregate):
     @event("RotatedOut")
     def _rotated_out(self, grace_until: float) -> None:
         self.grace_until = grace_until
+
+
+ACCOUNT_KEYS_NAMESPACE: Final = uuid5(NAMESPACE_URL, "https://defi-realtime/account-keys/")
+
+
+class KeyListing(Aggregate):
+    """An account's keys by id, in the order issued: listing them is one lookup plus one
+    per key. Saved in the transaction that issues a key of the account (its id is derived
+    from the account's); an account whose keys predate it gets one, filled from a scan of
+    the keys, the first time it is listed or issued a key."""
+
+    @staticmethod
+    def create_id(account_id: str, *_: Any, **__: Any) -> UUID:
+        return uuid5(ACCOUNT_KEYS_NAMESPACE, account_id)
+
+    @staticmethod
+    def id_for(account_id: UUID | str) -> UUID:
+        return uuid5(ACCOUNT_KEYS_NAMESPACE, str(account_id))
+
+    @event("Opened")
+    def __init__(self, account_id: str, keys: Sequence[str] = ()) -> None:
+        self.account_id = account_id
+        self.keys: list[str] = list(keys)
+
+    def add(self, key_id: UUID | str) -> None:
+        if str(key_id) not in self.keys:
+            self._added(str(key_id))
+
+    @event("Added")
+    def _added(self, key_id: str) -> None:
+        self.keys.append(key_id)

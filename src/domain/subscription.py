@@ -15,6 +15,11 @@ CHANNELS: Final[frozenset[str]] = frozenset(
     {"protocols", "prices", "volumes", "alerts", "anomalies"}
 )
 SUBSCRIPTION_BOOK_NAMESPACE: Final = uuid5(NAMESPACE_URL, "https://defi-realtime/subscriptions/")
+DELIVERIES: Final[frozenset[str]] = frozenset({"websocket", "webhook"})
+"""How a subscription reaches its owner: a client attaches to it (``websocket``), or the
+server POSTs what matches to the subscription's URL (``webhook``)."""
+MAX_WEBHOOK_URL_LENGTH: Final = 2_048
+MAX_WEBHOOK_SECRET_LENGTH: Final = 256
 
 
 class InvalidSubscription(InvalidTransition):
@@ -41,8 +46,9 @@ class SubscriptionQuotaExceeded(DomainError):
 class Subscription(Aggregate):
     """A client's subscription: channel + filter + delivery, with a resume position.
 
-    ``position`` is the last log position the client acknowledged: a client re-attaching
-    gets every matching update after it.
+    ``position`` is the last log position the client acknowledged (``websocket``), or the
+    last one its webhook answered with a 2xx (``webhook``): what comes next is every
+    matching update after it.
     """
 
     @event("Opened")
@@ -54,12 +60,16 @@ class Subscription(Aggregate):
         delivery: str,
         name: str = "",
         position: int = 0,
+        webhook: dict[str, str] | None = None,
     ) -> None:
         self.owner = owner
         self.channel = channel
         self.params = params
         self.delivery = delivery
         self.name = name
+        # ``{"url", "secret"?}`` of a ``webhook`` subscription (None: attached over the
+        # WebSocket). Subscriptions opened before webhooks existed replay with None.
+        self.webhook = webhook
         # Where it starts: the log's head when it was opened (nothing older is news).
         self.position = position
         self.closed = False
@@ -74,11 +84,20 @@ class Subscription(Aggregate):
         *,
         name: str = "",
         position: int = 0,
+        webhook: dict[str, str] | None = None,
     ) -> Subscription:
         if not isinstance(channel, str) or channel not in CHANNELS:
             raise InvalidSubscription(f"unknown channel {channel!r}; expected {sorted(CHANNELS)}")
         if isinstance(position, bool) or not isinstance(position, int) or position < 0:
             raise InvalidSubscription("position must be a non-negative integer")
+        if delivery not in DELIVERIES:
+            raise InvalidSubscription(
+                f"unknown delivery {delivery!r}; expected {sorted(DELIVERIES)}", field="delivery"
+            )
+        if (delivery == "webhook") != (webhook is not None):
+            raise InvalidSubscription(
+                "a webhook is given with delivery 'webhook', and only then", field="webhook"
+            )
         return cls(
             owner=check_label(owner, what="owner"),
             channel=channel,
@@ -86,6 +105,7 @@ class Subscription(Aggregate):
             delivery=delivery,
             name=check_label(name, what="name") if name else "",
             position=position,
+            webhook=None if webhook is None else _webhook(webhook),
         )
 
     def advance(self, position: int) -> bool:
@@ -109,6 +129,25 @@ class Subscription(Aggregate):
     @event("Closed")
     def _closed(self) -> None:
         self.closed = True
+
+
+def _webhook(webhook: dict[str, str]) -> dict[str, str]:
+    url, secret = webhook.get("url"), webhook.get("secret")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidSubscription("webhook.url must be an http(s) URL", field="webhook.url")
+    if len(url) > MAX_WEBHOOK_URL_LENGTH:
+        raise InvalidSubscription(
+            f"webhook.url holds at most {MAX_WEBHOOK_URL_LENGTH} characters", field="webhook.url"
+        )
+    checked = {"url": url}
+    if secret is not None:
+        if not isinstance(secret, str) or not 0 < len(secret) <= MAX_WEBHOOK_SECRET_LENGTH:
+            raise InvalidSubscription(
+                f"webhook.secret is a string of 1 to {MAX_WEBHOOK_SECRET_LENGTH} characters",
+                field="webhook.secret",
+            )
+        checked["secret"] = secret
+    return checked
 
 
 class SubscriptionBook(Aggregate):
@@ -153,6 +192,41 @@ class SubscriptionBook(Aggregate):
     @event("Admitted")
     def _admitted(self, subscription_id: str, name: str, owner: str = "") -> None:
         self.subscriptions[subscription_id] = name
+
+    def release(self, subscription_id: UUID | str) -> bool:
+        if str(subscription_id) not in self.subscriptions:
+            return False
+        self._released(str(subscription_id))
+        return True
+
+    @event("Released")
+    def _released(self, subscription_id: str) -> None:
+        self.subscriptions.pop(subscription_id, None)
+
+
+WEBHOOK_DIRECTORY_ID: Final = uuid5(SUBSCRIPTION_BOOK_NAMESPACE, "webhook-delivered")
+
+
+class WebhookDirectory(Aggregate):
+    """Every live webhook-delivered subscription of the deployment, whoever owns it: what
+    the delivering loop walks. Saved in the same transaction as the subscription it admits
+    or releases (one aggregate of a fixed id: no read model to lag behind)."""
+
+    @staticmethod
+    def create_id(*_: Any, **__: Any) -> UUID:
+        return WEBHOOK_DIRECTORY_ID
+
+    @event("Opened")
+    def __init__(self) -> None:
+        # Subscription id -> owner, in the order admitted.
+        self.subscriptions: dict[str, str] = {}
+
+    def admit(self, subscription_id: UUID | str, owner: str) -> None:
+        self._admitted(str(subscription_id), owner)
+
+    @event("Admitted")
+    def _admitted(self, subscription_id: str, owner: str) -> None:
+        self.subscriptions[subscription_id] = owner
 
     def release(self, subscription_id: UUID | str) -> bool:
         if str(subscription_id) not in self.subscriptions:

@@ -18,6 +18,7 @@ from uuid import UUID
 import typer
 from rich.table import Table
 
+from ..application.api_keys import key_state
 from .console import err
 from .container import Container, opened
 from .settings import Settings
@@ -51,14 +52,6 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _key_state(key: ApiKey, now: float) -> str:
-    if key.revoked:
-        return "revoked"
-    if key.grace_until is not None:
-        return "rotated" if key.usable(now) else "expired"
-    return "live"
-
-
 def key_view(key: ApiKey, now: float) -> dict[str, Any]:
     """What ``keys list`` shows of a key: never its secret, nor its hash."""
     return {
@@ -66,7 +59,7 @@ def key_view(key: ApiKey, now: float) -> dict[str, Any]:
         "account_id": str(key.account_id),
         "name": key.name,
         "tier": key.tier,
-        "state": _key_state(key, now),
+        "state": key_state(key, now),
         "valid_until": _iso(key.valid_until()),
         "allowed_ips": list(key.allowed_ips),
         "created": _iso(key.created_on.timestamp()),

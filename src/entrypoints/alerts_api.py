@@ -43,7 +43,7 @@ from .schemas.alerts import (
     RulePath,
 )
 from .schemas.common import NoParameters, date_time
-from .validation import parse_body
+from .validation import has_body, parse_body
 
 __all__ = ["alert_routes"]
 
@@ -76,13 +76,6 @@ def rule_path_id(request: Request) -> UUID:
 
 def _not_found(rule_id: object) -> ApiError:
     return ApiError(404, "alert_not_found", f"alert rule {str(rule_id)!r} not found")
-
-
-async def _has_body(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    if length is not None:
-        return length.strip() not in ("", "0")
-    return "transfer-encoding" in request.headers
 
 
 def _time(raw: float | str | None, name: str) -> float | None:
@@ -331,7 +324,7 @@ def alert_routes(read_json: BodyReader) -> list[OperationRoute]:
     async def run_backtest(request: Request, query: NoParameters) -> Response:
         key, rule_id = require_key(request), rule_path_id(request)
         node = _node(request)
-        raw = await read_json(request) if await _has_body(request) else {}
+        raw = await read_json(request) if has_body(request) else {}
         window = parse_body(BacktestWindow, raw)
         start, end = _time(window.start, "start"), _time(window.end, "end")
         if start is not None and end is not None and start > end:

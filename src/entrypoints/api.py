@@ -49,6 +49,7 @@ from .dead_letters_api import dead_letter_routes
 from .docs_ui import docs_routes
 from .errors import ApiError, api_error_handler, http_error_handler, unexpected_error_handler
 from .health_api import health_routes
+from .keys_api import key_routes
 from .llama_api import llama_routes
 from .logs import RequestIds
 from .node import Node, running
@@ -741,6 +742,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *alert_history_routes(),
         *subscription_routes(_read_json_body),
         *privacy_routes(),
+        *key_routes(_read_json_body),
         *dead_letter_routes(),
         *llama_routes(),
         *coin_routes(),

@@ -38,6 +38,7 @@ from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
 from ..application.anomaly import Detection, DetectorSettings, Method
 from ..application.anomaly_follower import AnomalyFollower
+from ..application.api_keys import AccountKeyService
 from ..application.app import DefiRealtime
 from ..application.audit import AuditJournal, AuditLog
 from ..application.audit_trail import AuditTrail
@@ -56,6 +57,7 @@ from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.reconciliation import Reconciliation, ReconciliationReport
+from ..application.subscription_webhooks import SubscriptionWebhooks
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
 from ..domain.api_key import ApiKey
@@ -464,9 +466,41 @@ def _key_lookup(application: Callable[[], DefiRealtime]) -> Callable[[UUID], Api
     return lookup
 
 
-def _durable_subscriptions(app: DefiRealtime, writer: IngestWriter) -> DurableSubscriptions:
-    """Durable subscriptions: written on the writer thread (docs/adr/0003)."""
-    return DurableSubscriptions(app, writer.call)
+def _durable_subscriptions(
+    app: DefiRealtime, writer: IngestWriter, guard: WebhookGuard
+) -> DurableSubscriptions:
+    """Durable subscriptions: written on the writer thread (docs/adr/0003); a webhook's
+    target checked by the node's SSRF guard when it is created."""
+    return DurableSubscriptions(app, writer.call, webhook_targets=guard)
+
+
+def _key_service(
+    app: DefiRealtime, writer: IngestWriter, keyring: KeyRing, grace: float
+) -> AccountKeyService:
+    """Keys over REST: written on the writer thread (docs/adr/0003); a revoked or rotated
+    key is forgotten by this node's key ring at once (others hear it on the log)."""
+    return AccountKeyService(app, writer.call, grace=grace, forget=keyring.forget)
+
+
+def _subscription_webhooks(
+    event_log: EventStoreLog,
+    sender: WebhookNotifier,
+    subscriptions: DurableSubscriptions,
+    state: HotState,
+    policy: RetryPolicy,
+    interval: float,
+) -> SubscriptionWebhooks:
+    """The webhook delivery of durable subscriptions (ADR 0043): the alert webhooks'
+    notifier and retry policy; filters read the node's own fold of the log."""
+    return SubscriptionWebhooks(
+        event_log,
+        sender,
+        subscriptions.webhook_targets,
+        subscriptions.advance,
+        state=state,
+        policy=policy,
+        interval=interval,
+    )
 
 
 def _rule_recorder(
@@ -744,6 +778,11 @@ class Container(containers.DeclarativeContainer):
     durable_subscriptions = providers.Singleton(_durable_subscriptions, application, writer)
     audit_journal = providers.Singleton(AuditJournal, audit_log.provided.record)
     audit_trail = providers.Singleton(AuditTrail, audit_log, audit_records)
+    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
+    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
+    durable_subscriptions = providers.Singleton(
+        _durable_subscriptions, application, writer, webhook_guard
+    )
     hub = providers.Singleton(
         RealtimeHub,
         event_log,
@@ -755,6 +794,9 @@ class Container(containers.DeclarativeContainer):
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     sessions = providers.Singleton(_sessions, settings)
+    key_service = providers.Singleton(
+        _key_service, application, writer, keyring, config.key_rotation_grace
+    )
     auth_backend = providers.Singleton(_auth_backend, keyring, sessions, settings)
     # Budgets (ADR 0036): in Redis, shared by every node, when REDIS_URL is set.
     rate_limiter = providers.Selector(
@@ -824,8 +866,6 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 
-    # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
-    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
     webhook_notifier = providers.Singleton(
         _webhook_notifier, http_client, webhook_guard, timeout=config.webhook_timeout
     )
@@ -869,6 +909,15 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(max, config.poll_interval, DISPATCHER_POLL_FLOOR),
     )
     evm_collectors = providers.Resource(_evm_collectors, config.evm_chains, application, writer)
+    subscription_webhooks = providers.Singleton(
+        _subscription_webhooks,
+        event_log,
+        webhook_notifier,
+        durable_subscriptions,
+        live_state,
+        retry_policy,
+        config.subscription_webhook_interval,
+    )
     upstream = providers.Resource(_upstream, config.reconcile_upstream_url)
     reconciliation = providers.Singleton(
         _reconciliation,

@@ -180,6 +180,19 @@ class Node:
             await self._start_reconcile(loop)
         elif loop.name == "evm":
             await self._start_evm(loop)
+        elif loop.name == "webhooks":
+            webhooks = await provide(self.container.subscription_webhooks)
+            self.tasks.append(
+                supervise(
+                    loop.name,
+                    elected(
+                        webhooks.run,
+                        database_url=self.settings.database_url,
+                        lock=loop.lock,
+                        what="delivers the webhooks of durable subscriptions",
+                    ),
+                )
+            )
         else:  # pragma: no cover - the role table and this dispatch change together
             raise ValueError(f"no way to run loop {loop.name!r}")
 

@@ -17,7 +17,7 @@ nearest ``X-Forwarded-For`` address that is not itself a trusted proxy.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from starlette.requests import HTTPConnection
@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..application.rate_limiting import RateLimits
-from ..application.rate_limits import Verdict
+from ..application.rate_limits import Quota, Verdict
 from ..application.realtime import CLOSE_TOO_MANY_CONNECTIONS as CLOSE_RATE_LIMITED
 from .auth import KeyHolder
 from .client_address import FORWARDED_FOR, client_address
@@ -43,6 +43,11 @@ __all__ = [
 
 EXEMPT_PATHS: Final = frozenset({"/health", "/metrics"})
 AUTH_FAILED: Final = "defi_realtime.auth_failed"
+# What the two middlewares share through the scope (one request's dict): the client's
+# address, worked out once, and the status of the answer, seen by ``LimitRequests`` as it
+# adds its headers, so that ``ThrottleAuthFailures`` need not wrap ``send`` as well.
+_ADDRESS: Final = "defi_realtime.client_address"
+_STATUS: Final = "defi_realtime.status"
 _EXEMPT_PREFIX: Final = "/health/"
 UNKNOWN_ADDRESS: Final = "unknown"
 
@@ -85,6 +90,30 @@ def limit_headers(verdict: Verdict) -> list[tuple[str, str]]:
     return headers
 
 
+# Per quota name: the quota, its ``RateLimit-Policy`` value and the start of its
+# ``RateLimit`` value, encoded once (a process has a handful of quotas).
+_HEADER_PARTS: dict[str, tuple[Quota, bytes, bytes]] = {}
+
+
+def _raw_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    """``limit_headers`` of an allowed hit as raw ASGI pairs, from parts made once per
+    quota (the fields are ours: no answer sets them itself)."""
+    quota = verdict.quota
+    parts = _HEADER_PARTS.get(quota.name)
+    if parts is None or (parts[0] is not quota and parts[0] != quota):
+        policy, _ = limit_headers(Verdict(True, quota, 0, 0.0))
+        parts = _HEADER_PARTS[quota.name] = (
+            quota,
+            policy[1].encode(),
+            f'"{quota.name}";r='.encode(),
+        )
+    reset = int(verdict.reset_after + 0.999)
+    return [
+        (b"ratelimit-policy", parts[1]),
+        (b"ratelimit", b"%b%d;t=%d" % (parts[2], verdict.remaining, reset)),
+    ]
+
+
 def rate_limited_details(verdict: Verdict) -> dict[str, Any]:
     """The facts of a refusal, for the error's ``details`` and the WebSocket frame."""
     return {
@@ -103,14 +132,22 @@ def _limits(scope: Scope) -> RateLimits | None:
 
 
 def _address(scope: Scope, proxies: TrustedProxies) -> str:
+    """The client's address, worked out once per request (kept in the scope)."""
+    address: str | None = scope.get(_ADDRESS)
+    if address is not None:
+        return address
     client = scope.get("client")
     peer = client[0] if client else None
-    forwarded = None
-    if proxies.networks:
+    if not proxies.networks:
+        address = peer or UNKNOWN_ADDRESS
+    else:
+        forwarded = None
         for name, value in scope.get("headers", ()):
             if name == b"x-forwarded-for":
                 forwarded = value.decode("latin-1")
-    return proxies.client(peer, forwarded)
+        address = proxies.client(peer, forwarded)
+    scope[_ADDRESS] = address
+    return address
 
 
 async def _refuse(
@@ -122,13 +159,14 @@ async def _refuse(
     await response(scope, receive, send)
 
 
-def _with_headers(send: Send, headers: Iterable[tuple[str, str]]) -> Send:
+def _with_headers(scope: Scope, send: Send, raw: list[tuple[bytes, bytes]]) -> Send:
     # Appended as raw pairs: no answer of ours sets these fields itself, and parsing the
-    # response's headers (MutableHeaders) was a visible share of the per-request cost.
-    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+    # response's headers (MutableHeaders) was a visible share of the per-request cost. The
+    # status goes in the scope for ``ThrottleAuthFailures`` (a 401 is a failed attempt).
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
+            scope[_STATUS] = message["status"]
             message["headers"] = [*message.get("headers", ()), *raw]
         await send(message)
 
@@ -155,8 +193,9 @@ _CREDENTIAL_HEADERS: Final = frozenset({b"x-api-key", b"authorization"})
 def _presents_credentials(scope: Scope) -> bool:
     """Does the request carry a key or token (a header; on a WebSocket handshake also the
     ``api_key`` query parameter)?"""
-    if any(name in _CREDENTIAL_HEADERS for name, _ in scope.get("headers", ())):
-        return True
+    for name, _ in scope.get("headers", ()):
+        if name in _CREDENTIAL_HEADERS:
+            return True
     return scope["type"] == "websocket" and b"api_key=" in scope.get("query_string", b"")
 
 
@@ -175,11 +214,12 @@ class ThrottleAuthFailures:
         if limits is None or exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
-        address = _address(scope, self.proxies)
         # Only an attempt to authenticate is refused (a read without credentials spends its
         # anonymous budget): no limiter round trip on anonymous requests.
         blocked = (
-            await limits.authentication_blocked(address) if _presents_credentials(scope) else None
+            await limits.authentication_blocked(_address(scope, self.proxies))
+            if _presents_credentials(scope)
+            else None
         )
         if blocked is not None:
             message = "too many failed authentications from this address"
@@ -191,19 +231,13 @@ class ThrottleAuthFailures:
             else:
                 await _refuse(blocked, f"{message}; retry later", scope, receive, send)
             return
-        status = 0
-
-        async def send_watching(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_watching)
+            await self.app(scope, receive, send)
         finally:
-            if status == 401 or scope.get(AUTH_FAILED):
-                await limits.authentication_failed(address)
+            # A key refused by the authentication middleware marks the scope (on a handshake
+            # too); any other 401 answer passed ``LimitRequests``, which noted its status.
+            if scope.get(AUTH_FAILED) or scope.get(_STATUS) == 401:
+                await limits.authentication_failed(_address(scope, self.proxies))
 
 
 class LimitRequests:
@@ -234,7 +268,7 @@ class LimitRequests:
                 send,
             )
             return
-        await self.app(scope, receive, _with_headers(send, limit_headers(verdict)))
+        await self.app(scope, receive, _with_headers(scope, send, _raw_limit_headers(verdict)))
 
 
 def forwarded_for(headers: Mapping[str, str]) -> str | None:

@@ -80,6 +80,7 @@ NOTIFICATIONS_LOCK: Final = Lock("dr_noti", 0x64725F6E6F7469)
 RECONCILE_LOCK: Final = Lock("dr_reco", 0x64725F7265636F)
 ANOMALIES_LOCK: Final = Lock("dr_anom", 0x64725F616E6F6D)
 EVM_LOCK: Final = Lock("dr_evm", 0x64725F65766D)
+WEBHOOKS_LOCK: Final = Lock("dr_hook", 0x64725F686F6F6B)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,15 @@ ROLES: Final[tuple[Role, ...]] = (
         in_serve=InServe.WITHOUT_BROKER,
         follower=Follower.OWN,
         lock=NOTIFICATIONS_LOCK,
+    ),
+    Role(
+        "webhooks",
+        "POSTs durable subscriptions delivered by webhook, a cursor each (ADR 0043)",
+        # In serve: its filters read the node's fold of the log (a worker has none).
+        worker=None,
+        in_serve=InServe.ALWAYS,
+        follower=Follower.TIMER,
+        lock=WEBHOOKS_LOCK,
     ),
     Role(
         "reconcile",

@@ -216,6 +216,15 @@ class Settings(BaseSettings):
         description="Seconds a client whose queue is full may go without reading before it "
         "is closed (4008); one that keeps reading is never closed for being behind.",
     )
+    subscription_webhook_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        alias="SUBSCRIPTION_WEBHOOK_INTERVAL",
+        description="Seconds between two rounds of the webhook delivery of durable "
+        "subscriptions (each round POSTs what each subscription's log range matched since "
+        "its stored position); a failing webhook waits by the NOTIFY_BACKOFF_* policy.",
+    )
     subscription_ack_interval: float = Field(
         default=0.5,
         gt=0,

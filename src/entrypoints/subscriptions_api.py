@@ -57,7 +57,8 @@ def _answer(view: SubscriptionView) -> Response:
 CREATE = Operation(
     "POST",
     "createSubscription",
-    "Create a durable subscription owned by the key's account",
+    "Create a durable subscription owned by the key's account (attached over the WebSocket, "
+    "or delivered to a signed webhook)",
     NoParameters,
     Subscription,
     access="key",
@@ -101,9 +102,15 @@ def subscription_routes(read_json: BodyReader) -> list[OperationRoute]:
         key = require_key(request)
         body = parse_body(SubscriptionCreate, await read_json(request), code="invalid_subscription")
         params = None if body.params is None else body.params.model_dump(by_alias=True)
+        webhook = None if body.webhook is None else body.webhook.model_dump(exclude_none=True)
         try:
             view = await _subscriptions(request).create(
-                key.owner, body.channel, params, name=body.name, position=body.position
+                key.owner,
+                body.channel,
+                params,
+                name=body.name,
+                position=body.position,
+                webhook=webhook,
             )
         except SubscriptionNameTaken as error:
             raise ApiError(

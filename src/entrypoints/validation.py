@@ -132,3 +132,11 @@ def path_slug(request: Request) -> str | None:
         return ProtocolPath.model_validate({"slug": request.path_params["slug"]}).slug
     except ValidationError:
         return None
+
+
+def has_body(request: Request) -> bool:
+    """Whether the request carries a body (an optional one may be left out)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "transfer-encoding" in request.headers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from defi_realtime.adapters.webhook_notifier import sign
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.client import DefiRealtimeClient
 from defi_realtime.entrypoints.settings import Settings
@@ -26,10 +28,19 @@ from tests.e2e.conftest import (
     obs,
     production_settings,
     start_server,
+    wait_for,
 )
+from tests.webhook_receiver import WebhookReceiver
 
 T0 = 1_765_000_000.0
 FRAME_TIMEOUT = 5.0
+# Webhook subscriptions on loopback, retried and polled quickly.
+FAST_WEBHOOKS = {
+    "allow_private_webhooks": True,
+    "notify_backoff_base": 0.05,
+    "notify_backoff_max": 0.2,
+    "subscription_webhook_interval": 0.05,
+}
 
 
 @dataclass
@@ -284,3 +295,66 @@ async def test_the_python_client_attaches_and_acknowledges(tmp_path: Path) -> No
                 async with client.attach(sid) as again:
                     second = await anext(again)
                     assert second.data.value == 3.0  # type: ignore[union-attr]
+
+
+# Production only: tests/unit/test_subscription_webhooks.py runs the loop on the embedded store.
+@pytest.mark.parametrize("backend", ["production"])
+def test_a_webhook_subscription_is_delivered_signed_once_across_a_restart(
+    tmp_path: Path, backend: str
+) -> None:
+    """Created over REST; the receiver refuses while the first server runs (nothing is
+    stored), the server stops, the receiver comes back, a second server on the same stores
+    delivers everything once, in order, signed."""
+    receiver_up = threading.Event()
+    with (
+        WebhookReceiver(lambda _n: 200 if receiver_up.is_set() else 503) as receiver,
+        contextlib.ExitStack() as stack,
+    ):
+        overrides = stack.enter_context(production_settings()) if backend == "production" else {}
+        data_dir = tmp_path / "node0"
+        alice = _issue(Settings(data_dir=data_dir, **overrides), "alice")
+        headers = {"X-API-Key": alice}
+        server_settings = {**overrides, **FAST_WEBHOOKS}
+        body = {
+            "channel": "protocols",
+            "params": {"protocolIds": ["aave", "curve"]},
+            "webhook": {"url": receiver.url, "secret": "s3cret"},
+        }
+        with (
+            start_server(data_dir, api_key=alice, **server_settings) as server,
+            httpx.Client(base_url=server.base_url, timeout=10.0) as http,
+        ):
+            created = http.post("/v2/subscriptions", json=body, headers=headers)
+            assert created.status_code == 200, created.text
+            subscription = created.json()
+            assert subscription["delivery"] == "webhook"
+            assert subscription["webhook"] == {"url": receiver.url, "secret_set": True}
+            path = f"/v2/subscriptions/{subscription['id']}"
+            ingest(
+                http,
+                headers,
+                obs("aave", 1.0, T0, name="Aave"),
+                obs("uniswap", 2.0, T0, name="Uniswap"),
+            )
+            receiver.wait_for(2)  # refused, and refused again after the back-off
+            assert http.get(path, headers=headers).json()["position"] == subscription["position"]
+        receiver_up.set()
+        with (
+            start_server(data_dir, api_key=alice, **server_settings) as server,
+            httpx.Client(base_url=server.base_url, timeout=10.0) as http,
+        ):
+            ingest(http, headers, obs("curve", 3.0, T0 + 1, name="Curve"))
+            delivered = wait_for(
+                lambda: [u for r in receiver.successes for u in json.loads(r.body)["updates"]],
+                lambda found: len(found) >= 2,
+            )
+            last = json.loads(receiver.successes[-1].body)["through"]
+            wait_for(lambda: http.get(path, headers=headers).json()["position"], last.__eq__)
+    assert [(u["data"]["id"], u["data"]["value"]) for u in delivered] == [
+        ("aave", 1.0),
+        ("curve", 3.0),
+    ]
+    assert delivered[0]["position"] < delivered[1]["position"]
+    for request in receiver.requests:
+        timestamp = request.headers["x-signature-timestamp"]
+        assert request.headers["x-signature"] == sign("s3cret", timestamp, request.body)

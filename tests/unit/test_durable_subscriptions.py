@@ -55,6 +55,27 @@ class Client:
         return [frame["position"] for frame in self.of_type("update")]
 
 
+def ingest_tvl(app: DefiRealtime, ticks: int, *slugs: str) -> int:
+    """One TVL observation of each of ``slugs`` (listed on the way), values and times
+    counting on from ``ticks``; the new count."""
+    observations = []
+    for slug in slugs:
+        ticks += 1
+        observations.append(
+            {
+                "protocol": slug,
+                "metric": "tvl",
+                "chain": "total",
+                "value": float(ticks),
+                "observed_at": T0 + ticks,
+                "name": slug,
+            }
+        )
+    [result] = app.ingest([build_batch(observations)])
+    assert not result.rejected
+    return ticks
+
+
 @dataclass
 class World:
     app: DefiRealtime
@@ -65,21 +86,7 @@ class World:
     ticks: int = 0
 
     def ingest(self, *slugs: str) -> None:
-        observations = []
-        for slug in slugs:
-            self.ticks += 1
-            observations.append(
-                {
-                    "protocol": slug,
-                    "metric": "tvl",
-                    "chain": "total",
-                    "value": float(self.ticks),
-                    "observed_at": T0 + self.ticks,
-                    "name": slug,
-                }
-            )
-        [result] = self.app.ingest([build_batch(observations)])
-        assert not result.rejected
+        self.ticks = ingest_tvl(self.app, self.ticks, *slugs)
 
     async def follow(self) -> None:
         """The hub follows the log to its head."""

@@ -11,6 +11,7 @@ from defi_realtime.entrypoints.roles import (
     PROJECTIONS_LOCK,
     RECONCILE_LOCK,
     RELAY_LOCK,
+    WEBHOOKS_LOCK,
     WORKERS,
     Follower,
     Stage,
@@ -43,6 +44,7 @@ def test_serve_embedded_runs_everything_on_the_node_unelected(tmp_path: Path) ->
         "anomalies": (Follower.OWN, None),
         "notifications": (Follower.OWN, None),
         "reconcile": (Follower.TIMER, None),
+        "webhooks": (Follower.TIMER, None),
     }
 
 
@@ -97,3 +99,12 @@ def test_reconcile_is_planned_in_serve_and_elected_in_workers(tmp_path: Path) ->
     # Its own lock: it never waits for, nor holds up, another role's election.
     others = {p.lock for p in plan("serve", shared) if p.role.name != "reconcile"}
     assert RECONCILE_LOCK not in others
+
+
+def test_subscription_webhooks_run_in_serve_elected_on_their_own_lock(tmp_path: Path) -> None:
+    shared = settings(tmp_path, DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test")
+    assert placed("serve", shared)["webhooks"] == (Follower.TIMER, WEBHOOKS_LOCK.name)
+    # Its filters read the node's fold of the log: no worker process runs it.
+    assert all("webhooks" not in placed(worker, shared) for worker in WORKERS)
+    others = {p.lock for p in plan("serve", shared) if p.role.name != "webhooks"}
+    assert WEBHOOKS_LOCK not in others

@@ -93,47 +93,58 @@ class Subscription:
 
     def ids(self) -> frozenset[str] | None:
         """The keys it is indexed by (None: every key of its channel)."""
-        if self.channel == "prices":
-            return self.filter.token_ids
-        if self.channel == "anomalies":
-            # Protocol slugs and token ids never collide (a token id has a colon).
-            protocols, tokens = self.filter.protocol_ids, self.filter.token_ids
-            if protocols is None and tokens is None:
-                return None
-            return (protocols or frozenset()) | (tokens or frozenset())
-        return self.filter.protocol_ids
+        return indexed_ids(self.channel, self.filter)
 
     def matches(self, key: str, chain: str | None, facts: FilterFacts | None) -> bool:
         """Whether an update of ``key`` (for ``chain``, on a protocol channel) passes the
         filters; ``facts`` are the protocol's (alerts: see ``SubscriptionIndex``)."""
-        wanted = self.filter
-        if self.channel == "prices":
-            return wanted.token_ids is None or key in wanted.token_ids
-        if self.channel == "anomalies":
-            ids = self.ids()
-            if ids is not None and key not in ids:
-                return False
-            if ":" in key:  # a token's price: only ids filter it
-                return wanted.by_id_only
-            wanted = Filter(None, None, wanted.chains, wanted.categories, wanted.min_tvl)
-        if wanted.protocol_ids is not None and key not in wanted.protocol_ids:
+        return filter_matches(self.channel, self.filter, key, chain, facts)
+
+
+def indexed_ids(channel: str, wanted: Filter) -> frozenset[str] | None:
+    """The keys a subscription to ``channel`` filtered by ``wanted`` is indexed by (None:
+    every key of its channel)."""
+    if channel == "prices":
+        return wanted.token_ids
+    if channel == "anomalies":
+        # Protocol slugs and token ids never collide (a token id has a colon).
+        protocols, tokens = wanted.protocol_ids, wanted.token_ids
+        if protocols is None and tokens is None:
+            return None
+        return (protocols or frozenset()) | (tokens or frozenset())
+    return wanted.protocol_ids
+
+
+def filter_matches(
+    channel: str, wanted: Filter, key: str, chain: str | None, facts: FilterFacts | None
+) -> bool:
+    """Whether an update of ``key`` on ``channel`` (for ``chain``, on a protocol channel)
+    passes ``wanted``; ``facts`` are the protocol's. The one rule for sockets and webhooks."""
+    if channel == "prices":
+        return wanted.token_ids is None or key in wanted.token_ids
+    if channel == "anomalies":
+        ids = indexed_ids(channel, wanted)
+        if ids is not None and key not in ids:
             return False
-        if wanted.categories is not None and (
-            facts is None or facts.category not in wanted.categories
-        ):
+        if ":" in key:  # a token's price: only ids filter it
+            return wanted.by_id_only
+        wanted = Filter(None, None, wanted.chains, wanted.categories, wanted.min_tvl)
+    if wanted.protocol_ids is not None and key not in wanted.protocol_ids:
+        return False
+    if wanted.categories is not None and (facts is None or facts.category not in wanted.categories):
+        return False
+    if wanted.chains is not None:
+        lowered = (chain or TOTAL).lower()
+        if lowered == TOTAL:
+            if facts is None or not (facts.chains & wanted.chains):
+                return False
+        elif lowered not in wanted.chains:
             return False
-        if wanted.chains is not None:
-            lowered = (chain or TOTAL).lower()
-            if lowered == TOTAL:
-                if facts is None or not (facts.chains & wanted.chains):
-                    return False
-            elif lowered not in wanted.chains:
-                return False
-        if wanted.min_tvl is not None:
-            tvl = facts.tvl if facts is not None else None
-            if tvl is None or tvl < wanted.min_tvl:
-                return False
-        return True
+    if wanted.min_tvl is not None:
+        tvl = facts.tvl if facts is not None else None
+        if tvl is None or tvl < wanted.min_tvl:
+            return False
+    return True
 
 
 class SubscriptionIndex:
