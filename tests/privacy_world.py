@@ -108,6 +108,14 @@ class World:
             ],
         )
         subscription_id = self.app.open_subscription(owner, "protocols", None, name=f"{tag}-feed")
+        # Delivered by webhook: its URL and secret are the account's too.
+        self.app.open_subscription(
+            owner,
+            "protocols",
+            None,
+            name=f"{tag}-hook",
+            webhook={"url": f"{url}/feed", "secret": secret},
+        )
         now = time.time()
         idempotency_key = f"{rule_id}:1:0"
         self.deliveries.record_pending(

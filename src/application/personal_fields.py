@@ -121,7 +121,9 @@ PERSONAL_FIELDS: Final[Mapping[str, PersonalFields]] = {
     f"{ApiKey.__name__}.Issued": PersonalFields(_field("owner"), (("name",),)),
     f"{AlertRule.__name__}.Created": PersonalFields(_field("owner"), _CHANNELS),
     f"{AlertRule.__name__}.Updated": PersonalFields(_field("owner"), _CHANNELS),
-    f"{Subscription.__name__}.Opened": PersonalFields(_field("owner"), (("name",), ("delivery",))),
+    f"{Subscription.__name__}.Opened": PersonalFields(
+        _field("owner"), (("name",), ("delivery",), ("webhook", "url"), ("webhook", "secret"))
+    ),
     f"{SubscriptionBook.__name__}.Admitted": PersonalFields(_field("owner"), (("name",),)),
 }
 

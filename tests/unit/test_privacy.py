@@ -108,7 +108,7 @@ def test_after_erase_no_file_holds_the_account_and_the_log_still_replays(
 
     erasure = world.privacy.erase(alice.account_id)
 
-    assert (erasure.keys_revoked, erasure.rules_deleted, erasure.subscriptions_closed) == (1, 1, 1)
+    assert (erasure.keys_revoked, erasure.rules_deleted, erasure.subscriptions_closed) == (1, 1, 2)
     assert erasure.key_destroyed
     assert erasure.scrubbed
     assert erasure.rows_purged >= 3  # the rule's row, its attempt, its journaled job
@@ -237,7 +237,9 @@ def _export_holds_everything_about_the_account_and_no_secret(
         {"kind": "email", "address": alice.email},
     ]
     assert [attempt["channel"]["target"] for attempt in rule["deliveries"]] == [alice.url]
-    assert [s["id"] for s in body["subscriptions"]] == [str(alice.subscription_id)]
+    feeds = {s["name"]: s for s in body["subscriptions"]}
+    assert feeds["alice-feed"]["id"] == str(alice.subscription_id)
+    assert feeds["alice-hook"]["webhook"] == {"url": f"{alice.url}/feed", "secret_set": True}
     text = exported.model_dump_json()
     [key] = world.app.api_keys(alice.account_id)
     for secret in (alice.key, key.key_hash, alice.secret):
