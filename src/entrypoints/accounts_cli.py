@@ -266,9 +266,13 @@ def accounts_list() -> None:
     )
 
 
-def _with_privacy(work: Callable[[AccountPrivacy, KeyTraces | None], Awaitable[str]]) -> str:
+def _with_privacy(
+    work: Callable[[AccountPrivacy, KeyTraces | None], Awaitable[str]],
+    audited: tuple[str, UUID] | None = None,
+) -> str:
     """``work``'s output, with the erase/export service of a container opened for it; an
-    unknown account is a failure with its message."""
+    unknown account is a failure with its message. ``audited``: the action and account to
+    record in the audit trail (an erase changes state; an export does not)."""
     import asyncio
 
     from ..application.app import AccountNotFound
@@ -277,11 +281,16 @@ def _with_privacy(work: Callable[[AccountPrivacy, KeyTraces | None], Awaitable[s
     async def run() -> str:
         async with opened_async(Settings()) as container:
             try:
-                return await work(
+                done = await work(
                     await provide(container.privacy), await provide(container.key_traces)
                 )
             except AccountNotFound as error:
+                if audited is not None:
+                    _audit(container, audited[0], refused=True, account_id=audited[1])
                 raise _fail(str(error)) from None
+            if audited is not None:
+                _audit(container, audited[0], account_id=audited[1])
+            return done
 
     return asyncio.run(run())
 
@@ -306,7 +315,7 @@ def accounts_erase(
         done.pop("key_ids")
         return json.dumps(done)
 
-    sys.stdout.write(_with_privacy(erase) + "\n")
+    sys.stdout.write(_with_privacy(erase, ("accounts.erase", account_id)) + "\n")
     err.print("erased")
 
 

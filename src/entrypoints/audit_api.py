@@ -49,6 +49,10 @@ AUDITED: Final[Mapping[str, str]] = {
     "createSubscription": "subscription.create",
     "deleteSubscription": "subscription.delete",
     "createSessionToken": "auth.token",
+    "createKey": "keys.create",
+    "rotateKey": "keys.rotate",
+    "revokeKey": "keys.revoke",
+    "eraseAccount": "accounts.erase",
 }
 # A longer path (up to the HTTP edge's limit) is cut: the record is not a request log.
 MAX_PATH: Final = 2_000
