@@ -170,7 +170,11 @@ class Node:
                 try:
                     await anomaly_loop.run()
                 finally:
-                    detector.forget()  # whoever runs next folds the log again
+                    # Its checkpoint first (a restart or the next leader folds only the
+                    # log after it), then whoever runs next starts from the stores.
+                    with contextlib.suppress(Exception):
+                        await detector.close()
+                    detector.forget()
 
             self._follow(anomaly_loop, loop, detect)
             self.runners.update(_named(anomaly_loop))
