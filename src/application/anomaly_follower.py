@@ -88,6 +88,7 @@ class AnomalyFollower:
         nothing: the state the follower had when it stored that position."""
         position = await self.positions.load(self.name)
         detector, cursor = await self._from_checkpoint(position)
+        folded_from = cursor
         while cursor < position:
             batch = await asyncio.to_thread(
                 self.event_log.read, cursor, min(self.page_size, position - cursor)
@@ -100,7 +101,12 @@ class AnomalyFollower:
         self.detector = detector
         self._position = position
         self._started = True
-        log.info("anomaly detector at %d: %d series", position, len(detector))
+        log.info(
+            "anomaly detector at %d (folded from %d): %d series",
+            position,
+            folded_from,
+            len(detector),
+        )
 
     async def _from_checkpoint(self, position: int) -> tuple[AnomalyDetector, int]:
         """The checkpoint's detector and position when one fits (at or before

@@ -122,8 +122,22 @@ class Node:
     fanout_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        if self.follower is not None:
-            await asyncio.wait_for(self.follower.ready.wait(), timeout)
+        """Wait until the node follower has caught up with the log. Fails when its
+        projections moved no position for ``timeout`` seconds: a long log (a first start,
+        a checkpoint discarded) takes as long as it takes, a stuck one does not (ADR 0046)."""
+        follower = self.follower
+        if follower is None:
+            return
+        reached = -1
+        while True:
+            try:
+                await asyncio.wait_for(follower.ready.wait(), timeout)
+                return
+            except TimeoutError:
+                now = sum(r.position for r in [*follower.runners, *follower.late_runners])
+                if now == reached:
+                    raise
+                reached = now
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait until this node has followed the log up to its head (tests, CLI)."""
@@ -172,8 +186,10 @@ class Node:
                 finally:
                     # Its checkpoint first (a restart or the next leader folds only the
                     # log after it), then whoever runs next starts from the stores.
-                    with contextlib.suppress(Exception):
+                    try:
                         await detector.close()
+                    except Exception:
+                        log.exception("anomaly checkpoint not written")
                     detector.forget()
 
             self._follow(anomaly_loop, loop, detect)
