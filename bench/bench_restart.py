@@ -2,7 +2,7 @@
 whole log folded: how every start went before ADR 0046) and warm (checkpoints loaded, the
 tail replayed).
 
-    python bench/bench_restart.py --store sqlite|postgres [--events 10000000] [--tail 50000]
+    python bench/bench_restart.py --store sqlite|postgres [--events 10000000] [--tail 5000]
         [--admin-dsn postgresql://postgres@127.0.0.1:5432/postgres] [--keep PATH_OR_DB]
 
 One run:
@@ -42,13 +42,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
-import psycopg
 from _common import cli_command, embedded_env, free_port, machine
+from bench_projections import CATEGORIES, CHAINS, T0, create_database, database_url, drop_database
 from eventsourcing.persistence import StoredEvent
-from psycopg.sql import SQL, Identifier
 from sqlalchemy import update
 
 from defi_realtime.adapters.position_stores import SqlPositionStore
@@ -63,12 +61,9 @@ from defi_realtime.domain.token import Token
 from defi_realtime.entrypoints.settings import Settings
 
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
 ROUND_SECONDS = 900.0
 PROTOCOLS = 6_700
 TOKENS = 500
-CATEGORIES = [f"Category {i}" for i in range(12)]
-CHAINS = [f"Chain{i}" for i in range(16)]
 PER_INSERT = 20_000
 READY_TIMEOUT = 1_800.0
 
@@ -255,25 +250,23 @@ def start_to_ready(env: dict[str, str], log_path: Path) -> tuple[float, float, s
 
 @contextlib.contextmanager
 def stores(kind: str, admin_dsn: str, keep: str | None) -> Iterator[Settings]:
-    data_dir = (
-        Path(keep) if keep and kind == "sqlite" else Path(tempfile.mkdtemp(prefix="dr_restart_"))
-    )
+    """Settings over a fresh store: a DATA_DIR, and with ``postgres`` a new database;
+    both removed after (unless ``keep``)."""
+    if keep and kind == "sqlite":
+        data_dir = Path(keep)
+    else:
+        data_dir = Path(tempfile.mkdtemp(prefix="dr_restart_"))
     database = None
     try:
         if kind == "postgres":
             database = keep or f"dr_bench_restart_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(SQL("CREATE DATABASE {}").format(Identifier(database)))
-            url = urlparse(admin_dsn)._replace(path=f"/{database}").geturl()
-            yield Settings(data_dir=data_dir, database_url=url)
+            create_database(admin_dsn, database)
+            yield Settings(data_dir=data_dir, database_url=database_url(admin_dsn, database))
         else:
             yield Settings(data_dir=data_dir)
     finally:
         if database is not None and keep is None:
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(
-                    SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(database))
-                )
+            drop_database(admin_dsn, database)
         if keep is None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
