@@ -119,7 +119,7 @@ from defi_realtime.adapters.file_checkpoints import FileCheckpointStore
 
 store = FileCheckpointStore(Path(sys.argv[1]))
 # A large record: the writer is killed while it writes it.
-data = b"N" * (256 * 1024 * 1024)
+data = b"N" * (128 * 1024 * 1024)
 print("writing", flush=True)
 store.save("hot-state", data)
 print("written", flush=True)
