@@ -91,6 +91,22 @@ class SeriesDetector(Protocol):
 
     def observe(self, observed_at: float, value: float) -> Score | None: ...
 
+    def dump(self) -> SeriesDump:
+        """The state as plain values (a checkpoint's; ``restore_detector`` reads it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesDump:
+    """A series detector's state as values: the last point, the returns seen, and the
+    method's own numbers (the ring of returns and its cursor, or CUSUM's four sums)."""
+
+    last_at: float
+    last_value: float
+    count: int
+    cursor: int
+    numbers: bytes  # array('d') bytes
+
 
 def _percent(previous: float, value: float) -> float:
     return (value - previous) / previous * 100.0 if previous else 100.0
@@ -154,6 +170,24 @@ class RobustZScore:
         self._count += 1
         return score
 
+    def dump(self) -> SeriesDump:
+        return SeriesDump(
+            self.last_at, self.last_value, self._count, self._next, self._ring.tobytes()
+        )
+
+    @classmethod
+    def restore(cls, settings: DetectorSettings, dump: SeriesDump) -> RobustZScore:
+        detector = cls(settings)
+        ring = array("d")
+        ring.frombytes(dump.numbers)
+        if len(ring) != settings.window or not 0 <= dump.cursor < settings.window:
+            raise ValueError("a ring of another window")
+        detector.last_at, detector.last_value = dump.last_at, dump.last_value
+        detector._ring, detector._next, detector._count = ring, dump.cursor, dump.count
+        # The sorted window is the ring's filled part (all of it once the window is full).
+        detector._sorted = sorted(ring[: min(dump.count, settings.window)])
+        return detector
+
 
 class Cusum:
     """Two-sided CUSUM of returns standardised by an EWMA mean and variance."""
@@ -206,9 +240,35 @@ class Cusum:
         self._count += 1
         return score
 
+    def dump(self) -> SeriesDump:
+        sums = array("d", (self._mean, self._var, self._high, self._low))
+        return SeriesDump(self.last_at, self.last_value, self._count, 0, sums.tobytes())
+
+    @classmethod
+    def restore(cls, settings: DetectorSettings, dump: SeriesDump) -> Cusum:
+        detector = cls(settings)
+        sums = array("d")
+        sums.frombytes(dump.numbers)
+        if len(sums) != 4:
+            raise ValueError("CUSUM keeps four sums")
+        detector.last_at, detector.last_value, detector._count = (
+            dump.last_at,
+            dump.last_value,
+            dump.count,
+        )
+        detector._mean, detector._var, detector._high, detector._low = sums
+        return detector
+
 
 def new_detector(settings: DetectorSettings) -> SeriesDetector:
     return Cusum(settings) if settings.method == "cusum" else RobustZScore(settings)
+
+
+def restore_detector(settings: DetectorSettings, dump: SeriesDump) -> SeriesDetector:
+    """The series detector ``dump`` describes (``ValueError``: not one of ``settings``)."""
+    if settings.method == "cusum":
+        return Cusum.restore(settings, dump)
+    return RobustZScore.restore(settings, dump)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +316,21 @@ class AnomalyDetector:
 
     def __len__(self) -> int:
         return len(self._series)
+
+    def dump(self) -> dict[str, SeriesDump]:
+        """Every series' state, copied (the detector goes on changing in place)."""
+        return {name: detector.dump() for name, detector in self._series.items()}
+
+    @classmethod
+    def restore(
+        cls, settings: DetectorSettings, series: dict[str, SeriesDump], observations: int = 0
+    ) -> AnomalyDetector:
+        """A detector in the state ``dump`` returned (``ValueError`` when it does not fit
+        ``settings``)."""
+        detector = cls(settings)
+        detector._series = {name: restore_detector(settings, dump) for name, dump in series.items()}
+        detector.observations = observations
+        return detector
 
     def score(self, series: str, observed_at: float, value: float) -> Score | None:
         """The score of one observation of ``series`` (advancing its state)."""

@@ -11,7 +11,9 @@ Exactly once, by position: a crash between the two replays the batch, and each
 and rebuildable: the detector's state is a deterministic fold of the log, so on start the
 follower folds the log up to its stored position without recording (the same state it
 had), and a rebuild (position 0) finds the same detections again, which record nothing.
-See docs/adr/0034-streaming-anomaly-detection.md.
+With a ``Checkpointer`` it starts that fold from its last checkpoint instead of position 0
+(a checkpoint is written only at positions already stored, so it is never ahead of the
+stored position; ADR 0046). See docs/adr/0034-streaming-anomaly-detection.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+import msgspec
+
+from . import anomaly_checkpoint
 from .anomaly import AnomalyDetector, Detection, DetectorSettings
+from .checkpoints import Capture, Checkpointer
 from .following import PAGE_SIZE, ProjectionRunner
 from .log import LogBatch, pending
 from .ports import EventLog, PositionStore
@@ -45,6 +51,7 @@ class AnomalyFollower:
         *,
         name: str = DEFAULT_NAME,
         page_size: int = PAGE_SIZE,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.event_log = event_log
         self.positions = positions
@@ -56,6 +63,9 @@ class AnomalyFollower:
         self._position = 0
         self._started = False
         self.recorded = 0  # detections recorded since start (a counter)
+        self.checkpointer = checkpointer
+        if checkpointer is not None:
+            checkpointer.capture = self._capture
 
     def runner(self) -> ProjectionRunner:
         return ProjectionRunner(
@@ -77,8 +87,8 @@ class AnomalyFollower:
         """Fold the log up to the stored position into a fresh detector, recording
         nothing: the state the follower had when it stored that position."""
         position = await self.positions.load(self.name)
-        detector = AnomalyDetector(self.settings)
-        cursor = 0
+        detector, cursor = await self._from_checkpoint(position)
+        folded_from = cursor
         while cursor < position:
             batch = await asyncio.to_thread(
                 self.event_log.read, cursor, min(self.page_size, position - cursor)
@@ -91,7 +101,41 @@ class AnomalyFollower:
         self.detector = detector
         self._position = position
         self._started = True
-        log.info("anomaly detector at %d: %d series", position, len(detector))
+        log.info(
+            "anomaly detector at %d (folded from %d): %d series",
+            position,
+            folded_from,
+            len(detector),
+        )
+
+    async def _from_checkpoint(self, position: int) -> tuple[AnomalyDetector, int]:
+        """The checkpoint's detector and position when one fits (at or before
+        ``position``, same settings); else a fresh detector at 0."""
+        fresh = AnomalyDetector(self.settings), 0
+        if self.checkpointer is None:
+            return fresh
+        found = await self.checkpointer.load()
+        if found is None or found.position > position:
+            return fresh
+        try:
+            detector = await asyncio.to_thread(anomaly_checkpoint.decode, self.settings, found.body)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
+            log.warning("anomaly checkpoint unusable, folding the log: %s", error)
+            return fresh
+        if detector is None:
+            log.info("anomaly checkpoint of other detector settings: folding the log")
+            return fresh
+        return detector, found.position
+
+    def _capture(self) -> Capture | None:
+        if not self._started:
+            return None  # never started, or folded entries it did not store: untrustworthy
+        return anomaly_checkpoint.snapshot(self.detector, self._position)
+
+    async def close(self) -> None:
+        """Write the final checkpoint (a clean shutdown)."""
+        if self.checkpointer is not None:
+            await self.checkpointer.flush()
 
     async def apply(self, batch: LogBatch) -> bool:
         """Detect in a batch, record the detections, then store the position."""
@@ -112,4 +156,6 @@ class AnomalyFollower:
             self._started = False
             raise
         self._position = batch.last
+        if self.checkpointer is not None:
+            self.checkpointer.advanced(batch.last)
         return True

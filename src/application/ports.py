@@ -109,6 +109,18 @@ class PositionStore(Protocol):
     async def save(self, name: str, position: int) -> None: ...
 
 
+class CheckpointStore(Protocol):
+    """Where followers keep checkpoints of their in-memory state (``checkpoints.py``).
+
+    Blocking (callers run it in a thread). ``save`` is atomic: after a crash at any point
+    of it, ``load`` returns the previous record or the new one, whole.
+    """
+
+    def load(self, name: str) -> bytes | None: ...
+
+    def save(self, name: str, data: bytes) -> None: ...
+
+
 class HotProjection(Protocol):
     """Current values, changes and rankings, applied exactly once with tracking."""
 

@@ -34,6 +34,7 @@ from ..adapters.event_store_log import EventStoreLog
 from ..adapters.memory_fanout import InProcessEventFanout
 from ..adapters.memory_hot_projection import InMemoryHotProjection
 from ..adapters.memory_notification_queue import InProcessNotificationQueue
+from ..application import anomaly_checkpoint, hot_checkpoint
 from ..application.alert_rules import RuleObservation, RuleSnapshot
 from ..application.alerting import AlertEvaluator
 from ..application.anomaly import Detection, DetectorSettings, Method
@@ -42,9 +43,11 @@ from ..application.api_keys import AccountKeyService
 from ..application.app import DefiRealtime
 from ..application.audit import AuditJournal, AuditLog
 from ..application.audit_trail import AuditTrail
+from ..application.checkpoints import Checkpointer, CheckpointPolicy
 from ..application.delivery import RetryPolicy
 from ..application.durable_subscriptions import DurableSubscriptions
 from ..application.following import NodeFollower, ProjectionRunner, Relay
+from ..application.hot_checkpoint import CheckpointedHotState
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.log import LogBatch
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ..adapters.defillama_http import DefiLlamaHttpSource
+    from ..adapters.file_checkpoints import FileCheckpointStore
     from ..adapters.limits_rate_limiter import MemoryRateLimiter, Strategy
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
     from ..adapters.postgres_coordination import PostgresCommitListener
@@ -245,6 +249,47 @@ def _follower_positions(url: str, data_dir: Path) -> Iterator[SqlPositionStore]:
         yield store
     finally:
         store.close()
+
+
+def _checkpoint_store(data_dir: Path) -> FileCheckpointStore:
+    from ..adapters.file_checkpoints import FileCheckpointStore
+
+    # Per node, like the memory it restores: beside the embedded stores (ADR 0046).
+    return FileCheckpointStore(data_dir / "checkpoints")
+
+
+def _store_id(event_store_env: Mapping[str, str]) -> str:
+    """Which event store a checkpoint was folded from: a digest of where it is (never the
+    password), so that a DATA_DIR reused with another store replays that store's log."""
+    import hashlib
+
+    where = {
+        key: value
+        for key, value in sorted(event_store_env.items())
+        if key in {"PERSISTENCE_MODULE", "SQLITE_DBNAME"}
+        or key in {"POSTGRES_DBNAME", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER"}
+    }
+    return hashlib.sha256(repr(sorted(where.items())).encode()).hexdigest()[:32]
+
+
+def _checkpointer(
+    store: FileCheckpointStore,
+    name: str,
+    kind: str,
+    version: int,
+    store_id: str,
+    event_log: EventStoreLog,
+    policy: CheckpointPolicy,
+) -> Checkpointer:
+    return Checkpointer(
+        store,
+        name,
+        kind=kind,
+        version=version,
+        store_id=store_id,
+        head=event_log.head,
+        policy=policy,
+    )
 
 
 async def _redis(url: str | None) -> AsyncIterator[Redis | None]:
@@ -622,6 +667,12 @@ def _own_follower(
     return NodeFollower(event_log, [runner], poll_interval=poll_interval)
 
 
+def _memory_hot_runner(
+    hot: CheckpointedHotState, event_log: EventStoreLog, name: str
+) -> ProjectionRunner:
+    return hot.runner(event_log, name)
+
+
 def _dispatcher_runner(
     event_log: EventStoreLog, dispatcher: NotificationDispatcher
 ) -> ProjectionRunner:
@@ -761,6 +812,37 @@ class Container(containers.DeclarativeContainer):
     # the hot projection REST reads from: one fold per node, not two.
     live_state = providers.Singleton(HotState, record_facts=True)
     live_projection = providers.Singleton(InMemoryHotProjection, live_state)
+    # Restarts load the latest checkpoint of the in-memory states and replay only the log
+    # after it (ADR 0046); ``checkpointers`` write their last one at shutdown (node.py).
+    checkpoint_store = providers.Singleton(_checkpoint_store, config.data_dir)
+    checkpoint_policy = providers.Singleton(
+        CheckpointPolicy,
+        every_events=config.checkpoint_events,
+        every_seconds=config.checkpoint_interval,
+    )
+    store_id = providers.Singleton(_store_id, config.event_store_env)
+    hot_checkpointer = providers.Singleton(
+        _checkpointer,
+        checkpoint_store,
+        "hot-state",
+        hot_checkpoint.KIND,
+        hot_checkpoint.FORMAT_VERSION,
+        store_id,
+        event_log,
+        checkpoint_policy,
+    )
+    anomaly_checkpointer = providers.Singleton(
+        _checkpointer,
+        checkpoint_store,
+        "anomalies",
+        anomaly_checkpoint.KIND,
+        anomaly_checkpoint.FORMAT_VERSION,
+        store_id,
+        event_log,
+        checkpoint_policy,
+    )
+    checkpointers = providers.List(hot_checkpointer, anomaly_checkpointer)
+    checkpointed_hot = providers.Singleton(CheckpointedHotState, live_state, hot_checkpointer)
     hot_projection = providers.Selector(
         config.hot_backend,
         memory=live_projection,
@@ -818,12 +900,14 @@ class Container(containers.DeclarativeContainer):
         Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval
     )
     commit_listener = providers.Singleton(_commit_listener, config.database_url, application)
-    hot_runner = providers.Singleton(ProjectionRunner.for_hot, event_log, hot_projection)
+    hot_runner = providers.Selector(
+        config.hot_backend,
+        memory=providers.Singleton(_memory_hot_runner, checkpointed_hot, event_log, "hot"),
+        redis=providers.Singleton(ProjectionRunner.for_hot, event_log, hot_projection),
+    )
     history_runner = providers.Singleton(ProjectionRunner.for_history, event_log, history)
     # By role name (entrypoints/roles.py): the followers take the ones the table gives them.
-    live_runner = providers.Singleton(
-        ProjectionRunner.for_hot, event_log, live_projection, name="live"
-    )
+    live_runner = providers.Singleton(_memory_hot_runner, checkpointed_hot, event_log, "live")
     projections = providers.Dict(hot=hot_runner, live=live_runner, history=history_runner)
     node_follower = providers.Singleton(
         _node_follower, settings, event_log, hub, projections, keyring
@@ -858,6 +942,7 @@ class Container(containers.DeclarativeContainer):
         follower_positions,
         providers.Singleton(_anomaly_recorder, application, writer),
         detector_settings,
+        checkpointer=anomaly_checkpointer,
     )
     anomaly_loop = providers.Singleton(
         _own_follower,

@@ -45,6 +45,8 @@ RESTART_MAX_DELAY = 5.0
 RESTART_HEALTHY_AFTER = 30.0
 # How long shutting down waits to write the acknowledgements of durable subscriptions.
 ACK_FLUSH_TIMEOUT = 5.0
+# How long shutting down waits for each checkpoint (a large hot state takes seconds).
+CHECKPOINT_FLUSH_TIMEOUT = 60.0
 
 
 def supervise(name: str, run: LoopBody) -> asyncio.Task[None]:
@@ -122,8 +124,22 @@ class Node:
     fanout_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        if self.follower is not None:
-            await asyncio.wait_for(self.follower.ready.wait(), timeout)
+        """Wait until the node follower has caught up with the log. Fails when its
+        projections moved no position for ``timeout`` seconds: a long log (a first start,
+        a checkpoint discarded) takes as long as it takes, a stuck one does not (ADR 0046)."""
+        follower = self.follower
+        if follower is None:
+            return
+        reached = -1
+        while True:
+            try:
+                await asyncio.wait_for(follower.ready.wait(), timeout)
+                return
+            except TimeoutError:
+                now = sum(r.position for r in [*follower.runners, *follower.late_runners])
+                if now == reached:
+                    raise
+                reached = now
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait until this node has followed the log up to its head (tests, CLI)."""
@@ -170,7 +186,13 @@ class Node:
                 try:
                     await anomaly_loop.run()
                 finally:
-                    detector.forget()  # whoever runs next folds the log again
+                    # Its checkpoint first (a restart or the next leader folds only the
+                    # log after it), then whoever runs next starts from the stores.
+                    try:
+                        await detector.close()
+                    except Exception:
+                        log.exception("anomaly checkpoint not written")
+                    detector.forget()
 
             self._follow(anomaly_loop, loop, detect)
             self.runners.update(_named(anomaly_loop))
@@ -307,6 +329,16 @@ class Node:
             )
 
 
+async def _write_checkpoints(container: Container) -> None:
+    """Each in-memory state's checkpoint at a clean shutdown (ADR 0046): a restart then
+    replays only what was logged after it. A failure leaves the previous checkpoint."""
+    for checkpointer in await provide(container.checkpointers):
+        try:
+            await asyncio.wait_for(checkpointer.flush(), CHECKPOINT_FLUSH_TIMEOUT)
+        except Exception:
+            log.exception("checkpoint %s not written at shutdown", checkpointer.name)
+
+
 def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:
     return {runner.name: runner for runner in [*follower.runners, *follower.late_runners]}
 
@@ -384,6 +416,8 @@ async def running(
             for task in node.tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # The loops are stopped, their states whole: write their last checkpoints.
+            await _write_checkpoints(container)
         gc.set_threshold(*collector)
         if _freeze_survivors in gc.callbacks:
             gc.callbacks.remove(_freeze_survivors)

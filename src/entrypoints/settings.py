@@ -419,6 +419,22 @@ class Settings(BaseSettings):
         description="Log positions a running projection may be behind the head and the node "
         "still be ready (/health/ready).",
     )
+    # --- checkpoints of in-memory state (ADR 0046)
+    checkpoint_events: int = Field(
+        default=200_000,
+        ge=0,
+        alias="CHECKPOINT_EVENTS",
+        description="Log positions after which the node's hot state and the anomaly "
+        "detector write a checkpoint to DATA_DIR/checkpoints (0: not by count); a restart "
+        "loads it and replays only the log after it. A clean shutdown always writes one.",
+    )
+    checkpoint_interval: float = Field(
+        default=300.0,
+        ge=0,
+        alias="CHECKPOINT_INTERVAL",
+        description="Seconds after which a checkpoint is written when the position moved "
+        "since the last one (0: not by time).",
+    )
     # --- reconciliation (ADR 0035, docs/reconciliation.md)
     reconcile_interval: float = Field(
         default=3_600.0,
