@@ -32,6 +32,7 @@ AUDIT_ACTIONS: Final = frozenset(
         "keys.create",
         "keys.revoke",
         "keys.rotate",
+        "accounts.erase",
     }
 )
 
