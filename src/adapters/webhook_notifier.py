@@ -99,7 +99,8 @@ class WebhookGuard:
 
     ``resolver`` answers names at delivery (the system's DNS); ``creation_resolver`` at
     creation: None (the default) leaves names to delivery, so that creating a rule never
-    waits for DNS; tests pass one that answers in-process."""
+    waits for DNS; tests pass one that answers in-process. ``allowed_hosts`` (lower-case
+    names or IP literals; None: any): an egress allow-list, decided before any DNS."""
 
     def __init__(
         self,
@@ -107,8 +108,10 @@ class WebhookGuard:
         allow_private: bool = False,
         resolver: Resolver = _resolve,
         creation_resolver: Resolver | None = None,
+        allowed_hosts: frozenset[str] | None = None,
     ) -> None:
         self.allow_private = allow_private
+        self.allowed_hosts = allowed_hosts
         self._resolver = resolver
         self._creation_resolver = creation_resolver
 
@@ -130,6 +133,11 @@ class WebhookGuard:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SsrfRefused(f"not an http(s) URL: {url!r}")
+        if (
+            self.allowed_hosts is not None
+            and parts.hostname.rstrip(".").lower() not in self.allowed_hosts
+        ):
+            raise SsrfRefused(f"{parts.hostname} is not in WEBHOOK_ALLOWED_HOSTS")
         if self.allow_private:
             return
         port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -464,10 +464,10 @@ def _rate_limits(limiter: RateLimiter | None, settings: Settings) -> RateLimits 
     return RateLimits(limiter, policy)
 
 
-def _webhook_guard(allow_private: bool) -> WebhookGuard:
+def _webhook_guard(allow_private: bool, allowed_hosts: frozenset[str] | None) -> WebhookGuard:
     from ..adapters.webhook_notifier import WebhookGuard
 
-    return WebhookGuard(allow_private=allow_private)
+    return WebhookGuard(allow_private=allow_private, allowed_hosts=allowed_hosts)
 
 
 def _webhook_notifier(
@@ -861,7 +861,9 @@ class Container(containers.DeclarativeContainer):
     audit_journal = providers.Singleton(AuditJournal, audit_log.provided.record)
     audit_trail = providers.Singleton(AuditTrail, audit_log, audit_records)
     # One SSRF decision for the node: when a rule names a webhook, and at each delivery.
-    webhook_guard = providers.Singleton(_webhook_guard, config.allow_private_webhooks)
+    webhook_guard = providers.Singleton(
+        _webhook_guard, config.allow_private_webhooks, config.webhook_hosts
+    )
     durable_subscriptions = providers.Singleton(
         _durable_subscriptions, application, writer, webhook_guard
     )

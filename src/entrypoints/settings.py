@@ -314,6 +314,14 @@ class Settings(BaseSettings):
         "refused, against SSRF: IP literals and localhost when a rule is created, every "
         "address at delivery).",
     )
+    webhook_allowed_hosts: str = Field(
+        default="",
+        alias="WEBHOOK_ALLOWED_HOSTS",
+        description="Comma-separated host names (or IP literals) webhooks may call, alert "
+        "rules' and durable subscriptions' alike; any other is refused when the rule or "
+        "subscription is created (400) and at delivery, without asking DNS. Empty: any "
+        "public host.",
+    )
     webhook_timeout: float = Field(
         default=10.0, alias="WEBHOOK_TIMEOUT", description="Seconds a webhook call may take."
     )
@@ -588,6 +596,17 @@ class Settings(BaseSettings):
             for part in self.trusted_proxies.split(",")
             if part.strip()
         )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def webhook_hosts(self) -> frozenset[str] | None:
+        """``WEBHOOK_ALLOWED_HOSTS`` as lower-case names (None: any public host)."""
+        hosts = frozenset(
+            part.strip().strip("[]").rstrip(".").lower()
+            for part in self.webhook_allowed_hosts.split(",")
+            if part.strip()
+        )
+        return hosts or None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -69,6 +69,27 @@ async def test_names_are_decided_by_the_resolver_and_public_addresses_pass() -> 
     assert resolver.asked == ["intranet.test", "hooks.test", "unknown.test", "unknown.test"]
 
 
+async def test_an_egress_allow_list_refuses_other_hosts_without_asking_dns() -> None:
+    resolver = FakeResolver({"hooks.example.org": ["93.184.216.34"]})
+    guard = WebhookGuard(
+        resolver=resolver,
+        creation_resolver=resolver,
+        allowed_hosts=frozenset({"hooks.example.org", "93.184.216.35"}),
+    )
+    await guard.check_new("https://HOOKS.example.org./hook")
+    await guard.check("https://hooks.example.org/hook")
+    await guard.check("https://93.184.216.35/hook")
+    for url in ("https://elsewhere.example.org/hook", "https://93.184.216.34/hook"):
+        with pytest.raises(SsrfRefused, match="WEBHOOK_ALLOWED_HOSTS"):
+            await guard.check_new(url)
+        with pytest.raises(SsrfRefused, match="WEBHOOK_ALLOWED_HOSTS"):
+            await guard.check(url)
+    assert resolver.asked == ["hooks.example.org.", "hooks.example.org"]
+    # Private targets stay refused unless allowed, listed or not.
+    with pytest.raises(SsrfRefused, match="not a public address"):
+        await WebhookGuard(allowed_hosts=frozenset({"127.0.0.1"})).check("http://127.0.0.1/h")
+
+
 async def test_the_refusal_names_the_channel() -> None:
     channels = parse_channels(
         [
