@@ -1209,7 +1209,11 @@ def opened(**kwargs: Any) -> Subscription:
 
 def test_open_subscription() -> None:
     subscription = Subscription.open(
-        "alice", "prices", {"tokenIds": ["coingecko:ethereum"]}, delivery="webhook"
+        "alice",
+        "prices",
+        {"tokenIds": ["coingecko:ethereum"]},
+        delivery="webhook",
+        webhook={"url": "https://hooks.example.org/feed"},
     )
     assert then(subscription) == [
         (
@@ -1221,6 +1225,7 @@ def test_open_subscription() -> None:
                 "delivery": "webhook",
                 "name": "",
                 "position": 0,
+                "webhook": {"url": "https://hooks.example.org/feed"},
             },
         )
     ]
@@ -1239,6 +1244,7 @@ def test_open_subscription_defaults() -> None:
                 "delivery": "websocket",
                 "name": "",
                 "position": 0,
+                "webhook": None,
             },
         )
     ]

@@ -104,7 +104,7 @@ def test_retracting_a_metric_restores_the_value_as_a_fact_of_its_own() -> None:
     protocol.record_metric("tvl", "Ethereum", 150.0, T0 + 12)
     assert protocol.retract_metric("tvl", "Ethereum", T0 + 12, 100.0, "evm:1:reorg")
     assert protocol.current_value("tvl", "Ethereum") == 100.0
-    assert protocol.history[("tvl", "Ethereum", T0 + 12)] == 100.0
+    assert protocol.recent[("tvl", "Ethereum")][T0 + 12] == 100.0
     # Nothing observed there, or the value is already the restored one: nothing recorded.
     assert not protocol.retract_metric("tvl", "Ethereum", T0 + 24, 100.0)
     assert not protocol.retract_metric("tvl", "Ethereum", T0 + 12, 100.0)
