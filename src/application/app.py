@@ -261,7 +261,7 @@ class DefiRealtime(Application[UUID]):
             for aggregate_id, saved in processing.aggregates.items():
                 cache.put(aggregate_id, saved)
         self._take_snapshots(processing)
-        return ids
+        return list(ids or ())
 
     def _take_snapshots(self, processing: ProcessingEvent[UUID]) -> None:
         """Snapshot each saved Protocol or Token whose new events crossed a multiple of its
