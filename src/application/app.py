@@ -185,13 +185,14 @@ class DefiRealtime(Application[UUID]):
                 self._prefetch_old(batches)
                 # Of a group of several batches, how many pending events each aggregate a
                 # batch touched has after it: which batch recorded which event.
-                marks: list[dict[UUID, int]] = []
+                # Keyed by the objects' identities: cheaper to hash than their UUIDs.
+                marks: list[dict[int, int]] = []
                 results = []
                 for batch in batches:
-                    touched: dict[UUID, Aggregate] | None = {} if len(batches) > 1 else None
+                    touched: dict[int, Aggregate] | None = {} if len(batches) > 1 else None
                     results.append(self._apply_batch(batch, working, touched))
                     if touched is not None:
-                        marks.append({aid: len(a.pending_events) for aid, a in touched.items()})
+                        marks.append({key: len(a.pending_events) for key, a in touched.items()})
                 # Only aggregates with new events: an unchanged one would record nothing.
                 aggregates = [a for a in working.values() if a.pending_events]
                 owners = _owners(aggregates, marks) if marks else None
@@ -443,10 +444,10 @@ class DefiRealtime(Application[UUID]):
         self,
         batch: IngestBatch,
         working: dict[UUID, Aggregate],
-        touched: dict[UUID, Aggregate] | None = None,
+        touched: dict[int, Aggregate] | None = None,
     ) -> IngestResult:
         """Apply one batch to the working set; ``touched`` (if given) gets every aggregate
-        the batch gave events to, and maybe some it did not."""
+        the batch gave events to (and maybe some it did not), by ``id()``."""
         result = IngestResult(rejected=list(batch.rejected))
         observations = self._observations
         # A new protocol may be named by a later item of the batch than its first
@@ -488,7 +489,7 @@ class DefiRealtime(Application[UUID]):
             # then depended on how the writer happened to group the batches).
             listed, changed = self._upsert_listing(listing, working)
             if touched is not None:
-                touched[listed.id] = listed
+                touched[id(listed)] = listed
             if changed:
                 result.accepted += 1
             else:
@@ -531,7 +532,7 @@ class DefiRealtime(Application[UUID]):
             else:
                 result.duplicates += 1
         if touched is not None:
-            touched.update((protocol.id, protocol) for protocol in protocols.values())
+            touched.update((id(protocol), protocol) for protocol in protocols.values())
         for price in batch.prices:
             token_id = Token.id_for(price.token)
             token = self._load(token_id, working)
@@ -540,7 +541,7 @@ class DefiRealtime(Application[UUID]):
                 working[token_id] = token
             assert isinstance(token, Token)
             if touched is not None:
-                touched[token_id] = token
+                touched[id(token)] = token
             if token.record_price(
                 price.price, price.observed_at, price.confidence, price.source, observations
             ):
@@ -1347,19 +1348,19 @@ class DefiRealtime(Application[UUID]):
             raise
 
 
-def _owners(aggregates: Sequence[Aggregate], marks: Sequence[Mapping[UUID, int]]) -> list[int]:
+def _owners(aggregates: Sequence[Aggregate], marks: Sequence[Mapping[int, int]]) -> list[int]:
     """The index of the batch that recorded each of ``aggregates``' pending events, in the
     order they are saved. ``marks[k]``: the pending events of each aggregate batch ``k``
-    touched, counted after it (batches apply in order, so an aggregate's events are theirs
-    in turn)."""
-    after: dict[UUID, list[tuple[int, int]]] = {}
+    touched, counted after it, by the aggregate's ``id()`` (batches apply in order, so an
+    aggregate's events are theirs in turn)."""
+    after: dict[int, list[tuple[int, int]]] = {}
     for index, mark in enumerate(marks):
-        for aggregate_id, count in mark.items():
-            after.setdefault(aggregate_id, []).append((index, count))
+        for key, count in mark.items():
+            after.setdefault(key, []).append((index, count))
     owners: list[int] = []
     for aggregate in aggregates:
         done = 0
-        for index, count in after.get(aggregate.id, ()):
+        for index, count in after.get(id(aggregate), ()):
             if count > done:
                 owners.extend(itertools.repeat(index, count - done))
                 done = count
