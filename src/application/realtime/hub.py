@@ -101,7 +101,7 @@ class RealtimeHub:
             send_timeout=send_timeout,
         )
         self.fell_behind = 0  # subscriptions handed to a replay because their queue was full
-        self._per_owner: dict[str, int] = {}
+        self._per_owner = LocalConnectionSlots()  # connections by key owner, this node's
         # Anonymous connections by client address: every node's when the slots are shared
         # (Redis, ADR 0049), this one's otherwise.
         self.address_slots = address_slots or LocalConnectionSlots()
@@ -141,18 +141,10 @@ class RealtimeHub:
 
     def reserve(self, owner: str, limit: int) -> bool:
         """Count a connection against ``owner``'s limit before accepting it."""
-        count = self._per_owner.get(owner, 0)
-        if count >= limit:
-            return False
-        self._per_owner[owner] = count + 1
-        return True
+        return self._per_owner.take(owner, limit)
 
     def release(self, owner: str) -> None:
-        count = self._per_owner.get(owner, 0) - 1
-        if count > 0:
-            self._per_owner[owner] = count
-        else:
-            self._per_owner.pop(owner, None)
+        self._per_owner.release(owner)
 
     async def reserve_address(self, address: str, limit: int) -> bool:
         """Count an anonymous connection against its address's limit before accepting it."""
@@ -162,7 +154,7 @@ class RealtimeHub:
         self.address_slots.release(address)
 
     def connections_of(self, owner: str) -> int:
-        return self._per_owner.get(owner, 0)
+        return self._per_owner.held.get(owner, 0)
 
     def connect(self, connection: Connection) -> None:
         connection.attach(self.mark_dirty)
