@@ -16,7 +16,14 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from ..application.audit import AuditEntry, AuditPage, AuditQuery, AuditView
+from ..application.audit import (
+    AuditEntry,
+    AuditPage,
+    AuditQuery,
+    AuditView,
+    recorded,
+    recorded_spans,
+)
 from .sql_schema import AUDIT_RECORDS, close_engine, migrated_engine, write_transaction
 
 __all__ = ["SqlAuditRecords"]
@@ -66,14 +73,19 @@ class SqlAuditRecords:
             conditions.append(_T.at <= query.until)
         if query.before is not None:
             conditions.append(_T.position < query.before)
-        statement = (
-            select(AUDIT_RECORDS)
-            .where(*conditions)
-            .order_by(_T.position.desc())
-            .limit(query.limit + 1)  # one more: is there a next page?
-        )
+        if query.recorded is not None:
+            # The span finds the candidates (the requests of one commit group overlap);
+            # their exact ranges decide.
+            conditions.append(_T.recorded_last >= query.recorded)
+            conditions.append(_T.recorded_first <= query.recorded)
+        statement = select(AUDIT_RECORDS).where(*conditions).order_by(_T.position.desc())
+        if query.recorded is None:  # else: the few requests of one commit group, all read
+            statement = statement.limit(query.limit + 1)  # one more: is there a next page?
         with self._engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
+        if query.recorded is not None:
+            wanted = query.recorded
+            rows = [row for row in rows if recorded(row["detail"], wanted)]
         views = [_view(row) for row in rows[: query.limit]]
         more = len(rows) > query.limit
         return AuditPage(records=views, next=views[-1].position if more and views else None)
@@ -83,7 +95,14 @@ class SqlAuditRecords:
 
 
 def _row(view: AuditView) -> dict[str, Any]:
-    return {"position": view.position, "id": str(view.id), **view.entry.fields()}
+    spans = recorded_spans(view.entry.detail)
+    return {
+        "position": view.position,
+        "id": str(view.id),
+        **view.entry.fields(),
+        "recorded_first": min((first for first, _ in spans), default=None),
+        "recorded_last": max((last for _, last in spans), default=None),
+    }
 
 
 def _view(row: Any) -> AuditView:

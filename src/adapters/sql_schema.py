@@ -307,10 +307,14 @@ AUDIT_RECORDS: Final = Table(
     Column("method", Text(), nullable=False),
     Column("path", Text(), nullable=False),
     Column("detail", JSON(), nullable=False),
+    # The span of main log positions an ingest request recorded (migration 0012).
+    Column("recorded_first", BigInteger(), nullable=True),
+    Column("recorded_last", BigInteger(), nullable=True),
     PrimaryKeyConstraint("position", name="pk_audit_records"),
     Index("ix_audit_records_account", "account_id", "position"),
     Index("ix_audit_records_key", "key_id", "position"),
     Index("ix_audit_records_at", "at"),
+    Index("ix_audit_records_recorded", "recorded_last"),
 )
 
 PROJECTION_TRACKING: Final = Table(

@@ -9,6 +9,7 @@ one commit per observation. Writes are meant to run on one writer thread per pro
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import secrets
 import sys
@@ -47,7 +48,7 @@ from ..domain.token import Token
 from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
 from .evm_facts import ChainStep
-from .ingest import IngestBatch, IngestResult, Listing, Rejection
+from .ingest import IngestBatch, IngestResult, Listing, Rejection, ranges
 from .personal_fields import PersonalFieldsMapper
 from .ports import AccountKeys
 from .stored_observations import GroupObservations
@@ -182,13 +183,33 @@ class DefiRealtime(Application[UUID]):
             try:
                 self._preload(batches)
                 self._prefetch_old(batches)
-                results = [self._apply_batch(batch, working) for batch in batches]
+                # Of a group of several batches, how many pending events each aggregate a
+                # batch touched has after it: which batch recorded which event.
+                # Keyed by the objects' identities: cheaper to hash than their UUIDs.
+                marks: list[dict[int, int]] = []
+                results = []
+                for batch in batches:
+                    touched: dict[int, Aggregate] | None = {} if len(batches) > 1 else None
+                    results.append(self._apply_batch(batch, working, touched))
+                    if touched is not None:
+                        marks.append({key: len(a.pending_events) for key, a in touched.items()})
                 # Only aggregates with new events: an unchanged one would record nothing.
-                written = self._save_group([a for a in working.values() if a.pending_events])
+                aggregates = [a for a in working.values() if a.pending_events]
+                owners = _owners(aggregates, marks) if marks else None
+                ids = self._save_group(aggregates)
             finally:
                 self._absent.clear()
                 self._preloaded.clear()
-            return results, written
+            if owners is None:
+                for result in results:  # one batch at most: everything is its own
+                    result.recorded = ranges(ids)
+            else:
+                recorded: list[list[int]] = [[] for _ in batches]
+                for notification_id, owner in zip(ids, owners, strict=True):
+                    recorded[owner].append(notification_id)
+                for result, mine in zip(results, recorded, strict=True):
+                    result.recorded = ranges(mine)
+            return results, max(ids, default=0)
 
         results, position = self._retrying(apply)
         if not position and any(result.committed for result in results):
@@ -219,9 +240,9 @@ class DefiRealtime(Application[UUID]):
         self.notify(processing.events)  # deprecated hook, called as save() does
         return recordings
 
-    def _save_group(self, aggregates: Sequence[Aggregate]) -> int:
-        """Save an ingest group's aggregates in one transaction; the highest new position
-        (0: nothing written).
+    def _save_group(self, aggregates: Sequence[Aggregate]) -> list[int]:
+        """Save an ingest group's aggregates in one transaction; the new positions, in the
+        order of the aggregates' events (none: nothing written).
 
         ``save_aggregates`` minus what ingest never reads: a ``Recording`` and a
         ``Notification`` per event (~6 us each, ~5 % of importing the real snapshot file)
@@ -233,7 +254,7 @@ class DefiRealtime(Application[UUID]):
             processing.events.extend(aggregate.collect_events())
             processing.aggregates[aggregate.id] = aggregate
         if not processing.events:
-            return 0
+            return []
         stored = list(map(self.mapper.to_stored_event, processing.events))
         ids = self.recorder.insert_events(stored)
         cache = self.repository.cache
@@ -241,7 +262,7 @@ class DefiRealtime(Application[UUID]):
             for aggregate_id, saved in processing.aggregates.items():
                 cache.put(aggregate_id, saved)
         self._take_snapshots(processing)
-        return max(ids) if ids else 0
+        return list(ids or ())
 
     def _take_snapshots(self, processing: ProcessingEvent[UUID]) -> None:
         """Snapshot each saved Protocol or Token whose new events crossed a multiple of its
@@ -419,7 +440,14 @@ class DefiRealtime(Application[UUID]):
         working[aggregate_id] = aggregate
         return aggregate
 
-    def _apply_batch(self, batch: IngestBatch, working: dict[UUID, Aggregate]) -> IngestResult:
+    def _apply_batch(
+        self,
+        batch: IngestBatch,
+        working: dict[UUID, Aggregate],
+        touched: dict[int, Aggregate] | None = None,
+    ) -> IngestResult:
+        """Apply one batch to the working set; ``touched`` (if given) gets every aggregate
+        the batch gave events to (and maybe some it did not), by ``id()``."""
         result = IngestResult(rejected=list(batch.rejected))
         observations = self._observations
         # A new protocol may be named by a later item of the batch than its first
@@ -459,7 +487,10 @@ class DefiRealtime(Application[UUID]):
             # Counted by what this listing did, not by whether the protocol has pending
             # events (an earlier batch of the same group may have left some: the counts
             # then depended on how the writer happened to group the batches).
-            if self._upsert_listing(listing, working)[1]:
+            listed, changed = self._upsert_listing(listing, working)
+            if touched is not None:
+                touched[id(listed)] = listed
+            if changed:
                 result.accepted += 1
             else:
                 result.duplicates += 1
@@ -500,6 +531,8 @@ class DefiRealtime(Application[UUID]):
                 )
             else:
                 result.duplicates += 1
+        if touched is not None:
+            touched.update((id(protocol), protocol) for protocol in protocols.values())
         for price in batch.prices:
             token_id = Token.id_for(price.token)
             token = self._load(token_id, working)
@@ -507,6 +540,8 @@ class DefiRealtime(Application[UUID]):
                 token = Token.register(price.token)
                 working[token_id] = token
             assert isinstance(token, Token)
+            if touched is not None:
+                touched[id(token)] = token
             if token.record_price(
                 price.price, price.observed_at, price.confidence, price.source, observations
             ):
@@ -1027,7 +1062,9 @@ class DefiRealtime(Application[UUID]):
                 result = self._apply_batch(step.batch, working)
                 if not result.committed:
                     raise ValueError(f"chain {step.chain_id}: observations refused: {result}")
-            return self._save_group([a for a in working.values() if a.pending_events])
+            return max(
+                self._save_group([a for a in working.values() if a.pending_events]), default=0
+            )
 
         return self._retrying(apply)
 
@@ -1309,3 +1346,22 @@ class DefiRealtime(Application[UUID]):
         except BaseException:
             self._evict({aggregate.id: aggregate})
             raise
+
+
+def _owners(aggregates: Sequence[Aggregate], marks: Sequence[Mapping[int, int]]) -> list[int]:
+    """The index of the batch that recorded each of ``aggregates``' pending events, in the
+    order they are saved. ``marks[k]``: the pending events of each aggregate batch ``k``
+    touched, counted after it, by the aggregate's ``id()`` (batches apply in order, so an
+    aggregate's events are theirs in turn)."""
+    after: dict[int, list[tuple[int, int]]] = {}
+    for index, mark in enumerate(marks):
+        for key, count in mark.items():
+            after.setdefault(key, []).append((index, count))
+    owners: list[int] = []
+    for aggregate in aggregates:
+        done = 0
+        for index, count in after.get(id(aggregate), ()):
+            if count > done:
+                owners.extend(itertools.repeat(index, count - done))
+                done = count
+    return owners

@@ -32,6 +32,8 @@ __all__ = [
     "AuditPage",
     "AuditQuery",
     "AuditView",
+    "recorded",
+    "recorded_spans",
 ]
 
 AUDIT_PAGE_MAX: Final = 1_000
@@ -69,6 +71,17 @@ class AuditEntry:
 _ENTRY_FIELDS: Final = tuple(field.name for field in fields(AuditEntry))
 
 
+def recorded_spans(detail: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The main log positions a record's request recorded: ``detail["recorded"]``'s
+    inclusive ``[first, last]`` ranges (none for other actions and older records)."""
+    return [(int(first), int(last)) for first, last in detail.get("recorded") or ()]
+
+
+def recorded(detail: Mapping[str, Any], position: int) -> bool:
+    """Whether the request of a record with ``detail`` recorded main log ``position``."""
+    return any(first <= position <= last for first, last in recorded_spans(detail))
+
+
 @dataclass(frozen=True, slots=True)
 class AuditView:
     """A stored audit record: its position in the audit log and its entry."""
@@ -86,7 +99,8 @@ class AuditQuery:
     ``actor``: an account id or a key id. ``action``: an exact action, or a family
     (``alert_rule`` matches ``alert_rule.create``, ``alert_rule.delete``, ...).
     ``since``/``until``: unix seconds, inclusive. ``before``: a position (the previous
-    page's ``next``) to continue from.
+    page's ``next``) to continue from. ``recorded``: a main log position; only the record
+    of the request whose events include it (an ingest's ``detail.recorded``).
     """
 
     account_id: str | None = None
@@ -95,6 +109,7 @@ class AuditQuery:
     since: float | None = None
     until: float | None = None
     before: int | None = None
+    recorded: int | None = None
     limit: int = 100
 
 

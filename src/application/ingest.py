@@ -14,7 +14,7 @@ same results); the fast path is ~3x cheaper per item (docs/benchmarks.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -201,6 +201,9 @@ class IngestResult:
     # The log position at which everything the batch recorded, or found already recorded,
     # can be read: its group's highest new position, else the log head (0 when refused).
     position: int = 0
+    # The log positions of the events this batch recorded (not its group's others), as
+    # inclusive ranges: who sent an observation, exactly (ADR 0041).
+    recorded: list[tuple[int, int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,15 +215,32 @@ class IngestResult:
             "position": self.position,
         }
 
-    def audit_detail(self) -> dict[str, int]:
+    def audit_detail(self) -> dict[str, Any]:
         """What the audit record of the request that sent the batch keeps of it: the counts,
-        and the main log position its observations were committed at (ADR 0041)."""
+        the main log position its observations can be read at, and the positions of the
+        events it recorded, as ``[first, last]`` ranges (ADR 0041)."""
         return {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "rejected": len(self.rejected),
             "position": self.position,
+            "recorded": [list(span) for span in self.recorded],
         }
+
+
+def ranges(positions: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending ``positions`` as inclusive ``(first, last)`` runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    first = last = -2
+    for position in positions:
+        if position != last + 1:
+            if last >= 0:
+                runs.append((first, last))
+            first = position
+        last = position
+    if last >= 0:
+        runs.append((first, last))
+    return runs
 
 
 def parse_timestamp(raw: Any) -> float:

@@ -535,3 +535,23 @@ class AuditRecords(Protocol):
     def query(self, query: AuditQuery) -> AuditPage:
         """The records ``query`` selects, newest first."""
         ...
+
+
+class ConnectionSlots(Protocol):
+    """Concurrent connections per client address (anonymous WebSocket sockets, ADR 0049):
+    counted across every node when the production adapter (Redis) is used, within the
+    process otherwise."""
+
+    async def acquire(self, address: str, limit: int) -> bool:
+        """Take one of ``address``'s ``limit`` slots; False (and nothing taken) when all
+        are held."""
+        ...
+
+    def release(self, address: str) -> None:
+        """Give back a slot ``acquire`` took (a socket closed): at once on this node, on the
+        others as soon as the shared count has it (it never waits for I/O)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Give back every slot this node holds (it is shutting down)."""
+        ...

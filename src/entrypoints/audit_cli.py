@@ -36,6 +36,10 @@ def audit_command(
     until: Annotated[str | None, typer.Option(help="unix seconds or ISO-8601, inclusive")] = None,
     account: Annotated[str | None, typer.Option(help="only this account's records")] = None,
     before: Annotated[int | None, typer.Option(help="continue from a previous page's next")] = None,
+    recorded: Annotated[
+        int | None,
+        typer.Option(help="a main log position: the request that recorded the event there"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="at most this many records (1-1000)")] = 100,
 ) -> None:
     """List audit records (state-changing requests and key/account commands), newest first."""
@@ -44,7 +48,14 @@ def audit_command(
     except ValueError:
         err.print(f"[red]--account must be an account id, got {escape(repr(account))}[/red]")
         raise typer.Exit(2) from None
-    raw = {"actor": actor, "action": action, "since": since, "until": until, "before": before}
+    raw = {
+        "actor": actor,
+        "action": action,
+        "since": since,
+        "until": until,
+        "before": before,
+        "recorded": recorded,
+    }
     try:
         query = AuditListQuery.model_validate(
             {name: value for name, value in raw.items() if value is not None} | {"limit": limit}

@@ -53,7 +53,7 @@ from ..application.keyring import KeyRing
 from ..application.log import LogBatch
 from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
 from ..application.personal_fields import KeysOnFirstUse
-from ..application.ports import AccountKeys, HotProjection, RateLimiter
+from ..application.ports import AccountKeys, ConnectionSlots, HotProjection, RateLimiter
 from ..application.privacy import AccountPrivacy, KeyTraces
 from ..application.rate_limiting import LeasedRateLimiter, RateLimits
 from ..application.rate_limits import RateLimitPolicy
@@ -435,6 +435,24 @@ def _gateway(
     from .ws_server import SocketGateway
 
     return SocketGateway(hub, settings, auth, rate_limits)
+
+
+async def _connection_slots(
+    client: Redis | None, backend: str, prefix: str
+) -> AsyncIterator[ConnectionSlots | None]:
+    """Anonymous sockets per address (ADR 0049): counted in Redis, by every node, with the
+    rate limits there; None: the hub counts its own."""
+    if backend != "redis" or client is None:
+        yield None
+        return
+    from ..adapters.redis_connection_slots import RedisConnectionSlots
+
+    slots = RedisConnectionSlots(client, prefix)
+    await slots.start()
+    try:
+        yield slots
+    finally:
+        await slots.aclose()
 
 
 def _memory_rate_limiter(strategy: Strategy) -> MemoryRateLimiter:
@@ -875,6 +893,9 @@ class Container(containers.DeclarativeContainer):
         telemetry=metrics,
         durable=durable_subscriptions,
         ack_interval=config.subscription_ack_interval,
+        address_slots=providers.Resource(
+            _connection_slots, redis_client, config.rate_limit_backend, config.redis_prefix
+        ),
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     sessions = providers.Singleton(_sessions, settings)

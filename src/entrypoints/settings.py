@@ -156,8 +156,9 @@ class Settings(BaseSettings):
         default=20,
         ge=1,
         alias="WS_ANONYMOUS_SOCKETS",
-        description="WebSocket connections one client address may hold open without a key, "
-        "per node (close 4029 beyond); with a key its tier's limit applies.",
+        description="WebSocket connections one client address may hold open without a key "
+        "(close 4029 beyond), on all nodes together when REDIS_URL is set, per node otherwise; "
+        "with a key its tier's limit applies.",
     )
     # --- accounts and keys (docs/accounts.md)
     session_secret: str | None = Field(

@@ -8,6 +8,7 @@ read (its rate limit, ADR 0036) for the Starlette endpoint and the lean protocol
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from ..application.realtime.protocol import rate_limited_frame
 from .auth import ApiKeyBackend, ForbiddenAddress, InvalidKey, credential
 from .rate_limits import UNKNOWN_ADDRESS, rate_limited_details
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 REALTIME_PATH: Final = "/v2/realtime"
 # Where the lifespan puts the gateway in uvicorn's app state for the lean protocol.
@@ -135,13 +138,7 @@ class SocketGateway:
             raise HandshakeRefused(CLOSE_UNAUTHORIZED, "an API key is required")
         batch = query.get("batch", "").lower() in ("1", "true", "yes")
         if key is None:
-            reserved = limits is not None
-            if reserved and not self.hub.reserve_address(
-                address, self.settings.ws_anonymous_sockets
-            ):
-                raise HandshakeRefused(
-                    CLOSE_TOO_MANY_CONNECTIONS, "too many connections from this address"
-                )
+            reserved = limits is not None and await self._reserve_address(address)
             return Admission(None, ANONYMOUS_MAX_SUBSCRIPTIONS, batch, reserved, address)
         if not self.hub.reserve(key.owner, key.limits.websocket_connections):
             raise HandshakeRefused(
@@ -157,6 +154,22 @@ class SocketGateway:
             tier=key.tier,
             valid_until=key.valid_until(),
         )
+
+    async def _reserve_address(self, address: str) -> bool:
+        """Take one of the address's anonymous sockets (False: uncounted, the shared count
+        is unreachable); raise ``HandshakeRefused`` when all are held."""
+        try:
+            taken = await self.hub.reserve_address(address, self.settings.ws_anonymous_sockets)
+        except Exception:
+            # As the rate limits (ADR 0036): an unreachable Redis must not refuse every
+            # anonymous socket; this one is let in uncounted.
+            log.warning("anonymous socket slots unavailable", exc_info=True)
+            return False
+        if not taken:
+            raise HandshakeRefused(
+                CLOSE_TOO_MANY_CONNECTIONS, "too many connections from this address"
+            )
+        return True
 
     def abandon(self, admission: Admission) -> None:
         """The socket went away between admission and ``open``."""

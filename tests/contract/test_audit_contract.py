@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import uuid4
 
@@ -170,6 +170,36 @@ class AuditContract:
             assert len(audit.query(AuditQuery()).records) == 1
         finally:
             main.close()
+
+    def test_finds_the_request_that_recorded_a_main_log_position(
+        self, trail: tuple[AuditLog, AuditTrail]
+    ) -> None:
+        log, audit = trail
+        alice, bob = str(uuid4()), str(uuid4())
+        # Two requests committed in one group: their positions interleave.
+        ingested = [
+            replace(entry(alice, "ingest", T0), detail={"recorded": [[10, 11], [14, 14]]}),
+            replace(entry(bob, "ingest", T0), detail={"recorded": [[12, 13], [15, 16]]}),
+        ]
+        log.record([*ingested, entry(alice, "alert_rule.create", T0 + 1)])
+
+        def who(position: int, account: str | None = None) -> list[str | None]:
+            query = AuditQuery(account_id=account, recorded=position)
+            return [view.entry.account_id for view in audit.query(query).records]
+
+        assert [who(n) for n in range(10, 17)] == [
+            [alice],
+            [alice],
+            [bob],
+            [bob],
+            [alice],
+            [bob],
+            [bob],
+        ]
+        assert who(9) == who(17) == []
+        # An account finds only its own requests.
+        assert who(12, alice) == []
+        assert who(12, bob) == [bob]
 
 
 class TestEmbeddedAudit(AuditContract):

@@ -5,6 +5,7 @@ sees all, and a refused or repeated request is audited while the main log's head
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -108,6 +109,7 @@ def test_accounts_see_only_their_own_audit_records(tmp_path: Path, backend: str)
                 "duplicates": 0,
                 "rejected": 1,
                 "position": 0,
+                "recorded": [],
             }
             # The accepted batch names where its observations are in the main log.
             assert mine[1]["detail"]["accepted"] == 1
@@ -141,3 +143,56 @@ def test_accounts_see_only_their_own_audit_records(tmp_path: Path, backend: str)
             # Reading the audit trail is not itself audited, and needs a key.
             assert len(records(http, admin)) == 5
             assert_error(http.get("/v2/audit"), 401, "unauthorized")
+
+            concurrent_ingests_name_their_accounts(live.base_url, http, admin, alice, bob)
+
+
+def concurrent_ingests_name_their_accounts(
+    base_url: str, http: httpx.Client, admin: str, alice: str, bob: str
+) -> None:
+    """Two accounts ingest at once into the same protocols (the writer commits concurrent
+    batches in one group): every new main log position is named by exactly one audited
+    request, found by ``GET /v2/audit?recorded=N``: the sender's, and its account alone
+    sees it."""
+    head = log_head(http)
+    at = time.time() - 30
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
+            posts = [
+                client.post(
+                    "/v2/ingest",
+                    json={
+                        "observations": [
+                            obs("audit-lend", 1e8 + i, at + i, chain=chain)
+                            for chain in ("ethereum", "arbitrum")
+                        ]
+                    },
+                    headers={"X-API-Key": secret},
+                )
+                for i in range(8)
+                for secret in (alice, bob)
+            ]
+            return await asyncio.gather(*posts)
+
+    answers = asyncio.run(send())
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+    new = range(head + 1, log_head(http) + 1)
+    assert len(new) == sum(answer.json()["accepted"] for answer in answers)
+    ingests = records(http, admin, action="ingest", limit=len(answers))
+    owners: dict[int, str] = {}
+    for record in ingests:
+        for first, last in record["detail"]["recorded"]:
+            for position in range(first, last + 1):
+                assert position not in owners
+                owners[position] = record["account_id"]
+    assert sorted(owners) == list(new)
+    by_secret = {secret: records(http, secret, limit=1)[0]["account_id"] for secret in (alice, bob)}
+    for position in new:
+        [found] = records(http, admin, recorded=position)
+        assert found["account_id"] == owners[position]
+        for secret, account in by_secret.items():
+            mine = records(http, secret, recorded=position)
+            assert [r["account_id"] for r in mine] == (
+                [account] if account == owners[position] else []
+            )

@@ -109,13 +109,18 @@ def test_a_free_key_is_throttled_at_its_tiers_rate_with_the_headers(
         assert anonymous.headers["RateLimit-Policy"] == '"anonymous";q=120;w=60'
 
 
-def test_two_nodes_sharing_redis_share_a_keys_budget(tmp_path: Path) -> None:
+def test_two_nodes_sharing_redis_share_budgets_and_anonymous_sockets(tmp_path: Path) -> None:
     with (
         production_settings() as overrides,
-        start_server(tmp_path / "a", rate_limits=True, **overrides) as first,
-        start_server(tmp_path / "b", first.api_key, rate_limits=True, **overrides) as second,
+        start_server(
+            tmp_path / "a", rate_limits=True, ws_anonymous_sockets=2, **overrides
+        ) as first,
+        start_server(
+            tmp_path / "b", first.api_key, rate_limits=True, ws_anonymous_sockets=2, **overrides
+        ) as second,
         httpx.Client(timeout=10.0) as http,
     ):
+        asyncio.run(anonymous_sockets_are_counted_across_nodes(first.ws_url, second.ws_url))
         nodes = (first.base_url, second.base_url)
         for spent in range(1, FREE + 1):
             answer = http.get(f"{nodes[spent % 2]}/v2/protocols", headers=first.headers)
@@ -125,6 +130,28 @@ def test_two_nodes_sharing_redis_share_a_keys_budget(tmp_path: Path) -> None:
             refused = http.get(f"{base_url}/v2/protocols", headers=first.headers)
             assert_error(refused, 429, "rate_limited")
             assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def anonymous_sockets_are_counted_across_nodes(first: str, second: str) -> None:
+    """Two anonymous sockets from one address on two nodes: the address's cap of 2 holds on
+    both (ADR 0049), and a socket closed on one node frees its slot on the other."""
+    async with socket_to(first) as on_first:
+        async with socket_to(second) as on_second:
+            for ws in (on_first, on_second):
+                await ws.send(json.dumps({"type": "ping"}))
+                assert (await recv(ws))["type"] == "pong"
+            for url in (first, second):
+                assert await refused_code(url) in (CLOSE_TOO_MANY_CONNECTIONS, 403)
+        # The server reads the close frame, then gives the slot back in Redis.
+        async with asyncio.timeout(2):
+            while True:
+                try:
+                    async with socket_to(first) as again:
+                        await again.send(json.dumps({"type": "ping"}))
+                        assert (await recv(again))["type"] == "pong"
+                        break
+                except (InvalidStatus, ConnectionClosed):
+                    await asyncio.sleep(0.02)
 
 
 def test_anonymous_callers_are_limited_per_client_address(tmp_path: Path) -> None:

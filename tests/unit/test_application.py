@@ -39,6 +39,7 @@ from defi_realtime.application.ingest import (
     parse_observation,
     parse_price,
     parse_timestamp,
+    ranges,
 )
 from defi_realtime.application.log import ENTRY_KINDS, LogBatch
 from defi_realtime.domain.account import Account
@@ -482,8 +483,8 @@ def test_the_ingest_save_stores_and_caches_like_save() -> None:
             for i, protocol in enumerate(protocols):
                 protocol.record_metric("tvl", "total", float(i), T0, "test")
             if lean:
-                assert app._save_group(protocols) == 6
-                assert app._save_group([]) == 0
+                assert app._save_group(protocols) == [1, 2, 3, 4, 5, 6]
+                assert app._save_group([]) == []
             else:
                 assert max(r.notification.id for r in app.save(*protocols)) == 6
             assert app.repository.cache is not None
@@ -1298,3 +1299,68 @@ def test_usual_items_take_the_fast_path() -> None:
     item = named(category="Lending", chains=["Ethereum"], url="https://x", source="s")
     assert _plain_observation(item, 0) == parse_observation(item)
     assert _plain_listing({"protocol": "lido", "name": "Lido", "observed_at": T0}) is not None
+
+
+# --- ingest: which batch of a group recorded which event (issue 13, ADR 0041) ----------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["obs", "price"]), st.sampled_from(["a", "b", "c"])),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_each_batch_of_a_group_knows_the_positions_it_recorded(
+    plan: list[list[tuple[str, str]]],
+) -> None:
+    """Batches of several accounts committed in one group, touching the same protocols and
+    tokens: each event's position is in exactly one batch's ``recorded`` ranges, the batch
+    whose item it records (values encode the batch)."""
+    app = DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    try:
+        batches = []
+        for k, items in enumerate(plan):
+            observations = [
+                named(f"p-{name}", 1000.0 * (k + 1) + i, T0 + i)
+                for i, (kind, name) in enumerate(items)
+                if kind == "obs"
+            ]
+            prices = [
+                {
+                    "token": f"coingecko:t-{name}",
+                    "price": 1000.0 * (k + 1) + i,
+                    "observed_at": T0 + i,
+                }
+                for i, (kind, name) in enumerate(items)
+                if kind == "price"
+            ]
+            batches.append(build_batch(observations, prices))
+        results = app.ingest(batches)
+        owner: dict[int, int] = {}
+        for k, result in enumerate(results):
+            for first, last in result.recorded:
+                for position in range(first, last + 1):
+                    assert position not in owner
+                    owner[position] = k
+            assert result.audit_detail()["recorded"] == [list(span) for span in result.recorded]
+        stored = notifications(app)
+        assert sorted(owner) == [n.id for n in stored]
+        for notification in stored:
+            event: Any = app.mapper.to_domain_event(notification)
+            value = getattr(event, "value", getattr(event, "price", None))
+            if value is not None:
+                assert int(value // 1000) - 1 == owner[notification.id]
+    finally:
+        app.close()
+
+
+def test_ranges_compress_consecutive_positions() -> None:
+    assert ranges([]) == []
+    assert ranges([4]) == [(4, 4)]
+    assert ranges([1, 2, 3, 7, 8, 10]) == [(1, 3), (7, 8), (10, 10)]

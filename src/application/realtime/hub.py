@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from ..hot_state import EntryFacts, HotState
 from ..log import API_KEY_KINDS, LogBatch, LogEntry
-from ..ports import EventLog
+from ..ports import ConnectionSlots, EventLog
 from ..telemetry import NO_TELEMETRY, Telemetry
 from .durable import (
     ACK_INTERVAL,
@@ -46,6 +46,7 @@ from .protocol import (
     with_id,
 )
 from .replay import REPLAY_PAGE, SEND_TIMEOUT, Pending, Replays, subscribed
+from .slots import LocalConnectionSlots
 from .subscriptions import FilterFacts, Subscription, SubscriptionIndex
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class RealtimeHub:
         telemetry: Telemetry = NO_TELEMETRY,
         durable: DurableSubscriptionStore | None = None,
         ack_interval: float = ACK_INTERVAL,
+        address_slots: ConnectionSlots | None = None,
     ) -> None:
         self.event_log = event_log
         self.telemetry = telemetry
@@ -99,8 +101,10 @@ class RealtimeHub:
             send_timeout=send_timeout,
         )
         self.fell_behind = 0  # subscriptions handed to a replay because their queue was full
-        self._per_owner: dict[str, int] = {}
-        self._per_address: dict[str, int] = {}  # anonymous connections by client address
+        self._per_owner = LocalConnectionSlots()  # connections by key owner, this node's
+        # Anonymous connections by client address: every node's when the slots are shared
+        # (Redis, ADR 0049), this one's otherwise.
+        self.address_slots = address_slots or LocalConnectionSlots()
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
         # Durable subscriptions (``attach`` / ``ack``): where they are kept, and the
@@ -137,36 +141,20 @@ class RealtimeHub:
 
     def reserve(self, owner: str, limit: int) -> bool:
         """Count a connection against ``owner``'s limit before accepting it."""
-        count = self._per_owner.get(owner, 0)
-        if count >= limit:
-            return False
-        self._per_owner[owner] = count + 1
-        return True
+        return self._per_owner.take(owner, limit)
 
     def release(self, owner: str) -> None:
-        count = self._per_owner.get(owner, 0) - 1
-        if count > 0:
-            self._per_owner[owner] = count
-        else:
-            self._per_owner.pop(owner, None)
+        self._per_owner.release(owner)
 
-    def reserve_address(self, address: str, limit: int) -> bool:
+    async def reserve_address(self, address: str, limit: int) -> bool:
         """Count an anonymous connection against its address's limit before accepting it."""
-        count = self._per_address.get(address, 0)
-        if count >= limit:
-            return False
-        self._per_address[address] = count + 1
-        return True
+        return await self.address_slots.acquire(address, limit)
 
     def release_address(self, address: str) -> None:
-        count = self._per_address.get(address, 0) - 1
-        if count > 0:
-            self._per_address[address] = count
-        else:
-            self._per_address.pop(address, None)
+        self.address_slots.release(address)
 
     def connections_of(self, owner: str) -> int:
-        return self._per_owner.get(owner, 0)
+        return self._per_owner.held.get(owner, 0)
 
     def connect(self, connection: Connection) -> None:
         connection.attach(self.mark_dirty)

@@ -25,6 +25,11 @@ class AuditListQuery(BaseModel):
     before: Annotated[int, Field(ge=1)] | None = Field(
         None, description="continue from the previous page's `next`"
     )
+    recorded: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="a main log position: only the record of the request that recorded "
+        "the event there (who sent an observation)",
+    )
     limit: Annotated[int, Field(ge=1, le=AUDIT_PAGE_MAX)] = 100
 
     def to_query(self, account_id: str | None) -> AuditQuery:
@@ -36,6 +41,7 @@ class AuditListQuery(BaseModel):
             since=self.since,
             until=self.until,
             before=self.before,
+            recorded=self.recorded,
             limit=self.limit,
         )
 
@@ -57,8 +63,9 @@ class AuditRecordOut(BaseModel):
     method: str
     path: str
     detail: dict[str, Any] = Field(
-        description="facts of the action; for `ingest` the main log `position` its "
-        "observations were recorded at and the counts"
+        description="facts of the action; for `ingest` the counts, the main log `position` "
+        "its observations can be read at, and `recorded`: the `[first, last]` ranges of the "
+        "main log positions of the events it recorded"
     )
 
     @classmethod
