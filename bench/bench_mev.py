@@ -151,7 +151,9 @@ class Chain:
         pool = self.pools[name]
         token = self.rng.choice((pool.token0, pool.token1))
         reserve = pool.reserve0 if token == pool.token0 else pool.reserve1
-        self.swap(name, self.address(), token, int(reserve * self.rng.uniform(1e-5, 2e-3)), self.tx())
+        self.swap(
+            name, self.address(), token, int(reserve * self.rng.uniform(1e-5, 2e-3)), self.tx()
+        )
 
     def end_block(self) -> list[dict[str, Any]]:
         facts, self.facts = self.facts, []
@@ -160,9 +162,7 @@ class Chain:
         return facts
 
 
-def sandwich(
-    chain: Chain, rng: random.Random, shape: str
-) -> tuple[str, tuple[str, ...], bool]:
+def sandwich(chain: Chain, rng: random.Random, shape: str) -> tuple[str, tuple[str, ...], bool]:
     """Front-run, victim, back-run in USDC/WETH; the label's shape, its txs and whether
     the round trip gained."""
     quote = WETH if shape == "sandwich_weth" else USDC
@@ -176,7 +176,9 @@ def sandwich(
         front_actor = back_actor = "0x" + "5e" * 20  # a settlement contract both users use
     small_victim = shape == "sandwich_loss"
     front_in = int(reserve * rng.uniform(0.002, 0.01))
-    victim_in = int(reserve * (rng.uniform(1e-5, 1e-4) if small_victim else rng.uniform(0.01, 0.05)))
+    victim_in = int(
+        reserve * (rng.uniform(1e-5, 1e-4) if small_victim else rng.uniform(0.01, 0.05))
+    )
     front_tx = chain.tx()
     bought = chain.swap("usdc-weth", front_actor, quote, front_in, front_tx)
     for _ in range(rng.randint(0, 2)):
@@ -197,7 +199,9 @@ def sandwich(
 def cycle(chain: Chain, rng: random.Random, shape: str) -> tuple[str, tuple[str, ...], bool]:
     """A skewing trade, then one tx through two or three pools."""
     skew = chain.pools["weth-dai"]
-    chain.swap("weth-dai", chain.address(), DAI, int(skew.reserve1 * rng.uniform(0.005, 0.03)), chain.tx())
+    chain.swap(
+        "weth-dai", chain.address(), DAI, int(skew.reserve1 * rng.uniform(0.005, 0.03)), chain.tx()
+    )
     bot, tx = chain.address(), chain.tx()
     amount = int(chain.pools["usdc-weth"].reserve0 * rng.uniform(0.0005, 0.002))
     weth = chain.swap("usdc-weth", bot, USDC, amount, tx, 0)
@@ -209,7 +213,9 @@ def cycle(chain: Chain, rng: random.Random, shape: str) -> tuple[str, tuple[str,
     return ("arbitrage" if gained else "cycle_loss"), (tx,), gained
 
 
-def generate(blocks: int, background: int, seed: int) -> tuple[list[list[dict[str, Any]]], list[tuple[str, tuple[str, ...]]]]:
+def generate(
+    blocks: int, background: int, seed: int
+) -> tuple[list[list[dict[str, Any]]], list[tuple[str, tuple[str, ...]]]]:
     rng = random.Random(seed)
     chain = Chain(
         rng,
@@ -270,7 +276,11 @@ def main() -> None:
     tp = fp = 0
     for block in blocks:
         for found in detect(block, TOKENS):
-            txs = found.tx_hashes if found.kind == "arbitrage" else (found.tx_hashes[0], found.tx_hashes[2])
+            txs = (
+                found.tx_hashes
+                if found.kind == "arbitrage"
+                else (found.tx_hashes[0], found.tx_hashes[2])
+            )
             shape = by_txs.get(txs, "background")
             flagged[shape] += 1
             if shape in POSITIVE:
@@ -281,14 +291,18 @@ def main() -> None:
     swaps = sum(len(b) for b in blocks)
     print(machine())
     print(f"{len(blocks)} blocks, {swaps} swaps, seed {args.seed}")
-    print(f"precision {tp / max(tp + fp, 1):.3f}  recall {tp / max(positives, 1):.3f}  "
-          f"(TP {tp}, FP {fp}, labelled MEV {positives})")
+    print(
+        f"precision {tp / max(tp + fp, 1):.3f}  recall {tp / max(positives, 1):.3f}  "
+        f"(TP {tp}, FP {fp}, labelled MEV {positives})"
+    )
     known = {"sandwich_2addr", "shared_recipient"}
     core = sum(n for s, n in shapes.items() if s in POSITIVE - known)
     core_tp = sum(flagged[s] for s in POSITIVE - known)
     core_fp = sum(n for s, n in flagged.items() if s not in POSITIVE and s not in known)
-    print(f"without the two known-limit shapes: precision {core_tp / max(core_tp + core_fp, 1):.3f}"
-          f"  recall {core_tp / max(core, 1):.3f}")
+    print(
+        f"without the two known-limit shapes: precision {core_tp / max(core_tp + core_fp, 1):.3f}"
+        f"  recall {core_tp / max(core, 1):.3f}"
+    )
     print(f"{'shape':<18}{'label':<8}{'instances':>10}{'flagged':>9}")
     for shape in sorted(shapes, key=lambda s: (s not in POSITIVE, s)):
         label = "MEV" if shape in POSITIVE else "not"
@@ -302,8 +316,10 @@ def main() -> None:
             detect(block, TOKENS)
         timings.append(time.perf_counter() - started)
     seconds = statistics.median(timings)
-    print(f"detect: {len(blocks) / seconds:,.0f} blocks/s, {swaps / seconds:,.0f} swaps/s "
-          f"(median of {args.repeat})")
+    print(
+        f"detect: {len(blocks) / seconds:,.0f} blocks/s, {swaps / seconds:,.0f} swaps/s "
+        f"(median of {args.repeat})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from .evm_facts import TokenSpec
 
 MevKind = Literal["sandwich", "arbitrage"]
-MEV_KINDS: Final[frozenset[str]] = frozenset({"sandwich", "arbitrage"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +148,9 @@ def _usd(
     if other_spec is None or other_spec.usd is None:
         return None
     quote_amount, other_amount = (
-        (via.amount_in, via.amount_out) if via.token_in == quote else (via.amount_out, via.amount_in)
+        (via.amount_in, via.amount_out)
+        if via.token_in == quote
+        else (via.amount_out, via.amount_in)
     )
     other_per_quote = Fraction(other_amount, quote_amount)
     return _units(profit * other_per_quote, other, tokens) * other_spec.usd
@@ -277,9 +278,7 @@ def detect_block(
     return sandwiches(trades, tokens) + arbitrages(trades, tokens)
 
 
-def detect(
-    facts: Iterable[Mapping[str, Any]], tokens: Mapping[str, TokenSpec]
-) -> list[MevFinding]:
+def detect(facts: Iterable[Mapping[str, Any]], tokens: Mapping[str, TokenSpec]) -> list[MevFinding]:
     """``detect_block`` for each block hash among ``facts`` (an ``evm_blocks_recorded``
     entry's facts may span blocks), in block order."""
     by_block: dict[str, list[Mapping[str, Any]]] = {}

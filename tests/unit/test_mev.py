@@ -3,6 +3,7 @@ not), and the MevLedger aggregate (exactly once by position, retraction by block
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -10,9 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from defi_realtime.application.evm_facts import TokenSpec
+from defi_realtime.adapters.event_store_log import EventStoreLog
+from defi_realtime.adapters.position_stores import InMemoryPositionStore
+from defi_realtime.application.app import DefiRealtime
+from defi_realtime.application.evm_facts import ChainStep, TokenSpec
+from defi_realtime.application.log import LogEntry
 from defi_realtime.application.mev import detect, detect_block, trade_of
+from defi_realtime.application.mev_follower import MevFollower, MevStep
 from defi_realtime.domain.errors import DomainError
+from defi_realtime.domain.evm import EvmChain
 from defi_realtime.domain.mev import MevLedger
 
 USDC, WETH, DAI = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
@@ -135,7 +142,8 @@ def test_a_cyclic_arbitrage_in_one_transaction() -> None:
     [found] = detect_block(block, TOKENS)
     assert (found.kind, found.actor, found.victim) == ("arbitrage", BOT, None)
     assert found.pools == (PAIR, PAIR2, PAIR3)
-    assert found.profit == 8 * E6 and found.profit_usd == pytest.approx(8.0)
+    assert found.profit == 8 * E6
+    assert found.profit_usd == pytest.approx(8.0)
 
 
 def test_a_route_that_is_no_cycle_or_a_losing_cycle_is_not_arbitrage() -> None:
@@ -145,7 +153,10 @@ def test_a_route_that_is_no_cycle_or_a_losing_cycle_is_not_arbitrage() -> None:
         swap(3, PAIR2, ALICE, (WETH, E18 // 2), (DAI, 1_010 * E18), log=1, tx_hash=tx),
     ]
     assert detect_block(route, TOKENS) == []
-    losing = [*route, swap(3, PAIR3, ALICE, (DAI, 1_010 * E18), (USDC, 990 * E6), log=2, tx_hash=tx)]
+    losing = [
+        *route,
+        swap(3, PAIR3, ALICE, (DAI, 1_010 * E18), (USDC, 990 * E6), log=2, tx_hash=tx),
+    ]
     assert detect_block(losing, TOKENS) == []
 
 
@@ -199,3 +210,85 @@ def test_a_sandwich_is_reported_exactly_when_the_matched_round_trip_gains(
     gains = Fraction(matched * proceeds, sold) - Fraction(matched * front, bought) >= 1
     assert [f.kind for f in found] == (["sandwich"] if gains else [])
     assert all(f.profit >= 0 for f in found)
+
+
+# --- the follower, over a real (in-memory) event store -------------------------------------
+
+
+class Chain:
+    """An application whose collector records blocks (as ``record_chain_step`` does) and a
+    MEV follower over its log."""
+
+    def __init__(self) -> None:
+        self.app = DefiRealtime(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        self.log = EventStoreLog(self.app)
+        self.positions = InMemoryPositionStore()
+        self.app.record_chain_step(
+            ChainStep(1337, "evm:1337", opening=lambda: EvmChain.open(1337, "Dev", 100))
+        )
+
+    def block(self, number: int, facts: list[dict[str, Any]]) -> None:
+        parent = f"0xb{number - 1}" if number > 100 else "0x00"
+        block = {"number": number, "hash": f"0xb{number}", "parent_hash": parent, "timestamp": 1}
+        self.app.record_chain_step(ChainStep(1337, "evm:1337", blocks=[block], facts=facts))
+
+    def orphan(self, from_number: int) -> None:
+        self.app.record_chain_step(ChainStep(1337, "evm:1337", orphan_from=from_number))
+
+    async def record(self, steps: Sequence[MevStep]) -> int:
+        return self.app.record_mev(steps)
+
+    def follower(self, positions: InMemoryPositionStore | None = None) -> MevFollower:
+        return MevFollower(self.log, positions or self.positions, self.record, {1337: TOKENS})
+
+    def entries(self, kind: str) -> list[LogEntry]:
+        return [e for e in self.log.read(0, 1_000_000).entries if e.kind == kind]
+
+
+async def test_the_follower_records_a_sandwich_once_and_a_reorg_retracts_it() -> None:
+    chain = Chain()
+    chain.block(100, sandwich_block())
+    chain.block(101, [swap(0, PAIR, ALICE, (USDC, E6), (WETH, E18 // 2000), block=101)])
+    follower = chain.follower()
+    await follower.runner().catch_up()
+    [found] = chain.entries("mev_detected")
+    assert found.key == "1337"
+    assert (found.data["kind"], found.data["actor"], found.data["victim"]) == (
+        "sandwich",
+        BOT,
+        ALICE,
+    )
+    assert found.data["profit"] == str(30 * E6)
+    assert found.data["profit_usd"] == 30.0
+    # A rebuild from position 0 (another position store) finds it again, records nothing.
+    rebuilt = chain.follower(InMemoryPositionStore())
+    await rebuilt.runner().catch_up()
+    assert rebuilt.recorded == 0
+    assert len(chain.entries("mev_detected")) == 1
+    chain.orphan(100)
+    await follower.runner().catch_up()
+    [retracted] = chain.entries("mev_retracted")
+    assert retracted.data["keys"] == [found.data["key"]]
+    assert retracted.data["block_hashes"] == ["0xb100"]
+    await chain.follower(InMemoryPositionStore()).runner().catch_up()  # replayed: no more
+    assert len(chain.entries("mev_retracted")) == 1
+
+
+async def test_a_crash_between_recording_and_the_position_records_nothing_twice() -> None:
+    chain = Chain()
+    chain.block(100, sandwich_block())
+
+    class Crash(Exception):
+        pass
+
+    class FailingSave(InMemoryPositionStore):
+        async def save(self, name: str, position: int) -> None:
+            raise Crash
+
+    with pytest.raises(Crash):
+        await chain.follower(FailingSave()).apply(chain.log.read(0, 1_000))
+    assert len(chain.entries("mev_detected")) == 1
+    follower = chain.follower()
+    await follower.runner().catch_up()
+    assert follower.recorded == 0
+    assert len(chain.entries("mev_detected")) == 1
