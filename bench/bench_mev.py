@@ -13,7 +13,7 @@ direction, random positions in the block) and one scenario, drawn uniformly from
     arbitrage         a large trade skews one pool, then one tx cycles USDC->WETH->DAI->USDC
                       at a gain (else ``cycle_loss``)
     sandwich_2addr    a sandwich whose bot receives the front- and back-run at two
-                      addresses: a known miss (the actor is the swap recipient)
+                      addresses, at a gain: a known miss (the actor is the swap recipient)
   look-alikes (label negative)
     sandwich_loss     same actor both sides around a victim, at a loss (small victim)
     unrelated         three different traders in sandwich order
@@ -191,8 +191,14 @@ def sandwich(chain: Chain, rng: random.Random, shape: str) -> tuple[str, tuple[s
     back_tx = chain.tx()
     proceeds = chain.swap("usdc-weth", back_actor, middle, bought, back_tx)
     gained = proceeds > front_in
+    # The label is what happened: background trades between the legs can turn a planned
+    # loss into a gain, and a planned sandwich into a loss.
     if shape in ("sandwich", "sandwich_weth") and not gained:
         shape = "sandwich_loss"
+    elif shape == "sandwich_loss" and gained:
+        shape = "sandwich"
+    elif shape == "sandwich_2addr" and not gained:
+        shape = "unrelated"  # two addresses at a loss: no MEV by any reading
     return shape, (front_tx, back_tx), gained
 
 
