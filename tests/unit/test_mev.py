@@ -5,22 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.position_stores import InMemoryPositionStore
+from defi_realtime.adapters.sql_history import SqlHistoryReadModel
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.evm_facts import ChainStep, TokenSpec
 from defi_realtime.application.log import LogEntry
 from defi_realtime.application.mev import detect, detect_block, trade_of
 from defi_realtime.application.mev_follower import MevFollower, MevStep
+from defi_realtime.application.views import MevQuery
 from defi_realtime.domain.errors import DomainError
 from defi_realtime.domain.evm import EvmChain
 from defi_realtime.domain.mev import MevLedger
+from defi_realtime.entrypoints.schemas.mev import MevList, MevQueryParams
 
 USDC, WETH, DAI = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
 PAIR, PAIR2, PAIR3 = "0x" + "aa" * 20, "0x" + "bb" * 20, "0x" + "cc" * 20
@@ -292,3 +297,73 @@ async def test_a_crash_between_recording_and_the_position_records_nothing_twice(
     await follower.runner().catch_up()
     assert follower.recorded == 0
     assert len(chain.entries("mev_detected")) == 1
+
+
+async def test_the_history_read_model_lists_live_detections_with_totals(tmp_path: Path) -> None:
+    chain = Chain()
+    chain.block(100, sandwich_block())
+    tx = "0xarb"
+    chain.block(
+        101,
+        [
+            swap(
+                3, PAIR, PAIR2, (USDC, 1_000 * E6), (WETH, E18 // 2), log=0, block=101, tx_hash=tx
+            ),
+            swap(
+                3, PAIR2, PAIR3, (WETH, E18 // 2), (DAI, 1_010 * E18), log=1, block=101, tx_hash=tx
+            ),
+            swap(
+                3, PAIR3, BOT, (DAI, 1_010 * E18), (USDC, 1_008 * E6), log=2, block=101, tx_hash=tx
+            ),
+        ],
+    )
+    await chain.follower().runner().catch_up()
+    model = SqlHistoryReadModel(f"sqlite:///{tmp_path / 'history.db'}")
+    try:
+        assert model.apply(chain.log.read(0, 1_000_000))
+        found, totals = model.mev(MevQuery())
+        assert [(v.kind, v.block) for v in found] == [("arbitrage", 101), ("sandwich", 100)]
+        assert (totals.detections, totals.sandwiches, totals.arbitrages) == (2, 1, 1)
+        assert totals.profit_usd == pytest.approx(38.0)
+        answer = MevList.model_validate(
+            {"detections": [v.to_json() for v in found], "totals": totals.to_json()}
+        ).model_dump(by_alias=True)
+        assert answer["detections"][1]["victim"] == ALICE
+        assert answer["detections"][1]["txHashes"] == ["0xt100-0", "0xt100-1", "0xt100-2"]
+        only_pool, pool_totals = model.mev(MevQuery(pool=PAIR, from_block=100, to_block=100))
+        assert [v.kind for v in only_pool] == ["sandwich"]
+        assert pool_totals.detections == 1
+        assert model.mev(MevQuery(actor=ALICE))[1].detections == 0
+        # A reorg orphans block 101: the arbitrage leaves the read model.
+        chain.orphan(101)
+        await chain.follower().runner().catch_up()
+        assert model.apply(chain.log.read(model.position(), 1_000_000))
+        found, totals = model.mev(MevQuery())
+        assert [v.kind for v in found] == ["sandwich"]
+        assert totals.profit_usd == pytest.approx(30.0)
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"pool": "0x12"},
+        {"actor": "alice"},
+        {"fromBlock": "-1"},
+        {"fromBlock": "9", "toBlock": "3"},
+        {"limit": "0"},
+        {"kind": "liquidation"},
+        {"chain": "1"},
+    ],
+)
+def test_bad_mev_queries_are_refused(params: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        MevQueryParams.model_validate(params)
+
+
+def test_a_mev_query_takes_addresses_in_any_case() -> None:
+    query = MevQueryParams.model_validate(
+        {"pool": PAIR.upper().replace("0X", "0x"), "toBlock": "7"}
+    )
+    assert (query.pool, query.to_block, query.limit) == (PAIR, 7, 100)
