@@ -3,6 +3,7 @@ not), and the MevLedger aggregate (exactly once by position, retraction by block
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -21,10 +22,14 @@ from defi_realtime.application.evm_facts import ChainStep, TokenSpec
 from defi_realtime.application.log import LogEntry
 from defi_realtime.application.mev import detect, detect_block, trade_of
 from defi_realtime.application.mev_follower import MevFollower, MevStep
+from defi_realtime.application.realtime.frames import channel_of, encode
+from defi_realtime.application.realtime.protocol import FrameError, Subscribe, parse
 from defi_realtime.application.views import MevQuery
+from defi_realtime.client.frames import parse_frames
 from defi_realtime.domain.errors import DomainError
 from defi_realtime.domain.evm import EvmChain
 from defi_realtime.domain.mev import MevLedger
+from defi_realtime.entrypoints.schemas import frames as server_frames
 from defi_realtime.entrypoints.schemas.mev import MevList, MevQueryParams
 
 USDC, WETH, DAI = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
@@ -367,3 +372,32 @@ def test_a_mev_query_takes_addresses_in_any_case() -> None:
         {"pool": PAIR.upper().replace("0X", "0x"), "toBlock": "7"}
     )
     assert (query.pool, query.to_block, query.limit) == (PAIR, 7, 100)
+
+
+async def test_detections_and_retractions_are_mev_frames_of_the_frame_models() -> None:
+    chain = Chain()
+    chain.block(100, sandwich_block())
+    chain.orphan(100)
+    await chain.follower().runner().catch_up()
+    entries = chain.entries("mev_detected") + chain.entries("mev_retracted")
+    frames = []
+    for entry in entries:
+        assert channel_of(entry) == "mev"
+        prefix, suffix = encode(entry, "mev", None)
+        frames.append(json.loads(prefix + b"sub-1" + suffix))
+    detected, retracted = (server_frames.Mev.model_validate(f) for f in frames)
+    assert detected.data.retracted is False
+    assert (detected.data.actor, detected.data.victim) == (BOT, ALICE)
+    assert detected.data.profit_usd == pytest.approx(30.0)
+    assert retracted.data.retracted is True
+    assert retracted.data.keys == [detected.data.key]
+    assert [type(f).__name__ for f in parse_frames(json.dumps(frames))] == ["Mev", "Mev"]
+
+
+def test_the_mev_channel_takes_no_filters() -> None:
+    accepted = parse({"type": "subscribe", "channel": "mev"})
+    assert isinstance(accepted, Subscribe)
+    assert accepted.channel == "mev"
+    for extra in ({"params": {"protocolIds": ["aave"]}}, {"snapshot": True}):
+        with pytest.raises(FrameError):
+            parse({"type": "subscribe", "channel": "mev", **extra})
