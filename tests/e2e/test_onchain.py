@@ -252,7 +252,7 @@ async def test_json_rpc_fails_over_and_keeps_its_budget(chain_url: str) -> None:
         await nowhere.aclose()
 
 
-def test_a_sandwich_mined_in_one_block_is_listed_by_the_mev_route(
+def test_a_sandwich_mined_in_one_block_streams_on_mev_and_is_listed_by_the_route(
     devnet: ModuleType, chain_url: str, node: Any, tmp_path: Path
 ) -> None:
     """Three trades (two txs each: pay in, swap) pending while mining is stopped, ordered
@@ -296,22 +296,29 @@ def test_a_sandwich_mined_in_one_block_is_listed_by_the_mev_route(
         start_server(tmp_path / "data", evm_chains=json.dumps([setting])) as server,
         httpx.Client(base_url=server.base_url, timeout=10, headers=server.headers) as http,
     ):
-        node.rpc("miner_stop")
-        try:
-            front_usdc = 100_000 * 10**6
-            bought = int(swap(bot, "usdc", front_usdc, gwei=30))
-            swap(victim, "usdc", 300_000 * 10**6, gwei=20)
-            proceeds = int(swap(bot, "weth", bought, gwei=10))
-        finally:
-            node.rpc("miner_start")
-        node.mine(1)  # whatever ganache left pending, in the same or the next block
-        mined = time.monotonic()
+        with connect(server.ws_url, open_timeout=5) as ws:
+            ws.send(json.dumps({"type": "subscribe", "channel": "mev"}))
+            assert json.loads(ws.recv(timeout=WAIT))["type"] == "subscribed"
+            node.rpc("miner_stop")
+            try:
+                front_usdc = 100_000 * 10**6
+                bought = int(swap(bot, "usdc", front_usdc, gwei=30))
+                swap(victim, "usdc", 300_000 * 10**6, gwei=20)
+                proceeds = int(swap(bot, "weth", bought, gwei=10))
+            finally:
+                node.rpc("miner_start")
+            node.mine(1)  # whatever ganache left pending, in the same or the next block
+            mined = time.monotonic()
+            frame = json.loads(ws.recv(timeout=WAIT))
+            streamed = time.monotonic() - mined
+        assert (frame["type"], frame["data"]["kind"]) == ("mev", "sandwich"), frame
         found = wait_for(
             lambda: http.get("/v2/analytics/mev").json(),
             lambda answer: answer.get("totals", {}).get("sandwiches") == 1,
             WAIT,
         )
         latency = time.monotonic() - mined
+        assert frame["data"]["key"] == found["detections"][0]["key"]
         [sandwich] = found["detections"]
         assert sandwich["kind"] == "sandwich"
         assert (sandwich["pool"], sandwich["actor"]) == (market.pair, bot.lower())
@@ -324,4 +331,4 @@ def test_a_sandwich_mined_in_one_block_is_listed_by_the_mev_route(
         assert by_actor["totals"]["detections"] == 0
         refused = http.get("/v2/analytics/mev", params={"fromBlock": "9", "toBlock": "3"})
         assert refused.status_code == 400, refused.text
-        print(f"block mined -> listed by /v2/analytics/mev: {latency * 1000:.0f} ms")
+        print(f"block mined -> mev frame {streamed * 1000:.0f} ms, route {latency * 1000:.0f} ms")
