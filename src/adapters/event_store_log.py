@@ -42,6 +42,7 @@ from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey
 from ..domain.chains import canonical_chain
 from ..domain.evm import EvmChain
+from ..domain.mev import MevLedger
 from ..domain.protocol import Protocol
 from ..domain.token import Token, canonical_token_id
 from .in_flight import Calls
@@ -114,6 +115,22 @@ def _evm_orphaned(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         "evm_blocks_orphaned",
         str(event["chain_id"]),
         {"from_number": event["from_number"], "blocks": event["blocks"]},
+    )
+
+
+def _mev_detected(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    fields = (
+        "key", "kind", "block", "block_hash", "pool", "actor", "victim", "quote_token",
+        "profit", "profit_quote", "profit_usd", "tx_hashes", "pools", "position",
+    )  # fmt: skip
+    return "mev_detected", str(event["chain_id"]), {name: event[name] for name in fields}
+
+
+def _mev_retracted(event: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    return (
+        "mev_retracted",
+        str(event["chain_id"]),
+        {"block_hashes": event["block_hashes"], "keys": event["keys"]},
     )
 
 
@@ -240,6 +257,8 @@ TRANSLATIONS: Mapping[str, _Translate] = {
     f"{AlertRule.__name__}.Resumed": _rule_state("alert_rule_resumed", "active"),
     f"{AlertRule.__name__}.Deleted": _rule_state("alert_rule_deleted", "deleted"),
     f"{AnomalyLog.__name__}.AnomalyDetected": _anomaly,
+    f"{MevLedger.__name__}.MevDetected": _mev_detected,
+    f"{MevLedger.__name__}.MevRetracted": _mev_retracted,
     f"{ApiKey.__name__}.Issued": _key_issued,
     f"{ApiKey.__name__}.Revoked": _key_revoked,
     f"{ApiKey.__name__}.RotatedOut": _key_rotated_out,

@@ -50,7 +50,16 @@ from ..application.time_travel import (
     LatestValue,
     ListingDetails,
 )
-from ..application.views import AnomalyQuery, AnomalyView, Series, SeriesPoint, SeriesQuery
+from ..application.views import (
+    AnomalyQuery,
+    AnomalyView,
+    MevQuery,
+    MevTotals,
+    MevView,
+    Series,
+    SeriesPoint,
+    SeriesQuery,
+)
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
 from .sql_price_history import SqlPriceHistory
@@ -60,6 +69,7 @@ from .sql_schema import (
     ALERT_RULES,
     ANOMALIES,
     GROUP_DAYS,
+    MEV_DETECTIONS,
     PRICE_OBSERVATIONS,
     PROJECTION_TRACKING,
     PROTOCOL_LISTINGS,
@@ -80,6 +90,7 @@ __all__ = ["SqlHistoryReadModel"]
 DEFAULT_TRACKING_NAME: Final = "history"
 _FACT_TABLES: Final = (
     ANOMALIES,
+    MEV_DETECTIONS,
     PROTOCOL_OBSERVATIONS,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
@@ -92,6 +103,28 @@ _FACT_TABLES: Final = (
 )
 _PROTOCOL_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 _ALERT_KINDS: Final = {"alert_triggered": "triggered", "alert_resolved": "resolved"}
+
+
+def _mev_row(entry: LogEntry) -> dict[str, Any]:
+    data = entry.data
+    usd = data.get("profit_usd")
+    return {
+        "key": str(data["key"]),
+        "position": entry.position,
+        "chain_id": int(entry.key),
+        "kind": str(data["kind"]),
+        "block": int(data["block"]),
+        "block_hash": str(data["block_hash"]),
+        "pool": str(data["pool"]),
+        "actor": str(data["actor"]),
+        "victim": None if data.get("victim") is None else str(data["victim"]),
+        "quote_token": str(data["quote_token"]),
+        "profit": str(data["profit"]),
+        "profit_quote": float(data["profit_quote"]),
+        "profit_usd": None if usd is None else float(usd),
+        "tx_hashes": ",".join(str(tx) for tx in data["tx_hashes"]),
+        "recorded_at": entry.recorded_at,
+    }
 
 
 # --- series helpers ---------------------------------------------------------------------
@@ -385,6 +418,66 @@ class SqlHistoryReadModel:
             )
             for row in rows
         ]
+
+    def mev(self, query: MevQuery) -> tuple[list[MevView], MevTotals]:
+        """Live MEV detections matching ``query`` (the most recent block first, at most
+        ``limit``) and the totals of every match."""
+        table = MEV_DETECTIONS
+        conditions: list[ColumnElement[bool]] = []
+        if query.pool is not None:
+            conditions.append(table.c.pool == query.pool)
+        if query.actor is not None:
+            conditions.append(table.c.actor == query.actor)
+        if query.kind is not None:
+            conditions.append(table.c.kind == query.kind)
+        if query.from_block is not None:
+            conditions.append(table.c.block >= query.from_block)
+        if query.to_block is not None:
+            conditions.append(table.c.block <= query.to_block)
+        page = (
+            select(table)
+            .where(*conditions)
+            .order_by(table.c.block.desc(), table.c.position.desc(), table.c.key)
+            .limit(query.limit)
+        )
+        totals = (
+            select(table.c.kind, func.count(), func.coalesce(func.sum(table.c.profit_usd), 0.0))
+            .where(*conditions)
+            .group_by(table.c.kind)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(page).mappings().all()
+            by_kind = {
+                str(kind): (int(count), float(usd))
+                for kind, count, usd in connection.execute(totals).all()
+            }
+        views = [
+            MevView(
+                key=str(row["key"]),
+                position=int(row["position"]),
+                chain_id=int(row["chain_id"]),
+                kind=str(row["kind"]),
+                block=int(row["block"]),
+                block_hash=str(row["block_hash"]),
+                pool=str(row["pool"]),
+                actor=str(row["actor"]),
+                victim=None if row["victim"] is None else str(row["victim"]),
+                quote_token=str(row["quote_token"]),
+                profit=str(row["profit"]),
+                profit_quote=float(row["profit_quote"]),
+                profit_usd=None if row["profit_usd"] is None else float(row["profit_usd"]),
+                tx_hashes=tuple(str(row["tx_hashes"]).split(",")),
+            )
+            for row in rows
+        ]
+        sandwiches = by_kind.get("sandwich", (0, 0.0))
+        arbitrages = by_kind.get("arbitrage", (0, 0.0))
+        return views, MevTotals(
+            detections=sandwiches[0] + arbitrages[0],
+            sandwiches=sandwiches[0],
+            arbitrages=arbitrages[0],
+            profit_usd=sandwiches[1] + arbitrages[1],
+        )
 
     def series(self, query: SeriesQuery) -> Series:
         """Time-ordered points of one (protocol, metric, chain).
@@ -873,6 +966,8 @@ class SqlHistoryReadModel:
         metrics, prices = _observation_rows(entries)
         alerts: list[dict[str, Any]] = []
         anomalies: list[dict[str, Any]] = []
+        mev: list[dict[str, Any]] = []
+        mev_retracted: list[str] = []
         listings: list[LogEntry] = []
         for entry in entries:
             data = entry.data
@@ -892,6 +987,10 @@ class SqlHistoryReadModel:
                 )
             elif entry.kind in _PROTOCOL_KINDS:
                 listings.append(entry)
+            elif entry.kind == "mev_detected":
+                mev.append(_mev_row(entry))
+            elif entry.kind == "mev_retracted":
+                mev_retracted.extend(str(key) for key in data["keys"])
             elif entry.kind == "anomaly_detected":
                 anomalies.append(
                     {
@@ -915,6 +1014,11 @@ class SqlHistoryReadModel:
             connection.execute(insert(PRICE_OBSERVATIONS), prices)
         if anomalies:
             connection.execute(insert(ANOMALIES), anomalies)
+        # Detections before retractions: a batch may hold a detection and its retraction.
+        if mev:
+            connection.execute(insert(MEV_DETECTIONS), mev)
+        for keys in chunked(mev_retracted):
+            connection.execute(delete(MEV_DETECTIONS).where(MEV_DETECTIONS.c.key.in_(keys)))
         alerts = self._new_alerts(connection, alerts)
         if alerts:
             connection.execute(insert(ALERT_EVENTS), alerts)

@@ -291,6 +291,31 @@ ANOMALIES: Final = Table(
     Index("ix_anomalies_observed_at", "observed_at"),
 )
 
+# MevDetected events not retracted since (docs/adr/0050): ``GET /v2/analytics/mev``.
+MEV_DETECTIONS: Final = Table(
+    "mev_detections",
+    HISTORY_METADATA,
+    Column("key", Text(), nullable=False),
+    Column("position", BigInteger(), nullable=False),
+    Column("chain_id", BigInteger(), nullable=False),
+    Column("kind", Text(), nullable=False),
+    Column("block", BigInteger(), nullable=False),
+    Column("block_hash", Text(), nullable=False),
+    Column("pool", Text(), nullable=False),
+    Column("actor", Text(), nullable=False),
+    Column("victim", Text(), nullable=True),
+    Column("quote_token", Text(), nullable=False),
+    Column("profit", Text(), nullable=False),
+    Column("profit_quote", Double(), nullable=False),
+    Column("profit_usd", Double(), nullable=True),
+    Column("tx_hashes", Text(), nullable=False),
+    Column("recorded_at", Double(), nullable=False),
+    PrimaryKeyConstraint("key", name="pk_mev_detections"),
+    Index("ix_mev_detections_pool", "pool", "block"),
+    Index("ix_mev_detections_actor", "actor", "block"),
+    Index("ix_mev_detections_block", "block"),
+)
+
 AUDIT_RECORDS: Final = Table(
     "audit_records",
     HISTORY_METADATA,

@@ -35,6 +35,7 @@ from ..domain.anomaly import AnomalyLog
 from ..domain.api_key import ApiKey, KeyListing, hash_key
 from ..domain.chains import canonical_chain
 from ..domain.evm import EvmChain
+from ..domain.mev import MevLedger
 from ..domain.protocol import Protocol
 from ..domain.recent import PRICE, Series
 from ..domain.reconciliation import RECONCILIATION_LOG_ID, ReconciliationLog
@@ -49,6 +50,7 @@ from .alert_rules import RuleObservation, RuleSnapshot
 from .anomaly import Detection
 from .evm_facts import ChainStep
 from .ingest import IngestBatch, IngestResult, Listing, Rejection, ranges
+from .mev_follower import MevStep
 from .personal_fields import PersonalFieldsMapper
 from .ports import AccountKeys
 from .stored_observations import GroupObservations
@@ -1102,6 +1104,37 @@ class DefiRealtime(Application[UUID]):
             if changed:
                 self.save_aggregates(changed)
             return recorded
+
+        return self._retrying(record)
+
+    # -- MEV --------------------------------------------------------------------------------
+
+    def record_mev(self, steps: Sequence[MevStep]) -> int:
+        """Save the MEV follower's steps as ``MevDetected`` / ``MevRetracted`` events of
+        their chains' ``MevLedger``s, in one transaction; the number of detections recorded
+        plus retracted. Writer thread only. A step whose position its ledger already
+        handled, or a retraction of blocks with nothing live, records nothing."""
+
+        def record(working: dict[UUID, Aggregate]) -> int:
+            done = 0
+            for step in steps:
+                ledger_id = MevLedger.id_for(step.chain_id)
+                ledger = working.get(ledger_id)
+                if ledger is None:
+                    try:
+                        ledger = self.repository.get(ledger_id)
+                    except AggregateNotFoundError:
+                        ledger = MevLedger.open(step.chain_id)
+                    working[ledger_id] = ledger
+                assert isinstance(ledger, MevLedger)
+                if step.detections and ledger.detect(step.detections, step.position):
+                    done += len(step.detections)
+                if step.orphaned:
+                    done += len(ledger.retract(step.orphaned))
+            changed = [ledger for ledger in working.values() if ledger.pending_events]
+            if changed:
+                self.save_aggregates(changed)
+            return done
 
         return self._retrying(record)
 

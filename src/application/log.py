@@ -31,6 +31,8 @@ EntryKind = Literal[
     "api_key_rotated_out",
     "evm_blocks_recorded",
     "evm_blocks_orphaned",
+    "mev_detected",
+    "mev_retracted",
 ]
 # An alert rule's lifecycle, in the order a rule can live it (consumers that do not follow
 # rules, such as the hot projections and the realtime hub, ignore these kinds).
@@ -51,12 +53,17 @@ API_KEY_KINDS: Final[tuple[str, ...]] = ("api_key_issued", "api_key_revoked", "a
 # the ``blocks`` (``number``, ``hash``) a reorg replaced: every fact of those block hashes is
 # retracted (docs/adr/0048).
 EVM_KINDS: Final[tuple[str, ...]] = ("evm_blocks_recorded", "evm_blocks_orphaned")
+# What the MEV follower recorded (key: the chain id): ``mev_detected`` (a sandwich or cyclic
+# arbitrage, ``MevFinding.to_json`` and the ``position`` of the collector entry behind it);
+# ``mev_retracted``: the detection ``keys`` a reorg retracted (docs/adr/0050).
+MEV_KINDS: Final[tuple[str, ...]] = ("mev_detected", "mev_retracted")
 ENTRY_KINDS: Final[frozenset[str]] = frozenset(
     {"protocol_listed", "protocol_updated", "metric", "price", "alert_triggered", "alert_resolved"}
     | set(ALERT_RULE_KINDS)
     | {"anomaly_detected"}
     | set(API_KEY_KINDS)
     | set(EVM_KINDS)
+    | set(MEV_KINDS)
 )
 
 

@@ -32,6 +32,9 @@ from .rate_limits import Quota, Verdict
 from .views import (
     AnomalyQuery,
     AnomalyView,
+    MevQuery,
+    MevTotals,
+    MevView,
     Page,
     PriceView,
     ProtocolQuery,
@@ -170,6 +173,13 @@ class AnomalyReadModel(Protocol):
     applies them from the log with everything else."""
 
     def anomalies(self, query: AnomalyQuery) -> list[AnomalyView]: ...
+
+
+class MevReadModel(Protocol):
+    """The live MEV detections (synchronous: call it from a thread); the history read model
+    applies them, and their retractions, from the log with everything else."""
+
+    def mev(self, query: MevQuery) -> tuple[list[MevView], MevTotals]: ...
 
 
 class HistoryReadModel(Protocol):

@@ -249,3 +249,72 @@ class AnomalyView:
             "direction": self.direction,
             "reason": self.reason,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class MevQuery:
+    """Which live MEV detections to list (``GET /v2/analytics/mev``): every given condition
+    holds; the most recent block first. Totals cover every match, not only the page."""
+
+    pool: str | None = None
+    actor: str | None = None
+    from_block: int | None = None  # block >= from_block
+    to_block: int | None = None  # block <= to_block
+    kind: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class MevView:
+    """One ``MevDetected`` fact, not retracted, as the read model holds it."""
+
+    key: str
+    position: int
+    chain_id: int
+    kind: str
+    block: int
+    block_hash: str
+    pool: str
+    actor: str
+    victim: str | None
+    quote_token: str
+    profit: str
+    profit_quote: float
+    profit_usd: float | None
+    tx_hashes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "position": self.position,
+            "chainId": self.chain_id,
+            "kind": self.kind,
+            "block": self.block,
+            "blockHash": self.block_hash,
+            "pool": self.pool,
+            "actor": self.actor,
+            "victim": self.victim,
+            "quoteToken": self.quote_token,
+            "profit": self.profit,
+            "profitQuote": self.profit_quote,
+            "profitUsd": self.profit_usd,
+            "txHashes": list(self.tx_hashes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MevTotals:
+    """What every detection matching a ``MevQuery`` adds up to (USD: those with a price)."""
+
+    detections: int
+    sandwiches: int
+    arbitrages: int
+    profit_usd: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "detections": self.detections,
+            "sandwiches": self.sandwiches,
+            "arbitrages": self.arbitrages,
+            "profitUsd": self.profit_usd,
+        }

@@ -24,6 +24,8 @@ __all__ = [
     "AnomalyData",
     "Error",
     "MetricData",
+    "Mev",
+    "MevData",
     "Pong",
     "PriceData",
     "ServerFrame",
@@ -144,6 +146,37 @@ class Anomaly(BaseModel):
     data: AnomalyData
 
 
+class MevData(BaseModel):
+    model_config = _FRAME
+    chain_id: int = Field(alias="chainId")
+    retracted: bool
+    key: str | None = None
+    kind: Literal["sandwich", "arbitrage"] | None = None
+    block: int | None = None
+    block_hash: str | None = Field(default=None, alias="blockHash")
+    pool: str | None = None
+    actor: str | None = None
+    victim: str | None = None
+    quote_token: str | None = Field(default=None, alias="quoteToken")
+    profit: str | None = None
+    profit_quote: float | None = Field(default=None, alias="profitQuote")
+    profit_usd: float | None = Field(default=None, alias="profitUsd")
+    tx_hashes: list[str] | None = Field(default=None, alias="txHashes")
+    keys: list[str] | None = None
+    block_hashes: list[str] | None = Field(default=None, alias="blockHashes")
+
+
+class Mev(BaseModel):
+    """A MEV detection, or a reorg's retraction of some (the ``mev`` channel)."""
+
+    model_config = _FRAME
+    type: Literal["mev"]
+    subscription_id: str = Field(alias="subscriptionId")
+    channel: Literal["mev"]
+    position: int
+    data: MevData
+
+
 class Error(BaseModel):
     """A refused frame; the socket stays open."""
 
@@ -178,7 +211,9 @@ class Acked(BaseModel):
     id: str | int | None = None
 
 
-ServerFrame: TypeAlias = Subscribed | Unsubscribed | Update | Alert | Anomaly | Error | Pong | Acked
+ServerFrame: TypeAlias = (
+    Subscribed | Unsubscribed | Update | Alert | Anomaly | Mev | Error | Pong | Acked
+)
 """Any frame the server sends."""
 
 _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
@@ -187,6 +222,7 @@ _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
     "update": Update,
     "alert": Alert,
     "anomaly": Anomaly,
+    "mev": Mev,
     "error": Error,
     "pong": Pong,
     "acked": Acked,

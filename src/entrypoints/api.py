@@ -52,6 +52,7 @@ from .health_api import health_routes
 from .keys_api import key_routes
 from .llama_api import llama_routes
 from .logs import RequestIds
+from .mev_api import mev_routes
 from .node import Node, running
 from .observability import run_sampler, sample
 from .openapi import OpenApi
@@ -748,6 +749,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *coin_routes(),
         *volume_routes(),
         *anomaly_routes(),
+        *mev_routes(),
         *query_routes(_read_json_body),
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),

@@ -46,11 +46,13 @@ from ..application.audit_trail import AuditTrail
 from ..application.checkpoints import Checkpointer, CheckpointPolicy
 from ..application.delivery import RetryPolicy
 from ..application.durable_subscriptions import DurableSubscriptions
+from ..application.evm_facts import TokenSpec
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.hot_checkpoint import CheckpointedHotState
 from ..application.hot_state import HotState
 from ..application.keyring import KeyRing
 from ..application.log import LogBatch
+from ..application.mev_follower import MevFollower, MevStep
 from ..application.notifications import DeadLetters, DeliveryWorker, NotificationDispatcher
 from ..application.personal_fields import KeysOnFirstUse
 from ..application.ports import AccountKeys, ConnectionSlots, HotProjection, RateLimiter
@@ -589,6 +591,27 @@ def _anomaly_recorder(
     return record
 
 
+def _mev_recorder(
+    app: DefiRealtime, writer: IngestWriter
+) -> Callable[[Sequence[MevStep]], Awaitable[int]]:
+    """How the MEV follower records its steps: on the writer thread (docs/adr/0003)."""
+
+    async def record(steps: Sequence[MevStep]) -> int:
+        return await writer.call(lambda: app.record_mev(steps))
+
+    return record
+
+
+def _mev_tokens(evm_chains: str) -> dict[int, dict[str, TokenSpec]]:
+    """Each configured chain's tokens by address: their prices value MEV profits in USD."""
+    from .evm_settings import chain_specs
+
+    return {
+        spec.chain_id: {token.address: token for token in spec.tokens}
+        for spec in chain_specs(evm_chains)
+    }
+
+
 def _detector_settings(method: Method, window: int, threshold: float) -> DetectorSettings:
     return DetectorSettings(method=method, window=window, threshold=threshold)
 
@@ -971,6 +994,20 @@ class Container(containers.DeclarativeContainer):
         _own_follower,
         event_log,
         anomaly_follower.provided.runner.call(),
+        providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+
+    mev_follower = providers.Singleton(
+        MevFollower,
+        event_log,
+        follower_positions,
+        providers.Singleton(_mev_recorder, application, writer),
+        providers.Singleton(_mev_tokens, config.evm_chains),
+    )
+    mev_loop = providers.Singleton(
+        _own_follower,
+        event_log,
+        mev_follower.provided.runner.call(),
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
     )
 

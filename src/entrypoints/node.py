@@ -196,6 +196,18 @@ class Node:
 
             self._follow(anomaly_loop, loop, detect)
             self.runners.update(_named(anomaly_loop))
+        elif loop.name == "mev":
+            mev = await provide(self.container.mev_follower)
+            mev_loop = await provide(self.container.mev_loop)
+
+            async def detect_mev() -> None:
+                try:
+                    await mev_loop.run()
+                finally:
+                    mev.forget()  # whoever runs next reads the stored position
+
+            self._follow(mev_loop, loop, detect_mev)
+            self.runners.update(_named(mev_loop))
         elif loop.name == "notifications":
             await self._start_notifications(loop)
         elif loop.name == "reconcile":

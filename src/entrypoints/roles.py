@@ -81,6 +81,7 @@ RECONCILE_LOCK: Final = Lock("dr_reco", 0x64725F7265636F)
 ANOMALIES_LOCK: Final = Lock("dr_anom", 0x64725F616E6F6D)
 EVM_LOCK: Final = Lock("dr_evm", 0x64725F65766D)
 WEBHOOKS_LOCK: Final = Lock("dr_hook", 0x64725F686F6F6B)
+MEV_LOCK: Final = Lock("dr_mev", 0x64725F6D6576)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,16 @@ ROLES: Final[tuple[Role, ...]] = (
         in_serve=InServe.WITH_EVM_CHAINS,
         follower=Follower.CHAINS,
         lock=EVM_LOCK,
+    ),
+    Role(
+        "mev",
+        "detects sandwiches and cyclic arbitrage in the recorded blocks, records MevDetected; "
+        "retracts what a reorg orphaned (ADR 0050)",
+        # Beside the collectors it reads: no deployment change.
+        worker="evm",
+        in_serve=InServe.WITH_EVM_CHAINS,
+        follower=Follower.OWN,
+        lock=MEV_LOCK,
     ),
 )
 

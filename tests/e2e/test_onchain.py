@@ -250,3 +250,85 @@ async def test_json_rpc_fails_over_and_keeps_its_budget(chain_url: str) -> None:
             await asyncio.wait_for(nowhere.call("eth_chainId", []), 10)
     finally:
         await nowhere.aclose()
+
+
+def test_a_sandwich_mined_in_one_block_streams_on_mev_and_is_listed_by_the_route(
+    devnet: ModuleType, chain_url: str, node: Any, tmp_path: Path
+) -> None:
+    """Three trades (two txs each: pay in, swap) pending while mining is stopped, ordered
+    by gas price (front-run, victim, back-run), then mined as ONE block."""
+    market = devnet.Market.deploy(node)
+    bot, victim = node.accounts[1], node.accounts[2]
+    for trader, amount in ((bot, 100_000), (victim, 300_000)):
+        node.send("TestToken", market.usdc, "transfer(address,uint256)", trader, amount * 10**6)
+    r0, r1 = market.reserves()
+    usdc_is_0 = market.usdc == market.token0
+    pool = {"usdc": r0 if usdc_is_0 else r1, "weth": r1 if usdc_is_0 else r0}
+
+    def trade(token_in: str, amount_in: int) -> int:
+        token_out = "weth" if token_in == "usdc" else "usdc"
+        out = amount_in * 997 * pool[token_out] // (pool[token_in] * 1000 + amount_in * 997)
+        pool[token_in] += amount_in
+        pool[token_out] -= out
+        return out
+
+    def pending(sender: str, contract: str, to: str, signature: str, *args: Any, gwei: int) -> str:
+        selector = node.contracts[contract]["methods"][signature]
+        data = "0x" + selector + "".join(devnet._word(a) for a in args)
+        tx = {"from": sender, "to": to, "data": data, "gas": hex(250_000)}
+        tx["gasPrice"] = hex(gwei * 10**9)
+        return str(node.rpc("eth_sendTransaction", tx))
+
+    def swap(trader: str, token_in: str, amount_in: int, gwei: int) -> str:
+        out = trade(token_in, amount_in)
+        token = market.usdc if token_in == "usdc" else market.weth
+        pending(trader, "TestToken", token, "transfer(address,uint256)", market.pair,
+                amount_in, gwei=gwei)  # fmt: skip
+        weth_is_0 = not usdc_is_0
+        wants_weth = token_in == "usdc"
+        args = (out, 0) if wants_weth == weth_is_0 else (0, out)
+        pending(trader, "MiniPair", market.pair, "swap(uint256,uint256,address)", *args,
+                trader, gwei=gwei)  # fmt: skip
+        return str(out)
+
+    setting = market.chain_setting(chain_url, start_block=node.head() + 1)
+    with (
+        start_server(tmp_path / "data", evm_chains=json.dumps([setting])) as server,
+        httpx.Client(base_url=server.base_url, timeout=10, headers=server.headers) as http,
+    ):
+        with connect(server.ws_url, open_timeout=5) as ws:
+            ws.send(json.dumps({"type": "subscribe", "channel": "mev"}))
+            assert json.loads(ws.recv(timeout=WAIT))["type"] == "subscribed"
+            node.rpc("miner_stop")
+            try:
+                front_usdc = 100_000 * 10**6
+                bought = int(swap(bot, "usdc", front_usdc, gwei=30))
+                swap(victim, "usdc", 300_000 * 10**6, gwei=20)
+                proceeds = int(swap(bot, "weth", bought, gwei=10))
+            finally:
+                node.rpc("miner_start")
+            node.mine(1)  # whatever ganache left pending, in the same or the next block
+            mined = time.monotonic()
+            frame = json.loads(ws.recv(timeout=WAIT))
+            streamed = time.monotonic() - mined
+        assert (frame["type"], frame["data"]["kind"]) == ("mev", "sandwich"), frame
+        found = wait_for(
+            lambda: http.get("/v2/analytics/mev").json(),
+            lambda answer: answer.get("totals", {}).get("sandwiches") == 1,
+            WAIT,
+        )
+        latency = time.monotonic() - mined
+        assert frame["data"]["key"] == found["detections"][0]["key"]
+        [sandwich] = found["detections"]
+        assert sandwich["kind"] == "sandwich"
+        assert (sandwich["pool"], sandwich["actor"]) == (market.pair, bot.lower())
+        assert sandwich["victim"] == victim.lower()
+        assert sandwich["quoteToken"] == market.usdc
+        assert int(sandwich["profit"]) == proceeds - front_usdc > 0
+        assert sandwich["profitUsd"] == pytest.approx((proceeds - front_usdc) / 10**6)
+        assert found["totals"]["profitUsd"] == pytest.approx(sandwich["profitUsd"])
+        by_actor = http.get("/v2/analytics/mev", params={"actor": victim}).json()
+        assert by_actor["totals"]["detections"] == 0
+        refused = http.get("/v2/analytics/mev", params={"fromBlock": "9", "toBlock": "3"})
+        assert refused.status_code == 400, refused.text
+        print(f"block mined -> mev frame {streamed * 1000:.0f} ms, route {latency * 1000:.0f} ms")

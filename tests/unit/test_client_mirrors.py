@@ -50,6 +50,8 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (client_frames.AlertData, server_frames.AlertData),
     (client_frames.Anomaly, server_frames.Anomaly),
     (client_frames.AnomalyData, server_frames.AnomalyData),
+    (client_frames.Mev, server_frames.Mev),
+    (client_frames.MevData, server_frames.MevData),
     (client_frames.Error, server_frames.Error),
     (client_frames.Pong, server_frames.Pong),
     (client_frames.Acked, server_frames.Acked),

@@ -247,5 +247,7 @@ def test_serve_runs_the_evm_role_only_with_chains_and_the_worker_always() -> Non
         return [placement.role.name for placement in plan(process, Settings(evm_chains=chains))]
 
     assert "evm" not in roles("serve", "")
-    assert "evm" in roles("serve", json.dumps([chain()]))
-    assert roles("evm", "") == ["evm"]
+    assert "mev" not in roles("serve", "")
+    assert {"evm", "mev"} <= set(roles("serve", json.dumps([chain()])))
+    # The MEV detector runs beside the collectors it reads (ADR 0050).
+    assert roles("evm", "") == ["evm", "mev"]

@@ -24,9 +24,11 @@ from .protocol import dumps
 
 ALERT_KINDS: Final = frozenset({"alert_triggered", "alert_resolved"})
 ANOMALY_KIND: Final = "anomaly_detected"
+MEV_KINDS: Final = frozenset({"mev_detected", "mev_retracted"})
 _UPDATE: Final = b'{"type":"update","subscriptionId":"'
 _ALERT: Final = b'{"type":"alert","subscriptionId":"'
 _ANOMALY: Final = b'{"type":"anomaly","subscriptionId":"'
+_MEV: Final = b'{"type":"mev","subscriptionId":"'
 
 Encoded = tuple[bytes, bytes]
 """A frame split around the subscription id: ``prefix + id + suffix``."""
@@ -41,6 +43,8 @@ def channel_of(entry: LogEntry) -> str | None:
         return "alerts" if to_sockets(entry) else None
     if entry.kind == ANOMALY_KIND:
         return "anomalies"
+    if entry.kind in MEV_KINDS:
+        return "mev"
     return None
 
 
@@ -103,6 +107,8 @@ def encode(entry: LogEntry, channel: str, facts: EntryFacts | None) -> Encoded:
             },
         }
         return _ANOMALY, b'",' + dumps(body)[1:]
+    if channel == "mev":
+        return _MEV, b'",' + dumps(_mev_body(entry))[1:]
     change = None if facts is None else facts.change_24h(entry)
     late = None if facts is None else not facts.current
     if channel == "prices":
@@ -125,6 +131,36 @@ def encode(entry: LogEntry, channel: str, facts: EntryFacts | None) -> Encoded:
             "late": late,
         }
     return _update(channel, entry.position, payload, snapshot=False)
+
+
+def _mev_body(entry: LogEntry) -> dict[str, Any]:
+    """A detection (``retracted: false``), or the keys a reorg retracted (ADR 0050)."""
+    data = entry.data
+    if entry.kind == "mev_retracted":
+        payload: dict[str, Any] = {
+            "chainId": int(entry.key),
+            "retracted": True,
+            "keys": data.get("keys"),
+            "blockHashes": data.get("block_hashes"),
+        }
+    else:
+        payload = {
+            "chainId": int(entry.key),
+            "retracted": False,
+            "key": data.get("key"),
+            "kind": data.get("kind"),
+            "block": data.get("block"),
+            "blockHash": data.get("block_hash"),
+            "pool": data.get("pool"),
+            "actor": data.get("actor"),
+            "victim": data.get("victim"),
+            "quoteToken": data.get("quote_token"),
+            "profit": data.get("profit"),
+            "profitQuote": data.get("profit_quote"),
+            "profitUsd": data.get("profit_usd"),
+            "txHashes": data.get("tx_hashes"),
+        }
+    return {"channel": "mev", "position": entry.position, "data": payload}
 
 
 def protocol_snapshot(

@@ -17,9 +17,9 @@ from typing import Any, Final
 from ...domain.chains import chain_key
 from ...domain.token import canonical_token_id
 
-CHANNELS: Final = ("protocols", "prices", "volumes", "alerts", "anomalies")
+CHANNELS: Final = ("protocols", "prices", "volumes", "alerts", "anomalies", "mev")
 # Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts
-# or anomalies, which are events.
+# or anomalies, which are events, nor mev (detections and their retractions).
 VALUE_CHANNELS: Final = frozenset({"protocols", "prices", "volumes"})
 FILTER_KEYS: Final = frozenset({"protocolIds", "tokenIds", "chains", "categories", "minTvl"})
 SUBSCRIBE_FIELDS: Final = frozenset(
@@ -39,6 +39,7 @@ SERVER_MESSAGE_TYPES: Final = (
     "update",
     "alert",
     "anomaly",
+    "mev",
     "error",
     "pong",
     "acked",
@@ -47,11 +48,12 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "invalid_json": "the frame is not valid JSON (or not UTF-8)",
     "invalid_message": "not a JSON object, an unknown field, or a field of the wrong type",
     "unknown_type": "the message type is not subscribe, unsubscribe, ping, attach or ack",
-    "invalid_channel": "the channel is not protocols, prices, volumes, alerts or anomalies",
-    "invalid_params": "a filter in params is unknown or malformed",
+    "invalid_channel": "the channel is not protocols, prices, volumes, alerts, anomalies or mev",
+    "invalid_params": "a filter in params is unknown or malformed, or given on the mev "
+    "channel (which takes none)",
     "invalid_since": "since is not a non-negative integer, or is beyond the log head",
-    "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts or "
-    "anomalies channel",
+    "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts, "
+    "anomalies or mev channel",
     "too_many_subscriptions": "the connection holds its maximum number of subscriptions",
     "too_many_replays": "the connection (or its address) has its maximum number of replays or "
     "snapshots under way; subscribe again when one has finished",
@@ -313,6 +315,8 @@ def _subscribe(message: Mapping[str, Any]) -> Subscribe:
         )
     if snapshot and channel not in VALUE_CHANNELS:
         raise FrameError("invalid_snapshot", f"{channel} are events, not values: no snapshot")
+    if channel == "mev" and message.get("params"):
+        raise FrameError("invalid_params", "the mev channel takes no params: it sends every chain")
     return Subscribe(
         channel=str(channel),
         filter=Filter.parse(message.get("params")),

@@ -106,6 +106,8 @@ def indexed_ids(channel: str, wanted: Filter) -> frozenset[str] | None:
     every key of its channel)."""
     if channel == "prices":
         return wanted.token_ids
+    if channel == "mev":
+        return None  # every detection: the channel takes no filter
     if channel == "anomalies":
         # Protocol slugs and token ids never collide (a token id has a colon).
         protocols, tokens = wanted.protocol_ids, wanted.token_ids
@@ -122,6 +124,8 @@ def filter_matches(
     passes ``wanted``; ``facts`` are the protocol's. The one rule for sockets and webhooks."""
     if channel == "prices":
         return wanted.token_ids is None or key in wanted.token_ids
+    if channel == "mev":
+        return True
     if channel == "anomalies":
         ids = indexed_ids(channel, wanted)
         if ids is not None and key not in ids:

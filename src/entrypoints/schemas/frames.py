@@ -389,6 +389,41 @@ class Anomaly(BaseModel):
     data: AnomalyData
 
 
+class MevData(BaseModel):
+    """A detection (``retracted: false``) or the detections a reorg retracted
+    (``retracted: true``: ``keys`` and ``blockHashes`` only), ADR 0050."""
+
+    model_config = _FRAME
+    chain_id: StrictInt = Field(alias="chainId")
+    retracted: bool
+    key: StrictStr | None = Field(default=None, description="kind:block hash:tx hashes")
+    kind: Literal["sandwich", "arbitrage"] | None = None
+    block: StrictInt | None = None
+    block_hash: StrictStr | None = Field(default=None, alias="blockHash")
+    pool: StrictStr | None = None
+    actor: StrictStr | None = Field(default=None, description="the swap recipient that gained")
+    victim: StrictStr | None = None
+    quote_token: StrictStr | None = Field(default=None, alias="quoteToken")
+    profit: StrictStr | None = Field(default=None, description="raw units of the quote token")
+    profit_quote: Number | None = Field(default=None, alias="profitQuote")
+    profit_usd: Number | None = Field(default=None, alias="profitUsd")
+    tx_hashes: list[StrictStr] | None = Field(default=None, alias="txHashes")
+    keys: list[StrictStr] | None = Field(default=None, description="retracted: which")
+    block_hashes: list[StrictStr] | None = Field(default=None, alias="blockHashes")
+
+
+class Mev(BaseModel):
+    """A sandwich or cyclic arbitrage was detected, or a reorg retracted detections (the
+    ``mev`` channel; events, never coalesced, no snapshot, no filters)."""
+
+    model_config = _FRAME
+    type: Literal["mev"]
+    subscription_id: SubscriptionId
+    channel: Literal["mev"]
+    position: Position = Field(description="the event store's position of the fact")
+    data: MevData
+
+
 class Error(BaseModel):
     """A malformed or refused frame; the socket and its other subscriptions stay up."""
 
@@ -436,6 +471,6 @@ def _by_type(*models: type[BaseModel]) -> Mapping[str, type[BaseModel]]:
 CLIENT_MESSAGES: Final = _by_type(Subscribe, Unsubscribe, Ping, Attach, Ack)
 """Client messages by ``type``."""
 SERVER_MESSAGES: Final = _by_type(
-    Subscribed, Unsubscribed, Update, Alert, Anomaly, Error, Pong, Acked
+    Subscribed, Unsubscribed, Update, Alert, Anomaly, Mev, Error, Pong, Acked
 )
 """Server messages by ``type``."""
