@@ -40,8 +40,8 @@ def test_ready_lists_each_check_and_passes(server: LiveServer, http: httpx.Clien
 
 def test_a_node_behind_the_log_is_not_ready(tmp_path: Path) -> None:
     # The node polls the log only every 30 s and hears of its own writes only: a write
-    # by another process leaves it behind until then (a key of a new account: two positions,
-    # the account's and the key's). No lag is allowed.
+    # by another process leaves it behind until then (a key of a new account: four positions,
+    # the account's, the key's and its KeyListing's two). No lag is allowed.
     with (
         start_server(tmp_path / "data", ready_max_lag=0, poll_interval=30.0) as server,
         httpx.Client(base_url=server.base_url, timeout=10.0) as http,
@@ -55,8 +55,8 @@ def test_a_node_behind_the_log_is_not_ready(tmp_path: Path) -> None:
         assert body["status"] == "not_ready"
         hot = body["checks"]["projection:hot"]
         assert hot["status"] == "fail"
-        assert hot["lag"] == 2
-        assert hot["reason"].startswith("lag 2 > 0")
+        assert hot["lag"] == 4
+        assert hot["reason"].startswith("lag 4 > 0")
         assert body["checks"]["event_store"]["status"] == "pass"
         assert http.get("/health/live").status_code == 200
         # /health keeps its meaning: nothing is stalled.
