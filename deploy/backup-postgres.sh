@@ -27,6 +27,7 @@ url=$(sed -E 's#^postgres(ql)?(\+[A-Za-z0-9_]+)?://#postgresql://#' <<<"$url")
 # `defi-realtime projections rebuild history`) and its tracking rows.
 REBUILDABLE=(
   protocol_observations price_observations protocols protocol_listings alert_events alert_rules anomalies
+  mev_detections
   series_states series_days group_days projection_tracking
 )
 exclude=()

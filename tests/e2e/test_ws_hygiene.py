@@ -471,7 +471,7 @@ def test_the_hub_emits_only_documented_message_types() -> None:
                 return LogBatch(after=after, last=after)
 
             def head(self) -> int:
-                return 3
+                return 4
 
         class FakeDurableStore:
             """One durable subscription of alice's, at position 0."""
@@ -532,13 +532,21 @@ def test_the_hub_emits_only_documented_message_types() -> None:
                 },
                 T0,
             ),
+            LogEntry(
+                4,
+                "mev_retracted",
+                "1337",
+                {"keys": ["k1"], "block_hashes": ["0xab"]},
+                T0,
+            ),
         )
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "protocols"}))
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "anomalies"}))
+        hub.receive(owner, json.dumps({"type": "subscribe", "channel": "mev"}))
         hub.receive(owner, json.dumps({"type": "attach", "subscription": "d1"}))
         for _ in range(5):  # the lookup, then the replay's turns
             await asyncio.sleep(0)
-        await hub.deliver(LogBatch(after=0, last=3, entries=entries))
+        await hub.deliver(LogBatch(after=0, last=4, entries=entries))
         await asyncio.sleep(0)
         hub.receive(owner, json.dumps({"type": "ack", "subscriptionId": "d1", "position": 1}))
         assert hub.acks is not None
