@@ -157,6 +157,12 @@ def _audit_log(env: Mapping[str, str], data_dir: Path) -> Iterator[AuditLog]:
         # Commits without an fsync each (survive the process, not a power loss): every
         # audited request waits for one (adapters/sqlite_audit_store.py).
         env["PERSISTENCE_MODULE"] = "defi_realtime.adapters.sqlite_audit_store"
+    elif "POSTGRES_POOL_SIZE" in env:
+        # One writer (the journal's thread) and the occasional reader: a pool of the main
+        # log's size would hold 5 more connections per process for nothing (the compose
+        # topology's processes ran PostgreSQL out of its 100).
+        env["POSTGRES_POOL_SIZE"] = "1"
+        env["POSTGRES_MAX_OVERFLOW"] = "2"
     log = AuditLog(env=env)
     try:
         yield log
