@@ -257,14 +257,8 @@ class Protocol(Aggregate):
         """Record one observation; returns False if it is an identical repeat (a no-op):
         the value last recorded for its series and time is the same. ``stored`` answers
         for times beyond the recent window (``domain.recent``)."""
-        check_metric(metric)
-        chain = check_chain(chain)
-        number = check_value(value)
-        stamp = check_timestamp(observed_at)
-        check_text(source or "", field="source")
-        series = (metric, chain)
-        known = known_value(
-            self.recent.get(series), self.horizon.get(series), stamp, self.id, series, stored
+        chain, number, stamp, known = self._checked(
+            metric, chain, value, observed_at, source, stored
         )
         if known == number:
             return False
@@ -305,6 +299,29 @@ class Protocol(Aggregate):
             assert isinstance(aggregate, Protocol)
             aggregate._apply_metric(self.metric, self.chain, self.value, self.observed_at)
 
+    def _checked(
+        self,
+        metric: str,
+        chain: str,
+        value: float,
+        observed_at: float,
+        source: str,
+        stored: StoredObservations | None,
+    ) -> tuple[str, float, float, float | None]:
+        """The observation's fields validated (chain canonical), and the value last recorded
+        for its series and time (None: never), as ``record_metric`` and ``retract_metric``
+        both need them."""
+        check_metric(metric)
+        chain = check_chain(chain)
+        number = check_value(value)
+        stamp = check_timestamp(observed_at)
+        check_text(source or "", field="source")
+        series = (metric, chain)
+        known = known_value(
+            self.recent.get(series), self.horizon.get(series), stamp, self.id, series, stored
+        )
+        return chain, number, stamp, known
+
     def retract_metric(
         self,
         metric: str,
@@ -320,14 +337,8 @@ class Protocol(Aggregate):
         retraction is a fact of its own, never an edit. False (nothing recorded) when
         nothing was observed there or it already holds ``restored``. ``stored`` answers for
         times beyond the recent window, as in ``record_metric``."""
-        check_metric(metric)
-        chain = check_chain(chain)
-        number = check_value(restored)
-        stamp = check_timestamp(observed_at)
-        check_text(source or "", field="source")
-        series = (metric, chain)
-        held = known_value(
-            self.recent.get(series), self.horizon.get(series), stamp, self.id, series, stored
+        chain, number, stamp, held = self._checked(
+            metric, chain, restored, observed_at, source, stored
         )
         if held is None or held == number:
             return False
