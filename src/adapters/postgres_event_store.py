@@ -62,6 +62,7 @@ from eventsourcing.persistence import (
     ProgrammingError,
     StoredEvent,
 )
+from eventsourcing.utils import Environment
 from eventsourcing.utils import retry as es_retry
 from psycopg import errors as pg_errors
 from psycopg.abc import AdaptContext
@@ -123,6 +124,8 @@ ColumnArrays = tuple[list[UUID | str], list[int], list[str], list[bytes]]
 
 # PostgreSQL's binary array format: number of dimensions, has-nulls flag, element type OID,
 # then each dimension's length and lower bound, then each element as a length and its bytes.
+# Seconds a pooled connection above the pool's size stays open unused.
+OVERFLOW_IDLE: Final = 60.0
 _ARRAY_HEADER: Final = struct.Struct(">iiIii")
 _LENGTH: Final = struct.Struct(">i")
 _INT8_ELEMENT: Final = struct.Struct(">iq")
@@ -445,6 +448,12 @@ class FastPostgresFactory(es_postgres.PostgresFactory):
     aggregate_recorder_class = FastPostgresAggregateRecorder
     application_recorder_class = FastPostgresApplicationRecorder
     process_recorder_class = FastPostgresProcessRecorder
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        # psycopg_pool keeps a connection above the pool's size for ten minutes after a
+        # burst; not opened yet, so the pool schedules its shrinking with this instead.
+        self.datastore.pool.max_idle = OVERFLOW_IDLE
 
 
 # Conventional alias (eventsourcing.postgres has ``Factory`` too). It is the same class

@@ -410,6 +410,8 @@ def _sqlite_on_begin(connection: Connection) -> None:
 # How long closing an engine waits for the connections checked out (a call is
 # milliseconds to seconds).
 CLOSE_TIMEOUT: Final = 10.0
+KEPT_CONNECTIONS: Final = 2
+BURST_CONNECTIONS: Final = 10
 
 
 def create_sql_engine(url: str) -> Engine:
@@ -422,7 +424,12 @@ def create_sql_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    # Two connections kept per engine, more only for a burst (closed when returned): a
+    # process has several read models, and every process of a deployment shares
+    # PostgreSQL's connections (100 by default).
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_size=KEPT_CONNECTIONS, max_overflow=BURST_CONNECTIONS
+    )
 
 
 def migrated_engine(url: str) -> Engine:

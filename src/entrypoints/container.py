@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from ..adapters.file_checkpoints import FileCheckpointStore
     from ..adapters.limits_rate_limiter import MemoryRateLimiter, Strategy
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
-    from ..adapters.postgres_coordination import PostgresCommitListener
+    from ..adapters.postgres_coordination import PostgresCommitListener, PostgresLeadership
     from ..adapters.prometheus_metrics import PrometheusMetrics
     from ..adapters.query_cache import MemoryQueryCache, RedisQueryCache
     from ..adapters.rabbit_fanout import RabbitEventFanout
@@ -383,6 +383,21 @@ def _commit_listener(database_url: str | None, app: DefiRealtime) -> PostgresCom
     from ..adapters.postgres_coordination import PostgresCommitListener
 
     return PostgresCommitListener(database_url, channel)
+
+
+async def _leadership(database_url: str | None) -> AsyncIterator[PostgresLeadership | None]:
+    """With PostgreSQL, the advisory locks the elected loops of this process run under, on
+    one connection (closing it releases them all); embedded, nothing is elected."""
+    if database_url is None:
+        yield None
+        return
+    from ..adapters.postgres_coordination import PostgresLeadership
+
+    leadership = PostgresLeadership(database_url)
+    try:
+        yield leadership
+    finally:
+        await leadership.close()
 
 
 def _memory_query_cache() -> MemoryQueryCache:
@@ -952,6 +967,7 @@ class Container(containers.DeclarativeContainer):
         Relay, event_log, fanout, relay_positions, poll_interval=config.poll_interval
     )
     commit_listener = providers.Singleton(_commit_listener, config.database_url, application)
+    leadership = providers.Resource(_leadership, config.database_url)
     hot_runner = providers.Selector(
         config.hot_backend,
         memory=providers.Singleton(_memory_hot_runner, checkpointed_hot, event_log, "hot"),

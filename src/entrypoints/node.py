@@ -18,7 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ..adapters.event_store_log import EventStoreLog
-from ..adapters.postgres_coordination import PostgresCommitListener, PostgresLeadership
+from ..adapters.postgres_coordination import (
+    LeadershipLost,
+    PostgresCommitListener,
+    PostgresLeadership,
+)
 from ..adapters.sql_delivery_log import SqlDeliveryLog
 from ..adapters.sql_history import SqlHistoryReadModel
 from ..application.alerting import AlertEvaluator
@@ -72,18 +76,33 @@ def supervise(name: str, run: LoopBody) -> asyncio.Task[None]:
     return asyncio.create_task(loop(), name=name)
 
 
-def elected(run: LoopBody, *, database_url: str | None, lock: Lock | None, what: str) -> LoopBody:
+def elected(
+    run: LoopBody, *, leadership: PostgresLeadership | None, lock: Lock | None, what: str
+) -> LoopBody:
     """``run`` wrapped so that only the process holding ``lock`` (a PostgreSQL advisory lock)
     runs it; with no lock (per node, or embedded) ``run`` as is. A standby waits for the
-    lock and takes over when the leader's session ends."""
-    if lock is None or database_url is None:
+    lock and takes over when the leader's session ends; a leader whose session ends stops
+    ``run`` (``LeadershipLost``: ``supervise`` restarts it, as a candidate again)."""
+    if lock is None or leadership is None:
         return run
-    leadership = PostgresLeadership(database_url, lock.key)
+    held_by, key, name = leadership, lock.key, lock.name
 
     async def lead() -> None:
-        async with leadership.lead():
-            log.info("this node now %s (lock %s)", what, lock.name)
-            await run()
+        async with held_by.lead(key) as lost:
+            log.info("this node now %s (lock %s)", what, name)
+            body = asyncio.ensure_future(run())
+            watch = asyncio.ensure_future(lost.wait())
+            try:
+                await asyncio.wait({body, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (body, watch):
+                    task.cancel()
+                await asyncio.gather(body, watch, return_exceptions=True)
+            if not body.cancelled() and (error := body.exception()) is not None:
+                raise error
+            if not body.cancelled() or not lost.is_set():
+                return
+        raise LeadershipLost(f"lost lock {name} while it {what}")
 
     return lead
 
@@ -118,6 +137,8 @@ class Node:
     evaluator: AlertEvaluator | None = None
     notification_queue: NotificationQueue | None = None
     evm_collectors: list[EvmCollector] = field(default_factory=list)
+    # The advisory locks of this process's elected loops (PostgreSQL only).
+    leadership: PostgresLeadership | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Set once ``fanout.start()`` returned: loops register their handlers before it, and the
     # relay must not publish before it.
@@ -221,7 +242,7 @@ class Node:
                     loop.name,
                     elected(
                         webhooks.run,
-                        database_url=self.settings.database_url,
+                        leadership=self.leadership,
                         lock=loop.lock,
                         what="delivers the webhooks of durable subscriptions",
                     ),
@@ -240,7 +261,7 @@ class Node:
                 loop.name,
                 elected(
                     run or follower.run,
-                    database_url=self.settings.database_url,
+                    leadership=self.leadership,
                     lock=loop.lock,
                     what=f"runs {', '.join(role.name for role in loop.roles)}",
                 ),
@@ -267,7 +288,7 @@ class Node:
                 loop.name,
                 elected(
                     run_relay,
-                    database_url=self.settings.database_url,
+                    leadership=self.leadership,
                     lock=loop.lock,
                     what="runs the relay",
                 ),
@@ -310,7 +331,7 @@ class Node:
                 loop.name,
                 elected(
                     reconcile,
-                    database_url=self.settings.database_url,
+                    leadership=self.leadership,
                     lock=loop.lock,
                     what="reconciles the read models",
                 ),
@@ -333,7 +354,7 @@ class Node:
                     f"{loop.name}-{collector.spec.chain_id}",
                     elected(
                         collector.run,
-                        database_url=self.settings.database_url,
+                        leadership=self.leadership,
                         lock=chain_lock,
                         what=f"collects chain {collector.spec.chain_id}",
                     ),
@@ -397,6 +418,7 @@ async def running(
             subscriptions=await provide(container.durable_subscriptions),
             fanout=await provide(container.fanout),
             query_cache=await provide(container.query_cache),
+            leadership=await provide(container.leadership),
         )
         if follow:
             for loop in loops(placements):

@@ -541,8 +541,11 @@ class Settings(BaseSettings):
             "POSTGRES_PORT": str(url.port or 5432),
             "POSTGRES_USER": unquote(url.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(url.password or ""),
-            "POSTGRES_POOL_SIZE": "5",
-            "POSTGRES_MAX_OVERFLOW": "5",
+            # Two kept open (the writer and a reader), up to eight more in a burst, closed
+            # after a minute idle (adapters/postgres_event_store.py): PostgreSQL's
+            # connections are shared by every process of a deployment.
+            "POSTGRES_POOL_SIZE": "2",
+            "POSTGRES_MAX_OVERFLOW": "8",
         }
         return env
 
