@@ -58,10 +58,14 @@ class SqlPositionStore:
     Call ``close()`` to release the connection pool.
     """
 
-    def __init__(self, url: str, *, table: str = DEFAULT_POSITIONS_TABLE) -> None:
+    def __init__(self, target: str | Engine, *, table: str = DEFAULT_POSITIONS_TABLE) -> None:
         if not _TABLE_NAME.match(table):
             raise ValueError(f"invalid table name: {table!r}")
-        self._engine, shared_connection = _create_engine(url)
+        # A URL: its own engine; the process's shared engine otherwise (sql_schema).
+        self._owns_engine = isinstance(target, str)
+        self._engine, shared_connection = (
+            _create_engine(target) if isinstance(target, str) else (target, False)
+        )
         self._lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if shared_connection else contextlib.nullcontext()
         )
@@ -128,7 +132,8 @@ class SqlPositionStore:
             conn.execute(insert(table).values(**values))
 
     def close(self) -> None:
-        close_engine(self._engine)
+        if self._owns_engine:
+            close_engine(self._engine)
 
 
 def _create_engine(url: str) -> tuple[Engine, bool]:

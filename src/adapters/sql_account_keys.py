@@ -17,15 +17,15 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ..application.personal_fields import new_key_secret
 from ..application.ports import AccountKey, Purged
 from .sql_schema import (
     ACCOUNT_KEYS,
     ERASED_SUBJECTS,
+    adapter_engine,
     close_engine,
-    migrated_engine,
     scrub,
     write_transaction,
 )
@@ -36,8 +36,9 @@ __all__ = ["SqlAccountKeys"]
 class SqlAccountKeys:
     """Implements ``AccountKeys`` (synchronous: call it from a worker thread)."""
 
-    def __init__(self, url: str) -> None:
-        self._engine = migrated_engine(url)
+    def __init__(self, target: str | Engine) -> None:
+        # A URL: its own engine; the process's shared engine otherwise (sql_schema).
+        self._engine, self._owns_engine = adapter_engine(target)
         dialect = sqlite if self._engine.dialect.name == "sqlite" else postgresql
         self._insert: Any = dialect.insert
 
@@ -88,7 +89,8 @@ class SqlAccountKeys:
             return _erased(connection, subject)
 
     def close(self) -> None:
-        close_engine(self._engine)
+        if self._owns_engine:
+            close_engine(self._engine)
 
     def _lock(self, connection: Connection, subject: str) -> None:
         # A key made while the subject is being erased must not survive the erase: on

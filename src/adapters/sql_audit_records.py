@@ -24,7 +24,7 @@ from ..application.audit import (
     recorded,
     recorded_spans,
 )
-from .sql_schema import AUDIT_RECORDS, close_engine, migrated_engine, write_transaction
+from .sql_schema import AUDIT_RECORDS, adapter_engine, close_engine, write_transaction
 
 __all__ = ["SqlAuditRecords"]
 
@@ -34,8 +34,9 @@ _T = AUDIT_RECORDS.c
 class SqlAuditRecords:
     """Implements ``AuditRecords`` (synchronous: call it from a worker thread)."""
 
-    def __init__(self, url: str) -> None:
-        self._engine = migrated_engine(url)
+    def __init__(self, target: str | Engine) -> None:
+        # A URL: its own engine; the process's shared engine otherwise (sql_schema).
+        self._engine, self._owns_engine = adapter_engine(target)
 
     @property
     def engine(self) -> Engine:
@@ -91,7 +92,8 @@ class SqlAuditRecords:
         return AuditPage(records=views, next=views[-1].position if more and views else None)
 
     def close(self) -> None:
-        close_engine(self._engine)
+        if self._owns_engine:
+            close_engine(self._engine)
 
 
 def _row(view: AuditView) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from .sql_schema import (
     ALERT_EVENTS,
     DELIVERY_ATTEMPTS,
     PENDING_NOTIFICATIONS,
+    adapter_engine,
     chunked,
     close_engine,
-    migrated_engine,
     scrub,
     write_transaction,
 )
@@ -49,8 +49,9 @@ __all__ = ["SqlDeliveryLog"]
 class SqlDeliveryLog:
     """Implements ``DeliveryLog`` (synchronous: call it from a worker thread)."""
 
-    def __init__(self, url: str) -> None:
-        self._engine = migrated_engine(url)
+    def __init__(self, target: str | Engine) -> None:
+        # A URL: its own engine; the process's shared engine otherwise (sql_schema).
+        self._engine, self._owns_engine = adapter_engine(target)
 
     @property
     def engine(self) -> Engine:
@@ -231,7 +232,8 @@ class SqlDeliveryLog:
         )
 
     def close(self) -> None:
-        close_engine(self._engine)
+        if self._owns_engine:
+            close_engine(self._engine)
 
 
 def _settled(connection: Connection, keys: Iterable[str]) -> set[str]:

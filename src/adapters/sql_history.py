@@ -29,7 +29,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -237,9 +237,11 @@ class SqlHistoryReadModel:
     once per tracking ``name``.
     """
 
-    def __init__(self, url: str, *, name: str = DEFAULT_TRACKING_NAME) -> None:
+    def __init__(self, target: str | Engine, *, name: str = DEFAULT_TRACKING_NAME) -> None:
         self._name = name
-        self._engine = create_sql_engine(url)
+        # A URL: its own engine; the process's shared engine otherwise (sql_schema).
+        self._owns_engine = not isinstance(target, Engine)
+        self._engine = create_sql_engine(target) if isinstance(target, str) else target
         self._rollups = SqlRollups(self._engine)
         self._listing_details: tuple[tuple[Any, ...], dict[str, ListingDetails]] | None = None
         # The last recent_tvl_closes answer, under (position, cut, days): the risk list
@@ -250,7 +252,8 @@ class SqlHistoryReadModel:
             self._ensure_tracking_row()
             self._fill_rollups()
         except BaseException:
-            self._engine.dispose()
+            if self._owns_engine:
+                self._engine.dispose()
             raise
 
     # -- writing -------------------------------------------------------------------------
@@ -315,8 +318,9 @@ class SqlHistoryReadModel:
         return Purged(rows=int(deleted), scrubbed=scrub(self._engine, [ALERT_RULES]))
 
     def close(self) -> None:
-        """Release the connection pool."""
-        close_engine(self._engine)
+        """Release the connection pool (if it is this read model's own)."""
+        if self._owns_engine:
+            close_engine(self._engine)
 
     # -- reconciliation (ADR 0035) -------------------------------------------------------
 

@@ -60,6 +60,7 @@ __all__ = [
     "SERIES_DAYS",
     "SERIES_STATES",
     "VERSION_TABLE",
+    "adapter_engine",
     "chunked",
     "create_sql_engine",
     "migrate",
@@ -441,6 +442,16 @@ def migrated_engine(url: str) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def adapter_engine(target: str | Engine) -> tuple[Engine, bool]:
+    """A read model's engine, and whether the read model owns it. A URL: its own engine,
+    migrated, closed with the read model. An engine: the process's shared one (the
+    container's, migrated by it), closed by its owner: a process's read models then share
+    one pool instead of holding connections each."""
+    if isinstance(target, Engine):
+        return target, False
+    return migrated_engine(target), True
 
 
 def close_engine(engine: Engine, timeout: float = CLOSE_TIMEOUT) -> None:

@@ -73,6 +73,7 @@ from .startup import CLI, check_services, check_services_now
 if TYPE_CHECKING:
     import httpx
     from redis.asyncio import Redis
+    from sqlalchemy.engine import Engine
 
     from ..adapters.defillama_http import DefiLlamaHttpSource
     from ..adapters.file_checkpoints import FileCheckpointStore
@@ -119,12 +120,25 @@ def _in_data_dir(data_dir: Path, url: str | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _account_keys(url: str, data_dir: Path) -> Iterator[KeysOnFirstUse]:
+def _sql_engine(url: str, data_dir: Path) -> Iterator[Engine]:
+    """The process's one SQLAlchemy engine on the read models' database, migrated: every
+    read model shares its pool (PostgreSQL's connections are shared by every process of a
+    deployment), and it closes after them."""
+    from ..adapters.sql_schema import close_engine, migrated_engine
+
+    _in_data_dir(data_dir, url)
+    engine = migrated_engine(url)
+    try:
+        yield engine
+    finally:
+        close_engine(engine)
+
+
+def _account_keys(engine: Callable[[], Engine]) -> Iterator[KeysOnFirstUse]:
     def open_keys() -> AccountKeys:
         from ..adapters.sql_account_keys import SqlAccountKeys
 
-        _in_data_dir(data_dir, url)
-        return SqlAccountKeys(url)
+        return SqlAccountKeys(engine())
 
     keys = KeysOnFirstUse(open_keys)
     try:
@@ -170,11 +184,10 @@ def _audit_log(env: Mapping[str, str], data_dir: Path) -> Iterator[AuditLog]:
         log.close()
 
 
-def _audit_records(url: str, data_dir: Path) -> Iterator[SqlAuditRecords]:
+def _audit_records(engine: Engine) -> Iterator[SqlAuditRecords]:
     from ..adapters.sql_audit_records import SqlAuditRecords
 
-    _in_data_dir(data_dir, url)
-    records = SqlAuditRecords(url)
+    records = SqlAuditRecords(engine)
     try:
         yield records
     finally:
@@ -206,22 +219,20 @@ def _event_log(app: DefiRealtime) -> Iterator[EventStoreLog]:
         event_log.close()  # before the application's store closes: no read runs into it
 
 
-def _history(url: str, data_dir: Path) -> Iterator[SqlHistoryReadModel]:
+def _history(engine: Engine) -> Iterator[SqlHistoryReadModel]:
     from ..adapters.sql_history import SqlHistoryReadModel
 
-    _in_data_dir(data_dir, url)
-    model = SqlHistoryReadModel(url)
+    model = SqlHistoryReadModel(engine)
     try:
         yield model
     finally:
         model.close()
 
 
-def _delivery_log(url: str, data_dir: Path) -> Iterator[SqlDeliveryLog]:
+def _delivery_log(engine: Engine) -> Iterator[SqlDeliveryLog]:
     from ..adapters.sql_delivery_log import SqlDeliveryLog
 
-    _in_data_dir(data_dir, url)
-    delivery_log = SqlDeliveryLog(url)
+    delivery_log = SqlDeliveryLog(engine)
     try:
         yield delivery_log
     finally:
@@ -229,7 +240,7 @@ def _delivery_log(url: str, data_dir: Path) -> Iterator[SqlDeliveryLog]:
 
 
 def _relay_positions(
-    database_url: str | None, history_url: str
+    database_url: str | None, engine: Callable[[], Engine]
 ) -> Iterator[InMemoryPositionStore | SqlPositionStore]:
     from ..adapters.position_stores import InMemoryPositionStore, SqlPositionStore
 
@@ -238,21 +249,20 @@ def _relay_positions(
     if database_url is None:
         yield InMemoryPositionStore()
         return
-    store = SqlPositionStore(history_url)
+    store = SqlPositionStore(engine())
     try:
         yield store
     finally:
         store.close()
 
 
-def _follower_positions(url: str, data_dir: Path) -> Iterator[SqlPositionStore]:
+def _follower_positions(engine: Engine) -> Iterator[SqlPositionStore]:
     # Durable even when embedded: a notification dispatcher that forgot its position would
     # notify every past transition again; the alert evaluator stores its position only after
     # the transitions it found are saved, and resumes from it (docs/adr/0008).
     from ..adapters.position_stores import SqlPositionStore
 
-    _in_data_dir(data_dir, url)
-    store = SqlPositionStore(url)
+    store = SqlPositionStore(engine)
     try:
         yield store
     finally:
@@ -820,21 +830,21 @@ class Container(containers.DeclarativeContainer):
     # -- infrastructure ---------------------------------------------------------------------
     # Prometheus metrics, also the application's ``Telemetry`` port.
     metrics = providers.Singleton(_metrics)
+    # One engine for every read model of the process (opened when first needed).
+    sql_engine = providers.Resource(_sql_engine, config.history_url, config.data_dir)
     # The accounts' data keys: in the history database, opened when first needed.
-    account_keys = providers.Resource(_account_keys, config.history_url, config.data_dir)
+    account_keys = providers.Resource(_account_keys, sql_engine.provider)
     application = providers.Resource(
         _application, config.event_store_env, config.data_dir, account_keys
     )
     writer = providers.Resource(_writer, application, metrics)
     event_log = providers.Resource(_event_log, application)
-    history = providers.Resource(_history, config.history_url, config.data_dir)
+    history = providers.Resource(_history, sql_engine)
     audit_log = providers.Resource(_audit_log, config.event_store_env, config.data_dir)
-    audit_records = providers.Resource(_audit_records, config.history_url, config.data_dir)
-    delivery_log = providers.Resource(_delivery_log, config.history_url, config.data_dir)
-    relay_positions = providers.Resource(_relay_positions, config.database_url, config.history_url)
-    follower_positions = providers.Resource(
-        _follower_positions, config.history_url, config.data_dir
-    )
+    audit_records = providers.Resource(_audit_records, sql_engine)
+    delivery_log = providers.Resource(_delivery_log, sql_engine)
+    relay_positions = providers.Resource(_relay_positions, config.database_url, sql_engine.provider)
+    follower_positions = providers.Resource(_follower_positions, sql_engine)
     redis_client = providers.Resource(_redis, config.redis_url)
     http_client = providers.Resource(_http_client)
     fanout = providers.Selector(
