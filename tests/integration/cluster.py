@@ -63,7 +63,7 @@ T = TypeVar("T")
 
 CLI = (sys.executable, "-m", "defi_realtime.entrypoints.cli")
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
 
 

@@ -8,13 +8,16 @@ or frame fails here until the client's mirror follows.
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import pytest
 from pydantic import BaseModel
 
 from defi_realtime import client
+from defi_realtime.application.realtime import CHANNELS
 from defi_realtime.client import frames as client_frames
 from defi_realtime.client import models as client_models
+from defi_realtime.client.stream import Channel
 from defi_realtime.entrypoints.schemas import alerts, ingest, protocols, realtime
 from defi_realtime.entrypoints.schemas import frames as server_frames
 
@@ -96,3 +99,7 @@ def test_the_client_parses_what_the_server_schema_accepts() -> None:
     assert [type(frame) for frame in batch] == [client.Update, client.Pong]
     with pytest.raises(ValueError, match="position"):
         client.parse_frames(json.dumps({**update, "position": "seven"}))
+
+
+def test_the_client_names_every_channel_the_server_serves() -> None:
+    assert set(get_args(Channel)) == set(CHANNELS)
