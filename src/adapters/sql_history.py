@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
@@ -378,7 +379,9 @@ class SqlHistoryReadModel:
         rows = 0
         for table in DETAIL_TABLES:
             for _ in range(_DELETE_ROUNDS):
-                old = select(literal_column("rowid")).where(table.c.observed_at < horizon)
+                old: Select[Any] = select(literal_column("rowid")).where(
+                    table.c.observed_at < horizon
+                )
                 with write_transaction(self._engine) as connection:
                     deleted = connection.execute(
                         delete(table).where(

@@ -16,6 +16,7 @@ Frozen DDL: the week arithmetic is repeated here rather than imported from the a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -73,7 +74,9 @@ def _set_aside(table: str, suffix: str) -> str:
 def _rebuild(table: str, old: str, key: list[str], *, partitioned: bool) -> None:
     """Create ``table`` anew with primary ``key`` (partitioned by week or not), move
     ``old``'s rows into it, drop ``old``."""
-    options = {"postgresql_partition_by": "RANGE (observed_at)"} if partitioned else {}
+    options: dict[str, Any] = (
+        {"postgresql_partition_by": "RANGE (observed_at)"} if partitioned else {}
+    )
     op.create_table(
         table, *_columns(table), sa.PrimaryKeyConstraint(*key, name=f"pk_{table}"), **options
     )
@@ -84,9 +87,14 @@ def _rebuild(table: str, old: str, key: list[str], *, partitioned: bool) -> None
         )
         for (week,) in weeks.all():
             start = float(week) * _WEEK + _MONDAY
-            name = f"{table}_w" + op.get_bind().exec_driver_sql(
-                f"SELECT to_char(to_timestamp({start!r}) AT TIME ZONE 'UTC', 'YYYYMMDD')"
-            ).scalar_one()
+            name = (
+                f"{table}_w"
+                + op.get_bind()
+                .exec_driver_sql(
+                    f"SELECT to_char(to_timestamp({start!r}) AT TIME ZONE 'UTC', 'YYYYMMDD')"
+                )
+                .scalar_one()
+            )
             op.execute(
                 f"CREATE TABLE {name} PARTITION OF {table}"
                 f" FOR VALUES FROM ({start!r}) TO ({start + _WEEK!r})"
