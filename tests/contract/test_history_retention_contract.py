@@ -174,7 +174,8 @@ class RetentionContract:
         if engine.dialect.name == "postgresql":
             assert (dropped.partitions, dropped.rows) == (2, 0)
             assert all(
-                name.endswith(week_name(recent)) for name in _partitions(engine, "price_observations")
+                name.endswith(week_name(recent))
+                for name in _partitions(engine, "price_observations")
             )
         else:
             assert (dropped.partitions, dropped.rows) == (0, 2)
