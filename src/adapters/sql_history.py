@@ -14,6 +14,7 @@ the new position and skips what the first wrote.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -25,6 +26,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     text,
     update,
@@ -32,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
@@ -41,7 +44,7 @@ from ..application.alert_rules import RULE_FACT_KINDS, AlertRuleView, fold_rule
 from ..application.analytics import RecentCloses
 from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
-from ..application.ports import CurrentValues, HistoryRow, ListingRow, Purged
+from ..application.ports import CurrentValues, DetailDropped, HistoryRow, ListingRow, Purged
 from ..application.series_states import CHANGE_METRICS, OPEN, SeriesState
 from ..application.time_travel import (
     CHANGE_SPAN,
@@ -62,13 +65,16 @@ from ..application.views import (
 )
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
+from .sql_partitions import PostgresDetailPartitions
 from .sql_price_history import SqlPriceHistory
 from .sql_rollups import SqlRollups
 from .sql_schema import (
     ALERT_EVENTS,
     ALERT_RULES,
     ANOMALIES,
+    DETAIL_TABLES,
     GROUP_DAYS,
+    HISTORY_RETENTION,
     MEV_DETECTIONS,
     PRICE_OBSERVATIONS,
     PROJECTION_TRACKING,
@@ -101,6 +107,15 @@ _FACT_TABLES: Final = (
     SERIES_DAYS,
     GROUP_DAYS,
 )
+# The ``history_retention`` row of the raw detail (migration 0014 writes it at -inf).
+_DETAIL: Final = "detail"
+# Rows per DELETE when SQLite drops detail (each in its own transaction: the write lock is
+# let go between them), and at most this many rounds per run.
+_DELETE_CHUNK: Final = 10_000
+_DELETE_ROUNDS: Final = 10_000
+# How long PostgreSQL's retention waits for a lock (a long read on a partition) before
+# giving up until the next run, rather than queueing every reader and writer behind it.
+_DROP_LOCK_TIMEOUT: Final = "5s"
 _PROTOCOL_KINDS: Final = frozenset({"protocol_listed", "protocol_updated"})
 _ALERT_KINDS: Final = {"alert_triggered": "triggered", "alert_resolved": "resolved"}
 
@@ -225,6 +240,17 @@ def _recent_closes(
     return found
 
 
+def _horizon(connection: Connection, *, lock: bool) -> float | None:
+    """The retention horizon (None: nothing dropped). ``lock``: share-lock its row, so a
+    writer and a retention run take turns (FOR SHARE on PostgreSQL; SQLite's writers
+    already hold the database's write lock)."""
+    statement = select(HISTORY_RETENTION.c.horizon).where(HISTORY_RETENTION.c.name == _DETAIL)
+    if lock:
+        statement = statement.with_for_update(read=True)
+    found = connection.execute(statement).scalar_one_or_none()
+    return None if found is None or found == -math.inf else float(found)
+
+
 # --- the read model ---------------------------------------------------------------------
 
 
@@ -243,6 +269,9 @@ class SqlHistoryReadModel:
         self._owns_engine = not isinstance(target, Engine)
         self._engine = create_sql_engine(target) if isinstance(target, str) else target
         self._rollups = SqlRollups(self._engine)
+        self._partitions = (
+            PostgresDetailPartitions() if self._engine.dialect.name == "postgresql" else None
+        )
         self._listing_details: tuple[tuple[Any, ...], dict[str, ListingDetails]] | None = None
         # The last recent_tvl_closes answer, under (position, cut, days): the risk list
         # reads every protocol's closes, which change only when the position moves.
@@ -322,6 +351,52 @@ class SqlHistoryReadModel:
         if self._owns_engine:
             close_engine(self._engine)
 
+    # -- retention (ADR 0047) --------------------------------------------------------------
+
+    def detail_since(self) -> float | None:
+        """The time before which raw observations were dropped (None: all are held).
+        Implements ``DetailStore``."""
+        with self._engine.connect() as connection:
+            return _horizon(connection, lock=False)
+
+    def drop_detail_before(self, cutoff: float) -> DetailDropped:
+        """Drop the raw observations older than ``cutoff``: PostgreSQL's whole weeks that
+        end by then (a week holding the cutoff waits for the next run), SQLite's rows in
+        bounded DELETEs. The horizon moves first, in its own transaction: from then on the
+        projection does not write older rows and reads before it are refused. Rollups and
+        the event log stay. Implements ``DetailStore``."""
+        with write_transaction(self._engine) as connection:
+            horizon = max(cutoff, _horizon(connection, lock=True) or -math.inf)
+            connection.execute(
+                update(HISTORY_RETENTION)
+                .where(HISTORY_RETENTION.c.name == _DETAIL)
+                .values(horizon=horizon, applied_at=time.time())
+            )
+        if self._partitions is not None:
+            with write_transaction(self._engine) as connection:
+                connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}'")
+                dropped = [
+                    self._partitions.drop_before(connection, table.name, horizon)
+                    for table in DETAIL_TABLES
+                ]
+            return DetailDropped(horizon, sum(map(len, dropped)), 0)
+        rows = 0
+        for table in DETAIL_TABLES:
+            for _ in range(_DELETE_ROUNDS):
+                old: Select[Any] = select(literal_column("rowid")).where(
+                    table.c.observed_at < horizon
+                )
+                with write_transaction(self._engine) as connection:
+                    deleted = connection.execute(
+                        delete(table).where(
+                            literal_column("rowid").in_(old.limit(_DELETE_CHUNK).scalar_subquery())
+                        )
+                    ).rowcount
+                rows += deleted
+                if deleted < _DELETE_CHUNK:
+                    break
+        return DetailDropped(horizon, 0, rows)
+
     # -- reconciliation (ADR 0035) -------------------------------------------------------
 
     @contextmanager
@@ -337,7 +412,11 @@ class SqlHistoryReadModel:
                         PROJECTION_TRACKING.c.name == self._name
                     )
                 ).scalar_one_or_none()
-                yield _SqlHistorySnapshot(connection, 0 if position is None else int(position))
+                yield _SqlHistorySnapshot(
+                    connection,
+                    0 if position is None else int(position),
+                    _horizon(connection, lock=False),
+                )
 
     def restore(
         self,
@@ -365,10 +444,7 @@ class SqlHistoryReadModel:
             for chunk in chunked(list(tokens)):
                 connection.execute(delete(prices).where(prices.c.token.in_(chunk)))
             metrics, price_rows = _observation_rows(entries)
-            if metrics:
-                connection.execute(insert(obs), metrics)
-            if price_rows:
-                connection.execute(insert(prices), price_rows)
+            self._insert_detail(connection, metrics, price_rows)
             listings = [entry for entry in entries if entry.kind in _PROTOCOL_KINDS]
             if listings:
                 self._upsert_protocols(connection, listings)
@@ -947,6 +1023,26 @@ class SqlHistoryReadModel:
                 if connection.execute(observed).first() is not None:
                     self._rollups.rebuild(connection)
 
+    def _insert_detail(
+        self,
+        connection: Connection,
+        metrics: Sequence[dict[str, Any]],
+        prices: Sequence[dict[str, Any]],
+    ) -> None:
+        """Insert the raw rows observed from the retention horizon on (older ones are not
+        held: the rollups still get them), after making their weeks' partitions."""
+        horizon = _horizon(connection, lock=True)
+        for table, rows in zip(DETAIL_TABLES, (metrics, prices), strict=True):
+            if horizon is not None:
+                rows = [row for row in rows if row["observed_at"] >= horizon]
+            if not rows:
+                continue
+            if self._partitions is not None:
+                self._partitions.ensure(connection, table.name, (r["observed_at"] for r in rows))
+            # One executemany per table (SQLAlchemy batches it into multi-row INSERTs
+            # where the driver allows), not one round trip per row.
+            connection.execute(insert(table), rows)
+
     def _lock_position(self, connection: Connection) -> int:
         """Read (and on PostgreSQL row-lock) this projection's position, inside a writer.
 
@@ -1012,10 +1108,7 @@ class SqlHistoryReadModel:
                 )
         # One executemany per table (SQLAlchemy batches it into multi-row INSERTs where
         # the driver allows), not one round trip per row.
-        if metrics:
-            connection.execute(insert(PROTOCOL_OBSERVATIONS), metrics)
-        if prices:
-            connection.execute(insert(PRICE_OBSERVATIONS), prices)
+        self._insert_detail(connection, metrics, prices)
         if anomalies:
             connection.execute(insert(ANOMALIES), anomalies)
         # Detections before retractions: a batch may hold a detection and its retraction.
@@ -1158,13 +1251,18 @@ def _observation_rows(
 class _SqlHistorySnapshot:
     """``HistorySnapshot`` over one open read transaction."""
 
-    def __init__(self, connection: Connection, position: int) -> None:
+    def __init__(self, connection: Connection, position: int, horizon: float | None) -> None:
         self._connection = connection
         self._position = position
+        self._horizon = horizon
 
     @property
     def position(self) -> int:
         return self._position
+
+    @property
+    def detail_since(self) -> float | None:
+        return self._horizon
 
     def rows(self, after: int, last: int) -> Iterator[HistoryRow]:
         obs, prices = PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS
@@ -1178,7 +1276,7 @@ class _SqlHistorySnapshot:
             for row in self._connection.execute(
                 select(obs.c.position, obs.c.protocol, obs.c.metric, obs.c.chain)
                 .add_columns(obs.c.observed_at, obs.c.value)
-                .where(obs.c.position > after, obs.c.position <= last)
+                .where(obs.c.position > after, obs.c.position <= last, *self._held(obs))
             )
         ]
         found.extend(
@@ -1199,11 +1297,16 @@ class _SqlHistorySnapshot:
                     prices.c.observed_at,
                     prices.c.price,
                     prices.c.confidence,
-                ).where(prices.c.position > after, prices.c.position <= last)
+                ).where(prices.c.position > after, prices.c.position <= last, *self._held(prices))
             )
         )
         found.sort(key=lambda row: row.position)
         return iter(found)
+
+    def _held(self, table: Any) -> list[ColumnElement[bool]]:
+        # Rows older than the horizon may still sit in a partial week's partition: the
+        # log's rows of that time are not expected, so they are not compared either.
+        return [] if self._horizon is None else [table.c.observed_at >= self._horizon]
 
     def listings(self) -> dict[str, ListingRow]:
         return {

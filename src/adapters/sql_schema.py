@@ -46,9 +46,11 @@ __all__ = [
     "ANOMALIES",
     "AUDIT_RECORDS",
     "DELIVERY_ATTEMPTS",
+    "DETAIL_TABLES",
     "ERASED_SUBJECTS",
     "GROUP_DAYS",
     "HISTORY_METADATA",
+    "HISTORY_RETENTION",
     "MIGRATIONS_DIR",
     "PENDING_NOTIFICATIONS",
     "POSTGRES_ONLY_INDEXES",
@@ -63,6 +65,7 @@ __all__ = [
     "adapter_engine",
     "chunked",
     "create_sql_engine",
+    "is_detail_partition",
     "migrate",
     "migrated_engine",
     "scrub",
@@ -100,7 +103,9 @@ PROTOCOL_OBSERVATIONS: Final = Table(
     Column("value", Double(), nullable=False),
     Column("source", Text(), nullable=False),
     Column("recorded_at", Double(), nullable=False),
-    PrimaryKeyConstraint("position", name="pk_protocol_observations"),
+    # Migration 0014: the partition key (observed_at) is in every unique key of a partitioned
+    # table on PostgreSQL; SQLite has the same key so one shape serves both.
+    PrimaryKeyConstraint("position", "observed_at", name="pk_protocol_observations"),
     Index("ix_protocol_observations_series", "protocol", "metric", "chain", "observed_at"),
 )
 PRICE_OBSERVATIONS: Final = Table(
@@ -113,8 +118,31 @@ PRICE_OBSERVATIONS: Final = Table(
     Column("confidence", Double(), nullable=True),
     Column("source", Text(), nullable=False),
     Column("recorded_at", Double(), nullable=False),
-    PrimaryKeyConstraint("position", name="pk_price_observations"),
+    PrimaryKeyConstraint("position", "observed_at", name="pk_price_observations"),
     Index("ix_price_observations_series", "token", "observed_at"),
+)
+# The raw detail tables (migration 0014): weekly range partitions of ``observed_at`` on
+# PostgreSQL (``sql_partitions.py``), what detail retention drops.
+DETAIL_TABLES: Final = (PROTOCOL_OBSERVATIONS, PRICE_OBSERVATIONS)
+
+
+def is_detail_partition(item: Table | Index) -> bool:
+    """Whether ``item`` is (an index of) a weekly partition of a detail table: PostgreSQL
+    only, made by the writer, not by a revision (``sql_partitions.partition_name``)."""
+    table = item if isinstance(item, Table) else item.table
+    name = "" if table is None else table.name
+    return any(name.startswith(f"{detail.name}_w") for detail in DETAIL_TABLES)
+
+
+# How far detail is held (ADR 0047): one row, ``detail``, whose ``horizon`` is the time
+# before which the raw observations were dropped (no row: everything is held).
+HISTORY_RETENTION: Final = Table(
+    "history_retention",
+    HISTORY_METADATA,
+    Column("name", Text(), nullable=False),
+    Column("horizon", Double(), nullable=False),
+    Column("applied_at", Double(), nullable=False),
+    PrimaryKeyConstraint("name", name="pk_history_retention"),
 )
 PROTOCOLS: Final = Table(
     "protocols",

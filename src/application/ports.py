@@ -245,6 +245,36 @@ class HistorySnapshot(Protocol):
         """The current state of every series, from the rollup the reads use."""
         ...
 
+    @property
+    def detail_since(self) -> float | None:
+        """The time before which raw rows were dropped (None: none were): the rows of the
+        log observed earlier are not expected (ADR 0047)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DetailDropped:
+    """What one retention run did: the history's new horizon (detail observed before it is
+    no longer held), how many whole partitions (PostgreSQL) and rows (SQLite) went."""
+
+    horizon: float
+    partitions: int
+    rows: int
+
+
+class DetailStore(Protocol):
+    """The raw detail of the history read model, held back to a horizon (ADR 0047;
+    synchronous: call it from a thread). Rollups (series states, day closes, group days)
+    and the event log are never dropped."""
+
+    def detail_since(self) -> float | None:
+        """The time before which observations were dropped (None: everything is held)."""
+        ...
+
+    def drop_detail_before(self, cutoff: float) -> DetailDropped:
+        """Drop the observations older than ``cutoff`` (the horizon only moves forward)."""
+        ...
+
 
 class AuditableHistory(Protocol):
     """What reconciliation needs of the history read model (synchronous: call it from a

@@ -30,6 +30,7 @@ from ..application.ingest import (
     no_duplicate_keys,
 )
 from ..application.realtime import MAX_FRAME_BYTES
+from ..application.retention import DetailExpired, require_detail
 from ..application.time_travel import cut_of, page_of_views, protocols_at
 from ..application.views import ALL_PROTOCOLS, ProtocolQuery, ProtocolView
 from ..application.views import SeriesQuery as SeriesRequest
@@ -261,7 +262,7 @@ PROTOCOL_METRICS = Operation(
     MetricSeries,
     access="read",
     path=ProtocolPath,
-    errors=(404,),
+    errors=(404, 410),
 )
 
 
@@ -270,6 +271,11 @@ async def protocol_metrics(request: Request, query: SeriesQuery) -> Response:
     slug = _slug(request)
     if await node.hot.get_protocol(slug) is None:
         raise _protocol_not_found(slug)
+    horizon = await asyncio.to_thread(node.history.detail_since)
+    try:
+        require_detail(horizon, query.start, query.end, query.as_of)
+    except DetailExpired as expired:
+        raise ApiError(410, "detail_expired", str(expired), {"horizon": expired.horizon}) from None
     known_at = None
     if query.known_at is not None:
         cut = await asyncio.to_thread(cut_of, node.history, None, query.known_at)

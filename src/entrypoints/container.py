@@ -62,6 +62,7 @@ from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.reconciliation import Reconciliation, ReconciliationReport
+from ..application.retention import DetailRetention
 from ..application.subscription_webhooks import SubscriptionWebhooks
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
@@ -818,6 +819,11 @@ def _reconciliation(
     )
 
 
+def _detail_retention(days: float | None, history: SqlHistoryReadModel) -> DetailRetention | None:
+    """Retention of the history's raw detail (ADR 0047); None when it is kept whole."""
+    return None if days is None else DetailRetention(history, days)
+
+
 class Container(containers.DeclarativeContainer):
     """config -> infrastructure (Resources) -> services."""
 
@@ -1107,6 +1113,9 @@ class Container(containers.DeclarativeContainer):
         history,
         upstream,
         metrics,
+    )
+    detail_retention = providers.Singleton(
+        _detail_retention, config.history_detail_retention_days, history
     )
     # ``readiness(followers=...)``: the followers come from the running node.
     readiness = providers.Factory(_readiness, settings, event_log, history, redis_client, fanout)

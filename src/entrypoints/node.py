@@ -233,6 +233,8 @@ class Node:
             await self._start_notifications(loop)
         elif loop.name == "reconcile":
             await self._start_reconcile(loop)
+        elif loop.name == "retention":
+            await self._start_retention(loop)
         elif loop.name == "evm":
             await self._start_evm(loop)
         elif loop.name == "webhooks":
@@ -334,6 +336,25 @@ class Node:
                     leadership=self.leadership,
                     lock=loop.lock,
                     what="reconciles the read models",
+                ),
+            )
+        )
+
+    async def _start_retention(self, loop: Loop) -> None:
+        retention = await provide(self.container.detail_retention)
+        if retention is None:
+            # ``worker reconcile`` plans the role whatever the settings: nothing to drop.
+            log.info("history retention off (HISTORY_DETAIL_RETENTION_DAYS unset)")
+            return
+        interval = self.settings.history_retention_interval
+        self.tasks.append(
+            supervise(
+                loop.name,
+                elected(
+                    lambda: retention.run_every(interval),
+                    database_url=self.settings.database_url,
+                    lock=loop.lock,
+                    what="drops expired history detail",
                 ),
             )
         )

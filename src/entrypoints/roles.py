@@ -62,6 +62,7 @@ class InServe(StrEnum):
     WITHOUT_BROKER = "when AMQP_URL is unset"
     WITH_SHARED_HOT = "when REDIS_URL is set"
     WITH_EVM_CHAINS = "when EVM_CHAINS is set"
+    WITH_RETENTION = "when HISTORY_DETAIL_RETENTION_DAYS is set"
     NEVER = "never"
 
 
@@ -82,6 +83,7 @@ ANOMALIES_LOCK: Final = Lock("dr_anom", 0x64725F616E6F6D)
 EVM_LOCK: Final = Lock("dr_evm", 0x64725F65766D)
 WEBHOOKS_LOCK: Final = Lock("dr_hook", 0x64725F686F6F6B)
 MEV_LOCK: Final = Lock("dr_mev", 0x64725F6D6576)
+RETENTION_LOCK: Final = Lock("dr_rete", 0x64725F72657465)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,16 @@ ROLES: Final[tuple[Role, ...]] = (
         lock=RECONCILE_LOCK,
     ),
     Role(
+        "retention",
+        "drops the history's raw observations older than HISTORY_DETAIL_RETENTION_DAYS "
+        "every HISTORY_RETENTION_INTERVAL (ADR 0047)",
+        # Beside reconciliation: the same kind of periodic upkeep of the read models.
+        worker="reconcile",
+        in_serve=InServe.WITH_RETENTION,
+        follower=Follower.TIMER,
+        lock=RETENTION_LOCK,
+    ),
+    Role(
         "evm",
         "follows the EVM_CHAINS behind their confirmations: blocks, swaps, pool TVL; "
         "retracts what a reorg orphaned (ADR 0048)",
@@ -248,6 +260,8 @@ def _runs(role: Role, process: str, settings: Settings) -> bool:
         return settings.redis_url is not None
     if role.in_serve is InServe.WITH_EVM_CHAINS:
         return bool(settings.evm_chains.strip())
+    if role.in_serve is InServe.WITH_RETENTION:
+        return settings.history_detail_retention_days is not None
     return role.in_serve is InServe.ALWAYS
 
 

@@ -444,6 +444,24 @@ class Settings(BaseSettings):
         description="Seconds after which a checkpoint is written when the position moved "
         "since the last one (0: not by time).",
     )
+    # --- history retention (ADR 0047, docs/runbook.md)
+    history_detail_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        alias="HISTORY_DETAIL_RETENTION_DAYS",
+        description="Drop the history's raw observations (protocol metrics and prices) "
+        "observed more than this many days ago: whole weekly partitions on PostgreSQL, "
+        "bounded deletes on SQLite. Unset: keep everything. The event log and the rollups "
+        "(series states, day closes, group days) are never dropped; reads of raw points "
+        "before the horizon answer 410 detail_expired.",
+    )
+    history_retention_interval: float = Field(
+        default=3_600.0,
+        gt=0,
+        alias="HISTORY_RETENTION_INTERVAL",
+        description="Seconds between retention runs (with HISTORY_DETAIL_RETENTION_DAYS), "
+        "in the elected retention role of serve or worker reconcile.",
+    )
     # --- reconciliation (ADR 0035, docs/reconciliation.md)
     reconcile_interval: float = Field(
         default=3_600.0,

@@ -11,6 +11,7 @@ from defi_realtime.entrypoints.roles import (
     PROJECTIONS_LOCK,
     RECONCILE_LOCK,
     RELAY_LOCK,
+    RETENTION_LOCK,
     WEBHOOKS_LOCK,
     WORKERS,
     Follower,
@@ -93,8 +94,12 @@ def test_every_worker_has_a_plan_and_nothing_else_does(tmp_path: Path) -> None:
 def test_reconcile_is_planned_in_serve_and_elected_in_workers(tmp_path: Path) -> None:
     shared = settings(tmp_path, DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test")
     assert placed("serve", shared)["reconcile"] == (Follower.TIMER, RECONCILE_LOCK.name)
-    assert placed("reconcile", shared) == {"reconcile": (Follower.TIMER, RECONCILE_LOCK.name)}
-    [loop] = loops(plan("reconcile", shared))
+    # Beside it the retention of the history's detail (ADR 0047), idle while unset.
+    assert placed("reconcile", shared) == {
+        "reconcile": (Follower.TIMER, RECONCILE_LOCK.name),
+        "retention": (Follower.TIMER, RETENTION_LOCK.name),
+    }
+    [loop, _] = loops(plan("reconcile", shared))
     assert (loop.name, loop.lock) == ("reconcile", RECONCILE_LOCK)
     # Its own lock: it never waits for, nor holds up, another role's election.
     others = {p.lock for p in plan("serve", shared) if p.role.name != "reconcile"}
@@ -108,3 +113,9 @@ def test_subscription_webhooks_run_in_serve_elected_on_their_own_lock(tmp_path: 
     assert all("webhooks" not in placed(worker, shared) for worker in WORKERS)
     others = {p.lock for p in plan("serve", shared) if p.role.name != "webhooks"}
     assert WEBHOOKS_LOCK not in others
+
+
+def test_retention_runs_in_serve_only_when_set(tmp_path: Path) -> None:
+    assert "retention" not in placed("serve", settings(tmp_path))
+    kept = settings(tmp_path, HISTORY_DETAIL_RETENTION_DAYS="90")
+    assert placed("serve", kept)["retention"] == (Follower.TIMER, None)
