@@ -352,7 +352,7 @@ class Node:
                 loop.name,
                 elected(
                     lambda: retention.run_every(interval),
-                    database_url=self.settings.database_url,
+                    leadership=self.leadership,
                     lock=loop.lock,
                     what="drops expired history detail",
                 ),
