@@ -467,6 +467,7 @@ class SqlHistoryReadModel:
                 profit_quote=float(row["profit_quote"]),
                 profit_usd=None if row["profit_usd"] is None else float(row["profit_usd"]),
                 tx_hashes=tuple(str(row["tx_hashes"]).split(",")),
+                recorded_at=float(row["recorded_at"]),
             )
             for row in rows
         ]

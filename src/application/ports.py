@@ -199,6 +199,10 @@ class HistoryReadModel(Protocol):
     def close(self) -> None: ...
 
 
+class BacktestHistory(HistoryReadModel, MevReadModel, Protocol):
+    """What an alert backtest reads: metric series, and MEV detections for ``mev`` rules."""
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
     """One raw row of the history read model as the log determines it: ``kind`` ``metric``
