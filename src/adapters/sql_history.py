@@ -43,6 +43,7 @@ from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.ports import CurrentValues, HistoryRow, ListingRow, Purged
 from ..application.series_states import CHANGE_METRICS, OPEN, SeriesState
+from ..application.smart_money import WalletMove, moves_of
 from ..application.time_travel import (
     CHANGE_SPAN,
     ChangePoint,
@@ -77,6 +78,7 @@ from .sql_schema import (
     PROTOCOLS,
     SERIES_DAYS,
     SERIES_STATES,
+    WALLET_MOVES,
     chunked,
     close_engine,
     create_sql_engine,
@@ -91,6 +93,7 @@ DEFAULT_TRACKING_NAME: Final = "history"
 _FACT_TABLES: Final = (
     ANOMALIES,
     MEV_DETECTIONS,
+    WALLET_MOVES,
     PROTOCOL_OBSERVATIONS,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
@@ -125,6 +128,11 @@ def _mev_row(entry: LogEntry) -> dict[str, Any]:
         "tx_hashes": ",".join(str(tx) for tx in data["tx_hashes"]),
         "recorded_at": entry.recorded_at,
     }
+
+
+def _move_row(move: WalletMove) -> dict[str, Any]:
+    row = move.to_json()
+    return {**row, "amount_paid": str(move.amount_paid), "amount_got": str(move.amount_got)}
 
 
 # --- series helpers ---------------------------------------------------------------------
@@ -415,6 +423,35 @@ class SqlHistoryReadModel:
                 score=float(row["score"]),
                 direction=str(row["direction"]),
                 reason=str(row["reason"]),
+            )
+            for row in rows
+        ]
+
+    def wallet_moves(self, chain_id: int) -> list[WalletMove]:
+        """Every live wallet move of ``chain_id``, in chain order."""
+        table = WALLET_MOVES
+        query = (
+            select(table)
+            .where(table.c.chain_id == chain_id)
+            .order_by(table.c.block, table.c.log_index, table.c.wallet)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [
+            WalletMove(
+                chain_id=int(row["chain_id"]),
+                block=int(row["block"]),
+                block_hash=str(row["block_hash"]),
+                timestamp=float(row["timestamp"]),
+                tx_hash=str(row["tx_hash"]),
+                log_index=int(row["log_index"]),
+                wallet=str(row["wallet"]),
+                kind="swap" if row["kind"] == "swap" else "transfer",
+                pool=None if row["pool"] is None else str(row["pool"]),
+                token_paid=None if row["token_paid"] is None else str(row["token_paid"]),
+                amount_paid=int(row["amount_paid"]),
+                token_got=None if row["token_got"] is None else str(row["token_got"]),
+                amount_got=int(row["amount_got"]),
             )
             for row in rows
         ]
@@ -969,6 +1006,7 @@ class SqlHistoryReadModel:
         anomalies: list[dict[str, Any]] = []
         mev: list[dict[str, Any]] = []
         mev_retracted: list[str] = []
+        moves: list[dict[str, Any]] = []
         listings: list[LogEntry] = []
         for entry in entries:
             data = entry.data
@@ -992,6 +1030,20 @@ class SqlHistoryReadModel:
                 mev.append(_mev_row(entry))
             elif entry.kind == "mev_retracted":
                 mev_retracted.extend(str(key) for key in data["keys"])
+            elif entry.kind == "evm_blocks_recorded":
+                found = moves_of(int(entry.key), data["blocks"], data["facts"])
+                moves.extend({"position": entry.position, **_move_row(m)} for m in found)
+            elif entry.kind == "evm_blocks_orphaned":
+                # In log order: a reorg back to a block recorded earlier in this batch
+                # must find its rows gone before they come back.
+                if moves:
+                    connection.execute(insert(WALLET_MOVES), moves)
+                    moves = []
+                hashes = [str(block["hash"]) for block in data["blocks"]]
+                for chunk in chunked(hashes):
+                    connection.execute(
+                        delete(WALLET_MOVES).where(WALLET_MOVES.c.block_hash.in_(chunk))
+                    )
             elif entry.kind == "anomaly_detected":
                 anomalies.append(
                     {
@@ -1020,6 +1072,8 @@ class SqlHistoryReadModel:
             connection.execute(insert(MEV_DETECTIONS), mev)
         for keys in chunked(mev_retracted):
             connection.execute(delete(MEV_DETECTIONS).where(MEV_DETECTIONS.c.key.in_(keys)))
+        if moves:
+            connection.execute(insert(WALLET_MOVES), moves)
         alerts = self._new_alerts(connection, alerts)
         if alerts:
             connection.execute(insert(ALERT_EVENTS), alerts)

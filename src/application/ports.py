@@ -29,6 +29,7 @@ from .delivery import (
 from .hot_state import ProtocolState, TokenState
 from .log import LogBatch, LogEntry
 from .rate_limits import Quota, Verdict
+from .smart_money import WalletMove
 from .views import (
     AnomalyQuery,
     AnomalyView,
@@ -180,6 +181,13 @@ class MevReadModel(Protocol):
     applies them, and their retractions, from the log with everything else."""
 
     def mev(self, query: MevQuery) -> tuple[list[MevView], MevTotals]: ...
+
+
+class WalletMovesReadModel(Protocol):
+    """The wallet moves of live EVM blocks (synchronous: call it from a thread); the history
+    read model applies them, and the orphaning of their blocks, from the log."""
+
+    def wallet_moves(self, chain_id: int) -> list[WalletMove]: ...
 
 
 class HistoryReadModel(Protocol):

@@ -206,4 +206,3 @@ async def test_a_backtest_replays_the_live_detections_of_the_chain(tmp_path: Pat
         assert history_points(model, other_chain, condition) == []
     finally:
         model.close()
-
