@@ -433,7 +433,7 @@ class SqlHistoryReadModel:
         query = (
             select(table)
             .where(table.c.chain_id == chain_id)
-            .order_by(table.c.block, table.c.log_index, table.c.wallet)
+            .order_by(table.c.block, table.c.tx_index, table.c.log_index, table.c.wallet)
         )
         with self._engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
@@ -444,6 +444,7 @@ class SqlHistoryReadModel:
                 block_hash=str(row["block_hash"]),
                 timestamp=float(row["timestamp"]),
                 tx_hash=str(row["tx_hash"]),
+                tx_index=int(row["tx_index"]),
                 log_index=int(row["log_index"]),
                 wallet=str(row["wallet"]),
                 kind="swap" if row["kind"] == "swap" else "transfer",
@@ -1031,8 +1032,8 @@ class SqlHistoryReadModel:
             elif entry.kind == "mev_retracted":
                 mev_retracted.extend(str(key) for key in data["keys"])
             elif entry.kind == "evm_blocks_recorded":
-                found = moves_of(int(entry.key), data["blocks"], data["facts"])
-                moves.extend({"position": entry.position, **_move_row(m)} for m in found)
+                recorded = moves_of(int(entry.key), data["blocks"], data["facts"])
+                moves.extend({"position": entry.position, **_move_row(m)} for m in recorded)
             elif entry.kind == "evm_blocks_orphaned":
                 # In log order: a reorg back to a block recorded earlier in this batch
                 # must find its rows gone before they come back.

@@ -328,6 +328,7 @@ WALLET_MOVES: Final = Table(
     Column("block_hash", Text(), nullable=False),
     Column("timestamp", Double(), nullable=False),
     Column("tx_hash", Text(), nullable=False),
+    Column("tx_index", Integer(), nullable=False),
     Column("log_index", Integer(), nullable=False),
     Column("wallet", Text(), nullable=False),
     Column("kind", Text(), nullable=False),
@@ -336,8 +337,10 @@ WALLET_MOVES: Final = Table(
     Column("amount_paid", Text(), nullable=False),
     Column("token_got", Text(), nullable=True),
     Column("amount_got", Text(), nullable=False),
-    PrimaryKeyConstraint("chain_id", "block_hash", "log_index", "wallet", name="pk_wallet_moves"),
-    Index("ix_wallet_moves_chain_block", "chain_id", "block", "log_index"),
+    PrimaryKeyConstraint(
+        "chain_id", "block_hash", "tx_hash", "log_index", "wallet", name="pk_wallet_moves"
+    ),
+    Index("ix_wallet_moves_chain_block", "chain_id", "block", "tx_index", "log_index"),
     Index("ix_wallet_moves_wallet", "wallet", "block"),
     Index("ix_wallet_moves_block_hash", "block_hash"),
 )

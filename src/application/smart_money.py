@@ -67,6 +67,7 @@ class WalletMove:
     block_hash: str
     timestamp: float
     tx_hash: str
+    tx_index: int
     log_index: int
     wallet: str
     kind: MoveKind
@@ -77,8 +78,8 @@ class WalletMove:
     amount_got: int
 
     @property
-    def order(self) -> tuple[int, int]:
-        return self.block, self.log_index
+    def order(self) -> tuple[int, int, int]:
+        return self.block, self.tx_index, self.log_index
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +88,7 @@ class WalletMove:
             "block_hash": self.block_hash,
             "timestamp": self.timestamp,
             "tx_hash": self.tx_hash,
+            "tx_index": self.tx_index,
             "log_index": self.log_index,
             "wallet": self.wallet,
             "kind": self.kind,
@@ -110,12 +112,13 @@ def moves_of(
     for fact in facts:
         kind = fact.get("kind")
         block_hash = str(fact["block_hash"])
-        common = {
+        common: dict[str, Any] = {
             "chain_id": chain_id,
             "block": int(fact["block"]),
             "block_hash": block_hash,
             "timestamp": times.get(block_hash, 0.0),
             "tx_hash": str(fact["tx_hash"]),
+            "tx_index": int(fact["tx_index"]),
             "log_index": int(fact["log_index"]),
         }
         if kind == "swap":
@@ -152,7 +155,7 @@ def moves_of(
                         amount_paid=amount,
                         token_got=None,
                         amount_got=0,
-                    )  # fmt: skip
+                    )
                 )
             if recipient != ZERO_ADDRESS:
                 moves.append(
@@ -165,15 +168,34 @@ def moves_of(
                         amount_paid=0,
                         token_got=token,
                         amount_got=amount,
-                    )  # fmt: skip
+                    )
                 )
     moves.sort(key=lambda move: move.order)
     return moves
 
 
+def _transfer_move(
+    common: Mapping[str, Any],
+    wallet: str,
+    *,
+    paid: tuple[str, int] | None = None,
+    got: tuple[str, int] | None = None,
+) -> WalletMove:
+    return WalletMove(
+        **common,
+        wallet=wallet,
+        kind="transfer",
+        pool=None,
+        token_paid=None if paid is None else paid[0],
+        amount_paid=0 if paid is None else paid[1],
+        token_got=None if got is None else got[0],
+        amount_got=0 if got is None else got[1],
+    )
+
+
 def _units(amount: int, token: str, tokens: Mapping[str, TokenSpec]) -> float:
     spec = tokens.get(token)
-    return amount / 10 ** (spec.decimals if spec is not None else 18)
+    return amount / 10.0 ** (spec.decimals if spec is not None else 18)
 
 
 class PriceBook:
@@ -337,7 +359,8 @@ def _swap(
     prices: PriceBook,
     buyers: dict[str, list[str]],
 ) -> None:
-    assert move.token_paid is not None and move.token_got is not None
+    assert move.token_paid is not None
+    assert move.token_got is not None
     book.trades += 1
     if move.pool is not None:
         book.pools.add(move.pool)

@@ -81,7 +81,7 @@ def test_an_mev_rule_keeps_its_filters_with_addresses_in_lower_case() -> None:
     assert rule.target == MevTarget(chain_id=1337)
     assert isinstance(rule.condition, MevCondition)
     assert (rule.condition.pool, rule.condition.min_profit_usd) == (PAIR, 0.0)
-    with pytest.raises(InvalidRule, match="needs condition.kind 'mev'"):
+    with pytest.raises(InvalidRule, match=r"needs condition\.kind 'mev'"):
         rule.update(condition={"kind": "threshold", "direction": "above", "value": 1})
 
 

@@ -264,7 +264,8 @@ def test_a_trained_model_ranks_by_its_probability(tmp_path: Path) -> None:
             return moves_of(chain_id, blocks(100, 101, 102), alice_and_bob())
 
     ranked = SmartMoneyReader(Moves(), {1337: TOKENS}, path).rank(ranking="model")
-    assert ranked.model is not None and ranked.model.version == 1
+    assert ranked.model is not None
+    assert ranked.model.version == 1
     for wallet in ranked.wallets:
         assert wallet.model_probability is not None
         assert wallet.score == pytest.approx(100 * wallet.model_probability)

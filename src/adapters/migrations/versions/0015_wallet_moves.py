@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("block_hash", sa.Text(), nullable=False),
         sa.Column("timestamp", sa.Double(), nullable=False),
         sa.Column("tx_hash", sa.Text(), nullable=False),
+        sa.Column("tx_index", sa.Integer(), nullable=False),
         sa.Column("log_index", sa.Integer(), nullable=False),
         sa.Column("wallet", sa.Text(), nullable=False),
         sa.Column("kind", sa.Text(), nullable=False),
@@ -37,11 +38,13 @@ def upgrade() -> None:
         sa.Column("token_got", sa.Text(), nullable=True),
         sa.Column("amount_got", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint(
-            "chain_id", "block_hash", "log_index", "wallet", name="pk_wallet_moves"
+            "chain_id", "block_hash", "tx_hash", "log_index", "wallet", name="pk_wallet_moves"
         ),
     )
     op.create_index(
-        "ix_wallet_moves_chain_block", "wallet_moves", ["chain_id", "block", "log_index"]
+        "ix_wallet_moves_chain_block",
+        "wallet_moves",
+        ["chain_id", "block", "tx_index", "log_index"],
     )
     op.create_index("ix_wallet_moves_wallet", "wallet_moves", ["wallet", "block"])
     op.create_index("ix_wallet_moves_block_hash", "wallet_moves", ["block_hash"])
