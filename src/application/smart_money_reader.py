@@ -47,10 +47,10 @@ class WalletScore:
             "wallet": self.features.wallet,
             "rank": self.rank,
             "score": self.score,
-            "default_score": self.default.score,
-            "default_terms": self.default.to_json(),
-            "model_probability": self.model_probability,
-            "model_contributions": (
+            "defaultScore": self.default.score,
+            "defaultTerms": self.default.to_json(),
+            "modelProbability": self.model_probability,
+            "modelContributions": (
                 None if self.model_contributions is None else dict(self.model_contributions)
             ),
             "features": self.features.to_json(),
@@ -68,15 +68,15 @@ class SmartMoneyRanking:
     def to_json(self) -> dict[str, Any]:
         model = self.model
         return {
-            "chain_id": self.chain_id,
+            "chainId": self.chain_id,
             "ranking": self.ranking,
             "formula": SCORE_FORMULA,
-            "wallets_ranked": self.wallets_ranked,
+            "walletsRanked": self.wallets_ranked,
             "model": None
             if model is None
             else {
                 "version": model.version,
-                "trained_at": model.trained_at,
+                "trainedAt": model.trained_at,
                 "features": list(model.feature_names),
                 "metrics": dict(model.metrics),
                 "labelled": dict(model.labelled),
