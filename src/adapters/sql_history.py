@@ -449,6 +449,7 @@ class SqlHistoryReadModel:
                 wallet=str(row["wallet"]),
                 kind="swap" if row["kind"] == "swap" else "transfer",
                 pool=None if row["pool"] is None else str(row["pool"]),
+                counterparty=None if row["counterparty"] is None else str(row["counterparty"]),
                 token_paid=None if row["token_paid"] is None else str(row["token_paid"]),
                 amount_paid=int(row["amount_paid"]),
                 token_got=None if row["token_got"] is None else str(row["token_got"]),

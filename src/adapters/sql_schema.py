@@ -333,6 +333,7 @@ WALLET_MOVES: Final = Table(
     Column("wallet", Text(), nullable=False),
     Column("kind", Text(), nullable=False),
     Column("pool", Text(), nullable=True),
+    Column("counterparty", Text(), nullable=True),
     Column("token_paid", Text(), nullable=True),
     Column("amount_paid", Text(), nullable=False),
     Column("token_got", Text(), nullable=True),

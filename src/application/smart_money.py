@@ -6,7 +6,8 @@ Pure functions, no I/O (docs/adr/0051-smart-money.md):
   trade of its ``recipient`` (the address the pool pays, as the MEV detector's actor), each
   ERC-20 transfer a move out of its sender and into its recipient, except transfers in a
   transaction with a swap, a mint or a burn (those are the swap's or the liquidity's own
-  legs, counted once through the swap or not at all).
+  legs, counted once through the swap or not at all); ``wallet_features`` also leaves out
+  transfers to or from a pool (a trader paying a pair in a transaction of its own).
 * ``PriceBook`` is the price history those trades imply: a token with a fixed ``usd`` price
   (``EVM_CHAINS``) values the other side of every trade against it, and a token priced that
   way values the tokens traded against it next (as ``pool_value`` values a pool).
@@ -72,6 +73,7 @@ class WalletMove:
     wallet: str
     kind: MoveKind
     pool: str | None
+    counterparty: str | None  # a transfer's other side; a swap's pool
     token_paid: str | None
     amount_paid: int
     token_got: str | None
@@ -93,6 +95,7 @@ class WalletMove:
             "wallet": self.wallet,
             "kind": self.kind,
             "pool": self.pool,
+            "counterparty": self.counterparty,
             "token_paid": self.token_paid,
             "amount_paid": str(self.amount_paid),
             "token_got": self.token_got,
@@ -131,6 +134,7 @@ def moves_of(
                     wallet=trade.actor,
                     kind="swap",
                     pool=trade.pool,
+                    counterparty=trade.pool,
                     token_paid=trade.token_in,
                     amount_paid=trade.amount_in,
                     token_got=trade.token_out,
@@ -145,31 +149,9 @@ def moves_of(
             if sender == recipient:
                 continue  # to itself: nothing moves
             if sender != ZERO_ADDRESS:
-                moves.append(
-                    WalletMove(
-                        **common,
-                        wallet=sender,
-                        kind="transfer",
-                        pool=None,
-                        token_paid=token,
-                        amount_paid=amount,
-                        token_got=None,
-                        amount_got=0,
-                    )
-                )
+                moves.append(_transfer_move(common, sender, recipient, paid=(token, amount)))
             if recipient != ZERO_ADDRESS:
-                moves.append(
-                    WalletMove(
-                        **common,
-                        wallet=recipient,
-                        kind="transfer",
-                        pool=None,
-                        token_paid=None,
-                        amount_paid=0,
-                        token_got=token,
-                        amount_got=amount,
-                    )
-                )
+                moves.append(_transfer_move(common, recipient, sender, got=(token, amount)))
     moves.sort(key=lambda move: move.order)
     return moves
 
@@ -177,6 +159,7 @@ def moves_of(
 def _transfer_move(
     common: Mapping[str, Any],
     wallet: str,
+    counterparty: str,
     *,
     paid: tuple[str, int] | None = None,
     got: tuple[str, int] | None = None,
@@ -186,6 +169,7 @@ def _transfer_move(
         wallet=wallet,
         kind="transfer",
         pool=None,
+        counterparty=counterparty,
         token_paid=None if paid is None else paid[0],
         amount_paid=0 if paid is None else paid[1],
         token_got=None if got is None else got[0],
@@ -332,6 +316,15 @@ def wallet_features(
 ) -> dict[str, WalletFeatures]:
     """Every wallet's features over ``moves`` (one chain's, any order: sorted here)."""
     ordered = sorted(moves, key=lambda move: move.order)
+    # A transfer into or out of a pool is a leg of a swap (or of liquidity) even when it is
+    # its own transaction (a trader paying a V2 pair before calling ``swap``): the swap
+    # counts it. Pools are not wallets.
+    pools = {move.pool for move in ordered if move.pool is not None}
+    ordered = [
+        move
+        for move in ordered
+        if move.wallet not in pools and (move.kind == "swap" or move.counterparty not in pools)
+    ]
     prices = PriceBook(tokens)
     books: dict[str, _Book] = {}
     # token -> buyers in the order of their first buy

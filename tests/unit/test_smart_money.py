@@ -93,8 +93,11 @@ def test_a_transfer_moves_a_position_without_a_gain_and_a_swaps_own_legs_count_o
         transfer(103, ALICE, CAROL, WETH, E18 // 2),
         # The pool paying Alice inside her swap's transaction: the swap's own leg.
         {**transfer(100, PAIR, ALICE, WETH, E18), "tx_hash": "0xt100-0"},
+        # Alice paying the pair in a transaction of its own before her sale: its leg too.
+        {**transfer(102, ALICE, PAIR, WETH, E18 // 2), "tx_index": 0, "log_index": -1},
     ]
     moves = moves_of(1337, blocks(100, 101, 102, 103), facts)
+    assert (ALICE, PAIR) in [(m.wallet, m.counterparty) for m in moves if m.block == 102]
     assert [(m.wallet, m.kind) for m in moves if m.block in (100, 103)] == [
         (ALICE, "swap"),
         (ALICE, "transfer"),
@@ -105,6 +108,7 @@ def test_a_transfer_moves_a_position_without_a_gain_and_a_swaps_own_legs_count_o
     assert features[ALICE].unrealised_pnl_usd == pytest.approx(0.0)
     assert features[CAROL].unrealised_pnl_usd == pytest.approx(0.0)  # received at 2,000
     assert features[CAROL].trades == 0
+    assert PAIR not in features  # a pool is no wallet
 
 
 @settings(max_examples=50, deadline=None)

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("wallet", sa.Text(), nullable=False),
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("pool", sa.Text(), nullable=True),
+        sa.Column("counterparty", sa.Text(), nullable=True),
         sa.Column("token_paid", sa.Text(), nullable=True),
         sa.Column("amount_paid", sa.Text(), nullable=False),
         sa.Column("token_got", sa.Text(), nullable=True),
