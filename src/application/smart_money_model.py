@@ -208,6 +208,10 @@ def train(
     )
 
 
+def _hex(digits: str) -> bool:
+    return all(c in "0123456789abcdef" for c in digits)
+
+
 def read_labels(lines: Sequence[str]) -> dict[str, int]:
     """``wallet,label`` lines (a header line naming ``wallet`` is skipped; ``label`` 1 or
     0, also true/false, smart/other) into wallet -> label, addresses in lower case.
@@ -224,7 +228,7 @@ def read_labels(lines: Sequence[str]) -> dict[str, int]:
         if len(row) < 2:
             raise TrainingRefused(f"line {number}: expected wallet,label")
         wallet, raw = row[0].strip().lower(), row[1].strip().lower()
-        if not (wallet.startswith("0x") and len(wallet) == 42):
+        if not (wallet.startswith("0x") and len(wallet) == 42 and _hex(wallet[2:])):
             raise TrainingRefused(f"line {number}: {row[0]!r} is not a 0x address")
         if raw not in truthy | falsy:
             raise TrainingRefused(f"line {number}: label {row[1]!r} is not 1/0")

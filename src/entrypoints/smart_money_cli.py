@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .alerts_cli import _catch_up_history
+from .alerts_cli import catch_up_history
 from .console import err
 from .container import opened
 from .settings import Settings
@@ -56,7 +56,7 @@ def train_command(
         err.print(f"[red]{labels}: {error}[/red]")
         raise typer.Exit(2) from None
     with opened(settings) as container:
-        _catch_up_history(container.history_runner())
+        catch_up_history(container.history_runner())
         reader = container.smart_money()
         try:
             chain = reader.chain(chain_id)
