@@ -46,6 +46,7 @@ from ..application.chain_tvl import DAY, DailyValue, Listing
 from ..application.log import LogBatch, LogEntry, LogGapError
 from ..application.ports import CurrentValues, DetailDropped, HistoryRow, ListingRow, Purged
 from ..application.series_states import CHANGE_METRICS, OPEN, SeriesState
+from ..application.smart_money import WalletMove, moves_of
 from ..application.time_travel import (
     CHANGE_SPAN,
     ChangePoint,
@@ -83,6 +84,7 @@ from .sql_schema import (
     PROTOCOLS,
     SERIES_DAYS,
     SERIES_STATES,
+    WALLET_MOVES,
     chunked,
     close_engine,
     create_sql_engine,
@@ -97,6 +99,7 @@ DEFAULT_TRACKING_NAME: Final = "history"
 _FACT_TABLES: Final = (
     ANOMALIES,
     MEV_DETECTIONS,
+    WALLET_MOVES,
     PROTOCOL_OBSERVATIONS,
     PRICE_OBSERVATIONS,
     PROTOCOLS,
@@ -140,6 +143,11 @@ def _mev_row(entry: LogEntry) -> dict[str, Any]:
         "tx_hashes": ",".join(str(tx) for tx in data["tx_hashes"]),
         "recorded_at": entry.recorded_at,
     }
+
+
+def _move_row(move: WalletMove) -> dict[str, Any]:
+    row = move.to_json()
+    return {**row, "amount_paid": str(move.amount_paid), "amount_got": str(move.amount_got)}
 
 
 # --- series helpers ---------------------------------------------------------------------
@@ -499,6 +507,37 @@ class SqlHistoryReadModel:
             for row in rows
         ]
 
+    def wallet_moves(self, chain_id: int) -> list[WalletMove]:
+        """Every live wallet move of ``chain_id``, in chain order."""
+        table = WALLET_MOVES
+        query = (
+            select(table)
+            .where(table.c.chain_id == chain_id)
+            .order_by(table.c.block, table.c.tx_index, table.c.log_index, table.c.wallet)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [
+            WalletMove(
+                chain_id=int(row["chain_id"]),
+                block=int(row["block"]),
+                block_hash=str(row["block_hash"]),
+                timestamp=float(row["timestamp"]),
+                tx_hash=str(row["tx_hash"]),
+                tx_index=int(row["tx_index"]),
+                log_index=int(row["log_index"]),
+                wallet=str(row["wallet"]),
+                kind="swap" if row["kind"] == "swap" else "transfer",
+                pool=None if row["pool"] is None else str(row["pool"]),
+                counterparty=None if row["counterparty"] is None else str(row["counterparty"]),
+                token_paid=None if row["token_paid"] is None else str(row["token_paid"]),
+                amount_paid=int(row["amount_paid"]),
+                token_got=None if row["token_got"] is None else str(row["token_got"]),
+                amount_got=int(row["amount_got"]),
+            )
+            for row in rows
+        ]
+
     def mev(self, query: MevQuery) -> tuple[list[MevView], MevTotals]:
         """Live MEV detections matching ``query`` (the most recent block first, at most
         ``limit``) and the totals of every match."""
@@ -547,6 +586,7 @@ class SqlHistoryReadModel:
                 profit_quote=float(row["profit_quote"]),
                 profit_usd=None if row["profit_usd"] is None else float(row["profit_usd"]),
                 tx_hashes=tuple(str(row["tx_hashes"]).split(",")),
+                recorded_at=float(row["recorded_at"]),
             )
             for row in rows
         ]
@@ -1068,6 +1108,7 @@ class SqlHistoryReadModel:
         anomalies: list[dict[str, Any]] = []
         mev: list[dict[str, Any]] = []
         mev_retracted: list[str] = []
+        moves: list[dict[str, Any]] = []
         listings: list[LogEntry] = []
         for entry in entries:
             data = entry.data
@@ -1091,6 +1132,20 @@ class SqlHistoryReadModel:
                 mev.append(_mev_row(entry))
             elif entry.kind == "mev_retracted":
                 mev_retracted.extend(str(key) for key in data["keys"])
+            elif entry.kind == "evm_blocks_recorded":
+                recorded = moves_of(int(entry.key), data["blocks"], data["facts"])
+                moves.extend({"position": entry.position, **_move_row(m)} for m in recorded)
+            elif entry.kind == "evm_blocks_orphaned":
+                # In log order: a reorg back to a block recorded earlier in this batch
+                # must find its rows gone before they come back.
+                if moves:
+                    connection.execute(insert(WALLET_MOVES), moves)
+                    moves = []
+                hashes = [str(block["hash"]) for block in data["blocks"]]
+                for chunk in chunked(hashes):
+                    connection.execute(
+                        delete(WALLET_MOVES).where(WALLET_MOVES.c.block_hash.in_(chunk))
+                    )
             elif entry.kind == "anomaly_detected":
                 anomalies.append(
                     {
@@ -1116,6 +1171,8 @@ class SqlHistoryReadModel:
             connection.execute(insert(MEV_DETECTIONS), mev)
         for keys in chunked(mev_retracted):
             connection.execute(delete(MEV_DETECTIONS).where(MEV_DETECTIONS.c.key.in_(keys)))
+        if moves:
+            connection.execute(insert(WALLET_MOVES), moves)
         alerts = self._new_alerts(connection, alerts)
         if alerts:
             connection.execute(insert(ALERT_EVENTS), alerts)

@@ -62,6 +62,7 @@ __all__ = [
     "SERIES_DAYS",
     "SERIES_STATES",
     "VERSION_TABLE",
+    "WALLET_MOVES",
     "adapter_engine",
     "chunked",
     "create_sql_engine",
@@ -343,6 +344,35 @@ MEV_DETECTIONS: Final = Table(
     Index("ix_mev_detections_pool", "pool", "block"),
     Index("ix_mev_detections_actor", "actor", "block"),
     Index("ix_mev_detections_block", "block"),
+)
+
+# Each wallet's side of the swaps and transfers EVM collectors recorded, live blocks only
+# (docs/adr/0051): the smart-money features are computed from it on request.
+WALLET_MOVES: Final = Table(
+    "wallet_moves",
+    HISTORY_METADATA,
+    Column("position", BigInteger(), nullable=False),
+    Column("chain_id", BigInteger(), nullable=False),
+    Column("block", BigInteger(), nullable=False),
+    Column("block_hash", Text(), nullable=False),
+    Column("timestamp", Double(), nullable=False),
+    Column("tx_hash", Text(), nullable=False),
+    Column("tx_index", Integer(), nullable=False),
+    Column("log_index", Integer(), nullable=False),
+    Column("wallet", Text(), nullable=False),
+    Column("kind", Text(), nullable=False),
+    Column("pool", Text(), nullable=True),
+    Column("counterparty", Text(), nullable=True),
+    Column("token_paid", Text(), nullable=True),
+    Column("amount_paid", Text(), nullable=False),
+    Column("token_got", Text(), nullable=True),
+    Column("amount_got", Text(), nullable=False),
+    PrimaryKeyConstraint(
+        "chain_id", "block_hash", "tx_hash", "log_index", "wallet", name="pk_wallet_moves"
+    ),
+    Index("ix_wallet_moves_chain_block", "chain_id", "block", "tx_index", "log_index"),
+    Index("ix_wallet_moves_wallet", "wallet", "block"),
+    Index("ix_wallet_moves_block_hash", "block_hash"),
 )
 
 AUDIT_RECORDS: Final = Table(

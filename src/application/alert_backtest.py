@@ -12,13 +12,22 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..domain.alert_rule import AlertRule, Firing, anomaly_move, window_seconds
-from ..domain.alert_values import Condition, ProtocolTarget, RuleTarget, WebsocketChannel
+from ..domain.alert_values import (
+    Condition,
+    MevCondition,
+    MevTarget,
+    ProtocolTarget,
+    RuleTarget,
+    WebsocketChannel,
+    mev_measure,
+)
 from .alerting import RecentSeries, anomaly_measure
 from .anomaly import DAY, DetectorSettings, new_detector
-from .ports import HistoryReadModel
-from .views import SeriesPoint, SeriesQuery
+from .ports import BacktestHistory, MevReadModel
+from .views import MevQuery, SeriesPoint, SeriesQuery
 
 _SERIES_LIMIT: Final = 10_000_000
+_MEV_LIMIT: Final = 1_000_000
 _REACH: Final = 1.5
 # How far before ``start`` an anomaly backtest reads to warm its detector (daily points need
 # ``window`` days of them).
@@ -109,7 +118,7 @@ def backtest(
 
 
 def history_points(
-    history: HistoryReadModel,
+    history: BacktestHistory,
     target: RuleTarget,
     condition: Condition,
     *,
@@ -118,8 +127,12 @@ def history_points(
 ) -> list[SeriesPoint]:
     """The stored points a backtest of ``target`` over ``[start, end]`` needs (blocking),
     reaching back before ``start`` far enough for the condition's window."""
+    if isinstance(target, MevTarget) and isinstance(condition, MevCondition):
+        return mev_points(history, target, condition, start=start, end=end)
     if not isinstance(target, ProtocolTarget):
-        raise BacktestUnsupported("backtests replay protocol metrics only (no price series yet)")
+        raise BacktestUnsupported(
+            "backtests replay protocol metrics and MEV detections only (no price series yet)"
+        )
     window = window_seconds(condition) or 0.0
     if anomaly_move(condition) is not None:
         window = _ANOMALY_REACH
@@ -134,3 +147,37 @@ def history_points(
         )
     )
     return list(series.points)
+
+
+def mev_points(
+    history: MevReadModel,
+    target: MevTarget,
+    condition: MevCondition,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[SeriesPoint]:
+    """An ``mev`` rule's measures over the live (not retracted) detections of its chain
+    recorded within ``[start, end]``, in log order, each at the time it was recorded: the
+    backtest replays them as values. The read model keeps an arbitrage's first pool only,
+    so a ``pool`` filter matches an arbitrage by that pool here (live: by any of them)."""
+    found, _ = history.mev(MevQuery(limit=_MEV_LIMIT))
+    points = [
+        SeriesPoint(
+            timestamp=view.recorded_at,
+            value=mev_measure(
+                condition,
+                {
+                    "kind": view.kind,
+                    "actor": view.actor,
+                    "pool": view.pool,
+                    "profit_usd": view.profit_usd,
+                },
+            ),
+        )
+        for view in sorted(found, key=lambda view: view.position)
+        if view.chain_id == target.chain_id
+        and (start is None or view.recorded_at >= start)
+        and (end is None or view.recorded_at <= end)
+    ]
+    return points

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..domain.alert_rule import Firing, anomaly_move, next_transition, window_seconds
-from ..domain.alert_values import WINDOWS, stored_target
+from ..domain.alert_rule import Firing, anomaly_move, is_mev, next_transition, window_seconds
+from ..domain.alert_values import WINDOWS, MevCondition, mev_measure, stored_target
 from .alert_rules import (
     RULE_FACT_KINDS,
     AlertRuleView,
@@ -50,9 +50,11 @@ _SEED_LIMIT: Final = 100_000
 # How long the history read model may stand still before the evaluator stops waiting for it.
 _STALL: Final = 1.0
 
-# A rule's measure: the value itself (None), its percent change over a window (seconds), or
-# the anomaly score of the observation ("anomaly:<move>").
+# A rule's measure: the value itself (None), its percent change over a window (seconds),
+# the anomaly score of the observation ("anomaly:<move>"), or an MEV detection's USD profit
+# when it matches the rule's filters (``MEV``: measured per rule, see ``_observe_mev``).
 MeasureKey = float | str | None
+MEV: Final = "mev"
 Record = Callable[[Sequence[RuleObservation]], Awaitable[Sequence[RuleSnapshot]]]
 
 
@@ -64,6 +66,14 @@ def anomaly_measure(score: Score | None, key: str) -> float | None:
         return None
     move = key.partition(":")[2]
     return score.score if move in ("any", score.direction) else 0.0
+
+
+def mev_target(entry: LogEntry) -> str | None:
+    """The MEV target key (``mev:<chain id>``) a ``mev_detected`` / ``mev_retracted`` entry
+    feeds, else None."""
+    if entry.kind in ("mev_detected", "mev_retracted"):
+        return f"mev:{entry.key}"
+    return None
 
 
 def entry_target(entry: LogEntry) -> tuple[str, float, float] | None:
@@ -169,7 +179,11 @@ class _Rule:
         self.above = view.condition.direction == "above"
         move = anomaly_move(view.condition)
         self.window: MeasureKey = (
-            window_seconds(view.condition) if move is None else f"anomaly:{move}"
+            MEV
+            if is_mev(view.condition)
+            else window_seconds(view.condition)
+            if move is None
+            else f"anomaly:{move}"
         )
         self.cooldown = view.cooldown
         self.firing = view.firing == "firing"
@@ -346,6 +360,8 @@ class AlertEvaluator:
             target = entry_target(entry)
             if target is not None:
                 self._observe(target[0], target[1], target[2], entry.position, out)
+            elif (mev := mev_target(entry)) is not None:
+                self._observe_mev(mev, entry, out)
             elif entry.kind in RULE_FACT_KINDS:
                 self._fold(entry)
                 if entry.kind == "alert_rule_resumed":
@@ -404,6 +420,25 @@ class AlertEvaluator:
                 self._transition(rule, measure, observed_at, position, out)
         series.prune(watch.horizon, self.keep)
 
+    def _observe_mev(self, key: str, entry: LogEntry, out: list[RuleObservation]) -> None:
+        """A detection (or a retraction) of a chain's MEV: each ``mev`` rule watching the
+        chain measures it through its own filters (``mev_measure``): a match fires, the
+        next detection that does not match (or a retraction) resolves. Its time is when
+        it was recorded (a detection carries no block time)."""
+        watch = self._watches.get(key)
+        rules = None if watch is None else watch.groups.get(MEV)
+        if not rules:
+            return
+        detection = entry.data if entry.kind == "mev_detected" else None
+        self.checks += len(rules)
+        for rule in rules:
+            assert isinstance(rule.condition, MevCondition)
+            measure = mev_measure(rule.condition, detection)
+            met = measure >= rule.threshold
+            if met == rule.firing or entry.position <= rule.since:
+                continue
+            self._transition(rule, measure, entry.recorded_at, entry.position, out)
+
     def _reevaluate(self, rule_id: str, position: int, out: list[RuleObservation]) -> None:
         """A resumed rule against its target's current value: the value (or change) may
         have crossed the condition while the rule was paused. The transition, if any, is
@@ -413,7 +448,7 @@ class AlertEvaluator:
         if rule is None or not rule.active or watch is None or watch.series.latest is None:
             return
         if isinstance(rule.window, str):
-            return  # an anomaly is a moment's: nothing to re-evaluate on resume
+            return  # an anomaly or a detection is a moment's: nothing to re-evaluate on resume
         series = watch.series
         observed_at, value = series.times[-1], series.values[-1]
         measure = value if rule.window is None else series.change(value, observed_at, rule.window)
@@ -501,7 +536,7 @@ class AlertEvaluator:
             watch = self._watches[rule.key] = _Watch()
         if rule.active:
             watch.groups.setdefault(rule.window, []).append(rule)
-            if isinstance(rule.window, str) and watch.detector is None:
+            if isinstance(rule.window, str) and rule.window != MEV and watch.detector is None:
                 watch.detector = self._detector_from(watch.series)
         else:
             watch.paused[rule.id] = rule.window

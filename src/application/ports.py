@@ -29,6 +29,7 @@ from .delivery import (
 from .hot_state import ProtocolState, TokenState
 from .log import LogBatch, LogEntry
 from .rate_limits import Quota, Verdict
+from .smart_money import WalletMove
 from .views import (
     AnomalyQuery,
     AnomalyView,
@@ -182,6 +183,13 @@ class MevReadModel(Protocol):
     def mev(self, query: MevQuery) -> tuple[list[MevView], MevTotals]: ...
 
 
+class WalletMovesReadModel(Protocol):
+    """The wallet moves of live EVM blocks (synchronous: call it from a thread); the history
+    read model applies them, and the orphaning of their blocks, from the log."""
+
+    def wallet_moves(self, chain_id: int) -> list[WalletMove]: ...
+
+
 class HistoryReadModel(Protocol):
     """Every observation as queryable history (synchronous: call it from a thread)."""
 
@@ -197,6 +205,10 @@ class HistoryReadModel(Protocol):
     def reset(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class BacktestHistory(HistoryReadModel, MevReadModel, Protocol):
+    """What an alert backtest reads: metric series, and MEV detections for ``mev`` rules."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,6 +282,7 @@ class MevView:
     profit_quote: float
     profit_usd: float | None
     tx_hashes: tuple[str, ...]
+    recorded_at: float = 0.0  # when the detection was recorded (unix seconds)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,5 +1,5 @@
-"""The AlertRule aggregate: a user's condition on a protocol metric or a token price, and
-the RuleBook that holds an owner's live rules (their quota)."""
+"""The AlertRule aggregate: a user's condition on a protocol metric, a token price or a
+chain's MEV detections, and the RuleBook that holds an owner's live rules (their quota)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from .alert_values import (
     AnomalyCondition,
     Condition,
     InvalidRule,
+    MevCondition,
     PctChangeCondition,
     RuleTarget,
+    check_pairing,
     parse_channels,
     parse_condition,
     parse_cooldown,
@@ -105,6 +107,11 @@ def anomaly_move(condition: Condition) -> str | None:
     return condition.move if isinstance(condition, AnomalyCondition) else None
 
 
+def is_mev(condition: Condition) -> bool:
+    """Whether the condition watches MEV detections (its measure: ``mev_measure``)."""
+    return isinstance(condition, MevCondition)
+
+
 def window_seconds(condition: Condition) -> float | None:
     """The change window of a ``pct_change`` condition; None when the measure is the value."""
     return float(condition.seconds) if isinstance(condition, PctChangeCondition) else None
@@ -154,11 +161,13 @@ class AlertRule(Aggregate):
         name: str = "",
     ) -> AlertRule:
         """A new rule; its parts are validated (typed values, or the JSON a client sent)."""
+        parsed_target, parsed_condition = parse_target(target), parse_condition(condition)
+        check_pairing(parsed_target, parsed_condition)
         return cls(
             owner=check_label(owner, what="owner"),
             name=check_rule_name(name or ""),
-            target=parse_target(target).model_dump(),
-            condition=parse_condition(condition).model_dump(),
+            target=parsed_target.model_dump(),
+            condition=parsed_condition.model_dump(),
             channels=[
                 channel.model_dump(exclude_none=True) for channel in parse_channels(channels)
             ],
@@ -183,6 +192,7 @@ class AlertRule(Aggregate):
         if target is not None and parse_target(target) != self.target:
             raise InvalidRule("a rule's target cannot change: create a new rule", "target")
         new_condition = self.condition if condition is None else parse_condition(condition)
+        check_pairing(self.target, new_condition)
         new_channels = self.channels if channels is None else parse_channels(channels)
         new_cooldown = self.cooldown if cooldown is None else parse_cooldown(cooldown)
         new_name = self.name if name is None else check_rule_name(name)

@@ -44,6 +44,8 @@ __all__ = [
     "Cooldown",
     "EmailChannel",
     "InvalidRule",
+    "MevCondition",
+    "MevTarget",
     "PctChangeCondition",
     "ProtocolTarget",
     "RuleTarget",
@@ -51,6 +53,8 @@ __all__ = [
     "TokenTarget",
     "WebhookChannel",
     "WebsocketChannel",
+    "check_pairing",
+    "mev_measure",
     "parse_channels",
     "parse_condition",
     "parse_cooldown",
@@ -119,6 +123,16 @@ ChainName = Annotated[
     _checked(lambda chain: check_chain(chain, what="chain")),
 ]
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+EVM_ADDRESS_PATTERN: Final = r"^0x[0-9a-fA-F]{40}$"
+EvmAddress = Annotated[
+    str,
+    Field(
+        pattern=EVM_ADDRESS_PATTERN,
+        description="a 0x address (any case; kept lower-case)",
+        examples=["0x88e6a0c2ddd26feeb64f039a2c41296fcb3f5640"],
+    ),
+    AfterValidator(str.lower),
+]
 
 
 class ProtocolTarget(BaseModel):
@@ -147,22 +161,45 @@ class TokenTarget(BaseModel):
         return f"token:{self.token}"
 
 
+class MevTarget(BaseModel):
+    """The MEV detections of one EVM chain (by chain id): the target of an ``mev``
+    condition (docs/onchain.md)."""
+
+    model_config = _VALUE
+    chain_id: Annotated[int, Field(gt=0, description="the EVM chain id (1: Ethereum)")]
+    metric: Literal["mev"] = "mev"
+
+    @property
+    def key(self) -> str:
+        return f"mev:{self.chain_id}"
+
+
+_TARGET_FIELDS: Final = {
+    "protocol": "protocol target",
+    "token": "token target",
+    "chain_id": "mev target",
+}
+
+
 def _target_tag(value: Any) -> str | None:
     if isinstance(value, TokenTarget):
         return "token target"
+    if isinstance(value, MevTarget):
+        return "mev target"
     if not isinstance(value, Mapping):
         return "protocol target"  # not an object: the member's own error says so
-    if ("protocol" in value) != ("token" in value):
-        return "protocol target" if "protocol" in value else "token target"
-    return None
+    tags = [tag for name, tag in _TARGET_FIELDS.items() if name in value]
+    return tags[0] if len(tags) == 1 else None
 
 
 RuleTarget: TypeAlias = Annotated[
-    Annotated[ProtocolTarget, Tag("protocol target")] | Annotated[TokenTarget, Tag("token target")],
+    Annotated[ProtocolTarget, Tag("protocol target")]
+    | Annotated[TokenTarget, Tag("token target")]
+    | Annotated[MevTarget, Tag("mev target")],
     Discriminator(
         _target_tag,
         custom_error_type="target_kind",
-        custom_error_message="target needs exactly one of 'protocol' or 'token'",
+        custom_error_message="target needs exactly one of 'protocol', 'token' or 'chain_id'",
     ),
 ]
 
@@ -215,9 +252,69 @@ class AnomalyCondition(BaseModel):
         return self.min_score
 
 
+MevKind = Literal["sandwich", "arbitrage"]
+# The measure of an ``mev`` rule on a detection that its filters do not match (or on a
+# retraction): below any ``min_profit_usd``, so the rule resolves.
+NO_MEV_MATCH: Final = -1.0
+
+
+class MevCondition(BaseModel):
+    """An MEV detection (``MevDetected``, docs/onchain.md) of the target chain matching the
+    filters: in ``pool`` (among the pools it went through), by ``actor``, of ``detection``
+    kind, with a profit of at least ``min_profit_usd`` (a profit not valued in USD counts
+    as 0). The measure is the detection's USD profit; see ``mev_measure``."""
+
+    model_config = _VALUE
+    kind: Literal["mev"]
+    min_profit_usd: Annotated[FiniteNumber, Field(ge=0, description="USD")] = 0.0
+    pool: EvmAddress | None = None
+    actor: EvmAddress | None = None
+    detection: MevKind | None = Field(None, description="sandwich or arbitrage (default: both)")
+
+    # The rule reads like a threshold on the matching detection's USD profit.
+    @property
+    def direction(self) -> Direction:
+        return "above"
+
+    @property
+    def value(self) -> float:
+        return self.min_profit_usd
+
+
 Condition: TypeAlias = Annotated[
-    ThresholdCondition | PctChangeCondition | AnomalyCondition, Field(discriminator="kind")
+    ThresholdCondition | PctChangeCondition | AnomalyCondition | MevCondition,
+    Field(discriminator="kind"),
 ]
+AnyCondition: TypeAlias = ThresholdCondition | PctChangeCondition | AnomalyCondition | MevCondition
+AnyTarget: TypeAlias = ProtocolTarget | TokenTarget | MevTarget
+
+
+def check_pairing(target: AnyTarget, condition: AnyCondition) -> None:
+    """An ``mev`` condition watches an MEV target (a chain's detections) and only it does:
+    ``InvalidRule`` otherwise."""
+    if isinstance(condition, MevCondition) != isinstance(target, MevTarget):
+        if isinstance(target, MevTarget):
+            raise InvalidRule("an MEV target ('chain_id') needs condition.kind 'mev'", "condition")
+        raise InvalidRule(
+            "condition.kind 'mev' needs an MEV target: {\"chain_id\": <EVM chain id>}", "target"
+        )
+
+
+def mev_measure(condition: MevCondition, detection: Mapping[str, Any] | None) -> float:
+    """An ``mev`` rule's measure on one detection (a ``MevDetected`` fact as the log carries
+    it; None: a retraction): its USD profit (0 when not valued) when it matches the
+    filters, else ``NO_MEV_MATCH``."""
+    if detection is None:
+        return NO_MEV_MATCH
+    if condition.detection is not None and detection.get("kind") != condition.detection:
+        return NO_MEV_MATCH
+    if condition.actor is not None and str(detection.get("actor")) != condition.actor:
+        return NO_MEV_MATCH
+    pools = [str(pool) for pool in detection.get("pools") or [detection.get("pool")]]
+    if condition.pool is not None and condition.pool not in pools:
+        return NO_MEV_MATCH
+    usd = detection.get("profit_usd")
+    return 0.0 if usd is None else float(usd)
 
 
 def _http_url(url: str) -> str:
@@ -329,6 +426,7 @@ _MESSAGES: Final[dict[str, str]] = {
     "finite_number": "{path} must be a finite number",
     "int_type": "{path} must be a whole number",
     "int_from_float": "{path} must be a whole number",
+    "greater_than": "{path} must be greater than {gt}",
     "greater_than_equal": "{path} must not be below {ge}",
     "less_than_equal": "{path} must not be above {le}",
     "too_short": "{path} must be a non-empty list",
@@ -376,16 +474,14 @@ def _parse(adapter: TypeAdapter[Any], raw: Any, field: str) -> Any:
         raise InvalidRule(validation_message(error, field, raw), field) from None
 
 
-def parse_target(raw: Any) -> ProtocolTarget | TokenTarget:
-    """``{protocol, metric?, chain?}`` or ``{token, metric?: price}``."""
-    target: ProtocolTarget | TokenTarget = _parse(_TARGET, raw, "target")
+def parse_target(raw: Any) -> AnyTarget:
+    """``{protocol, metric?, chain?}``, ``{token, metric?: price}`` or ``{chain_id}``."""
+    target: AnyTarget = _parse(_TARGET, raw, "target")
     return target
 
 
-def parse_condition(raw: Any) -> ThresholdCondition | PctChangeCondition | AnomalyCondition:
-    condition: ThresholdCondition | PctChangeCondition | AnomalyCondition = _parse(
-        _CONDITION, raw, "condition"
-    )
+def parse_condition(raw: Any) -> AnyCondition:
+    condition: AnyCondition = _parse(_CONDITION, raw, "condition")
     return condition
 
 
@@ -404,16 +500,18 @@ def parse_cooldown(raw: Any) -> int:
 # -- stored values (no validation: what was accepted once must load forever) ---------------
 
 
-def stored_target(raw: Mapping[str, Any]) -> ProtocolTarget | TokenTarget:
+def stored_target(raw: Mapping[str, Any]) -> AnyTarget:
+    if "chain_id" in raw:
+        return MevTarget.model_construct(**raw)
     if "token" in raw:
         # A rule stored before token ids were normalised names its token as it was written.
         return TokenTarget.model_construct(**{**raw, "token": canonical_token_id(raw["token"])})
     return ProtocolTarget.model_construct(**raw)
 
 
-def stored_condition(
-    raw: Mapping[str, Any],
-) -> ThresholdCondition | PctChangeCondition | AnomalyCondition:
+def stored_condition(raw: Mapping[str, Any]) -> AnyCondition:
+    if raw.get("kind") == "mev":
+        return MevCondition.model_construct(**raw)
     if raw.get("kind") == "pct_change":
         return PctChangeCondition.model_construct(**raw)
     if raw.get("kind") == "anomaly":

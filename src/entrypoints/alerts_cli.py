@@ -93,7 +93,7 @@ def backtest_command(
                 parse_cooldown(cooldown)
             except InvalidRule as error:
                 raise _fail(str(error)) from None
-        _catch_up_history(container.history_runner())
+        catch_up_history(container.history_runner())
         try:
             points = history_points(history, target, rule_condition, start=start_at, end=end_at)
             if not points:
@@ -127,7 +127,7 @@ def backtest_command(
     sys.stdout.write(json.dumps(output) + "\n")
 
 
-def _catch_up_history(runner: ProjectionRunner) -> None:
+def catch_up_history(runner: ProjectionRunner) -> None:
     """Apply what the history read model has not seen yet (exactly once: safe beside a
     running server, which applies the same log under the same tracking row)."""
 

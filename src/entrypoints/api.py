@@ -88,6 +88,7 @@ from .schemas.realtime import (
 )
 from .schemas.reconciliation import ReconciliationRun
 from .settings import Settings
+from .smart_money_api import smart_money_routes
 from .subscriptions_api import subscription_routes
 from .validation import path_slug
 from .volumes_api import volume_routes
@@ -756,6 +757,7 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
         *volume_routes(),
         *anomaly_routes(),
         *mev_routes(),
+        *smart_money_routes(),
         *query_routes(_read_json_body),
         OperationRoute("/openapi.json", OPENAPI.serve(openapi)),
         OperationRoute("/asyncapi.json", ASYNCAPI.serve(asyncapi)),

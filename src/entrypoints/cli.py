@@ -36,6 +36,7 @@ from .logs import configure_logging, logging_config
 from .reading import FileReader, ReadError
 from .roles import WORKERS, describe
 from .settings import Settings
+from .smart_money_cli import smart_money_cli
 from .startup import ServiceUnavailable, check_services_now
 
 # prometheus_client's multiprocess directory (read by ``adapters/prometheus_metrics``).
@@ -52,6 +53,7 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(alerts_cli, name="alerts")
+cli.add_typer(smart_money_cli, name="smart-money")
 cli.command("audit")(audit_command)
 
 

@@ -63,6 +63,7 @@ from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
 from ..application.reconciliation import Reconciliation, ReconciliationReport
 from ..application.retention import DetailRetention
+from ..application.smart_money_reader import SmartMoneyReader
 from ..application.subscription_webhooks import SubscriptionWebhooks
 from ..application.telemetry import ObservedQueryCache, Telemetry
 from ..application.writer import IngestWriter
@@ -635,7 +636,8 @@ def _mev_recorder(
 
 
 def _mev_tokens(evm_chains: str) -> dict[int, dict[str, TokenSpec]]:
-    """Each configured chain's tokens by address: their prices value MEV profits in USD."""
+    """Each configured chain's tokens by address: their prices value MEV profits and
+    smart-money PnL in USD."""
     from .evm_settings import chain_specs
 
     return {
@@ -1047,6 +1049,13 @@ class Container(containers.DeclarativeContainer):
         event_log,
         mev_follower.provided.runner.call(),
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
+    )
+    # Smart money is read on request from the history read model (docs/adr/0051).
+    smart_money = providers.Singleton(
+        SmartMoneyReader,
+        history,
+        providers.Singleton(_mev_tokens, config.evm_chains),
+        config.smart_money_model_path,
     )
 
     webhook_notifier = providers.Singleton(

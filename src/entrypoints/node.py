@@ -32,6 +32,7 @@ from ..application.evm_collector import EvmCollector
 from ..application.following import NodeFollower, ProjectionRunner, Relay
 from ..application.ports import EventFanout, HotProjection, NotificationQueue, QueryCache
 from ..application.realtime import RealtimeHub
+from ..application.smart_money_reader import SmartMoneyReader
 from ..application.writer import IngestWriter
 from .container import Container, build_container, provide
 from .roles import Follower, Lock, Loop, Placement, loops, plan
@@ -125,6 +126,7 @@ class Node:
     subscriptions: DurableSubscriptions
     fanout: EventFanout
     query_cache: QueryCache
+    smart_money: SmartMoneyReader
     # The follower whose position this process reports (``/health``, metrics): the node
     # follower in ``serve``, the process's first follower in a worker.
     follower: NodeFollower | None = None
@@ -440,6 +442,7 @@ async def running(
             fanout=await provide(container.fanout),
             query_cache=await provide(container.query_cache),
             leadership=await provide(container.leadership),
+            smart_money=await provide(container.smart_money),
         )
         if follow:
             for loop in loops(placements):

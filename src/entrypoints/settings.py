@@ -493,6 +493,13 @@ class Settings(BaseSettings):
         "protocol_name, kind v2|v3, token0, token1) and tokens (address, symbol, decimals, "
         "usd for a fixed price). Empty: no EVM collector runs.",
     )
+    smart_money_model: Path | None = Field(
+        default=None,
+        alias="SMART_MONEY_MODEL",
+        description="The JSON file of the smart-money model `defi-realtime smart-money "
+        "train` writes and GET /v2/analytics/smart-money?ranking=model reads (docs/onchain.md). "
+        "Unset: smart-money-model.json in DATA_DIR.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
         alias="LOG_LEVEL",
@@ -566,6 +573,12 @@ class Settings(BaseSettings):
             "POSTGRES_MAX_OVERFLOW": "8",
         }
         return env
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def smart_money_model_path(self) -> Path:
+        """Where the smart-money model is kept (``SMART_MONEY_MODEL`` or in ``DATA_DIR``)."""
+        return self.smart_money_model or self.data_dir / "smart-money-model.json"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -364,6 +364,8 @@ SUBCOMMANDS = [
     ("collect",),
     ("alerts",),
     ("alerts", "backtest"),
+    ("smart-money",),
+    ("smart-money", "train"),
 ]
 
 
@@ -386,3 +388,77 @@ def test_installed_command_help(tmp_path: Path) -> None:
     for command in ("serve", "worker", "ingest", "keys", "projections"):
         assert re.search(rf"^\W*{command}\b", result.stdout, re.MULTILINE), result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_smart_money_train_stores_a_versioned_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded blocks (as a collector records them) where eight wallets sell higher than
+    they bought and eight lower; train from their labels, twice: versions 1 and 2."""
+    from defi_realtime.adapters.event_store_log import EventStoreLog
+    from defi_realtime.application.app import DefiRealtime
+    from defi_realtime.application.evm_facts import ChainStep
+    from defi_realtime.domain.evm import EvmChain
+    from defi_realtime.entrypoints.settings import Settings
+    from tests.unit.test_mev import E6, E18, PAIR, USDC, WETH, swap
+
+    data = tmp_path / "data"
+    data.mkdir()
+    setting = {
+        "chain_id": 1337,
+        "name": "Dev",
+        "rpc_urls": ["http://127.0.0.1:9"],
+        "tokens": [
+            {"address": USDC, "symbol": "USDC", "decimals": 6, "usd": 1.0},
+            {"address": WETH, "symbol": "WETH", "decimals": 18},
+        ],
+        "pools": [
+            {"address": PAIR, "protocol": "dex", "protocol_name": "Dex", "kind": "v2",
+             "token0": USDC, "token1": WETH},
+        ],
+    }  # fmt: skip
+    monkeypatch.setenv("EVM_CHAINS", json.dumps([setting]))
+    wallets = [f"0x{index + 1:040x}" for index in range(16)]
+    app = DefiRealtime(env=Settings(data_dir=data).event_store_env)
+    try:
+        app.record_chain_step(
+            ChainStep(1337, "evm:1337", opening=lambda: EvmChain.open(1337, "Dev", 100))
+        )
+        for number in (100, 101):
+            facts = []
+            for index, wallet in enumerate(wallets):
+                good = index % 2 == 0
+                if number == 100:
+                    trade = (USDC, 1_000 * E6), (WETH, E18 // 2)
+                else:
+                    usdc = (1_100 + 10 * index if good else 900 - 10 * index) * E6
+                    trade = (WETH, E18 // 2), (USDC, usdc)
+                facts.append(swap(index, PAIR, wallet, *trade, log=index, block=number))
+            block = {"number": number, "hash": f"0xb{number}",
+                     "parent_hash": "0x00" if number == 100 else "0xb100",
+                     "timestamp": T0 + number * 12}  # fmt: skip
+            app.record_chain_step(ChainStep(1337, "evm:1337", blocks=[block], facts=facts))
+        assert len(EventStoreLog(app).read(0, 100).entries) >= 2
+    finally:
+        app.close()
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "wallet,label\n" + "".join(f"{w},{1 - i % 2}\n" for i, w in enumerate(wallets))
+    )
+    first = json.loads(run(data, "smart-money", "train", str(labels)).stdout)
+    assert (first["version"], first["feature_names"][0]) == (1, "realised_pnl_usd")
+    assert first["labelled"] == {"0": 8, "1": 8}
+    assert set(first["metrics"]) >= {"precision", "recall", "roc_auc"}
+    second = run(data, "smart-money", "train", str(labels), "--seed", "1")
+    assert json.loads(second.stdout)["version"] == 2
+    assert "held-out wallets; saved to" in second.stderr
+    stored = json.loads((data / "smart-money-model.json").read_text())
+    assert stored["version"] == 2
+    few = tmp_path / "few.csv"
+    few.write_text("".join(f"{w},1\n" for w in wallets[:5]))
+    refused = run(data, "smart-money", "train", str(few), check=False)
+    assert refused.returncode == 2
+    assert "at least 12 are needed" in refused.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("wallet,label\nalice,1\n")
+    assert "line 2" in run(data, "smart-money", "train", str(bad), check=False).stderr

@@ -332,3 +332,125 @@ def test_a_sandwich_mined_in_one_block_streams_on_mev_and_is_listed_by_the_route
         refused = http.get("/v2/analytics/mev", params={"fromBlock": "9", "toBlock": "3"})
         assert refused.status_code == 400, refused.text
         print(f"block mined -> mev frame {streamed * 1000:.0f} ms, route {latency * 1000:.0f} ms")
+
+
+def test_wallets_that_trade_are_ranked_and_an_mev_rule_fires_through_the_api(
+    devnet: ModuleType, chain_url: str, node: Any, tmp_path: Path
+) -> None:
+    """An early buyer sells into a later buyer's rise, a bot sandwiches a victim: the
+    smart-money route ranks the early buyer first with the features behind it, and an
+    alert rule on the bot's sandwiches, created through the API, fires."""
+    market = devnet.Market.deploy(node)
+    early, late, bot, victim = node.accounts[3:7]
+    for trader in (early, late, bot, victim):
+        node.send("TestToken", market.usdc, "transfer(address,uint256)", trader, 10**6 * 10**6)
+    usdc_is_0 = market.usdc == market.token0
+
+    def reserves_now() -> dict[str, int]:
+        r0, r1 = market.reserves()
+        return {"usdc": r0 if usdc_is_0 else r1, "weth": r1 if usdc_is_0 else r0}
+
+    def swap_tx(
+        trader: str,
+        token_in: str,
+        amount_in: int,
+        *,
+        gwei: int | None = None,
+        pending: dict[str, int] | None = None,
+    ) -> int:
+        """Pay the pair, then call ``swap`` for what the constant product gives: mined at
+        once, or pending at ``gwei`` while mining is stopped (``pending``: the reserves
+        the earlier pending trades will have left)."""
+        reserves = reserves_now() if pending is None else pending
+        token_out = "weth" if token_in == "usdc" else "usdc"
+        out = amount_in * 997 * reserves[token_out] // (reserves[token_in] * 1000 + amount_in * 997)
+        reserves[token_in] += amount_in
+        reserves[token_out] -= out
+        token = market.usdc if token_in == "usdc" else market.weth
+        weth_is_0 = not usdc_is_0
+        args = (out, 0) if (token_in == "usdc") == weth_is_0 else (0, out)
+        calls = [
+            ("TestToken", token, "transfer(address,uint256)", market.pair, amount_in),
+            ("MiniPair", market.pair, "swap(uint256,uint256,address)", *args, trader),
+        ]
+        for contract, to, signature, *call_args in calls:
+            if gwei is None:
+                node.send(contract, to, signature, *call_args, sender=trader)
+            else:
+                selector = node.contracts[contract]["methods"][signature]
+                data = "0x" + selector + "".join(devnet._word(a) for a in call_args)
+                tx = {"from": trader, "to": to, "data": data, "gas": hex(250_000)}
+                node.rpc("eth_sendTransaction", {**tx, "gasPrice": hex(gwei * 10**9)})
+        return out
+
+    setting = market.chain_setting(chain_url, start_block=node.head() + 1)
+    rule_body = {
+        "name": "bot sandwiches",
+        "target": {"chain_id": devnet.CHAIN_ID},
+        "condition": {"kind": "mev", "actor": bot, "detection": "sandwich", "min_profit_usd": 1},
+        "channels": [{"kind": "websocket"}],
+    }
+    with (
+        start_server(tmp_path / "data", evm_chains=json.dumps([setting])) as server,
+        httpx.Client(base_url=server.base_url, timeout=10, headers=server.headers) as http,
+    ):
+        refused = http.post(
+            "/v2/alerts", json={**rule_body, "condition": {"kind": "mev", "pool": "0x12"}}
+        )
+        assert refused.status_code == 400, refused.text
+        assert "condition.pool" in refused.json()["error"]["message"]
+        mismatched = http.post("/v2/alerts", json={**rule_body, "target": {"protocol": SLUG}})
+        assert mismatched.status_code == 400, mismatched.text
+        created = http.post("/v2/alerts", json=rule_body)
+        assert created.status_code == 200, created.text
+        rule_id = created.json()["id"]
+
+        bought = swap_tx(early, "usdc", 50_000 * 10**6)
+        swap_tx(late, "usdc", 400_000 * 10**6)
+        sold_for = swap_tx(early, "weth", bought)
+        block = reserves_now()
+        node.rpc("miner_stop")
+        try:
+            front = swap_tx(bot, "usdc", 100_000 * 10**6, gwei=30, pending=block)
+            swap_tx(victim, "usdc", 300_000 * 10**6, gwei=20, pending=block)
+            swap_tx(bot, "weth", front, gwei=10, pending=block)
+        finally:
+            node.rpc("miner_start")
+        node.mine(1)
+
+        ranked = wait_for(
+            lambda: http.get("/v2/analytics/smart-money").json(),
+            lambda answer: answer.get("walletsRanked") == 4,
+            WAIT,
+        )
+        order = [wallet["wallet"] for wallet in ranked["wallets"]]
+        assert order[:2] == [early.lower(), bot.lower()], ranked
+        top = ranked["wallets"][0]
+        features = top["features"]
+        assert features["realised_pnl_usd"] == pytest.approx((sold_for - 50_000 * 10**6) / 10**6)
+        assert features["realised_pnl_usd"] > 0
+        assert (features["win_rate"], features["closed_trades"], features["trades"]) == (1, 1, 2)
+        assert features["early_entry_share"] == 1.0
+        assert features["pools"] == [market.pair]
+        terms = top["defaultTerms"]
+        assert top["score"] == pytest.approx(
+            100 * terms["confidence"] * (terms["win_rate"] + terms["early_entry"] + terms["roi"])
+        )
+        assert ranked["model"] is None
+        one = http.get("/v2/analytics/smart-money", params={"wallet": late}).json()
+        # Late holds what it bought (no closed trade): ranked with the victim, at 0.
+        place = order.index(late.lower()) + 1
+        assert place in (3, 4)
+        assert [(w["wallet"], w["rank"], w["score"]) for w in one["wallets"]] == [
+            (late.lower(), place, 0.0)
+        ]
+        assert one["wallets"][0]["features"]["unrealised_pnl_usd"] > 0
+        assert http.get("/v2/analytics/smart-money", params={"ranking": "model"}).status_code == 409
+        assert http.get("/v2/analytics/smart-money", params={"chainId": "5"}).status_code == 404
+
+        rule = wait_for(
+            lambda: http.get(f"/v2/alerts/{rule_id}").json(),
+            lambda found: found.get("firing") == "firing",
+            WAIT,
+        )
+        assert rule["condition"]["actor"] == bot.lower()

@@ -448,6 +448,7 @@ const alerts = { rules: new Map() };
 
 function describeTarget(target) {
   if (target.token) return target.token;
+  if (target.chain_id) return `MEV on chain ${target.chain_id}`;
   const chain = target.chain && target.chain !== "total" ? ` on ${target.chain}` : "";
   return `${target.protocol} ${target.metric}${chain}`;
 }
@@ -456,6 +457,10 @@ function describeCondition(condition) {
   if (condition.kind === "threshold") return `${condition.direction} ${usd(condition.value)}`;
   if (condition.kind === "pct_change") {
     return `change over ${condition.window} ${condition.direction} ${percent(condition.value)}`;
+  }
+  if (condition.kind === "mev") {
+    const by = condition.actor ? ` by ${condition.actor}` : "";
+    return `${condition.detection || "mev"}${by} of at least ${usd(condition.min_profit_usd)}`;
   }
   return condition.kind;
 }
