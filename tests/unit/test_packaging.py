@@ -121,8 +121,11 @@ def test_the_core_is_the_domain_library_and_extras_add_the_rest() -> None:
     core = sorted(r.split(">")[0].split("[")[0] for r in project["dependencies"])
     assert core == ["eventsourcing", "pydantic"]
     extras = project["optional-dependencies"]
-    assert {"server", "client", "dev"} <= set(extras)
-    assert "defi-realtime[server,client]" in extras["dev"]
+    assert {"server", "client", "smart-money", "dev"} <= set(extras)
+    assert "defi-realtime[server,client,smart-money]" in extras["dev"]
+    # Training a smart-money model needs scikit-learn; the server scores without it.
+    assert any(r.startswith("scikit-learn") for r in extras["smart-money"])
+    assert not any(r.startswith("scikit-learn") for r in extras["server"])
     for needed in ("starlette", "uvicorn", "sqlalchemy", "psycopg", "redis", "aio-pika"):
         assert any(r.startswith(needed) for r in extras["server"]), needed
     for needed in ("httpx", "websockets", "tenacity"):
