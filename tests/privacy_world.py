@@ -63,6 +63,7 @@ class World:
         self.env = dict(env)
         self.history_url = history_url
         self.keys = SqlAccountKeys(history_url)
+        self._reopened_keys: list[SqlAccountKeys] = []
         self.history = SqlHistoryReadModel(history_url)
         self.deliveries = SqlDeliveryLog(history_url)
         self.app = DefiRealtime(env=self.env, account_keys=self.keys)
@@ -156,8 +157,11 @@ class World:
         )
 
     def reopened(self) -> DefiRealtime:
-        """A new application on the same stores (a restart): everything is replayed."""
-        return DefiRealtime(env=self.env, account_keys=SqlAccountKeys(self.history_url))
+        """A new application on the same stores (a restart): everything is replayed. Its
+        key store is closed with the world (the application does not own it)."""
+        keys = SqlAccountKeys(self.history_url)
+        self._reopened_keys.append(keys)
+        return DefiRealtime(env=self.env, account_keys=keys)
 
     def close(self) -> None:
         self.log.close()
@@ -165,6 +169,8 @@ class World:
         self.history.close()
         self.deliveries.close()
         self.keys.close()
+        for keys in self._reopened_keys:
+            keys.close()
 
 
 def found_in_files(directory: Path, needles: Mapping[str, bytes]) -> dict[str, list[str]]:
