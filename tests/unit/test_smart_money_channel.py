@@ -114,9 +114,6 @@ async def test_a_failed_refresh_keeps_the_previous_ranking() -> None:
     watch = SmartMoneyWatch(SmartMoneyReader(Failing([]), {CHAIN: TOKENS}))
     watch.update([Leaders.of(CHAIN, "default", T0, [(ALICE, 50.0)])])
 
-    async def inline(function: Any) -> Any:
-        return function()
-
     task = asyncio.create_task(watch.run(0.01, offload=inline))
     await asyncio.sleep(0.05)
     task.cancel()
@@ -276,6 +273,11 @@ class Client:
         return [frame for frame in self.frames if frame["type"] == kind]
 
 
+async def inline(function: Any, *args: Any) -> Any:
+    """Runs the hub's log reads in the event loop (no thread: the steps are the test's)."""
+    return function(*args)
+
+
 async def settle(hub: RealtimeHub) -> None:
     for _ in range(20):
         await asyncio.sleep(0)
@@ -307,7 +309,7 @@ async def test_a_resume_gives_the_trades_after_since_by_the_ranking_of_now() -> 
         recorded(5, swap(0, PAIR, ALICE, (WETH, E18 // 10), (USDC, 120 * E6), block=105)),
     )
     watch = watch_of(BOB)
-    hub = RealtimeHub(Log(*entries), HotState(), smart_money=watch)  # type: ignore[arg-type]
+    hub = RealtimeHub(Log(*entries), HotState(), smart_money=watch, offload=inline)  # type: ignore[arg-type]
     await hub.seed(5)
     before = Client(hub)
     before.subscribe(params={"top": 1}, since=2)
