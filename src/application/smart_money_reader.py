@@ -117,6 +117,22 @@ class SmartMoneyReader:
         """Every wallet's features on the chain (wallets with a trade, or a transfer)."""
         return wallet_features(self.moves.wallet_moves(chain_id), self.tokens.get(chain_id, {}))
 
+    def leaders(self, chain_id: int, limit: int) -> dict[Ranking, list[tuple[str, float]]]:
+        """The top ``limit`` traders of a chain as ``(wallet, score)``, best first, by the
+        default score and, when a model is trained, by the model (``100 * probability``):
+        what the ``smart-money`` channel streams (one pass over the moves for both)."""
+        model = self.model()
+        traders = [f for f in self.features(chain_id).values() if f.trades > 0]
+        by: dict[Ranking, list[tuple[str, float]]] = {
+            "default": [(f.wallet, default_score(f).score) for f in traders]
+        }
+        if model is not None:
+            by["model"] = [(f.wallet, 100 * model.probability(f)) for f in traders]
+        return {
+            ranking: sorted(scores, key=lambda s: (-s[1], s[0]))[:limit]
+            for ranking, scores in by.items()
+        }
+
     def rank(
         self,
         chain_id: int | None = None,

@@ -29,6 +29,9 @@ __all__ = [
     "Pong",
     "PriceData",
     "ServerFrame",
+    "SmartMoney",
+    "SmartMoneyData",
+    "SmartMoneyTrade",
     "Subscribed",
     "Unsubscribed",
     "Update",
@@ -177,6 +180,46 @@ class Mev(BaseModel):
     data: MevData
 
 
+class SmartMoneyTrade(BaseModel):
+    """A swap by a wallet ranked in the subscription's top (amounts in raw units)."""
+
+    model_config = _FRAME
+    wallet: str
+    rank: int
+    score: float
+    block: int
+    block_hash: str = Field(alias="blockHash")
+    timestamp: float
+    tx_hash: str = Field(alias="txHash")
+    log_index: int = Field(alias="logIndex")
+    pool: str | None
+    token_paid: str | None = Field(alias="tokenPaid")
+    amount_paid: str = Field(alias="amountPaid")
+    token_got: str | None = Field(alias="tokenGot")
+    amount_got: str = Field(alias="amountGot")
+
+
+class SmartMoneyData(BaseModel):
+    model_config = _FRAME
+    chain_id: int = Field(alias="chainId")
+    retracted: bool
+    ranking: Literal["default", "model"] | None = None
+    ranked_at: float | None = Field(default=None, alias="rankedAt")
+    trades: list[SmartMoneyTrade] | None = None
+    block_hashes: list[str] | None = Field(default=None, alias="blockHashes")
+
+
+class SmartMoney(BaseModel):
+    """Trades of the top wallets, or blocks a reorg orphaned (the ``smart-money`` channel)."""
+
+    model_config = _FRAME
+    type: Literal["smart-money"]
+    subscription_id: str = Field(alias="subscriptionId")
+    channel: Literal["smart-money"]
+    position: int
+    data: SmartMoneyData
+
+
 class Error(BaseModel):
     """A refused frame; the socket stays open."""
 
@@ -212,7 +255,7 @@ class Acked(BaseModel):
 
 
 ServerFrame: TypeAlias = (
-    Subscribed | Unsubscribed | Update | Alert | Anomaly | Mev | Error | Pong | Acked
+    Subscribed | Unsubscribed | Update | Alert | Anomaly | Mev | SmartMoney | Error | Pong | Acked
 )
 """Any frame the server sends."""
 
@@ -223,6 +266,7 @@ _BY_TYPE: Final[dict[str, type[ServerFrame]]] = {
     "alert": Alert,
     "anomaly": Anomaly,
     "mev": Mev,
+    "smart-money": SmartMoney,
     "error": Error,
     "pong": Pong,
     "acked": Acked,

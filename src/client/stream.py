@@ -43,7 +43,9 @@ from .frames import Alert, Error, ServerFrame, Subscribed, Update, parse_frames
 
 __all__ = ["Channel", "Filters", "LiveStream", "ReconnectPolicy", "attach", "stream"]
 
-Channel: TypeAlias = Literal["protocols", "prices", "volumes", "alerts", "anomalies", "mev"]
+Channel: TypeAlias = Literal[
+    "protocols", "prices", "volumes", "alerts", "anomalies", "mev", "smart-money"
+]
 
 # Close codes after which reconnecting cannot help (docs/websocket.md): a refused key or
 # origin. Everything else (1001 restart, 1006 dropped, 4000 idle, 4008 slow consumer,

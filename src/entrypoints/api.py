@@ -707,6 +707,15 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
                 node.hub.run_sweeper(settings.ws_idle_timeout, settings.ws_heartbeat_interval),
                 name="realtime-sweeper",
             )
+            # The top wallets the smart-money channel streams, ranked now and then (ADR 0051).
+            ranker = (
+                asyncio.create_task(
+                    node.hub.smart_money.run(settings.smart_money_ws_refresh),
+                    name="smart-money-ranking",
+                )
+                if node.hub.smart_money.serving
+                else None
+            )
             metrics.start()
             sampler = asyncio.create_task(
                 run_sampler(metrics, node, gateway, settings.metrics_interval),
@@ -722,6 +731,10 @@ def create_app(settings: Settings | None = None, *, role: str = "serve") -> Star
                 await app.state.audit_journal.drain()
                 sweeper.cancel()
                 sampler.cancel()
+                if ranker is not None:
+                    ranker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ranker  # a ranking under way ends before the store closes
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
                 with contextlib.suppress(asyncio.CancelledError):

@@ -61,6 +61,7 @@ from ..application.rate_limiting import LeasedRateLimiter, RateLimits
 from ..application.rate_limits import RateLimitPolicy
 from ..application.readiness import Probe, Readiness
 from ..application.realtime import RealtimeHub
+from ..application.realtime.smart_money import SmartMoneyWatch
 from ..application.reconciliation import Reconciliation, ReconciliationReport
 from ..application.retention import DetailRetention
 from ..application.smart_money_reader import SmartMoneyReader
@@ -947,6 +948,14 @@ class Container(containers.DeclarativeContainer):
     durable_subscriptions = providers.Singleton(
         _durable_subscriptions, application, writer, webhook_guard
     )
+    # Smart money is read on request from the history read model (docs/adr/0051); the
+    # hub streams the trades of its top wallets (the smart-money channel).
+    smart_money = providers.Singleton(
+        SmartMoneyReader,
+        history,
+        providers.Singleton(_mev_tokens, config.evm_chains),
+        config.smart_money_model_path,
+    )
     hub = providers.Singleton(
         RealtimeHub,
         event_log,
@@ -958,6 +967,7 @@ class Container(containers.DeclarativeContainer):
         address_slots=providers.Resource(
             _connection_slots, redis_client, config.rate_limit_backend, config.redis_prefix
         ),
+        smart_money=providers.Singleton(SmartMoneyWatch, smart_money),
     )
     keyring = providers.Singleton(KeyRing, providers.Callable(_key_lookup, application.provider))
     sessions = providers.Singleton(_sessions, settings)
@@ -1049,13 +1059,6 @@ class Container(containers.DeclarativeContainer):
         event_log,
         mev_follower.provided.runner.call(),
         providers.Callable(max, config.poll_interval, FOLLOWER_POLL_FLOOR),
-    )
-    # Smart money is read on request from the history read model (docs/adr/0051).
-    smart_money = providers.Singleton(
-        SmartMoneyReader,
-        history,
-        providers.Singleton(_mev_tokens, config.evm_chains),
-        config.smart_money_model_path,
     )
 
     webhook_notifier = providers.Singleton(

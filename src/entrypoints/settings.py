@@ -500,6 +500,15 @@ class Settings(BaseSettings):
         "train` writes and GET /v2/analytics/smart-money?ranking=model reads (docs/onchain.md). "
         "Unset: smart-money-model.json in DATA_DIR.",
     )
+    smart_money_ws_refresh: float = Field(
+        default=30.0,
+        ge=0.1,
+        le=3_600,
+        alias="SMART_MONEY_WS_REFRESH",
+        description="Seconds between two rankings of the top wallets whose trades the "
+        "smart-money WebSocket channel streams (each node ranks from the history read "
+        "model's wallet moves; a wallet entering the top shows from the next ranking).",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
         alias="LOG_LEVEL",

@@ -454,3 +454,85 @@ def test_wallets_that_trade_are_ranked_and_an_mev_rule_fires_through_the_api(
             WAIT,
         )
         assert rule["condition"]["actor"] == bot.lower()
+
+
+def swap_now(node: Any, market: Any, trader: str, token_in: str, amount_in: int) -> int:
+    """``trader`` pays the V2 pair ``amount_in`` of ``token_in`` (usdc or weth) and swaps
+    it for what the constant product gives; mined at once. What it got."""
+    r0, r1 = market.reserves()
+    usdc_is_0 = market.usdc == market.token0
+    reserves = {"usdc": r0 if usdc_is_0 else r1, "weth": r1 if usdc_is_0 else r0}
+    token_out = "weth" if token_in == "usdc" else "usdc"
+    out = amount_in * 997 * reserves[token_out] // (reserves[token_in] * 1000 + amount_in * 997)
+    token = market.usdc if token_in == "usdc" else market.weth
+    args = (out, 0) if (token_in == "usdc") == (not usdc_is_0) else (0, out)
+    node.send(
+        "TestToken", token, "transfer(address,uint256)", market.pair, amount_in, sender=trader
+    )
+    node.send(
+        "MiniPair", market.pair, "swap(uint256,uint256,address)", *args, trader, sender=trader
+    )
+    return int(out)
+
+
+def test_a_top_wallets_trade_streams_on_smart_money_and_an_outsiders_does_not(
+    devnet: ModuleType, chain_url: str, node: Any, tmp_path: Path
+) -> None:
+    """An early buyer sells into a later buyer's rise: ranked first. A subscriber to the
+    top 1 gets the early buyer's next trade and not the later buyer's (mined before it);
+    a subscriber to the top 2 gets both, so the first's filter, not a lag, left it out."""
+    market = devnet.Market.deploy(node)
+    early, late = node.accounts[7:9]
+    for trader in (early, late):
+        node.send("TestToken", market.usdc, "transfer(address,uint256)", trader, 10**6 * 10**6)
+    setting = market.chain_setting(chain_url, start_block=node.head() + 1)
+    refresh = 0.3
+    with (
+        start_server(
+            tmp_path / "data", evm_chains=json.dumps([setting]), smart_money_ws_refresh=refresh
+        ) as server,
+        httpx.Client(base_url=server.base_url, timeout=10, headers=server.headers) as http,
+    ):
+        bought = swap_now(node, market, early, "usdc", 50_000 * 10**6)
+        swap_now(node, market, late, "usdc", 400_000 * 10**6)
+        swap_now(node, market, early, "weth", bought)
+        ranked = wait_for(
+            lambda: http.get("/v2/analytics/smart-money").json(),
+            lambda answer: answer.get("walletsRanked") == 2,
+            WAIT,
+        )
+        assert [w["wallet"] for w in ranked["wallets"]] == [early.lower(), late.lower()]
+        time.sleep(3 * refresh)  # the hub's ranking is refreshed from the same moves
+        with (
+            connect(server.ws_url, open_timeout=5) as top1,
+            connect(server.ws_url, open_timeout=5) as top2,
+        ):
+            for ws, top in ((top1, 1), (top2, 2)):
+                ws.send(json.dumps({"type": "subscribe", "channel": "smart-money",
+                                    "params": {"top": top}}))  # fmt: skip
+                assert json.loads(ws.recv(timeout=WAIT))["type"] == "subscribed"
+            swap_now(node, market, late, "usdc", 1_000 * 10**6)  # outside the top 1
+            swap_now(node, market, early, "usdc", 2_000 * 10**6)
+            mined = time.monotonic()
+            frame = json.loads(top1.recv(timeout=WAIT))
+            streamed = time.monotonic() - mined
+            both: list[tuple[str, int, str]] = []
+            while len(both) < 2:
+                got = json.loads(top2.recv(timeout=WAIT))
+                both += [(t["wallet"], t["rank"], t["amountPaid"]) for t in got["data"]["trades"]]
+        assert (frame["type"], frame["channel"], frame["data"]["retracted"]) == (
+            "smart-money", "smart-money", False
+        )  # fmt: skip
+        assert [(t["wallet"], t["rank"]) for t in frame["data"]["trades"]] == [(early.lower(), 1)]
+        [trade] = frame["data"]["trades"]
+        assert (trade["pool"], trade["tokenPaid"], trade["tokenGot"]) == (
+            market.pair, market.usdc, market.weth
+        )  # fmt: skip
+        assert trade["amountPaid"] == str(2_000 * 10**6)
+        assert both == [
+            (late.lower(), 2, str(1_000 * 10**6)),
+            (early.lower(), 1, str(2_000 * 10**6)),
+        ]
+        # Collector poll 0.2 s, node follower 0.05 s: well within the bound on a busy box.
+        assert streamed < 5.0, streamed
+        print(f"block mined -> smart-money frame {streamed * 1000:.0f} ms")

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -27,11 +27,36 @@ from defi_realtime.application.hot_state import HotState
 from defi_realtime.application.log import LogBatch, LogEntry
 from defi_realtime.application.realtime import Connection, RealtimeHub
 from defi_realtime.application.realtime.durable import Attachment
-from defi_realtime.application.realtime.protocol import Filter
+from defi_realtime.application.realtime.protocol import SMART_MONEY_KEYS, Filter
+from defi_realtime.application.realtime.smart_money import Leaders, SmartMoneyWatch
+from defi_realtime.application.smart_money_reader import SmartMoneyReader
 from defi_realtime.entrypoints.ws_transport import RealtimeWebSocketProtocol
 from tests.e2e.conftest import LiveServer, obs, start_server
 
 T0 = 1_765_000_000.0
+WALLET, PAIR, USDC, WETH = ("0x" + digits * 20 for digits in ("01", "aa", "11", "22"))
+# A block with one swap of WALLET's (as an EVM collector records it).
+RECORDED: Final = {
+    "blocks": [{"number": 7, "hash": "0xb7", "timestamp": T0}],
+    "facts": [
+        {
+            "kind": "swap",
+            "block": 7,
+            "block_hash": "0xb7",
+            "tx_hash": "0xt7",
+            "tx_index": 0,
+            "log_index": 0,
+            "pool": PAIR,
+            "recipient": WALLET,
+            "token0": USDC,
+            "token1": WETH,
+            "amount0_in": 1_000,
+            "amount1_in": 0,
+            "amount0_out": 0,
+            "amount1_out": 1,
+        }
+    ],
+}
 TRANSPORTS = [
     pytest.param(RealtimeWebSocketProtocol, id="lean"),
     pytest.param("auto", id="asgi"),
@@ -435,22 +460,29 @@ async def test_the_asyncapi_document_covers_the_protocol(live: LiveServer) -> No
     }
     assert constants <= close_codes
 
-    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
-        """A schema with its ``$ref`` followed and the null branch of ``anyOf`` dropped."""
-        (schema,) = [
-            branch for branch in schema.get("anyOf", [schema]) if branch != {"type": "null"}
-        ]
-        if "$ref" not in schema:
-            return schema
-        target = document
-        for part in schema["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        return resolve(target)
+    def resolve(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        """The branches of a schema's ``anyOf`` but null, with their ``$ref`` followed."""
+        found: list[dict[str, Any]] = []
+        for branch in schema.get("anyOf", [schema]):
+            if branch == {"type": "null"}:
+                continue
+            if "$ref" not in branch:
+                found.append(branch)
+                continue
+            target = document
+            for part in branch["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            found.extend(resolve(target))
+        return found
 
     subscribe_fields = set(messages["subscribe"]["payload"]["properties"])
     assert subscribe_fields == set(realtime.SUBSCRIBE_FIELDS)
-    filters = set(resolve(messages["subscribe"]["payload"]["properties"]["params"])["properties"])
-    assert filters == set(realtime.FILTER_KEYS)
+    params = resolve(messages["subscribe"]["payload"]["properties"]["params"])
+    # Filters, and the smart-money channel's own.
+    assert [set(branch["properties"]) for branch in params] == [
+        set(realtime.FILTER_KEYS),
+        set(SMART_MONEY_KEYS),
+    ]
     assert set(messages["subscribe"]["payload"]["properties"]["channel"]["enum"]) == set(
         realtime.CHANNELS
     )
@@ -471,7 +503,7 @@ def test_the_hub_emits_only_documented_message_types() -> None:
                 return LogBatch(after=after, last=after)
 
             def head(self) -> int:
-                return 4
+                return 5
 
         class FakeDurableStore:
             """One durable subscription of alice's, at position 0."""
@@ -482,11 +514,19 @@ def test_the_hub_emits_only_documented_message_types() -> None:
             async def advance(self, acknowledged: Mapping[str, tuple[str, int]]) -> set[str]:
                 return set()
 
+        class NoMoves:
+            def wallet_moves(self, chain_id: int) -> list[Any]:
+                return []
+
+        # Ranked by hand: the ranking's computation is tests/unit/test_smart_money_channel.
+        watch = SmartMoneyWatch(SmartMoneyReader(NoMoves(), {1337: {}}))
+        watch.update([Leaders.of(1337, "default", T0, [(WALLET, 80.0)])])
         hub = RealtimeHub(
             Log(),  # type: ignore[arg-type]
             HotState(record_facts=True),
             durable=FakeDurableStore(),
             ack_interval=3_600,
+            smart_money=watch,
         )
         owner = Connection("alice", close=lambda code, reason: None, write=write)
         other = Connection("bob", close=lambda code, reason: None, write=write)
@@ -539,14 +579,16 @@ def test_the_hub_emits_only_documented_message_types() -> None:
                 {"keys": ["k1"], "block_hashes": ["0xab"]},
                 T0,
             ),
+            LogEntry(5, "evm_blocks_recorded", "1337", RECORDED, T0),
         )
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "protocols"}))
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "anomalies"}))
         hub.receive(owner, json.dumps({"type": "subscribe", "channel": "mev"}))
+        hub.receive(owner, json.dumps({"type": "subscribe", "channel": "smart-money"}))
         hub.receive(owner, json.dumps({"type": "attach", "subscription": "d1"}))
         for _ in range(5):  # the lookup, then the replay's turns
             await asyncio.sleep(0)
-        await hub.deliver(LogBatch(after=0, last=4, entries=entries))
+        await hub.deliver(LogBatch(after=0, last=5, entries=entries))
         await asyncio.sleep(0)
         hub.receive(owner, json.dumps({"type": "ack", "subscriptionId": "d1", "position": 1}))
         assert hub.acks is not None

@@ -182,6 +182,7 @@ def _subscribe(**fields: Any) -> dict[str, Any]:
     return {"type": "subscribe", "channel": "protocols", **fields}
 
 
+WALLET = "0x" + "ab" * 20
 # Both the models and the document's JSON schemas judge these alike.
 MESSAGES = [
     _subscribe(),
@@ -204,6 +205,15 @@ MESSAGES = [
     _subscribe(snapshot=False, since=5),
     _subscribe(channel="alerts", coalesce=True, since=3),
     _subscribe(params={"protocolIds": ["a"] * protocol.MAX_FILTER_VALUES}),
+    _subscribe(channel="smart-money"),
+    _subscribe(channel="smart-money", params={}, since=3),
+    _subscribe(
+        channel="smart-money",
+        params={"top": protocol.MAX_TOP, "wallet": WALLET.upper().replace("0X", "0x")},
+    ),
+    _subscribe(channel="smart-money", params={"top": 1, "chainId": 1337, "ranking": "model"}),
+    _subscribe(channel="smart-money", params={"wallet": None, "chainId": None}),
+    _subscribe(channel="mev", params={}),
     {"type": "unsubscribe", "subscriptionId": "s1", "id": 1},
     {"type": "attach", "subscription": "0b1c", "id": 2},
     {"type": "attach", "subscription": "a" * protocol.MAX_SUBSCRIPTION_ID_CHARS},
@@ -232,6 +242,23 @@ MESSAGES = [
     _subscribe(params={"minTvl": -1}),
     _subscribe(params={"minTvl": True}),
     _subscribe(params={"minTvl": "1"}),
+    _subscribe(channel="smart-money", snapshot=True),
+    _subscribe(channel="smart-money", params={"top": 0}),
+    _subscribe(channel="smart-money", params={"top": protocol.MAX_TOP + 1}),
+    _subscribe(channel="smart-money", params={"top": True}),
+    _subscribe(channel="smart-money", params={"top": "5"}),
+    _subscribe(channel="smart-money", params={"top": None}),
+    _subscribe(channel="smart-money", params={"wallet": "0x12"}),
+    _subscribe(channel="smart-money", params={"wallet": WALLET + "\n"}),
+    _subscribe(channel="smart-money", params={"chainId": 0}),
+    _subscribe(channel="smart-money", params={"chainId": True}),
+    _subscribe(channel="smart-money", params={"ranking": "best"}),
+    _subscribe(channel="smart-money", params={"protocolIds": ["aave"]}),
+    _subscribe(channel="smart-money", params={"chains": None}),
+    _subscribe(params={"top": 5}),
+    _subscribe(params={"wallet": None}),
+    _subscribe(channel="mev", params={"top": 5}),
+    _subscribe(channel="mev", params={"protocolIds": ["aave"]}),
     _subscribe(id=True),
     _subscribe(id=1.5),
     _subscribe(id="a" * (protocol.MAX_REQUEST_ID_CHARS + 1)),
@@ -289,6 +316,15 @@ _PARAMS = st.none() | st.fixed_dictionaries(
         "minTvl": st.floats() | st.integers() | st.just(10**309),
     },
 )
+_SMART_MONEY_PARAMS = st.fixed_dictionaries(
+    {},
+    optional={
+        "top": st.integers(min_value=-1, max_value=protocol.MAX_TOP + 1),
+        "wallet": st.none() | st.just(WALLET) | st.text(max_size=3),
+        "chainId": st.none() | st.integers(min_value=-1, max_value=2**54),
+        "ranking": st.sampled_from([*protocol.SMART_MONEY_RANKINGS, "x"]),
+    },
+)
 _IDS = (
     st.none()
     | st.text(max_size=3)
@@ -300,7 +336,7 @@ _IDS = (
 )
 _SUBSCRIBE_FIELDS = {
     "channel": st.sampled_from(protocol.CHANNELS),
-    "params": _PARAMS,
+    "params": _PARAMS | _SMART_MONEY_PARAMS,
     "since": st.none() | st.integers(min_value=-2),
     "snapshot": st.booleans(),
     "coalesce": st.booleans(),
@@ -319,7 +355,8 @@ def _subscribes(draw: st.DrawFn) -> dict[str, Any]:
     )
     broken = draw(st.sampled_from([None, *_SUBSCRIBE_FIELDS, "extra", "filter"]))
     if broken == "filter":
-        key = draw(st.sampled_from([*sorted(protocol.FILTER_KEYS), "protocol_ids"]))
+        keys = sorted(protocol.FILTER_KEYS | protocol.SMART_MONEY_KEYS)
+        key = draw(st.sampled_from([*keys, "protocol_ids"]))
         message["params"] = {**(message.get("params") or {}), key: draw(_JSON)}
     elif broken is not None:
         message[broken] = draw(_JSON)
@@ -425,6 +462,8 @@ def test_the_document_speaks_the_protocols_vocabulary(document: dict[str, Any]) 
     assert subscribe["channel"]["enum"] == list(protocol.CHANNELS)
     filters = document["components"]["schemas"]["Filters"]["properties"]
     assert set(filters) == protocol.FILTER_KEYS
+    smart_money = document["components"]["schemas"]["SmartMoneyFilters"]["properties"]
+    assert set(smart_money) == protocol.SMART_MONEY_KEYS
     codes = messages["error"]["payload"]["properties"]["code"]["enum"]
     assert codes == list(protocol.ERROR_CODES)
     assert [entry["code"] for entry in document["x-close-codes"]] == list(protocol.CLOSE_CODES)

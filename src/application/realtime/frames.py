@@ -19,8 +19,8 @@ from typing import Any, Final
 
 from ...domain.observations import TOTAL, VOLUME_METRICS
 from ..hot_state import EntryFacts, ProtocolState, TokenState
-from ..log import LogEntry
-from .protocol import dumps
+from ..log import EVM_KINDS, LogEntry
+from .protocol import SMART_MONEY, dumps
 
 ALERT_KINDS: Final = frozenset({"alert_triggered", "alert_resolved"})
 ANOMALY_KIND: Final = "anomaly_detected"
@@ -45,6 +45,10 @@ def channel_of(entry: LogEntry) -> str | None:
         return "anomalies"
     if entry.kind in MEV_KINDS:
         return "mev"
+    if entry.kind in EVM_KINDS:
+        # What EVM collectors record: a frame per subscriber's filter, never through
+        # ``encode`` (realtime/smart_money.py).
+        return SMART_MONEY
     return None
 
 

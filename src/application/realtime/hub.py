@@ -32,6 +32,7 @@ from .outbox import Connection
 from .protocol import (
     CLOSE_IDLE,
     CLOSE_UNAUTHORIZED,
+    SMART_MONEY,
     Ack,
     Attach,
     FrameError,
@@ -47,6 +48,7 @@ from .protocol import (
 )
 from .replay import REPLAY_PAGE, SEND_TIMEOUT, Pending, Replays, subscribed
 from .slots import LocalConnectionSlots
+from .smart_money import SmartMoneyTape, SmartMoneyWatch
 from .subscriptions import FilterFacts, Subscription, SubscriptionIndex
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class RealtimeHub:
         durable: DurableSubscriptionStore | None = None,
         ack_interval: float = ACK_INTERVAL,
         address_slots: ConnectionSlots | None = None,
+        smart_money: SmartMoneyWatch | None = None,
     ) -> None:
         self.event_log = event_log
         self.telemetry = telemetry
@@ -90,6 +93,8 @@ class RealtimeHub:
         self.position = 0
         self.connections: set[Connection] = set()
         self.index = SubscriptionIndex()
+        # The top wallets the smart-money channel streams the trades of (ADR 0051).
+        self.smart_money = smart_money or SmartMoneyWatch(None)
         # Runs the event log's blocking reads (a thread by default; tests step it inline).
         self.replays = Replays(
             event_log,
@@ -99,6 +104,7 @@ class RealtimeHub:
             offload=offload,
             page=replay_page,
             send_timeout=send_timeout,
+            smart_money=self.smart_money,
         )
         self.fell_behind = 0  # subscriptions handed to a replay because their queue was full
         self._per_owner = LocalConnectionSlots()  # connections by key owner, this node's
@@ -269,6 +275,8 @@ class RealtimeHub:
     ) -> None:
         if request.channel == "alerts" and connection.owner is None:
             raise FrameError("unauthorized", "the alerts channel needs an API key")
+        if request.channel == SMART_MONEY and not self.smart_money.serving:
+            raise FrameError("invalid_channel", "smart money is not served: no EVM_CHAINS")
         if len(self.index.of(connection)) >= connection.max_subscriptions:
             raise FrameError(
                 "too_many_subscriptions",
@@ -532,6 +540,7 @@ class RealtimeHub:
         encoded: Encoded | None = None
         key: str | None = None
         filter_facts: Any = _UNKNOWN
+        tape: SmartMoneyTape | None = None
         chain = entry.data.get("chain")
         for subscription in index.candidates(channel, entry.key, entry.data.get("owner")):
             if not subscription.exact:
@@ -541,7 +550,13 @@ class RealtimeHub:
                     continue
             if subscription.replaying or entry.position <= subscription.floor:
                 continue  # a replay sends it from the log, or the client has it
-            if encoded is None:
+            if channel == SMART_MONEY:
+                # A frame per filter, not per entry (realtime/smart_money.py).
+                tape = tape or self.smart_money.tape(entry)
+                encoded = tape.frame(subscription.filter.smart_money)
+                if encoded is None:
+                    continue
+            elif encoded is None:
                 encoded = encode(entry, channel, facts)
                 key = None if channel == "alerts" else value_key(entry)
             connection = subscription.connection

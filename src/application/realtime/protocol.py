@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,11 +18,19 @@ from typing import Any, Final
 from ...domain.chains import chain_key
 from ...domain.token import canonical_token_id
 
-CHANNELS: Final = ("protocols", "prices", "volumes", "alerts", "anomalies", "mev")
+SMART_MONEY: Final = "smart-money"
+CHANNELS: Final = ("protocols", "prices", "volumes", "alerts", "anomalies", "mev", SMART_MONEY)
 # Channels whose updates are values (the latest wins; a snapshot makes sense): not alerts
-# or anomalies, which are events, nor mev (detections and their retractions).
+# or anomalies, which are events, nor mev (detections and their retractions), nor
+# smart-money (trades).
 VALUE_CHANNELS: Final = frozenset({"protocols", "prices", "volumes"})
 FILTER_KEYS: Final = frozenset({"protocolIds", "tokenIds", "chains", "categories", "minTvl"})
+# The smart-money channel's params (its only ones): the top N wallets of a ranking, one
+# wallet among them, one chain.
+SMART_MONEY_KEYS: Final = frozenset({"top", "wallet", "chainId", "ranking"})
+SMART_MONEY_RANKINGS: Final = ("default", "model")
+DEFAULT_TOP: Final = 10
+MAX_TOP: Final = 100
 SUBSCRIBE_FIELDS: Final = frozenset(
     {"type", "channel", "params", "since", "snapshot", "id", "coalesce"}
 )
@@ -40,6 +49,7 @@ SERVER_MESSAGE_TYPES: Final = (
     "alert",
     "anomaly",
     "mev",
+    "smart-money",
     "error",
     "pong",
     "acked",
@@ -48,12 +58,14 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "invalid_json": "the frame is not valid JSON (or not UTF-8)",
     "invalid_message": "not a JSON object, an unknown field, or a field of the wrong type",
     "unknown_type": "the message type is not subscribe, unsubscribe, ping, attach or ack",
-    "invalid_channel": "the channel is not protocols, prices, volumes, alerts, anomalies or mev",
-    "invalid_params": "a filter in params is unknown or malformed, or given on the mev "
-    "channel (which takes none)",
+    "invalid_channel": "the channel is not protocols, prices, volumes, alerts, anomalies, mev "
+    "or smart-money (or smart-money on a server that follows no EVM chain)",
+    "invalid_params": "a filter in params is unknown or malformed, given on the mev channel "
+    "(which takes none), or not one of the smart-money channel's (top, wallet, chainId, "
+    "ranking) there",
     "invalid_since": "since is not a non-negative integer, or is beyond the log head",
     "invalid_snapshot": "snapshot is not a boolean, is asked with since, or on the alerts, "
-    "anomalies or mev channel",
+    "anomalies, mev or smart-money channel",
     "too_many_subscriptions": "the connection holds its maximum number of subscriptions",
     "too_many_replays": "the connection (or its address) has its maximum number of replays or "
     "snapshots under way; subscribe again when one has finished",
@@ -99,6 +111,9 @@ CLOSE_CODES: Final[Mapping[int, str]] = {
 MAX_FRAME_BYTES: Final = 64 * 1024
 MAX_REQUEST_ID_CHARS: Final = 128
 MAX_FILTER_VALUES: Final = 1_000
+# A chain id fits a JSON safe integer (EIP-2294 bounds it far below).
+MAX_CHAIN_ID: Final = 2**53
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 def dumps(value: Any) -> bytes:
@@ -121,6 +136,58 @@ class FrameError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class SmartMoneyFilter:
+    """A ``smart-money`` subscription's ``params``: the trades of the wallets ranked in the
+    ``top`` by ``ranking`` (of ``chain_id`` only, when given; of ``wallet`` only, when
+    given, while it is among them)."""
+
+    top: int = DEFAULT_TOP
+    wallet: str | None = None
+    chain_id: int | None = None
+    ranking: str = "default"
+
+    @classmethod
+    def parse(cls, params: Any) -> SmartMoneyFilter:
+        if params is None:
+            return cls()
+        if not isinstance(params, Mapping):
+            raise FrameError("invalid_params", "params must be an object")
+        unknown = sorted(set(params) - SMART_MONEY_KEYS)
+        if unknown:
+            raise FrameError(
+                "invalid_params",
+                f"unknown filter(s) on smart-money: {', '.join(unknown)} "
+                f"(it takes {', '.join(sorted(SMART_MONEY_KEYS))})",
+            )
+        top = params.get("top", DEFAULT_TOP)
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP:
+            raise FrameError("invalid_params", f"top must be an integer from 1 to {MAX_TOP}")
+        wallet = params.get("wallet")
+        if wallet is not None and not (
+            isinstance(wallet, str) and _ADDRESS.fullmatch(wallet) is not None
+        ):
+            raise FrameError("invalid_params", "wallet must be a 0x address (40 hex digits)")
+        chain_id = params.get("chainId")
+        if chain_id is not None and (
+            isinstance(chain_id, bool)
+            or not isinstance(chain_id, int)
+            or not 1 <= chain_id <= MAX_CHAIN_ID
+        ):
+            raise FrameError("invalid_params", "chainId must be a positive integer chain id")
+        ranking = params.get("ranking", "default")
+        if ranking not in SMART_MONEY_RANKINGS:
+            raise FrameError(
+                "invalid_params", f"ranking must be one of {', '.join(SMART_MONEY_RANKINGS)}"
+            )
+        return cls(
+            top=top,
+            wallet=None if wallet is None else wallet.lower(),
+            chain_id=chain_id,
+            ranking=str(ranking),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Filter:
     """A subscription's ``params``: all given conditions must hold."""
 
@@ -129,6 +196,8 @@ class Filter:
     chains: frozenset[str] | None = None
     categories: frozenset[str] | None = None
     min_tvl: float | None = None
+    # The smart-money channel's, which takes no other filter.
+    smart_money: SmartMoneyFilter | None = None
 
     @property
     def by_id_only(self) -> bool:
@@ -317,9 +386,12 @@ def _subscribe(message: Mapping[str, Any]) -> Subscribe:
         raise FrameError("invalid_snapshot", f"{channel} are events, not values: no snapshot")
     if channel == "mev" and message.get("params"):
         raise FrameError("invalid_params", "the mev channel takes no params: it sends every chain")
+    params = message.get("params")
     return Subscribe(
         channel=str(channel),
-        filter=Filter.parse(message.get("params")),
+        filter=Filter(smart_money=SmartMoneyFilter.parse(params))
+        if channel == SMART_MONEY
+        else Filter.parse(params),
         since=since,
         snapshot=snapshot,
         # Alerts and anomalies are events, not values: never coalesced.

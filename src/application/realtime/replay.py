@@ -31,7 +31,8 @@ from ..log import LogEntry
 from ..ports import EventLog
 from .frames import Encoded, channel_of, encode, value_key
 from .outbox import Connection
-from .protocol import dumps, error_frame, with_id
+from .protocol import SMART_MONEY, dumps, error_frame, with_id
+from .smart_money import SmartMoneyTape, SmartMoneyWatch
 from .subscriptions import FilterFacts, Subscription
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Replays:
         send_timeout: float = SEND_TIMEOUT,
         per_connection: int = MAX_REPLAYS_PER_CONNECTION,
         per_address: int = MAX_REPLAYS_PER_ADDRESS,
+        smart_money: SmartMoneyWatch | None = None,
     ) -> None:
         self.event_log = event_log
         self.state = state
@@ -96,6 +98,7 @@ class Replays:
         self.send_timeout = send_timeout
         self.per_connection = per_connection
         self.per_address = per_address
+        self.smart_money = smart_money or SmartMoneyWatch(None)
         self._replays: dict[Connection, _Replay] = {}
         self._per_address: dict[str, int] = {}
         self._slots: asyncio.Semaphore | None = None
@@ -267,6 +270,7 @@ class Replays:
         if channel is None:
             return True
         encoded: Encoded | None = None
+        tape: SmartMoneyTape | None = None
         facts = self.state.facts.get(entry.position)
         filter_facts = (
             FilterFacts.as_of(entry.key, facts, self.state)
@@ -291,7 +295,13 @@ class Replays:
                 return False
             if not subscription.alive:
                 continue
-            if encoded is None:
+            if channel == SMART_MONEY:
+                # By the ranking of now, not of when the entry was recorded.
+                tape = tape or self.smart_money.tape(entry)
+                encoded = tape.frame(subscription.filter.smart_money)
+                if encoded is None:
+                    continue
+            elif encoded is None:
                 encoded = encode(entry, channel, facts)
             key = value_key(entry) if subscription.coalesce else None
             connection.offer(encoded[0], subscription.sid, encoded[1], key)

@@ -16,7 +16,7 @@ from ...domain.chains import chain_key
 from ...domain.observations import TOTAL
 from ..hot_state import EntryFacts, HotState, ProtocolState
 from .outbox import Connection
-from .protocol import CHANNELS, Filter
+from .protocol import CHANNELS, SMART_MONEY, Filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +106,10 @@ def indexed_ids(channel: str, wanted: Filter) -> frozenset[str] | None:
     every key of its channel)."""
     if channel == "prices":
         return wanted.token_ids
-    if channel == "mev":
-        return None  # every detection: the channel takes no filter
+    if channel in ("mev", SMART_MONEY):
+        # mev: every detection (no filter); smart-money: its filter chooses the trades of
+        # each entry when its frame is built (realtime/smart_money.py).
+        return None
     if channel == "anomalies":
         # Protocol slugs and token ids never collide (a token id has a colon).
         protocols, tokens = wanted.protocol_ids, wanted.token_ids
@@ -124,7 +126,7 @@ def filter_matches(
     passes ``wanted``; ``facts`` are the protocol's. The one rule for sockets and webhooks."""
     if channel == "prices":
         return wanted.token_ids is None or key in wanted.token_ids
-    if channel == "mev":
+    if channel in ("mev", SMART_MONEY):
         return True
     if channel == "anomalies":
         ids = indexed_ids(channel, wanted)

@@ -26,10 +26,16 @@ from pydantic.json_schema import SkipJsonSchema
 
 from ...application.realtime.protocol import (
     CHANNELS,
+    DEFAULT_TOP,
     ERROR_CODES,
+    FILTER_KEYS,
+    MAX_CHAIN_ID,
     MAX_FILTER_VALUES,
     MAX_REQUEST_ID_CHARS,
     MAX_SUBSCRIPTION_ID_CHARS,
+    MAX_TOP,
+    SMART_MONEY,
+    SMART_MONEY_KEYS,
     VALUE_CHANNELS,
 )
 from ...domain.alert_rule import Firing
@@ -51,6 +57,10 @@ __all__ = [
     "Ping",
     "Pong",
     "PriceData",
+    "SmartMoney",
+    "SmartMoneyData",
+    "SmartMoneyFilters",
+    "SmartMoneyTrade",
     "Subscribe",
     "Subscribed",
     "Unsubscribe",
@@ -60,6 +70,8 @@ __all__ = [
 
 _FRAME: Final = ConfigDict(extra="forbid", strict=True, frozen=True)
 _VALUE_CHANNELS: Final = tuple(channel for channel in CHANNELS if channel in VALUE_CHANNELS)
+# The channels whose params are ``Filters`` (mev takes none; smart-money its own).
+_FILTERED_CHANNELS: Final = tuple(c for c in CHANNELS if c not in ("mev", SMART_MONEY))
 
 
 def _one_of(values: Collection[str], what: str) -> AfterValidator:
@@ -171,6 +183,39 @@ class Filters(BaseModel):
     )
 
 
+class SmartMoneyFilters(BaseModel):
+    """The ``smart-money`` channel's ``params`` (it takes no other): the trades of the
+    wallets ranked in the ``top`` (of one ``wallet`` among them, of one chain)."""
+
+    model_config = _FRAME
+    top: Annotated[StrictInt, Field(ge=1, le=MAX_TOP)] = Field(
+        DEFAULT_TOP, description="the wallets ranked 1 to top, by the ranking of the last refresh"
+    )
+    wallet: Annotated[StrictStr, Field(pattern=r"^0x[0-9a-fA-F]{40}$")] | None = Field(
+        None, description="only this wallet's trades, while it is in the top (any case)"
+    )
+    chain_id: Annotated[StrictInt, Field(ge=1, le=MAX_CHAIN_ID)] | None = Field(
+        None, alias="chainId", description="only this chain's (default: every chain followed)"
+    )
+    ranking: Literal["default", "model"] = Field(
+        "default",
+        description="the default score, or the trained model's (nothing is sent while no "
+        "model is trained)",
+    )
+
+
+def _no_keys(keys: Collection[str]) -> dict[str, Any]:
+    """A schema refusing an object that has any of ``keys`` (anything else passes)."""
+    return {"not": {"type": "object", "anyOf": [{"required": [key]} for key in sorted(keys)]}}
+
+
+def _params_of(channels: Collection[str], rule: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "if": {"properties": {"channel": {"enum": list(channels)}}, "required": ["channel"]},
+        "then": {"properties": {"params": rule}},
+    }
+
+
 class Subscribe(BaseModel):
     """Subscribe to a channel: live updates, after a replay from ``since`` or a snapshot
     when asked."""
@@ -179,20 +224,31 @@ class Subscribe(BaseModel):
         extra="forbid",
         strict=True,
         frozen=True,
-        # The rules of the validator below, stated in the schema.
+        # The rules of the validators below, stated in the schema.
         json_schema_extra={
-            "if": {"properties": {"snapshot": {"const": True}}, "required": ["snapshot"]},
-            "then": {
-                "properties": {
-                    "since": {"type": "null"},
-                    "channel": {"enum": list(_VALUE_CHANNELS)},
-                }
-            },
+            "allOf": [
+                {
+                    "if": {"properties": {"snapshot": {"const": True}}, "required": ["snapshot"]},
+                    "then": {
+                        "properties": {
+                            "since": {"type": "null"},
+                            "channel": {"enum": list(_VALUE_CHANNELS)},
+                        }
+                    },
+                },
+                _params_of(_FILTERED_CHANNELS, _no_keys(SMART_MONEY_KEYS)),
+                _params_of(["mev"], {"not": {"type": "object", "minProperties": 1}}),
+                _params_of([SMART_MONEY], _no_keys(FILTER_KEYS)),
+            ]
         },
     )
     type: Literal["subscribe"]
     channel: Channel
-    params: Filters | None = Field(None, description="absent or null: no filter")
+    params: Filters | SmartMoneyFilters | None = Field(
+        None,
+        description="absent or null: no filter; SmartMoneyFilters on the smart-money channel "
+        "only, none on mev",
+    )
     since: Position | None = Field(None, description=_SINCE)
     snapshot: StrictBool = Field(False, description=_SNAPSHOT)
     coalesce: StrictBool = Field(False, description=_COALESCE)
@@ -204,6 +260,18 @@ class Subscribe(BaseModel):
             raise ValueError("snapshot and since exclude each other: a snapshot starts now")
         if self.snapshot and self.channel not in VALUE_CHANNELS:
             raise ValueError(f"{self.channel} are events, not values: no snapshot")
+        return self
+
+    @model_validator(mode="after")
+    def _params_fit_the_channel(self) -> Subscribe:
+        given = self.params is not None and bool(self.params.model_fields_set)
+        if self.channel == "mev" and given:
+            raise ValueError("the mev channel takes no params")
+        if self.channel == SMART_MONEY:
+            if isinstance(self.params, Filters) and given:
+                raise ValueError(f"smart-money takes {', '.join(sorted(SMART_MONEY_KEYS))}")
+        elif isinstance(self.params, SmartMoneyFilters) and given:
+            raise ValueError(f"{', '.join(sorted(SMART_MONEY_KEYS))}: smart-money only")
         return self
 
 
@@ -424,6 +492,54 @@ class Mev(BaseModel):
     data: MevData
 
 
+class SmartMoneyTrade(BaseModel):
+    """A swap by a wallet in the subscription's top: what it paid and got (raw units)."""
+
+    model_config = _FRAME
+    wallet: StrictStr = Field(description="the swap's recipient, lower-case")
+    rank: Annotated[StrictInt, Field(ge=1)] = Field(description="its place at the last ranking")
+    score: Number = Field(description="0..100: the default score, or 100 * the model's probability")
+    block: StrictInt
+    block_hash: StrictStr = Field(alias="blockHash")
+    timestamp: Number = Field(description="the block's time, unix seconds")
+    tx_hash: StrictStr = Field(alias="txHash")
+    log_index: StrictInt = Field(alias="logIndex")
+    pool: StrictStr | None
+    token_paid: StrictStr | None = Field(alias="tokenPaid")
+    amount_paid: StrictStr = Field(alias="amountPaid")
+    token_got: StrictStr | None = Field(alias="tokenGot")
+    amount_got: StrictStr = Field(alias="amountGot")
+
+
+class SmartMoneyData(BaseModel):
+    """The top wallets' trades in what a collector recorded (``retracted: false``), or the
+    blocks a reorg orphaned (``retracted: true``: ``blockHashes`` only), ADR 0051."""
+
+    model_config = _FRAME
+    chain_id: StrictInt = Field(alias="chainId")
+    retracted: bool
+    ranking: Literal["default", "model"] | None = None
+    ranked_at: Number | None = Field(
+        default=None, alias="rankedAt", description="when the ranking used was computed"
+    )
+    trades: list[SmartMoneyTrade] | None = None
+    block_hashes: list[StrictStr] | None = Field(
+        default=None, alias="blockHashes", description="retracted: drop the trades of these"
+    )
+
+
+class SmartMoney(BaseModel):
+    """Trades of wallets ranked in the subscription's top N, or a reorg's orphaned blocks
+    (the ``smart-money`` channel; events, never coalesced, no snapshot)."""
+
+    model_config = _FRAME
+    type: Literal["smart-money"]
+    subscription_id: SubscriptionId
+    channel: Literal["smart-money"]
+    position: Position = Field(description="the event store's position of the collector entry")
+    data: SmartMoneyData
+
+
 class Error(BaseModel):
     """A malformed or refused frame; the socket and its other subscriptions stay up."""
 
@@ -471,6 +587,6 @@ def _by_type(*models: type[BaseModel]) -> Mapping[str, type[BaseModel]]:
 CLIENT_MESSAGES: Final = _by_type(Subscribe, Unsubscribe, Ping, Attach, Ack)
 """Client messages by ``type``."""
 SERVER_MESSAGES: Final = _by_type(
-    Subscribed, Unsubscribed, Update, Alert, Anomaly, Mev, Error, Pong, Acked
+    Subscribed, Unsubscribed, Update, Alert, Anomaly, Mev, SmartMoney, Error, Pong, Acked
 )
 """Server messages by ``type``."""
