@@ -1,18 +1,23 @@
 """Smart money on request: a chain's wallets ranked, one wallet's profile.
 
-Computed from the history read model's wallet moves at each request (ADR 0051): features
-need every move of the chain (prices and the order of a token's buyers are the chain's,
-not the wallet's), and a linear pass over them costs milliseconds per thousand moves
-(docs/benchmarks.md). The user's model, when one is trained, is read from its JSON file at
-each request, so a new training shows without a restart.
+Computed from the history read model's wallet moves (ADR 0051): features need every move
+of the chain (prices and the order of a token's buyers are the chain's, not the wallet's),
+and a linear pass over them costs milliseconds per thousand moves (docs/benchmarks.md). A
+chain's features are computed at most once per ``FEATURES_TTL`` seconds, by one thread at a
+time: a burst of requests (anyone may ask) and the channel's refreshes share one pass, and
+an answer is at most that old. The user's model, when one is trained, is read again when
+its file changes, so a new training shows without a restart.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+from cachetools import TTLCache
 
 from .evm_facts import TokenSpec
 from .ports import WalletMovesReadModel
@@ -20,6 +25,9 @@ from .smart_money import SCORE_FORMULA, ScoreParts, WalletFeatures, default_scor
 from .smart_money_model import SmartMoneyModel, load_model
 
 Ranking = Literal["default", "model"]
+
+# Seconds a chain's computed features are reused.
+FEATURES_TTL: Final = 2.0
 
 
 class NoModel(LookupError):
@@ -93,10 +101,17 @@ class SmartMoneyReader:
         moves: WalletMovesReadModel,
         tokens: Mapping[int, Mapping[str, TokenSpec]],
         model_path: Path | None = None,
+        *,
+        features_ttl: float = FEATURES_TTL,
     ) -> None:
         self.moves = moves
         self.tokens = tokens
         self.model_path = model_path
+        self._features: TTLCache[int, dict[str, WalletFeatures]] = TTLCache(
+            maxsize=256, ttl=features_ttl
+        )
+        self._computing = threading.Lock()
+        self._model: tuple[tuple[int, int] | None, SmartMoneyModel | None] = (None, None)
 
     def chain(self, chain_id: int | None) -> int:
         """``chain_id``, or the only chain followed when None; ``UnknownChain`` otherwise."""
@@ -111,11 +126,32 @@ class SmartMoneyReader:
         return chain_id
 
     def model(self) -> SmartMoneyModel | None:
-        return None if self.model_path is None else load_model(self.model_path)
+        """The trained model, read again when its file changed (None: none trained)."""
+        if self.model_path is None:
+            return None
+        try:
+            stat = self.model_path.stat()
+        except FileNotFoundError:
+            return None
+        version = (stat.st_mtime_ns, stat.st_size)
+        seen, model = self._model
+        if seen != version:
+            model = load_model(self.model_path)
+            self._model = (version, model)
+        return model
 
     def features(self, chain_id: int) -> dict[str, WalletFeatures]:
-        """Every wallet's features on the chain (wallets with a trade, or a transfer)."""
-        return wallet_features(self.moves.wallet_moves(chain_id), self.tokens.get(chain_id, {}))
+        """Every wallet's features on the chain (wallets with a trade, or a transfer), at
+        most ``features_ttl`` seconds old."""
+        with self._computing:
+            features = self._features.get(chain_id) if self._features.ttl > 0 else None
+            if features is None:
+                features = wallet_features(
+                    self.moves.wallet_moves(chain_id), self.tokens.get(chain_id, {})
+                )
+                if self._features.ttl > 0:
+                    self._features[chain_id] = features
+            return features
 
     def leaders(self, chain_id: int, limit: int) -> dict[Ranking, list[tuple[str, float]]]:
         """The top ``limit`` traders of a chain as ``(wallet, score)``, best first, by the

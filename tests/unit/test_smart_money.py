@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from defi_realtime.application.evm_facts import ChainStep, TokenSpec
 from defi_realtime.application.smart_money import (
     FEATURE_NAMES,
     WalletFeatures,
+    WalletMove,
     default_score,
     moves_of,
     wallet_features,
@@ -239,7 +243,8 @@ async def test_the_history_read_model_keeps_the_moves_of_live_blocks(tmp_path: P
         assert model.apply(chain.log.read(0, 1_000_000))
         stored = model.wallet_moves(1337)
         assert stored == moves_of(1337, blocks(100, 101, 102), facts)
-        reader = SmartMoneyReader(model, {1337: TOKENS}, tmp_path / "model.json")
+        # Features computed afresh on every call (the reorg below shows at once).
+        reader = SmartMoneyReader(model, {1337: TOKENS}, tmp_path / "model.json", features_ttl=0)
         ranked = reader.rank()
         assert [s.features.wallet for s in ranked.wallets] == [ALICE, BOB]
         assert ranked.wallets[0].to_json()["features"]["realised_pnl_usd"] == pytest.approx(500)
@@ -285,3 +290,34 @@ def test_tokens_without_a_price_path_move_no_usd_figure() -> None:
     features = wallet_features(moves_of(1337, blocks(100, 101, 102), alice_and_bob()), lonely)
     assert features[ALICE].volume_usd == 0.0
     assert features[ALICE].trades == 2
+
+
+def test_a_burst_of_readers_shares_one_pass_over_the_moves() -> None:
+    """Anyone may ask for the ranking: concurrent and repeated requests within the
+    features' lifetime cost one read and one computation, not one each."""
+    reads = 0
+    gate = threading.Event()
+
+    class Counted:
+        def wallet_moves(self, chain_id: int) -> list[WalletMove]:
+            nonlocal reads
+            reads += 1
+            gate.wait(5)  # every reader arrives while the first pass is under way
+            return moves_of(1337, blocks(100, 101, 102), alice_and_bob())
+
+    reader = SmartMoneyReader(Counted(), {1337: TOKENS}, features_ttl=60)
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(reader.rank) for _ in range(8)]
+        time.sleep(0.1)
+        gate.set()
+        ranked = [answer.result(10) for answer in answers]
+    assert reads == 1
+    assert {tuple(s.features.wallet for s in r.wallets) for r in ranked} == {(ALICE, BOB)}
+    reader.rank(wallet=BOB)
+    assert reads == 1
+    # Past its lifetime the next request reads again.
+    expired = SmartMoneyReader(Counted(), {1337: TOKENS}, features_ttl=0.05)
+    expired.rank()
+    time.sleep(0.1)
+    expired.rank()
+    assert reads == 3
