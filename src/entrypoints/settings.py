@@ -301,12 +301,13 @@ class Settings(BaseSettings):
         "reclaimed only by the next rescan (GC_RESCAN_EVERY); false turns it off.",
     )
     gc_rescan_every: int = Field(
-        default=6,
+        default=24,
         ge=0,
         alias="GC_RESCAN_EVERY",
         description="With GC_REFREEZE, every Nth full collection unfreezes first and scans "
-        "every object (a pause as without the freeze, ~10 minutes apart at 1,000 "
-        "observations/s): it reclaims cyclic garbage frozen while alive. 0: never.",
+        "every object, reclaiming cyclic garbage frozen while it was alive (ADR 0054): a "
+        "pause as long as with no freeze at all, about every 4 hours at 1,000 "
+        "observations/s (full collections ~10 minutes apart). 0: never.",
     )
 
     # --- alert delivery (application/notifications.py)
