@@ -1,7 +1,7 @@
 """The longest full-collection pause of a node holding 10,000 WebSocket clients.
 
     python bench/bench_gc_pause.py [--clients 10000] [--procs 4] [--rate 1000]
-        [--warmup 60] [--collections 3]
+        [--warmup 60] [--collections 3] [--garbage]
 
 One run on 127.0.0.1; every process it starts is stopped by its PID in a ``finally``.
 A fresh ``DATA_DIR``; ``defi-realtime serve`` starts with ``bench/gc_probe`` on its
@@ -49,6 +49,7 @@ from bench_ws_scale import (
 HERE = Path(__file__).resolve().parent
 LIMITS = {"clients": (0, 12_000), "procs": (1, 8), "rate": (1, 5_000), "warmup": (1, 300)}
 LIMITS |= {"collections": (1, 10)}
+GARBAGE_FIELDS = ("garbage", "garbage_types")
 
 
 def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
@@ -61,6 +62,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
         ours = [x for x in lines if x["pid"] == pid]
         if any(x.get("census_done") for x in ours):
             counted = next(x for x in ours if "tracked" in x)
+            garbage = next((x for x in ours if "garbage" in x), None)
             pauses = [x["ms"] for x in ours if x.get("generation") == 2]
             collected = [x["collected"] for x in ours if x.get("generation") == 2]
             cpu = [x["cpu_ms"] for x in ours if x.get("generation") == 2]
@@ -72,6 +74,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
                 "max_ms": max(pauses),
                 "cpu_ms": cpu,
                 "collected": collected,
+                **({} if garbage is None else {k: garbage[k] for k in GARBAGE_FIELDS}),
             }
         time.sleep(0.2)
     raise RuntimeError("the probe did not answer")
@@ -104,6 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "GC_PROBE_FILE": str(probe),
             "GC_PROBE_COLLECTIONS": str(args.collections),
+            "GC_PROBE_GARBAGE": "1" if args.garbage else "0",
         }
         command = [*cli_command(), "serve", "--port", str(port), "--log-level", "warning"]
         with process(command, server_env) as server:
@@ -160,6 +164,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--warmup", type=float, default=60)
     parser.add_argument("--collections", type=int, default=3)
+    parser.add_argument(
+        "--garbage",
+        action="store_true",
+        help="before each census's timed collections, count the cyclic garbage by type "
+        "(one untimed collection with gc.DEBUG_SAVEALL)",
+    )
     args = parse_within(parser, LIMITS)
     raise_fd_limit()
     print(json.dumps(run(args), indent=2))

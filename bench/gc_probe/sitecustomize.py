@@ -10,6 +10,9 @@ happens without that variable, so other processes that inherit the path are unto
   then runs ``GC_PROBE_COLLECTIONS`` (default 3) full collections, each timed as above:
   the pause a full collection would hold the event loop for, since the handler runs on the
   main thread between two bytecodes, as the loop's own collections do.
+* With ``GC_PROBE_GARBAGE=1`` the census first runs one untimed collection with
+  ``gc.DEBUG_SAVEALL`` and writes the types of the cyclic garbage it found (what reference
+  counting could not free since the last full collection: the cycles the node makes).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ def _write(record: dict[str, object]) -> None:
 
 
 _started = [0.0, 0.0]
+_untimed = [False]  # the garbage census's own collections are not pauses to report
 
 
 def _on_collection(phase: str, info: dict[str, int]) -> None:
-    if info["generation"] != 2:
+    if info["generation"] != 2 or _untimed[0]:
         return
     if phase == "start":
         _started[:] = time.perf_counter(), time.thread_time()
@@ -60,9 +64,29 @@ def _census(_signum: int, _frame: object) -> None:
         {"tracked": len(objects), "frozen": gc.get_freeze_count(), "types": types.most_common(40)}
     )
     del objects
+    if os.environ.get("GC_PROBE_GARBAGE") == "1":
+        _garbage()
     for _ in range(int(os.environ.get("GC_PROBE_COLLECTIONS", "3"))):
         gc.collect()
     _write({"census_done": True})
+
+
+def _garbage() -> None:
+    flags = gc.get_debug()
+    _untimed[0] = True
+    gc.set_debug(flags | gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        gc.set_debug(flags)
+        garbage = list(gc.garbage)
+        gc.garbage.clear()
+        types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage)
+        _write({"garbage": len(garbage), "garbage_types": types.most_common(30)})
+        del garbage
+        gc.collect()  # the saved cycles, now unreachable, are freed
+    finally:
+        gc.set_debug(flags)
+        _untimed[0] = False
 
 
 if _FILE is not None:

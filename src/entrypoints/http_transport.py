@@ -93,6 +93,15 @@ class HeadGuardedHttpProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The socket belongs to the WebSocket protocol now and this one is dropped. Its
+        # parser calls back into it (a reference cycle): left alone, each upgrade is
+        # garbage only a collection frees, and with GC_REFREEZE one frozen mid-handshake
+        # would never be freed (ADR 0054). Without the parser, reference counting frees it.
+        self._cancel_head_timer()
+        self.parser = None  # type: ignore[assignment]
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # Nothing in flight (no pipelined request started): the client owes the next head.

@@ -399,11 +399,27 @@ def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:
     return {runner.name: runner for runner in [*follower.runners, *follower.late_runners]}
 
 
-def _freeze_survivors(phase: str, info: dict[str, int]) -> None:
-    """``gc.callbacks`` hook (``GC_REFREEZE``): what a full collection left alive is in
-    use (the sockets held, above all), so the next full collection need not scan it again."""
-    if phase == "stop" and info["generation"] == 2:
-        gc.freeze()
+class Refreezer:
+    """``gc.callbacks`` hook (``GC_REFREEZE``, ADR 0054): what a full collection left alive
+    is in use (the sockets held, above all), so the next full collection need not scan it
+    again. Every ``rescan_every``-th full collection (0: never) unfreezes first and so scans
+    everything: cyclic garbage frozen while it was alive is reclaimed there, not never."""
+
+    __slots__ = ("full_collections", "rescan_every")
+
+    def __init__(self, rescan_every: int) -> None:
+        self.rescan_every = rescan_every
+        self.full_collections = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self.full_collections += 1
+            if self.rescan_every and self.full_collections % self.rescan_every == 0:
+                gc.unfreeze()
+        elif phase == "stop":
+            gc.freeze()
 
 
 @contextlib.asynccontextmanager
@@ -424,6 +440,7 @@ async def running(
     # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
     collector = gc.get_threshold()
     gc.set_threshold(*settings.collector_thresholds)
+    refreezer = Refreezer(settings.gc_rescan_every)
     node: Node | None = None
     try:
         node = Node(
@@ -458,7 +475,7 @@ async def running(
                 gc.collect()
                 gc.freeze()
                 if settings.gc_refreeze:
-                    gc.callbacks.append(_freeze_survivors)
+                    gc.callbacks.append(refreezer)
         yield node
     finally:
         if node is not None:
@@ -477,8 +494,8 @@ async def running(
             # The loops are stopped, their states whole: write their last checkpoints.
             await _write_checkpoints(container)
         gc.set_threshold(*collector)
-        if _freeze_survivors in gc.callbacks:
-            gc.callbacks.remove(_freeze_survivors)
+        if refreezer in gc.callbacks:
+            gc.callbacks.remove(refreezer)
         if follow and settings.gc_freeze:
             gc.unfreeze()
         result = container.shutdown_resources()

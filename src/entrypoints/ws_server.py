@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from ..application.rate_limiting import RateLimits
 from ..application.realtime import (
@@ -23,6 +23,7 @@ from ..application.realtime import (
     Connection,
     RealtimeHub,
 )
+from ..application.realtime.outbox import Sink
 from ..application.realtime.protocol import rate_limited_frame
 from .auth import ApiKeyBackend, ForbiddenAddress, InvalidKey, credential
 from .rate_limits import UNKNOWN_ADDRESS, rate_limited_details
@@ -200,17 +201,15 @@ class SocketGateway:
         self,
         admission: Admission,
         *,
-        close: Callable[[int, str], Awaitable[None] | None],
+        close: Callable[[int, str], Awaitable[None] | None] | None = None,
+        sink: Sink | None = None,
         send_text: Callable[[str], Awaitable[None]] | None = None,
-        write: Callable[[Sequence[Any]], None] | None = None,
-        ping: Callable[[], None] | None = None,
     ) -> Connection:
         connection = Connection(
             admission.owner,
             close=close,
+            sink=sink,
             send_text=send_text,
-            write=write,
-            ping=ping,
             max_queue=self.settings.ws_queue_size,
             max_subscriptions=admission.max_subscriptions,
             batch=admission.batch,

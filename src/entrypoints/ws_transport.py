@@ -298,9 +298,8 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
         self._tune(transport, gateway.settings)
         self._accept(transport, key, request_id)
         self._state = _OPEN
-        self._connection = gateway.open(
-            admission, close=self._close_from_hub, write=self._write, ping=self._ping
-        )
+        # The connection writes, pings and closes through this protocol (its ``Sink``).
+        self._connection = gateway.open(admission, sink=self)
         rest, self._buffer = self._buffer, b""
         transport.resume_reading()
         if rest:
@@ -554,7 +553,7 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
 
     # -- frames out ------------------------------------------------------------------------
 
-    def _write(self, items: Sequence[tuple[bytes, bytes, bytes, Any]]) -> None:
+    def write_items(self, items: Sequence[tuple[bytes, bytes, bytes, Any]]) -> None:
         transport = self._transport
         if transport is None or self._state != _OPEN:
             return
@@ -567,11 +566,11 @@ class RealtimeWebSocketProtocol(asyncio.Protocol):
             append(suffix)
         transport.write(b"".join(parts))
 
-    def _ping(self) -> None:
+    def write_ping(self) -> None:
         if self._transport is not None and self._state == _OPEN:
             self._transport.write(_PING_FRAME)
 
-    def _close_from_hub(self, code: int, reason: str) -> None:
+    def close_from_hub(self, code: int, reason: str) -> None:
         if self._state == _OPEN:
             self._send_close(code, reason)
 

@@ -113,6 +113,9 @@ class RealtimeHub:
         self.address_slots = address_slots or LocalConnectionSlots()
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        # One bound method for every connection (made per connection, it was one more
+        # object per socket for each full collection to scan).
+        self._mark_dirty = self.mark_dirty
         # Durable subscriptions (``attach`` / ``ack``): where they are kept, and the
         # acknowledgements not yet written there.
         self.durable = durable
@@ -163,7 +166,7 @@ class RealtimeHub:
         return self._per_owner.held.get(owner, 0)
 
     def connect(self, connection: Connection) -> None:
-        connection.attach(self.mark_dirty)
+        connection.attach(self._mark_dirty)
         self.connections.add(connection)
 
     def detach(self, connection: Connection) -> asyncio.Task[None] | None:
@@ -221,7 +224,7 @@ class RealtimeHub:
                 connection.shut(CLOSE_UNAUTHORIZED, "API key rotated out")
             elif now - connection.last_seen > idle_timeout:
                 connection.shut(CLOSE_IDLE, "idle timeout")
-            elif connection.ping is not None and now - connection.last_ping >= heartbeat_interval:
+            elif connection.pings and now - connection.last_ping >= heartbeat_interval:
                 connection.last_ping = now - random.random() * PING_JITTER * heartbeat_interval
                 try:
                     connection.ping()

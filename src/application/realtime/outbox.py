@@ -6,6 +6,12 @@ endpoint) or a synchronous ``write`` of whole messages (the lean asyncio transpo
 parts of each update (prefix, subscription id, suffix), so fan-out costs no JSON encoding
 and little memory per client.
 
+A connection is one of the few objects a node holds per socket, and every full collection
+of the garbage collector scans them all (ADR 0054): it keeps no per-socket bound methods
+(the lean transport is its ``Sink``; callables are held by one ``Callbacks``) and no empty
+containers (an idle outbox is a shared empty deque, the coalescing bookkeeping is made when
+first needed).
+
 Backpressure judges the client, not the batch: ``offer`` refuses an update when the queue is
 at its bound (the hub then brings that subscription up to date from the log, paced by the
 client), and past half the bound an update replaces the queued-but-unsent update of the
@@ -52,16 +58,59 @@ class SendCounts(Protocol):
 Close = Callable[[int, str], Awaitable[None] | None]
 
 
+class Sink(Protocol):
+    """What a connection writes to: the transport of its socket. The lean transport is
+    its own sink, so a connection holds one reference to it, not a bound method each."""
+
+    def write_items(self, items: Sequence[Item]) -> None:
+        """Write whole messages (synchronous; flow control through ``pause``/``resume``)."""
+
+    def write_ping(self) -> None:
+        """Send a heartbeat ping."""
+
+    def close_from_hub(self, code: int, reason: str) -> Awaitable[None] | None:
+        """Close the socket with ``code``."""
+
+
+class Callbacks:
+    """A ``Sink`` made of callables (the Starlette endpoint, tests): one object holding them."""
+
+    __slots__ = ("_close", "_ping", "_write")
+
+    def __init__(
+        self, close: Close, write: Write | None, ping: Callable[[], None] | None = None
+    ) -> None:
+        self._close = close
+        self._write = write
+        self._ping = ping
+
+    def write_items(self, items: Sequence[Item]) -> None:
+        assert self._write is not None
+        self._write(items)
+
+    def write_ping(self) -> None:
+        if self._ping is not None:
+            self._ping()
+
+    def close_from_hub(self, code: int, reason: str) -> Awaitable[None] | None:
+        return self._close(code, reason)
+
+
+# The outbox of a connection with nothing queued: shared, never appended to (``maxlen=0``
+# would drop an append rather than hand it to another connection); ``_queue`` gives the
+# connection its own deque, ``_take`` puts this back once it is empty.
+_IDLE: Final[deque[Item]] = deque(maxlen=0)
+
+
 class Connection:
     """One client socket: its owner (API key), its address and a bounded outbox.
 
-    Give it ``write`` (synchronous, whole messages; the transport calls ``pause`` /
-    ``resume`` for flow control) or ``send_text`` (async, one frame at a time).
+    Give it a ``sink`` or ``write`` (synchronous, whole messages; the transport calls
+    ``pause`` / ``resume`` for flow control) or ``send_text`` (async, one frame at a time).
     With ``batch`` every frame is a JSON array of one or more messages.
     """
 
     __slots__ = (
-        "_close",
         "_closing",
         "_dead",
         "_dirty",
@@ -70,8 +119,8 @@ class Connection:
         "_room",
         "_send_text",
         "_sender",
+        "_sink",
         "_tally",
-        "_write",
         "address",
         "batch",
         "closed",
@@ -85,7 +134,7 @@ class Connection:
         "max_subscriptions",
         "outbox",
         "owner",
-        "ping",
+        "pings",
         "reserved",
         "valid_until",
         "writable",
@@ -95,7 +144,8 @@ class Connection:
         self,
         owner: str | None,
         *,
-        close: Close,
+        close: Close | None = None,
+        sink: Sink | None = None,
         send_text: Callable[[str], Awaitable[None]] | None = None,
         write: Write | None = None,
         ping: Callable[[], None] | None = None,
@@ -107,19 +157,25 @@ class Connection:
         key_id: str | None = None,
         valid_until: float | None = None,
     ) -> None:
-        if (send_text is None) == (write is None):
-            raise ValueError("give a connection exactly one of send_text or write")
+        if (send_text is None) + (write is None) + (sink is None) != 2:
+            raise ValueError("give a connection exactly one of sink, send_text or write")
+        if sink is None:
+            if close is None:
+                raise ValueError("a connection without a sink needs close")
+            sink = Callbacks(close, write, ping)
+        elif close is not None or ping is not None:
+            raise ValueError("a sink closes and pings itself: no close or ping with it")
         self.owner = owner
         # The API key the socket was opened with (its id): revoking the key closes it, and
         # a rotated-out key's sockets close when its grace ends (``valid_until``, unix s).
         self.key_id = key_id
         self.valid_until = valid_until
         self.address = address  # the peer's IP address (replays are bounded per address)
-        self._close = close
+        self._sink = sink
         self._send_text = send_text
-        self._write = write
         self._tally = tally
-        self.ping = ping
+        # Whether the heartbeat pings it (a sink given, or a ping callable).
+        self.pings = ping is not None or not isinstance(sink, Callbacks)
         self.max_queue = max(1, max_queue)
         self.high_water = max(1, self.max_queue // 2)
         self.max_subscriptions = max_subscriptions
@@ -127,11 +183,11 @@ class Connection:
         self.closed = False
         self.writable = True
         self.reserved = False  # counted against the owner's connection limit
-        self.outbox: deque[Item] = deque()
+        self.outbox: deque[Item] = _IDLE
         self.live = 0  # queued messages not replaced by a newer value
         self.coalesced = 0  # how many queued updates were replaced (for metrics and tests)
         self._index: dict[Slot, Item] | None = None
-        self._dead: set[int] = set()
+        self._dead: set[int] | None = None  # ids of replaced items still in the outbox
         self._dirty = False
         self._room: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -172,6 +228,8 @@ class Connection:
                 if self.live >= self.max_queue:
                     return False
             else:
+                if self._dead is None:
+                    self._dead = set()
                 self._dead.add(id(old))
                 self.live -= 1
                 self.coalesced += 1
@@ -183,9 +241,12 @@ class Connection:
     def _queue(self, item: Item) -> bool:
         if self.closed:
             return False
-        self.outbox.append(item)
+        outbox = self.outbox
+        if outbox is _IDLE:
+            outbox = self.outbox = deque()
+        outbox.append(item)
         self.live += 1
-        if len(self.outbox) > 2 * self.max_queue:
+        if len(outbox) > 2 * self.max_queue:
             self._compact()
         if not self._dirty:
             self._dirty = True
@@ -197,8 +258,9 @@ class Connection:
 
     def _compact(self) -> None:
         dead = self._dead
-        self.outbox = deque(item for item in self.outbox if id(item) not in dead)
-        dead.clear()
+        if dead:
+            self.outbox = deque(item for item in self.outbox if id(item) not in dead)
+        self._dead = None
 
     def _take(self, limit: int) -> list[Item]:
         """Up to ``limit`` live messages from the head of the outbox."""
@@ -215,8 +277,8 @@ class Connection:
             taken.append(item)
         self.live -= len(taken)
         if not outbox:
-            self._index = None
-            dead.clear()
+            self.outbox = _IDLE
+            self._index = self._dead = None
         if self._room is not None and self.live < self.high_water // 2 + 1:
             self._room.set()
         return taken
@@ -230,8 +292,7 @@ class Connection:
         self._dirty = False
         if self.closed or not self.outbox:
             return
-        write = self._write
-        if write is None:
+        if self._send_text is not None:
             if self._sender is None:
                 self._sender = asyncio.get_running_loop().create_task(self._send_loop())
             return
@@ -241,7 +302,7 @@ class Connection:
                 break
             written = [self._batched(items)] if self.batch else items
             try:
-                write(written)
+                self._sink.write_items(written)
             except Exception:
                 log.debug("write failed; closing", exc_info=True)
                 self.closed = True
@@ -253,6 +314,10 @@ class Connection:
                 for prefix, sid, suffix, _ in written:  # a loop: half a generator's cost
                     size += len(prefix) + len(sid) + len(suffix)
                 tally.size += size
+
+    def ping(self) -> None:
+        """Send a heartbeat ping (when ``pings``)."""
+        self._sink.write_ping()
 
     def pause(self) -> None:
         """The transport's buffer is full: stop writing (the outbox absorbs, bounded)."""
@@ -307,16 +372,15 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self.outbox.clear()
+        self.outbox = _IDLE
         self.live = 0
-        self._index = None
-        self._dead.clear()
+        self._index = self._dead = None
         if self._room is not None:
             self._room.set()
         if self._tally is not None:
             self._tally.closes[code] += 1
         try:
-            result = self._close(code, reason)
+            result = self._sink.close_from_hub(code, reason)
         except Exception:
             log.debug("close failed", exc_info=True)
             return
@@ -327,7 +391,7 @@ class Connection:
     def stop(self) -> asyncio.Task[None] | None:
         """The socket is gone: stop the sender (returned, to await if wanted)."""
         self.closed = True
-        self.outbox.clear()
+        self.outbox = _IDLE
         self.live = 0
         if self._room is not None:
             self._room.set()
