@@ -2,7 +2,8 @@
 
     python bench/bench_soak.py [--minutes 60] [--clients 10000] [--procs 4] [--rate 1000]
         [--data-speed X] [--chain-share 0.1] [--interval 30] [--out var/soak.csv]
-        [--plot var/soak.png] [--postgres URL] [--redis URL] [--amqp URL]
+        [--plot var/soak.png] [--backend production|embedded] [--postgres URL] [--redis URL]
+        [--amqp URL]
 
 What runs, all on 127.0.0.1 (every process this script starts is stopped by its PID in a
 ``finally``, also on Ctrl-C or SIGTERM; the run is bounded by ``--minutes`` plus set-up):
@@ -12,12 +13,15 @@ What runs, all on 127.0.0.1 (every process this script starts is stopped by its 
   of its own (its keys deleted at the end), ``AMQP_URL`` with an exchange and notification
   queues of their own (deleted at the end), ``RATE_LIMITS=off`` (the clients are anonymous
   and would hit ``WS_ANONYMOUS_SOCKETS``; the limiter has its own benchmark).
+  ``--backend embedded``: the embedded stores instead (SQLite files in a temporary
+  ``DATA_DIR``, hot state and fan-out in process; no Redis figures, ``store_mb`` is the
+  files' size).
 * Every protocol of the latest capture of ``../shared/data/defillama/protocol-snapshots
   .jsonl.gz`` (~6,690; null TVLs listed at a nominal 1,000 USD) is listed by one ingest.
 * ``--clients`` WebSocket clients in ``--procs`` processes (``bench/ws_loadgen.py``), each
   subscribed to 5 of the 200 largest protocols, as ``bench_ws_scale.py``'s latency soak.
 * ``POST /v2/ingest`` every 50 ms, ``--rate`` observations/s in all, spread over every
-  protocol (total TVL; ``--chain-share`` of them the TVL of one of the protocol's chains),
+  protocol (total TVL; ``--chain-share`` of them the TVL of one of its first 3 chains),
   each value its protocol's TVL times a slow random walk.
 * **The data clock.** ``observed_at`` is ``DATA0 + (wall - WALL0) * --data-speed``. The hot
   state keeps exact 7-day windows (ADR 0044), so with ``observed_at`` = wall time it grows
@@ -35,9 +39,11 @@ What runs, all on 127.0.0.1 (every process this script starts is stopped by its 
 Every ``--interval`` seconds one CSV row (``--out``): server RSS (the ``serve`` process and
 its descendants, ``/proc``), its CPU (cores over the interval) and open file descriptors,
 Redis ``used_memory`` (the whole instance, shared with others) and the memory and count of
-this run's own keys, the PostgreSQL database's size, the interval's latency (p50, p99, max)
-and updates received, observations sent, full garbage collections so far (the server's
-``/metrics``, when it exposes ``python_gc_collections_total``), and the machine's load.
+this run's own keys, the PostgreSQL database's size (``store_mb``), the interval's latency
+(p50, p99, max) and updates received, observations sent, the lag of the live state and of
+the slowest projection (``/health``: events recorded but not yet applied), the load
+generators' CPU, full garbage collections so far and their total pause (the server's
+``/metrics``: ``dr_gc_pause_seconds``), and the machine's load.
 
 At the end a summary on stdout (JSON): growth of RSS and of Redis over the last 5/6 of the
 run (the last 50 of 60 minutes), p99 per block (5 minutes, or a fifth of a shorter run),
@@ -94,6 +100,10 @@ LIMITS = {
     "interval": (5, 300),
 }
 NOMINAL_TVL = 1_000.0  # USD, for protocols the capture lists with a null TVL
+# Per-chain observations go to a protocol's first chains only: every (protocol, chain)
+# series then exists within minutes. Over all of a protocol's chains (some list 100+),
+# new series, keys and rankings would keep appearing for the whole hour and hide a leak.
+CHAINS_PER_PROTOCOL = 3
 BATCH_SECONDS = 0.05
 IN_FLIGHT = 4  # ingest requests at once, at most
 OBSERVED_AT_FROM = 946_684_800  # 2000-01-01: ingest refuses anything older
@@ -136,6 +146,7 @@ def latest_protocols() -> list[Listed]:
         tvl = row.get("tvl")
         value = float(tvl) if isinstance(tvl, int | float) and tvl > 0 else NOMINAL_TVL
         chains = tuple(c for c in row.get("chains") or () if isinstance(c, str) and c)
+        chains = chains[:CHAINS_PER_PROTOCOL]
         listed.setdefault(  # two names may share a slug (the data's README): first wins
             slug, Listed(slug, row["name"][:100], row.get("category") or "Unknown", value, chains)
         )
@@ -419,6 +430,11 @@ def _chunks(keys: Iterator[bytes], size: int = 1_000) -> Iterator[list[bytes]]:
         yield chunk
 
 
+def directory_mb(folder: Path) -> float:
+    """The size of the embedded store's files (``--backend embedded``)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / MB
+
+
 def full_collections(port: int) -> tuple[float, float]:
     """Full (generation 2) collections so far and their total pause in ms, from the server's
     ``/metrics``; NaN when it does not answer."""
@@ -426,6 +442,18 @@ def full_collections(port: int) -> tuple[float, float]:
         found = dict(GC_FULL.findall(httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text))
         return float(found.get("count", 0)), float(found.get("sum", 0)) * 1_000
     return math.nan, math.nan
+
+
+def follower_lags(port: int) -> tuple[float, float, str]:
+    """From ``/health``: events recorded but not yet applied by the node's live state (what
+    clients are sent from), and by its slowest projection (which, and how far behind). A
+    server that falls behind shows here before its memory does."""
+    with contextlib.suppress(httpx.HTTPError, KeyError, TypeError, ValueError):
+        health = httpx.get(f"http://{HOST}:{port}/health", timeout=5).json()
+        live = float(health["log_head"] - health["node_position"])
+        slowest = max(health["projections"].items(), key=lambda item: item[1]["lag"] or 0)
+        return live, float(slowest[1]["lag"] or 0), slowest[0]
+    return math.nan, math.nan, ""
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -441,7 +469,7 @@ COLUMNS = (
     "redis_used_mb",
     "redis_ours_mb",
     "redis_keys",
-    "postgres_mb",
+    "store_mb",
     "observations",
     "obs_per_s",
     "late_batches",
@@ -451,6 +479,10 @@ COLUMNS = (
     "p99_ms",
     "max_ms",
     "open_sockets",
+    "live_lag",
+    "projection_lag",
+    "slowest_projection",
+    "loadgen_cpu",
     "gc_full",
     "gc_full_ms",
     "load1",
@@ -499,15 +531,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         folder = Path(tempfile.mkdtemp(prefix="bench-soak-"))
         stack.callback(shutil.rmtree, folder, ignore_errors=True)
-        services = Services(args.postgres, args.redis, args.amqp)
-        stack.callback(services.close)
-        log(f"database, Redis prefix and exchange: {services.name}")
-        env = {
-            **embedded_env(),
-            **services.env(),
-            "DATA_DIR": str(folder / "data"),
-            "RATE_LIMITS": "off",
-        }
+        env = {**embedded_env(), "DATA_DIR": str(folder / "data"), "RATE_LIMITS": "off"}
+        services: Services | None = None
+        if args.backend == "production":
+            services = Services(args.postgres, args.redis, args.amqp)
+            stack.callback(services.close)
+            env.update(services.env())
+            log(f"database, Redis prefix and exchange: {services.name}")
         key = create_key(env)
         port = free_port()
         server: Child = stack.enter_context(
@@ -540,6 +570,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         start = time.monotonic()
         thread.start()
         before = process_figures(server.pid)
+        gens_cpu_before = gens.cpu_seconds()
         previous = start
         block: dict[int, int] = {}
         block_end = start + block_seconds
@@ -555,8 +586,15 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             now = time.monotonic()
             tally = ingest.take()
             figures = process_figures(server.pid)
+            gens_cpu = gens.cpu_seconds()
             latency = percentiles(report["histogram"])
             gc_full, gc_full_ms = full_collections(port)
+            live_lag, projection_lag, slowest = follower_lags(port)
+            if services is not None:
+                redis_figures, store_mb = services.redis_figures(), services.database_mb()
+            else:
+                redis_figures = dict.fromkeys(("redis_used_mb", "redis_ours_mb", "redis_keys"), 0.0)
+                store_mb = directory_mb(folder / "data")
             data_now = clock.data(time.time())
             row = {
                 "t_s": round(now - start, 1),
@@ -568,8 +606,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     (figures.cpu_seconds - before.cpu_seconds) / (now - previous), 2
                 ),
                 "server_fds": figures.fds,
-                **{k: round(v, 1) for k, v in services.redis_figures().items()},
-                "postgres_mb": round(services.database_mb(), 1),
+                **{k: round(v, 1) for k, v in redis_figures.items()},
+                "store_mb": round(store_mb, 1),
                 "observations": tally.sent,
                 "obs_per_s": round(tally.sent / (now - previous)),
                 "late_batches": tally.late_batches,
@@ -579,6 +617,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "p99_ms": latency["p99"],
                 "max_ms": latency["max"],
                 "open_sockets": report["open"],
+                "live_lag": live_lag,
+                "projection_lag": projection_lag,
+                "slowest_projection": slowest,
+                "loadgen_cpu": round((gens_cpu - gens_cpu_before) / (now - previous), 2),
                 "gc_full": gc_full,
                 "gc_full_ms": round(gc_full_ms, 1),
                 "load1": round(os.getloadavg()[0], 2),
@@ -595,7 +637,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             if now >= block_end - 1 or n * args.interval >= seconds:
                 blocks.append(block)
                 block, block_end = {}, block_end + block_seconds
-            before, previous = figures, now
+            before, previous, gens_cpu_before = figures, now, gens_cpu
     summary = summarize(rows, blocks, block_seconds, args, len(protocols), connected)
     if args.plot:
         plot(rows, Path(args.plot), summary)
@@ -630,6 +672,7 @@ def summarize(
         "protocols": protocols,
         "clients_connected": connected,
         "open_sockets_at_end": last["open_sockets"],
+        "backend": args.backend,
         "data_speed": args.data_speed,
         "observations_per_s": round(sum(r["observations"] for r in rows) / total),
         "failed_batches": sum(r["failed_batches"] for r in rows),
@@ -639,7 +682,9 @@ def summarize(
         "redis_ours_mb": growth("redis_ours_mb"),
         "redis_keys": growth("redis_keys"),
         "server_fds": growth("server_fds"),
-        "postgres_mb": growth("postgres_mb"),
+        "live_lag": growth("live_lag"),
+        "projection_lag": growth("projection_lag"),
+        "store_mb": growth("store_mb"),
         "block_minutes": round(block_seconds / 60, 2),
         "p99_ms_per_block": p99s,
         "p99_ms_first_vs_last_block": [p99s[0], p99s[-1]] if p99s else [],
@@ -711,6 +756,13 @@ def main() -> None:
         help="an admin connection: the run's database is created and dropped through it",
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--backend",
+        choices=("production", "embedded"),
+        default="production",
+        help="production: PostgreSQL, Redis, RabbitMQ; embedded: SQLite files and in-process "
+        "hot state and fan-out (as the 8-minute soak in docs/benchmarks.md)",
+    )
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
     args = parser.parse_args()
     for name, (low, high) in LIMITS.items():
