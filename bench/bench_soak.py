@@ -2,8 +2,8 @@
 
     python bench/bench_soak.py [--minutes 60] [--clients 10000] [--procs 4] [--rate 1000]
         [--data-speed X] [--chain-share 0.1] [--interval 30] [--out var/soak.csv]
-        [--plot var/soak.png] [--backend production|embedded] [--postgres URL] [--redis URL]
-        [--amqp URL]
+        [--plot var/soak.png] [--backend production|embedded] [--worker ROLE ...]
+        [--postgres URL] [--redis URL] [--amqp URL]
 
 What runs, all on 127.0.0.1 (every process this script starts is stopped by its PID in a
 ``finally``, also on Ctrl-C or SIGTERM; the run is bounded by ``--minutes`` plus set-up):
@@ -13,6 +13,9 @@ What runs, all on 127.0.0.1 (every process this script starts is stopped by its 
   of its own (its keys deleted at the end), ``AMQP_URL`` with an exchange and notification
   queues of their own (deleted at the end), ``RATE_LIMITS=off`` (the clients are anonymous
   and would hit ``WS_ANONYMOUS_SOCKETS``; the limiter has its own benchmark).
+  With ``serve`` alone, it runs every role (relay, hot + history projections, alerts, the
+  live fold and hub); ``--worker ROLE`` (repeatable) moves roles into ``defi-realtime
+  worker ROLE`` processes, as the compose file does (their RSS and CPU: own columns).
   ``--backend embedded``: the embedded stores instead (SQLite files in a temporary
   ``DATA_DIR``, hot state and fan-out in process; no Redis figures, ``store_mb`` is the
   files' size).
@@ -111,6 +114,7 @@ WARM_DATA_SECONDS = 7 * 86_400  # the longest window the hot state keeps (ADR 00
 MB = 1024 * 1024
 TICK = os.sysconf("SC_CLK_TCK")
 # The server's collector pauses (prometheus_metrics.GarbageCollectorPauses): full ones.
+PROJECTION_LAG = re.compile(r'^dr_projection_lag\{projection="([^"]+)"\}\s+(\S+)', re.M)
 GC_FULL = re.compile(r'^dr_gc_pause_seconds_(count|sum)\{generation="2"\}\s+(\S+)', re.M)
 
 
@@ -430,6 +434,16 @@ def _chunks(keys: Iterator[bytes], size: int = 1_000) -> Iterator[list[bytes]]:
         yield chunk
 
 
+def wait_logged(child: Child, text: str, timeout: float = 120) -> None:
+    """Wait until ``child`` wrote ``text`` to its stderr."""
+    deadline = time.monotonic() + timeout
+    while text not in child.stderr_tail(1_000_000):
+        child.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name}: no {text!r} in {timeout:g} s")
+        time.sleep(0.2)
+
+
 def directory_mb(folder: Path) -> float:
     """The size of the embedded store's files (``--backend embedded``)."""
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / MB
@@ -444,16 +458,27 @@ def full_collections(port: int) -> tuple[float, float]:
     return math.nan, math.nan
 
 
-def follower_lags(port: int) -> tuple[float, float, str]:
-    """From ``/health``: events recorded but not yet applied by the node's live state (what
-    clients are sent from), and by its slowest projection (which, and how far behind). A
-    server that falls behind shows here before its memory does."""
+def follower_lags(port: int, worker_ports: list[int]) -> tuple[float, float, str]:
+    """Events recorded but not yet applied by the node's live state (what clients are sent
+    from; ``/health``), and by its slowest projection (which, and how far behind): from
+    ``/health`` when ``serve`` runs them all, else from the workers' ``dr_projection_lag``
+    (serve's ``/health`` then shows 0 for the roles it does not hold). A server that falls
+    behind shows here before its memory does."""
+    live, lags = math.nan, {}
     with contextlib.suppress(httpx.HTTPError, KeyError, TypeError, ValueError):
         health = httpx.get(f"http://{HOST}:{port}/health", timeout=5).json()
         live = float(health["log_head"] - health["node_position"])
-        slowest = max(health["projections"].items(), key=lambda item: item[1]["lag"] or 0)
-        return live, float(slowest[1]["lag"] or 0), slowest[0]
-    return math.nan, math.nan, ""
+        if not worker_ports:
+            lags = {name: float(p["lag"] or 0) for name, p in health["projections"].items()}
+    for worker in worker_ports:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            text = httpx.get(f"http://{HOST}:{worker}/metrics", timeout=5).text
+            for name, lag in PROJECTION_LAG.findall(text):
+                lags[name] = max(lags.get(name, 0.0), float(lag))
+    if not lags:
+        return live, math.nan, ""
+    slowest = max(lags, key=lambda name: lags[name])
+    return live, lags[slowest], slowest
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -466,6 +491,8 @@ COLUMNS = (
     "server_procs",
     "server_cpu",
     "server_fds",
+    "workers_rss_mb",
+    "workers_cpu",
     "redis_used_mb",
     "redis_ours_mb",
     "redis_keys",
@@ -539,6 +566,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             env.update(services.env())
             log(f"database, Redis prefix and exchange: {services.name}")
         key = create_key(env)
+        workers: list[Child] = []
+        worker_ports: list[int] = []  # their /metrics: the lags of the projections they run
+        for role in args.worker:  # first: they take their roles' elections before serve
+            worker_ports.append(free_port())
+            command = [*cli_command(), "worker", role, "--metrics-port", str(worker_ports[-1])]
+            workers.append(stack.enter_context(process(command, {**env, "LOG_LEVEL": "info"})))
+            wait_logged(workers[-1], f"worker {role} running")
         port = free_port()
         server: Child = stack.enter_context(
             process([*cli_command(), "serve", "--port", str(port), "--log-level", "warning"], env)
@@ -570,6 +604,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         start = time.monotonic()
         thread.start()
         before = process_figures(server.pid)
+        workers_cpu_before = sum(process_figures(w.pid).cpu_seconds for w in workers)
         gens_cpu_before = gens.cpu_seconds()
         previous = start
         block: dict[int, int] = {}
@@ -580,16 +615,18 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(min(left, 1.0))
                 if ingest.error is not None:
                     raise RuntimeError("the ingest driver failed") from ingest.error
-                server.check_alive()
+                for child in (server, *workers):
+                    child.check_alive()
             report = gens.report()
             gens.command("reset")
             now = time.monotonic()
             tally = ingest.take()
             figures = process_figures(server.pid)
+            workers_now = [process_figures(w.pid) for w in workers]
             gens_cpu = gens.cpu_seconds()
             latency = percentiles(report["histogram"])
             gc_full, gc_full_ms = full_collections(port)
-            live_lag, projection_lag, slowest = follower_lags(port)
+            live_lag, projection_lag, slowest = follower_lags(port, worker_ports)
             if services is not None:
                 redis_figures, store_mb = services.redis_figures(), services.database_mb()
             else:
@@ -606,6 +643,12 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     (figures.cpu_seconds - before.cpu_seconds) / (now - previous), 2
                 ),
                 "server_fds": figures.fds,
+                "workers_rss_mb": round(sum(w.rss_bytes for w in workers_now) / MB, 1),
+                "workers_cpu": round(
+                    (sum(w.cpu_seconds for w in workers_now) - workers_cpu_before)
+                    / (now - previous),
+                    2,
+                ),
                 **{k: round(v, 1) for k, v in redis_figures.items()},
                 "store_mb": round(store_mb, 1),
                 "observations": tally.sent,
@@ -638,6 +681,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 blocks.append(block)
                 block, block_end = {}, block_end + block_seconds
             before, previous, gens_cpu_before = figures, now, gens_cpu
+            workers_cpu_before = sum(w.cpu_seconds for w in workers_now)
     summary = summarize(rows, blocks, block_seconds, args, len(protocols), connected)
     if args.plot:
         plot(rows, Path(args.plot), summary)
@@ -678,6 +722,7 @@ def summarize(
         "failed_batches": sum(r["failed_batches"] for r in rows),
         "tail_from_s": first["t_s"],
         "server_rss_mb": growth("server_rss_mb"),
+        "workers_rss_mb": growth("workers_rss_mb"),
         "redis_used_mb": growth("redis_used_mb"),
         "redis_ours_mb": growth("redis_ours_mb"),
         "redis_keys": growth("redis_keys"),
@@ -703,8 +748,11 @@ def plot(rows: list[dict[str, Any]], path: Path, summary: dict[str, Any]) -> Non
 
     minutes = [r["t_s"] / 60 for r in rows]
     figure, (rss, redis, p99) = pyplot.subplots(3, 1, sharex=True, figsize=(9, 8))
-    rss.plot(minutes, [r["server_rss_mb"] for r in rows], color="tab:blue")
-    rss.set_ylabel("server RSS (MB)")
+    rss.plot(minutes, [r["server_rss_mb"] for r in rows], color="tab:blue", label="serve")
+    if any(r["workers_rss_mb"] for r in rows):
+        rss.plot(minutes, [r["workers_rss_mb"] for r in rows], color="tab:green", label="workers")
+        rss.legend(loc="upper left")
+    rss.set_ylabel("RSS (MB)")
     redis.plot(minutes, [r["redis_used_mb"] for r in rows], label="used_memory (instance)")
     redis.plot(minutes, [r["redis_ours_mb"] for r in rows], label="this run's keys")
     redis.set_ylabel("Redis (MB)")
@@ -757,6 +805,14 @@ def main() -> None:
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        choices=("relay", "projections", "alerts", "notifications"),
+        help="also run `defi-realtime worker ROLE` (repeat), started before serve so that it "
+        "holds its role, as in the compose file; production backend only",
+    )
+    parser.add_argument(
         "--backend",
         choices=("production", "embedded"),
         default="production",
@@ -768,10 +824,12 @@ def main() -> None:
     for name, (low, high) in LIMITS.items():
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name} must be within {low}..{high}")
+    if args.worker and args.backend != "production":
+        parser.error("--worker needs --backend production")
     if args.data_speed is None:
         args.data_speed = WARM_DATA_SECONDS / (args.minutes * 60 / 6)
-    if not 1 <= args.data_speed <= 20_000 or not 0 <= args.chain_share <= 1:
-        parser.error("--data-speed must be within 1..20000, --chain-share within 0..1")
+    if not 1 <= args.data_speed <= 100_000 or not 0 <= args.chain_share <= 1:
+        parser.error("--data-speed must be within 1..100000, --chain-share within 0..1")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     raise_fd_limit()
     signal.signal(signal.SIGTERM, on_sigterm)
