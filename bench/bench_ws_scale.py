@@ -268,6 +268,7 @@ class LoadGens:
             "open": open_,
             "closes": closes,
             "latency_ms": percentiles(merged),
+            "histogram": merged,
         }
 
     def cpu_seconds(self) -> float:

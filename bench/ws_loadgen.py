@@ -2,8 +2,10 @@
 
     python bench/ws_loadgen.py --port P --clients N [--flavor ours|plain|socketio]
         [--subscribe-json FILE] [--batch] [--no-read] [--seconds S]
+        [--data-clock WALL0,DATA0,SPEED]
 
-Run by ``bench/bench_ws_scale.py`` (several of these processes side by side). Speaks just
+Run by ``bench/bench_ws_scale.py`` and ``bench/bench_soak.py`` (several of these processes
+side by side). Speaks just
 enough RFC 6455 for a client (zero masking key, no extensions), and, for ``socketio``,
 enough Engine.IO 4 / Socket.IO 5 to join the default namespace and answer pings.
 
@@ -17,7 +19,10 @@ Line protocol with the parent on stdin/stdout (one JSON object per line out):
 - in ``quit`` (or end of input, or ``--seconds`` elapsed): close everything and exit.
 
 Every update carries ``"timestamp":<unix seconds>``; the client finds it by a byte search,
-not a JSON parse, to keep the generator's own CPU per frame small.
+not a JSON parse, to keep the generator's own CPU per frame small. With ``--data-clock`` the
+sender's ``observed_at`` runs on a data clock, ``DATA0 + (wall - WALL0) * SPEED``
+(``bench_soak.py``): the wall time an update was due is then ``WALL0 + (timestamp - DATA0) /
+SPEED``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 from _common import HOST, run_async
 
 MAX_CLIENTS = 6_000
-MAX_SECONDS = 900.0
+MAX_SECONDS = 3 * 3_600.0  # the soak's hour and its setup fit
 BUCKETS = 100_000  # 0.1 ms buckets up to 10 s
 _TIMESTAMP = b'"timestamp":'
 _SUBSCRIBED = b'{"type":"subscribed"'
@@ -54,6 +59,8 @@ class Stats:
 
 
 STATS = Stats()
+# The data clock (wall0, data0, speed): identity unless --data-clock.
+CLOCK = (0.0, 0.0, 1.0)
 CLOSES: dict[int, int] = {}  # close codes received, over the whole run
 
 
@@ -145,6 +152,7 @@ class Client(asyncio.Protocol):
     def _frames(self, buffer: bytes) -> bytes:
         offset, size = 0, len(buffer)
         now = time.time()
+        wall0, data0, speed = CLOCK
         stats = STATS
         histogram = stats.histogram
         frames = updates = 0
@@ -174,7 +182,7 @@ class Client(asyncio.Protocol):
                     while stop < end and buffer[stop] not in b",}]":
                         stop += 1
                     try:
-                        latency = now - float(buffer[at:stop])
+                        latency = now - (wall0 + (float(buffer[at:stop]) - data0) / speed)
                     except ValueError:
                         latency = -1.0
                     if latency >= 0:
@@ -264,11 +272,22 @@ async def main() -> None:
     parser.add_argument("--no-read", action="store_true", help="never read (slow consumer)")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--data-clock",
+        default=None,
+        help="WALL0,DATA0,SPEED: timestamps are data time DATA0 + (wall - WALL0) * SPEED",
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS:
         parser.error(f"--clients must be within 1..{MAX_CLIENTS}")
     args.seconds = min(args.seconds, MAX_SECONDS)
     raise_fd_limit(args.clients + 100)
+    if args.data_clock:
+        global CLOCK
+        wall0, data0, speed = (float(part) for part in args.data_clock.split(","))
+        if speed <= 0:
+            parser.error("--data-clock: SPEED must be positive")
+        CLOCK = (wall0, data0, speed)
     if args.path is None:
         args.path = {
             "ours": "/v2/realtime" + ("?batch=1" if args.batch else ""),
