@@ -24,10 +24,13 @@ url=${DATABASE_URL:?set DATABASE_URL to the database to back up}
 url=$(sed -E 's#^postgres(ql)?(\+[A-Za-z0-9_]+)?://#postgresql://#' <<<"$url")
 
 # The history projection's tables (src/adapters/sql_history.py, rebuilt by
-# `defi-realtime projections rebuild history`) and its tracking rows.
+# `defi-realtime projections rebuild history`) and its tracking rows. The raw observations
+# are partitioned by week on PostgreSQL (ADR 0047): their partitions go by pattern.
+# history_retention (how far detail was dropped) is kept: a rebuild must not bring back
+# what retention dropped.
 REBUILDABLE=(
-  protocol_observations price_observations protocols protocol_listings alert_events alert_rules anomalies
-  mev_detections
+  protocol_observations 'protocol_observations_w*' price_observations 'price_observations_w*'
+  protocols protocol_listings alert_events alert_rules anomalies mev_detections wallet_moves
   series_states series_days group_days projection_tracking
 )
 exclude=()

@@ -57,10 +57,16 @@ URL_SETTINGS = ("DATABASE_URL", "REDIS_URL", "AMQP_URL")
 # Each lock a compose worker is elected on, and that worker (the role table).
 # The compose file sets no EVM_CHAINS: the evm worker (chains, MEV) runs, but follows nothing.
 UNCONFIGURED_WORKERS = {"evm"}
+# Nor HISTORY_DETAIL_RETENTION_DAYS: the reconcile worker's retention loop keeps everything
+# and stands for no election.
+UNCONFIGURED_ROLES = {"retention"}
 WORKER_LOCKS = {
     role.lock: role.worker
     for role in ROLES
-    if role.worker is not None and role.lock is not None and role.worker not in UNCONFIGURED_WORKERS
+    if role.worker is not None
+    and role.lock is not None
+    and role.worker not in UNCONFIGURED_WORKERS
+    and role.name not in UNCONFIGURED_ROLES
 }
 SECRET = "whsec_deploy_topology"
 SLUG = "deploy-lend"
