@@ -17,8 +17,10 @@ install: $(STAMP)
 run: $(STAMP)  ## the server on embedded defaults (SQLite + in-process), http://127.0.0.1:8000
 	$(BIN)/defi-realtime serve --sample  # an empty store first gets the packaged real-data sample
 
+# Two test processes (pytest-xdist), each taking whole files: most tests wait on servers,
+# services and subprocesses, so two share the machine's cores better than one.
 test: $(STAMP)  ## every test: unit, contract, property, integration (real services), e2e
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts examples
