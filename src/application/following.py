@@ -337,15 +337,15 @@ class NodeFollower:
             if batch.after > self.position:
                 self.position = batch.after
         part = batch.since(self.position)
-        for runner in self.runners:
-            await self._advance(runner, part)
+        # The projections are independent stores (each its own position): they advance
+        # side by side, so one waiting on its database does not hold the others up.
+        await asyncio.gather(*(self._advance(runner, part) for runner in self.runners))
         if self.deliver is not None:
             try:
                 await self.deliver(part)
             except Exception:
                 log.exception("delivery of batch (%d, %d] failed", part.after, part.last)
-        for runner in self.late_runners:
-            await self._advance(runner, part)
+        await asyncio.gather(*(self._advance(runner, part) for runner in self.late_runners))
         self.position = part.last
 
     async def _advance(self, runner: ProjectionRunner, batch: LogBatch) -> None:

@@ -113,3 +113,42 @@ def test_duplicates_are_dropped_and_a_gap_is_read_from_the_log() -> None:
     assert positions(delivered) == list(range(1, 51))
     assert [(b.after, b.last) for b in applied] == [(0, 20), (20, 30), (30, 50)]
     assert (20, 10) in log.reads  # the gap, read from the log
+
+
+def test_the_projections_advance_side_by_side() -> None:
+    """Each projection's apply waits for the other's to start: one after the other, the
+    follower would never get past the first batch."""
+    log = ListLog(10)
+    started = {"a": asyncio.Event(), "b": asyncio.Event()}
+    applied: list[tuple[str, int]] = []
+
+    def runner(name: str, other: str) -> ProjectionRunner:
+        position = [0]
+
+        async def stored() -> int:
+            return position[0]
+
+        async def apply(part: LogBatch) -> bool:
+            started[name].set()
+            await asyncio.wait_for(started[other].wait(), 2.0)
+            applied.append((name, part.last))
+            position[0] = part.last
+            return True
+
+        return ProjectionRunner(name, log, stored, apply)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        follower = NodeFollower(log, [runner("a", "b"), runner("b", "a")], on_ready=log.open)  # type: ignore[arg-type]
+        follower.running = True
+        await follower.on_batch(log.batch(0, 10))
+        task = asyncio.create_task(follower._run())
+        try:
+            for _ in range(300):
+                if follower.position >= 10:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
+    assert sorted(applied) == [("a", 10), ("b", 10)]
