@@ -24,7 +24,11 @@ One run:
    * ``memory`` - ``ProjectionRunner.for_hot(log, InMemoryHotProjection()).catch_up()``;
    * ``redis`` - the same with ``RedisHotProjection`` (after ``reset()``, own prefix);
    * ``history`` - ``ProjectionRunner.for_history(log, SqlHistoryReadModel(...))`` on the
-     same PostgreSQL database (after ``reset()``).
+     same PostgreSQL database (after ``reset()``);
+   * ``redis-live`` and ``history-live`` - the live rate: the log cut beforehand into
+     batches of ``--live-batch`` events (50: what one ``POST /v2/ingest`` of the soak
+     records), each applied on its own as ``NodeFollower`` hands live batches over (no log
+     read timed); ``history-live`` also counts SQL statements per batch.
 3. prints a markdown table (events/s over ALL positions in the log, seconds, ratio to the
    log read) and drops the database and the Redis keys.
 
@@ -51,6 +55,7 @@ import psycopg
 from _common import Runs, timings
 from psycopg.sql import SQL, Identifier
 from redis.asyncio import Redis
+from sqlalchemy import event
 
 from defi_realtime.adapters.event_store_log import EventStoreLog
 from defi_realtime.adapters.memory_hot_projection import InMemoryHotProjection
@@ -59,11 +64,12 @@ from defi_realtime.adapters.sql_history import SqlHistoryReadModel
 from defi_realtime.application.app import DefiRealtime
 from defi_realtime.application.following import PAGE_SIZE, ProjectionRunner
 from defi_realtime.application.ingest import IngestBatch, Listing, RecordMetric, RecordPrice
+from defi_realtime.application.log import LogBatch
 from defi_realtime.entrypoints.settings import Settings
 
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-SCENARIOS = ("log", "log-mapper", "memory", "redis", "history")
+SCENARIOS = ("log", "log-mapper", "memory", "redis", "history", "redis-live", "history-live")
 
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
 ROUND_SECONDS = 1_800.0
@@ -72,6 +78,9 @@ TOKENS = 500
 CATEGORIES = [f"Category {i}" for i in range(12)]
 CHAINS = [f"Chain{i}" for i in range(16)]
 ITEMS_PER_SAVE = 20_000
+LIVE_BATCH = 50
+# SQL statements executed by the history read model in the last ``history-live`` run.
+STATEMENTS: list[int] = [0, 0]  # statements, batches
 
 
 # --- the event store ---------------------------------------------------------------------
@@ -215,6 +224,62 @@ async def rebuild_redis(
         await client.aclose()
 
 
+def live_batches(log: EventStoreLog, size: int) -> list[LogBatch]:
+    """The whole log as consecutive batches of ``size`` positions, read beforehand."""
+    batches, position = [], 0
+    while True:
+        batch = log.read(position, size)
+        if batch.last == position:
+            return batches
+        batches.append(batch)
+        position = batch.last
+
+
+def run_live(
+    name: str,
+    log: EventStoreLog,
+    history: SqlHistoryReadModel | None,
+    size: int,
+    redis_url: str,
+    prefix: str,
+) -> tuple[float, float]:
+    """Apply the log batch by batch, as live batches arrive; wall and CPU seconds."""
+    batches = live_batches(log, size)
+    if name == "history-live":
+        assert history is not None
+        history.reset()
+        counted = [0]
+
+        def count(*_: object) -> None:
+            counted[0] += 1
+
+        engine = history._engine  # the bench counts the read model's statements
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            started, cpu = time.perf_counter(), time.process_time()
+            for batch in batches:
+                history.apply(batch)
+            took = time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        STATEMENTS[:] = [counted[0], len(batches)]
+        return took
+
+    async def feed() -> tuple[float, float]:
+        client = Redis.from_url(redis_url)
+        try:
+            projection = RedisHotProjection(client, prefix=prefix)
+            await projection.reset()
+            started, cpu = time.perf_counter(), time.process_time()
+            for batch in batches:
+                await projection.apply(batch)
+            return time.perf_counter() - started, time.process_time() - cpu
+        finally:
+            await client.aclose()
+
+    return asyncio.run(feed())
+
+
 def run_scenario(
     name: str,
     app: DefiRealtime,
@@ -223,6 +288,7 @@ def run_scenario(
     head: int,
     redis_url: str,
     prefix: str,
+    live_batch: int = LIVE_BATCH,
 ) -> tuple[float, float]:
     """Wall and CPU seconds (this process, all threads) of one run of scenario ``name``."""
     log = EventStoreLog(app)
@@ -238,6 +304,8 @@ def run_scenario(
         asyncio.run(catch_up(runner, page_size, head))
     elif name == "redis":
         asyncio.run(rebuild_redis(log, page_size, head, redis_url, prefix))
+    elif name in ("redis-live", "history-live"):
+        return run_live(name, log, history, live_batch, redis_url, prefix)
     elif name == "history":
         assert history is not None
         history.reset()
@@ -249,24 +317,39 @@ def run_scenario(
 
 
 def measure(
-    url: str, scenarios: list[str], reps: int, page_size: int, redis_url: str
+    url: str,
+    scenarios: list[str],
+    reps: int,
+    page_size: int,
+    redis_url: str,
+    live_batch: int = LIVE_BATCH,
 ) -> tuple[int, Runs]:
     """The log's head and the runs."""
     settings = Settings(DATABASE_URL=url)
     app = DefiRealtime(env=settings.event_store_env)
-    history = SqlHistoryReadModel(settings.history_url) if "history" in scenarios else None
+    wanted = {"history", "history-live"} & set(scenarios)
+    history = SqlHistoryReadModel(settings.history_url) if wanted else None
     prefix = f"bench:proj:{uuid.uuid4().hex[:8]}:"
     head = EventStoreLog(app).head()
     seconds: Runs = {name: [] for name in scenarios}
     try:
         for rep in range(reps):
             for name in scenarios:
-                took = run_scenario(name, app, history, page_size, head, redis_url, prefix)
+                took = run_scenario(
+                    name, app, history, page_size, head, redis_url, prefix, live_batch
+                )
                 seconds[name].append(took)
                 print(
-                    f"  rep {rep + 1}: {name:10} {took[0]:7.2f} s, CPU {took[1]:7.2f} s",
+                    f"  rep {rep + 1}: {name:12} {took[0]:7.2f} s, CPU {took[1]:7.2f} s",
                     file=sys.stderr,
                 )
+                if name == "history-live":
+                    statements, batches = STATEMENTS
+                    print(
+                        f"    {statements:,} SQL statements for {batches:,} batches: "
+                        f"{statements / batches:.1f} per batch",
+                        file=sys.stderr,
+                    )
     finally:
         if history is not None:
             history.reset()
@@ -292,6 +375,8 @@ LABELS = {
     "memory": "in-memory hot projection catch-up",
     "redis": "Redis hot projection catch-up",
     "history": "SQL history read model catch-up (PostgreSQL)",
+    "redis-live": "Redis hot projection, live-sized batches",
+    "history-live": "SQL history read model, live-sized batches (PostgreSQL)",
 }
 
 
@@ -319,6 +404,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--page-size", type=int, default=PAGE_SIZE)
+    parser.add_argument("--live-batch", type=int, default=LIVE_BATCH)
     parser.add_argument("--admin-dsn", default=ADMIN_DSN)
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
@@ -333,7 +419,9 @@ def main() -> None:
         file=sys.stderr,
     )
     with event_store(args.admin_dsn, args.events, db=args.db, keep=args.keep_db) as (url, gen):
-        head, seconds = measure(url, args.only, args.reps, args.page_size, args.redis_url)
+        head, seconds = measure(
+            url, args.only, args.reps, args.page_size, args.redis_url, args.live_batch
+        )
     if gen is not None:
         print(f"generation: {head:,} events in {gen:.1f} s ({head / gen:,.0f} events/s)\n")
     print(report(head, seconds, args.page_size))

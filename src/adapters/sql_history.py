@@ -66,6 +66,7 @@ from ..application.views import (
 )
 from ..domain.alert_values import stored_condition, stored_target
 from ..domain.observations import TOTAL
+from .sql_bulk import BulkWriter
 from .sql_partitions import PostgresDetailPartitions
 from .sql_price_history import SqlPriceHistory
 from .sql_rollups import SqlRollups
@@ -277,6 +278,7 @@ class SqlHistoryReadModel:
         self._owns_engine = not isinstance(target, Engine)
         self._engine = create_sql_engine(target) if isinstance(target, str) else target
         self._rollups = SqlRollups(self._engine)
+        self._detail_writers = [BulkWriter(self._engine.dialect.name, t) for t in DETAIL_TABLES]
         self._partitions = (
             PostgresDetailPartitions() if self._engine.dialect.name == "postgresql" else None
         )
@@ -1072,16 +1074,16 @@ class SqlHistoryReadModel:
         """Insert the raw rows observed from the retention horizon on (older ones are not
         held: the rollups still get them), after making their weeks' partitions."""
         horizon = _horizon(connection, lock=True)
-        for table, rows in zip(DETAIL_TABLES, (metrics, prices), strict=True):
+        writers = zip(DETAIL_TABLES, self._detail_writers, (metrics, prices), strict=True)
+        for table, writer, rows in writers:
             if horizon is not None:
                 rows = [row for row in rows if row["observed_at"] >= horizon]
             if not rows:
                 continue
             if self._partitions is not None:
                 self._partitions.ensure(connection, table.name, (r["observed_at"] for r in rows))
-            # One executemany per table (SQLAlchemy batches it into multi-row INSERTs
-            # where the driver allows), not one round trip per row.
-            connection.execute(insert(table), rows)
+            # One statement per table (sql_bulk), not one per row.
+            writer.write(connection, rows)
 
     def _lock_position(self, connection: Connection) -> int:
         """Read (and on PostgreSQL row-lock) this projection's position, inside a writer.

@@ -4,8 +4,8 @@
 raw rows are written, so the rollups move with the tracking position: exactly once, and a
 rebuild of the projection rebuilds them. The rules are pure and live in the application
 (``series_states.restate``, ``aggregate.contributions``); this module reads the rows they
-need and writes what they return. Upserts are ``INSERT ... ON CONFLICT`` (the same construct
-on PostgreSQL and SQLite); group sums move by deltas in the same statement.
+need and writes what they return. Upserts are ``INSERT ... ON CONFLICT``, one statement per
+table and batch on PostgreSQL (``sql_bulk``); group sums move by deltas in the same statement.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 
 from ..application.aggregate import BucketValue, GroupDay, contributions
@@ -33,6 +32,7 @@ from ..application.series_states import (
     restate,
 )
 from ..application.views import CHANGE_WINDOWS
+from .sql_bulk import BulkWriter
 from .sql_schema import GROUP_DAYS, PROTOCOL_OBSERVATIONS, PROTOCOLS, SERIES_DAYS, SERIES_STATES
 
 __all__ = ["SqlRollups"]
@@ -111,23 +111,26 @@ class SqlRollups:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        # Built once, executed with many rows (the driver batches them).
-        states = insert(SERIES_STATES)
-        self._upsert_states = states.on_conflict_do_update(
-            index_elements=["protocol", "metric", "chain", "observed_at"],
-            set_={name: states.excluded[name] for name in _STATE_FIELDS},
+        dialect = engine.dialect.name
+        # One statement per write whatever the row count (sql_bulk, ADR 0055).
+        self._upsert_states = BulkWriter(
+            dialect,
+            SERIES_STATES,
+            key=("protocol", "metric", "chain", "observed_at"),
+            update={name: f"excluded.{name}" for name in _STATE_FIELDS},
         )
-        closes = insert(SERIES_DAYS)
-        self._upsert_closes = closes.on_conflict_do_update(
-            index_elements=["protocol", "metric", "chain", "day"],
-            set_={name: closes.excluded[name] for name in ("value", "observed_at", "position")},
+        self._upsert_closes = BulkWriter(
+            dialect,
+            SERIES_DAYS,
+            key=("protocol", "metric", "chain", "day"),
+            update={name: f"excluded.{name}" for name in ("value", "observed_at", "position")},
         )
-        groups = insert(GROUP_DAYS)
-        self._add_to_groups = groups.on_conflict_do_update(
-            index_elements=["dimension", "day", "grp", "metric"],
-            set_={
-                name: GROUP_DAYS.c[name] + groups.excluded[name]
+        self._add_to_groups = BulkWriter(
+            dialect,
+            GROUP_DAYS,
+            key=("dimension", "day", "grp", "metric"),
+            update={
+                name: f"group_days.{name} + excluded.{name}"
                 for name in ("total", "counted", "members")
             },
         )
@@ -262,7 +265,7 @@ class SqlRollups:
             states = stored.get(key, [])
             changed.extend(restate(key, states, found))
         if changed:
-            connection.execute(self._upsert_states, [state._asdict() for state in changed])
+            self._upsert_states.write(connection, [state._asdict() for state in changed])
 
     @staticmethod
     def _heads(connection: Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, SeriesState]:
@@ -364,8 +367,7 @@ class SqlRollups:
         if not spans:
             return deltas
         old_closes = self._closes_of(connection, spans)
-        if fresh:
-            connection.execute(self._upsert_closes, _close_rows(fresh))
+        self._upsert_closes.write(connection, _close_rows(fresh))
         fresh_of: dict[str, dict[_DayKey, _Close]] = defaultdict(dict)
         for key, close in fresh.items():
             fresh_of[key[0]][key] = close
@@ -398,9 +400,7 @@ class SqlRollups:
         return deltas
 
     def _add_to_group_days(self, connection: Connection, deltas: _Deltas) -> None:
-        rows = _group_rows(deltas)
-        if rows:
-            connection.execute(self._add_to_groups, rows)
+        self._add_to_groups.write(connection, _group_rows(deltas))
 
     @staticmethod
     def _stored_closes(connection: Connection, keys: Sequence[_DayKey]) -> dict[_DayKey, _Close]:

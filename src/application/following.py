@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -242,6 +243,8 @@ class NodeFollower:
         self.late_runners = late_runners or []
         self.poll_interval = poll_interval
         self._queue: asyncio.Queue[LogBatch] = asyncio.Queue(maxsize=queue_size)
+        # A queued batch that did not follow on from the one before it (``_coalesce``).
+        self._held: LogBatch | None = None
         self.position = 0
         self.running = False
         self.ready = asyncio.Event()
@@ -258,6 +261,7 @@ class NodeFollower:
             await self._run()
         finally:
             self.running = False
+            self._held = None
             while not self._queue.empty():
                 self._queue.get_nowait()
 
@@ -271,14 +275,39 @@ class NodeFollower:
             await self.on_ready(self.position)
         self.ready.set()
         while True:
-            try:
-                batch = await asyncio.wait_for(self._queue.get(), self.poll_interval)
-            except TimeoutError:
-                batch = await asyncio.to_thread(self.event_log.read, self.position, PAGE_SIZE)
-                if batch.last == self.position:
-                    await self._retry_stalled()
-                    continue
-            await self._handle(batch)
+            if self._held is not None:
+                batch, self._held = self._held, None
+            else:
+                try:
+                    batch = await asyncio.wait_for(self._queue.get(), self.poll_interval)
+                except TimeoutError:
+                    batch = await asyncio.to_thread(self.event_log.read, self.position, PAGE_SIZE)
+                    if batch.last == self.position:
+                        await self._retry_stalled()
+                        continue
+            await self._handle(self._coalesce(batch))
+
+    def _coalesce(self, batch: LogBatch) -> LogBatch:
+        """``batch`` joined with the batches queued behind it that follow on from it, up to
+        ``PAGE_SIZE`` entries: a follower that fell behind applies its backlog in pages
+        (one transaction, one rollup write per page) instead of live batch by live batch,
+        which is what lets it catch up. A batch that leaves a gap is held for the next turn.
+        """
+        parts = [batch.entries]
+        after, last, count = batch.after, batch.last, len(batch.entries)
+        while count < PAGE_SIZE and not self._queue.empty():
+            following = self._queue.get_nowait()
+            if following.after > last:
+                self._held = following
+                break
+            if following.last <= last:
+                continue  # a duplicate delivery
+            part = following.since(last)
+            parts.append(part.entries)
+            last, count = part.last, count + len(part.entries)
+        if len(parts) == 1:
+            return batch
+        return LogBatch(after, last, tuple(itertools.chain.from_iterable(parts)))
 
     async def _catch_up(self, runner: ProjectionRunner, until: int | None = None) -> None:
         """Catch ``runner`` up; a failure leaves it stalled (reported, retried when quiet)
@@ -308,15 +337,15 @@ class NodeFollower:
             if batch.after > self.position:
                 self.position = batch.after
         part = batch.since(self.position)
-        for runner in self.runners:
-            await self._advance(runner, part)
+        # The projections are independent stores (each its own position): they advance
+        # side by side, so one waiting on its database does not hold the others up.
+        await asyncio.gather(*(self._advance(runner, part) for runner in self.runners))
         if self.deliver is not None:
             try:
                 await self.deliver(part)
             except Exception:
                 log.exception("delivery of batch (%d, %d] failed", part.after, part.last)
-        for runner in self.late_runners:
-            await self._advance(runner, part)
+        await asyncio.gather(*(self._advance(runner, part) for runner in self.late_runners))
         self.position = part.last
 
     async def _advance(self, runner: ProjectionRunner, batch: LogBatch) -> None:
