@@ -86,10 +86,9 @@ from .sql_schema import (
     SERIES_DAYS,
     SERIES_STATES,
     WALLET_MOVES,
+    adapter_engine,
     chunked,
     close_engine,
-    create_sql_engine,
-    migrate,
     scrub,
     write_transaction,
 )
@@ -274,9 +273,8 @@ class SqlHistoryReadModel:
 
     def __init__(self, target: str | Engine, *, name: str = DEFAULT_TRACKING_NAME) -> None:
         self._name = name
-        # A URL: its own engine; the process's shared engine otherwise (sql_schema).
-        self._owns_engine = not isinstance(target, Engine)
-        self._engine = create_sql_engine(target) if isinstance(target, str) else target
+        # A URL: its own engine, migrated; the process's shared (migrated) engine otherwise.
+        self._engine, self._owns_engine = adapter_engine(target)
         self._rollups = SqlRollups(self._engine)
         self._detail_writers = [BulkWriter(self._engine.dialect.name, t) for t in DETAIL_TABLES]
         self._partitions = (
@@ -287,7 +285,6 @@ class SqlHistoryReadModel:
         # reads every protocol's closes, which change only when the position moves.
         self._recent_closes: tuple[tuple[Any, ...], dict[str, RecentCloses]] | None = None
         try:
-            migrate(self._engine)
             self._ensure_tracking_row()
             self._fill_rollups()
         except BaseException:
