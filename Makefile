@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EVM_TOOLS := tools/evm/node_modules/.package-lock.json
 
 .PHONY: run test lint bench install clean docs evm-tools
 
@@ -19,7 +20,9 @@ run: $(STAMP)  ## the server on embedded defaults (SQLite + in-process), http://
 
 # Two test processes (pytest-xdist), each taking whole files: most tests wait on servers,
 # services and subprocesses, so two share the machine's cores better than one.
-test: $(STAMP)  ## every test: unit, contract, property, integration (real services), e2e
+# With npm on the machine, the on-chain tests' local chain and compiler come first (pinned);
+# without it those tests skip, and fail under CI=true, as a missing service does.
+test: $(STAMP) $(if $(shell command -v npm 2>/dev/null),$(EVM_TOOLS))  ## every test: unit, contract, property, integration (real services), e2e
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
@@ -28,7 +31,9 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 
-evm-tools:  ## the local EVM chain and compiler of the on-chain tests (ganache, solc: npm, pinned)
+evm-tools: $(EVM_TOOLS)  ## the local EVM chain and compiler of the on-chain tests (ganache, solc: npm, pinned)
+
+$(EVM_TOOLS): tools/evm/package-lock.json
 	cd tools/evm && npm ci --no-audit --no-fund --loglevel=error
 
 docs: $(STAMP)  ## regenerate docs/configuration.md's table from the settings model
