@@ -96,12 +96,14 @@ class PostgresLeadership:
             connection = self._connection
             if lost is None or lost.is_set() or connection is None:
                 return
-            if not self._held:
-                await self._drop_session()  # closing the session releases the lock
-                return
+            # Released before this returns (a closed session's locks go only when its
+            # backend has ended, a moment later); the session closes with its last lock.
             try:
                 await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
             except psycopg.OperationalError:
+                await self._drop_session()
+                return
+            if not self._held:
                 await self._drop_session()
 
     async def _watch_session(self) -> None:
