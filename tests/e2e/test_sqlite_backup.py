@@ -92,6 +92,9 @@ def test_online_backup_restores_a_consistent_prefix(tmp_path: Path) -> None:
 
             # Keep writing while the backup copies the files.
             stop, writing = threading.Event(), threading.Event()
+            # Set by the first write that starts after the backup has finished: the live
+            # log then surely holds more than the copy (a loaded box may pause the writer).
+            backed_up, wrote_after = threading.Event(), threading.Event()
 
             def keep_ingesting() -> None:
                 with httpx.Client(
@@ -99,8 +102,11 @@ def test_online_backup_restores_a_consistent_prefix(tmp_path: Path) -> None:
                 ) as writer:
                     step = 0
                     while not stop.is_set() and step < 500:
+                        after = backed_up.is_set()
                         ingest(writer, observation(f"busy-{step % 20}", 1e6 + step, T0 + step))
                         writing.set()
+                        if after:
+                            wrote_after.set()
                         step += 1
 
             writer = threading.Thread(target=keep_ingesting, name="backup-test-writer")
@@ -114,6 +120,8 @@ def test_online_backup_restores_a_consistent_prefix(tmp_path: Path) -> None:
                     timeout=60,
                     check=False,
                 )
+                backed_up.set()
+                wrote_after.wait(10)
             finally:
                 stop.set()
                 writer.join(30)
