@@ -4,7 +4,9 @@ One ``IngestWriter`` thread per process owns every write. Ingest requests are qu
 thread drains the queue into a group (up to ``max_group_items``) and saves the whole group in
 one transaction (group commit), so throughput grows with load instead of paying one commit per
 request. Other commands run on the same thread through ``call`` so that the aggregate cache
-is only ever touched by one thread. See docs/adr/0003-sync-event-store-async-server.md.
+is only ever touched by one thread. A job whose caller was cancelled before the thread took it
+is dropped unrun; once taken it can no longer be cancelled, so its result always has a
+future to land in and the thread never dies of a caller that went away. See docs/adr/0003-sync-event-store-async-server.md.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class IngestWriter:
             job = self._queue.get()
             if job is _STOP:
                 return
+            if not job.future.set_running_or_notify_cancel():
+                continue  # its caller went away before it started: nothing was done
             if isinstance(job, _CallJob):
                 self._run_call(job)
                 continue
@@ -112,6 +116,8 @@ class IngestWriter:
                 if more is _STOP:
                     stop = True
                     break
+                if not more.future.set_running_or_notify_cancel():
+                    continue
                 if isinstance(more, _CallJob):
                     pending_call = more
                     break
