@@ -6,7 +6,8 @@ one transaction (group commit), so throughput grows with load instead of paying 
 request. Other commands run on the same thread through ``call`` so that the aggregate cache
 is only ever touched by one thread. A job whose caller was cancelled before the thread took it
 is dropped unrun; once taken it can no longer be cancelled, so its result always has a
-future to land in and the thread never dies of a caller that went away. See docs/adr/0003-sync-event-store-async-server.md.
+future to land in and the thread never dies of a caller that went away.
+See docs/adr/0003-sync-event-store-async-server.md.
 """
 
 from __future__ import annotations
