@@ -1,7 +1,7 @@
 """The longest full-collection pause of a node holding 10,000 WebSocket clients.
 
     python bench/bench_gc_pause.py [--clients 10000] [--procs 4] [--rate 1000]
-        [--warmup 60] [--collections 3] [--garbage]
+        [--warmup 60] [--collections 3] [--garbage] [--owners]
 
 One run on 127.0.0.1; every process it starts is stopped by its PID in a ``finally``.
 A fresh ``DATA_DIR``; ``defi-realtime serve`` starts with ``bench/gc_probe`` on its
@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 LIMITS = {"clients": (0, 12_000), "procs": (1, 8), "rate": (1, 5_000), "warmup": (1, 300)}
 LIMITS |= {"collections": (1, 10)}
 GARBAGE_FIELDS = ("garbage", "garbage_types")
+OWNER_FIELDS = ("owners", "samples")
 
 
 def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
         if any(x.get("census_done") for x in ours):
             counted = next(x for x in ours if "tracked" in x)
             garbage = next((x for x in ours if "garbage" in x), None)
+            owners = next((x for x in ours if "owners" in x), None)
             pauses = [x["ms"] for x in ours if x.get("generation") == 2]
             collected = [x["collected"] for x in ours if x.get("generation") == 2]
             cpu = [x["cpu_ms"] for x in ours if x.get("generation") == 2]
@@ -75,6 +77,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
                 "cpu_ms": cpu,
                 "collected": collected,
                 **({} if garbage is None else {k: garbage[k] for k in GARBAGE_FIELDS}),
+                **({} if owners is None else {k: owners[k] for k in OWNER_FIELDS}),
             }
         time.sleep(0.2)
     raise RuntimeError("the probe did not answer")
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "GC_PROBE_FILE": str(probe),
             "GC_PROBE_COLLECTIONS": str(args.collections),
             "GC_PROBE_GARBAGE": "1" if args.garbage else "0",
+            "GC_PROBE_OWNERS": "1" if args.owners else "0",
         }
         command = [*cli_command(), "serve", "--port", str(port), "--log-level", "warning"]
         with process(command, server_env) as server:
@@ -169,6 +173,12 @@ def main() -> None:
         action="store_true",
         help="before each census's timed collections, count the cyclic garbage by type "
         "(one untimed collection with gc.DEBUG_SAVEALL)",
+    )
+    parser.add_argument(
+        "--owners",
+        action="store_true",
+        help="with each census, count the tracked dicts, lists and tuples by the type of "
+        "the tracked object holding them, with a sample of each (untimed)",
     )
     args = parse_within(parser, LIMITS)
     raise_fd_limit()

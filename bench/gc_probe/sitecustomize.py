@@ -63,12 +63,50 @@ def _census(_signum: int, _frame: object) -> None:
     _write(
         {"tracked": len(objects), "frozen": gc.get_freeze_count(), "types": types.most_common(40)}
     )
+    if os.environ.get("GC_PROBE_OWNERS") == "1":
+        try:
+            _owners(objects)
+        except Exception as error:  # the census goes on; the failure is written
+            _write({"owners_failed": repr(error)})
     del objects
     if os.environ.get("GC_PROBE_GARBAGE") == "1":
         _garbage()
     for _ in range(int(os.environ.get("GC_PROBE_COLLECTIONS", "3"))):
         gc.collect()
     _write({"census_done": True})
+
+
+def _name(o: object) -> str:
+    return f"{type(o).__module__}.{type(o).__qualname__}"
+
+
+def _owners(objects: list[object]) -> None:
+    """Which tracked objects hold the tracked dicts, lists and tuples (by the holder's type),
+    and a sample of each kind's keys or items: what a census by type cannot tell apart."""
+    wanted = {id(o): o for o in objects if type(o) in (dict, list, tuple)}
+    owners: collections.Counter[str] = collections.Counter()
+    for holder in objects:
+        for ref in gc.get_referents(holder):
+            held = wanted.get(id(ref))
+            if held is not None:
+                owners[f"{_name(held)} in {_name(holder)}"] += 1
+    # Dicts apart by their keys' shape (the first two keys), lists and tuples by length.
+    shapes: collections.Counter[str] = collections.Counter()
+    samples: dict[str, str] = {}
+    for o in wanted.values():
+        if isinstance(o, dict):
+            first = [k if isinstance(k, str) else type(k).__name__ for k in list(o)[:2]]
+            shape = f"dict {first} of {type(next(iter(o.values()), None)).__name__}"
+        else:
+            shape = f"{_name(o)} of {min(len(o), 3)}{'+' if len(o) > 3 else ''}"
+        shapes[shape] += 1
+        if shape not in samples:
+            try:
+                samples[shape] = repr(list(o.items())[:2] if isinstance(o, dict) else o[:3])[:160]
+            except Exception as error:  # a repr that fails names its error
+                samples[shape] = f"(repr failed: {error!r})"[:160]
+    top = shapes.most_common(12)
+    _write({"owners": owners.most_common(30), "samples": [(s, n, samples[s]) for s, n in top]})
 
 
 def _garbage() -> None:

@@ -219,7 +219,7 @@ def _take_over(state: HotState, prepared: HotState) -> None:
 
 
 def _series_record(points: Points) -> _Series:
-    return _Series(points.times.tobytes(), points.values.tobytes())
+    return _Series(points.time_bytes, points.value_bytes)
 
 
 def _points(record: _Series) -> Points:

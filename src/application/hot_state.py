@@ -25,11 +25,12 @@ Rules (the contract tests check both adapters against an independent reference f
 
 from __future__ import annotations
 
+import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, cast
 
 from ..domain.chains import chain_key
 from ..domain.observations import METRICS, TOTAL, TVL_SECTIONS, VOLUME_METRICS, section_key
@@ -78,34 +79,56 @@ class Reading:
     observed_at: float
 
 
-class Points:
-    """A time-ordered series of ``(observed_at, value)`` points, held as two float arrays.
+_FLOAT: Final = struct.Struct("=d")
+_WIDTH: Final = _FLOAT.size
 
-    Never changed in place: ``record_point`` builds a new one. The arrays are copied with a
-    ``memcpy`` and the garbage collector walks none of their points, where a tuple of point
-    tuples, built anew on every observation, made each young collection walk every point of
-    every series it had just extended (37 ms per collection after 8 minutes at 1,000
-    observations/s; see docs/benchmarks.md, "Soak"). They also take 16 bytes a point
-    instead of ~100.
+
+class Points:
+    """A time-ordered series of ``(observed_at, value)`` points, held as two ``bytes`` of
+    native doubles (``times`` and ``values`` read them as float sequences, without a copy).
+
+    Never changed in place: ``record_point`` builds a new one. The points are copied with a
+    ``memcpy`` and the garbage collector walks none of them, where a tuple of point tuples,
+    built anew on every observation, made each young collection walk every point of every
+    series it had just extended (37 ms per collection after 8 minutes at 1,000
+    observations/s; see docs/benchmarks.md, "Soak"). They take 16 bytes a point instead of
+    ~100. ``bytes`` rather than two ``array``s: the collector does not track ``bytes``, so a
+    series is one tracked object, not three; every protocol an observation touches leaves a
+    new series for the next full collection to scan (ADR 0057).
     """
 
-    __slots__ = ("times", "values")
+    __slots__ = ("time_bytes", "value_bytes")
 
-    def __init__(self, times: array[float] | None = None, values: array[float] | None = None):
-        self.times: array[float] = array("d") if times is None else times
-        self.values: array[float] = array("d") if values is None else values
+    def __init__(
+        self,
+        times: bytes | array[float] | None = None,
+        values: bytes | array[float] | None = None,
+    ):
+        # ``bytes(b)`` of a ``bytes`` is that object itself: no copy.
+        self.time_bytes: bytes = b"" if times is None else bytes(times)
+        self.value_bytes: bytes = b"" if values is None else bytes(values)
 
     @classmethod
     def of(cls, points: Iterable[Point]) -> Points:
         pairs = list(points)
         return cls(array("d", (t for t, _ in pairs)), array("d", (v for _, v in pairs)))
 
+    @property
+    def times(self) -> Sequence[float]:
+        """The points' times, a view of ``time_bytes`` (sliced without copying)."""
+        return _floats(self.time_bytes)
+
+    @property
+    def values(self) -> Sequence[float]:
+        """The points' values, a view of ``value_bytes``."""
+        return _floats(self.value_bytes)
+
     def since(self, start: int) -> Iterator[Point]:
         """The points from index ``start`` on."""
         return zip(self.times[start:], self.values[start:], strict=True)
 
     def __len__(self) -> int:
-        return len(self.times)
+        return len(self.time_bytes) // _WIDTH
 
     def __iter__(self) -> Iterator[Point]:
         return zip(self.times, self.values, strict=True)
@@ -113,13 +136,18 @@ class Points:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Points):
             return NotImplemented
+        # Compared as floats, as the arrays were (0.0 == -0.0), not byte by byte.
         return self.times == other.times and self.values == other.values
 
     def __hash__(self) -> int:
-        return hash((self.times.tobytes(), self.values.tobytes()))
+        return hash((self.time_bytes, self.value_bytes))
 
     def __repr__(self) -> str:
         return f"Points({list(self)!r})"
+
+
+def _floats(raw: bytes) -> Sequence[float]:
+    return cast(Sequence[float], memoryview(raw).cast("d"))
 
 
 def record_point(
@@ -141,22 +169,27 @@ def record_point(
     cutoff = newest - window
     if observed_at < cutoff:
         return None
-    times, values = recent.times, recent.values
+    times = recent.times
     start = bisect_left(times, cutoff)
     at = bisect_left(times, observed_at)
     # Same timestamp: this observation was recorded later, so it replaces the old one.
     end = at + 1 if at < len(times) and times[at] == observed_at else at
-    new_times, new_values = times[start:at], values[start:at]
-    new_times.append(observed_at)
-    new_values.append(value)
-    if end < len(times):
-        new_times += times[end:]
-        new_values += values[end:]
-    drop = bisect_left(new_times, keep_from(new_times, newest, reach, window))
-    if drop:
-        del new_times[:drop]
-        del new_values[:drop]
-    return Points(new_times, new_values)
+    new_times = _spliced(recent.time_bytes, start, at, end, observed_at)
+    drop = bisect_left(_floats(new_times), keep_from(_floats(new_times), newest, reach, window))
+    return Points(
+        new_times[drop * _WIDTH :],  # the same object when nothing drops
+        _spliced(recent.value_bytes, start, at, end, value, drop),
+    )
+
+
+def _spliced(raw: bytes, start: int, at: int, end: int, point: float, drop: int = 0) -> bytes:
+    """Doubles ``raw[start:at] + [point] + raw[end:]``, less their first ``drop``, in one
+    copy."""
+    view = memoryview(raw)
+    if drop > at - start:  # the point itself is dropped
+        return bytes(view[(end + drop - (at - start) - 1) * _WIDTH :])
+    head = view[(start + drop) * _WIDTH : at * _WIDTH]
+    return b"".join((head, _FLOAT.pack(point), view[end * _WIDTH :]))
 
 
 def keep_from(times: Sequence[float], newest: float, reach: float, window: float) -> float:

@@ -29,6 +29,7 @@ from .recent import (
     bounded,
     known_value,
     remember,
+    series_key,
     window_of,
     window_pairs,
 )
@@ -316,7 +317,7 @@ class Protocol(Aggregate):
         number = check_value(value)
         stamp = check_timestamp(observed_at)
         check_text(source or "", field="source")
-        series = (metric, chain)
+        series = series_key(metric, chain)
         known = known_value(
             self.recent.get(series), self.horizon.get(series), stamp, self.id, series, stored
         )
@@ -353,7 +354,7 @@ class Protocol(Aggregate):
 
     def _apply_metric(self, metric: str, chain: str, value: float, observed_at: float) -> None:
         chain = canonical_chain(chain)  # an event recorded before names were normalised
-        series = (metric, chain)
+        series = series_key(metric, chain)
         window = self.recent.get(series)
         if window is None:
             window = self.recent[series] = {}

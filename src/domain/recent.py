@@ -31,6 +31,24 @@ RECENT_PER_SERIES: Final = 8
 Series = tuple[str, str]
 PRICE: Final[Series] = ("price", "")
 
+_SERIES: dict[Series, Series] = {}
+_SERIES_HELD: Final = 65_536
+
+
+def series_key(metric: str, chain: str) -> Series:
+    """``(metric, chain)`` as one shared tuple per series.
+
+    A fresh tuple is tracked by the cyclic collector until a young collection untracks it;
+    stored as a key in a dict that a full collection had untracked (all atoms), it makes
+    the collector track that dict again, and the next full collection scan it: once per
+    aggregate an observation moves, for nothing. A shared tuple is untracked for good after
+    its first young collection (ADR 0057). At most ``_SERIES_HELD`` are shared (metrics
+    times chains: far fewer); beyond, a fresh tuple, as before."""
+    key = (metric, chain)
+    if len(_SERIES) >= _SERIES_HELD:
+        return _SERIES.get(key, key)
+    return _SERIES.setdefault(key, key)
+
 
 class StoredObservations(Protocol):
     """What the stored events say about observations older than an aggregate's window."""

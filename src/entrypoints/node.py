@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from ..adapters.event_store_log import EventStoreLog
 from ..adapters.postgres_coordination import (
@@ -399,20 +400,49 @@ def _named(follower: NodeFollower) -> dict[str, ProjectionRunner]:
     return {runner.name: runner for runner in [*follower.runners, *follower.late_runners]}
 
 
+SOCKET_BURST: Final = 1_000
+"""Sockets opened since the last freeze that make ``Refreezer`` freeze at the end of the next
+young (generation 1) collection, without waiting for a full one (ADR 0057)."""
+
+
 class Refreezer:
     """``gc.callbacks`` hook (``GC_REFREEZE``, ADR 0054): what a full collection left alive
     is in use (the sockets held, above all), so the next full collection need not scan it
     again. Every ``rescan_every``-th full collection (0: never) unfreezes first and so scans
-    everything: cyclic garbage frozen while it was alive is reclaimed there, not never."""
+    everything: cyclic garbage frozen while it was alive is reclaimed there, not never.
 
-    __slots__ = ("full_collections", "rescan_every")
+    ``sockets`` (the node's open sockets) adds a freeze without a scan: when ``burst`` or
+    more were opened since the last freeze, the end of the next generation-1 collection
+    freezes what lives (the young generations are empty then), so a burst of connections
+    is never scanned by a full collection (ADR 0057). What it also freezes is what reached
+    the oldest generation since the last full collection, cyclic garbage included: that
+    waits for the rescan, as above."""
 
-    def __init__(self, rescan_every: int) -> None:
+    __slots__ = ("burst", "full_collections", "rescan_every", "sockets", "sockets_frozen")
+
+    def __init__(
+        self,
+        rescan_every: int,
+        sockets: Callable[[], int] | None = None,
+        burst: int = SOCKET_BURST,
+    ) -> None:
         self.rescan_every = rescan_every
         self.full_collections = 0
+        self.sockets = sockets
+        self.burst = burst
+        self.sockets_frozen = 0  # open sockets at the last freeze
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
+        generation = info["generation"]
+        if generation == 1 and phase == "stop" and self.sockets is not None:
+            held = self.sockets()
+            if held - self.sockets_frozen >= self.burst:
+                gc.freeze()
+                self.sockets_frozen = held
+            elif held < self.sockets_frozen:
+                self.sockets_frozen = held  # closed ones: a burst counts from here
+            return
+        if generation != 2:
             return
         if phase == "start":
             self.full_collections += 1
@@ -420,6 +450,8 @@ class Refreezer:
                 gc.unfreeze()
         elif phase == "stop":
             gc.freeze()
+            if self.sockets is not None:
+                self.sockets_frozen = self.sockets()
 
 
 @contextlib.asynccontextmanager
@@ -440,7 +472,7 @@ async def running(
     # Full collections made rare (ADR 0012); the process's own setting comes back on exit.
     collector = gc.get_threshold()
     gc.set_threshold(*settings.collector_thresholds)
-    refreezer = Refreezer(settings.gc_rescan_every)
+    refreezer: Refreezer | None = None
     node: Node | None = None
     try:
         node = Node(
@@ -475,6 +507,8 @@ async def running(
                 gc.collect()
                 gc.freeze()
                 if settings.gc_refreeze:
+                    connections = node.hub.connections
+                    refreezer = Refreezer(settings.gc_rescan_every, lambda: len(connections))
                     gc.callbacks.append(refreezer)
         yield node
     finally:
@@ -494,7 +528,7 @@ async def running(
             # The loops are stopped, their states whole: write their last checkpoints.
             await _write_checkpoints(container)
         gc.set_threshold(*collector)
-        if refreezer in gc.callbacks:
+        if refreezer is not None and refreezer in gc.callbacks:
             gc.callbacks.remove(refreezer)
         if follow and settings.gc_freeze:
             gc.unfreeze()

@@ -297,8 +297,10 @@ class Settings(BaseSettings):
         alias="GC_REFREEZE",
         description="Also freeze what survives every full collection (with GC_FREEZE): the "
         "next one scans only objects made since, not the connections held (ADR 0044, 0054). "
-        "An object alive at a full collection that later dies in a reference cycle is "
-        "reclaimed only by the next rescan (GC_RESCAN_EVERY); false turns it off.",
+        "Also freezes after a young collection once 1,000 sockets were opened since the "
+        "last freeze, so a burst of connections is never scanned (ADR 0057). An object "
+        "alive at a freeze that later dies in a reference cycle is reclaimed only by the "
+        "next rescan (GC_RESCAN_EVERY); false turns it off.",
     )
     gc_rescan_every: int = Field(
         default=24,

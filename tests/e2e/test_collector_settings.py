@@ -4,11 +4,13 @@ lives at ready (ADR 0044)."""
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from websockets.sync.client import connect
 
 from defi_realtime.entrypoints.node import Refreezer
 from defi_realtime.entrypoints.settings import Settings
@@ -95,3 +97,51 @@ def test_cyclic_garbage_frozen_while_alive_waits_for_the_next_rescan() -> None:
     finally:
         gc.callbacks.remove(refreezer)
         gc.unfreeze()
+
+
+def test_a_burst_of_sockets_is_frozen_at_the_next_young_collection() -> None:
+    """ADR 0057: sockets opened in a burst are frozen at the end of a generation-1
+    collection, never scanned by a full one; a smaller rise waits for the full collection."""
+    open_sockets = [0]
+    refreezer = Refreezer(rescan_every=0, sockets=lambda: open_sockets[0], burst=100)
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections below run the hook
+    gc.collect()
+    gc.callbacks.append(refreezer)
+    try:
+        frozen = gc.get_freeze_count()
+        held = [[n] for n in range(5_000)]  # what the sockets opened made
+        open_sockets[0] = 99
+        gc.collect(1)
+        assert gc.get_freeze_count() == frozen  # fewer than a burst: nothing frozen
+        open_sockets[0] = 100
+        gc.collect(1)
+        assert gc.get_freeze_count() >= frozen + len(held)
+        assert not any(o is held for o in gc.get_objects())  # out of every scan
+        assert refreezer.full_collections == 0
+        # Sockets closed lower the mark: the next burst counts from there.
+        open_sockets[0] = 10
+        gc.collect(1)
+        frozen = gc.get_freeze_count()
+        more = [[n] for n in range(1_000)]
+        open_sockets[0] = 110
+        gc.collect(1)
+        assert gc.get_freeze_count() >= frozen + len(more)
+    finally:
+        gc.callbacks.remove(refreezer)
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def test_the_node_counts_its_open_sockets_for_the_burst_freeze(tmp_path: Path) -> None:
+    with start_server(tmp_path / "data", gc_freeze=True, gc_refreeze=True) as server:
+        (refreezer,) = [hook for hook in gc.callbacks if isinstance(hook, Refreezer)]
+        assert refreezer.sockets is not None
+        assert refreezer.sockets() == 0
+        with connect(server.ws_url, additional_headers=server.headers, open_timeout=5):
+            deadline = time.monotonic() + 10
+            while refreezer.sockets() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert refreezer.sockets() == 1
+    assert not any(isinstance(hook, Refreezer) for hook in gc.callbacks)

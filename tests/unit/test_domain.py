@@ -8,6 +8,7 @@ the envelope (id, version, timestamp, topic).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import re
@@ -39,6 +40,7 @@ from defi_realtime.domain.observations import (
     is_value,
 )
 from defi_realtime.domain.protocol import SLUG_PATTERN, Protocol, check_slug, is_slug, slugify
+from defi_realtime.domain.recent import RECENT_PER_SERIES
 from defi_realtime.domain.subscription import (
     InvalidSubscription,
     Subscription,
@@ -1494,3 +1496,19 @@ def test_string_predicates_agree_with_the_checks(text: Any, identifier: bool) ->
     assert is_slug(text) == _accepts(check_slug, text)
     chains = [text, "Ethereum"]
     assert is_chain_list(chains) == _accepts(check_chains, chains)
+
+
+def test_moving_a_series_horizon_keeps_an_untracked_dict_untracked() -> None:
+    """The horizons (series -> time, atoms only) are untracked by a full collection; moving
+    one must not make the collector track the dict again (a fresh key tuple did), or every
+    full collection scans it once per protocol observed since the last (ADR 0057)."""
+    protocol = listed()
+    for n in range(RECENT_PER_SERIES + 2):  # past the window: the horizon moves
+        protocol.record_metric("tvl", "total", 1.0 + n, T0 + n)
+    gc.collect()
+    gc.collect()  # young collections untrack the tuples, a full one the dict
+    assert not gc.is_tracked(protocol.horizon)
+    before = protocol.horizon[("tvl", "total")]
+    protocol.record_metric("tvl", "total", 9.0, T0 + 100)
+    assert protocol.horizon[("tvl", "total")] > before
+    assert not gc.is_tracked(protocol.horizon)

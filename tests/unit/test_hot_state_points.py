@@ -60,3 +60,27 @@ def test_a_series_costs_the_garbage_collector_the_same_however_long() -> None:
     assert len(gc.get_referents(points)) <= 3
     assert list(points)[-1] == (4_999.0, 4_999.0)
     assert len(points) == 5_000
+
+
+def test_a_series_leaves_one_object_for_the_collector_to_scan() -> None:
+    """Every observation builds a new series; what it holds is untracked (ADR 0057), so a
+    full collection scans one object per series touched, not three (two arrays)."""
+    points = Points()
+    for n in range(100):
+        extended = record_point(points, float(n), float(n), float(n), REACH)
+        assert extended is not None
+        points = extended
+    held = [o for o in gc.get_referents(points) if not isinstance(o, type)]
+    assert len(held) == 2
+    assert not any(gc.is_tracked(o) for o in held)
+
+
+def test_series_compare_and_hash_by_their_points() -> None:
+    built = Points.of([(1.0, 0.0), (2.0, 5.0)])
+    recorded = record_point(Points.of([(1.0, 0.0)]), 2.0, 5.0, 2.0, REACH)
+    assert recorded == built
+    assert hash(recorded) == hash(built)
+    assert Points.of([(1.0, -0.0)]) == Points.of([(1.0, 0.0)])  # as floats, like arrays
+    assert Points.of([(1.0, 1.0)]) != Points.of([(1.0, 2.0)])
+    assert list(built.since(1)) == [(2.0, 5.0)]
+    assert len(built) == 2
