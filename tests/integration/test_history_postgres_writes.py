@@ -135,24 +135,104 @@ def test_a_batch_and_its_position_commit_together_without_waiting_for_the_flush(
             def statement(_c: Any, _cur: Any, text: str, *_rest: Any) -> None:
                 seen.append(" ".join(text.split()))
 
+            def begin(_connection: Any) -> None:
+                seen.append("BEGIN")
+
             def commit(_connection: Any) -> None:
                 seen.append("COMMIT")
 
             event.listen(engine, "before_cursor_execute", statement)
+            event.listen(engine, "begin", begin)
             event.listen(engine, "commit", commit)
             try:
                 entries = (_metric(1, T0, 10.0), _metric(2, T0 + 60, 11.0))
                 assert model.apply(LogBatch(after=0, last=2, entries=entries)) is True
             finally:
                 event.remove(engine, "before_cursor_execute", statement)
+                event.remove(engine, "begin", begin)
                 event.remove(engine, "commit", commit)
 
-            assert seen[0] == "SET LOCAL synchronous_commit = off"
-            tracking = [i for i, s in enumerate(seen) if s.startswith("UPDATE projection_tracking")]
+            assert seen.count("BEGIN") == seen.count("COMMIT") == 1
+            applied = seen[seen.index("BEGIN") + 1 :]
+            assert applied[0] == "SET LOCAL synchronous_commit = off"
+            tracking = [
+                i for i, s in enumerate(applied) if s.startswith("UPDATE projection_tracking")
+            ]
             assert len(tracking) == 1
-            # One transaction: the setting, the rows and the position, then one commit.
-            assert seen.index("COMMIT") == len(seen) - 1 > tracking[0]
+            # One transaction: the setting, the rows and the position, then its commit.
+            assert applied.index("COMMIT") == len(applied) - 1 > tracking[0]
             assert model.position() == 2
             assert [p.value for p in model.series(SeriesQuery("aave")).points] == [10.0, 11.0]
+        finally:
+            model.close()
+
+
+def test_key_probes_descend_the_index_before_the_tables_are_analyzed() -> None:
+    """A fresh projection's tables have no statistics until autovacuum gets to them; its
+    probes must not read the whole table per batch meanwhile."""
+    with throwaway_schema("history_probes") as url:
+        model = SqlHistoryReadModel(url)
+        try:
+            slugs = [f"p{index}" for index in range(300)]
+            entries = [
+                LogEntry(
+                    position=1 + step * len(slugs) + index,
+                    kind="metric",
+                    key=slug,
+                    data={
+                        "metric": "tvl",
+                        "chain": "total",
+                        "value": 1.0 + step,
+                        "observed_at": T0 + 600 * step,
+                        "source": "test",
+                    },
+                    recorded_at=T0,
+                )
+                for step in range(10)
+                for index, slug in enumerate(slugs)
+            ]
+            model.apply(LogBatch(after=0, last=len(entries), entries=tuple(entries)))
+            probes: list[tuple[str, Any]] = []
+
+            def capture(_c: Any, _cur: Any, text: str, parameters: Any, *_rest: Any) -> None:
+                if text.lstrip().startswith("WITH k AS"):
+                    probes.append((text, parameters))
+
+            late = [  # one new time and one correction of an earlier time, per series
+                LogEntry(
+                    position=len(entries) + 1 + index,
+                    kind="metric",
+                    key=slug,
+                    data={
+                        "metric": "tvl",
+                        "chain": "total",
+                        "value": 5.0,
+                        "observed_at": T0 + 600 * (10 if index % 2 else 3),
+                        "source": "test",
+                    },
+                    recorded_at=T0,
+                )
+                for index, slug in enumerate(slugs[:40])
+            ]
+            event.listen(model._engine, "before_cursor_execute", capture)
+            try:
+                model.apply(
+                    LogBatch(after=len(entries), last=len(entries) + 40, entries=tuple(late))
+                )
+            finally:
+                event.remove(model._engine, "before_cursor_execute", capture)
+
+            assert len(probes) >= 3  # heads, the states from a late point, day closes
+            with model._engine.connect() as connection:
+                analyzed = connection.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stats WHERE tablename = 'series_states'"
+                ).scalar_one()
+                assert analyzed == 0
+                for statement, parameters in probes:
+                    plan = "\n".join(
+                        row[0]
+                        for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+                    )
+                    assert "Seq Scan on series_" not in plan, plan
         finally:
             model.close()
