@@ -6,7 +6,8 @@ batch of 50 observations moves ~800 group-day rows, and those statements were mo
 history projection's time. ``BulkWriter`` sends every column as one typed array instead,
 ``INSERT ... SELECT * FROM unnest(...)`` (one round trip, one plan whatever the row count,
 and a statement text that does not grow, so psycopg prepares it once). Arrays carry what
-JSON cannot (``inf``, the open end of a series state) and need no float formatting.
+JSON cannot (``inf``, the open end of a series state) and go in binary: no float
+formatting, no quoting of every text element (ADR 0056).
 
 SQLite, in process, has no round trip to save: there the same write is SQLAlchemy's
 ``executemany`` of the equivalent ``INSERT ... ON CONFLICT``.
@@ -23,7 +24,6 @@ from typing import Any, Final
 from sqlalchemy import BigInteger, Double, Integer, Table, Text, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.type_api import TypeEngine
 
 __all__ = ["BulkWriter"]
@@ -69,13 +69,16 @@ class BulkWriter:
             sets = ", ".join(f"{name} = {value}" for name, value in update.items())
             conflict = f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
         if self._postgres:
-            arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind, _ in self._columns)
-            self._statement: TextClause | Any = text(
+            # ``%(name)b``: psycopg sends each array in binary (no text formatting and
+            # quoting of every element); the driver's own placeholders, so the statement
+            # goes through ``exec_driver_sql`` as it is.
+            arrays = ", ".join(f"CAST(%({name})b AS {kind}[])" for name, kind, _ in self._columns)
+            self._driver_statement = (
                 f"INSERT INTO {table.name} ({', '.join(names)}) "
                 f"SELECT * FROM unnest({arrays}){conflict}"
             )
         elif update:
-            self._statement = sqlite.insert(table).on_conflict_do_update(
+            self._statement: Any = sqlite.insert(table).on_conflict_do_update(
                 index_elements=list(key),
                 set_={name: text(value) for name, value in update.items()},
             )
@@ -93,4 +96,4 @@ class BulkWriter:
             name: [None if row[name] is None else convert(row[name]) for row in rows]
             for name, _, convert in self._columns
         }
-        connection.execute(self._statement, arrays)
+        connection.exec_driver_sql(self._driver_statement, arrays)

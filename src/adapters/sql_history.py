@@ -312,6 +312,11 @@ class SqlHistoryReadModel:
         writes nothing.
         """
         with write_transaction(self._engine) as connection:
+            if self._engine.dialect.name == "postgresql":
+                # The commit does not wait for its WAL flush (ADR 0056): the tracking row is
+                # in this transaction, so a crash loses a tail of batches and their position
+                # together, and the projection re-applies that tail from the log.
+                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
             position = self._lock_position(connection)
             if batch.after > position:
                 # Raising inside the transaction rolls it back: nothing is written.

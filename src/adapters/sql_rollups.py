@@ -55,6 +55,27 @@ _NOTHING: Final = (0.0, 0, 0)
 # Join conditions of the probe queries: a state of ``k``'s series; one at ``t``'s time.
 _SAME_B: Final = "b.protocol = k.protocol AND b.metric = k.metric AND b.chain = k.chain"
 _SAME_T: Final = "st.protocol = t.protocol AND st.metric = t.metric AND st.chain = t.chain"
+# PostgreSQL's forms of the probes: one index descent per key whatever the statistics. The
+# joins above, planned on a series_states without statistics yet (a new or just-reset
+# projection, until autovacuum analyzes it), hash-join a sequential scan of the whole table:
+# every batch then reads every state (ADR 0056). Each subquery sorts, so that the planner
+# does not pull it up into that join again. SQLite has no LATERAL, nor hash joins.
+_LATERAL_NEAREST: Final = f"""SELECT b.* FROM k CROSS JOIN LATERAL (
+        SELECT * FROM series_states b WHERE {_SAME_B}
+        AND b.observed_at <= k.cutoff AND b.observed_at >= k.low
+        ORDER BY b.observed_at DESC LIMIT 1) b
+    UNION ALL
+    SELECT b.* FROM k CROSS JOIN LATERAL (
+        SELECT * FROM series_states b WHERE {_SAME_B}
+        AND b.observed_at >= k.cutoff AND b.observed_at <= k.high
+        ORDER BY b.observed_at LIMIT 1) b"""
+_LATERAL_FROM: Final = f"""SELECT b.* FROM k CROSS JOIN LATERAL (
+        SELECT * FROM series_states b WHERE {_SAME_B} AND b.observed_at >= :low
+        ORDER BY b.observed_at) b
+    UNION ALL
+    SELECT b.* FROM k CROSS JOIN LATERAL (
+        SELECT * FROM series_states b WHERE {_SAME_B} AND b.observed_at < :low
+        ORDER BY b.observed_at DESC LIMIT 1) b"""
 _STATE_FIELDS: Final = (
     "value",
     "position",
@@ -89,9 +110,10 @@ def _read_states(
     **parameters: Any,
 ) -> Iterator[SeriesState]:
     """The states ``select`` finds for ``keys``: ``select`` follows ``WITH k(names) AS
-    (keys),`` (``_keys_cte``) and returns ``series_states`` rows."""
+    (keys)`` (``_keys_cte``: more CTEs after a comma, or the query) and returns
+    ``series_states`` rows."""
     keyed, keys_parameter = _keys_cte(connection.dialect.name, names, keys)
-    statement = text(f"{keyed}, {select}")
+    statement = text(f"{keyed} {select}")
     for row in connection.execute(statement, {**keys_parameter, **parameters}):
         yield _state(row)
 
@@ -271,12 +293,16 @@ class SqlRollups:
     def _heads(connection: Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, SeriesState]:
         """Each series' newest state (series without one are new)."""
         found = {}
+        select = f""", t AS (
+                SELECT k.protocol, k.metric, k.chain, (
+                    SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
+                ) AS at FROM k)
+            SELECT st.* FROM t JOIN series_states st ON {_SAME_T} AND st.observed_at = t.at"""
+        if connection.dialect.name == "postgresql":
+            select = f"""SELECT b.* FROM k CROSS JOIN LATERAL (
+                SELECT * FROM series_states b WHERE {_SAME_B}
+                ORDER BY b.observed_at DESC LIMIT 1) b"""
         for chunk in _chunks(keys, _KEYS_CHUNK):
-            select = f"""t AS (
-                    SELECT k.protocol, k.metric, k.chain, (
-                        SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
-                    ) AS at FROM k)
-                SELECT st.* FROM t JOIN series_states st ON {_SAME_T} AND st.observed_at = t.at"""
             for state in _read_states(connection, _SERIES, chunk, select):
                 found[state.key] = state
         return found
@@ -291,7 +317,10 @@ class SqlRollups:
         names = ("protocol", "metric", "chain", "low", "high", "cutoff")
         for chunk in _chunks(cutoffs, _KEYS_CHUNK):
             rows = [(*key, at - CHANGE_SPAN, at, at - window) for key, at, window in chunk]
-            select = f"""t AS (
+            select = (
+                _LATERAL_NEAREST
+                if connection.dialect.name == "postgresql"
+                else f""", t AS (
                     SELECT k.protocol, k.metric, k.chain, (
                         SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
                         AND b.observed_at <= k.cutoff AND b.observed_at >= k.low
@@ -304,6 +333,7 @@ class SqlRollups:
                 UNION ALL
                 SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
                 AND st.observed_at = t.after_at"""
+            )
             for state in _read_states(connection, names, rows, select):
                 found[state.key][state.observed_at] = state
         return {key: [by_time[t] for t in sorted(by_time)] for key, by_time in found.items()}
@@ -319,7 +349,10 @@ class SqlRollups:
         found: dict[SeriesKey, list[SeriesState]] = defaultdict(list)
         for keys in by_day.values():
             for chunk in _chunks(keys, _KEYS_CHUNK):
-                select = f"""t AS (
+                select = (
+                    _LATERAL_FROM
+                    if connection.dialect.name == "postgresql"
+                    else f""", t AS (
                         SELECT k.protocol, k.metric, k.chain, (
                             SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
                             AND b.observed_at < :low
@@ -329,6 +362,7 @@ class SqlRollups:
                     UNION ALL
                     SELECT st.* FROM t JOIN series_states st ON {_SAME_T}
                     AND st.observed_at = t.at"""
+                )
                 low = min(lows[key] for key in chunk)
                 for state in _read_states(connection, _SERIES, chunk, select, low=low):
                     found[state.key].append(state)
@@ -393,10 +427,20 @@ class SqlRollups:
                 )
                 for values, listing in ((before, old_listing), (after, listed_now.get(slug)))
             )
-            for key in old.keys() | new.keys():
-                was, now = old.get(key, _NOTHING), new.get(key, _NOTHING)
+            # Every key of either side once (``old`` is this loop's own): the delta of each
+            # that moved, ``_add`` inlined (tens of thousands of keys per page).
+            for key, now in new.items():
+                was = old.pop(key, _NOTHING)
                 if was != now:  # most days of the span keep their contribution
-                    _add(deltas, key, [a - b for a, b in zip(now, was, strict=True)])
+                    delta = deltas[key]
+                    delta[0] += now[0] - was[0]
+                    delta[1] += now[1] - was[1]
+                    delta[2] += now[2] - was[2]
+            for key, was in old.items():
+                delta = deltas[key]
+                delta[0] -= was[0]
+                delta[1] -= was[1]
+                delta[2] -= was[2]
         return deltas
 
     def _add_to_group_days(self, connection: Connection, deltas: _Deltas) -> None:
@@ -409,11 +453,16 @@ class SqlRollups:
             keyed, parameters = _keys_cte(
                 connection.dialect.name, ("protocol", "metric", "chain", "day"), chunk
             )
+            join = "JOIN series_days d ON"
+            if connection.dialect.name == "postgresql":
+                join = "CROSS JOIN LATERAL (SELECT * FROM series_days d WHERE"
             statement = text(
                 f"""{keyed}
                 SELECT d.protocol, d.metric, d.chain, d.day, d.value, d.observed_at, d.position
-                FROM k JOIN series_days d ON d.protocol = k.protocol AND d.metric = k.metric
+                FROM k {join} d.protocol = k.protocol AND d.metric = k.metric
                 AND d.chain = k.chain AND d.day = k.day"""
+                # At most one row (the key is the primary key); LIMIT keeps it per key.
+                + (" LIMIT 1) d" if connection.dialect.name == "postgresql" else "")
             )
             for row in connection.execute(statement, parameters):
                 found[(row.protocol, row.metric, row.chain, int(row.day))] = _close(row)
