@@ -72,6 +72,11 @@ class LimitsRateLimiter:
     def _from_stats(allowed: bool, quota: Quota, stats: WindowStats) -> Verdict:
         remaining = max(0, min(quota.limit, stats.remaining))
         reset_after = 0.0 if remaining >= quota.limit else max(0.0, stats.reset_time - time.time())
+        if not allowed and reset_after <= 0.0:
+            # A hit refused across a window boundary can come with a reset already past
+            # (the sliding window's stats read the new window): a refusal never says "now";
+            # it says the 1 s that Retry-After says.
+            reset_after = 1.0
         return Verdict(allowed, quota, remaining, reset_after)
 
 

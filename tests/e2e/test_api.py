@@ -410,6 +410,12 @@ def test_malformed_ingest_changes_nothing(
     http, server = shared_http, shared_server
     ingest(http, server, {"observations": [listed("aave-v3", 1.0)]})
     wait_tvl(http, "aave-v3", 1.0)
+    # The history projection follows on its own: wait for it too, so what is compared
+    # after the malformed request is the settled state, not a projection still running.
+    wait_for(
+        lambda: http.get("/v2/protocols/aave-v3/metrics").json()["points"],
+        lambda points: points == [{"timestamp": T0, "value": 1.0}],
+    )
     head = log_head(http)
 
     response = http.post(

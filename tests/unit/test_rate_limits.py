@@ -174,3 +174,22 @@ async def test_the_next_block_is_leased_ahead_so_hits_do_not_wait_for_redis() ->
     await asyncio.sleep(0.01)
     assert (await shared.peek(quota, "k")).remaining == 970  # and the one after, ahead too
     assert remaining[:3] == [980 + 10, 980 + 9, 980 + 8]
+
+
+def test_a_refusal_whose_window_stats_say_reset_already_passed_still_says_wait() -> None:
+    """Across a sliding-window boundary the library can refuse a hit while its stats give
+    a reset time already past; the verdict must not tell the caller to retry now."""
+    import time
+
+    from limits.util import WindowStats
+
+    from defi_realtime.adapters.limits_rate_limiter import LimitsRateLimiter
+    from defi_realtime.application.rate_limits import Quota
+
+    quota = Quota("edge", limit=3, window=60)
+    refused = LimitsRateLimiter._from_stats(False, quota, WindowStats(time.time() - 0.5, 0))
+    assert not refused.allowed
+    assert 0 < refused.reset_after <= quota.window
+    assert refused.retry_after == 1
+    allowed = LimitsRateLimiter._from_stats(True, quota, WindowStats(time.time() + 30, 1))
+    assert 29 < allowed.reset_after <= 30
