@@ -293,15 +293,16 @@ class SqlRollups:
     def _heads(connection: Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, SeriesState]:
         """Each series' newest state (series without one are new)."""
         found = {}
-        select = f""", t AS (
-                SELECT k.protocol, k.metric, k.chain, (
-                    SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
-                ) AS at FROM k)
-            SELECT st.* FROM t JOIN series_states st ON {_SAME_T} AND st.observed_at = t.at"""
         if connection.dialect.name == "postgresql":
             select = f"""SELECT b.* FROM k CROSS JOIN LATERAL (
                 SELECT * FROM series_states b WHERE {_SAME_B}
                 ORDER BY b.observed_at DESC LIMIT 1) b"""
+        else:
+            select = f""", t AS (
+                SELECT k.protocol, k.metric, k.chain, (
+                    SELECT max(b.observed_at) FROM series_states b WHERE {_SAME_B}
+                ) AS at FROM k)
+            SELECT st.* FROM t JOIN series_states st ON {_SAME_T} AND st.observed_at = t.at"""
         for chunk in _chunks(keys, _KEYS_CHUNK):
             for state in _read_states(connection, _SERIES, chunk, select):
                 found[state.key] = state
@@ -453,16 +454,21 @@ class SqlRollups:
             keyed, parameters = _keys_cte(
                 connection.dialect.name, ("protocol", "metric", "chain", "day"), chunk
             )
-            join = "JOIN series_days d ON"
+            same = (
+                "d.protocol = k.protocol AND d.metric = k.metric"
+                " AND d.chain = k.chain AND d.day = k.day"
+            )
             if connection.dialect.name == "postgresql":
-                join = "CROSS JOIN LATERAL (SELECT * FROM series_days d WHERE"
+                # At most one row (the key is the primary key); LIMIT keeps it per key.
+                source = (
+                    f"k CROSS JOIN LATERAL (SELECT * FROM series_days d WHERE {same} LIMIT 1) d"
+                )
+            else:
+                source = f"k JOIN series_days d ON {same}"
             statement = text(
                 f"""{keyed}
                 SELECT d.protocol, d.metric, d.chain, d.day, d.value, d.observed_at, d.position
-                FROM k {join} d.protocol = k.protocol AND d.metric = k.metric
-                AND d.chain = k.chain AND d.day = k.day"""
-                # At most one row (the key is the primary key); LIMIT keeps it per key.
-                + (" LIMIT 1) d" if connection.dialect.name == "postgresql" else "")
+                FROM {source}"""
             )
             for row in connection.execute(statement, parameters):
                 found[(row.protocol, row.metric, row.chain, int(row.day))] = _close(row)

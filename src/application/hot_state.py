@@ -175,7 +175,8 @@ def record_point(
     # Same timestamp: this observation was recorded later, so it replaces the old one.
     end = at + 1 if at < len(times) and times[at] == observed_at else at
     new_times = _spliced(recent.time_bytes, start, at, end, observed_at)
-    drop = bisect_left(_floats(new_times), keep_from(_floats(new_times), newest, reach, window))
+    kept = _floats(new_times)
+    drop = bisect_left(kept, keep_from(kept, newest, reach, window))
     return Points(
         new_times[drop * _WIDTH :],  # the same object when nothing drops
         _spliced(recent.value_bytes, start, at, end, value, drop),
