@@ -38,7 +38,15 @@ def test_a_stalled_projection_is_reported_and_resumes(tmp_path: Path) -> None:
         second = {"observations": [obs("aave-v3", 2.0, T0 + 60)]}
         assert http.post("/v2/ingest", json=second, headers=server.headers).status_code == 200
 
-        degraded = wait_for(lambda: http.get("/health"), lambda r: r.status_code == 503)
+        # The history stalls while the other projections, advanced side by side with it,
+        # finish the same page: wait until they are at the head too.
+        degraded = wait_for(
+            lambda: http.get("/health"),
+            lambda r: (
+                r.status_code == 503
+                and r.json()["hot_position"] == r.json()["log_head"] == r.json()["node_position"]
+            ),
+        )
         health = degraded.json()
         assert health["status"] == "degraded"
         stalled = health["projections"]["history"]["stalled"]
