@@ -16,6 +16,9 @@ What runs, all on 127.0.0.1 (every process this script starts is stopped by its 
   With ``serve`` alone, it runs every role (relay, hot + history projections, alerts, the
   live fold and hub); ``--worker ROLE`` (repeatable) moves roles into ``defi-realtime
   worker ROLE`` processes, as the compose file does (their RSS and CPU: own columns).
+  Reconciliation (ADR 0035) runs ``RECONCILE_INTERVAL`` (1 h) after its node starts and
+  folds the whole log: in ``serve`` it lands in the last minute of an hour's run (CPU,
+  memory and latency with it); ``--worker reconcile`` runs it where the compose file does.
   ``--backend embedded``: the embedded stores instead (SQLite files in a temporary
   ``DATA_DIR``, hot state and fan-out in process; no Redis figures, ``store_mb`` is the
   files' size).
@@ -808,7 +811,7 @@ def main() -> None:
         "--worker",
         action="append",
         default=[],
-        choices=("relay", "projections", "alerts", "notifications"),
+        choices=("relay", "projections", "alerts", "notifications", "reconcile"),
         help="also run `defi-realtime worker ROLE` (repeat), started before serve so that it "
         "holds its role, as in the compose file; production backend only",
     )

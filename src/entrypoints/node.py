@@ -408,36 +408,56 @@ young (generation 1) collection, without waiting for a full one (ADR 0057)."""
 class Refreezer:
     """``gc.callbacks`` hook (``GC_REFREEZE``, ADR 0054): what a full collection left alive
     is in use (the sockets held, above all), so the next full collection need not scan it
-    again. Every ``rescan_every``-th full collection (0: never) unfreezes first and so scans
-    everything: cyclic garbage frozen while it was alive is reclaimed there, not never.
+    again. A full collection unfreezes first, and so scans everything (cyclic garbage
+    frozen while it was alive is reclaimed there, not never), when the frozen generation
+    grew by more than ``rescan_growth`` (a fraction) since the last such scan (ADR 0058),
+    and every ``rescan_every``-th full collection (0: never).
 
     ``sockets`` (the node's open sockets) adds a freeze without a scan: when ``burst`` or
     more were opened since the last freeze, the end of the next generation-1 collection
     freezes what lives (the young generations are empty then), so a burst of connections
     is never scanned by a full collection (ADR 0057). What it also freezes is what reached
     the oldest generation since the last full collection, cyclic garbage included: that
-    waits for the rescan, as above."""
+    waits for a rescan, as above. What a burst freeze adds does not count as growth: it is
+    the connections, alive; their garbage, once they close, does."""
 
-    __slots__ = ("burst", "full_collections", "rescan_every", "sockets", "sockets_frozen")
+    __slots__ = (
+        "baseline",
+        "burst",
+        "full_collections",
+        "rescan_every",
+        "rescan_growth",
+        "rescans",
+        "sockets",
+        "sockets_frozen",
+    )
 
     def __init__(
         self,
         rescan_every: int,
         sockets: Callable[[], int] | None = None,
         burst: int = SOCKET_BURST,
+        rescan_growth: float = 0.0,
     ) -> None:
         self.rescan_every = rescan_every
+        self.rescan_growth = rescan_growth
         self.full_collections = 0
+        self.rescans = 0
         self.sockets = sockets
         self.burst = burst
         self.sockets_frozen = 0  # open sockets at the last freeze
+        # The frozen generation's size after the last scan of everything (the freeze at
+        # ready counts as one), plus what burst freezes added since; lowered when it shrinks.
+        self.baseline = gc.get_freeze_count()
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
         if generation == 1 and phase == "stop" and self.sockets is not None:
             held = self.sockets()
             if held - self.sockets_frozen >= self.burst:
+                before = gc.get_freeze_count()
                 gc.freeze()
+                self.baseline += gc.get_freeze_count() - before
                 self.sockets_frozen = held
             elif held < self.sockets_frozen:
                 self.sockets_frozen = held  # closed ones: a burst counts from here
@@ -446,12 +466,25 @@ class Refreezer:
             return
         if phase == "start":
             self.full_collections += 1
-            if self.rescan_every and self.full_collections % self.rescan_every == 0:
+            if self._rescan_due():
+                self.rescans += 1
                 gc.unfreeze()
+                self.baseline = -1  # set from what this scan leaves alive
         elif phase == "stop":
             gc.freeze()
+            if self.baseline < 0:
+                self.baseline = gc.get_freeze_count()
             if self.sockets is not None:
                 self.sockets_frozen = self.sockets()
+
+    def _rescan_due(self) -> bool:
+        if self.rescan_every and self.full_collections % self.rescan_every == 0:
+            return True
+        frozen = gc.get_freeze_count()
+        # Frozen objects that died without a cycle are freed, and the count falls with
+        # them (closed connections): growth counts from the lowest point since.
+        self.baseline = min(self.baseline, frozen)
+        return self.rescan_growth > 0 and frozen > self.baseline * (1 + self.rescan_growth)
 
 
 @contextlib.asynccontextmanager
@@ -508,7 +541,11 @@ async def running(
                 gc.freeze()
                 if settings.gc_refreeze:
                     connections = node.hub.connections
-                    refreezer = Refreezer(settings.gc_rescan_every, lambda: len(connections))
+                    refreezer = Refreezer(
+                        settings.gc_rescan_every,
+                        lambda: len(connections),
+                        rescan_growth=settings.gc_rescan_growth,
+                    )
                     gc.callbacks.append(refreezer)
         yield node
     finally:

@@ -300,16 +300,25 @@ class Settings(BaseSettings):
         "Also freezes after a young collection once 1,000 sockets were opened since the "
         "last freeze, so a burst of connections is never scanned (ADR 0057). An object "
         "alive at a freeze that later dies in a reference cycle is reclaimed only by the "
-        "next rescan (GC_RESCAN_EVERY); false turns it off.",
+        "next rescan (GC_RESCAN_GROWTH, GC_RESCAN_EVERY); false turns it off.",
     )
     gc_rescan_every: int = Field(
-        default=24,
+        default=0,
         ge=0,
         alias="GC_RESCAN_EVERY",
-        description="With GC_REFREEZE, every Nth full collection unfreezes first and scans "
-        "every object, reclaiming cyclic garbage frozen while it was alive (ADR 0054): a "
-        "pause as long as with no freeze at all, about every 4 hours at 1,000 "
-        "observations/s (full collections ~10 minutes apart). 0: never.",
+        description="With GC_REFREEZE, also every Nth full collection unfreezes first and "
+        "scans every object (ADR 0054), whatever the frozen objects' growth: a pause as "
+        "long as with no freeze at all. 0: never (GC_RESCAN_GROWTH decides).",
+    )
+    gc_rescan_growth: float = Field(
+        default=0.25,
+        ge=0,
+        alias="GC_RESCAN_GROWTH",
+        description="With GC_REFREEZE, a full collection unfreezes first and scans every "
+        "object, reclaiming cyclic garbage frozen while it was alive, when the frozen "
+        "objects grew by more than this fraction since the last such scan, not counting "
+        "the connections a burst freeze added (ADR 0058): a node whose frozen state holds "
+        "steady never pays that pause. 0: never by growth.",
     )
 
     # --- alert delivery (application/notifications.py)

@@ -71,9 +71,10 @@ class _Cyclic:
         self.me = self
 
 
-def test_refreeze_is_on_by_default_with_a_periodic_rescan() -> None:
+def test_refreeze_is_on_by_default_with_a_rescan_on_growth() -> None:
     assert Settings.model_fields["gc_refreeze"].default is True
-    assert Settings.model_fields["gc_rescan_every"].default > 0
+    assert Settings.model_fields["gc_rescan_growth"].default > 0
+    assert Settings.model_fields["gc_rescan_every"].default == 0  # ADR 0058
 
 
 def test_cyclic_garbage_frozen_while_alive_waits_for_the_next_rescan() -> None:
@@ -97,6 +98,85 @@ def test_cyclic_garbage_frozen_while_alive_waits_for_the_next_rescan() -> None:
     finally:
         gc.callbacks.remove(refreezer)
         gc.unfreeze()
+
+
+def _frozen_garbage(count: int) -> list[weakref.ref[_Cyclic]]:
+    """``count`` cycles frozen while alive, then dead: what only a rescan reclaims."""
+    cycles = [_Cyclic() for _ in range(count)]
+    gc.collect()  # alive at the end of a full collection: frozen by the hook
+    gone = [weakref.ref(cyclic) for cyclic in cycles]
+    del cycles
+    return gone
+
+
+def test_frozen_garbage_beyond_the_growth_bound_is_reclaimed_by_a_rescan() -> None:
+    """ADR 0058: no periodic rescan; a full collection scans everything once the frozen
+    generation grew by more than ``rescan_growth`` since the last scan of everything."""
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections below run the hook
+    gc.collect()
+    gc.freeze()  # the node's freeze at ready
+    refreezer = Refreezer(rescan_every=0, rescan_growth=0.25)
+    baseline = gc.get_freeze_count()
+    assert refreezer.baseline == baseline > 1_000
+    gc.callbacks.append(refreezer)
+    try:
+        small = _frozen_garbage(baseline // 10)  # +10 %: under the bound
+        gc.collect()
+        gc.collect()
+        assert refreezer.rescans == 0
+        assert all(ref() is not None for ref in small)  # frozen, not scanned
+        large = _frozen_garbage(baseline // 5)  # +30 % in all: over it
+        assert refreezer.rescans == 0
+        gc.collect()  # starts over the bound: unfreezes and scans everything
+        assert refreezer.rescans == 1
+        assert all(ref() is None for ref in small + large)
+        # What lived is frozen again; that is the new baseline, with nothing over it.
+        # (A few frozen objects may die by reference counting meanwhile.)
+        assert gc.get_freeze_count() > 0
+        assert refreezer.baseline == pytest.approx(gc.get_freeze_count(), abs=100)
+        for _ in range(3):
+            gc.collect()
+        assert refreezer.rescans == 1
+    finally:
+        gc.callbacks.remove(refreezer)
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def test_connections_a_burst_freeze_adds_are_not_growth() -> None:
+    """A burst of 10,000 sockets grows the frozen generation far beyond the bound; they are
+    alive, and a rescan for them would be the very pause the freeze avoids."""
+    open_sockets = [0]
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.collect()
+    gc.freeze()
+    refreezer = Refreezer(
+        rescan_every=0, sockets=lambda: open_sockets[0], burst=100, rescan_growth=0.25
+    )
+    gc.callbacks.append(refreezer)
+    try:
+        baseline = gc.get_freeze_count()
+        held = [[n] for n in range(2 * baseline)]  # what the sockets opened made
+        open_sockets[0] = 10_000
+        gc.collect(1)
+        assert gc.get_freeze_count() >= baseline + len(held)  # the burst, frozen
+        gc.collect()
+        gc.collect()
+        assert refreezer.rescans == 0
+        # Once they close, reference counting frees them: the count and the mark fall.
+        del held
+        open_sockets[0] = 0
+        gc.collect()
+        assert refreezer.rescans == 0
+        assert refreezer.baseline <= baseline + 1_000
+    finally:
+        gc.callbacks.remove(refreezer)
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 def test_a_burst_of_sockets_is_frozen_at_the_next_young_collection() -> None:
