@@ -3,9 +3,11 @@ lives at ready (ADR 0044)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,18 +111,32 @@ def _frozen_garbage(count: int) -> list[weakref.ref[_Cyclic]]:
     return gone
 
 
+@contextlib.contextmanager
+def _hooked(refreezer: Callable[[], Refreezer]) -> Iterator[Refreezer]:
+    """The process's objects frozen as a node's at ready, then ``refreezer()`` hooked in,
+    with the automatic collector off: only the test's own collections run the hook."""
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.collect()
+    gc.freeze()
+    hook = refreezer()
+    gc.callbacks.append(hook)
+    try:
+        yield hook
+    finally:
+        gc.callbacks.remove(hook)
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
 def test_frozen_garbage_beyond_the_growth_bound_is_reclaimed_by_a_rescan() -> None:
     """ADR 0058: no periodic rescan; a full collection scans everything once the frozen
     generation grew by more than ``rescan_growth`` since the last scan of everything."""
-    enabled = gc.isenabled()
-    gc.disable()  # only the collections below run the hook
-    gc.collect()
-    gc.freeze()  # the node's freeze at ready
-    refreezer = Refreezer(rescan_every=0, rescan_growth=0.25)
-    baseline = gc.get_freeze_count()
-    assert refreezer.baseline == baseline > 1_000
-    gc.callbacks.append(refreezer)
-    try:
+    with _hooked(lambda: Refreezer(rescan_every=0, rescan_growth=0.25)) as refreezer:
+        baseline = gc.get_freeze_count()
+        assert baseline > 1_000
+        assert refreezer.baseline == pytest.approx(baseline, abs=100)  # the freeze at ready
         small = _frozen_garbage(baseline // 10)  # +10 %: under the bound
         gc.collect()
         gc.collect()
@@ -138,26 +154,19 @@ def test_frozen_garbage_beyond_the_growth_bound_is_reclaimed_by_a_rescan() -> No
         for _ in range(3):
             gc.collect()
         assert refreezer.rescans == 1
-    finally:
-        gc.callbacks.remove(refreezer)
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
 
 
 def test_connections_a_burst_freeze_adds_are_not_growth() -> None:
     """A burst of 10,000 sockets grows the frozen generation far beyond the bound; they are
     alive, and a rescan for them would be the very pause the freeze avoids."""
     open_sockets = [0]
-    enabled = gc.isenabled()
-    gc.disable()
-    gc.collect()
-    gc.freeze()
-    refreezer = Refreezer(
-        rescan_every=0, sockets=lambda: open_sockets[0], burst=100, rescan_growth=0.25
-    )
-    gc.callbacks.append(refreezer)
-    try:
+
+    def refreezer() -> Refreezer:
+        return Refreezer(
+            rescan_every=0, sockets=lambda: open_sockets[0], burst=100, rescan_growth=0.25
+        )
+
+    with _hooked(refreezer) as hook:
         baseline = gc.get_freeze_count()
         held = [[n] for n in range(2 * baseline)]  # what the sockets opened made
         open_sockets[0] = 10_000
@@ -165,18 +174,13 @@ def test_connections_a_burst_freeze_adds_are_not_growth() -> None:
         assert gc.get_freeze_count() >= baseline + len(held)  # the burst, frozen
         gc.collect()
         gc.collect()
-        assert refreezer.rescans == 0
+        assert hook.rescans == 0
         # Once they close, reference counting frees them: the count and the mark fall.
         del held
         open_sockets[0] = 0
         gc.collect()
-        assert refreezer.rescans == 0
-        assert refreezer.baseline <= baseline + 1_000
-    finally:
-        gc.callbacks.remove(refreezer)
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
+        assert hook.rescans == 0
+        assert hook.baseline <= baseline + 1_000
 
 
 def test_a_burst_of_sockets_is_frozen_at_the_next_young_collection() -> None:
