@@ -36,7 +36,7 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final, ParamSpec, TypeVar
@@ -126,7 +126,6 @@ class Checkpointer:
         head: Callable[[], int],
         policy: CheckpointPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        offload: Callable[..., Awaitable[object]] = on_checkpoint_thread,
     ) -> None:
         self.store = store
         self.name = name
@@ -137,7 +136,6 @@ class Checkpointer:
         self.policy = policy or CheckpointPolicy()
         self.clock = clock
         self.capture: Callable[[], Capture | None] = lambda: None
-        self._offload = offload
         self.saved_position = 0  # the position of the newest record known to be in the store
         self._saved_at = clock()
         self._writing: asyncio.Task[None] | None = None
@@ -218,7 +216,7 @@ class Checkpointer:
         def encode_and_save() -> None:
             self.store.save(self.name, self.envelope(capture.position, capture.encode()))
 
-        await self._offload(encode_and_save)
+        await on_checkpoint_thread(encode_and_save)
         self.saved_position = capture.position
         self._saved_at = self.clock()
         self.written += 1
