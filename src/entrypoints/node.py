@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -409,24 +410,31 @@ class Refreezer:
     """``gc.callbacks`` hook (``GC_REFREEZE``, ADR 0054): what a full collection left alive
     is in use (the sockets held, above all), so the next full collection need not scan it
     again. A full collection unfreezes first, and so scans everything (cyclic garbage
-    frozen while it was alive is reclaimed there, not never), when the frozen generation
-    grew by more than ``rescan_growth`` (a fraction) since the last such scan (ADR 0058),
-    and every ``rescan_every``-th full collection (0: never).
+    frozen while it was alive is reclaimed there, not never), after one that ended with the
+    interpreter's memory grown by more than ``rescan_growth`` (a fraction) since the last
+    such scan (ADR 0058), and every ``rescan_every``-th full collection (0: never).
+
+    Growth is read from ``sys.getallocatedblocks()`` (the interpreter's small-object
+    blocks, a few microseconds), never from ``gc.get_freeze_count()``, which walks every
+    frozen object: ~30 ms at 300,000 of them, inside the pause it was meant to keep short.
 
     ``sockets`` (the node's open sockets) adds a freeze without a scan: when ``burst`` or
     more were opened since the last freeze, the end of the next generation-1 collection
     freezes what lives (the young generations are empty then), so a burst of connections
     is never scanned by a full collection (ADR 0057). What it also freezes is what reached
     the oldest generation since the last full collection, cyclic garbage included: that
-    waits for a rescan, as above. What a burst freeze adds does not count as growth: it is
-    the connections, alive; their garbage, once they close, does."""
+    waits for a rescan, as above. What the memory grew by up to a burst freeze does not
+    count as growth: it is the connections, alive; their garbage, once they close, does."""
 
     __slots__ = (
+        "at_freeze",
         "baseline",
         "burst",
+        "due",
         "full_collections",
         "rescan_every",
         "rescan_growth",
+        "rescanning",
         "rescans",
         "sockets",
         "sockets_frozen",
@@ -446,18 +454,22 @@ class Refreezer:
         self.sockets = sockets
         self.burst = burst
         self.sockets_frozen = 0  # open sockets at the last freeze
-        # The frozen generation's size after the last scan of everything (the freeze at
-        # ready counts as one), plus what burst freezes added since; lowered when it shrinks.
-        self.baseline = gc.get_freeze_count()
+        # Allocated blocks after the last scan of everything (the freeze at ready counts as
+        # one), plus what burst freezes added since; lowered when the memory shrinks.
+        self.baseline = sys.getallocatedblocks()
+        self.at_freeze = self.baseline  # allocated blocks at the last freeze
+        self.due = False  # the next full collection rescans
+        self.rescanning = False
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
         if generation == 1 and phase == "stop" and self.sockets is not None:
             held = self.sockets()
             if held - self.sockets_frozen >= self.burst:
-                before = gc.get_freeze_count()
                 gc.freeze()
-                self.baseline += gc.get_freeze_count() - before
+                blocks = sys.getallocatedblocks()
+                self.baseline += max(0, blocks - self.at_freeze)
+                self.at_freeze = blocks
                 self.sockets_frozen = held
             elif held < self.sockets_frozen:
                 self.sockets_frozen = held  # closed ones: a burst counts from here
@@ -466,25 +478,26 @@ class Refreezer:
             return
         if phase == "start":
             self.full_collections += 1
-            if self._rescan_due():
+            every = self.rescan_every and self.full_collections % self.rescan_every == 0
+            if self.due or every:
                 self.rescans += 1
+                self.rescanning = True
                 gc.unfreeze()
-                self.baseline = -1  # set from what this scan leaves alive
         elif phase == "stop":
             gc.freeze()
-            if self.baseline < 0:
-                self.baseline = gc.get_freeze_count()
+            # What this collection left: every garbage it could reach is freed by now.
+            blocks = sys.getallocatedblocks()
+            if self.rescanning:
+                self.baseline, self.rescanning = blocks, False
+            else:
+                # Frozen objects that died without a cycle were freed by reference
+                # counting (closed connections): growth counts from the lowest point since.
+                self.baseline = min(self.baseline, blocks)
+            self.at_freeze = blocks
+            limit = self.baseline * (1 + self.rescan_growth)
+            self.due = self.rescan_growth > 0 and blocks > limit
             if self.sockets is not None:
                 self.sockets_frozen = self.sockets()
-
-    def _rescan_due(self) -> bool:
-        if self.rescan_every and self.full_collections % self.rescan_every == 0:
-            return True
-        frozen = gc.get_freeze_count()
-        # Frozen objects that died without a cycle are freed, and the count falls with
-        # them (closed connections): growth counts from the lowest point since.
-        self.baseline = min(self.baseline, frozen)
-        return self.rescan_growth > 0 and frozen > self.baseline * (1 + self.rescan_growth)
 
 
 @contextlib.asynccontextmanager

@@ -315,10 +315,11 @@ class Settings(BaseSettings):
         ge=0,
         alias="GC_RESCAN_GROWTH",
         description="With GC_REFREEZE, a full collection unfreezes first and scans every "
-        "object, reclaiming cyclic garbage frozen while it was alive, when the frozen "
-        "objects grew by more than this fraction since the last such scan, not counting "
-        "the connections a burst freeze added (ADR 0058): a node whose frozen state holds "
-        "steady never pays that pause. 0: never by growth.",
+        "object, reclaiming cyclic garbage frozen while it was alive, after one that ended "
+        "with the interpreter's allocated memory blocks grown by more than this fraction "
+        "since the last such scan, not counting what grew until a burst freeze of "
+        "connections (ADR 0058): a node whose memory holds steady never pays that pause. "
+        "0: never by growth.",
     )
 
     # --- alert delivery (application/notifications.py)
