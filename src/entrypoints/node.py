@@ -434,7 +434,6 @@ class Refreezer:
         "full_collections",
         "rescan_every",
         "rescan_growth",
-        "rescanning",
         "rescans",
         "sockets",
         "sockets_frozen",
@@ -459,7 +458,6 @@ class Refreezer:
         self.baseline = sys.getallocatedblocks()
         self.at_freeze = self.baseline  # allocated blocks at the last freeze
         self.due = False  # the next full collection rescans
-        self.rescanning = False
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
@@ -481,21 +479,20 @@ class Refreezer:
             every = self.rescan_every and self.full_collections % self.rescan_every == 0
             if self.due or every:
                 self.rescans += 1
-                self.rescanning = True
                 gc.unfreeze()
+                self.baseline = -1  # set from what this scan leaves alive
         elif phase == "stop":
             gc.freeze()
             # What this collection left: every garbage it could reach is freed by now.
             blocks = sys.getallocatedblocks()
-            if self.rescanning:
-                self.baseline, self.rescanning = blocks, False
+            if self.baseline < 0:
+                self.baseline = blocks
             else:
                 # Frozen objects that died without a cycle were freed by reference
                 # counting (closed connections): growth counts from the lowest point since.
                 self.baseline = min(self.baseline, blocks)
             self.at_freeze = blocks
-            limit = self.baseline * (1 + self.rescan_growth)
-            self.due = self.rescan_growth > 0 and blocks > limit
+            self.due = self.rescan_growth > 0 and blocks > self.baseline * (1 + self.rescan_growth)
             if self.sockets is not None:
                 self.sockets_frozen = self.sockets()
 

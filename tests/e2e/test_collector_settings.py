@@ -161,7 +161,9 @@ def test_frozen_garbage_beyond_the_growth_bound_is_reclaimed_by_a_rescan() -> No
         assert refreezer.rescans == 1
 
 
-def test_the_growth_check_does_not_walk_the_frozen_objects() -> None:
+def test_the_growth_check_does_not_walk_the_frozen_objects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The pause stays the scan of what is new: ``gc.get_freeze_count()`` walks every
     frozen object (~30 ms at 300,000), so the hook must never call it."""
     calls = [0]
@@ -175,15 +177,12 @@ def test_the_growth_check_does_not_walk_the_frozen_objects() -> None:
     with _hooked(
         lambda: Refreezer(0, sockets=lambda: open_sockets[0], burst=100, rescan_growth=0.25)
     ):
-        gc.get_freeze_count = counted
-        try:
-            _frozen_garbage(0.30)
-            open_sockets[0] = 1_000
-            gc.collect(1)  # a burst freeze
-            gc.collect()  # a rescan
-            gc.collect()
-        finally:
-            gc.get_freeze_count = real
+        monkeypatch.setattr(gc, "get_freeze_count", counted)
+        _frozen_garbage(0.30)
+        open_sockets[0] = 1_000
+        gc.collect(1)  # a burst freeze
+        gc.collect()  # a rescan
+        gc.collect()
     assert calls[0] == 0
 
 
