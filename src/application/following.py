@@ -84,7 +84,8 @@ class Relay:
                 continue
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wakeup.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,8 @@ class NodeFollower:
                 batch, self._held = self._held, None
             else:
                 try:
-                    batch = await asyncio.wait_for(self._queue.get(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        batch = await self._queue.get()
                 except TimeoutError:
                     batch = await asyncio.to_thread(self.event_log.read, self.position, PAGE_SIZE)
                     if batch.last == self.position:

@@ -158,7 +158,8 @@ class Node:
         reached = -1
         while True:
             try:
-                await asyncio.wait_for(follower.ready.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await follower.ready.wait()
                 return
             except TimeoutError:
                 now = sum(r.position for r in [*follower.runners, *follower.late_runners])
@@ -392,7 +393,8 @@ async def _write_checkpoints(container: Container) -> None:
     replays only what was logged after it. A failure leaves the previous checkpoint."""
     for checkpointer in await provide(container.checkpointers):
         try:
-            await asyncio.wait_for(checkpointer.flush(), CHECKPOINT_FLUSH_TIMEOUT)
+            async with asyncio.timeout(CHECKPOINT_FLUSH_TIMEOUT):
+                await checkpointer.flush()
         except Exception:
             log.exception("checkpoint %s not written at shutdown", checkpointer.name)
 
@@ -565,7 +567,8 @@ async def running(
                 await node.notification_queue.stop()
             # Acknowledgements gathered but not yet written: written now (best effort).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(node.hub.flush_acknowledgements(), ACK_FLUSH_TIMEOUT)
+                async with asyncio.timeout(ACK_FLUSH_TIMEOUT):
+                    await node.hub.flush_acknowledgements()
             node.hub.close()  # replays under way stop
             for task in node.tasks:
                 task.cancel()

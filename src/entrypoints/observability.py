@@ -49,7 +49,8 @@ async def sample(metrics: PrometheusMetrics, node: Node, gateway: SocketGateway 
     try:
         # Bounded: a scrape must answer while the event store is slow (lag then stays at
         # its last value; the other metrics are fresh).
-        head = await asyncio.wait_for(asyncio.to_thread(node.event_log.head), HEAD_TIMEOUT)
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            head = await asyncio.to_thread(node.event_log.head)
     except TimeoutError:
         log.warning("metrics: no log head within %.1fs; lag not updated", HEAD_TIMEOUT)
         return

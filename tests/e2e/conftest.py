@@ -7,12 +7,15 @@ background thread and always shut down, with bounded waits on both sides.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +74,30 @@ def issue_key(settings: Settings, name: str = "test") -> str:
         return app.issue_api_key(name=name)
     finally:
         app.close()
+
+
+def _where_it_waits(server: uvicorn.Server, thread: threading.Thread) -> str:
+    """The server thread's stack and its event loop's tasks, for a server that does not
+    stop (read from another thread: a diagnosis, not a guarantee)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    lines = traceback.format_stack(frame) if frame is not None else ["(no frame)\n"]
+    loops = {listener.get_loop() for listener in getattr(server, "servers", [])}
+    for loop in loops:
+        for task in list(asyncio.all_tasks(loop)):
+            lines.append(f"task {task.get_name()}: \n{_await_chain(task.get_coro())}")
+    return "".join(lines)
+
+
+def _await_chain(coro: Any) -> str:
+    """Where a suspended coroutine waits: the last few coroutines of its chain of awaits."""
+    frames: list[str] = []
+    for _ in range(50):
+        frame = getattr(coro, "cr_frame", None)
+        if frame is None:
+            break
+        frames.append(traceback.format_stack(frame)[-1])
+        coro = getattr(coro, "cr_await", None)
+    return "".join(frames[-3:]) or "(no frame)\n"
 
 
 @contextlib.contextmanager
@@ -141,7 +168,10 @@ def start_server(
         sock.close()
         for logger in watched:
             logger.removeHandler(errors)
-    assert not thread.is_alive(), f"the server did not stop within {STOP_TIMEOUT}s"
+    assert not thread.is_alive(), (
+        f"the server did not stop within {STOP_TIMEOUT}s; where it waits:\n"
+        + _where_it_waits(uv_server, thread)
+    )
     formatter = logging.Formatter("%(name)s: %(message)s")
     # ``expected_errors``: a regular expression for the errors a test provokes on purpose.
     unexpected = [

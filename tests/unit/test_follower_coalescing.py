@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from defi_realtime.application.following import PAGE_SIZE, NodeFollower, ProjectionRunner
+from defi_realtime.application.following import PAGE_SIZE, NodeFollower, ProjectionRunner, Relay
 from defi_realtime.application.log import LogBatch, LogEntry
 
 
@@ -152,3 +152,59 @@ def test_the_projections_advance_side_by_side() -> None:
 
     asyncio.run(run())
     assert sorted(applied) == [("a", 10), ("b", 10)]
+
+
+def test_a_follower_cancelled_as_a_batch_arrives_stops() -> None:
+    """Shutting down cancels the follower; a batch may arrive in the same turn of the loop.
+    The cancellation must win: a wait that returned the batch instead (``asyncio.wait_for``
+    on Python 3.11 does) leaves the follower running, and the node never stops."""
+    log = ListLog(20)
+
+    async def run() -> bool:
+        follower = NodeFollower(log, [], on_ready=log.open, poll_interval=5.0)  # type: ignore[arg-type]
+        follower.running = True
+        task = asyncio.create_task(follower._run())
+        for _ in range(300):
+            if follower.ready.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # waiting on its queue now
+        await follower.on_batch(log.batch(20, 20))  # the getter is woken in this turn...
+        task.cancel()  # ...and the follower is cancelled in the same turn
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
+        return bool(done) and task.cancelled()
+
+    assert asyncio.run(run()), "the follower went on after it was cancelled"
+
+
+def test_a_relay_cancelled_as_it_is_woken_stops() -> None:
+    """The relay's wait for new events, cancelled in the turn a commit wakes it."""
+    log = ListLog(0)
+
+    class Positions:
+        async def load(self, name: str) -> int:
+            return 0
+
+        async def save(self, name: str, position: int) -> None:
+            pass
+
+    async def run() -> bool:
+        relay = Relay(log, None, Positions(), poll_interval=5.0)  # type: ignore[arg-type]
+        task = asyncio.create_task(relay.run())
+        for _ in range(300):
+            if relay.running:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # waiting to be woken now
+        relay._wakeup.set()  # the waiter is woken in this turn...
+        task.cancel()  # ...and the relay is cancelled in the same turn
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
+        return bool(done) and task.cancelled()
+
+    assert asyncio.run(run()), "the relay went on after it was cancelled"

@@ -356,7 +356,8 @@ class Connection:
                 self._room = asyncio.Event()
             self._room.clear()
             try:
-                await asyncio.wait_for(self._room.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._room.wait()
             except TimeoutError:
                 return False
         return not self.closed
