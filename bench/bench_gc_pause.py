@@ -49,7 +49,13 @@ from bench_ws_scale import (
 HERE = Path(__file__).resolve().parent
 LIMITS = {"clients": (0, 12_000), "procs": (1, 8), "rate": (1, 5_000), "warmup": (1, 300)}
 LIMITS |= {"collections": (1, 10)}
-GARBAGE_FIELDS = ("garbage", "garbage_types")
+GARBAGE_FIELDS = (
+    "garbage",
+    "garbage_types",
+    "frozen_before",
+    "frozen_garbage",
+    "frozen_garbage_types",
+)
 OWNER_FIELDS = ("owners", "samples")
 
 
@@ -71,6 +77,7 @@ def census(pid: int, probe: Path, timeout: float = 120) -> dict[str, Any]:
             return {
                 "tracked": counted["tracked"],
                 "frozen": counted["frozen"],
+                "blocks": counted["blocks"],
                 "types": counted["types"],
                 "pauses_ms": pauses,
                 "max_ms": max(pauses),

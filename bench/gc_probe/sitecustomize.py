@@ -10,9 +10,11 @@ happens without that variable, so other processes that inherit the path are unto
   then runs ``GC_PROBE_COLLECTIONS`` (default 3) full collections, each timed as above:
   the pause a full collection would hold the event loop for, since the handler runs on the
   main thread between two bytecodes, as the loop's own collections do.
-* With ``GC_PROBE_GARBAGE=1`` the census first runs one untimed collection with
-  ``gc.DEBUG_SAVEALL`` and writes the types of the cyclic garbage it found (what reference
-  counting could not free since the last full collection: the cycles the node makes).
+* With ``GC_PROBE_GARBAGE=1`` the census first runs untimed collections with
+  ``gc.DEBUG_SAVEALL`` and writes the types of the cyclic garbage they found (what reference
+  counting could not free since the last full collection: the cycles the node makes): one
+  as the node's next full collection would, then one after ``gc.unfreeze()``, which finds
+  the cycles that died while frozen (what only a rescan frees).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import gc
 import json
 import os
 import signal
+import sys
 import time
 
 _FILE = os.environ.get("GC_PROBE_FILE")
@@ -61,7 +64,12 @@ def _census(_signum: int, _frame: object) -> None:
     objects = gc.get_objects()
     types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
     _write(
-        {"tracked": len(objects), "frozen": gc.get_freeze_count(), "types": types.most_common(40)}
+        {
+            "tracked": len(objects),
+            "frozen": gc.get_freeze_count(),
+            "blocks": sys.getallocatedblocks(),
+            "types": types.most_common(40),
+        }
     )
     if os.environ.get("GC_PROBE_OWNERS") == "1":
         try:
@@ -109,21 +117,50 @@ def _owners(objects: list[object]) -> None:
     _write({"owners": owners.most_common(30), "samples": [(s, n, samples[s]) for s, n in top]})
 
 
-def _garbage() -> None:
+def _saved_garbage() -> tuple[int, list[tuple[str, int]]]:
+    """One collection with ``gc.DEBUG_SAVEALL``: how many cyclic garbage objects it found, and
+    their most frequent types; then they are freed."""
     flags = gc.get_debug()
-    _untimed[0] = True
     gc.set_debug(flags | gc.DEBUG_SAVEALL)
     try:
         gc.collect()
-        gc.set_debug(flags)
-        garbage = list(gc.garbage)
-        gc.garbage.clear()
-        types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage)
-        _write({"garbage": len(garbage), "garbage_types": types.most_common(30)})
-        del garbage
-        gc.collect()  # the saved cycles, now unreachable, are freed
     finally:
         gc.set_debug(flags)
+    garbage = list(gc.garbage)
+    gc.garbage.clear()
+    types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage)
+    del garbage
+    gc.collect()  # the saved cycles, now unreachable, are freed
+    return sum(types.values()), types.most_common(30)
+
+
+def _garbage() -> None:
+    """The cyclic garbage a full collection would free now, then (``gc.unfreeze()`` first)
+    what it would not: cycles that died after they were frozen, which only a rescan frees
+    (the node's collector hook freezes what lives again at the end of the collection)."""
+    _untimed[0] = True
+    # The node's own hooks (its refreezer) would freeze the saved garbage at the end of the
+    # first collection: out of gc.callbacks meanwhile, and what lives is frozen again after.
+    hooks = [hook for hook in gc.callbacks if hook is not _on_collection]
+    for hook in hooks:
+        gc.callbacks.remove(hook)
+    try:
+        count, types = _saved_garbage()
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
+        frozen_count, frozen_types = _saved_garbage()
+        gc.freeze()
+        _write(
+            {
+                "garbage": count,
+                "garbage_types": types,
+                "frozen_before": frozen,
+                "frozen_garbage": frozen_count,
+                "frozen_garbage_types": frozen_types,
+            }
+        )
+    finally:
+        gc.callbacks.extend(hooks)
         _untimed[0] = False
 
 

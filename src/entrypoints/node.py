@@ -416,6 +416,13 @@ class Refreezer:
     interpreter's memory grown by more than ``rescan_growth`` (a fraction) since the last
     such scan (ADR 0058), and every ``rescan_every``-th full collection (0: never).
 
+    The ``warmup`` seconds after ready do not count: full collections that end within them,
+    and the first after them, take the memory they leave as the mark (ADR 0059). A node
+    that starts with its state to build (a first start, from an empty log) grows as it
+    fills, and that is what lives; the node makes no cyclic garbage that freezing keeps
+    (``bench_gc_pause.py --garbage``: none at any stage, clients closed included), so a
+    rescan then would be a pause for nothing.
+
     Growth is read from ``sys.getallocatedblocks()`` (the interpreter's small-object
     blocks, a few microseconds), never from ``gc.get_freeze_count()``, which walks every
     frozen object: ~30 ms at 300,000 of them, inside the pause it was meant to keep short.
@@ -432,6 +439,7 @@ class Refreezer:
         "at_freeze",
         "baseline",
         "burst",
+        "clock",
         "due",
         "full_collections",
         "rescan_every",
@@ -439,6 +447,8 @@ class Refreezer:
         "rescans",
         "sockets",
         "sockets_frozen",
+        "warm_at",
+        "warming",
     )
 
     def __init__(
@@ -447,6 +457,8 @@ class Refreezer:
         sockets: Callable[[], int] | None = None,
         burst: int = SOCKET_BURST,
         rescan_growth: float = 0.0,
+        warmup: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rescan_every = rescan_every
         self.rescan_growth = rescan_growth
@@ -460,6 +472,9 @@ class Refreezer:
         self.baseline = sys.getallocatedblocks()
         self.at_freeze = self.baseline  # allocated blocks at the last freeze
         self.due = False  # the next full collection rescans
+        self.clock = clock
+        self.warm_at = clock() + warmup
+        self.warming = warmup > 0  # full collections set the mark rather than test it
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
@@ -487,8 +502,9 @@ class Refreezer:
             gc.freeze()
             # What this collection left: every garbage it could reach is freed by now.
             blocks = sys.getallocatedblocks()
-            if self.baseline < 0:
+            if self.baseline < 0 or self.warming:
                 self.baseline = blocks
+                self.warming = self.clock() < self.warm_at
             else:
                 # Frozen objects that died without a cycle were freed by reference
                 # counting (closed connections): growth counts from the lowest point since.
@@ -557,6 +573,7 @@ async def running(
                         settings.gc_rescan_every,
                         lambda: len(connections),
                         rescan_growth=settings.gc_rescan_growth,
+                        warmup=settings.gc_rescan_warmup,
                     )
                     gc.callbacks.append(refreezer)
         yield node

@@ -321,6 +321,14 @@ class Settings(BaseSettings):
         "connections (ADR 0058): a node whose memory holds steady never pays that pause. "
         "0: never by growth.",
     )
+    gc_rescan_warmup: float = Field(
+        default=1800.0,
+        ge=0,
+        alias="GC_RESCAN_WARMUP",
+        description="Seconds after ready during which the memory a full collection leaves is "
+        "the mark GC_RESCAN_GROWTH counts from, not growth (ADR 0059): a node whose state "
+        "fills after it starts (a first start, from an empty log) pays no rescan for it.",
+    )
 
     # --- alert delivery (application/notifications.py)
     amqp_notifications: str = Field(

@@ -161,6 +161,50 @@ def test_frozen_garbage_beyond_the_growth_bound_is_reclaimed_by_a_rescan() -> No
         assert refreezer.rescans == 1
 
 
+def _live(growth: float) -> list[list[int]]:
+    """Objects that stay alive, enough to grow the allocated blocks by ``growth``: a
+    node's state filling."""
+    target = sys.getallocatedblocks() * (1 + growth)
+    state: list[list[int]] = []
+    while sys.getallocatedblocks() < target:
+        state += [[n] for n in range(1_000)]
+    return state
+
+
+def test_what_grows_in_the_warmup_sets_the_mark_and_schedules_no_rescan() -> None:
+    """ADR 0059: a node that fills its state after ready grows far beyond the bound, and all
+    of it lives. Full collections in the warm-up, and the first after it, set the mark;
+    growth beyond it is tested as before."""
+    now = [0.0]
+
+    def refreezer() -> Refreezer:
+        return Refreezer(0, rescan_growth=0.25, warmup=60.0, clock=lambda: now[0])
+
+    with _hooked(refreezer) as hook:
+        state = _live(0.60)
+        gc.collect()
+        assert (hook.due, hook.rescans) == (False, 0)
+        assert hook.baseline == pytest.approx(sys.getallocatedblocks(), rel=0.01)
+        state += _live(0.40)
+        now[0] = 61.0
+        gc.collect()  # the first after the warm-up: the mark, still
+        assert (hook.due, hook.rescans, hook.warming) == (False, 0, False)
+        garbage = _frozen_garbage(0.30)  # beyond the mark: as ADR 0058
+        assert hook.due
+        gc.collect()
+        assert hook.rescans == 1
+        assert all(ref() is None for ref in garbage)
+        assert len(state) > 0
+
+
+def test_the_node_passes_its_warmup(tmp_path: Path) -> None:
+    assert Settings.model_fields["gc_rescan_warmup"].default == 1800.0
+    with start_server(tmp_path / "data", gc_freeze=True, gc_rescan_warmup=120.0):
+        (refreezer,) = [hook for hook in gc.callbacks if isinstance(hook, Refreezer)]
+        assert refreezer.warming
+        assert refreezer.warm_at - time.monotonic() == pytest.approx(120.0, abs=15.0)
+
+
 def test_the_growth_check_does_not_walk_the_frozen_objects(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
