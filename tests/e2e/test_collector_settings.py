@@ -3,14 +3,17 @@ lives at ready (ADR 0044)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
+import json
 import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from websockets.sync.client import connect
@@ -18,7 +21,7 @@ from websockets.sync.client import connect
 from defi_realtime.entrypoints.node import Refreezer
 from defi_realtime.entrypoints.settings import Settings
 
-from .conftest import start_server
+from .conftest import obs, start_server
 
 
 def test_the_default_makes_full_collections_rare() -> None:
@@ -306,3 +309,61 @@ def test_the_node_counts_its_open_sockets_for_the_burst_freeze(tmp_path: Path) -
                 time.sleep(0.05)
             assert refreezer.sockets() == 1
     assert not any(isinstance(hook, Refreezer) for hook in gc.callbacks)
+
+
+def test_clients_that_close_leave_no_cyclic_garbage(tmp_path: Path) -> None:
+    """ADR 0059 rests on it: what a connection makes is freed by reference counting when it
+    closes, never left to the cyclic collector, where a freeze (ADR 0054, 0057) would keep
+    it until a rescan. The automatic collector is off while clients come and go, so a cycle
+    they left is still there for the one collection below, which saves what it finds."""
+    t0 = 1_765_000_000.0
+    enabled = gc.isenabled()
+    left: collections.Counter[str] = collections.Counter()
+    with (
+        start_server(tmp_path / "data") as server,
+        httpx.Client(base_url=server.base_url, headers=server.headers, timeout=10) as http,
+    ):
+        hub = server.app.state.node.hub
+
+        def ingest(value: float, at: float) -> None:
+            body = {"observations": [obs("aave-v3", value, at, name="Aave V3")]}
+            assert http.post("/v2/ingest", json=body).status_code == 200
+
+        ingest(1e9, t0)
+        gc.collect()
+        gc.disable()
+        try:
+            for round_ in range(1, 4):
+                with contextlib.ExitStack() as opened:
+                    clients = [
+                        opened.enter_context(connect(server.ws_url, open_timeout=5))
+                        for _ in range(20)
+                    ]
+                    for ws in clients:
+                        ws.send(json.dumps({"type": "subscribe", "channel": "protocols",
+                                            "params": {"protocolIds": ["aave-v3"]}}))  # fmt: skip
+                        assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"
+                    ingest(1e9 + round_, t0 + round_)
+                    for ws in clients:
+                        assert json.loads(ws.recv(timeout=5))["type"] == "update"
+            deadline = time.monotonic() + 10
+            while hub.connections and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not hub.connections
+            time.sleep(0.2)  # the server's side of the last close handshakes ends
+            flags = gc.get_debug()
+            gc.set_debug(flags | gc.DEBUG_SAVEALL)
+            try:
+                gc.collect()
+            finally:
+                gc.set_debug(flags)
+            left.update(
+                f"{type(o).__module__}.{type(o).__qualname__}"
+                for o in gc.garbage
+                if type(o).__module__.startswith(("defi_realtime", "uvicorn", "starlette"))
+            )
+            gc.garbage.clear()
+        finally:
+            if enabled:
+                gc.enable()
+    assert not left, f"cyclic garbage the clients left: {left.most_common(10)}"
