@@ -5,6 +5,7 @@ position reaches the projection and the hub exactly once, in order."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from defi_realtime.application.following import PAGE_SIZE, NodeFollower, ProjectionRunner, Relay
 from defi_realtime.application.log import LogBatch, LogEntry
@@ -154,6 +155,23 @@ def test_the_projections_advance_side_by_side() -> None:
     assert sorted(applied) == [("a", 10), ("b", 10)]
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(300):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def stops_when_cancelled(task: asyncio.Task[None]) -> bool:
+    """Cancel ``task`` in the caller's turn of the loop: whether it stopped within 2 s."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+    if not done:
+        task.cancel()  # a second time, so that the test itself ends
+        await asyncio.wait({task}, timeout=2.0)
+    return bool(done) and task.cancelled()
+
+
 def test_a_follower_cancelled_as_a_batch_arrives_stops() -> None:
     """Shutting down cancels the follower; a batch may arrive in the same turn of the loop.
     The cancellation must win: a wait that returned the batch instead (``asyncio.wait_for``
@@ -164,18 +182,10 @@ def test_a_follower_cancelled_as_a_batch_arrives_stops() -> None:
         follower = NodeFollower(log, [], on_ready=log.open, poll_interval=5.0)  # type: ignore[arg-type]
         follower.running = True
         task = asyncio.create_task(follower._run())
-        for _ in range(300):
-            if follower.ready.is_set():
-                break
-            await asyncio.sleep(0.01)
+        await until(follower.ready.is_set)
         await asyncio.sleep(0.05)  # waiting on its queue now
         await follower.on_batch(log.batch(20, 20))  # the getter is woken in this turn...
-        task.cancel()  # ...and the follower is cancelled in the same turn
-        done, _ = await asyncio.wait({task}, timeout=2.0)
-        if not done:
-            task.cancel()
-            await asyncio.wait({task}, timeout=2.0)
-        return bool(done) and task.cancelled()
+        return await stops_when_cancelled(task)  # ...and the follower cancelled in it
 
     assert asyncio.run(run()), "the follower went on after it was cancelled"
 
@@ -194,17 +204,9 @@ def test_a_relay_cancelled_as_it_is_woken_stops() -> None:
     async def run() -> bool:
         relay = Relay(log, None, Positions(), poll_interval=5.0)  # type: ignore[arg-type]
         task = asyncio.create_task(relay.run())
-        for _ in range(300):
-            if relay.running:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: relay.running)
         await asyncio.sleep(0.05)  # waiting to be woken now
         relay._wakeup.set()  # the waiter is woken in this turn...
-        task.cancel()  # ...and the relay is cancelled in the same turn
-        done, _ = await asyncio.wait({task}, timeout=2.0)
-        if not done:
-            task.cancel()
-            await asyncio.wait({task}, timeout=2.0)
-        return bool(done) and task.cancelled()
+        return await stops_when_cancelled(task)  # ...and the relay cancelled in it
 
     assert asyncio.run(run()), "the relay went on after it was cancelled"
