@@ -325,9 +325,10 @@ class Settings(BaseSettings):
         default=1800.0,
         ge=0,
         alias="GC_RESCAN_WARMUP",
-        description="Seconds after ready during which the memory a full collection leaves is "
-        "the mark GC_RESCAN_GROWTH counts from, not growth (ADR 0059): a node whose state "
-        "fills after it starts (a first start, from an empty log) pays no rescan for it.",
+        description="Seconds after ready in which the memory a full collection leaves (and "
+        "the first one's after them) is the mark GC_RESCAN_GROWTH counts from, not growth "
+        "(ADR 0059): a node whose state fills after it starts (a first start, from an "
+        "empty log) pays no rescan for it. 0: growth counts from ready.",
     )
 
     # --- alert delivery (application/notifications.py)
