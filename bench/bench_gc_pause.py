@@ -179,7 +179,9 @@ def main() -> None:
         "--garbage",
         action="store_true",
         help="before each census's timed collections, count the cyclic garbage by type "
-        "(one untimed collection with gc.DEBUG_SAVEALL)",
+        "(untimed collections with gc.DEBUG_SAVEALL: one as the node's next, one after "
+        "gc.unfreeze() for what was frozen while alive); what lives is frozen after it, so "
+        "the timed collections that follow find nothing new (use a run without it for pauses)",
     )
     parser.add_argument(
         "--owners",
