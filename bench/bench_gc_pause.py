@@ -49,13 +49,7 @@ from bench_ws_scale import (
 HERE = Path(__file__).resolve().parent
 LIMITS = {"clients": (0, 12_000), "procs": (1, 8), "rate": (1, 5_000), "warmup": (1, 300)}
 LIMITS |= {"collections": (1, 10)}
-GARBAGE_FIELDS = (
-    "garbage",
-    "garbage_types",
-    "frozen_before",
-    "frozen_garbage",
-    "frozen_garbage_types",
-)
+GARBAGE_FIELDS = ("garbage", "garbage_types", "frozen_garbage", "frozen_garbage_types")
 OWNER_FIELDS = ("owners", "samples")
 
 

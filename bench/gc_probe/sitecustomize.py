@@ -146,7 +146,6 @@ def _garbage() -> None:
         gc.callbacks.remove(hook)
     try:
         count, types = _saved_garbage()
-        frozen = gc.get_freeze_count()
         gc.unfreeze()
         frozen_count, frozen_types = _saved_garbage()
         gc.freeze()
@@ -154,7 +153,6 @@ def _garbage() -> None:
             {
                 "garbage": count,
                 "garbage_types": types,
-                "frozen_before": frozen,
                 "frozen_garbage": frozen_count,
                 "frozen_garbage_types": frozen_types,
             }

@@ -448,7 +448,6 @@ class Refreezer:
         "sockets",
         "sockets_frozen",
         "warm_at",
-        "warming",
     )
 
     def __init__(
@@ -473,8 +472,12 @@ class Refreezer:
         self.at_freeze = self.baseline  # allocated blocks at the last freeze
         self.due = False  # the next full collection rescans
         self.clock = clock
-        self.warm_at = clock() + warmup
-        self.warming = warmup > 0  # full collections set the mark rather than test it
+        # While set, full collections set the mark rather than test it (None: warm).
+        self.warm_at: float | None = clock() + warmup if warmup > 0 else None
+
+    @property
+    def warming(self) -> bool:
+        return self.warm_at is not None
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
@@ -502,9 +505,10 @@ class Refreezer:
             gc.freeze()
             # What this collection left: every garbage it could reach is freed by now.
             blocks = sys.getallocatedblocks()
-            if self.baseline < 0 or self.warming:
+            if self.baseline < 0 or self.warm_at is not None:
                 self.baseline = blocks
-                self.warming = self.clock() < self.warm_at
+                if self.warm_at is not None and self.clock() >= self.warm_at:
+                    self.warm_at = None  # this was the first full collection after
             else:
                 # Frozen objects that died without a cycle were freed by reference
                 # counting (closed connections): growth counts from the lowest point since.

@@ -12,6 +12,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -22,6 +23,8 @@ from defi_realtime.entrypoints.node import Refreezer
 from defi_realtime.entrypoints.settings import Settings
 
 from .conftest import obs, start_server
+
+T = TypeVar("T")
 
 
 def test_the_default_makes_full_collections_rare() -> None:
@@ -106,13 +109,20 @@ def test_cyclic_garbage_frozen_while_alive_waits_for_the_next_rescan() -> None:
         gc.unfreeze()
 
 
-def _frozen_garbage(growth: float) -> list[weakref.ref[_Cyclic]]:
-    """Cycles, enough to grow the interpreter's allocated blocks by ``growth`` (a fraction),
-    frozen while alive, then dead: what only a rescan reclaims."""
+def _grown(growth: float, make: Callable[[], T]) -> list[T]:
+    """``make()``'s objects, enough to grow the interpreter's allocated blocks by
+    ``growth`` (a fraction)."""
     target = sys.getallocatedblocks() * (1 + growth)
-    cycles: list[_Cyclic] = []
+    made: list[T] = []
     while sys.getallocatedblocks() < target:
-        cycles += [_Cyclic() for _ in range(1_000)]
+        made += [make() for _ in range(1_000)]
+    return made
+
+
+def _frozen_garbage(growth: float) -> list[weakref.ref[_Cyclic]]:
+    """Cycles, enough to grow the allocated blocks by ``growth``, frozen while alive, then
+    dead: what only a rescan reclaims."""
+    cycles = _grown(growth, _Cyclic)
     gc.collect()  # alive at the end of a full collection: frozen by the hook
     gone = [weakref.ref(cyclic) for cyclic in cycles]
     del cycles
@@ -164,16 +174,6 @@ def test_frozen_garbage_beyond_the_growth_bound_is_reclaimed_by_a_rescan() -> No
         assert refreezer.rescans == 1
 
 
-def _live(growth: float) -> list[list[int]]:
-    """Objects that stay alive, enough to grow the allocated blocks by ``growth``: a
-    node's state filling."""
-    target = sys.getallocatedblocks() * (1 + growth)
-    state: list[list[int]] = []
-    while sys.getallocatedblocks() < target:
-        state += [[n] for n in range(1_000)]
-    return state
-
-
 def test_what_grows_in_the_warmup_sets_the_mark_and_schedules_no_rescan() -> None:
     """ADR 0059: a node that fills its state after ready grows far beyond the bound, and all
     of it lives. Full collections in the warm-up, and the first after it, set the mark;
@@ -184,11 +184,11 @@ def test_what_grows_in_the_warmup_sets_the_mark_and_schedules_no_rescan() -> Non
         return Refreezer(0, rescan_growth=0.25, warmup=60.0, clock=lambda: now[0])
 
     with _hooked(refreezer) as hook:
-        state = _live(0.60)
+        state = _grown(0.60, list)  # alive: a node's state filling
         gc.collect()
         assert (hook.due, hook.rescans) == (False, 0)
         assert hook.baseline == pytest.approx(sys.getallocatedblocks(), rel=0.01)
-        state += _live(0.40)
+        state += _grown(0.40, list)
         now[0] = 61.0
         gc.collect()  # the first after the warm-up: the mark, still
         assert (hook.due, hook.rescans, hook.warming) == (False, 0, False)
